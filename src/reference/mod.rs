@@ -1,0 +1,1 @@
+//! Plain f32 CPU reference of the forward pass (being written).
