@@ -267,11 +267,10 @@ impl Parser<'_> {
             return Err(self.err(format!("head_dim must be a positive even number, found {head_dim}")));
         }
         let (rope_theta, partial) = self.rope()?;
-        let mut rotary_dim = ((head_dim as f64) * partial) as usize;
-        rotary_dim -= rotary_dim % 2;
-        if rotary_dim == 0 {
-            return Err(self.err("partial_rotary_factor leaves no dimension to rotate"));
-        }
+        // transformers' qwen3_moe rotates the whole head whatever `partial_rotary_factor`
+        // says; the factor is validated and kept for architectures that honour it.
+        let _ = partial;
+        let rotary_dim = head_dim;
         let num_experts = match self.opt_usize("num_experts")? {
             Some(n) => n,
             None => self.opt_usize("num_local_experts")?.unwrap_or(0),

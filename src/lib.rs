@@ -1,16 +1,27 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod cache;
 mod checkpoint;
 mod config;
 mod dtype;
 mod error;
+mod forward;
+pub mod golden;
+pub mod gpu;
+mod model;
 mod names;
 pub mod reference;
+mod session;
 mod store;
+mod weights;
 
+pub use cache::CacheStats;
 pub use checkpoint::{Checkpoint, CheckpointFile, TensorEntry, TensorView};
 pub use config::{ModelConfig, SUPPORTED_MODEL_TYPES};
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use gpu::{AdapterChoice, AdapterSummary, ADAPTER_ENV};
+pub use model::{Model, ModelBuilder, DEFAULT_EXPERT_CACHE_BYTES};
+pub use session::{Session, SessionStats, MAX_PASS_TOKENS};
 pub use store::{ExpertLayout, ExpertRole, ExpertStore, ExpertTensor, MemoryStore, SafetensorsStore};

@@ -1,1 +1,21 @@
-//! Plain f32 CPU reference of the forward pass (being written).
+//! A plain f32 CPU reference of the Qwen3-MoE forward pass: the oracle every GPU kernel is
+//! tested against.
+//!
+//! The free functions are the individual operations on row-major `f32` slices
+//! ([`rms_norm`], [`matmul`], [`rope`], [`attention`], [`router_topk`], [`swiglu`], ...);
+//! [`ReferenceModel`] runs a whole model with them. Clarity beats speed here: everything is
+//! computed in `f32` with sequential sums, in the order HF transformers' eager PyTorch
+//! implementation (`modeling_qwen3_moe.py`) uses, and agrees with it to a few `1e-6` on
+//! test-sized models.
+//!
+//! The RoPE tables of [`rope_tables`] are the single source of truth for positions: the
+//! GPU uses the same tables.
+
+mod forward;
+mod ops;
+
+pub use forward::{LayerWeights, MlpWeights, ReferenceModel, Routing, SwigluWeights, Trace};
+pub use ops::{
+    add_bias, attention, matmul, rms_norm, rope, rope_inv_freq, rope_tables, router_topk, silu,
+    softmax_rows, swiglu,
+};

@@ -1,0 +1,75 @@
+//! Compares the engine's logits with golden logits from HF transformers.
+//!
+//! ```text
+//! cargo run --release --example conformance -- [--expert-cache-bytes N] DIR...
+//! ```
+//! Each DIR holds a checkpoint and a `golden.json`. Prints one line per DIR,
+//! `PASS|FAIL <DIR> max_abs_diff=<x> argmax=<agree>/<checked>`, and exits non-zero if
+//! any DIR fails.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use moestream::golden::{check, Golden};
+use moestream::Model;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: conformance [--expert-cache-bytes N] DIR...");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let mut budget: Option<u64> = None;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--expert-cache-bytes" => match args.next().and_then(|v| v.parse().ok()) {
+                Some(n) => budget = Some(n),
+                None => {
+                    eprintln!("--expert-cache-bytes needs a byte count");
+                    return usage();
+                }
+            },
+            "-h" | "--help" => {
+                println!("usage: conformance [--expert-cache-bytes N] DIR...");
+                return ExitCode::SUCCESS;
+            }
+            s if s.starts_with("--") => {
+                eprintln!("unknown option {s}");
+                return usage();
+            }
+            _ => dirs.push(PathBuf::from(a)),
+        }
+    }
+    if dirs.is_empty() {
+        return usage();
+    }
+    let mut failed = false;
+    for dir in &dirs {
+        let result = (|| {
+            let golden = Golden::load(dir)?;
+            let mut builder = Model::builder(dir);
+            if let Some(b) = budget {
+                builder = builder.expert_cache_bytes(b);
+            }
+            let model = builder.build()?;
+            check(&model, &golden, dir)
+        })();
+        match result {
+            Ok(report) => {
+                failed |= !report.passed();
+                println!("{report}");
+            }
+            Err(e) => {
+                failed = true;
+                println!("FAIL {} error: {e}", dir.display());
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

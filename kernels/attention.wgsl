@@ -1,0 +1,96 @@
+// Causal attention over the KV cache, for prefill (n_tokens > 1) and decode (n_tokens = 1).
+// q: [n_tokens, n_heads, head_dim]; k_cache, v_cache: [positions, n_kv_heads, head_dim].
+// Query t sits at position pos0 + t and sees keys 0..=pos0 + t. One workgroup per
+// (head, query); keys in blocks of 64 with an online (running max) softmax in f32.
+// head_dim <= 256.
+struct Params {
+    n_tokens: u32,
+    pos0: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    scale: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+const B: u32 = 64u;
+const NEG: f32 = -3.0e38;
+var<workgroup> qs: array<f32, 256>;
+var<workgroup> pw: array<f32, 64>;
+var<workgroup> red: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wid.x;
+    let t = wid.y;
+    let hd = p.head_dim;
+    let kvh = h / (p.n_heads / p.n_kv_heads);
+    let kv_stride = p.n_kv_heads * hd;
+    let qb = (t * p.n_heads + h) * hd;
+    for (var d = lid; d < hd; d += B) {
+        qs[d] = q[qb + d];
+    }
+    workgroupBarrier();
+    let n_keys = p.pos0 + t + 1u;
+    var m = NEG;
+    var l = 0.0;
+    var acc = vec4<f32>(0.0);
+    for (var kb = 0u; kb < n_keys; kb += B) {
+        let j = kb + lid;
+        var s = NEG;
+        if (j < n_keys) {
+            let kbase = j * kv_stride + kvh * hd;
+            var dot = 0.0;
+            for (var d = 0u; d < hd; d++) {
+                dot += qs[d] * k_cache[kbase + d];
+            }
+            s = dot * p.scale;
+        }
+        red[lid] = s;
+        workgroupBarrier();
+        for (var stride = 32u; stride > 0u; stride >>= 1u) {
+            if (lid < stride) {
+                red[lid] = max(red[lid], red[lid + stride]);
+            }
+            workgroupBarrier();
+        }
+        let m_new = max(m, red[0]);
+        workgroupBarrier();
+        let pj = select(0.0, exp(s - m_new), j < n_keys);
+        pw[lid] = pj;
+        red[lid] = pj;
+        workgroupBarrier();
+        for (var stride = 32u; stride > 0u; stride >>= 1u) {
+            if (lid < stride) {
+                red[lid] += red[lid + stride];
+            }
+            workgroupBarrier();
+        }
+        let corr = exp(m - m_new);
+        l = l * corr + red[0];
+        let nb = min(B, n_keys - kb);
+        for (var c = 0u; c < 4u; c++) {
+            let d = lid + c * B;
+            if (d < hd) {
+                var a = acc[c] * corr;
+                for (var jj = 0u; jj < nb; jj++) {
+                    a += pw[jj] * v_cache[(kb + jj) * kv_stride + kvh * hd + d];
+                }
+                acc[c] = a;
+            }
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    for (var c = 0u; c < 4u; c++) {
+        let d = lid + c * B;
+        if (d < hd) {
+            out[qb + d] = acc[c] / l;
+        }
+    }
+}

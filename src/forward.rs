@@ -1,0 +1,282 @@
+//! One forward pass over a run of tokens: the kernels of each layer recorded in order, with
+//! a routing readback and expert loading at each MoE layer.
+
+use std::collections::BTreeMap;
+
+use crate::cache::CacheStats;
+use crate::error::{Error, Result};
+use crate::gpu::kernels::Kernel;
+use crate::gpu::{GpuMatrix, GpuVec, Recorder};
+use crate::model::ModelInner;
+use crate::session::Scratch;
+use crate::weights::{Layer, Mlp};
+
+fn grid(n: usize) -> (u32, u32) {
+    crate::gpu::grid_of(n as u32)
+}
+
+fn bits(f: f32) -> u32 {
+    f.to_bits()
+}
+
+/// The state one forward pass works on.
+pub(crate) struct Pass<'a> {
+    pub m: &'a ModelInner,
+    pub s: &'a Scratch,
+    pub rec: Recorder<'a>,
+    /// Tokens in this pass.
+    pub n: usize,
+    /// Position of the first token.
+    pub pos0: usize,
+    pub stats: CacheStats,
+}
+
+impl Pass<'_> {
+    /// y = x W^T (+ bias) (+ resid) for `self.n` tokens.
+    fn linear(&mut self, w: &GpuMatrix, x: &wgpu::Buffer, y: &wgpu::Buffer, bias: Option<&GpuVec>, resid: Option<&wgpu::Buffer>) {
+        self.linear_n(w, x, y, bias, resid, self.n);
+    }
+
+    fn linear_n(
+        &mut self,
+        w: &GpuMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        bias: Option<&GpuVec>,
+        resid: Option<&wgpu::Buffer>,
+        n: usize,
+    ) {
+        let dummy = &self.m.gpu.dummy;
+        let flags = u32::from(bias.is_some()) | (u32::from(resid.is_some()) << 1);
+        let bias_buf = bias.map_or(dummy, |b| &b.buffer);
+        let resid_buf = resid.unwrap_or(dummy);
+        for (buf, row0, rows) in &w.chunks {
+            let binds = [buf.into(), x.into(), bias_buf.into(), resid_buf.into(), y.into()];
+            if n == 1 {
+                self.rec.dispatch(
+                    Kernel::MatVec,
+                    Some(w.dtype),
+                    &[*rows as u32, w.cols as u32, *row0 as u32, flags, 0],
+                    &binds,
+                    grid(*rows),
+                );
+            } else {
+                self.rec.dispatch(
+                    Kernel::MatMul,
+                    Some(w.dtype),
+                    &[*rows as u32, w.cols as u32, n as u32, *row0 as u32, w.rows as u32, flags],
+                    &binds,
+                    (rows.div_ceil(16) as u32, n.div_ceil(16) as u32),
+                );
+            }
+        }
+    }
+
+    fn rmsnorm(&mut self, x: &wgpu::Buffer, w: &GpuVec, y: &wgpu::Buffer, rows: usize, len: usize, x_offset: usize) {
+        let eps = self.m.cfg.rms_norm_eps;
+        self.rec.dispatch(
+            Kernel::RmsNorm,
+            None,
+            &[len as u32, rows as u32, bits(eps), x_offset as u32, 0],
+            &[x.into(), w.bind(), y.into()],
+            grid(rows),
+        );
+    }
+
+    pub fn embed(&mut self) {
+        let h = self.m.cfg.hidden_size;
+        let e = &self.m.weights.embed;
+        for (buf, row0, rows) in &e.chunks {
+            self.rec.dispatch(
+                Kernel::Embedding,
+                Some(e.dtype),
+                &[h as u32, self.n as u32, *row0 as u32, *rows as u32],
+                &[(&self.s.ids).into(), buf.into(), (&self.s.x).into()],
+                grid((h * self.n).div_ceil(64)),
+            );
+        }
+    }
+
+    /// `h = x + o_proj(attention(input_norm(x)))`, writing this pass's keys and values into
+    /// the KV cache of layer `l`.
+    pub fn attention(&mut self, l: usize, layer: &Layer) {
+        let cfg = &self.m.cfg;
+        let s = self.s;
+        let (h, hd, nh, nkv) = (cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads);
+        let n = self.n;
+        let a = &layer.attn;
+        self.rmsnorm(&s.x, &layer.input_norm, &s.xn, n, h, 0);
+        self.linear(&a.q, &s.xn, &s.q, a.q_bias.as_ref(), None);
+        self.linear(&a.k, &s.xn, &s.k, a.k_bias.as_ref(), None);
+        self.linear(&a.v, &s.xn, &s.v, a.v_bias.as_ref(), None);
+        self.rmsnorm(&s.q, &a.q_norm, &s.qn, n * nh, hd, 0);
+        self.rmsnorm(&s.k, &a.k_norm, &s.kn, n * nkv, hd, 0);
+        let half = (cfg.rotary_dim / 2) as u32;
+        let kv_off = self.pos0 * nkv * hd;
+        let (kc, vc) = &s.kv[l];
+        self.rec.dispatch(
+            Kernel::Rope,
+            None,
+            &[n as u32, nh as u32, hd as u32, half, self.pos0 as u32, 0],
+            &[(&s.qn).into(), (&s.cos).into(), (&s.sin).into(), (&s.qr).into()],
+            grid((n * nh * hd).div_ceil(64)),
+        );
+        self.rec.dispatch(
+            Kernel::Rope,
+            None,
+            &[n as u32, nkv as u32, hd as u32, half, self.pos0 as u32, kv_off as u32],
+            &[(&s.kn).into(), (&s.cos).into(), (&s.sin).into(), kc.into()],
+            grid((n * nkv * hd).div_ceil(64)),
+        );
+        self.rec.copy(&s.v, 0, vc, (kv_off * 4) as u64, (n * nkv * hd * 4) as u64);
+        let scale = 1.0 / (hd as f32).sqrt();
+        self.rec.dispatch(
+            Kernel::Attention,
+            None,
+            &[n as u32, self.pos0 as u32, nh as u32, nkv as u32, hd as u32, bits(scale)],
+            &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn).into()],
+            (nh as u32, n as u32),
+        );
+        self.linear(&a.o, &s.attn, &s.h, a.o_bias.as_ref(), Some(&s.x));
+    }
+
+    /// `x = h + mlp(post_norm(h))` for a dense layer, or the MoE equivalent.
+    pub fn mlp(&mut self, l: usize, layer: &Layer) -> Result<()> {
+        let s = self.s;
+        let h = self.m.cfg.hidden_size;
+        let n = self.n;
+        self.rmsnorm(&s.h, &layer.post_norm, &s.xn, n, h, 0);
+        match &layer.mlp {
+            Mlp::Dense { gate, up, down } => {
+                self.linear(gate, &s.xn, &s.mlp_g, None, None);
+                self.linear(up, &s.xn, &s.mlp_u, None, None);
+                let len = n * gate.rows;
+                self.rec.dispatch(
+                    Kernel::SwiGlu,
+                    None,
+                    &[len as u32],
+                    &[(&s.mlp_g).into(), (&s.mlp_u).into(), (&s.mlp_a).into()],
+                    grid(len.div_ceil(64)),
+                );
+                self.linear(down, &s.mlp_a, &s.x, None, Some(&s.h));
+                Ok(())
+            }
+            Mlp::Moe { router } => self.moe(l, router),
+        }
+    }
+
+    fn moe(&mut self, l: usize, router: &GpuMatrix) -> Result<()> {
+        let m = self.m;
+        let s = self.s;
+        let cfg = &m.cfg;
+        let (n, k, ne) = (self.n, cfg.num_experts_per_tok, cfg.num_experts);
+        self.linear(router, &s.xn, &s.router_logits, None, None);
+        self.rec.dispatch(
+            Kernel::Router,
+            None,
+            &[ne as u32, k as u32, u32::from(cfg.norm_topk_prob), n as u32],
+            &[(&s.router_logits).into(), (&s.route_ids).into(), (&s.route_w).into()],
+            grid(n),
+        );
+        let bytes = (n * k * 4) as u64;
+        let parts = self
+            .rec
+            .read(&[(&s.route_ids, 0, bytes), (&s.route_w, 0, bytes)], &s.readback)?;
+        let ids: Vec<u32> = bytemuck::pod_collect_to_vec(&parts[0]);
+        let wts: Vec<f32> = bytemuck::pod_collect_to_vec(&parts[1]);
+
+        // Group the (token, choice) pairs by expert.
+        let mut by_expert: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (flat, &e) in ids.iter().enumerate() {
+            if e as usize >= ne {
+                return Err(Error::Gpu(format!(
+                    "router of layer {l} returned expert id {e} (the layer has {ne} experts)"
+                )));
+            }
+            by_expert.entry(e as usize).or_default().push(flat);
+        }
+        let experts: Vec<usize> = by_expert.keys().copied().collect();
+        let cache = m.cache.as_ref().ok_or_else(|| Error::Gpu("MoE layer without an expert cache".into()))?;
+        let lay = &cache.layout;
+        let esize = lay.dtype().size();
+        let slot_elems = (cache.slot_bytes as usize / esize) as u32;
+        let (gate_off, up_off, down_off) = (
+            (lay.tensors[0].offset / esize) as u32,
+            (lay.tensors[1].offset / esize) as u32,
+            (lay.tensors[2].offset / esize) as u32,
+        );
+        let (hs, is) = (cfg.hidden_size as u32, cfg.moe_intermediate_size as u32);
+        let mut route = vec![0u32; n * k];
+        let mut pairs: Vec<u32> = Vec::with_capacity(2 * n * k);
+        let mut aw: Vec<f32> = Vec::with_capacity(n * k);
+        let mut state = cache.lock();
+        let group_size = state.policy.slots();
+        for group in experts.chunks(group_size) {
+            let keys: Vec<(usize, usize)> = group.iter().map(|&e| (l, e)).collect();
+            let slots = cache.acquire(&m.gpu, &mut state, m.store.as_ref(), &keys, &mut self.stats)?;
+            let mut order: Vec<usize> = (0..group.len()).collect();
+            order.sort_by_key(|&i| slots[i]);
+            let a0 = aw.len();
+            // Runs of consecutive assignments within one cache page.
+            let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+            for i in order {
+                let (page, local) = cache.locate(slots[i]);
+                let start = aw.len();
+                for &flat in &by_expert[&group[i]] {
+                    route[flat] = aw.len() as u32;
+                    pairs.push((flat / k) as u32);
+                    pairs.push(local as u32);
+                    aw.push(wts[flat]);
+                }
+                match runs.last_mut() {
+                    Some(r) if r.0 == page => r.2 += aw.len() - start,
+                    _ => runs.push((page, start, aw.len() - start)),
+                }
+            }
+            let q = &m.gpu.queue;
+            q.write_buffer(&s.assign, (a0 * 8) as u64, bytemuck::cast_slice(&pairs[2 * a0..]));
+            q.write_buffer(&s.assign_w, (a0 * 4) as u64, bytemuck::cast_slice(&aw[a0..]));
+            for (page, start, count) in runs {
+                let pb = &cache.pages[page];
+                self.rec.dispatch(
+                    Kernel::MoeGateUp,
+                    Some(lay.dtype()),
+                    &[hs, is, start as u32, count as u32, gate_off, up_off, slot_elems],
+                    &[pb.into(), (&s.xn).into(), (&s.assign).into(), (&s.moe_h).into()],
+                    (is, count as u32),
+                );
+                self.rec.dispatch(
+                    Kernel::MoeDown,
+                    Some(lay.dtype()),
+                    &[hs, is, start as u32, count as u32, down_off, slot_elems],
+                    &[pb.into(), (&s.moe_h).into(), (&s.assign).into(), (&s.assign_w).into(), (&s.moe_o).into()],
+                    (hs, count as u32),
+                );
+            }
+            // Submit while the slots are pinned by the lock.
+            self.rec.submit();
+        }
+        drop(state);
+        m.gpu.queue.write_buffer(&s.route, 0, bytemuck::cast_slice(&route));
+        self.rec.dispatch(
+            Kernel::MoeCombine,
+            None,
+            &[hs, n as u32, k as u32],
+            &[(&s.h).into(), (&s.moe_o).into(), (&s.route).into(), (&s.x).into()],
+            grid((cfg.hidden_size * n).div_ceil(64)),
+        );
+        Ok(())
+    }
+
+    /// Logits of the last token of the pass.
+    pub fn logits(&mut self) -> Result<Vec<f32>> {
+        let s = self.s;
+        let w = &self.m.weights;
+        let h = self.m.cfg.hidden_size;
+        self.rmsnorm(&s.x, &w.final_norm, &s.xn, 1, h, (self.n - 1) * h);
+        self.linear_n(w.lm_head(), &s.xn, &s.logits, None, None, 1);
+        let v = self.m.cfg.vocab_size;
+        let parts = self.rec.read(&[(&s.logits, 0, (v * 4) as u64)], &s.readback)?;
+        Ok(bytemuck::pod_collect_to_vec(&parts[0]))
+    }
+}

@@ -1,0 +1,64 @@
+//! Running one kernel on host data, for kernel tests and tools. Not part of the stable API.
+
+use super::kernels::Kernel;
+use super::{Bind, Gpu, ParamArena, Recorder};
+use crate::dtype::DType;
+use crate::error::Result;
+use crate::gpu::AdapterChoice;
+
+/// A GPU device for running single kernels.
+pub struct KernelRunner {
+    gpu: Gpu,
+}
+
+impl std::fmt::Debug for KernelRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelRunner").field("adapter", &self.gpu.summary).finish()
+    }
+}
+
+impl KernelRunner {
+    /// Opens the default adapter (honouring `MOESTREAM_ADAPTER`).
+    pub fn new() -> Result<Self> {
+        Ok(KernelRunner {
+            gpu: Gpu::new(&AdapterChoice::Auto)?,
+        })
+    }
+
+    /// The adapter's name.
+    pub fn adapter_name(&self) -> &str {
+        &self.gpu.summary.name
+    }
+
+    /// Runs `kernel` once. `params` fill the uniform at binding 0; `buffers[i]` is the
+    /// initial content of binding `i + 1` (an empty slice binds a 16-byte dummy buffer).
+    /// `groups` is the workgroup grid. Returns the final content of every buffer.
+    pub fn run(
+        &self,
+        kernel: Kernel,
+        wdt: Option<DType>,
+        params: &[u32],
+        buffers: &[&[u8]],
+        groups: (u32, u32),
+    ) -> Result<Vec<Vec<u8>>> {
+        let gpu = &self.gpu;
+        let bufs: Vec<wgpu::Buffer> = buffers.iter().map(|b| gpu.upload("test input", b)).collect();
+        let total: u64 = buffers.iter().map(|b| (b.len() as u64).max(16).div_ceil(16) * 16).sum();
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("test readback"),
+            size: total.max(16),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut arena = ParamArena::default();
+        let mut rec = Recorder::new(gpu, &mut arena);
+        let binds: Vec<Bind<'_>> = bufs.iter().map(Bind::from).collect();
+        rec.dispatch(kernel, wdt, params, &binds, groups);
+        let parts: Vec<(&wgpu::Buffer, u64, u64)> = bufs
+            .iter()
+            .zip(buffers)
+            .map(|(b, host)| (b, 0, host.len() as u64))
+            .collect();
+        rec.read(&parts, &staging)
+    }
+}

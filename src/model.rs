@@ -1,0 +1,221 @@
+//! [`Model`]: a checkpoint opened on the GPU, shared by any number of [`Session`]s.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::cache::{CacheStats, ExpertCache};
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::gpu::{AdapterChoice, AdapterSummary, Gpu};
+use crate::session::Session;
+use crate::store::{ExpertLayout, ExpertStore, SafetensorsStore};
+use crate::weights::Weights;
+
+/// Default expert-cache budget when none is given: 2 GiB, or all experts if they are fewer.
+pub const DEFAULT_EXPERT_CACHE_BYTES: u64 = 2 << 30;
+
+/// Options for opening a [`Model`]; see [`Model::builder`].
+#[derive(Clone)]
+pub struct ModelBuilder {
+    dir: PathBuf,
+    expert_cache_bytes: Option<u64>,
+    store: Option<Arc<dyn ExpertStore>>,
+    adapter: AdapterChoice,
+}
+
+impl std::fmt::Debug for ModelBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelBuilder")
+            .field("dir", &self.dir)
+            .field("expert_cache_bytes", &self.expert_cache_bytes)
+            .field("custom_store", &self.store.is_some())
+            .field("adapter", &self.adapter)
+            .finish()
+    }
+}
+
+impl ModelBuilder {
+    /// Byte budget of the GPU expert cache. The cache holds `budget / slot size` experts
+    /// (at least one must fit); a budget that covers all experts makes the model fully
+    /// resident after first use. Default: [`DEFAULT_EXPERT_CACHE_BYTES`].
+    pub fn expert_cache_bytes(mut self, bytes: u64) -> Self {
+        self.expert_cache_bytes = Some(bytes);
+        self
+    }
+
+    /// Reads experts from `store` instead of the checkpoint's safetensors files. Its
+    /// layout must match the model's expert shapes.
+    pub fn expert_store(mut self, store: Arc<dyn ExpertStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Which GPU adapter to use. The environment variable
+    /// [`MOESTREAM_ADAPTER`](crate::ADAPTER_ENV) (an index or a name substring) overrides it.
+    pub fn adapter(mut self, choice: AdapterChoice) -> Self {
+        self.adapter = choice;
+        self
+    }
+
+    /// Opens the checkpoint, uploads the resident weights and sets up the expert cache.
+    pub fn build(self) -> Result<Model> {
+        let cfg = ModelConfig::from_path(self.dir.join("config.json"))?;
+        if cfg.head_dim > 256 {
+            return Err(Error::Config {
+                path: self.dir.join("config.json"),
+                reason: format!("head_dim {} is above the supported maximum of 256", cfg.head_dim),
+            });
+        }
+        if cfg.num_experts > 1024 {
+            return Err(Error::Config {
+                path: self.dir.join("config.json"),
+                reason: format!("num_experts {} is above the supported maximum of 1024", cfg.num_experts),
+            });
+        }
+        let ckpt = Arc::new(Checkpoint::open(&self.dir)?);
+        let store: Arc<dyn ExpertStore> = match self.store {
+            Some(s) => s,
+            None => Arc::new(SafetensorsStore::new(ckpt.clone(), &cfg)?),
+        };
+        let expected = ExpertLayout::swiglu(store.layout().dtype(), cfg.hidden_size, cfg.moe_intermediate_size);
+        if store.layout() != &expected {
+            return Err(Error::InvalidArgument(format!(
+                "the expert store's layout {:?} does not match the model's experts {:?}",
+                store.layout(),
+                expected
+            )));
+        }
+        let gpu = Gpu::new(&self.adapter)?;
+        let weights = Weights::load(&gpu, &cfg, &ckpt)?;
+        let moe_layers = cfg.moe_layers().len();
+        let total_experts = moe_layers * cfg.num_experts;
+        let budget = self.expert_cache_bytes.unwrap_or(DEFAULT_EXPERT_CACHE_BYTES);
+        let cache = if total_experts > 0 {
+            Some(ExpertCache::new(&gpu, store.layout().clone(), budget, total_experts)?)
+        } else {
+            None
+        };
+        Ok(Model {
+            inner: Arc::new(ModelInner {
+                dir: self.dir,
+                cfg,
+                gpu,
+                weights,
+                store,
+                cache,
+            }),
+        })
+    }
+}
+
+pub(crate) struct ModelInner {
+    pub dir: PathBuf,
+    pub cfg: ModelConfig,
+    pub gpu: Gpu,
+    pub weights: Weights,
+    pub store: Arc<dyn ExpertStore>,
+    pub cache: Option<ExpertCache>,
+}
+
+/// A Qwen3-MoE checkpoint on the GPU: all non-expert weights resident, experts streamed
+/// from an [`ExpertStore`] through a bounded GPU cache.
+///
+/// `Model` is cheap to clone (it is a handle) and `Send + Sync`: any number of
+/// [`Session`]s, on any threads, share its weights and its expert cache.
+///
+/// ```no_run
+/// # fn main() -> moestream::Result<()> {
+/// let model = moestream::Model::builder("path/to/Qwen3-30B-A3B")
+///     .expert_cache_bytes(8 << 30)
+///     .build()?;
+/// let mut session = model.session(4096)?;
+/// let logits = session.prefill(&[9707, 11, 1879])?;
+/// let next = logits
+///     .iter()
+///     .enumerate()
+///     .max_by(|a, b| a.1.total_cmp(b.1))
+///     .map(|(i, _)| i as u32)
+///     .unwrap_or(0);
+/// let logits = session.step(next)?;
+/// # let _ = logits; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Model {
+    pub(crate) inner: Arc<ModelInner>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("dir", &self.inner.dir)
+            .field("adapter", &self.inner.gpu.summary.name)
+            .finish()
+    }
+}
+
+impl Model {
+    /// Options for opening the checkpoint in `dir`.
+    pub fn builder(dir: impl AsRef<Path>) -> ModelBuilder {
+        ModelBuilder {
+            dir: dir.as_ref().to_path_buf(),
+            expert_cache_bytes: None,
+            store: None,
+            adapter: AdapterChoice::Auto,
+        }
+    }
+
+    /// Opens the checkpoint in `dir` with default options.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Model> {
+        Model::builder(dir).build()
+    }
+
+    /// A new session with room for `max_context` tokens.
+    pub fn session(&self, max_context: usize) -> Result<Session> {
+        Session::new(self.clone(), max_context)
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.inner.cfg
+    }
+
+    /// The adapter the model runs on.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.inner.gpu.summary
+    }
+
+    /// The expert store.
+    pub fn expert_store(&self) -> &Arc<dyn ExpertStore> {
+        &self.inner.store
+    }
+
+    /// Expert-cache counters summed over every session of this model.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner.cache.as_ref().map(ExpertCache::stats).unwrap_or_default()
+    }
+
+    /// Number of expert slots in the GPU cache (0 for a model without experts).
+    pub fn expert_cache_slots(&self) -> usize {
+        self.inner.cache.as_ref().map_or(0, ExpertCache::slots)
+    }
+
+    /// Bytes of GPU memory the expert cache takes.
+    pub fn expert_cache_bytes(&self) -> u64 {
+        self.inner
+            .cache
+            .as_ref()
+            .map_or(0, |c| c.slot_bytes * self.expert_cache_slots() as u64)
+    }
+
+    /// Bytes of all experts of the model (what a fully resident cache would hold).
+    pub fn total_expert_bytes(&self) -> u64 {
+        (self.inner.cfg.moe_layers().len() * self.inner.cfg.num_experts) as u64
+            * self.inner.store.layout().bytes as u64
+    }
+
+    /// Bytes of resident (non-expert) weights on the GPU.
+    pub fn resident_weight_bytes(&self) -> u64 {
+        self.inner.weights.bytes()
+    }
+}

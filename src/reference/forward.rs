@@ -1,0 +1,408 @@
+//! The whole-model forward pass on the CPU, with every weight held as `f32`.
+
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::names;
+use crate::store::{ExpertRole, ExpertStore};
+
+use super::ops::{add_bias, attention, matmul, rms_norm, rope, rope_tables, router_topk, swiglu};
+
+/// A SwiGLU MLP: `down(silu(gate(x)) * up(x))`. Used for dense layers and for each expert.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SwigluWeights {
+    /// `gate_proj`, `[inter, hidden]`.
+    pub gate: Vec<f32>,
+    /// `up_proj`, `[inter, hidden]`.
+    pub up: Vec<f32>,
+    /// `down_proj`, `[hidden, inter]`.
+    pub down: Vec<f32>,
+    /// Width of the hidden layer (`inter`).
+    pub inter: usize,
+}
+
+impl SwigluWeights {
+    /// Applies the MLP to `x` (`n x hidden`), returning `n x hidden`.
+    pub fn forward(&self, x: &[f32], n: usize, hidden: usize) -> Vec<f32> {
+        let g = matmul(&self.gate, self.inter, hidden, x, n);
+        let u = matmul(&self.up, self.inter, hidden, x, n);
+        let a = swiglu(&g, &u);
+        matmul(&self.down, hidden, self.inter, &a, n)
+    }
+}
+
+/// The feed-forward part of a decoder layer.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum MlpWeights {
+    /// A dense SwiGLU MLP of width `intermediate_size`.
+    Dense(SwigluWeights),
+    /// Routed experts.
+    Moe {
+        /// Router, `mlp.gate.weight`, `[num_experts, hidden]`.
+        router: Vec<f32>,
+        /// Every expert of the layer, in index order, width `moe_intermediate_size`.
+        experts: Vec<SwigluWeights>,
+    },
+}
+
+/// The weights of one decoder layer, as f32.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LayerWeights {
+    /// `input_layernorm.weight`, `[hidden]`.
+    pub input_norm: Vec<f32>,
+    /// `self_attn.q_proj.weight`, `[n_heads * head_dim, hidden]`.
+    pub q_proj: Vec<f32>,
+    /// `self_attn.k_proj.weight`, `[n_kv_heads * head_dim, hidden]`.
+    pub k_proj: Vec<f32>,
+    /// `self_attn.v_proj.weight`, `[n_kv_heads * head_dim, hidden]`.
+    pub v_proj: Vec<f32>,
+    /// `self_attn.o_proj.weight`, `[hidden, n_heads * head_dim]`.
+    pub o_proj: Vec<f32>,
+    /// Biases of q, k, v, o (in that order), present iff `attention_bias`.
+    pub qkvo_bias: Option<[Vec<f32>; 4]>,
+    /// `self_attn.q_norm.weight`, `[head_dim]`.
+    pub q_norm: Vec<f32>,
+    /// `self_attn.k_norm.weight`, `[head_dim]`.
+    pub k_norm: Vec<f32>,
+    /// `post_attention_layernorm.weight`, `[hidden]`.
+    pub post_norm: Vec<f32>,
+    /// The MLP.
+    pub mlp: MlpWeights,
+}
+
+/// The routing decision of one MoE layer for every token.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Routing {
+    /// `n x k` chosen experts, by rank.
+    pub ids: Vec<u32>,
+    /// `n x k` weights, matching `ids`.
+    pub weights: Vec<f32>,
+}
+
+/// Intermediate results of [`ReferenceModel::forward_trace`], for locating where another
+/// implementation first diverges.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Trace {
+    /// The embeddings, `n x hidden`.
+    pub embeddings: Vec<f32>,
+    /// The residual stream after each decoder layer, each `n x hidden`.
+    pub layer_outputs: Vec<Vec<f32>>,
+    /// Per decoder layer, the routing of its tokens (`None` for dense layers).
+    pub routing: Vec<Option<Routing>>,
+    /// The final-norm output, `n x hidden`.
+    pub final_hidden: Vec<f32>,
+    /// Logits at every position, `n` rows of `vocab_size`.
+    pub logits: Vec<Vec<f32>>,
+}
+
+/// A plain, unoptimized f32 CPU implementation of the Qwen3-MoE forward pass, following
+/// HF transformers' eager `modeling_qwen3_moe.py`: the oracle the GPU kernels are tested
+/// against.
+///
+/// Every weight (experts included) is decoded to f32 and held in memory, so this is for
+/// test-sized models only.
+#[derive(Debug, Clone)]
+pub struct ReferenceModel {
+    cfg: ModelConfig,
+    embed: Vec<f32>,
+    layers: Vec<LayerWeights>,
+    final_norm: Vec<f32>,
+    /// `None` when the LM head is the embedding matrix.
+    lm_head: Option<Vec<f32>>,
+}
+
+impl ReferenceModel {
+    /// Loads every weight as f32: the non-expert weights from `ckpt`, the experts through
+    /// `store` (decoding each tensor of its [`ExpertLayout`](crate::ExpertLayout)), so the
+    /// reference sees exactly the bytes the engine would stream.
+    ///
+    /// The LM head is `lm_head.weight`; when `tie_word_embeddings` is set and that tensor
+    /// is absent, the embedding matrix (as HF does: when both are present it keeps
+    /// `lm_head.weight`).
+    pub fn new(cfg: &ModelConfig, ckpt: &Checkpoint, store: &dyn ExpertStore) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let hd = cfg.head_dim;
+        let qd = cfg.num_attention_heads * hd;
+        let kvd = cfg.num_key_value_heads * hd;
+        let load = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            Ok(ckpt.float(name, shape)?.to_f32())
+        };
+        let embed = load(names::EMBED, &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let w = |rest: &str, shape: &[usize]| load(&names::layer(l, rest), shape);
+            let qkvo_bias = if cfg.attention_bias {
+                Some([
+                    w("self_attn.q_proj.bias", &[qd])?,
+                    w("self_attn.k_proj.bias", &[kvd])?,
+                    w("self_attn.v_proj.bias", &[kvd])?,
+                    w("self_attn.o_proj.bias", &[h])?,
+                ])
+            } else {
+                None
+            };
+            let mlp = if cfg.is_moe_layer(l) {
+                let router = w("mlp.gate.weight", &[cfg.num_experts, h])?;
+                let experts = (0..cfg.num_experts)
+                    .map(|e| load_expert(cfg, store, l, e))
+                    .collect::<Result<Vec<_>>>()?;
+                MlpWeights::Moe { router, experts }
+            } else {
+                let d = cfg.intermediate_size;
+                MlpWeights::Dense(SwigluWeights {
+                    gate: w("mlp.gate_proj.weight", &[d, h])?,
+                    up: w("mlp.up_proj.weight", &[d, h])?,
+                    down: w("mlp.down_proj.weight", &[h, d])?,
+                    inter: d,
+                })
+            };
+            layers.push(LayerWeights {
+                input_norm: w("input_layernorm.weight", &[h])?,
+                q_proj: w("self_attn.q_proj.weight", &[qd, h])?,
+                k_proj: w("self_attn.k_proj.weight", &[kvd, h])?,
+                v_proj: w("self_attn.v_proj.weight", &[kvd, h])?,
+                o_proj: w("self_attn.o_proj.weight", &[h, qd])?,
+                qkvo_bias,
+                q_norm: w("self_attn.q_norm.weight", &[hd])?,
+                k_norm: w("self_attn.k_norm.weight", &[hd])?,
+                post_norm: w("post_attention_layernorm.weight", &[h])?,
+                mlp,
+            });
+        }
+        let final_norm = load(names::FINAL_NORM, &[h])?;
+        let lm_head = if cfg.tie_word_embeddings && !ckpt.contains(names::LM_HEAD) {
+            None
+        } else {
+            Some(load(names::LM_HEAD, &[cfg.vocab_size, h])?)
+        };
+        Ok(ReferenceModel {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The embedding matrix, `[vocab_size, hidden]`.
+    pub fn embedding(&self) -> &[f32] {
+        &self.embed
+    }
+
+    /// The weights of every decoder layer.
+    pub fn layers(&self) -> &[LayerWeights] {
+        &self.layers
+    }
+
+    /// The final norm weight, `[hidden]`.
+    pub fn final_norm(&self) -> &[f32] {
+        &self.final_norm
+    }
+
+    /// The LM head, `[vocab_size, hidden]` (the embedding matrix when tied).
+    pub fn lm_head(&self) -> &[f32] {
+        self.lm_head.as_deref().unwrap_or(&self.embed)
+    }
+
+    /// Logits at every position of one causal pass over `ids` from position 0: `ids.len()`
+    /// rows of `vocab_size`.
+    pub fn forward(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        Ok(self.forward_trace(ids)?.logits)
+    }
+
+    /// Like [`forward`](Self::forward), also returning the intermediate results.
+    pub fn forward_trace(&self, ids: &[u32]) -> Result<Trace> {
+        let cfg = &self.cfg;
+        let n = ids.len();
+        let x = self.embed(ids)?;
+        let (cos, sin) = rope_tables(cfg.rope_theta, cfg.rotary_dim, n);
+        let embeddings = x.clone();
+        let mut x = x;
+        let mut layer_outputs = Vec::with_capacity(self.layers.len());
+        let mut routing = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let (out, r) = self.layer_forward(layer, &x, n, &cos, &sin);
+            x = out;
+            layer_outputs.push(x.clone());
+            routing.push(r);
+        }
+        let final_hidden = rms_norm(&x, &self.final_norm, cfg.rms_norm_eps);
+        let v = cfg.vocab_size;
+        let flat = matmul(self.lm_head(), v, cfg.hidden_size, &final_hidden, n);
+        let logits = flat.chunks_exact(v).map(<[f32]>::to_vec).collect();
+        Ok(Trace {
+            embeddings,
+            layer_outputs,
+            routing,
+            final_hidden,
+            logits,
+        })
+    }
+
+    /// The embeddings of `ids`, `n x hidden`; [`Error::TokenOutOfRange`] for an id not below
+    /// `vocab_size`.
+    pub fn embed(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let h = self.cfg.hidden_size;
+        let mut x = Vec::with_capacity(ids.len() * h);
+        for (index, &id) in ids.iter().enumerate() {
+            let row = id as usize;
+            if row >= self.cfg.vocab_size {
+                return Err(Error::TokenOutOfRange {
+                    id,
+                    index,
+                    vocab_size: self.cfg.vocab_size,
+                });
+            }
+            x.extend_from_slice(&self.embed[row * h..(row + 1) * h]);
+        }
+        Ok(x)
+    }
+
+    /// One decoder layer on `x` (`n x hidden`, positions `0..n`):
+    /// `h = x + attn(input_norm(x))`, `out = h + mlp(post_norm(h))`.
+    fn layer_forward(
+        &self,
+        layer: &LayerWeights,
+        x: &[f32],
+        n: usize,
+        cos: &[f32],
+        sin: &[f32],
+    ) -> (Vec<f32>, Option<Routing>) {
+        let eps = self.cfg.rms_norm_eps;
+        let normed = rms_norm(x, &layer.input_norm, eps);
+        let attn = self.attention_block(layer, &normed, n, cos, sin);
+        let h: Vec<f32> = x.iter().zip(&attn).map(|(a, b)| a + b).collect();
+        let normed = rms_norm(&h, &layer.post_norm, eps);
+        let (mlp, routing) = self.mlp_block(&layer.mlp, &normed, n);
+        let out = h.iter().zip(&mlp).map(|(a, b)| a + b).collect();
+        (out, routing)
+    }
+
+    /// Self-attention of a layer on its normed input `x` (`n x hidden`, positions `0..n`):
+    /// q/k/v projections (+ biases), per-head RMSNorm of q and k, RoPE, causal GQA
+    /// attention, o projection (+ bias). Returns `n x hidden`.
+    fn attention_block(
+        &self,
+        layer: &LayerWeights,
+        x: &[f32],
+        n: usize,
+        cos: &[f32],
+        sin: &[f32],
+    ) -> Vec<f32> {
+        let cfg = &self.cfg;
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let mut q = matmul(&layer.q_proj, nh * hd, h, x, n);
+        let mut k = matmul(&layer.k_proj, nkv * hd, h, x, n);
+        let mut v = matmul(&layer.v_proj, nkv * hd, h, x, n);
+        if let Some([qb, kb, vb, _]) = &layer.qkvo_bias {
+            add_bias(&mut q, qb);
+            add_bias(&mut k, kb);
+            add_bias(&mut v, vb);
+        }
+        // q_norm / k_norm: RMSNorm over head_dim, each head of each token a row.
+        let mut q = rms_norm(&q, &layer.q_norm, cfg.rms_norm_eps);
+        let mut k = rms_norm(&k, &layer.k_norm, cfg.rms_norm_eps);
+        rope(&mut q, n, nh, hd, cfg.rotary_dim, 0, cos, sin);
+        rope(&mut k, n, nkv, hd, cfg.rotary_dim, 0, cos, sin);
+        let a = attention(&q, &k, &v, n, 0, nh, nkv, hd);
+        let mut o = matmul(&layer.o_proj, h, nh * hd, &a, n);
+        if let Some([_, _, _, ob]) = &layer.qkvo_bias {
+            add_bias(&mut o, ob);
+        }
+        o
+    }
+
+    /// The MLP of a layer on its normed input `x` (`n x hidden`).
+    ///
+    /// MoE: `sum_j w_j * expert_{id_j}(x)`. Per token the weighted expert outputs are added
+    /// in increasing expert index, as HF's eager loop over experts does.
+    fn mlp_block(&self, mlp: &MlpWeights, x: &[f32], n: usize) -> (Vec<f32>, Option<Routing>) {
+        let cfg = &self.cfg;
+        let h = cfg.hidden_size;
+        match mlp {
+            MlpWeights::Dense(w) => (w.forward(x, n, h), None),
+            MlpWeights::Moe { router, experts } => {
+                let ne = experts.len();
+                let k = cfg.num_experts_per_tok;
+                let logits = matmul(router, ne, h, x, n);
+                let (ids, weights) = router_topk(&logits, ne, k, cfg.norm_topk_prob);
+                let mut out = vec![0.0f32; n * h];
+                for t in 0..n {
+                    let xt = &x[t * h..(t + 1) * h];
+                    let mut chosen: Vec<(u32, f32)> = ids[t * k..(t + 1) * k]
+                        .iter()
+                        .copied()
+                        .zip(weights[t * k..(t + 1) * k].iter().copied())
+                        .collect();
+                    chosen.sort_by_key(|&(e, _)| e);
+                    let ot = &mut out[t * h..(t + 1) * h];
+                    for (e, w) in chosen {
+                        let y = experts[e as usize].forward(xt, 1, h);
+                        for (o, yv) in ot.iter_mut().zip(&y) {
+                            *o += yv * w;
+                        }
+                    }
+                }
+                (out, Some(Routing { ids, weights }))
+            }
+        }
+    }
+}
+
+/// Reads expert `e` of layer `l` from the store and decodes its three tensors to f32,
+/// checking the layout against the config.
+fn load_expert(
+    cfg: &ModelConfig,
+    store: &dyn ExpertStore,
+    l: usize,
+    e: usize,
+) -> Result<SwigluWeights> {
+    let layout = store.layout();
+    let (h, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
+    let bad = |reason: String| Error::ExpertRead {
+        layer: l,
+        expert: e,
+        reason,
+        source: None,
+    };
+    let mut blob = vec![0u8; layout.bytes];
+    store.read_expert(l, e, &mut blob)?;
+    let decode = |role: ExpertRole, rows: usize, cols: usize| -> Result<Vec<f32>> {
+        let t = layout.tensor(role);
+        if t.role != role || t.rows != rows || t.cols != cols {
+            return Err(bad(format!(
+                "the store's layout gives {:?} [{}, {}] where the config implies {role:?} [{rows}, {cols}]",
+                t.role, t.rows, t.cols
+            )));
+        }
+        let bytes = blob.get(t.offset..t.offset + t.len()).ok_or_else(|| {
+            bad(format!(
+                "the store's layout places {role:?} at bytes {}..{}, past the blob's {} bytes",
+                t.offset,
+                t.offset + t.len(),
+                layout.bytes
+            ))
+        })?;
+        Ok(t.dtype.decode(bytes))
+    };
+    let gate = decode(ExpertRole::Gate, i, h)?;
+    let up = decode(ExpertRole::Up, i, h)?;
+    let down = decode(ExpertRole::Down, h, i)?;
+    Ok(SwigluWeights {
+        gate,
+        up,
+        down,
+        inter: i,
+    })
+}

@@ -1,0 +1,279 @@
+//! [`Session`]: one conversation's KV cache and scratch buffers on a shared [`Model`].
+
+use crate::cache::CacheStats;
+use crate::error::{Error, Result};
+use crate::forward::Pass;
+use crate::gpu::{Gpu, ParamArena, Recorder};
+use crate::model::Model;
+
+/// Longest run of tokens one batched pass processes; longer prompts are prefilled in
+/// passes of this many tokens.
+pub const MAX_PASS_TOKENS: usize = 512;
+
+/// GPU buffers of a session sized for `cap` tokens per pass.
+pub(crate) struct Scratch {
+    pub cap: usize,
+    pub ids: wgpu::Buffer,
+    pub x: wgpu::Buffer,
+    pub h: wgpu::Buffer,
+    pub xn: wgpu::Buffer,
+    pub q: wgpu::Buffer,
+    pub k: wgpu::Buffer,
+    pub v: wgpu::Buffer,
+    pub qn: wgpu::Buffer,
+    pub kn: wgpu::Buffer,
+    pub qr: wgpu::Buffer,
+    pub attn: wgpu::Buffer,
+    pub mlp_g: wgpu::Buffer,
+    pub mlp_u: wgpu::Buffer,
+    pub mlp_a: wgpu::Buffer,
+    pub router_logits: wgpu::Buffer,
+    pub route_ids: wgpu::Buffer,
+    pub route_w: wgpu::Buffer,
+    pub assign: wgpu::Buffer,
+    pub assign_w: wgpu::Buffer,
+    pub route: wgpu::Buffer,
+    pub moe_h: wgpu::Buffer,
+    pub moe_o: wgpu::Buffer,
+    pub logits: wgpu::Buffer,
+    pub readback: wgpu::Buffer,
+    pub cos: wgpu::Buffer,
+    pub sin: wgpu::Buffer,
+    /// Per layer: (keys, values), each `[max_context, kv_heads, head_dim]` f32.
+    pub kv: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+}
+
+/// Cumulative counters of a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct SessionStats {
+    /// Tokens run through the model (prompt and generated).
+    pub tokens: u64,
+    /// Forward passes (a prefill of one chunk, or one step).
+    pub passes: u64,
+    /// Expert-cache traffic caused by this session.
+    pub cache: CacheStats,
+}
+
+/// One sequence being processed: a KV cache with a maximum context, on a shared [`Model`].
+///
+/// ```no_run
+/// # fn main() -> moestream::Result<()> {
+/// let model = moestream::Model::open("path/to/model")?;
+/// let mut s = model.session(2048)?;
+/// let logits = s.prefill(&[1, 2, 3])?;   // logits of the last prompt token
+/// let logits = s.step(4)?;               // logits after one more token
+/// s.reset();                             // empty context, buffers kept
+/// # let _ = logits; Ok(()) }
+/// ```
+pub struct Session {
+    model: Model,
+    max_context: usize,
+    pos: usize,
+    scratch: Scratch,
+    params: ParamArena,
+    stats: SessionStats,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("position", &self.pos)
+            .field("max_context", &self.max_context)
+            .finish()
+    }
+}
+
+fn check_size(gpu: &Gpu, what: &str, bytes: usize) -> Result<()> {
+    if bytes as u64 > gpu.max_binding {
+        return Err(Error::Gpu(format!(
+            "{what} needs {bytes} bytes, more than the device's largest storage binding ({} bytes)",
+            gpu.max_binding
+        )));
+    }
+    Ok(())
+}
+
+impl Session {
+    pub(crate) fn new(model: Model, max_context: usize) -> Result<Session> {
+        if max_context == 0 {
+            return Err(Error::InvalidArgument("max_context must be at least 1".into()));
+        }
+        let m = &model.inner;
+        let cfg = &m.cfg;
+        let gpu = &m.gpu;
+        let kv_bytes = max_context * cfg.num_key_value_heads * cfg.head_dim * 4;
+        check_size(gpu, "the KV cache of one layer", kv_bytes)?;
+        // The widest per-token activation decides how many tokens fit one pass.
+        let k = cfg.num_experts_per_tok.max(1);
+        let per_token = 4 * [
+            cfg.hidden_size,
+            cfg.num_attention_heads * cfg.head_dim,
+            cfg.intermediate_size,
+            cfg.num_experts,
+            k * cfg.hidden_size,
+            k * cfg.moe_intermediate_size,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        let cap = MAX_PASS_TOKENS
+            .min(max_context)
+            .min((gpu.max_binding as usize / per_token).max(1));
+        let (cos, sin) = crate::reference::rope_tables(cfg.rope_theta, cfg.rotary_dim, max_context);
+        let buf = |label: &str, floats: usize| gpu.storage_buffer(label, (floats * 4) as u64);
+        let h = cfg.hidden_size;
+        let qd = cfg.num_attention_heads * cfg.head_dim;
+        let kvd = cfg.num_key_value_heads * cfg.head_dim;
+        let readback_bytes = (cfg.vocab_size * 4).max(cap * k * 8).div_ceil(16) * 16;
+        let scratch = Scratch {
+            cap,
+            ids: buf("ids", cap),
+            x: buf("x", cap * h),
+            h: buf("h", cap * h),
+            xn: buf("xn", cap * h),
+            q: buf("q", cap * qd),
+            k: buf("k", cap * kvd),
+            v: buf("v", cap * kvd),
+            qn: buf("qn", cap * qd),
+            kn: buf("kn", cap * kvd),
+            qr: buf("qr", cap * qd),
+            attn: buf("attn", cap * qd),
+            mlp_g: buf("mlp_g", cap * cfg.intermediate_size),
+            mlp_u: buf("mlp_u", cap * cfg.intermediate_size),
+            mlp_a: buf("mlp_a", cap * cfg.intermediate_size),
+            router_logits: buf("router_logits", cap * cfg.num_experts),
+            route_ids: buf("route_ids", cap * k),
+            route_w: buf("route_w", cap * k),
+            assign: buf("assign", cap * k * 2),
+            assign_w: buf("assign_w", cap * k),
+            route: buf("route", cap * k),
+            moe_h: buf("moe_h", cap * k * cfg.moe_intermediate_size),
+            moe_o: buf("moe_o", cap * k * h),
+            logits: buf("logits", cfg.vocab_size),
+            readback: gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: readback_bytes as u64,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            cos: gpu.upload("rope cos", bytemuck::cast_slice(&cos)),
+            sin: gpu.upload("rope sin", bytemuck::cast_slice(&sin)),
+            kv: (0..cfg.num_hidden_layers)
+                .map(|_| (buf("k cache", max_context * kvd), buf("v cache", max_context * kvd)))
+                .collect(),
+        };
+        gpu.check()?;
+        Ok(Session {
+            model,
+            max_context,
+            pos: 0,
+            scratch,
+            params: ParamArena::default(),
+            stats: SessionStats::default(),
+        })
+    }
+
+    /// Runs a whole prompt (appended to whatever the context holds) in batched passes and
+    /// returns the logits at its last position.
+    pub fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        if ids.is_empty() {
+            return Err(Error::InvalidArgument("prefill needs at least one token".into()));
+        }
+        self.check_tokens(ids)?;
+        let mut last = Vec::new();
+        let chunks: Vec<&[u32]> = ids.chunks(self.scratch.cap).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            last = self.run(chunk, i + 1 == chunks.len())?;
+        }
+        Ok(last)
+    }
+
+    /// Runs one token and returns the logits after it.
+    pub fn step(&mut self, id: u32) -> Result<Vec<f32>> {
+        self.check_tokens(&[id])?;
+        self.run(&[id], true)
+    }
+
+    /// Empties the context; the session's buffers are kept for reuse.
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Tokens in the context.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// The most tokens the context holds.
+    pub fn max_context(&self) -> usize {
+        self.max_context
+    }
+
+    /// The model this session runs on.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Counters accumulated by this session.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    fn check_tokens(&self, ids: &[u32]) -> Result<()> {
+        let vocab = self.model.inner.cfg.vocab_size;
+        if let Some((index, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+            return Err(Error::TokenOutOfRange {
+                id,
+                index,
+                vocab_size: vocab,
+            });
+        }
+        let needed = self.pos + ids.len();
+        if needed > self.max_context {
+            return Err(Error::ContextOverflow {
+                needed,
+                capacity: self.max_context,
+            });
+        }
+        Ok(())
+    }
+
+    /// One batched pass over `ids` (at most `scratch.cap` of them) at the current position.
+    fn run(&mut self, ids: &[u32], want_logits: bool) -> Result<Vec<f32>> {
+        let m = &*self.model.inner;
+        m.gpu.queue.write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
+        let mut pass = Pass {
+            m,
+            s: &self.scratch,
+            rec: Recorder::new(&m.gpu, &mut self.params),
+            n: ids.len(),
+            pos0: self.pos,
+            stats: CacheStats::default(),
+        };
+        let result = (|| {
+            pass.embed();
+            for (l, layer) in m.weights.layers.iter().enumerate() {
+                pass.attention(l, layer);
+                pass.mlp(l, layer)?;
+            }
+            if want_logits {
+                pass.logits()
+            } else {
+                pass.rec.submit();
+                m.gpu.check()?;
+                Ok(Vec::new())
+            }
+        })();
+        let stats = pass.stats;
+        if let Some(cache) = &m.cache {
+            cache.record(&stats);
+        }
+        self.stats.cache.add(&stats);
+        let logits = result?;
+        self.pos += ids.len();
+        self.stats.tokens += ids.len() as u64;
+        self.stats.passes += 1;
+        Ok(logits)
+    }
+}
