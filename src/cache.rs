@@ -100,7 +100,11 @@ impl LruPolicy {
 
     /// A slot for `key` (which must not be resident): a free one, else the least recently
     /// used slot not in `pinned`. Returns the slot and the evicted key, if any.
-    pub fn insert(&mut self, key: (usize, usize), pinned: &[usize]) -> Option<(usize, Option<(usize, usize)>)> {
+    pub fn insert(
+        &mut self,
+        key: (usize, usize),
+        pinned: &[usize],
+    ) -> Option<(usize, Option<(usize, usize)>)> {
         let slot = match self.owner.iter().position(Option::is_none) {
             Some(s) => s,
             None => (0..self.owner.len())
@@ -249,8 +253,11 @@ impl ExpertCache {
             stats.misses += 1;
             stats.bytes_read += state.staging.len() as u64;
             let (page, local) = self.locate(slot);
-            gpu.queue
-                .write_buffer(&self.pages[page], local as u64 * self.slot_bytes, &state.staging);
+            gpu.queue.write_buffer(
+                &self.pages[page],
+                local as u64 * self.slot_bytes,
+                &state.staging,
+            );
             pinned.push(slot);
             slots[i] = Some(slot);
         }

@@ -209,7 +209,10 @@ impl Checkpoint {
     }
 }
 
-fn read_index(path: &Path) -> Result<(Vec<String>, Vec<(String, String)>)> {
+/// Shard file names, and (tensor, file) pairs of the weight map.
+type IndexContents = (Vec<String>, Vec<(String, String)>);
+
+fn read_index(path: &Path) -> Result<IndexContents> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let bad = |reason: String| Error::Safetensors {
         path: path.to_path_buf(),
@@ -228,7 +231,9 @@ fn read_index(path: &Path) -> Result<(Vec<String>, Vec<(String, String)>)> {
             .as_str()
             .ok_or_else(|| bad(format!("weight_map[{tensor:?}] is not a file name")))?;
         if f.contains('/') || f.contains('\\') || f == ".." {
-            return Err(bad(format!("weight_map[{tensor:?}] = {f:?} is not a plain file name")));
+            return Err(bad(format!(
+                "weight_map[{tensor:?}] = {f:?} is not a plain file name"
+            )));
         }
         files.insert(f.to_string());
         pairs.push((tensor.clone(), f.to_string()));

@@ -4,7 +4,7 @@
 //! `save_pretrained` writes `rope_parameters: {rope_theta, rope_type}`,
 //! `num_local_experts`, `dtype`. Both are accepted.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Map, Value};
 
@@ -133,7 +133,9 @@ impl Parser<'_> {
                 .as_u64()
                 .and_then(|n| usize::try_from(n).ok())
                 .map(Some)
-                .ok_or_else(|| self.err(format!("`{key}` must be a non-negative integer, found {v}"))),
+                .ok_or_else(|| {
+                    self.err(format!("`{key}` must be a non-negative integer, found {v}"))
+                }),
         }
     }
 
@@ -176,7 +178,11 @@ impl Parser<'_> {
             None => Ok(Vec::new()),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(bad))
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(bad)
+                })
                 .collect(),
             Some(v) => Ok(vec![v
                 .as_u64()
@@ -220,7 +226,9 @@ impl Parser<'_> {
         }
         let theta = theta.unwrap_or(10000.0);
         if !(theta.is_finite() && theta > 0.0) {
-            return Err(self.err(format!("rope theta must be a positive number, found {theta}")));
+            return Err(self.err(format!(
+                "rope theta must be a positive number, found {theta}"
+            )));
         }
         let partial = partial.unwrap_or(1.0);
         if !(partial > 0.0 && partial <= 1.0) {
@@ -264,7 +272,9 @@ impl Parser<'_> {
             None => hidden_size / num_attention_heads,
         };
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(self.err(format!("head_dim must be a positive even number, found {head_dim}")));
+            return Err(self.err(format!(
+                "head_dim must be a positive even number, found {head_dim}"
+            )));
         }
         let (rope_theta, partial) = self.rope()?;
         // transformers' qwen3_moe rotates the whole head whatever `partial_rotary_factor`
@@ -338,15 +348,8 @@ impl Parser<'_> {
             bos_token_id: self.token_ids("bos_token_id")?.first().copied(),
         };
         if (0..cfg.num_hidden_layers).any(|l| !cfg.is_moe_layer(l)) && cfg.intermediate_size == 0 {
-            return Err(self.err(
-                "`intermediate_size` is required: the model has dense MLP layers",
-            ));
+            return Err(self.err("`intermediate_size` is required: the model has dense MLP layers"));
         }
         Ok(cfg)
     }
-}
-
-/// Path helper used in errors: `<dir>/config.json`.
-pub(crate) fn config_path(dir: &Path) -> PathBuf {
-    dir.join("config.json")
 }

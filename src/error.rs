@@ -72,7 +72,9 @@ pub enum Error {
     },
 
     /// A tensor has a dtype moestream cannot use where it is.
-    #[error("tensor {name:?} in {path}: dtype {found} is not supported here (expected {expected})")]
+    #[error(
+        "tensor {name:?} in {path}: dtype {found} is not supported here (expected {expected})"
+    )]
     Dtype {
         /// The tensor's name.
         name: String,

@@ -33,7 +33,14 @@ pub(crate) struct Pass<'a> {
 
 impl Pass<'_> {
     /// y = x W^T (+ bias) (+ resid) for `self.n` tokens.
-    fn linear(&mut self, w: &GpuMatrix, x: &wgpu::Buffer, y: &wgpu::Buffer, bias: Option<&GpuVec>, resid: Option<&wgpu::Buffer>) {
+    fn linear(
+        &mut self,
+        w: &GpuMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        bias: Option<&GpuVec>,
+        resid: Option<&wgpu::Buffer>,
+    ) {
         self.linear_n(w, x, y, bias, resid, self.n);
     }
 
@@ -51,7 +58,13 @@ impl Pass<'_> {
         let bias_buf = bias.map_or(dummy, |b| &b.buffer);
         let resid_buf = resid.unwrap_or(dummy);
         for (buf, row0, rows) in &w.chunks {
-            let binds = [buf.into(), x.into(), bias_buf.into(), resid_buf.into(), y.into()];
+            let binds = [
+                buf.into(),
+                x.into(),
+                bias_buf.into(),
+                resid_buf.into(),
+                y.into(),
+            ];
             if n == 1 {
                 self.rec.dispatch(
                     Kernel::MatVec,
@@ -64,7 +77,14 @@ impl Pass<'_> {
                 self.rec.dispatch(
                     Kernel::MatMul,
                     Some(w.dtype),
-                    &[*rows as u32, w.cols as u32, n as u32, *row0 as u32, w.rows as u32, flags],
+                    &[
+                        *rows as u32,
+                        w.cols as u32,
+                        n as u32,
+                        *row0 as u32,
+                        w.rows as u32,
+                        flags,
+                    ],
                     &binds,
                     (rows.div_ceil(16) as u32, n.div_ceil(16) as u32),
                 );
@@ -72,7 +92,15 @@ impl Pass<'_> {
         }
     }
 
-    fn rmsnorm(&mut self, x: &wgpu::Buffer, w: &GpuVec, y: &wgpu::Buffer, rows: usize, len: usize, x_offset: usize) {
+    fn rmsnorm(
+        &mut self,
+        x: &wgpu::Buffer,
+        w: &GpuVec,
+        y: &wgpu::Buffer,
+        rows: usize,
+        len: usize,
+        x_offset: usize,
+    ) {
         let eps = self.m.cfg.rms_norm_eps;
         self.rec.dispatch(
             Kernel::RmsNorm,
@@ -102,7 +130,12 @@ impl Pass<'_> {
     pub fn attention(&mut self, l: usize, layer: &Layer) {
         let cfg = &self.m.cfg;
         let s = self.s;
-        let (h, hd, nh, nkv) = (cfg.hidden_size, cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads);
+        let (h, hd, nh, nkv) = (
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+        );
         let n = self.n;
         let a = &layer.attn;
         self.rmsnorm(&s.x, &layer.input_norm, &s.xn, n, h, 0);
@@ -118,22 +151,42 @@ impl Pass<'_> {
             Kernel::Rope,
             None,
             &[n as u32, nh as u32, hd as u32, half, self.pos0 as u32, 0],
-            &[(&s.qn).into(), (&s.cos).into(), (&s.sin).into(), (&s.qr).into()],
+            &[
+                (&s.qn).into(),
+                (&s.cos).into(),
+                (&s.sin).into(),
+                (&s.qr).into(),
+            ],
             grid((n * nh * hd).div_ceil(64)),
         );
         self.rec.dispatch(
             Kernel::Rope,
             None,
-            &[n as u32, nkv as u32, hd as u32, half, self.pos0 as u32, kv_off as u32],
+            &[
+                n as u32,
+                nkv as u32,
+                hd as u32,
+                half,
+                self.pos0 as u32,
+                kv_off as u32,
+            ],
             &[(&s.kn).into(), (&s.cos).into(), (&s.sin).into(), kc.into()],
             grid((n * nkv * hd).div_ceil(64)),
         );
-        self.rec.copy(&s.v, 0, vc, (kv_off * 4) as u64, (n * nkv * hd * 4) as u64);
+        self.rec
+            .copy(&s.v, 0, vc, (kv_off * 4) as u64, (n * nkv * hd * 4) as u64);
         let scale = 1.0 / (hd as f32).sqrt();
         self.rec.dispatch(
             Kernel::Attention,
             None,
-            &[n as u32, self.pos0 as u32, nh as u32, nkv as u32, hd as u32, bits(scale)],
+            &[
+                n as u32,
+                self.pos0 as u32,
+                nh as u32,
+                nkv as u32,
+                hd as u32,
+                bits(scale),
+            ],
             &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn).into()],
             (nh as u32, n as u32),
         );
@@ -175,13 +228,18 @@ impl Pass<'_> {
             Kernel::Router,
             None,
             &[ne as u32, k as u32, u32::from(cfg.norm_topk_prob), n as u32],
-            &[(&s.router_logits).into(), (&s.route_ids).into(), (&s.route_w).into()],
+            &[
+                (&s.router_logits).into(),
+                (&s.route_ids).into(),
+                (&s.route_w).into(),
+            ],
             grid(n),
         );
         let bytes = (n * k * 4) as u64;
-        let parts = self
-            .rec
-            .read(&[(&s.route_ids, 0, bytes), (&s.route_w, 0, bytes)], &s.readback)?;
+        let parts = self.rec.read(
+            &[(&s.route_ids, 0, bytes), (&s.route_w, 0, bytes)],
+            &s.readback,
+        )?;
         let ids: Vec<u32> = bytemuck::pod_collect_to_vec(&parts[0]);
         let wts: Vec<f32> = bytemuck::pod_collect_to_vec(&parts[1]);
 
@@ -196,7 +254,10 @@ impl Pass<'_> {
             by_expert.entry(e as usize).or_default().push(flat);
         }
         let experts: Vec<usize> = by_expert.keys().copied().collect();
-        let cache = m.cache.as_ref().ok_or_else(|| Error::Gpu("MoE layer without an expert cache".into()))?;
+        let cache = m
+            .cache
+            .as_ref()
+            .ok_or_else(|| Error::Gpu("MoE layer without an expert cache".into()))?;
         let lay = &cache.layout;
         let esize = lay.dtype().size();
         let slot_elems = (cache.slot_bytes as usize / esize) as u32;
@@ -213,7 +274,8 @@ impl Pass<'_> {
         let group_size = state.policy.slots();
         for group in experts.chunks(group_size) {
             let keys: Vec<(usize, usize)> = group.iter().map(|&e| (l, e)).collect();
-            let slots = cache.acquire(&m.gpu, &mut state, m.store.as_ref(), &keys, &mut self.stats)?;
+            let slots =
+                cache.acquire(&m.gpu, &mut state, m.store.as_ref(), &keys, &mut self.stats)?;
             let mut order: Vec<usize> = (0..group.len()).collect();
             order.sort_by_key(|&i| slots[i]);
             let a0 = aw.len();
@@ -234,22 +296,49 @@ impl Pass<'_> {
                 }
             }
             let q = &m.gpu.queue;
-            q.write_buffer(&s.assign, (a0 * 8) as u64, bytemuck::cast_slice(&pairs[2 * a0..]));
-            q.write_buffer(&s.assign_w, (a0 * 4) as u64, bytemuck::cast_slice(&aw[a0..]));
+            q.write_buffer(
+                &s.assign,
+                (a0 * 8) as u64,
+                bytemuck::cast_slice(&pairs[2 * a0..]),
+            );
+            q.write_buffer(
+                &s.assign_w,
+                (a0 * 4) as u64,
+                bytemuck::cast_slice(&aw[a0..]),
+            );
             for (page, start, count) in runs {
                 let pb = &cache.pages[page];
                 self.rec.dispatch(
                     Kernel::MoeGateUp,
                     Some(lay.dtype()),
-                    &[hs, is, start as u32, count as u32, gate_off, up_off, slot_elems],
-                    &[pb.into(), (&s.xn).into(), (&s.assign).into(), (&s.moe_h).into()],
+                    &[
+                        hs,
+                        is,
+                        start as u32,
+                        count as u32,
+                        gate_off,
+                        up_off,
+                        slot_elems,
+                    ],
+                    &[
+                        pb.into(),
+                        (&s.xn).into(),
+                        (&s.assign).into(),
+                        (&s.moe_h).into(),
+                    ],
                     (is, count as u32),
                 );
                 self.rec.dispatch(
                     Kernel::MoeDown,
                     Some(lay.dtype()),
                     &[hs, is, start as u32, count as u32, down_off, slot_elems],
-                    &[pb.into(), (&s.moe_h).into(), (&s.assign).into(), (&s.assign_w).into(), (&s.moe_o).into()],
+                    &[
+                        pb.into(),
+                        (&s.moe_h).into(),
+                        (&s.assign).into(),
+                        (&s.assign_w).into(),
+                        (&s.moe_o).into(),
+                    ],
                     (hs, count as u32),
                 );
             }
@@ -257,12 +346,19 @@ impl Pass<'_> {
             self.rec.submit();
         }
         drop(state);
-        m.gpu.queue.write_buffer(&s.route, 0, bytemuck::cast_slice(&route));
+        m.gpu
+            .queue
+            .write_buffer(&s.route, 0, bytemuck::cast_slice(&route));
         self.rec.dispatch(
             Kernel::MoeCombine,
             None,
             &[hs, n as u32, k as u32],
-            &[(&s.h).into(), (&s.moe_o).into(), (&s.route).into(), (&s.x).into()],
+            &[
+                (&s.h).into(),
+                (&s.moe_o).into(),
+                (&s.route).into(),
+                (&s.x).into(),
+            ],
             grid((cfg.hidden_size * n).div_ceil(64)),
         );
         Ok(())
@@ -276,7 +372,9 @@ impl Pass<'_> {
         self.rmsnorm(&s.x, &w.final_norm, &s.xn, 1, h, (self.n - 1) * h);
         self.linear_n(w.lm_head(), &s.xn, &s.logits, None, None, 1);
         let v = self.m.cfg.vocab_size;
-        let parts = self.rec.read(&[(&s.logits, 0, (v * 4) as u64)], &s.readback)?;
+        let parts = self
+            .rec
+            .read(&[(&s.logits, 0, (v * 4) as u64)], &s.readback)?;
         Ok(bytemuck::pod_collect_to_vec(&parts[0]))
     }
 }

@@ -61,7 +61,10 @@ impl Golden {
             })
             .collect::<Option<_>>()
             .ok_or_else(|| bad("`logits` must be a list of number lists".into()))?;
-        let atol = v.get("atol").and_then(|x| x.as_f64()).map_or(DEFAULT_ATOL, |a| a as f32);
+        let atol = v
+            .get("atol")
+            .and_then(|x| x.as_f64())
+            .map_or(DEFAULT_ATOL, |a| a as f32);
         if prompt_len == 0 || prompt_len > ids.len() || logits.len() < ids.len() {
             return Err(bad(format!(
                 "inconsistent sizes: {} ids, prompt_len {prompt_len}, {} logit rows",
@@ -162,7 +165,10 @@ pub fn check(model: &Model, golden: &Golden, dir: &Path) -> Result<Report> {
             .iter()
             .zip(want)
             .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) });
+            .fold(
+                0.0f32,
+                |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+            );
         report.max_abs_diff = report.max_abs_diff.max(diff);
         report.positions += 1;
         if top2_margin(want) > 4.0 * golden.atol {

@@ -14,6 +14,7 @@ mod names;
 pub mod reference;
 mod session;
 mod store;
+pub mod synthetic;
 mod weights;
 
 pub use cache::CacheStats;
@@ -24,4 +25,6 @@ pub use error::{Error, Result};
 pub use gpu::{AdapterChoice, AdapterSummary, ADAPTER_ENV};
 pub use model::{Model, ModelBuilder, DEFAULT_EXPERT_CACHE_BYTES};
 pub use session::{Session, SessionStats, MAX_PASS_TOKENS};
-pub use store::{ExpertLayout, ExpertRole, ExpertStore, ExpertTensor, MemoryStore, SafetensorsStore};
+pub use store::{
+    ExpertLayout, ExpertRole, ExpertStore, ExpertTensor, MemoryStore, SafetensorsStore,
+};

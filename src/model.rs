@@ -64,13 +64,19 @@ impl ModelBuilder {
         if cfg.head_dim > 256 {
             return Err(Error::Config {
                 path: self.dir.join("config.json"),
-                reason: format!("head_dim {} is above the supported maximum of 256", cfg.head_dim),
+                reason: format!(
+                    "head_dim {} is above the supported maximum of 256",
+                    cfg.head_dim
+                ),
             });
         }
         if cfg.num_experts > 1024 {
             return Err(Error::Config {
                 path: self.dir.join("config.json"),
-                reason: format!("num_experts {} is above the supported maximum of 1024", cfg.num_experts),
+                reason: format!(
+                    "num_experts {} is above the supported maximum of 1024",
+                    cfg.num_experts
+                ),
             });
         }
         let ckpt = Arc::new(Checkpoint::open(&self.dir)?);
@@ -78,7 +84,11 @@ impl ModelBuilder {
             Some(s) => s,
             None => Arc::new(SafetensorsStore::new(ckpt.clone(), &cfg)?),
         };
-        let expected = ExpertLayout::swiglu(store.layout().dtype(), cfg.hidden_size, cfg.moe_intermediate_size);
+        let expected = ExpertLayout::swiglu(
+            store.layout().dtype(),
+            cfg.hidden_size,
+            cfg.moe_intermediate_size,
+        );
         if store.layout() != &expected {
             return Err(Error::InvalidArgument(format!(
                 "the expert store's layout {:?} does not match the model's experts {:?}",
@@ -90,9 +100,16 @@ impl ModelBuilder {
         let weights = Weights::load(&gpu, &cfg, &ckpt)?;
         let moe_layers = cfg.moe_layers().len();
         let total_experts = moe_layers * cfg.num_experts;
-        let budget = self.expert_cache_bytes.unwrap_or(DEFAULT_EXPERT_CACHE_BYTES);
+        let budget = self
+            .expert_cache_bytes
+            .unwrap_or(DEFAULT_EXPERT_CACHE_BYTES);
         let cache = if total_experts > 0 {
-            Some(ExpertCache::new(&gpu, store.layout().clone(), budget, total_experts)?)
+            Some(ExpertCache::new(
+                &gpu,
+                store.layout().clone(),
+                budget,
+                total_experts,
+            )?)
         } else {
             None
         };
@@ -192,7 +209,11 @@ impl Model {
 
     /// Expert-cache counters summed over every session of this model.
     pub fn cache_stats(&self) -> CacheStats {
-        self.inner.cache.as_ref().map(ExpertCache::stats).unwrap_or_default()
+        self.inner
+            .cache
+            .as_ref()
+            .map(ExpertCache::stats)
+            .unwrap_or_default()
     }
 
     /// Number of expert slots in the GPU cache (0 for a model without experts).

@@ -97,7 +97,9 @@ fn check_size(gpu: &Gpu, what: &str, bytes: usize) -> Result<()> {
 impl Session {
     pub(crate) fn new(model: Model, max_context: usize) -> Result<Session> {
         if max_context == 0 {
-            return Err(Error::InvalidArgument("max_context must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "max_context must be at least 1".into(),
+            ));
         }
         let m = &model.inner;
         let cfg = &m.cfg;
@@ -160,7 +162,12 @@ impl Session {
             cos: gpu.upload("rope cos", bytemuck::cast_slice(&cos)),
             sin: gpu.upload("rope sin", bytemuck::cast_slice(&sin)),
             kv: (0..cfg.num_hidden_layers)
-                .map(|_| (buf("k cache", max_context * kvd), buf("v cache", max_context * kvd)))
+                .map(|_| {
+                    (
+                        buf("k cache", max_context * kvd),
+                        buf("v cache", max_context * kvd),
+                    )
+                })
                 .collect(),
         };
         gpu.check()?;
@@ -178,7 +185,9 @@ impl Session {
     /// returns the logits at its last position.
     pub fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         if ids.is_empty() {
-            return Err(Error::InvalidArgument("prefill needs at least one token".into()));
+            return Err(Error::InvalidArgument(
+                "prefill needs at least one token".into(),
+            ));
         }
         self.check_tokens(ids)?;
         let mut last = Vec::new();
@@ -242,7 +251,9 @@ impl Session {
     /// One batched pass over `ids` (at most `scratch.cap` of them) at the current position.
     fn run(&mut self, ids: &[u32], want_logits: bool) -> Result<Vec<f32>> {
         let m = &*self.model.inner;
-        m.gpu.queue.write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
+        m.gpu
+            .queue
+            .write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
         let mut pass = Pass {
             m,
             s: &self.scratch,

@@ -85,7 +85,11 @@ impl Kernel {
     pub fn reads_weights(self) -> bool {
         matches!(
             self,
-            Kernel::Embedding | Kernel::MatVec | Kernel::MatMul | Kernel::MoeGateUp | Kernel::MoeDown
+            Kernel::Embedding
+                | Kernel::MatVec
+                | Kernel::MatMul
+                | Kernel::MoeGateUp
+                | Kernel::MoeDown
         )
     }
 

@@ -63,7 +63,9 @@ pub(crate) struct Gpu {
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gpu").field("adapter", &self.summary).finish()
+        f.debug_struct("Gpu")
+            .field("adapter", &self.summary)
+            .finish()
     }
 }
 
@@ -98,7 +100,10 @@ impl Gpu {
                 .enumerate()
                 .map(|(i, a)| {
                     let info = a.get_info();
-                    format!("{i}: {} ({:?}, {:?})", info.name, info.backend, info.device_type)
+                    format!(
+                        "{i}: {} ({:?}, {:?})",
+                        info.name, info.backend, info.device_type
+                    )
                 })
                 .collect::<Vec<_>>()
                 .join("; ")
@@ -120,7 +125,12 @@ impl Gpu {
                     .find(|a| a.get_info().name.to_lowercase().contains(&n))
             }
         }
-        .ok_or_else(|| Error::Adapter(format!("no adapter matches {choice:?}; available: {}", listing())))?;
+        .ok_or_else(|| {
+            Error::Adapter(format!(
+                "no adapter matches {choice:?}; available: {}",
+                listing()
+            ))
+        })?;
         let info = adapter.get_info();
         let alimits = adapter.limits();
         // Ask for everything the adapter offers: large bindings matter for big weights.
@@ -141,7 +151,8 @@ impl Gpu {
                 slot.get_or_insert_with(|| e.to_string());
             }
         }));
-        let max_binding = (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
+        let max_binding =
+            (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         // Keep bindings a multiple of 16 bytes.
         let max_binding = max_binding & !15;
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
@@ -187,27 +198,30 @@ impl Gpu {
         }
         let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         let module = modules.entry(kernel).or_insert_with(|| {
-            self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(kernel.name()),
-                source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
-            })
+            self.device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(kernel.name()),
+                    source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+                })
         });
         let constants: Vec<(&str, f64)> = if kernel.reads_weights() {
             vec![("WDT", code as f64)]
         } else {
             Vec::new()
         };
-        let pipeline = Arc::new(self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.name()),
-            layout: None,
-            module,
-            entry_point: Some("main"),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &constants,
-                zero_initialize_workgroup_memory: false,
+        let pipeline = Arc::new(self.device.create_compute_pipeline(
+            &wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.name()),
+                layout: None,
+                module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
             },
-            cache: None,
-        }));
+        ));
         pipes.insert(key, pipeline.clone());
         pipeline
     }

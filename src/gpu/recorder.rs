@@ -47,7 +47,8 @@ impl ParamArena {
             }
             let used = if i == self.block { self.offset } else { BLOCK };
             if used > 0 {
-                gpu.queue.write_buffer(buf, 0, &host[..used.min(BLOCK) as usize]);
+                gpu.queue
+                    .write_buffer(buf, 0, &host[..used.min(BLOCK) as usize]);
             }
         }
         self.block = 0;
@@ -91,7 +92,9 @@ impl<'a> Recorder<'a> {
     pub fn new(gpu: &'a Gpu, params: &'a mut ParamArena) -> Self {
         let encoder = gpu
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            });
         Recorder {
             gpu,
             encoder,
@@ -131,11 +134,14 @@ impl<'a> Recorder<'a> {
                 }),
             });
         }
-        let bind_group = self.gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.name()),
-            layout: &pipeline.get_bind_group_layout(0),
-            entries: &entries,
-        });
+        let bind_group = self
+            .gpu
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(kernel.name()),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            });
         let mut pass = self
             .encoder
             .begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -149,9 +155,17 @@ impl<'a> Recorder<'a> {
         self.pending += 1;
     }
 
-    pub fn copy(&mut self, src: &wgpu::Buffer, src_off: u64, dst: &wgpu::Buffer, dst_off: u64, size: u64) {
+    pub fn copy(
+        &mut self,
+        src: &wgpu::Buffer,
+        src_off: u64,
+        dst: &wgpu::Buffer,
+        dst_off: u64,
+        size: u64,
+    ) {
         if size > 0 {
-            self.encoder.copy_buffer_to_buffer(src, src_off, dst, dst_off, size);
+            self.encoder
+                .copy_buffer_to_buffer(src, src_off, dst, dst_off, size);
             self.pending += 1;
         }
     }
@@ -162,7 +176,9 @@ impl<'a> Recorder<'a> {
             &mut self.encoder,
             self.gpu
                 .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") }),
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("step"),
+                }),
         );
         self.params.flush(self.gpu);
         self.gpu.queue.submit(Some(encoder.finish()));
@@ -171,7 +187,11 @@ impl<'a> Recorder<'a> {
 
     /// Copies each `(buffer, offset, size)` into the mappable `staging` buffer, submits
     /// everything recorded, waits, and returns the bytes of each part.
-    pub fn read(&mut self, parts: &[(&wgpu::Buffer, u64, u64)], staging: &wgpu::Buffer) -> Result<Vec<Vec<u8>>> {
+    pub fn read(
+        &mut self,
+        parts: &[(&wgpu::Buffer, u64, u64)],
+        staging: &wgpu::Buffer,
+    ) -> Result<Vec<Vec<u8>>> {
         let mut at = 0u64;
         let mut spans = Vec::with_capacity(parts.len());
         for &(src, offset, size) in parts {
@@ -202,7 +222,10 @@ impl<'a> Recorder<'a> {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?;
-            spans.iter().map(|&(a, n)| view[a..a + n].to_vec()).collect()
+            spans
+                .iter()
+                .map(|&(a, n)| view[a..a + n].to_vec())
+                .collect()
         };
         staging.unmap();
         self.gpu.check()?;

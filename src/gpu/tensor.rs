@@ -17,7 +17,14 @@ pub(crate) struct GpuMatrix {
 }
 
 impl GpuMatrix {
-    pub fn upload(gpu: &Gpu, name: &str, dtype: DType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+    pub fn upload(
+        gpu: &Gpu,
+        name: &str,
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<Self> {
         let row_bytes = (cols * dtype.size()) as u64;
         let mut per_chunk = (gpu.max_binding.saturating_sub(16) / row_bytes.max(1)) as usize;
         // Chunks must start on a 4-byte boundary of the data.

@@ -13,7 +13,9 @@ pub struct KernelRunner {
 
 impl std::fmt::Debug for KernelRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KernelRunner").field("adapter", &self.gpu.summary).finish()
+        f.debug_struct("KernelRunner")
+            .field("adapter", &self.gpu.summary)
+            .finish()
     }
 }
 
@@ -42,8 +44,14 @@ impl KernelRunner {
         groups: (u32, u32),
     ) -> Result<Vec<Vec<u8>>> {
         let gpu = &self.gpu;
-        let bufs: Vec<wgpu::Buffer> = buffers.iter().map(|b| gpu.upload("test input", b)).collect();
-        let total: u64 = buffers.iter().map(|b| (b.len() as u64).max(16).div_ceil(16) * 16).sum();
+        let bufs: Vec<wgpu::Buffer> = buffers
+            .iter()
+            .map(|b| gpu.upload("test input", b))
+            .collect();
+        let total: u64 = buffers
+            .iter()
+            .map(|b| (b.len() as u64).max(16).div_ceil(16) * 16)
+            .sum();
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("test readback"),
             size: total.max(16),

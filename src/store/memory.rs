@@ -23,7 +23,11 @@ impl MemoryStore {
     }
 
     /// Copies every expert of `other` for the given `(layer, num_experts)` pairs.
-    pub fn copy_from(other: &dyn ExpertStore, layers: &[usize], num_experts: usize) -> Result<Self> {
+    pub fn copy_from(
+        other: &dyn ExpertStore,
+        layers: &[usize],
+        num_experts: usize,
+    ) -> Result<Self> {
         let mut store = MemoryStore::new(other.layout().clone());
         for &layer in layers {
             for expert in 0..num_experts {
@@ -55,12 +59,15 @@ impl ExpertStore for MemoryStore {
     }
 
     fn read_expert(&self, layer: usize, expert: usize, dst: &mut [u8]) -> Result<()> {
-        let blob = self.blobs.get(&(layer, expert)).ok_or_else(|| Error::ExpertRead {
-            layer,
-            expert,
-            reason: "not in this memory store".into(),
-            source: None,
-        })?;
+        let blob = self
+            .blobs
+            .get(&(layer, expert))
+            .ok_or_else(|| Error::ExpertRead {
+                layer,
+                expert,
+                reason: "not in this memory store".into(),
+                source: None,
+            })?;
         if dst.len() != blob.len() {
             return Err(Error::InvalidArgument(format!(
                 "destination is {} bytes, an expert is {}",

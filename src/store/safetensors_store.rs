@@ -73,8 +73,16 @@ impl SafetensorsStore {
                 for e in 0..ne {
                     let base = gu_e.offset + (e * 2 * part) as u64;
                     layer.push([
-                        Extent { file: gu_e.file, offset: base, len: part },
-                        Extent { file: gu_e.file, offset: base + part as u64, len: part },
+                        Extent {
+                            file: gu_e.file,
+                            offset: base,
+                            len: part,
+                        },
+                        Extent {
+                            file: gu_e.file,
+                            offset: base + part as u64,
+                            len: part,
+                        },
                         Extent {
                             file: dn_e.file,
                             offset: dn_e.offset + (e * part) as u64,
@@ -84,7 +92,11 @@ impl SafetensorsStore {
                 }
             } else {
                 for e in 0..ne {
-                    let mut parts = [Extent { file: 0, offset: 0, len: 0 }; 3];
+                    let mut parts = [Extent {
+                        file: 0,
+                        offset: 0,
+                        len: 0,
+                    }; 3];
                     for (k, (proj, shape)) in [
                         ("gate_proj", [i, h]),
                         ("up_proj", [i, h]),
@@ -143,14 +155,22 @@ impl ExpertStore for SafetensorsStore {
         }
         for (part, t) in parts.iter().zip(&self.layout.tensors) {
             let f = &self.ckpt.files()[part.file];
-            read_exact_at(&f.file, &mut dst[t.offset..t.offset + part.len], part.offset).map_err(
-                |e| Error::ExpertRead {
-                    layer,
-                    expert,
-                    reason: format!("reading {} bytes at offset {} of {}", part.len, part.offset, f.path.display()),
-                    source: Some(Box::new(e)),
-                },
-            )?;
+            read_exact_at(
+                &f.file,
+                &mut dst[t.offset..t.offset + part.len],
+                part.offset,
+            )
+            .map_err(|e| Error::ExpertRead {
+                layer,
+                expert,
+                reason: format!(
+                    "reading {} bytes at offset {} of {}",
+                    part.len,
+                    part.offset,
+                    f.path.display()
+                ),
+                source: Some(Box::new(e)),
+            })?;
         }
         Ok(())
     }

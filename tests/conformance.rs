@@ -1,0 +1,85 @@
+//! Every committed fixture against its golden logits from HF transformers, with an expert
+//! cache that holds every expert and with one that holds a single expert (less than one
+//! layer's worth), which must give identical logits.
+
+mod common;
+
+use moestream::golden::{check, Golden, Report};
+use moestream::Model;
+
+fn run(dir: &std::path::Path, golden: &Golden, budget: Option<u64>) -> (Model, Report) {
+    let mut b = Model::builder(dir);
+    if let Some(bytes) = budget {
+        b = b.expert_cache_bytes(bytes);
+    }
+    let model = b.build().unwrap();
+    let report = check(&model, golden, dir).unwrap();
+    println!("budget {budget:?}: {report}");
+    assert!(report.passed(), "{report}");
+    assert!(
+        report.argmax_checked > 0,
+        "{}: no argmax was checked",
+        dir.display()
+    );
+    (model, report)
+}
+
+#[test]
+fn fixtures_match_golden_with_full_and_tight_cache() {
+    for dir in common::fixtures() {
+        let golden = Golden::load(&dir).unwrap();
+        let (full, full_report) = run(&dir, &golden, None);
+        let cfg = full.config().clone();
+        let stats = full.cache_stats();
+        assert_eq!(
+            stats.evictions,
+            0,
+            "{}: a full cache never evicts",
+            dir.display()
+        );
+        assert!(
+            stats.misses as usize <= cfg.moe_layers().len() * cfg.num_experts,
+            "{}: with every expert resident, each is read at most once",
+            dir.display()
+        );
+        // A budget of exactly one slot.
+        let slot = (full.expert_store().layout().bytes as u64).div_ceil(256) * 256;
+        let (tight, tight_report) = run(&dir, &golden, Some(slot));
+        assert_eq!(tight.expert_cache_slots(), 1);
+        assert!(tight.cache_stats().evictions > 0);
+        assert_eq!(
+            full_report.max_abs_diff,
+            tight_report.max_abs_diff,
+            "{}: logits must not depend on the cache budget",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn fully_resident_model_stops_reading_storage() {
+    let dir = common::fixture("tiny_f32");
+    let golden = Golden::load(&dir).unwrap();
+    let model = Model::open(&dir).unwrap();
+    let total = (model.config().moe_layers().len() * model.config().num_experts) as u64;
+    // Warm every expert: run the fixture until every expert has been routed at least once,
+    // or the reads stop growing.
+    check(&model, &golden, &dir).unwrap();
+    let mut before = model.cache_stats();
+    for _ in 0..8 {
+        if before.misses == total {
+            break;
+        }
+        check(&model, &golden, &dir).unwrap();
+        before = model.cache_stats();
+    }
+    check(&model, &golden, &dir).unwrap();
+    let after = model.cache_stats();
+    let delta = after.since(&before);
+    assert!(delta.hits > 0);
+    assert_eq!(
+        delta.misses, 0,
+        "a warm, fully resident model must not read storage again"
+    );
+    assert_eq!(delta.bytes_read, 0);
+}

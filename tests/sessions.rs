@@ -1,0 +1,119 @@
+//! Sessions sharing one model: interleaving, threads, reset.
+
+mod common;
+
+use moestream::golden::Golden;
+use moestream::{Model, Session};
+
+fn assert_send_sync<T: Send + Sync>() {}
+
+#[test]
+fn model_is_send_sync_and_session_is_send() {
+    assert_send_sync::<Model>();
+    fn assert_send<T: Send>() {}
+    assert_send::<Session>();
+}
+
+/// Prefill + greedy-free decode of a fixed continuation, collecting every logits vector.
+fn run_all(session: &mut Session, golden: &Golden) -> Vec<Vec<f32>> {
+    let p = golden.prompt_len;
+    let mut out = vec![session.prefill(&golden.ids[..p]).unwrap()];
+    for &id in &golden.ids[p..] {
+        out.push(session.step(id).unwrap());
+    }
+    out
+}
+
+#[test]
+fn interleaved_sessions_equal_sequential_sessions() {
+    let dir = common::fixture("tiny_bf16");
+    let golden = Golden::load(&dir).unwrap();
+    // A tight budget so the two sessions evict each other's experts.
+    let model = Model::builder(&dir)
+        .expert_cache_bytes(3 * 16384)
+        .build()
+        .unwrap();
+    let other = Golden::load(common::fixture("tiny_bf16")).unwrap();
+    let other_ids: Vec<u32> = other.ids.iter().rev().copied().collect();
+
+    let mut a = model.session(64).unwrap();
+    let seq_a = run_all(&mut a, &golden);
+    let mut b = model.session(64).unwrap();
+    let p = 5;
+    let mut seq_b = vec![b.prefill(&other_ids[..p]).unwrap()];
+    for &id in &other_ids[p..] {
+        seq_b.push(b.step(id).unwrap());
+    }
+
+    let mut a = model.session(64).unwrap();
+    let mut b = model.session(64).unwrap();
+    let gp = golden.prompt_len;
+    let mut int_a = vec![a.prefill(&golden.ids[..gp]).unwrap()];
+    let mut int_b = vec![b.prefill(&other_ids[..p]).unwrap()];
+    let mut ia = golden.ids[gp..].iter();
+    let mut ib = other_ids[p..].iter();
+    loop {
+        let na = ia.next();
+        let nb = ib.next();
+        if na.is_none() && nb.is_none() {
+            break;
+        }
+        if let Some(&id) = nb {
+            int_b.push(b.step(id).unwrap());
+        }
+        if let Some(&id) = na {
+            int_a.push(a.step(id).unwrap());
+        }
+    }
+    assert_eq!(seq_a, int_a, "session A changed when interleaved");
+    assert_eq!(seq_b, int_b, "session B changed when interleaved");
+}
+
+#[test]
+fn sessions_on_threads_equal_sequential_runs() {
+    let dir = common::fixture("long_prompt");
+    let golden = Golden::load(&dir).unwrap();
+    let model = Model::builder(&dir)
+        .expert_cache_bytes(4 * 12288)
+        .build()
+        .unwrap();
+    let expected = run_all(&mut model.session(golden.ids.len()).unwrap(), &golden);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let model = model.clone();
+                let golden = &golden;
+                s.spawn(move || run_all(&mut model.session(golden.ids.len()).unwrap(), golden))
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), expected);
+        }
+    });
+}
+
+#[test]
+fn reset_reuses_the_session() {
+    let dir = common::fixture("tiny_f32");
+    let golden = Golden::load(&dir).unwrap();
+    let model = Model::open(&dir).unwrap();
+    let mut s = model.session(golden.ids.len()).unwrap();
+    let first = run_all(&mut s, &golden);
+    assert_eq!(s.position(), golden.ids.len());
+    s.reset();
+    assert_eq!(s.position(), 0);
+    let second = run_all(&mut s, &golden);
+    assert_eq!(first, second);
+    // Prefill in pieces equals one prefill.
+    s.reset();
+    let p = golden.prompt_len;
+    s.prefill(&golden.ids[..2]).unwrap();
+    let pieces = s.prefill(&golden.ids[2..p]).unwrap();
+    assert_eq!(pieces.len(), first[0].len());
+    let max = pieces
+        .iter()
+        .zip(&first[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(max < 1e-4, "prefill in pieces differs by {max}");
+}
