@@ -83,3 +83,44 @@ fn fully_resident_model_stops_reading_storage() {
     );
     assert_eq!(delta.bytes_read, 0);
 }
+
+#[test]
+fn prefill_reads_each_needed_expert_once_per_layer() {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use moestream::reference::ReferenceModel;
+    use moestream::{Checkpoint, ModelConfig, SafetensorsStore};
+
+    let dir = common::fixture("long_prompt");
+    let golden = Golden::load(&dir).unwrap();
+    let cfg = ModelConfig::from_path(&dir).unwrap();
+    let ckpt = Arc::new(Checkpoint::open(&dir).unwrap());
+    let store = SafetensorsStore::new(ckpt.clone(), &cfg).unwrap();
+    let reference = ReferenceModel::new(&cfg, &ckpt, &store).unwrap();
+    let prompt = &golden.ids[..golden.prompt_len];
+    let trace = reference.forward_trace(prompt).unwrap();
+    let distinct: usize = trace
+        .routing
+        .iter()
+        .flatten()
+        .map(|r| r.ids.iter().copied().collect::<BTreeSet<u32>>().len())
+        .sum();
+    assert!(distinct > 0);
+    for budget in [None, Some(2 * 12288u64)] {
+        let mut b = Model::builder(&dir);
+        if let Some(bytes) = budget {
+            b = b.expert_cache_bytes(bytes);
+        }
+        let model = b.build().unwrap();
+        let mut s = model.session(prompt.len()).unwrap();
+        s.prefill(prompt).unwrap();
+        let st = s.stats().cache;
+        assert_eq!(
+            st.misses as usize, distinct,
+            "budget {budget:?}: one storage read per distinct (layer, expert) of the prompt"
+        );
+        assert_eq!(st.hits, 0);
+        assert_eq!(st.bytes_read, distinct as u64 * model.expert_store().layout().bytes as u64);
+    }
+}
