@@ -104,7 +104,11 @@ impl Session {
         let m = &model.inner;
         let cfg = &m.cfg;
         let gpu = &m.gpu;
-        let kv_bytes = max_context * cfg.num_key_value_heads * cfg.head_dim * 4;
+        let kv_bytes = max_context
+            .checked_mul(cfg.num_key_value_heads * cfg.head_dim * 4)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("max_context {max_context} is too large"))
+            })?;
         check_size(gpu, "the KV cache of one layer", kv_bytes)?;
         // The widest per-token activation decides how many tokens fit one pass.
         let k = cfg.num_experts_per_tok.max(1);

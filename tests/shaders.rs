@@ -1,0 +1,426 @@
+//! Portability of the WGSL kernels without the target hardware: every kernel, for every
+//! weight dtype it is compiled for, is parsed and validated by naga with only the
+//! capabilities WebGPU core allows, has its override constants resolved exactly as wgpu
+//! does at pipeline creation, and is translated to Metal Shading Language (what wgpu does
+//! on macOS) and SPIR-V (Vulkan). Workgroup sizes and workgroup memory are checked against
+//! WebGPU's default limits, and `kernels/` is checked to hold no kernel left untested.
+
+use std::collections::BTreeSet;
+
+use moestream::gpu::kernels::Kernel;
+use naga::back::{msl, spv};
+use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
+use naga::{AddressSpace, Module, ShaderStage, StorageAccess};
+
+/// The entry point every kernel declares (the one `Gpu::pipeline` asks for).
+const ENTRY_POINT: &str = "main";
+
+/// What every device wgpu runs on allows: naga's defaults. Deliberately without
+/// `SHADER_FLOAT16_IN_FLOAT32`: wgpu withholds it (`DownlevelFlags::SHADER_F16_IN_F32`) on
+/// llvmpipe without native f16, so the kernels decode f16 with integer operations instead
+/// of `unpack2x16float`. Nothing that needs a WebGPU feature (`shader-f16`, subgroups, f64,
+/// ...) is included.
+fn webgpu_core() -> Capabilities {
+    Capabilities::default()
+}
+
+/// WebGPU default `maxComputeWorkgroupStorageSize`.
+const MAX_WORKGROUP_STORAGE: u32 = 16384;
+/// WebGPU default `maxComputeInvocationsPerWorkgroup`.
+const MAX_INVOCATIONS: u32 = 256;
+/// WebGPU default `maxComputeWorkgroupSizeX/Y/Z`.
+const MAX_WORKGROUP_SIZE: [u32; 3] = [256, 256, 64];
+/// WebGPU default `maxStorageBuffersPerShaderStage`.
+const MAX_STORAGE_BUFFERS: usize = 8;
+/// WebGPU default `maxUniformBuffersPerShaderStage`.
+const MAX_UNIFORM_BUFFERS: usize = 12;
+
+/// The oldest Metal Shading Language wgpu's Metal backend targets (macOS 10.13 / iOS 11).
+const MSL_VERSION: (u8, u8) = (2, 0);
+/// SPIR-V of Vulkan 1.0, the oldest wgpu's Vulkan backend targets.
+const SPV_VERSION: (u8, u8) = (1, 0);
+
+/// `(WDT value, dtype name)` a kernel is compiled for: the three weight dtypes for kernels
+/// that read weights, else only the default.
+fn variants(kernel: Kernel) -> Vec<(Option<u32>, &'static str)> {
+    if kernel.reads_weights() {
+        vec![(Some(0), "f32"), (Some(1), "f16"), (Some(2), "bf16")]
+    } else {
+        vec![(None, "default")]
+    }
+}
+
+/// Parses and validates a kernel's source with WebGPU-core capabilities.
+fn parse_and_validate(kernel: Kernel) -> (String, Module, ModuleInfo) {
+    let name = kernel.name();
+    let source = kernel.source();
+    let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
+        panic!(
+            "kernel {name}: WGSL does not parse:\n{}",
+            e.emit_to_string_with_path(&source, &format!("{name}.wgsl"))
+        )
+    });
+    let info = Validator::new(ValidationFlags::default(), webgpu_core())
+        .validate(&module)
+        .unwrap_or_else(|e| {
+            panic!(
+                "kernel {name}: naga validation failed with WebGPU-core capabilities:\n{}",
+                e.emit_to_string_with_path(&source, &format!("{name}.wgsl"))
+            )
+        });
+    (source, module, info)
+}
+
+/// Workgroup memory a module declares, counted as WebGPU counts it against
+/// `maxComputeWorkgroupStorageSize`: each variable's size rounded up to 16 bytes.
+fn workgroup_bytes(module: &Module) -> u32 {
+    let mut layouter = naga::proc::Layouter::default();
+    layouter
+        .update(module.to_ctx())
+        .expect("layout of the module's types");
+    module
+        .global_variables
+        .iter()
+        .filter(|(_, g)| g.space == AddressSpace::WorkGroup)
+        .map(|(_, g)| layouter[g.ty].size.div_ceil(16) * 16)
+        .sum()
+}
+
+/// The Metal argument table wgpu-hal builds: one buffer slot per binding, in binding
+/// order, plus the buffer of runtime-array sizes.
+fn msl_resources(module: &Module) -> msl::EntryPointResources {
+    let mut bound: Vec<_> = module
+        .global_variables
+        .iter()
+        .filter_map(|(_, g)| g.binding.map(|b| (b, g.space)))
+        .collect();
+    bound.sort_by_key(|(b, _)| (b.group, b.binding));
+    let mut resources = msl::EntryPointResources::default();
+    for (slot, (binding, space)) in bound.iter().enumerate() {
+        let mutable = matches!(space, AddressSpace::Storage { access } if access.contains(StorageAccess::STORE));
+        resources.resources.insert(
+            *binding,
+            msl::BindTarget {
+                buffer: Some(u8::try_from(slot).expect("fewer than 256 bindings")),
+                mutable,
+                ..Default::default()
+            },
+        );
+    }
+    resources.sizes_buffer = Some(u8::try_from(bound.len()).expect("fewer than 256 bindings"));
+    resources
+}
+
+fn write_msl(module: &Module, info: &ModuleInfo) -> Result<String, msl::Error> {
+    let checks = naga::proc::BoundsCheckPolicies {
+        index: naga::proc::BoundsCheckPolicy::Restrict,
+        buffer: naga::proc::BoundsCheckPolicy::Restrict,
+        image_load: naga::proc::BoundsCheckPolicy::Restrict,
+        binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+    };
+    let options = msl::Options {
+        lang_version: MSL_VERSION,
+        per_entry_point_map: [(ENTRY_POINT.to_string(), msl_resources(module))]
+            .into_iter()
+            .collect(),
+        fake_missing_bindings: false,
+        bounds_check_policies: checks,
+        // moestream creates its pipelines with zero_initialize_workgroup_memory: false.
+        zero_initialize_workgroup_memory: false,
+        ..Default::default()
+    };
+    let pipeline = msl::PipelineOptions {
+        entry_point: Some((ShaderStage::Compute, ENTRY_POINT.to_string())),
+        ..Default::default()
+    };
+    msl::write_string(module, info, &options, &pipeline).map(|(text, _)| text)
+}
+
+fn write_spv(module: &Module, info: &ModuleInfo) -> Result<Vec<u32>, spv::Error> {
+    // The capabilities wgpu-hal's Vulkan backend enables on every device.
+    let capabilities = [
+        spv::Capability::Shader,
+        spv::Capability::Matrix,
+        spv::Capability::Sampled1D,
+        spv::Capability::Image1D,
+        spv::Capability::ImageQuery,
+        spv::Capability::DerivativeControl,
+        spv::Capability::StorageImageExtendedFormats,
+    ];
+    let options = spv::Options {
+        lang_version: SPV_VERSION,
+        capabilities: Some(capabilities.into_iter().collect()),
+        // Vulkan descriptor (set, binding) = WGSL (group, binding).
+        fake_missing_bindings: true,
+        bounds_check_policies: naga::proc::BoundsCheckPolicies {
+            index: naga::proc::BoundsCheckPolicy::Restrict,
+            buffer: naga::proc::BoundsCheckPolicy::Restrict,
+            image_load: naga::proc::BoundsCheckPolicy::Restrict,
+            binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
+        },
+        zero_initialize_workgroup_memory: spv::ZeroInitializeWorkgroupMemoryMode::None,
+        ..Default::default()
+    };
+    let pipeline = spv::PipelineOptions {
+        shader_stage: ShaderStage::Compute,
+        entry_point: ENTRY_POINT.to_string(),
+    };
+    spv::write_vec(module, info, &options, Some(&pipeline))
+}
+
+/// Everything checked for one kernel compiled for one dtype.
+fn check_variant(
+    kernel: Kernel,
+    wdt: Option<u32>,
+    dtype: &str,
+    module: &Module,
+    info: &ModuleInfo,
+    source: &str,
+) {
+    let name = kernel.name();
+    let what = format!("kernel {name} (WDT {dtype})");
+
+    let constants: naga::back::PipelineConstants = wdt
+        .map(|v| ("WDT".to_string(), f64::from(v)))
+        .into_iter()
+        .collect();
+    let (resolved, resolved_info) = naga::back::pipeline_constants::process_overrides(
+        module,
+        info,
+        Some((ShaderStage::Compute, ENTRY_POINT)),
+        &constants,
+    )
+    .unwrap_or_else(|e| panic!("{what}: resolving override constants {constants:?} failed: {e}"));
+    // (naga keeps the `overrides` arena; what matters is that no expression reads one.)
+    let reads_override = |exprs: &naga::Arena<naga::Expression>| {
+        exprs
+            .iter()
+            .any(|(_, e)| matches!(e, naga::Expression::Override(_)))
+    };
+    assert!(
+        !reads_override(&resolved.global_expressions)
+            && !resolved
+                .functions
+                .iter()
+                .any(|(_, f)| reads_override(&f.expressions))
+            && !resolved
+                .entry_points
+                .iter()
+                .any(|ep| reads_override(&ep.function.expressions)),
+        "{what}: expressions still read override constants after resolving {constants:?}"
+    );
+    // The resolved module must still be valid without extra capabilities.
+    Validator::new(ValidationFlags::all(), webgpu_core())
+        .validate_resolved_overrides(&resolved)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{what}: the module with overrides resolved fails validation with WebGPU-core capabilities:\n{}",
+                e.emit_to_string_with_path(source, &format!("{name}.wgsl"))
+            )
+        });
+
+    let ep = resolved
+        .entry_points
+        .iter()
+        .find(|ep| ep.name == ENTRY_POINT)
+        .unwrap_or_else(|| {
+            panic!("{what}: no entry point `{ENTRY_POINT}` after resolving overrides")
+        });
+    assert_eq!(
+        ep.stage,
+        ShaderStage::Compute,
+        "{what}: `{ENTRY_POINT}` is not a compute entry point"
+    );
+    let [x, y, z] = ep.workgroup_size;
+    let invocations = x * y * z;
+    assert!(
+        invocations > 0 && invocations <= MAX_INVOCATIONS,
+        "{what}: workgroup size {x}x{y}x{z} = {invocations} invocations, WebGPU allows at most {MAX_INVOCATIONS} by default"
+    );
+    for (axis, (size, max)) in ep.workgroup_size.iter().zip(MAX_WORKGROUP_SIZE).enumerate() {
+        assert!(
+            *size <= max,
+            "{what}: workgroup size {size} along axis {axis} exceeds WebGPU's default maximum {max}"
+        );
+    }
+    let wg_bytes = workgroup_bytes(&resolved);
+    assert!(
+        wg_bytes <= MAX_WORKGROUP_STORAGE,
+        "{what}: {wg_bytes} bytes of workgroup memory, WebGPU's default maxComputeWorkgroupStorageSize is {MAX_WORKGROUP_STORAGE}"
+    );
+
+    let msl = write_msl(&resolved, &resolved_info)
+        .unwrap_or_else(|e| panic!("{what}: translation to MSL {MSL_VERSION:?} failed: {e:?}"));
+    // naga renames `main` (reserved in Metal) to `main_`.
+    let kernel_fn = msl
+        .split("kernel void")
+        .nth(1)
+        .and_then(|rest| rest.split('(').next())
+        .map(str::trim);
+    assert!(
+        kernel_fn.is_some_and(|f| f.starts_with(ENTRY_POINT)),
+        "{what}: the MSL has no kernel function for entry point `{ENTRY_POINT}` (found {kernel_fn:?}):\n{msl}"
+    );
+
+    let words = write_spv(&resolved, &resolved_info)
+        .unwrap_or_else(|e| panic!("{what}: translation to SPIR-V {SPV_VERSION:?} failed: {e:?}"));
+    assert_eq!(
+        words.first(),
+        Some(&0x0723_0203),
+        "{what}: the SPIR-V does not start with the SPIR-V magic number"
+    );
+    assert!(words.len() > 5, "{what}: the SPIR-V is empty");
+    println!(
+        "{what} -> MSL kernel {}: workgroup {x}x{y}x{z}, {wg_bytes} B workgroup memory, MSL {} B, SPIR-V {} words",
+        kernel_fn.unwrap_or_default(),
+        msl.len(),
+        words.len()
+    );
+}
+
+#[test]
+fn every_kernel_validates_and_translates_to_msl_and_spirv() {
+    for kernel in Kernel::ALL {
+        let name = kernel.name();
+        let (source, module, info) = parse_and_validate(kernel);
+
+        let has_wdt = module
+            .overrides
+            .iter()
+            .any(|(_, o)| o.name.as_deref() == Some("WDT"));
+        assert_eq!(
+            has_wdt,
+            kernel.reads_weights(),
+            "kernel {name}: reads_weights() is {} but the WGSL {} the `override WDT` constant",
+            kernel.reads_weights(),
+            if has_wdt { "declares" } else { "lacks" }
+        );
+
+        let entry_points: Vec<_> = module
+            .entry_points
+            .iter()
+            .map(|ep| ep.name.as_str())
+            .collect();
+        assert!(
+            entry_points.contains(&ENTRY_POINT),
+            "kernel {name}: no `{ENTRY_POINT}` entry point (found {entry_points:?})"
+        );
+
+        let storage = module
+            .global_variables
+            .iter()
+            .filter(|(_, g)| matches!(g.space, AddressSpace::Storage { .. }))
+            .count();
+        let uniform = module
+            .global_variables
+            .iter()
+            .filter(|(_, g)| g.space == AddressSpace::Uniform)
+            .count();
+        assert!(
+            storage <= MAX_STORAGE_BUFFERS,
+            "kernel {name}: {storage} storage buffers, WebGPU allows {MAX_STORAGE_BUFFERS} per stage by default"
+        );
+        assert!(
+            uniform <= MAX_UNIFORM_BUFFERS,
+            "kernel {name}: {uniform} uniform buffers, WebGPU allows {MAX_UNIFORM_BUFFERS} per stage by default"
+        );
+
+        for (wdt, dtype) in variants(kernel) {
+            check_variant(kernel, wdt, dtype, &module, &info, &source);
+        }
+    }
+}
+
+#[test]
+fn kernel_sources_do_not_enable_extensions() {
+    // `enable f16;` and friends need features beyond WebGPU core (and are absent on
+    // many Metal/Vulkan devices); the weights are decoded from u32 words instead.
+    for kernel in Kernel::ALL {
+        let source = kernel.source();
+        for (n, line) in source.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("").trim_start();
+            assert!(
+                !code.starts_with("enable ") && !code.starts_with("requires "),
+                "kernel {}: line {} of its source needs a WGSL extension: {line:?}",
+                kernel.name(),
+                n + 1
+            );
+        }
+    }
+}
+
+#[test]
+fn kernels_folder_holds_exactly_one_file_per_kernel() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels");
+    let mut files = BTreeSet::new();
+    let mut others = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {dir}: {e}")) {
+        let entry = entry.unwrap_or_else(|e| panic!("reading {dir}: {e}"));
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if is_dir && file_name == "include" {
+            continue;
+        }
+        if is_dir {
+            // A kernel in another folder would be compiled by nobody's test.
+            others.push(file_name);
+        } else if let Some(stem) = file_name.strip_suffix(".wgsl") {
+            files.insert(stem.to_string());
+        }
+    }
+    assert!(
+        others.is_empty(),
+        "{dir} holds folders other than include/: {others:?}"
+    );
+
+    let kernels: BTreeSet<String> = Kernel::ALL.iter().map(|k| k.name().to_string()).collect();
+    assert_eq!(kernels.len(), Kernel::ALL.len(), "two kernels share a name");
+    let untested: Vec<_> = files.difference(&kernels).collect();
+    let missing: Vec<_> = kernels.difference(&files).collect();
+    assert!(
+        untested.is_empty() && missing.is_empty(),
+        "kernels/*.wgsl and Kernel::ALL differ: files with no Kernel (untested): {untested:?}; \
+         Kernel names with no file: {missing:?}"
+    );
+
+    // Each kernel's source is its file (after the shared include, where there is one).
+    for kernel in Kernel::ALL {
+        let path = format!("{dir}/{}.wgsl", kernel.name());
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        assert!(
+            kernel.source().ends_with(&text),
+            "kernel {}: Kernel::source() is not the content of {path}",
+            kernel.name()
+        );
+    }
+}
+
+/// The checks above are only worth something if they can fail: the same validator rejects
+/// what WebGPU core lacks, and the layout count sees workgroup arrays.
+#[test]
+fn checks_reject_what_webgpu_core_lacks() {
+    let validate = |src: &str| {
+        let module = naga::front::wgsl::parse_str(src).map_err(|e| e.emit_to_string(src))?;
+        Validator::new(ValidationFlags::default(), webgpu_core())
+            .validate(&module)
+            .map(|_| module)
+            .map_err(|e| e.emit_to_string(src))
+    };
+    let f16 = "enable f16;\n@group(0) @binding(0) var<storage, read_write> o: array<f16>;\n\
+               @compute @workgroup_size(1) fn main() { o[0] = o[1] * 2.0h; }";
+    assert!(
+        validate(f16).is_err(),
+        "a shader needing the shader-f16 feature passed validation with WebGPU-core capabilities"
+    );
+
+    let big = "var<workgroup> a: array<f32, 4097>;\nvar<workgroup> b: array<u32, 3>;\n\
+               @group(0) @binding(0) var<storage, read_write> o: array<f32>;\n\
+               @compute @workgroup_size(64) fn main() { o[0] = a[0] + f32(b[0]); }";
+    let module = validate(big).unwrap_or_else(|e| panic!("test shader does not validate: {e}"));
+    assert_eq!(
+        workgroup_bytes(&module),
+        16400 + 16,
+        "workgroup bytes (4097 * 4 -> 16400, 3 * 4 -> 16)"
+    );
+    assert!(workgroup_bytes(&module) > MAX_WORKGROUP_STORAGE);
+}
