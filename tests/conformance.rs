@@ -121,6 +121,9 @@ fn prefill_reads_each_needed_expert_once_per_layer() {
             "budget {budget:?}: one storage read per distinct (layer, expert) of the prompt"
         );
         assert_eq!(st.hits, 0);
-        assert_eq!(st.bytes_read, distinct as u64 * model.expert_store().layout().bytes as u64);
+        assert_eq!(
+            st.bytes_read,
+            distinct as u64 * model.expert_store().layout().bytes as u64
+        );
     }
 }
