@@ -8,20 +8,22 @@
 //! recorded work against but not yet submitted.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::store::{ExpertLayout, ExpertStore};
+use crate::io::{Done, IoPool, Job};
+use crate::store::{AlignedBuf, ExpertStore};
 
 /// Slot strides are a multiple of this many bytes.
 const SLOT_ALIGN: u64 = 256;
 
-/// Counters of expert-cache traffic. Each routed (layer, expert) needed by a forward pass
+/// Counters of expert-cache traffic. Each distinct (layer, expert) a forward pass needs
 /// counts once per layer pass: as a hit when it was already resident, else as a miss that
-/// read `layout.bytes` from the store.
+/// read the expert's bytes from the store. `read_time` is the time the pass waited for
+/// reads (all reads of a layer are in flight together).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CacheStats {
     /// Experts found resident.
@@ -32,7 +34,7 @@ pub struct CacheStats {
     pub bytes_read: u64,
     /// Resident experts evicted to make room.
     pub evictions: u64,
-    /// Time spent reading from the store.
+    /// Time spent waiting for reads from the store.
     pub read_time: Duration,
 }
 
@@ -44,6 +46,16 @@ impl CacheStats {
             0.0
         } else {
             self.hits as f64 / n as f64
+        }
+    }
+
+    /// Bytes read per second of waiting, or 0 when nothing was read.
+    pub fn read_throughput(&self) -> f64 {
+        let s = self.read_time.as_secs_f64();
+        if s > 0.0 {
+            self.bytes_read as f64 / s
+        } else {
+            0.0
         }
     }
 
@@ -133,41 +145,55 @@ impl LruPolicy {
 
 pub(crate) struct CacheState {
     pub policy: LruPolicy,
-    staging: Vec<u8>,
+    /// Staging buffers for reads not in flight.
+    bufs: Vec<AlignedBuf>,
 }
 
 /// The expert cache of one model, shared by its sessions.
 pub(crate) struct ExpertCache {
-    pub layout: ExpertLayout,
     pub slot_bytes: u64,
     pub slots_per_page: usize,
     pub pages: Vec<wgpu::Buffer>,
+    slots: usize,
+    /// Bytes of each staging buffer (the largest expert blob).
+    staging_bytes: usize,
     state: Mutex<CacheState>,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    bytes_read: AtomicU64,
-    evictions: AtomicU64,
-    read_nanos: AtomicU64,
+    io: IoPool,
+    totals: Mutex<CacheStats>,
 }
 
 impl std::fmt::Debug for ExpertCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExpertCache")
             .field("slot_bytes", &self.slot_bytes)
+            .field("slots", &self.slots)
             .field("pages", &self.pages.len())
             .finish()
     }
 }
 
 impl ExpertCache {
-    /// A cache of as many slots as `budget` bytes hold, at most `max_experts`.
-    pub fn new(gpu: &Gpu, layout: ExpertLayout, budget: u64, max_experts: usize) -> Result<Self> {
-        let slot_bytes = (layout.bytes as u64).div_ceil(SLOT_ALIGN) * SLOT_ALIGN;
-        let slots = ((budget / slot_bytes) as usize).min(max_experts.max(1));
+    /// A cache of `slots` slots, each as large as the largest expert of `store` over
+    /// `moe_layers`, read by `io_threads` threads.
+    pub fn new(
+        gpu: &Gpu,
+        store: Arc<dyn ExpertStore>,
+        moe_layers: &[usize],
+        slots: usize,
+        io_threads: usize,
+    ) -> Result<Self> {
+        let mut largest = 0;
+        for &l in moe_layers {
+            let layout = store.layout(l).ok_or_else(|| {
+                Error::InvalidArgument(format!("the expert store has no layout for MoE layer {l}"))
+            })?;
+            largest = largest.max(layout.bytes);
+        }
+        let slot_bytes = (largest as u64).div_ceil(SLOT_ALIGN) * SLOT_ALIGN;
         if slots == 0 {
-            return Err(Error::InvalidArgument(format!(
-                "expert cache budget of {budget} bytes is smaller than one expert slot ({slot_bytes} bytes)"
-            )));
+            return Err(Error::InvalidArgument(
+                "the expert cache needs at least one slot".into(),
+            ));
         }
         if slot_bytes > gpu.max_binding {
             return Err(Error::Gpu(format!(
@@ -184,25 +210,29 @@ impl ExpertCache {
             left -= n;
         }
         gpu.check()?;
+        let io = IoPool::new(store, io_threads)?;
         Ok(ExpertCache {
             slot_bytes,
             slots_per_page,
             pages,
+            slots,
+            staging_bytes: largest,
             state: Mutex::new(CacheState {
                 policy: LruPolicy::new(slots),
-                staging: vec![0u8; layout.bytes],
+                bufs: Vec::new(),
             }),
-            layout,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            bytes_read: AtomicU64::new(0),
-            evictions: AtomicU64::new(0),
-            read_nanos: AtomicU64::new(0),
+            io,
+            totals: Mutex::new(CacheStats::default()),
         })
     }
 
+    /// Bytes of one slot.
+    pub fn slot_size(slot_bytes_of_largest_expert: usize) -> u64 {
+        (slot_bytes_of_largest_expert as u64).div_ceil(SLOT_ALIGN) * SLOT_ALIGN
+    }
+
     pub fn slots(&self) -> usize {
-        self.lock().policy.slots()
+        self.slots
     }
 
     pub fn lock(&self) -> MutexGuard<'_, CacheState> {
@@ -215,9 +245,10 @@ impl ExpertCache {
     }
 
     /// Makes the experts `keys` resident and returns their slots, all pinned together.
-    /// `keys.len()` must not exceed the slot count. Reads misses from `store` and queues
-    /// their upload; the caller must submit the GPU work that uses the slots before
-    /// dropping `state`.
+    /// `keys.len()` must not exceed the slot count. Misses are read from `store` by the I/O
+    /// threads, all at once up to the queue depth, and their uploads queued; the caller must
+    /// submit the GPU work that uses the slots before dropping `state`. On a failed read,
+    /// the slots being filled are freed and the first error is returned.
     pub fn acquire(
         &self,
         gpu: &Gpu,
@@ -228,60 +259,130 @@ impl ExpertCache {
     ) -> Result<Vec<usize>> {
         let mut slots: Vec<Option<usize>> = keys.iter().map(|&k| state.policy.lookup(k)).collect();
         let mut pinned: Vec<usize> = slots.iter().flatten().copied().collect();
+        stats.hits += pinned.len() as u64;
+        // Assign a slot to every miss first, so all reads can be in flight together.
+        let mut misses: Vec<(usize, usize)> = Vec::new(); // (index in keys, slot)
         for (i, &key) in keys.iter().enumerate() {
             if slots[i].is_some() {
-                stats.hits += 1;
                 continue;
             }
-            let (slot, evicted) = state.policy.insert(key, &pinned).ok_or_else(|| {
-                Error::InvalidArgument(format!(
+            let Some((slot, evicted)) = state.policy.insert(key, &pinned) else {
+                for &(_, s) in &misses {
+                    state.policy.clear(s);
+                }
+                return Err(Error::InvalidArgument(format!(
                     "expert cache has {} slots, fewer than the {} experts needed at once",
                     state.policy.slots(),
                     keys.len()
-                ))
-            })?;
-            let t0 = Instant::now();
-            let read = store.read_expert(key.0, key.1, &mut state.staging);
-            stats.read_time += t0.elapsed();
-            if let Err(e) = read {
-                state.policy.clear(slot);
-                return Err(e);
-            }
+                )));
+            };
             if evicted.is_some() {
                 stats.evictions += 1;
             }
-            stats.misses += 1;
-            stats.bytes_read += state.staging.len() as u64;
-            let (page, local) = self.locate(slot);
-            gpu.queue.write_buffer(
-                &self.pages[page],
-                local as u64 * self.slot_bytes,
-                &state.staging,
-            );
             pinned.push(slot);
             slots[i] = Some(slot);
+            misses.push((i, slot));
+        }
+        if misses.is_empty() {
+            return Ok(slots.into_iter().flatten().collect());
+        }
+        if let Some(&(layer, _)) = keys.first() {
+            if keys.iter().all(|k| k.0 == layer) {
+                let experts: Vec<usize> = misses.iter().map(|&(i, _)| keys[i].1).collect();
+                store.prefetch(layer, &experts);
+            }
+        }
+        while state.bufs.len() < self.io.threads() {
+            state.bufs.push(AlignedBuf::new(self.staging_bytes));
+        }
+        let t0 = Instant::now();
+        let (tx, rx) = channel::<Done>();
+        let mut written = vec![false; misses.len()];
+        let mut next = 0;
+        let mut in_flight = 0;
+        let mut error: Option<Error> = None;
+        loop {
+            while error.is_none() && next < misses.len() {
+                let Some(buf) = state.bufs.pop() else { break };
+                let (layer, expert) = keys[misses[next].0];
+                let job = Job {
+                    layer,
+                    expert,
+                    tag: next,
+                    buf,
+                    reply: tx.clone(),
+                };
+                match self.io.submit(job) {
+                    Ok(()) => {
+                        next += 1;
+                        in_flight += 1;
+                    }
+                    Err(job) => {
+                        state.bufs.push(job.buf);
+                        error = Some(Error::Gpu("the I/O threads have stopped".into()));
+                    }
+                }
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let Ok(done) = rx.recv() else {
+                error.get_or_insert_with(|| Error::Gpu("an I/O thread died".into()));
+                break;
+            };
+            in_flight -= 1;
+            match done.result {
+                Ok(()) => {
+                    let (i, slot) = misses[done.tag];
+                    let (layer, expert) = keys[i];
+                    match store.layout(layer) {
+                        Some(layout) => {
+                            let (page, local) = self.locate(slot);
+                            gpu.queue.write_buffer(
+                                &self.pages[page],
+                                local as u64 * self.slot_bytes,
+                                &done.buf[..layout.bytes],
+                            );
+                            written[done.tag] = true;
+                            stats.misses += 1;
+                            stats.bytes_read += layout.bytes as u64;
+                        }
+                        None => {
+                            error.get_or_insert_with(|| Error::ExpertRead {
+                                layer,
+                                expert,
+                                reason: "the store has no layout for this layer".into(),
+                                source: None,
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+            state.bufs.push(done.buf);
+        }
+        stats.read_time += t0.elapsed();
+        if let Some(e) = error {
+            for (k, &(_, slot)) in misses.iter().enumerate() {
+                if !written[k] {
+                    state.policy.clear(slot);
+                }
+            }
+            return Err(e);
         }
         Ok(slots.into_iter().flatten().collect())
     }
 
     /// Adds a pass's counters to the model-wide totals.
     pub fn record(&self, s: &CacheStats) {
-        self.hits.fetch_add(s.hits, Ordering::Relaxed);
-        self.misses.fetch_add(s.misses, Ordering::Relaxed);
-        self.bytes_read.fetch_add(s.bytes_read, Ordering::Relaxed);
-        self.evictions.fetch_add(s.evictions, Ordering::Relaxed);
-        self.read_nanos
-            .fetch_add(s.read_time.as_nanos() as u64, Ordering::Relaxed);
+        let mut t = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        t.add(s);
     }
 
     pub fn stats(&self) -> CacheStats {
-        CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            bytes_read: self.bytes_read.load(Ordering::Relaxed),
-            evictions: self.evictions.load(Ordering::Relaxed),
-            read_time: Duration::from_nanos(self.read_nanos.load(Ordering::Relaxed)),
-        }
+        *self.totals.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

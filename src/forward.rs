@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::cache::CacheStats;
 use crate::error::{Error, Result};
+use crate::format::WeightFormat;
 use crate::gpu::kernels::Kernel;
 use crate::gpu::{GpuMatrix, GpuVec, Recorder};
 use crate::model::ModelInner;
@@ -258,8 +259,26 @@ impl Pass<'_> {
             .cache
             .as_ref()
             .ok_or_else(|| Error::Gpu("MoE layer without an expert cache".into()))?;
-        let lay = &cache.layout;
-        let esize = lay.dtype().size();
+        let lay = m.store.layout(l).ok_or_else(|| Error::ExpertRead {
+            layer: l,
+            expert: experts.first().copied().unwrap_or(0),
+            reason: "the expert store has no layout for this layer".into(),
+            source: None,
+        })?;
+        let dtype = match lay.tensors.iter().map(|t| t.format).collect::<Vec<_>>()[..] {
+            [WeightFormat::Float(a), WeightFormat::Float(b), WeightFormat::Float(c)]
+                if a == b && b == c =>
+            {
+                a
+            }
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "layer {l}: expert format {} is not supported by the GPU kernels yet",
+                    lay.tensors[0].format
+                )))
+            }
+        };
+        let esize = dtype.size();
         let slot_elems = (cache.slot_bytes as usize / esize) as u32;
         let (gate_off, up_off, down_off) = (
             (lay.tensors[0].offset / esize) as u32,
@@ -310,7 +329,7 @@ impl Pass<'_> {
                 let pb = &cache.pages[page];
                 self.rec.dispatch(
                     Kernel::MoeGateUp,
-                    Some(lay.dtype()),
+                    Some(dtype),
                     &[
                         hs,
                         is,
@@ -330,7 +349,7 @@ impl Pass<'_> {
                 );
                 self.rec.dispatch(
                     Kernel::MoeDown,
-                    Some(lay.dtype()),
+                    Some(dtype),
                     &[hs, is, start as u32, count as u32, down_off, slot_elems],
                     &[
                         pb.into(),

@@ -6,9 +6,11 @@ mod checkpoint;
 mod config;
 mod dtype;
 mod error;
+mod format;
 mod forward;
 pub mod golden;
 pub mod gpu;
+mod io;
 mod model;
 mod names;
 pub mod reference;
@@ -22,9 +24,10 @@ pub use checkpoint::{Checkpoint, CheckpointFile, TensorEntry, TensorView};
 pub use config::{ModelConfig, SUPPORTED_MODEL_TYPES};
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use format::{AffineQuant, WeightFormat};
 pub use gpu::{AdapterChoice, AdapterSummary, ADAPTER_ENV};
-pub use model::{Model, ModelBuilder, DEFAULT_EXPERT_CACHE_BYTES};
+pub use model::{Model, ModelBuilder, DEFAULT_EXPERT_CACHE_BYTES, DEFAULT_IO_THREADS};
 pub use session::{Session, SessionStats, MAX_PASS_TOKENS};
 pub use store::{
-    ExpertLayout, ExpertRole, ExpertStore, ExpertTensor, MemoryStore, SafetensorsStore,
+    AlignedBuf, ExpertLayout, ExpertRole, ExpertStore, ExpertTensor, MemoryStore, SafetensorsStore,
 };

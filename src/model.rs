@@ -9,26 +9,40 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterChoice, AdapterSummary, Gpu};
 use crate::session::Session;
-use crate::store::{ExpertLayout, ExpertStore, SafetensorsStore};
+use crate::store::{ExpertRole, ExpertStore, SafetensorsStore};
 use crate::weights::Weights;
 
 /// Default expert-cache budget when none is given: 2 GiB, or all experts if they are fewer.
 pub const DEFAULT_EXPERT_CACHE_BYTES: u64 = 2 << 30;
 
+/// Default number of I/O threads (reads in flight at once).
+pub const DEFAULT_IO_THREADS: usize = 8;
+
+/// How large the GPU expert cache is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheSize {
+    Bytes(u64),
+    /// Only what one token of one layer needs (`num_experts_per_tok` slots): reuse comes
+    /// from the OS page cache alone.
+    Minimal,
+}
+
 /// Options for opening a [`Model`]; see [`Model::builder`].
 #[derive(Clone)]
 pub struct ModelBuilder {
     dir: PathBuf,
-    expert_cache_bytes: Option<u64>,
+    cache_size: CacheSize,
     store: Option<Arc<dyn ExpertStore>>,
     adapter: AdapterChoice,
+    io_threads: usize,
 }
 
 impl std::fmt::Debug for ModelBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ModelBuilder")
             .field("dir", &self.dir)
-            .field("expert_cache_bytes", &self.expert_cache_bytes)
+            .field("cache_size", &self.cache_size)
+            .field("io_threads", &self.io_threads)
             .field("custom_store", &self.store.is_some())
             .field("adapter", &self.adapter)
             .finish()
@@ -40,7 +54,22 @@ impl ModelBuilder {
     /// (at least one must fit); a budget that covers all experts makes the model fully
     /// resident after first use. Default: [`DEFAULT_EXPERT_CACHE_BYTES`].
     pub fn expert_cache_bytes(mut self, bytes: u64) -> Self {
-        self.expert_cache_bytes = Some(bytes);
+        self.cache_size = CacheSize::Bytes(bytes);
+        self
+    }
+
+    /// Keeps no experts on the GPU beyond what the current layer needs for one token
+    /// (`num_experts_per_tok` slots), relying on the OS page cache for reuse. On some
+    /// machines this is the fastest configuration; measure it.
+    pub fn minimal_expert_cache(mut self) -> Self {
+        self.cache_size = CacheSize::Minimal;
+        self
+    }
+
+    /// Number of I/O threads, i.e. expert reads in flight at once (default
+    /// [`DEFAULT_IO_THREADS`]).
+    pub fn io_threads(mut self, threads: usize) -> Self {
+        self.io_threads = threads;
         self
     }
 
@@ -84,31 +113,62 @@ impl ModelBuilder {
             Some(s) => s,
             None => Arc::new(SafetensorsStore::new(ckpt.clone(), &cfg)?),
         };
-        let expected = ExpertLayout::swiglu(
-            store.layout().dtype(),
-            cfg.hidden_size,
-            cfg.moe_intermediate_size,
-        );
-        if store.layout() != &expected {
-            return Err(Error::InvalidArgument(format!(
-                "the expert store's layout {:?} does not match the model's experts {:?}",
-                store.layout(),
-                expected
-            )));
+        let moe_layers = cfg.moe_layers();
+        for &l in &moe_layers {
+            let layout = store.layout(l).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "the expert store has no expert layout for MoE layer {l}"
+                ))
+            })?;
+            let (h, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
+            let shapes = [
+                (ExpertRole::Gate, i, h),
+                (ExpertRole::Up, i, h),
+                (ExpertRole::Down, h, i),
+            ];
+            for (t, (role, rows, cols)) in layout.tensors.iter().zip(shapes) {
+                if t.role != role || t.rows != rows || t.cols != cols {
+                    return Err(Error::InvalidArgument(format!(
+                        "the expert store's layout of layer {l} has {:?} [{}, {}] where the model needs {role:?} [{rows}, {cols}]",
+                        t.role, t.rows, t.cols
+                    )));
+                }
+            }
+        }
+        if self.io_threads == 0 {
+            return Err(Error::InvalidArgument(
+                "io_threads must be at least 1".into(),
+            ));
         }
         let gpu = Gpu::new(&self.adapter)?;
         let weights = Weights::load(&gpu, &cfg, &ckpt)?;
-        let moe_layers = cfg.moe_layers().len();
-        let total_experts = moe_layers * cfg.num_experts;
-        let budget = self
-            .expert_cache_bytes
-            .unwrap_or(DEFAULT_EXPERT_CACHE_BYTES);
+        let total_experts = moe_layers.len() * cfg.num_experts;
         let cache = if total_experts > 0 {
+            let largest = moe_layers
+                .iter()
+                .filter_map(|&l| store.layout(l).map(|x| x.bytes))
+                .max()
+                .unwrap_or(0);
+            let slot = ExpertCache::slot_size(largest);
+            let slots = match self.cache_size {
+                CacheSize::Minimal => cfg.num_experts_per_tok,
+                CacheSize::Bytes(budget) => {
+                    let n = (budget / slot) as usize;
+                    if n == 0 {
+                        return Err(Error::InvalidArgument(format!(
+                            "expert cache budget of {budget} bytes is smaller than one expert slot ({slot} bytes)"
+                        )));
+                    }
+                    n
+                }
+            }
+            .min(total_experts);
             Some(ExpertCache::new(
                 &gpu,
-                store.layout().clone(),
-                budget,
-                total_experts,
+                store.clone(),
+                &moe_layers,
+                slots,
+                self.io_threads,
             )?)
         } else {
             None
@@ -176,9 +236,10 @@ impl Model {
     pub fn builder(dir: impl AsRef<Path>) -> ModelBuilder {
         ModelBuilder {
             dir: dir.as_ref().to_path_buf(),
-            expert_cache_bytes: None,
+            cache_size: CacheSize::Bytes(DEFAULT_EXPERT_CACHE_BYTES),
             store: None,
             adapter: AdapterChoice::Auto,
+            io_threads: DEFAULT_IO_THREADS,
         }
     }
 
@@ -231,8 +292,12 @@ impl Model {
 
     /// Bytes of all experts of the model (what a fully resident cache would hold).
     pub fn total_expert_bytes(&self) -> u64 {
-        (self.inner.cfg.moe_layers().len() * self.inner.cfg.num_experts) as u64
-            * self.inner.store.layout().bytes as u64
+        let cfg = &self.inner.cfg;
+        cfg.moe_layers()
+            .iter()
+            .filter_map(|&l| self.inner.store.layout(l))
+            .map(|layout| layout.bytes as u64 * cfg.num_experts as u64)
+            .sum()
     }
 
     /// Bytes of resident (non-expert) weights on the GPU.

@@ -43,7 +43,13 @@ fn fixtures_match_golden_with_full_and_tight_cache() {
             dir.display()
         );
         // A budget of exactly one slot.
-        let slot = (full.expert_store().layout().bytes as u64).div_ceil(256) * 256;
+        let slot = (full
+            .expert_store()
+            .layout(full.config().moe_layers()[0])
+            .unwrap()
+            .bytes as u64)
+            .div_ceil(256)
+            * 256;
         let (tight, tight_report) = run(&dir, &golden, Some(slot));
         assert_eq!(tight.expert_cache_slots(), 1);
         assert!(tight.cache_stats().evictions > 0);
@@ -123,7 +129,12 @@ fn prefill_reads_each_needed_expert_once_per_layer() {
         assert_eq!(st.hits, 0);
         assert_eq!(
             st.bytes_read,
-            distinct as u64 * model.expert_store().layout().bytes as u64
+            distinct as u64
+                * model
+                    .expert_store()
+                    .layout(cfg.moe_layers()[0])
+                    .unwrap()
+                    .bytes as u64
         );
     }
 }

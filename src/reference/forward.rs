@@ -368,7 +368,6 @@ fn load_expert(
     l: usize,
     e: usize,
 ) -> Result<SwigluWeights> {
-    let layout = store.layout();
     let (h, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
     let bad = |reason: String| Error::ExpertRead {
         layer: l,
@@ -376,6 +375,9 @@ fn load_expert(
         reason,
         source: None,
     };
+    let layout = store
+        .layout(l)
+        .ok_or_else(|| bad("the store has no expert layout for this MoE layer".into()))?;
     let mut blob = vec![0u8; layout.bytes];
     store.read_expert(l, e, &mut blob)?;
     let decode = |role: ExpertRole, rows: usize, cols: usize| -> Result<Vec<f32>> {
@@ -394,7 +396,7 @@ fn load_expert(
                 layout.bytes
             ))
         })?;
-        Ok(t.dtype.decode(bytes))
+        Ok(t.format.decode(bytes, rows, cols))
     };
     let gate = decode(ExpertRole::Gate, i, h)?;
     let up = decode(ExpertRole::Up, i, h)?;

@@ -1,6 +1,8 @@
 //! The byte layout of one expert: what tensors it has and where they sit in its blob.
 
 use crate::dtype::DType;
+use crate::error::Result;
+use crate::format::WeightFormat;
 
 /// Which projection of an expert a tensor is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -13,14 +15,14 @@ pub enum ExpertRole {
     Down,
 }
 
-/// One tensor inside an expert blob.
+/// One weight matrix inside an expert blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExpertTensor {
     /// Which projection it is.
     pub role: ExpertRole,
-    /// Element type.
-    pub dtype: DType,
+    /// How it is stored (float, or quantized with scales and biases after the weights).
+    pub format: WeightFormat,
     /// Output rows.
     pub rows: usize,
     /// Input columns.
@@ -30,18 +32,23 @@ pub struct ExpertTensor {
 }
 
 impl ExpertTensor {
-    /// Bytes of the tensor.
+    /// Bytes of the tensor (all its parts).
     pub fn len(&self) -> usize {
-        self.rows * self.cols * self.dtype.size()
+        self.format.stored_bytes(self.rows, self.cols)
     }
 
     /// Whether the tensor holds no element.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The tensor's bytes within a blob.
+    pub fn bytes<'a>(&self, blob: &'a [u8]) -> &'a [u8] {
+        &blob[self.offset..self.offset + self.len()]
+    }
 }
 
-/// Layout of one expert's bytes, identical for all experts of a model.
+/// Layout of one expert's bytes, identical for all experts of a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExpertLayout {
@@ -59,14 +66,21 @@ pub(crate) fn align_up(n: usize, a: usize) -> usize {
 }
 
 impl ExpertLayout {
-    /// The layout of a SwiGLU expert with weights in `dtype`: gate `[inter, hidden]`, up
-    /// `[inter, hidden]`, down `[hidden, inter]`, each starting on a 16-byte boundary.
-    pub fn swiglu(dtype: DType, hidden: usize, inter: usize) -> Self {
+    /// A SwiGLU expert: gate `[inter, hidden]`, up `[inter, hidden]`, down `[hidden, inter]`
+    /// in the given formats, each starting on a 16-byte boundary.
+    pub fn swiglu_with(formats: [WeightFormat; 3], hidden: usize, inter: usize) -> Result<Self> {
+        formats[0].check(hidden)?;
+        formats[1].check(hidden)?;
+        formats[2].check(inter)?;
+        Ok(Self::place(formats, hidden, inter))
+    }
+
+    fn place(formats: [WeightFormat; 3], hidden: usize, inter: usize) -> Self {
         let mut offset = 0;
-        let mut next = |role, rows, cols| {
+        let mut next = |role, format, rows, cols| {
             let t = ExpertTensor {
                 role,
-                dtype,
+                format,
                 rows,
                 cols,
                 offset,
@@ -74,15 +88,22 @@ impl ExpertLayout {
             offset = align_up(offset + t.len(), BLOB_ALIGN);
             t
         };
+        let [fg, fu, fd] = formats;
         let tensors = [
-            next(ExpertRole::Gate, inter, hidden),
-            next(ExpertRole::Up, inter, hidden),
-            next(ExpertRole::Down, hidden, inter),
+            next(ExpertRole::Gate, fg, inter, hidden),
+            next(ExpertRole::Up, fu, inter, hidden),
+            next(ExpertRole::Down, fd, hidden, inter),
         ];
         ExpertLayout {
             tensors,
             bytes: offset,
         }
+    }
+
+    /// A SwiGLU expert with all three matrices in float `dtype`.
+    pub fn swiglu(dtype: DType, hidden: usize, inter: usize) -> Self {
+        let f = WeightFormat::Float(dtype);
+        Self::place([f, f, f], hidden, inter)
     }
 
     /// The tensor of a role.
@@ -92,10 +113,5 @@ impl ExpertLayout {
             ExpertRole::Up => &self.tensors[1],
             ExpertRole::Down => &self.tensors[2],
         }
-    }
-
-    /// The weight dtype (all three tensors share it).
-    pub fn dtype(&self) -> DType {
-        self.tensors[0].dtype
     }
 }

@@ -9,29 +9,36 @@ use crate::error::{Error, Result};
 /// building block for custom stores.
 #[derive(Debug)]
 pub struct MemoryStore {
-    layout: ExpertLayout,
+    layouts: Vec<Option<ExpertLayout>>,
     blobs: HashMap<(usize, usize), Vec<u8>>,
 }
 
 impl MemoryStore {
-    /// An empty store of the given layout.
-    pub fn new(layout: ExpertLayout) -> Self {
+    /// An empty store; `layouts[layer]` is the layout of that layer's experts (`None` for
+    /// layers without experts).
+    pub fn new(layouts: Vec<Option<ExpertLayout>>) -> Self {
         MemoryStore {
-            layout,
+            layouts,
             blobs: HashMap::new(),
         }
     }
 
-    /// Copies every expert of `other` for the given `(layer, num_experts)` pairs.
+    /// Copies every expert `0..num_experts` of every layer of `other` that has a layout,
+    /// for layers `0..num_layers`.
     pub fn copy_from(
         other: &dyn ExpertStore,
-        layers: &[usize],
+        num_layers: usize,
         num_experts: usize,
     ) -> Result<Self> {
-        let mut store = MemoryStore::new(other.layout().clone());
-        for &layer in layers {
+        let layouts: Vec<Option<ExpertLayout>> =
+            (0..num_layers).map(|l| other.layout(l).cloned()).collect();
+        let mut store = MemoryStore::new(layouts);
+        for layer in 0..num_layers {
+            let Some(bytes) = store.layouts[layer].as_ref().map(|l| l.bytes) else {
+                continue;
+            };
             for expert in 0..num_experts {
-                let mut blob = vec![0u8; store.layout.bytes];
+                let mut blob = vec![0u8; bytes];
                 other.read_expert(layer, expert, &mut blob)?;
                 store.blobs.insert((layer, expert), blob);
             }
@@ -39,13 +46,15 @@ impl MemoryStore {
         Ok(store)
     }
 
-    /// Inserts (or replaces) one expert's blob; its length must equal the layout's.
+    /// Inserts (or replaces) one expert's blob; its length must equal the layer's layout.
     pub fn insert(&mut self, layer: usize, expert: usize, blob: Vec<u8>) -> Result<()> {
-        if blob.len() != self.layout.bytes {
+        let want = self.layout(layer).map(|l| l.bytes).ok_or_else(|| {
+            Error::InvalidArgument(format!("layer {layer} has no expert layout in this store"))
+        })?;
+        if blob.len() != want {
             return Err(Error::InvalidArgument(format!(
-                "expert blob for layer {layer}, expert {expert} is {} bytes, the layout needs {}",
-                blob.len(),
-                self.layout.bytes
+                "expert blob for layer {layer}, expert {expert} is {} bytes, the layout needs {want}",
+                blob.len()
             )));
         }
         self.blobs.insert((layer, expert), blob);
@@ -54,8 +63,8 @@ impl MemoryStore {
 }
 
 impl ExpertStore for MemoryStore {
-    fn layout(&self) -> &ExpertLayout {
-        &self.layout
+    fn layout(&self, layer: usize) -> Option<&ExpertLayout> {
+        self.layouts.get(layer).and_then(Option::as_ref)
     }
 
     fn read_expert(&self, layer: usize, expert: usize, dst: &mut [u8]) -> Result<()> {
@@ -68,13 +77,12 @@ impl ExpertStore for MemoryStore {
                 reason: "not in this memory store".into(),
                 source: None,
             })?;
-        if dst.len() != blob.len() {
-            return Err(Error::InvalidArgument(format!(
-                "destination is {} bytes, an expert is {}",
-                dst.len(),
+        let dst = dst.get_mut(..blob.len()).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "destination is shorter than an expert ({} bytes)",
                 blob.len()
-            )));
-        }
+            ))
+        })?;
         dst.copy_from_slice(blob);
         Ok(())
     }

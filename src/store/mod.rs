@@ -5,22 +5,36 @@
 //! on request. The engine copies those bytes unchanged into a GPU cache slot, so the layout
 //! is also the layout of a slot.
 
+mod aligned;
 mod layout;
 mod memory;
 mod safetensors_store;
 
+pub use aligned::AlignedBuf;
 pub use layout::{ExpertLayout, ExpertRole, ExpertTensor};
 pub use memory::MemoryStore;
 pub use safetensors_store::SafetensorsStore;
 
 use crate::error::Result;
 
+/// Alignment (and length granularity) of the buffers the engine passes to
+/// [`ExpertStore::read_expert`], so stores can use direct (uncached) I/O into them.
+pub const READ_ALIGN: usize = 16384;
+
 /// A source of expert weights, shared by every session of a model.
 ///
-/// Implementations must be thread-safe: the engine may call [`read_expert`] from several
-/// threads at once, for different or equal experts.
-///
-/// [`read_expert`]: ExpertStore::read_expert
+/// The contract:
+/// - [`layout`](Self::layout) describes the bytes of every expert of a layer (the same for
+///   all experts of that layer; layers may differ, e.g. in mixed-precision quantization).
+/// - [`read_expert`](Self::read_expert) fills the first `layout(layer).bytes` bytes of a
+///   caller-owned buffer. The engine reuses its buffers, aligns them to [`READ_ALIGN`] and
+///   rounds their length up to a multiple of it; stores may read past `bytes` up to the
+///   buffer's length (e.g. to keep direct reads whole), the engine ignores those bytes.
+/// - Implementations are thread-safe: the engine issues many reads at once from several
+///   threads, for different or equal experts.
+/// - Errors name the layer and expert ([`Error::ExpertRead`](crate::Error::ExpertRead)).
+///   A failed read leaves the model usable: the step that needed it fails, and a later
+///   step asks again.
 ///
 /// # Example: a store that counts reads by wrapping another one
 /// ```
@@ -30,7 +44,7 @@ use crate::error::Result;
 /// struct Counting<S> { inner: S, reads: AtomicU64 }
 ///
 /// impl<S: ExpertStore> ExpertStore for Counting<S> {
-///     fn layout(&self) -> &ExpertLayout { self.inner.layout() }
+///     fn layout(&self, layer: usize) -> Option<&ExpertLayout> { self.inner.layout(layer) }
 ///     fn read_expert(&self, layer: usize, expert: usize, dst: &mut [u8]) -> Result<()> {
 ///         self.reads.fetch_add(1, Ordering::Relaxed);
 ///         self.inner.read_expert(layer, expert, dst)
@@ -38,14 +52,17 @@ use crate::error::Result;
 /// }
 /// ```
 pub trait ExpertStore: Send + Sync {
-    /// Byte layout of one expert; `dst` in [`read_expert`](Self::read_expert) is exactly
-    /// `layout().bytes` long.
-    fn layout(&self) -> &ExpertLayout;
+    /// Byte layout of the experts of decoder layer `layer`, or `None` for a layer without
+    /// experts.
+    fn layout(&self, layer: usize) -> Option<&ExpertLayout>;
 
-    /// Fills `dst` with the bytes of expert `expert` of decoder layer `layer`.
-    ///
-    /// Errors should be [`Error::ExpertRead`](crate::Error::ExpertRead) naming the layer
-    /// and expert. A failed read leaves the model usable: the step that needed it fails,
-    /// and a later step asks again.
+    /// Fills `dst[..layout(layer).bytes]` with the bytes of expert `expert` of decoder
+    /// layer `layer`. `dst` is at least that long.
     fn read_expert(&self, layer: usize, expert: usize, dst: &mut [u8]) -> Result<()>;
+
+    /// A hint that these experts of `layer` will be read soon (e.g. to start reads early).
+    /// The default does nothing.
+    fn prefetch(&self, layer: usize, experts: &[usize]) {
+        let _ = (layer, experts);
+    }
 }

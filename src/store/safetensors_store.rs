@@ -26,7 +26,8 @@ struct Extent {
 #[derive(Debug)]
 pub struct SafetensorsStore {
     ckpt: Arc<Checkpoint>,
-    layout: ExpertLayout,
+    /// Per decoder layer: the experts' layout (`None` for dense layers).
+    layouts: Vec<Option<ExpertLayout>>,
     /// Per decoder layer: `None` for dense layers, else `[gate, up, down]` per expert.
     extents: Vec<Option<Vec<[Extent; 3]>>>,
 }
@@ -120,9 +121,13 @@ impl SafetensorsStore {
             }
             extents.push(Some(layer));
         }
-        let dtype = dtype.unwrap_or(DType::F32);
+        let layout = ExpertLayout::swiglu(dtype.unwrap_or(DType::F32), h, i);
+        let layouts = extents
+            .iter()
+            .map(|e| e.as_ref().map(|_| layout.clone()))
+            .collect();
         Ok(SafetensorsStore {
-            layout: ExpertLayout::swiglu(dtype, h, i),
+            layouts,
             ckpt,
             extents,
         })
@@ -130,8 +135,8 @@ impl SafetensorsStore {
 }
 
 impl ExpertStore for SafetensorsStore {
-    fn layout(&self) -> &ExpertLayout {
-        &self.layout
+    fn layout(&self, layer: usize) -> Option<&ExpertLayout> {
+        self.layouts.get(layer).and_then(Option::as_ref)
     }
 
     fn read_expert(&self, layer: usize, expert: usize, dst: &mut [u8]) -> Result<()> {
@@ -146,14 +151,20 @@ impl ExpertStore for SafetensorsStore {
                 reason: "no such MoE layer or expert in this checkpoint".into(),
                 source: None,
             })?;
-        if dst.len() != self.layout.bytes {
+        let layout = self.layout(layer).ok_or_else(|| Error::ExpertRead {
+            layer,
+            expert,
+            reason: "not a MoE layer".into(),
+            source: None,
+        })?;
+        if dst.len() < layout.bytes {
             return Err(Error::InvalidArgument(format!(
                 "destination is {} bytes, an expert is {}",
                 dst.len(),
-                self.layout.bytes
+                layout.bytes
             )));
         }
-        for (part, t) in parts.iter().zip(&self.layout.tensors) {
+        for (part, t) in parts.iter().zip(&layout.tensors) {
             let f = &self.ckpt.files()[part.file];
             read_exact_at(
                 &f.file,

@@ -1,0 +1,224 @@
+//! How a weight matrix is stored: plain floats, or MLX affine quantization.
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+/// MLX affine quantization of a `[rows, cols]` matrix: each row is split into groups of
+/// `group_size` columns; element `q` (an unsigned `bits`-bit integer) of a group with
+/// scale `s` and bias `b` stands for `s * q + b`. Each row is a little-endian,
+/// least-significant-bit-first bit stream packed into `u32` words (element `i` occupies
+/// bits `[i*bits, (i+1)*bits)` of the row), `cols * bits / 32` words per row. Scales and
+/// biases are `[rows, cols / group_size]` in `scale_dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct AffineQuant {
+    /// Bits per element: 2, 3, 4, 5, 6 or 8.
+    pub bits: u32,
+    /// Columns per group: 32, 64 or 128.
+    pub group_size: u32,
+    /// Element type of the scales and biases.
+    pub scale_dtype: DType,
+}
+
+impl AffineQuant {
+    /// Checks bits and group size and that `cols` fits them.
+    pub fn new(bits: u32, group_size: u32, scale_dtype: DType) -> Result<Self> {
+        if ![2, 3, 4, 5, 6, 8].contains(&bits) {
+            return Err(Error::InvalidArgument(format!(
+                "{bits}-bit quantization is not supported (2, 3, 4, 5, 6 or 8)"
+            )));
+        }
+        if ![32, 64, 128].contains(&group_size) {
+            return Err(Error::InvalidArgument(format!(
+                "quantization group size {group_size} is not supported (32, 64 or 128)"
+            )));
+        }
+        Ok(AffineQuant {
+            bits,
+            group_size,
+            scale_dtype,
+        })
+    }
+}
+
+/// How one weight matrix is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WeightFormat {
+    /// Plain floating point, row-major.
+    Float(DType),
+    /// MLX affine quantization.
+    Affine(AffineQuant),
+}
+
+/// Byte offsets of the parts of a stored matrix, relative to its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Parts {
+    /// Bytes of the weights (floats, or packed words).
+    pub weight_bytes: usize,
+    /// Offset and bytes of the scales (quantized only).
+    pub scales: (usize, usize),
+    /// Offset and bytes of the biases (quantized only).
+    pub biases: (usize, usize),
+    /// Total bytes, 16-byte aligned parts included.
+    pub total: usize,
+}
+
+fn align16(n: usize) -> usize {
+    n.div_ceil(16) * 16
+}
+
+impl WeightFormat {
+    /// Checks that a `[rows, cols]` matrix can be stored in this format.
+    pub fn check(&self, cols: usize) -> Result<()> {
+        if let WeightFormat::Affine(q) = self {
+            let g = q.group_size as usize;
+            if cols % g != 0 || (cols * q.bits as usize) % 32 != 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "{cols} columns cannot be quantized in groups of {g} at {} bits",
+                    q.bits
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn parts(&self, rows: usize, cols: usize) -> Parts {
+        match self {
+            WeightFormat::Float(d) => {
+                let n = rows * cols * d.size();
+                Parts {
+                    weight_bytes: n,
+                    scales: (n, 0),
+                    biases: (n, 0),
+                    total: n,
+                }
+            }
+            WeightFormat::Affine(q) => {
+                let wb = rows * cols * q.bits as usize / 8;
+                let sb = rows * (cols / q.group_size as usize) * q.scale_dtype.size();
+                let so = align16(wb);
+                let bo = so + align16(sb);
+                Parts {
+                    weight_bytes: wb,
+                    scales: (so, sb),
+                    biases: (bo, sb),
+                    total: bo + sb,
+                }
+            }
+        }
+    }
+
+    /// Bytes a `[rows, cols]` matrix takes in this format (parts 16-byte aligned).
+    pub fn stored_bytes(&self, rows: usize, cols: usize) -> usize {
+        self.parts(rows, cols).total
+    }
+
+    /// Decodes a stored `[rows, cols]` matrix (as laid out by [`stored_bytes`]) into f32.
+    ///
+    /// [`stored_bytes`]: WeightFormat::stored_bytes
+    pub fn decode(&self, bytes: &[u8], rows: usize, cols: usize) -> Vec<f32> {
+        let p = self.parts(rows, cols);
+        match self {
+            WeightFormat::Float(d) => d.decode(&bytes[..p.weight_bytes]),
+            WeightFormat::Affine(q) => {
+                let scales = q
+                    .scale_dtype
+                    .decode(&bytes[p.scales.0..p.scales.0 + p.scales.1]);
+                let biases = q
+                    .scale_dtype
+                    .decode(&bytes[p.biases.0..p.biases.0 + p.biases.1]);
+                dequantize(&bytes[..p.weight_bytes], &scales, &biases, rows, cols, q)
+            }
+        }
+    }
+}
+
+/// Dequantizes MLX affine data: `packed` holds `rows * cols * bits / 8` bytes.
+pub fn dequantize(
+    packed: &[u8],
+    scales: &[f32],
+    biases: &[f32],
+    rows: usize,
+    cols: usize,
+    q: &AffineQuant,
+) -> Vec<f32> {
+    let bits = q.bits as usize;
+    let g = q.group_size as usize;
+    let words_per_row = cols * bits / 32;
+    let mask = (1u64 << bits) - 1;
+    let mut out = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        let row = &packed[r * words_per_row * 4..(r + 1) * words_per_row * 4];
+        for c in 0..cols {
+            let bit = c * bits;
+            let w = bit / 32;
+            let lo =
+                u32::from_le_bytes([row[4 * w], row[4 * w + 1], row[4 * w + 2], row[4 * w + 3]])
+                    as u64;
+            let hi = if w + 1 < words_per_row {
+                u32::from_le_bytes([
+                    row[4 * w + 4],
+                    row[4 * w + 5],
+                    row[4 * w + 6],
+                    row[4 * w + 7],
+                ]) as u64
+            } else {
+                0
+            };
+            let v = (((hi << 32) | lo) >> (bit % 32)) & mask;
+            let gi = r * (cols / g) + c / g;
+            out.push(scales[gi] * v as f32 + biases[gi]);
+        }
+    }
+    out
+}
+
+impl std::fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightFormat::Float(d) => write!(f, "{d}"),
+            WeightFormat::Affine(q) => write!(
+                f,
+                "affine {}-bit, group {}, {} scales",
+                q.bits, q.group_size, q.scale_dtype
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_is_lsb_first_and_straddles_words() {
+        // 3-bit values 0..=7 repeated over 32 columns: 96 bits = 3 words per row.
+        let q = AffineQuant::new(3, 32, DType::F32).unwrap();
+        let vals: Vec<u64> = (0..32).map(|i| i % 8).collect();
+        let mut words = Vec::new();
+        let mut acc: u128 = 0;
+        let mut n = 0;
+        for v in &vals {
+            acc |= (*v as u128) << n;
+            n += 3;
+        }
+        for w in 0..3 {
+            words.extend_from_slice(&((acc >> (32 * w)) as u32).to_le_bytes());
+        }
+        let out = dequantize(&words, &[2.0], &[-1.0], 1, 32, &q);
+        let want: Vec<f32> = vals.iter().map(|&v| 2.0 * v as f32 - 1.0).collect();
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn parts_are_aligned() {
+        let f = WeightFormat::Affine(AffineQuant::new(4, 64, DType::BF16).unwrap());
+        let p = f.parts(3, 128);
+        assert_eq!(p.weight_bytes, 3 * 128 / 2);
+        assert_eq!(p.scales, (192, 12));
+        assert_eq!(p.biases, (208, 12));
+        assert_eq!(p.total, 220);
+        assert!(f.check(100).is_err());
+    }
+}
