@@ -30,6 +30,8 @@ pub(crate) struct Pass<'a> {
     /// Position of the first token.
     pub pos0: usize,
     pub stats: CacheStats,
+    /// (token, expert) routing choices made so far.
+    pub experts_routed: u64,
 }
 
 impl Pass<'_> {
@@ -245,6 +247,7 @@ impl Pass<'_> {
         let wts: Vec<f32> = bytemuck::pod_collect_to_vec(&parts[1]);
 
         // Group the (token, choice) pairs by expert.
+        self.experts_routed += ids.len() as u64;
         let mut by_expert: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (flat, &e) in ids.iter().enumerate() {
             if e as usize >= ne {

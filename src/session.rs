@@ -3,7 +3,7 @@
 use crate::cache::CacheStats;
 use crate::error::{Error, Result};
 use crate::forward::Pass;
-use crate::gpu::{Gpu, ParamArena, Recorder};
+use crate::gpu::{Gpu, ParamArena, Recorder, Timer};
 use crate::model::Model;
 
 /// Longest run of tokens one batched pass processes; longer prompts are prefilled in
@@ -43,16 +43,49 @@ pub(crate) struct Scratch {
     pub kv: Vec<(wgpu::Buffer, wgpu::Buffer)>,
 }
 
-/// Cumulative counters of a session.
+/// Counters of a session: of its last `prefill`/`step` call ([`Session::last_stats`]) or
+/// accumulated over its life ([`Session::stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[non_exhaustive]
 pub struct SessionStats {
     /// Tokens run through the model (prompt and generated).
     pub tokens: u64,
-    /// Forward passes (a prefill of one chunk, or one step).
+    /// Forward passes (one per prefill chunk or step).
     pub passes: u64,
-    /// Expert-cache traffic caused by this session.
+    /// (token, expert) routing choices made by the MoE layers.
+    pub experts_routed: u64,
+    /// Expert-cache traffic: hits, misses, bytes read, time waiting for reads.
     pub cache: CacheStats,
+    /// Wall-clock time of the calls.
+    pub wall_time: std::time::Duration,
+    /// Time the GPU spent executing the calls' kernels, where the adapter has timestamp
+    /// queries (`None` otherwise).
+    pub gpu_time: Option<std::time::Duration>,
+}
+
+impl SessionStats {
+    fn add(&mut self, o: &SessionStats) {
+        self.tokens += o.tokens;
+        self.passes += o.passes;
+        self.experts_routed += o.experts_routed;
+        self.cache.add(&o.cache);
+        self.wall_time += o.wall_time;
+        self.gpu_time = match (self.gpu_time, o.gpu_time) {
+            (Some(a), Some(b)) => Some(a + b),
+            (None, Some(b)) if self.passes == o.passes => Some(b),
+            _ => None,
+        };
+    }
+
+    /// Tokens per second of wall time.
+    pub fn tokens_per_second(&self) -> f64 {
+        let s = self.wall_time.as_secs_f64();
+        if s > 0.0 {
+            self.tokens as f64 / s
+        } else {
+            0.0
+        }
+    }
 }
 
 /// One sequence being processed: a KV cache with a maximum context, on a shared [`Model`].
@@ -72,7 +105,9 @@ pub struct Session {
     pos: usize,
     scratch: Scratch,
     params: ParamArena,
+    timer: Option<Timer>,
     stats: SessionStats,
+    last: SessionStats,
 }
 
 impl std::fmt::Debug for Session {
@@ -131,7 +166,8 @@ impl Session {
         let h = cfg.hidden_size;
         let qd = cfg.num_attention_heads * cfg.head_dim;
         let kvd = cfg.num_key_value_heads * cfg.head_dim;
-        let readback_bytes = (cfg.vocab_size * 4).max(cap * k * 8).div_ceil(16) * 16;
+        let readback_bytes = ((cfg.vocab_size * 4).max(cap * k * 8) as u64).div_ceil(16) * 16
+            + Timer::READBACK_BYTES;
         let scratch = Scratch {
             cap,
             ids: buf("ids", cap),
@@ -159,7 +195,7 @@ impl Session {
             logits: buf("logits", cfg.vocab_size),
             readback: gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
-                size: readback_bytes as u64,
+                size: readback_bytes,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }),
@@ -174,6 +210,7 @@ impl Session {
                 })
                 .collect(),
         };
+        let timer = Timer::new(gpu);
         gpu.check()?;
         Ok(Session {
             model,
@@ -181,7 +218,9 @@ impl Session {
             pos: 0,
             scratch,
             params: ParamArena::default(),
+            timer,
             stats: SessionStats::default(),
+            last: SessionStats::default(),
         })
     }
 
@@ -194,6 +233,7 @@ impl Session {
             ));
         }
         self.check_tokens(ids)?;
+        self.last = SessionStats::default();
         let mut last = Vec::new();
         let chunks: Vec<&[u32]> = ids.chunks(self.scratch.cap).collect();
         for (i, chunk) in chunks.iter().enumerate() {
@@ -205,6 +245,7 @@ impl Session {
     /// Runs one token and returns the logits after it.
     pub fn step(&mut self, id: u32) -> Result<Vec<f32>> {
         self.check_tokens(&[id])?;
+        self.last = SessionStats::default();
         self.run(&[id], true)
     }
 
@@ -228,9 +269,14 @@ impl Session {
         &self.model
     }
 
-    /// Counters accumulated by this session.
+    /// Counters accumulated over the session's life.
     pub fn stats(&self) -> SessionStats {
         self.stats
+    }
+
+    /// Counters of the last `prefill` or `step` call (including a failed one).
+    pub fn last_stats(&self) -> SessionStats {
+        self.last
     }
 
     fn check_tokens(&self, ids: &[u32]) -> Result<()> {
@@ -254,6 +300,7 @@ impl Session {
 
     /// One batched pass over `ids` (at most `scratch.cap` of them) at the current position.
     fn run(&mut self, ids: &[u32], want_logits: bool) -> Result<Vec<f32>> {
+        let t0 = std::time::Instant::now();
         let m = &*self.model.inner;
         m.gpu
             .queue
@@ -261,10 +308,11 @@ impl Session {
         let mut pass = Pass {
             m,
             s: &self.scratch,
-            rec: Recorder::new(&m.gpu, &mut self.params),
+            rec: Recorder::new(&m.gpu, &mut self.params, self.timer.as_mut()),
             n: ids.len(),
             pos0: self.pos,
             stats: CacheStats::default(),
+            experts_routed: 0,
         };
         let result = (|| {
             pass.embed();
@@ -275,20 +323,27 @@ impl Session {
             if want_logits {
                 pass.logits()
             } else {
-                pass.rec.submit();
-                m.gpu.check()?;
+                // Wait for the pass (and collect its GPU time) with an empty readback.
+                pass.rec.read(&[], &self.scratch.readback)?;
                 Ok(Vec::new())
             }
         })();
-        let stats = pass.stats;
+        let ok = result.is_ok();
+        let stats = SessionStats {
+            tokens: if ok { ids.len() as u64 } else { 0 },
+            passes: u64::from(ok),
+            experts_routed: pass.experts_routed,
+            cache: pass.stats,
+            wall_time: t0.elapsed(),
+            gpu_time: pass.rec.gpu_time(),
+        };
         if let Some(cache) = &m.cache {
-            cache.record(&stats);
+            cache.record(&stats.cache);
         }
-        self.stats.cache.add(&stats);
+        self.last.add(&stats);
+        self.stats.add(&stats);
         let logits = result?;
         self.pos += ids.len();
-        self.stats.tokens += ids.len() as u64;
-        self.stats.passes += 1;
         Ok(logits)
     }
 }

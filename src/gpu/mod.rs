@@ -6,7 +6,7 @@ mod tensor;
 #[doc(hidden)]
 pub mod testing;
 
-pub(crate) use recorder::{grid_of, Bind, ParamArena, Recorder};
+pub(crate) use recorder::{grid_of, Bind, ParamArena, Recorder, Timer};
 pub(crate) use tensor::{GpuMatrix, GpuVec};
 
 use std::collections::HashMap;
@@ -54,6 +54,8 @@ pub(crate) struct Gpu {
     /// Largest storage binding (and buffer) we allocate, in bytes.
     pub max_binding: u64,
     pub uniform_align: u64,
+    /// Whether passes can be timed with timestamp queries.
+    pub timestamps: bool,
     pipelines: Mutex<HashMap<(Kernel, u32), Arc<wgpu::ComputePipeline>>>,
     modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
     error: Arc<Mutex<Option<String>>>,
@@ -137,7 +139,7 @@ impl Gpu {
         let limits = alimits.clone();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("moestream"),
-            required_features: wgpu::Features::empty(),
+            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -170,6 +172,7 @@ impl Gpu {
             },
             max_binding,
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
+            timestamps: adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY),
             device,
             queue,
             pipelines: Mutex::new(HashMap::new()),

@@ -80,27 +80,112 @@ pub(crate) fn grid_of(n: u32) -> (u32, u32) {
     (x, n.div_ceil(x).max(1))
 }
 
-/// Records one stretch of GPU work between submits.
+/// GPU timestamps around compute passes, where the adapter supports timestamp queries.
+pub(crate) struct Timer {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    used: u32,
+    /// More passes than queries, or no room to read them back: the total is incomplete.
+    overflow: bool,
+}
+
+impl Timer {
+    const QUERIES: u32 = 4096;
+
+    pub fn new(gpu: &Gpu) -> Option<Timer> {
+        if !gpu.timestamps {
+            return None;
+        }
+        Some(Timer {
+            set: gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("pass timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: Self::QUERIES,
+            }),
+            resolve: gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamp resolve"),
+                size: Self::QUERIES as u64 * 8,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            used: 0,
+            overflow: false,
+        })
+    }
+
+    /// Bytes of readback space the timer may need.
+    pub const READBACK_BYTES: u64 = Self::QUERIES as u64 * 8;
+}
+
+/// Records one stretch of GPU work between submits. Consecutive dispatches share one
+/// compute pass (wgpu orders their storage accesses); copies and submits end the pass.
 pub(crate) struct Recorder<'a> {
     pub gpu: &'a Gpu,
     encoder: wgpu::CommandEncoder,
+    pass: Option<wgpu::ComputePass<'static>>,
     params: &'a mut ParamArena,
-    pending: usize,
+    timer: Option<&'a mut Timer>,
+    /// GPU nanoseconds of the passes read back so far.
+    gpu_ns: f64,
+}
+
+fn new_encoder(gpu: &Gpu) -> wgpu::CommandEncoder {
+    gpu.device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("step"),
+        })
 }
 
 impl<'a> Recorder<'a> {
-    pub fn new(gpu: &'a Gpu, params: &'a mut ParamArena) -> Self {
-        let encoder = gpu
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("step"),
-            });
+    pub fn new(gpu: &'a Gpu, params: &'a mut ParamArena, timer: Option<&'a mut Timer>) -> Self {
         Recorder {
             gpu,
-            encoder,
+            encoder: new_encoder(gpu),
+            pass: None,
             params,
-            pending: 0,
+            timer,
+            gpu_ns: 0.0,
         }
+    }
+
+    /// GPU time of the passes read back so far, if the adapter has timestamp queries and
+    /// every pass was timed.
+    pub fn gpu_time(&self) -> Option<std::time::Duration> {
+        match &self.timer {
+            Some(t) if !t.overflow => Some(std::time::Duration::from_nanos(self.gpu_ns as u64)),
+            _ => None,
+        }
+    }
+
+    fn begin_pass(&mut self) -> wgpu::ComputePass<'static> {
+        let mut index = None;
+        if let Some(t) = self.timer.as_deref_mut() {
+            if t.used + 2 <= Timer::QUERIES {
+                index = Some(t.used);
+                t.used += 2;
+            } else {
+                t.overflow = true;
+            }
+        }
+        let set = self.timer.as_deref().map(|t| &t.set);
+        let timestamp_writes = match (index, set) {
+            (Some(i), Some(query_set)) => Some(wgpu::ComputePassTimestampWrites {
+                query_set,
+                beginning_of_pass_write_index: Some(i),
+                end_of_pass_write_index: Some(i + 1),
+            }),
+            _ => None,
+        };
+        self.encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("kernels"),
+                timestamp_writes,
+            })
+            .forget_lifetime()
+    }
+
+    fn end_pass(&mut self) {
+        self.pass = None;
     }
 
     /// Records one dispatch: uniform `params` at binding 0, `bufs` at bindings 1.. .
@@ -142,17 +227,14 @@ impl<'a> Recorder<'a> {
                 layout: &pipeline.get_bind_group_layout(0),
                 entries: &entries,
             });
-        let mut pass = self
-            .encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(kernel.name()),
-                timestamp_writes: None,
-            });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, 1);
-        drop(pass);
-        self.pending += 1;
+        if self.pass.is_none() {
+            self.pass = Some(self.begin_pass());
+        }
+        if let Some(pass) = self.pass.as_mut() {
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups.0, groups.1, 1);
+        }
     }
 
     pub fn copy(
@@ -164,29 +246,23 @@ impl<'a> Recorder<'a> {
         size: u64,
     ) {
         if size > 0 {
+            self.end_pass();
             self.encoder
                 .copy_buffer_to_buffer(src, src_off, dst, dst_off, size);
-            self.pending += 1;
         }
     }
 
     /// Submits what was recorded and starts a new encoder.
     pub fn submit(&mut self) {
-        let encoder = std::mem::replace(
-            &mut self.encoder,
-            self.gpu
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("step"),
-                }),
-        );
+        self.end_pass();
+        let encoder = std::mem::replace(&mut self.encoder, new_encoder(self.gpu));
         self.params.flush(self.gpu);
         self.gpu.queue.submit(Some(encoder.finish()));
-        self.pending = 0;
     }
 
     /// Copies each `(buffer, offset, size)` into the mappable `staging` buffer, submits
-    /// everything recorded, waits, and returns the bytes of each part.
+    /// everything recorded, waits, and returns the bytes of each part. Timestamps of the
+    /// passes since the last read are read back along with them.
     pub fn read(
         &mut self,
         parts: &[(&wgpu::Buffer, u64, u64)],
@@ -199,6 +275,22 @@ impl<'a> Recorder<'a> {
             self.copy(src, offset, staging, at, size4);
             spans.push((at as usize, size as usize));
             at += size4;
+        }
+        self.end_pass();
+        let mut stamps: Option<(usize, usize)> = None;
+        if let Some(t) = self.timer.as_deref_mut() {
+            let bytes = t.used as u64 * 8;
+            if t.used > 0 && at + bytes <= staging.size() {
+                self.encoder
+                    .resolve_query_set(&t.set, 0..t.used, &t.resolve, 0);
+                self.encoder
+                    .copy_buffer_to_buffer(&t.resolve, 0, staging, at, bytes);
+                stamps = Some((at as usize, bytes as usize));
+                at += bytes;
+            } else if t.used > 0 {
+                t.overflow = true;
+            }
+            t.used = 0;
         }
         self.submit();
         if at == 0 {
@@ -222,6 +314,13 @@ impl<'a> Recorder<'a> {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?;
+            if let Some((a, n)) = stamps {
+                let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&view[a..a + n]);
+                let period = self.gpu.queue.get_timestamp_period() as f64;
+                for pair in ticks.chunks_exact(2) {
+                    self.gpu_ns += pair[1].saturating_sub(pair[0]) as f64 * period;
+                }
+            }
             spans
                 .iter()
                 .map(|&(a, n)| view[a..a + n].to_vec())

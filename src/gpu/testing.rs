@@ -59,7 +59,7 @@ impl KernelRunner {
             mapped_at_creation: false,
         });
         let mut arena = ParamArena::default();
-        let mut rec = Recorder::new(gpu, &mut arena);
+        let mut rec = Recorder::new(gpu, &mut arena, None);
         let binds: Vec<Bind<'_>> = bufs.iter().map(Bind::from).collect();
         rec.dispatch(kernel, wdt, params, &binds, groups);
         let parts: Vec<(&wgpu::Buffer, u64, u64)> = bufs
