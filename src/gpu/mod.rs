@@ -56,7 +56,7 @@ pub(crate) struct Gpu {
     pub uniform_align: u64,
     /// Whether passes can be timed with timestamp queries.
     pub timestamps: bool,
-    pipelines: Mutex<HashMap<(Kernel, u32), Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<(Kernel, u32, u32, u32), Arc<wgpu::ComputePipeline>>>,
     modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
     error: Arc<Mutex<Option<String>>>,
     /// A small buffer bound where a kernel's optional input is unused.
@@ -191,10 +191,23 @@ impl Gpu {
         }
     }
 
-    /// The pipeline of a kernel, compiled once per (kernel, weight dtype).
+    /// The pipeline of a kernel, compiled once per (kernel, weight or scale dtype,
+    /// quantization bits and group size).
     pub fn pipeline(&self, kernel: Kernel, wdt: Option<DType>) -> Arc<wgpu::ComputePipeline> {
+        self.pipeline_q(kernel, wdt, None)
+    }
+
+    /// As [`pipeline`](Self::pipeline), with the `BITS` and `GROUP` override constants of
+    /// the quantized kernels.
+    pub fn pipeline_q(
+        &self,
+        kernel: Kernel,
+        wdt: Option<DType>,
+        quant: Option<(u32, u32)>,
+    ) -> Arc<wgpu::ComputePipeline> {
         let code = wdt.map_or(0, DType::shader_code);
-        let key = (kernel, code);
+        let (bits, group) = quant.unwrap_or((0, 0));
+        let key = (kernel, code, bits, group);
         let mut pipes = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = pipes.get(&key) {
             return p.clone();
@@ -207,11 +220,14 @@ impl Gpu {
                     source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
                 })
         });
-        let constants: Vec<(&str, f64)> = if kernel.reads_weights() {
-            vec![("WDT", code as f64)]
-        } else {
-            Vec::new()
-        };
+        let mut constants: Vec<(&str, f64)> = Vec::new();
+        if kernel.reads_weights() {
+            constants.push(("WDT", code as f64));
+        }
+        if quant.is_some() {
+            constants.push(("BITS", bits as f64));
+            constants.push(("GROUP", group as f64));
+        }
         let pipeline = Arc::new(self.device.create_compute_pipeline(
             &wgpu::ComputePipelineDescriptor {
                 label: Some(kernel.name()),

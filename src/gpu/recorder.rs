@@ -197,7 +197,20 @@ impl<'a> Recorder<'a> {
         bufs: &[Bind<'_>],
         groups: (u32, u32),
     ) {
-        let pipeline = self.gpu.pipeline(kernel, wdt);
+        self.dispatch_q(kernel, wdt, None, params, bufs, groups);
+    }
+
+    /// As [`dispatch`](Self::dispatch), for a quantized kernel: `quant` = (bits, group).
+    pub fn dispatch_q(
+        &mut self,
+        kernel: Kernel,
+        wdt: Option<DType>,
+        quant: Option<(u32, u32)>,
+        params: &[u32],
+        bufs: &[Bind<'_>],
+        groups: (u32, u32),
+    ) {
+        let pipeline = self.gpu.pipeline_q(kernel, wdt, quant);
         let (block, offset) = self.params.push(self.gpu, bytemuck::cast_slice(params));
         let psize = ((params.len() * 4) as u64).div_ceil(16) * 16;
         let mut entries = Vec::with_capacity(bufs.len() + 1);

@@ -43,6 +43,20 @@ impl KernelRunner {
         buffers: &[&[u8]],
         groups: (u32, u32),
     ) -> Result<Vec<Vec<u8>>> {
+        self.run_q(kernel, wdt, None, params, buffers, groups)
+    }
+
+    /// As [`run`](Self::run), for a quantized kernel: `quant` = (bits, group) sets the
+    /// `BITS` and `GROUP` override constants; `wdt` is then the scale dtype.
+    pub fn run_q(
+        &self,
+        kernel: Kernel,
+        wdt: Option<DType>,
+        quant: Option<(u32, u32)>,
+        params: &[u32],
+        buffers: &[&[u8]],
+        groups: (u32, u32),
+    ) -> Result<Vec<Vec<u8>>> {
         let gpu = &self.gpu;
         let bufs: Vec<wgpu::Buffer> = buffers
             .iter()
@@ -61,7 +75,7 @@ impl KernelRunner {
         let mut arena = ParamArena::default();
         let mut rec = Recorder::new(gpu, &mut arena, None);
         let binds: Vec<Bind<'_>> = bufs.iter().map(Bind::from).collect();
-        rec.dispatch(kernel, wdt, params, &binds, groups);
+        rec.dispatch_q(kernel, wdt, quant, params, &binds, groups);
         let parts: Vec<(&wgpu::Buffer, u64, u64)> = bufs
             .iter()
             .zip(buffers)
