@@ -13,6 +13,7 @@ use memmap2::Mmap;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::format::{AffineQuant, WeightFormat};
 
 /// Where one tensor's bytes live.
 #[derive(Debug, Clone)]
@@ -277,5 +278,162 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io
             done += n;
         }
         Ok(())
+    }
+}
+
+/// A weight matrix as stored: float, or MLX-quantized (`P.weight` u32 codes, `P.scales`,
+/// `P.biases`).
+#[derive(Debug, Clone)]
+pub struct MatrixView<'a> {
+    /// How it is stored.
+    pub format: WeightFormat,
+    /// Output rows.
+    pub rows: usize,
+    /// Input columns.
+    pub cols: usize,
+    /// The weights (floats, or packed codes), row-major.
+    pub weight: &'a [u8],
+    /// Scales, `[rows, cols / group]` (empty for float).
+    pub scales: &'a [u8],
+    /// Biases, `[rows, cols / group]` (empty for float).
+    pub biases: &'a [u8],
+}
+
+impl MatrixView<'_> {
+    /// Bytes of rows `r0..r0 + n` laid out as [`WeightFormat::stored_bytes`] describes
+    /// (weights, then 16-byte aligned scales and biases).
+    pub fn rows_bytes(&self, r0: usize, n: usize) -> Vec<u8> {
+        let parts = self.format.parts(n, self.cols);
+        let mut out = vec![0u8; parts.total];
+        let wrow = self.weight.len() / self.rows.max(1);
+        out[..parts.weight_bytes].copy_from_slice(&self.weight[r0 * wrow..(r0 + n) * wrow]);
+        if parts.scales.1 > 0 {
+            let srow = self.scales.len() / self.rows.max(1);
+            out[parts.scales.0..parts.scales.0 + parts.scales.1]
+                .copy_from_slice(&self.scales[r0 * srow..(r0 + n) * srow]);
+            out[parts.biases.0..parts.biases.0 + parts.biases.1]
+                .copy_from_slice(&self.biases[r0 * srow..(r0 + n) * srow]);
+        }
+        out
+    }
+
+    /// The matrix decoded to f32 (dequantized if quantized).
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.format
+            .decode(&self.rows_bytes(0, self.rows), self.rows, self.cols)
+    }
+}
+
+impl Checkpoint {
+    fn bytes_of(&self, e: &TensorEntry) -> &[u8] {
+        let start = e.offset as usize;
+        &self.files[e.file].map[start..start + e.len]
+    }
+
+    /// The format of the matrix `prefix` (`prefix.weight`, and `prefix.scales` /
+    /// `prefix.biases` when MLX-quantized) with `lead` leading dimensions (e.g. `[E]` for
+    /// stacked experts) and `[rows, cols]` matrices, inferring bits and group size from the
+    /// shapes. Returns the format and the entries (weight, scales, biases).
+    pub(crate) fn matrix_entries(
+        &self,
+        prefix: &str,
+        lead: &[usize],
+        rows: usize,
+        cols: usize,
+    ) -> Result<(WeightFormat, [Option<&TensorEntry>; 3])> {
+        let wname = format!("{prefix}.weight");
+        let sname = format!("{prefix}.scales");
+        let w = self.entry(&wname)?;
+        let path = self.path_of(w).to_path_buf();
+        let with_lead =
+            |tail: &[usize]| -> Vec<usize> { lead.iter().chain(tail).copied().collect() };
+        let shape_err = |name: &str, expected: Vec<usize>, found: &[usize]| Error::Shape {
+            name: name.to_string(),
+            path: path.clone(),
+            expected,
+            found: found.to_vec(),
+        };
+        let Some(s) = self.tensors.get(&sname) else {
+            // Plain float matrix.
+            if w.shape != with_lead(&[rows, cols]) {
+                return Err(shape_err(&wname, with_lead(&[rows, cols]), &w.shape));
+            }
+            let dtype = DType::from_safetensors(w.dtype).ok_or_else(|| Error::Dtype {
+                name: wname.clone(),
+                path: path.clone(),
+                found: format!("{:?}", w.dtype),
+                expected: "F32, F16 or BF16 (or U32 with .scales and .biases)",
+            })?;
+            return Ok((WeightFormat::Float(dtype), [Some(w), None, None]));
+        };
+        let bname = format!("{prefix}.biases");
+        let b = self.entry(&bname)?;
+        if w.dtype != safetensors::Dtype::U32 {
+            return Err(Error::Dtype {
+                name: wname,
+                path,
+                found: format!("{:?}", w.dtype),
+                expected: "U32 (packed codes of a quantized matrix)",
+            });
+        }
+        let n = lead.len();
+        let words = match w.shape.get(n + 1) {
+            Some(&words)
+                if w.shape.len() == n + 2 && w.shape[..n] == *lead && w.shape[n] == rows =>
+            {
+                words
+            }
+            _ => return Err(shape_err(&wname, with_lead(&[rows, cols / 8]), &w.shape)),
+        };
+        let groups = match s.shape.get(n + 1) {
+            Some(&g) if s.shape.len() == n + 2 && s.shape[..n] == *lead && s.shape[n] == rows => g,
+            _ => return Err(shape_err(&sname, with_lead(&[rows, cols / 64]), &s.shape)),
+        };
+        if b.shape != s.shape {
+            return Err(shape_err(&bname, s.shape.clone(), &b.shape));
+        }
+        let bad = |reason: String| Error::Quantization {
+            name: wname.clone(),
+            path: path.clone(),
+            reason,
+        };
+        if groups == 0 || cols % groups != 0 || (words * 32) % cols != 0 {
+            return Err(bad(format!(
+                "{words} words and {groups} groups per row do not describe a quantization of {cols} columns"
+            )));
+        }
+        let bits = (words * 32 / cols) as u32;
+        let group = (cols / groups) as u32;
+        let sdt = DType::from_safetensors(s.dtype).ok_or_else(|| Error::Dtype {
+            name: sname.clone(),
+            path: path.clone(),
+            found: format!("{:?}", s.dtype),
+            expected: "F32, F16 or BF16",
+        })?;
+        if b.dtype != s.dtype {
+            return Err(Error::Dtype {
+                name: bname,
+                path: path.clone(),
+                found: format!("{:?}", b.dtype),
+                expected: "the dtype of the scales",
+            });
+        }
+        let q = AffineQuant::new(bits, group, sdt).map_err(|e| bad(e.to_string()))?;
+        Ok((WeightFormat::Affine(q), [Some(w), Some(s), Some(b)]))
+    }
+
+    /// A weight matrix `[rows, cols]` named `prefix` (without `.weight`), float or
+    /// MLX-quantized, checked against the expected shape.
+    pub fn matrix(&self, prefix: &str, rows: usize, cols: usize) -> Result<MatrixView<'_>> {
+        let (format, [w, s, b]) = self.matrix_entries(prefix, &[], rows, cols)?;
+        let bytes = |e: Option<&TensorEntry>| e.map_or(&[][..], |e| self.bytes_of(e));
+        Ok(MatrixView {
+            format,
+            rows,
+            cols,
+            weight: bytes(w),
+            scales: bytes(s),
+            biases: bytes(b),
+        })
     }
 }

@@ -257,6 +257,21 @@ impl Parser<'_> {
                 return Err(self.err(format!("hidden_act {act} is not supported (only \"silu\")")));
             }
         }
+        for key in ["quantization", "quantization_config"] {
+            let Some(q) = self.get(key) else { continue };
+            if let Some(method) = q.get("quant_method").and_then(Value::as_str) {
+                return Err(self.err(format!(
+                    "`{key}.quant_method` {method:?} is not supported (MLX affine quantization is)"
+                )));
+            }
+            if let Some(mode) = q.get("mode").and_then(Value::as_str) {
+                if mode != "affine" {
+                    return Err(self.err(format!(
+                        "`{key}.mode` {mode:?} is not supported (only \"affine\")"
+                    )));
+                }
+            }
+        }
         let hidden_size = self.positive("hidden_size")?;
         let num_attention_heads = self.positive("num_attention_heads")?;
         let num_key_value_heads = self

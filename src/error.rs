@@ -86,6 +86,18 @@ pub enum Error {
         expected: &'static str,
     },
 
+    /// A quantized tensor's parts (codes, scales, biases) do not describe a supported
+    /// quantization.
+    #[error("quantized tensor {name:?} in {path}: {reason}")]
+    Quantization {
+        /// The tensor's name.
+        name: String,
+        /// The file it is in.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// Reading an expert from an [`ExpertStore`](crate::ExpertStore) failed.
     #[error("expert store: layer {layer}, expert {expert}: {reason}")]
     ExpertRead {

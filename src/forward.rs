@@ -16,6 +16,15 @@ fn grid(n: usize) -> (u32, u32) {
     crate::gpu::grid_of(n as u32)
 }
 
+/// The float dtype of a format (quantized formats are rejected when the weights load, until
+/// the quantized kernels are wired in).
+fn float_dtype(f: &WeightFormat) -> crate::dtype::DType {
+    match f {
+        WeightFormat::Float(d) => *d,
+        _ => crate::dtype::DType::F32,
+    }
+}
+
 fn bits(f: f32) -> u32 {
     f.to_bits()
 }
@@ -71,7 +80,7 @@ impl Pass<'_> {
             if n == 1 {
                 self.rec.dispatch(
                     Kernel::MatVec,
-                    Some(w.dtype),
+                    Some(float_dtype(&w.format)),
                     &[*rows as u32, w.cols as u32, *row0 as u32, flags, 0],
                     &binds,
                     grid(*rows),
@@ -79,7 +88,7 @@ impl Pass<'_> {
             } else {
                 self.rec.dispatch(
                     Kernel::MatMul,
-                    Some(w.dtype),
+                    Some(float_dtype(&w.format)),
                     &[
                         *rows as u32,
                         w.cols as u32,
@@ -120,7 +129,7 @@ impl Pass<'_> {
         for (buf, row0, rows) in &e.chunks {
             self.rec.dispatch(
                 Kernel::Embedding,
-                Some(e.dtype),
+                Some(float_dtype(&e.format)),
                 &[h as u32, self.n as u32, *row0 as u32, *rows as u32],
                 &[(&self.s.ids).into(), buf.into(), (&self.s.x).into()],
                 grid((h * self.n).div_ceil(64)),

@@ -20,7 +20,7 @@ pub mod synthetic;
 mod weights;
 
 pub use cache::CacheStats;
-pub use checkpoint::{Checkpoint, CheckpointFile, TensorEntry, TensorView};
+pub use checkpoint::{Checkpoint, CheckpointFile, MatrixView, TensorEntry, TensorView};
 pub use config::{ModelConfig, SUPPORTED_MODEL_TYPES};
 pub use dtype::DType;
 pub use error::{Error, Result};

@@ -52,13 +52,12 @@ impl Weights {
 
     /// Bytes of resident weights on the GPU.
     pub fn bytes(&self) -> u64 {
-        let m = |m: &GpuMatrix| (m.rows * m.cols * m.dtype.size()) as u64;
-        let mut total = m(&self.embed) + self.lm_head.as_ref().map_or(0, m);
+        let mut total = self.embed.bytes() + self.lm_head.as_ref().map_or(0, GpuMatrix::bytes);
         for l in &self.layers {
-            total += m(&l.attn.q) + m(&l.attn.k) + m(&l.attn.v) + m(&l.attn.o);
+            total += l.attn.q.bytes() + l.attn.k.bytes() + l.attn.v.bytes() + l.attn.o.bytes();
             total += match &l.mlp {
-                Mlp::Dense { gate, up, down } => m(gate) + m(up) + m(down),
-                Mlp::Moe { router } => m(router),
+                Mlp::Dense { gate, up, down } => gate.bytes() + up.bytes() + down.bytes(),
+                Mlp::Moe { router } => router.bytes(),
             };
         }
         total
@@ -70,8 +69,14 @@ impl Weights {
         let qd = cfg.num_attention_heads * hd;
         let kvd = cfg.num_key_value_heads * hd;
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<GpuMatrix> {
-            let t = ckpt.float(name, &[rows, cols])?;
-            GpuMatrix::upload(gpu, name, t.dtype, rows, cols, t.bytes)
+            let prefix = name.strip_suffix(".weight").unwrap_or(name);
+            let m = ckpt.matrix(prefix, rows, cols)?;
+            if !matches!(m.format, crate::format::WeightFormat::Float(_)) {
+                return Err(crate::error::Error::InvalidArgument(format!(
+                    "{name}: quantized resident weights are not wired to the GPU kernels yet"
+                )));
+            }
+            GpuMatrix::upload(gpu, name, &m)
         };
         let vector = |name: &str, n: usize| -> Result<GpuVec> {
             let t = ckpt.float(name, &[n])?;

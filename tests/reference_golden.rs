@@ -55,13 +55,18 @@ fn read_golden(path: &Path) -> Golden {
     }
 }
 
+/// HF fixtures (`tests/fixtures`) and MLX-quantized ones (`tests/fixtures_mlx`).
 fn fixture_dirs() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("golden.json").is_file())
-        .collect();
+    let mut dirs = Vec::new();
+    for sub in ["tests/fixtures", "tests/fixtures_mlx"] {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(sub);
+        dirs.extend(
+            std::fs::read_dir(&root)
+                .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.join("golden.json").is_file()),
+        );
+    }
     dirs.sort();
     dirs
 }

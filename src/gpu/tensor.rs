@@ -2,14 +2,16 @@
 
 use super::recorder::Bind;
 use super::Gpu;
-use crate::dtype::DType;
+use crate::checkpoint::MatrixView;
 use crate::error::{Error, Result};
+use crate::format::WeightFormat;
 
-/// A weight matrix `[rows, cols]` in its stored dtype, split by rows into chunks that each
-/// fit one storage binding.
+/// A weight matrix `[rows, cols]` in its stored format (float, or quantized with its
+/// scales and biases), split by rows into chunks that each fit one storage binding. Each
+/// chunk's buffer holds its rows laid out as [`WeightFormat::parts`] describes.
 #[derive(Debug)]
 pub(crate) struct GpuMatrix {
-    pub dtype: DType,
+    pub format: WeightFormat,
     pub rows: usize,
     pub cols: usize,
     /// (buffer, first row, row count)
@@ -17,19 +19,17 @@ pub(crate) struct GpuMatrix {
 }
 
 impl GpuMatrix {
-    pub fn upload(
-        gpu: &Gpu,
-        name: &str,
-        dtype: DType,
-        rows: usize,
-        cols: usize,
-        bytes: &[u8],
-    ) -> Result<Self> {
-        let row_bytes = (cols * dtype.size()) as u64;
-        let mut per_chunk = (gpu.max_binding.saturating_sub(16) / row_bytes.max(1)) as usize;
-        // Chunks must start on a 4-byte boundary of the data.
-        if dtype.size() == 2 && cols % 2 == 1 {
-            per_chunk -= per_chunk % 2;
+    pub fn upload(gpu: &Gpu, name: &str, m: &MatrixView<'_>) -> Result<Self> {
+        let (rows, cols) = (m.rows, m.cols);
+        let row_bytes = m.format.stored_bytes(1, cols).max(1) as u64;
+        // Rows per chunk: as many as fit one binding (parts are 16-byte aligned, hence
+        // the slack), even for 16-bit floats with an odd column count so that every chunk
+        // starts on a whole word.
+        let mut per_chunk = (gpu.max_binding.saturating_sub(64) / row_bytes) as usize;
+        if let WeightFormat::Float(d) = m.format {
+            if d.size() == 2 && cols % 2 == 1 {
+                per_chunk -= per_chunk % 2;
+            }
         }
         if per_chunk == 0 {
             return Err(Error::Gpu(format!(
@@ -41,17 +41,20 @@ impl GpuMatrix {
         let mut r = 0;
         while r < rows {
             let n = per_chunk.min(rows - r);
-            let a = r * row_bytes as usize;
-            let b = a + n * row_bytes as usize;
-            chunks.push((gpu.upload(name, &bytes[a..b]), r, n));
+            chunks.push((gpu.upload(name, &m.rows_bytes(r, n)), r, n));
             r += n;
         }
         Ok(GpuMatrix {
-            dtype,
+            format: m.format,
             rows,
             cols,
             chunks,
         })
+    }
+
+    /// Bytes of the matrix on the GPU.
+    pub fn bytes(&self) -> u64 {
+        self.format.stored_bytes(self.rows, self.cols) as u64
     }
 }
 

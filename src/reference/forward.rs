@@ -129,8 +129,13 @@ impl ReferenceModel {
         let hd = cfg.head_dim;
         let qd = cfg.num_attention_heads * hd;
         let kvd = cfg.num_key_value_heads * hd;
+        // Matrices may be MLX-quantized (`.weight` codes + `.scales` + `.biases`): they are
+        // dequantized in f32, `f32(scale) * q + f32(bias)`.
         let load = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            Ok(ckpt.float(name, shape)?.to_f32())
+            match (name.strip_suffix(".weight"), shape) {
+                (Some(prefix), &[rows, cols]) => Ok(ckpt.matrix(prefix, rows, cols)?.to_f32()),
+                _ => Ok(ckpt.float(name, shape)?.to_f32()),
+            }
         };
         let embed = load(names::EMBED, &[cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);

@@ -3,133 +3,191 @@
 use std::sync::Arc;
 
 use super::{ExpertLayout, ExpertStore};
-use crate::checkpoint::{read_exact_at, Checkpoint};
+use crate::checkpoint::{read_exact_at, Checkpoint, TensorEntry};
 use crate::config::ModelConfig;
-use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::format::WeightFormat;
 use crate::names;
 
-/// One contiguous byte range of a checkpoint file.
+/// One contiguous byte range of a checkpoint file and where it goes in the blob.
 #[derive(Debug, Clone, Copy)]
-struct Extent {
+struct Piece {
     file: usize,
     offset: u64,
     len: usize,
+    dst: usize,
 }
 
 /// Reads experts straight from the checkpoint's safetensors shards (`pread`, no mmap), so
 /// the OS page cache is the only cache below the engine's own.
 ///
-/// Both layouts transformers writes are understood: one tensor per expert and projection
-/// (`mlp.experts.{e}.gate_proj.weight`, ...) and fused per-layer tensors
-/// (`mlp.experts.gate_up_proj` `[E, 2I, H]`, `mlp.experts.down_proj` `[E, H, I]`).
+/// Understood layouts:
+/// - one tensor per expert and projection, as transformers writes them
+///   (`mlp.experts.{e}.gate_proj.weight`, ...);
+/// - fused per-layer tensors (`mlp.experts.gate_up_proj` `[E, 2I, H]`, gate rows first,
+///   and `mlp.experts.down_proj` `[E, H, I]`);
+/// - MLX stacked experts (`mlp.switch_mlp.{gate,up,down}_proj.{weight,scales,biases}`
+///   with a leading expert dimension), float or affine-quantized, each expert's slice
+///   copied unchanged.
 #[derive(Debug)]
 pub struct SafetensorsStore {
     ckpt: Arc<Checkpoint>,
     /// Per decoder layer: the experts' layout (`None` for dense layers).
     layouts: Vec<Option<ExpertLayout>>,
-    /// Per decoder layer: `None` for dense layers, else `[gate, up, down]` per expert.
-    extents: Vec<Option<Vec<[Extent; 3]>>>,
+    /// Per decoder layer and expert: the pieces to copy.
+    pieces: Vec<Option<Vec<Vec<Piece>>>>,
+}
+
+/// The byte range of expert `e`'s slice of a tensor stacked over `ne` experts.
+fn slice(t: &TensorEntry, e: usize, ne: usize, dst: usize) -> Piece {
+    let len = t.len / ne;
+    Piece {
+        file: t.file,
+        offset: t.offset + (e * len) as u64,
+        len,
+        dst,
+    }
 }
 
 impl SafetensorsStore {
     /// Indexes every expert of every MoE layer, checking shapes and dtypes.
     pub fn new(ckpt: Arc<Checkpoint>, cfg: &ModelConfig) -> Result<Self> {
-        let h = cfg.hidden_size;
-        let i = cfg.moe_intermediate_size;
-        let ne = cfg.num_experts;
-        let mut dtype: Option<DType> = None;
-        let mut extents = Vec::with_capacity(cfg.num_hidden_layers);
+        let (h, i, ne) = (cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts);
+        let shapes = [("gate_proj", i, h), ("up_proj", i, h), ("down_proj", h, i)];
+        let mut layouts = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut pieces = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             if !cfg.is_moe_layer(l) {
-                extents.push(None);
+                layouts.push(None);
+                pieces.push(None);
                 continue;
             }
-            let mut check_dtype = |name: &str, d: DType| -> Result<()> {
-                match dtype {
-                    None => dtype = Some(d),
-                    Some(first) if first != d => {
-                        return Err(Error::Dtype {
-                            name: name.to_string(),
-                            path: ckpt.path_of(ckpt.entry(name)?).to_path_buf(),
-                            found: d.to_string(),
-                            expected: "the same dtype for every expert tensor",
-                        })
-                    }
-                    _ => {}
+            let stacked = names::layer(l, "mlp.switch_mlp.gate_proj.weight");
+            let fused = names::fused_experts(l, "gate_up_proj");
+            let (layout, layer) = if ckpt.contains(&stacked) {
+                // MLX: [E, rows, ...] codes, scales, biases per projection.
+                let mut formats = Vec::with_capacity(3);
+                let mut entries = Vec::with_capacity(3);
+                for (proj, rows, cols) in shapes {
+                    let prefix = names::layer(l, &format!("mlp.switch_mlp.{proj}"));
+                    let (f, e) = ckpt.matrix_entries(&prefix, &[ne], rows, cols)?;
+                    formats.push(f);
+                    entries.push(e);
                 }
-                Ok(())
-            };
-            let fused_gu = names::fused_experts(l, "gate_up_proj");
-            let mut layer = Vec::with_capacity(ne);
-            if ckpt.contains(&fused_gu) {
-                let fused_down = names::fused_experts(l, "down_proj");
-                let gu = ckpt.float(&fused_gu, &[ne, 2 * i, h])?;
-                check_dtype(&fused_gu, gu.dtype)?;
-                let dn = ckpt.float(&fused_down, &[ne, h, i])?;
-                check_dtype(&fused_down, dn.dtype)?;
-                let gu_e = ckpt.entry(&fused_gu)?;
-                let dn_e = ckpt.entry(&fused_down)?;
-                let part = i * h * gu.dtype.size();
-                for e in 0..ne {
-                    let base = gu_e.offset + (e * 2 * part) as u64;
-                    layer.push([
-                        Extent {
-                            file: gu_e.file,
-                            offset: base,
-                            len: part,
-                        },
-                        Extent {
-                            file: gu_e.file,
-                            offset: base + part as u64,
-                            len: part,
-                        },
-                        Extent {
-                            file: dn_e.file,
-                            offset: dn_e.offset + (e * part) as u64,
-                            len: part,
-                        },
-                    ]);
+                let layout = ExpertLayout::swiglu_with([formats[0], formats[1], formats[2]], h, i)?;
+                let layer = (0..ne)
+                    .map(|e| {
+                        let mut p = Vec::with_capacity(9);
+                        for (t, parts) in layout.tensors.iter().zip(&entries) {
+                            let off = t.format.parts(t.rows, t.cols);
+                            let dsts = [t.offset, t.offset + off.scales.0, t.offset + off.biases.0];
+                            for (entry, dst) in parts.iter().zip(dsts) {
+                                if let Some(entry) = entry {
+                                    p.push(slice(entry, e, ne, dst));
+                                }
+                            }
+                        }
+                        p
+                    })
+                    .collect::<Vec<_>>();
+                (layout, layer)
+            } else if ckpt.contains(&fused) {
+                let down = names::fused_experts(l, "down_proj");
+                let gu = ckpt.float(&fused, &[ne, 2 * i, h])?;
+                let dn = ckpt.float(&down, &[ne, h, i])?;
+                if dn.dtype != gu.dtype {
+                    return Err(Error::Dtype {
+                        name: down.clone(),
+                        path: ckpt.path_of(ckpt.entry(&down)?).to_path_buf(),
+                        found: dn.dtype.to_string(),
+                        expected: "the dtype of gate_up_proj",
+                    });
                 }
-            } else {
-                for e in 0..ne {
-                    let mut parts = [Extent {
-                        file: 0,
-                        offset: 0,
-                        len: 0,
-                    }; 3];
-                    for (k, (proj, shape)) in [
-                        ("gate_proj", [i, h]),
-                        ("up_proj", [i, h]),
-                        ("down_proj", [h, i]),
-                    ]
-                    .into_iter()
-                    .enumerate()
-                    {
-                        let name = names::expert(l, e, proj);
-                        let view = ckpt.float(&name, &shape)?;
-                        check_dtype(&name, view.dtype)?;
-                        let entry = ckpt.entry(&name)?;
-                        parts[k] = Extent {
-                            file: entry.file,
-                            offset: entry.offset,
-                            len: entry.len,
+                let layout = ExpertLayout::swiglu(gu.dtype, h, i);
+                let (gu_e, dn_e) = (ckpt.entry(&fused)?, ckpt.entry(&down)?);
+                let part = layout.tensors[0].len();
+                let layer = (0..ne)
+                    .map(|e| {
+                        let g = slice(gu_e, e, ne, layout.tensors[0].offset);
+                        let gate = Piece { len: part, ..g };
+                        let up = Piece {
+                            offset: g.offset + part as u64,
+                            len: part,
+                            dst: layout.tensors[1].offset,
+                            ..g
                         };
+                        vec![gate, up, slice(dn_e, e, ne, layout.tensors[2].offset)]
+                    })
+                    .collect();
+                (layout, layer)
+            } else {
+                // One tensor per expert and projection.
+                let mut layout: Option<ExpertLayout> = None;
+                let mut layer = Vec::with_capacity(ne);
+                for e in 0..ne {
+                    let mut formats = Vec::with_capacity(3);
+                    let mut entries = Vec::with_capacity(3);
+                    for (proj, rows, cols) in shapes {
+                        let prefix = names::expert(l, e, proj);
+                        let prefix = prefix.strip_suffix(".weight").unwrap_or(&prefix);
+                        let (f, ents) = ckpt.matrix_entries(prefix, &[], rows, cols)?;
+                        formats.push(f);
+                        entries.push(ents);
                     }
-                    layer.push(parts);
+                    let this =
+                        ExpertLayout::swiglu_with([formats[0], formats[1], formats[2]], h, i)?;
+                    match &layout {
+                        None => layout = Some(this.clone()),
+                        Some(first) if *first != this => {
+                            let k = (0..3)
+                                .find(|&k| first.tensors[k].format != this.tensors[k].format)
+                                .unwrap_or(0);
+                            let name = names::expert(l, e, shapes[k].0);
+                            return Err(Error::Dtype {
+                                path: ckpt.path_of(ckpt.entry(&name)?).to_path_buf(),
+                                name,
+                                found: this.tensors[k].format.to_string(),
+                                expected: "the same format for every expert of a layer",
+                            });
+                        }
+                        _ => {}
+                    }
+                    let mut p = Vec::with_capacity(3);
+                    for (t, parts) in this.tensors.iter().zip(&entries) {
+                        let off = t.format.parts(t.rows, t.cols);
+                        let dsts = [t.offset, t.offset + off.scales.0, t.offset + off.biases.0];
+                        for (entry, dst) in parts.iter().zip(dsts) {
+                            if let Some(entry) = entry {
+                                p.push(slice(entry, 0, 1, dst));
+                            }
+                        }
+                    }
+                    layer.push(p);
                 }
-            }
-            extents.push(Some(layer));
+                let layout = layout.ok_or_else(|| Error::Config {
+                    path: ckpt.dir().join("config.json"),
+                    reason: "a MoE layer needs at least one expert".into(),
+                })?;
+                (layout, layer)
+            };
+            layouts.push(Some(layout));
+            pieces.push(Some(layer));
         }
-        let layout = ExpertLayout::swiglu(dtype.unwrap_or(DType::F32), h, i);
-        let layouts = extents
-            .iter()
-            .map(|e| e.as_ref().map(|_| layout.clone()))
-            .collect();
         Ok(SafetensorsStore {
-            layouts,
             ckpt,
-            extents,
+            layouts,
+            pieces,
+        })
+    }
+
+    /// The formats of a layer's expert tensors (gate, up, down).
+    pub fn formats(&self, layer: usize) -> Option<[WeightFormat; 3]> {
+        self.layout(layer).map(|l| {
+            [
+                l.tensors[0].format,
+                l.tensors[1].format,
+                l.tensors[2].format,
+            ]
         })
     }
 }
@@ -140,23 +198,19 @@ impl ExpertStore for SafetensorsStore {
     }
 
     fn read_expert(&self, layer: usize, expert: usize, dst: &mut [u8]) -> Result<()> {
-        let parts = self
-            .extents
+        let not_found = || Error::ExpertRead {
+            layer,
+            expert,
+            reason: "no such MoE layer or expert in this checkpoint".into(),
+            source: None,
+        };
+        let pieces = self
+            .pieces
             .get(layer)
             .and_then(|l| l.as_ref())
             .and_then(|l| l.get(expert))
-            .ok_or_else(|| Error::ExpertRead {
-                layer,
-                expert,
-                reason: "no such MoE layer or expert in this checkpoint".into(),
-                source: None,
-            })?;
-        let layout = self.layout(layer).ok_or_else(|| Error::ExpertRead {
-            layer,
-            expert,
-            reason: "not a MoE layer".into(),
-            source: None,
-        })?;
+            .ok_or_else(not_found)?;
+        let layout = self.layout(layer).ok_or_else(not_found)?;
         if dst.len() < layout.bytes {
             return Err(Error::InvalidArgument(format!(
                 "destination is {} bytes, an expert is {}",
@@ -164,23 +218,20 @@ impl ExpertStore for SafetensorsStore {
                 layout.bytes
             )));
         }
-        for (part, t) in parts.iter().zip(&layout.tensors) {
-            let f = &self.ckpt.files()[part.file];
-            read_exact_at(
-                &f.file,
-                &mut dst[t.offset..t.offset + part.len],
-                part.offset,
-            )
-            .map_err(|e| Error::ExpertRead {
-                layer,
-                expert,
-                reason: format!(
-                    "reading {} bytes at offset {} of {}",
-                    part.len,
-                    part.offset,
-                    f.path.display()
-                ),
-                source: Some(Box::new(e)),
+        for p in pieces {
+            let f = &self.ckpt.files()[p.file];
+            read_exact_at(&f.file, &mut dst[p.dst..p.dst + p.len], p.offset).map_err(|e| {
+                Error::ExpertRead {
+                    layer,
+                    expert,
+                    reason: format!(
+                        "reading {} bytes at offset {} of {}",
+                        p.len,
+                        p.offset,
+                        f.path.display()
+                    ),
+                    source: Some(Box::new(e)),
+                }
             })?;
         }
         Ok(())
