@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::format::{AffineQuant, WeightFormat};
 use crate::names;
+use crate::store::ExpertLayout;
 
 /// The shape of a synthetic model.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,8 +33,12 @@ pub struct SyntheticSpec {
     pub top_k: usize,
     /// Expert width.
     pub moe_intermediate_size: usize,
-    /// Stored dtype.
+    /// Stored dtype (of float weights, and of the scales and biases of quantized ones).
     pub dtype: DType,
+    /// MLX affine quantization `(bits, group_size)` of every matrix (routers at 8 bits,
+    /// group 64, as mlx-lm does), or `None` for float weights. Quantized models are written
+    /// in the mlx-community layout (stacked `switch_mlp` experts).
+    pub quant: Option<(u32, u32)>,
     /// Seed of the weights.
     pub seed: u64,
 }
@@ -52,24 +58,63 @@ impl Default for SyntheticSpec {
             top_k: 4,
             moe_intermediate_size: 256,
             dtype: DType::BF16,
+            quant: None,
             seed: 0x6d6f_6573,
         }
     }
 }
 
+impl SyntheticSpec {
+    /// The shape of Qwen3-30B-A3B (48 layers, hidden 2048, 128 experts, top-8, expert
+    /// width 768, 32/4 heads of 128, vocab 151936) at MLX 4-bit, group 64, bf16 scales:
+    /// about 16 GB of experts.
+    pub fn qwen3_30b_a3b_4bit() -> Self {
+        SyntheticSpec {
+            vocab_size: 151936,
+            hidden_size: 2048,
+            num_layers: 48,
+            num_heads: 32,
+            num_kv_heads: 4,
+            head_dim: 128,
+            num_experts: 128,
+            top_k: 8,
+            moe_intermediate_size: 768,
+            dtype: DType::BF16,
+            quant: Some((4, 64)),
+            seed: 0x3330_6233,
+        }
+    }
+}
+
+/// What a lazily generated tensor holds.
+#[derive(Clone, Copy)]
+enum Fill {
+    /// Floats `offset + scale * u`, u uniform in [-1, 1).
+    Float { scale: f32, offset: f32 },
+    /// Uniformly random u32 words (packed quantization codes).
+    Codes,
+}
+
 /// A tensor whose bytes are generated when the writer asks for them.
 struct Lazy {
-    dtype: DType,
+    dtype: safetensors::Dtype,
+    float: DType,
     shape: Vec<usize>,
     seed: u64,
-    scale: f32,
-    /// Values are `offset + scale * u` with u uniform in [-1, 1).
-    offset: f32,
+    fill: Fill,
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl safetensors::View for Lazy {
     fn dtype(&self) -> safetensors::Dtype {
-        self.dtype.to_safetensors()
+        self.dtype
     }
     fn shape(&self) -> &[usize] {
         &self.shape
@@ -77,22 +122,32 @@ impl safetensors::View for Lazy {
     fn data(&self) -> Cow<'_, [u8]> {
         let n: usize = self.shape.iter().product();
         let mut state = self.seed;
-        let values: Vec<f32> = (0..n)
-            .map(|_| {
-                // splitmix64
-                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-                let mut z = state;
-                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-                z ^= z >> 31;
-                let u = (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-                self.offset + self.scale * u
-            })
-            .collect();
-        Cow::Owned(self.dtype.encode(&values))
+        match self.fill {
+            Fill::Codes => {
+                let mut out = Vec::with_capacity(n * 4);
+                for _ in 0..n.div_ceil(2) {
+                    out.extend_from_slice(&splitmix(&mut state).to_le_bytes());
+                }
+                out.truncate(n * 4);
+                Cow::Owned(out)
+            }
+            Fill::Float { scale, offset } => {
+                let values: Vec<f32> = (0..n)
+                    .map(|_| {
+                        let u = (splitmix(&mut state) >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+                        offset + scale * u
+                    })
+                    .collect();
+                Cow::Owned(self.float.encode(&values))
+            }
+        }
     }
     fn data_len(&self) -> usize {
-        self.shape.iter().product::<usize>() * self.dtype.size()
+        let elem = match self.fill {
+            Fill::Codes => 4,
+            Fill::Float { .. } => self.float.size(),
+        };
+        self.shape.iter().product::<usize>() * elem
     }
 }
 
@@ -114,7 +169,7 @@ impl SyntheticSpec {
             DType::F16 => "float16",
             DType::BF16 => "bfloat16",
         };
-        serde_json::json!({
+        let mut config = serde_json::json!({
             "architectures": ["Qwen3MoeForCausalLM"],
             "model_type": "qwen3_moe",
             "vocab_size": self.vocab_size,
@@ -137,68 +192,179 @@ impl SyntheticSpec {
             "hidden_act": "silu",
             "dtype": dtype,
             "synthetic": true,
-        })
-        .to_string()
+        });
+        if let (Some((bits, group)), Some(obj)) = (self.quant, config.as_object_mut()) {
+            let mut q = serde_json::json!({"group_size": group, "bits": bits, "mode": "affine"});
+            if let Some(qo) = q.as_object_mut() {
+                let (rb, rg) = self.router_quant(bits, group);
+                for l in 0..self.num_layers {
+                    qo.insert(
+                        format!("model.layers.{l}.mlp.gate"),
+                        serde_json::json!({"group_size": rg, "bits": rb}),
+                    );
+                }
+            }
+            obj.insert("quantization".into(), q.clone());
+            obj.insert("quantization_config".into(), q);
+        }
+        config.to_string()
+    }
+
+    /// Routers are 8-bit, group 64 when the hidden size allows (as mlx-lm does).
+    fn router_quant(&self, bits: u32, group: u32) -> (u32, u32) {
+        if self.hidden_size % 64 == 0 {
+            (8, 64)
+        } else {
+            (bits, group)
+        }
     }
 
     fn tensors(&self) -> Vec<(String, Lazy)> {
         let (h, hd, i) = (self.hidden_size, self.head_dim, self.moe_intermediate_size);
-        let qd = self.num_heads * hd;
-        let kvd = self.num_kv_heads * hd;
+        let (qd, kvd, ne) = (
+            self.num_heads * hd,
+            self.num_kv_heads * hd,
+            self.num_experts,
+        );
         let seed = self.seed;
-        let dtype = self.dtype;
-        let t = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
+        let float = self.dtype;
+        let lazy = |name: String, dtype: safetensors::Dtype, shape: Vec<usize>, fill: Fill| {
             let s = hash(&name, seed);
             (
                 name,
                 Lazy {
                     dtype,
+                    float,
                     shape,
                     seed: s,
-                    scale,
-                    offset,
+                    fill,
                 },
             )
         };
+        let fdt = float.to_safetensors();
+        let vector = |name: String, n: usize| {
+            lazy(
+                name,
+                fdt,
+                vec![n],
+                Fill::Float {
+                    scale: 0.1,
+                    offset: 1.0,
+                },
+            )
+        };
+        // A matrix `[lead.., rows, cols]` with values of amplitude `amp`: float, or
+        // quantized codes with scales and biases spanning [-amp, amp].
+        let matrix = |prefix: String,
+                      lead: &[usize],
+                      rows: usize,
+                      cols: usize,
+                      amp: f32,
+                      quant: Option<(u32, u32)>| {
+            let dims =
+                |tail: &[usize]| -> Vec<usize> { lead.iter().chain(tail).copied().collect() };
+            match quant {
+                None => vec![lazy(
+                    format!("{prefix}.weight"),
+                    fdt,
+                    dims(&[rows, cols]),
+                    Fill::Float {
+                        scale: amp,
+                        offset: 0.0,
+                    },
+                )],
+                Some((bits, group)) => {
+                    let step = 2.0 * amp / ((1u32 << bits) - 1) as f32;
+                    let groups = cols / group as usize;
+                    vec![
+                        lazy(
+                            format!("{prefix}.weight"),
+                            safetensors::Dtype::U32,
+                            dims(&[rows, cols * bits as usize / 32]),
+                            Fill::Codes,
+                        ),
+                        lazy(
+                            format!("{prefix}.scales"),
+                            fdt,
+                            dims(&[rows, groups]),
+                            Fill::Float {
+                                scale: 0.1 * step,
+                                offset: step,
+                            },
+                        ),
+                        lazy(
+                            format!("{prefix}.biases"),
+                            fdt,
+                            dims(&[rows, groups]),
+                            Fill::Float {
+                                scale: 0.1 * amp,
+                                offset: -amp,
+                            },
+                        ),
+                    ]
+                }
+            }
+        };
         let w = |cols: usize| 1.0 / (cols as f32).sqrt();
-        let mut out = vec![
-            t(names::EMBED.into(), vec![self.vocab_size, h], 1.0, 0.0),
-            t(names::LM_HEAD.into(), vec![self.vocab_size, h], w(h), 0.0),
-            t(names::FINAL_NORM.into(), vec![h], 0.1, 1.0),
-        ];
+        let q = self.quant;
+        let rq = q.map(|(b, g)| self.router_quant(b, g));
+        let strip = |n: &str| n.trim_end_matches(".weight").to_string();
+        let mut out = Vec::new();
+        out.extend(matrix(strip(names::EMBED), &[], self.vocab_size, h, 1.0, q));
+        out.extend(matrix(
+            strip(names::LM_HEAD),
+            &[],
+            self.vocab_size,
+            h,
+            w(h),
+            q,
+        ));
+        out.push(vector(names::FINAL_NORM.into(), h));
         for l in 0..self.num_layers {
             let n = |rest: &str| names::layer(l, rest);
-            out.push(t(n("input_layernorm.weight"), vec![h], 0.1, 1.0));
-            out.push(t(n("post_attention_layernorm.weight"), vec![h], 0.1, 1.0));
-            out.push(t(n("self_attn.q_proj.weight"), vec![qd, h], w(h), 0.0));
-            out.push(t(n("self_attn.k_proj.weight"), vec![kvd, h], w(h), 0.0));
-            out.push(t(n("self_attn.v_proj.weight"), vec![kvd, h], w(h), 0.0));
-            out.push(t(n("self_attn.o_proj.weight"), vec![h, qd], w(qd), 0.0));
-            out.push(t(n("self_attn.q_norm.weight"), vec![hd], 0.1, 1.0));
-            out.push(t(n("self_attn.k_norm.weight"), vec![hd], 0.1, 1.0));
-            out.push(t(
-                n("mlp.gate.weight"),
-                vec![self.num_experts, h],
-                2.0 * w(h),
-                0.0,
-            ));
-            for e in 0..self.num_experts {
-                out.push(t(names::expert(l, e, "gate_proj"), vec![i, h], w(h), 0.0));
-                out.push(t(names::expert(l, e, "up_proj"), vec![i, h], w(h), 0.0));
-                out.push(t(names::expert(l, e, "down_proj"), vec![h, i], w(i), 0.0));
+            out.push(vector(n("input_layernorm.weight"), h));
+            out.push(vector(n("post_attention_layernorm.weight"), h));
+            out.extend(matrix(n("self_attn.q_proj"), &[], qd, h, w(h), q));
+            out.extend(matrix(n("self_attn.k_proj"), &[], kvd, h, w(h), q));
+            out.extend(matrix(n("self_attn.v_proj"), &[], kvd, h, w(h), q));
+            out.extend(matrix(n("self_attn.o_proj"), &[], h, qd, w(qd), q));
+            out.push(vector(n("self_attn.q_norm.weight"), hd));
+            out.push(vector(n("self_attn.k_norm.weight"), hd));
+            out.extend(matrix(n("mlp.gate"), &[], ne, h, 2.0 * w(h), rq));
+            if q.is_some() {
+                out.extend(matrix(n("mlp.switch_mlp.gate_proj"), &[ne], i, h, w(h), q));
+                out.extend(matrix(n("mlp.switch_mlp.up_proj"), &[ne], i, h, w(h), q));
+                out.extend(matrix(n("mlp.switch_mlp.down_proj"), &[ne], h, i, w(i), q));
+            } else {
+                for e in 0..ne {
+                    let ex = |proj: &str| strip(&names::expert(l, e, proj));
+                    out.extend(matrix(ex("gate_proj"), &[], i, h, w(h), None));
+                    out.extend(matrix(ex("up_proj"), &[], i, h, w(h), None));
+                    out.extend(matrix(ex("down_proj"), &[], h, i, w(i), None));
+                }
             }
         }
         out
     }
 
-    /// Bytes of all expert weights.
+    /// The format of expert matrices.
+    fn expert_format(&self) -> WeightFormat {
+        match self.quant {
+            Some((bits, group_size)) => WeightFormat::Affine(AffineQuant {
+                bits,
+                group_size,
+                scale_dtype: self.dtype,
+            }),
+            None => WeightFormat::Float(self.dtype),
+        }
+    }
+
+    /// Bytes of all expert weights (as the engine lays them out).
     pub fn expert_bytes(&self) -> u64 {
-        (self.num_layers
-            * self.num_experts
-            * 3
-            * self.hidden_size
-            * self.moe_intermediate_size
-            * self.dtype.size()) as u64
+        let f = self.expert_format();
+        let (h, i) = (self.hidden_size, self.moe_intermediate_size);
+        let one = ExpertLayout::swiglu_with([f, f, f], h, i).map_or(0, |l| l.bytes);
+        (self.num_layers * self.num_experts * one) as u64
     }
 
     /// Writes `config.json` and `model.safetensors` into `dir` (created). The folder is

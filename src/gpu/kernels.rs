@@ -1,5 +1,15 @@
-//! The WGSL compute kernels: one per file in `kernels/`, plus the shared dtype helpers
-//! (`kernels/include/dtype.wgsl`) prepended to the kernels that read weights.
+//! The WGSL compute kernels: one per file in `kernels/`, plus the shared helpers of
+//! `kernels/include/` prepended to the kernels that need them: the dtype helpers
+//! (`dtype.wgsl`) to every kernel that reads weights, the MLX affine-quantization helpers
+//! (`quant.wgsl`) to the kernels that read quantized weights.
+//!
+//! Override constants (pipeline constants, see [`Kernel::constants`]): `WDT` is the weight
+//! dtype of float kernels and the scale/bias dtype of quantized ones (0 = f32, 1 = f16,
+//! 2 = bf16); `BITS` and `GROUP` are the bits per code and the group size of quantized
+//! kernels. Each kernel's dispatch grid comes from the `*_groups` function of the same
+//! name here, so callers need not know workgroup shapes.
+
+use super::recorder::grid_of;
 
 /// A compute kernel of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,13 +37,99 @@ pub enum Kernel {
     MoeDown,
     /// Weighted expert combine + residual.
     MoeCombine,
+    /// Decode mat-vec over MLX affine-quantized weights ([`qmatvec_groups`]).
+    QMatVec,
+    /// Prefill mat-mat over MLX affine-quantized weights ([`qmatmul_groups`]).
+    QMatMul,
+    /// Token embedding lookup from an MLX affine-quantized table ([`qembedding_groups`]).
+    QEmbedding,
+    /// Expert gate/up projections + SwiGLU over quantized experts in cache slots
+    /// ([`moe_gate_up_q_groups`]).
+    MoeGateUpQ,
+    /// Expert down projection over quantized experts in cache slots, scaled by the routing
+    /// weight ([`moe_down_q_groups`]).
+    MoeDownQ,
+}
+
+/// A shared WGSL file of `kernels/include/`, prepended to the kernels that use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Include {
+    /// `dtype.wgsl`: the `WDT` override and f16/bf16 decoding.
+    Dtype,
+    /// `quant.wgsl`: the `BITS` / `GROUP` overrides and MLX affine code unpacking.
+    Quant,
+}
+
+impl Include {
+    /// File stem in `kernels/include/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Include::Dtype => "dtype",
+            Include::Quant => "quant",
+        }
+    }
+
+    /// The WGSL text.
+    pub fn source(self) -> &'static str {
+        match self {
+            Include::Dtype => DTYPE_INCLUDE,
+            Include::Quant => QUANT_INCLUDE,
+        }
+    }
 }
 
 const DTYPE_INCLUDE: &str = include_str!("../../kernels/include/dtype.wgsl");
+const QUANT_INCLUDE: &str = include_str!("../../kernels/include/quant.wgsl");
+
+/// Rows per workgroup of [`Kernel::QMatVec`] (`ROWS` in `kernels/qmatvec.wgsl`).
+const QMATVEC_ROWS: u32 = 4;
+/// Rows and tokens per workgroup tile of [`Kernel::QMatMul`] (`TR`, `TT` in
+/// `kernels/qmatmul.wgsl`).
+const QMATMUL_ROWS: u32 = 32;
+const QMATMUL_TOKENS: u32 = 32;
+/// Output octets (8 values) per workgroup of [`Kernel::QEmbedding`] (its workgroup size).
+const QEMBEDDING_OCTETS: u32 = 64;
+/// Rows per workgroup of [`Kernel::MoeGateUpQ`] and [`Kernel::MoeDownQ`] (`ROWS` in their
+/// WGSL).
+const MOE_Q_ROWS: u32 = 4;
+
+/// Grid of [`Kernel::QMatVec`] for a chunk of `rows` rows (any count: past 65535
+/// workgroups the grid is 2-D, which the kernel linearizes).
+pub fn qmatvec_groups(rows: u32) -> (u32, u32) {
+    grid_of(rows.div_ceil(QMATVEC_ROWS))
+}
+
+/// Grid of [`Kernel::QMatMul`] for a chunk of `rows` rows and `n_tokens` tokens
+/// (`rows <= 65535 * 32`, `n_tokens <= 65535 * 32`).
+pub fn qmatmul_groups(rows: u32, n_tokens: u32) -> (u32, u32) {
+    (
+        rows.div_ceil(QMATMUL_ROWS).max(1),
+        n_tokens.div_ceil(QMATMUL_TOKENS).max(1),
+    )
+}
+
+/// Grid of [`Kernel::QEmbedding`] for `n_tokens` tokens of `hidden` columns (a multiple of
+/// the group size, so of 8).
+pub fn qembedding_groups(hidden: u32, n_tokens: u32) -> (u32, u32) {
+    grid_of((hidden / 8 * n_tokens).div_ceil(QEMBEDDING_OCTETS))
+}
+
+/// Grid of [`Kernel::MoeGateUpQ`] for `n_assign` assignments (at most 65535 per dispatch)
+/// of `inter` rows each.
+pub fn moe_gate_up_q_groups(inter: u32, n_assign: u32) -> (u32, u32) {
+    (inter.div_ceil(MOE_Q_ROWS).max(1), n_assign.max(1))
+}
+
+/// Grid of [`Kernel::MoeDownQ`] for `n_assign` assignments (at most 65535 per dispatch) of
+/// `hidden` rows each.
+pub fn moe_down_q_groups(hidden: u32, n_assign: u32) -> (u32, u32) {
+    (hidden.div_ceil(MOE_Q_ROWS).max(1), n_assign.max(1))
+}
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 11] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::Embedding,
         Kernel::RmsNorm,
         Kernel::MatVec,
@@ -45,6 +141,11 @@ impl Kernel {
         Kernel::MoeGateUp,
         Kernel::MoeDown,
         Kernel::MoeCombine,
+        Kernel::QMatVec,
+        Kernel::QMatMul,
+        Kernel::QEmbedding,
+        Kernel::MoeGateUpQ,
+        Kernel::MoeDownQ,
     ];
 
     /// File stem in `kernels/`.
@@ -61,6 +162,11 @@ impl Kernel {
             Kernel::MoeGateUp => "moe_gate_up",
             Kernel::MoeDown => "moe_down",
             Kernel::MoeCombine => "moe_combine",
+            Kernel::QMatVec => "qmatvec",
+            Kernel::QMatMul => "qmatmul",
+            Kernel::QEmbedding => "qembedding",
+            Kernel::MoeGateUpQ => "moe_gate_up_q",
+            Kernel::MoeDownQ => "moe_down_q",
         }
     }
 
@@ -77,11 +183,17 @@ impl Kernel {
             Kernel::MoeGateUp => include_str!("../../kernels/moe_gate_up.wgsl"),
             Kernel::MoeDown => include_str!("../../kernels/moe_down.wgsl"),
             Kernel::MoeCombine => include_str!("../../kernels/moe_combine.wgsl"),
+            Kernel::QMatVec => include_str!("../../kernels/qmatvec.wgsl"),
+            Kernel::QMatMul => include_str!("../../kernels/qmatmul.wgsl"),
+            Kernel::QEmbedding => include_str!("../../kernels/qembedding.wgsl"),
+            Kernel::MoeGateUpQ => include_str!("../../kernels/moe_gate_up_q.wgsl"),
+            Kernel::MoeDownQ => include_str!("../../kernels/moe_down_q.wgsl"),
         }
     }
 
     /// Whether the kernel reads weights in a stored dtype, selected by the `WDT` override
-    /// constant (0 = f32, 1 = f16, 2 = bf16).
+    /// constant (0 = f32, 1 = f16, 2 = bf16). For quantized kernels that is the dtype of
+    /// the scales and biases.
     pub fn reads_weights(self) -> bool {
         matches!(
             self,
@@ -90,15 +202,68 @@ impl Kernel {
                 | Kernel::MatMul
                 | Kernel::MoeGateUp
                 | Kernel::MoeDown
+        ) || self.is_quantized()
+    }
+
+    /// Whether the kernel reads MLX affine-quantized weights, shaped by the `BITS` and
+    /// `GROUP` override constants (which it must be given: they have no default).
+    pub fn is_quantized(self) -> bool {
+        matches!(
+            self,
+            Kernel::QMatVec
+                | Kernel::QMatMul
+                | Kernel::QEmbedding
+                | Kernel::MoeGateUpQ
+                | Kernel::MoeDownQ
         )
+    }
+
+    /// The shared files prepended to the kernel's own, in order.
+    pub fn includes(self) -> &'static [Include] {
+        if self.is_quantized() {
+            &[Include::Dtype, Include::Quant]
+        } else if self.reads_weights() {
+            &[Include::Dtype]
+        } else {
+            &[]
+        }
+    }
+
+    /// The override constants a pipeline of this kernel is created with: none for kernels
+    /// that read no weights; `WDT = wdt` (the weight dtype's shader code) for float-weight
+    /// kernels; `WDT = wdt` (the scale dtype's code), `BITS` and `GROUP` from
+    /// `quant = Some((bits, group_size))` for quantized kernels. `quant` is ignored by
+    /// kernels that are not quantized.
+    ///
+    /// # Panics
+    /// If the kernel is quantized and `quant` is `None` (its pipeline cannot be created
+    /// without `BITS` and `GROUP`).
+    pub fn constants(self, wdt: u32, quant: Option<(u32, u32)>) -> Vec<(&'static str, f64)> {
+        let mut c = Vec::new();
+        if self.reads_weights() {
+            c.push(("WDT", f64::from(wdt)));
+        }
+        if self.is_quantized() {
+            let (bits, group) = quant.unwrap_or_else(|| {
+                panic!(
+                    "kernel {} reads quantized weights: BITS and GROUP are required",
+                    self.name()
+                )
+            });
+            c.push(("BITS", f64::from(bits)));
+            c.push(("GROUP", f64::from(group)));
+        }
+        c
     }
 
     /// The complete WGSL source as compiled (shared helpers prepended where needed).
     pub fn source(self) -> String {
-        if self.reads_weights() {
-            format!("{DTYPE_INCLUDE}\n{}", self.body())
-        } else {
-            self.body().to_string()
+        let mut src = String::new();
+        for inc in self.includes() {
+            src.push_str(inc.source());
+            src.push('\n');
         }
+        src.push_str(self.body());
+        src
     }
 }

@@ -192,13 +192,8 @@ impl Gpu {
     }
 
     /// The pipeline of a kernel, compiled once per (kernel, weight or scale dtype,
-    /// quantization bits and group size).
-    pub fn pipeline(&self, kernel: Kernel, wdt: Option<DType>) -> Arc<wgpu::ComputePipeline> {
-        self.pipeline_q(kernel, wdt, None)
-    }
-
-    /// As [`pipeline`](Self::pipeline), with the `BITS` and `GROUP` override constants of
-    /// the quantized kernels.
+    /// quantization bits and group size); `quant` = (bits, group) sets the `BITS` and
+    /// `GROUP` override constants of the quantized kernels.
     pub fn pipeline_q(
         &self,
         kernel: Kernel,
