@@ -4,25 +4,18 @@
 use std::collections::BTreeMap;
 
 use crate::cache::CacheStats;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::WeightFormat;
-use crate::gpu::kernels::Kernel;
+use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::{GpuMatrix, GpuVec, Recorder};
 use crate::model::ModelInner;
 use crate::session::Scratch;
+use crate::store::{ExpertLayout, ExpertTensor};
 use crate::weights::{Layer, Mlp};
 
 fn grid(n: usize) -> (u32, u32) {
     crate::gpu::grid_of(n as u32)
-}
-
-/// The float dtype of a format (quantized formats are rejected when the weights load, until
-/// the quantized kernels are wired in).
-fn float_dtype(f: &WeightFormat) -> crate::dtype::DType {
-    match f {
-        WeightFormat::Float(d) => *d,
-        _ => crate::dtype::DType::F32,
-    }
 }
 
 fn bits(f: f32) -> u32 {
@@ -77,29 +70,46 @@ impl Pass<'_> {
                 resid_buf.into(),
                 y.into(),
             ];
-            if n == 1 {
-                self.rec.dispatch(
+            let (r, c, r0) = (*rows as u32, w.cols as u32, *row0 as u32);
+            match w.format {
+                WeightFormat::Float(dt) if n == 1 => self.rec.dispatch(
                     Kernel::MatVec,
-                    Some(float_dtype(&w.format)),
-                    &[*rows as u32, w.cols as u32, *row0 as u32, flags, 0],
+                    Some(dt),
+                    &[r, c, r0, flags, 0],
                     &binds,
                     grid(*rows),
-                );
-            } else {
-                self.rec.dispatch(
+                ),
+                WeightFormat::Float(dt) => self.rec.dispatch(
                     Kernel::MatMul,
-                    Some(float_dtype(&w.format)),
-                    &[
-                        *rows as u32,
-                        w.cols as u32,
-                        n as u32,
-                        *row0 as u32,
-                        w.rows as u32,
-                        flags,
-                    ],
+                    Some(dt),
+                    &[r, c, n as u32, r0, w.rows as u32, flags],
                     &binds,
                     (rows.div_ceil(16) as u32, n.div_ceil(16) as u32),
-                );
+                ),
+                WeightFormat::Affine(q) => {
+                    let parts = w.format.parts(*rows, w.cols);
+                    let (sw, bw) = ((parts.scales.0 / 4) as u32, (parts.biases.0 / 4) as u32);
+                    let quant = Some((q.bits, q.group_size));
+                    if n == 1 {
+                        self.rec.dispatch_q(
+                            Kernel::QMatVec,
+                            Some(q.scale_dtype),
+                            quant,
+                            &[r, c, r0, flags, 0, sw, bw],
+                            &binds,
+                            kernels::qmatvec_groups(r),
+                        );
+                    } else {
+                        self.rec.dispatch_q(
+                            Kernel::QMatMul,
+                            Some(q.scale_dtype),
+                            quant,
+                            &[r, c, n as u32, r0, w.rows as u32, flags, sw, bw],
+                            &binds,
+                            kernels::qmatmul_groups(r, n as u32),
+                        );
+                    }
+                }
             }
         }
     }
@@ -127,13 +137,29 @@ impl Pass<'_> {
         let h = self.m.cfg.hidden_size;
         let e = &self.m.weights.embed;
         for (buf, row0, rows) in &e.chunks {
-            self.rec.dispatch(
-                Kernel::Embedding,
-                Some(float_dtype(&e.format)),
-                &[h as u32, self.n as u32, *row0 as u32, *rows as u32],
-                &[(&self.s.ids).into(), buf.into(), (&self.s.x).into()],
-                grid((h * self.n).div_ceil(64)),
-            );
+            let binds = [(&self.s.ids).into(), buf.into(), (&self.s.x).into()];
+            let p = [h as u32, self.n as u32, *row0 as u32, *rows as u32];
+            match e.format {
+                WeightFormat::Float(dt) => self.rec.dispatch(
+                    Kernel::Embedding,
+                    Some(dt),
+                    &p,
+                    &binds,
+                    grid((h * self.n).div_ceil(64)),
+                ),
+                WeightFormat::Affine(q) => {
+                    let parts = e.format.parts(*rows, e.cols);
+                    let (sw, bw) = ((parts.scales.0 / 4) as u32, (parts.biases.0 / 4) as u32);
+                    self.rec.dispatch_q(
+                        Kernel::QEmbedding,
+                        Some(q.scale_dtype),
+                        Some((q.bits, q.group_size)),
+                        &[p[0], p[1], p[2], p[3], sw, bw],
+                        &binds,
+                        kernels::qembedding_groups(h as u32, self.n as u32),
+                    );
+                }
+            }
         }
     }
 
@@ -277,26 +303,7 @@ impl Pass<'_> {
             reason: "the expert store has no layout for this layer".into(),
             source: None,
         })?;
-        let dtype = match lay.tensors.iter().map(|t| t.format).collect::<Vec<_>>()[..] {
-            [WeightFormat::Float(a), WeightFormat::Float(b), WeightFormat::Float(c)]
-                if a == b && b == c =>
-            {
-                a
-            }
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "layer {l}: expert format {} is not supported by the GPU kernels yet",
-                    lay.tensors[0].format
-                )))
-            }
-        };
-        let esize = dtype.size();
-        let slot_elems = (cache.slot_bytes as usize / esize) as u32;
-        let (gate_off, up_off, down_off) = (
-            (lay.tensors[0].offset / esize) as u32,
-            (lay.tensors[1].offset / esize) as u32,
-            (lay.tensors[2].offset / esize) as u32,
-        );
+        let kernels = ExpertKernels::new(l, lay, cache.slot_bytes)?;
         let (hs, is) = (cfg.hidden_size as u32, cfg.moe_intermediate_size as u32);
         let mut route = vec![0u32; n * k];
         let mut pairs: Vec<u32> = Vec::with_capacity(2 * n * k);
@@ -339,30 +346,41 @@ impl Pass<'_> {
             );
             for (page, start, count) in runs {
                 let pb = &cache.pages[page];
-                self.rec.dispatch(
-                    Kernel::MoeGateUp,
-                    Some(dtype),
-                    &[
-                        hs,
-                        is,
-                        start as u32,
-                        count as u32,
-                        gate_off,
-                        up_off,
-                        slot_elems,
-                    ],
+                let (start, count) = (start as u32, count as u32);
+                let (kernel, wdt, quant, tail) = &kernels.gate_up;
+                let mut params = vec![hs, is, start, count];
+                params.extend_from_slice(tail);
+                let groups = if quant.is_some() {
+                    kernels::moe_gate_up_q_groups(is, count)
+                } else {
+                    (is, count)
+                };
+                self.rec.dispatch_q(
+                    *kernel,
+                    Some(*wdt),
+                    *quant,
+                    &params,
                     &[
                         pb.into(),
                         (&s.xn).into(),
                         (&s.assign).into(),
                         (&s.moe_h).into(),
                     ],
-                    (is, count as u32),
+                    groups,
                 );
-                self.rec.dispatch(
-                    Kernel::MoeDown,
-                    Some(dtype),
-                    &[hs, is, start as u32, count as u32, down_off, slot_elems],
+                let (kernel, wdt, quant, tail) = &kernels.down;
+                let mut params = vec![hs, is, start, count];
+                params.extend_from_slice(tail);
+                let groups = if quant.is_some() {
+                    kernels::moe_down_q_groups(hs, count)
+                } else {
+                    (hs, count)
+                };
+                self.rec.dispatch_q(
+                    *kernel,
+                    Some(*wdt),
+                    *quant,
+                    &params,
                     &[
                         pb.into(),
                         (&s.moe_h).into(),
@@ -370,7 +388,7 @@ impl Pass<'_> {
                         (&s.assign_w).into(),
                         (&s.moe_o).into(),
                     ],
-                    (hs, count as u32),
+                    groups,
                 );
             }
             // Submit while the slots are pinned by the lock.
@@ -407,5 +425,81 @@ impl Pass<'_> {
             .rec
             .read(&[(&s.logits, 0, (v * 4) as u64)], &s.readback)?;
         Ok(bytemuck::pod_collect_to_vec(&parts[0]))
+    }
+}
+
+/// The kernel, dtype, quantization and trailing parameters of an expert projection.
+type ExpertDispatch = (Kernel, DType, Option<(u32, u32)>, Vec<u32>);
+
+/// How a layer's experts are computed, from their layout in a cache slot.
+struct ExpertKernels {
+    gate_up: ExpertDispatch,
+    down: ExpertDispatch,
+}
+
+impl ExpertKernels {
+    fn new(l: usize, lay: &ExpertLayout, slot_bytes: u64) -> Result<Self> {
+        let [g, u, d] = &lay.tensors;
+        let slot_words = (slot_bytes / 4) as u32;
+        // Word offsets of a quantized tensor's codes, scales and biases in a slot.
+        let q_offsets = |t: &ExpertTensor| -> [u32; 3] {
+            let parts = t.format.parts(t.rows, t.cols);
+            [
+                (t.offset / 4) as u32,
+                ((t.offset + parts.scales.0) / 4) as u32,
+                ((t.offset + parts.biases.0) / 4) as u32,
+            ]
+        };
+        let gate_up = match (g.format, u.format) {
+            (WeightFormat::Float(a), WeightFormat::Float(b)) if a == b => {
+                let es = a.size();
+                (
+                    Kernel::MoeGateUp,
+                    a,
+                    None,
+                    vec![
+                        (g.offset / es) as u32,
+                        (u.offset / es) as u32,
+                        (slot_bytes as usize / es) as u32,
+                    ],
+                )
+            }
+            (WeightFormat::Affine(a), WeightFormat::Affine(b)) if a == b => {
+                let [gq, gs, gb] = q_offsets(g);
+                let [uq, us, ub] = q_offsets(u);
+                (
+                    Kernel::MoeGateUpQ,
+                    a.scale_dtype,
+                    Some((a.bits, a.group_size)),
+                    vec![slot_words, gq, gs, gb, uq, us, ub],
+                )
+            }
+            (a, b) => {
+                return Err(Error::InvalidArgument(format!(
+                    "layer {l}: expert gate ({a}) and up ({b}) projections in different formats are not supported"
+                )))
+            }
+        };
+        let down = match d.format {
+            WeightFormat::Float(a) => {
+                let es = a.size();
+                (
+                    Kernel::MoeDown,
+                    a,
+                    None,
+                    vec![(d.offset / es) as u32, (slot_bytes as usize / es) as u32],
+                )
+            }
+            WeightFormat::Affine(q) => {
+                let [dq, ds, db] = q_offsets(d);
+                (
+                    Kernel::MoeDownQ,
+                    q.scale_dtype,
+                    Some((q.bits, q.group_size)),
+                    vec![slot_words, dq, ds, db],
+                )
+            }
+        };
+        Ok(ExpertKernels { gate_up, down })
     }
 }

@@ -71,11 +71,6 @@ impl Weights {
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<GpuMatrix> {
             let prefix = name.strip_suffix(".weight").unwrap_or(name);
             let m = ckpt.matrix(prefix, rows, cols)?;
-            if !matches!(m.format, crate::format::WeightFormat::Float(_)) {
-                return Err(crate::error::Error::InvalidArgument(format!(
-                    "{name}: quantized resident weights are not wired to the GPU kernels yet"
-                )));
-            }
             GpuMatrix::upload(gpu, name, &m)
         };
         let vector = |name: &str, n: usize| -> Result<GpuVec> {

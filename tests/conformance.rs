@@ -43,13 +43,7 @@ fn fixtures_match_golden_with_full_and_tight_cache() {
             dir.display()
         );
         // A budget of exactly one slot.
-        let slot = (full
-            .expert_store()
-            .layout(full.config().moe_layers()[0])
-            .unwrap()
-            .bytes as u64)
-            .div_ceil(256)
-            * 256;
+        let slot = common::slot_bytes(&full);
         let (tight, tight_report) = run(&dir, &golden, Some(slot));
         assert_eq!(tight.expert_cache_slots(), 1);
         assert!(tight.cache_stats().evictions > 0);

@@ -4,20 +4,42 @@
 use std::path::PathBuf;
 
 /// Every fixture folder with a golden.json; panics (fails the test) if there is none.
+/// Every fixture folder with a golden.json, HF (`tests/fixtures`) and MLX-quantized
+/// (`tests/fixtures_mlx`); panics (fails the test) if either set is empty.
 pub fn fixtures() -> Vec<PathBuf> {
-    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"));
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .expect("tests/fixtures exists")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("golden.json").exists())
-        .collect();
-    dirs.sort();
-    assert!(
-        !dirs.is_empty(),
-        "no fixtures with golden.json under {}",
-        root.display()
-    );
-    dirs
+    let mut all = Vec::new();
+    for sub in ["/tests/fixtures", "/tests/fixtures_mlx"] {
+        let root = PathBuf::from(format!("{}{sub}", env!("CARGO_MANIFEST_DIR")));
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+            .expect("fixture folder exists")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("golden.json").exists())
+            .collect();
+        dirs.sort();
+        assert!(
+            !dirs.is_empty(),
+            "no fixtures with golden.json under {}",
+            root.display()
+        );
+        all.extend(dirs);
+    }
+    all
+}
+
+/// The GPU slot size of a model's experts: its largest expert blob, 256-byte aligned.
+pub fn slot_bytes(model: &moestream::Model) -> u64 {
+    let largest = model
+        .config()
+        .moe_layers()
+        .iter()
+        .filter_map(|&l| model.expert_store().layout(l).map(|x| x.bytes))
+        .max()
+        .unwrap_or(0);
+    (largest as u64).div_ceil(256) * 256
+}
+
+pub fn mlx_fixture(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures_mlx")).join(name)
 }
 
 pub fn fixture(name: &str) -> PathBuf {

@@ -1,0 +1,51 @@
+// Embedding lookup from an MLX affine-quantized row chunk [row_count, hidden]:
+// out[t, :] = dequant(W[ids[t] - row_start, :]) for the ids inside the chunk; other tokens'
+// rows are left untouched. `w` holds [codes][scales][biases] (see include/quant.wgsl).
+// One thread per octet (8 columns) of an output row, 64 threads per workgroup.
+struct Params {
+    hidden: u32,
+    n_tokens: u32,
+    row_start: u32,
+    row_count: u32,
+    scales_word: u32,
+    biases_word: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> ids: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let idx = (wid.x + wid.y * nwg.x) * 64u + lid;
+    let octets = p.hidden / 8u;
+    if (idx >= octets * p.n_tokens) {
+        return;
+    }
+    let t = idx / octets;
+    let u = idx % octets;
+    let id = ids[t];
+    if (id < p.row_start || id - p.row_start >= p.row_count) {
+        return;
+    }
+    let r = id - p.row_start;
+    let wi = r * (p.hidden * BITS / 32u) + octet_word(u);
+    let shift = octet_shift(u);
+    var w1 = 0u;
+    if (octet_spills(shift)) {
+        w1 = w[wi + 1u];
+    }
+    let q = octet_codes(w[wi], w1, shift);
+    let e = r * (p.hidden / GROUP) + (8u * u) / GROUP;
+    let s = scale_value(w[scale_word(p.scales_word, e)], e);
+    let b = scale_value(w[scale_word(p.biases_word, e)], e);
+    let v0 = s * q.q0 + b;
+    let v1 = s * q.q1 + b;
+    let o = t * p.hidden + 8u * u;
+    for (var j = 0u; j < 4u; j++) {
+        out[o + j] = v0[j];
+        out[o + 4u + j] = v1[j];
+    }
+}

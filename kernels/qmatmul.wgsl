@@ -1,0 +1,118 @@
+// Prefill mat-mat over an MLX affine-quantized row chunk: y[t, row_base + r] =
+// dot(W[r, :], x[t, :]) (+ bias) (+ resid) for n_tokens tokens; y and resid have out_stride
+// columns. `w` holds [codes][scales][biases] as in qmatvec.wgsl (see include/quant.wgsl).
+//
+// A workgroup of 16x16 threads computes a tile of 32 rows x 32 tokens, each thread 2 rows x
+// 2 tokens, over K tiles of 32 columns (one block: BITS whole words per row, one group).
+// Per K tile, threads 0..127 dequantize the W tile (one octet each: 32 rows x 4 octets)
+// into workgroup memory while threads 128..255 load the x tile (8 floats each).
+struct Params {
+    rows: u32,
+    cols: u32,
+    n_tokens: u32,
+    row_base: u32,
+    out_stride: u32,
+    flags: u32, // bit 0: add bias, bit 1: add residual
+    scales_word: u32,
+    biases_word: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> resid: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+// Tile sizes: `QMATMUL_ROWS` / `QMATMUL_TOKENS` in src/gpu/kernels.rs.
+const TR: u32 = 32u; // rows per tile
+const TT: u32 = 32u; // tokens per tile
+const TK: u32 = 32u; // columns per K tile
+// Rows padded to 33 floats: the reads ws[lid.x][kk] of 16 rows hit 16 different banks.
+var<workgroup> ws: array<array<f32, 33>, 32>; // [row][k], dequantized W
+var<workgroup> xs: array<array<f32, 33>, 32>; // [token][k]
+
+// Writes output (row r, token t) if it is inside the chunk, adding bias / residual.
+fn store(r: u32, t: u32, acc: f32) {
+    if (r >= p.rows || t >= p.n_tokens) {
+        return;
+    }
+    let o = p.row_base + r;
+    let oi = t * p.out_stride + o;
+    var v = acc;
+    if ((p.flags & 1u) != 0u) {
+        v += bias[o];
+    }
+    if ((p.flags & 2u) != 0u) {
+        v += resid[oi];
+    }
+    y[oi] = v;
+}
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let row0 = wid.x * TR;
+    let tok0 = wid.y * TT;
+    let words_per_row = p.cols * BITS / 32u;
+    let groups_per_row = p.cols / GROUP;
+    // The loader role of this thread: W octet (row lr, octet lo) or x octet (token lr).
+    let lr = (li & 127u) >> 2u;
+    let lo = li & 3u;
+    // Outputs: acc0 = row lid.x, acc1 = row lid.x + 16; .x token lid.y, .y token lid.y + 16.
+    var acc0 = vec2<f32>(0.0);
+    var acc1 = vec2<f32>(0.0);
+    for (var k0 = 0u; k0 < p.cols; k0 += TK) {
+        var v0 = vec4<f32>(0.0);
+        var v1 = vec4<f32>(0.0);
+        if (li < 128u) {
+            let r = row0 + lr;
+            if (r < p.rows) {
+                let u = (k0 >> 3u) + lo; // octet index in the row
+                let wi = r * words_per_row + octet_word(u);
+                let shift = octet_shift(u);
+                var w1 = 0u;
+                if (octet_spills(shift)) {
+                    w1 = w[wi + 1u];
+                }
+                let q = octet_codes(w[wi], w1, shift);
+                let e = r * groups_per_row + k0 / GROUP;
+                let s = scale_value(w[scale_word(p.scales_word, e)], e);
+                let b = scale_value(w[scale_word(p.biases_word, e)], e);
+                v0 = s * q.q0 + b;
+                v1 = s * q.q1 + b;
+            }
+            for (var j = 0u; j < 4u; j++) {
+                ws[lr][8u * lo + j] = v0[j];
+                ws[lr][8u * lo + 4u + j] = v1[j];
+            }
+        } else {
+            let t = tok0 + lr;
+            if (t < p.n_tokens) {
+                let xi = t * p.cols + k0 + 8u * lo;
+                v0 = vec4<f32>(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
+                v1 = vec4<f32>(x[xi + 4u], x[xi + 5u], x[xi + 6u], x[xi + 7u]);
+            }
+            for (var j = 0u; j < 4u; j++) {
+                xs[lr][8u * lo + j] = v0[j];
+                xs[lr][8u * lo + 4u + j] = v1[j];
+            }
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            let w0 = ws[lid.x][kk];
+            let w1 = ws[lid.x + 16u][kk];
+            let x0 = xs[lid.y][kk];
+            let x1 = xs[lid.y + 16u][kk];
+            acc0 += w0 * vec2<f32>(x0, x1);
+            acc1 += w1 * vec2<f32>(x0, x1);
+        }
+        workgroupBarrier();
+    }
+    let r = row0 + lid.x;
+    let t = tok0 + lid.y;
+    store(r, t, acc0.x);
+    store(r, t + 16u, acc0.y);
+    store(r + 16u, t, acc1.x);
+    store(r + 16u, t + 16u, acc1.y);
+}
