@@ -307,6 +307,12 @@ impl<'a> Recorder<'a> {
         }
         self.submit();
         if at == 0 {
+            // Nothing to read: still wait, so the caller knows the work is done.
+            self.gpu
+                .device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+            self.gpu.check()?;
             return Ok(vec![Vec::new(); parts.len()]);
         }
         let slice = staging.slice(0..at);

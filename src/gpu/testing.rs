@@ -84,3 +84,93 @@ impl KernelRunner {
         rec.read(&parts, &staging)
     }
 }
+
+/// A buffer resident on the benchmark device.
+pub struct DeviceBuffer(wgpu::Buffer);
+
+impl DeviceBuffer {
+    /// Bytes of the buffer.
+    pub fn size(&self) -> u64 {
+        self.0.size()
+    }
+}
+
+/// Times kernels on device-resident buffers, for benchmarks.
+pub struct GpuBench {
+    gpu: Gpu,
+}
+
+impl std::fmt::Debug for GpuBench {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuBench").field("adapter", &self.gpu.summary).finish()
+    }
+}
+
+impl GpuBench {
+    /// Opens the default adapter (honouring `MOESTREAM_ADAPTER`).
+    pub fn new() -> Result<Self> {
+        Ok(GpuBench {
+            gpu: Gpu::new(&AdapterChoice::Auto)?,
+        })
+    }
+
+    /// The adapter.
+    pub fn adapter(&self) -> &crate::gpu::AdapterSummary {
+        &self.gpu.summary
+    }
+
+    /// Whether times come from GPU timestamp queries (else from the wall clock).
+    pub fn has_timestamps(&self) -> bool {
+        self.gpu.timestamps
+    }
+
+    /// A device buffer holding `bytes`.
+    pub fn upload(&self, bytes: &[u8]) -> DeviceBuffer {
+        DeviceBuffer(self.gpu.upload("bench", bytes))
+    }
+
+    /// A zeroed device buffer of `len` bytes.
+    pub fn zeros(&self, len: u64) -> DeviceBuffer {
+        DeviceBuffer(self.gpu.storage_buffer("bench", len))
+    }
+
+    /// Seconds per dispatch of `kernel`, from `iters` back-to-back dispatches in one pass
+    /// (after one untimed warm-up pass). GPU time when the adapter has timestamp queries,
+    /// else wall-clock time including submission.
+    #[allow(clippy::too_many_arguments)]
+    pub fn time(
+        &self,
+        kernel: Kernel,
+        wdt: Option<DType>,
+        quant: Option<(u32, u32)>,
+        params: &[u32],
+        bufs: &[&DeviceBuffer],
+        groups: (u32, u32),
+        iters: u32,
+    ) -> Result<f64> {
+        let gpu = &self.gpu;
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("bench readback"),
+            size: super::Timer::READBACK_BYTES,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let binds: Vec<Bind<'_>> = bufs.iter().map(|b| Bind::from(&b.0)).collect();
+        let mut arena = ParamArena::default();
+        // Warm-up: compile and run once.
+        let mut rec = Recorder::new(gpu, &mut arena, None);
+        rec.dispatch_q(kernel, wdt, quant, params, &binds, groups);
+        rec.read(&[], &staging)?;
+        let mut timer = super::Timer::new(gpu);
+        let mut arena = ParamArena::default();
+        let t0 = std::time::Instant::now();
+        let mut rec = Recorder::new(gpu, &mut arena, timer.as_mut());
+        for _ in 0..iters.max(1) {
+            rec.dispatch_q(kernel, wdt, quant, params, &binds, groups);
+        }
+        rec.read(&[], &staging)?;
+        let wall = t0.elapsed().as_secs_f64();
+        let total = rec.gpu_time().map_or(wall, |d| d.as_secs_f64());
+        Ok(total / iters.max(1) as f64)
+    }
+}
