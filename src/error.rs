@@ -112,6 +112,17 @@ pub enum Error {
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
+    /// An expert pack (a `moestream-pack` folder, see [`PackedStore`](crate::PackedStore))
+    /// is malformed, incomplete (e.g. a truncated layer file, an interrupted conversion),
+    /// or was made from a different checkpoint than the one it sits next to.
+    #[error("expert pack {path}: {reason}")]
+    Pack {
+        /// The pack folder, or the file in it that is wrong.
+        path: PathBuf,
+        /// What is wrong, and what to do about it.
+        reason: String,
+    },
+
     /// The session's KV cache cannot hold the tokens asked for.
     #[error("context overflow: {needed} tokens needed, the session holds at most {capacity}")]
     ContextOverflow {

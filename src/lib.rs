@@ -29,5 +29,9 @@ pub use gpu::{AdapterChoice, AdapterSummary, ADAPTER_ENV};
 pub use model::{Model, ModelBuilder, DEFAULT_EXPERT_CACHE_BYTES, DEFAULT_IO_THREADS};
 pub use session::{Session, SessionStats, MAX_PASS_TOKENS};
 pub use store::{
+    checkpoint_identity, pack_experts, pack_experts_from, PackOptions, PackOutcome, PackProgress,
+    PackSummary, PackedStore, PackedStoreOptions, PACK_DIR_NAME, PACK_FORMAT, PACK_VERSION,
+};
+pub use store::{
     AlignedBuf, ExpertLayout, ExpertRole, ExpertStore, ExpertTensor, MemoryStore, SafetensorsStore,
 };

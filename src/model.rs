@@ -111,7 +111,12 @@ impl ModelBuilder {
         let ckpt = Arc::new(Checkpoint::open(&self.dir)?);
         let store: Arc<dyn ExpertStore> = match self.store {
             Some(s) => s,
-            None => Arc::new(SafetensorsStore::new(ckpt.clone(), &cfg)?),
+            // An expert pack next to the checkpoint (`moestream-pack/`, written by the pack
+            // example) is used when it was made from this checkpoint; a stale one is an error.
+            None => match crate::store::PackedStore::for_checkpoint(&ckpt)? {
+                Some(pack) => Arc::new(pack),
+                None => Arc::new(SafetensorsStore::new(ckpt.clone(), &cfg)?),
+            },
         };
         let moe_layers = cfg.moe_layers();
         for &l in &moe_layers {

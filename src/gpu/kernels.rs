@@ -49,6 +49,8 @@ pub enum Kernel {
     /// Expert down projection over quantized experts in cache slots, scaled by the routing
     /// weight ([`moe_down_q_groups`]).
     MoeDownQ,
+    /// Plain vec4 copy: the memory-bandwidth baseline of the benchmarks ([`copy_groups`]).
+    Copy,
 }
 
 /// A shared WGSL file of `kernels/include/`, prepended to the kernels that use it.
@@ -94,6 +96,11 @@ const QEMBEDDING_OCTETS: u32 = 64;
 /// WGSL).
 const MOE_Q_ROWS: u32 = 4;
 
+/// Grid of [`Kernel::Copy`] over `vec4_words` 16-byte words.
+pub fn copy_groups(vec4_words: u32) -> (u32, u32) {
+    grid_of(vec4_words.div_ceil(256))
+}
+
 /// Grid of [`Kernel::QMatVec`] for a chunk of `rows` rows (any count: past 65535
 /// workgroups the grid is 2-D, which the kernel linearizes).
 pub fn qmatvec_groups(rows: u32) -> (u32, u32) {
@@ -129,7 +136,7 @@ pub fn moe_down_q_groups(hidden: u32, n_assign: u32) -> (u32, u32) {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 17] = [
         Kernel::Embedding,
         Kernel::RmsNorm,
         Kernel::MatVec,
@@ -146,6 +153,7 @@ impl Kernel {
         Kernel::QEmbedding,
         Kernel::MoeGateUpQ,
         Kernel::MoeDownQ,
+        Kernel::Copy,
     ];
 
     /// File stem in `kernels/`.
@@ -167,6 +175,7 @@ impl Kernel {
             Kernel::QEmbedding => "qembedding",
             Kernel::MoeGateUpQ => "moe_gate_up_q",
             Kernel::MoeDownQ => "moe_down_q",
+            Kernel::Copy => "copy",
         }
     }
 
@@ -188,6 +197,7 @@ impl Kernel {
             Kernel::QEmbedding => include_str!("../../kernels/qembedding.wgsl"),
             Kernel::MoeGateUpQ => include_str!("../../kernels/moe_gate_up_q.wgsl"),
             Kernel::MoeDownQ => include_str!("../../kernels/moe_down_q.wgsl"),
+            Kernel::Copy => include_str!("../../kernels/copy.wgsl"),
         }
     }
 

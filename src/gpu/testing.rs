@@ -148,6 +148,22 @@ impl GpuBench {
         groups: (u32, u32),
         iters: u32,
     ) -> Result<f64> {
+        self.time_rotating(kernel, wdt, quant, params, &[bufs.to_vec()], groups, iters)
+    }
+
+    /// As [`time`](Self::time), cycling through several sets of buffers (e.g. copies of the
+    /// weights larger together than the GPU's caches, so that reads come from memory).
+    #[allow(clippy::too_many_arguments)]
+    pub fn time_rotating(
+        &self,
+        kernel: Kernel,
+        wdt: Option<DType>,
+        quant: Option<(u32, u32)>,
+        params: &[u32],
+        sets: &[Vec<&DeviceBuffer>],
+        groups: (u32, u32),
+        iters: u32,
+    ) -> Result<f64> {
         let gpu = &self.gpu;
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("bench readback"),
@@ -155,18 +171,26 @@ impl GpuBench {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let binds: Vec<Bind<'_>> = bufs.iter().map(|b| Bind::from(&b.0)).collect();
+        let sets: Vec<Vec<Bind<'_>>> = sets
+            .iter()
+            .map(|bufs| bufs.iter().map(|b| Bind::from(&b.0)).collect())
+            .collect();
+        if sets.is_empty() {
+            return Err(crate::Error::InvalidArgument("no buffers to time".into()));
+        }
         let mut arena = ParamArena::default();
-        // Warm-up: compile and run once.
+        // Warm-up: compile and run each set once.
         let mut rec = Recorder::new(gpu, &mut arena, None);
-        rec.dispatch_q(kernel, wdt, quant, params, &binds, groups);
+        for binds in &sets {
+            rec.dispatch_q(kernel, wdt, quant, params, binds, groups);
+        }
         rec.read(&[], &staging)?;
         let mut timer = super::Timer::new(gpu);
         let mut arena = ParamArena::default();
         let t0 = std::time::Instant::now();
         let mut rec = Recorder::new(gpu, &mut arena, timer.as_mut());
-        for _ in 0..iters.max(1) {
-            rec.dispatch_q(kernel, wdt, quant, params, &binds, groups);
+        for i in 0..iters.max(1) as usize {
+            rec.dispatch_q(kernel, wdt, quant, params, &sets[i % sets.len()], groups);
         }
         rec.read(&[], &staging)?;
         let wall = t0.elapsed().as_secs_f64();

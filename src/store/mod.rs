@@ -8,11 +8,16 @@
 mod aligned;
 mod layout;
 mod memory;
+mod packed;
 mod safetensors_store;
 
 pub use aligned::AlignedBuf;
 pub use layout::{ExpertLayout, ExpertRole, ExpertTensor};
 pub use memory::MemoryStore;
+pub use packed::{
+    checkpoint_identity, pack_experts, pack_experts_from, PackOptions, PackOutcome, PackProgress,
+    PackSummary, PackedStore, PackedStoreOptions, PACK_DIR_NAME, PACK_FORMAT, PACK_VERSION,
+};
 pub use safetensors_store::SafetensorsStore;
 
 use crate::error::Result;

@@ -1,0 +1,128 @@
+//! End-to-end decode speed against the memory-bandwidth bound, on a synthetic model.
+//!
+//! ```text
+//! cargo bench --bench decode                 # Qwen3-30B-A3B shape, MLX 4-bit (~16 GB experts)
+//! cargo bench --bench decode -- --small      # a small 4-bit model (for CI-sized machines)
+//! ```
+//! The model is written once to `$MOESTREAM_BENCH_DIR` (default `target/bench-models`).
+//! For a fully resident expert cache and for one holding 25% of the experts, it prefills
+//! a prompt, warms up, then times greedy decode and prints tokens/s, the expert-cache hit
+//! rate, bytes read from storage, and the fraction of the memory-bandwidth bound reached:
+//! `bound = copy_bandwidth / bytes_read_per_token`, where the bytes per token are the
+//! resident weights a token reads (everything but the embedding table) plus the routed
+//! experts (`moe_layers * top_k * expert_bytes`), and the copy bandwidth is measured by a
+//! copy kernel in the same run.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use moestream::gpu::kernels::{self, Kernel};
+use moestream::gpu::testing::GpuBench;
+use moestream::synthetic::SyntheticSpec;
+use moestream::{AffineQuant, Model, Result, WeightFormat};
+
+fn copy_bandwidth() -> Result<f64> {
+    let bench = GpuBench::new()?;
+    let bytes = (256u64 << 20).min(bench.adapter().max_binding_bytes & !0xffff);
+    let src = bench.zeros(bytes);
+    let dst = bench.zeros(bytes);
+    let words = (bytes / 16) as u32;
+    let t = bench.time(
+        Kernel::Copy,
+        None,
+        None,
+        &[words],
+        &[&src, &dst],
+        kernels::copy_groups(words),
+        50,
+    )?;
+    Ok(2.0 * bytes as f64 / t / 1e9)
+}
+
+fn main() -> Result<()> {
+    let small = std::env::args().any(|a| a == "--small");
+    let (name, spec) = if small {
+        let mut s = SyntheticSpec::default();
+        s.quant = Some((4, 64));
+        ("small-4bit", s)
+    } else {
+        ("qwen3-30b-a3b-4bit", SyntheticSpec::qwen3_30b_a3b_4bit())
+    };
+    let root = std::env::var_os("MOESTREAM_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-models")));
+    let t0 = Instant::now();
+    let dir = spec.write(root.join(name))?;
+    println!("model: {} ({:.1}s to write or find)", dir.display(), t0.elapsed().as_secs_f64());
+
+    let copy = copy_bandwidth()?;
+    println!("copy kernel: {copy:.1} GB/s");
+
+    // Bytes one decoded token reads.
+    let (h, v) = (spec.hidden_size, spec.vocab_size);
+    let fmt = match spec.quant {
+        Some((bits, group)) => WeightFormat::Affine(AffineQuant::new(bits, group, spec.dtype)?),
+        None => WeightFormat::Float(spec.dtype),
+    };
+    let embed_bytes = fmt.stored_bytes(v, h) as u64;
+    let experts_total = spec.expert_bytes();
+    let per_expert = experts_total / (spec.num_layers * spec.num_experts) as u64;
+    let routed = (spec.num_layers * spec.top_k) as u64 * per_expert;
+
+    for (label, budget) in [("resident", experts_total + (64 << 20)), ("25% cache", experts_total / 4)] {
+        let t = Instant::now();
+        let model = Model::builder(&dir).expert_cache_bytes(budget).build()?;
+        let resident = model.resident_weight_bytes() - embed_bytes;
+        let per_token = resident + routed;
+        let bound = copy * 1e9 / per_token as f64;
+        println!(
+            "\n[{label}] loaded in {:.1}s on {}: {} expert slots of {} ({:.2} GB cache), {:.2} GB read per token",
+            t.elapsed().as_secs_f64(),
+            model.adapter().name,
+            model.expert_cache_slots(),
+            spec.num_layers * spec.num_experts,
+            model.expert_cache_bytes() as f64 / 1e9,
+            per_token as f64 / 1e9
+        );
+        let mut s = model.session(1024)?;
+        let prompt: Vec<u32> = (0..64).map(|i| (i * 7919 + 13) % v as u32).collect();
+        let t = Instant::now();
+        let mut logits = s.prefill(&prompt)?;
+        println!("prefill: {} tokens in {:.2}s", prompt.len(), t.elapsed().as_secs_f64());
+        let argmax = |l: &[f32]| {
+            l.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i as u32)
+        };
+        let (warm, timed) = if small { (16, 32) } else { (48, 64) };
+        for _ in 0..warm {
+            logits = s.step(argmax(&logits))?;
+        }
+        let before = s.stats();
+        for _ in 0..timed {
+            logits = s.step(argmax(&logits))?;
+        }
+        let st = s.stats();
+        let wall = (st.wall_time - before.wall_time).as_secs_f64();
+        let tps = timed as f64 / wall;
+        let cache = st.cache.since(&before.cache);
+        let gpu = match (st.gpu_time, before.gpu_time) {
+            (Some(a), Some(b)) => format!("{:.1} ms/token GPU", (a - b).as_secs_f64() * 1e3 / timed as f64),
+            _ => "no GPU timestamps".into(),
+        };
+        println!(
+            "decode: {tps:.2} tok/s ({:.1} ms/token, {gpu}); bandwidth bound {bound:.1} tok/s -> {:.3} of bound",
+            1e3 / tps,
+            tps / bound
+        );
+        println!(
+            "experts: hit rate {:.1}%, {:.2} GB read from storage ({:.2} GB/s while waiting, {:.1} ms/token waiting)",
+            100.0 * cache.hit_rate(),
+            cache.bytes_read as f64 / 1e9,
+            cache.read_throughput() / 1e9,
+            cache.read_time.as_secs_f64() * 1e3 / timed as f64
+        );
+    }
+    Ok(())
+}
