@@ -50,10 +50,16 @@ fn main() -> Result<()> {
     };
     let root = std::env::var_os("MOESTREAM_BENCH_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-models")));
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-models"))
+        });
     let t0 = Instant::now();
     let dir = spec.write(root.join(name))?;
-    println!("model: {} ({:.1}s to write or find)", dir.display(), t0.elapsed().as_secs_f64());
+    println!(
+        "model: {} ({:.1}s to write or find)",
+        dir.display(),
+        t0.elapsed().as_secs_f64()
+    );
 
     let copy = copy_bandwidth()?;
     println!("copy kernel: {copy:.1} GB/s");
@@ -69,7 +75,10 @@ fn main() -> Result<()> {
     let per_expert = experts_total / (spec.num_layers * spec.num_experts) as u64;
     let routed = (spec.num_layers * spec.top_k) as u64 * per_expert;
 
-    for (label, budget) in [("resident", experts_total + (64 << 20)), ("25% cache", experts_total / 4)] {
+    for (label, budget) in [
+        ("resident", experts_total + (64 << 20)),
+        ("25% cache", experts_total / 4),
+    ] {
         let t = Instant::now();
         let model = Model::builder(&dir).expert_cache_bytes(budget).build()?;
         let resident = model.resident_weight_bytes() - embed_bytes;
@@ -88,7 +97,11 @@ fn main() -> Result<()> {
         let prompt: Vec<u32> = (0..64).map(|i| (i * 7919 + 13) % v as u32).collect();
         let t = Instant::now();
         let mut logits = s.prefill(&prompt)?;
-        println!("prefill: {} tokens in {:.2}s", prompt.len(), t.elapsed().as_secs_f64());
+        println!(
+            "prefill: {} tokens in {:.2}s",
+            prompt.len(),
+            t.elapsed().as_secs_f64()
+        );
         let argmax = |l: &[f32]| {
             l.iter()
                 .enumerate()
@@ -108,13 +121,21 @@ fn main() -> Result<()> {
         let tps = timed as f64 / wall;
         let cache = st.cache.since(&before.cache);
         let gpu = match (st.gpu_time, before.gpu_time) {
-            (Some(a), Some(b)) => format!("{:.1} ms/token GPU", (a - b).as_secs_f64() * 1e3 / timed as f64),
+            (Some(a), Some(b)) => format!(
+                "{:.1} ms/token GPU",
+                (a - b).as_secs_f64() * 1e3 / timed as f64
+            ),
             _ => "no GPU timestamps".into(),
         };
         println!(
             "decode: {tps:.2} tok/s ({:.1} ms/token, {gpu}); bandwidth bound {bound:.1} tok/s -> {:.3} of bound",
             1e3 / tps,
             tps / bound
+        );
+        println!(
+            "host: {:.1} ms/token recording GPU work, {:.1} ms/token waiting for the GPU",
+            (st.record_time - before.record_time).as_secs_f64() * 1e3 / timed as f64,
+            (st.gpu_wait_time - before.gpu_wait_time).as_secs_f64() * 1e3 / timed as f64
         );
         println!(
             "experts: hit rate {:.1}%, {:.2} GB read from storage ({:.2} GB/s while waiting, {:.1} ms/token waiting)",

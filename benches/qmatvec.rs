@@ -83,40 +83,72 @@ fn qmatvec(bench: &GpuBench, q: AffineQuant, rows: usize, cols: usize, copy: f64
         .collect();
     let x = bench.upload(&vec![0u8; cols * 4]);
     let dummy = bench.zeros(16);
-    let y = bench.zeros((rows * 4) as u64);
     let (sw, bw) = parts_words(q, rows, cols);
-    let sets: Vec<Vec<&DeviceBuffer>> = weights.iter().map(|w| vec![w, &x, &dummy, &dummy, &y]).collect();
-    let t = bench.time_rotating(
-        Kernel::QMatVec,
-        Some(q.scale_dtype),
-        Some((q.bits, q.group_size)),
-        &[rows as u32, cols as u32, 0, 0, 0, sw, bw],
-        &sets,
-        kernels::qmatvec_groups(rows as u32),
-        (4 * copies as u32).max(200),
-    )?;
-    let gbs = bytes as f64 / t / 1e9;
+    // Serialized: every dispatch writes the same output, so each waits for the previous
+    // one (the latency of one mat-vec). Overlapped: each weight copy has its own output,
+    // so independent dispatches can run concurrently (the kernel's throughput).
+    let shared_y = bench.zeros((rows * 4) as u64);
+    let own_y: Vec<DeviceBuffer> = (0..copies)
+        .map(|_| bench.zeros((rows * 4) as u64))
+        .collect();
+    let mut times = Vec::new();
+    for overlapped in [false, true] {
+        let sets: Vec<Vec<&DeviceBuffer>> = weights
+            .iter()
+            .zip(&own_y)
+            .map(|(w, y)| {
+                vec![
+                    w,
+                    &x,
+                    &dummy,
+                    &dummy,
+                    if overlapped { y } else { &shared_y },
+                ]
+            })
+            .collect();
+        times.push(bench.time_rotating(
+            Kernel::QMatVec,
+            Some(q.scale_dtype),
+            Some((q.bits, q.group_size)),
+            &[rows as u32, cols as u32, 0, 0, 0, sw, bw],
+            &sets,
+            kernels::qmatvec_groups(rows as u32),
+            (4 * copies as u32).max(200),
+        )?);
+    }
+    let gbs = |t: f64| bytes as f64 / t / 1e9;
     println!(
-        "qmatvec  {}-bit g{:<3} {:>5}x{:<5} {:>8.2} MB {:>9.2} us {:>8.1} GB/s  {:.3} of copy",
+        "qmatvec  {}-bit g{:<3} {:>5}x{:<5} {:>6.2} MB  serialized {:>7.2} us {:>7.1} GB/s {:.3} of copy | overlapped {:>7.2} us {:>7.1} GB/s {:.3} of copy",
         q.bits,
         q.group_size,
         rows,
         cols,
         bytes as f64 / 1e6,
-        t * 1e6,
-        gbs,
-        gbs / copy
+        times[0] * 1e6,
+        gbs(times[0]),
+        gbs(times[0]) / copy,
+        times[1] * 1e6,
+        gbs(times[1]),
+        gbs(times[1]) / copy
     );
     Ok(())
 }
 
 /// K experts' gate+up (or down) through cache slots for one token, as decode does.
-fn experts(bench: &GpuBench, q: AffineQuant, hidden: usize, inter: usize, k: usize, copy: f64) -> Result<()> {
+fn experts(
+    bench: &GpuBench,
+    q: AffineQuant,
+    hidden: usize,
+    inter: usize,
+    k: usize,
+    copy: f64,
+) -> Result<()> {
     let f = WeightFormat::Affine(q);
     let gate = f.stored_bytes(inter, hidden);
     let down = f.stored_bytes(hidden, inter);
     let blob = (2 * gate.div_ceil(16) * 16 + down).div_ceil(256) * 256;
-    let slots = ((ROTATE_BYTES as usize / blob).max(2 * k)).min((bench.adapter().max_binding_bytes as usize) / blob);
+    let slots = ((ROTATE_BYTES as usize / blob).max(2 * k))
+        .min((bench.adapter().max_binding_bytes as usize) / blob);
     let mut page = Vec::with_capacity(slots * blob);
     for s in 0..slots {
         let mut b = matrix_bytes(q, inter, hidden, 7 * s as u64);
@@ -146,7 +178,11 @@ fn experts(bench: &GpuBench, q: AffineQuant, hidden: usize, inter: usize, k: usi
     let d_off = 2 * u_off;
     let offs = |base: usize, rows: usize, cols: usize| {
         let (sw, bw) = parts_words(q, rows, cols);
-        [(base / 4) as u32, (base / 4) as u32 + sw, (base / 4) as u32 + bw]
+        [
+            (base / 4) as u32,
+            (base / 4) as u32 + sw,
+            (base / 4) as u32 + bw,
+        ]
     };
     let [gq, gs, gb] = offs(g_off, inter, hidden);
     let [uq, us, ub] = offs(u_off, inter, hidden);
@@ -157,7 +193,19 @@ fn experts(bench: &GpuBench, q: AffineQuant, hidden: usize, inter: usize, k: usi
         Kernel::MoeGateUpQ,
         Some(q.scale_dtype),
         quant,
-        &[hidden as u32, inter as u32, 0, k as u32, slot_words, gq, gs, gb, uq, us, ub],
+        &[
+            hidden as u32,
+            inter as u32,
+            0,
+            k as u32,
+            slot_words,
+            gq,
+            gs,
+            gb,
+            uq,
+            us,
+            ub,
+        ],
         &sets,
         kernels::moe_gate_up_q_groups(inter as u32, k as u32),
         200,
@@ -174,12 +222,22 @@ fn experts(bench: &GpuBench, q: AffineQuant, hidden: usize, inter: usize, k: usi
         bytes / t / 1e9,
         bytes / t / 1e9 / copy
     );
-    let sets: Vec<Vec<&DeviceBuffer>> = assigns.iter().map(|a| vec![&page, &h, a, &w, &o]).collect();
+    let sets: Vec<Vec<&DeviceBuffer>> =
+        assigns.iter().map(|a| vec![&page, &h, a, &w, &o]).collect();
     let t = bench.time_rotating(
         Kernel::MoeDownQ,
         Some(q.scale_dtype),
         quant,
-        &[hidden as u32, inter as u32, 0, k as u32, slot_words, dq, ds, db],
+        &[
+            hidden as u32,
+            inter as u32,
+            0,
+            k as u32,
+            slot_words,
+            dq,
+            ds,
+            db,
+        ],
         &sets,
         kernels::moe_down_q_groups(hidden as u32, k as u32),
         200,
@@ -208,7 +266,11 @@ fn main() -> Result<()> {
         a.name,
         a.backend,
         a.device_type,
-        if bench.has_timestamps() { "GPU timestamps" } else { "wall clock" }
+        if bench.has_timestamps() {
+            "GPU timestamps"
+        } else {
+            "wall clock"
+        }
     );
     let copy = copy_bandwidth(&bench)?;
     println!("copy kernel: {copy:.1} GB/s (bytes read + written)");

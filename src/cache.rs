@@ -260,6 +260,32 @@ impl ExpertCache {
         let mut slots: Vec<Option<usize>> = keys.iter().map(|&k| state.policy.lookup(k)).collect();
         let mut pinned: Vec<usize> = slots.iter().flatten().copied().collect();
         stats.hits += pinned.len() as u64;
+        // Everything that calls into the store's code (which may fail or panic) happens
+        // before any slot changes hands: blob sizes, and the prefetch hint (a panicking
+        // hint is ignored).
+        let mut sizes = Vec::with_capacity(keys.len());
+        for &(layer, expert) in keys {
+            let layout = store.layout(layer).ok_or_else(|| Error::ExpertRead {
+                layer,
+                expert,
+                reason: "the store has no layout for this layer".into(),
+                source: None,
+            })?;
+            sizes.push(layout.bytes.min(self.staging_bytes));
+        }
+        if let Some(&(layer, _)) = keys.first() {
+            let experts: Vec<usize> = keys
+                .iter()
+                .zip(&slots)
+                .filter(|(_, s)| s.is_none())
+                .map(|(k, _)| k.1)
+                .collect();
+            if !experts.is_empty() && keys.iter().all(|k| k.0 == layer) {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    store.prefetch(layer, &experts)
+                }));
+            }
+        }
         // Assign a slot to every miss first, so all reads can be in flight together.
         let mut misses: Vec<(usize, usize)> = Vec::new(); // (index in keys, slot)
         for (i, &key) in keys.iter().enumerate() {
@@ -285,12 +311,6 @@ impl ExpertCache {
         }
         if misses.is_empty() {
             return Ok(slots.into_iter().flatten().collect());
-        }
-        if let Some(&(layer, _)) = keys.first() {
-            if keys.iter().all(|k| k.0 == layer) {
-                let experts: Vec<usize> = misses.iter().map(|&(i, _)| keys[i].1).collect();
-                store.prefetch(layer, &experts);
-            }
         }
         while state.bufs.len() < self.io.threads() {
             state.bufs.push(AlignedBuf::new(self.staging_bytes));
@@ -334,28 +354,15 @@ impl ExpertCache {
             match done.result {
                 Ok(()) => {
                     let (i, slot) = misses[done.tag];
-                    let (layer, expert) = keys[i];
-                    match store.layout(layer) {
-                        Some(layout) => {
-                            let (page, local) = self.locate(slot);
-                            gpu.queue.write_buffer(
-                                &self.pages[page],
-                                local as u64 * self.slot_bytes,
-                                &done.buf[..layout.bytes],
-                            );
-                            written[done.tag] = true;
-                            stats.misses += 1;
-                            stats.bytes_read += layout.bytes as u64;
-                        }
-                        None => {
-                            error.get_or_insert_with(|| Error::ExpertRead {
-                                layer,
-                                expert,
-                                reason: "the store has no layout for this layer".into(),
-                                source: None,
-                            });
-                        }
-                    }
+                    let (page, local) = self.locate(slot);
+                    gpu.queue.write_buffer(
+                        &self.pages[page],
+                        local as u64 * self.slot_bytes,
+                        &done.buf[..sizes[i]],
+                    );
+                    written[done.tag] = true;
+                    stats.misses += 1;
+                    stats.bytes_read += sizes[i] as u64;
                 }
                 Err(e) => {
                     error.get_or_insert(e);

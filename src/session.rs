@@ -61,6 +61,11 @@ pub struct SessionStats {
     /// Time the GPU spent executing the calls' kernels, where the adapter has timestamp
     /// queries (`None` otherwise).
     pub gpu_time: Option<std::time::Duration>,
+    /// Host time spent recording and submitting GPU work.
+    pub record_time: std::time::Duration,
+    /// Host time spent waiting for the GPU (the routing readback of each MoE layer and the
+    /// logits).
+    pub gpu_wait_time: std::time::Duration,
 }
 
 impl SessionStats {
@@ -70,6 +75,8 @@ impl SessionStats {
         self.experts_routed += o.experts_routed;
         self.cache.add(&o.cache);
         self.wall_time += o.wall_time;
+        self.record_time += o.record_time;
+        self.gpu_wait_time += o.gpu_wait_time;
         self.gpu_time = match (self.gpu_time, o.gpu_time) {
             (Some(a), Some(b)) => Some(a + b),
             (None, Some(b)) if self.passes == o.passes => Some(b),
@@ -234,10 +241,18 @@ impl Session {
         }
         self.check_tokens(ids)?;
         self.last = SessionStats::default();
+        let start = self.pos;
         let mut last = Vec::new();
         let chunks: Vec<&[u32]> = ids.chunks(self.scratch.cap).collect();
         for (i, chunk) in chunks.iter().enumerate() {
-            last = self.run(chunk, i + 1 == chunks.len())?;
+            match self.run(chunk, i + 1 == chunks.len()) {
+                Ok(l) => last = l,
+                Err(e) => {
+                    // All or nothing: a failed prefill leaves the context as it was.
+                    self.pos = start;
+                    return Err(e);
+                }
+            }
         }
         Ok(last)
     }
@@ -336,6 +351,8 @@ impl Session {
             cache: pass.stats,
             wall_time: t0.elapsed(),
             gpu_time: pass.rec.gpu_time(),
+            record_time: pass.rec.record_time,
+            gpu_wait_time: pass.rec.wait_time,
         };
         if let Some(cache) = &m.cache {
             cache.record(&stats.cache);
@@ -345,5 +362,15 @@ impl Session {
         let logits = result?;
         self.pos += ids.len();
         Ok(logits)
+    }
+}
+
+// Added for `crate::generate::Chat` (multi-turn prefix reuse); kept separate from the
+// session's own code.
+impl Session {
+    /// Keeps only the first `len` tokens of the context (no-op if it holds fewer). The KV
+    /// entries past `len` are overwritten by the next tokens run.
+    pub(crate) fn truncate_context(&mut self, len: usize) {
+        self.pos = self.pos.min(len);
     }
 }

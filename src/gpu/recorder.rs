@@ -1,6 +1,9 @@
 //! Records kernel dispatches into a command encoder, with their uniform parameters packed
 //! into a reusable arena, and submits them.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use super::kernels::Kernel;
 use super::Gpu;
 use crate::dtype::DType;
@@ -14,7 +17,24 @@ pub(crate) struct ParamArena {
     blocks: Vec<(wgpu::Buffer, Vec<u8>)>,
     block: usize,
     offset: u64,
+    /// Bind groups already created, by everything they bind. A session records the same
+    /// dispatches at the same arena offsets every step, so these are reused.
+    bind_groups: HashMap<BindKey, wgpu::BindGroup>,
 }
+
+/// Everything a bind group binds: the pipeline, the uniform block and offset, and each
+/// buffer range.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct BindKey {
+    pipeline: usize,
+    block: usize,
+    offset: u64,
+    size: u64,
+    buffers: Vec<(wgpu::Buffer, u64, Option<u64>)>,
+}
+
+/// Bind groups kept per session before the cache is cleared.
+const MAX_BIND_GROUPS: usize = 16384;
 
 impl ParamArena {
     fn push(&mut self, gpu: &Gpu, data: &[u8]) -> (usize, u64) {
@@ -127,6 +147,10 @@ pub(crate) struct Recorder<'a> {
     timer: Option<&'a mut Timer>,
     /// GPU nanoseconds of the passes read back so far.
     gpu_ns: f64,
+    /// Host time spent recording and submitting work.
+    pub record_time: std::time::Duration,
+    /// Host time spent waiting for the GPU (readbacks).
+    pub wait_time: std::time::Duration,
 }
 
 fn new_encoder(gpu: &Gpu) -> wgpu::CommandEncoder {
@@ -145,6 +169,8 @@ impl<'a> Recorder<'a> {
             params,
             timer,
             gpu_ns: 0.0,
+            record_time: std::time::Duration::ZERO,
+            wait_time: std::time::Duration::ZERO,
         }
     }
 
@@ -210,6 +236,7 @@ impl<'a> Recorder<'a> {
         bufs: &[Bind<'_>],
         groups: (u32, u32),
     ) {
+        let t0 = std::time::Instant::now();
         let pipeline = self.gpu.pipeline_q(kernel, wdt, quant);
         let (block, offset) = self.params.push(self.gpu, bytemuck::cast_slice(params));
         let psize = ((params.len() * 4) as u64).div_ceil(16) * 16;
@@ -232,14 +259,32 @@ impl<'a> Recorder<'a> {
                 }),
             });
         }
+        let key = BindKey {
+            pipeline: Arc::as_ptr(&pipeline) as usize,
+            block,
+            offset,
+            size: psize,
+            buffers: bufs
+                .iter()
+                .map(|b| (b.buffer.clone(), b.offset, b.size))
+                .collect(),
+        };
+        if self.params.bind_groups.len() >= MAX_BIND_GROUPS {
+            self.params.bind_groups.clear();
+        }
+        let gpu = self.gpu;
         let bind_group = self
-            .gpu
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(kernel.name()),
-                layout: &pipeline.get_bind_group_layout(0),
-                entries: &entries,
-            });
+            .params
+            .bind_groups
+            .entry(key)
+            .or_insert_with(|| {
+                gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(kernel.name()),
+                    layout: &pipeline.get_bind_group_layout(0),
+                    entries: &entries,
+                })
+            })
+            .clone();
         if self.pass.is_none() {
             self.pass = Some(self.begin_pass());
         }
@@ -248,6 +293,7 @@ impl<'a> Recorder<'a> {
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(groups.0, groups.1, 1);
         }
+        self.record_time += t0.elapsed();
     }
 
     pub fn copy(
@@ -267,10 +313,12 @@ impl<'a> Recorder<'a> {
 
     /// Submits what was recorded and starts a new encoder.
     pub fn submit(&mut self) {
+        let t0 = std::time::Instant::now();
         self.end_pass();
         let encoder = std::mem::replace(&mut self.encoder, new_encoder(self.gpu));
         self.params.flush(self.gpu);
         self.gpu.queue.submit(Some(encoder.finish()));
+        self.record_time += t0.elapsed();
     }
 
     /// Copies each `(buffer, offset, size)` into the mappable `staging` buffer, submits
@@ -306,6 +354,8 @@ impl<'a> Recorder<'a> {
             t.used = 0;
         }
         self.submit();
+        let t0 = std::time::Instant::now();
+        let waited = |r: &mut Self| r.wait_time += t0.elapsed();
         if at == 0 {
             // Nothing to read: still wait, so the caller knows the work is done.
             self.gpu
@@ -313,6 +363,7 @@ impl<'a> Recorder<'a> {
                 .poll(wgpu::PollType::wait_indefinitely())
                 .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
             self.gpu.check()?;
+            waited(self);
             return Ok(vec![Vec::new(); parts.len()]);
         }
         let slice = staging.slice(0..at);
@@ -347,6 +398,7 @@ impl<'a> Recorder<'a> {
         };
         staging.unmap();
         self.gpu.check()?;
+        waited(self);
         Ok(out)
     }
 }
