@@ -17,6 +17,9 @@ use crate::gpu::Gpu;
 use crate::io::{Done, IoPool, Job};
 use crate::store::{AlignedBuf, ExpertStore};
 
+/// Slot table entry of an expert that is not resident.
+const NOT_RESIDENT: u32 = u32::MAX;
+
 /// Slot strides are a multiple of this many bytes.
 const SLOT_ALIGN: u64 = 256;
 
@@ -160,6 +163,12 @@ pub(crate) struct ExpertCache {
     state: Mutex<CacheState>,
     io: IoPool,
     totals: Mutex<CacheStats>,
+    /// The slot of every (layer, expert) on the GPU (`u32::MAX` when not resident), read by
+    /// the decode routing kernel. Writes keep it safe to read at any submit: an evicted
+    /// expert's entry is cleared before its slot is overwritten, and a new expert's entry is
+    /// set only after its data.
+    pub table: wgpu::Buffer,
+    num_experts: usize,
 }
 
 impl std::fmt::Debug for ExpertCache {
@@ -179,6 +188,7 @@ impl ExpertCache {
         gpu: &Gpu,
         store: Arc<dyn ExpertStore>,
         moe_layers: &[usize],
+        (num_layers, num_experts): (usize, usize),
         slots: usize,
         io_threads: usize,
     ) -> Result<Self> {
@@ -209,6 +219,10 @@ impl ExpertCache {
             pages.push(gpu.storage_buffer("expert cache page", n as u64 * slot_bytes));
             left -= n;
         }
+        let table = gpu.upload(
+            "expert slot table",
+            bytemuck::cast_slice(&vec![NOT_RESIDENT; num_layers * num_experts]),
+        );
         gpu.check()?;
         let io = IoPool::new(store, io_threads)?;
         Ok(ExpertCache {
@@ -223,7 +237,28 @@ impl ExpertCache {
             }),
             io,
             totals: Mutex::new(CacheStats::default()),
+            table,
+            num_experts,
         })
+    }
+
+    fn set_table(&self, gpu: &Gpu, (layer, expert): (usize, usize), value: u32) {
+        let at = ((layer * self.num_experts + expert) * 4) as u64;
+        gpu.queue.write_buffer(&self.table, at, &value.to_le_bytes());
+    }
+
+    /// Whether every slot is in one page (the decode routing kernel needs that).
+    pub fn single_page(&self) -> bool {
+        self.pages.len() == 1
+    }
+
+    /// Marks the experts `keys` as just used, as a step that ran without a routing
+    /// readback used them; returns how many are (still) resident.
+    pub fn touch(&self, keys: &[(usize, usize)]) -> u64 {
+        let mut state = self.lock();
+        keys.iter()
+            .filter(|&&k| state.policy.lookup(k).is_some())
+            .count() as u64
     }
 
     /// Bytes of one slot.
@@ -302,8 +337,9 @@ impl ExpertCache {
                     keys.len()
                 )));
             };
-            if evicted.is_some() {
+            if let Some(old) = evicted {
                 stats.evictions += 1;
+                self.set_table(gpu, old, NOT_RESIDENT);
             }
             pinned.push(slot);
             slots[i] = Some(slot);
@@ -360,6 +396,7 @@ impl ExpertCache {
                         local as u64 * self.slot_bytes,
                         &done.buf[..sizes[i]],
                     );
+                    self.set_table(gpu, keys[i], slot as u32);
                     written[done.tag] = true;
                     stats.misses += 1;
                     stats.bytes_read += sizes[i] as u64;

@@ -34,7 +34,16 @@ pub(crate) struct Pass<'a> {
     pub stats: CacheStats,
     /// (token, expert) routing choices made so far.
     pub experts_routed: u64,
+    /// Route through the GPU slot table instead of reading the routing back (decode of a
+    /// model whose cache is one page); see [`Pass::moe_resident`].
+    pub resident: bool,
+    /// MoE layers recorded since the last submit (resident passes submit every few).
+    pub since_submit: usize,
 }
+
+/// A resident pass submits its work every this many MoE layers, so the GPU starts while
+/// the host records the rest.
+const RESIDENT_SUBMIT_EVERY: usize = 4;
 
 impl Pass<'_> {
     /// y = x W^T (+ bias) (+ resid) for `self.n` tokens.
@@ -273,6 +282,9 @@ impl Pass<'_> {
             ],
             grid(n),
         );
+        if self.resident {
+            return self.moe_resident(l);
+        }
         let bytes = (n * k * 4) as u64;
         let parts = self.rec.read(
             &[(&s.route_ids, 0, bytes), (&s.route_w, 0, bytes)],
@@ -304,7 +316,7 @@ impl Pass<'_> {
             source: None,
         })?;
         let kernels = ExpertKernels::new(l, lay, cache.slot_bytes)?;
-        let (hs, is) = (cfg.hidden_size as u32, cfg.moe_intermediate_size as u32);
+        let hs = cfg.hidden_size as u32;
         let mut route = vec![0u32; n * k];
         let mut pairs: Vec<u32> = Vec::with_capacity(2 * n * k);
         let mut aw: Vec<f32> = Vec::with_capacity(n * k);
@@ -345,51 +357,7 @@ impl Pass<'_> {
                 bytemuck::cast_slice(&aw[a0..]),
             );
             for (page, start, count) in runs {
-                let pb = &cache.pages[page];
-                let (start, count) = (start as u32, count as u32);
-                let (kernel, wdt, quant, tail) = &kernels.gate_up;
-                let mut params = vec![hs, is, start, count];
-                params.extend_from_slice(tail);
-                let groups = if quant.is_some() {
-                    kernels::moe_gate_up_q_groups(is, count)
-                } else {
-                    (is, count)
-                };
-                self.rec.dispatch_q(
-                    *kernel,
-                    Some(*wdt),
-                    *quant,
-                    &params,
-                    &[
-                        pb.into(),
-                        (&s.xn).into(),
-                        (&s.assign).into(),
-                        (&s.moe_h).into(),
-                    ],
-                    groups,
-                );
-                let (kernel, wdt, quant, tail) = &kernels.down;
-                let mut params = vec![hs, is, start, count];
-                params.extend_from_slice(tail);
-                let groups = if quant.is_some() {
-                    kernels::moe_down_q_groups(hs, count)
-                } else {
-                    (hs, count)
-                };
-                self.rec.dispatch_q(
-                    *kernel,
-                    Some(*wdt),
-                    *quant,
-                    &params,
-                    &[
-                        pb.into(),
-                        (&s.moe_h).into(),
-                        (&s.assign).into(),
-                        (&s.assign_w).into(),
-                        (&s.moe_o).into(),
-                    ],
-                    groups,
-                );
+                self.experts(&kernels, &cache.pages[page], start as u32, count as u32);
             }
             // Submit while the slots are pinned by the lock.
             self.rec.submit();
@@ -413,18 +381,123 @@ impl Pass<'_> {
         Ok(())
     }
 
+    /// The gate/up and down kernels of `count` assignments from `start`, over one page.
+    fn experts(&mut self, kernels: &ExpertKernels, page: &wgpu::Buffer, start: u32, count: u32) {
+        let s = self.s;
+        let cfg = &self.m.cfg;
+        let (hs, is) = (cfg.hidden_size as u32, cfg.moe_intermediate_size as u32);
+        let (kernel, wdt, quant, tail) = &kernels.gate_up;
+        let mut params = vec![hs, is, start, count];
+        params.extend_from_slice(tail);
+        let groups = if quant.is_some() {
+            kernels::moe_gate_up_q_groups(is, count)
+        } else {
+            (is, count)
+        };
+        self.rec.dispatch_q(
+            *kernel,
+            Some(*wdt),
+            *quant,
+            &params,
+            &[page.into(), (&s.xn).into(), (&s.assign).into(), (&s.moe_h).into()],
+            groups,
+        );
+        let (kernel, wdt, quant, tail) = &kernels.down;
+        let mut params = vec![hs, is, start, count];
+        params.extend_from_slice(tail);
+        let groups = if quant.is_some() {
+            kernels::moe_down_q_groups(hs, count)
+        } else {
+            (hs, count)
+        };
+        self.rec.dispatch_q(
+            *kernel,
+            Some(*wdt),
+            *quant,
+            &params,
+            &[
+                page.into(),
+                (&s.moe_h).into(),
+                (&s.assign).into(),
+                (&s.assign_w).into(),
+                (&s.moe_o).into(),
+            ],
+            groups,
+        );
+    }
+
+    /// The MoE block of one decode token without a host round trip: the routing kernel maps
+    /// the router's choices to cache slots through the GPU slot table (flagging experts that
+    /// are not resident), then the expert and combine kernels run as usual. The chosen ids
+    /// are logged for the host, which checks the miss flags after the step.
+    fn moe_resident(&mut self, l: usize) -> Result<()> {
+        let m = self.m;
+        let s = self.s;
+        let cfg = &m.cfg;
+        let (k, ne) = (cfg.num_experts_per_tok, cfg.num_experts);
+        let cache = m
+            .cache
+            .as_ref()
+            .ok_or_else(|| Error::Gpu("MoE layer without an expert cache".into()))?;
+        let lay = m.store.layout(l).ok_or_else(|| Error::ExpertRead {
+            layer: l,
+            expert: 0,
+            reason: "the expert store has no layout for this layer".into(),
+            source: None,
+        })?;
+        let kernels = ExpertKernels::new(l, lay, cache.slot_bytes)?;
+        self.rec.dispatch(
+            Kernel::MoeRoute,
+            None,
+            &[k as u32, (l * ne) as u32, l as u32],
+            &[
+                (&s.route_ids).into(),
+                (&s.route_w).into(),
+                (&cache.table).into(),
+                (&s.assign).into(),
+                (&s.assign_w).into(),
+                (&s.route).into(),
+                (&s.miss).into(),
+            ],
+            (1, 1),
+        );
+        self.rec
+            .copy(&s.route_ids, 0, &s.routes_log, (l * k * 4) as u64, (k * 4) as u64);
+        self.experts(&kernels, &cache.pages[0], 0, k as u32);
+        self.rec.dispatch(
+            Kernel::MoeCombine,
+            None,
+            &[cfg.hidden_size as u32, 1, k as u32],
+            &[(&s.h).into(), (&s.moe_o).into(), (&s.route).into(), (&s.x).into()],
+            grid(cfg.hidden_size.div_ceil(64)),
+        );
+        self.experts_routed += k as u64;
+        self.since_submit += 1;
+        if self.since_submit >= RESIDENT_SUBMIT_EVERY {
+            self.rec.submit();
+            self.since_submit = 0;
+        }
+        Ok(())
+    }
+
     /// Logits of the last token of the pass.
     pub fn logits(&mut self) -> Result<Vec<f32>> {
+        Ok(self.logits_and(&[])?.0)
+    }
+
+    /// Logits of the last token, and the bytes of `extra` buffer ranges read back with them.
+    pub fn logits_and(&mut self, extra: &[(&wgpu::Buffer, u64, u64)]) -> Result<(Vec<f32>, Vec<Vec<u8>>)> {
         let s = self.s;
         let w = &self.m.weights;
         let h = self.m.cfg.hidden_size;
         self.rmsnorm(&s.x, &w.final_norm, &s.xn, 1, h, (self.n - 1) * h);
         self.linear_n(w.lm_head(), &s.xn, &s.logits, None, None, 1);
         let v = self.m.cfg.vocab_size;
-        let parts = self
-            .rec
-            .read(&[(&s.logits, 0, (v * 4) as u64)], &s.readback)?;
-        Ok(bytemuck::pod_collect_to_vec(&parts[0]))
+        let mut parts = vec![(&s.logits, 0, (v * 4) as u64)];
+        parts.extend_from_slice(extra);
+        let mut out = self.rec.read(&parts, &s.readback)?;
+        let rest = out.split_off(1);
+        Ok((bytemuck::pod_collect_to_vec(&out[0]), rest))
     }
 }
 

@@ -172,6 +172,7 @@ impl ModelBuilder {
                 &gpu,
                 store.clone(),
                 &moe_layers,
+                (cfg.num_hidden_layers, cfg.num_experts),
                 slots,
                 self.io_threads,
             )?)

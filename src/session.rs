@@ -33,6 +33,10 @@ pub(crate) struct Scratch {
     pub assign: wgpu::Buffer,
     pub assign_w: wgpu::Buffer,
     pub route: wgpu::Buffer,
+    /// Per layer: set by the resident routing kernel when a chosen expert is not resident.
+    pub miss: wgpu::Buffer,
+    /// Per layer: the experts the resident routing chose (`top_k` ids each).
+    pub routes_log: wgpu::Buffer,
     pub moe_h: wgpu::Buffer,
     pub moe_o: wgpu::Buffer,
     pub logits: wgpu::Buffer,
@@ -66,6 +70,11 @@ pub struct SessionStats {
     /// Host time spent waiting for the GPU (the routing readback of each MoE layer and the
     /// logits).
     pub gpu_wait_time: std::time::Duration,
+    /// Decode steps run without a routing readback, every chosen expert already resident.
+    pub resident_steps: u64,
+    /// Resident decode attempts that found an expert missing and were run again with
+    /// routing readbacks (their cost is included in the times above).
+    pub resident_retries: u64,
 }
 
 impl SessionStats {
@@ -76,6 +85,8 @@ impl SessionStats {
         self.cache.add(&o.cache);
         self.wall_time += o.wall_time;
         self.record_time += o.record_time;
+        self.resident_steps += o.resident_steps;
+        self.resident_retries += o.resident_retries;
         self.gpu_wait_time += o.gpu_wait_time;
         self.gpu_time = match (self.gpu_time, o.gpu_time) {
             (Some(a), Some(b)) => Some(a + b),
@@ -115,7 +126,12 @@ pub struct Session {
     timer: Option<Timer>,
     stats: SessionStats,
     last: SessionStats,
+    /// Decode steps to run with routing readbacks before trying the resident path again.
+    resident_backoff: u32,
 }
+
+/// After a resident attempt misses, this many steps use routing readbacks before the next.
+const RESIDENT_BACKOFF: u32 = 16;
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -173,7 +189,7 @@ impl Session {
         let h = cfg.hidden_size;
         let qd = cfg.num_attention_heads * cfg.head_dim;
         let kvd = cfg.num_key_value_heads * cfg.head_dim;
-        let readback_bytes = ((cfg.vocab_size * 4).max(cap * k * 8) as u64).div_ceil(16) * 16
+        let readback_bytes = ((cfg.vocab_size * 4 + cfg.num_hidden_layers * (k + 1) * 4).max(cap * k * 8) as u64).div_ceil(16) * 16
             + Timer::READBACK_BYTES;
         let scratch = Scratch {
             cap,
@@ -197,6 +213,8 @@ impl Session {
             assign: buf("assign", cap * k * 2),
             assign_w: buf("assign_w", cap * k),
             route: buf("route", cap * k),
+            miss: buf("miss flags", cfg.num_hidden_layers),
+            routes_log: buf("routes log", cfg.num_hidden_layers * k),
             moe_h: buf("moe_h", cap * k * cfg.moe_intermediate_size),
             moe_o: buf("moe_o", cap * k * h),
             logits: buf("logits", cfg.vocab_size),
@@ -228,6 +246,7 @@ impl Session {
             timer,
             stats: SessionStats::default(),
             last: SessionStats::default(),
+            resident_backoff: 0,
         })
     }
 
@@ -315,8 +334,29 @@ impl Session {
 
     /// One batched pass over `ids` (at most `scratch.cap` of them) at the current position.
     fn run(&mut self, ids: &[u32], want_logits: bool) -> Result<Vec<f32>> {
+        let m = &*self.model.inner;
+        let resident = ids.len() == 1
+            && want_logits
+            && m.cfg.num_experts > 0
+            && m.cache.as_ref().is_some_and(|c| c.single_page());
+        if resident && self.resident_backoff == 0 {
+            match self.pass(ids, true, true)? {
+                Some(logits) => return Ok(logits),
+                None => self.resident_backoff = RESIDENT_BACKOFF,
+            }
+        } else if resident {
+            self.resident_backoff -= 1;
+        }
+        self.pass(ids, want_logits, false)?
+            .ok_or_else(|| Error::Gpu("a pass with routing readbacks reported a miss".into()))
+    }
+
+    /// One pass. A resident pass returns `None` when a chosen expert was not resident (its
+    /// results are discarded; nothing advanced).
+    fn pass(&mut self, ids: &[u32], want_logits: bool, resident: bool) -> Result<Option<Vec<f32>>> {
         let t0 = std::time::Instant::now();
         let m = &*self.model.inner;
+        let cfg = &m.cfg;
         m.gpu
             .queue
             .write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
@@ -328,40 +368,74 @@ impl Session {
             pos0: self.pos,
             stats: CacheStats::default(),
             experts_routed: 0,
+            resident,
+            since_submit: 0,
         };
+        let s = &self.scratch;
+        let layers = cfg.num_hidden_layers;
+        let k = cfg.num_experts_per_tok;
         let result = (|| {
+            if resident {
+                pass.rec.clear(&s.miss);
+            }
             pass.embed();
             for (l, layer) in m.weights.layers.iter().enumerate() {
                 pass.attention(l, layer);
                 pass.mlp(l, layer)?;
             }
-            if want_logits {
-                pass.logits()
-            } else {
+            if !want_logits {
                 // Wait for the pass (and collect its GPU time) with an empty readback.
-                pass.rec.read(&[], &self.scratch.readback)?;
-                Ok(Vec::new())
+                pass.rec.read(&[], &s.readback)?;
+                return Ok(Some(Vec::new()));
             }
+            if !resident {
+                return pass.logits().map(Some);
+            }
+            let (logits, extra) = pass.logits_and(&[
+                (&s.miss, 0, (layers * 4) as u64),
+                (&s.routes_log, 0, (layers * k * 4) as u64),
+            ])?;
+            let miss: Vec<u32> = bytemuck::pod_collect_to_vec(&extra[0]);
+            if miss.iter().any(|&f| f != 0) {
+                return Ok(None);
+            }
+            // Tell the cache what was used, for its LRU order and the hit counters.
+            let log: Vec<u32> = bytemuck::pod_collect_to_vec(&extra[1]);
+            let mut keys = Vec::new();
+            for l in cfg.moe_layers() {
+                let mut chosen: Vec<usize> = log[l * k..(l + 1) * k].iter().map(|&e| e as usize).collect();
+                chosen.sort_unstable();
+                chosen.dedup();
+                keys.extend(chosen.into_iter().map(|e| (l, e)));
+            }
+            if let Some(cache) = &m.cache {
+                pass.stats.hits += cache.touch(&keys);
+            }
+            Ok(Some(logits))
         })();
-        let ok = result.is_ok();
+        let done = matches!(result, Ok(Some(_)));
         let stats = SessionStats {
-            tokens: if ok { ids.len() as u64 } else { 0 },
-            passes: u64::from(ok),
-            experts_routed: pass.experts_routed,
+            tokens: if done { ids.len() as u64 } else { 0 },
+            passes: u64::from(done),
+            experts_routed: if done { pass.experts_routed } else { 0 },
             cache: pass.stats,
             wall_time: t0.elapsed(),
             gpu_time: pass.rec.gpu_time(),
             record_time: pass.rec.record_time,
             gpu_wait_time: pass.rec.wait_time,
+            resident_steps: u64::from(resident && done),
+            resident_retries: u64::from(resident && matches!(result, Ok(None))),
         };
         if let Some(cache) = &m.cache {
             cache.record(&stats.cache);
         }
         self.last.add(&stats);
         self.stats.add(&stats);
-        let logits = result?;
-        self.pos += ids.len();
-        Ok(logits)
+        let out = result?;
+        if out.is_some() {
+            self.pos += ids.len();
+        }
+        Ok(out)
     }
 }
 

@@ -117,3 +117,36 @@ fn reset_reuses_the_session() {
         .fold(0.0f32, f32::max);
     assert!(max < 1e-4, "prefill in pieces differs by {max}");
 }
+
+/// Decode steps of a warm, fully resident model route on the GPU (no readback per layer)
+/// and give exactly the logits of the path with routing readbacks; a model whose cache is
+/// too small falls back (and retries) without changing a bit.
+#[test]
+fn resident_decode_matches_readback_decode() {
+    let dir = common::fixture("long_prompt");
+    let golden = Golden::load(&dir).unwrap();
+    let full = Model::open(&dir).unwrap();
+    let slot = common::slot_bytes(&full);
+    let tight = Model::builder(&dir).expert_cache_bytes(2 * slot).build().unwrap();
+    let run = |model: &Model| {
+        let mut s = model.session(golden.ids.len() + 8).unwrap();
+        // Prefill everything but the last 8 tokens, then decode those one by one.
+        let cut = golden.ids.len() - 8;
+        let mut out = vec![s.prefill(&golden.ids[..cut]).unwrap()];
+        for &id in &golden.ids[cut..] {
+            out.push(s.step(id).unwrap());
+        }
+        (out, s.stats())
+    };
+    // Warm the full cache so that every routed expert is resident.
+    run(&full);
+    let (fast, fast_stats) = run(&full);
+    let (slow, slow_stats) = run(&tight);
+    assert!(
+        fast_stats.resident_steps >= 7,
+        "a warm resident model decodes without readbacks: {fast_stats:?}"
+    );
+    assert_eq!(slow_stats.resident_steps, 0, "a 2-slot cache cannot be resident");
+    assert_eq!(fast, slow, "resident routing must not change a single logit");
+    assert_eq!(fast_stats.experts_routed, slow_stats.experts_routed);
+}

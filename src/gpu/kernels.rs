@@ -51,6 +51,8 @@ pub enum Kernel {
     MoeDownQ,
     /// Plain vec4 copy: the memory-bandwidth baseline of the benchmarks ([`copy_groups`]).
     Copy,
+    /// Decode routing through the GPU slot table, without a host round trip.
+    MoeRoute,
 }
 
 /// A shared WGSL file of `kernels/include/`, prepended to the kernels that use it.
@@ -136,7 +138,7 @@ pub fn moe_down_q_groups(hidden: u32, n_assign: u32) -> (u32, u32) {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 17] = [
+    pub const ALL: [Kernel; 18] = [
         Kernel::Embedding,
         Kernel::RmsNorm,
         Kernel::MatVec,
@@ -154,6 +156,7 @@ impl Kernel {
         Kernel::MoeGateUpQ,
         Kernel::MoeDownQ,
         Kernel::Copy,
+        Kernel::MoeRoute,
     ];
 
     /// File stem in `kernels/`.
@@ -176,6 +179,7 @@ impl Kernel {
             Kernel::MoeGateUpQ => "moe_gate_up_q",
             Kernel::MoeDownQ => "moe_down_q",
             Kernel::Copy => "copy",
+            Kernel::MoeRoute => "moe_route",
         }
     }
 
@@ -198,6 +202,7 @@ impl Kernel {
             Kernel::MoeGateUpQ => include_str!("../../kernels/moe_gate_up_q.wgsl"),
             Kernel::MoeDownQ => include_str!("../../kernels/moe_down_q.wgsl"),
             Kernel::Copy => include_str!("../../kernels/copy.wgsl"),
+            Kernel::MoeRoute => include_str!("../../kernels/moe_route.wgsl"),
         }
     }
 

@@ -311,6 +311,12 @@ impl<'a> Recorder<'a> {
         }
     }
 
+    /// Zeroes a whole buffer.
+    pub fn clear(&mut self, buf: &wgpu::Buffer) {
+        self.end_pass();
+        self.encoder.clear_buffer(buf, 0, None);
+    }
+
     /// Submits what was recorded and starts a new encoder.
     pub fn submit(&mut self) {
         let t0 = std::time::Instant::now();
