@@ -5,7 +5,8 @@
 // the codes, scales and biases (see include/quant.wgsl).
 //
 // Workgroup (wid.x, wid.y) computes rows ROWS * wid.x .. + ROWS of assignment
-// assign_base + wid.y with 64 threads, as qmatvec.wgsl does.
+// assign_base + wid.y with WG threads, as qmatvec.wgsl does (16 columns per thread and
+// step, rows past `hidden` re-read the last row: branch-free loads, sums dropped).
 struct Params {
     hidden: u32,
     inter: u32,
@@ -25,9 +26,34 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
 
 const WG: u32 = 64u;
-const ROWS: u32 = 4u; // rows per workgroup: `MOE_Q_ROWS` in src/gpu/kernels.rs
+const ROWS: u32 = 4u; // rows per workgroup (one vec4 lane each): `MOE_Q_ROWS` in src/gpu/kernels.rs
 
-var<workgroup> red: array<vec4<f32>, 64>;
+var<workgroup> red: array<vec4<f32>, WG>;
+
+// The codes of octet u of the row whose words start at `row`.
+fn codes(row: u32, u: u32) -> Octet {
+    let wi = row + octet_word(u);
+    let shift = octet_shift(u);
+    var w1 = 0u;
+    if (octet_spills(shift)) {
+        w1 = experts[wi + 1u];
+    }
+    return octet_codes(experts[wi], w1, shift);
+}
+
+// s * dot(D[j, 8u .. 8u + 16], h16) + b * hsum for the down matrix whose codes, scales and
+// biases start at words q_base, s_base, b_base; h16 = (ha, hb, hc, hd).
+fn row_dot(q_base: u32, s_base: u32, b_base: u32, j: u32, u: u32, ha: vec4<f32>,
+           hb: vec4<f32>, hc: vec4<f32>, hd: vec4<f32>, hsum: f32) -> f32 {
+    let row = q_base + j * (p.inter * BITS / 32u);
+    let q0 = codes(row, u);
+    let q1 = codes(row, u + 1u);
+    let e = j * (p.inter / GROUP) + (8u * u) / GROUP;
+    let s = scale_value(experts[scale_word(s_base, e)], e);
+    let b = scale_value(experts[scale_word(b_base, e)], e);
+    let d = dot(q0.q0, ha) + dot(q0.q1, hb) + dot(q1.q0, hc) + dot(q1.q1, hd);
+    return s * d + b * hsum;
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -35,39 +61,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (j0 >= p.hidden || wid.y >= p.n_assign) {
         return; // the whole workgroup
     }
-    let n_rows = min(ROWS, p.hidden - j0);
+    let last = p.hidden - 1u;
+    let j1 = min(j0 + 1u, last);
+    let j2 = min(j0 + 2u, last);
+    let j3 = min(j0 + 3u, last);
     let a = p.assign_base + wid.y;
-    let slot = assign[2u * a + 1u];
-    let sb = slot * p.slot_words;
-    let q_base = sb + p.down_q;
-    let words_per_row = p.inter * BITS / 32u;
-    let groups_per_row = p.inter / GROUP;
-    let hb = a * p.inter;
+    let sb = assign[2u * a + 1u] * p.slot_words;
+    let dq = sb + p.down_q;
+    let ds = sb + p.down_s;
+    let db = sb + p.down_b;
     var acc = vec4<f32>(0.0);
-    for (var u = lid; u < p.inter / 8u; u += WG) {
-        let hi = hb + 8u * u;
-        let x0 = vec4<f32>(h[hi], h[hi + 1u], h[hi + 2u], h[hi + 3u]);
-        let x1 = vec4<f32>(h[hi + 4u], h[hi + 5u], h[hi + 6u], h[hi + 7u]);
-        let xsum = dot(x0 + x1, vec4<f32>(1.0));
-        let wo = octet_word(u);
-        let shift = octet_shift(u);
-        let spills = octet_spills(shift);
-        let g = (8u * u) / GROUP;
-        for (var k = 0u; k < ROWS; k++) {
-            if (k < n_rows) {
-                let j = j0 + k;
-                let wi = q_base + j * words_per_row + wo;
-                var w1 = 0u;
-                if (spills) {
-                    w1 = experts[wi + 1u];
-                }
-                let q = octet_codes(experts[wi], w1, shift);
-                let e = j * groups_per_row + g;
-                let s = scale_value(experts[scale_word(sb + p.down_s, e)], e);
-                let b = scale_value(experts[scale_word(sb + p.down_b, e)], e);
-                acc[k] += s * (dot(q.q0, x0) + dot(q.q1, x1)) + b * xsum;
-            }
-        }
+    // Octet pairs: inter is a multiple of 32, so the octet count is even.
+    for (var u = 2u * lid; u < p.inter / 8u; u += 2u * WG) {
+        let hi = a * p.inter + 8u * u;
+        let ha = vec4<f32>(h[hi], h[hi + 1u], h[hi + 2u], h[hi + 3u]);
+        let hb = vec4<f32>(h[hi + 4u], h[hi + 5u], h[hi + 6u], h[hi + 7u]);
+        let hc = vec4<f32>(h[hi + 8u], h[hi + 9u], h[hi + 10u], h[hi + 11u]);
+        let hd = vec4<f32>(h[hi + 12u], h[hi + 13u], h[hi + 14u], h[hi + 15u]);
+        let hsum = dot(ha + hb + hc + hd, vec4<f32>(1.0));
+        acc += vec4<f32>(
+            row_dot(dq, ds, db, j0, u, ha, hb, hc, hd, hsum),
+            row_dot(dq, ds, db, j1, u, ha, hb, hc, hd, hsum),
+            row_dot(dq, ds, db, j2, u, ha, hb, hc, hd, hsum),
+            row_dot(dq, ds, db, j3, u, ha, hb, hc, hd, hsum),
+        );
     }
     red[lid] = acc;
     workgroupBarrier();
@@ -77,7 +94,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
-    if (lid < n_rows) {
+    if (lid < min(ROWS, p.hidden - j0)) {
         o[a * p.hidden + j0 + lid] = red[0][lid] * route_w[a];
     }
 }

@@ -6,8 +6,9 @@
 // and gate_s, gate_b, up_s, up_b those of the scales and biases (see include/quant.wgsl).
 //
 // Workgroup (wid.x, wid.y) computes rows ROWS * wid.x .. + ROWS of assignment
-// assign_base + wid.y with 64 threads, as qmatvec.wgsl does: thread `lid` takes octets
-// lid, lid + 64, ... of the rows, each octet of x loaded once for all 2 * ROWS rows.
+// assign_base + wid.y with WG threads, as qmatvec.wgsl does: each step, thread `lid` takes
+// 16 columns (two octets, one group), loads them of x once and uses them for the ROWS rows
+// of both G and U; rows past `inter` re-read the last row (branch-free loads, sums dropped).
 struct Params {
     hidden: u32,
     inter: u32,
@@ -29,26 +30,34 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> h: array<f32>;
 
 const WG: u32 = 64u;
-const ROWS: u32 = 4u; // rows per workgroup: `MOE_Q_ROWS` in src/gpu/kernels.rs
+const ROWS: u32 = 4u; // rows per workgroup (one vec4 lane each): `MOE_Q_ROWS` in src/gpu/kernels.rs
 
-var<workgroup> rg: array<vec4<f32>, 64>;
-var<workgroup> ru: array<vec4<f32>, 64>;
+var<workgroup> rg: array<vec4<f32>, WG>;
+var<workgroup> ru: array<vec4<f32>, WG>;
 
-// s * dot(q, x8) + b * sum(x8) for octet u of row r of the matrix whose codes, scales and
-// biases start at words q_base, s_base, b_base.
-fn octet_dot(q_base: u32, s_base: u32, b_base: u32, r: u32, u: u32, x0: vec4<f32>,
-             x1: vec4<f32>, xsum: f32) -> f32 {
-    let wi = q_base + r * (p.hidden * BITS / 32u) + octet_word(u);
+// The codes of octet u of the row whose words start at `row`.
+fn codes(row: u32, u: u32) -> Octet {
+    let wi = row + octet_word(u);
     let shift = octet_shift(u);
     var w1 = 0u;
     if (octet_spills(shift)) {
         w1 = experts[wi + 1u];
     }
-    let q = octet_codes(experts[wi], w1, shift);
+    return octet_codes(experts[wi], w1, shift);
+}
+
+// s * dot(M[r, 8u .. 8u + 16], x16) + b * xsum for the [inter, hidden] matrix M whose
+// codes, scales and biases start at words q_base, s_base, b_base; x16 = (xa, xb, xc, xd).
+fn row_dot(q_base: u32, s_base: u32, b_base: u32, r: u32, u: u32, xa: vec4<f32>,
+           xb: vec4<f32>, xc: vec4<f32>, xd: vec4<f32>, xsum: f32) -> f32 {
+    let row = q_base + r * (p.hidden * BITS / 32u);
+    let q0 = codes(row, u);
+    let q1 = codes(row, u + 1u);
     let e = r * (p.hidden / GROUP) + (8u * u) / GROUP;
     let s = scale_value(experts[scale_word(s_base, e)], e);
     let b = scale_value(experts[scale_word(b_base, e)], e);
-    return s * (dot(q.q0, x0) + dot(q.q1, x1)) + b * xsum;
+    let d = dot(q0.q0, xa) + dot(q0.q1, xb) + dot(q1.q0, xc) + dot(q1.q1, xd);
+    return s * d + b * xsum;
 }
 
 @compute @workgroup_size(64)
@@ -57,26 +66,41 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (i0 >= p.inter || wid.y >= p.n_assign) {
         return; // the whole workgroup
     }
-    let n_rows = min(ROWS, p.inter - i0);
+    let last = p.inter - 1u;
+    let i1 = min(i0 + 1u, last);
+    let i2 = min(i0 + 2u, last);
+    let i3 = min(i0 + 3u, last);
     let a = p.assign_base + wid.y;
     let token = assign[2u * a];
-    let slot = assign[2u * a + 1u];
-    let sb = slot * p.slot_words;
-    let xb = token * p.hidden;
+    let sb = assign[2u * a + 1u] * p.slot_words;
+    let gq = sb + p.gate_q;
+    let gs = sb + p.gate_s;
+    let gb = sb + p.gate_b;
+    let uq = sb + p.up_q;
+    let us = sb + p.up_s;
+    let ub = sb + p.up_b;
     var g = vec4<f32>(0.0);
     var up = vec4<f32>(0.0);
-    for (var u = lid; u < p.hidden / 8u; u += WG) {
-        let xi = xb + 8u * u;
-        let x0 = vec4<f32>(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
-        let x1 = vec4<f32>(x[xi + 4u], x[xi + 5u], x[xi + 6u], x[xi + 7u]);
-        let xsum = dot(x0 + x1, vec4<f32>(1.0));
-        for (var k = 0u; k < ROWS; k++) {
-            if (k < n_rows) {
-                let i = i0 + k;
-                g[k] += octet_dot(sb + p.gate_q, sb + p.gate_s, sb + p.gate_b, i, u, x0, x1, xsum);
-                up[k] += octet_dot(sb + p.up_q, sb + p.up_s, sb + p.up_b, i, u, x0, x1, xsum);
-            }
-        }
+    // Octet pairs: hidden is a multiple of 32, so the octet count is even.
+    for (var u = 2u * lid; u < p.hidden / 8u; u += 2u * WG) {
+        let xi = token * p.hidden + 8u * u;
+        let xa = vec4<f32>(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
+        let xb = vec4<f32>(x[xi + 4u], x[xi + 5u], x[xi + 6u], x[xi + 7u]);
+        let xc = vec4<f32>(x[xi + 8u], x[xi + 9u], x[xi + 10u], x[xi + 11u]);
+        let xd = vec4<f32>(x[xi + 12u], x[xi + 13u], x[xi + 14u], x[xi + 15u]);
+        let xsum = dot(xa + xb + xc + xd, vec4<f32>(1.0));
+        g += vec4<f32>(
+            row_dot(gq, gs, gb, i0, u, xa, xb, xc, xd, xsum),
+            row_dot(gq, gs, gb, i1, u, xa, xb, xc, xd, xsum),
+            row_dot(gq, gs, gb, i2, u, xa, xb, xc, xd, xsum),
+            row_dot(gq, gs, gb, i3, u, xa, xb, xc, xd, xsum),
+        );
+        up += vec4<f32>(
+            row_dot(uq, us, ub, i0, u, xa, xb, xc, xd, xsum),
+            row_dot(uq, us, ub, i1, u, xa, xb, xc, xd, xsum),
+            row_dot(uq, us, ub, i2, u, xa, xb, xc, xd, xsum),
+            row_dot(uq, us, ub, i3, u, xa, xb, xc, xd, xsum),
+        );
     }
     rg[lid] = g;
     ru[lid] = up;
@@ -88,8 +112,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
-    if (lid < n_rows) {
-        let gs = rg[0][lid];
-        h[a * p.inter + i0 + lid] = gs / (1.0 + exp(-gs)) * ru[0][lid];
+    if (lid < min(ROWS, p.inter - i0)) {
+        let gate = rg[0][lid];
+        h[a * p.inter + i0 + lid] = gate / (1.0 + exp(-gate)) * ru[0][lid];
     }
 }

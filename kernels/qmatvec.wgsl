@@ -3,10 +3,13 @@
 // `w` holds [codes: rows * cols * BITS / 32 words][scales][biases], the scales and biases
 // starting at words scales_word / biases_word (see include/quant.wgsl).
 //
-// ROWS rows per workgroup of 64 threads. Thread `lid` takes octets (8 columns) lid,
-// lid + 64, ... of the row: adjacent threads read adjacent code bytes, and each octet of x
-// is loaded once into registers and used for all ROWS rows. Per octet and row only one
-// scale and one bias are applied (the group trick): s * dot(q, x8) + b * sum(x8).
+// ROWS rows per workgroup of WG threads. Each step, thread `lid` takes 16 columns (two
+// octets, one group) starting at column 16 * (lid + WG * step): adjacent threads read
+// adjacent code words, and the 16 values of x are loaded once into registers for all ROWS
+// rows. Per row and step one scale and one bias are applied (the group trick):
+// s * dot(q, x16) + b * sum(x16). Rows past the end of the chunk re-read the last row so
+// that the loads of all ROWS rows are issued without branches (their sums are dropped):
+// the kernel is bound by memory latency, and independent loads in flight are what count.
 struct Params {
     rows: u32,
     cols: u32,
@@ -25,9 +28,33 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 const WG: u32 = 64u;
-const ROWS: u32 = 4u; // rows per workgroup: `QMATVEC_ROWS` in src/gpu/kernels.rs
+const ROWS: u32 = 4u; // rows per workgroup (one vec4 lane each): `QMATVEC_ROWS` in src/gpu/kernels.rs
 
-var<workgroup> red: array<vec4<f32>, 64>; // one partial sum per row and thread
+var<workgroup> red: array<vec4<f32>, WG>; // one partial sum per row and thread
+
+// The codes of octet u of the row whose words start at `row`.
+fn codes(row: u32, u: u32) -> Octet {
+    let wi = row + octet_word(u);
+    let shift = octet_shift(u);
+    var w1 = 0u;
+    if (octet_spills(shift)) {
+        w1 = w[wi + 1u];
+    }
+    return octet_codes(w[wi], w1, shift);
+}
+
+// s * dot(W[r, 8u .. 8u + 16], x16) + b * xsum, x16 = (xa, xb, xc, xd).
+fn row_dot(r: u32, u: u32, xa: vec4<f32>, xb: vec4<f32>, xc: vec4<f32>, xd: vec4<f32>,
+           xsum: f32) -> f32 {
+    let row = r * (p.cols * BITS / 32u);
+    let q0 = codes(row, u);
+    let q1 = codes(row, u + 1u);
+    let e = r * (p.cols / GROUP) + (8u * u) / GROUP;
+    let s = scale_value(w[scale_word(p.scales_word, e)], e);
+    let b = scale_value(w[scale_word(p.biases_word, e)], e);
+    let d = dot(q0.q0, xa) + dot(q0.q1, xb) + dot(q1.q0, xc) + dot(q1.q1, xd);
+    return s * d + b * xsum;
+}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -36,34 +63,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (r0 >= p.rows) {
         return; // the whole workgroup: no barrier is skipped by only some threads
     }
-    let n_rows = min(ROWS, p.rows - r0);
-    let words_per_row = p.cols * BITS / 32u;
-    let groups_per_row = p.cols / GROUP;
+    let last = p.rows - 1u;
     var acc = vec4<f32>(0.0);
-    for (var u = lid; u < p.cols / 8u; u += WG) {
+    // Octet pairs: cols is a multiple of 32, so the octet count is even.
+    for (var u = 2u * lid; u < p.cols / 8u; u += 2u * WG) {
         let xi = p.x_offset + 8u * u;
-        let x0 = vec4<f32>(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
-        let x1 = vec4<f32>(x[xi + 4u], x[xi + 5u], x[xi + 6u], x[xi + 7u]);
-        let xsum = dot(x0 + x1, vec4<f32>(1.0));
-        let wo = octet_word(u);
-        let shift = octet_shift(u);
-        let spills = octet_spills(shift);
-        let g = (8u * u) / GROUP;
-        for (var k = 0u; k < ROWS; k++) {
-            if (k < n_rows) {
-                let r = r0 + k;
-                let wi = r * words_per_row + wo;
-                var w1 = 0u;
-                if (spills) {
-                    w1 = w[wi + 1u];
-                }
-                let q = octet_codes(w[wi], w1, shift);
-                let e = r * groups_per_row + g;
-                let s = scale_value(w[scale_word(p.scales_word, e)], e);
-                let b = scale_value(w[scale_word(p.biases_word, e)], e);
-                acc[k] += s * (dot(q.q0, x0) + dot(q.q1, x1)) + b * xsum;
-            }
-        }
+        let xa = vec4<f32>(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
+        let xb = vec4<f32>(x[xi + 4u], x[xi + 5u], x[xi + 6u], x[xi + 7u]);
+        let xc = vec4<f32>(x[xi + 8u], x[xi + 9u], x[xi + 10u], x[xi + 11u]);
+        let xd = vec4<f32>(x[xi + 12u], x[xi + 13u], x[xi + 14u], x[xi + 15u]);
+        let xsum = dot(xa + xb + xc + xd, vec4<f32>(1.0));
+        acc += vec4<f32>(
+            row_dot(r0, u, xa, xb, xc, xd, xsum),
+            row_dot(min(r0 + 1u, last), u, xa, xb, xc, xd, xsum),
+            row_dot(min(r0 + 2u, last), u, xa, xb, xc, xd, xsum),
+            row_dot(min(r0 + 3u, last), u, xa, xb, xc, xd, xsum),
+        );
     }
     red[lid] = acc;
     workgroupBarrier();
@@ -73,7 +88,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         workgroupBarrier();
     }
-    if (lid < n_rows) {
+    if (lid < min(ROWS, p.rows - r0)) {
         let o = p.row_base + r0 + lid;
         var v = red[0][lid];
         if ((p.flags & 1u) != 0u) {
