@@ -81,6 +81,16 @@ fn main() -> Result<()> {
     ] {
         let t = Instant::now();
         let model = Model::builder(&dir).expert_cache_bytes(budget).build()?;
+        if label == "resident" {
+            let t = Instant::now();
+            let st = model.preload_experts()?;
+            println!(
+                "preloaded {} experts ({:.2} GB) in {:.1}s",
+                st.misses,
+                st.bytes_read as f64 / 1e9,
+                t.elapsed().as_secs_f64()
+            );
+        }
         let resident = model.resident_weight_bytes() - embed_bytes;
         let per_token = resident + routed;
         let bound = copy * 1e9 / per_token as f64;
@@ -133,9 +143,12 @@ fn main() -> Result<()> {
             tps / bound
         );
         println!(
-            "host: {:.1} ms/token recording GPU work, {:.1} ms/token waiting for the GPU",
+            "host: {:.1} ms/token recording GPU work, {:.1} ms/token waiting for the GPU; {} of {} steps resident ({} retried)",
             (st.record_time - before.record_time).as_secs_f64() * 1e3 / timed as f64,
-            (st.gpu_wait_time - before.gpu_wait_time).as_secs_f64() * 1e3 / timed as f64
+            (st.gpu_wait_time - before.gpu_wait_time).as_secs_f64() * 1e3 / timed as f64,
+            st.resident_steps - before.resident_steps,
+            timed,
+            st.resident_retries - before.resident_retries
         );
         println!(
             "experts: hit rate {:.1}%, {:.2} GB read from storage ({:.2} GB/s while waiting, {:.1} ms/token waiting)",

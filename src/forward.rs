@@ -222,7 +222,8 @@ impl Pass<'_> {
         );
         self.rec
             .copy(&s.v, 0, vc, (kv_off * 4) as u64, (n * nkv * hd * 4) as u64);
-        let scale = 1.0 / (hd as f32).sqrt();
+        // As transformers: `head_dim ** -0.5` in double precision, rounded to f32.
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
         self.rec.dispatch(
             Kernel::Attention,
             None,
@@ -399,7 +400,12 @@ impl Pass<'_> {
             Some(*wdt),
             *quant,
             &params,
-            &[page.into(), (&s.xn).into(), (&s.assign).into(), (&s.moe_h).into()],
+            &[
+                page.into(),
+                (&s.xn).into(),
+                (&s.assign).into(),
+                (&s.moe_h).into(),
+            ],
             groups,
         );
         let (kernel, wdt, quant, tail) = &kernels.down;
@@ -461,14 +467,24 @@ impl Pass<'_> {
             ],
             (1, 1),
         );
-        self.rec
-            .copy(&s.route_ids, 0, &s.routes_log, (l * k * 4) as u64, (k * 4) as u64);
+        self.rec.copy(
+            &s.route_ids,
+            0,
+            &s.routes_log,
+            (l * k * 4) as u64,
+            (k * 4) as u64,
+        );
         self.experts(&kernels, &cache.pages[0], 0, k as u32);
         self.rec.dispatch(
             Kernel::MoeCombine,
             None,
             &[cfg.hidden_size as u32, 1, k as u32],
-            &[(&s.h).into(), (&s.moe_o).into(), (&s.route).into(), (&s.x).into()],
+            &[
+                (&s.h).into(),
+                (&s.moe_o).into(),
+                (&s.route).into(),
+                (&s.x).into(),
+            ],
             grid(cfg.hidden_size.div_ceil(64)),
         );
         self.experts_routed += k as u64;
@@ -486,7 +502,10 @@ impl Pass<'_> {
     }
 
     /// Logits of the last token, and the bytes of `extra` buffer ranges read back with them.
-    pub fn logits_and(&mut self, extra: &[(&wgpu::Buffer, u64, u64)]) -> Result<(Vec<f32>, Vec<Vec<u8>>)> {
+    pub fn logits_and(
+        &mut self,
+        extra: &[(&wgpu::Buffer, u64, u64)],
+    ) -> Result<(Vec<f32>, Vec<Vec<u8>>)> {
         let s = self.s;
         let w = &self.m.weights;
         let h = self.m.cfg.hidden_size;

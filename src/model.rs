@@ -283,6 +283,41 @@ impl Model {
             .unwrap_or_default()
     }
 
+    /// Loads experts into the GPU cache ahead of use, layer by layer, until the cache is full
+    /// or every expert is resident, and returns what was read. With a budget that holds
+    /// every expert, decoding then never waits on storage and routes on the GPU without a
+    /// readback per layer.
+    pub fn preload_experts(&self) -> Result<CacheStats> {
+        let inner = &*self.inner;
+        let Some(cache) = &inner.cache else {
+            return Ok(CacheStats::default());
+        };
+        let mut stats = CacheStats::default();
+        let keys: Vec<(usize, usize)> = inner
+            .cfg
+            .moe_layers()
+            .into_iter()
+            .flat_map(|l| (0..inner.cfg.num_experts).map(move |e| (l, e)))
+            .take(cache.slots())
+            .collect();
+        let mut state = cache.lock();
+        for group in keys.chunks(inner.cfg.num_experts.max(1)) {
+            cache.acquire(
+                &inner.gpu,
+                &mut state,
+                inner.store.as_ref(),
+                group,
+                &mut stats,
+            )?;
+        }
+        drop(state);
+        // Apply the queued uploads now rather than at the first step.
+        inner.gpu.queue.submit(None);
+        inner.gpu.check()?;
+        cache.record(&stats);
+        Ok(stats)
+    }
+
     /// Number of expert slots in the GPU cache (0 for a model without experts).
     pub fn expert_cache_slots(&self) -> usize {
         self.inner.cache.as_ref().map_or(0, ExpertCache::slots)

@@ -127,7 +127,10 @@ fn resident_decode_matches_readback_decode() {
     let golden = Golden::load(&dir).unwrap();
     let full = Model::open(&dir).unwrap();
     let slot = common::slot_bytes(&full);
-    let tight = Model::builder(&dir).expert_cache_bytes(2 * slot).build().unwrap();
+    let tight = Model::builder(&dir)
+        .expert_cache_bytes(2 * slot)
+        .build()
+        .unwrap();
     let run = |model: &Model| {
         let mut s = model.session(golden.ids.len() + 8).unwrap();
         // Prefill everything but the last 8 tokens, then decode those one by one.
@@ -146,7 +149,36 @@ fn resident_decode_matches_readback_decode() {
         fast_stats.resident_steps >= 7,
         "a warm resident model decodes without readbacks: {fast_stats:?}"
     );
-    assert_eq!(slow_stats.resident_steps, 0, "a 2-slot cache cannot be resident");
-    assert_eq!(fast, slow, "resident routing must not change a single logit");
+    assert_eq!(
+        slow_stats.resident_steps, 0,
+        "a 2-slot cache cannot be resident"
+    );
+    assert_eq!(
+        fast, slow,
+        "resident routing must not change a single logit"
+    );
     assert_eq!(fast_stats.experts_routed, slow_stats.experts_routed);
+}
+
+#[test]
+fn preloaded_model_never_reads_storage_and_every_step_is_resident() {
+    let dir = common::fixture("tiny_bf16");
+    let golden = Golden::load(&dir).unwrap();
+    let model = Model::open(&dir).unwrap();
+    let pre = model.preload_experts().unwrap();
+    let cfg = model.config();
+    assert_eq!(
+        pre.misses as usize,
+        cfg.moe_layers().len() * cfg.num_experts
+    );
+    let mut s = model.session(golden.ids.len()).unwrap();
+    let p = golden.prompt_len;
+    s.prefill(&golden.ids[..p]).unwrap();
+    for &id in &golden.ids[p..] {
+        s.step(id).unwrap();
+    }
+    let st = s.stats();
+    assert_eq!(st.cache.misses, 0, "{st:?}");
+    assert_eq!(st.resident_steps as usize, golden.ids.len() - p, "{st:?}");
+    assert_eq!(st.resident_retries, 0);
 }

@@ -1,0 +1,1542 @@
+//! Every WGSL kernel of `Kernel::ALL` but the quantized ones (tests/qkernels.rs covers
+//! those) against the plain f32 CPU reference (`moestream::reference`) or exact expectations,
+//! on odd and awkward sizes, through the hidden `gpu::testing::KernelRunner` hook, with the
+//! parameters and grids the engine (`src/forward.rs`) dispatches them with.
+//!
+//! Error metric (as llama.cpp's `test-backend-ops`): the normalized mean squared error
+//! `nmse = sum((gpu - cpu)^2) / sum(cpu^2)` over the values a dispatch writes, and the
+//! largest difference relative to the largest expected value (one wrong value that the mean
+//! dilutes); see [`Tol`]. Every value must be finite. Values a dispatch must not write
+//! (other rows, other columns, other assignments, around an offset) must come back bit for
+//! bit as they went in. Weights are generated in f32 and encoded to the weight dtype, and
+//! the CPU side uses the decoded (dtype-rounded) values, so a comparison measures only the
+//! kernel's own f32 arithmetic.
+//!
+//! Scale of the bounds: f32 has a unit roundoff u = 6e-8: one rounding per output is an
+//! nmse of order u^2 = 4e-15, a length-n reduction summed in another order than the CPU's
+//! sequential sum one of order n u^2. A relative error of 1e-3 on every output is an nmse
+//! of 1e-6. Each bound is at least 10x over the worst lavapipe measures over 40 data seeds
+//! and at least 30x under a 1e-3 error (printed with `-- --nocapture`; other data with
+//! `KERNEL_TEST_SEED=<n>`). Data-movement kernels must be exact.
+//!
+//! There is no skipping: without a GPU adapter every test fails (CI runs lavapipe).
+
+use std::sync::OnceLock;
+
+use moestream::gpu::kernels::Kernel;
+use moestream::gpu::testing::KernelRunner;
+use moestream::reference;
+use moestream::{DType, ExpertLayout};
+
+// ---------------------------------------------------------------------------------------
+// Bounds. The measured worst values are printed by each test (`-- --nocapture`).
+
+/// Pure data movement (embedding lookup, the copied tail of RoPE, the MoE combine's
+/// additions done in the reference's order): the result is exact.
+const EXACT: Tol = Tol {
+    nmse: 0.0,
+    max_rel: 0.0,
+    floor: 0.0,
+};
+
+/// A handful of f32 roundings per output (RoPE's two products and a difference, SwiGLU's
+/// exp and division): a few ulp each, nmse of order u^2 = 4e-15, relative max difference of
+/// order 1e-7. (Vulkan allows `exp(x)` an error of 3 + 2|x| ulp, 60 ulp = 7e-6 relative at
+/// |x| = 30, but only where silu's output is tiny: SwiGLU is judged against a floor of 1.)
+const ELEMENTWISE: Tol = Tol {
+    nmse: 1e-12,
+    max_rel: 1e-6,
+    floor: 0.0,
+};
+
+/// Reductions: dot products of up to 2048 terms (matvec, matmul, the expert projections)
+/// summed in another order than the CPU's sequential sum (64 strided partial sums and a
+/// tree), RMSNorm's sum of squares and `inverseSqrt` (2 ulp in Vulkan), attention's online
+/// softmax over up to 150 keys. Rounding noise of a length-n sum is about sqrt(n) u
+/// relative to the typical output: an nmse of order n u^2 (1e-11 for n = 2048) and a max
+/// difference of a few 1e-6 relative. Worst over 40 seeds (`KERNEL_TEST_SEED`): nmse 9e-12,
+/// max 3.4e-6, both matvec with 2048 columns. The bounds sit 10x over that and 10^4x /
+/// 30x under a 1e-3 relative error (nmse 1e-6, max 1e-3).
+const REDUCTION: Tol = Tol {
+    nmse: 1e-10,
+    max_rel: 3e-5,
+    floor: 0.0,
+};
+
+/// Router weights: within 1e-6 absolute (they are probabilities, so `floor` 1 turns the
+/// relative bound into an absolute one); ids must match exactly.
+const ROUTER_WEIGHTS: Tol = Tol {
+    nmse: 1e-10,
+    max_rel: 1e-6,
+    floor: 1.0,
+};
+
+/// Typical size of a dot product of `n` terms, each a product of two values uniform in
+/// [-a, a] and [-b, b]: sqrt(n) * a * b / 3.
+fn dot_scale(n: usize, a: f64, b: f64) -> f64 {
+    (n as f64).sqrt() * a * b / 3.0
+}
+
+// ---------------------------------------------------------------------------------------
+// Harness.
+
+fn runner() -> &'static KernelRunner {
+    static RUNNER: OnceLock<KernelRunner> = OnceLock::new();
+    RUNNER.get_or_init(|| {
+        KernelRunner::new().unwrap_or_else(|e| {
+            panic!(
+                "the kernel tests need a GPU adapter and do not skip without one \
+                 (on Linux without a GPU: apt-get install mesa-vulkan-drivers): {e}"
+            )
+        })
+    })
+}
+
+/// Number of fields of the kernel's `Params` struct and of its storage bindings, read
+/// from the compiled source, so a kernel whose interface changed fails loudly here rather
+/// than reading a short uniform.
+fn interface(kernel: Kernel) -> (usize, usize) {
+    let src = kernel.source();
+    let start = src
+        .find("struct Params {")
+        .unwrap_or_else(|| panic!("{}: no `struct Params`", kernel.name()));
+    let body = &src[start + "struct Params {".len()..];
+    let body = &body[..body.find('}').expect("unterminated Params")];
+    let fields = body
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or("").trim())
+        .filter(|l| l.contains(':'))
+        .count();
+    let bindings = src.matches("@binding(").count() - 1;
+    (fields, bindings)
+}
+
+/// Runs one dispatch and returns the final content of every buffer.
+fn run(
+    kernel: Kernel,
+    wdt: Option<DType>,
+    params: &[u32],
+    buffers: &[&[u8]],
+    groups: (u32, u32),
+) -> Vec<Vec<u8>> {
+    let (fields, bindings) = interface(kernel);
+    assert_eq!(
+        params.len(),
+        fields,
+        "{}: the test passes {} params, the kernel declares {fields}",
+        kernel.name(),
+        params.len()
+    );
+    assert_eq!(
+        buffers.len(),
+        bindings,
+        "{}: the test passes {} buffers, the kernel declares {bindings}",
+        kernel.name(),
+        buffers.len()
+    );
+    assert_eq!(kernel.reads_weights(), wdt.is_some(), "{}", kernel.name());
+    runner()
+        .run(kernel, wdt, params, buffers, groups)
+        .unwrap_or_else(|e| panic!("{} ({wdt:?}): {e}", kernel.name()))
+}
+
+/// The engine's 1-D grid (`grid_of` in `src/gpu/recorder.rs`).
+fn grid(n: usize) -> (u32, u32) {
+    let n = n as u32;
+    let x = n.clamp(1, 65535);
+    (x, n.div_ceil(x).max(1))
+}
+
+/// A 2-D grid of at least `n` workgroups, `x` wide: exercises the `wid.y` / `gid.y` part of
+/// the index computation that the engine's grid only reaches past 65535 workgroups.
+fn grid_2d(n: usize, x: usize) -> (u32, u32) {
+    (x as u32, n.div_ceil(x).max(1) as u32)
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn u32_bytes(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn to_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn to_u32(b: &[u8]) -> Vec<u32> {
+    b.chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// SplitMix64: a tiny deterministic generator.
+struct Rng(u64);
+
+impl Rng {
+    /// A generator for one test. `KERNEL_TEST_SEED=<n>` in the environment changes every
+    /// test's data (to look for rare failures); unset, the data are fixed.
+    fn new(seed: u64) -> Self {
+        let extra = std::env::var("KERNEL_TEST_SEED")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        Rng((seed ^ 0x5DEE_CE66_D1CE_5EED).wrapping_add(extra.wrapping_mul(0x2545_F491_4F6C_DD1D)))
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f32() * scale).collect()
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i + 1);
+            v.swap(i, j);
+        }
+    }
+}
+
+/// `n` random weights in `dtype`: the encoded bytes and the values they decode to.
+fn weights(rng: &mut Rng, dtype: DType, n: usize) -> (Vec<u8>, Vec<f32>) {
+    let bytes = dtype.encode(&rng.vec(n, 1.0));
+    let values = dtype.decode(&bytes);
+    (bytes, values)
+}
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+/// What a comparison allows.
+#[derive(Debug, Clone, Copy)]
+struct Tol {
+    /// Bound on the nmse, `sum((got - want)^2) / max(sum(want^2), n * floor^2)`.
+    nmse: f64,
+    /// Bound on the largest difference relative to the largest expected value,
+    /// `max |got - want| / max(max |want|, floor)`: one wrong value that the mean dilutes.
+    max_rel: f64,
+    /// The typical size of an output (0 if none). A dot product of random-sign terms can
+    /// cancel to a value far smaller than its terms, and its f32 rounding error is set by
+    /// the terms, not the result: a case of one or a few such outputs is judged against
+    /// this typical size instead of its own, or a lucky cancellation would look like a
+    /// large relative error.
+    floor: f64,
+}
+
+impl Tol {
+    fn floor(self, floor: f64) -> Tol {
+        Tol { floor, ..self }
+    }
+}
+
+/// Compares `got` with `want`: every value finite, nmse and largest relative difference
+/// within `tol`. Returns (nmse, max relative difference).
+fn compare(got: &[f32], want: &[f32], tol: Tol) -> Result<(f64, f64), String> {
+    if got.len() != want.len() {
+        return Err(format!("{} values, {} expected", got.len(), want.len()));
+    }
+    let (mut num, mut den, mut max_diff, mut max_want, mut at) =
+        (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if !g.is_finite() {
+            return Err(format!("value {i} is {g} (expected {w})"));
+        }
+        let (g, w) = (f64::from(g), f64::from(w));
+        let d = g - w;
+        num += d * d;
+        den += w * w;
+        max_want = max_want.max(w.abs());
+        if d.abs() > max_diff {
+            max_diff = d.abs();
+            at = i;
+        }
+    }
+    let den = den.max(got.len() as f64 * tol.floor * tol.floor);
+    let nmse = if num == 0.0 { 0.0 } else { num / den };
+    let max_rel = if max_diff == 0.0 {
+        0.0
+    } else {
+        max_diff / max_want.max(tol.floor)
+    };
+    let detail = || {
+        format!(
+            "nmse {nmse:.3e}, max |diff| {max_diff:.3e} (relative {max_rel:.3e}) at {at}: got {}, expected {}",
+            got[at], want[at]
+        )
+    };
+    if nmse.is_nan() || nmse > tol.nmse {
+        return Err(format!("nmse above {:.0e}: {}", tol.nmse, detail()));
+    }
+    if max_rel.is_nan() || max_rel > tol.max_rel {
+        return Err(format!(
+            "max |diff| above {:.0e} relative: {}",
+            tol.max_rel,
+            detail()
+        ));
+    }
+    Ok((nmse, max_rel))
+}
+
+/// Checks one kernel's cases and keeps the worst errors seen, for the report.
+struct Checker {
+    kernel: &'static str,
+    cases: usize,
+    worst_nmse: f64,
+    worst_diff: f64,
+    nmse_case: String,
+    diff_case: String,
+}
+
+impl Checker {
+    fn new(kernel: &'static str) -> Self {
+        Checker {
+            kernel,
+            cases: 0,
+            worst_nmse: 0.0,
+            worst_diff: 0.0,
+            nmse_case: String::new(),
+            diff_case: String::new(),
+        }
+    }
+
+    fn close(&mut self, case: &str, got: &[f32], want: &[f32], tol: Tol) {
+        match compare(got, want, tol) {
+            Ok((e, d)) => {
+                self.cases += 1;
+                if e > self.worst_nmse {
+                    self.worst_nmse = e;
+                    self.nmse_case = case.to_string();
+                }
+                if d > self.worst_diff {
+                    self.worst_diff = d;
+                    self.diff_case = case.to_string();
+                }
+            }
+            Err(msg) => panic!("{} [{case}]: {msg}", self.kernel),
+        }
+    }
+
+    /// Values at positions where `written` is false must be exactly `before`.
+    fn untouched(&self, case: &str, got: &[f32], before: &[f32], written: &[bool]) {
+        assert_eq!(
+            got.len(),
+            before.len(),
+            "{} [{case}]: buffer size",
+            self.kernel
+        );
+        for (i, ((g, b), w)) in got.iter().zip(before).zip(written).enumerate() {
+            assert!(
+                *w || g.to_bits() == b.to_bits(),
+                "{} [{case}]: value {i} must not be written, was {b}, now {g}",
+                self.kernel
+            );
+        }
+    }
+
+    fn report(&self) {
+        assert!(self.cases > 0, "{}: no case checked", self.kernel);
+        println!(
+            "{:<12} {:>4} cases, worst nmse {:.3e} [{}], worst max relative diff {:.3e} [{}]",
+            self.kernel,
+            self.cases,
+            self.worst_nmse,
+            self.nmse_case,
+            self.worst_diff,
+            self.diff_case
+        );
+    }
+}
+
+/// Picks `mask[i]` values of `a`.
+fn pick(a: &[f32], mask: &[bool]) -> Vec<f32> {
+    a.iter()
+        .zip(mask)
+        .filter(|(_, &m)| m)
+        .map(|(&v, _)| v)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Self-checks of the harness.
+
+#[test]
+fn every_kernel_is_covered() {
+    // The kernels this file tests: every kernel of `Kernel::ALL` that does not read
+    // quantized weights (those are tested in tests/qkernels.rs). A float kernel added to
+    // `Kernel::ALL` fails here until it is added to a test.
+    let covered = [
+        Kernel::Embedding,
+        Kernel::RmsNorm,
+        Kernel::MatVec,
+        Kernel::MatMul,
+        Kernel::Rope,
+        Kernel::Attention,
+        Kernel::Router,
+        Kernel::SwiGlu,
+        Kernel::MoeGateUp,
+        Kernel::MoeDown,
+        Kernel::MoeCombine,
+    ];
+    // Tested by name (see `copy` and `moe_route`).
+    let by_name = ["copy", "moe_route"];
+    for k in Kernel::ALL.into_iter().filter(|k| !k.is_quantized()) {
+        assert!(
+            covered.contains(&k) || by_name.contains(&k.name()),
+            "kernel {} has no test",
+            k.name()
+        );
+    }
+    for k in covered {
+        assert!(!k.is_quantized(), "{}", k.name());
+        let (fields, bindings) = interface(k);
+        assert!(
+            fields > 0 && bindings > 0,
+            "{}: interface not parsed",
+            k.name()
+        );
+    }
+}
+
+#[test]
+fn metric_catches_a_1e3_error() {
+    // A real kernel output (a bf16 matvec, 33 rows x 130 cols) against its reference.
+    let mut rng = Rng::new(1);
+    let (rows, cols) = (33usize, 130usize);
+    let (wb, w) = weights(&mut rng, DType::BF16, rows * cols);
+    let x = rng.vec(cols, 1.0);
+    let y0 = vec![0.0f32; rows];
+    let out = run(
+        Kernel::MatVec,
+        Some(DType::BF16),
+        &[rows as u32, cols as u32, 0, 0, 0],
+        &[&wb, &f32_bytes(&x), &[], &[], &f32_bytes(&y0)],
+        grid(rows),
+    );
+    let got = to_f32(&out[4]);
+    let want = reference::matmul(&w, rows, cols, &x, 1);
+    let tol = REDUCTION.floor(dot_scale(cols, 1.0, 1.0));
+    compare(&got, &want, tol).expect("the unperturbed output passes");
+    let loose_max = Tol {
+        max_rel: f64::INFINITY,
+        ..tol
+    };
+    // A relative error of 1e-3 on every value: nmse 1e-6, caught by the mean alone.
+    let scaled: Vec<f32> = got.iter().map(|v| v * 1.001).collect();
+    let e = compare(&scaled, &want, loose_max).unwrap_err();
+    assert!(e.starts_with("nmse above"), "{e}");
+    // One value off by 1e-3 (outputs are of size ~4): the mean over 33 values still sees
+    // it (nmse 2e-9), and so does the max alone, which does not dilute with the number
+    // of outputs.
+    let mut one = got.clone();
+    one[17] += 1e-3;
+    let e = compare(&one, &want, tol).unwrap_err();
+    assert!(e.starts_with("nmse above"), "{e}");
+    let loose_nmse = Tol {
+        nmse: f64::INFINITY,
+        ..tol
+    };
+    let e = compare(&one, &want, loose_nmse).unwrap_err();
+    assert!(e.starts_with("max |diff| above"), "{e}");
+    // A NaN or an infinity anywhere fails, as does a wrong length.
+    let lax = Tol {
+        nmse: f64::INFINITY,
+        max_rel: f64::INFINITY,
+        floor: 0.0,
+    };
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut v = got.clone();
+        v[3] = bad;
+        assert!(compare(&v, &want, lax).is_err());
+    }
+    assert!(compare(&got[1..], &want, lax).is_err());
+    // The floor judges a small output against the typical size: one output of 1e-3
+    // computed as 1.1e-3 fails on its own scale, and against a floor of 1 (an error of
+    // 1e-4 of the typical size) still fails; an error of 2e-7 of it passes.
+    assert!(compare(&[1.1e-3], &[1e-3], REDUCTION).is_err());
+    assert!(compare(&[1.1e-3], &[1e-3], REDUCTION.floor(1.0)).is_err());
+    assert!(compare(&[1e-3 + 2e-7], &[1e-3], REDUCTION.floor(1.0)).is_ok());
+    // Every bound catches a 1e-3 relative error.
+    for tol in [EXACT, ELEMENTWISE, REDUCTION, ROUTER_WEIGHTS] {
+        assert!(compare(&scaled, &want, tol).is_err());
+    }
+    // And EXACT means exact.
+    let mut ulp = got.clone();
+    ulp[0] = f32::from_bits(ulp[0].to_bits() + 1);
+    assert!(compare(&ulp, &got, EXACT).is_err());
+    compare(&got, &got, EXACT).expect("identical values");
+}
+
+// ---------------------------------------------------------------------------------------
+// Embedding.
+
+#[test]
+fn embedding() {
+    let mut ck = Checker::new("embedding");
+    let mut rng = Rng::new(10);
+    for dtype in DTYPES {
+        for &hidden in &[1usize, 3, 17, 64, 130] {
+            // A row chunk [row_start, row_start + row_count) of a vocabulary of 40.
+            for &(row_start, row_count) in &[(0usize, 40usize), (13, 9)] {
+                let n_tokens = 11;
+                let mut ids: Vec<u32> = (0..n_tokens).map(|_| rng.below(40) as u32).collect();
+                // The chunk's first and last rows and the ids just outside it.
+                let (first, end) = (row_start as u32, (row_start + row_count) as u32);
+                ids[1] = first;
+                ids[4] = end - 1;
+                ids[7] = first.saturating_sub(1);
+                ids[9] = end.min(39);
+                let (tb, table) = weights(&mut rng, dtype, row_count * hidden);
+                let before = rng.vec(n_tokens * hidden, 1.0);
+                let mut want = before.clone();
+                let mut written = vec![false; want.len()];
+                for (t, &id) in ids.iter().enumerate() {
+                    let id = id as usize;
+                    if (row_start..row_start + row_count).contains(&id) {
+                        let r = id - row_start;
+                        want[t * hidden..(t + 1) * hidden]
+                            .copy_from_slice(&table[r * hidden..(r + 1) * hidden]);
+                        written[t * hidden..(t + 1) * hidden].fill(true);
+                    }
+                }
+                let groups = (n_tokens * hidden).div_ceil(64);
+                for (g, groups) in [grid(groups), grid_2d(groups, 2)].into_iter().enumerate() {
+                    let case =
+                        format!("{dtype} hidden {hidden} chunk {row_start}+{row_count} grid {g}");
+                    let out = run(
+                        Kernel::Embedding,
+                        Some(dtype),
+                        &[
+                            hidden as u32,
+                            n_tokens as u32,
+                            row_start as u32,
+                            row_count as u32,
+                        ],
+                        &[&u32_bytes(&ids), &tb, &f32_bytes(&before)],
+                        groups,
+                    );
+                    let got = to_f32(&out[2]);
+                    ck.untouched(&case, &got, &before, &written);
+                    ck.close(&case, &pick(&got, &written), &pick(&want, &written), EXACT);
+                }
+            }
+        }
+    }
+    ck.report();
+}
+
+#[test]
+fn embedding_special_values() {
+    // Decoding is exact for every value of each 16-bit dtype, subnormals, signed zeros and
+    // infinities included (NaN payloads are left out: not every GPU path keeps them). The
+    // tables are bit patterns, looked up in reverse order.
+    let (mut checked, mut flushes) = (0, 0);
+    let f16_bits: [u16; 15] = [
+        0x0000, 0x8000, // +0, -0
+        0x3c00, 0xc100, // 1, -2.5
+        0x7bff, 0xfbff, // +-65504, the largest finite
+        0x0400, // 2^-14, the smallest normal
+        0x0001, // 2^-24, the smallest subnormal
+        0x03ff, // the largest subnormal
+        0x8200, // -2^-15, a subnormal
+        0x3c01, // 1 + 1 ulp
+        0x7c00, 0xfc00, // +-inf
+        0x3555, 0x4248, // 0.333, 3.14
+    ];
+    let bf16_bits: [u16; 15] = [
+        0x0000, 0x8000, // +0, -0
+        0x3f80, 0xc020, // 1, -2.5
+        0x7f7f, 0xff7f, // +-3.39e38, the largest finite
+        0x0080, // 2^-126, the smallest normal
+        0x0001, // 2^-133, the smallest subnormal
+        0x807f, // minus the largest subnormal
+        0x3f81, // 1 + 1 ulp
+        0x7f80, 0xff80, // +-inf
+        0x3eab, 0x4049, // 0.334, 3.14
+        0x0040, // 2^-127, a subnormal
+    ];
+    for (dtype, bits) in [(DType::F16, f16_bits), (DType::BF16, bf16_bits)] {
+        let table_bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let table = dtype.decode(&table_bytes);
+        // hidden 1 (every element its own row, odd and even halves of a word), 3 and 5
+        // (rows starting mid-word).
+        for hidden in [1usize, 3, 5] {
+            let rows = table.len() / hidden;
+            let ids: Vec<u32> = (0..rows as u32).rev().collect();
+            let before = vec![7.0f32; rows * hidden];
+            let out = run(
+                Kernel::Embedding,
+                Some(dtype),
+                &[hidden as u32, rows as u32, 0, rows as u32],
+                &[&u32_bytes(&ids), &table_bytes, &f32_bytes(&before)],
+                grid((rows * hidden).div_ceil(64)),
+            );
+            let got = to_f32(&out[2]);
+            let want: Vec<f32> = ids
+                .iter()
+                .flat_map(|&id| table[id as usize * hidden..(id as usize + 1) * hidden].to_vec())
+                .collect();
+            // WGSL lets an implementation flush subnormals to zero (lavapipe does not):
+            // a flushed subnormal weight is harmless, any other difference is a bug.
+            let min_normal = if dtype == DType::F16 {
+                6.103_515_6e-5
+            } else {
+                f32::MIN_POSITIVE
+            };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let flushed = *g == 0.0 && w.abs() < min_normal;
+                assert!(
+                    g.to_bits() == w.to_bits() || flushed,
+                    "embedding {dtype} hidden {hidden}: value {i} is {g:e}, expected {w:e}"
+                );
+                flushes += usize::from(flushed && *w != 0.0);
+            }
+            checked += got.len();
+        }
+    }
+    println!("embedding special: {checked} values checked, {flushes} subnormals flushed to zero");
+}
+
+// ---------------------------------------------------------------------------------------
+// RMSNorm.
+
+#[test]
+fn rmsnorm() {
+    let mut ck = Checker::new("rmsnorm");
+    let mut rng = Rng::new(20);
+    let eps = 1e-6f32;
+    for &n in &[1usize, 3, 17, 63, 64, 65, 130, 257, 2048] {
+        for &rows in &[1usize, 5, 33] {
+            for &(x_offset, y_offset, two_d) in &[(0usize, 0usize, false), (7, 3, true)] {
+                let case =
+                    format!("n {n} rows {rows} x_offset {x_offset} y_offset {y_offset} 2d {two_d}");
+                // Input rows after x_offset junk values, followed by a junk row.
+                let mut x = rng.vec(x_offset + (rows + 1) * n, 2.0);
+                if rows == 5 {
+                    // An all-zero row: eps keeps it finite, the output is zero.
+                    x[x_offset + 2 * n..x_offset + 3 * n].fill(0.0);
+                }
+                let w = rng.vec(n, 1.5);
+                let before = rng.vec(y_offset + rows * n + 5, 1.0);
+                let rows_in = &x[x_offset..x_offset + rows * n];
+                let norm = reference::rms_norm(rows_in, &w, eps);
+                let mut want = before.clone();
+                want[y_offset..y_offset + rows * n].copy_from_slice(&norm);
+                let mut written = vec![false; want.len()];
+                written[y_offset..y_offset + rows * n].fill(true);
+                let groups = if two_d { grid_2d(rows, 4) } else { grid(rows) };
+                let out = run(
+                    Kernel::RmsNorm,
+                    None,
+                    &[
+                        n as u32,
+                        rows as u32,
+                        eps.to_bits(),
+                        x_offset as u32,
+                        y_offset as u32,
+                    ],
+                    &[&f32_bytes(&x), &f32_bytes(&w), &f32_bytes(&before)],
+                    groups,
+                );
+                let got = to_f32(&out[2]);
+                ck.untouched(&case, &got, &before, &written);
+                // Each output is x * inv * w: no cancellation, so no floor.
+                ck.close(&case, &pick(&got, &written), &norm, REDUCTION);
+            }
+        }
+    }
+    ck.report();
+}
+
+// ---------------------------------------------------------------------------------------
+// MatVec and MatMul.
+
+const COLS: [usize; 10] = [1, 3, 17, 63, 64, 65, 130, 256, 257, 2048];
+const ROWS: [usize; 3] = [1, 5, 33];
+
+#[test]
+fn matvec() {
+    let mut ck = Checker::new("matvec");
+    let mut rng = Rng::new(30);
+    for dtype in DTYPES {
+        for &cols in &COLS {
+            for &rows in &ROWS {
+                for (flags, shifted) in (0u32..4).flat_map(|f| [(f, false), (f, true)]) {
+                    // Shifted: a row chunk writing into the middle of a wider output at
+                    // row_base, reading x from x_offset, on a 2-D grid.
+                    let (row_base, extra, x_offset) = if shifted { (6, 4, 5) } else { (0, 0, 0) };
+                    let total = row_base + rows + extra;
+                    let case = format!("{dtype} rows {rows} cols {cols} flags {flags} row_base {row_base} x_offset {x_offset}");
+                    let (wb, w) = weights(&mut rng, dtype, rows * cols);
+                    let x = rng.vec(x_offset + cols + 3, 1.0);
+                    let bias = rng.vec(total, 1.0);
+                    let resid = rng.vec(total, 1.0);
+                    let before = rng.vec(total, 1.0);
+                    let mut want =
+                        reference::matmul(&w, rows, cols, &x[x_offset..x_offset + cols], 1);
+                    for (r, v) in want.iter_mut().enumerate() {
+                        if flags & 1 != 0 {
+                            *v += bias[row_base + r];
+                        }
+                        if flags & 2 != 0 {
+                            *v += resid[row_base + r];
+                        }
+                    }
+                    let mut written = vec![false; total];
+                    written[row_base..row_base + rows].fill(true);
+                    let (bb, rb) = (f32_bytes(&bias), f32_bytes(&resid));
+                    let groups = if shifted {
+                        grid_2d(rows, 2)
+                    } else {
+                        grid(rows)
+                    };
+                    let out = run(
+                        Kernel::MatVec,
+                        Some(dtype),
+                        &[
+                            rows as u32,
+                            cols as u32,
+                            row_base as u32,
+                            flags,
+                            x_offset as u32,
+                        ],
+                        &[
+                            &wb,
+                            &f32_bytes(&x),
+                            if flags & 1 != 0 { &bb } else { &[] },
+                            if flags & 2 != 0 { &rb } else { &[] },
+                            &f32_bytes(&before),
+                        ],
+                        groups,
+                    );
+                    let got = to_f32(&out[4]);
+                    ck.untouched(&case, &got, &before, &written);
+                    ck.close(
+                        &case,
+                        &pick(&got, &written),
+                        &want,
+                        REDUCTION.floor(dot_scale(cols, 1.0, 1.0)),
+                    );
+                }
+            }
+        }
+    }
+    ck.report();
+}
+
+#[test]
+fn matmul() {
+    let mut ck = Checker::new("matmul");
+    let mut rng = Rng::new(40);
+    let cases_cols = [1usize, 3, 17, 63, 65, 130, 257, 2048];
+    let mut case_no = 0usize;
+    for dtype in DTYPES {
+        for &cols in &cases_cols {
+            for &rows in &ROWS {
+                for &tokens in &[1usize, 3, 17, 40] {
+                    // Cycle through the 4 flag values x 2 placements; over the 96 cases of
+                    // each dtype every combination meets many sizes.
+                    let flags = (case_no % 4) as u32;
+                    let chunk = (case_no / 4) % 2 == 1;
+                    case_no += 1;
+                    // A row chunk writes columns [row_base, row_base + rows) of an output
+                    // with out_stride columns (the engine: row0 and the matrix's rows).
+                    let (row_base, out_stride) = if chunk { (7, 7 + rows + 3) } else { (0, rows) };
+                    let case = format!(
+                        "{dtype} rows {rows} cols {cols} tokens {tokens} flags {flags} row_base {row_base} stride {out_stride}"
+                    );
+                    let (wb, w) = weights(&mut rng, dtype, rows * cols);
+                    let x = rng.vec(tokens * cols, 1.0);
+                    let bias = rng.vec(out_stride, 1.0);
+                    let resid = rng.vec(tokens * out_stride, 1.0);
+                    let before = rng.vec(tokens * out_stride, 1.0);
+                    let y = reference::matmul(&w, rows, cols, &x, tokens);
+                    let mut want = Vec::with_capacity(tokens * rows);
+                    let mut written = vec![false; tokens * out_stride];
+                    for t in 0..tokens {
+                        for r in 0..rows {
+                            let o = row_base + r;
+                            let mut v = y[t * rows + r];
+                            if flags & 1 != 0 {
+                                v += bias[o];
+                            }
+                            if flags & 2 != 0 {
+                                v += resid[t * out_stride + o];
+                            }
+                            want.push(v);
+                            written[t * out_stride + o] = true;
+                        }
+                    }
+                    let (bb, rb) = (f32_bytes(&bias), f32_bytes(&resid));
+                    let out = run(
+                        Kernel::MatMul,
+                        Some(dtype),
+                        &[
+                            rows as u32,
+                            cols as u32,
+                            tokens as u32,
+                            row_base as u32,
+                            out_stride as u32,
+                            flags,
+                        ],
+                        &[
+                            &wb,
+                            &f32_bytes(&x),
+                            if flags & 1 != 0 { &bb } else { &[] },
+                            if flags & 2 != 0 { &rb } else { &[] },
+                            &f32_bytes(&before),
+                        ],
+                        (rows.div_ceil(16) as u32, tokens.div_ceil(16) as u32),
+                    );
+                    let got = to_f32(&out[4]);
+                    ck.untouched(&case, &got, &before, &written);
+                    ck.close(
+                        &case,
+                        &pick(&got, &written),
+                        &want,
+                        REDUCTION.floor(dot_scale(cols, 1.0, 1.0)),
+                    );
+                }
+            }
+        }
+    }
+    ck.report();
+}
+
+// ---------------------------------------------------------------------------------------
+// RoPE.
+
+#[test]
+fn rope() {
+    let mut ck = Checker::new("rope");
+    let mut rng = Rng::new(50);
+    let theta = 1e6;
+    // (n_tokens, n_heads, head_dim, rotary_dim, pos0, out_offset in head rows)
+    let cases: [(usize, usize, usize, usize, usize, usize); 8] = [
+        (1, 1, 16, 16, 0, 0),
+        (3, 2, 24, 16, 7, 0),      // partial rotary: 8 copied dims per head
+        (1, 4, 64, 64, 149, 149),  // decode: k written into a cache at position 149
+        (17, 3, 128, 128, 0, 0),   // prefill
+        (5, 2, 256, 256, 1000, 0), // large positions
+        (2, 3, 16, 6, 33, 3),      // odd half (3), output after 3 rows of 16
+        (40, 1, 64, 32, 100, 100), // prefill into a cache at position 100
+        (3, 8, 128, 64, 4095, 0),  // a long-context position
+    ];
+    for (ci, &(n, nh, hd, rd, pos0, off_rows)) in cases.iter().enumerate() {
+        let out_offset = off_rows * nh * hd;
+        let len = n * nh * hd;
+        let case = format!(
+            "n {n} heads {nh} head_dim {hd} rotary {rd} pos0 {pos0} out_offset {out_offset}"
+        );
+        let (cos, sin) = reference::rope_tables(theta, rd, pos0 + n);
+        let x = rng.vec(len, 2.0);
+        let mut want = x.clone();
+        reference::rope(&mut want, n, nh, hd, rd, pos0, &cos, &sin);
+        let before = rng.vec(out_offset + len + 7, 1.0);
+        let mut written = vec![false; before.len()];
+        written[out_offset..out_offset + len].fill(true);
+        let groups = len.div_ceil(64);
+        let groups = if ci % 2 == 1 {
+            grid_2d(groups, 3)
+        } else {
+            grid(groups)
+        };
+        let out = run(
+            Kernel::Rope,
+            None,
+            &[
+                n as u32,
+                nh as u32,
+                hd as u32,
+                (rd / 2) as u32,
+                pos0 as u32,
+                out_offset as u32,
+            ],
+            &[
+                &f32_bytes(&x),
+                &f32_bytes(&cos),
+                &f32_bytes(&sin),
+                &f32_bytes(&before),
+            ],
+            groups,
+        );
+        let got = to_f32(&out[3]);
+        ck.untouched(&case, &got, &before, &written);
+        let got = pick(&got, &written);
+        // x1 c - x2 s can cancel: judged against the typical size of x (uniform in [-2, 2]).
+        ck.close(&case, &got, &want, ELEMENTWISE.floor(1.0));
+        // The dims past rotary_dim are copies.
+        let tail = |v: &[f32]| -> Vec<f32> {
+            v.chunks_exact(hd)
+                .flat_map(|head| head[rd..].to_vec())
+                .collect()
+        };
+        if rd < hd {
+            ck.close(&format!("{case} tail"), &tail(&got), &tail(&x), EXACT);
+        }
+    }
+    ck.report();
+}
+
+// ---------------------------------------------------------------------------------------
+// Attention.
+
+#[test]
+fn attention() {
+    let mut ck = Checker::new("attention");
+    let mut rng = Rng::new(60);
+    // (n_tokens, pos0, n_heads, n_kv_heads, head_dim)
+    let cases: [(usize, usize, usize, usize, usize); 12] = [
+        (1, 0, 1, 1, 16),     // one key
+        (1, 149, 4, 4, 64),   // decode over 150 keys (3 key blocks), GQA 1
+        (1, 63, 4, 2, 128),   // exactly one block of 64 keys, GQA 2
+        (1, 64, 6, 2, 24),    // 65 keys, GQA 3
+        (1, 127, 3, 1, 256),  // 128 keys, one kv head, head_dim 256
+        (3, 40, 6, 2, 256),   // short prefill over a cache, GQA 3
+        (17, 0, 2, 1, 64),    // prefill from empty, causal, one kv head
+        (40, 0, 4, 2, 16),    // 40-token prefill
+        (40, 110, 3, 1, 128), // prefill over a cache, keys 111..=150 across blocks
+        (5, 60, 8, 8, 24),    // queries straddling the 64-key block boundary
+        (2, 126, 4, 2, 256),  // 127 and 128 keys
+        (16, 50, 6, 3, 64),   // GQA 2, 51..=66 keys
+    ];
+    for &(n, pos0, nh, nkv, hd) in &cases {
+        let case = format!("tokens {n} pos0 {pos0} heads {nh}/{nkv} head_dim {hd}");
+        let n_keys = pos0 + n;
+        // The cache holds 9 positions past the last one: keys of 40 that would dominate a
+        // softmax reaching them, values of NaN that poison any read of them, even one with
+        // a zero weight (the cache past the current position holds anything).
+        let cap = n_keys + 9;
+        let row = nkv * hd;
+        // Scores have a standard deviation of about 2: a peaked but not one-hot softmax.
+        let q = rng.vec(n * nh * hd, 6.0);
+        let mut k = rng.vec(cap * row, 1.0);
+        let mut v = rng.vec(cap * row, 1.0);
+        k[n_keys * row..].fill(40.0);
+        v[n_keys * row..].fill(f32::NAN);
+        // The reference's scale (head_dim^-0.5 rounded from f64); the engine computes it in
+        // f32, possibly an ulp away: that is the caller's choice, not the kernel's.
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let want = reference::attention(
+            &q,
+            &k[..n_keys * row],
+            &v[..n_keys * row],
+            n,
+            pos0,
+            nh,
+            nkv,
+            hd,
+        );
+        let before = rng.vec(n * nh * hd, 1.0);
+        let out = run(
+            Kernel::Attention,
+            None,
+            &[
+                n as u32,
+                pos0 as u32,
+                nh as u32,
+                nkv as u32,
+                hd as u32,
+                scale.to_bits(),
+            ],
+            &[
+                &f32_bytes(&q),
+                &f32_bytes(&k),
+                &f32_bytes(&v),
+                &f32_bytes(&before),
+            ],
+            (nh as u32, n as u32),
+        );
+        // Outputs are convex combinations of values in [-1, 1], typically dominated by a few
+        // keys; an average over many keys can be small: judged against 0.1.
+        ck.close(&case, &to_f32(&out[3]), &want, REDUCTION.floor(0.1));
+    }
+    ck.report();
+}
+
+// ---------------------------------------------------------------------------------------
+// Router.
+
+/// Logits without near-ties: a shuffled ladder over [-4, 4] with steps of 8 / n_experts,
+/// each rung jittered by at most a fifth of a step. Any two logits are at least 0.6 step
+/// apart (0.005 for 1024 experts): their probabilities differ by 0.5% or more, far beyond
+/// any exp rounding, so the ranking cannot depend on it.
+fn ladder_logits(rng: &mut Rng, n_tokens: usize, n_experts: usize) -> Vec<f32> {
+    let step = 8.0 / n_experts as f32;
+    let mut out = Vec::with_capacity(n_tokens * n_experts);
+    for _ in 0..n_tokens {
+        let mut rank: Vec<usize> = (0..n_experts).collect();
+        rng.shuffle(&mut rank);
+        out.extend(
+            rank.iter()
+                .map(|&r| -4.0 + step * (r as f32 + 0.2 * rng.f32())),
+        );
+    }
+    out
+}
+
+fn check_router(
+    ck: &mut Checker,
+    case: &str,
+    logits: &[f32],
+    n_experts: usize,
+    top_k: usize,
+    norm: bool,
+    groups: (u32, u32),
+) {
+    let n_tokens = logits.len() / n_experts;
+    let (want_ids, want_w) = reference::router_topk(logits, n_experts, top_k, norm);
+    // Sentinels: the kernel must write every id and weight of the n_tokens tokens, and
+    // nothing past them (one more token's worth).
+    let len = n_tokens * top_k;
+    let ids0 = vec![u32::MAX - 1; len + top_k];
+    let w0 = vec![-7.0f32; len + top_k];
+    let out = run(
+        Kernel::Router,
+        None,
+        &[
+            n_experts as u32,
+            top_k as u32,
+            u32::from(norm),
+            n_tokens as u32,
+        ],
+        &[&f32_bytes(logits), &u32_bytes(&ids0), &f32_bytes(&w0)],
+        groups,
+    );
+    let (ids, w) = (to_u32(&out[1]), to_f32(&out[2]));
+    assert_eq!(
+        ids[..len],
+        want_ids[..],
+        "router [{case}]: expert ids (rank order per token)"
+    );
+    let mut written = vec![true; len + top_k];
+    written[len..].fill(false);
+    ck.untouched(case, &w, &w0, &written);
+    assert_eq!(
+        ids[len..],
+        ids0[len..],
+        "router [{case}]: ids past the last token"
+    );
+    ck.close(case, &w[..len], &want_w, ROUTER_WEIGHTS);
+}
+
+#[test]
+fn router() {
+    let mut ck = Checker::new("router");
+    let mut rng = Rng::new(70);
+    for &ne in &[5usize, 64, 128, 512, 1024] {
+        for top_k in 1..=8usize.min(ne) {
+            for norm in [false, true] {
+                let n_tokens = 3 + (top_k % 3);
+                let case = format!("experts {ne} top_k {top_k} norm {norm} tokens {n_tokens}");
+                let logits = ladder_logits(&mut rng, n_tokens, ne);
+                let groups = if norm {
+                    grid_2d(n_tokens, 2)
+                } else {
+                    grid(n_tokens)
+                };
+                check_router(&mut ck, &case, &logits, ne, top_k, norm, groups);
+            }
+        }
+    }
+    ck.report();
+}
+
+#[test]
+fn router_exact_ties_go_to_the_lower_index() {
+    // Logits on a coarse grid tie exactly; equal logits give bitwise equal probabilities on
+    // both sides, and the lower expert index must rank first.
+    let mut ck = Checker::new("router ties");
+    let mut rng = Rng::new(71);
+    for &ne in &[5usize, 64, 128] {
+        for &top_k in &[2usize, 4, 8] {
+            let top_k = top_k.min(ne);
+            let n_tokens = 4;
+            let logits: Vec<f32> = (0..n_tokens * ne)
+                .map(|_| rng.below(4) as f32 * 0.5)
+                .collect();
+            let case = format!("ties: experts {ne} top_k {top_k}");
+            check_router(&mut ck, &case, &logits, ne, top_k, true, grid(n_tokens));
+        }
+    }
+    ck.report();
+}
+
+// ---------------------------------------------------------------------------------------
+// SwiGLU.
+
+#[test]
+fn swiglu() {
+    let mut ck = Checker::new("swiglu");
+    let mut rng = Rng::new(80);
+    for &n in &[1usize, 63, 64, 65, 130, 1000, 4097] {
+        for two_d in [false, true] {
+            let case = format!("n {n} 2d {two_d}");
+            // Gates over [-30, 30]: both tails of silu, exp(30) = 1e13 still finite.
+            let gate = rng.vec(n, 30.0);
+            let up = rng.vec(n, 2.0);
+            let before = rng.vec(n + 3, 1.0);
+            let want = reference::swiglu(&gate, &up);
+            let groups = n.div_ceil(64);
+            let groups = if two_d {
+                grid_2d(groups, 3)
+            } else {
+                grid(groups)
+            };
+            let out = run(
+                Kernel::SwiGlu,
+                None,
+                &[n as u32],
+                &[&f32_bytes(&gate), &f32_bytes(&up), &f32_bytes(&before)],
+                groups,
+            );
+            let got = to_f32(&out[2]);
+            let mut written = vec![false; n + 3];
+            written[..n].fill(true);
+            ck.untouched(&case, &got, &before, &written);
+            // |out| <= 60: a few ulp of 60 is 2e-5.
+            // Outputs are O(1) or larger except where g << 0 (see ELEMENTWISE).
+            ck.close(&case, &got[..n], &want, ELEMENTWISE.floor(1.0));
+        }
+    }
+    ck.report();
+}
+
+// ---------------------------------------------------------------------------------------
+// MoE: experts in cache slots.
+
+/// A cache page of `n_slots` experts laid out as the engine does (`src/cache.rs`): each
+/// expert blob in the `ExpertLayout::swiglu` layout, the slot stride its size rounded up to
+/// 256 bytes. Padding bytes (between tensors and slots) are 0xFF, a NaN in every dtype, so
+/// a read outside a tensor poisons the output.
+struct Page {
+    bytes: Vec<u8>,
+    slot_elems: u32,
+    offs: [u32; 3],
+    /// Decoded (gate, up, down) of each slot.
+    experts: Vec<[Vec<f32>; 3]>,
+}
+
+fn page(rng: &mut Rng, dtype: DType, hidden: usize, inter: usize, n_slots: usize) -> Page {
+    let lay = ExpertLayout::swiglu(dtype, hidden, inter);
+    let slot_bytes = lay.bytes.div_ceil(256) * 256;
+    let esize = dtype.size();
+    let mut bytes = vec![0xFFu8; n_slots * slot_bytes];
+    let mut experts = Vec::with_capacity(n_slots);
+    for s in 0..n_slots {
+        let mut tensors: [Vec<f32>; 3] = Default::default();
+        for (i, t) in lay.tensors.iter().enumerate() {
+            let (b, v) = weights(rng, dtype, t.rows * t.cols);
+            let at = s * slot_bytes + t.offset;
+            bytes[at..at + b.len()].copy_from_slice(&b);
+            tensors[i] = v;
+        }
+        experts.push(tensors);
+    }
+    Page {
+        bytes,
+        slot_elems: (slot_bytes / esize) as u32,
+        offs: [0, 1, 2].map(|i| (lay.tensors[i].offset / esize) as u32),
+        experts,
+    }
+}
+
+/// Expert sizes (hidden, inter): odd sizes take the unpaired 16-bit path, even ones the
+/// paired path.
+const MOE_SIZES: [(usize, usize); 9] = [
+    (1, 1),
+    (3, 5),
+    (17, 9),
+    (64, 24),
+    (65, 33),
+    (130, 7),
+    (257, 3),
+    (96, 130),
+    (512, 384), // the shape of a small real model's experts
+];
+
+/// Random assignments (token, slot) over `n_tokens` tokens and slots 1..n_slots (slot 0
+/// is loaded but unused); with more assignments than tokens and slots, some share both.
+fn assignments(
+    rng: &mut Rng,
+    n_tokens: usize,
+    n_slots: usize,
+    n_assign: usize,
+) -> Vec<(usize, usize)> {
+    (0..n_assign)
+        .map(|_| (rng.below(n_tokens), 1 + rng.below(n_slots - 1)))
+        .collect()
+}
+
+#[test]
+fn moe_gate_up() {
+    let mut ck = Checker::new("moe_gate_up");
+    let mut rng = Rng::new(90);
+    for dtype in DTYPES {
+        for &(hidden, inter) in &MOE_SIZES {
+            let (n_tokens, n_slots, n_assign) = (3, 4, 7);
+            let pg = page(&mut rng, dtype, hidden, inter, n_slots);
+            let asg = assignments(&mut rng, n_tokens, n_slots, n_assign);
+            let pairs: Vec<u32> = asg
+                .iter()
+                .flat_map(|&(t, s)| [t as u32, s as u32])
+                .collect();
+            let x = rng.vec(n_tokens * hidden, 1.0);
+            for &(base, count) in &[(0usize, n_assign), (2, 4)] {
+                let case = format!("{dtype} hidden {hidden} inter {inter} assign {base}+{count}");
+                let before = rng.vec(n_assign * inter, 1.0);
+                let mut want = Vec::new();
+                let mut written = vec![false; before.len()];
+                for (a, &(t, s)) in asg.iter().enumerate().skip(base).take(count) {
+                    let xt = &x[t * hidden..(t + 1) * hidden];
+                    let [g, u, _] = &pg.experts[s];
+                    let g = reference::matmul(g, inter, hidden, xt, 1);
+                    let u = reference::matmul(u, inter, hidden, xt, 1);
+                    want.extend(reference::swiglu(&g, &u));
+                    written[a * inter..(a + 1) * inter].fill(true);
+                }
+                let out = run(
+                    Kernel::MoeGateUp,
+                    Some(dtype),
+                    &[
+                        hidden as u32,
+                        inter as u32,
+                        base as u32,
+                        count as u32,
+                        pg.offs[0],
+                        pg.offs[1],
+                        pg.slot_elems,
+                    ],
+                    &[
+                        &pg.bytes,
+                        &f32_bytes(&x),
+                        &u32_bytes(&pairs),
+                        &f32_bytes(&before),
+                    ],
+                    (inter as u32, count as u32),
+                );
+                let got = to_f32(&out[3]);
+                ck.untouched(&case, &got, &before, &written);
+                // silu(g) * u with |g|, |u| ~ sqrt(hidden) / 3 <= 6: outputs up to ~30.
+                ck.close(
+                    &case,
+                    &pick(&got, &written),
+                    &want,
+                    REDUCTION.floor(dot_scale(hidden, 1.0, 1.0).powi(2) / 2.0),
+                );
+            }
+        }
+    }
+    ck.report();
+}
+
+#[test]
+fn moe_down() {
+    let mut ck = Checker::new("moe_down");
+    let mut rng = Rng::new(100);
+    for dtype in DTYPES {
+        for &(hidden, inter) in &MOE_SIZES {
+            let (n_slots, n_assign) = (4, 7);
+            let pg = page(&mut rng, dtype, hidden, inter, n_slots);
+            // The token of an assignment is not read by the down projection.
+            let asg = assignments(&mut rng, 2, n_slots, n_assign);
+            let pairs: Vec<u32> = asg
+                .iter()
+                .flat_map(|&(t, s)| [t as u32, s as u32])
+                .collect();
+            let h = rng.vec(n_assign * inter, 2.0);
+            let route_w: Vec<f32> = (0..n_assign).map(|_| 0.5 + 0.5 * rng.f32()).collect();
+            for &(base, count) in &[(0usize, n_assign), (3, 2)] {
+                let case = format!("{dtype} hidden {hidden} inter {inter} assign {base}+{count}");
+                let before = rng.vec(n_assign * hidden, 1.0);
+                let mut want = Vec::new();
+                let mut written = vec![false; before.len()];
+                for (a, &(_, s)) in asg.iter().enumerate().skip(base).take(count) {
+                    let d = &pg.experts[s][2];
+                    let y = reference::matmul(d, hidden, inter, &h[a * inter..(a + 1) * inter], 1);
+                    want.extend(y.iter().map(|v| v * route_w[a]));
+                    written[a * hidden..(a + 1) * hidden].fill(true);
+                }
+                let out = run(
+                    Kernel::MoeDown,
+                    Some(dtype),
+                    &[
+                        hidden as u32,
+                        inter as u32,
+                        base as u32,
+                        count as u32,
+                        pg.offs[2],
+                        pg.slot_elems,
+                    ],
+                    &[
+                        &pg.bytes,
+                        &f32_bytes(&h),
+                        &u32_bytes(&pairs),
+                        &f32_bytes(&route_w),
+                        &f32_bytes(&before),
+                    ],
+                    (hidden as u32, count as u32),
+                );
+                let got = to_f32(&out[4]);
+                ck.untouched(&case, &got, &before, &written);
+                ck.close(
+                    &case,
+                    &pick(&got, &written),
+                    &want,
+                    REDUCTION.floor(dot_scale(inter, 1.0, 2.0) / 2.0),
+                );
+            }
+        }
+    }
+    ck.report();
+}
+
+#[test]
+fn moe_combine() {
+    let mut ck = Checker::new("moe_combine");
+    let mut rng = Rng::new(110);
+    // (hidden, n_tokens)
+    for &(hidden, n_tokens) in &[(1usize, 1usize), (17, 3), (64, 2), (130, 5), (1000, 7)] {
+        for top_k in 1..=4usize {
+            let case = format!("hidden {hidden} tokens {n_tokens} top_k {top_k}");
+            // Assignment rows in a shuffled order, plus two rows no route points at.
+            let n_rows = n_tokens * top_k + 2;
+            let mut perm: Vec<u32> = (0..n_rows as u32).collect();
+            rng.shuffle(&mut perm);
+            let route = &perm[..n_tokens * top_k];
+            let o = rng.vec(n_rows * hidden, 1.0);
+            let resid = rng.vec(n_tokens * hidden, 1.0);
+            let before = rng.vec(n_tokens * hidden, 1.0);
+            let mut want = Vec::with_capacity(n_tokens * hidden);
+            for t in 0..n_tokens {
+                for j in 0..hidden {
+                    let mut s = 0.0f32;
+                    for k in 0..top_k {
+                        s += o[route[t * top_k + k] as usize * hidden + j];
+                    }
+                    want.push(resid[t * hidden + j] + s);
+                }
+            }
+            let groups = (hidden * n_tokens).div_ceil(64);
+            let groups = if top_k % 2 == 0 {
+                grid_2d(groups, 2)
+            } else {
+                grid(groups)
+            };
+            let out = run(
+                Kernel::MoeCombine,
+                None,
+                &[hidden as u32, n_tokens as u32, top_k as u32],
+                &[
+                    &f32_bytes(&resid),
+                    &f32_bytes(&o),
+                    &u32_bytes(route),
+                    &f32_bytes(&before),
+                ],
+                groups,
+            );
+            // At most 5 additions of values <= 1.
+            ck.close(&case, &to_f32(&out[3]), &want, EXACT);
+        }
+    }
+    ck.report();
+}
+
+// ---------------------------------------------------------------------------------------
+// The engine's grid past 65535 workgroups.
+
+#[test]
+fn grid_past_65535_workgroups() {
+    // A 70000-row matvec (a vocabulary-sized lm_head chunk, on a single column to stay
+    // cheap) on the engine's grid: `grid_of` splits it into (65535, 2), and rows 65535..
+    // come from `wid.y`. (The other tests reach `wid.y` with small 2-D grids.)
+    let mut ck = Checker::new("big grid");
+    let mut rng = Rng::new(120);
+    let rows = 70_000usize;
+    let g = grid(rows);
+    assert_eq!(g, (65535, 2));
+    let dtype = DType::BF16;
+    let (wb, w) = weights(&mut rng, dtype, rows);
+    let x = [0.75f32];
+    let before = rng.vec(rows, 1.0);
+    let out = run(
+        Kernel::MatVec,
+        Some(dtype),
+        &[rows as u32, 1, 0, 0, 0],
+        &[&wb, &f32_bytes(&x), &[], &[], &f32_bytes(&before)],
+        g,
+    );
+    let want = reference::matmul(&w, rows, 1, &x, 1);
+    // bf16 times 0.75 is exact in f32, and the other lanes add zeros.
+    ck.close(
+        &format!("matvec {dtype} rows {rows}"),
+        &to_f32(&out[4]),
+        &want,
+        EXACT,
+    );
+    ck.report();
+}
+
+// ---------------------------------------------------------------------------------------
+// Copy (the benchmarks' bandwidth baseline).
+
+/// A kernel looked up by name: for kernels added while this file was written, so that the
+/// file compiles whatever becomes of them.
+fn kernel_named(name: &str) -> Kernel {
+    Kernel::ALL
+        .into_iter()
+        .find(|k| k.name() == name)
+        .unwrap_or_else(|| {
+            panic!("Kernel::ALL has no `{name}` kernel: drop its test if it was removed")
+        })
+}
+
+#[test]
+fn copy() {
+    let kernel = kernel_named("copy");
+    let mut rng = Rng::new(130);
+    let mut cases = 0;
+    // n 16-byte words; the destination has 5 more that must stay as they are.
+    for &n in &[1usize, 3, 64, 255, 256, 257, 1000, 5000] {
+        for two_d in [false, true] {
+            // Any bits, NaN patterns included: a copy must not go through float registers
+            // that could canonicalize them.
+            let src: Vec<u32> = (0..4 * n).map(|_| rng.next_u64() as u32).collect();
+            let before: Vec<u32> = (0..4 * (n + 5)).map(|_| rng.next_u64() as u32).collect();
+            let groups = n.div_ceil(256);
+            let groups = if two_d {
+                grid_2d(groups, 2)
+            } else {
+                grid(groups)
+            };
+            let out = run(
+                kernel,
+                None,
+                &[n as u32],
+                &[&u32_bytes(&src), &u32_bytes(&before)],
+                groups,
+            );
+            let got = to_u32(&out[1]);
+            assert_eq!(
+                &got[..4 * n],
+                &src[..],
+                "copy n {n} 2d {two_d}: copied words"
+            );
+            assert_eq!(
+                &got[4 * n..],
+                &before[4 * n..],
+                "copy n {n} 2d {two_d}: words past n"
+            );
+            cases += 1;
+        }
+    }
+    println!("copy         {cases:>4} cases, exact");
+}
+
+// ---------------------------------------------------------------------------------------
+// Decode routing through the GPU slot table.
+
+#[test]
+fn moe_route() {
+    // For the top_k experts of the decode token: assignment (token 0, slot of the expert
+    // in the slot table of this layer), its weight, route[k] = k; an expert without a slot
+    // (u32::MAX) sets the layer's miss flag and gets slot 0. Dispatched as one workgroup.
+    let kernel = kernel_named("moe_route");
+    let mut rng = Rng::new(140);
+    const NONE: u32 = u32::MAX;
+    let (n_layers, ne) = (3usize, 128usize);
+    let mut cases = 0;
+    for layer in [0usize, 2] {
+        for top_k in [1usize, 2, 5, 8] {
+            for with_miss in [false, true] {
+                // Slot table of all layers: a random slot or none for each expert.
+                let mut table: Vec<u32> = (0..n_layers * ne)
+                    .map(|_| {
+                        if rng.below(3) == 0 {
+                            NONE
+                        } else {
+                            rng.below(40) as u32
+                        }
+                    })
+                    .collect();
+                let mut experts: Vec<usize> = (0..ne).collect();
+                rng.shuffle(&mut experts);
+                let ids: Vec<u32> = experts[..top_k].iter().map(|&e| e as u32).collect();
+                for (k, &e) in ids.iter().enumerate() {
+                    let at = layer * ne + e as usize;
+                    let missing = with_miss && k == top_k / 2;
+                    if missing {
+                        table[at] = NONE;
+                    } else if table[at] == NONE {
+                        table[at] = rng.below(40) as u32;
+                    }
+                }
+                let weights = rng.vec(top_k, 1.0);
+                // Sentinels one entry past top_k; other layers' miss flags are 7.
+                let assign0 = vec![0xdead_beefu32; 2 * (top_k + 1)];
+                let assign_w0 = vec![-5.0f32; top_k + 1];
+                let route0 = vec![0xdead_beefu32; top_k + 1];
+                let mut miss0 = vec![7u32; n_layers];
+                miss0[layer] = 0;
+                let out = run(
+                    kernel,
+                    None,
+                    &[top_k as u32, (layer * ne) as u32, layer as u32],
+                    &[
+                        &u32_bytes(&ids),
+                        &f32_bytes(&weights),
+                        &u32_bytes(&table),
+                        &u32_bytes(&assign0),
+                        &f32_bytes(&assign_w0),
+                        &u32_bytes(&route0),
+                        &u32_bytes(&miss0),
+                    ],
+                    (1, 1),
+                );
+                let case = format!("layer {layer} top_k {top_k} miss {with_miss}");
+                let mut want_assign = assign0.clone();
+                let mut want_w = assign_w0.clone();
+                let mut want_route = route0.clone();
+                let mut want_miss = miss0.clone();
+                for (k, &e) in ids.iter().enumerate() {
+                    let slot = table[layer * ne + e as usize];
+                    if slot == NONE {
+                        want_miss[layer] = 1;
+                    }
+                    want_assign[2 * k] = 0;
+                    want_assign[2 * k + 1] = if slot == NONE { 0 } else { slot };
+                    want_w[k] = weights[k];
+                    want_route[k] = k as u32;
+                }
+                assert_eq!(want_miss[layer], u32::from(with_miss), "{case}");
+                assert_eq!(to_u32(&out[3]), want_assign, "moe_route [{case}]: assign");
+                let got_w = to_f32(&out[4]);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got_w), bits(&want_w), "moe_route [{case}]: weights");
+                assert_eq!(to_u32(&out[5]), want_route, "moe_route [{case}]: route");
+                assert_eq!(to_u32(&out[6]), want_miss, "moe_route [{case}]: miss flags");
+                // The inputs are read only.
+                assert_eq!(to_u32(&out[2]), table, "moe_route [{case}]: slot table");
+                cases += 1;
+            }
+        }
+    }
+    println!("moe_route    {cases:>4} cases, exact");
+}
