@@ -1,34 +1,91 @@
-//! Greedy generation with expert streaming, printing throughput and expert-cache stats.
+//! Text generation with expert streaming: streams the text to stdout, then prints time to
+//! first token, tokens/s and expert-cache stats (to stderr).
 //!
 //! ```text
 //! cargo run --release --example generate                       # synthetic demo model
+//! cargo run --release --example generate -- --model DIR --prompt "Tell me about MoE" --chat
+//! cargo run --release --example generate -- --model DIR --prompt "Once upon a time" \
+//!     --temperature 0.7 --top-p 0.9 --seed 1 --max-tokens 200
+//! cargo run --release --example generate -- --model DIR --prompt "Hi" --chat --print-prompt-ids
 //! cargo run --release --example generate -- --model DIR --prompt-ids 9707,11,1879
 //! ```
-//! Without `--model`, a small synthetic random-weight Qwen3-MoE model is written to a cache
-//! folder (once) and run with an expert-cache budget of a quarter of its experts, so experts
-//! really stream from storage. Its output tokens are meaningless: the weights are random.
+//! Sampling defaults come from the model's `generation_config.json` (greedy without one);
+//! the flags override them (`--temperature 0` is greedy). `--print-prompt-ids` prints the
+//! prompt's token ids as one JSON array and exits without loading the weights (the folder
+//! needs only the tokenizer files).
+//!
+//! Without `--model`, a small synthetic random-weight Qwen3-MoE model with a made-up word
+//! tokenizer is written to a cache folder (once) and run with an expert-cache budget of a
+//! quarter of its experts, so experts really stream from storage. Its output is
+//! meaningless: the weights are random.
 
+#[path = "support/demo.rs"]
+mod demo;
+
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use moestream::synthetic::SyntheticSpec;
-use moestream::Model;
+use moestream::{
+    ChatMessage, GenerateOptions, GenerationConfig, GenerationEvent, Model, Prompt, Tokenizer,
+};
 
 #[derive(Parser, Debug)]
-#[command(about = "Generate tokens with moestream (greedy), streaming experts from storage")]
+#[command(about = "Generate text with moestream, streaming experts from storage")]
 struct Args {
-    /// Checkpoint folder (config.json + safetensors). Default: a synthetic demo model.
+    /// Checkpoint folder (config.json, safetensors, tokenizer.json). Default: a synthetic
+    /// demo model.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Prompt token ids, comma-separated.
+    /// Prompt text.
+    #[arg(long, conflicts_with = "prompt_ids")]
+    prompt: Option<String>,
+    /// Prompt token ids, comma-separated (instead of --prompt).
     #[arg(long, value_delimiter = ',')]
     prompt_ids: Option<Vec<u32>>,
-    /// Tokens to generate.
-    #[arg(long, default_value_t = 32)]
-    max_tokens: usize,
-    /// Expert-cache budget in bytes (default: all experts for --model, 25% for the demo).
+    /// Make the prompt one user message of a conversation, through the chat template.
+    #[arg(long)]
+    chat: bool,
+    /// A system message before the user message (with --chat).
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Extra chat-template variables as a JSON object, e.g. '{"enable_thinking": false}'.
+    #[arg(long)]
+    chat_template_kwargs: Option<String>,
+    /// Print the prompt's token ids as one JSON array and exit.
+    #[arg(long)]
+    print_prompt_ids: bool,
+    /// Tokens to generate (default: generation_config.json's max_new_tokens, else 256; 32
+    /// for the demo).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus sampling: keep the most likely tokens up to this probability.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Keep the k most likely tokens (0: off).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Drop tokens less likely than this fraction of the most likely one.
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Penalize tokens already in the context (1: off).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Random seed (sampling is deterministic for a given seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when the text contains this (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Expert-cache budget in bytes (default: 2 GiB for --model, 25% for the demo).
     #[arg(long)]
     expert_cache_bytes: Option<u64>,
     /// Maximum context of the session.
@@ -36,40 +93,111 @@ struct Args {
     max_context: usize,
 }
 
-fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("MOESTREAM_CACHE") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("moestream");
-    }
-    if let Some(h) = std::env::var_os("HOME") {
-        return PathBuf::from(h).join(".cache").join("moestream");
-    }
-    std::env::temp_dir().join("moestream")
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i as u32)
-}
-
 fn run(args: Args) -> moestream::Result<()> {
     let (dir, default_budget) = match &args.model {
         Some(d) => (d.clone(), None),
+        None if args.print_prompt_ids => {
+            // Only the tokenizer is needed.
+            let dir = demo::cache_dir().join("synthetic-default");
+            std::fs::create_dir_all(&dir).map_err(|e| moestream::Error::Io {
+                path: dir.clone(),
+                source: e,
+            })?;
+            demo::write_demo_tokenizer(
+                &dir,
+                moestream::synthetic::SyntheticSpec::default().vocab_size,
+            )?;
+            (dir, None)
+        }
         None => {
-            let spec = SyntheticSpec::default();
-            let dir = cache_dir().join("synthetic-default");
-            println!(
-                "No --model given: using a SYNTHETIC random-weight Qwen3-MoE model (its output is meaningless)."
-            );
-            println!("Writing it to {} (once) ...", dir.display());
-            let dir = spec.write(&dir)?;
-            (dir, Some(spec.expert_bytes() / 4))
+            let (dir, budget) = demo::demo_model()?;
+            (dir, Some(budget))
         }
     };
+    let has_tokenizer = dir.join("tokenizer.json").exists();
+    let tokenizer = if has_tokenizer {
+        Some(Tokenizer::from_dir(&dir)?)
+    } else {
+        None
+    };
+    let mut options = GenerateOptions::from_generation_config(&GenerationConfig::from_dir(&dir)?);
+    if let Some(k) = &args.chat_template_kwargs {
+        options.chat = options.chat.kwargs_json(k)?;
+    }
+
+    // The prompt.
+    let prompt = match (&args.prompt_ids, &args.prompt) {
+        (Some(ids), _) => Prompt::Ids(ids.clone()),
+        (None, Some(text)) if args.chat => {
+            let mut messages = Vec::new();
+            if let Some(s) = &args.system {
+                messages.push(ChatMessage::system(s.clone()));
+            }
+            messages.push(ChatMessage::user(text.clone()));
+            Prompt::Chat(messages)
+        }
+        (None, Some(text)) => Prompt::Text(text.clone()),
+        (None, None) if tokenizer.is_some() && args.model.is_none() => {
+            // The demo: a few of its made-up words.
+            let text = "kalo mipa user rute basi";
+            if args.chat {
+                Prompt::Chat(vec![ChatMessage::user(text)])
+            } else {
+                Prompt::Text(text.into())
+            }
+        }
+        (None, None) => {
+            return Err(moestream::Error::InvalidArgument(
+                "give --prompt TEXT (or --prompt-ids) with --model".into(),
+            ))
+        }
+    };
+    let need_tokenizer = |what: &str| {
+        moestream::Error::InvalidArgument(format!(
+            "{what} needs a tokenizer, and {} has no tokenizer.json (use --prompt-ids)",
+            dir.display()
+        ))
+    };
+    let prompt_ids = match (&prompt, &tokenizer) {
+        (Prompt::Ids(ids), _) => ids.clone(),
+        (Prompt::Text(t), Some(tok)) => tok.encode(t, true)?,
+        (Prompt::Chat(m), Some(tok)) => tok.encode_chat(m, &options.chat)?,
+        (_, None) => return Err(need_tokenizer("--prompt")),
+    };
+    if args.print_prompt_ids {
+        println!("{}", serde_json::to_string(&prompt_ids).unwrap_or_default());
+        return Ok(());
+    }
+
+    // Options: generation_config.json's defaults, then the flags.
+    let s = &mut options.sampling;
+    if let Some(t) = args.temperature {
+        s.temperature = t;
+    } else if s.is_greedy() && (args.top_p.is_some() || args.top_k.is_some()) {
+        // A truncation flag alone asks for sampling.
+        s.temperature = 1.0;
+    }
+    if let Some(p) = args.top_p {
+        s.top_p = p;
+    }
+    if let Some(k) = args.top_k {
+        s.top_k = k;
+    }
+    if let Some(p) = args.min_p {
+        s.min_p = p;
+    }
+    if let Some(p) = args.repetition_penalty {
+        s.repetition_penalty = p;
+    }
+    s.seed = args.seed;
+    options.max_tokens = args
+        .max_tokens
+        .or(GenerationConfig::from_dir(&dir)?.max_new_tokens)
+        .unwrap_or(if args.model.is_some() { 256 } else { 32 });
+    options.stop = args.stop.clone();
+    options.ignore_eos = args.ignore_eos;
+
+    // The model.
     let mut builder = Model::builder(&dir);
     if let Some(b) = args.expert_cache_bytes.or(default_budget) {
         builder = builder.expert_cache_bytes(b);
@@ -77,7 +205,7 @@ fn run(args: Args) -> moestream::Result<()> {
     let t_load = Instant::now();
     let model = builder.build()?;
     let cfg = model.config();
-    println!(
+    eprintln!(
         "Loaded {} in {:.2}s on {} ({}): {} layers, {} experts/layer, top-{}, resident weights {:.1} MiB, expert cache {:.1} of {:.1} MiB ({} slots)",
         dir.display(),
         t_load.elapsed().as_secs_f64(),
@@ -91,36 +219,109 @@ fn run(args: Args) -> moestream::Result<()> {
         model.total_expert_bytes() as f64 / 1048576.0,
         model.expert_cache_slots(),
     );
-    let prompt = args
-        .prompt_ids
-        .clone()
-        .unwrap_or_else(|| (1..=16).map(|i| (i * 97) % cfg.vocab_size as u32).collect());
+    let s = &options.sampling;
+    eprintln!(
+        "Prompt: {} tokens; sampling: {}",
+        prompt_ids.len(),
+        if s.is_greedy() {
+            "greedy".to_string()
+        } else {
+            format!(
+                "temperature {}, top-k {}, top-p {}, min-p {}, seed {}",
+                s.temperature,
+                s.top_k,
+                s.top_p,
+                s.min_p,
+                s.seed.map_or("random".into(), |x| x.to_string())
+            )
+        }
+    );
     let mut session = model.session(args.max_context)?;
-    println!("Prompt ids: {prompt:?}");
+
+    let Some(tokenizer) = tokenizer else {
+        // No tokenizer: greedy ids, as before tokenizer support.
+        return ids_only(
+            &mut session,
+            &prompt_ids,
+            &options,
+            cfg.eos_token_ids.clone(),
+        );
+    };
+    let mut out = std::io::stdout();
+    let mut done = None;
+    for event in session.generate(&tokenizer, Prompt::Ids(prompt_ids), &options)? {
+        match event? {
+            GenerationEvent::Token { text, .. } => {
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+            GenerationEvent::Done(c) => {
+                let _ = out.write_all(c.text.as_bytes());
+                let _ = writeln!(out);
+                done = Some(*c);
+            }
+            _ => {}
+        }
+    }
+    let Some(c) = done else { return Ok(()) };
+    let st = &c.stats;
+    let total = session.stats();
+    eprintln!(
+        "finished: {}; prefill: {} tokens in {:.3}s ({:.1} tok/s); time to first token {:.3}s; decode: {} tokens in {:.3}s ({:.2} tok/s)",
+        c.reason,
+        st.prompt_tokens - st.cached_prompt_tokens,
+        st.prefill_time.as_secs_f64(),
+        st.prefill_tokens_per_second(),
+        st.time_to_first_token.map_or(0.0, |d| d.as_secs_f64()),
+        st.decode_steps,
+        st.decode_time.as_secs_f64(),
+        st.decode_tokens_per_second(),
+    );
+    eprintln!(
+        "expert cache: hit rate {:.1}% overall; {:.1} MiB read from storage ({} expert reads, {:.3}s reading)",
+        100.0 * total.cache.hit_rate(),
+        total.cache.bytes_read as f64 / 1048576.0,
+        total.cache.misses,
+        total.cache.read_time.as_secs_f64(),
+    );
+    Ok(())
+}
+
+/// Greedy generation printing token ids, for checkpoints without a tokenizer.
+fn ids_only(
+    session: &mut moestream::Session,
+    prompt: &[u32],
+    options: &GenerateOptions,
+    eos: Vec<u32>,
+) -> moestream::Result<()> {
+    let mut sampler = moestream::Sampler::new(options.sampling.clone());
+    sampler.observe_all(prompt);
     let t0 = Instant::now();
-    let logits = session.prefill(&prompt)?;
+    let logits = session.prefill(prompt)?;
     let prefill_s = t0.elapsed().as_secs_f64();
     let after_prefill = session.stats();
-    let mut next = argmax(&logits);
+    let mut next = sampler.sample(&logits);
     print!("Generated ids:");
     let t1 = Instant::now();
     let mut generated = 0;
-    for _ in 0..args.max_tokens {
+    for _ in 0..options.max_tokens {
         print!(" {next}");
-        use std::io::Write;
         let _ = std::io::stdout().flush();
-        if cfg.eos_token_ids.contains(&next) || session.position() >= session.max_context() {
+        if (!options.ignore_eos && eos.contains(&next))
+            || session.position() >= session.max_context()
+        {
             break;
         }
+        sampler.observe(next);
         let logits = session.step(next)?;
         generated += 1;
-        next = argmax(&logits);
+        next = sampler.sample(&logits);
     }
     println!();
     let decode_s = t1.elapsed().as_secs_f64();
     let total = session.stats();
     let decode = total.cache.since(&after_prefill.cache);
-    println!(
+    eprintln!(
         "prefill: {} tokens in {:.3}s ({:.1} tok/s); decode: {} tokens in {:.3}s ({:.2} tok/s)",
         prompt.len(),
         prefill_s,
@@ -129,7 +330,7 @@ fn run(args: Args) -> moestream::Result<()> {
         decode_s,
         generated as f64 / decode_s.max(1e-9)
     );
-    println!(
+    eprintln!(
         "expert cache: hit rate {:.1}% overall, {:.1}% in decode; {:.1} MiB read from storage ({} expert reads, {:.3}s reading)",
         100.0 * total.cache.hit_rate(),
         100.0 * decode.hit_rate(),

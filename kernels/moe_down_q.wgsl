@@ -6,7 +6,8 @@
 //
 // Workgroup (wid.x, wid.y) computes rows ROWS * wid.x .. + ROWS of assignment
 // assign_base + wid.y with WG threads, as qmatvec.wgsl does (16 columns per thread and
-// step, rows past `hidden` re-read the last row: branch-free loads, sums dropped).
+// step, h read as vec4s (inter is a multiple of 32), rows past `hidden` re-read the last
+// row: branch-free loads, sums dropped).
 struct Params {
     hidden: u32,
     inter: u32,
@@ -20,7 +21,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> experts: array<u32>;
-@group(0) @binding(2) var<storage, read> h: array<f32>;
+@group(0) @binding(2) var<storage, read> h: array<vec4<f32>>; // [assignments, inter], read as vec4s
 @group(0) @binding(3) var<storage, read> assign: array<u32>;
 @group(0) @binding(4) var<storage, read> route_w: array<f32>;
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
@@ -73,11 +74,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc = vec4<f32>(0.0);
     // Octet pairs: inter is a multiple of 32, so the octet count is even.
     for (var u = 2u * lid; u < p.inter / 8u; u += 2u * WG) {
-        let hi = a * p.inter + 8u * u;
-        let ha = vec4<f32>(h[hi], h[hi + 1u], h[hi + 2u], h[hi + 3u]);
-        let hb = vec4<f32>(h[hi + 4u], h[hi + 5u], h[hi + 6u], h[hi + 7u]);
-        let hc = vec4<f32>(h[hi + 8u], h[hi + 9u], h[hi + 10u], h[hi + 11u]);
-        let hd = vec4<f32>(h[hi + 12u], h[hi + 13u], h[hi + 14u], h[hi + 15u]);
+        let hi = a * (p.inter / 4u) + 2u * u;
+        let ha = h[hi];
+        let hb = h[hi + 1u];
+        let hc = h[hi + 2u];
+        let hd = h[hi + 3u];
         let hsum = dot(ha + hb + hc + hd, vec4<f32>(1.0));
         acc += vec4<f32>(
             row_dot(dq, ds, db, j0, u, ha, hb, hc, hd, hsum),

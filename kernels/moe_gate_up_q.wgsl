@@ -7,7 +7,8 @@
 //
 // Workgroup (wid.x, wid.y) computes rows ROWS * wid.x .. + ROWS of assignment
 // assign_base + wid.y with WG threads, as qmatvec.wgsl does: each step, thread `lid` takes
-// 16 columns (two octets, one group), loads them of x once and uses them for the ROWS rows
+// 16 columns (two octets, one group), loads them of x once (as 4 vec4s: hidden is a
+// multiple of 32, so every token's row is vec4-aligned) and uses them for the ROWS rows
 // of both G and U; rows past `inter` re-read the last row (branch-free loads, sums dropped).
 struct Params {
     hidden: u32,
@@ -25,7 +26,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> experts: array<u32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>; // [tokens, hidden], read as vec4s
 @group(0) @binding(3) var<storage, read> assign: array<u32>;
 @group(0) @binding(4) var<storage, read_write> h: array<f32>;
 
@@ -83,11 +84,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var up = vec4<f32>(0.0);
     // Octet pairs: hidden is a multiple of 32, so the octet count is even.
     for (var u = 2u * lid; u < p.hidden / 8u; u += 2u * WG) {
-        let xi = token * p.hidden + 8u * u;
-        let xa = vec4<f32>(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
-        let xb = vec4<f32>(x[xi + 4u], x[xi + 5u], x[xi + 6u], x[xi + 7u]);
-        let xc = vec4<f32>(x[xi + 8u], x[xi + 9u], x[xi + 10u], x[xi + 11u]);
-        let xd = vec4<f32>(x[xi + 12u], x[xi + 13u], x[xi + 14u], x[xi + 15u]);
+        let xi = token * (p.hidden / 4u) + 2u * u;
+        let xa = x[xi];
+        let xb = x[xi + 1u];
+        let xc = x[xi + 2u];
+        let xd = x[xi + 3u];
         let xsum = dot(xa + xb + xc + xd, vec4<f32>(1.0));
         g += vec4<f32>(
             row_dot(gq, gs, gb, i0, u, xa, xb, xc, xd, xsum),

@@ -3,10 +3,13 @@
 // `w` holds [codes: rows * cols * BITS / 32 words][scales][biases], the scales and biases
 // starting at words scales_word / biases_word (see include/quant.wgsl).
 //
+// x is read as vec4s: x_offset must be a multiple of 4 (a token's row of a [tokens, cols]
+// activation always is, cols being a multiple of 32); otherwise every output is NaN.
+//
 // ROWS rows per workgroup of WG threads. Each step, thread `lid` takes 16 columns (two
 // octets, one group) starting at column 16 * (lid + WG * step): adjacent threads read
-// adjacent code words, and the 16 values of x are loaded once into registers for all ROWS
-// rows. Per row and step one scale and one bias are applied (the group trick):
+// adjacent code words, and the 16 values of x are loaded once (4 vec4 loads: scalar loads
+// cost twice the time on an H200) into registers for all ROWS rows. Per row and step one scale and one bias are applied (the group trick):
 // s * dot(q, x16) + b * sum(x16). Rows past the end of the chunk re-read the last row so
 // that the loads of all ROWS rows are issued without branches (their sums are dropped):
 // the kernel is bound by memory latency, and independent loads in flight are what count.
@@ -15,14 +18,14 @@ struct Params {
     cols: u32,
     row_base: u32,
     flags: u32, // bit 0: add bias, bit 1: add residual
-    x_offset: u32,
+    x_offset: u32, // in floats, a multiple of 4
     scales_word: u32,
     biases_word: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
-@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> resid: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
@@ -67,11 +70,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var acc = vec4<f32>(0.0);
     // Octet pairs: cols is a multiple of 32, so the octet count is even.
     for (var u = 2u * lid; u < p.cols / 8u; u += 2u * WG) {
-        let xi = p.x_offset + 8u * u;
-        let xa = vec4<f32>(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
-        let xb = vec4<f32>(x[xi + 4u], x[xi + 5u], x[xi + 6u], x[xi + 7u]);
-        let xc = vec4<f32>(x[xi + 8u], x[xi + 9u], x[xi + 10u], x[xi + 11u]);
-        let xd = vec4<f32>(x[xi + 12u], x[xi + 13u], x[xi + 14u], x[xi + 15u]);
+        let xi = (p.x_offset >> 2u) + 2u * u;
+        let xa = x[xi];
+        let xb = x[xi + 1u];
+        let xc = x[xi + 2u];
+        let xd = x[xi + 3u];
         let xsum = dot(xa + xb + xc + xd, vec4<f32>(1.0));
         acc += vec4<f32>(
             row_dot(r0, u, xa, xb, xc, xd, xsum),
@@ -91,6 +94,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (lid < min(ROWS, p.rows - r0)) {
         let o = p.row_base + r0 + lid;
         var v = red[0][lid];
+        if ((p.x_offset & 3u) != 0u) {
+            v = bitcast<f32>(0x7fc00000u); // NaN: a misaligned x_offset is not supported
+        }
         if ((p.flags & 1u) != 0u) {
             v += bias[o];
         }

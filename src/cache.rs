@@ -244,7 +244,8 @@ impl ExpertCache {
 
     fn set_table(&self, gpu: &Gpu, (layer, expert): (usize, usize), value: u32) {
         let at = ((layer * self.num_experts + expert) * 4) as u64;
-        gpu.queue.write_buffer(&self.table, at, &value.to_le_bytes());
+        gpu.queue
+            .write_buffer(&self.table, at, &value.to_le_bytes());
     }
 
     /// Whether every slot is in one page (the decode routing kernel needs that).

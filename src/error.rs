@@ -143,6 +143,26 @@ pub enum Error {
         vocab_size: usize,
     },
 
+    /// A tokenizer could not be loaded (a missing or malformed `tokenizer.json` or
+    /// `tokenizer_config.json`), or encoding or decoding failed.
+    #[error("tokenizer{}: {reason}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    Tokenizer {
+        /// The file involved, if any.
+        path: Option<PathBuf>,
+        /// What went wrong.
+        reason: String,
+    },
+
+    /// A chat template failed to compile or to render, or called `raise_exception` (the
+    /// reason is then the template's message, e.g. "Conversation roles must alternate").
+    #[error("{template}: {reason}")]
+    Template {
+        /// Which template: its file, and its name for named templates.
+        template: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// A caller-supplied argument or option is invalid.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

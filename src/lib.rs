@@ -2,31 +2,41 @@
 #![warn(missing_docs)]
 
 mod cache;
+mod chat;
 mod checkpoint;
 mod config;
 mod dtype;
 mod error;
 mod format;
 mod forward;
+mod generate;
 pub mod golden;
 pub mod gpu;
 mod io;
 mod model;
 mod names;
 pub mod reference;
+mod sampling;
 mod session;
 mod store;
 pub mod synthetic;
+mod tokenizer;
 mod weights;
 
 pub use cache::CacheStats;
+pub use chat::{ChatMessage, ChatOptions, ChatTemplate, ChatTemplates};
 pub use checkpoint::{Checkpoint, CheckpointFile, MatrixView, TensorEntry, TensorView};
 pub use config::{ModelConfig, SUPPORTED_MODEL_TYPES};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use format::{AffineQuant, WeightFormat};
+pub use generate::{
+    CancelHandle, Chat, Completion, FinishReason, GenerateOptions, Generation, GenerationEvent,
+    GenerationStats, Prompt, DEFAULT_MAX_TOKENS,
+};
 pub use gpu::{AdapterChoice, AdapterSummary, ADAPTER_ENV};
 pub use model::{Model, ModelBuilder, DEFAULT_EXPERT_CACHE_BYTES, DEFAULT_IO_THREADS};
+pub use sampling::{Candidate, GenerationConfig, LogitsNeeded, Sampler, SamplingParams};
 pub use session::{Session, SessionStats, MAX_PASS_TOKENS};
 pub use store::{
     checkpoint_identity, pack_experts, pack_experts_from, PackOptions, PackOutcome, PackProgress,
@@ -35,3 +45,6 @@ pub use store::{
 pub use store::{
     AlignedBuf, ExpertLayout, ExpertRole, ExpertStore, ExpertTensor, MemoryStore, SafetensorsStore,
 };
+#[cfg(feature = "tokenizers")]
+pub use tokenizer::HfTokenizer;
+pub use tokenizer::{IncrementalDecoder, SpecialTokens, TextTokenizer, Tokenizer};

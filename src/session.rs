@@ -189,7 +189,10 @@ impl Session {
         let h = cfg.hidden_size;
         let qd = cfg.num_attention_heads * cfg.head_dim;
         let kvd = cfg.num_key_value_heads * cfg.head_dim;
-        let readback_bytes = ((cfg.vocab_size * 4 + cfg.num_hidden_layers * (k + 1) * 4).max(cap * k * 8) as u64).div_ceil(16) * 16
+        let readback_bytes = ((cfg.vocab_size * 4 + cfg.num_hidden_layers * (k + 1) * 4)
+            .max(cap * k * 8) as u64)
+            .div_ceil(16)
+            * 16
             + Timer::READBACK_BYTES;
         let scratch = Scratch {
             cap,
@@ -403,7 +406,10 @@ impl Session {
             let log: Vec<u32> = bytemuck::pod_collect_to_vec(&extra[1]);
             let mut keys = Vec::new();
             for l in cfg.moe_layers() {
-                let mut chosen: Vec<usize> = log[l * k..(l + 1) * k].iter().map(|&e| e as usize).collect();
+                let mut chosen: Vec<usize> = log[l * k..(l + 1) * k]
+                    .iter()
+                    .map(|&e| e as usize)
+                    .collect();
                 chosen.sort_unstable();
                 chosen.dedup();
                 keys.extend(chosen.into_iter().map(|e| (l, e)));

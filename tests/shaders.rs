@@ -40,13 +40,36 @@ const MSL_VERSION: (u8, u8) = (2, 0);
 /// SPIR-V of Vulkan 1.0, the oldest wgpu's Vulkan backend targets.
 const SPV_VERSION: (u8, u8) = (1, 0);
 
-/// `(WDT value, dtype name)` a kernel is compiled for: the three weight dtypes for kernels
-/// that read weights, else only the default.
-fn variants(kernel: Kernel) -> Vec<(Option<u32>, &'static str)> {
-    if kernel.reads_weights() {
-        vec![(Some(0), "f32"), (Some(1), "f16"), (Some(2), "bf16")]
+/// Scale/weight dtypes as the `WDT` override constant encodes them.
+const WDTS: [(u32, &str); 3] = [(0, "f32"), (1, "f16"), (2, "bf16")];
+/// Bits per code and group sizes of MLX affine quantization (`AffineQuant::new`).
+const QUANT_BITS: [u32; 6] = [2, 3, 4, 5, 6, 8];
+const QUANT_GROUPS: [u32; 3] = [32, 64, 128];
+
+/// The override constants a kernel is compiled with (as `Kernel::constants` gives them to
+/// `Gpu::pipeline`), each with a name for messages: nothing for kernels that read no
+/// weights; the three weight dtypes for float-weight kernels; every scale dtype x bits x
+/// group size for quantized kernels.
+fn variants(kernel: Kernel) -> Vec<(Vec<(&'static str, f64)>, String)> {
+    if kernel.is_quantized() {
+        let mut v = Vec::new();
+        for (wdt, dtype) in WDTS {
+            for bits in QUANT_BITS {
+                for group in QUANT_GROUPS {
+                    v.push((
+                        kernel.constants(wdt, Some((bits, group))),
+                        format!("WDT {dtype}, BITS {bits}, GROUP {group}"),
+                    ));
+                }
+            }
+        }
+        v
+    } else if kernel.reads_weights() {
+        WDTS.iter()
+            .map(|&(wdt, dtype)| (kernel.constants(wdt, None), format!("WDT {dtype}")))
+            .collect()
     } else {
-        vec![(None, "default")]
+        vec![(kernel.constants(0, None), "default".to_string())]
     }
 }
 
@@ -168,22 +191,20 @@ fn write_spv(module: &Module, info: &ModuleInfo) -> Result<Vec<u32>, spv::Error>
     spv::write_vec(module, info, &options, Some(&pipeline))
 }
 
-/// Everything checked for one kernel compiled for one dtype.
+/// Everything checked for one kernel compiled with one set of override constants.
 fn check_variant(
     kernel: Kernel,
-    wdt: Option<u32>,
-    dtype: &str,
+    overrides: &[(&str, f64)],
+    label: &str,
     module: &Module,
     info: &ModuleInfo,
     source: &str,
 ) {
     let name = kernel.name();
-    let what = format!("kernel {name} (WDT {dtype})");
+    let what = format!("kernel {name} ({label})");
 
-    let constants: naga::back::PipelineConstants = wdt
-        .map(|v| ("WDT".to_string(), f64::from(v)))
-        .into_iter()
-        .collect();
+    let constants: naga::back::PipelineConstants =
+        overrides.iter().map(|&(k, v)| (k.to_string(), v)).collect();
     let (resolved, resolved_info) = naga::back::pipeline_constants::process_overrides(
         module,
         info,
@@ -284,10 +305,13 @@ fn every_kernel_validates_and_translates_to_msl_and_spirv() {
         let name = kernel.name();
         let (source, module, info) = parse_and_validate(kernel);
 
-        let has_wdt = module
-            .overrides
-            .iter()
-            .any(|(_, o)| o.name.as_deref() == Some("WDT"));
+        let has_override = |c: &str| {
+            module
+                .overrides
+                .iter()
+                .any(|(_, o)| o.name.as_deref() == Some(c))
+        };
+        let has_wdt = has_override("WDT");
         assert_eq!(
             has_wdt,
             kernel.reads_weights(),
@@ -295,6 +319,30 @@ fn every_kernel_validates_and_translates_to_msl_and_spirv() {
             kernel.reads_weights(),
             if has_wdt { "declares" } else { "lacks" }
         );
+        for c in ["BITS", "GROUP"] {
+            let has = has_override(c);
+            assert_eq!(
+                has,
+                kernel.is_quantized(),
+                "kernel {name}: is_quantized() is {} but the WGSL {} the `override {c}` constant",
+                kernel.is_quantized(),
+                if has { "declares" } else { "lacks" }
+            );
+        }
+        // Every override the module declares is one `Kernel::constants` sets (with a
+        // quantization for quantized kernels), so no pipeline silently runs on a default.
+        let set: Vec<&str> = kernel
+            .constants(0, kernel.is_quantized().then_some((4, 64)))
+            .iter()
+            .map(|(k, _)| *k)
+            .collect();
+        for (_, o) in module.overrides.iter() {
+            let oname = o.name.as_deref().unwrap_or("?");
+            assert!(
+                set.contains(&oname),
+                "kernel {name}: declares `override {oname}`, which Kernel::constants does not set ({set:?})"
+            );
+        }
 
         let entry_points: Vec<_> = module
             .entry_points
@@ -325,8 +373,8 @@ fn every_kernel_validates_and_translates_to_msl_and_spirv() {
             "kernel {name}: {uniform} uniform buffers, WebGPU allows {MAX_UNIFORM_BUFFERS} per stage by default"
         );
 
-        for (wdt, dtype) in variants(kernel) {
-            check_variant(kernel, wdt, dtype, &module, &info, &source);
+        for (constants, label) in variants(kernel) {
+            check_variant(kernel, &constants, &label, &module, &info, &source);
         }
     }
 }
@@ -383,14 +431,24 @@ fn kernels_folder_holds_exactly_one_file_per_kernel() {
          Kernel names with no file: {missing:?}"
     );
 
-    // Each kernel's source is its file (after the shared include, where there is one).
+    // Each kernel's source is its file after the shared includes it names, in order.
     for kernel in Kernel::ALL {
         let path = format!("{dir}/{}.wgsl", kernel.name());
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        let mut want = String::new();
+        for inc in kernel.includes() {
+            let ipath = format!("{dir}/include/{}.wgsl", inc.name());
+            let itext =
+                std::fs::read_to_string(&ipath).unwrap_or_else(|e| panic!("reading {ipath}: {e}"));
+            want.push_str(&itext);
+            want.push('\n');
+        }
+        want.push_str(&text);
         assert!(
-            kernel.source().ends_with(&text),
-            "kernel {}: Kernel::source() is not the content of {path}",
-            kernel.name()
+            kernel.source() == want,
+            "kernel {}: Kernel::source() is not {:?} followed by {path}",
+            kernel.name(),
+            kernel.includes()
         );
     }
 }

@@ -37,7 +37,8 @@ pub enum Kernel {
     MoeDown,
     /// Weighted expert combine + residual.
     MoeCombine,
-    /// Decode mat-vec over MLX affine-quantized weights ([`qmatvec_groups`]).
+    /// Decode mat-vec over MLX affine-quantized weights ([`qmatvec_groups`]). Reads x as
+    /// vec4s: its `x_offset` must be a multiple of 4 (every output is NaN otherwise).
     QMatVec,
     /// Prefill mat-mat over MLX affine-quantized weights ([`qmatmul_groups`]).
     QMatMul,

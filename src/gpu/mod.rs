@@ -47,6 +47,9 @@ pub struct AdapterSummary {
     pub max_binding_bytes: u64,
 }
 
+/// A compiled pipeline's identity: kernel, weight (or scale) dtype code, bits, group size.
+type PipelineKey = (Kernel, u32, u32, u32);
+
 pub(crate) struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -56,7 +59,7 @@ pub(crate) struct Gpu {
     pub uniform_align: u64,
     /// Whether passes can be timed with timestamp queries.
     pub timestamps: bool,
-    pipelines: Mutex<HashMap<(Kernel, u32, u32, u32), Arc<wgpu::ComputePipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
     error: Arc<Mutex<Option<String>>>,
     /// A small buffer bound where a kernel's optional input is unused.

@@ -102,7 +102,9 @@ pub struct GpuBench {
 
 impl std::fmt::Debug for GpuBench {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuBench").field("adapter", &self.gpu.summary).finish()
+        f.debug_struct("GpuBench")
+            .field("adapter", &self.gpu.summary)
+            .finish()
     }
 }
 

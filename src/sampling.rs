@@ -1,0 +1,742 @@
+//! Picking the next token: greedy, or sampling with temperature, top-k, top-p and min-p,
+//! with a repetition penalty; seeded and deterministic. Defaults come from
+//! `generation_config.json` ([`GenerationConfig`]).
+//!
+//! The [`Sampler`] works from full logits ([`Sampler::sample`]) or from a truncated list of
+//! the largest logits ([`Sampler::sample_candidates`], for a GPU-side top-N readback); it
+//! says how many logits it needs ([`SamplingParams::logits_needed`]) and, given a
+//! truncated list, answers only when the list determines the same result as the full
+//! logits would.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// How the next token is chosen. The default is greedy (argmax).
+///
+/// The processing order is transformers': repetition penalty, temperature, top-k, top-p,
+/// min-p, then a draw from what is left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 (or less) means greedy.
+    pub temperature: f32,
+    /// Keep the `top_k` largest logits (ties with the k-th kept); 0 turns it off.
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches `top_p`;
+    /// 1 turns it off.
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` times the most likely one; 0 turns it off.
+    pub min_p: f32,
+    /// Divide positive logits (multiply negative ones) of tokens already in the context by
+    /// this; 1 turns it off.
+    pub repetition_penalty: f32,
+    /// Seed of the random draws; `None` seeds from the clock.
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self::greedy()
+    }
+}
+
+/// How many logits a [`Sampler`] needs to pick a token exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsNeeded {
+    /// Only the largest logit and its id.
+    Argmax,
+    /// The `n` largest logits and their ids (more are fine; with a repetition penalty
+    /// some extra help, see [`Sampler::sample_candidates`]).
+    Top(usize),
+    /// All of them.
+    Full,
+}
+
+impl SamplingParams {
+    /// Always the most likely token.
+    pub fn greedy() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            seed: None,
+        }
+    }
+
+    /// Sampling at `temperature` with no truncation.
+    pub fn with_temperature(temperature: f32) -> Self {
+        SamplingParams {
+            temperature,
+            ..Self::greedy()
+        }
+    }
+
+    /// Whether the choice is greedy (no random draw).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 || self.temperature.is_nan()
+    }
+
+    /// Checks the values are in range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.temperature.is_nan() {
+            return bad("temperature must be a number".into());
+        }
+        if !(self.top_p >= 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in [0, 1], found {}", self.top_p));
+        }
+        if !(self.min_p >= 0.0 && self.min_p <= 1.0) {
+            return bad(format!("min_p must be in [0, 1], found {}", self.min_p));
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            return bad(format!(
+                "repetition_penalty must be positive, found {}",
+                self.repetition_penalty
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many of the largest logits a token choice needs (see [`LogitsNeeded`]).
+    pub fn logits_needed(&self) -> LogitsNeeded {
+        let penalized = self.repetition_penalty != 1.0;
+        if self.is_greedy() {
+            return if penalized {
+                LogitsNeeded::Top(32)
+            } else {
+                LogitsNeeded::Argmax
+            };
+        }
+        if self.top_k > 0 {
+            return LogitsNeeded::Top(self.top_k + if penalized { 32 } else { 0 });
+        }
+        LogitsNeeded::Full
+    }
+}
+
+/// One entry of a truncated logits list: a token id and its logit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    /// Token id.
+    pub id: u32,
+    /// Its logit.
+    pub logit: f32,
+}
+
+/// Chooses tokens with [`SamplingParams`]; keeps the random state and the set of tokens
+/// the repetition penalty applies to. The same seed, params and inputs give the same
+/// tokens.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    seen: Seen,
+    scratch: Vec<Candidate>,
+}
+
+impl Sampler {
+    /// A sampler with an empty history.
+    pub fn new(params: SamplingParams) -> Self {
+        let seed = params.seed.unwrap_or_else(clock_seed);
+        Sampler {
+            params,
+            rng: Rng::new(seed),
+            seen: Seen::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Records a token of the context (for the repetition penalty).
+    pub fn observe(&mut self, id: u32) {
+        if self.params.repetition_penalty != 1.0 {
+            self.seen.insert(id);
+        }
+    }
+
+    /// Records tokens of the context.
+    pub fn observe_all(&mut self, ids: &[u32]) {
+        for &id in ids {
+            self.observe(id);
+        }
+    }
+
+    /// Forgets the recorded tokens.
+    pub fn clear_history(&mut self) {
+        self.seen.clear();
+    }
+
+    fn penalize(&self, id: u32, logit: f32) -> f32 {
+        let p = self.params.repetition_penalty;
+        if p != 1.0 && self.seen.contains(id) {
+            if logit < 0.0 {
+                logit * p
+            } else {
+                logit / p
+            }
+        } else {
+            logit
+        }
+    }
+
+    /// The next token from the full logits (one per vocabulary entry). NaN logits count
+    /// as minus infinity. Returns 0 for an empty slice.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.params.is_greedy() {
+            let mut best: Option<(u32, f32)> = None;
+            for (i, &x) in logits.iter().enumerate() {
+                let v = self.penalize(i as u32, x);
+                if v.is_nan() {
+                    continue;
+                }
+                if best.is_none_or(|(_, b)| v > b) {
+                    best = Some((i as u32, v));
+                }
+            }
+            return best.map_or(0, |(i, _)| i);
+        }
+        let mut cands = std::mem::take(&mut self.scratch);
+        cands.clear();
+        cands.extend(logits.iter().enumerate().map(|(i, &x)| Candidate {
+            id: i as u32,
+            logit: self.penalize(i as u32, x),
+        }));
+        let id = self.draw(&mut cands);
+        self.scratch = cands;
+        id
+    }
+
+    /// The next token from a truncated list: the largest logits with their ids (any
+    /// order), e.g. a GPU-side top-N readback. Returns `None` when the list does not
+    /// determine the token the full logits would give (then call
+    /// [`sample`](Self::sample) with all logits):
+    /// - greedy: the list must hold a token the repetition penalty does not lower;
+    /// - top-k: it must hold `top_k` such tokens (top-p and min-p then work on them);
+    /// - no top-k: min-p alone must cut inside the list; top-p or plain temperature
+    ///   sampling need the full logits.
+    pub fn sample_candidates(&mut self, candidates: &[Candidate]) -> Option<u32> {
+        if candidates.is_empty() {
+            return None;
+        }
+        let p = &self.params;
+        let penalized = p.repetition_penalty != 1.0;
+        let unpenalized = if penalized {
+            candidates
+                .iter()
+                .filter(|c| !self.seen.contains(c.id))
+                .count()
+        } else {
+            candidates.len()
+        };
+        let clean = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { x };
+        if p.is_greedy() {
+            if unpenalized == 0 {
+                return None;
+            }
+            let mut best: Option<(u32, f32)> = None;
+            for c in candidates {
+                let v = clean(self.penalize(c.id, c.logit));
+                if best.is_none_or(|(bid, b)| v > b || (v == b && c.id < bid)) {
+                    best = Some((c.id, v));
+                }
+            }
+            return best.map(|(i, _)| i);
+        }
+        if p.top_k > 0 {
+            if unpenalized < p.top_k {
+                return None;
+            }
+        } else if p.top_p < 1.0 || p.min_p <= 0.0 {
+            return None;
+        } else {
+            // min-p alone: every token outside the list (at most the list's smallest raw
+            // logit) must fall below the cut.
+            let floor = candidates
+                .iter()
+                .map(|c| clean(c.logit))
+                .fold(f32::INFINITY, f32::min);
+            let top = candidates
+                .iter()
+                .map(|c| clean(self.penalize(c.id, c.logit)))
+                .fold(f32::NEG_INFINITY, f32::max);
+            let rel = ((f64::from(floor) - f64::from(top)) / f64::from(p.temperature)).exp();
+            if rel >= f64::from(p.min_p) || rel.is_nan() {
+                return None;
+            }
+        }
+        let mut cands = std::mem::take(&mut self.scratch);
+        cands.clear();
+        cands.extend(candidates.iter().map(|c| Candidate {
+            id: c.id,
+            logit: self.penalize(c.id, c.logit),
+        }));
+        // The list's order must not matter: draw from id order, as from full logits.
+        cands.sort_by_key(|c| c.id);
+        let id = self.draw(&mut cands);
+        self.scratch = cands;
+        Some(id)
+    }
+
+    /// Temperature, top-k, top-p, min-p, then a draw. `cands` holds penalized logits in id
+    /// order; the draw walks what is left in id order, so a truncated list and the full
+    /// logits give the same token for the same random number.
+    fn draw(&mut self, cands: &mut Vec<Candidate>) -> u32 {
+        let p = self.params.clone();
+        let t = p.temperature;
+        for c in cands.iter_mut() {
+            c.logit = if c.logit.is_nan() {
+                f32::NEG_INFINITY
+            } else {
+                c.logit / t
+            };
+        }
+        let mut by_id = true;
+        if p.top_k > 0 && p.top_k < cands.len() {
+            let k = p.top_k;
+            cands.select_nth_unstable_by(k - 1, desc);
+            let threshold = cands[k - 1].logit;
+            // transformers keeps every token tied with the k-th.
+            let mut keep = k;
+            for i in k..cands.len() {
+                if cands[i].logit >= threshold {
+                    cands.swap(keep, i);
+                    keep += 1;
+                }
+            }
+            cands.truncate(keep);
+            by_id = false;
+        }
+        if p.top_p < 1.0 {
+            let n = top_p_count(cands, p.top_p);
+            cands.truncate(n);
+            by_id = false;
+        }
+        let max = cands
+            .iter()
+            .map(|c| c.logit)
+            .fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
+            // Nothing is possible; fall back to the smallest id left.
+            return cands.iter().map(|c| c.id).min().unwrap_or(0);
+        }
+        if p.min_p > 0.0 {
+            let cut = f64::from(p.min_p).ln();
+            let max64 = f64::from(max);
+            cands.retain(|c| f64::from(c.logit) - max64 >= cut);
+        }
+        if !by_id {
+            // Stable and run-adaptive: top-p leaves long runs already in id order.
+            cands.sort_by_key(|c| c.id);
+        }
+        let weights: Vec<f64> = cands
+            .iter()
+            .map(|c| (f64::from(c.logit) - f64::from(max)).exp())
+            .collect();
+        let total: f64 = weights.iter().sum();
+        let mut u = self.rng.next_f64() * total;
+        for (c, w) in cands.iter().zip(&weights) {
+            if u < *w {
+                return c.id;
+            }
+            u -= w;
+        }
+        // Rounding: the last token with a weight.
+        cands
+            .iter()
+            .zip(&weights)
+            .rev()
+            .find(|(_, w)| **w > 0.0)
+            .map_or(cands[0].id, |(c, _)| c.id)
+    }
+}
+
+/// A set of token ids (a bitset: the lookups run once per vocabulary entry per token).
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    bits: Vec<u64>,
+}
+
+impl Seen {
+    fn insert(&mut self, id: u32) {
+        let (w, b) = ((id / 64) as usize, id % 64);
+        if w >= self.bits.len() {
+            self.bits.resize(w + 1, 0);
+        }
+        self.bits[w] |= 1 << b;
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        self.bits
+            .get((id / 64) as usize)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+
+    fn clear(&mut self) {
+        self.bits.clear();
+    }
+}
+
+/// Descending logit, then ascending id: a total order.
+fn desc(a: &Candidate, b: &Candidate) -> std::cmp::Ordering {
+    b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id))
+}
+
+/// Applies top-p: keeps token j (in descending order) while the probability of the tokens
+/// before it is below `top_p` (transformers' rule), at least one; returns how many are
+/// kept, moved to the front of `cands` in a deterministic order. Large lists are bucketed
+/// by logit so that only the bucket where the cut falls is sorted.
+fn top_p_count(cands: &mut Vec<Candidate>, top_p: f32) -> usize {
+    let n = cands.len();
+    if n == 0 {
+        return 0;
+    }
+    let (lo, hi) = cands
+        .iter()
+        .filter(|c| c.logit > f32::NEG_INFINITY)
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), c| {
+            (lo.min(c.logit), hi.max(c.logit))
+        });
+    if hi == f32::NEG_INFINITY {
+        return n;
+    }
+    let max = f64::from(hi);
+    let weight = |c: &Candidate| f64::from((c.logit - hi).exp());
+    // Keeps the sorted slice's tokens while the mass before them is below the target.
+    let cut = |sorted: &[Candidate], mut before: f64, target: f64| {
+        for (j, c) in sorted.iter().enumerate() {
+            if j > 0 && before >= target {
+                return j;
+            }
+            before += weight(c);
+        }
+        sorted.len()
+    };
+    const BINS: usize = 4096;
+    let range = f64::from(hi) - f64::from(lo);
+    if n <= BINS || range <= 0.0 || range.is_nan() {
+        let target = f64::from(top_p) * cands.iter().map(weight).sum::<f64>();
+        cands.sort_by(desc);
+        return cut(cands, 0.0, target).max(1);
+    }
+    // Bin 0 holds the largest logits; one pass computes every weight and bin.
+    let scale = BINS as f64 / range;
+    let mut mass = vec![0.0f64; BINS];
+    let mut bins: Vec<u16> = Vec::with_capacity(n);
+    for c in cands.iter() {
+        let b = if c.logit == f32::NEG_INFINITY {
+            BINS - 1
+        } else {
+            (((max - f64::from(c.logit)) * scale) as usize).min(BINS - 1)
+        };
+        bins.push(b as u16);
+        mass[b] += weight(c);
+    }
+    let target = f64::from(top_p) * mass.iter().sum::<f64>();
+    let mut before = 0.0;
+    let mut boundary = BINS - 1;
+    for (b, m) in mass.iter().enumerate() {
+        if before + m >= target {
+            boundary = b;
+            break;
+        }
+        before += m;
+    }
+    // Whole bins above the boundary (id order), then the boundary bin sorted and cut.
+    let boundary = boundary as u16;
+    let mut above: Vec<Candidate> = Vec::new();
+    let mut edge: Vec<Candidate> = Vec::new();
+    for (c, &b) in cands.iter().zip(&bins) {
+        match b.cmp(&boundary) {
+            std::cmp::Ordering::Less => above.push(*c),
+            std::cmp::Ordering::Equal => edge.push(*c),
+            std::cmp::Ordering::Greater => {}
+        }
+    }
+    edge.sort_by(desc);
+    let keep_edge = if above.is_empty() {
+        cut(&edge, 0.0, target).max(1)
+    } else {
+        // Every token above is kept; the edge continues from their mass.
+        let mut j = 0;
+        let mut b = before;
+        while j < edge.len() && b < target {
+            b += weight(&edge[j]);
+            j += 1;
+        }
+        j
+    };
+    let kept = above.len() + keep_edge;
+    above.extend_from_slice(&edge[..keep_edge]);
+    *cands = above;
+    kept
+}
+
+fn clock_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ COUNTER
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// xoshiro256** seeded with SplitMix64: small, fast, the same on every platform.
+#[derive(Debug, Clone)]
+struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let s = &mut self.s;
+        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1).
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// `generation_config.json`: end-of-sequence ids and sampling defaults. Missing fields are
+/// `None`; [`sampling`](Self::sampling) fills them as transformers does.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct GenerationConfig {
+    /// `eos_token_id` (an id or a list).
+    pub eos_token_ids: Vec<u32>,
+    /// `bos_token_id`.
+    pub bos_token_id: Option<u32>,
+    /// `pad_token_id`.
+    pub pad_token_id: Option<u32>,
+    /// `do_sample`: sample (true) or pick greedily (false, transformers' default).
+    pub do_sample: Option<bool>,
+    /// `temperature` (transformers' default 1.0).
+    pub temperature: Option<f32>,
+    /// `top_k` (transformers' default 50).
+    pub top_k: Option<usize>,
+    /// `top_p` (default 1.0).
+    pub top_p: Option<f32>,
+    /// `min_p` (default off).
+    pub min_p: Option<f32>,
+    /// `repetition_penalty` (default 1.0).
+    pub repetition_penalty: Option<f32>,
+    /// `max_new_tokens`.
+    pub max_new_tokens: Option<usize>,
+}
+
+impl GenerationConfig {
+    /// Reads `generation_config.json` from a checkpoint folder; a folder without one gives
+    /// the empty config.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let path = dir.as_ref().join("generation_config.json");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::from_json_str(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    /// Parses `generation_config.json` text; `path` is used in error messages.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        let err = |reason: String| Error::Config {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| err(format!("not valid JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| err("the top level is not a JSON object".into()))?;
+        let get = |k: &str| obj.get(k).filter(|v| !v.is_null());
+        let id = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+        let ids = |k: &str| -> Result<Vec<u32>> {
+            match get(k) {
+                None => Ok(Vec::new()),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|x| id(x).ok_or_else(|| err(format!("`{k}` must hold token ids"))))
+                    .collect(),
+                Some(x) => {
+                    Ok(vec![id(x).ok_or_else(|| {
+                        err(format!("`{k}` must be a token id or a list"))
+                    })?])
+                }
+            }
+        };
+        let float = |k: &str| -> Result<Option<f32>> {
+            get(k)
+                .map(|x| {
+                    x.as_f64()
+                        .map(|f| f as f32)
+                        .ok_or_else(|| err(format!("`{k}` must be a number, found {x}")))
+                })
+                .transpose()
+        };
+        let count = |k: &str| -> Result<Option<usize>> {
+            get(k)
+                .map(|x| {
+                    x.as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| err(format!("`{k}` must be a non-negative integer")))
+                })
+                .transpose()
+        };
+        Ok(GenerationConfig {
+            eos_token_ids: ids("eos_token_id")?,
+            bos_token_id: ids("bos_token_id")?.first().copied(),
+            pad_token_id: ids("pad_token_id")?.first().copied(),
+            do_sample: match get("do_sample") {
+                None => None,
+                Some(x) => Some(
+                    x.as_bool()
+                        .ok_or_else(|| err("`do_sample` must be true or false".into()))?,
+                ),
+            },
+            temperature: float("temperature")?,
+            top_k: count("top_k")?,
+            top_p: float("top_p")?,
+            min_p: float("min_p")?,
+            repetition_penalty: float("repetition_penalty")?,
+            max_new_tokens: count("max_new_tokens")?,
+        })
+    }
+
+    /// The sampling parameters transformers' `generate` would use: greedy unless
+    /// `do_sample` is true; then temperature 1.0, top-k 50, top-p 1.0, no min-p unless
+    /// given. The repetition penalty applies either way.
+    pub fn sampling(&self) -> SamplingParams {
+        let repetition_penalty = self.repetition_penalty.unwrap_or(1.0);
+        if self.do_sample != Some(true) {
+            return SamplingParams {
+                repetition_penalty,
+                ..SamplingParams::greedy()
+            };
+        }
+        SamplingParams {
+            temperature: self.temperature.unwrap_or(1.0),
+            top_k: self.top_k.unwrap_or(50),
+            top_p: self.top_p.unwrap_or(1.0),
+            min_p: self.min_p.unwrap_or(0.0),
+            repetition_penalty,
+            seed: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_is_reproducible_and_uniform_enough() {
+        let mut a = Rng::new(7);
+        let mut b = Rng::new(7);
+        let xs: Vec<f64> = (0..1000).map(|_| a.next_f64()).collect();
+        let ys: Vec<f64> = (0..1000).map(|_| b.next_f64()).collect();
+        assert_eq!(xs, ys);
+        let mean = xs.iter().sum::<f64>() / 1000.0;
+        assert!((mean - 0.5).abs() < 0.05, "{mean}");
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+    }
+
+    #[test]
+    fn bucketed_top_p_keeps_what_a_full_sort_keeps() {
+        let mut rng = Rng::new(3);
+        for (n, spread, top_p) in [
+            (20_000, 3.0, 0.9f32),
+            (50_000, 20.0, 0.5),
+            (10_000, 0.01, 0.95),
+            (30_000, 8.0, 0.999),
+        ] {
+            let mut cands: Vec<Candidate> = (0..n)
+                .map(|i| Candidate {
+                    id: i,
+                    logit: (rng.next_f64() * spread) as f32,
+                })
+                .collect();
+            cands[7].logit = f32::NEG_INFINITY;
+            let mut sorted = cands.clone();
+            sorted.sort_by(desc);
+            let max = f64::from(sorted[0].logit);
+            let total: f64 = sorted
+                .iter()
+                .map(|c| (f64::from(c.logit) - max).exp())
+                .sum();
+            let target = f64::from(top_p) * total;
+            let mut before = 0.0;
+            let mut want = sorted.len();
+            for (j, c) in sorted.iter().enumerate() {
+                if j > 0 && before >= target {
+                    want = j;
+                    break;
+                }
+                before += (f64::from(c.logit) - max).exp();
+            }
+            let mut want_ids: Vec<u32> = sorted[..want].iter().map(|c| c.id).collect();
+            let k = top_p_count(&mut cands, top_p);
+            let mut got: Vec<u32> = cands[..k].iter().map(|c| c.id).collect();
+            want_ids.sort_unstable();
+            got.sort_unstable();
+            assert_eq!(got, want_ids, "n {n} spread {spread} top_p {top_p}");
+        }
+    }
+
+    #[test]
+    fn top_p_count_follows_transformers() {
+        // probabilities 0.5, 0.3, 0.2 (logits = ln p)
+        let mk = || {
+            vec![
+                Candidate {
+                    id: 2,
+                    logit: 0.2f32.ln(),
+                },
+                Candidate {
+                    id: 0,
+                    logit: 0.5f32.ln(),
+                },
+                Candidate {
+                    id: 1,
+                    logit: 0.3f32.ln(),
+                },
+            ]
+        };
+        assert_eq!(top_p_count(&mut mk(), 0.5), 1);
+        assert_eq!(top_p_count(&mut mk(), 0.51), 2);
+        assert_eq!(top_p_count(&mut mk(), 0.79), 2);
+        assert_eq!(top_p_count(&mut mk(), 0.81), 3);
+        assert_eq!(top_p_count(&mut mk(), 0.0), 1);
+    }
+}

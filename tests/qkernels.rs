@@ -1,0 +1,1175 @@
+//! The MLX affine-quantized kernels (`qmatvec`, `qmatmul`, `qembedding`, `moe_gate_up_q`,
+//! `moe_down_q`) against the plain f32 CPU reference, through the hidden
+//! `gpu::testing::KernelRunner` hook.
+//!
+//! Quantized matrices are built on the CPU: random codes of every width, random scales
+//! (about half of them negative) and biases in each scale dtype, packed LSB-first into u32
+//! words as MLX does and laid out as `WeightFormat::parts` places them. The packer is checked
+//! to round-trip through `moestream`'s own dequantizer (`WeightFormat::decode`), and the CPU
+//! side of every comparison is that dequantized matrix fed to `moestream::reference`, so a
+//! comparison measures only the kernel's unpacking and its f32 arithmetic.
+//!
+//! Error metric (as tests/kernels.rs and llama.cpp's `test-backend-ops`): the normalized
+//! mean squared error `nmse = sum((gpu - cpu)^2) / sum(cpu^2)` over the values a dispatch
+//! writes, and the largest absolute difference relative to the largest expected value (one
+//! wrong value that the mean dilutes). Values a dispatch must not write come back bit for
+//! bit as they went in.
+//!
+//! Scale of the bounds: f32 has a unit roundoff u = 6e-8. A dot product of n terms summed in
+//! another order than the CPU's sequential sum is off by about sqrt(n) u relative to its
+//! typical size: an nmse of order n u^2 (7e-12 for n = 2048) and a largest difference of a
+//! few sqrt(n) u (3e-6 for n = 2048). The kernels also regroup the sum
+//! (`s * dot(q, x) + b * sum(x)` per 8 columns instead of `sum((s q + b) x)`), which changes
+//! the rounding but not its order of size: every term involved is bounded by |w| |x| with
+//! |w| <= 3. lavapipe measures exactly that (worst qmatvec nmse 3.1e-12, max 2.4e-6, both
+//! at 2048 columns); the bounds (1e-10, 1e-5) sit 30x / 4x over it, and 10^4x / 100x under
+//! a relative error of 1e-3 on every output (nmse 1e-6). One code off by one changes an
+//! output by |s x| (up to 0.1 of a typical output here): `metric_catches_small_errors`
+//! checks that such a single error fails. Measured values are printed with
+//! `cargo test --release --test qkernels -- --nocapture`.
+//!
+//! There is no skipping: without a GPU adapter every test fails (CI runs lavapipe).
+
+use std::sync::OnceLock;
+
+use moestream::gpu::kernels::{self, Kernel};
+use moestream::gpu::testing::KernelRunner;
+use moestream::reference;
+use moestream::{AffineQuant, DType, ExpertLayout, WeightFormat};
+
+// ---------------------------------------------------------------------------------------
+// Bounds. The measured worst values are printed by each test (`-- --nocapture`).
+
+/// Dequantization alone (embedding lookup): `s * q + b` per value, one or two f32
+/// roundings (the GPU may fuse the multiply-add, the CPU does not): at most 1 ulp of the
+/// larger of |s q| and |b|, relative to outputs of size ~1.
+const DEQUANT: Tol = Tol {
+    nmse: 1e-12,
+    max_rel: 1e-6,
+    floor: 0.0,
+};
+
+/// Reductions (every mat-vec / mat-mat / expert projection): dot products of up to 2048
+/// terms in another order and grouping than the CPU's: nmse of order n u^2 = 7e-12 and a max
+/// difference of a few sqrt(n) u = 3e-6 relative for n = 2048 (see the top of the file).
+const REDUCTION: Tol = Tol {
+    nmse: 1e-10,
+    max_rel: 1e-5,
+    floor: 0.0,
+};
+
+// ---------------------------------------------------------------------------------------
+// Harness (after tests/kernels.rs).
+
+fn runner() -> &'static KernelRunner {
+    static RUNNER: OnceLock<KernelRunner> = OnceLock::new();
+    RUNNER.get_or_init(|| {
+        KernelRunner::new().unwrap_or_else(|e| {
+            panic!(
+                "the kernel tests need a GPU adapter and do not skip without one \
+                 (on Linux without a GPU: apt-get install mesa-vulkan-drivers): {e}"
+            )
+        })
+    })
+}
+
+/// Number of fields of the kernel's `Params` struct and of its storage bindings, read
+/// from the compiled source, so a kernel whose interface changed fails loudly here.
+fn interface(kernel: Kernel) -> (usize, usize) {
+    let src = kernel.source();
+    let start = src
+        .find("struct Params {")
+        .unwrap_or_else(|| panic!("{}: no `struct Params`", kernel.name()));
+    let body = &src[start + "struct Params {".len()..];
+    let body = &body[..body.find('}').expect("unterminated Params")];
+    let fields = body
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or("").trim())
+        .filter(|l| l.contains(':'))
+        .count();
+    let bindings = src.matches("@binding(").count() - 1;
+    (fields, bindings)
+}
+
+/// Runs one dispatch of a quantized kernel and returns the final content of every buffer.
+fn run(
+    kernel: Kernel,
+    q: &AffineQuant,
+    params: &[u32],
+    buffers: &[&[u8]],
+    groups: (u32, u32),
+) -> Vec<Vec<u8>> {
+    let (fields, bindings) = interface(kernel);
+    assert_eq!(
+        params.len(),
+        fields,
+        "{}: the test passes {} params, the kernel declares {fields}",
+        kernel.name(),
+        params.len()
+    );
+    assert_eq!(
+        buffers.len(),
+        bindings,
+        "{}: the test passes {} buffers, the kernel declares {bindings}",
+        kernel.name(),
+        buffers.len()
+    );
+    assert!(kernel.is_quantized(), "{}", kernel.name());
+    runner()
+        .run_q(
+            kernel,
+            Some(q.scale_dtype),
+            Some((q.bits, q.group_size)),
+            params,
+            buffers,
+            groups,
+        )
+        .unwrap_or_else(|e| panic!("{} ({q:?}): {e}", kernel.name()))
+}
+
+/// A 2-D grid of at least `n` workgroups, 2 wide: exercises the `wid.y` part of the
+/// linearized index that the engine's grid only reaches past 65535 workgroups, and (for
+/// odd `n`) a surplus workgroup that must write nothing.
+fn grid_2d(n: u32) -> (u32, u32) {
+    (2, n.div_ceil(2).max(1))
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn u32_bytes(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn to_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// SplitMix64: a tiny deterministic generator.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x5DEE_CE66_D1CE_5EED)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f32() * scale).collect()
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+/// What a comparison allows.
+#[derive(Debug, Clone, Copy)]
+struct Tol {
+    /// Bound on the nmse, `sum((got - want)^2) / max(sum(want^2), n * floor^2)`.
+    nmse: f64,
+    /// Bound on `max |got - want| / max(max |want|, floor)`.
+    max_rel: f64,
+    /// The typical size of an output (0 if none): a dot product of random-sign terms can
+    /// cancel to a value far smaller than its terms, while its f32 rounding error is set by
+    /// the terms; a case of one or a few outputs is judged against this size instead.
+    floor: f64,
+}
+
+impl Tol {
+    fn floor(self, floor: f64) -> Tol {
+        Tol { floor, ..self }
+    }
+}
+
+/// Compares `got` with `want`: every value finite, nmse and largest relative difference
+/// within `tol`. Returns (nmse, max relative difference).
+fn compare(got: &[f32], want: &[f32], tol: Tol) -> Result<(f64, f64), String> {
+    if got.len() != want.len() {
+        return Err(format!("{} values, {} expected", got.len(), want.len()));
+    }
+    let (mut num, mut den, mut max_diff, mut max_want, mut at) =
+        (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if !g.is_finite() {
+            return Err(format!("value {i} is {g} (expected {w})"));
+        }
+        let (g, w) = (f64::from(g), f64::from(w));
+        let d = g - w;
+        num += d * d;
+        den += w * w;
+        max_want = max_want.max(w.abs());
+        if d.abs() > max_diff {
+            max_diff = d.abs();
+            at = i;
+        }
+    }
+    let den = den.max(got.len() as f64 * tol.floor * tol.floor);
+    let nmse = if num == 0.0 { 0.0 } else { num / den };
+    let max_rel = if max_diff == 0.0 {
+        0.0
+    } else {
+        max_diff / max_want.max(tol.floor)
+    };
+    let detail = || {
+        format!(
+            "nmse {nmse:.3e}, max |diff| {max_diff:.3e} (relative {max_rel:.3e}) at {at}: got {}, expected {}",
+            got[at], want[at]
+        )
+    };
+    if nmse.is_nan() || nmse > tol.nmse {
+        return Err(format!("nmse above {:.0e}: {}", tol.nmse, detail()));
+    }
+    if max_rel.is_nan() || max_rel > tol.max_rel {
+        return Err(format!(
+            "max |diff| above {:.0e} relative: {}",
+            tol.max_rel,
+            detail()
+        ));
+    }
+    Ok((nmse, max_rel))
+}
+
+/// Checks one kernel's cases and keeps the worst errors seen, for the report.
+struct Checker {
+    kernel: &'static str,
+    cases: usize,
+    worst_nmse: f64,
+    worst_diff: f64,
+    nmse_case: String,
+    diff_case: String,
+}
+
+impl Checker {
+    fn new(kernel: &'static str) -> Self {
+        Checker {
+            kernel,
+            cases: 0,
+            worst_nmse: 0.0,
+            worst_diff: 0.0,
+            nmse_case: String::new(),
+            diff_case: String::new(),
+        }
+    }
+
+    fn close(&mut self, case: &str, got: &[f32], want: &[f32], tol: Tol) {
+        match compare(got, want, tol) {
+            Ok((e, d)) => {
+                self.cases += 1;
+                if e > self.worst_nmse {
+                    self.worst_nmse = e;
+                    self.nmse_case = case.to_string();
+                }
+                if d > self.worst_diff {
+                    self.worst_diff = d;
+                    self.diff_case = case.to_string();
+                }
+            }
+            Err(msg) => panic!("{} [{case}]: {msg}", self.kernel),
+        }
+    }
+
+    /// Values at positions where `written` is false must be exactly `before`.
+    fn untouched(&self, case: &str, got: &[f32], before: &[f32], written: &[bool]) {
+        assert_eq!(
+            got.len(),
+            before.len(),
+            "{} [{case}]: buffer size",
+            self.kernel
+        );
+        for (i, ((g, b), w)) in got.iter().zip(before).zip(written).enumerate() {
+            assert!(
+                *w || g.to_bits() == b.to_bits(),
+                "{} [{case}]: value {i} must not be written, was {b}, now {g}",
+                self.kernel
+            );
+        }
+    }
+
+    fn report(&self) {
+        assert!(self.cases > 0, "{}: no case checked", self.kernel);
+        println!(
+            "{:<14} {:>4} cases, worst nmse {:.3e} [{}], worst max relative diff {:.3e} [{}]",
+            self.kernel,
+            self.cases,
+            self.worst_nmse,
+            self.nmse_case,
+            self.worst_diff,
+            self.diff_case
+        );
+    }
+}
+
+/// Picks `mask[i]` values of `a`.
+fn pick(a: &[f32], mask: &[bool]) -> Vec<f32> {
+    a.iter()
+        .zip(mask)
+        .filter(|(_, &m)| m)
+        .map(|(&v, _)| v)
+        .collect()
+}
+
+fn rms(v: &[f32]) -> f64 {
+    (v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / v.len().max(1) as f64).sqrt()
+}
+
+// ---------------------------------------------------------------------------------------
+// Quantized matrices.
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+const BITS: [u32; 6] = [2, 3, 4, 5, 6, 8];
+const GROUPS: [u32; 3] = [32, 64, 128];
+
+fn align16(n: usize) -> usize {
+    n.div_ceil(16) * 16
+}
+
+/// Packs `codes` (`rows x cols`, each below 2^bits) as MLX does: per row, a little-endian
+/// bit stream, code `c` at bits `[c * bits, (c + 1) * bits)`, in `cols * bits / 32` u32
+/// words (codes of 3, 5 and 6 bits straddle words).
+fn pack(codes: &[u32], rows: usize, cols: usize, bits: u32) -> Vec<u32> {
+    let bits = bits as usize;
+    assert_eq!(cols * bits % 32, 0, "{cols} columns of {bits} bits");
+    let wpr = cols * bits / 32;
+    let mut words = vec![0u32; rows * wpr];
+    for r in 0..rows {
+        let row = &mut words[r * wpr..(r + 1) * wpr];
+        for c in 0..cols {
+            let q = codes[r * cols + c];
+            assert!(q >> bits == 0, "code {q} does not fit {bits} bits");
+            let (w, off) = ((c * bits) / 32, (c * bits) % 32);
+            row[w] |= q << off;
+            if off + bits > 32 {
+                row[w + 1] |= q >> (32 - off);
+            }
+        }
+    }
+    words
+}
+
+/// A quantized `[rows, cols]` matrix: its stored bytes and what they stand for.
+struct QMat {
+    rows: usize,
+    cols: usize,
+    q: AffineQuant,
+    /// `[codes][pad to 16 B][scales][pad][biases]`, as `WeightFormat::parts` lays it out.
+    bytes: Vec<u8>,
+    /// The codes and the decoded scales / biases (in f32) they were packed from.
+    codes: Vec<u32>,
+    scales: Vec<f32>,
+    /// Word offsets of the scales and biases from the start of `bytes`.
+    scales_word: u32,
+    biases_word: u32,
+    /// The dequantized matrix, as `moestream::WeightFormat::decode` reads `bytes`.
+    values: Vec<f32>,
+}
+
+impl QMat {
+    /// Random codes; scales uniform in +-2 / (2^bits - 1) (so |s q| <= 2, half of them
+    /// negative) and biases uniform in +-1, rounded to the scale dtype.
+    fn random(rng: &mut Rng, rows: usize, cols: usize, q: AffineQuant) -> QMat {
+        let n_groups = rows * cols / q.group_size as usize;
+        let codes: Vec<u32> = (0..rows * cols)
+            .map(|_| rng.below(1 << q.bits) as u32)
+            .collect();
+        let smax = 2.0 / ((1u32 << q.bits) - 1) as f32;
+        let scales = rng.vec(n_groups, smax);
+        let biases = rng.vec(n_groups, 1.0);
+        QMat::from_parts(rows, cols, q, codes, &scales, &biases)
+    }
+
+    fn from_parts(
+        rows: usize,
+        cols: usize,
+        q: AffineQuant,
+        codes: Vec<u32>,
+        scales: &[f32],
+        biases: &[f32],
+    ) -> QMat {
+        let words = pack(&codes, rows, cols, q.bits);
+        let sb = q.scale_dtype.encode(scales);
+        let bb = q.scale_dtype.encode(biases);
+        let so = align16(words.len() * 4);
+        let bo = so + align16(sb.len());
+        let mut bytes = vec![0u8; bo + bb.len()];
+        bytes[..words.len() * 4].copy_from_slice(&u32_bytes(&words));
+        bytes[so..so + sb.len()].copy_from_slice(&sb);
+        bytes[bo..].copy_from_slice(&bb);
+        let format = WeightFormat::Affine(q);
+        assert_eq!(
+            bytes.len(),
+            format.stored_bytes(rows, cols),
+            "layout of {rows}x{cols} {format}"
+        );
+        let values = format.decode(&bytes, rows, cols);
+        let m = QMat {
+            rows,
+            cols,
+            q,
+            bytes,
+            codes,
+            scales: q.scale_dtype.decode(&sb),
+            scales_word: (so / 4) as u32,
+            biases_word: (bo / 4) as u32,
+            values,
+        };
+        m.check_round_trip(&q.scale_dtype.decode(&bb));
+        m
+    }
+
+    /// `moestream`'s dequantizer reads back exactly the codes, scales and biases packed.
+    fn check_round_trip(&self, biases: &[f32]) {
+        let g = self.q.group_size as usize;
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                let i = r * self.cols + c;
+                let gi = r * (self.cols / g) + c / g;
+                let want = self.scales[gi] * self.codes[i] as f32 + biases[gi];
+                assert_eq!(
+                    self.values[i].to_bits(),
+                    want.to_bits(),
+                    "{}x{} {}: packed value ({r}, {c}) dequantizes to {}, expected {want}",
+                    self.rows,
+                    self.cols,
+                    WeightFormat::Affine(self.q),
+                    self.values[i]
+                );
+            }
+        }
+    }
+
+    /// The typical size of a dot product of a row with a vector of rms `x_rms`.
+    fn dot_scale(&self, x_rms: f64) -> f64 {
+        (self.cols as f64).sqrt() * rms(&self.values) * x_rms
+    }
+}
+
+fn quant(bits: u32, group: u32, dtype: DType) -> AffineQuant {
+    AffineQuant::new(bits, group, dtype).expect("a supported quantization")
+}
+
+// ---------------------------------------------------------------------------------------
+// Self-checks of the harness.
+
+#[test]
+fn every_quantized_kernel_is_covered() {
+    let covered = [
+        Kernel::QMatVec,
+        Kernel::QMatMul,
+        Kernel::QEmbedding,
+        Kernel::MoeGateUpQ,
+        Kernel::MoeDownQ,
+    ];
+    for k in Kernel::ALL {
+        assert_eq!(
+            k.is_quantized(),
+            covered.contains(&k),
+            "kernel {}: is_quantized() disagrees with this file's coverage",
+            k.name()
+        );
+        if k.is_quantized() {
+            let (fields, bindings) = interface(k);
+            assert!(fields > 0 && bindings > 0, "{}: interface", k.name());
+            assert!(k.reads_weights(), "{}: WDT is the scale dtype", k.name());
+            assert_eq!(
+                k.constants(2, Some((5, 32))),
+                vec![("WDT", 2.0), ("BITS", 5.0), ("GROUP", 32.0)],
+                "{}",
+                k.name()
+            );
+        }
+    }
+    // Kernels that are not quantized take no BITS / GROUP, whatever is passed.
+    assert_eq!(
+        Kernel::MatVec.constants(1, Some((4, 64))),
+        vec![("WDT", 1.0)]
+    );
+    assert!(Kernel::RmsNorm.constants(0, None).is_empty());
+}
+
+#[test]
+#[should_panic(expected = "BITS and GROUP are required")]
+fn quantized_kernel_constants_need_bits_and_group() {
+    let _ = Kernel::QMatVec.constants(0, None);
+}
+
+#[test]
+fn packer_round_trips_through_moestream_dequantize() {
+    // Every width and group size, odd row counts, and rows whose words straddle.
+    let mut rng = Rng::new(1);
+    let mut checked = 0;
+    for bits in BITS {
+        for group in GROUPS {
+            for (i, &cols) in [128usize, 384, 640].iter().enumerate() {
+                let q = quant(bits, group, DTYPES[i]);
+                if cols % group as usize != 0 {
+                    continue;
+                }
+                // (QMat::random asserts the round trip value by value.)
+                let m = QMat::random(&mut rng, 3, cols, q);
+                checked += m.values.len();
+            }
+        }
+    }
+    // A hand-made case: 3-bit codes 0..7 repeated (they straddle words 0/1 at column 10
+    // and 1/2 at column 21), scale 2 and bias -1: bits 30..32 of word 0 hold code 10 = 2
+    // (binary 010) -> bit 31 set, bit 0 of word 1 clear.
+    let q = quant(3, 32, DType::F32);
+    let codes: Vec<u32> = (0..32).map(|i| i % 8).collect();
+    let words = pack(&codes, 1, 32, 3);
+    assert_eq!(words.len(), 3);
+    assert_eq!(words[0], 0b10_001_000_111_110_101_100_011_010_001_000);
+    let m = QMat::from_parts(1, 32, q, codes.clone(), &[2.0], &[-1.0]);
+    let want: Vec<f32> = codes.iter().map(|&c| 2.0 * c as f32 - 1.0).collect();
+    assert_eq!(m.values, want);
+    println!("packer: {checked} values round-tripped");
+}
+
+#[test]
+fn metric_catches_small_errors() {
+    // A real qmatvec output (4-bit, group 64, bf16 scales, 33 x 384) against its
+    // reference.
+    let mut rng = Rng::new(2);
+    let q = quant(4, 64, DType::BF16);
+    let (rows, cols) = (33usize, 384usize);
+    let m = QMat::random(&mut rng, rows, cols, q);
+    let x = rng.vec(cols, 1.0);
+    let go = |m: &QMat| {
+        let out = run(
+            Kernel::QMatVec,
+            &m.q,
+            &[
+                rows as u32,
+                cols as u32,
+                0,
+                0,
+                0,
+                m.scales_word,
+                m.biases_word,
+            ],
+            &[
+                &m.bytes,
+                &f32_bytes(&x),
+                &[],
+                &[],
+                &f32_bytes(&vec![0.0; rows]),
+            ],
+            kernels::qmatvec_groups(rows as u32),
+        );
+        to_f32(&out[4])
+    };
+    let got = go(&m);
+    let want = reference::matmul(&m.values, rows, cols, &x, 1);
+    let tol = REDUCTION.floor(m.dot_scale(rms(&x)));
+    compare(&got, &want, tol).expect("the unperturbed output passes");
+    // A relative error of 1e-3 on every value (nmse 1e-6).
+    let scaled: Vec<f32> = got.iter().map(|v| v * 1.001).collect();
+    assert!(compare(&scaled, &want, tol).is_err());
+    // One value off by 1e-3 of the typical output: caught by the mean and by the max.
+    let mut one = got.clone();
+    one[17] += (1e-3 * tol.floor) as f32;
+    let e = compare(&one, &want, tol).unwrap_err();
+    assert!(e.starts_with("nmse above"), "{e}");
+    let e = compare(&one, &want, Tol { nmse: 1.0, ..tol }).unwrap_err();
+    assert!(e.starts_with("max |diff| above"), "{e}");
+    // One code off by one in the weights the GPU reads (row 5, at the column where that
+    // moves the output most: |s x| ~ 0.1 of a typical output of ~10), the reference
+    // unchanged: a single mis-unpacked code fails the comparison.
+    let c = (0..cols)
+        .max_by(|&a, &b| {
+            let w = |c: usize| (m.scales[(5 * cols + c) / 64] * x[c]).abs();
+            w(a).total_cmp(&w(b))
+        })
+        .expect("columns");
+    let mut codes = m.codes.clone();
+    let i = 5 * cols + c;
+    codes[i] = if codes[i] == 15 { 14 } else { codes[i] + 1 };
+    let groups = rows * cols / 64;
+    let biases = q
+        .scale_dtype
+        .decode(&m.bytes[m.biases_word as usize * 4..m.biases_word as usize * 4 + groups * 2]);
+    let bad = QMat::from_parts(rows, cols, q, codes, &m.scales, &biases);
+    let e = compare(&go(&bad), &want, tol).unwrap_err();
+    println!("one code off by one: {e}");
+    // A NaN fails, and so does a wrong length.
+    let mut nan = got.clone();
+    nan[3] = f32::NAN;
+    assert!(compare(&nan, &want, tol).is_err());
+    assert!(compare(&got[1..], &want, tol).is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// qmatvec.
+
+/// Column counts of the mat-vec tests; each (bits, group) takes those that are multiples
+/// of the group.
+const QMATVEC_COLS: [usize; 5] = [32, 96, 128, 384, 2048];
+const QMATVEC_ROWS: [usize; 4] = [1, 3, 33, 67];
+
+#[test]
+fn qmatvec() {
+    let mut ck = Checker::new("qmatvec");
+    let mut rng = Rng::new(10);
+    let mut case_no = 0usize;
+    for bits in BITS {
+        for group in GROUPS {
+            for dtype in DTYPES {
+                let q = quant(bits, group, dtype);
+                for &cols in QMATVEC_COLS.iter().filter(|&&c| c % group as usize == 0) {
+                    for &rows in &QMATVEC_ROWS {
+                        case_no += 1;
+                        let flags = (case_no % 4) as u32;
+                        // Every other case writes into the middle of a wider output at
+                        // row_base, reads x from x_offset (a multiple of 4: x is read as
+                        // vec4s), on a 2-D grid.
+                        let shifted = case_no % 2 == 1;
+                        let (row_base, extra, x_offset) =
+                            if shifted { (6, 5, 12) } else { (0, 0, 0) };
+                        let total = row_base + rows + extra;
+                        let case = format!(
+                            "{bits}-bit g{group} {dtype} rows {rows} cols {cols} flags {flags} row_base {row_base}"
+                        );
+                        let m = QMat::random(&mut rng, rows, cols, q);
+                        let x = rng.vec(x_offset + cols + 3, 1.0);
+                        let bias = rng.vec(total, 1.0);
+                        let resid = rng.vec(total, 1.0);
+                        let before = rng.vec(total, 1.0);
+                        let mut want = reference::matmul(
+                            &m.values,
+                            rows,
+                            cols,
+                            &x[x_offset..x_offset + cols],
+                            1,
+                        );
+                        for (r, v) in want.iter_mut().enumerate() {
+                            if flags & 1 != 0 {
+                                *v += bias[row_base + r];
+                            }
+                            if flags & 2 != 0 {
+                                *v += resid[row_base + r];
+                            }
+                        }
+                        let mut written = vec![false; total];
+                        written[row_base..row_base + rows].fill(true);
+                        let g = kernels::qmatvec_groups(rows as u32);
+                        let groups = if shifted { grid_2d(g.0 * g.1) } else { g };
+                        let out = run(
+                            Kernel::QMatVec,
+                            &q,
+                            &[
+                                rows as u32,
+                                cols as u32,
+                                row_base as u32,
+                                flags,
+                                x_offset as u32,
+                                m.scales_word,
+                                m.biases_word,
+                            ],
+                            &[
+                                &m.bytes,
+                                &f32_bytes(&x),
+                                &f32_bytes(&bias),
+                                &f32_bytes(&resid),
+                                &f32_bytes(&before),
+                            ],
+                            groups,
+                        );
+                        let got = to_f32(&out[4]);
+                        ck.untouched(&case, &got, &before, &written);
+                        ck.close(
+                            &case,
+                            &pick(&got, &written),
+                            &want,
+                            REDUCTION.floor(m.dot_scale(rms(&x))),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    ck.report();
+}
+
+#[test]
+fn qmatvec_grid_past_65535_workgroups() {
+    // 262200 rows of 32 columns (2-bit: one word and one group per row) on the engine's
+    // grid: 65550 workgroups of 4 rows, split by `grid_of` into (65535, 2).
+    let mut ck = Checker::new("qmatvec grid");
+    let mut rng = Rng::new(11);
+    let (rows, cols) = (262_200usize, 32usize);
+    let g = kernels::qmatvec_groups(rows as u32);
+    assert_eq!(g, (65535, 2));
+    let q = quant(2, 32, DType::F16);
+    let m = QMat::random(&mut rng, rows, cols, q);
+    let x = rng.vec(cols, 1.0);
+    let out = run(
+        Kernel::QMatVec,
+        &q,
+        &[
+            rows as u32,
+            cols as u32,
+            0,
+            0,
+            0,
+            m.scales_word,
+            m.biases_word,
+        ],
+        &[
+            &m.bytes,
+            &f32_bytes(&x),
+            &[],
+            &[],
+            &f32_bytes(&vec![f32::NAN; rows]),
+        ],
+        g,
+    );
+    let want = reference::matmul(&m.values, rows, cols, &x, 1);
+    ck.close(
+        &format!("rows {rows}"),
+        &to_f32(&out[4]),
+        &want,
+        REDUCTION.floor(m.dot_scale(rms(&x))),
+    );
+    ck.report();
+}
+
+#[test]
+fn qmatvec_misaligned_x_offset_is_loud() {
+    // x is read as vec4s: an x_offset that is not a multiple of 4 is not supported, and
+    // makes every output NaN rather than silently wrong.
+    let mut rng = Rng::new(12);
+    let (rows, cols) = (5usize, 64usize);
+    let q = quant(4, 32, DType::F32);
+    let m = QMat::random(&mut rng, rows, cols, q);
+    let x = rng.vec(cols + 8, 1.0);
+    for x_offset in [1u32, 2, 3, 5] {
+        let out = run(
+            Kernel::QMatVec,
+            &q,
+            &[
+                rows as u32,
+                cols as u32,
+                0,
+                0,
+                x_offset,
+                m.scales_word,
+                m.biases_word,
+            ],
+            &[
+                &m.bytes,
+                &f32_bytes(&x),
+                &[],
+                &[],
+                &f32_bytes(&vec![0.0; rows]),
+            ],
+            kernels::qmatvec_groups(rows as u32),
+        );
+        let got = to_f32(&out[4]);
+        assert!(
+            got.iter().all(|v| v.is_nan()),
+            "x_offset {x_offset}: {got:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// qmatmul.
+
+#[test]
+fn qmatmul() {
+    let mut ck = Checker::new("qmatmul");
+    let mut rng = Rng::new(20);
+    // Every width, with the group sizes and scale dtypes spread over them.
+    let configs = [
+        (2, 128, DType::F32),
+        (3, 64, DType::BF16),
+        (4, 64, DType::BF16),
+        (4, 32, DType::F16),
+        (5, 32, DType::F16),
+        (6, 64, DType::BF16),
+        (8, 128, DType::F32),
+    ];
+    let mut case_no = 0usize;
+    for &(bits, group, dtype) in &configs {
+        let q = quant(bits, group, dtype);
+        for &(rows, cols) in &[(1usize, 128usize), (33, 384), (67, 256)] {
+            for &n_tokens in &[2usize, 17, 40] {
+                case_no += 1;
+                let flags = (case_no % 4) as u32;
+                let (row_base, extra) = if case_no % 2 == 1 { (5, 3) } else { (0, 0) };
+                let out_stride = row_base + rows + extra;
+                let case = format!(
+                    "{bits}-bit g{group} {dtype} rows {rows} cols {cols} tokens {n_tokens} flags {flags} row_base {row_base}"
+                );
+                let m = QMat::random(&mut rng, rows, cols, q);
+                let x = rng.vec(n_tokens * cols, 1.0);
+                let bias = rng.vec(out_stride, 1.0);
+                let resid = rng.vec(n_tokens * out_stride, 1.0);
+                let before = rng.vec(n_tokens * out_stride, 1.0);
+                let prod = reference::matmul(&m.values, rows, cols, &x, n_tokens);
+                let mut want = Vec::with_capacity(n_tokens * rows);
+                let mut written = vec![false; before.len()];
+                for t in 0..n_tokens {
+                    for r in 0..rows {
+                        let oi = t * out_stride + row_base + r;
+                        let mut v = prod[t * rows + r];
+                        if flags & 1 != 0 {
+                            v += bias[row_base + r];
+                        }
+                        if flags & 2 != 0 {
+                            v += resid[oi];
+                        }
+                        want.push(v);
+                        written[oi] = true;
+                    }
+                }
+                let out = run(
+                    Kernel::QMatMul,
+                    &q,
+                    &[
+                        rows as u32,
+                        cols as u32,
+                        n_tokens as u32,
+                        row_base as u32,
+                        out_stride as u32,
+                        flags,
+                        m.scales_word,
+                        m.biases_word,
+                    ],
+                    &[
+                        &m.bytes,
+                        &f32_bytes(&x),
+                        &f32_bytes(&bias),
+                        &f32_bytes(&resid),
+                        &f32_bytes(&before),
+                    ],
+                    kernels::qmatmul_groups(rows as u32, n_tokens as u32),
+                );
+                let got = to_f32(&out[4]);
+                ck.untouched(&case, &got, &before, &written);
+                ck.close(
+                    &case,
+                    &pick(&got, &written),
+                    &want,
+                    REDUCTION.floor(m.dot_scale(rms(&x))),
+                );
+            }
+        }
+    }
+    ck.report();
+}
+
+// ---------------------------------------------------------------------------------------
+// qembedding.
+
+#[test]
+fn qembedding() {
+    let mut ck = Checker::new("qembedding");
+    let mut rng = Rng::new(30);
+    let vocab = 40usize;
+    let mut case_no = 0usize;
+    for bits in BITS {
+        for group in GROUPS {
+            let dtype = DTYPES[case_no % 3];
+            let q = quant(bits, group, dtype);
+            for &hidden in &[128usize, 384] {
+                // A row chunk [row_start, row_start + row_count) of the vocabulary.
+                for &(row_start, row_count) in &[(0usize, vocab), (13, 9)] {
+                    case_no += 1;
+                    let n_tokens = 11;
+                    let ids: Vec<u32> = (0..n_tokens).map(|_| rng.below(vocab) as u32).collect();
+                    let m = QMat::random(&mut rng, row_count, hidden, q);
+                    let before = rng.vec(n_tokens * hidden, 1.0);
+                    let mut want = before.clone();
+                    let mut written = vec![false; want.len()];
+                    for (t, &id) in ids.iter().enumerate() {
+                        let id = id as usize;
+                        if (row_start..row_start + row_count).contains(&id) {
+                            let r = id - row_start;
+                            want[t * hidden..(t + 1) * hidden]
+                                .copy_from_slice(&m.values[r * hidden..(r + 1) * hidden]);
+                            written[t * hidden..(t + 1) * hidden].fill(true);
+                        }
+                    }
+                    let g = kernels::qembedding_groups(hidden as u32, n_tokens as u32);
+                    for (gi, groups) in [g, grid_2d(g.0 * g.1)].into_iter().enumerate() {
+                        let case = format!(
+                            "{bits}-bit g{group} {dtype} hidden {hidden} chunk {row_start}+{row_count} grid {gi}"
+                        );
+                        let out = run(
+                            Kernel::QEmbedding,
+                            &q,
+                            &[
+                                hidden as u32,
+                                n_tokens as u32,
+                                row_start as u32,
+                                row_count as u32,
+                                m.scales_word,
+                                m.biases_word,
+                            ],
+                            &[&u32_bytes(&ids), &m.bytes, &f32_bytes(&before)],
+                            groups,
+                        );
+                        let got = to_f32(&out[2]);
+                        ck.untouched(&case, &got, &before, &written);
+                        // Values are |s q + b| <= 3; judged against a typical size of 1.
+                        ck.close(
+                            &case,
+                            &pick(&got, &written),
+                            &pick(&want, &written),
+                            DEQUANT.floor(1.0),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    ck.report();
+}
+
+// ---------------------------------------------------------------------------------------
+// MoE: quantized experts in cache slots.
+
+/// A cache page of `n_slots` quantized experts laid out as the engine does: each expert
+/// blob in the `ExpertLayout::swiglu_with` layout (gate and up in `gu`, down in `down`),
+/// slots `slot_bytes` apart. Padding bytes are 0xFF (a NaN scale in every dtype), so a
+/// read outside a tensor's parts poisons the output.
+struct Page {
+    bytes: Vec<u8>,
+    slot_words: u32,
+    /// Word offsets inside a slot of (codes, scales, biases) of gate, up and down.
+    offs: [[u32; 3]; 3],
+    /// (gate, up, down) of each slot.
+    experts: Vec<[QMat; 3]>,
+}
+
+fn page(
+    rng: &mut Rng,
+    gu: AffineQuant,
+    down: AffineQuant,
+    hidden: usize,
+    inter: usize,
+    n_slots: usize,
+) -> Page {
+    let formats = [
+        WeightFormat::Affine(gu),
+        WeightFormat::Affine(gu),
+        WeightFormat::Affine(down),
+    ];
+    let lay = ExpertLayout::swiglu_with(formats, hidden, inter).expect("a valid expert layout");
+    // Slots a little more than a blob apart (as a page of the expert cache may be).
+    let slot_bytes = lay.bytes + 48;
+    let mut bytes = vec![0xFFu8; n_slots * slot_bytes];
+    let mut experts = Vec::with_capacity(n_slots);
+    let mut offs = [[0u32; 3]; 3];
+    for s in 0..n_slots {
+        let mats: [QMat; 3] = std::array::from_fn(|i| {
+            let t = &lay.tensors[i];
+            let q = if i == 2 { down } else { gu };
+            let m = QMat::random(rng, t.rows, t.cols, q);
+            assert_eq!(m.bytes.len(), t.len());
+            let at = s * slot_bytes + t.offset;
+            // The parts only: the padding between them stays 0xFF.
+            let p = [
+                (0, m.codes.len() * q.bits as usize / 8),
+                (
+                    m.scales_word as usize * 4,
+                    m.scales.len() * q.scale_dtype.size(),
+                ),
+                (
+                    m.biases_word as usize * 4,
+                    m.scales.len() * q.scale_dtype.size(),
+                ),
+            ];
+            for (o, n) in p {
+                bytes[at + o..at + o + n].copy_from_slice(&m.bytes[o..o + n]);
+            }
+            let base = (t.offset / 4) as u32;
+            offs[i] = [base, base + m.scales_word, base + m.biases_word];
+            m
+        });
+        experts.push(mats);
+    }
+    Page {
+        bytes,
+        slot_words: (slot_bytes / 4) as u32,
+        offs,
+        experts,
+    }
+}
+
+/// Expert shapes (hidden, inter), each with the (gate/up, down) quantizations it is tried
+/// with: uniform widths, and gate/up and down of different widths as in mlx-lm's mixed
+/// recipes (3-bit gate/up with a 6-bit down in `mixed_3_6`).
+fn moe_cases() -> Vec<(usize, usize, AffineQuant, AffineQuant)> {
+    // (hidden, inter, gate/up bits, down bits, group, scale dtype)
+    let cases = [
+        (64, 32, 4, 4, 32, DType::F16),
+        (128, 64, 3, 6, 64, DType::BF16),
+        (128, 96, 8, 8, 32, DType::F16),
+        (128, 128, 2, 2, 128, DType::F32),
+        (256, 160, 5, 3, 32, DType::F32),
+        (384, 192, 6, 5, 64, DType::BF16),
+        (512, 384, 4, 4, 64, DType::BF16),
+    ];
+    cases
+        .iter()
+        .map(|&(h, i, gu, d, g, dt)| (h, i, quant(gu, g, dt), quant(d, g, dt)))
+        .collect()
+}
+
+/// Random assignments (token, slot) over `n_tokens` tokens and slots 1..n_slots (slot 0
+/// is loaded but unused); with more assignments than tokens and slots, some share both.
+fn assignments(
+    rng: &mut Rng,
+    n_tokens: usize,
+    n_slots: usize,
+    n_assign: usize,
+) -> Vec<(usize, usize)> {
+    (0..n_assign)
+        .map(|_| (rng.below(n_tokens), 1 + rng.below(n_slots - 1)))
+        .collect()
+}
+
+#[test]
+fn moe_gate_up_q() {
+    let mut ck = Checker::new("moe_gate_up_q");
+    let mut rng = Rng::new(40);
+    for (hidden, inter, gu, down) in moe_cases() {
+        let (n_tokens, n_slots, n_assign) = (3, 4, 7);
+        let pg = page(&mut rng, gu, down, hidden, inter, n_slots);
+        let asg = assignments(&mut rng, n_tokens, n_slots, n_assign);
+        let pairs: Vec<u32> = asg
+            .iter()
+            .flat_map(|&(t, s)| [t as u32, s as u32])
+            .collect();
+        let x = rng.vec(n_tokens * hidden, 1.0);
+        for &(base, count) in &[(0usize, n_assign), (2, 4)] {
+            let case = format!(
+                "{}-bit g{} {} hidden {hidden} inter {inter} assign {base}+{count}",
+                gu.bits, gu.group_size, gu.scale_dtype
+            );
+            let before = rng.vec(n_assign * inter, 1.0);
+            let mut want = Vec::new();
+            let mut written = vec![false; before.len()];
+            let mut floor: f64 = 0.0;
+            for (a, &(t, s)) in asg.iter().enumerate().skip(base).take(count) {
+                let xt = &x[t * hidden..(t + 1) * hidden];
+                let [g, u, _] = &pg.experts[s];
+                let gv = reference::matmul(&g.values, inter, hidden, xt, 1);
+                let uv = reference::matmul(&u.values, inter, hidden, xt, 1);
+                want.extend(reference::swiglu(&gv, &uv));
+                written[a * inter..(a + 1) * inter].fill(true);
+                // silu(g) u with g, u of typical sizes dg, du: about dg du / 2.
+                floor = floor.max(g.dot_scale(rms(xt)) * u.dot_scale(rms(xt)) / 2.0);
+            }
+            let [g, u, _] = pg.offs;
+            let out = run(
+                Kernel::MoeGateUpQ,
+                &gu,
+                &[
+                    hidden as u32,
+                    inter as u32,
+                    base as u32,
+                    count as u32,
+                    pg.slot_words,
+                    g[0],
+                    g[1],
+                    g[2],
+                    u[0],
+                    u[1],
+                    u[2],
+                ],
+                &[
+                    &pg.bytes,
+                    &f32_bytes(&x),
+                    &u32_bytes(&pairs),
+                    &f32_bytes(&before),
+                ],
+                kernels::moe_gate_up_q_groups(inter as u32, count as u32),
+            );
+            let got = to_f32(&out[3]);
+            ck.untouched(&case, &got, &before, &written);
+            ck.close(&case, &pick(&got, &written), &want, REDUCTION.floor(floor));
+        }
+    }
+    ck.report();
+}
+
+#[test]
+fn moe_down_q() {
+    let mut ck = Checker::new("moe_down_q");
+    let mut rng = Rng::new(50);
+    for (hidden, inter, gu, down) in moe_cases() {
+        let (n_slots, n_assign) = (4, 7);
+        let pg = page(&mut rng, gu, down, hidden, inter, n_slots);
+        // The token of an assignment is not read by the down projection.
+        let asg = assignments(&mut rng, 2, n_slots, n_assign);
+        let pairs: Vec<u32> = asg
+            .iter()
+            .flat_map(|&(t, s)| [t as u32, s as u32])
+            .collect();
+        let h = rng.vec(n_assign * inter, 2.0);
+        let route_w: Vec<f32> = (0..n_assign).map(|_| 0.5 + 0.5 * rng.f32()).collect();
+        for &(base, count) in &[(0usize, n_assign), (3, 2)] {
+            let case = format!(
+                "{}-bit g{} {} hidden {hidden} inter {inter} assign {base}+{count}",
+                down.bits, down.group_size, down.scale_dtype
+            );
+            let before = rng.vec(n_assign * hidden, 1.0);
+            let mut want = Vec::new();
+            let mut written = vec![false; before.len()];
+            let mut floor: f64 = 0.0;
+            for (a, &(_, s)) in asg.iter().enumerate().skip(base).take(count) {
+                let ha = &h[a * inter..(a + 1) * inter];
+                let d = &pg.experts[s][2];
+                let o = reference::matmul(&d.values, hidden, inter, ha, 1);
+                want.extend(o.iter().map(|v| v * route_w[a]));
+                written[a * hidden..(a + 1) * hidden].fill(true);
+                floor = floor.max(d.dot_scale(rms(ha)) * f64::from(route_w[a]));
+            }
+            let d = pg.offs[2];
+            let out = run(
+                Kernel::MoeDownQ,
+                &down,
+                &[
+                    hidden as u32,
+                    inter as u32,
+                    base as u32,
+                    count as u32,
+                    pg.slot_words,
+                    d[0],
+                    d[1],
+                    d[2],
+                ],
+                &[
+                    &pg.bytes,
+                    &f32_bytes(&h),
+                    &u32_bytes(&pairs),
+                    &f32_bytes(&route_w),
+                    &f32_bytes(&before),
+                ],
+                kernels::moe_down_q_groups(hidden as u32, count as u32),
+            );
+            let got = to_f32(&out[4]);
+            ck.untouched(&case, &got, &before, &written);
+            ck.close(&case, &pick(&got, &written), &want, REDUCTION.floor(floor));
+        }
+    }
+    ck.report();
+}
