@@ -1,12 +1,19 @@
 // Decode routing without a host round trip: for the top_k experts the router chose for the
-// one token of this step, look up their cache slots in the GPU slot table and write the
-// assignment list the expert kernels read. An expert that is not resident sets this
-// layer's miss flag (and points at slot 0 so the kernels stay in bounds); the host then
-// discards the step and runs it again with a routing readback.
+// one token of this step, look up their cache slots in the GPU slot table and write, per
+// cache page, the assignment list the expert kernels read and the indirect dispatch sizes
+// of the gate/up and down kernels over that page. Assignments of page p occupy rows
+// p * top_k .. of the assignment buffers. An expert that is not resident sets this layer's
+// miss flag (and points at slot 0 so the kernels stay in bounds); the host then discards
+// the step and runs it again with a routing readback. One invocation does it all: top_k
+// and the page count are small.
 struct Params {
     top_k: u32,
     table_base: u32, // layer * n_experts
     layer: u32,
+    slots_per_page: u32,
+    n_pages: u32,
+    gate_up_x: u32, // workgroups along x of the gate/up kernel
+    down_x: u32,    // and of the down kernel
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -17,21 +24,35 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> assign_w: array<f32>;
 @group(0) @binding(6) var<storage, read_write> route: array<u32>;
 @group(0) @binding(7) var<storage, read_write> miss: array<u32>;
+// Per page: (gate_up_x, count, 1, down_x, count, 1).
+@group(0) @binding(8) var<storage, read_write> args: array<u32>;
 
 const NONE: u32 = 0xffffffffu;
 
-@compute @workgroup_size(64)
-fn main(@builtin(local_invocation_index) k: u32) {
-    if (k >= p.top_k) {
-        return;
+@compute @workgroup_size(1)
+fn main() {
+    for (var pg = 0u; pg < p.n_pages; pg++) {
+        args[6u * pg] = p.gate_up_x;
+        args[6u * pg + 1u] = 0u;
+        args[6u * pg + 2u] = 1u;
+        args[6u * pg + 3u] = p.down_x;
+        args[6u * pg + 4u] = 0u;
+        args[6u * pg + 5u] = 1u;
     }
-    var slot = table[p.table_base + ids[k]];
-    if (slot == NONE) {
-        miss[p.layer] = 1u;
-        slot = 0u;
+    for (var k = 0u; k < p.top_k; k++) {
+        var slot = table[p.table_base + ids[k]];
+        if (slot == NONE) {
+            miss[p.layer] = 1u;
+            slot = 0u;
+        }
+        let pg = slot / p.slots_per_page;
+        let j = args[6u * pg + 1u];
+        args[6u * pg + 1u] = j + 1u;
+        args[6u * pg + 4u] = j + 1u;
+        let a = pg * p.top_k + j;
+        assign[2u * a] = 0u;
+        assign[2u * a + 1u] = slot % p.slots_per_page;
+        assign_w[a] = weights[k];
+        route[k] = a;
     }
-    assign[2u * k] = 0u;
-    assign[2u * k + 1u] = slot;
-    assign_w[k] = weights[k];
-    route[k] = k;
 }

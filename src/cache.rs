@@ -189,7 +189,7 @@ impl ExpertCache {
         store: Arc<dyn ExpertStore>,
         moe_layers: &[usize],
         (num_layers, num_experts): (usize, usize),
-        slots: usize,
+        (slots, page_bytes): (usize, Option<u64>),
         io_threads: usize,
     ) -> Result<Self> {
         let mut largest = 0;
@@ -211,7 +211,13 @@ impl ExpertCache {
                 gpu.max_binding
             )));
         }
-        let slots_per_page = ((gpu.max_binding / slot_bytes) as usize).min(slots);
+        let page_limit = page_bytes.map_or(gpu.max_binding, |b| b.min(gpu.max_binding));
+        if slot_bytes > page_limit {
+            return Err(Error::InvalidArgument(format!(
+                "an expert cache page of {page_limit} bytes cannot hold one expert slot ({slot_bytes} bytes)"
+            )));
+        }
+        let slots_per_page = ((page_limit / slot_bytes) as usize).min(slots);
         let mut pages = Vec::new();
         let mut left = slots;
         while left > 0 {
@@ -246,11 +252,6 @@ impl ExpertCache {
         let at = ((layer * self.num_experts + expert) * 4) as u64;
         gpu.queue
             .write_buffer(&self.table, at, &value.to_le_bytes());
-    }
-
-    /// Whether every slot is in one page (the decode routing kernel needs that).
-    pub fn single_page(&self) -> bool {
-        self.pages.len() == 1
     }
 
     /// Marks the experts `keys` as just used, as a step that ran without a routing

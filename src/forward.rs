@@ -358,7 +358,13 @@ impl Pass<'_> {
                 bytemuck::cast_slice(&aw[a0..]),
             );
             for (page, start, count) in runs {
-                self.experts(&kernels, &cache.pages[page], start as u32, count as u32);
+                self.experts(
+                    &kernels,
+                    &cache.pages[page],
+                    start as u32,
+                    count as u32,
+                    None,
+                );
             }
             // Submit while the slots are pinned by the lock.
             self.rec.submit();
@@ -382,8 +388,18 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// The gate/up and down kernels of `count` assignments from `start`, over one page.
-    fn experts(&mut self, kernels: &ExpertKernels, page: &wgpu::Buffer, start: u32, count: u32) {
+    /// The gate/up and down kernels of `count` assignments from `start`, over one page. With
+    /// `indirect = Some((args, offset))` the grids are read on the GPU (gate/up's at
+    /// `offset`, down's 12 bytes later, as the resident routing kernel writes them) and
+    /// `count` is only an upper bound.
+    fn experts(
+        &mut self,
+        kernels: &ExpertKernels,
+        page: &wgpu::Buffer,
+        start: u32,
+        count: u32,
+        indirect: Option<(&wgpu::Buffer, u64)>,
+    ) {
         let s = self.s;
         let cfg = &self.m.cfg;
         let (hs, is) = (cfg.hidden_size as u32, cfg.moe_intermediate_size as u32);
@@ -395,19 +411,21 @@ impl Pass<'_> {
         } else {
             (is, count)
         };
-        self.rec.dispatch_q(
-            *kernel,
-            Some(*wdt),
-            *quant,
-            &params,
-            &[
-                page.into(),
-                (&s.xn).into(),
-                (&s.assign).into(),
-                (&s.moe_h).into(),
-            ],
-            groups,
-        );
+        let binds = [
+            page.into(),
+            (&s.xn).into(),
+            (&s.assign).into(),
+            (&s.moe_h).into(),
+        ];
+        match indirect {
+            None => self
+                .rec
+                .dispatch_q(*kernel, Some(*wdt), *quant, &params, &binds, groups),
+            Some((args, at)) => {
+                self.rec
+                    .dispatch_indirect(*kernel, Some(*wdt), *quant, &params, &binds, args, at)
+            }
+        }
         let (kernel, wdt, quant, tail) = &kernels.down;
         let mut params = vec![hs, is, start, count];
         params.extend_from_slice(tail);
@@ -416,20 +434,27 @@ impl Pass<'_> {
         } else {
             (hs, count)
         };
-        self.rec.dispatch_q(
-            *kernel,
-            Some(*wdt),
-            *quant,
-            &params,
-            &[
-                page.into(),
-                (&s.moe_h).into(),
-                (&s.assign).into(),
-                (&s.assign_w).into(),
-                (&s.moe_o).into(),
-            ],
-            groups,
-        );
+        let binds = [
+            page.into(),
+            (&s.moe_h).into(),
+            (&s.assign).into(),
+            (&s.assign_w).into(),
+            (&s.moe_o).into(),
+        ];
+        match indirect {
+            None => self
+                .rec
+                .dispatch_q(*kernel, Some(*wdt), *quant, &params, &binds, groups),
+            Some((args, at)) => self.rec.dispatch_indirect(
+                *kernel,
+                Some(*wdt),
+                *quant,
+                &params,
+                &binds,
+                args,
+                at + 12,
+            ),
+        }
     }
 
     /// The MoE block of one decode token without a host round trip: the routing kernel maps
@@ -452,10 +477,27 @@ impl Pass<'_> {
             source: None,
         })?;
         let kernels = ExpertKernels::new(l, lay, cache.slot_bytes)?;
+        let (hs, is) = (cfg.hidden_size as u32, cfg.moe_intermediate_size as u32);
+        let gate_up_x = match kernels.gate_up.2 {
+            Some(_) => kernels::moe_gate_up_q_groups(is, 1).0,
+            None => is,
+        };
+        let down_x = match kernels.down.2 {
+            Some(_) => kernels::moe_down_q_groups(hs, 1).0,
+            None => hs,
+        };
         self.rec.dispatch(
             Kernel::MoeRoute,
             None,
-            &[k as u32, (l * ne) as u32, l as u32],
+            &[
+                k as u32,
+                (l * ne) as u32,
+                l as u32,
+                cache.slots_per_page as u32,
+                cache.pages.len() as u32,
+                gate_up_x,
+                down_x,
+            ],
             &[
                 (&s.route_ids).into(),
                 (&s.route_w).into(),
@@ -464,6 +506,7 @@ impl Pass<'_> {
                 (&s.assign_w).into(),
                 (&s.route).into(),
                 (&s.miss).into(),
+                (&s.moe_args).into(),
             ],
             (1, 1),
         );
@@ -474,7 +517,10 @@ impl Pass<'_> {
             (l * k * 4) as u64,
             (k * 4) as u64,
         );
-        self.experts(&kernels, &cache.pages[0], 0, k as u32);
+        for (p, page) in cache.pages.iter().enumerate() {
+            let args = Some((&s.moe_args, (p * 24) as u64));
+            self.experts(&kernels, page, (p * k) as u32, k as u32, args);
+        }
         self.rec.dispatch(
             Kernel::MoeCombine,
             None,

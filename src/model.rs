@@ -35,6 +35,7 @@ pub struct ModelBuilder {
     store: Option<Arc<dyn ExpertStore>>,
     adapter: AdapterChoice,
     io_threads: usize,
+    page_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for ModelBuilder {
@@ -63,6 +64,15 @@ impl ModelBuilder {
     /// machines this is the fastest configuration; measure it.
     pub fn minimal_expert_cache(mut self) -> Self {
         self.cache_size = CacheSize::Minimal;
+        self
+    }
+
+    /// The largest GPU buffer ("page") the expert cache allocates; the cache is split into
+    /// pages of whole slots. Default: the device's largest storage binding. Lower it on
+    /// platforms that cap buffer sizes below what the adapter reports (e.g. a few GB on
+    /// iOS).
+    pub fn expert_cache_page_bytes(mut self, bytes: u64) -> Self {
+        self.page_bytes = Some(bytes);
         self
     }
 
@@ -173,7 +183,7 @@ impl ModelBuilder {
                 store.clone(),
                 &moe_layers,
                 (cfg.num_hidden_layers, cfg.num_experts),
-                slots,
+                (slots, self.page_bytes),
                 self.io_threads,
             )?)
         } else {
@@ -246,6 +256,7 @@ impl Model {
             store: None,
             adapter: AdapterChoice::Auto,
             io_threads: DEFAULT_IO_THREADS,
+            page_bytes: None,
         }
     }
 

@@ -37,6 +37,8 @@ pub(crate) struct Scratch {
     pub miss: wgpu::Buffer,
     /// Per layer: the experts the resident routing chose (`top_k` ids each).
     pub routes_log: wgpu::Buffer,
+    /// Per cache page: the indirect grids of the expert kernels of a resident step.
+    pub moe_args: wgpu::Buffer,
     pub moe_h: wgpu::Buffer,
     pub moe_o: wgpu::Buffer,
     pub logits: wgpu::Buffer,
@@ -194,6 +196,10 @@ impl Session {
             .div_ceil(16)
             * 16
             + Timer::READBACK_BYTES;
+        // Assignment rows: one per (token, choice) of a pass, and top_k per cache page for a
+        // resident decode step.
+        let pages = m.cache.as_ref().map_or(1, |c| c.pages.len());
+        let rows = (cap * k).max(pages * k);
         let scratch = Scratch {
             cap,
             ids: buf("ids", cap),
@@ -213,13 +219,19 @@ impl Session {
             router_logits: buf("router_logits", cap * cfg.num_experts),
             route_ids: buf("route_ids", cap * k),
             route_w: buf("route_w", cap * k),
-            assign: buf("assign", cap * k * 2),
-            assign_w: buf("assign_w", cap * k),
+            assign: buf("assign", rows * 2),
+            assign_w: buf("assign_w", rows),
             route: buf("route", cap * k),
             miss: buf("miss flags", cfg.num_hidden_layers),
             routes_log: buf("routes log", cfg.num_hidden_layers * k),
-            moe_h: buf("moe_h", cap * k * cfg.moe_intermediate_size),
-            moe_o: buf("moe_o", cap * k * h),
+            moe_args: gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("expert grids"),
+                size: (pages.max(1) * 24) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::INDIRECT,
+                mapped_at_creation: false,
+            }),
+            moe_h: buf("moe_h", rows * cfg.moe_intermediate_size),
+            moe_o: buf("moe_o", rows * h),
             logits: buf("logits", cfg.vocab_size),
             readback: gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
@@ -338,10 +350,7 @@ impl Session {
     /// One batched pass over `ids` (at most `scratch.cap` of them) at the current position.
     fn run(&mut self, ids: &[u32], want_logits: bool) -> Result<Vec<f32>> {
         let m = &*self.model.inner;
-        let resident = ids.len() == 1
-            && want_logits
-            && m.cfg.num_experts > 0
-            && m.cache.as_ref().is_some_and(|c| c.single_page());
+        let resident = ids.len() == 1 && want_logits && m.cache.is_some();
         if resident && self.resident_backoff == 0 {
             match self.pass(ids, true, true)? {
                 Some(logits) => return Ok(logits),

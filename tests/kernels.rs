@@ -1455,18 +1455,22 @@ fn copy() {
 
 #[test]
 fn moe_route() {
-    // For the top_k experts of the decode token: assignment (token 0, slot of the expert
-    // in the slot table of this layer), its weight, route[k] = k; an expert without a slot
-    // (u32::MAX) sets the layer's miss flag and gets slot 0. Dispatched as one workgroup.
+    // For the top_k experts of the decode token: look up each expert's slot in this layer's
+    // part of the slot table; group the assignments by cache page (page = slot /
+    // slots_per_page): assignment j of page p is row p * top_k + j, holding (token 0, slot
+    // within the page) and the weight; route[k] is that row; per page the indirect grids
+    // (gate_up_x, count, 1, down_x, count, 1). An expert without a slot (u32::MAX) sets the
+    // layer's miss flag and counts as slot 0. Dispatched as one workgroup of one invocation.
     let kernel = kernel_named("moe_route");
     let mut rng = Rng::new(140);
     const NONE: u32 = u32::MAX;
-    let (n_layers, ne) = (3usize, 128usize);
+    let (n_layers, ne, spp, pages) = (3usize, 128usize, 16u32, 3usize);
+    let (gate_up_x, down_x) = (11u32, 13u32);
     let mut cases = 0;
     for layer in [0usize, 2] {
         for top_k in [1usize, 2, 5, 8] {
             for with_miss in [false, true] {
-                // Slot table of all layers: a random slot or none for each expert.
+                // Slot table of all layers: a random slot (over 3 pages) or none.
                 let mut table: Vec<u32> = (0..n_layers * ne)
                     .map(|_| {
                         if rng.below(3) == 0 {
@@ -1489,16 +1493,26 @@ fn moe_route() {
                     }
                 }
                 let weights = rng.vec(top_k, 1.0);
-                // Sentinels one entry past top_k; other layers' miss flags are 7.
-                let assign0 = vec![0xdead_beefu32; 2 * (top_k + 1)];
-                let assign_w0 = vec![-5.0f32; top_k + 1];
+                // Sentinels past the rows used; other layers' miss flags are 7.
+                let rows = pages * top_k + 1;
+                let assign0 = vec![0xdead_beefu32; 2 * rows];
+                let assign_w0 = vec![-5.0f32; rows];
                 let route0 = vec![0xdead_beefu32; top_k + 1];
                 let mut miss0 = vec![7u32; n_layers];
                 miss0[layer] = 0;
+                let args0 = vec![0x5555_5555u32; 6 * pages + 1];
                 let out = run(
                     kernel,
                     None,
-                    &[top_k as u32, (layer * ne) as u32, layer as u32],
+                    &[
+                        top_k as u32,
+                        (layer * ne) as u32,
+                        layer as u32,
+                        spp,
+                        pages as u32,
+                        gate_up_x,
+                        down_x,
+                    ],
                     &[
                         &u32_bytes(&ids),
                         &f32_bytes(&weights),
@@ -1507,6 +1521,7 @@ fn moe_route() {
                         &f32_bytes(&assign_w0),
                         &u32_bytes(&route0),
                         &u32_bytes(&miss0),
+                        &u32_bytes(&args0),
                     ],
                     (1, 1),
                 );
@@ -1515,15 +1530,25 @@ fn moe_route() {
                 let mut want_w = assign_w0.clone();
                 let mut want_route = route0.clone();
                 let mut want_miss = miss0.clone();
+                let mut want_args = args0.clone();
+                for p in 0..pages {
+                    want_args[6 * p..6 * p + 6].copy_from_slice(&[gate_up_x, 0, 1, down_x, 0, 1]);
+                }
                 for (k, &e) in ids.iter().enumerate() {
-                    let slot = table[layer * ne + e as usize];
+                    let mut slot = table[layer * ne + e as usize];
                     if slot == NONE {
                         want_miss[layer] = 1;
+                        slot = 0;
                     }
-                    want_assign[2 * k] = 0;
-                    want_assign[2 * k + 1] = if slot == NONE { 0 } else { slot };
-                    want_w[k] = weights[k];
-                    want_route[k] = k as u32;
+                    let p = (slot / spp) as usize;
+                    let j = want_args[6 * p + 1] as usize;
+                    want_args[6 * p + 1] += 1;
+                    want_args[6 * p + 4] += 1;
+                    let a = p * top_k + j;
+                    want_assign[2 * a] = 0;
+                    want_assign[2 * a + 1] = slot % spp;
+                    want_w[a] = weights[k];
+                    want_route[k] = a as u32;
                 }
                 assert_eq!(want_miss[layer], u32::from(with_miss), "{case}");
                 assert_eq!(to_u32(&out[3]), want_assign, "moe_route [{case}]: assign");
@@ -1532,6 +1557,11 @@ fn moe_route() {
                 assert_eq!(bits(&got_w), bits(&want_w), "moe_route [{case}]: weights");
                 assert_eq!(to_u32(&out[5]), want_route, "moe_route [{case}]: route");
                 assert_eq!(to_u32(&out[6]), want_miss, "moe_route [{case}]: miss flags");
+                assert_eq!(
+                    to_u32(&out[7]),
+                    want_args,
+                    "moe_route [{case}]: indirect grids"
+                );
                 // The inputs are read only.
                 assert_eq!(to_u32(&out[2]), table, "moe_route [{case}]: slot table");
                 cases += 1;

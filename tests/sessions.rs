@@ -182,3 +182,40 @@ fn preloaded_model_never_reads_storage_and_every_step_is_resident() {
     assert_eq!(st.resident_steps as usize, golden.ids.len() - p, "{st:?}");
     assert_eq!(st.resident_retries, 0);
 }
+
+/// An expert cache split over many GPU buffers ("pages"): prefill with routing readbacks
+/// (one dispatch per page run) and resident decode (one indirect dispatch per page) give
+/// exactly the logits of a one-page cache.
+#[test]
+fn multi_page_cache_matches_single_page() {
+    let dir = common::fixture("tiny_bf16");
+    let golden = Golden::load(&dir).unwrap();
+    let one = Model::open(&dir).unwrap();
+    let slot = common::slot_bytes(&one);
+    let paged = Model::builder(&dir)
+        .expert_cache_page_bytes(2 * slot)
+        .build()
+        .unwrap();
+    let run = |model: &Model| {
+        model.preload_experts().unwrap();
+        let mut s = model.session(golden.ids.len()).unwrap();
+        let p = golden.prompt_len;
+        let mut out = vec![s.prefill(&golden.ids[..p]).unwrap()];
+        for &id in &golden.ids[p..] {
+            out.push(s.step(id).unwrap());
+        }
+        (out, s.stats())
+    };
+    let (a, sa) = run(&one);
+    let (b, sb) = run(&paged);
+    assert_eq!(a, b);
+    assert!(sb.resident_steps > 0 && sb.resident_retries == 0, "{sb:?}");
+    assert_eq!(sa.resident_steps, sb.resident_steps);
+    let tight_paged = Model::builder(&dir)
+        .expert_cache_bytes(5 * slot)
+        .expert_cache_page_bytes(2 * slot)
+        .build()
+        .unwrap();
+    let report = moestream::golden::check(&tight_paged, &golden, &dir).unwrap();
+    assert!(report.passed(), "{report}");
+}

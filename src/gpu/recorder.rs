@@ -94,6 +94,12 @@ impl<'a> From<&'a wgpu::Buffer> for Bind<'a> {
     }
 }
 
+/// How many workgroups a dispatch runs.
+enum Size<'a> {
+    Direct((u32, u32)),
+    Indirect(&'a wgpu::Buffer, u64),
+}
+
 /// Splits a count of workgroups into a 2-D grid within the 65535-per-dimension limit.
 pub(crate) fn grid_of(n: u32) -> (u32, u32) {
     let x = n.clamp(1, 65535);
@@ -236,6 +242,41 @@ impl<'a> Recorder<'a> {
         bufs: &[Bind<'_>],
         groups: (u32, u32),
     ) {
+        self.record(kernel, wdt, quant, params, bufs, Size::Direct(groups));
+    }
+
+    /// As [`dispatch_q`](Self::dispatch_q), with the workgroup counts read on the GPU from
+    /// `args` at `offset` (three u32: x, y, z), as written by an earlier kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dispatch_indirect(
+        &mut self,
+        kernel: Kernel,
+        wdt: Option<DType>,
+        quant: Option<(u32, u32)>,
+        params: &[u32],
+        bufs: &[Bind<'_>],
+        args: &wgpu::Buffer,
+        offset: u64,
+    ) {
+        self.record(
+            kernel,
+            wdt,
+            quant,
+            params,
+            bufs,
+            Size::Indirect(args, offset),
+        );
+    }
+
+    fn record(
+        &mut self,
+        kernel: Kernel,
+        wdt: Option<DType>,
+        quant: Option<(u32, u32)>,
+        params: &[u32],
+        bufs: &[Bind<'_>],
+        size: Size<'_>,
+    ) {
         let t0 = std::time::Instant::now();
         let pipeline = self.gpu.pipeline_q(kernel, wdt, quant);
         let (block, offset) = self.params.push(self.gpu, bytemuck::cast_slice(params));
@@ -291,7 +332,10 @@ impl<'a> Recorder<'a> {
         if let Some(pass) = self.pass.as_mut() {
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups.0, groups.1, 1);
+            match size {
+                Size::Direct((x, y)) => pass.dispatch_workgroups(x, y, 1),
+                Size::Indirect(args, offset) => pass.dispatch_workgroups_indirect(args, offset),
+            }
         }
         self.record_time += t0.elapsed();
     }
