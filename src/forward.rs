@@ -10,6 +10,7 @@ use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::{GpuMatrix, GpuVec, Recorder};
 use crate::model::ModelInner;
+use crate::sampling::Candidate;
 use crate::session::Scratch;
 use crate::store::{ExpertLayout, ExpertTensor};
 use crate::weights::{Layer, Mlp};
@@ -542,28 +543,63 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// Logits of the last token of the pass.
-    pub fn logits(&mut self) -> Result<Vec<f32>> {
-        Ok(self.logits_and(&[])?.0)
-    }
-
-    /// Logits of the last token, and the bytes of `extra` buffer ranges read back with them.
-    pub fn logits_and(
+    /// The logits of the last token of the pass (all of them, or the `top` best), and the
+    /// bytes of `extra` buffer ranges read back with them.
+    pub fn readout(
         &mut self,
+        top: Option<usize>,
         extra: &[(&wgpu::Buffer, u64, u64)],
-    ) -> Result<(Vec<f32>, Vec<Vec<u8>>)> {
+    ) -> Result<(Readout, Vec<Vec<u8>>)> {
         let s = self.s;
         let w = &self.m.weights;
         let h = self.m.cfg.hidden_size;
+        let v = self.m.cfg.vocab_size;
         self.rmsnorm(&s.x, &w.final_norm, &s.xn, 1, h, (self.n - 1) * h);
         self.linear_n(w.lm_head(), &s.xn, &s.logits, None, None, 1);
-        let v = self.m.cfg.vocab_size;
-        let mut parts = vec![(&s.logits, 0, (v * 4) as u64)];
+        let mut parts = Vec::with_capacity(extra.len() + 1);
+        if let Some(n) = top {
+            let groups = kernels::topk_groups(v as u32);
+            self.rec.dispatch(
+                Kernel::TopK,
+                None,
+                &[v as u32, kernels::TOPK_CHUNK, n as u32],
+                &[(&s.logits).into(), (&s.topk).into()],
+                groups,
+            );
+            parts.push((&s.topk, 0, groups.0 as u64 * n as u64 * 8));
+        } else {
+            parts.push((&s.logits, 0, (v * 4) as u64));
+        }
         parts.extend_from_slice(extra);
         let mut out = self.rec.read(&parts, &s.readback)?;
         let rest = out.split_off(1);
-        Ok((bytemuck::pod_collect_to_vec(&out[0]), rest))
+        let readout = match top {
+            None => Readout::Full(bytemuck::pod_collect_to_vec(&out[0])),
+            Some(n) => {
+                let words: Vec<u32> = bytemuck::pod_collect_to_vec(&out[0]);
+                let mut c: Vec<Candidate> = words
+                    .chunks_exact(2)
+                    .filter(|p| p[1] != u32::MAX)
+                    .map(|p| Candidate {
+                        id: p[1],
+                        logit: f32::from_bits(p[0]),
+                    })
+                    .collect();
+                c.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
+                c.truncate(n);
+                Readout::Top(c)
+            }
+        };
+        Ok((readout, rest))
     }
+}
+
+/// What a pass reads back of the logits of its last token.
+pub(crate) enum Readout {
+    /// Every logit.
+    Full(Vec<f32>),
+    /// The best few, by (logit descending, id ascending).
+    Top(Vec<Candidate>),
 }
 
 /// The kernel, dtype, quantization and trailing parameters of an expert projection.

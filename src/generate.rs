@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::cache::CacheStats;
 use crate::chat::{ChatMessage, ChatOptions};
 use crate::error::{Error, Result};
-use crate::sampling::{GenerationConfig, Sampler, SamplingParams};
-use crate::session::{Session, SessionStats, MAX_PASS_TOKENS};
+use crate::sampling::{Candidate, GenerationConfig, LogitsNeeded, Sampler, SamplingParams};
+use crate::session::{Session, SessionStats, MAX_PASS_TOKENS, MAX_TOP};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
 /// Default [`GenerateOptions::max_tokens`].
@@ -272,9 +272,16 @@ impl GenerationEvent {
     }
 }
 
+/// What a step read back for sampling: every logit, or the best few (read back from the GPU
+/// instead of the whole vocabulary when the sampler can decide from them).
+enum Scores {
+    Full(Vec<f32>),
+    Top(Vec<Candidate>),
+}
+
 enum State {
     Prefill,
-    Sample(Vec<f32>),
+    Sample(Scores),
     Step(u32),
     Finish(FinishReason),
     Done,
@@ -537,6 +544,17 @@ impl<'s> Generation<'s> {
     }
 }
 
+impl Generation<'_> {
+    /// How many of the best logits to read back per token, or `None` for all of them.
+    fn top_n(&self) -> Option<usize> {
+        match self.sampler.params().logits_needed() {
+            LogitsNeeded::Argmax => Some(1),
+            LogitsNeeded::Top(n) if n <= MAX_TOP => Some(n),
+            _ => None,
+        }
+    }
+}
+
 impl Iterator for Generation<'_> {
     type Item = Result<GenerationEvent>;
 
@@ -551,7 +569,13 @@ impl Iterator for Generation<'_> {
                     }
                     let n = self.pending.len().min(MAX_PASS_TOKENS);
                     let t = Instant::now();
-                    let result = self.session.prefill(&self.pending[..n]);
+                    let result = match self.top_n() {
+                        Some(top) if n == self.pending.len() => self
+                            .session
+                            .prefill_top(&self.pending[..n], top)
+                            .map(Scores::Top),
+                        _ => self.session.prefill(&self.pending[..n]).map(Scores::Full),
+                    };
                     self.stats.prefill_time += t.elapsed();
                     match result {
                         Ok(logits) => {
@@ -578,7 +602,17 @@ impl Iterator for Generation<'_> {
                         self.state = State::Finish(FinishReason::MaxTokens);
                         continue;
                     }
-                    let id = self.sampler.sample(&logits);
+                    let id = match logits {
+                        Scores::Full(l) => self.sampler.sample(&l),
+                        Scores::Top(c) => match self.sampler.sample_candidates(&c) {
+                            Some(id) => id,
+                            // The candidates do not decide it: read every logit.
+                            None => match self.session.last_logits() {
+                                Ok(l) => self.sampler.sample(&l),
+                                Err(e) => return self.fail(e),
+                            },
+                        },
+                    };
                     if self.stats.time_to_first_token.is_none() {
                         self.stats.time_to_first_token = Some(self.t0.elapsed());
                     }
@@ -611,7 +645,10 @@ impl Iterator for Generation<'_> {
                         continue;
                     }
                     let t = Instant::now();
-                    let result = self.session.step(id);
+                    let result = match self.top_n() {
+                        Some(top) => self.session.step_top(id, top).map(Scores::Top),
+                        None => self.session.step(id).map(Scores::Full),
+                    };
                     self.stats.decode_time += t.elapsed();
                     match result {
                         Ok(logits) => {

@@ -37,7 +37,7 @@ pub use generate::{
 pub use gpu::{AdapterChoice, AdapterSummary, ADAPTER_ENV};
 pub use model::{Model, ModelBuilder, DEFAULT_EXPERT_CACHE_BYTES, DEFAULT_IO_THREADS};
 pub use sampling::{Candidate, GenerationConfig, LogitsNeeded, Sampler, SamplingParams};
-pub use session::{Session, SessionStats, MAX_PASS_TOKENS};
+pub use session::{Session, SessionStats, MAX_PASS_TOKENS, MAX_TOP};
 pub use store::{
     checkpoint_identity, pack_experts, pack_experts_from, PackOptions, PackOutcome, PackProgress,
     PackSummary, PackedStore, PackedStoreOptions, PACK_DIR_NAME, PACK_FORMAT, PACK_VERSION,

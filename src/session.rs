@@ -2,9 +2,10 @@
 
 use crate::cache::CacheStats;
 use crate::error::{Error, Result};
-use crate::forward::Pass;
+use crate::forward::{Pass, Readout};
 use crate::gpu::{Gpu, ParamArena, Recorder, Timer};
 use crate::model::Model;
+use crate::sampling::Candidate;
 
 /// Longest run of tokens one batched pass processes; longer prompts are prefilled in
 /// passes of this many tokens.
@@ -33,6 +34,8 @@ pub(crate) struct Scratch {
     pub assign: wgpu::Buffer,
     pub assign_w: wgpu::Buffer,
     pub route: wgpu::Buffer,
+    /// Top-n candidates per vocabulary chunk, as `kernels/topk.wgsl` writes them.
+    pub topk: wgpu::Buffer,
     /// Per layer: set by the resident routing kernel when a chosen expert is not resident.
     pub miss: wgpu::Buffer,
     /// Per layer: the experts the resident routing chose (`top_k` ids each).
@@ -128,8 +131,37 @@ pub struct Session {
     timer: Option<Timer>,
     stats: SessionStats,
     last: SessionStats,
+    /// Whether the logits buffer holds the last position's logits.
+    has_logits: bool,
     /// Decode steps to run with routing readbacks before trying the resident path again.
     resident_backoff: u32,
+}
+
+/// Largest `n` of [`Session::step_top`] and [`Session::prefill_top`].
+pub const MAX_TOP: usize = 256;
+
+/// What a pass reads back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Nothing,
+    Full,
+    Top(usize),
+}
+
+impl Readout {
+    fn into_full(self) -> Vec<f32> {
+        match self {
+            Readout::Full(v) => v,
+            Readout::Top(_) => Vec::new(),
+        }
+    }
+
+    fn into_top(self) -> Vec<Candidate> {
+        match self {
+            Readout::Top(c) => c,
+            Readout::Full(_) => Vec::new(),
+        }
+    }
 }
 
 /// After a resident attempt misses, this many steps use routing readbacks before the next.
@@ -191,7 +223,10 @@ impl Session {
         let h = cfg.hidden_size;
         let qd = cfg.num_attention_heads * cfg.head_dim;
         let kvd = cfg.num_key_value_heads * cfg.head_dim;
-        let readback_bytes = ((cfg.vocab_size * 4 + cfg.num_hidden_layers * (k + 1) * 4)
+        let topk_words =
+            crate::gpu::kernels::topk_groups(cfg.vocab_size as u32).0 as usize * MAX_TOP * 2;
+        let readback_bytes = (((cfg.vocab_size * 4).max(topk_words * 4)
+            + cfg.num_hidden_layers * (k + 1) * 4)
             .max(cap * k * 8) as u64)
             .div_ceil(16)
             * 16
@@ -223,6 +258,7 @@ impl Session {
             assign_w: buf("assign_w", rows),
             route: buf("route", cap * k),
             miss: buf("miss flags", cfg.num_hidden_layers),
+            topk: buf("top-k candidates", topk_words),
             routes_log: buf("routes log", cfg.num_hidden_layers * k),
             moe_args: gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("expert grids"),
@@ -261,6 +297,7 @@ impl Session {
             timer,
             stats: SessionStats::default(),
             last: SessionStats::default(),
+            has_logits: false,
             resident_backoff: 0,
         })
     }
@@ -268,6 +305,18 @@ impl Session {
     /// Runs a whole prompt (appended to whatever the context holds) in batched passes and
     /// returns the logits at its last position.
     pub fn prefill(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.prefill_as(ids, Want::Full).map(Readout::into_full)
+    }
+
+    /// As [`prefill`](Self::prefill), returning only the `n` best logits of the last
+    /// position (best first; ties to the lower id), computed on the GPU so that only a few
+    /// bytes are read back. `n` is clamped to `1..=`[`MAX_TOP`].
+    pub fn prefill_top(&mut self, ids: &[u32], n: usize) -> Result<Vec<Candidate>> {
+        self.prefill_as(ids, Want::Top(n.clamp(1, MAX_TOP)))
+            .map(Readout::into_top)
+    }
+
+    fn prefill_as(&mut self, ids: &[u32], want: Want) -> Result<Readout> {
         if ids.is_empty() {
             return Err(Error::InvalidArgument(
                 "prefill needs at least one token".into(),
@@ -276,10 +325,15 @@ impl Session {
         self.check_tokens(ids)?;
         self.last = SessionStats::default();
         let start = self.pos;
-        let mut last = Vec::new();
+        let mut last = Readout::Full(Vec::new());
         let chunks: Vec<&[u32]> = ids.chunks(self.scratch.cap).collect();
         for (i, chunk) in chunks.iter().enumerate() {
-            match self.run(chunk, i + 1 == chunks.len()) {
+            let want = if i + 1 == chunks.len() {
+                want
+            } else {
+                Want::Nothing
+            };
+            match self.run(chunk, want) {
                 Ok(l) => last = l,
                 Err(e) => {
                     // All or nothing: a failed prefill leaves the context as it was.
@@ -293,14 +347,41 @@ impl Session {
 
     /// Runs one token and returns the logits after it.
     pub fn step(&mut self, id: u32) -> Result<Vec<f32>> {
+        self.step_as(id, Want::Full).map(Readout::into_full)
+    }
+
+    /// As [`step`](Self::step), returning only the `n` best logits (see
+    /// [`prefill_top`](Self::prefill_top)).
+    pub fn step_top(&mut self, id: u32, n: usize) -> Result<Vec<Candidate>> {
+        self.step_as(id, Want::Top(n.clamp(1, MAX_TOP)))
+            .map(Readout::into_top)
+    }
+
+    fn step_as(&mut self, id: u32, want: Want) -> Result<Readout> {
         self.check_tokens(&[id])?;
         self.last = SessionStats::default();
-        self.run(&[id], true)
+        self.run(&[id], want)
+    }
+
+    /// All logits of the last position of the most recent successful `prefill` or `step`
+    /// (for example when [`step_top`](Self::step_top)'s candidates were not enough).
+    pub fn last_logits(&mut self) -> Result<Vec<f32>> {
+        if !self.has_logits {
+            return Err(Error::InvalidArgument(
+                "no logits yet: run prefill or step first".into(),
+            ));
+        }
+        let m = &*self.model.inner;
+        let mut rec = Recorder::new(&m.gpu, &mut self.params, None);
+        let bytes = (m.cfg.vocab_size * 4) as u64;
+        let out = rec.read(&[(&self.scratch.logits, 0, bytes)], &self.scratch.readback)?;
+        Ok(bytemuck::pod_collect_to_vec(&out[0]))
     }
 
     /// Empties the context; the session's buffers are kept for reuse.
     pub fn reset(&mut self) {
         self.pos = 0;
+        self.has_logits = false;
     }
 
     /// Tokens in the context.
@@ -348,24 +429,36 @@ impl Session {
     }
 
     /// One batched pass over `ids` (at most `scratch.cap` of them) at the current position.
-    fn run(&mut self, ids: &[u32], want_logits: bool) -> Result<Vec<f32>> {
+    fn run(&mut self, ids: &[u32], want: Want) -> Result<Readout> {
         let m = &*self.model.inner;
-        let resident = ids.len() == 1 && want_logits && m.cache.is_some();
-        if resident && self.resident_backoff == 0 {
-            match self.pass(ids, true, true)? {
-                Some(logits) => return Ok(logits),
-                None => self.resident_backoff = RESIDENT_BACKOFF,
+        let resident = ids.len() == 1 && want != Want::Nothing && m.cache.is_some();
+        let out = if resident && self.resident_backoff == 0 {
+            match self.pass(ids, want, true)? {
+                Some(out) => Some(out),
+                None => {
+                    self.resident_backoff = RESIDENT_BACKOFF;
+                    None
+                }
             }
-        } else if resident {
-            self.resident_backoff -= 1;
-        }
-        self.pass(ids, want_logits, false)?
-            .ok_or_else(|| Error::Gpu("a pass with routing readbacks reported a miss".into()))
+        } else {
+            if resident {
+                self.resident_backoff -= 1;
+            }
+            None
+        };
+        let out = match out {
+            Some(out) => out,
+            None => self.pass(ids, want, false)?.ok_or_else(|| {
+                Error::Gpu("a pass with routing readbacks reported a miss".into())
+            })?,
+        };
+        self.has_logits = want != Want::Nothing;
+        Ok(out)
     }
 
     /// One pass. A resident pass returns `None` when a chosen expert was not resident (its
     /// results are discarded; nothing advanced).
-    fn pass(&mut self, ids: &[u32], want_logits: bool, resident: bool) -> Result<Option<Vec<f32>>> {
+    fn pass(&mut self, ids: &[u32], want: Want, resident: bool) -> Result<Option<Readout>> {
         let t0 = std::time::Instant::now();
         let m = &*self.model.inner;
         let cfg = &m.cfg;
@@ -395,18 +488,25 @@ impl Session {
                 pass.attention(l, layer);
                 pass.mlp(l, layer)?;
             }
-            if !want_logits {
-                // Wait for the pass (and collect its GPU time) with an empty readback.
-                pass.rec.read(&[], &s.readback)?;
-                return Ok(Some(Vec::new()));
-            }
+            let top = match want {
+                Want::Nothing => {
+                    // Wait for the pass (and collect its GPU time) with an empty readback.
+                    pass.rec.read(&[], &s.readback)?;
+                    return Ok(Some(Readout::Full(Vec::new())));
+                }
+                Want::Full => None,
+                Want::Top(n) => Some(n),
+            };
             if !resident {
-                return pass.logits().map(Some);
+                return pass.readout(top, &[]).map(|(r, _)| Some(r));
             }
-            let (logits, extra) = pass.logits_and(&[
-                (&s.miss, 0, (layers * 4) as u64),
-                (&s.routes_log, 0, (layers * k * 4) as u64),
-            ])?;
+            let (logits, extra) = pass.readout(
+                top,
+                &[
+                    (&s.miss, 0, (layers * 4) as u64),
+                    (&s.routes_log, 0, (layers * k * 4) as u64),
+                ],
+            )?;
             let miss: Vec<u32> = bytemuck::pod_collect_to_vec(&extra[0]);
             if miss.iter().any(|&f| f != 0) {
                 return Ok(None);

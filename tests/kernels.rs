@@ -394,6 +394,7 @@ fn every_kernel_is_covered() {
         Kernel::MoeGateUp,
         Kernel::MoeDown,
         Kernel::MoeCombine,
+        Kernel::TopK,
     ];
     // Tested by name (see `copy` and `moe_route`).
     let by_name = ["copy", "moe_route"];
@@ -1569,4 +1570,63 @@ fn moe_route() {
         }
     }
     println!("moe_route    {cases:>4} cases, exact");
+}
+
+#[test]
+fn topk() {
+    // Per chunk of `chunk` logits: the n best as (f32 bits, id), ordered by logit
+    // descending then id ascending; NaN counts as -3e38; ids of missing entries are
+    // u32::MAX. The merged lists must give the exact top-n of the whole vector.
+    let mut rng = Rng::new(150);
+    let mut cases = 0;
+    for (vocab, chunk, n) in [
+        (1usize, 2048u32, 1usize),
+        (5, 2048, 8),
+        (300, 64, 5),
+        (4097, 2048, 1),
+        (4097, 2048, 64),
+        (10_000, 2048, 40),
+        (151_936, 2048, 2),
+    ] {
+        let mut logits = rng.vec(vocab, 8.0);
+        // Exact ties and NaNs.
+        if vocab > 10 {
+            logits[3] = logits[vocab - 2];
+            logits[vocab / 2] = f32::NAN;
+            logits[1] = logits[vocab / 3];
+        }
+        let groups = vocab.div_ceil(chunk as usize);
+        let out0 = vec![0x5555_5555u32; groups * n * 2];
+        let out = run(
+            Kernel::TopK,
+            None,
+            &[vocab as u32, chunk, n as u32],
+            &[&f32_bytes(&logits), &u32_bytes(&out0)],
+            (groups as u32, 1),
+        );
+        let words = to_u32(&out[1]);
+        let key = |v: f32| if v.is_nan() { -3.0e38 } else { v };
+        for g in 0..groups {
+            let lo = g * chunk as usize;
+            let hi = (lo + chunk as usize).min(vocab);
+            let mut want: Vec<(f32, u32)> = (lo..hi).map(|i| (key(logits[i]), i as u32)).collect();
+            want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            for r in 0..n {
+                let got = (
+                    f32::from_bits(words[2 * (g * n + r)]),
+                    words[2 * (g * n + r) + 1],
+                );
+                match want.get(r) {
+                    Some(&(v, i)) => assert_eq!(
+                        (got.0.to_bits(), got.1),
+                        (v.to_bits(), i),
+                        "topk vocab {vocab} chunk {chunk} n {n}: group {g} rank {r}"
+                    ),
+                    None => assert_eq!(got.1, u32::MAX, "topk: missing entries have no id"),
+                }
+            }
+        }
+        cases += 1;
+    }
+    println!("topk         {cases:>4} cases, exact");
 }

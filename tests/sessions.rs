@@ -219,3 +219,40 @@ fn multi_page_cache_matches_single_page() {
     let report = moestream::golden::check(&tight_paged, &golden, &dir).unwrap();
     assert!(report.passed(), "{report}");
 }
+
+/// `step_top` / `prefill_top` give exactly the best logits that `step` / `prefill` give,
+/// on the readback path and on the resident path, and `last_logits` the full vector.
+#[test]
+fn top_candidates_equal_the_best_full_logits() {
+    let dir = common::fixture("tiny_bf16");
+    let golden = Golden::load(&dir).unwrap();
+    let model = Model::open(&dir).unwrap();
+    model.preload_experts().unwrap();
+    let best = |l: &[f32], n: usize| {
+        let mut v: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    };
+    let pairs = |c: &[moestream::Candidate]| c.iter().map(|c| (c.id, c.logit)).collect::<Vec<_>>();
+    let p = golden.prompt_len;
+    let mut full = model.session(golden.ids.len()).unwrap();
+    let mut top = model.session(golden.ids.len()).unwrap();
+    let f = full.prefill(&golden.ids[..p]).unwrap();
+    let t = top.prefill_top(&golden.ids[..p], 5).unwrap();
+    assert_eq!(pairs(&t), best(&f, 5));
+    assert_eq!(top.last_logits().unwrap(), f);
+    for (i, &id) in golden.ids[p..].iter().enumerate() {
+        let f = full.step(id).unwrap();
+        let n = [1, 3, 40][i % 3];
+        let t = top.step_top(id, n).unwrap();
+        assert_eq!(pairs(&t), best(&f, n), "step {i}");
+        assert_eq!(top.last_logits().unwrap(), f);
+    }
+    assert!(
+        top.stats().resident_steps > 0,
+        "the resident path was exercised"
+    );
+    top.reset();
+    assert!(top.last_logits().is_err());
+}

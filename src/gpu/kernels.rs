@@ -54,6 +54,8 @@ pub enum Kernel {
     Copy,
     /// Decode routing through the GPU slot table, without a host round trip.
     MoeRoute,
+    /// Top-n logits per chunk of the vocabulary, for a small readback ([`topk_groups`]).
+    TopK,
 }
 
 /// A shared WGSL file of `kernels/include/`, prepended to the kernels that use it.
@@ -99,6 +101,14 @@ const QEMBEDDING_OCTETS: u32 = 64;
 /// WGSL).
 const MOE_Q_ROWS: u32 = 4;
 
+/// Logits per workgroup of [`Kernel::TopK`].
+pub const TOPK_CHUNK: u32 = 2048;
+
+/// Grid of [`Kernel::TopK`] over a vocabulary of `n_vocab` logits.
+pub fn topk_groups(n_vocab: u32) -> (u32, u32) {
+    (n_vocab.div_ceil(TOPK_CHUNK).max(1), 1)
+}
+
 /// Grid of [`Kernel::Copy`] over `vec4_words` 16-byte words.
 pub fn copy_groups(vec4_words: u32) -> (u32, u32) {
     grid_of(vec4_words.div_ceil(256))
@@ -139,7 +149,7 @@ pub fn moe_down_q_groups(hidden: u32, n_assign: u32) -> (u32, u32) {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 18] = [
+    pub const ALL: [Kernel; 19] = [
         Kernel::Embedding,
         Kernel::RmsNorm,
         Kernel::MatVec,
@@ -158,6 +168,7 @@ impl Kernel {
         Kernel::MoeDownQ,
         Kernel::Copy,
         Kernel::MoeRoute,
+        Kernel::TopK,
     ];
 
     /// File stem in `kernels/`.
@@ -181,6 +192,7 @@ impl Kernel {
             Kernel::MoeDownQ => "moe_down_q",
             Kernel::Copy => "copy",
             Kernel::MoeRoute => "moe_route",
+            Kernel::TopK => "topk",
         }
     }
 
@@ -204,6 +216,7 @@ impl Kernel {
             Kernel::MoeDownQ => include_str!("../../kernels/moe_down_q.wgsl"),
             Kernel::Copy => include_str!("../../kernels/copy.wgsl"),
             Kernel::MoeRoute => include_str!("../../kernels/moe_route.wgsl"),
+            Kernel::TopK => include_str!("../../kernels/topk.wgsl"),
         }
     }
 
