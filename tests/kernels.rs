@@ -21,10 +21,7 @@
 //!
 //! There is no skipping: without a GPU adapter every test fails (CI runs lavapipe).
 
-use std::sync::OnceLock;
-
 use moestream::gpu::kernels::Kernel;
-use moestream::gpu::testing::KernelRunner;
 use moestream::reference;
 use moestream::{DType, ExpertLayout};
 
@@ -80,38 +77,11 @@ fn dot_scale(n: usize, a: f64, b: f64) -> f64 {
 // ---------------------------------------------------------------------------------------
 // Harness.
 
-fn runner() -> &'static KernelRunner {
-    static RUNNER: OnceLock<KernelRunner> = OnceLock::new();
-    RUNNER.get_or_init(|| {
-        KernelRunner::new().unwrap_or_else(|e| {
-            panic!(
-                "the kernel tests need a GPU adapter and do not skip without one \
-                 (on Linux without a GPU: apt-get install mesa-vulkan-drivers): {e}"
-            )
-        })
-    })
-}
+#[path = "common/harness.rs"]
+mod harness;
+use harness::*;
 
-/// Number of fields of the kernel's `Params` struct and of its storage bindings, read
-/// from the compiled source, so a kernel whose interface changed fails loudly here rather
-/// than reading a short uniform.
-fn interface(kernel: Kernel) -> (usize, usize) {
-    let src = kernel.source();
-    let start = src
-        .find("struct Params {")
-        .unwrap_or_else(|| panic!("{}: no `struct Params`", kernel.name()));
-    let body = &src[start + "struct Params {".len()..];
-    let body = &body[..body.find('}').expect("unterminated Params")];
-    let fields = body
-        .lines()
-        .map(|l| l.split("//").next().unwrap_or("").trim())
-        .filter(|l| l.contains(':'))
-        .count();
-    let bindings = src.matches("@binding(").count() - 1;
-    (fields, bindings)
-}
-
-/// Runs one dispatch and returns the final content of every buffer.
+/// Runs one dispatch of a float kernel (see [`harness::run_kernel`]).
 fn run(
     kernel: Kernel,
     wdt: Option<DType>,
@@ -119,32 +89,7 @@ fn run(
     buffers: &[&[u8]],
     groups: (u32, u32),
 ) -> Vec<Vec<u8>> {
-    let (fields, bindings) = interface(kernel);
-    assert_eq!(
-        params.len(),
-        fields,
-        "{}: the test passes {} params, the kernel declares {fields}",
-        kernel.name(),
-        params.len()
-    );
-    assert_eq!(
-        buffers.len(),
-        bindings,
-        "{}: the test passes {} buffers, the kernel declares {bindings}",
-        kernel.name(),
-        buffers.len()
-    );
-    assert_eq!(kernel.reads_weights(), wdt.is_some(), "{}", kernel.name());
-    runner()
-        .run(kernel, wdt, params, buffers, groups)
-        .unwrap_or_else(|e| panic!("{} ({wdt:?}): {e}", kernel.name()))
-}
-
-/// The engine's 1-D grid (`grid_of` in `src/gpu/recorder.rs`).
-fn grid(n: usize) -> (u32, u32) {
-    let n = n as u32;
-    let x = n.clamp(1, 65535);
-    (x, n.div_ceil(x).max(1))
+    run_kernel(kernel, wdt, None, params, buffers, groups)
 }
 
 /// A 2-D grid of at least `n` workgroups, `x` wide: exercises the `wid.y` / `gid.y` part of
@@ -152,230 +97,6 @@ fn grid(n: usize) -> (u32, u32) {
 fn grid_2d(n: usize, x: usize) -> (u32, u32) {
     (x as u32, n.div_ceil(x).max(1) as u32)
 }
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn u32_bytes(v: &[u32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn to_f32(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-fn to_u32(b: &[u8]) -> Vec<u32> {
-    b.chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-/// SplitMix64: a tiny deterministic generator.
-struct Rng(u64);
-
-impl Rng {
-    /// A generator for one test. `KERNEL_TEST_SEED=<n>` in the environment changes every
-    /// test's data (to look for rare failures); unset, the data are fixed.
-    fn new(seed: u64) -> Self {
-        let extra = std::env::var("KERNEL_TEST_SEED")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        Rng((seed ^ 0x5DEE_CE66_D1CE_5EED).wrapping_add(extra.wrapping_mul(0x2545_F491_4F6C_DD1D)))
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.f32() * scale).collect()
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.below(i + 1);
-            v.swap(i, j);
-        }
-    }
-}
-
-/// `n` random weights in `dtype`: the encoded bytes and the values they decode to.
-fn weights(rng: &mut Rng, dtype: DType, n: usize) -> (Vec<u8>, Vec<f32>) {
-    let bytes = dtype.encode(&rng.vec(n, 1.0));
-    let values = dtype.decode(&bytes);
-    (bytes, values)
-}
-
-const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-
-/// What a comparison allows.
-#[derive(Debug, Clone, Copy)]
-struct Tol {
-    /// Bound on the nmse, `sum((got - want)^2) / max(sum(want^2), n * floor^2)`.
-    nmse: f64,
-    /// Bound on the largest difference relative to the largest expected value,
-    /// `max |got - want| / max(max |want|, floor)`: one wrong value that the mean dilutes.
-    max_rel: f64,
-    /// The typical size of an output (0 if none). A dot product of random-sign terms can
-    /// cancel to a value far smaller than its terms, and its f32 rounding error is set by
-    /// the terms, not the result: a case of one or a few such outputs is judged against
-    /// this typical size instead of its own, or a lucky cancellation would look like a
-    /// large relative error.
-    floor: f64,
-}
-
-impl Tol {
-    fn floor(self, floor: f64) -> Tol {
-        Tol { floor, ..self }
-    }
-}
-
-/// Compares `got` with `want`: every value finite, nmse and largest relative difference
-/// within `tol`. Returns (nmse, max relative difference).
-fn compare(got: &[f32], want: &[f32], tol: Tol) -> Result<(f64, f64), String> {
-    if got.len() != want.len() {
-        return Err(format!("{} values, {} expected", got.len(), want.len()));
-    }
-    let (mut num, mut den, mut max_diff, mut max_want, mut at) =
-        (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        if !g.is_finite() {
-            return Err(format!("value {i} is {g} (expected {w})"));
-        }
-        let (g, w) = (f64::from(g), f64::from(w));
-        let d = g - w;
-        num += d * d;
-        den += w * w;
-        max_want = max_want.max(w.abs());
-        if d.abs() > max_diff {
-            max_diff = d.abs();
-            at = i;
-        }
-    }
-    let den = den.max(got.len() as f64 * tol.floor * tol.floor);
-    let nmse = if num == 0.0 { 0.0 } else { num / den };
-    let max_rel = if max_diff == 0.0 {
-        0.0
-    } else {
-        max_diff / max_want.max(tol.floor)
-    };
-    let detail = || {
-        format!(
-            "nmse {nmse:.3e}, max |diff| {max_diff:.3e} (relative {max_rel:.3e}) at {at}: got {}, expected {}",
-            got[at], want[at]
-        )
-    };
-    if nmse.is_nan() || nmse > tol.nmse {
-        return Err(format!("nmse above {:.0e}: {}", tol.nmse, detail()));
-    }
-    if max_rel.is_nan() || max_rel > tol.max_rel {
-        return Err(format!(
-            "max |diff| above {:.0e} relative: {}",
-            tol.max_rel,
-            detail()
-        ));
-    }
-    Ok((nmse, max_rel))
-}
-
-/// Checks one kernel's cases and keeps the worst errors seen, for the report.
-struct Checker {
-    kernel: &'static str,
-    cases: usize,
-    worst_nmse: f64,
-    worst_diff: f64,
-    nmse_case: String,
-    diff_case: String,
-}
-
-impl Checker {
-    fn new(kernel: &'static str) -> Self {
-        Checker {
-            kernel,
-            cases: 0,
-            worst_nmse: 0.0,
-            worst_diff: 0.0,
-            nmse_case: String::new(),
-            diff_case: String::new(),
-        }
-    }
-
-    fn close(&mut self, case: &str, got: &[f32], want: &[f32], tol: Tol) {
-        match compare(got, want, tol) {
-            Ok((e, d)) => {
-                self.cases += 1;
-                if e > self.worst_nmse {
-                    self.worst_nmse = e;
-                    self.nmse_case = case.to_string();
-                }
-                if d > self.worst_diff {
-                    self.worst_diff = d;
-                    self.diff_case = case.to_string();
-                }
-            }
-            Err(msg) => panic!("{} [{case}]: {msg}", self.kernel),
-        }
-    }
-
-    /// Values at positions where `written` is false must be exactly `before`.
-    fn untouched(&self, case: &str, got: &[f32], before: &[f32], written: &[bool]) {
-        assert_eq!(
-            got.len(),
-            before.len(),
-            "{} [{case}]: buffer size",
-            self.kernel
-        );
-        for (i, ((g, b), w)) in got.iter().zip(before).zip(written).enumerate() {
-            assert!(
-                *w || g.to_bits() == b.to_bits(),
-                "{} [{case}]: value {i} must not be written, was {b}, now {g}",
-                self.kernel
-            );
-        }
-    }
-
-    fn report(&self) {
-        assert!(self.cases > 0, "{}: no case checked", self.kernel);
-        println!(
-            "{:<12} {:>4} cases, worst nmse {:.3e} [{}], worst max relative diff {:.3e} [{}]",
-            self.kernel,
-            self.cases,
-            self.worst_nmse,
-            self.nmse_case,
-            self.worst_diff,
-            self.diff_case
-        );
-    }
-}
-
-/// Picks `mask[i]` values of `a`.
-fn pick(a: &[f32], mask: &[bool]) -> Vec<f32> {
-    a.iter()
-        .zip(mask)
-        .filter(|(_, &m)| m)
-        .map(|(&v, _)| v)
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------
-// Self-checks of the harness.
 
 #[test]
 fn every_kernel_is_covered() {
