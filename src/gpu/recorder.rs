@@ -281,25 +281,6 @@ impl<'a> Recorder<'a> {
         let pipeline = self.gpu.pipeline_q(kernel, wdt, quant);
         let (block, offset) = self.params.push(self.gpu, bytemuck::cast_slice(params));
         let psize = ((params.len() * 4) as u64).div_ceil(16) * 16;
-        let mut entries = Vec::with_capacity(bufs.len() + 1);
-        entries.push(wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &self.params.blocks[block].0,
-                offset,
-                size: wgpu::BufferSize::new(psize),
-            }),
-        });
-        for (i, b) in bufs.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: b.buffer,
-                    offset: b.offset,
-                    size: b.size.and_then(wgpu::BufferSize::new),
-                }),
-            });
-        }
         let key = BindKey {
             pipeline: Arc::as_ptr(&pipeline) as usize,
             block,
@@ -314,18 +295,39 @@ impl<'a> Recorder<'a> {
             self.params.bind_groups.clear();
         }
         let gpu = self.gpu;
-        let bind_group = self
-            .params
-            .bind_groups
-            .entry(key)
-            .or_insert_with(|| {
-                gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        let params_buffer = &self.params.blocks[block].0;
+        let bind_group = match self.params.bind_groups.get(&key) {
+            Some(bg) => bg.clone(),
+            None => {
+                // Only a bind group not seen before needs its entries.
+                let mut entries = Vec::with_capacity(bufs.len() + 1);
+                entries.push(wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: params_buffer,
+                        offset,
+                        size: wgpu::BufferSize::new(psize),
+                    }),
+                });
+                for (i, b) in bufs.iter().enumerate() {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: i as u32 + 1,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: b.buffer,
+                            offset: b.offset,
+                            size: b.size.and_then(wgpu::BufferSize::new),
+                        }),
+                    });
+                }
+                let bg = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some(kernel.name()),
                     layout: &pipeline.get_bind_group_layout(0),
                     entries: &entries,
-                })
-            })
-            .clone();
+                });
+                self.params.bind_groups.insert(key, bg.clone());
+                bg
+            }
+        };
         if self.pass.is_none() {
             self.pass = Some(self.begin_pass());
         }
