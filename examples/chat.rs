@@ -79,19 +79,7 @@ fn run(args: Args) -> moestream::Result<()> {
         options.chat = options.chat.kwargs_json(k)?;
     }
     let s = &mut options.sampling;
-    if let Some(t) = args.temperature {
-        s.temperature = t;
-    } else if s.is_greedy() && (args.top_p.is_some() || args.top_k.is_some()) {
-        // A truncation flag alone asks for sampling.
-        s.temperature = 1.0;
-    }
-    if let Some(p) = args.top_p {
-        s.top_p = p;
-    }
-    if let Some(k) = args.top_k {
-        s.top_k = k;
-    }
-    s.seed = args.seed;
+    demo::apply_sampling_flags(s, args.temperature, args.top_p, args.top_k, args.seed);
     options.max_tokens = args.max_tokens;
 
     let mut builder = Model::builder(&dir);

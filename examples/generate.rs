@@ -171,25 +171,13 @@ fn run(args: Args) -> moestream::Result<()> {
 
     // Options: generation_config.json's defaults, then the flags.
     let s = &mut options.sampling;
-    if let Some(t) = args.temperature {
-        s.temperature = t;
-    } else if s.is_greedy() && (args.top_p.is_some() || args.top_k.is_some()) {
-        // A truncation flag alone asks for sampling.
-        s.temperature = 1.0;
-    }
-    if let Some(p) = args.top_p {
-        s.top_p = p;
-    }
-    if let Some(k) = args.top_k {
-        s.top_k = k;
-    }
+    demo::apply_sampling_flags(s, args.temperature, args.top_p, args.top_k, args.seed);
     if let Some(p) = args.min_p {
         s.min_p = p;
     }
     if let Some(p) = args.repetition_penalty {
         s.repetition_penalty = p;
     }
-    s.seed = args.seed;
     options.max_tokens = args
         .max_tokens
         .or(GenerationConfig::from_dir(&dir)?.max_new_tokens)

@@ -107,3 +107,26 @@ pub fn write_demo_tokenizer(dir: &Path, vocab: usize) -> moestream::Result<()> {
     write(&tok_path, &tokenizer)?;
     write(&cfg_path, &config)
 }
+
+/// Applies the sampling flags both examples take over `generation_config.json`'s defaults.
+/// A truncation flag (top-p or top-k) without a temperature asks for sampling at 1.0.
+pub fn apply_sampling_flags(
+    s: &mut moestream::SamplingParams,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<usize>,
+    seed: Option<u64>,
+) {
+    if let Some(t) = temperature {
+        s.temperature = t;
+    } else if s.is_greedy() && (top_p.is_some() || top_k.is_some()) {
+        s.temperature = 1.0;
+    }
+    if let Some(p) = top_p {
+        s.top_p = p;
+    }
+    if let Some(k) = top_k {
+        s.top_k = k;
+    }
+    s.seed = seed;
+}
