@@ -3,6 +3,7 @@
 //! ```text
 //! cargo bench --bench decode                 # Qwen3-30B-A3B shape, MLX 4-bit (~16 GB experts)
 //! cargo bench --bench decode -- --small      # a small 4-bit model (for CI-sized machines)
+//! MOESTREAM_PROFILE=1 cargo bench --bench decode -- --resident-only   # GPU time per kernel
 //! ```
 //! The model is written once to `$MOESTREAM_BENCH_DIR` (default `target/bench-models`).
 //! For a fully resident expert cache and for one holding 25% of the experts, it prefills
@@ -123,6 +124,7 @@ fn main() -> Result<()> {
             logits = s.step(argmax(&logits))?;
         }
         let before = s.stats();
+        let _ = moestream::gpu::testing::take_profile();
         for _ in 0..timed {
             logits = s.step(argmax(&logits))?;
         }
@@ -157,6 +159,21 @@ fn main() -> Result<()> {
             cache.read_throughput() / 1e9,
             cache.read_time.as_secs_f64() * 1e3 / timed as f64
         );
+        let profile = moestream::gpu::testing::take_profile();
+        if !profile.is_empty() {
+            println!("GPU profile per token (MOESTREAM_PROFILE: one timed pass per dispatch):");
+            for (kernel, n, secs) in profile {
+                println!(
+                    "  {kernel:<16} {:>7.1} dispatches {:>8.3} ms {:>7.2} us each",
+                    n as f64 / timed as f64,
+                    secs * 1e3 / timed as f64,
+                    secs * 1e6 / n as f64
+                );
+            }
+        }
+        if std::env::args().any(|a| a == "--resident-only") {
+            break;
+        }
     }
     Ok(())
 }

@@ -6,11 +6,23 @@
 //! cargo bench --bench qmatvec -- --all-bits
 //! ```
 //! For each shape it prints the weight bytes (codes + scales + biases) read per mat-vec,
-//! the time per mat-vec, the GB/s of weight bytes read, and that as a fraction of the copy
-//! kernel's GB/s (bytes read + written). Weights are rotated over enough copies to exceed
-//! the GPU's caches, so the reads come from memory. Times are GPU time from timestamp
-//! queries when the adapter has them, else wall-clock time.
+//! the time per mat-vec and the GB/s of weight bytes read, against two baselines measured
+//! in the same run with the plain copy kernel (`kernels/copy.wgsl`), whose GB/s count bytes
+//! read + written:
+//! - `of copy`: a large copy (256 MB), the device's streaming bandwidth;
+//! - `of same-size copy`: a copy moving the same bytes (half read, half written), timed the
+//!   same way, i.e. what the device does with a dispatch of that size. Small dispatches
+//!   cannot reach streaming bandwidth (launch, ramp-up and drain dominate); this ratio says
+//!   how close the kernel comes to what a dispatch of that size can do.
+//!
+//! Serialized: consecutive dispatches write the same output, so each waits for the
+//! previous one (a decode step's dependent chain). Overlapped: independent outputs.
+//! Weights are rotated over enough copies to exceed the GPU's caches, so the reads come
+//! from memory. Times are GPU time from timestamp queries when the adapter has them, else
+//! wall-clock time. Each shape runs in the kernel variant the engine picks for the adapter
+//! (subgroups and shader-f16 where offered) and in the portable variant.
 
+use moestream::gpu::kernels::Variant;
 use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
 use moestream::{AffineQuant, DType, Result, WeightFormat};
@@ -58,6 +70,30 @@ fn parts_words(q: AffineQuant, rows: usize, cols: usize) -> (u32, u32) {
     ((so / 4) as u32, (bo / 4) as u32)
 }
 
+/// Trials per measurement; the median is reported (single trials of mid-sized dispatches
+/// vary by up to 2x on the H200 VM).
+const TRIALS: usize = 5;
+
+/// The median of [`TRIALS`] runs of `GpuBench::time_rotating`.
+#[allow(clippy::too_many_arguments)]
+fn median_time(
+    bench: &GpuBench,
+    kernel: Kernel,
+    wdt: Option<DType>,
+    quant: Option<(u32, u32)>,
+    params: &[u32],
+    sets: &[Vec<&DeviceBuffer>],
+    groups: (u32, u32),
+    iters: u32,
+) -> Result<f64> {
+    let mut t = Vec::with_capacity(TRIALS);
+    for _ in 0..TRIALS {
+        t.push(bench.time_rotating(kernel, wdt, quant, params, sets, groups, iters)?);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[TRIALS / 2])
+}
+
 fn copy_bandwidth(bench: &GpuBench) -> Result<f64> {
     let bytes = (256u64 << 20).min(bench.adapter().max_binding_bytes & !0xffff);
     let src = bench.upload(&random_bytes(bytes as usize, 1));
@@ -75,6 +111,58 @@ fn copy_bandwidth(bench: &GpuBench) -> Result<f64> {
     Ok(2.0 * bytes as f64 / t / 1e9)
 }
 
+/// Seconds per copy dispatch moving `traffic` bytes (half read, half written), rotating
+/// over sources larger than the caches: (serialized, overlapped) as for the mat-vecs.
+fn copy_same_size(bench: &GpuBench, traffic: u64) -> Result<(f64, f64)> {
+    let half = (traffic / 2).div_ceil(16) * 16;
+    let copies = (ROTATE_BYTES / half).clamp(1, 512) as usize;
+    let srcs: Vec<DeviceBuffer> = (0..copies)
+        .map(|i| bench.upload(&random_bytes(half as usize, 1000 + i as u64)))
+        .collect();
+    let shared = bench.zeros(half);
+    let own: Vec<DeviceBuffer> = (0..copies).map(|_| bench.zeros(half)).collect();
+    let words = (half / 16) as u32;
+    let mut out = [0.0; 2];
+    for (i, overlapped) in [false, true].into_iter().enumerate() {
+        let sets: Vec<Vec<&DeviceBuffer>> = srcs
+            .iter()
+            .zip(&own)
+            .map(|(s, d)| vec![s, if overlapped { d } else { &shared }])
+            .collect();
+        out[i] = median_time(
+            bench,
+            Kernel::Copy,
+            None,
+            None,
+            &[words],
+            &sets,
+            kernels::copy_groups(words),
+            (4 * copies as u32).max(200),
+        )?;
+    }
+    Ok((out[0], out[1]))
+}
+
+/// One result line: bytes read per dispatch, and (serialized, overlapped) seconds of the
+/// kernel and of the same-size copy.
+fn report(what: &str, bytes: u64, t: (f64, f64), c: (f64, f64), copy: f64) {
+    let gbs = |t: f64| bytes as f64 / t / 1e9;
+    println!(
+        "{what:<44} {:>6.2} MB | serialized {:>7.2} us {:>7.1} GB/s {:.3} of copy {:.2} of same-size copy ({:.2} us) | overlapped {:>7.2} us {:>7.1} GB/s {:.3} of copy {:.2} of same-size copy ({:.2} us)",
+        bytes as f64 / 1e6,
+        t.0 * 1e6,
+        gbs(t.0),
+        gbs(t.0) / copy,
+        c.0 / t.0,
+        c.0 * 1e6,
+        t.1 * 1e6,
+        gbs(t.1),
+        gbs(t.1) / copy,
+        c.1 / t.1,
+        c.1 * 1e6,
+    );
+}
+
 fn qmatvec(bench: &GpuBench, q: AffineQuant, rows: usize, cols: usize, copy: f64) -> Result<()> {
     let bytes = WeightFormat::Affine(q).stored_bytes(rows, cols) as u64;
     let copies = (ROTATE_BYTES / bytes).clamp(1, 512) as usize;
@@ -84,6 +172,7 @@ fn qmatvec(bench: &GpuBench, q: AffineQuant, rows: usize, cols: usize, copy: f64
     let x = bench.upload(&vec![0u8; cols * 4]);
     let dummy = bench.zeros(16);
     let (sw, bw) = parts_words(q, rows, cols);
+    let team = bench.team(cols);
     // Serialized: every dispatch writes the same output, so each waits for the previous
     // one (the latency of one mat-vec). Overlapped: each weight copy has its own output,
     // so independent dispatches can run concurrently (the kernel's throughput).
@@ -91,8 +180,8 @@ fn qmatvec(bench: &GpuBench, q: AffineQuant, rows: usize, cols: usize, copy: f64
     let own_y: Vec<DeviceBuffer> = (0..copies)
         .map(|_| bench.zeros((rows * 4) as u64))
         .collect();
-    let mut times = Vec::new();
-    for overlapped in [false, true] {
+    let mut times = [0.0; 2];
+    for (i, overlapped) in [false, true].into_iter().enumerate() {
         let sets: Vec<Vec<&DeviceBuffer>> = weights
             .iter()
             .zip(&own_y)
@@ -106,35 +195,32 @@ fn qmatvec(bench: &GpuBench, q: AffineQuant, rows: usize, cols: usize, copy: f64
                 ]
             })
             .collect();
-        times.push(bench.time_rotating(
+        times[i] = median_time(
+            bench,
             Kernel::QMatVec,
             Some(q.scale_dtype),
             Some((q.bits, q.group_size)),
-            &[rows as u32, cols as u32, 0, 0, 0, sw, bw],
+            &[rows as u32, cols as u32, 0, 0, 0, sw, bw, team],
             &sets,
-            kernels::qmatvec_groups(rows as u32),
+            kernels::qmatvec_groups(rows as u32, team),
             (4 * copies as u32).max(200),
-        )?);
+        )?;
     }
-    let gbs = |t: f64| bytes as f64 / t / 1e9;
-    println!(
-        "qmatvec  {}-bit g{:<3} {:>5}x{:<5} {:>6.2} MB  serialized {:>7.2} us {:>7.1} GB/s {:.3} of copy | overlapped {:>7.2} us {:>7.1} GB/s {:.3} of copy",
-        q.bits,
-        q.group_size,
-        rows,
-        cols,
-        bytes as f64 / 1e6,
-        times[0] * 1e6,
-        gbs(times[0]),
-        gbs(times[0]) / copy,
-        times[1] * 1e6,
-        gbs(times[1]),
-        gbs(times[1]) / copy
+    let c = copy_same_size(bench, bytes)?;
+    report(
+        &format!(
+            "qmatvec {}-bit g{} {rows}x{cols} (team {team})",
+            q.bits, q.group_size
+        ),
+        bytes,
+        (times[0], times[1]),
+        c,
+        copy,
     );
     Ok(())
 }
 
-/// K experts' gate+up (or down) through cache slots for one token, as decode does.
+/// K experts' gate+up and down through cache slots for one token, as decode does.
 fn experts(
     bench: &GpuBench,
     q: AffineQuant,
@@ -162,8 +248,6 @@ fn experts(
     }
     let page = bench.upload(&page);
     let x = bench.upload(&vec![0u8; hidden * 4]);
-    let h = bench.zeros((k * inter * 4) as u64);
-    let o = bench.zeros((k * hidden * 4) as u64);
     let w = bench.upload(&vec![0u8; k * 4]);
     // Rotate the chosen slots so consecutive dispatches read different experts.
     let assigns: Vec<DeviceBuffer> = (0..slots / k)
@@ -173,7 +257,6 @@ fn experts(
         })
         .collect();
     let slot_words = (blob / 4) as u32;
-    let g_off = 0usize;
     let u_off = gate.div_ceil(16) * 16;
     let d_off = 2 * u_off;
     let offs = |base: usize, rows: usize, cols: usize| {
@@ -184,107 +267,196 @@ fn experts(
             (base / 4) as u32 + bw,
         ]
     };
-    let [gq, gs, gb] = offs(g_off, inter, hidden);
+    let [gq, gs, gb] = offs(0, inter, hidden);
     let [uq, us, ub] = offs(u_off, inter, hidden);
     let [dq, ds, db] = offs(d_off, hidden, inter);
     let quant = Some((q.bits, q.group_size));
-    let sets: Vec<Vec<&DeviceBuffer>> = assigns.iter().map(|a| vec![&page, &x, a, &h]).collect();
-    let t = bench.time_rotating(
-        Kernel::MoeGateUpQ,
-        Some(q.scale_dtype),
-        quant,
-        &[
-            hidden as u32,
-            inter as u32,
-            0,
-            k as u32,
-            slot_words,
-            gq,
-            gs,
-            gb,
-            uq,
-            us,
-            ub,
-        ],
-        &sets,
-        kernels::moe_gate_up_q_groups(inter as u32, k as u32),
-        200,
-    )?;
-    let bytes = (k * 2 * gate) as f64;
-    println!(
-        "gate_up  {}-bit g{:<3} {k} experts {:>5}x{:<5} {:>6.2} MB {:>9.2} us {:>8.1} GB/s  {:.3} of copy",
-        q.bits,
-        q.group_size,
-        inter,
-        hidden,
-        bytes / 1e6,
-        t * 1e6,
-        bytes / t / 1e9,
-        bytes / t / 1e9 / copy
+    let iters = 200;
+    // Serialized: one shared output; overlapped: one output per rotation.
+    let h_shared = bench.zeros((k * inter * 4) as u64);
+    let o_shared = bench.zeros((k * hidden * 4) as u64);
+    let h_own: Vec<DeviceBuffer> = assigns
+        .iter()
+        .map(|_| bench.zeros((k * inter * 4) as u64))
+        .collect();
+    let o_own: Vec<DeviceBuffer> = assigns
+        .iter()
+        .map(|_| bench.zeros((k * hidden * 4) as u64))
+        .collect();
+    let team = bench.team(hidden);
+    let mut t = [0.0; 2];
+    for (i, overlapped) in [false, true].into_iter().enumerate() {
+        let sets: Vec<Vec<&DeviceBuffer>> = assigns
+            .iter()
+            .zip(&h_own)
+            .map(|(a, h)| vec![&page, &x, a, if overlapped { h } else { &h_shared }])
+            .collect();
+        t[i] = median_time(
+            bench,
+            Kernel::MoeGateUpQ,
+            Some(q.scale_dtype),
+            quant,
+            &[
+                hidden as u32,
+                inter as u32,
+                0,
+                k as u32,
+                slot_words,
+                gq,
+                gs,
+                gb,
+                uq,
+                us,
+                ub,
+                team,
+            ],
+            &sets,
+            kernels::moe_gate_up_q_groups(inter as u32, k as u32, team),
+            iters,
+        )?;
+    }
+    let bytes = (k * 2 * gate) as u64;
+    let c = copy_same_size(bench, bytes)?;
+    report(
+        &format!(
+            "gate_up {}-bit g{} {k} x {inter}x{hidden} (team {team})",
+            q.bits, q.group_size
+        ),
+        bytes,
+        (t[0], t[1]),
+        c,
+        copy,
     );
-    let sets: Vec<Vec<&DeviceBuffer>> =
-        assigns.iter().map(|a| vec![&page, &h, a, &w, &o]).collect();
-    let t = bench.time_rotating(
-        Kernel::MoeDownQ,
-        Some(q.scale_dtype),
-        quant,
-        &[
-            hidden as u32,
-            inter as u32,
-            0,
-            k as u32,
-            slot_words,
-            dq,
-            ds,
-            db,
-        ],
-        &sets,
-        kernels::moe_down_q_groups(hidden as u32, k as u32),
-        200,
-    )?;
-    let bytes = (k * down) as f64;
-    println!(
-        "down     {}-bit g{:<3} {k} experts {:>5}x{:<5} {:>6.2} MB {:>9.2} us {:>8.1} GB/s  {:.3} of copy",
-        q.bits,
-        q.group_size,
-        hidden,
-        inter,
-        bytes / 1e6,
-        t * 1e6,
-        bytes / t / 1e9,
-        bytes / t / 1e9 / copy
+    let team = bench.team(inter);
+    for (i, overlapped) in [false, true].into_iter().enumerate() {
+        let sets: Vec<Vec<&DeviceBuffer>> = assigns
+            .iter()
+            .zip(&o_own)
+            .map(|(a, o)| {
+                vec![
+                    &page,
+                    &h_shared,
+                    a,
+                    &w,
+                    if overlapped { o } else { &o_shared },
+                ]
+            })
+            .collect();
+        t[i] = median_time(
+            bench,
+            Kernel::MoeDownQ,
+            Some(q.scale_dtype),
+            quant,
+            &[
+                hidden as u32,
+                inter as u32,
+                0,
+                k as u32,
+                slot_words,
+                dq,
+                ds,
+                db,
+                team,
+            ],
+            &sets,
+            kernels::moe_down_q_groups(hidden as u32, k as u32, team),
+            iters,
+        )?;
+    }
+    let bytes = (k * down) as u64;
+    let c = copy_same_size(bench, bytes)?;
+    report(
+        &format!(
+            "down {}-bit g{} {k} x {hidden}x{inter} (team {team})",
+            q.bits, q.group_size
+        ),
+        bytes,
+        (t[0], t[1]),
+        c,
+        copy,
     );
     Ok(())
 }
 
-fn main() -> Result<()> {
-    let all_bits = std::env::args().any(|a| a == "--all-bits");
-    let bench = GpuBench::new()?;
+fn run(bench: &GpuBench, all_bits: bool, large: bool) -> Result<()> {
     let a = bench.adapter();
     println!(
-        "adapter: {} ({}, {}), timing: {}",
+        "adapter: {} ({}, {}), kernels: {} (subgroup size {:?}), timing: {}",
         a.name,
         a.backend,
         a.device_type,
+        a.variant.name(),
+        a.subgroup_size,
         if bench.has_timestamps() {
             "GPU timestamps"
         } else {
             "wall clock"
         }
     );
-    let copy = copy_bandwidth(&bench)?;
-    println!("copy kernel: {copy:.1} GB/s (bytes read + written)");
+    let copy = copy_bandwidth(bench)?;
+    println!("copy kernel: {copy:.1} GB/s (bytes read + written, 256 MB)");
     let q4 = AffineQuant::new(4, 64, DType::BF16)?;
     for (rows, cols) in [(2048, 768), (768, 2048), (4096, 1024), (1024, 4096)] {
-        qmatvec(&bench, q4, rows, cols, copy)?;
+        qmatvec(bench, q4, rows, cols, copy)?;
     }
-    experts(&bench, q4, 2048, 768, 8, copy)?;
-    experts(&bench, q4, 4096, 1024, 10, copy)?;
+    experts(bench, q4, 2048, 768, 8, copy)?;
+    experts(bench, q4, 4096, 1024, 10, copy)?;
+    if large {
+        // Large matrices: the kernel's streaming throughput (lm_head-sized).
+        qmatvec(bench, q4, 65536, 4096, copy)?;
+        qmatvec(
+            bench,
+            AffineQuant::new(8, 64, DType::BF16)?,
+            32768,
+            4096,
+            copy,
+        )?;
+    }
     if all_bits {
         for bits in [2, 3, 5, 6, 8] {
             let q = AffineQuant::new(bits, 64, DType::BF16)?;
-            qmatvec(&bench, q, 768, 2048, copy)?;
+            qmatvec(bench, q, 768, 2048, copy)?;
+            if large {
+                qmatvec(bench, q, 32768, 4096, copy)?;
+            }
         }
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    // `--shape BITSxROWSxCOLS` (repeatable): only these mat-vecs, in the engine's variant.
+    let shapes: Vec<(u32, usize, usize)> = args
+        .windows(2)
+        .filter(|w| w[0] == "--shape")
+        .filter_map(|w| {
+            let v: Vec<usize> = w[1].split('x').filter_map(|t| t.parse().ok()).collect();
+            (v.len() == 3).then(|| (v[0] as u32, v[1], v[2]))
+        })
+        .collect();
+    if !shapes.is_empty() {
+        let bench = GpuBench::new()?;
+        let copy = copy_bandwidth(&bench)?;
+        for (bits, rows, cols) in shapes {
+            qmatvec(
+                &bench,
+                AffineQuant::new(bits, 64, DType::BF16)?,
+                rows,
+                cols,
+                copy,
+            )?;
+        }
+        return Ok(());
+    }
+    let all_bits = args.iter().any(|a| a == "--all-bits");
+    let large = args.iter().any(|a| a == "--large");
+    let bench = GpuBench::new()?;
+    run(&bench, all_bits, large)?;
+    if bench.adapter().variant != Variant::PORTABLE && !args.iter().any(|a| a == "--no-portable") {
+        drop(bench);
+        println!();
+        run(&GpuBench::with_variant(Variant::PORTABLE)?, all_bits, large)?;
     }
     Ok(())
 }

@@ -45,10 +45,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var s = NEG;
         if (j < n_keys) {
             let kbase = j * kv_stride + kvh * hd;
-            var dot = 0.0;
-            for (var d = 0u; d < hd; d++) {
-                dot += qs[d] * k_cache[kbase + d];
+            // Four independent partial sums, so that four loads are in flight at once
+            // (head_dim is even: at most a pair is left over).
+            var d4 = vec4<f32>(0.0);
+            var d = 0u;
+            for (; d + 4u <= hd; d += 4u) {
+                d4 += vec4<f32>(qs[d], qs[d + 1u], qs[d + 2u], qs[d + 3u])
+                    * vec4<f32>(k_cache[kbase + d], k_cache[kbase + d + 1u],
+                                k_cache[kbase + d + 2u], k_cache[kbase + d + 3u]);
             }
+            for (; d < hd; d++) {
+                d4.x += qs[d] * k_cache[kbase + d];
+            }
+            let dot = (d4.x + d4.y) + (d4.z + d4.w);
             s = dot * p.scale;
         }
         red[lid] = s;
@@ -77,10 +86,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var c = 0u; c < 4u; c++) {
             let d = lid + c * B;
             if (d < hd) {
-                var a = acc[c] * corr;
-                for (var jj = 0u; jj < nb; jj++) {
-                    a += pw[jj] * v_cache[(kb + jj) * kv_stride + kvh * hd + d];
+                // Four keys per step with independent sums: four loads in flight.
+                var a4 = vec4<f32>(acc[c] * corr, 0.0, 0.0, 0.0);
+                let vb = kb * kv_stride + kvh * hd + d;
+                var jj = 0u;
+                for (; jj + 4u <= nb; jj += 4u) {
+                    a4 += vec4<f32>(pw[jj], pw[jj + 1u], pw[jj + 2u], pw[jj + 3u])
+                        * vec4<f32>(v_cache[vb + jj * kv_stride],
+                                    v_cache[vb + (jj + 1u) * kv_stride],
+                                    v_cache[vb + (jj + 2u) * kv_stride],
+                                    v_cache[vb + (jj + 3u) * kv_stride]);
                 }
+                for (; jj < nb; jj++) {
+                    a4.x += pw[jj] * v_cache[vb + jj * kv_stride];
+                }
+                let a = (a4.x + a4.y) + (a4.z + a4.w);
                 acc[c] = a;
             }
         }

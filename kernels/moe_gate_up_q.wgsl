@@ -2,14 +2,15 @@
 // addressed through cache slots: for assignment a = (token, slot),
 // h[a, i] = silu(dot(G[i, :], x[token])) * dot(U[i, :], x[token]), G and U [inter, hidden]
 // of the expert in `slot` of this cache page (gate and up share BITS, GROUP and WDT).
-// A slot is slot_words words; inside it, gate_q / up_q are the word offsets of the codes
-// and gate_s, gate_b, up_s, up_b those of the scales and biases (see include/quant.wgsl).
+// A slot is slot_words words (a multiple of 4); inside it, gate_q / up_q are the word
+// offsets of the codes and gate_s, gate_b, up_s, up_b those of the scales and biases (see
+// include/quant.wgsl), the codes 16-byte aligned.
 //
-// Workgroup (wid.x, wid.y) computes rows ROWS * wid.x .. + ROWS of assignment
-// assign_base + wid.y with WG threads, as qmatvec.wgsl does: each step, thread `lid` takes
-// 16 columns (two octets, one group), loads them of x once (as 4 vec4s: hidden is a
-// multiple of 32, so every token's row is vec4-aligned) and uses them for the ROWS rows
-// of both G and U; rows past `inter` re-read the last row (branch-free loads, sums dropped).
+// Workgroup (wid.x, wid.y) works on assignment assign_base + wid.y, as qmatvec.wgsl does:
+// 64 / team teams of 4 rows of both G and U, lane l of a team taking the 32-code blocks
+// l, l + team, ... (include/qblock.wgsl), two per iteration, with x loaded once per block
+// for the 8 rows;
+// rows past `inter` re-read the last row (branch-free loads, sums dropped).
 struct Params {
     hidden: u32,
     inter: u32,
@@ -22,56 +23,31 @@ struct Params {
     up_q: u32,
     up_s: u32,
     up_b: u32,
+    team: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> experts: array<u32>;
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>; // the cache page
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>; // [tokens, hidden], read as vec4s
 @group(0) @binding(3) var<storage, read> assign: array<u32>;
 @group(0) @binding(4) var<storage, read_write> h: array<f32>;
 
 const WG: u32 = 64u;
-const ROWS: u32 = 4u; // rows per workgroup (one vec4 lane each): `MOE_Q_ROWS` in src/gpu/kernels.rs
-
-var<workgroup> rg: array<vec4<f32>, WG>;
-var<workgroup> ru: array<vec4<f32>, WG>;
-
-// The codes of octet u of the row whose words start at `row`.
-fn codes(row: u32, u: u32) -> Octet {
-    let wi = row + octet_word(u);
-    let shift = octet_shift(u);
-    var w1 = 0u;
-    if (octet_spills(shift)) {
-        w1 = experts[wi + 1u];
-    }
-    return octet_codes(experts[wi], w1, shift);
-}
-
-// s * dot(M[r, 8u .. 8u + 16], x16) + b * xsum for the [inter, hidden] matrix M whose
-// codes, scales and biases start at words q_base, s_base, b_base; x16 = (xa, xb, xc, xd).
-fn row_dot(q_base: u32, s_base: u32, b_base: u32, r: u32, u: u32, xa: vec4<f32>,
-           xb: vec4<f32>, xc: vec4<f32>, xd: vec4<f32>, xsum: f32) -> f32 {
-    let row = q_base + r * (p.hidden * BITS / 32u);
-    let q0 = codes(row, u);
-    let q1 = codes(row, u + 1u);
-    let e = r * (p.hidden / GROUP) + (8u * u) / GROUP;
-    let s = scale_value(experts[scale_word(s_base, e)], e);
-    let b = scale_value(experts[scale_word(b_base, e)], e);
-    let d = dot(q0.q0, xa) + dot(q0.q1, xb) + dot(q1.q0, xc) + dot(q1.q1, xd);
-    return s * d + b * xsum;
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i0 = wid.x * ROWS;
-    if (i0 >= p.inter || wid.y >= p.n_assign) {
-        return; // the whole workgroup
+    let team = p.team;
+    let lane = lid & (team - 1u);
+    let i0 = (wid.x * (WG / team) + lid / team) * 4u;
+    if (wid.y >= p.n_assign) {
+        return; // the whole workgroup: no barrier is skipped by only some invocations
     }
-    let last = p.inter - 1u;
-    let i1 = min(i0 + 1u, last);
-    let i2 = min(i0 + 2u, last);
-    let i3 = min(i0 + 3u, last);
     let a = p.assign_base + wid.y;
+    let last = p.inter - 1u;
+    let ia = min(i0, last);
+    let ib = min(i0 + 1u, last);
+    let ic = min(i0 + 2u, last);
+    let id = min(i0 + 3u, last);
     let token = assign[2u * a];
     let sb = assign[2u * a + 1u] * p.slot_words;
     let gq = sb + p.gate_q;
@@ -80,41 +56,61 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let uq = sb + p.up_q;
     let us = sb + p.up_s;
     let ub = sb + p.up_b;
-    var g = vec4<f32>(0.0);
-    var up = vec4<f32>(0.0);
-    // Octet pairs: hidden is a multiple of 32, so the octet count is even.
-    for (var u = 2u * lid; u < p.hidden / 8u; u += 2u * WG) {
-        let xi = token * (p.hidden / 4u) + 2u * u;
-        let xa = x[xi];
-        let xb = x[xi + 1u];
-        let xc = x[xi + 2u];
-        let xd = x[xi + 3u];
-        let xsum = dot(xa + xb + xc + xd, vec4<f32>(1.0));
-        g += vec4<f32>(
-            row_dot(gq, gs, gb, i0, u, xa, xb, xc, xd, xsum),
-            row_dot(gq, gs, gb, i1, u, xa, xb, xc, xd, xsum),
-            row_dot(gq, gs, gb, i2, u, xa, xb, xc, xd, xsum),
-            row_dot(gq, gs, gb, i3, u, xa, xb, xc, xd, xsum),
-        );
-        up += vec4<f32>(
-            row_dot(uq, us, ub, i0, u, xa, xb, xc, xd, xsum),
-            row_dot(uq, us, ub, i1, u, xa, xb, xc, xd, xsum),
-            row_dot(uq, us, ub, i2, u, xa, xb, xc, xd, xsum),
-            row_dot(uq, us, ub, i3, u, xa, xb, xc, xd, xsum),
-        );
+    var acc = Pair(vec4<f32>(0.0), vec4<f32>(0.0));
+    let nb = p.hidden / 32u;
+    let base = token * (p.hidden / 4u);
+    let rows = vec4<u32>(ia, ib, ic, id);
+    var b = lane;
+    // Two blocks per iteration: the loads of both are in flight together.
+    for (; b + team < nb; b += 2u * team) {
+        let s0 = step(base, b, rows, gq, gs, gb, uq, us, ub);
+        let s1 = step(base, b + team, rows, gq, gs, gb, uq, us, ub);
+        acc = Pair(acc.g + s0.g + s1.g, acc.u + s0.u + s1.u);
     }
-    rg[lid] = g;
-    ru[lid] = up;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) {
-            rg[lid] += rg[lid + stride];
-            ru[lid] += ru[lid + stride];
+    if (b < nb) {
+        let s0 = step(base, b, rows, gq, gs, gb, uq, us, ub);
+        acc = Pair(acc.g + s0.g, acc.u + s0.u);
+    }
+    let g = acc.g;
+    let u = acc.u;
+    let gt = team_sum(g, lid, team);
+    let ut = team_sum(u, lid, team);
+    if (lane == 0u) {
+        for (var i = 0u; i < 4u; i++) {
+            if (i0 + i < p.inter) {
+                let gate = gt[i];
+                h[a * p.inter + i0 + i] = gate / (1.0 + exp(-gate)) * ut[i];
+            }
         }
-        workgroupBarrier();
     }
-    if (lid < min(ROWS, p.inter - i0)) {
-        let gate = rg[0][lid];
-        h[a * p.inter + i0 + lid] = gate / (1.0 + exp(-gate)) * ru[0][lid];
-    }
+}
+
+// Gate and up sums of 4 rows.
+struct Pair {
+    g: vec4<f32>,
+    u: vec4<f32>,
+}
+
+// The sums of block b of rows `rows` of G and U with the token's x (its row at vec4 `base`).
+fn step(base: u32, b: u32, rows: vec4<u32>, gq: u32, gs: u32, gb: u32, uq: u32, us: u32,
+        ub: u32) -> Pair {
+    let xi = base + 8u * b;
+    let xs = X32(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u], x[xi + 4u], x[xi + 5u],
+                 x[xi + 6u], x[xi + 7u]);
+    let xsum = dot(xs.a + xs.b + xs.c + xs.d + xs.e + xs.f + xs.g + xs.h, vec4<f32>(1.0));
+    let hs = p.hidden;
+    return Pair(
+        vec4<f32>(
+            row_block(gq, gs, gb, hs, rows.x, b, xs, xsum),
+            row_block(gq, gs, gb, hs, rows.y, b, xs, xsum),
+            row_block(gq, gs, gb, hs, rows.z, b, xs, xsum),
+            row_block(gq, gs, gb, hs, rows.w, b, xs, xsum),
+        ),
+        vec4<f32>(
+            row_block(uq, us, ub, hs, rows.x, b, xs, xsum),
+            row_block(uq, us, ub, hs, rows.y, b, xs, xsum),
+            row_block(uq, us, ub, hs, rows.z, b, xs, xsum),
+            row_block(uq, us, ub, hs, rows.w, b, xs, xsum),
+        ),
+    );
 }

@@ -6,13 +6,13 @@
 // x is read as vec4s: x_offset must be a multiple of 4 (a token's row of a [tokens, cols]
 // activation always is, cols being a multiple of 32); otherwise every output is NaN.
 //
-// ROWS rows per workgroup of WG threads. Each step, thread `lid` takes 16 columns (two
-// octets, one group) starting at column 16 * (lid + WG * step): adjacent threads read
-// adjacent code words, and the 16 values of x are loaded once (4 vec4 loads: scalar loads
-// cost twice the time on an H200) into registers for all ROWS rows. Per row and step one scale and one bias are applied (the group trick):
-// s * dot(q, x16) + b * sum(x16). Rows past the end of the chunk re-read the last row so
-// that the loads of all ROWS rows are issued without branches (their sums are dropped):
-// the kernel is bound by memory latency, and independent loads in flight are what count.
+// A workgroup of 64 invocations is 64 / team teams (`team` a power of two from 4 to 64; in
+// the subgroup variant, the subgroup size); each team computes 4 consecutive rows. Lane l
+// of a team takes the 32-code blocks l, l + team, ... of its rows (include/qblock.wgsl),
+// two per iteration: it loads a block's 32 values of x once (8 vec4 loads) and its codes
+// of all 4 rows, so the loads of 4 rows and 2 blocks are in flight together. Rows past the end of the chunk re-read
+// the last row (branch-free loads; their sums are dropped). The team's partial sums are
+// added by `team_sum` (include/team_*.wgsl).
 struct Params {
     rows: u32,
     cols: u32,
@@ -21,88 +21,75 @@ struct Params {
     x_offset: u32, // in floats, a multiple of 4
     scales_word: u32,
     biases_word: u32,
+    team: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> w: array<u32>;
+@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> resid: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 const WG: u32 = 64u;
-const ROWS: u32 = 4u; // rows per workgroup (one vec4 lane each): `QMATVEC_ROWS` in src/gpu/kernels.rs
-
-var<workgroup> red: array<vec4<f32>, WG>; // one partial sum per row and thread
-
-// The codes of octet u of the row whose words start at `row`.
-fn codes(row: u32, u: u32) -> Octet {
-    let wi = row + octet_word(u);
-    let shift = octet_shift(u);
-    var w1 = 0u;
-    if (octet_spills(shift)) {
-        w1 = w[wi + 1u];
-    }
-    return octet_codes(w[wi], w1, shift);
-}
-
-// s * dot(W[r, 8u .. 8u + 16], x16) + b * xsum, x16 = (xa, xb, xc, xd).
-fn row_dot(r: u32, u: u32, xa: vec4<f32>, xb: vec4<f32>, xc: vec4<f32>, xd: vec4<f32>,
-           xsum: f32) -> f32 {
-    let row = r * (p.cols * BITS / 32u);
-    let q0 = codes(row, u);
-    let q1 = codes(row, u + 1u);
-    let e = r * (p.cols / GROUP) + (8u * u) / GROUP;
-    let s = scale_value(w[scale_word(p.scales_word, e)], e);
-    let b = scale_value(w[scale_word(p.biases_word, e)], e);
-    let d = dot(q0.q0, xa) + dot(q0.q1, xb) + dot(q1.q0, xc) + dot(q1.q1, xd);
-    return s * d + b * xsum;
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let r0 = (wid.x + wid.y * nwg.x) * ROWS;
-    if (r0 >= p.rows) {
-        return; // the whole workgroup: no barrier is skipped by only some threads
-    }
+    let team = p.team;
+    let lane = lid & (team - 1u);
+    let r0 = ((wid.x + wid.y * nwg.x) * (WG / team) + lid / team) * 4u;
     let last = p.rows - 1u;
+    let ra = min(r0, last);
+    let rb = min(r0 + 1u, last);
+    let rc = min(r0 + 2u, last);
+    let rd = min(r0 + 3u, last);
     var acc = vec4<f32>(0.0);
-    // Octet pairs: cols is a multiple of 32, so the octet count is even.
-    for (var u = 2u * lid; u < p.cols / 8u; u += 2u * WG) {
-        let xi = (p.x_offset >> 2u) + 2u * u;
-        let xa = x[xi];
-        let xb = x[xi + 1u];
-        let xc = x[xi + 2u];
-        let xd = x[xi + 3u];
-        let xsum = dot(xa + xb + xc + xd, vec4<f32>(1.0));
-        acc += vec4<f32>(
-            row_dot(r0, u, xa, xb, xc, xd, xsum),
-            row_dot(min(r0 + 1u, last), u, xa, xb, xc, xd, xsum),
-            row_dot(min(r0 + 2u, last), u, xa, xb, xc, xd, xsum),
-            row_dot(min(r0 + 3u, last), u, xa, xb, xc, xd, xsum),
-        );
+    let nb = p.cols / 32u;
+    var b = lane;
+    // Two blocks per iteration: the loads of both are in flight together.
+    for (; b + team < nb; b += 2u * team) {
+        let s0 = step(b, ra, rb, rc, rd);
+        let s1 = step(b + team, ra, rb, rc, rd);
+        acc += s0 + s1;
     }
-    red[lid] = acc;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) {
-            red[lid] += red[lid + stride];
-        }
-        workgroupBarrier();
+    if (b < nb) {
+        acc += step(b, ra, rb, rc, rd);
     }
-    if (lid < min(ROWS, p.rows - r0)) {
-        let o = p.row_base + r0 + lid;
-        var v = red[0][lid];
-        if ((p.x_offset & 3u) != 0u) {
-            v = bitcast<f32>(0x7fc00000u); // NaN: a misaligned x_offset is not supported
+    let total = team_sum(acc, lid, team);
+    if (lane == 0u) {
+        for (var i = 0u; i < 4u; i++) {
+            if (r0 + i < p.rows) {
+                let o = p.row_base + r0 + i;
+                var v = total[i];
+                if ((p.x_offset & 3u) != 0u) {
+                    v = bitcast<f32>(0x7fc00000u); // NaN: a misaligned x_offset is not supported
+                }
+                if ((p.flags & 1u) != 0u) {
+                    v += bias[o];
+                }
+                if ((p.flags & 2u) != 0u) {
+                    v += resid[o];
+                }
+                y[o] = v;
+            }
         }
-        if ((p.flags & 1u) != 0u) {
-            v += bias[o];
-        }
-        if ((p.flags & 2u) != 0u) {
-            v += resid[o];
-        }
-        y[o] = v;
     }
+}
+
+// The sums of block b of rows ra..rd with x, for the 4 rows of a team.
+fn step(b: u32, ra: u32, rb: u32, rc: u32, rd: u32) -> vec4<f32> {
+    let xi = (p.x_offset >> 2u) + 8u * b;
+    let xs = X32(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u], x[xi + 4u], x[xi + 5u],
+                 x[xi + 6u], x[xi + 7u]);
+    let xsum = dot(xs.a + xs.b + xs.c + xs.d + xs.e + xs.f + xs.g + xs.h, vec4<f32>(1.0));
+    let sw = p.scales_word;
+    let bw = p.biases_word;
+    let cols = p.cols;
+    return vec4<f32>(
+        row_block(0u, sw, bw, cols, ra, b, xs, xsum),
+        row_block(0u, sw, bw, cols, rb, b, xs, xsum),
+        row_block(0u, sw, bw, cols, rc, b, xs, xsum),
+        row_block(0u, sw, bw, cols, rd, b, xs, xsum),
+    );
 }

@@ -101,13 +101,14 @@ impl Pass<'_> {
                     let (sw, bw) = ((parts.scales.0 / 4) as u32, (parts.biases.0 / 4) as u32);
                     let quant = Some((q.bits, q.group_size));
                     if n == 1 {
+                        let team = self.m.gpu.team(w.cols);
                         self.rec.dispatch_q(
                             Kernel::QMatVec,
                             Some(q.scale_dtype),
                             quant,
-                            &[r, c, r0, flags, 0, sw, bw],
+                            &[r, c, r0, flags, 0, sw, bw, team],
                             &binds,
-                            kernels::qmatvec_groups(r),
+                            kernels::qmatvec_groups(r, team),
                         );
                     } else {
                         self.rec.dispatch_q(
@@ -407,8 +408,10 @@ impl Pass<'_> {
         let (kernel, wdt, quant, tail) = &kernels.gate_up;
         let mut params = vec![hs, is, start, count];
         params.extend_from_slice(tail);
+        let team = self.m.gpu.team(cfg.hidden_size);
         let groups = if quant.is_some() {
-            kernels::moe_gate_up_q_groups(is, count)
+            params.push(team);
+            kernels::moe_gate_up_q_groups(is, count, team)
         } else {
             (is, count)
         };
@@ -430,8 +433,10 @@ impl Pass<'_> {
         let (kernel, wdt, quant, tail) = &kernels.down;
         let mut params = vec![hs, is, start, count];
         params.extend_from_slice(tail);
+        let team = self.m.gpu.team(cfg.moe_intermediate_size);
         let groups = if quant.is_some() {
-            kernels::moe_down_q_groups(hs, count)
+            params.push(team);
+            kernels::moe_down_q_groups(hs, count, team)
         } else {
             (hs, count)
         };
@@ -480,11 +485,11 @@ impl Pass<'_> {
         let kernels = ExpertKernels::new(l, lay, cache.slot_bytes)?;
         let (hs, is) = (cfg.hidden_size as u32, cfg.moe_intermediate_size as u32);
         let gate_up_x = match kernels.gate_up.2 {
-            Some(_) => kernels::moe_gate_up_q_groups(is, 1).0,
+            Some(_) => kernels::moe_gate_up_q_groups(is, 1, m.gpu.team(cfg.hidden_size)).0,
             None => is,
         };
         let down_x = match kernels.down.2 {
-            Some(_) => kernels::moe_down_q_groups(hs, 1).0,
+            Some(_) => kernels::moe_down_q_groups(hs, 1, m.gpu.team(cfg.moe_intermediate_size)).0,
             None => hs,
         };
         self.rec.dispatch(

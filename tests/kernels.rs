@@ -117,8 +117,8 @@ fn every_kernel_is_covered() {
         Kernel::MoeCombine,
         Kernel::TopK,
     ];
-    // Tested by name (see `copy` and `moe_route`).
-    let by_name = ["copy", "moe_route"];
+    // Tested by name (see `copy`, `moe_route` and `subgroup_probe`).
+    let by_name = ["copy", "moe_route", "subgroup_probe"];
     for k in Kernel::ALL.into_iter().filter(|k| !k.is_quantized()) {
         assert!(
             covered.contains(&k) || by_name.contains(&k.name()),
@@ -1350,4 +1350,49 @@ fn topk() {
         cases += 1;
     }
     println!("topk         {cases:>4} cases, exact");
+}
+
+#[test]
+fn subgroup_probe() {
+    // The probe measures the subgroup size the team kernels use. lavapipe (CI) offers
+    // subgroups of 8, so there the subgroup variant must be in use and measured; on an
+    // adapter without subgroups the probe kernel cannot be compiled at all.
+    let r = runner();
+    println!(
+        "adapter {}: variant {}",
+        r.adapter_name(),
+        r.variant().name()
+    );
+    if r.adapter_name().contains("llvmpipe") {
+        assert!(
+            r.variant().subgroups,
+            "lavapipe offers subgroups; the variant has none"
+        );
+        assert_eq!(r.team(2048), 8, "lavapipe's subgroups are 8 wide");
+    }
+    if !r.variant().subgroups {
+        return;
+    }
+    let team = r.team(2048);
+    let out = run_kernel(
+        Kernel::SubgroupProbe,
+        None,
+        None,
+        &[64],
+        &[&u32_bytes(&[0; 64])],
+        (1, 1),
+    );
+    let sizes = to_u32(&out[0]);
+    assert!(sizes.iter().all(|&n| n == team), "{sizes:?} (team {team})");
+    // Only the first `n` invocations write.
+    let out = run_kernel(
+        Kernel::SubgroupProbe,
+        None,
+        None,
+        &[5],
+        &[&u32_bytes(&[7; 64])],
+        (1, 1),
+    );
+    let sizes = to_u32(&out[0]);
+    assert!(sizes[..5].iter().all(|&n| n == team) && sizes[5..].iter().all(|&n| n == 7));
 }

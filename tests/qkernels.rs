@@ -31,6 +31,7 @@
 //! There is no skipping: without a GPU adapter every test fails (CI runs lavapipe).
 
 use moestream::gpu::kernels::{self, Kernel};
+use moestream::gpu::testing::KernelRunner;
 use moestream::reference;
 use moestream::{AffineQuant, DType, ExpertLayout, WeightFormat};
 
@@ -71,6 +72,44 @@ fn run(
     groups: (u32, u32),
 ) -> Vec<Vec<u8>> {
     run_kernel(
+        kernel,
+        Some(q.scale_dtype),
+        Some((q.bits, q.group_size)),
+        params,
+        buffers,
+        groups,
+    )
+}
+
+/// The ways a team kernel (`qmatvec`, `moe_gate_up_q`, `moe_down_q`) runs for rows of
+/// `cols` codes: as the engine runs it (the subgroup variant where the adapter has
+/// subgroups, the team being the subgroup), and the portable variant with teams of 4, 16
+/// and 64 invocations.
+fn team_setups(cols: usize) -> Vec<(&'static KernelRunner, u32, String)> {
+    let engine = runner();
+    vec![
+        (
+            engine,
+            engine.team(cols),
+            format!("{} team {}", engine.variant().name(), engine.team(cols)),
+        ),
+        (portable_runner(), 4, "portable team 4".into()),
+        (portable_runner(), 16, "portable team 16".into()),
+        (portable_runner(), 64, "portable team 64".into()),
+    ]
+}
+
+/// As [`run`], on the given runner.
+fn run_on(
+    on: &KernelRunner,
+    kernel: Kernel,
+    q: &AffineQuant,
+    params: &[u32],
+    buffers: &[&[u8]],
+    groups: (u32, u32),
+) -> Vec<Vec<u8>> {
+    run_kernel_on(
+        on,
         kernel,
         Some(q.scale_dtype),
         Some((q.bits, q.group_size)),
@@ -324,6 +363,7 @@ fn metric_catches_small_errors() {
                 0,
                 m.scales_word,
                 m.biases_word,
+                runner().team(cols),
             ],
             &[
                 &m.bytes,
@@ -332,7 +372,7 @@ fn metric_catches_small_errors() {
                 &[],
                 &f32_bytes(&vec![0.0; rows]),
             ],
-            kernels::qmatvec_groups(rows as u32),
+            kernels::qmatvec_groups(rows as u32, runner().team(cols)),
         );
         to_f32(&out[4])
     };
@@ -429,9 +469,13 @@ fn qmatvec() {
                         }
                         let mut written = vec![false; total];
                         written[row_base..row_base + rows].fill(true);
-                        let g = kernels::qmatvec_groups(rows as u32);
+                        let setups = team_setups(cols);
+                        let (on, team, how) = &setups[case_no / 2 % setups.len()];
+                        let case = format!("{case} {how}");
+                        let g = kernels::qmatvec_groups(rows as u32, *team);
                         let groups = if shifted { grid_2d(g.0 * g.1) } else { g };
-                        let out = run(
+                        let out = run_on(
+                            on,
                             Kernel::QMatVec,
                             &q,
                             &[
@@ -442,6 +486,7 @@ fn qmatvec() {
                                 x_offset as u32,
                                 m.scales_word,
                                 m.biases_word,
+                                *team,
                             ],
                             &[
                                 &m.bytes,
@@ -471,16 +516,18 @@ fn qmatvec() {
 #[test]
 fn qmatvec_grid_past_65535_workgroups() {
     // 262200 rows of 32 columns (2-bit: one word and one group per row) on the engine's
-    // grid: 65550 workgroups of 4 rows, split by `grid_of` into (65535, 2).
+    // grid with teams of 64 (portable): 65550 workgroups of 4 rows, split by `grid_of`
+    // into (65535, 2).
     let mut ck = Checker::new("qmatvec grid");
     let mut rng = Rng::new(11);
     let (rows, cols) = (262_200usize, 32usize);
-    let g = kernels::qmatvec_groups(rows as u32);
+    let g = kernels::qmatvec_groups(rows as u32, 64);
     assert_eq!(g, (65535, 2));
     let q = quant(2, 32, DType::F16);
     let m = QMat::random(&mut rng, rows, cols, q);
     let x = rng.vec(cols, 1.0);
-    let out = run(
+    let out = run_on(
+        portable_runner(),
         Kernel::QMatVec,
         &q,
         &[
@@ -491,6 +538,7 @@ fn qmatvec_grid_past_65535_workgroups() {
             0,
             m.scales_word,
             m.biases_word,
+            64,
         ],
         &[
             &m.bytes,
@@ -532,6 +580,7 @@ fn qmatvec_misaligned_x_offset_is_loud() {
                 x_offset,
                 m.scales_word,
                 m.biases_word,
+                runner().team(cols),
             ],
             &[
                 &m.bytes,
@@ -540,7 +589,7 @@ fn qmatvec_misaligned_x_offset_is_loud() {
                 &[],
                 &f32_bytes(&vec![0.0; rows]),
             ],
-            kernels::qmatvec_groups(rows as u32),
+            kernels::qmatvec_groups(rows as u32, runner().team(cols)),
         );
         let got = to_f32(&out[4]);
         assert!(
@@ -822,9 +871,12 @@ fn moe_gate_up_q() {
             .flat_map(|&(t, s)| [t as u32, s as u32])
             .collect();
         let x = rng.vec(n_tokens * hidden, 1.0);
-        for &(base, count) in &[(0usize, n_assign), (2, 4)] {
+        for ((base, count), (on, team, how)) in [(0usize, n_assign), (2, 4)]
+            .into_iter()
+            .flat_map(|bc| team_setups(hidden).into_iter().map(move |t| (bc, t)))
+        {
             let case = format!(
-                "{}-bit g{} {} hidden {hidden} inter {inter} assign {base}+{count}",
+                "{}-bit g{} {} hidden {hidden} inter {inter} assign {base}+{count} {how}",
                 gu.bits, gu.group_size, gu.scale_dtype
             );
             let before = rng.vec(n_assign * inter, 1.0);
@@ -842,7 +894,8 @@ fn moe_gate_up_q() {
                 floor = floor.max(g.dot_scale(rms(xt)) * u.dot_scale(rms(xt)) / 2.0);
             }
             let [g, u, _] = pg.offs;
-            let out = run(
+            let out = run_on(
+                on,
                 Kernel::MoeGateUpQ,
                 &gu,
                 &[
@@ -857,6 +910,7 @@ fn moe_gate_up_q() {
                     u[0],
                     u[1],
                     u[2],
+                    team,
                 ],
                 &[
                     &pg.bytes,
@@ -864,7 +918,7 @@ fn moe_gate_up_q() {
                     &u32_bytes(&pairs),
                     &f32_bytes(&before),
                 ],
-                kernels::moe_gate_up_q_groups(inter as u32, count as u32),
+                kernels::moe_gate_up_q_groups(inter as u32, count as u32, team),
             );
             let got = to_f32(&out[3]);
             ck.untouched(&case, &got, &before, &written);
@@ -889,9 +943,12 @@ fn moe_down_q() {
             .collect();
         let h = rng.vec(n_assign * inter, 2.0);
         let route_w: Vec<f32> = (0..n_assign).map(|_| 0.5 + 0.5 * rng.f32()).collect();
-        for &(base, count) in &[(0usize, n_assign), (3, 2)] {
+        for ((base, count), (on, team, how)) in [(0usize, n_assign), (3, 2)]
+            .into_iter()
+            .flat_map(|bc| team_setups(inter).into_iter().map(move |t| (bc, t)))
+        {
             let case = format!(
-                "{}-bit g{} {} hidden {hidden} inter {inter} assign {base}+{count}",
+                "{}-bit g{} {} hidden {hidden} inter {inter} assign {base}+{count} {how}",
                 down.bits, down.group_size, down.scale_dtype
             );
             let before = rng.vec(n_assign * hidden, 1.0);
@@ -907,7 +964,8 @@ fn moe_down_q() {
                 floor = floor.max(d.dot_scale(rms(ha)) * f64::from(route_w[a]));
             }
             let d = pg.offs[2];
-            let out = run(
+            let out = run_on(
+                on,
                 Kernel::MoeDownQ,
                 &down,
                 &[
@@ -919,6 +977,7 @@ fn moe_down_q() {
                     d[0],
                     d[1],
                     d[2],
+                    team,
                 ],
                 &[
                     &pg.bytes,
@@ -927,7 +986,7 @@ fn moe_down_q() {
                     &f32_bytes(&route_w),
                     &f32_bytes(&before),
                 ],
-                kernels::moe_down_q_groups(hidden as u32, count as u32),
+                kernels::moe_down_q_groups(hidden as u32, count as u32, team),
             );
             let got = to_f32(&out[4]);
             ck.untouched(&case, &got, &before, &written);

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use moestream::gpu::kernels::Kernel;
+use moestream::gpu::kernels::{Kernel, Variant};
 use naga::back::{msl, spv};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use naga::{AddressSpace, Module, ShaderStage, StorageAccess};
@@ -22,6 +22,30 @@ const ENTRY_POINT: &str = "main";
 /// ...) is included.
 fn webgpu_core() -> Capabilities {
     Capabilities::default()
+}
+
+/// What a kernel variant may use beyond WebGPU core: subgroup operations (the `subgroups`
+/// feature) and native f16 conversion (`unpack2x16float`).
+fn capabilities(variant: Variant) -> Capabilities {
+    let mut c = webgpu_core();
+    if variant.subgroups {
+        c |= Capabilities::SUBGROUP;
+    }
+    if variant.f16 {
+        c |= Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+    }
+    c
+}
+
+/// A validator for `variant`, with the subgroup operations wgpu enables for compute shaders
+/// when the device has the `subgroups` feature.
+fn validator(flags: ValidationFlags, variant: Variant) -> Validator {
+    let mut v = Validator::new(flags, capabilities(variant));
+    if variant.subgroups {
+        v.subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+    }
+    v
 }
 
 /// WebGPU default `maxComputeWorkgroupStorageSize`.
@@ -39,6 +63,10 @@ const MAX_UNIFORM_BUFFERS: usize = 12;
 const MSL_VERSION: (u8, u8) = (2, 0);
 /// SPIR-V of Vulkan 1.0, the oldest wgpu's Vulkan backend targets.
 const SPV_VERSION: (u8, u8) = (1, 0);
+/// Subgroup variants: Metal's SIMD-group reductions (`simd_sum`) need MSL 2.1, Vulkan's
+/// non-uniform group operations SPIR-V 1.3 (Vulkan 1.1), as wgpu requires for `subgroups`.
+const MSL_VERSION_SUBGROUPS: (u8, u8) = (2, 1);
+const SPV_VERSION_SUBGROUPS: (u8, u8) = (1, 3);
 
 /// Scale/weight dtypes as the `WDT` override constant encodes them.
 const WDTS: [(u32, &str); 3] = [(0, "f32"), (1, "f16"), (2, "bf16")];
@@ -73,21 +101,21 @@ fn variants(kernel: Kernel) -> Vec<(Vec<(&'static str, f64)>, String)> {
     }
 }
 
-/// Parses and validates a kernel's source with WebGPU-core capabilities.
-fn parse_and_validate(kernel: Kernel) -> (String, Module, ModuleInfo) {
-    let name = kernel.name();
-    let source = kernel.source();
+/// Parses and validates a kernel's source in `variant` with the capabilities it may use.
+fn parse_and_validate(kernel: Kernel, variant: Variant) -> (String, Module, ModuleInfo) {
+    let name = format!("{} ({})", kernel.name(), variant.name());
+    let source = kernel.source_for(variant);
     let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
         panic!(
             "kernel {name}: WGSL does not parse:\n{}",
             e.emit_to_string_with_path(&source, &format!("{name}.wgsl"))
         )
     });
-    let info = Validator::new(ValidationFlags::default(), webgpu_core())
+    let info = validator(ValidationFlags::default(), variant)
         .validate(&module)
         .unwrap_or_else(|e| {
             panic!(
-                "kernel {name}: naga validation failed with WebGPU-core capabilities:\n{}",
+                "kernel {name}: naga validation failed with the variant's capabilities:\n{}",
                 e.emit_to_string_with_path(&source, &format!("{name}.wgsl"))
             )
         });
@@ -134,7 +162,7 @@ fn msl_resources(module: &Module) -> msl::EntryPointResources {
     resources
 }
 
-fn write_msl(module: &Module, info: &ModuleInfo) -> Result<String, msl::Error> {
+fn write_msl(module: &Module, info: &ModuleInfo, variant: Variant) -> Result<String, msl::Error> {
     let checks = naga::proc::BoundsCheckPolicies {
         index: naga::proc::BoundsCheckPolicy::Restrict,
         buffer: naga::proc::BoundsCheckPolicy::Restrict,
@@ -142,7 +170,11 @@ fn write_msl(module: &Module, info: &ModuleInfo) -> Result<String, msl::Error> {
         binding_array: naga::proc::BoundsCheckPolicy::Unchecked,
     };
     let options = msl::Options {
-        lang_version: MSL_VERSION,
+        lang_version: if variant.subgroups {
+            MSL_VERSION_SUBGROUPS
+        } else {
+            MSL_VERSION
+        },
         per_entry_point_map: [(ENTRY_POINT.to_string(), msl_resources(module))]
             .into_iter()
             .collect(),
@@ -159,9 +191,10 @@ fn write_msl(module: &Module, info: &ModuleInfo) -> Result<String, msl::Error> {
     msl::write_string(module, info, &options, &pipeline).map(|(text, _)| text)
 }
 
-fn write_spv(module: &Module, info: &ModuleInfo) -> Result<Vec<u32>, spv::Error> {
-    // The capabilities wgpu-hal's Vulkan backend enables on every device.
-    let capabilities = [
+fn write_spv(module: &Module, info: &ModuleInfo, variant: Variant) -> Result<Vec<u32>, spv::Error> {
+    // The capabilities wgpu-hal's Vulkan backend enables on every device (and with the
+    // subgroups feature).
+    let mut capabilities = vec![
         spv::Capability::Shader,
         spv::Capability::Matrix,
         spv::Capability::Sampled1D,
@@ -170,8 +203,20 @@ fn write_spv(module: &Module, info: &ModuleInfo) -> Result<Vec<u32>, spv::Error>
         spv::Capability::DerivativeControl,
         spv::Capability::StorageImageExtendedFormats,
     ];
+    let mut lang_version = SPV_VERSION;
+    if variant.subgroups {
+        capabilities.extend([
+            spv::Capability::GroupNonUniform,
+            spv::Capability::GroupNonUniformVote,
+            spv::Capability::GroupNonUniformArithmetic,
+            spv::Capability::GroupNonUniformBallot,
+            spv::Capability::GroupNonUniformShuffle,
+            spv::Capability::GroupNonUniformShuffleRelative,
+        ]);
+        lang_version = SPV_VERSION_SUBGROUPS;
+    }
     let options = spv::Options {
-        lang_version: SPV_VERSION,
+        lang_version,
         capabilities: Some(capabilities.into_iter().collect()),
         // Vulkan descriptor (set, binding) = WGSL (group, binding).
         fake_missing_bindings: true,
@@ -194,6 +239,7 @@ fn write_spv(module: &Module, info: &ModuleInfo) -> Result<Vec<u32>, spv::Error>
 /// Everything checked for one kernel compiled with one set of override constants.
 fn check_variant(
     kernel: Kernel,
+    variant: Variant,
     overrides: &[(&str, f64)],
     label: &str,
     module: &Module,
@@ -201,7 +247,7 @@ fn check_variant(
     source: &str,
 ) {
     let name = kernel.name();
-    let what = format!("kernel {name} ({label})");
+    let what = format!("kernel {name} ({label}, {} variant)", variant.name());
 
     let constants: naga::back::PipelineConstants =
         overrides.iter().map(|&(k, v)| (k.to_string(), v)).collect();
@@ -231,11 +277,11 @@ fn check_variant(
         "{what}: expressions still read override constants after resolving {constants:?}"
     );
     // The resolved module must still be valid without extra capabilities.
-    Validator::new(ValidationFlags::all(), webgpu_core())
+    validator(ValidationFlags::all(), variant)
         .validate_resolved_overrides(&resolved)
         .unwrap_or_else(|e| {
             panic!(
-                "{what}: the module with overrides resolved fails validation with WebGPU-core capabilities:\n{}",
+                "{what}: the module with overrides resolved fails validation with the variant's capabilities:\n{}",
                 e.emit_to_string_with_path(source, &format!("{name}.wgsl"))
             )
         });
@@ -270,8 +316,8 @@ fn check_variant(
         "{what}: {wg_bytes} bytes of workgroup memory, WebGPU's default maxComputeWorkgroupStorageSize is {MAX_WORKGROUP_STORAGE}"
     );
 
-    let msl = write_msl(&resolved, &resolved_info)
-        .unwrap_or_else(|e| panic!("{what}: translation to MSL {MSL_VERSION:?} failed: {e:?}"));
+    let msl = write_msl(&resolved, &resolved_info, variant)
+        .unwrap_or_else(|e| panic!("{what}: translation to MSL failed: {e:?}"));
     // naga renames `main` (reserved in Metal) to `main_`.
     let kernel_fn = msl
         .split("kernel void")
@@ -283,8 +329,8 @@ fn check_variant(
         "{what}: the MSL has no kernel function for entry point `{ENTRY_POINT}` (found {kernel_fn:?}):\n{msl}"
     );
 
-    let words = write_spv(&resolved, &resolved_info)
-        .unwrap_or_else(|e| panic!("{what}: translation to SPIR-V {SPV_VERSION:?} failed: {e:?}"));
+    let words = write_spv(&resolved, &resolved_info, variant)
+        .unwrap_or_else(|e| panic!("{what}: translation to SPIR-V failed: {e:?}"));
     assert_eq!(
         words.first(),
         Some(&0x0723_0203),
@@ -301,9 +347,25 @@ fn check_variant(
 
 #[test]
 fn every_kernel_validates_and_translates_to_msl_and_spirv() {
+    let mut checked = 0;
     for kernel in Kernel::ALL {
+        for variant in Variant::ALL {
+            if kernel.has_variant(variant) {
+                check_kernel(kernel, variant);
+                checked += 1;
+            }
+        }
+    }
+    // Portable, subgroups, f16 and both, of every kernel but the subgroup probe (which
+    // exists only with subgroups).
+    assert_eq!(checked, 4 * Kernel::ALL.len() - 2);
+}
+
+/// Every check of one kernel in one variant.
+fn check_kernel(kernel: Kernel, variant: Variant) {
+    {
         let name = kernel.name();
-        let (source, module, info) = parse_and_validate(kernel);
+        let (source, module, info) = parse_and_validate(kernel, variant);
 
         let has_override = |c: &str| {
             module
@@ -374,16 +436,41 @@ fn every_kernel_validates_and_translates_to_msl_and_spirv() {
         );
 
         for (constants, label) in variants(kernel) {
-            check_variant(kernel, &constants, &label, &module, &info, &source);
+            check_variant(kernel, variant, &constants, &label, &module, &info, &source);
         }
     }
 }
 
 #[test]
-fn kernel_sources_do_not_enable_extensions() {
+fn portable_kernel_sources_do_not_enable_extensions() {
     // `enable f16;` and friends need features beyond WebGPU core (and are absent on
-    // many Metal/Vulkan devices); the weights are decoded from u32 words instead.
+    // many Metal/Vulkan devices): no variant needs an enable directive (subgroup builtins
+    // are gated by the device feature, unpack2x16float is core WGSL).
     for kernel in Kernel::ALL {
+        for variant in Variant::ALL {
+            if !kernel.has_variant(variant) {
+                continue;
+            }
+            let enables: Vec<String> = kernel
+                .source_for(variant)
+                .lines()
+                .map(|l| l.split("//").next().unwrap_or("").trim().to_string())
+                .filter(|l| l.starts_with("enable ") || l.starts_with("requires "))
+                .collect();
+            let want: Vec<String> = Vec::new();
+            assert_eq!(
+                enables,
+                want,
+                "kernel {} ({}): enable directives",
+                kernel.name(),
+                variant.name()
+            );
+        }
+    }
+    for kernel in Kernel::ALL {
+        if kernel.needs_subgroups() {
+            continue;
+        }
         let source = kernel.source();
         for (n, line) in source.lines().enumerate() {
             let code = line.split("//").next().unwrap_or("").trim_start();
@@ -432,11 +519,15 @@ fn kernels_folder_holds_exactly_one_file_per_kernel() {
     );
 
     // Each kernel's source is its file after the shared includes it names, in order.
-    for kernel in Kernel::ALL {
+    for (kernel, variant) in Kernel::ALL
+        .iter()
+        .flat_map(|&k| Variant::ALL.iter().map(move |&v| (k, v)))
+        .filter(|(k, v)| k.has_variant(*v))
+    {
         let path = format!("{dir}/{}.wgsl", kernel.name());
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
         let mut want = String::new();
-        for inc in kernel.includes() {
+        for inc in kernel.includes_for(variant) {
             let ipath = format!("{dir}/include/{}.wgsl", inc.name());
             let itext =
                 std::fs::read_to_string(&ipath).unwrap_or_else(|e| panic!("reading {ipath}: {e}"));
@@ -445,10 +536,11 @@ fn kernels_folder_holds_exactly_one_file_per_kernel() {
         }
         want.push_str(&text);
         assert!(
-            kernel.source() == want,
-            "kernel {}: Kernel::source() is not {:?} followed by {path}",
+            kernel.source_for(variant) == want,
+            "kernel {} ({}): Kernel::source_for() is not {:?} followed by {path}",
             kernel.name(),
-            kernel.includes()
+            variant.name(),
+            kernel.includes_for(variant)
         );
     }
 }

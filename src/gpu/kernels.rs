@@ -11,6 +11,10 @@
 
 use super::recorder::grid_of;
 
+/// Environment variable naming a folder of kernel sources that replace the built-in ones
+/// (see [`Kernel::source_for`]); for kernel development only.
+pub const KERNELS_DIR_ENV: &str = "MOESTREAM_KERNELS_DIR";
+
 /// A compute kernel of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -56,6 +60,65 @@ pub enum Kernel {
     MoeRoute,
     /// Top-n logits per chunk of the vocabulary, for a small readback ([`topk_groups`]).
     TopK,
+    /// Measures the subgroup size (only compiled with [`Variant::subgroups`]).
+    SubgroupProbe,
+}
+
+/// Which optional GPU features a kernel is compiled for. The device picks the variant
+/// once, from what the adapter offers ([`crate::AdapterSummary`] says which); every
+/// kernel also exists in the portable variant ([`Variant::PORTABLE`]), which needs nothing
+/// beyond WebGPU core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub struct Variant {
+    /// Team sums of the quantized mat-vec kernels by subgroup reduction
+    /// (`include/team_subgroup.wgsl`) instead of workgroup memory and barriers
+    /// (`include/team_workgroup.wgsl`). Needs the `subgroups` feature.
+    pub subgroups: bool,
+    /// f16 weights and scales converted by the hardware (`unpack2x16float`,
+    /// `include/half_native.wgsl`) instead of integer operations (`include/half_int.wgsl`).
+    /// Needs native f16 conversion (wgpu's `SHADER_F16_IN_F32` downlevel flag, which
+    /// llvmpipe without native f16 lacks).
+    pub f16: bool,
+}
+
+impl Variant {
+    /// Nothing beyond WebGPU core.
+    pub const PORTABLE: Variant = Variant {
+        subgroups: false,
+        f16: false,
+    };
+    /// Every combination.
+    pub const ALL: [Variant; 4] = [
+        Variant::PORTABLE,
+        Variant {
+            subgroups: true,
+            f16: false,
+        },
+        Variant {
+            subgroups: false,
+            f16: true,
+        },
+        Variant {
+            subgroups: true,
+            f16: true,
+        },
+    ];
+
+    /// A variant with the given features.
+    pub fn new(subgroups: bool, f16: bool) -> Self {
+        Variant { subgroups, f16 }
+    }
+
+    /// A short name for messages: `portable`, `subgroups`, `f16` or `subgroups+f16`.
+    pub fn name(self) -> &'static str {
+        match (self.subgroups, self.f16) {
+            (false, false) => "portable",
+            (true, false) => "subgroups",
+            (false, true) => "f16",
+            (true, true) => "subgroups+f16",
+        }
+    }
 }
 
 /// A shared WGSL file of `kernels/include/`, prepended to the kernels that use it.
@@ -66,6 +129,16 @@ pub enum Include {
     Dtype,
     /// `quant.wgsl`: the `BITS` / `GROUP` overrides and MLX affine code unpacking.
     Quant,
+    /// `half_int.wgsl`: f16 to f32 by integer operations (portable).
+    HalfInt,
+    /// `half_native.wgsl`: f16 to f32 by the hardware (`unpack2x16float`).
+    HalfNative,
+    /// `qblock.wgsl`: dot products of 32-code blocks of quantized rows.
+    QBlock,
+    /// `team_workgroup.wgsl`: team sums through workgroup memory (portable).
+    TeamWorkgroup,
+    /// `team_subgroup.wgsl`: team sums by subgroup reduction (`subgroups`).
+    TeamSubgroup,
 }
 
 impl Include {
@@ -74,32 +147,37 @@ impl Include {
         match self {
             Include::Dtype => "dtype",
             Include::Quant => "quant",
+            Include::HalfInt => "half_int",
+            Include::HalfNative => "half_native",
+            Include::QBlock => "qblock",
+            Include::TeamWorkgroup => "team_workgroup",
+            Include::TeamSubgroup => "team_subgroup",
         }
     }
 
     /// The WGSL text.
     pub fn source(self) -> &'static str {
         match self {
-            Include::Dtype => DTYPE_INCLUDE,
-            Include::Quant => QUANT_INCLUDE,
+            Include::Dtype => include_str!("../../kernels/include/dtype.wgsl"),
+            Include::Quant => include_str!("../../kernels/include/quant.wgsl"),
+            Include::HalfInt => include_str!("../../kernels/include/half_int.wgsl"),
+            Include::HalfNative => include_str!("../../kernels/include/half_native.wgsl"),
+            Include::QBlock => include_str!("../../kernels/include/qblock.wgsl"),
+            Include::TeamWorkgroup => include_str!("../../kernels/include/team_workgroup.wgsl"),
+            Include::TeamSubgroup => include_str!("../../kernels/include/team_subgroup.wgsl"),
         }
     }
 }
 
-const DTYPE_INCLUDE: &str = include_str!("../../kernels/include/dtype.wgsl");
-const QUANT_INCLUDE: &str = include_str!("../../kernels/include/quant.wgsl");
-
-/// Rows per workgroup of [`Kernel::QMatVec`] (`ROWS` in `kernels/qmatvec.wgsl`).
-const QMATVEC_ROWS: u32 = 4;
+/// Invocations per workgroup of the team kernels ([`Kernel::QMatVec`],
+/// [`Kernel::MoeGateUpQ`], [`Kernel::MoeDownQ`]); each team computes 4 rows.
+const TEAM_WG: u32 = 64;
 /// Rows and tokens per workgroup tile of [`Kernel::QMatMul`] (`TR`, `TT` in
 /// `kernels/qmatmul.wgsl`).
 const QMATMUL_ROWS: u32 = 32;
 const QMATMUL_TOKENS: u32 = 32;
 /// Output octets (8 values) per workgroup of [`Kernel::QEmbedding`] (its workgroup size).
 const QEMBEDDING_OCTETS: u32 = 64;
-/// Rows per workgroup of [`Kernel::MoeGateUpQ`] and [`Kernel::MoeDownQ`] (`ROWS` in their
-/// WGSL).
-const MOE_Q_ROWS: u32 = 4;
 
 /// Logits per workgroup of [`Kernel::TopK`].
 pub const TOPK_CHUNK: u32 = 2048;
@@ -114,10 +192,26 @@ pub fn copy_groups(vec4_words: u32) -> (u32, u32) {
     grid_of(vec4_words.div_ceil(256))
 }
 
-/// Grid of [`Kernel::QMatVec`] for a chunk of `rows` rows (any count: past 65535
-/// workgroups the grid is 2-D, which the kernel linearizes).
-pub fn qmatvec_groups(rows: u32) -> (u32, u32) {
-    grid_of(rows.div_ceil(QMATVEC_ROWS))
+/// The team size (invocations per 4 rows, the `team` parameter) of the team kernels in the
+/// portable variant for rows of `cols` codes: about two 32-code blocks per invocation, so
+/// that small matrices still spread over many invocations. (The subgroup variant's team is
+/// the subgroup.)
+pub fn portable_team(cols: u32) -> u32 {
+    (cols / 32)
+        .div_ceil(2)
+        .next_power_of_two()
+        .clamp(4, TEAM_WG)
+}
+
+/// Rows per workgroup of the team kernels with teams of `team` invocations.
+fn team_rows(team: u32) -> u32 {
+    4 * (TEAM_WG / team.clamp(1, TEAM_WG))
+}
+
+/// Grid of [`Kernel::QMatVec`] for a chunk of `rows` rows with teams of `team` invocations
+/// (any count: past 65535 workgroups the grid is 2-D, which the kernel linearizes).
+pub fn qmatvec_groups(rows: u32, team: u32) -> (u32, u32) {
+    grid_of(rows.div_ceil(team_rows(team)))
 }
 
 /// Grid of [`Kernel::QMatMul`] for a chunk of `rows` rows and `n_tokens` tokens
@@ -136,20 +230,20 @@ pub fn qembedding_groups(hidden: u32, n_tokens: u32) -> (u32, u32) {
 }
 
 /// Grid of [`Kernel::MoeGateUpQ`] for `n_assign` assignments (at most 65535 per dispatch)
-/// of `inter` rows each.
-pub fn moe_gate_up_q_groups(inter: u32, n_assign: u32) -> (u32, u32) {
-    (inter.div_ceil(MOE_Q_ROWS).max(1), n_assign.max(1))
+/// of `inter` rows each, with teams of `team` invocations.
+pub fn moe_gate_up_q_groups(inter: u32, n_assign: u32, team: u32) -> (u32, u32) {
+    (inter.div_ceil(team_rows(team)).max(1), n_assign.max(1))
 }
 
 /// Grid of [`Kernel::MoeDownQ`] for `n_assign` assignments (at most 65535 per dispatch) of
-/// `hidden` rows each.
-pub fn moe_down_q_groups(hidden: u32, n_assign: u32) -> (u32, u32) {
-    (hidden.div_ceil(MOE_Q_ROWS).max(1), n_assign.max(1))
+/// `hidden` rows each, with teams of `team` invocations.
+pub fn moe_down_q_groups(hidden: u32, n_assign: u32, team: u32) -> (u32, u32) {
+    (hidden.div_ceil(team_rows(team)).max(1), n_assign.max(1))
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 19] = [
+    pub const ALL: [Kernel; 20] = [
         Kernel::Embedding,
         Kernel::RmsNorm,
         Kernel::MatVec,
@@ -169,6 +263,7 @@ impl Kernel {
         Kernel::Copy,
         Kernel::MoeRoute,
         Kernel::TopK,
+        Kernel::SubgroupProbe,
     ];
 
     /// File stem in `kernels/`.
@@ -193,6 +288,7 @@ impl Kernel {
             Kernel::Copy => "copy",
             Kernel::MoeRoute => "moe_route",
             Kernel::TopK => "topk",
+            Kernel::SubgroupProbe => "subgroup_probe",
         }
     }
 
@@ -217,6 +313,7 @@ impl Kernel {
             Kernel::Copy => include_str!("../../kernels/copy.wgsl"),
             Kernel::MoeRoute => include_str!("../../kernels/moe_route.wgsl"),
             Kernel::TopK => include_str!("../../kernels/topk.wgsl"),
+            Kernel::SubgroupProbe => include_str!("../../kernels/subgroup_probe.wgsl"),
         }
     }
 
@@ -247,15 +344,53 @@ impl Kernel {
         )
     }
 
-    /// The shared files prepended to the kernel's own, in order.
-    pub fn includes(self) -> &'static [Include] {
-        if self.is_quantized() {
-            &[Include::Dtype, Include::Quant]
-        } else if self.reads_weights() {
-            &[Include::Dtype]
-        } else {
-            &[]
+    /// Whether the kernel sums over teams of invocations (`team_sum`), by subgroup
+    /// reduction in the subgroup variant.
+    pub fn uses_teams(self) -> bool {
+        matches!(
+            self,
+            Kernel::QMatVec | Kernel::MoeGateUpQ | Kernel::MoeDownQ
+        )
+    }
+
+    /// Whether the kernel exists only in subgroup variants.
+    pub fn needs_subgroups(self) -> bool {
+        self == Kernel::SubgroupProbe
+    }
+
+    /// Whether the kernel exists in `variant`.
+    pub fn has_variant(self, variant: Variant) -> bool {
+        variant.subgroups || !self.needs_subgroups()
+    }
+
+    /// The shared files prepended to the kernel's own in the portable variant, in order.
+    pub fn includes(self) -> Vec<Include> {
+        self.includes_for(Variant::PORTABLE)
+    }
+
+    /// The shared files prepended to the kernel's own in `variant`, in order.
+    pub fn includes_for(self, variant: Variant) -> Vec<Include> {
+        let mut v = Vec::new();
+        if self.reads_weights() {
+            v.push(if variant.f16 {
+                Include::HalfNative
+            } else {
+                Include::HalfInt
+            });
+            v.push(Include::Dtype);
         }
+        if self.is_quantized() {
+            v.push(Include::Quant);
+        }
+        if self.uses_teams() {
+            v.push(Include::QBlock);
+            v.push(if variant.subgroups {
+                Include::TeamSubgroup
+            } else {
+                Include::TeamWorkgroup
+            });
+        }
+        v
     }
 
     /// The override constants a pipeline of this kernel is created with: none for kernels
@@ -285,14 +420,29 @@ impl Kernel {
         c
     }
 
-    /// The complete WGSL source as compiled (shared helpers prepended where needed).
+    /// The complete WGSL source of the portable variant (shared helpers prepended).
     pub fn source(self) -> String {
+        self.source_for(Variant::PORTABLE)
+    }
+
+    /// The complete WGSL source of `variant`: the shared helpers, then the kernel's file.
+    ///
+    /// For kernel development, `MOESTREAM_KERNELS_DIR` names a folder laid out as
+    /// `kernels/` whose files replace the built-in copies (those it lacks are built in), so
+    /// a kernel can be changed and measured without rebuilding.
+    pub fn source_for(self, variant: Variant) -> String {
+        let dir = std::env::var_os(KERNELS_DIR_ENV).map(std::path::PathBuf::from);
+        let read = |rel: String, builtin: &str| -> String {
+            dir.as_ref()
+                .and_then(|d| std::fs::read_to_string(d.join(rel)).ok())
+                .unwrap_or_else(|| builtin.to_string())
+        };
         let mut src = String::new();
-        for inc in self.includes() {
-            src.push_str(inc.source());
+        for inc in self.includes_for(variant) {
+            src.push_str(&read(format!("include/{}.wgsl", inc.name()), inc.source()));
             src.push('\n');
         }
-        src.push_str(self.body());
+        src.push_str(&read(format!("{}.wgsl", self.name()), self.body()));
         src
     }
 }

@@ -12,7 +12,7 @@ pub(crate) use tensor::{GpuMatrix, GpuVec};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use kernels::Kernel;
+use kernels::{Kernel, Variant};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -20,6 +20,11 @@ use crate::error::{Error, Result};
 /// Environment variable that overrides the adapter choice: an index into the list of
 /// adapters, or a case-insensitive substring of the adapter name.
 pub const ADAPTER_ENV: &str = "MOESTREAM_ADAPTER";
+
+/// Environment variable that restricts the optional GPU features the kernels use:
+/// `portable` (none), `subgroups`, `f16` (native f16 conversion), or `all` (the default:
+/// whatever the adapter offers). For comparing variants and for working around a driver.
+pub const KERNELS_ENV: &str = "MOESTREAM_KERNELS";
 
 /// Which GPU adapter to run on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,6 +41,7 @@ pub enum AdapterChoice {
 
 /// Facts about the adapter a model runs on.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct AdapterSummary {
     /// Adapter name as the driver reports it.
     pub name: String,
@@ -45,10 +51,33 @@ pub struct AdapterSummary {
     pub device_type: String,
     /// Largest storage-buffer binding in bytes.
     pub max_binding_bytes: u64,
+    /// The kernel variant in use: which optional features (subgroups, shader-f16) the
+    /// kernels use on this adapter.
+    pub variant: Variant,
+    /// The subgroup size measured on the device, when the subgroup variant is in use.
+    pub subgroup_size: Option<u32>,
 }
 
 /// A compiled pipeline's identity: kernel, weight (or scale) dtype code, bits, group size.
 type PipelineKey = (Kernel, u32, u32, u32);
+
+/// The variant allowed by `MOESTREAM_KERNELS` (everything when unset).
+fn allowed_variant() -> Result<Variant> {
+    parse_variant(std::env::var(KERNELS_ENV).ok().as_deref().unwrap_or(""))
+}
+
+/// A `MOESTREAM_KERNELS` value: the optional features the kernels may use.
+fn parse_variant(v: &str) -> Result<Variant> {
+    match v.trim() {
+        "" | "all" => Ok(Variant::new(true, true)),
+        "portable" => Ok(Variant::PORTABLE),
+        "subgroups" => Ok(Variant::new(true, false)),
+        "f16" => Ok(Variant::new(false, true)),
+        other => Err(Error::InvalidArgument(format!(
+            "{KERNELS_ENV}={other:?}: expected portable, subgroups, f16 or all"
+        ))),
+    }
+}
 
 pub(crate) struct Gpu {
     pub device: wgpu::Device,
@@ -61,6 +90,10 @@ pub(crate) struct Gpu {
     pub timestamps: bool,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     modules: Mutex<HashMap<Kernel, wgpu::ShaderModule>>,
+    /// The kernel variant every pipeline is compiled in.
+    pub variant: Variant,
+    /// Team size of the team kernels in the subgroup variant (the subgroup size).
+    pub subgroup_size: Option<u32>,
     error: Arc<Mutex<Option<String>>>,
     /// A small buffer bound where a kernel's optional input is unused.
     pub dummy: wgpu::Buffer,
@@ -86,6 +119,12 @@ fn rank(t: wgpu::DeviceType) -> u8 {
 
 impl Gpu {
     pub fn new(choice: &AdapterChoice) -> Result<Gpu> {
+        Self::with_variant(choice, allowed_variant()?)
+    }
+
+    /// Opens an adapter using at most the optional features of `allow` (those the adapter
+    /// lacks are left out).
+    pub fn with_variant(choice: &AdapterChoice, allow: Variant) -> Result<Gpu> {
         let choice = match std::env::var(ADAPTER_ENV) {
             Ok(v) if !v.trim().is_empty() => match v.trim().parse::<usize>() {
                 Ok(i) => AdapterChoice::Index(i),
@@ -140,9 +179,14 @@ impl Gpu {
         let alimits = adapter.limits();
         // Ask for everything the adapter offers: large bindings matter for big weights.
         let limits = alimits.clone();
+        let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
+        if allow.subgroups {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
+        let features = adapter.features() & wanted;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("moestream"),
-            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+            required_features: features,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -166,12 +210,22 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        Ok(Gpu {
+        let native_f16 = adapter
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32);
+        let variant = Variant::new(
+            features.contains(wgpu::Features::SUBGROUP),
+            allow.f16 && native_f16,
+        );
+        let mut gpu = Gpu {
             summary: AdapterSummary {
                 name: info.name.clone(),
                 backend: format!("{:?}", info.backend),
                 device_type: format!("{:?}", info.device_type),
                 max_binding_bytes: max_binding,
+                variant,
+                subgroup_size: None,
             },
             max_binding,
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
@@ -180,9 +234,52 @@ impl Gpu {
             queue,
             pipelines: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),
+            variant,
+            subgroup_size: None,
             error,
             dummy,
-        })
+        };
+        if variant.subgroups {
+            // Subgroup reductions only where the subgroup size is one we can build teams of.
+            // (A driver that fails the probe gets the portable kernels, not an error.)
+            match gpu.probe_subgroup_size() {
+                Ok(Some(n)) => gpu.subgroup_size = Some(n),
+                _ => gpu.variant.subgroups = false,
+            }
+        }
+        gpu.summary.variant = gpu.variant;
+        gpu.summary.subgroup_size = gpu.subgroup_size;
+        Ok(gpu)
+    }
+
+    /// The subgroup size of a 64-invocation workgroup, measured by running
+    /// `kernels/subgroup_probe.wgsl`: `Some(n)` if every invocation saw the same power of two
+    /// `n` from 4 to 64.
+    fn probe_subgroup_size(&self) -> Result<Option<u32>> {
+        let out = self.storage_buffer("subgroup probe", 256);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("subgroup probe readback"),
+            size: 256,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut arena = ParamArena::default();
+        let mut rec = Recorder::new(self, &mut arena, None);
+        rec.dispatch(Kernel::SubgroupProbe, None, &[64], &[(&out).into()], (1, 1));
+        let got = rec.read(&[(&out, 0, 256)], &staging)?;
+        let sizes: Vec<u32> = bytemuck::pod_collect_to_vec(&got[0]);
+        let n = sizes.first().copied().unwrap_or(0);
+        let ok = sizes.iter().all(|&s| s == n) && n.is_power_of_two() && (4..=64).contains(&n);
+        Ok(ok.then_some(n))
+    }
+
+    /// The `team` parameter of the team kernels for rows of `cols` codes: the subgroup
+    /// size in the subgroup variant, else [`kernels::portable_team`].
+    pub fn team(&self, cols: usize) -> u32 {
+        match (self.variant.subgroups, self.subgroup_size) {
+            (true, Some(n)) => n,
+            _ => kernels::portable_team(cols as u32),
+        }
     }
 
     /// Fails with the first error the device reported since the last check.
@@ -211,11 +308,12 @@ impl Gpu {
             return p.clone();
         }
         let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        let variant = self.variant;
         let module = modules.entry(kernel).or_insert_with(|| {
             self.device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(kernel.name()),
-                    source: wgpu::ShaderSource::Wgsl(kernel.source().into()),
+                    source: wgpu::ShaderSource::Wgsl(kernel.source_for(variant).into()),
                 })
         });
         let mut constants: Vec<(&str, f64)> = Vec::new();
@@ -266,5 +364,24 @@ impl Gpu {
             self.queue.write_buffer(&buf, 0, &v);
         }
         buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_variant_setting() {
+        assert_eq!(parse_variant("").ok(), Some(Variant::new(true, true)));
+        assert_eq!(parse_variant(" all ").ok(), Some(Variant::new(true, true)));
+        assert_eq!(parse_variant("portable").ok(), Some(Variant::PORTABLE));
+        assert_eq!(
+            parse_variant("subgroups").ok(),
+            Some(Variant::new(true, false))
+        );
+        assert_eq!(parse_variant("f16").ok(), Some(Variant::new(false, true)));
+        let e = parse_variant("fast").unwrap_err().to_string();
+        assert!(e.contains("MOESTREAM_KERNELS") && e.contains("fast"), "{e}");
     }
 }

@@ -1,8 +1,8 @@
 //! Records kernel dispatches into a command encoder, with their uniform parameters packed
 //! into a reusable arena, and submits them.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::kernels::Kernel;
 use super::Gpu;
@@ -106,6 +106,32 @@ pub(crate) fn grid_of(n: u32) -> (u32, u32) {
     (x, n.div_ceil(x).max(1))
 }
 
+/// Environment variable that turns on the per-kernel GPU profile: every dispatch gets its
+/// own timed pass, and the time is added up per kernel (see
+/// [`crate::gpu::testing::take_profile`]). Slows the GPU down; for finding where time goes.
+pub const PROFILE_ENV: &str = "MOESTREAM_PROFILE";
+
+fn profiling() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(PROFILE_ENV).is_some_and(|v| !v.is_empty() && v != "0"))
+}
+
+/// Per kernel: dispatches and GPU nanoseconds, while profiling.
+static PROFILE: Mutex<BTreeMap<&'static str, (u64, f64)>> = Mutex::new(BTreeMap::new());
+
+/// The per-kernel profile gathered so far (kernel, dispatches, GPU seconds), by time
+/// descending, and clears it.
+pub fn take_profile() -> Vec<(String, u64, f64)> {
+    let mut map = PROFILE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut v: Vec<(String, u64, f64)> = map
+        .iter()
+        .map(|(k, &(n, ns))| (k.to_string(), n, ns * 1e-9))
+        .collect();
+    map.clear();
+    v.sort_by(|a, b| b.2.total_cmp(&a.2));
+    v
+}
+
 /// GPU timestamps around compute passes, where the adapter supports timestamp queries.
 pub(crate) struct Timer {
     set: wgpu::QuerySet,
@@ -113,6 +139,8 @@ pub(crate) struct Timer {
     used: u32,
     /// More passes than queries, or no room to read them back: the total is incomplete.
     overflow: bool,
+    /// While profiling: the kernel of each timed pass.
+    labels: Vec<&'static str>,
 }
 
 impl Timer {
@@ -136,6 +164,7 @@ impl Timer {
             }),
             used: 0,
             overflow: false,
+            labels: Vec::new(),
         })
     }
 
@@ -189,12 +218,13 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    fn begin_pass(&mut self) -> wgpu::ComputePass<'static> {
+    fn begin_pass(&mut self, label: &'static str) -> wgpu::ComputePass<'static> {
         let mut index = None;
         if let Some(t) = self.timer.as_deref_mut() {
             if t.used + 2 <= Timer::QUERIES {
                 index = Some(t.used);
                 t.used += 2;
+                t.labels.push(label);
             } else {
                 t.overflow = true;
             }
@@ -328,8 +358,11 @@ impl<'a> Recorder<'a> {
                 bg
             }
         };
+        if profiling() && self.timer.is_some() {
+            self.end_pass();
+        }
         if self.pass.is_none() {
-            self.pass = Some(self.begin_pass());
+            self.pass = Some(self.begin_pass(kernel.name()));
         }
         if let Some(pass) = self.pass.as_mut() {
             pass.set_pipeline(&pipeline);
@@ -405,6 +438,11 @@ impl<'a> Recorder<'a> {
             }
             t.used = 0;
         }
+        let labels = self
+            .timer
+            .as_deref_mut()
+            .map(|t| std::mem::take(&mut t.labels))
+            .unwrap_or_default();
         self.submit();
         let t0 = std::time::Instant::now();
         let waited = |r: &mut Self| r.wait_time += t0.elapsed();
@@ -439,8 +477,16 @@ impl<'a> Recorder<'a> {
             if let Some((a, n)) = stamps {
                 let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&view[a..a + n]);
                 let period = self.gpu.queue.get_timestamp_period() as f64;
-                for pair in ticks.chunks_exact(2) {
-                    self.gpu_ns += pair[1].saturating_sub(pair[0]) as f64 * period;
+                let mut prof =
+                    profiling().then(|| PROFILE.lock().unwrap_or_else(|p| p.into_inner()));
+                for (i, pair) in ticks.chunks_exact(2).enumerate() {
+                    let ns = pair[1].saturating_sub(pair[0]) as f64 * period;
+                    self.gpu_ns += ns;
+                    if let (Some(map), Some(&label)) = (prof.as_mut(), labels.get(i)) {
+                        let e = map.entry(label).or_insert((0, 0.0));
+                        e.0 += 1;
+                        e.1 += ns;
+                    }
                 }
             }
             spans

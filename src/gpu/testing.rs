@@ -1,6 +1,6 @@
 //! Running one kernel on host data, for kernel tests and tools. Not part of the stable API.
 
-use super::kernels::Kernel;
+use super::kernels::{Kernel, Variant};
 use super::{Bind, Gpu, ParamArena, Recorder};
 use crate::dtype::DType;
 use crate::error::Result;
@@ -27,9 +27,27 @@ impl KernelRunner {
         })
     }
 
+    /// Opens the default adapter using at most the optional features of `allow` (e.g.
+    /// [`Variant::PORTABLE`] to test the portable kernels on an adapter that has more).
+    pub fn with_variant(allow: Variant) -> Result<Self> {
+        Ok(KernelRunner {
+            gpu: Gpu::with_variant(&AdapterChoice::Auto, allow)?,
+        })
+    }
+
     /// The adapter's name.
     pub fn adapter_name(&self) -> &str {
         &self.gpu.summary.name
+    }
+
+    /// The kernel variant this runner compiles.
+    pub fn variant(&self) -> Variant {
+        self.gpu.variant
+    }
+
+    /// The team size the engine passes to the team kernels for rows of `cols` codes.
+    pub fn team(&self, cols: usize) -> u32 {
+        self.gpu.team(cols)
     }
 
     /// Runs `kernel` once. `params` fill the uniform at binding 0; `buffers[i]` is the
@@ -116,9 +134,21 @@ impl GpuBench {
         })
     }
 
+    /// As [`new`](Self::new), using at most the optional features of `allow`.
+    pub fn with_variant(allow: Variant) -> Result<Self> {
+        Ok(GpuBench {
+            gpu: Gpu::with_variant(&AdapterChoice::Auto, allow)?,
+        })
+    }
+
     /// The adapter.
     pub fn adapter(&self) -> &crate::gpu::AdapterSummary {
         &self.gpu.summary
+    }
+
+    /// The team size the engine passes to the team kernels for rows of `cols` codes.
+    pub fn team(&self, cols: usize) -> u32 {
+        self.gpu.team(cols)
     }
 
     /// Whether times come from GPU timestamp queries (else from the wall clock).
@@ -199,4 +229,10 @@ impl GpuBench {
         let total = rec.gpu_time().map_or(wall, |d| d.as_secs_f64());
         Ok(total / iters.max(1) as f64)
     }
+}
+
+/// The per-kernel GPU profile gathered while `MOESTREAM_PROFILE` is set: (kernel,
+/// dispatches, GPU seconds), by time descending. Clears it.
+pub fn take_profile() -> Vec<(String, u64, f64)> {
+    super::recorder::take_profile()
 }

@@ -6,9 +6,19 @@
 
 use std::sync::OnceLock;
 
-use moestream::gpu::kernels::Kernel;
+use moestream::gpu::kernels::{Kernel, Variant};
 use moestream::gpu::testing::KernelRunner;
 use moestream::DType;
+
+/// A runner restricted to the portable kernels (no subgroups, no shader-f16), so that both
+/// variants are tested on adapters that have the optional features.
+pub fn portable_runner() -> &'static KernelRunner {
+    static RUNNER: OnceLock<KernelRunner> = OnceLock::new();
+    RUNNER.get_or_init(|| {
+        KernelRunner::with_variant(Variant::PORTABLE)
+            .unwrap_or_else(|e| panic!("the kernel tests need a GPU adapter: {e}"))
+    })
+}
 
 pub fn runner() -> &'static KernelRunner {
     static RUNNER: OnceLock<KernelRunner> = OnceLock::new();
@@ -52,6 +62,20 @@ pub fn run_kernel(
     buffers: &[&[u8]],
     groups: (u32, u32),
 ) -> Vec<Vec<u8>> {
+    run_kernel_on(runner(), kernel, wdt, quant, params, buffers, groups)
+}
+
+/// As [`run_kernel`], on the given runner.
+#[allow(clippy::too_many_arguments)]
+pub fn run_kernel_on(
+    on: &KernelRunner,
+    kernel: Kernel,
+    wdt: Option<DType>,
+    quant: Option<(u32, u32)>,
+    params: &[u32],
+    buffers: &[&[u8]],
+    groups: (u32, u32),
+) -> Vec<Vec<u8>> {
     let (fields, bindings) = interface(kernel);
     assert_eq!(
         params.len(),
@@ -69,8 +93,7 @@ pub fn run_kernel(
     );
     assert_eq!(kernel.reads_weights(), wdt.is_some(), "{}", kernel.name());
     assert_eq!(kernel.is_quantized(), quant.is_some(), "{}", kernel.name());
-    runner()
-        .run_q(kernel, wdt, quant, params, buffers, groups)
+    on.run_q(kernel, wdt, quant, params, buffers, groups)
         .unwrap_or_else(|e| panic!("{} ({wdt:?}, {quant:?}): {e}", kernel.name()))
 }
 

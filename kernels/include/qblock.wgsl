@@ -1,0 +1,116 @@
+// Dot products of quantized rows with f32 vectors, 32 codes at a time (prepended to the
+// mat-vec style quantized kernels after quant.wgsl; not a kernel itself). The kernel must
+// bind its weights as `w: array<vec4<u32>>`.
+//
+// A block is 32 consecutive codes of a row: BITS whole words, starting at a word index that
+// is a multiple of BITS (rows hold a multiple of 32 codes), inside one group (GROUP is a
+// multiple of 32). Tensors start 16-byte aligned, so a 4-bit block is one vec4 and an 8-bit
+// block two.
+//
+// 2, 4 and 8 bits avoid integer-to-float conversions (a quarter-rate instruction on many
+// GPUs, and what bound the first kernels): a code c masked in place at bit o of a 16-bit
+// half word, OR-ed into the mantissa of 2^23, is the float 2^23 + c * 2^o exactly;
+// subtracting 2^23 leaves c * 2^o exactly. The four lanes of a vec4 accumulator each hold
+// one bit position o, and are scaled back by 2^-o (exact) once per block. 3, 5 and 6 bits
+// straddle words and go through the octet unpacking of quant.wgsl.
+
+const MAGIC: u32 = 0x4b000000u; // the bits of 2^23
+const MAGIC_F: f32 = 8388608.0;
+
+// 32 values of x (columns 4i .. 4i + 3 of a block in field i), kept in registers: a struct
+// rather than an array, which drivers may place in memory when it is indexed.
+struct X32 {
+    a: vec4<f32>,
+    b: vec4<f32>,
+    c: vec4<f32>,
+    d: vec4<f32>,
+    e: vec4<f32>,
+    f: vec4<f32>,
+    g: vec4<f32>,
+    h: vec4<f32>,
+}
+
+// Word i of the weights (by selects, not a dynamically indexed vector).
+fn word_at(i: u32) -> u32 {
+    let v = w[i >> 2u];
+    let k = i & 3u;
+    return select(select(v.x, v.y, k == 1u), select(v.z, v.w, k == 3u), k >= 2u);
+}
+
+// The codes selected by `mask` in each lane of v, times 2^(their bit offset), as floats.
+fn lanes(v: vec4<u32>, mask: vec4<u32>) -> vec4<f32> {
+    return bitcast<vec4<f32>>((v & mask) | vec4<u32>(MAGIC)) - vec4<f32>(MAGIC_F);
+}
+
+// dot(codes of the block whose words start at word `wi`, xs), xs the 32 values of the
+// block's columns as 8 vec4s.
+fn block_dot(wi: u32, xs: X32) -> f32 {
+    if (BITS == 4u) {
+        let q = w[wi >> 2u];
+        let m = vec4<u32>(0xfu, 0xf0u, 0xf00u, 0xf000u);
+        var acc = lanes(vec4<u32>(q.x), m) * xs.a;
+        acc += lanes(vec4<u32>(q.x >> 16u), m) * xs.b;
+        acc += lanes(vec4<u32>(q.y), m) * xs.c;
+        acc += lanes(vec4<u32>(q.y >> 16u), m) * xs.d;
+        acc += lanes(vec4<u32>(q.z), m) * xs.e;
+        acc += lanes(vec4<u32>(q.z >> 16u), m) * xs.f;
+        acc += lanes(vec4<u32>(q.w), m) * xs.g;
+        acc += lanes(vec4<u32>(q.w >> 16u), m) * xs.h;
+        return dot(acc, vec4<f32>(1.0, 0.0625, 0.00390625, 0.000244140625));
+    }
+    if (BITS == 8u) {
+        let qa = w[wi >> 2u];
+        let qb = w[(wi >> 2u) + 1u];
+        let m = vec4<u32>(0xffu, 0xff00u, 0xffu, 0xff00u);
+        var acc = lanes(vec4<u32>(qa.x, qa.x, qa.x >> 16u, qa.x >> 16u), m) * xs.a;
+        acc += lanes(vec4<u32>(qa.y, qa.y, qa.y >> 16u, qa.y >> 16u), m) * xs.b;
+        acc += lanes(vec4<u32>(qa.z, qa.z, qa.z >> 16u, qa.z >> 16u), m) * xs.c;
+        acc += lanes(vec4<u32>(qa.w, qa.w, qa.w >> 16u, qa.w >> 16u), m) * xs.d;
+        acc += lanes(vec4<u32>(qb.x, qb.x, qb.x >> 16u, qb.x >> 16u), m) * xs.e;
+        acc += lanes(vec4<u32>(qb.y, qb.y, qb.y >> 16u, qb.y >> 16u), m) * xs.f;
+        acc += lanes(vec4<u32>(qb.z, qb.z, qb.z >> 16u, qb.z >> 16u), m) * xs.g;
+        acc += lanes(vec4<u32>(qb.w, qb.w, qb.w >> 16u, qb.w >> 16u), m) * xs.h;
+        return dot(acc, vec4<f32>(1.0, 0.00390625, 1.0, 0.00390625));
+    }
+    if (BITS == 2u) {
+        let q = w[wi >> 2u];
+        let pair = select(q.xy, q.zw, (wi & 2u) != 0u);
+        let m = vec4<u32>(0x3u, 0xcu, 0x30u, 0xc0u);
+        var acc = lanes(vec4<u32>(pair.x), m) * xs.a;
+        acc += lanes(vec4<u32>(pair.x >> 8u), m) * xs.b;
+        acc += lanes(vec4<u32>(pair.x >> 16u), m) * xs.c;
+        acc += lanes(vec4<u32>(pair.x >> 24u), m) * xs.d;
+        acc += lanes(vec4<u32>(pair.y), m) * xs.e;
+        acc += lanes(vec4<u32>(pair.y >> 8u), m) * xs.f;
+        acc += lanes(vec4<u32>(pair.y >> 16u), m) * xs.g;
+        acc += lanes(vec4<u32>(pair.y >> 24u), m) * xs.h;
+        return dot(acc, vec4<f32>(1.0, 0.25, 0.0625, 0.015625));
+    }
+    // 3, 5 and 6 bits: four octets of 8 codes (include/quant.wgsl).
+    return octet_dot(wi, 0u, xs.a, xs.b) + octet_dot(wi, 1u, xs.c, xs.d)
+        + octet_dot(wi, 2u, xs.e, xs.f) + octet_dot(wi, 3u, xs.g, xs.h);
+}
+
+// dot(codes of octet o of the block at word wi, (xa, xb)).
+fn octet_dot(wi: u32, o: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
+    let bit = o * 8u * BITS;
+    let wj = wi + (bit >> 5u);
+    let shift = bit & 31u;
+    var w1 = 0u;
+    if (octet_spills(shift)) {
+        w1 = word_at(wj + 1u);
+    }
+    let c = octet_codes(word_at(wj), w1, shift);
+    return dot(c.q0, xa) + dot(c.q1, xb);
+}
+
+// s * dot(q, xs) + b * xsum for block `b` of row `r` of the matrix whose codes, scales and
+// biases start at words q_word, s_word, b_word and whose rows hold `cols` codes.
+fn row_block(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
+             xs: X32, xsum: f32) -> f32 {
+    let d = block_dot(q_word + r * (cols * BITS / 32u) + b * BITS, xs);
+    let e = r * (cols / GROUP) + (32u * b) / GROUP;
+    let s = scale_value(word_at(scale_word(s_word, e)), e);
+    let bias = scale_value(word_at(scale_word(b_word, e)), e);
+    return s * d + bias * xsum;
+}
