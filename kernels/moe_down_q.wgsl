@@ -23,7 +23,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>; // the cache page
-@group(0) @binding(2) var<storage, read> h: array<vec4<f32>>; // [assignments, inter], read as vec4s
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>; // h: [assignments, inter], read as vec4s
 @group(0) @binding(3) var<storage, read> assign: array<u32>;
 @group(0) @binding(4) var<storage, read> route_w: array<f32>;
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
@@ -74,15 +74,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
 // The sums of block b of rows `rows` of D with the assignment's h (its row at vec4 `base`).
 fn step(base: u32, b: u32, rows: vec4<u32>, dq: u32, ds: u32, db: u32) -> vec4<f32> {
-    let hi = base + 8u * b;
-    let hv = X32(h[hi], h[hi + 1u], h[hi + 2u], h[hi + 3u], h[hi + 4u], h[hi + 5u],
-                 h[hi + 6u], h[hi + 7u]);
-    let hsum = dot(hv.a + hv.b + hv.c + hv.d + hv.e + hv.f + hv.g + hv.h, vec4<f32>(1.0));
-    let is = p.inter;
-    return vec4<f32>(
-        row_block(dq, ds, db, is, rows.x, b, hv, hsum),
-        row_block(dq, ds, db, is, rows.y, b, hv, hsum),
-        row_block(dq, ds, db, is, rows.z, b, hv, hsum),
-        row_block(dq, ds, db, is, rows.w, b, hv, hsum),
-    );
+    let hv = load_x32(base + 8u * b);
+    return rows_block(dq, ds, db, p.inter, rows, b, hv, x32_sum(hv));
 }

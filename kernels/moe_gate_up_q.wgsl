@@ -94,23 +94,10 @@ struct Pair {
 // The sums of block b of rows `rows` of G and U with the token's x (its row at vec4 `base`).
 fn step(base: u32, b: u32, rows: vec4<u32>, gq: u32, gs: u32, gb: u32, uq: u32, us: u32,
         ub: u32) -> Pair {
-    let xi = base + 8u * b;
-    let xs = X32(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u], x[xi + 4u], x[xi + 5u],
-                 x[xi + 6u], x[xi + 7u]);
-    let xsum = dot(xs.a + xs.b + xs.c + xs.d + xs.e + xs.f + xs.g + xs.h, vec4<f32>(1.0));
-    let hs = p.hidden;
+    let xs = load_x32(base + 8u * b);
+    let xsum = x32_sum(xs);
     return Pair(
-        vec4<f32>(
-            row_block(gq, gs, gb, hs, rows.x, b, xs, xsum),
-            row_block(gq, gs, gb, hs, rows.y, b, xs, xsum),
-            row_block(gq, gs, gb, hs, rows.z, b, xs, xsum),
-            row_block(gq, gs, gb, hs, rows.w, b, xs, xsum),
-        ),
-        vec4<f32>(
-            row_block(uq, us, ub, hs, rows.x, b, xs, xsum),
-            row_block(uq, us, ub, hs, rows.y, b, xs, xsum),
-            row_block(uq, us, ub, hs, rows.z, b, xs, xsum),
-            row_block(uq, us, ub, hs, rows.w, b, xs, xsum),
-        ),
+        rows_block(gq, gs, gb, p.hidden, rows, b, xs, xsum),
+        rows_block(uq, us, ub, p.hidden, rows, b, xs, xsum),
     );
 }

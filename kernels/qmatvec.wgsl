@@ -79,17 +79,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 // The sums of block b of rows ra..rd with x, for the 4 rows of a team.
 fn step(b: u32, ra: u32, rb: u32, rc: u32, rd: u32) -> vec4<f32> {
-    let xi = (p.x_offset >> 2u) + 8u * b;
-    let xs = X32(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u], x[xi + 4u], x[xi + 5u],
-                 x[xi + 6u], x[xi + 7u]);
-    let xsum = dot(xs.a + xs.b + xs.c + xs.d + xs.e + xs.f + xs.g + xs.h, vec4<f32>(1.0));
-    let sw = p.scales_word;
-    let bw = p.biases_word;
-    let cols = p.cols;
-    return vec4<f32>(
-        row_block(0u, sw, bw, cols, ra, b, xs, xsum),
-        row_block(0u, sw, bw, cols, rb, b, xs, xsum),
-        row_block(0u, sw, bw, cols, rc, b, xs, xsum),
-        row_block(0u, sw, bw, cols, rd, b, xs, xsum),
-    );
+    let xs = load_x32((p.x_offset >> 2u) + 8u * b);
+    return rows_block(0u, p.scales_word, p.biases_word, p.cols, vec4<u32>(ra, rb, rc, rd), b,
+                      xs, x32_sum(xs));
 }

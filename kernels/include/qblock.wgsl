@@ -1,6 +1,6 @@
 // Dot products of quantized rows with f32 vectors, 32 codes at a time (prepended to the
 // mat-vec style quantized kernels after quant.wgsl; not a kernel itself). The kernel must
-// bind its weights as `w: array<vec4<u32>>`.
+// bind its weights as `w: array<vec4<u32>>` and its input vectors as `x: array<vec4<f32>>`.
 //
 // A block is 32 consecutive codes of a row: BITS whole words, starting at a word index that
 // is a multiple of BITS (rows hold a multiple of 32 codes), inside one group (GROUP is a
@@ -28,6 +28,17 @@ struct X32 {
     f: vec4<f32>,
     g: vec4<f32>,
     h: vec4<f32>,
+}
+
+// The 32 values of x from vec4 index i.
+fn load_x32(i: u32) -> X32 {
+    return X32(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u],
+               x[i + 7u]);
+}
+
+// The sum of the 32 values.
+fn x32_sum(xs: X32) -> f32 {
+    return dot(xs.a + xs.b + xs.c + xs.d + xs.e + xs.f + xs.g + xs.h, vec4<f32>(1.0));
 }
 
 // Word i of the weights (by selects, not a dynamically indexed vector).
@@ -113,4 +124,15 @@ fn row_block(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
     let s = scale_value(word_at(scale_word(s_word, e)), e);
     let bias = scale_value(word_at(scale_word(b_word, e)), e);
     return s * d + bias * xsum;
+}
+
+// `row_block` of block b for the 4 rows `rows` of one matrix.
+fn rows_block(q_word: u32, s_word: u32, b_word: u32, cols: u32, rows: vec4<u32>, b: u32,
+              xs: X32, xsum: f32) -> vec4<f32> {
+    return vec4<f32>(
+        row_block(q_word, s_word, b_word, cols, rows.x, b, xs, xsum),
+        row_block(q_word, s_word, b_word, cols, rows.y, b, xs, xsum),
+        row_block(q_word, s_word, b_word, cols, rows.z, b, xs, xsum),
+        row_block(q_word, s_word, b_word, cols, rows.w, b, xs, xsum),
+    );
 }
