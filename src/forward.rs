@@ -226,20 +226,48 @@ impl Pass<'_> {
             .copy(&s.v, 0, vc, (kv_off * 4) as u64, (n * nkv * hd * 4) as u64);
         // As transformers: `head_dim ** -0.5` in double precision, rounded to f32.
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
-        self.rec.dispatch(
-            Kernel::Attention,
-            None,
-            &[
-                n as u32,
-                self.pos0 as u32,
-                nh as u32,
-                nkv as u32,
-                hd as u32,
-                bits(scale),
-            ],
-            &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn).into()],
-            (nh as u32, n as u32),
-        );
+        if n == 1 && hd % 4 == 0 {
+            // Decode: many workgroups over short key ranges, then one merge per head
+            // (the split kernel reads heads as vec4s).
+            let (chunk, splits) = kernels::attention_splits(self.pos0 as u32 + 1, nh as u32);
+            self.rec.dispatch(
+                Kernel::AttentionSplit,
+                None,
+                &[
+                    self.pos0 as u32,
+                    nh as u32,
+                    nkv as u32,
+                    hd as u32,
+                    bits(scale),
+                    chunk,
+                    splits,
+                ],
+                &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn_part).into()],
+                (nh as u32, splits),
+            );
+            self.rec.dispatch(
+                Kernel::AttentionMerge,
+                None,
+                &[nh as u32, hd as u32, splits],
+                &[(&s.attn_part).into(), (&s.attn).into()],
+                (nh as u32, 1),
+            );
+        } else {
+            self.rec.dispatch(
+                Kernel::Attention,
+                None,
+                &[
+                    n as u32,
+                    self.pos0 as u32,
+                    nh as u32,
+                    nkv as u32,
+                    hd as u32,
+                    bits(scale),
+                ],
+                &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn).into()],
+                (nh as u32, n as u32),
+            );
+        }
         self.linear(&a.o, &s.attn, &s.h, a.o_bias.as_ref(), Some(&s.x));
     }
 

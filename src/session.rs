@@ -25,6 +25,8 @@ pub(crate) struct Scratch {
     pub kn: wgpu::Buffer,
     pub qr: wgpu::Buffer,
     pub attn: wgpu::Buffer,
+    /// Partial softmax states of the split decode attention (`kernels/attention_split.wgsl`).
+    pub attn_part: wgpu::Buffer,
     pub mlp_g: wgpu::Buffer,
     pub mlp_u: wgpu::Buffer,
     pub mlp_a: wgpu::Buffer,
@@ -248,6 +250,13 @@ impl Session {
             kn: buf("kn", cap * kvd),
             qr: buf("qr", cap * qd),
             attn: buf("attn", cap * qd),
+            attn_part: buf(
+                "attention partials",
+                crate::gpu::kernels::attention_part_floats(
+                    cfg.num_attention_heads as u32,
+                    cfg.head_dim as u32,
+                ) as usize,
+            ),
             mlp_g: buf("mlp_g", cap * cfg.intermediate_size),
             mlp_u: buf("mlp_u", cap * cfg.intermediate_size),
             mlp_a: buf("mlp_a", cap * cfg.intermediate_size),

@@ -110,6 +110,8 @@ fn every_kernel_is_covered() {
         Kernel::MatMul,
         Kernel::Rope,
         Kernel::Attention,
+        Kernel::AttentionSplit,
+        Kernel::AttentionMerge,
         Kernel::Router,
         Kernel::SwiGlu,
         Kernel::MoeGateUp,
@@ -689,6 +691,103 @@ fn attention() {
         // Outputs are convex combinations of values in [-1, 1], typically dominated by a few
         // keys; an average over many keys can be small: judged against 0.1.
         ck.close(&case, &to_f32(&out[3]), &want, REDUCTION.floor(0.1));
+    }
+    ck.report();
+}
+
+#[test]
+fn attention_split_ranges_cover_every_key() {
+    use moestream::gpu::kernels::{attention_part_floats, attention_splits, ATTENTION_MAX_SPLITS};
+    for n_heads in [1u32, 2, 3, 4, 32, 64, 100, 600] {
+        for n_keys in [1u32, 2, 15, 16, 17, 150, 1000, 4096, 100_000, 1 << 22] {
+            let (chunk, splits) = attention_splits(n_keys, n_heads);
+            assert!(
+                chunk >= 16 && chunk % 16 == 0,
+                "{n_keys} keys, {n_heads} heads"
+            );
+            assert!((1..=ATTENTION_MAX_SPLITS).contains(&splits));
+            // Every key in exactly one range, no empty range.
+            assert!(chunk * splits >= n_keys && chunk * (splits - 1) < n_keys);
+            assert!(
+                u64::from(n_heads) * u64::from(splits) * 130 <= attention_part_floats(n_heads, 128)
+            );
+        }
+    }
+}
+
+/// Decode attention as the engine runs it for one query: `attention_split` over the key
+/// ranges of `attention_splits`, then `attention_merge`, against the same reference.
+#[test]
+fn attention_split_and_merge() {
+    use moestream::gpu::kernels::{attention_part_floats, attention_splits};
+    let mut ck = Checker::new("attention_split + attention_merge");
+    let mut rng = Rng::new(61);
+    // (pos0, n_heads, n_kv_heads, head_dim)
+    let cases: [(usize, usize, usize, usize); 10] = [
+        (0, 1, 1, 16),      // one key
+        (15, 2, 1, 4),      // 16 keys: one full step; head_dim 4
+        (16, 4, 2, 24),     // 17 keys: a one-key step; 6 vec4s (64 invocations don't divide)
+        (149, 4, 4, 64),    // 150 keys over many ranges
+        (63, 4, 2, 128),    // GQA 2
+        (64, 6, 2, 8),      // GQA 3, head_dim 8
+        (127, 3, 1, 256),   // one kv head, head_dim 256
+        (1000, 1, 1, 128),  // one head: 256 ranges of 16 keys
+        (4100, 32, 4, 128), // Qwen3-30B-A3B's heads over a long context
+        (300, 5, 5, 12),    // head_dim 12: 3 vec4s
+    ];
+    for &(pos0, nh, nkv, hd) in &cases {
+        let case = format!("pos0 {pos0} heads {nh}/{nkv} head_dim {hd}");
+        let n_keys = pos0 + 1;
+        let cap = n_keys + 9;
+        let row = nkv * hd;
+        let q = rng.vec(nh * hd, 6.0);
+        let mut k = rng.vec(cap * row, 1.0);
+        let mut v = rng.vec(cap * row, 1.0);
+        // Past the current position: keys that would dominate, values that poison.
+        k[n_keys * row..].fill(40.0);
+        v[n_keys * row..].fill(f32::NAN);
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let want = reference::attention(
+            &q,
+            &k[..n_keys * row],
+            &v[..n_keys * row],
+            1,
+            pos0,
+            nh,
+            nkv,
+            hd,
+        );
+        let (chunk, splits) = attention_splits(n_keys as u32, nh as u32);
+        let part = vec![f32::NAN; attention_part_floats(nh as u32, hd as u32) as usize];
+        let out = run(
+            Kernel::AttentionSplit,
+            None,
+            &[
+                pos0 as u32,
+                nh as u32,
+                nkv as u32,
+                hd as u32,
+                scale.to_bits(),
+                chunk,
+                splits,
+            ],
+            &[
+                &f32_bytes(&q),
+                &f32_bytes(&k),
+                &f32_bytes(&v),
+                &f32_bytes(&part),
+            ],
+            (nh as u32, splits),
+        );
+        let before = rng.vec(nh * hd, 1.0);
+        let merged = run(
+            Kernel::AttentionMerge,
+            None,
+            &[nh as u32, hd as u32, splits],
+            &[&out[3], &f32_bytes(&before)],
+            (nh as u32, 1),
+        );
+        ck.close(&case, &to_f32(&merged[1]), &want, REDUCTION.floor(0.1));
     }
     ck.report();
 }

@@ -29,8 +29,13 @@ pub enum Kernel {
     MatMul,
     /// Rotary position embedding (rotate-half form).
     Rope,
-    /// Causal attention over the KV cache (prefill and decode).
+    /// Causal attention over the KV cache (prefill; decode uses the split pair below).
     Attention,
+    /// Decode attention over one key range per workgroup ([`attention_splits`]): partial
+    /// softmax states, combined by [`Kernel::AttentionMerge`].
+    AttentionSplit,
+    /// Combines the partial softmax states of [`Kernel::AttentionSplit`] per head.
+    AttentionMerge,
     /// Router softmax, top-k and renormalization.
     Router,
     /// SwiGLU activation of dense MLPs.
@@ -187,6 +192,27 @@ pub fn topk_groups(n_vocab: u32) -> (u32, u32) {
     (n_vocab.div_ceil(TOPK_CHUNK).max(1), 1)
 }
 
+/// Most key ranges per head of the split decode attention (`kernels/attention_merge.wgsl`
+/// holds one weight per range in workgroup memory).
+pub const ATTENTION_MAX_SPLITS: u32 = 256;
+
+/// Key ranges of the split decode attention ([`Kernel::AttentionSplit`], grid
+/// `(n_heads, n_splits)`) over `n_keys` keys: `(chunk, n_splits)`, `chunk` keys per range
+/// (a multiple of 16), about 512 workgroups in all (enough to fill a large GPU) but no range
+/// shorter than 16 keys, and at most [`ATTENTION_MAX_SPLITS`] ranges.
+pub fn attention_splits(n_keys: u32, n_heads: u32) -> (u32, u32) {
+    let target = (512 / n_heads.max(1)).clamp(1, ATTENTION_MAX_SPLITS);
+    let chunk = n_keys.max(1).div_ceil(target).div_ceil(16) * 16;
+    (chunk, n_keys.max(1).div_ceil(chunk))
+}
+
+/// f32 values of the partial softmax states [`Kernel::AttentionSplit`] writes for one
+/// decode step: `(head_dim + 2)` per head and key range.
+pub fn attention_part_floats(n_heads: u32, head_dim: u32) -> u64 {
+    let most = (512 / n_heads.max(1)).clamp(1, ATTENTION_MAX_SPLITS);
+    u64::from(n_heads) * u64::from(most) * u64::from(head_dim + 2)
+}
+
 /// Grid of [`Kernel::Copy`] over `vec4_words` 16-byte words.
 pub fn copy_groups(vec4_words: u32) -> (u32, u32) {
     grid_of(vec4_words.div_ceil(256))
@@ -243,13 +269,15 @@ pub fn moe_down_q_groups(hidden: u32, n_assign: u32, team: u32) -> (u32, u32) {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 20] = [
+    pub const ALL: [Kernel; 22] = [
         Kernel::Embedding,
         Kernel::RmsNorm,
         Kernel::MatVec,
         Kernel::MatMul,
         Kernel::Rope,
         Kernel::Attention,
+        Kernel::AttentionSplit,
+        Kernel::AttentionMerge,
         Kernel::Router,
         Kernel::SwiGlu,
         Kernel::MoeGateUp,
@@ -275,6 +303,8 @@ impl Kernel {
             Kernel::MatMul => "matmul",
             Kernel::Rope => "rope",
             Kernel::Attention => "attention",
+            Kernel::AttentionSplit => "attention_split",
+            Kernel::AttentionMerge => "attention_merge",
             Kernel::Router => "router",
             Kernel::SwiGlu => "swiglu",
             Kernel::MoeGateUp => "moe_gate_up",
@@ -300,6 +330,8 @@ impl Kernel {
             Kernel::MatMul => include_str!("../../kernels/matmul.wgsl"),
             Kernel::Rope => include_str!("../../kernels/rope.wgsl"),
             Kernel::Attention => include_str!("../../kernels/attention.wgsl"),
+            Kernel::AttentionSplit => include_str!("../../kernels/attention_split.wgsl"),
+            Kernel::AttentionMerge => include_str!("../../kernels/attention_merge.wgsl"),
             Kernel::Router => include_str!("../../kernels/router.wgsl"),
             Kernel::SwiGlu => include_str!("../../kernels/swiglu.wgsl"),
             Kernel::MoeGateUp => include_str!("../../kernels/moe_gate_up.wgsl"),
