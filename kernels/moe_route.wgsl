@@ -4,8 +4,11 @@
 // of the gate/up and down kernels over that page. Assignments of page p occupy rows
 // p * top_k .. of the assignment buffers. An expert that is not resident sets this layer's
 // miss flag (and points at slot 0 so the kernels stay in bounds); the host then discards
-// the step and runs it again with a routing readback. One invocation does it all: top_k
-// and the page count are small.
+// the step and runs it again with a routing readback. So does an expert in a page whose
+// kernels the host did not record (pages below 32 whose bit in page_mask is clear: the
+// host skips pages that held none of the layer's experts when it recorded the step, and
+// another session may have filled one since). One invocation does it all: top_k and the
+// page count are small.
 struct Params {
     top_k: u32,
     table_base: u32, // layer * n_experts
@@ -14,6 +17,7 @@ struct Params {
     n_pages: u32,
     gate_up_x: u32, // workgroups along x of the gate/up kernel
     down_x: u32,    // and of the down kernel
+    page_mask: u32, // bit p: the kernels of page p (< 32) were recorded; pages >= 32 always
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -41,7 +45,9 @@ fn main() {
     }
     for (var k = 0u; k < p.top_k; k++) {
         var slot = table[p.table_base + ids[k]];
-        if (slot == NONE) {
+        let recorded = slot / p.slots_per_page >= 32u
+            || ((p.page_mask >> (slot / p.slots_per_page)) & 1u) != 0u;
+        if (slot == NONE || !recorded) {
             miss[p.layer] = 1u;
             slot = 0u;
         }

@@ -89,15 +89,43 @@ pub(crate) struct LruPolicy {
     owner: Vec<Option<(usize, usize)>>,
     last_used: Vec<u64>,
     tick: u64,
+    /// Slots per cache page, and per layer the number of its experts in each page.
+    slots_per_page: usize,
+    in_page: Vec<Vec<u32>>,
 }
 
 impl LruPolicy {
-    pub fn new(slots: usize) -> Self {
+    pub fn new(slots: usize, slots_per_page: usize) -> Self {
         LruPolicy {
             map: HashMap::new(),
             owner: vec![None; slots],
             last_used: vec![0; slots],
             tick: 0,
+            slots_per_page: slots_per_page.max(1),
+            in_page: Vec::new(),
+        }
+    }
+
+    /// The pages holding at least one expert of `layer`.
+    pub fn layer_pages(&self, layer: usize) -> Vec<usize> {
+        self.in_page.get(layer).map_or_else(Vec::new, |counts| {
+            (0..counts.len()).filter(|&p| counts[p] > 0).collect()
+        })
+    }
+
+    fn count(&mut self, (layer, _): (usize, usize), slot: usize, add: bool) {
+        let page = slot / self.slots_per_page;
+        if self.in_page.len() <= layer {
+            self.in_page.resize(layer + 1, Vec::new());
+        }
+        let counts = &mut self.in_page[layer];
+        if counts.len() <= page {
+            counts.resize(page + 1, 0);
+        }
+        if add {
+            counts[page] += 1;
+        } else {
+            counts[page] = counts[page].saturating_sub(1);
         }
     }
 
@@ -129,9 +157,11 @@ impl LruPolicy {
         let evicted = self.owner[slot].take();
         if let Some(old) = evicted {
             self.map.remove(&old);
+            self.count(old, slot, false);
         }
         self.owner[slot] = Some(key);
         self.map.insert(key, slot);
+        self.count(key, slot, true);
         self.tick += 1;
         self.last_used[slot] = self.tick;
         Some((slot, evicted))
@@ -141,6 +171,7 @@ impl LruPolicy {
     pub fn clear(&mut self, slot: usize) {
         if let Some(old) = self.owner[slot].take() {
             self.map.remove(&old);
+            self.count(old, slot, false);
         }
         self.last_used[slot] = 0;
     }
@@ -238,7 +269,7 @@ impl ExpertCache {
             slots,
             staging_bytes: largest,
             state: Mutex::new(CacheState {
-                policy: LruPolicy::new(slots),
+                policy: LruPolicy::new(slots, slots_per_page),
                 bufs: Vec::new(),
             }),
             io,
@@ -438,7 +469,7 @@ mod tests {
 
     #[test]
     fn lru_evicts_least_recently_used_unpinned() {
-        let mut p = LruPolicy::new(2);
+        let mut p = LruPolicy::new(2, 1);
         let (a, _) = p.insert((0, 1), &[]).unwrap();
         let (b, _) = p.insert((0, 2), &[]).unwrap();
         assert_ne!(a, b);
@@ -454,7 +485,7 @@ mod tests {
 
     #[test]
     fn cleared_slot_is_reused_first() {
-        let mut p = LruPolicy::new(3);
+        let mut p = LruPolicy::new(3, 2);
         for e in 0..3 {
             p.insert((0, e), &[]).unwrap();
         }
@@ -462,5 +493,27 @@ mod tests {
         p.clear(s);
         assert_eq!(p.lookup((0, 1)), None);
         assert_eq!(p.insert((5, 5), &[]).unwrap(), (s, None));
+    }
+
+    #[test]
+    fn layer_pages_follow_fills_and_evictions() {
+        // 4 slots, 2 per page.
+        let mut p = LruPolicy::new(4, 2);
+        assert!(p.layer_pages(0).is_empty());
+        let (a, _) = p.insert((0, 0), &[]).unwrap(); // slot 0, page 0
+        let (b, _) = p.insert((1, 0), &[]).unwrap(); // slot 1, page 0
+        p.insert((1, 1), &[]).unwrap(); // slot 2, page 1
+        p.insert((1, 2), &[]).unwrap(); // slot 3, page 1
+        assert_eq!((a, b), (0, 1));
+        assert_eq!(p.layer_pages(0), vec![0]);
+        assert_eq!(p.layer_pages(1), vec![0, 1]);
+        assert!(p.layer_pages(7).is_empty());
+        // Evicting layer 0's only expert (the LRU slot 0) for a layer-2 expert.
+        assert_eq!(p.insert((2, 5), &[]).unwrap(), (0, Some((0, 0))));
+        assert!(p.layer_pages(0).is_empty());
+        assert_eq!(p.layer_pages(2), vec![0]);
+        p.clear(0);
+        assert!(p.layer_pages(2).is_empty());
+        assert_eq!(p.layer_pages(1), vec![0, 1]);
     }
 }

@@ -520,6 +520,21 @@ impl Pass<'_> {
             Some(_) => kernels::moe_down_q_groups(hs, 1, m.gpu.team(cfg.moe_intermediate_size)).0,
             None => hs,
         };
+        // Only the pages that hold any of this layer's experts get kernels (a resident
+        // model preloaded layer by layer has each layer in one or two pages); the routing
+        // kernel flags an expert in any other page (one filled by another session since)
+        // as a miss. Past 32 pages, the pages from 32 on always get kernels.
+        let pages: Vec<usize> = {
+            let state = cache.lock();
+            let mut p = state.policy.layer_pages(l);
+            p.retain(|&p| p < 32);
+            p.extend(32..cache.pages.len());
+            p
+        };
+        let page_mask = pages
+            .iter()
+            .filter(|&&p| p < 32)
+            .fold(0u32, |m, &p| m | (1 << p));
         self.rec.dispatch(
             Kernel::MoeRoute,
             None,
@@ -531,6 +546,7 @@ impl Pass<'_> {
                 cache.pages.len() as u32,
                 gate_up_x,
                 down_x,
+                page_mask,
             ],
             &[
                 (&s.route_ids).into(),
@@ -551,9 +567,9 @@ impl Pass<'_> {
             (l * k * 4) as u64,
             (k * 4) as u64,
         );
-        for (p, page) in cache.pages.iter().enumerate() {
+        for p in pages {
             let args = Some((&s.moe_args, (p * 24) as u64));
-            self.experts(&kernels, page, (p * k) as u32, k as u32, args);
+            self.experts(&kernels, &cache.pages[p], (p * k) as u32, k as u32, args);
         }
         self.rec.dispatch(
             Kernel::MoeCombine,

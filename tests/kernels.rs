@@ -346,7 +346,7 @@ fn rmsnorm() {
     let mut ck = Checker::new("rmsnorm");
     let mut rng = Rng::new(20);
     let eps = 1e-6f32;
-    for &n in &[1usize, 3, 17, 63, 64, 65, 130, 257, 2048] {
+    for &n in &[1usize, 3, 17, 63, 64, 65, 130, 257, 1100, 2048] {
         for &rows in &[1usize, 5, 33] {
             for &(x_offset, y_offset, two_d) in &[(0usize, 0usize, false), (7, 3, true)] {
                 let case =
@@ -1280,8 +1280,8 @@ fn moe_route() {
     // part of the slot table; group the assignments by cache page (page = slot /
     // slots_per_page): assignment j of page p is row p * top_k + j, holding (token 0, slot
     // within the page) and the weight; route[k] is that row; per page the indirect grids
-    // (gate_up_x, count, 1, down_x, count, 1). An expert without a slot (u32::MAX) sets the
-    // layer's miss flag and counts as slot 0. Dispatched as one workgroup of one invocation.
+    // (gate_up_x, count, 1, down_x, count, 1). An expert without a slot (u32::MAX), or in a
+    // page whose bit of page_mask is clear, sets the layer's miss flag and counts as slot 0. Dispatched as one workgroup of one invocation.
     let kernel = kernel_named("moe_route");
     let mut rng = Rng::new(140);
     const NONE: u32 = u32::MAX;
@@ -1290,7 +1290,7 @@ fn moe_route() {
     let mut cases = 0;
     for layer in [0usize, 2] {
         for top_k in [1usize, 2, 5, 8] {
-            for with_miss in [false, true] {
+            for (with_miss, page_mask) in [(false, u32::MAX), (true, u32::MAX), (false, 0b101)] {
                 // Slot table of all layers: a random slot (over 3 pages) or none.
                 let mut table: Vec<u32> = (0..n_layers * ne)
                     .map(|_| {
@@ -1333,6 +1333,7 @@ fn moe_route() {
                         pages as u32,
                         gate_up_x,
                         down_x,
+                        page_mask,
                     ],
                     &[
                         &u32_bytes(&ids),
@@ -1346,7 +1347,8 @@ fn moe_route() {
                     ],
                     (1, 1),
                 );
-                let case = format!("layer {layer} top_k {top_k} miss {with_miss}");
+                let case =
+                    format!("layer {layer} top_k {top_k} miss {with_miss} pages {page_mask:b}");
                 let mut want_assign = assign0.clone();
                 let mut want_w = assign_w0.clone();
                 let mut want_route = route0.clone();
@@ -1357,7 +1359,7 @@ fn moe_route() {
                 }
                 for (k, &e) in ids.iter().enumerate() {
                     let mut slot = table[layer * ne + e as usize];
-                    if slot == NONE {
+                    if slot == NONE || (page_mask >> (slot / spp)) & 1 == 0 {
                         want_miss[layer] = 1;
                         slot = 0;
                     }
@@ -1371,7 +1373,15 @@ fn moe_route() {
                     want_w[a] = weights[k];
                     want_route[k] = a as u32;
                 }
-                assert_eq!(want_miss[layer], u32::from(with_miss), "{case}");
+                // Page 1 is not recorded with mask 0b101: any expert there is a miss.
+                let in_page_1 = ids
+                    .iter()
+                    .any(|&e| table[layer * ne + e as usize] / spp == 1);
+                assert_eq!(
+                    want_miss[layer],
+                    u32::from(with_miss || (page_mask == 0b101 && in_page_1)),
+                    "{case}"
+                );
                 assert_eq!(to_u32(&out[3]), want_assign, "moe_route [{case}]: assign");
                 let got_w = to_f32(&out[4]);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
