@@ -191,25 +191,39 @@ impl Pass<'_> {
         self.linear(&a.q, &s.xn, &s.q, a.q_bias.as_ref(), None);
         self.linear(&a.k, &s.xn, &s.k, a.k_bias.as_ref(), None);
         self.linear(&a.v, &s.xn, &s.v, a.v_bias.as_ref(), None);
-        self.rmsnorm(&s.q, &a.q_norm, &s.qn, n * nh, hd, 0);
-        self.rmsnorm(&s.k, &a.k_norm, &s.kn, n * nkv, hd, 0);
+        // q_norm + RoPE into `qr`; k_norm + RoPE straight into the layer's K cache at the
+        // current position, with v copied into the V cache by the same dispatch.
         let half = (cfg.rotary_dim / 2) as u32;
         let kv_off = self.pos0 * nkv * hd;
         let (kc, vc) = &s.kv[l];
+        let eps = bits(cfg.rms_norm_eps);
+        let dummy = &self.m.gpu.dummy;
         self.rec.dispatch(
-            Kernel::Rope,
+            Kernel::HeadNormRope,
             None,
-            &[n as u32, nh as u32, hd as u32, half, self.pos0 as u32, 0],
             &[
-                (&s.qn).into(),
+                n as u32,
+                nh as u32,
+                hd as u32,
+                half,
+                self.pos0 as u32,
+                0,
+                eps,
+                0,
+            ],
+            &[
+                (&s.q).into(),
+                a.q_norm.bind(),
                 (&s.cos).into(),
                 (&s.sin).into(),
                 (&s.qr).into(),
+                (&s.v).into(),
+                dummy.into(),
             ],
-            grid((n * nh * hd).div_ceil(64)),
+            (nh as u32, n as u32),
         );
         self.rec.dispatch(
-            Kernel::Rope,
+            Kernel::HeadNormRope,
             None,
             &[
                 n as u32,
@@ -218,12 +232,20 @@ impl Pass<'_> {
                 half,
                 self.pos0 as u32,
                 kv_off as u32,
+                eps,
+                1,
             ],
-            &[(&s.kn).into(), (&s.cos).into(), (&s.sin).into(), kc.into()],
-            grid((n * nkv * hd).div_ceil(64)),
+            &[
+                (&s.k).into(),
+                a.k_norm.bind(),
+                (&s.cos).into(),
+                (&s.sin).into(),
+                kc.into(),
+                (&s.v).into(),
+                vc.into(),
+            ],
+            (nkv as u32, n as u32),
         );
-        self.rec
-            .copy(&s.v, 0, vc, (kv_off * 4) as u64, (n * nkv * hd * 4) as u64);
         // As transformers: `head_dim ** -0.5` in double precision, rounded to f32.
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
         if n == 1 && hd % 4 == 0 {
@@ -547,6 +569,7 @@ impl Pass<'_> {
                 gate_up_x,
                 down_x,
                 page_mask,
+                (cfg.num_hidden_layers + l * k) as u32,
             ],
             &[
                 (&s.route_ids).into(),
@@ -555,17 +578,10 @@ impl Pass<'_> {
                 (&s.assign).into(),
                 (&s.assign_w).into(),
                 (&s.route).into(),
-                (&s.miss).into(),
+                (&s.route_log).into(),
                 (&s.moe_args).into(),
             ],
             (1, 1),
-        );
-        self.rec.copy(
-            &s.route_ids,
-            0,
-            &s.routes_log,
-            (l * k * 4) as u64,
-            (k * 4) as u64,
         );
         for p in pages {
             let args = Some((&s.moe_args, (p * 24) as u64));

@@ -21,8 +21,6 @@ pub(crate) struct Scratch {
     pub q: wgpu::Buffer,
     pub k: wgpu::Buffer,
     pub v: wgpu::Buffer,
-    pub qn: wgpu::Buffer,
-    pub kn: wgpu::Buffer,
     pub qr: wgpu::Buffer,
     pub attn: wgpu::Buffer,
     /// Partial softmax states of the split decode attention (`kernels/attention_split.wgsl`).
@@ -38,10 +36,9 @@ pub(crate) struct Scratch {
     pub route: wgpu::Buffer,
     /// Top-n candidates per vocabulary chunk, as `kernels/topk.wgsl` writes them.
     pub topk: wgpu::Buffer,
-    /// Per layer: set by the resident routing kernel when a chosen expert is not resident.
-    pub miss: wgpu::Buffer,
-    /// Per layer: the experts the resident routing chose (`top_k` ids each).
-    pub routes_log: wgpu::Buffer,
+    /// What the resident routing kernel logs for the host: per layer a miss flag (set when
+    /// a chosen expert is not resident), then per layer the `top_k` experts it chose.
+    pub route_log: wgpu::Buffer,
     /// Per cache page: the indirect grids of the expert kernels of a resident step.
     pub moe_args: wgpu::Buffer,
     pub moe_h: wgpu::Buffer,
@@ -246,8 +243,6 @@ impl Session {
             q: buf("q", cap * qd),
             k: buf("k", cap * kvd),
             v: buf("v", cap * kvd),
-            qn: buf("qn", cap * qd),
-            kn: buf("kn", cap * kvd),
             qr: buf("qr", cap * qd),
             attn: buf("attn", cap * qd),
             attn_part: buf(
@@ -266,9 +261,8 @@ impl Session {
             assign: buf("assign", rows * 2),
             assign_w: buf("assign_w", rows),
             route: buf("route", cap * k),
-            miss: buf("miss flags", cfg.num_hidden_layers),
+            route_log: buf("route log", cfg.num_hidden_layers * (1 + k)),
             topk: buf("top-k candidates", topk_words),
-            routes_log: buf("routes log", cfg.num_hidden_layers * k),
             moe_args: gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("expert grids"),
                 size: (pages.max(1) * 24) as u64,
@@ -490,7 +484,7 @@ impl Session {
         let k = cfg.num_experts_per_tok;
         let result = (|| {
             if resident {
-                pass.rec.clear(&s.miss);
+                pass.rec.clear(&s.route_log);
             }
             pass.embed();
             for (l, layer) in m.weights.layers.iter().enumerate() {
@@ -512,8 +506,8 @@ impl Session {
             let (logits, extra) = pass.readout(
                 top,
                 &[
-                    (&s.miss, 0, (layers * 4) as u64),
-                    (&s.routes_log, 0, (layers * k * 4) as u64),
+                    (&s.route_log, 0, (layers * 4) as u64),
+                    (&s.route_log, (layers * 4) as u64, (layers * k * 4) as u64),
                 ],
             )?;
             let miss: Vec<u32> = bytemuck::pod_collect_to_vec(&extra[0]);

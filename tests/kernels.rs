@@ -108,7 +108,7 @@ fn every_kernel_is_covered() {
         Kernel::RmsNorm,
         Kernel::MatVec,
         Kernel::MatMul,
-        Kernel::Rope,
+        Kernel::HeadNormRope,
         Kernel::Attention,
         Kernel::AttentionSplit,
         Kernel::AttentionMerge,
@@ -548,42 +548,45 @@ fn matmul() {
 // RoPE.
 
 #[test]
-fn rope() {
-    let mut ck = Checker::new("rope");
+fn head_norm_rope() {
+    // Per-head RMSNorm (as rmsnorm.wgsl) then RoPE, written at out_offset; with copy_v the
+    // values of the same heads are copied to v_dst at the same index.
+    let mut ck = Checker::new("head_norm_rope");
     let mut rng = Rng::new(50);
     let theta = 1e6;
-    // (n_tokens, n_heads, head_dim, rotary_dim, pos0, out_offset in head rows)
-    let cases: [(usize, usize, usize, usize, usize, usize); 8] = [
-        (1, 1, 16, 16, 0, 0),
-        (3, 2, 24, 16, 7, 0),      // partial rotary: 8 copied dims per head
-        (1, 4, 64, 64, 149, 149),  // decode: k written into a cache at position 149
-        (17, 3, 128, 128, 0, 0),   // prefill
-        (5, 2, 256, 256, 1000, 0), // large positions
-        (2, 3, 16, 6, 33, 3),      // odd half (3), output after 3 rows of 16
-        (40, 1, 64, 32, 100, 100), // prefill into a cache at position 100
-        (3, 8, 128, 64, 4095, 0),  // a long-context position
+    let eps = 1e-6f32;
+    // (n_tokens, n_heads, head_dim, rotary_dim, pos0, out_offset in head rows, copy_v)
+    let cases: [(usize, usize, usize, usize, usize, usize, bool); 9] = [
+        (1, 1, 16, 16, 0, 0, false),
+        (3, 2, 24, 16, 7, 0, true), // partial rotary: 8 normed, unrotated dims
+        (1, 4, 64, 64, 149, 149, true), // decode: k and v written into a cache at 149
+        (17, 3, 128, 128, 0, 0, false), // prefill
+        (5, 2, 256, 256, 1000, 0, true), // large positions, head_dim 256
+        (2, 3, 16, 6, 33, 3, true), // odd half (3), output after 3 rows of 16
+        (40, 1, 64, 32, 100, 100, false), // prefill into a cache at position 100
+        (3, 8, 128, 64, 4095, 0, false), // a long-context position
+        (2, 2, 96, 96, 5, 1, true), // head_dim 96: 64 + 32 dims per invocation loop
     ];
-    for (ci, &(n, nh, hd, rd, pos0, off_rows)) in cases.iter().enumerate() {
+    for &(n, nh, hd, rd, pos0, off_rows, copy_v) in &cases {
         let out_offset = off_rows * nh * hd;
         let len = n * nh * hd;
         let case = format!(
-            "n {n} heads {nh} head_dim {hd} rotary {rd} pos0 {pos0} out_offset {out_offset}"
+            "n {n} heads {nh} head_dim {hd} rotary {rd} pos0 {pos0} out_offset {out_offset} copy_v {copy_v}"
         );
         let (cos, sin) = reference::rope_tables(theta, rd, pos0 + n);
         let x = rng.vec(len, 2.0);
-        let mut want = x.clone();
+        let w = rng.vec(hd, 1.5);
+        let v = rng.vec(len, 3.0);
+        // Reference: rms_norm of every head row with the same weight, then RoPE.
+        let mut want = reference::rms_norm(&x, &w, eps);
+        let normed = want.clone();
         reference::rope(&mut want, n, nh, hd, rd, pos0, &cos, &sin);
         let before = rng.vec(out_offset + len + 7, 1.0);
+        let v_before = rng.vec(out_offset + len + 7, 1.0);
         let mut written = vec![false; before.len()];
         written[out_offset..out_offset + len].fill(true);
-        let groups = len.div_ceil(64);
-        let groups = if ci % 2 == 1 {
-            grid_2d(groups, 3)
-        } else {
-            grid(groups)
-        };
         let out = run(
-            Kernel::Rope,
+            Kernel::HeadNormRope,
             None,
             &[
                 n as u32,
@@ -592,28 +595,45 @@ fn rope() {
                 (rd / 2) as u32,
                 pos0 as u32,
                 out_offset as u32,
+                eps.to_bits(),
+                u32::from(copy_v),
             ],
             &[
                 &f32_bytes(&x),
+                &f32_bytes(&w),
                 &f32_bytes(&cos),
                 &f32_bytes(&sin),
                 &f32_bytes(&before),
+                &f32_bytes(&v),
+                &f32_bytes(&v_before),
             ],
-            groups,
+            (nh as u32, n as u32),
         );
-        let got = to_f32(&out[3]);
+        let got = to_f32(&out[4]);
         ck.untouched(&case, &got, &before, &written);
         let got = pick(&got, &written);
-        // x1 c - x2 s can cancel: judged against the typical size of x (uniform in [-2, 2]).
-        ck.close(&case, &got, &want, ELEMENTWISE.floor(1.0));
-        // The dims past rotary_dim are copies.
+        // y1 c - y2 s can cancel: judged against the typical size of a normed value (~w).
+        ck.close(&case, &got, &want, REDUCTION.floor(1.0));
+        // The dims past rotary_dim are the normed values.
         let tail = |v: &[f32]| -> Vec<f32> {
             v.chunks_exact(hd)
                 .flat_map(|head| head[rd..].to_vec())
                 .collect()
         };
         if rd < hd {
-            ck.close(&format!("{case} tail"), &tail(&got), &tail(&x), EXACT);
+            ck.close(
+                &format!("{case} tail"),
+                &tail(&got),
+                &tail(&normed),
+                REDUCTION.floor(1.0),
+            );
+        }
+        let got_v = to_f32(&out[6]);
+        if copy_v {
+            ck.untouched(&format!("{case} v"), &got_v, &v_before, &written);
+            ck.close(&format!("{case} v"), &pick(&got_v, &written), &v, EXACT);
+        } else {
+            ck.close(&format!("{case} v untouched"), &got_v, &v_before, EXACT);
         }
     }
     ck.report();
@@ -1281,7 +1301,8 @@ fn moe_route() {
     // slots_per_page): assignment j of page p is row p * top_k + j, holding (token 0, slot
     // within the page) and the weight; route[k] is that row; per page the indirect grids
     // (gate_up_x, count, 1, down_x, count, 1). An expert without a slot (u32::MAX), or in a
-    // page whose bit of page_mask is clear, sets the layer's miss flag and counts as slot 0. Dispatched as one workgroup of one invocation.
+    // page whose bit of page_mask is clear, sets the layer's miss flag and counts as slot 0.
+    // The chosen ids go to the route log after the miss flags, at log_base. Dispatched as one workgroup of one invocation.
     let kernel = kernel_named("moe_route");
     let mut rng = Rng::new(140);
     const NONE: u32 = u32::MAX;
@@ -1319,7 +1340,9 @@ fn moe_route() {
                 let assign0 = vec![0xdead_beefu32; 2 * rows];
                 let assign_w0 = vec![-5.0f32; rows];
                 let route0 = vec![0xdead_beefu32; top_k + 1];
-                let mut miss0 = vec![7u32; n_layers];
+                // The route log: miss flags per layer, then top_k ids per layer (other
+                // layers' entries are 7 and must stay so).
+                let mut miss0 = vec![7u32; n_layers * (1 + top_k)];
                 miss0[layer] = 0;
                 let args0 = vec![0x5555_5555u32; 6 * pages + 1];
                 let out = run(
@@ -1334,6 +1357,7 @@ fn moe_route() {
                         gate_up_x,
                         down_x,
                         page_mask,
+                        (n_layers + layer * top_k) as u32,
                     ],
                     &[
                         &u32_bytes(&ids),
@@ -1358,6 +1382,7 @@ fn moe_route() {
                     want_args[6 * p..6 * p + 6].copy_from_slice(&[gate_up_x, 0, 1, down_x, 0, 1]);
                 }
                 for (k, &e) in ids.iter().enumerate() {
+                    want_miss[n_layers + layer * top_k + k] = e;
                     let mut slot = table[layer * ne + e as usize];
                     if slot == NONE || (page_mask >> (slot / spp)) & 1 == 0 {
                         want_miss[layer] = 1;
@@ -1387,7 +1412,7 @@ fn moe_route() {
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got_w), bits(&want_w), "moe_route [{case}]: weights");
                 assert_eq!(to_u32(&out[5]), want_route, "moe_route [{case}]: route");
-                assert_eq!(to_u32(&out[6]), want_miss, "moe_route [{case}]: miss flags");
+                assert_eq!(to_u32(&out[6]), want_miss, "moe_route [{case}]: route log");
                 assert_eq!(
                     to_u32(&out[7]),
                     want_args,

@@ -27,8 +27,9 @@ pub enum Kernel {
     MatVec,
     /// Prefill mat-mat with f32 accumulation.
     MatMul,
-    /// Rotary position embedding (rotate-half form).
-    Rope,
+    /// Per-head RMSNorm + rotary position embedding (rotate-half form), optionally copying
+    /// the values into the value cache.
+    HeadNormRope,
     /// Causal attention over the KV cache (prefill; decode uses the split pair below).
     Attention,
     /// Decode attention over one key range per workgroup ([`attention_splits`]): partial
@@ -274,7 +275,7 @@ impl Kernel {
         Kernel::RmsNorm,
         Kernel::MatVec,
         Kernel::MatMul,
-        Kernel::Rope,
+        Kernel::HeadNormRope,
         Kernel::Attention,
         Kernel::AttentionSplit,
         Kernel::AttentionMerge,
@@ -301,7 +302,7 @@ impl Kernel {
             Kernel::RmsNorm => "rmsnorm",
             Kernel::MatVec => "matvec",
             Kernel::MatMul => "matmul",
-            Kernel::Rope => "rope",
+            Kernel::HeadNormRope => "head_norm_rope",
             Kernel::Attention => "attention",
             Kernel::AttentionSplit => "attention_split",
             Kernel::AttentionMerge => "attention_merge",
@@ -328,7 +329,7 @@ impl Kernel {
             Kernel::RmsNorm => include_str!("../../kernels/rmsnorm.wgsl"),
             Kernel::MatVec => include_str!("../../kernels/matvec.wgsl"),
             Kernel::MatMul => include_str!("../../kernels/matmul.wgsl"),
-            Kernel::Rope => include_str!("../../kernels/rope.wgsl"),
+            Kernel::HeadNormRope => include_str!("../../kernels/head_norm_rope.wgsl"),
             Kernel::Attention => include_str!("../../kernels/attention.wgsl"),
             Kernel::AttentionSplit => include_str!("../../kernels/attention_split.wgsl"),
             Kernel::AttentionMerge => include_str!("../../kernels/attention_merge.wgsl"),
