@@ -2,10 +2,12 @@
 // dims of each head, in one pass (Qwen3's q_norm / k_norm + rotary embedding). Optionally
 // also copies v (the values of the same heads) into the value cache, so a layer's keys
 // and values reach the KV cache in this one dispatch.
-// x, v_src: [n_tokens, n_heads, head_dim]; token t is at position pos0 + t; cos/sin
-// tables are [positions, rotary_dim / 2]. Writes out[out_offset + (t*n_heads + h)*head_dim
-// + i] (and v_dst at the same index when copy_v is 1), so keys and values can be written
-// straight into the KV cache. Dims past rotary_dim are normed, not rotated. One workgroup
+// Head h of token t is read at x[t * x_stride + x_offset + h * head_dim ..] (and its values
+// at v_src[t * x_stride + v_offset + h * head_dim ..]), so the heads may sit inside the
+// rows of a fused q/k/v projection; token t is at position pos0 + t; cos/sin tables are
+// [positions, rotary_dim / 2]. Writes out[out_offset + (t*n_heads + h)*head_dim + i] (and
+// v_dst at the same index when copy_v is 1), so keys and values can be written straight
+// into the KV cache. Dims past rotary_dim are normed, not rotated. One workgroup
 // per (head, token); head_dim <= 256. The arithmetic is rmsnorm.wgsl's followed by the
 // rotation: y = w * (x * inverseSqrt(mean(x^2) + eps)), y1 c - y2 s, y2 c + y1 s.
 struct Params {
@@ -17,6 +19,9 @@ struct Params {
     out_offset: u32,
     eps: f32,
     copy_v: u32,
+    x_stride: u32, // floats per token in x and v_src
+    x_offset: u32,
+    v_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -38,9 +43,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let t = wid.y;
     let hd = p.head_dim;
     let base = (t * p.n_heads + h) * hd;
+    let xb = t * p.x_stride + p.x_offset + h * hd;
     var s = 0.0;
     for (var i = lid; i < hd; i += WG) {
-        let v = x[base + i];
+        let v = x[xb + i];
         xs[i] = v;
         s += v * v;
     }
@@ -71,7 +77,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     if (p.copy_v != 0u) {
         for (var i = lid; i < hd; i += WG) {
-            v_dst[ob + i] = v_src[base + i];
+            v_dst[ob + i] = v_src[t * p.x_stride + p.v_offset + h * hd + i];
         }
     }
 }

@@ -1,5 +1,6 @@
-// Decode routing without a host round trip: for the top_k experts the router chose for the
-// one token of this step, look up their cache slots in the GPU slot table and write, per
+// Decode routing without a host round trip: route the one token of this step from its
+// router logits (include/top_k.wgsl, the code the router kernel runs), then for the top_k
+// experts chosen look up their cache slots in the GPU slot table and write, per
 // cache page, the assignment list the expert kernels read and the indirect dispatch sizes
 // of the gate/up and down kernels over that page, and log the chosen ids for the host.
 // Assignments of page p occupy rows p * top_k .. of the assignment buffers. An expert that is not resident sets this layer's
@@ -7,8 +8,8 @@
 // the step and runs it again with a routing readback. So does an expert in a page whose
 // kernels the host did not record (pages below 32 whose bit in page_mask is clear: the
 // host skips pages that held none of the layer's experts when it recorded the step, and
-// another session may have filled one since). One invocation does it all: top_k and the
-// page count are small.
+// another session may have filled one since). The workgroup routes, looks up all chosen
+// experts at once, and writes the assignments and the grids of every page in parallel.
 struct Params {
     top_k: u32,
     table_base: u32, // layer * n_experts
@@ -19,49 +20,65 @@ struct Params {
     down_x: u32,    // and of the down kernel
     page_mask: u32, // bit p: the kernels of page p (< 32) were recorded; pages >= 32 always
     log_base: u32,  // where this layer's chosen ids go in route_log (after the miss flags)
+    n_experts: u32,
+    norm_topk: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> ids: array<u32>;
-@group(0) @binding(2) var<storage, read> weights: array<f32>;
-@group(0) @binding(3) var<storage, read> table: array<u32>;
-@group(0) @binding(4) var<storage, read_write> assign: array<u32>;
-@group(0) @binding(5) var<storage, read_write> assign_w: array<f32>;
-@group(0) @binding(6) var<storage, read_write> route: array<u32>;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read> table: array<u32>;
+@group(0) @binding(3) var<storage, read_write> assign: array<u32>;
+@group(0) @binding(4) var<storage, read_write> assign_w: array<f32>;
+@group(0) @binding(5) var<storage, read_write> route: array<u32>;
 // Per layer a miss flag, then per layer the top_k chosen ids (for the host's LRU order).
-@group(0) @binding(7) var<storage, read_write> route_log: array<u32>;
+@group(0) @binding(6) var<storage, read_write> route_log: array<u32>;
 // Per page: (gate_up_x, count, 1, down_x, count, 1).
-@group(0) @binding(8) var<storage, read_write> args: array<u32>;
+@group(0) @binding(7) var<storage, read_write> args: array<u32>;
 
 const NONE: u32 = 0xffffffffu;
 
-@compute @workgroup_size(1)
-fn main() {
-    for (var pg = 0u; pg < p.n_pages; pg++) {
-        args[6u * pg] = p.gate_up_x;
-        args[6u * pg + 1u] = 0u;
-        args[6u * pg + 2u] = 1u;
-        args[6u * pg + 3u] = p.down_x;
-        args[6u * pg + 4u] = 0u;
-        args[6u * pg + 5u] = 1u;
-    }
-    for (var k = 0u; k < p.top_k; k++) {
-        route_log[p.log_base + k] = ids[k];
-        var slot = table[p.table_base + ids[k]];
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) lid: u32) {
+    route_top_k(0u, p.n_experts, p.top_k, p.norm_topk != 0u, lid);
+    // Look the chosen experts up in parallel; tk_id[k] becomes the slot (0 for a miss).
+    for (var k = lid; k < p.top_k; k += 64u) {
+        let id = tk_id[k];
+        route_log[p.log_base + k] = id;
+        // An empty choice (NaN logits) is a miss.
+        var slot = select(table[p.table_base + min(id, p.n_experts - 1u)], NONE, id == NONE);
         let recorded = slot / p.slots_per_page >= 32u
             || ((p.page_mask >> (slot / p.slots_per_page)) & 1u) != 0u;
         if (slot == NONE || !recorded) {
             route_log[p.layer] = 1u;
             slot = 0u;
         }
+        tk_id[k] = slot;
+    }
+    workgroupBarrier();
+    // Assignment j of page pg is row pg * top_k + j, j counting the earlier choices in pg.
+    for (var k = lid; k < p.top_k; k += 64u) {
+        let slot = tk_id[k];
         let pg = slot / p.slots_per_page;
-        let j = args[6u * pg + 1u];
-        args[6u * pg + 1u] = j + 1u;
-        args[6u * pg + 4u] = j + 1u;
+        var j = 0u;
+        for (var o = 0u; o < k; o++) {
+            j += u32(tk_id[o] / p.slots_per_page == pg);
+        }
         let a = pg * p.top_k + j;
         assign[2u * a] = 0u;
         assign[2u * a + 1u] = slot % p.slots_per_page;
-        assign_w[a] = weights[k];
+        assign_w[a] = tk_w[k];
         route[k] = a;
+    }
+    for (var pg = lid; pg < p.n_pages; pg += 64u) {
+        var count = 0u;
+        for (var k = 0u; k < p.top_k; k++) {
+            count += u32(tk_id[k] / p.slots_per_page == pg);
+        }
+        args[6u * pg] = p.gate_up_x;
+        args[6u * pg + 1u] = count;
+        args[6u * pg + 2u] = 1u;
+        args[6u * pg + 3u] = p.down_x;
+        args[6u * pg + 4u] = count;
+        args[6u * pg + 5u] = 1u;
     }
 }

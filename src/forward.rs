@@ -13,7 +13,7 @@ use crate::model::ModelInner;
 use crate::sampling::Candidate;
 use crate::session::Scratch;
 use crate::store::{ExpertLayout, ExpertTensor};
-use crate::weights::{Layer, Mlp};
+use crate::weights::{Layer, Mlp, Qkv};
 
 fn grid(n: usize) -> (u32, u32) {
     crate::gpu::grid_of(n as u32)
@@ -188,9 +188,33 @@ impl Pass<'_> {
         let n = self.n;
         let a = &layer.attn;
         self.rmsnorm(&s.x, &layer.input_norm, &s.xn, n, h, 0);
-        self.linear(&a.q, &s.xn, &s.q, a.q_bias.as_ref(), None);
-        self.linear(&a.k, &s.xn, &s.k, a.k_bias.as_ref(), None);
-        self.linear(&a.v, &s.xn, &s.v, a.v_bias.as_ref(), None);
+        // q, k, v as [n, q_dim + 2 kv_dim] rows of `qkv` (one mat-vec) or in `q`, `k`, `v`.
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let (qb, kb, vb, stride, offs) = match &a.qkv {
+            Qkv::Fused { w, bias } => {
+                self.linear(w, &s.xn, &s.qkv, bias.as_ref(), None);
+                (&s.qkv, &s.qkv, &s.qkv, qd + 2 * kvd, [0, qd, qd + kvd])
+            }
+            Qkv::Separate {
+                q,
+                k,
+                v,
+                q_bias,
+                k_bias,
+                v_bias,
+            } => {
+                self.linear(q, &s.xn, &s.q, q_bias.as_ref(), None);
+                self.linear(k, &s.xn, &s.k, k_bias.as_ref(), None);
+                self.linear(v, &s.xn, &s.v, v_bias.as_ref(), None);
+                (&s.q, &s.k, &s.v, 0, [0, 0, 0])
+            }
+        };
+        // Token strides of q and of k/v in their buffers.
+        let (q_stride, kv_stride) = if stride == 0 {
+            (qd, kvd)
+        } else {
+            (stride, stride)
+        };
         // q_norm + RoPE into `qr`; k_norm + RoPE straight into the layer's K cache at the
         // current position, with v copied into the V cache by the same dispatch.
         let half = (cfg.rotary_dim / 2) as u32;
@@ -210,14 +234,17 @@ impl Pass<'_> {
                 0,
                 eps,
                 0,
+                q_stride as u32,
+                offs[0] as u32,
+                0,
             ],
             &[
-                (&s.q).into(),
+                qb.into(),
                 a.q_norm.bind(),
                 (&s.cos).into(),
                 (&s.sin).into(),
                 (&s.qr).into(),
-                (&s.v).into(),
+                vb.into(),
                 dummy.into(),
             ],
             (nh as u32, n as u32),
@@ -234,14 +261,17 @@ impl Pass<'_> {
                 kv_off as u32,
                 eps,
                 1,
+                kv_stride as u32,
+                offs[1] as u32,
+                offs[2] as u32,
             ],
             &[
-                (&s.k).into(),
+                kb.into(),
                 a.k_norm.bind(),
                 (&s.cos).into(),
                 (&s.sin).into(),
                 kc.into(),
-                (&s.v).into(),
+                vb.into(),
                 vc.into(),
             ],
             (nkv as u32, n as u32),
@@ -324,6 +354,10 @@ impl Pass<'_> {
         let cfg = &m.cfg;
         let (n, k, ne) = (self.n, cfg.num_experts_per_tok, cfg.num_experts);
         self.linear(router, &s.xn, &s.router_logits, None, None);
+        if self.resident {
+            // The routing kernel routes from the logits itself.
+            return self.moe_resident(l);
+        }
         self.rec.dispatch(
             Kernel::Router,
             None,
@@ -335,9 +369,6 @@ impl Pass<'_> {
             ],
             grid(n),
         );
-        if self.resident {
-            return self.moe_resident(l);
-        }
         let bytes = (n * k * 4) as u64;
         let parts = self.rec.read(
             &[(&s.route_ids, 0, bytes), (&s.route_w, 0, bytes)],
@@ -570,10 +601,11 @@ impl Pass<'_> {
                 down_x,
                 page_mask,
                 (cfg.num_hidden_layers + l * k) as u32,
+                ne as u32,
+                u32::from(cfg.norm_topk_prob),
             ],
             &[
-                (&s.route_ids).into(),
-                (&s.route_w).into(),
+                (&s.router_logits).into(),
                 (&cache.table).into(),
                 (&s.assign).into(),
                 (&s.assign_w).into(),

@@ -21,6 +21,8 @@ pub(crate) struct Scratch {
     pub q: wgpu::Buffer,
     pub k: wgpu::Buffer,
     pub v: wgpu::Buffer,
+    /// q, k and v of a fused projection: `[tokens, q_dim + 2 kv_dim]`.
+    pub qkv: wgpu::Buffer,
     pub qr: wgpu::Buffer,
     pub attn: wgpu::Buffer,
     /// Partial softmax states of the split decode attention (`kernels/attention_split.wgsl`).
@@ -243,6 +245,7 @@ impl Session {
             q: buf("q", cap * qd),
             k: buf("k", cap * kvd),
             v: buf("v", cap * kvd),
+            qkv: buf("qkv", cap * (qd + 2 * kvd)),
             qr: buf("qr", cap * qd),
             attn: buf("attn", cap * qd),
             attn_part: buf(

@@ -1,19 +1,41 @@
 //! The resident (non-expert) weights, uploaded to the GPU once per model.
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, MatrixView};
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::gpu::{Gpu, GpuMatrix, GpuVec};
 use crate::names;
 
+/// The q, k and v projections: one matrix of `q_dim + 2 * kv_dim` rows (q, then k, then v)
+/// when the three are stored alike, so a step runs one mat-vec for all three; separate
+/// matrices otherwise (mixed-precision recipes quantize v_proj differently).
+pub(crate) enum Qkv {
+    Fused {
+        w: GpuMatrix,
+        bias: Option<GpuVec>,
+    },
+    Separate {
+        q: GpuMatrix,
+        k: GpuMatrix,
+        v: GpuMatrix,
+        q_bias: Option<GpuVec>,
+        k_bias: Option<GpuVec>,
+        v_bias: Option<GpuVec>,
+    },
+}
+
+impl Qkv {
+    fn bytes(&self) -> u64 {
+        match self {
+            Qkv::Fused { w, .. } => w.bytes(),
+            Qkv::Separate { q, k, v, .. } => q.bytes() + k.bytes() + v.bytes(),
+        }
+    }
+}
+
 pub(crate) struct Attention {
-    pub q: GpuMatrix,
-    pub k: GpuMatrix,
-    pub v: GpuMatrix,
+    pub qkv: Qkv,
     pub o: GpuMatrix,
-    pub q_bias: Option<GpuVec>,
-    pub k_bias: Option<GpuVec>,
-    pub v_bias: Option<GpuVec>,
     pub o_bias: Option<GpuVec>,
     pub q_norm: GpuVec,
     pub k_norm: GpuVec,
@@ -54,7 +76,7 @@ impl Weights {
     pub fn bytes(&self) -> u64 {
         let mut total = self.embed.bytes() + self.lm_head.as_ref().map_or(0, GpuMatrix::bytes);
         for l in &self.layers {
-            total += l.attn.q.bytes() + l.attn.k.bytes() + l.attn.v.bytes() + l.attn.o.bytes();
+            total += l.attn.qkv.bytes() + l.attn.o.bytes();
             total += match &l.mlp {
                 Mlp::Dense { gate, up, down } => gate.bytes() + up.bytes() + down.bytes(),
                 Mlp::Moe { router } => router.bytes(),
@@ -94,14 +116,59 @@ impl Weights {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let n = |rest: &str| names::layer(l, rest);
+            let views = [
+                ckpt.matrix(&n("self_attn.q_proj"), qd, h)?,
+                ckpt.matrix(&n("self_attn.k_proj"), kvd, h)?,
+                ckpt.matrix(&n("self_attn.v_proj"), kvd, h)?,
+            ];
+            let bias_names = [
+                n("self_attn.q_proj.bias"),
+                n("self_attn.k_proj.bias"),
+                n("self_attn.v_proj.bias"),
+            ];
+            let qkv = if views.iter().all(|v| v.format == views[0].format) {
+                // Rows of q, then k, then v, for each part (codes, scales, biases).
+                let cat = |part: usize| -> Vec<u8> {
+                    views
+                        .iter()
+                        .flat_map(|v| [v.weight, v.scales, v.biases][part].iter().copied())
+                        .collect()
+                };
+                let (weight, scales, biases) = (cat(0), cat(1), cat(2));
+                let fused = MatrixView {
+                    format: views[0].format,
+                    rows: qd + 2 * kvd,
+                    cols: h,
+                    weight: &weight,
+                    scales: &scales,
+                    biases: &biases,
+                };
+                let bias = if cfg.attention_bias {
+                    let mut all = ckpt.float(&bias_names[0], &[qd])?.to_f32();
+                    all.extend(ckpt.float(&bias_names[1], &[kvd])?.to_f32());
+                    all.extend(ckpt.float(&bias_names[2], &[kvd])?.to_f32());
+                    Some(GpuVec::upload(gpu, &n("self_attn.qkv_proj.bias"), &all))
+                } else {
+                    None
+                };
+                Qkv::Fused {
+                    w: GpuMatrix::upload(gpu, &n("self_attn.qkv_proj.weight"), &fused)?,
+                    bias,
+                }
+            } else {
+                let [q, k, v] = views;
+                Qkv::Separate {
+                    q: GpuMatrix::upload(gpu, &n("self_attn.q_proj.weight"), &q)?,
+                    k: GpuMatrix::upload(gpu, &n("self_attn.k_proj.weight"), &k)?,
+                    v: GpuMatrix::upload(gpu, &n("self_attn.v_proj.weight"), &v)?,
+                    q_bias: opt_vector(&bias_names[0], qd)?,
+                    k_bias: opt_vector(&bias_names[1], kvd)?,
+                    v_bias: opt_vector(&bias_names[2], kvd)?,
+                }
+            };
             let attn = Attention {
-                q: matrix(&n("self_attn.q_proj.weight"), qd, h)?,
-                k: matrix(&n("self_attn.k_proj.weight"), kvd, h)?,
-                v: matrix(&n("self_attn.v_proj.weight"), kvd, h)?,
+                qkv,
                 o: matrix(&n("self_attn.o_proj.weight"), h, qd)?,
-                q_bias: opt_vector(&n("self_attn.q_proj.bias"), qd)?,
-                k_bias: opt_vector(&n("self_attn.k_proj.bias"), kvd)?,
-                v_bias: opt_vector(&n("self_attn.v_proj.bias"), kvd)?,
                 o_bias: opt_vector(&n("self_attn.o_proj.bias"), h)?,
                 q_norm: vector(&n("self_attn.q_norm.weight"), hd)?,
                 k_norm: vector(&n("self_attn.k_norm.weight"), hd)?,

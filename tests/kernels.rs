@@ -567,16 +567,34 @@ fn head_norm_rope() {
         (3, 8, 128, 64, 4095, 0, false), // a long-context position
         (2, 2, 96, 96, 5, 1, true), // head_dim 96: 64 + 32 dims per invocation loop
     ];
-    for &(n, nh, hd, rd, pos0, off_rows, copy_v) in &cases {
+    for (ci, &(n, nh, hd, rd, pos0, off_rows, copy_v)) in cases.iter().enumerate() {
         let out_offset = off_rows * nh * hd;
+        // Odd cases read the heads from inside wider rows, as from a fused q/k/v
+        // projection: x at x_offset and v at v_offset of rows of x_stride floats.
+        let (x_stride, x_offset, v_offset) = if ci % 2 == 1 {
+            (3 * nh * hd + 5, nh * hd + 3, 2 * nh * hd + 4)
+        } else {
+            (nh * hd, 0, 0)
+        };
         let len = n * nh * hd;
         let case = format!(
-            "n {n} heads {nh} head_dim {hd} rotary {rd} pos0 {pos0} out_offset {out_offset} copy_v {copy_v}"
+            "n {n} heads {nh} head_dim {hd} rotary {rd} pos0 {pos0} out_offset {out_offset} copy_v {copy_v} x_stride {x_stride}"
         );
         let (cos, sin) = reference::rope_tables(theta, rd, pos0 + n);
         let x = rng.vec(len, 2.0);
         let w = rng.vec(hd, 1.5);
         let v = rng.vec(len, 3.0);
+        // The input rows: junk around x and v.
+        let mut rows_in = rng.vec(n * x_stride + 2 * nh * hd + 8, 9.0);
+        for t in 0..n {
+            let r = &mut rows_in[t * x_stride..];
+            r[x_offset..x_offset + nh * hd].copy_from_slice(&x[t * nh * hd..(t + 1) * nh * hd]);
+        }
+        let mut v_in = rng.vec(n * x_stride + 2 * nh * hd + 8, 9.0);
+        for t in 0..n {
+            let r = &mut v_in[t * x_stride..];
+            r[v_offset..v_offset + nh * hd].copy_from_slice(&v[t * nh * hd..(t + 1) * nh * hd]);
+        }
         // Reference: rms_norm of every head row with the same weight, then RoPE.
         let mut want = reference::rms_norm(&x, &w, eps);
         let normed = want.clone();
@@ -597,14 +615,17 @@ fn head_norm_rope() {
                 out_offset as u32,
                 eps.to_bits(),
                 u32::from(copy_v),
+                x_stride as u32,
+                x_offset as u32,
+                v_offset as u32,
             ],
             &[
-                &f32_bytes(&x),
+                &f32_bytes(&rows_in),
                 &f32_bytes(&w),
                 &f32_bytes(&cos),
                 &f32_bytes(&sin),
                 &f32_bytes(&before),
-                &f32_bytes(&v),
+                &f32_bytes(&v_in),
                 &f32_bytes(&v_before),
             ],
             (nh as u32, n as u32),
@@ -896,6 +917,12 @@ fn router() {
                 check_router(&mut ck, &case, &logits, ne, top_k, norm, groups);
             }
         }
+    }
+    // More choices than invocations (64): each invocation fills several ranks.
+    for &(ne, top_k) in &[(128usize, 100usize), (1024, 1024), (70, 70)] {
+        let case = format!("experts {ne} top_k {top_k}");
+        let logits = ladder_logits(&mut rng, 2, ne);
+        check_router(&mut ck, &case, &logits, ne, top_k, true, grid(2));
     }
     ck.report();
 }
@@ -1302,7 +1329,9 @@ fn moe_route() {
     // within the page) and the weight; route[k] is that row; per page the indirect grids
     // (gate_up_x, count, 1, down_x, count, 1). An expert without a slot (u32::MAX), or in a
     // page whose bit of page_mask is clear, sets the layer's miss flag and counts as slot 0.
-    // The chosen ids go to the route log after the miss flags, at log_base. Dispatched as one workgroup of one invocation.
+    // The chosen ids go to the route log after the miss flags, at log_base. The experts
+    // and weights are routed from the logits by the router's own code: they must equal
+    // the router kernel's, bit for bit. Dispatched as one workgroup.
     let kernel = kernel_named("moe_route");
     let mut rng = Rng::new(140);
     const NONE: u32 = u32::MAX;
@@ -1322,9 +1351,23 @@ fn moe_route() {
                         }
                     })
                     .collect();
-                let mut experts: Vec<usize> = (0..ne).collect();
-                rng.shuffle(&mut experts);
-                let ids: Vec<u32> = experts[..top_k].iter().map(|&e| e as u32).collect();
+                // Routing as the router kernel does it (checked against the CPU reference
+                // by `router`).
+                let logits = ladder_logits(&mut rng, 1, ne);
+                let norm = top_k % 2 == 0;
+                let routed = run(
+                    Kernel::Router,
+                    None,
+                    &[ne as u32, top_k as u32, u32::from(norm), 1],
+                    &[
+                        &f32_bytes(&logits),
+                        &u32_bytes(&vec![0u32; top_k]),
+                        &f32_bytes(&vec![0f32; top_k]),
+                    ],
+                    (1, 1),
+                );
+                let (ids, weights) = (to_u32(&routed[1]), to_f32(&routed[2]));
+                assert!(ids.iter().all(|&e| (e as usize) < ne));
                 for (k, &e) in ids.iter().enumerate() {
                     let at = layer * ne + e as usize;
                     let missing = with_miss && k == top_k / 2;
@@ -1334,7 +1377,6 @@ fn moe_route() {
                         table[at] = rng.below(40) as u32;
                     }
                 }
-                let weights = rng.vec(top_k, 1.0);
                 // Sentinels past the rows used; other layers' miss flags are 7.
                 let rows = pages * top_k + 1;
                 let assign0 = vec![0xdead_beefu32; 2 * rows];
@@ -1358,10 +1400,11 @@ fn moe_route() {
                         down_x,
                         page_mask,
                         (n_layers + layer * top_k) as u32,
+                        ne as u32,
+                        u32::from(norm),
                     ],
                     &[
-                        &u32_bytes(&ids),
-                        &f32_bytes(&weights),
+                        &f32_bytes(&logits),
                         &u32_bytes(&table),
                         &u32_bytes(&assign0),
                         &f32_bytes(&assign_w0),
@@ -1407,19 +1450,19 @@ fn moe_route() {
                     u32::from(with_miss || (page_mask == 0b101 && in_page_1)),
                     "{case}"
                 );
-                assert_eq!(to_u32(&out[3]), want_assign, "moe_route [{case}]: assign");
-                let got_w = to_f32(&out[4]);
+                assert_eq!(to_u32(&out[2]), want_assign, "moe_route [{case}]: assign");
+                let got_w = to_f32(&out[3]);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got_w), bits(&want_w), "moe_route [{case}]: weights");
-                assert_eq!(to_u32(&out[5]), want_route, "moe_route [{case}]: route");
-                assert_eq!(to_u32(&out[6]), want_miss, "moe_route [{case}]: route log");
+                assert_eq!(to_u32(&out[4]), want_route, "moe_route [{case}]: route");
+                assert_eq!(to_u32(&out[5]), want_miss, "moe_route [{case}]: route log");
                 assert_eq!(
-                    to_u32(&out[7]),
+                    to_u32(&out[6]),
                     want_args,
                     "moe_route [{case}]: indirect grids"
                 );
                 // The inputs are read only.
-                assert_eq!(to_u32(&out[2]), table, "moe_route [{case}]: slot table");
+                assert_eq!(to_u32(&out[1]), table, "moe_route [{case}]: slot table");
                 cases += 1;
             }
         }

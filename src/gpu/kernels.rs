@@ -145,6 +145,8 @@ pub enum Include {
     TeamWorkgroup,
     /// `team_subgroup.wgsl`: team sums by subgroup reduction (`subgroups`).
     TeamSubgroup,
+    /// `top_k.wgsl`: softmax and top-k routing of one token by a workgroup.
+    TopK,
 }
 
 impl Include {
@@ -158,6 +160,7 @@ impl Include {
             Include::QBlock => "qblock",
             Include::TeamWorkgroup => "team_workgroup",
             Include::TeamSubgroup => "team_subgroup",
+            Include::TopK => "top_k",
         }
     }
 
@@ -171,6 +174,7 @@ impl Include {
             Include::QBlock => include_str!("../../kernels/include/qblock.wgsl"),
             Include::TeamWorkgroup => include_str!("../../kernels/include/team_workgroup.wgsl"),
             Include::TeamSubgroup => include_str!("../../kernels/include/team_subgroup.wgsl"),
+            Include::TopK => include_str!("../../kernels/include/top_k.wgsl"),
         }
     }
 }
@@ -414,6 +418,9 @@ impl Kernel {
         }
         if self.is_quantized() {
             v.push(Include::Quant);
+        }
+        if matches!(self, Kernel::Router | Kernel::MoeRoute) {
+            v.push(Include::TopK);
         }
         if self.uses_teams() {
             v.push(Include::QBlock);
