@@ -109,7 +109,7 @@ fn main() -> Result<()> {
         let t = Instant::now();
         let mut logits = s.prefill(&prompt)?;
         println!(
-            "prefill: {} tokens in {:.2}s",
+            "prefill (first, compiles the kernels): {} tokens in {:.2}s",
             prompt.len(),
             t.elapsed().as_secs_f64()
         );
@@ -170,6 +170,19 @@ fn main() -> Result<()> {
                     secs * 1e6 / n as f64
                 );
             }
+        }
+        // Prefill with warm kernels, in fresh sessions: the time to first token.
+        for n in [64usize, 512] {
+            let long: Vec<u32> = (0..n).map(|i| (i * 7919 + 13) as u32 % v as u32).collect();
+            let mut fresh = model.session(1024)?;
+            let t = Instant::now();
+            fresh.prefill(&long)?;
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "prefill (warm): {n} tokens in {:.3}s, {:.0} tok/s",
+                secs,
+                n as f64 / secs
+            );
         }
         if std::env::args().any(|a| a == "--resident-only") {
             break;
