@@ -81,6 +81,7 @@ fn median_time(
     kernel: Kernel,
     wdt: Option<DType>,
     quant: Option<(u32, u32)>,
+    rows: u32,
     params: &[u32],
     sets: &[Vec<&DeviceBuffer>],
     groups: (u32, u32),
@@ -88,7 +89,7 @@ fn median_time(
 ) -> Result<f64> {
     let mut t = Vec::with_capacity(TRIALS);
     for _ in 0..TRIALS {
-        t.push(bench.time_rotating(kernel, wdt, quant, params, sets, groups, iters)?);
+        t.push(bench.time_rotating_rows(kernel, wdt, quant, rows, params, sets, groups, iters)?);
     }
     t.sort_by(f64::total_cmp);
     Ok(t[TRIALS / 2])
@@ -134,6 +135,7 @@ fn copy_same_size(bench: &GpuBench, traffic: u64) -> Result<(f64, f64)> {
             Kernel::Copy,
             None,
             None,
+            0,
             &[words],
             &sets,
             kernels::copy_groups(words),
@@ -163,7 +165,17 @@ fn report(what: &str, bytes: u64, t: (f64, f64), c: (f64, f64), copy: f64) {
     );
 }
 
-fn qmatvec(bench: &GpuBench, q: AffineQuant, rows: usize, cols: usize, copy: f64) -> Result<()> {
+/// One mat-vec shape, with `rows_per_team` rows per team (the engine's choice for the
+/// shape when `None`).
+fn qmatvec(
+    bench: &GpuBench,
+    q: AffineQuant,
+    rows: usize,
+    cols: usize,
+    copy: f64,
+    rows_per_team: Option<u32>,
+) -> Result<()> {
+    let rpt = rows_per_team.unwrap_or(kernels::qmatvec_rows_per_team(rows as u32));
     let bytes = WeightFormat::Affine(q).stored_bytes(rows, cols) as u64;
     let copies = (ROTATE_BYTES / bytes).clamp(1, 512) as usize;
     let weights: Vec<DeviceBuffer> = (0..copies)
@@ -200,16 +212,17 @@ fn qmatvec(bench: &GpuBench, q: AffineQuant, rows: usize, cols: usize, copy: f64
             Kernel::QMatVec,
             Some(q.scale_dtype),
             Some((q.bits, q.group_size)),
+            rpt,
             &[rows as u32, cols as u32, 0, 0, 0, sw, bw, team],
             &sets,
-            kernels::qmatvec_groups(rows as u32, team),
+            kernels::qmatvec_groups(rows as u32, team, rpt),
             (4 * copies as u32).max(200),
         )?;
     }
     let c = copy_same_size(bench, bytes)?;
     report(
         &format!(
-            "qmatvec {}-bit g{} {rows}x{cols} (team {team})",
+            "qmatvec {}-bit g{} {rows}x{cols} (team {team}, {rpt} rows)",
             q.bits, q.group_size
         ),
         bytes,
@@ -296,6 +309,7 @@ fn experts(
             Kernel::MoeGateUpQ,
             Some(q.scale_dtype),
             quant,
+            0,
             &[
                 hidden as u32,
                 inter as u32,
@@ -347,6 +361,7 @@ fn experts(
             Kernel::MoeDownQ,
             Some(q.scale_dtype),
             quant,
+            0,
             &[
                 hidden as u32,
                 inter as u32,
@@ -397,27 +412,28 @@ fn run(bench: &GpuBench, all_bits: bool, large: bool) -> Result<()> {
     println!("copy kernel: {copy:.1} GB/s (bytes read + written, 256 MB)");
     let q4 = AffineQuant::new(4, 64, DType::BF16)?;
     for (rows, cols) in [(2048, 768), (768, 2048), (4096, 1024), (1024, 4096)] {
-        qmatvec(bench, q4, rows, cols, copy)?;
+        qmatvec(bench, q4, rows, cols, copy, None)?;
     }
     experts(bench, q4, 2048, 768, 8, copy)?;
     experts(bench, q4, 4096, 1024, 10, copy)?;
     if large {
         // Large matrices: the kernel's streaming throughput (lm_head-sized).
-        qmatvec(bench, q4, 65536, 4096, copy)?;
+        qmatvec(bench, q4, 65536, 4096, copy, None)?;
         qmatvec(
             bench,
             AffineQuant::new(8, 64, DType::BF16)?,
             32768,
             4096,
             copy,
+            None,
         )?;
     }
     if all_bits {
         for bits in [2, 3, 5, 6, 8] {
             let q = AffineQuant::new(bits, 64, DType::BF16)?;
-            qmatvec(bench, q, 768, 2048, copy)?;
+            qmatvec(bench, q, 768, 2048, copy, None)?;
             if large {
-                qmatvec(bench, q, 32768, 4096, copy)?;
+                qmatvec(bench, q, 32768, 4096, copy, None)?;
             }
         }
     }
@@ -426,7 +442,8 @@ fn run(bench: &GpuBench, all_bits: bool, large: bool) -> Result<()> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    // `--shape BITSxROWSxCOLS` (repeatable): only these mat-vecs, in the engine's variant.
+    // `--shape BITSxROWSxCOLS` (repeatable): only these mat-vecs, in the engine's variant,
+    // each with 4, 2 and 1 rows per team.
     let shapes: Vec<(u32, usize, usize)> = args
         .windows(2)
         .filter(|w| w[0] == "--shape")
@@ -438,14 +455,18 @@ fn main() -> Result<()> {
     if !shapes.is_empty() {
         let bench = GpuBench::new()?;
         let copy = copy_bandwidth(&bench)?;
+        // Each shape with 4, 2 and 1 rows per team (the engine picks one of them).
         for (bits, rows, cols) in shapes {
-            qmatvec(
-                &bench,
-                AffineQuant::new(bits, 64, DType::BF16)?,
-                rows,
-                cols,
-                copy,
-            )?;
+            for rpt in [4, 2, 1] {
+                qmatvec(
+                    &bench,
+                    AffineQuant::new(bits, 64, DType::BF16)?,
+                    rows,
+                    cols,
+                    copy,
+                    Some(rpt),
+                )?;
+            }
         }
         return Ok(());
     }

@@ -7,7 +7,10 @@
 // activation always is, cols being a multiple of 32); otherwise every output is NaN.
 //
 // A workgroup of 64 invocations is 64 / team teams (`team` a power of two from 4 to 64; in
-// the subgroup variant, the subgroup size); each team computes 4 consecutive rows. Lane l
+// the subgroup variant, the subgroup size); each team computes ROWS (a pipeline constant:
+// 4, 2 or 1) consecutive rows. Four rows share each load of x the most; fewer spread a
+// matrix of few rows over more invocations, each with a shorter serial chain of work
+// (kernels::qmatvec_rows_per_team picks). Lane l
 // of a team takes the 32-code blocks l, l + team, ... of its rows (include/qblock.wgsl),
 // two per iteration: it loads a block's 32 values of x once (8 vec4 loads) and its codes
 // of all 4 rows, so the loads of 4 rows and 2 blocks are in flight together. Rows past the end of the chunk re-read
@@ -32,13 +35,16 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 const WG: u32 = 64u;
+// Rows per team: 4, 2 or 1 (other values compute 1 row).
+override ROWS: u32 = 4u;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let team = p.team;
     let lane = lid & (team - 1u);
-    let r0 = ((wid.x + wid.y * nwg.x) * (WG / team) + lid / team) * 4u;
+    let nrows = select(select(1u, 2u, ROWS == 2u), 4u, ROWS == 4u);
+    let r0 = ((wid.x + wid.y * nwg.x) * (WG / team) + lid / team) * nrows;
     let last = p.rows - 1u;
     let ra = min(r0, last);
     let rb = min(r0 + 1u, last);
@@ -47,18 +53,43 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var acc = vec4<f32>(0.0);
     let nb = p.cols / 32u;
     var b = lane;
-    // Two blocks per iteration: the loads of both are in flight together.
-    for (; b + team < nb; b += 2u * team) {
-        let s0 = step(b, ra, rb, rc, rd);
-        let s1 = step(b + team, ra, rb, rc, rd);
-        acc += s0 + s1;
-    }
-    if (b < nb) {
-        acc += step(b, ra, rb, rc, rd);
+    // Two blocks per iteration: the loads of both are in flight together. ROWS is a
+    // pipeline constant: the compiler keeps only one of these loops.
+    if (ROWS == 4u) {
+        for (; b + team < nb; b += 2u * team) {
+            let s0 = step(b, ra, rb, rc, rd);
+            let s1 = step(b + team, ra, rb, rc, rd);
+            acc += s0 + s1;
+        }
+        if (b < nb) {
+            acc += step(b, ra, rb, rc, rd);
+        }
+    } else if (ROWS == 2u) {
+        var acc2 = vec2<f32>(0.0);
+        for (; b + team < nb; b += 2u * team) {
+            let s0 = step2(b, ra, rb);
+            let s1 = step2(b + team, ra, rb);
+            acc2 += s0 + s1;
+        }
+        if (b < nb) {
+            acc2 += step2(b, ra, rb);
+        }
+        acc = vec4<f32>(acc2, 0.0, 0.0);
+    } else {
+        var acc1 = 0.0;
+        for (; b + team < nb; b += 2u * team) {
+            let s0 = step1(b, ra);
+            let s1 = step1(b + team, ra);
+            acc1 += s0 + s1;
+        }
+        if (b < nb) {
+            acc1 += step1(b, ra);
+        }
+        acc.x = acc1;
     }
     let total = team_sum(acc, lid, team);
     if (lane == 0u) {
-        for (var i = 0u; i < 4u; i++) {
+        for (var i = 0u; i < nrows; i++) {
             if (r0 + i < p.rows) {
                 let o = p.row_base + r0 + i;
                 var v = total[i];
@@ -82,4 +113,18 @@ fn step(b: u32, ra: u32, rb: u32, rc: u32, rd: u32) -> vec4<f32> {
     let xs = load_x32((p.x_offset >> 2u) + 8u * b);
     return rows_block(0u, p.scales_word, p.biases_word, p.cols, vec4<u32>(ra, rb, rc, rd), b,
                       xs, x32_sum(xs));
+}
+
+// The sums of block b of rows ra, rb with x, for teams of 2 rows.
+fn step2(b: u32, ra: u32, rb: u32) -> vec2<f32> {
+    let xs = load_x32((p.x_offset >> 2u) + 8u * b);
+    let xsum = x32_sum(xs);
+    return vec2<f32>(row_block(0u, p.scales_word, p.biases_word, p.cols, ra, b, xs, xsum),
+                     row_block(0u, p.scales_word, p.biases_word, p.cols, rb, b, xs, xsum));
+}
+
+// The sum of block b of row ra with x, for teams of 1 row.
+fn step1(b: u32, ra: u32) -> f32 {
+    let xs = load_x32((p.x_offset >> 2u) + 8u * b);
+    return row_block(0u, p.scales_word, p.biases_word, p.cols, ra, b, xs, x32_sum(xs));
 }

@@ -102,13 +102,15 @@ impl Pass<'_> {
                     let quant = Some((q.bits, q.group_size));
                     if n == 1 {
                         let team = self.m.gpu.team(w.cols);
-                        self.rec.dispatch_q(
+                        let rpt = kernels::qmatvec_rows_per_team(r);
+                        self.rec.dispatch_q_rows(
                             Kernel::QMatVec,
                             Some(q.scale_dtype),
                             quant,
+                            rpt,
                             &[r, c, r0, flags, 0, sw, bw, team],
                             &binds,
-                            kernels::qmatvec_groups(r, team),
+                            kernels::qmatvec_groups(r, team, rpt),
                         );
                     } else {
                         self.rec.dispatch_q(

@@ -288,12 +288,12 @@ fn every_quantized_kernel_is_covered() {
             let (fields, bindings) = interface(k);
             assert!(fields > 0 && bindings > 0, "{}: interface", k.name());
             assert!(k.reads_weights(), "{}: WDT is the scale dtype", k.name());
-            assert_eq!(
-                k.constants(2, Some((5, 32))),
-                vec![("WDT", 2.0), ("BITS", 5.0), ("GROUP", 32.0)],
-                "{}",
-                k.name()
-            );
+            let mut want = vec![("WDT", 2.0), ("BITS", 5.0), ("GROUP", 32.0)];
+            if k == Kernel::QMatVec {
+                // Rows per team, 4 unless the engine lowers it for a matrix of few rows.
+                want.push(("ROWS", 4.0));
+            }
+            assert_eq!(k.constants(2, Some((5, 32))), want, "{}", k.name());
         }
     }
     // Kernels that are not quantized take no BITS / GROUP, whatever is passed.
@@ -302,6 +302,13 @@ fn every_quantized_kernel_is_covered() {
         vec![("WDT", 1.0)]
     );
     assert!(Kernel::RmsNorm.constants(0, None).is_empty());
+    // Rows per team: 1 or 2 for matrices of few rows, 4 from 4096 rows.
+    assert_eq!(kernels::qmatvec_rows_per_team(128), 1);
+    assert_eq!(kernels::qmatvec_rows_per_team(1024), 2);
+    assert_eq!(kernels::qmatvec_rows_per_team(4096), 4);
+    assert_eq!(kernels::qmatvec_groups(4096, 32, 4), (512, 1));
+    assert_eq!(kernels::qmatvec_groups(4096, 32, 1), (2048, 1));
+    assert_eq!(kernels::qmatvec_groups(4096, 32, 3), (2048, 1)); // unsupported: 1 row
 }
 
 #[test]
@@ -372,7 +379,7 @@ fn metric_catches_small_errors() {
                 &[],
                 &f32_bytes(&vec![0.0; rows]),
             ],
-            kernels::qmatvec_groups(rows as u32, runner().team(cols)),
+            kernels::qmatvec_groups(rows as u32, runner().team(cols), 4),
         );
         to_f32(&out[4])
     };
@@ -471,13 +478,17 @@ fn qmatvec() {
                         written[row_base..row_base + rows].fill(true);
                         let setups = team_setups(cols);
                         let (on, team, how) = &setups[case_no / 2 % setups.len()];
-                        let case = format!("{case} {how}");
-                        let g = kernels::qmatvec_groups(rows as u32, *team);
+                        // Rows per team (the ROWS pipeline constant) in turn.
+                        let rpt = [4u32, 2, 1][case_no / 8 % 3];
+                        let case = format!("{case} {how} {rpt} rows per team");
+                        let g = kernels::qmatvec_groups(rows as u32, *team, rpt);
                         let groups = if shifted { grid_2d(g.0 * g.1) } else { g };
-                        let out = run_on(
+                        let out = run_kernel_rows_on(
                             on,
                             Kernel::QMatVec,
-                            &q,
+                            Some(q.scale_dtype),
+                            Some((q.bits, q.group_size)),
+                            rpt,
                             &[
                                 rows as u32,
                                 cols as u32,
@@ -521,7 +532,7 @@ fn qmatvec_grid_past_65535_workgroups() {
     let mut ck = Checker::new("qmatvec grid");
     let mut rng = Rng::new(11);
     let (rows, cols) = (262_200usize, 32usize);
-    let g = kernels::qmatvec_groups(rows as u32, 64);
+    let g = kernels::qmatvec_groups(rows as u32, 64, 4);
     assert_eq!(g, (65535, 2));
     let q = quant(2, 32, DType::F16);
     let m = QMat::random(&mut rng, rows, cols, q);
@@ -589,7 +600,7 @@ fn qmatvec_misaligned_x_offset_is_loud() {
                 &[],
                 &f32_bytes(&vec![0.0; rows]),
             ],
-            kernels::qmatvec_groups(rows as u32, runner().team(cols)),
+            kernels::qmatvec_groups(rows as u32, runner().team(cols), 4),
         );
         let got = to_f32(&out[4]);
         assert!(

@@ -239,10 +239,33 @@ fn team_rows(team: u32) -> u32 {
     4 * (TEAM_WG / team.clamp(1, TEAM_WG))
 }
 
+/// Rows per team of [`Kernel::QMatVec`] (its `ROWS` pipeline constant) for a chunk of
+/// `rows` rows: 4, so that each load of x serves 4 rows, unless the
+/// matrix has so few rows that 4 per team would leave a large GPU with too few
+/// invocations, each with a long serial chain of work (measured on an H200: 768x2048 and
+/// 128x2048 fastest with 1; 1024x4096, 2048x768 and 2048x4096 with 2; 4096x1024 and
+/// larger with 4).
+pub fn qmatvec_rows_per_team(rows: u32) -> u32 {
+    if rows >= 4096 {
+        4
+    } else if rows >= 1024 {
+        2
+    } else {
+        1
+    }
+}
+
 /// Grid of [`Kernel::QMatVec`] for a chunk of `rows` rows with teams of `team` invocations
-/// (any count: past 65535 workgroups the grid is 2-D, which the kernel linearizes).
-pub fn qmatvec_groups(rows: u32, team: u32) -> (u32, u32) {
-    grid_of(rows.div_ceil(team_rows(team)))
+/// of `rows_per_team` rows each (any count: past 65535 workgroups the grid is 2-D, which
+/// the kernel linearizes).
+pub fn qmatvec_groups(rows: u32, team: u32, rows_per_team: u32) -> (u32, u32) {
+    let per_team = match rows_per_team {
+        4 => 4,
+        2 => 2,
+        _ => 1,
+    };
+    let per_group = (TEAM_WG / team.clamp(1, TEAM_WG)) * per_team;
+    grid_of(rows.div_ceil(per_group))
 }
 
 /// Grid of [`Kernel::QMatMul`] for a chunk of `rows` rows and `n_tokens` tokens
@@ -436,8 +459,9 @@ impl Kernel {
     /// The override constants a pipeline of this kernel is created with: none for kernels
     /// that read no weights; `WDT = wdt` (the weight dtype's shader code) for float-weight
     /// kernels; `WDT = wdt` (the scale dtype's code), `BITS` and `GROUP` from
-    /// `quant = Some((bits, group_size))` for quantized kernels. `quant` is ignored by
-    /// kernels that are not quantized.
+    /// `quant = Some((bits, group_size))` for quantized kernels, and `ROWS = 4` (rows per
+    /// team, which the engine may lower per matrix) for [`Kernel::QMatVec`]. `quant` is
+    /// ignored by kernels that are not quantized.
     ///
     /// # Panics
     /// If the kernel is quantized and `quant` is `None` (its pipeline cannot be created
@@ -456,6 +480,11 @@ impl Kernel {
             });
             c.push(("BITS", f64::from(bits)));
             c.push(("GROUP", f64::from(group)));
+        }
+        if self == Kernel::QMatVec {
+            // Rows per team; the engine may ask for 2 or 1 instead
+            // (`qmatvec_rows_per_team`).
+            c.push(("ROWS", 4.0));
         }
         c
     }

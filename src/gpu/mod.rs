@@ -58,8 +58,9 @@ pub struct AdapterSummary {
     pub subgroup_size: Option<u32>,
 }
 
-/// A compiled pipeline's identity: kernel, weight (or scale) dtype code, bits, group size.
-type PipelineKey = (Kernel, u32, u32, u32);
+/// A compiled pipeline's identity: kernel, weight (or scale) dtype code, bits, group size,
+/// rows per team (`ROWS`, 0 for the kernel's default).
+type PipelineKey = (Kernel, u32, u32, u32, u32);
 
 /// The variant allowed by `MOESTREAM_KERNELS` (everything when unset).
 fn allowed_variant() -> Result<Variant> {
@@ -292,17 +293,19 @@ impl Gpu {
     }
 
     /// The pipeline of a kernel, compiled once per (kernel, weight or scale dtype,
-    /// quantization bits and group size); `quant` = (bits, group) sets the `BITS` and
-    /// `GROUP` override constants of the quantized kernels.
-    pub fn pipeline_q(
+    /// quantization bits and group size, rows per team); `quant` = (bits, group) sets the
+    /// `BITS` and `GROUP` override constants of the quantized kernels, `rows` (unless 0, the
+    /// kernel's default) the `ROWS` override constant of [`Kernel::QMatVec`].
+    pub fn pipeline_rows(
         &self,
         kernel: Kernel,
         wdt: Option<DType>,
         quant: Option<(u32, u32)>,
+        rows: u32,
     ) -> Arc<wgpu::ComputePipeline> {
         let code = wdt.map_or(0, DType::shader_code);
         let (bits, group) = quant.unwrap_or((0, 0));
-        let key = (kernel, code, bits, group);
+        let key = (kernel, code, bits, group, rows);
         let mut pipes = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = pipes.get(&key) {
             return p.clone();
@@ -316,13 +319,11 @@ impl Gpu {
                     source: wgpu::ShaderSource::Wgsl(kernel.source_for(variant).into()),
                 })
         });
-        let mut constants: Vec<(&str, f64)> = Vec::new();
-        if kernel.reads_weights() {
-            constants.push(("WDT", code as f64));
-        }
-        if quant.is_some() {
-            constants.push(("BITS", bits as f64));
-            constants.push(("GROUP", group as f64));
+        let mut constants = kernel.constants(code, quant);
+        if rows != 0 {
+            for c in constants.iter_mut().filter(|c| c.0 == "ROWS") {
+                c.1 = f64::from(rows);
+            }
         }
         let pipeline = Arc::new(self.device.create_compute_pipeline(
             &wgpu::ComputePipelineDescriptor {

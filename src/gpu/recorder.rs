@@ -272,7 +272,23 @@ impl<'a> Recorder<'a> {
         bufs: &[Bind<'_>],
         groups: (u32, u32),
     ) {
-        self.record(kernel, wdt, quant, params, bufs, Size::Direct(groups));
+        self.record(kernel, wdt, quant, 0, params, bufs, Size::Direct(groups));
+    }
+
+    /// As [`dispatch_q`](Self::dispatch_q), with the `ROWS` override constant (rows per
+    /// team of [`Kernel::QMatVec`]) set to `rows`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dispatch_q_rows(
+        &mut self,
+        kernel: Kernel,
+        wdt: Option<DType>,
+        quant: Option<(u32, u32)>,
+        rows: u32,
+        params: &[u32],
+        bufs: &[Bind<'_>],
+        groups: (u32, u32),
+    ) {
+        self.record(kernel, wdt, quant, rows, params, bufs, Size::Direct(groups));
     }
 
     /// As [`dispatch_q`](Self::dispatch_q), with the workgroup counts read on the GPU from
@@ -292,23 +308,26 @@ impl<'a> Recorder<'a> {
             kernel,
             wdt,
             quant,
+            0,
             params,
             bufs,
             Size::Indirect(args, offset),
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn record(
         &mut self,
         kernel: Kernel,
         wdt: Option<DType>,
         quant: Option<(u32, u32)>,
+        rows: u32,
         params: &[u32],
         bufs: &[Bind<'_>],
         size: Size<'_>,
     ) {
         let t0 = std::time::Instant::now();
-        let pipeline = self.gpu.pipeline_q(kernel, wdt, quant);
+        let pipeline = self.gpu.pipeline_rows(kernel, wdt, quant, rows);
         let (block, offset) = self.params.push(self.gpu, bytemuck::cast_slice(params));
         let psize = ((params.len() * 4) as u64).div_ceil(16) * 16;
         let key = BindKey {

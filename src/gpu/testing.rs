@@ -75,6 +75,22 @@ impl KernelRunner {
         buffers: &[&[u8]],
         groups: (u32, u32),
     ) -> Result<Vec<Vec<u8>>> {
+        self.run_q_rows(kernel, wdt, quant, 0, params, buffers, groups)
+    }
+
+    /// As [`run_q`](Self::run_q), with the `ROWS` override constant (rows per team of
+    /// [`Kernel::QMatVec`]) set to `rows` unless it is 0.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_q_rows(
+        &self,
+        kernel: Kernel,
+        wdt: Option<DType>,
+        quant: Option<(u32, u32)>,
+        rows: u32,
+        params: &[u32],
+        buffers: &[&[u8]],
+        groups: (u32, u32),
+    ) -> Result<Vec<Vec<u8>>> {
         let gpu = &self.gpu;
         let bufs: Vec<wgpu::Buffer> = buffers
             .iter()
@@ -93,7 +109,7 @@ impl KernelRunner {
         let mut arena = ParamArena::default();
         let mut rec = Recorder::new(gpu, &mut arena, None);
         let binds: Vec<Bind<'_>> = bufs.iter().map(Bind::from).collect();
-        rec.dispatch_q(kernel, wdt, quant, params, &binds, groups);
+        rec.dispatch_q_rows(kernel, wdt, quant, rows, params, &binds, groups);
         let parts: Vec<(&wgpu::Buffer, u64, u64)> = bufs
             .iter()
             .zip(buffers)
@@ -196,6 +212,23 @@ impl GpuBench {
         groups: (u32, u32),
         iters: u32,
     ) -> Result<f64> {
+        self.time_rotating_rows(kernel, wdt, quant, 0, params, sets, groups, iters)
+    }
+
+    /// As [`time_rotating`](Self::time_rotating), with the `ROWS` override constant (rows
+    /// per team of [`Kernel::QMatVec`]) set to `rows` unless it is 0.
+    #[allow(clippy::too_many_arguments)]
+    pub fn time_rotating_rows(
+        &self,
+        kernel: Kernel,
+        wdt: Option<DType>,
+        quant: Option<(u32, u32)>,
+        rows: u32,
+        params: &[u32],
+        sets: &[Vec<&DeviceBuffer>],
+        groups: (u32, u32),
+        iters: u32,
+    ) -> Result<f64> {
         let gpu = &self.gpu;
         let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("bench readback"),
@@ -214,7 +247,7 @@ impl GpuBench {
         // Warm-up: compile and run each set once.
         let mut rec = Recorder::new(gpu, &mut arena, None);
         for binds in &sets {
-            rec.dispatch_q(kernel, wdt, quant, params, binds, groups);
+            rec.dispatch_q_rows(kernel, wdt, quant, rows, params, binds, groups);
         }
         rec.read(&[], &staging)?;
         let mut timer = super::Timer::new(gpu);
@@ -222,7 +255,15 @@ impl GpuBench {
         let t0 = std::time::Instant::now();
         let mut rec = Recorder::new(gpu, &mut arena, timer.as_mut());
         for i in 0..iters.max(1) as usize {
-            rec.dispatch_q(kernel, wdt, quant, params, &sets[i % sets.len()], groups);
+            rec.dispatch_q_rows(
+                kernel,
+                wdt,
+                quant,
+                rows,
+                params,
+                &sets[i % sets.len()],
+                groups,
+            );
         }
         rec.read(&[], &staging)?;
         let wall = t0.elapsed().as_secs_f64();

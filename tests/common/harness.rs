@@ -76,6 +76,23 @@ pub fn run_kernel_on(
     buffers: &[&[u8]],
     groups: (u32, u32),
 ) -> Vec<Vec<u8>> {
+    run_kernel_rows_on(on, kernel, wdt, quant, 0, params, buffers, groups)
+}
+
+/// As [`run_kernel_on`], with the `ROWS` pipeline constant (rows per team of qmatvec) set
+/// to `rows` unless it is 0.
+#[allow(clippy::too_many_arguments)]
+#[allow(dead_code)] // not every test file that includes the harness uses it
+pub fn run_kernel_rows_on(
+    on: &KernelRunner,
+    kernel: Kernel,
+    wdt: Option<DType>,
+    quant: Option<(u32, u32)>,
+    rows: u32,
+    params: &[u32],
+    buffers: &[&[u8]],
+    groups: (u32, u32),
+) -> Vec<Vec<u8>> {
     let (fields, bindings) = interface(kernel);
     assert_eq!(
         params.len(),
@@ -93,7 +110,7 @@ pub fn run_kernel_on(
     );
     assert_eq!(kernel.reads_weights(), wdt.is_some(), "{}", kernel.name());
     assert_eq!(kernel.is_quantized(), quant.is_some(), "{}", kernel.name());
-    on.run_q(kernel, wdt, quant, params, buffers, groups)
+    on.run_q_rows(kernel, wdt, quant, rows, params, buffers, groups)
         .unwrap_or_else(|e| panic!("{} ({wdt:?}, {quant:?}): {e}", kernel.name()))
 }
 
