@@ -183,6 +183,17 @@ fn main() -> Result<()> {
                 secs,
                 n as f64 / secs
             );
+            let profile = moestream::gpu::testing::take_profile();
+            if !profile.is_empty() {
+                println!("GPU profile of this prefill:");
+                for (kernel, k, secs) in profile.iter().take(8) {
+                    println!(
+                        "  {kernel:<16} {k:>7} dispatches {:>8.2} ms {:>8.1} us each",
+                        secs * 1e3,
+                        secs * 1e6 / *k as f64
+                    );
+                }
+            }
         }
         if std::env::args().any(|a| a == "--resident-only") {
             break;
