@@ -10,6 +10,7 @@ mod layout;
 mod memory;
 mod packed;
 mod safetensors_store;
+mod split_read;
 
 pub use aligned::AlignedBuf;
 pub use layout::{ExpertLayout, ExpertRole, ExpertTensor};
