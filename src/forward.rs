@@ -8,7 +8,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
-use crate::gpu::{GpuMatrix, GpuVec, Recorder};
+use crate::gpu::{GpuMatrix, GpuVec, Recorder, Size};
 use crate::model::ModelInner;
 use crate::sampling::Candidate;
 use crate::session::Scratch;
@@ -190,12 +190,14 @@ impl Pass<'_> {
         let n = self.n;
         let a = &layer.attn;
         self.rmsnorm(&s.x, &layer.input_norm, &s.xn, n, h, 0);
-        // q, k, v as [n, q_dim + 2 kv_dim] rows of `qkv` (one mat-vec) or in `q`, `k`, `v`.
+        // q, k, v as [n, q_dim + 2 kv_dim] rows of `qkv` (one mat-vec) or in `q`, `k`, `v`:
+        // their buffers, the token strides of q and of k/v, and their offsets in a token row.
         let (qd, kvd) = (nh * hd, nkv * hd);
-        let (qb, kb, vb, stride, offs) = match &a.qkv {
+        let (qb, kb, vb, q_stride, kv_stride, offs) = match &a.qkv {
             Qkv::Fused { w, bias } => {
                 self.linear(w, &s.xn, &s.qkv, bias.as_ref(), None);
-                (&s.qkv, &s.qkv, &s.qkv, qd + 2 * kvd, [0, qd, qd + kvd])
+                let row = qd + 2 * kvd;
+                (&s.qkv, &s.qkv, &s.qkv, row, row, [0, qd, qd + kvd])
             }
             Qkv::Separate {
                 q,
@@ -208,14 +210,8 @@ impl Pass<'_> {
                 self.linear(q, &s.xn, &s.q, q_bias.as_ref(), None);
                 self.linear(k, &s.xn, &s.k, k_bias.as_ref(), None);
                 self.linear(v, &s.xn, &s.v, v_bias.as_ref(), None);
-                (&s.q, &s.k, &s.v, 0, [0, 0, 0])
+                (&s.q, &s.k, &s.v, qd, kvd, [0, 0, 0])
             }
-        };
-        // Token strides of q and of k/v in their buffers.
-        let (q_stride, kv_stride) = if stride == 0 {
-            (qd, kvd)
-        } else {
-            (stride, stride)
         };
         // q_norm + RoPE into `qr`; k_norm + RoPE straight into the layer's K cache at the
         // current position, with v copied into the V cache by the same dispatch.
@@ -504,15 +500,19 @@ impl Pass<'_> {
             (&s.assign).into(),
             (&s.moe_h).into(),
         ];
-        match indirect {
-            None => self
-                .rec
-                .dispatch_q(*kernel, Some(*wdt), *quant, &params, &binds, groups),
-            Some((args, at)) => {
-                self.rec
-                    .dispatch_indirect(*kernel, Some(*wdt), *quant, &params, &binds, args, at)
-            }
-        }
+        // The grid: direct, or read on the GPU `skip` bytes past the page's arguments.
+        let size = |groups: (u32, u32), skip: u64| match indirect {
+            None => Size::Direct(groups),
+            Some((args, at)) => Size::Indirect(args, at + skip),
+        };
+        self.rec.dispatch_sized(
+            *kernel,
+            Some(*wdt),
+            *quant,
+            &params,
+            &binds,
+            size(groups, 0),
+        );
         let (kernel, wdt, quant, tail) = &kernels.down;
         let mut params = vec![hs, is, start, count];
         params.extend_from_slice(tail);
@@ -530,20 +530,14 @@ impl Pass<'_> {
             (&s.assign_w).into(),
             (&s.moe_o).into(),
         ];
-        match indirect {
-            None => self
-                .rec
-                .dispatch_q(*kernel, Some(*wdt), *quant, &params, &binds, groups),
-            Some((args, at)) => self.rec.dispatch_indirect(
-                *kernel,
-                Some(*wdt),
-                *quant,
-                &params,
-                &binds,
-                args,
-                at + 12,
-            ),
-        }
+        self.rec.dispatch_sized(
+            *kernel,
+            Some(*wdt),
+            *quant,
+            &params,
+            &binds,
+            size(groups, 12),
+        );
     }
 
     /// The MoE block of one decode token without a host round trip: the routing kernel maps

@@ -206,7 +206,7 @@ pub const ATTENTION_MAX_SPLITS: u32 = 256;
 /// (a multiple of 16), about 512 workgroups in all (enough to fill a large GPU) but no range
 /// shorter than 16 keys, and at most [`ATTENTION_MAX_SPLITS`] ranges.
 pub fn attention_splits(n_keys: u32, n_heads: u32) -> (u32, u32) {
-    let target = (512 / n_heads.max(1)).clamp(1, ATTENTION_MAX_SPLITS);
+    let target = attention_most_splits(n_heads);
     let chunk = n_keys.max(1).div_ceil(target).div_ceil(16) * 16;
     (chunk, n_keys.max(1).div_ceil(chunk))
 }
@@ -214,8 +214,12 @@ pub fn attention_splits(n_keys: u32, n_heads: u32) -> (u32, u32) {
 /// f32 values of the partial softmax states [`Kernel::AttentionSplit`] writes for one
 /// decode step: `(head_dim + 2)` per head and key range.
 pub fn attention_part_floats(n_heads: u32, head_dim: u32) -> u64 {
-    let most = (512 / n_heads.max(1)).clamp(1, ATTENTION_MAX_SPLITS);
-    u64::from(n_heads) * u64::from(most) * u64::from(head_dim + 2)
+    u64::from(n_heads) * u64::from(attention_most_splits(n_heads)) * u64::from(head_dim + 2)
+}
+
+/// Key ranges per head of the split decode attention at most: about 512 workgroups in all.
+fn attention_most_splits(n_heads: u32) -> u32 {
+    (512 / n_heads.max(1)).clamp(1, ATTENTION_MAX_SPLITS)
 }
 
 /// Grid of [`Kernel::Copy`] over `vec4_words` 16-byte words.

@@ -94,8 +94,9 @@ impl<'a> From<&'a wgpu::Buffer> for Bind<'a> {
     }
 }
 
-/// How many workgroups a dispatch runs.
-enum Size<'a> {
+/// How many workgroups a dispatch runs: a grid, or one read on the GPU from a buffer at a
+/// byte offset (three u32: x, y, z), as written by an earlier kernel.
+pub(crate) enum Size<'a> {
     Direct((u32, u32)),
     Indirect(&'a wgpu::Buffer, u64),
 }
@@ -291,28 +292,18 @@ impl<'a> Recorder<'a> {
         self.record(kernel, wdt, quant, rows, params, bufs, Size::Direct(groups));
     }
 
-    /// As [`dispatch_q`](Self::dispatch_q), with the workgroup counts read on the GPU from
-    /// `args` at `offset` (three u32: x, y, z), as written by an earlier kernel.
-    #[allow(clippy::too_many_arguments)]
-    pub fn dispatch_indirect(
+    /// As [`dispatch_q`](Self::dispatch_q), with the grid given as a [`Size`] (direct, or
+    /// read on the GPU).
+    pub fn dispatch_sized(
         &mut self,
         kernel: Kernel,
         wdt: Option<DType>,
         quant: Option<(u32, u32)>,
         params: &[u32],
         bufs: &[Bind<'_>],
-        args: &wgpu::Buffer,
-        offset: u64,
+        size: Size<'_>,
     ) {
-        self.record(
-            kernel,
-            wdt,
-            quant,
-            0,
-            params,
-            bufs,
-            Size::Indirect(args, offset),
-        );
+        self.record(kernel, wdt, quant, 0, params, bufs, size);
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -35,13 +35,16 @@ pub(crate) fn read_parts(
     parts: Vec<ReadPart<'_>>,
     align: usize,
 ) -> Result<(), (usize, std::io::Error)> {
+    let work = |units: Run<'_>| -> Result<(), (usize, std::io::Error)> {
+        for (i, p) in units {
+            read_exact_at(p.file, p.buf, p.offset).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    };
     let total: usize = parts.iter().map(|p| p.buf.len()).sum();
     let threads = (total / MIN_PART).clamp(1, MAX_THREADS);
     if threads == 1 {
-        for (i, p) in parts.into_iter().enumerate() {
-            read_exact_at(p.file, p.buf, p.offset).map_err(|e| (i, e))?;
-        }
-        return Ok(());
+        return work(parts.into_iter().enumerate().collect());
     }
     let align = align.max(1);
     let run = total.div_ceil(threads).div_ceil(align) * align;
@@ -74,12 +77,6 @@ pub(crate) fn read_parts(
             buf = tail;
         }
     }
-    let work = |units: Run<'_>| -> Result<(), (usize, std::io::Error)> {
-        for (i, p) in units {
-            read_exact_at(p.file, p.buf, p.offset).map_err(|e| (i, e))?;
-        }
-        Ok(())
-    };
     // Each run waits in a slot: a thread takes it, or, if the thread cannot be started,
     // the calling thread does.
     let mut runs = runs.into_iter();
