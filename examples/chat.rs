@@ -19,8 +19,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use moestream::{
-    Chat, ChatMessage, FinishReason, GenerateOptions, GenerationConfig, GenerationEvent, Model,
-    Tokenizer,
+    Chat, ChatMessage, FinishReason, GenerateOptions, GenerationConfig, Model, Tokenizer,
 };
 
 #[derive(Parser, Debug)]
@@ -138,22 +137,7 @@ fn run(args: Args) -> moestream::Result<()> {
                 continue;
             }
         };
-        let mut done = None;
-        for event in generation {
-            match event? {
-                GenerationEvent::Token { text, .. } => {
-                    let _ = out.write_all(text.as_bytes());
-                    let _ = out.flush();
-                }
-                GenerationEvent::Done(c) => {
-                    let _ = out.write_all(c.text.as_bytes());
-                    let _ = writeln!(out);
-                    done = Some(*c);
-                }
-                _ => {}
-            }
-        }
-        if let Some(c) = done {
+        if let Some(c) = demo::stream_text(generation, &mut out)? {
             let st = &c.stats;
             eprintln!(
                 "[{}; {} tokens, {:.2} tok/s, first token after {:.2}s; prompt {} tokens, {} from cache; expert hit rate {:.1}%, {:.1} MiB read]",

@@ -28,9 +28,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use moestream::{
-    ChatMessage, GenerateOptions, GenerationConfig, GenerationEvent, Model, Prompt, Tokenizer,
-};
+use moestream::{ChatMessage, GenerateOptions, GenerationConfig, Model, Prompt, Tokenizer};
 
 #[derive(Parser, Debug)]
 #[command(about = "Generate text with moestream, streaming experts from storage")]
@@ -235,23 +233,10 @@ fn run(args: Args) -> moestream::Result<()> {
             cfg.eos_token_ids.clone(),
         );
     };
-    let mut out = std::io::stdout();
-    let mut done = None;
-    for event in session.generate(&tokenizer, Prompt::Ids(prompt_ids), &options)? {
-        match event? {
-            GenerationEvent::Token { text, .. } => {
-                let _ = out.write_all(text.as_bytes());
-                let _ = out.flush();
-            }
-            GenerationEvent::Done(c) => {
-                let _ = out.write_all(c.text.as_bytes());
-                let _ = writeln!(out);
-                done = Some(*c);
-            }
-            _ => {}
-        }
-    }
-    let Some(c) = done else { return Ok(()) };
+    let generation = session.generate(&tokenizer, Prompt::Ids(prompt_ids), &options)?;
+    let Some(c) = demo::stream_text(generation, &mut std::io::stdout())? else {
+        return Ok(());
+    };
     let st = &c.stats;
     let total = session.stats();
     eprintln!(

@@ -3,9 +3,11 @@
 //! nonsense words, ChatML special tokens and template), so the text path runs without a
 //! download. Its output is meaningless: the weights are random.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use moestream::synthetic::SyntheticSpec;
+use moestream::{Completion, GenerationEvent};
 
 /// Where the demo model is written: `$MOESTREAM_CACHE`, `$XDG_CACHE_HOME/moestream`,
 /// `~/.cache/moestream`, or the temp folder.
@@ -129,4 +131,28 @@ pub fn apply_sampling_flags(
         s.top_k = k;
     }
     s.seed = seed;
+}
+
+/// Writes a generation's text to `out` as it streams (then the text held back to the end
+/// and a newline) and returns its completion, if it got that far.
+pub fn stream_text(
+    events: impl IntoIterator<Item = moestream::Result<GenerationEvent>>,
+    out: &mut impl Write,
+) -> moestream::Result<Option<Completion>> {
+    let mut done = None;
+    for event in events {
+        match event? {
+            GenerationEvent::Token { text, .. } => {
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+            GenerationEvent::Done(c) => {
+                let _ = out.write_all(c.text.as_bytes());
+                let _ = writeln!(out);
+                done = Some(*c);
+            }
+            _ => {}
+        }
+    }
+    Ok(done)
 }
