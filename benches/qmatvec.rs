@@ -27,6 +27,9 @@ use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
 use moestream::{AffineQuant, DType, Result, WeightFormat};
 
+/// qmatvec flags: x in the interleaved layout the engine's decode steps use.
+const X_INTERLEAVED: u32 = 4;
+
 /// Bytes of weights cycled through, to defeat caches (H200 L2 is 60 MB).
 const ROTATE_BYTES: u64 = 768 << 20;
 
@@ -213,7 +216,7 @@ fn qmatvec(
             Some(q.scale_dtype),
             Some((q.bits, q.group_size)),
             rpt,
-            &[rows as u32, cols as u32, 0, 0, 0, sw, bw, team],
+            &[rows as u32, cols as u32, 0, X_INTERLEAVED, 0, sw, bw, team],
             &sets,
             kernels::qmatvec_groups(rows as u32, team, rpt),
             (4 * copies as u32).max(200),
@@ -323,6 +326,7 @@ fn experts(
                 us,
                 ub,
                 team,
+                0b11, // x read and h written interleaved, as in decode
             ],
             &sets,
             kernels::moe_gate_up_q_groups(inter as u32, k as u32, team),
@@ -372,6 +376,7 @@ fn experts(
                 ds,
                 db,
                 team,
+                1, // h interleaved, as in decode
             ],
             &sets,
             kernels::moe_down_q_groups(hidden as u32, k as u32, team),

@@ -6,6 +6,7 @@ struct Params {
     n_heads: u32,
     head_dim: u32,
     n_splits: u32,
+    flags: u32, // bit 0: write out in the interleaved layout (include/interleave.wgsl)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -56,6 +57,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var s = 0u; s < ns; s++) {
             a += wts[s] * part[base + s * stride + 2u + d];
         }
-        out[h * p.head_dim + d] = a / total;
+        let j = h * p.head_dim + d;
+        out[select(j, interleaved(j, p.n_heads * p.head_dim), (p.flags & 1u) != 0u)] = a / total;
     }
 }

@@ -8,7 +8,8 @@
 // Workgroup (wid.x, wid.y) works on assignment assign_base + wid.y, as qmatvec.wgsl does:
 // 64 / team teams of 4 rows, lane l of a team taking the 32-code blocks l, l + team, ...
 // (include/qblock.wgsl), two per iteration; rows past `hidden` re-read the last row (branch-free loads, sums
-// dropped).
+// dropped). The rows of h are in the natural or, with flags bit 0, the interleaved layout
+// (include/interleave.wgsl).
 struct Params {
     hidden: u32,
     inter: u32,
@@ -19,6 +20,7 @@ struct Params {
     down_s: u32,
     down_b: u32,
     team: u32,
+    flags: u32, // bit 0: h rows interleaved
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -52,15 +54,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let nb = p.inter / 32u;
     let base = a * (p.inter / 4u);
     let rows = vec4<u32>(ja, jb, jc, jd);
+    let il = (p.flags & 1u) != 0u;
     var b = lane;
     // Two blocks per iteration: the loads of both are in flight together.
     for (; b + team < nb; b += 2u * team) {
-        let s0 = step(base, b, rows, dq, ds, db);
-        let s1 = step(base, b + team, rows, dq, ds, db);
+        let s0 = step(base, b, nb, il, rows, dq, ds, db);
+        let s1 = step(base, b + team, nb, il, rows, dq, ds, db);
         acc += s0 + s1;
     }
     if (b < nb) {
-        acc += step(base, b, rows, dq, ds, db);
+        acc += step(base, b, nb, il, rows, dq, ds, db);
     }
     let total = team_sum(acc, lid, team);
     if (lane == 0u) {
@@ -73,7 +76,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 // The sums of block b of rows `rows` of D with the assignment's h (its row at vec4 `base`).
-fn step(base: u32, b: u32, rows: vec4<u32>, dq: u32, ds: u32, db: u32) -> vec4<f32> {
-    let hv = load_x32(base + 8u * b);
+fn step(base: u32, b: u32, nb: u32, il: bool, rows: vec4<u32>, dq: u32, ds: u32,
+        db: u32) -> vec4<f32> {
+    let hv = load_x32(base, b, nb, il);
     return rows_block(dq, ds, db, p.inter, rows, b, hv, x32_sum(hv));
 }

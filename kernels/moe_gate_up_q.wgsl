@@ -11,6 +11,8 @@
 // l, l + team, ... (include/qblock.wgsl), two per iteration, with x loaded once per block
 // for the 8 rows;
 // rows past `inter` re-read the last row (branch-free loads, sums dropped).
+// The rows of x and h are in the natural or the interleaved layout
+// (include/interleave.wgsl), as `flags` says.
 struct Params {
     hidden: u32,
     inter: u32,
@@ -24,6 +26,7 @@ struct Params {
     up_s: u32,
     up_b: u32,
     team: u32,
+    flags: u32, // bit 0: x rows interleaved, bit 1: write h rows interleaved
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -60,15 +63,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let nb = p.hidden / 32u;
     let base = token * (p.hidden / 4u);
     let rows = vec4<u32>(ia, ib, ic, id);
+    let il = (p.flags & 1u) != 0u;
     var b = lane;
     // Two blocks per iteration: the loads of both are in flight together.
     for (; b + team < nb; b += 2u * team) {
-        let s0 = step(base, b, rows, gq, gs, gb, uq, us, ub);
-        let s1 = step(base, b + team, rows, gq, gs, gb, uq, us, ub);
+        let s0 = step(base, b, nb, il, rows, gq, gs, gb, uq, us, ub);
+        let s1 = step(base, b + team, nb, il, rows, gq, gs, gb, uq, us, ub);
         acc = Pair(acc.g + s0.g + s1.g, acc.u + s0.u + s1.u);
     }
     if (b < nb) {
-        let s0 = step(base, b, rows, gq, gs, gb, uq, us, ub);
+        let s0 = step(base, b, nb, il, rows, gq, gs, gb, uq, us, ub);
         acc = Pair(acc.g + s0.g, acc.u + s0.u);
     }
     let g = acc.g;
@@ -79,7 +83,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var i = 0u; i < 4u; i++) {
             if (i0 + i < p.inter) {
                 let gate = gt[i];
-                h[a * p.inter + i0 + i] = gate / (1.0 + exp(-gate)) * ut[i];
+                let j = select(i0 + i, interleaved(i0 + i, p.inter), (p.flags & 2u) != 0u);
+                h[a * p.inter + j] = gate / (1.0 + exp(-gate)) * ut[i];
             }
         }
     }
@@ -92,9 +97,9 @@ struct Pair {
 }
 
 // The sums of block b of rows `rows` of G and U with the token's x (its row at vec4 `base`).
-fn step(base: u32, b: u32, rows: vec4<u32>, gq: u32, gs: u32, gb: u32, uq: u32, us: u32,
-        ub: u32) -> Pair {
-    let xs = load_x32(base + 8u * b);
+fn step(base: u32, b: u32, nb: u32, il: bool, rows: vec4<u32>, gq: u32, gs: u32, gb: u32,
+        uq: u32, us: u32, ub: u32) -> Pair {
+    let xs = load_x32(base, b, nb, il);
     let xsum = x32_sum(xs);
     return Pair(
         rows_block(gq, gs, gb, p.hidden, rows, b, xs, xsum),

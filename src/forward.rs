@@ -23,6 +23,13 @@ fn bits(f: f32) -> u32 {
     f.to_bits()
 }
 
+/// Whether a normalization of `rows` rows of `len` values also writes its row in the
+/// interleaved layout (`kernels/include/interleave.wgsl`): decode rows whose length the
+/// layout allows.
+fn interleaves(rows: usize, len: usize) -> bool {
+    rows == 1 && len % 32 == 0
+}
+
 /// The state one forward pass works on.
 pub(crate) struct Pass<'a> {
     pub m: &'a ModelInner,
@@ -46,12 +53,13 @@ pub(crate) struct Pass<'a> {
 /// the host records the rest.
 const RESIDENT_SUBMIT_EVERY: usize = 4;
 
-impl Pass<'_> {
-    /// y = x W^T (+ bias) (+ resid) for `self.n` tokens.
+impl<'a> Pass<'a> {
+    /// y = x W^T (+ bias) (+ resid) for `self.n` tokens; `x.1`: x is one row in the
+    /// interleaved layout (only for a quantized `w` and one token, see [`Pass::input`]).
     fn linear(
         &mut self,
         w: &GpuMatrix,
-        x: &wgpu::Buffer,
+        x: (&wgpu::Buffer, bool),
         y: &wgpu::Buffer,
         bias: Option<&GpuVec>,
         resid: Option<&wgpu::Buffer>,
@@ -59,17 +67,31 @@ impl Pass<'_> {
         self.linear_n(w, x, y, bias, resid, self.n);
     }
 
+    /// The input of a mat-vec by `w` normalized by [`Pass::rmsnorm`] over `rows` rows of
+    /// `len` values: the interleaved copy `xi` when the norm wrote one and `w` is quantized
+    /// (its kernel reads that layout with fewer cache lines per load), else `xn`.
+    fn input(&self, w: &GpuMatrix, rows: usize, len: usize) -> (&'a wgpu::Buffer, bool) {
+        if interleaves(rows, len) && matches!(w.format, WeightFormat::Affine(_)) {
+            (&self.s.xi, true)
+        } else {
+            (&self.s.xn, false)
+        }
+    }
+
     fn linear_n(
         &mut self,
         w: &GpuMatrix,
-        x: &wgpu::Buffer,
+        (x, interleaved): (&wgpu::Buffer, bool),
         y: &wgpu::Buffer,
         bias: Option<&GpuVec>,
         resid: Option<&wgpu::Buffer>,
         n: usize,
     ) {
         let dummy = &self.m.gpu.dummy;
-        let flags = u32::from(bias.is_some()) | (u32::from(resid.is_some()) << 1);
+        debug_assert!(!interleaved || (n == 1 && matches!(w.format, WeightFormat::Affine(_))));
+        let flags = u32::from(bias.is_some())
+            | (u32::from(resid.is_some()) << 1)
+            | (u32::from(interleaved) << 2);
         let bias_buf = bias.map_or(dummy, |b| &b.buffer);
         let resid_buf = resid.unwrap_or(dummy);
         for (buf, row0, rows) in &w.chunks {
@@ -127,6 +149,8 @@ impl Pass<'_> {
         }
     }
 
+    /// RMSNorm of `rows` rows of `len` values of x (from `x_offset`) into y; a single row
+    /// of a multiple of 32 values is also written interleaved into `xi` ([`interleaves`]).
     fn rmsnorm(
         &mut self,
         x: &wgpu::Buffer,
@@ -137,11 +161,20 @@ impl Pass<'_> {
         x_offset: usize,
     ) {
         let eps = self.m.cfg.rms_norm_eps;
+        let il = interleaves(rows, len);
+        let yi = if il { &self.s.xi } else { &self.m.gpu.dummy };
         self.rec.dispatch(
             Kernel::RmsNorm,
             None,
-            &[len as u32, rows as u32, bits(eps), x_offset as u32, 0],
-            &[x.into(), w.bind(), y.into()],
+            &[
+                len as u32,
+                rows as u32,
+                bits(eps),
+                x_offset as u32,
+                0,
+                u32::from(il),
+            ],
+            &[x.into(), w.bind(), y.into(), yi.into()],
             grid(rows),
         );
     }
@@ -195,7 +228,7 @@ impl Pass<'_> {
         let (qd, kvd) = (nh * hd, nkv * hd);
         let (qb, kb, vb, q_stride, kv_stride, offs) = match &a.qkv {
             Qkv::Fused { w, bias } => {
-                self.linear(w, &s.xn, &s.qkv, bias.as_ref(), None);
+                self.linear(w, self.input(w, n, h), &s.qkv, bias.as_ref(), None);
                 let row = qd + 2 * kvd;
                 (&s.qkv, &s.qkv, &s.qkv, row, row, [0, qd, qd + kvd])
             }
@@ -207,9 +240,9 @@ impl Pass<'_> {
                 k_bias,
                 v_bias,
             } => {
-                self.linear(q, &s.xn, &s.q, q_bias.as_ref(), None);
-                self.linear(k, &s.xn, &s.k, k_bias.as_ref(), None);
-                self.linear(v, &s.xn, &s.v, v_bias.as_ref(), None);
+                self.linear(q, self.input(q, n, h), &s.q, q_bias.as_ref(), None);
+                self.linear(k, self.input(k, n, h), &s.k, k_bias.as_ref(), None);
+                self.linear(v, self.input(v, n, h), &s.v, v_bias.as_ref(), None);
                 (&s.q, &s.k, &s.v, qd, kvd, [0, 0, 0])
             }
         };
@@ -276,9 +309,12 @@ impl Pass<'_> {
         );
         // As transformers: `head_dim ** -0.5` in double precision, rounded to f32.
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        // The merge of a decode step writes its output interleaved for a quantized o_proj.
+        let mut o_interleaved = false;
         if n == 1 && hd % 4 == 0 {
             // Decode: many workgroups over short key ranges, then one merge per head
             // (the split kernel reads heads as vec4s).
+            o_interleaved = matches!(a.o.format, WeightFormat::Affine(_)) && (nh * hd) % 32 == 0;
             let (chunk, splits) = kernels::attention_splits(self.pos0 as u32 + 1, nh as u32);
             self.rec.dispatch(
                 Kernel::AttentionSplit,
@@ -298,7 +334,7 @@ impl Pass<'_> {
             self.rec.dispatch(
                 Kernel::AttentionMerge,
                 None,
-                &[nh as u32, hd as u32, splits],
+                &[nh as u32, hd as u32, splits, u32::from(o_interleaved)],
                 &[(&s.attn_part).into(), (&s.attn).into()],
                 (nh as u32, 1),
             );
@@ -318,7 +354,13 @@ impl Pass<'_> {
                 (nh as u32, n as u32),
             );
         }
-        self.linear(&a.o, &s.attn, &s.h, a.o_bias.as_ref(), Some(&s.x));
+        self.linear(
+            &a.o,
+            (&s.attn, o_interleaved),
+            &s.h,
+            a.o_bias.as_ref(),
+            Some(&s.x),
+        );
     }
 
     /// `x = h + mlp(post_norm(h))` for a dense layer, or the MoE equivalent.
@@ -329,8 +371,8 @@ impl Pass<'_> {
         self.rmsnorm(&s.h, &layer.post_norm, &s.xn, n, h, 0);
         match &layer.mlp {
             Mlp::Dense { gate, up, down } => {
-                self.linear(gate, &s.xn, &s.mlp_g, None, None);
-                self.linear(up, &s.xn, &s.mlp_u, None, None);
+                self.linear(gate, self.input(gate, n, h), &s.mlp_g, None, None);
+                self.linear(up, self.input(up, n, h), &s.mlp_u, None, None);
                 let len = n * gate.rows;
                 self.rec.dispatch(
                     Kernel::SwiGlu,
@@ -339,7 +381,7 @@ impl Pass<'_> {
                     &[(&s.mlp_g).into(), (&s.mlp_u).into(), (&s.mlp_a).into()],
                     grid(len.div_ceil(64)),
                 );
-                self.linear(down, &s.mlp_a, &s.x, None, Some(&s.h));
+                self.linear(down, (&s.mlp_a, false), &s.x, None, Some(&s.h));
                 Ok(())
             }
             Mlp::Moe { router } => self.moe(l, router),
@@ -351,7 +393,13 @@ impl Pass<'_> {
         let s = self.s;
         let cfg = &m.cfg;
         let (n, k, ne) = (self.n, cfg.num_experts_per_tok, cfg.num_experts);
-        self.linear(router, &s.xn, &s.router_logits, None, None);
+        self.linear(
+            router,
+            self.input(router, n, cfg.hidden_size),
+            &s.router_logits,
+            None,
+            None,
+        );
         if self.resident {
             // The routing kernel routes from the logits itself.
             return self.moe_resident(l);
@@ -485,18 +533,22 @@ impl Pass<'_> {
         let cfg = &self.m.cfg;
         let (hs, is) = (cfg.hidden_size as u32, cfg.moe_intermediate_size as u32);
         let (kernel, wdt, quant, tail) = &kernels.gate_up;
+        // Quantized kernels read a decode token's x interleaved, and write h interleaved
+        // when the down projection is quantized too.
+        let x_il = quant.is_some() && interleaves(self.n, cfg.hidden_size);
+        let h_il = quant.is_some() && kernels.down.2.is_some();
         let mut params = vec![hs, is, start, count];
         params.extend_from_slice(tail);
         let team = self.m.gpu.team(cfg.hidden_size);
         let groups = if quant.is_some() {
-            params.push(team);
+            params.extend([team, u32::from(x_il) | (u32::from(h_il) << 1)]);
             kernels::moe_gate_up_q_groups(is, count, team)
         } else {
             (is, count)
         };
         let binds = [
             page.into(),
-            (&s.xn).into(),
+            (if x_il { &s.xi } else { &s.xn }).into(),
             (&s.assign).into(),
             (&s.moe_h).into(),
         ];
@@ -518,7 +570,7 @@ impl Pass<'_> {
         params.extend_from_slice(tail);
         let team = self.m.gpu.team(cfg.moe_intermediate_size);
         let groups = if quant.is_some() {
-            params.push(team);
+            params.extend([team, u32::from(h_il)]);
             kernels::moe_down_q_groups(hs, count, team)
         } else {
             (hs, count)
@@ -648,7 +700,8 @@ impl Pass<'_> {
         let h = self.m.cfg.hidden_size;
         let v = self.m.cfg.vocab_size;
         self.rmsnorm(&s.x, &w.final_norm, &s.xn, 1, h, (self.n - 1) * h);
-        self.linear_n(w.lm_head(), &s.xn, &s.logits, None, None, 1);
+        let head = w.lm_head();
+        self.linear_n(head, self.input(head, 1, h), &s.logits, None, None, 1);
         let mut parts = Vec::with_capacity(extra.len() + 1);
         if let Some(n) = top {
             let groups = kernels::topk_groups(v as u32);

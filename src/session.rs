@@ -18,6 +18,9 @@ pub(crate) struct Scratch {
     pub x: wgpu::Buffer,
     pub h: wgpu::Buffer,
     pub xn: wgpu::Buffer,
+    /// A single normalized row (decode) again, in the interleaved layout of
+    /// `kernels/include/interleave.wgsl` that the quantized mat-vec kernels read fastest.
+    pub xi: wgpu::Buffer,
     pub q: wgpu::Buffer,
     pub k: wgpu::Buffer,
     pub v: wgpu::Buffer,
@@ -242,6 +245,7 @@ impl Session {
             x: buf("x", cap * h),
             h: buf("h", cap * h),
             xn: buf("xn", cap * h),
+            xi: buf("xi", h),
             q: buf("q", cap * qd),
             k: buf("k", cap * kvd),
             v: buf("v", cap * kvd),

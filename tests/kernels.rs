@@ -366,6 +366,9 @@ fn rmsnorm() {
                 let mut written = vec![false; want.len()];
                 written[y_offset..y_offset + rows * n].fill(true);
                 let groups = if two_d { grid_2d(rows, 4) } else { grid(rows) };
+                // Rows of a multiple of 32 values are also written interleaved (at row * n).
+                let il = n % 32 == 0;
+                let yi_before = rng.vec(rows * n + 3, 1.0);
                 let out = run(
                     Kernel::RmsNorm,
                     None,
@@ -375,14 +378,28 @@ fn rmsnorm() {
                         eps.to_bits(),
                         x_offset as u32,
                         y_offset as u32,
+                        u32::from(il),
                     ],
-                    &[&f32_bytes(&x), &f32_bytes(&w), &f32_bytes(&before)],
+                    &[
+                        &f32_bytes(&x),
+                        &f32_bytes(&w),
+                        &f32_bytes(&before),
+                        &f32_bytes(&yi_before),
+                    ],
                     groups,
                 );
                 let got = to_f32(&out[2]);
                 ck.untouched(&case, &got, &before, &written);
                 // Each output is x * inv * w: no cancellation, so no floor.
                 ck.close(&case, &pick(&got, &written), &norm, REDUCTION);
+                let yi = to_f32(&out[3]);
+                let mut yi_written = vec![false; yi.len()];
+                if il {
+                    yi_written[..rows * n].fill(true);
+                    let case = format!("{case} interleaved");
+                    ck.close(&case, &deinterleave(&yi[..rows * n], n), &norm, REDUCTION);
+                }
+                ck.untouched(&case, &yi, &yi_before, &yi_written);
             }
         }
     }
@@ -820,15 +837,25 @@ fn attention_split_and_merge() {
             ],
             (nh as u32, splits),
         );
-        let before = rng.vec(nh * hd, 1.0);
-        let merged = run(
-            Kernel::AttentionMerge,
-            None,
-            &[nh as u32, hd as u32, splits],
-            &[&out[3], &f32_bytes(&before)],
-            (nh as u32, 1),
-        );
-        ck.close(&case, &to_f32(&merged[1]), &want, REDUCTION.floor(0.1));
+        for il in [false, true] {
+            if il && (nh * hd) % 32 != 0 {
+                continue;
+            }
+            let before = rng.vec(nh * hd, 1.0);
+            let merged = run(
+                Kernel::AttentionMerge,
+                None,
+                &[nh as u32, hd as u32, splits, u32::from(il)],
+                &[&out[3], &f32_bytes(&before)],
+                (nh as u32, 1),
+            );
+            let mut got = to_f32(&merged[1]);
+            if il {
+                got = deinterleave(&got, nh * hd);
+            }
+            let case = format!("{case} interleaved {il}");
+            ck.close(&case, &got, &want, REDUCTION.floor(0.1));
+        }
     }
     ck.report();
 }

@@ -443,7 +443,9 @@ fn qmatvec() {
                 for &cols in QMATVEC_COLS.iter().filter(|&&c| c % group as usize == 0) {
                     for &rows in &QMATVEC_ROWS {
                         case_no += 1;
-                        let flags = (case_no % 4) as u32;
+                        // Bias, residual, and every third case x interleaved.
+                        let il = case_no % 3 == 0;
+                        let flags = (case_no % 4) as u32 | (u32::from(il) << 2);
                         // Every other case writes into the middle of a wider output at
                         // row_base, reads x from x_offset (a multiple of 4: x is read as
                         // vec4s), on a 2-D grid.
@@ -452,20 +454,19 @@ fn qmatvec() {
                             if shifted { (6, 5, 12) } else { (0, 0, 0) };
                         let total = row_base + rows + extra;
                         let case = format!(
-                            "{bits}-bit g{group} {dtype} rows {rows} cols {cols} flags {flags} row_base {row_base}"
+                            "{bits}-bit g{group} {dtype} rows {rows} cols {cols} flags {flags:#x} row_base {row_base}"
                         );
                         let m = QMat::random(&mut rng, rows, cols, q);
-                        let x = rng.vec(x_offset + cols + 3, 1.0);
+                        let mut x = rng.vec(x_offset + cols + 3, 1.0);
+                        let x_row = x[x_offset..x_offset + cols].to_vec();
+                        if il {
+                            let row = interleave(&x_row, cols);
+                            x[x_offset..x_offset + cols].copy_from_slice(&row);
+                        }
                         let bias = rng.vec(total, 1.0);
                         let resid = rng.vec(total, 1.0);
                         let before = rng.vec(total, 1.0);
-                        let mut want = reference::matmul(
-                            &m.values,
-                            rows,
-                            cols,
-                            &x[x_offset..x_offset + cols],
-                            1,
-                        );
+                        let mut want = reference::matmul(&m.values, rows, cols, &x_row, 1);
                         for (r, v) in want.iter_mut().enumerate() {
                             if flags & 1 != 0 {
                                 *v += bias[row_base + r];
@@ -882,12 +883,16 @@ fn moe_gate_up_q() {
             .flat_map(|&(t, s)| [t as u32, s as u32])
             .collect();
         let x = rng.vec(n_tokens * hidden, 1.0);
-        for ((base, count), (on, team, how)) in [(0usize, n_assign), (2, 4)]
+        let x_il = interleave(&x, hidden);
+        for (run_no, ((base, count), (on, team, how))) in [(0usize, n_assign), (2, 4)]
             .into_iter()
             .flat_map(|bc| team_setups(hidden).into_iter().map(move |t| (bc, t)))
+            .enumerate()
         {
+            // x read interleaved (bit 0) and h written interleaved (bit 1), in turn.
+            let flags = (run_no % 4) as u32;
             let case = format!(
-                "{}-bit g{} {} hidden {hidden} inter {inter} assign {base}+{count} {how}",
+                "{}-bit g{} {} hidden {hidden} inter {inter} assign {base}+{count} {how} flags {flags}",
                 gu.bits, gu.group_size, gu.scale_dtype
             );
             let before = rng.vec(n_assign * inter, 1.0);
@@ -922,16 +927,24 @@ fn moe_gate_up_q() {
                     u[1],
                     u[2],
                     team,
+                    flags,
                 ],
                 &[
                     &pg.bytes,
-                    &f32_bytes(&x),
+                    &f32_bytes(if flags & 1 != 0 { &x_il } else { &x }),
                     &u32_bytes(&pairs),
                     &f32_bytes(&before),
                 ],
                 kernels::moe_gate_up_q_groups(inter as u32, count as u32, team),
             );
-            let got = to_f32(&out[3]);
+            let mut got = to_f32(&out[3]);
+            if flags & 2 != 0 {
+                // The rows written interleaved, back to the natural layout.
+                for row in got.chunks_exact_mut(inter).skip(base).take(count) {
+                    let natural = deinterleave(row, inter);
+                    row.copy_from_slice(&natural);
+                }
+            }
             ck.untouched(&case, &got, &before, &written);
             ck.close(&case, &pick(&got, &written), &want, REDUCTION.floor(floor));
         }
@@ -953,13 +966,17 @@ fn moe_down_q() {
             .flat_map(|&(t, s)| [t as u32, s as u32])
             .collect();
         let h = rng.vec(n_assign * inter, 2.0);
+        let h_il = interleave(&h, inter);
         let route_w: Vec<f32> = (0..n_assign).map(|_| 0.5 + 0.5 * rng.f32()).collect();
-        for ((base, count), (on, team, how)) in [(0usize, n_assign), (3, 2)]
+        for (run_no, ((base, count), (on, team, how))) in [(0usize, n_assign), (3, 2)]
             .into_iter()
             .flat_map(|bc| team_setups(inter).into_iter().map(move |t| (bc, t)))
+            .enumerate()
         {
+            // h read interleaved in every other run.
+            let flags = (run_no % 2) as u32;
             let case = format!(
-                "{}-bit g{} {} hidden {hidden} inter {inter} assign {base}+{count} {how}",
+                "{}-bit g{} {} hidden {hidden} inter {inter} assign {base}+{count} {how} flags {flags}",
                 down.bits, down.group_size, down.scale_dtype
             );
             let before = rng.vec(n_assign * hidden, 1.0);
@@ -989,10 +1006,11 @@ fn moe_down_q() {
                     d[1],
                     d[2],
                     team,
+                    flags,
                 ],
                 &[
                     &pg.bytes,
-                    &f32_bytes(&h),
+                    &f32_bytes(if flags & 1 != 0 { &h_il } else { &h }),
                     &u32_bytes(&pairs),
                     &f32_bytes(&route_w),
                     &f32_bytes(&before),

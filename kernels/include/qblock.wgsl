@@ -30,10 +30,13 @@ struct X32 {
     h: vec4<f32>,
 }
 
-// The 32 values of x from vec4 index i.
-fn load_x32(i: u32) -> X32 {
-    return X32(x[i], x[i + 1u], x[i + 2u], x[i + 3u], x[i + 4u], x[i + 5u], x[i + 6u],
-               x[i + 7u]);
+// The 32 values of block b of the row of x starting at vec4 `row`, a row of nb blocks in
+// the natural layout or, if `il`, the interleaved one (include/interleave.wgsl).
+fn load_x32(row: u32, b: u32, nb: u32, il: bool) -> X32 {
+    let i = row + select(8u * b, b, il);
+    let s = select(1u, nb, il);
+    return X32(x[i], x[i + s], x[i + 2u * s], x[i + 3u * s], x[i + 4u * s], x[i + 5u * s],
+               x[i + 6u * s], x[i + 7u * s]);
 }
 
 // The sum of the 32 values.

@@ -147,6 +147,9 @@ pub enum Include {
     TeamSubgroup,
     /// `top_k.wgsl`: softmax and top-k routing of one token by a workgroup.
     TopK,
+    /// `interleave.wgsl`: the interleaved layout of activation rows that the team kernels
+    /// read with fewer cache lines per load.
+    Interleave,
 }
 
 impl Include {
@@ -161,6 +164,7 @@ impl Include {
             Include::TeamWorkgroup => "team_workgroup",
             Include::TeamSubgroup => "team_subgroup",
             Include::TopK => "top_k",
+            Include::Interleave => "interleave",
         }
     }
 
@@ -175,6 +179,7 @@ impl Include {
             Include::TeamWorkgroup => include_str!("../../kernels/include/team_workgroup.wgsl"),
             Include::TeamSubgroup => include_str!("../../kernels/include/team_subgroup.wgsl"),
             Include::TopK => include_str!("../../kernels/include/top_k.wgsl"),
+            Include::Interleave => include_str!("../../kernels/include/interleave.wgsl"),
         }
     }
 }
@@ -448,6 +453,12 @@ impl Kernel {
         }
         if matches!(self, Kernel::Router | Kernel::MoeRoute) {
             v.push(Include::TopK);
+        }
+        if matches!(
+            self,
+            Kernel::RmsNorm | Kernel::AttentionMerge | Kernel::MoeGateUpQ
+        ) {
+            v.push(Include::Interleave);
         }
         if self.uses_teams() {
             v.push(Include::QBlock);

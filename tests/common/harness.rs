@@ -121,6 +121,35 @@ pub fn grid(n: usize) -> (u32, u32) {
     (x, n.div_ceil(x).max(1))
 }
 
+/// The rows of `v` (each `n` values, `n` a multiple of 32) in the interleaved layout of
+/// `kernels/include/interleave.wgsl`: vec4 i of 32-value block b of a row at vec4 index
+/// i * (n / 32) + b of the row.
+pub fn interleave(v: &[f32], n: usize) -> Vec<f32> {
+    assert_eq!(n % 32, 0);
+    let nb = n / 32;
+    let mut out = vec![f32::NAN; v.len()];
+    for (row_in, row_out) in v.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        for (j, &val) in row_in.iter().enumerate() {
+            let (b, i, c) = (j / 32, j % 32 / 4, j % 4);
+            row_out[4 * (i * nb + b) + c] = val;
+        }
+    }
+    out
+}
+
+/// The inverse of [`interleave`].
+pub fn deinterleave(v: &[f32], n: usize) -> Vec<f32> {
+    let nb = n / 32;
+    let mut out = vec![f32::NAN; v.len()];
+    for (row_in, row_out) in v.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        for (j, o) in row_out.iter_mut().enumerate() {
+            let (b, i, c) = (j / 32, j % 32 / 4, j % 4);
+            *o = row_in[4 * (i * nb + b) + c];
+        }
+    }
+    out
+}
+
 pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
