@@ -27,8 +27,16 @@ use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
 use moestream::{AffineQuant, DType, Result, WeightFormat};
 
-/// qmatvec flags: x in the interleaved layout the engine's decode steps use.
-const X_INTERLEAVED: u32 = 4;
+/// qmatvec flags: x in the layout the engine's decode steps use: 8+8-bit blocks for
+/// 4-bit weights (integer dot products), else interleaved f32
+/// (`kernels/include/interleave.wgsl`).
+fn x_flags(bits: u32) -> u32 {
+    if bits == 4 {
+        8
+    } else {
+        4
+    }
+}
 
 /// Bytes of weights cycled through, to defeat caches (H200 L2 is 60 MB).
 const ROTATE_BYTES: u64 = 768 << 20;
@@ -216,7 +224,16 @@ fn qmatvec(
             Some(q.scale_dtype),
             Some((q.bits, q.group_size)),
             rpt,
-            &[rows as u32, cols as u32, 0, X_INTERLEAVED, 0, sw, bw, team],
+            &[
+                rows as u32,
+                cols as u32,
+                0,
+                x_flags(q.bits),
+                0,
+                sw,
+                bw,
+                team,
+            ],
             &sets,
             kernels::qmatvec_groups(rows as u32, team, rpt),
             (4 * copies as u32).max(200),
@@ -326,7 +343,8 @@ fn experts(
                 us,
                 ub,
                 team,
-                0b11, // x read and h written interleaved, as in decode
+                // x as decode reads it (8+8-bit for 4-bit, else interleaved), h interleaved.
+                if q.bits == 4 { 0b110 } else { 0b11 },
             ],
             &sets,
             kernels::moe_gate_up_q_groups(inter as u32, k as u32, team),

@@ -1,11 +1,12 @@
 //! Compares the engine's logits with golden logits from HF transformers.
 //!
 //! ```text
-//! cargo run --release --example conformance -- [--expert-cache-bytes N] DIR...
+//! cargo run --release --example conformance -- [--expert-cache-bytes N] [--f32-activations] DIR...
 //! ```
 //! Each DIR holds a checkpoint and a `golden.json`. Prints one line per DIR,
 //! `PASS|FAIL <DIR> max_abs_diff=<x> argmax=<agree>/<checked>`, and exits non-zero if
-//! any DIR fails.
+//! any DIR fails. `--f32-activations` dots 4-bit weights with f32 activations
+//! (`ModelBuilder::f32_activations`) instead of 8+8-bit activation blocks.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,12 +15,13 @@ use moestream::golden::{check, Golden};
 use moestream::Model;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: conformance [--expert-cache-bytes N] DIR...");
+    eprintln!("usage: conformance [--expert-cache-bytes N] [--f32-activations] DIR...");
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let mut budget: Option<u64> = None;
+    let mut f32_activations = false;
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -31,8 +33,9 @@ fn main() -> ExitCode {
                     return usage();
                 }
             },
+            "--f32-activations" => f32_activations = true,
             "-h" | "--help" => {
-                println!("usage: conformance [--expert-cache-bytes N] DIR...");
+                println!("usage: conformance [--expert-cache-bytes N] [--f32-activations] DIR...");
                 return ExitCode::SUCCESS;
             }
             s if s.starts_with("--") => {
@@ -49,7 +52,7 @@ fn main() -> ExitCode {
     for dir in &dirs {
         let result = (|| {
             let golden = Golden::load(dir)?;
-            let mut builder = Model::builder(dir);
+            let mut builder = Model::builder(dir).f32_activations(f32_activations);
             if let Some(b) = budget {
                 builder = builder.expert_cache_bytes(b);
             }

@@ -12,7 +12,8 @@
 // for the 8 rows;
 // rows past `inter` re-read the last row (branch-free loads, sums dropped).
 // The rows of x and h are in the natural or the interleaved layout
-// (include/interleave.wgsl), as `flags` says.
+// (include/interleave.wgsl), as `flags` says; with flags bit 2 (4-bit experts only, else
+// h is NaN) x is one row (token 0) in the 8+8-bit layout of that file.
 struct Params {
     hidden: u32,
     inter: u32,
@@ -26,7 +27,7 @@ struct Params {
     up_s: u32,
     up_b: u32,
     team: u32,
-    flags: u32, // bit 0: x rows interleaved, bit 1: write h rows interleaved
+    flags: u32, // bit 0: x rows interleaved, bit 1: write h rows interleaved, bit 2: x 8+8-bit
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -65,13 +66,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let rows = vec4<u32>(ia, ib, ic, id);
     let il = (p.flags & 1u) != 0u;
     var b = lane;
+    let q8 = (p.flags & 4u) != 0u;
+    if (q8 && BITS == 4u) {
+        for (; b + team < nb; b += 2u * team) {
+            let s0 = step_q8(b, nb, rows, gq, gs, gb, uq, us, ub);
+            let s1 = step_q8(b + team, nb, rows, gq, gs, gb, uq, us, ub);
+            acc = Pair(acc.g + s0.g + s1.g, acc.u + s0.u + s1.u);
+        }
+        if (b < nb) {
+            let s0 = step_q8(b, nb, rows, gq, gs, gb, uq, us, ub);
+            acc = Pair(acc.g + s0.g, acc.u + s0.u);
+        }
+    }
     // Two blocks per iteration: the loads of both are in flight together.
-    for (; b + team < nb; b += 2u * team) {
+    for (; !q8 && b + team < nb; b += 2u * team) {
         let s0 = step(base, b, nb, il, rows, gq, gs, gb, uq, us, ub);
         let s1 = step(base, b + team, nb, il, rows, gq, gs, gb, uq, us, ub);
         acc = Pair(acc.g + s0.g + s1.g, acc.u + s0.u + s1.u);
     }
-    if (b < nb) {
+    if (!q8 && b < nb) {
         let s0 = step(base, b, nb, il, rows, gq, gs, gb, uq, us, ub);
         acc = Pair(acc.g + s0.g, acc.u + s0.u);
     }
@@ -84,7 +97,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (i0 + i < p.inter) {
                 let gate = gt[i];
                 let j = select(i0 + i, interleaved(i0 + i, p.inter), (p.flags & 2u) != 0u);
-                h[a * p.inter + j] = gate / (1.0 + exp(-gate)) * ut[i];
+                var v = gate / (1.0 + exp(-gate)) * ut[i];
+                if (q8 && BITS != 4u) {
+                    v = bitcast<f32>(0x7fc00000u); // NaN: the 8+8-bit x needs 4-bit experts
+                }
+                h[a * p.inter + j] = v;
             }
         }
     }
@@ -104,5 +121,15 @@ fn step(base: u32, b: u32, nb: u32, il: bool, rows: vec4<u32>, gq: u32, gs: u32,
     return Pair(
         rows_block(gq, gs, gb, p.hidden, rows, b, xs, xsum),
         rows_block(uq, us, ub, p.hidden, rows, b, xs, xsum),
+    );
+}
+
+// `step` with x in the 8+8-bit layout.
+fn step_q8(b: u32, nb: u32, rows: vec4<u32>, gq: u32, gs: u32, gb: u32, uq: u32, us: u32,
+           ub: u32) -> Pair {
+    let xq = load_xq8(b, nb);
+    return Pair(
+        rows_block_q8(gq, gs, gb, p.hidden, rows, b, xq),
+        rows_block_q8(uq, us, ub, p.hidden, rows, b, xq),
     );
 }

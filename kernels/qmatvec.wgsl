@@ -6,7 +6,9 @@
 // x is read as vec4s: x_offset must be a multiple of 4 (a token's row of a [tokens, cols]
 // activation always is, cols being a multiple of 32); otherwise every output is NaN. With
 // flags bit 2 the row of x at x_offset is in the interleaved layout
-// (include/interleave.wgsl), whose loads touch 8x fewer cache lines.
+// (include/interleave.wgsl), whose loads touch 8x fewer cache lines; with bit 3 (4-bit
+// weights only, else the outputs are NaN) x is one row in the 8+8-bit layout of that file
+// at the start of the buffer, dotted with integer dot products.
 //
 // A workgroup of 64 invocations is 64 / team teams (`team` a power of two from 4 to 64; in
 // the subgroup variant, the subgroup size); each team computes ROWS (a pipeline constant:
@@ -22,7 +24,7 @@ struct Params {
     rows: u32,
     cols: u32,
     row_base: u32,
-    flags: u32, // bit 0: add bias, bit 1: add residual, bit 2: x interleaved
+    flags: u32, // bit 0: add bias, bit 1: add residual, bit 2: x interleaved, bit 3: x 8+8-bit
     x_offset: u32, // in floats, a multiple of 4
     scales_word: u32,
     biases_word: u32,
@@ -57,7 +59,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var b = lane;
     // Two blocks per iteration: the loads of both are in flight together. ROWS is a
     // pipeline constant: the compiler keeps only one of these loops.
-    if (ROWS == 4u) {
+    let q8 = (p.flags & 8u) != 0u;
+    if (q8 && BITS == 4u) {
+        for (; b + team < nb; b += 2u * team) {
+            acc += step_q8(b, nb, ra, rb, rc, rd) + step_q8(b + team, nb, ra, rb, rc, rd);
+        }
+        if (b < nb) {
+            acc += step_q8(b, nb, ra, rb, rc, rd);
+        }
+    } else if (ROWS == 4u) {
         for (; b + team < nb; b += 2u * team) {
             let s0 = step(b, ra, rb, rc, rd);
             let s1 = step(b + team, ra, rb, rc, rd);
@@ -95,8 +105,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             if (r0 + i < p.rows) {
                 let o = p.row_base + r0 + i;
                 var v = total[i];
-                if ((p.x_offset & 3u) != 0u) {
-                    v = bitcast<f32>(0x7fc00000u); // NaN: a misaligned x_offset is not supported
+                if ((p.x_offset & 3u) != 0u || (q8 && BITS != 4u)) {
+                    v = bitcast<f32>(0x7fc00000u); // NaN: unsupported x_offset or layout
                 }
                 if ((p.flags & 1u) != 0u) {
                     v += bias[o];
@@ -108,6 +118,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
     }
+}
+
+// The sums of block b of the team's ROWS rows (the first of ra..rd) with x in the 8+8-bit
+// layout.
+fn step_q8(b: u32, nb: u32, ra: u32, rb: u32, rc: u32, rd: u32) -> vec4<f32> {
+    let xq = load_xq8(b, nb);
+    let s = p.scales_word;
+    let c = p.biases_word;
+    let first = row_block_q8(0u, s, c, p.cols, ra, b, xq);
+    if (ROWS == 4u) {
+        return vec4<f32>(first, row_block_q8(0u, s, c, p.cols, rb, b, xq),
+                         row_block_q8(0u, s, c, p.cols, rc, b, xq),
+                         row_block_q8(0u, s, c, p.cols, rd, b, xq));
+    }
+    if (ROWS == 2u) {
+        return vec4<f32>(first, row_block_q8(0u, s, c, p.cols, rb, b, xq), 0.0, 0.0);
+    }
+    return vec4<f32>(first, 0.0, 0.0, 0.0);
 }
 
 // The sums of block b of rows ra..rd with x, for the 4 rows of a team.

@@ -3,7 +3,8 @@
 // Each invocation keeps four loads in flight (a row of 2048 is two rounds of loads, not
 // the 32 dependent ones of a plain strided loop). With flags bit 0 each row is also written
 // to yi in the interleaved layout (include/interleave.wgsl; n a multiple of 32), the row
-// at row * n, for the quantized mat-vec kernels.
+// at row * n, and with bit 1 to yq in the 8+8-bit layout of that file (the row at
+// row * 18 n / 32 words), for the quantized mat-vec kernels.
 struct Params {
     n: u32,
     rows: u32,
@@ -18,9 +19,11 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read_write> yi: array<f32>;
+@group(0) @binding(5) var<storage, read_write> yq: array<u32>;
 
 const WG: u32 = 256u;
 var<workgroup> red: array<f32, 256>;
+var<workgroup> red2: array<f32, 256>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -75,5 +78,62 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         if (il) {
             yi[row * n + interleaved(i, n)] = o;
         }
+    }
+    if ((p.flags & 2u) != 0u) {
+        workgroupBarrier(); // red[0] has been read by all
+        write_q8(row, xb, inv, lid);
+    }
+}
+
+// The row in the 8+8-bit layout: 4 invocations per 32-value block, 8 values each.
+fn write_q8(row: u32, xb: u32, inv: f32, lid: u32) {
+    let n = p.n;
+    let nb = n / 32u;
+    let base = row * 18u * nb;
+    for (var t0 = 0u; t0 < 4u * nb; t0 += WG) {
+        let t = t0 + lid;
+        // Values 8t .. 8t + 7: block t / 4, eighth t % 4 of it (clamped when past the row).
+        let j = min(8u * t, n - 8u);
+        let va = vec4<f32>(w[j], w[j + 1u], w[j + 2u], w[j + 3u])
+            * (vec4<f32>(x[xb + j], x[xb + j + 1u], x[xb + j + 2u], x[xb + j + 3u]) * inv);
+        let vb = vec4<f32>(w[j + 4u], w[j + 5u], w[j + 6u], w[j + 7u])
+            * (vec4<f32>(x[xb + j + 4u], x[xb + j + 5u], x[xb + j + 6u], x[xb + j + 7u]) * inv);
+        let m = max(abs(va), abs(vb));
+        red[lid] = max(max(m.x, m.y), max(m.z, m.w));
+        workgroupBarrier();
+        let g = lid & ~3u;
+        let amax = max(max(red[g], red[g + 1u]), max(red[g + 2u], red[g + 3u]));
+        // hi = round(v * 127 / amax); lo = round(v / tq - 254 hi), tq = amax / (127 * 254).
+        let k = select(0.0, 127.0 / amax, amax > 0.0);
+        let lim = vec4<f32>(127.0);
+        let ha = clamp(round(va * k), -lim, lim);
+        let hb = clamp(round(vb * k), -lim, lim);
+        let la = clamp(round(va * (254.0 * k) - 254.0 * ha), -lim, lim);
+        let lb = clamp(round(vb * (254.0 * k) - 254.0 * hb), -lim, lim);
+        // The block's sum of the values it stands for: 254 sum(hi) + sum(lo), exact in f32.
+        red2[lid] = dot(254.0 * (ha + hb) + (la + lb), vec4<f32>(1.0));
+        workgroupBarrier();
+        let sum = ((red2[g] + red2[g + 1u]) + (red2[g + 2u] + red2[g + 3u]))
+            * (amax / (127.0 * 254.0));
+        if (t < 4u * nb) {
+            let b = t >> 2u;
+            let e = t & 3u;
+            let hi = vec4<i32>(ha);
+            let hj = vec4<i32>(hb);
+            let lo = vec4<i32>(la);
+            let lj = vec4<i32>(lb);
+            // Word 2e packs values 8e + 0, 2, 4, 6 and word 2e + 1 values 8e + 1, 3, 5, 7.
+            let wh = base + 4u * ((e >> 1u) * nb + b) + 2u * (e & 1u);
+            let wl = base + 4u * ((2u + (e >> 1u)) * nb + b) + 2u * (e & 1u);
+            yq[wh] = pack4xI8(vec4<i32>(hi.x, hi.z, hj.x, hj.z));
+            yq[wh + 1u] = pack4xI8(vec4<i32>(hi.y, hi.w, hj.y, hj.w));
+            yq[wl] = pack4xI8(vec4<i32>(lo.x, lo.z, lj.x, lj.z));
+            yq[wl + 1u] = pack4xI8(vec4<i32>(lo.y, lo.w, lj.y, lj.w));
+            if (e == 0u) {
+                yq[base + 16u * nb + 2u * b] = bitcast<u32>(amax / (127.0 * 254.0));
+                yq[base + 16u * nb + 2u * b + 1u] = bitcast<u32>(sum);
+            }
+        }
+        workgroupBarrier(); // red and red2 are read before the next round writes them
     }
 }

@@ -23,6 +23,40 @@ fn bits(f: f32) -> u32 {
     f.to_bits()
 }
 
+/// The layout of a mat-vec's input row (`kernels/include/interleave.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum XLayout {
+    /// Values in order.
+    Natural,
+    /// Interleaved for the team kernels' loads.
+    Interleaved,
+    /// 8+8-bit blocks for integer dot products with 4-bit codes.
+    Q8,
+}
+
+impl XLayout {
+    /// The layout a quantized kernel of `bits` reads a decode row in (f32 values unless
+    /// 4-bit and not `f32_activations`, see `ModelBuilder::f32_activations`).
+    fn for_bits(bits: u32, f32_activations: bool) -> XLayout {
+        if bits == 4 && !f32_activations {
+            XLayout::Q8
+        } else {
+            XLayout::Interleaved
+        }
+    }
+}
+
+impl Scratch {
+    /// The buffer holding the normalized decode row in `layout`.
+    fn row_in(&self, layout: XLayout) -> &wgpu::Buffer {
+        match layout {
+            XLayout::Natural => &self.xn,
+            XLayout::Interleaved => &self.xi,
+            XLayout::Q8 => &self.xq,
+        }
+    }
+}
+
 /// Whether a normalization of `rows` rows of `len` values also writes its row in the
 /// interleaved layout (`kernels/include/interleave.wgsl`): decode rows whose length the
 /// layout allows.
@@ -54,12 +88,12 @@ pub(crate) struct Pass<'a> {
 const RESIDENT_SUBMIT_EVERY: usize = 4;
 
 impl<'a> Pass<'a> {
-    /// y = x W^T (+ bias) (+ resid) for `self.n` tokens; `x.1`: x is one row in the
-    /// interleaved layout (only for a quantized `w` and one token, see [`Pass::input`]).
+    /// y = x W^T (+ bias) (+ resid) for `self.n` tokens, x in layout `x.1` (other than
+    /// natural only for a quantized `w` and one token, see [`Pass::input`]).
     fn linear(
         &mut self,
         w: &GpuMatrix,
-        x: (&wgpu::Buffer, bool),
+        x: (&wgpu::Buffer, XLayout),
         y: &wgpu::Buffer,
         bias: Option<&GpuVec>,
         resid: Option<&wgpu::Buffer>,
@@ -68,30 +102,39 @@ impl<'a> Pass<'a> {
     }
 
     /// The input of a mat-vec by `w` normalized by [`Pass::rmsnorm`] over `rows` rows of
-    /// `len` values: the interleaved copy `xi` when the norm wrote one and `w` is quantized
-    /// (its kernel reads that layout with fewer cache lines per load), else `xn`.
-    fn input(&self, w: &GpuMatrix, rows: usize, len: usize) -> (&'a wgpu::Buffer, bool) {
-        if interleaves(rows, len) && matches!(w.format, WeightFormat::Affine(_)) {
-            (&self.s.xi, true)
-        } else {
-            (&self.s.xn, false)
+    /// `len` values: when the norm wrote the other layouts and `w` is quantized, the
+    /// 8+8-bit copy `xq` for 4-bit weights (integer dot products) or the interleaved copy
+    /// `xi` (fewer cache lines per load); else `xn`.
+    fn input(&self, w: &GpuMatrix, rows: usize, len: usize) -> (&'a wgpu::Buffer, XLayout) {
+        match w.format {
+            WeightFormat::Affine(q) if interleaves(rows, len) => {
+                let layout = XLayout::for_bits(q.bits, self.m.f32_activations);
+                (self.s.row_in(layout), layout)
+            }
+            _ => (&self.s.xn, XLayout::Natural),
         }
     }
 
     fn linear_n(
         &mut self,
         w: &GpuMatrix,
-        (x, interleaved): (&wgpu::Buffer, bool),
+        (x, layout): (&wgpu::Buffer, XLayout),
         y: &wgpu::Buffer,
         bias: Option<&GpuVec>,
         resid: Option<&wgpu::Buffer>,
         n: usize,
     ) {
         let dummy = &self.m.gpu.dummy;
-        debug_assert!(!interleaved || (n == 1 && matches!(w.format, WeightFormat::Affine(_))));
+        debug_assert!(
+            layout == XLayout::Natural || (n == 1 && matches!(w.format, WeightFormat::Affine(_)))
+        );
         let flags = u32::from(bias.is_some())
             | (u32::from(resid.is_some()) << 1)
-            | (u32::from(interleaved) << 2);
+            | match layout {
+                XLayout::Natural => 0,
+                XLayout::Interleaved => 4,
+                XLayout::Q8 => 8,
+            };
         let bias_buf = bias.map_or(dummy, |b| &b.buffer);
         let resid_buf = resid.unwrap_or(dummy);
         for (buf, row0, rows) in &w.chunks {
@@ -150,7 +193,8 @@ impl<'a> Pass<'a> {
     }
 
     /// RMSNorm of `rows` rows of `len` values of x (from `x_offset`) into y; a single row
-    /// of a multiple of 32 values is also written interleaved into `xi` ([`interleaves`]).
+    /// of a multiple of 32 values is also written interleaved into `xi` and in 8+8-bit
+    /// blocks into `xq` ([`interleaves`]).
     fn rmsnorm(
         &mut self,
         x: &wgpu::Buffer,
@@ -162,7 +206,11 @@ impl<'a> Pass<'a> {
     ) {
         let eps = self.m.cfg.rms_norm_eps;
         let il = interleaves(rows, len);
-        let yi = if il { &self.s.xi } else { &self.m.gpu.dummy };
+        let (yi, yq) = if il {
+            (&self.s.xi, &self.s.xq)
+        } else {
+            (&self.m.gpu.dummy, &self.m.gpu.dummy)
+        };
         self.rec.dispatch(
             Kernel::RmsNorm,
             None,
@@ -172,9 +220,9 @@ impl<'a> Pass<'a> {
                 bits(eps),
                 x_offset as u32,
                 0,
-                u32::from(il),
+                if il { 3 } else { 0 },
             ],
-            &[x.into(), w.bind(), y.into(), yi.into()],
+            &[x.into(), w.bind(), y.into(), yi.into(), yq.into()],
             grid(rows),
         );
     }
@@ -311,6 +359,7 @@ impl<'a> Pass<'a> {
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
         // The merge of a decode step writes its output interleaved for a quantized o_proj.
         let mut o_interleaved = false;
+
         if n == 1 && hd % 4 == 0 {
             // Decode: many workgroups over short key ranges, then one merge per head
             // (the split kernel reads heads as vec4s).
@@ -356,7 +405,14 @@ impl<'a> Pass<'a> {
         }
         self.linear(
             &a.o,
-            (&s.attn, o_interleaved),
+            (
+                &s.attn,
+                if o_interleaved {
+                    XLayout::Interleaved
+                } else {
+                    XLayout::Natural
+                },
+            ),
             &s.h,
             a.o_bias.as_ref(),
             Some(&s.x),
@@ -381,7 +437,7 @@ impl<'a> Pass<'a> {
                     &[(&s.mlp_g).into(), (&s.mlp_u).into(), (&s.mlp_a).into()],
                     grid(len.div_ceil(64)),
                 );
-                self.linear(down, (&s.mlp_a, false), &s.x, None, Some(&s.h));
+                self.linear(down, (&s.mlp_a, XLayout::Natural), &s.x, None, Some(&s.h));
                 Ok(())
             }
             Mlp::Moe { router } => self.moe(l, router),
@@ -535,20 +591,30 @@ impl<'a> Pass<'a> {
         let (kernel, wdt, quant, tail) = &kernels.gate_up;
         // Quantized kernels read a decode token's x interleaved, and write h interleaved
         // when the down projection is quantized too.
-        let x_il = quant.is_some() && interleaves(self.n, cfg.hidden_size);
+        let x_layout = match quant {
+            Some((bits, _)) if interleaves(self.n, cfg.hidden_size) => {
+                XLayout::for_bits(*bits, self.m.f32_activations)
+            }
+            _ => XLayout::Natural,
+        };
         let h_il = quant.is_some() && kernels.down.2.is_some();
         let mut params = vec![hs, is, start, count];
         params.extend_from_slice(tail);
         let team = self.m.gpu.team(cfg.hidden_size);
         let groups = if quant.is_some() {
-            params.extend([team, u32::from(x_il) | (u32::from(h_il) << 1)]);
+            let x_flags = match x_layout {
+                XLayout::Natural => 0,
+                XLayout::Interleaved => 1,
+                XLayout::Q8 => 4,
+            };
+            params.extend([team, x_flags | (u32::from(h_il) << 1)]);
             kernels::moe_gate_up_q_groups(is, count, team)
         } else {
             (is, count)
         };
         let binds = [
             page.into(),
-            (if x_il { &s.xi } else { &s.xn }).into(),
+            s.row_in(x_layout).into(),
             (&s.assign).into(),
             (&s.moe_h).into(),
         ];

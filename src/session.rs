@@ -21,6 +21,9 @@ pub(crate) struct Scratch {
     /// A single normalized row (decode) again, in the interleaved layout of
     /// `kernels/include/interleave.wgsl` that the quantized mat-vec kernels read fastest.
     pub xi: wgpu::Buffer,
+    /// The same row in the 8+8-bit layout that the 4-bit kernels read (18 words per 32
+    /// values).
+    pub xq: wgpu::Buffer,
     pub q: wgpu::Buffer,
     pub k: wgpu::Buffer,
     pub v: wgpu::Buffer,
@@ -246,6 +249,7 @@ impl Session {
             h: buf("h", cap * h),
             xn: buf("xn", cap * h),
             xi: buf("xi", h),
+            xq: buf("xq", h / 32 * 18),
             q: buf("q", cap * qd),
             k: buf("k", cap * kvd),
             v: buf("v", cap * kvd),

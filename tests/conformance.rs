@@ -132,3 +132,22 @@ fn prefill_reads_each_needed_expert_once_per_layer() {
         );
     }
 }
+
+/// With f32 activations every fixture stays within 1e-4 of its golden logits (the default
+/// 8+8-bit activation blocks of 4-bit models move them by up to ~5e-4; the f32 path is
+/// the one to compare against f32 references tightly).
+#[test]
+fn f32_activations_match_golden_tightly() {
+    for dir in common::fixtures() {
+        let golden = Golden::load(&dir).unwrap();
+        let model = Model::builder(&dir).f32_activations(true).build().unwrap();
+        let report = check(&model, &golden, &dir).unwrap();
+        println!("f32 activations: {report}");
+        assert!(report.passed(), "{report}");
+        assert!(
+            report.max_abs_diff <= 1e-4,
+            "{}: f32 activations drifted: {report}",
+            dir.display()
+        );
+    }
+}

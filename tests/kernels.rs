@@ -366,9 +366,11 @@ fn rmsnorm() {
                 let mut written = vec![false; want.len()];
                 written[y_offset..y_offset + rows * n].fill(true);
                 let groups = if two_d { grid_2d(rows, 4) } else { grid(rows) };
-                // Rows of a multiple of 32 values are also written interleaved (at row * n).
+                // Rows of a multiple of 32 values are also written interleaved (at row * n)
+                // and in the 8+8-bit layout (at row * 18 n / 32 words).
                 let il = n % 32 == 0;
                 let yi_before = rng.vec(rows * n + 3, 1.0);
+                let yq_before = vec![0x7fc0_0000u32; rows * n / 32 * 18 + 3];
                 let out = run(
                     Kernel::RmsNorm,
                     None,
@@ -378,13 +380,14 @@ fn rmsnorm() {
                         eps.to_bits(),
                         x_offset as u32,
                         y_offset as u32,
-                        u32::from(il),
+                        if il { 3 } else { 0 },
                     ],
                     &[
                         &f32_bytes(&x),
                         &f32_bytes(&w),
                         &f32_bytes(&before),
                         &f32_bytes(&yi_before),
+                        &u32_bytes(&yq_before),
                     ],
                     groups,
                 );
@@ -400,6 +403,44 @@ fn rmsnorm() {
                     ck.close(&case, &deinterleave(&yi[..rows * n], n), &norm, REDUCTION);
                 }
                 ck.untouched(&case, &yi, &yi_before, &yi_written);
+                let yq = to_u32(&out[4]);
+                let rq = n / 32 * 18;
+                if il {
+                    for (r, want) in norm.chunks_exact(n).enumerate() {
+                        let (vals, ts, sums) = q8_decode(&yq[r * rq..(r + 1) * rq], n);
+                        for (b, blk) in want.chunks_exact(32).enumerate() {
+                            let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                            let t_want = amax / (127.0 * 254.0);
+                            assert!(
+                                (ts[b] - t_want).abs() <= 1e-5 * t_want,
+                                "{case} row {r} block {b}: t {} want {t_want}",
+                                ts[b]
+                            );
+                            // The sum of the values the block stands for.
+                            let s_want: f32 = vals[32 * b..32 * (b + 1)].iter().sum();
+                            let s_tol = 1e-5 * blk.iter().map(|v| v.abs()).sum::<f32>();
+                            assert!(
+                                (sums[b] - s_want).abs() <= s_tol,
+                                "{case} row {r} block {b}: sum {} want {s_want}",
+                                sums[b]
+                            );
+                            // Each value within half a step of lo (t / 2), plus rounding.
+                            for (j, &v) in blk.iter().enumerate() {
+                                let got = vals[32 * b + j];
+                                assert!(
+                                    (got - v).abs() <= 0.51 * t_want + 1e-6 * v.abs(),
+                                    "{case} row {r} value {}: 8+8-bit {got} want {v}",
+                                    32 * b + j
+                                );
+                            }
+                        }
+                    }
+                }
+                let tail = if il { rows * rq } else { 0 };
+                assert!(
+                    yq[tail..].iter().all(|&w| w == 0x7fc0_0000),
+                    "{case}: 8+8-bit words written past the rows"
+                );
             }
         }
     }

@@ -31,7 +31,7 @@
 //! There is no skipping: without a GPU adapter every test fails (CI runs lavapipe).
 
 use moestream::gpu::kernels::{self, Kernel};
-use moestream::gpu::testing::KernelRunner;
+use moestream::gpu::testing::{self, KernelRunner};
 use moestream::reference;
 use moestream::{AffineQuant, DType, ExpertLayout, WeightFormat};
 
@@ -443,9 +443,12 @@ fn qmatvec() {
                 for &cols in QMATVEC_COLS.iter().filter(|&&c| c % group as usize == 0) {
                     for &rows in &QMATVEC_ROWS {
                         case_no += 1;
-                        // Bias, residual, and every third case x interleaved.
+                        // Bias, residual, and every third case x interleaved; 4-bit cases
+                        // with x at offset 0, every third x in the 8+8-bit layout.
                         let il = case_no % 3 == 0;
-                        let flags = (case_no % 4) as u32 | (u32::from(il) << 2);
+                        let q8 = bits == 4 && case_no % 6 == 4;
+                        let flags =
+                            (case_no % 4) as u32 | (u32::from(il) << 2) | (u32::from(q8) << 3);
                         // Every other case writes into the middle of a wider output at
                         // row_base, reads x from x_offset (a multiple of 4: x is read as
                         // vec4s), on a 2-D grid.
@@ -458,10 +461,18 @@ fn qmatvec() {
                         );
                         let m = QMat::random(&mut rng, rows, cols, q);
                         let mut x = rng.vec(x_offset + cols + 3, 1.0);
-                        let x_row = x[x_offset..x_offset + cols].to_vec();
+                        let mut x_row = x[x_offset..x_offset + cols].to_vec();
+                        let mut x_bytes = None;
                         if il {
                             let row = interleave(&x_row, cols);
                             x[x_offset..x_offset + cols].copy_from_slice(&row);
+                        }
+                        if q8 {
+                            // The kernel's exact input: the values the layout stands for.
+                            assert_eq!(x_offset, 0);
+                            let (words, values) = testing::q8_row(&x_row);
+                            x_bytes = Some(u32_bytes(&words));
+                            x_row = values;
                         }
                         let bias = rng.vec(total, 1.0);
                         let resid = rng.vec(total, 1.0);
@@ -502,7 +513,7 @@ fn qmatvec() {
                             ],
                             &[
                                 &m.bytes,
-                                &f32_bytes(&x),
+                                &x_bytes.unwrap_or_else(|| f32_bytes(&x)),
                                 &f32_bytes(&bias),
                                 &f32_bytes(&resid),
                                 &f32_bytes(&before),
@@ -608,6 +619,43 @@ fn qmatvec_misaligned_x_offset_is_loud() {
             got.iter().all(|v| v.is_nan()),
             "x_offset {x_offset}: {got:?}"
         );
+    }
+}
+
+#[test]
+fn q8_activations_with_other_bit_widths_are_loud() {
+    // The 8+8-bit activation layout pairs with 4-bit codes only; with other widths the
+    // mat-vec writes NaN rather than a wrong dot product (moe_gate_up_q does the same).
+    let mut rng = Rng::new(13);
+    let (rows, cols) = (5usize, 64usize);
+    for bits in [2u32, 3, 8] {
+        let q = quant(bits, 32, DType::F16);
+        let m = QMat::random(&mut rng, rows, cols, q);
+        let (words, _) = testing::q8_row(&rng.vec(cols, 1.0));
+        let out = run(
+            Kernel::QMatVec,
+            &q,
+            &[
+                rows as u32,
+                cols as u32,
+                0,
+                8,
+                0,
+                m.scales_word,
+                m.biases_word,
+                runner().team(cols),
+            ],
+            &[
+                &m.bytes,
+                &u32_bytes(&words),
+                &[],
+                &[],
+                &f32_bytes(&vec![0.0; rows]),
+            ],
+            kernels::qmatvec_groups(rows as u32, runner().team(cols), 4),
+        );
+        let got = to_f32(&out[4]);
+        assert!(got.iter().all(|v| v.is_nan()), "{bits}-bit: {got:?}");
     }
 }
 
@@ -878,10 +926,6 @@ fn moe_gate_up_q() {
         let (n_tokens, n_slots, n_assign) = (3, 4, 7);
         let pg = page(&mut rng, gu, down, hidden, inter, n_slots);
         let asg = assignments(&mut rng, n_tokens, n_slots, n_assign);
-        let pairs: Vec<u32> = asg
-            .iter()
-            .flat_map(|&(t, s)| [t as u32, s as u32])
-            .collect();
         let x = rng.vec(n_tokens * hidden, 1.0);
         let x_il = interleave(&x, hidden);
         for (run_no, ((base, count), (on, team, how))) in [(0usize, n_assign), (2, 4)]
@@ -889,8 +933,21 @@ fn moe_gate_up_q() {
             .flat_map(|bc| team_setups(hidden).into_iter().map(move |t| (bc, t)))
             .enumerate()
         {
-            // x read interleaved (bit 0) and h written interleaved (bit 1), in turn.
-            let flags = (run_no % 4) as u32;
+            // x read interleaved (bit 0) and h written interleaved (bit 1), in turn; for
+            // 4-bit experts every fourth run reads token 0's x in the 8+8-bit layout (as
+            // decode does), all assignments on token 0.
+            let q8 = gu.bits == 4 && run_no % 4 == 3;
+            let flags = if q8 { 4 | 2 } else { (run_no % 4) as u32 };
+            let (q8_words, x0) = testing::q8_row(&x[..hidden]);
+            let asg: Vec<(usize, usize)> = if q8 {
+                asg.iter().map(|&(_, s)| (0, s)).collect()
+            } else {
+                asg.clone()
+            };
+            let pairs: Vec<u32> = asg
+                .iter()
+                .flat_map(|&(t, s)| [t as u32, s as u32])
+                .collect();
             let case = format!(
                 "{}-bit g{} {} hidden {hidden} inter {inter} assign {base}+{count} {how} flags {flags}",
                 gu.bits, gu.group_size, gu.scale_dtype
@@ -900,7 +957,11 @@ fn moe_gate_up_q() {
             let mut written = vec![false; before.len()];
             let mut floor: f64 = 0.0;
             for (a, &(t, s)) in asg.iter().enumerate().skip(base).take(count) {
-                let xt = &x[t * hidden..(t + 1) * hidden];
+                let xt = if q8 {
+                    &x0[..]
+                } else {
+                    &x[t * hidden..(t + 1) * hidden]
+                };
                 let [g, u, _] = &pg.experts[s];
                 let gv = reference::matmul(&g.values, inter, hidden, xt, 1);
                 let uv = reference::matmul(&u.values, inter, hidden, xt, 1);
@@ -931,7 +992,11 @@ fn moe_gate_up_q() {
                 ],
                 &[
                     &pg.bytes,
-                    &f32_bytes(if flags & 1 != 0 { &x_il } else { &x }),
+                    &if q8 {
+                        u32_bytes(&q8_words)
+                    } else {
+                        f32_bytes(if flags & 1 != 0 { &x_il } else { &x })
+                    },
                     &u32_bytes(&pairs),
                     &f32_bytes(&before),
                 ],

@@ -139,3 +139,62 @@ fn rows_block(q_word: u32, s_word: u32, b_word: u32, cols: u32, rows: vec4<u32>,
         row_block(q_word, s_word, b_word, cols, rows.w, b, xs, xsum),
     );
 }
+
+// One block of a row of x in the 8+8-bit layout (include/interleave.wgsl): hi and lo as
+// 8 packed words each, the block's scale t and sum.
+struct XQ8 {
+    h0: vec4<u32>,
+    h1: vec4<u32>,
+    l0: vec4<u32>,
+    l1: vec4<u32>,
+    t: f32,
+    sum: f32,
+}
+
+// Block b of the 8+8-bit row of nb blocks at the start of x.
+fn load_xq8(b: u32, nb: u32) -> XQ8 {
+    let sp = x[4u * nb + (b >> 1u)];
+    let o = select(sp.xy, sp.zw, (b & 1u) != 0u);
+    return XQ8(bitcast<vec4<u32>>(x[b]), bitcast<vec4<u32>>(x[nb + b]),
+               bitcast<vec4<u32>>(x[2u * nb + b]), bitcast<vec4<u32>>(x[3u * nb + b]), o.x,
+               o.y);
+}
+
+// acc + (dot(codes, hi), dot(codes, lo)) for the 4 codes (bytes 0..15) of `c`.
+fn dot_q8(c: u32, hi: u32, lo: u32, acc: vec2<i32>) -> vec2<i32> {
+    return acc + vec2<i32>(dot4I8Packed(c, hi), dot4I8Packed(c, lo));
+}
+
+// `row_block` for a 4-bit row and x in the 8+8-bit layout: the integer dot products are
+// exact, so the result differs from the f32 one only by the quantization of x.
+fn row_block_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
+                xq: XQ8) -> f32 {
+    let q = w[(q_word + r * (cols / 8u) + b * 4u) >> 2u];
+    let m = 0x0f0f0f0fu;
+    var a = vec2<i32>(0);
+    a = dot_q8(q.x & m, xq.h0.x, xq.l0.x, a);
+    a = dot_q8((q.x >> 4u) & m, xq.h0.y, xq.l0.y, a);
+    a = dot_q8(q.y & m, xq.h0.z, xq.l0.z, a);
+    a = dot_q8((q.y >> 4u) & m, xq.h0.w, xq.l0.w, a);
+    a = dot_q8(q.z & m, xq.h1.x, xq.l1.x, a);
+    a = dot_q8((q.z >> 4u) & m, xq.h1.y, xq.l1.y, a);
+    a = dot_q8(q.w & m, xq.h1.z, xq.l1.z, a);
+    a = dot_q8((q.w >> 4u) & m, xq.h1.w, xq.l1.w, a);
+    // |254 hi + lo| . codes < 2^24: exact in f32.
+    let d = f32(254 * a.x + a.y) * xq.t;
+    let e = r * (cols / GROUP) + (32u * b) / GROUP;
+    let s = scale_value(word_at(scale_word(s_word, e)), e);
+    let bias = scale_value(word_at(scale_word(b_word, e)), e);
+    return s * d + bias * xq.sum;
+}
+
+// `row_block_q8` for the 4 rows `rows` of one matrix.
+fn rows_block_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, rows: vec4<u32>, b: u32,
+                 xq: XQ8) -> vec4<f32> {
+    return vec4<f32>(
+        row_block_q8(q_word, s_word, b_word, cols, rows.x, b, xq),
+        row_block_q8(q_word, s_word, b_word, cols, rows.y, b, xq),
+        row_block_q8(q_word, s_word, b_word, cols, rows.z, b, xq),
+        row_block_q8(q_word, s_word, b_word, cols, rows.w, b, xq),
+    );
+}

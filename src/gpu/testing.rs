@@ -277,3 +277,44 @@ impl GpuBench {
 pub fn take_profile() -> Vec<(String, u64, f64)> {
     super::recorder::take_profile()
 }
+
+/// A row of values (a multiple of 32) in the 8+8-bit layout of
+/// `kernels/include/interleave.wgsl`, quantized as the `rmsnorm` kernel does it, and the
+/// values that the layout stands for (`t * (254 hi + lo)` per value): the input of the
+/// 4-bit kernels' integer dot products, for their tests and benchmarks.
+pub fn q8_row(x: &[f32]) -> (Vec<u32>, Vec<f32>) {
+    let nb = x.len() / 32;
+    let mut words = vec![0u32; 18 * nb];
+    let mut values = vec![0f32; nb * 32];
+    for (b, block) in x.chunks_exact(32).enumerate() {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let k = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let t = amax / (127.0 * 254.0);
+        let mut hi = [0i32; 32];
+        let mut lo = [0i32; 32];
+        for (j, &v) in block.iter().enumerate() {
+            let h = (v * k).round().clamp(-127.0, 127.0);
+            let l = (v * (254.0 * k) - 254.0 * h).round().clamp(-127.0, 127.0);
+            hi[j] = h as i32;
+            lo[j] = l as i32;
+            values[32 * b + j] = t * (254 * hi[j] + lo[j]) as f32;
+        }
+        let pack = |q: &[i32; 32], j0: usize| -> u32 {
+            (0..4).fold(0u32, |w, i| {
+                w | (((q[j0 + 2 * i] as u32) & 0xff) << (8 * i))
+            })
+        };
+        for k8 in 0..4 {
+            for (half, j) in [(0, 8 * k8), (1, 8 * k8 + 1)] {
+                let word = 2 * k8 + half; // word of the block's 8 hi (or lo) words
+                let (vec, comp) = (word / 4, word % 4);
+                words[4 * (vec * nb + b) + comp] = pack(&hi, j);
+                words[4 * ((2 + vec) * nb + b) + comp] = pack(&lo, j);
+            }
+        }
+        words[16 * nb + 2 * b] = t.to_bits();
+        let codes: i32 = (0..32).map(|j| 254 * hi[j] + lo[j]).sum();
+        words[16 * nb + 2 * b + 1] = (codes as f32 * t).to_bits();
+    }
+    (words, values)
+}

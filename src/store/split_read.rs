@@ -141,7 +141,7 @@ mod tests {
     #[test]
     fn split_reads_equal_plain_reads() {
         let data: Vec<u8> = (0..5_000_000u32)
-            .map(|i| (i * 2_654_435_761) as u8)
+            .map(|i| i.wrapping_mul(2_654_435_761) as u8)
             .collect();
         let (path, f) = temp_file(&data);
         // Small reads (not split), one large read (split over 4 threads), and pieces of

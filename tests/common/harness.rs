@@ -150,6 +150,32 @@ pub fn deinterleave(v: &[f32], n: usize) -> Vec<f32> {
     out
 }
 
+/// The values, per-block scales t and per-block sums of a row of `n` values in the 8+8-bit
+/// layout of `kernels/include/interleave.wgsl` (the decoder of
+/// `moestream::gpu::testing::q8_row`, written from the layout's description).
+pub fn q8_decode(words: &[u32], n: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let nb = n / 32;
+    let byte = |w: u32, i: usize| f32::from((w >> (8 * i)) as u8 as i8);
+    let mut values = vec![0f32; n];
+    let (mut ts, mut sums) = (Vec::new(), Vec::new());
+    for b in 0..nb {
+        let t = f32::from_bits(words[16 * nb + 2 * b]);
+        ts.push(t);
+        sums.push(f32::from_bits(words[16 * nb + 2 * b + 1]));
+        for word in 0..8 {
+            let (vec, comp) = (word / 4, word % 4);
+            let hi = words[4 * (vec * nb + b) + comp];
+            let lo = words[4 * ((2 + vec) * nb + b) + comp];
+            // Word 2k: values 8k, 8k + 2, 8k + 4, 8k + 6; word 2k + 1: the odd ones.
+            for i in 0..4 {
+                let j = 8 * (word / 2) + (word % 2) + 2 * i;
+                values[32 * b + j] = t * (254.0 * byte(hi, i) + byte(lo, i));
+            }
+        }
+    }
+    (values, ts, sums)
+}
+
 pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
