@@ -4,6 +4,8 @@
 //! ```text
 //! cargo bench --bench qmatvec            # all shapes, 4-bit group 64
 //! cargo bench --bench qmatvec -- --all-bits
+//! cargo bench --bench qmatvec -- --shape 4x2048x768   # one mat-vec, 4/2/1 rows per team
+//! cargo bench --bench qmatvec -- --expert-rows        # 8 experts, 4/2/1 rows per team
 //! ```
 //! For each shape it prints the weight bytes (codes + scales + biases) read per mat-vec,
 //! the time per mat-vec and the GB/s of weight bytes read, against two baselines measured
@@ -253,15 +255,17 @@ fn qmatvec(
     Ok(())
 }
 
-/// K experts' gate+up and down through cache slots for one token, as decode does.
+/// K experts' gate+up and down through cache slots for one token, as decode does, with
+/// `rows_per_team` rows per team (default: the engine's `expert_rows_per_team`).
 fn experts(
     bench: &GpuBench,
     q: AffineQuant,
-    hidden: usize,
-    inter: usize,
-    k: usize,
+    (hidden, inter, k): (usize, usize, usize),
     copy: f64,
+    rows_per_team: Option<u32>,
 ) -> Result<()> {
+    let rpt_gu = rows_per_team.unwrap_or(kernels::expert_rows_per_team(inter as u32));
+    let rpt_d = rows_per_team.unwrap_or(kernels::expert_rows_per_team(hidden as u32));
     let f = WeightFormat::Affine(q);
     let gate = f.stored_bytes(inter, hidden);
     let down = f.stored_bytes(hidden, inter);
@@ -329,7 +333,7 @@ fn experts(
             Kernel::MoeGateUpQ,
             Some(q.scale_dtype),
             quant,
-            0,
+            rpt_gu,
             &[
                 hidden as u32,
                 inter as u32,
@@ -347,7 +351,7 @@ fn experts(
                 if q.bits == 4 { 0b110 } else { 0b11 },
             ],
             &sets,
-            kernels::moe_gate_up_q_groups(inter as u32, k as u32, team),
+            kernels::moe_gate_up_q_groups(inter as u32, k as u32, team, rpt_gu),
             iters,
         )?;
     }
@@ -355,7 +359,7 @@ fn experts(
     let c = copy_same_size(bench, bytes)?;
     report(
         &format!(
-            "gate_up {}-bit g{} {k} x {inter}x{hidden} (team {team})",
+            "gate_up {}-bit g{} {k} x {inter}x{hidden} (team {team}, {rpt_gu} rows)",
             q.bits, q.group_size
         ),
         bytes,
@@ -383,7 +387,7 @@ fn experts(
             Kernel::MoeDownQ,
             Some(q.scale_dtype),
             quant,
-            0,
+            rpt_d,
             &[
                 hidden as u32,
                 inter as u32,
@@ -397,7 +401,7 @@ fn experts(
                 1, // h interleaved, as in decode
             ],
             &sets,
-            kernels::moe_down_q_groups(hidden as u32, k as u32, team),
+            kernels::moe_down_q_groups(hidden as u32, k as u32, team, rpt_d),
             iters,
         )?;
     }
@@ -405,7 +409,7 @@ fn experts(
     let c = copy_same_size(bench, bytes)?;
     report(
         &format!(
-            "down {}-bit g{} {k} x {hidden}x{inter} (team {team})",
+            "down {}-bit g{} {k} x {hidden}x{inter} (team {team}, {rpt_d} rows)",
             q.bits, q.group_size
         ),
         bytes,
@@ -437,8 +441,8 @@ fn run(bench: &GpuBench, all_bits: bool, large: bool) -> Result<()> {
     for (rows, cols) in [(2048, 768), (768, 2048), (4096, 1024), (1024, 4096)] {
         qmatvec(bench, q4, rows, cols, copy, None)?;
     }
-    experts(bench, q4, 2048, 768, 8, copy)?;
-    experts(bench, q4, 4096, 1024, 10, copy)?;
+    experts(bench, q4, (2048, 768, 8), copy, None)?;
+    experts(bench, q4, (4096, 1024, 10), copy, None)?;
     if large {
         // Large matrices: the kernel's streaming throughput (lm_head-sized).
         qmatvec(bench, q4, 65536, 4096, copy, None)?;
@@ -490,6 +494,16 @@ fn main() -> Result<()> {
                     Some(rpt),
                 )?;
             }
+        }
+        return Ok(());
+    }
+    // `--expert-rows`: the 8 experts of Qwen3-30B-A3B with 4, 2 and 1 rows per team.
+    if args.iter().any(|a| a == "--expert-rows") {
+        let bench = GpuBench::new()?;
+        let copy = copy_bandwidth(&bench)?;
+        let q4 = AffineQuant::new(4, 64, DType::BF16)?;
+        for rpt in [4, 2, 1] {
+            experts(&bench, q4, (2048, 768, 8), copy, Some(rpt))?;
         }
         return Ok(());
     }

@@ -6,7 +6,8 @@
 // aligned.
 //
 // Workgroup (wid.x, wid.y) works on assignment assign_base + wid.y, as qmatvec.wgsl does:
-// 64 / team teams of 4 rows, lane l of a team taking the 32-code blocks l, l + team, ...
+// 64 / team teams of ROWS rows (4, 2 or 1, a pipeline constant; include/qblock.wgsl),
+// lane l of a team taking the 32-code blocks l, l + team, ...
 // (include/qblock.wgsl), two per iteration; rows past `hidden` re-read the last row (branch-free loads, sums
 // dropped). The rows of h are in the natural or, with flags bit 0, the interleaved layout
 // (include/interleave.wgsl).
@@ -36,7 +37,7 @@ const WG: u32 = 64u;
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let team = p.team;
     let lane = lid & (team - 1u);
-    let j0 = (wid.x * (WG / team) + lid / team) * 4u;
+    let j0 = (wid.x * (WG / team) + lid / team) * team_rows();
     if (wid.y >= p.n_assign) {
         return; // the whole workgroup: no barrier is skipped by only some invocations
     }
@@ -67,7 +68,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let total = team_sum(acc, lid, team);
     if (lane == 0u) {
-        for (var i = 0u; i < 4u; i++) {
+        for (var i = 0u; i < team_rows(); i++) {
             if (j0 + i < p.hidden) {
                 o[a * p.hidden + j0 + i] = total[i] * route_w[a];
             }
@@ -79,5 +80,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 fn step(base: u32, b: u32, nb: u32, il: bool, rows: vec4<u32>, dq: u32, ds: u32,
         db: u32) -> vec4<f32> {
     let hv = load_x32(base, b, nb, il);
-    return rows_block(dq, ds, db, p.inter, rows, b, hv, x32_sum(hv));
+    return rows_block_n(dq, ds, db, p.inter, rows, b, hv, x32_sum(hv));
 }

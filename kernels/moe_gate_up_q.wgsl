@@ -7,9 +7,9 @@
 // include/quant.wgsl), the codes 16-byte aligned.
 //
 // Workgroup (wid.x, wid.y) works on assignment assign_base + wid.y, as qmatvec.wgsl does:
-// 64 / team teams of 4 rows of both G and U, lane l of a team taking the 32-code blocks
-// l, l + team, ... (include/qblock.wgsl), two per iteration, with x loaded once per block
-// for the 8 rows;
+// 64 / team teams of ROWS (4, 2 or 1, a pipeline constant; include/qblock.wgsl) rows of
+// both G and U, lane l of a team taking the 32-code blocks l, l + team, ...
+// (include/qblock.wgsl), two per iteration, with x loaded once per block for all the rows;
 // rows past `inter` re-read the last row (branch-free loads, sums dropped).
 // The rows of x and h are in the natural or the interleaved layout
 // (include/interleave.wgsl), as `flags` says; with flags bit 2 (4-bit experts only, else
@@ -42,7 +42,7 @@ const WG: u32 = 64u;
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let team = p.team;
     let lane = lid & (team - 1u);
-    let i0 = (wid.x * (WG / team) + lid / team) * 4u;
+    let i0 = (wid.x * (WG / team) + lid / team) * team_rows();
     if (wid.y >= p.n_assign) {
         return; // the whole workgroup: no barrier is skipped by only some invocations
     }
@@ -93,7 +93,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let gt = team_sum(g, lid, team);
     let ut = team_sum(u, lid, team);
     if (lane == 0u) {
-        for (var i = 0u; i < 4u; i++) {
+        for (var i = 0u; i < team_rows(); i++) {
             if (i0 + i < p.inter) {
                 let gate = gt[i];
                 let j = select(i0 + i, interleaved(i0 + i, p.inter), (p.flags & 2u) != 0u);
@@ -119,8 +119,8 @@ fn step(base: u32, b: u32, nb: u32, il: bool, rows: vec4<u32>, gq: u32, gs: u32,
     let xs = load_x32(base, b, nb, il);
     let xsum = x32_sum(xs);
     return Pair(
-        rows_block(gq, gs, gb, p.hidden, rows, b, xs, xsum),
-        rows_block(uq, us, ub, p.hidden, rows, b, xs, xsum),
+        rows_block_n(gq, gs, gb, p.hidden, rows, b, xs, xsum),
+        rows_block_n(uq, us, ub, p.hidden, rows, b, xs, xsum),
     );
 }
 
@@ -129,7 +129,7 @@ fn step_q8(b: u32, nb: u32, rows: vec4<u32>, gq: u32, gs: u32, gb: u32, uq: u32,
            ub: u32) -> Pair {
     let xq = load_xq8(b, nb);
     return Pair(
-        rows_block_q8(gq, gs, gb, p.hidden, rows, b, xq),
-        rows_block_q8(uq, us, ub, p.hidden, rows, b, xq),
+        rows_block_q8_n(gq, gs, gb, p.hidden, rows, b, xq),
+        rows_block_q8_n(uq, us, ub, p.hidden, rows, b, xq),
     );
 }

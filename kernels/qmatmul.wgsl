@@ -28,9 +28,10 @@ struct Params {
 const TR: u32 = 32u; // rows per tile
 const TT: u32 = 32u; // tokens per tile
 const TK: u32 = 32u; // columns per K tile
-// Rows padded to 33 floats: the reads ws[lid.x][kk] of 16 rows hit 16 different banks.
-var<workgroup> ws: array<array<f32, 33>, 32>; // [row][k], dequantized W
-var<workgroup> xs: array<array<f32, 33>, 32>; // [token][k]
+// [row][k / 4] as vec4s (one load serves 4 columns), rows padded to 9 vec4s: 8
+// invocations reading 8 rows at one column hit 8 different bank quads.
+var<workgroup> ws: array<array<vec4<f32>, 9>, 32>; // dequantized W
+var<workgroup> xs: array<array<vec4<f32>, 9>, 32>; // [token][k / 4]
 
 // Writes output (row r, token t) if it is inside the chunk, adding bias / residual.
 fn store(r: u32, t: u32, acc: f32) {
@@ -82,10 +83,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 v0 = s * q.q0 + b;
                 v1 = s * q.q1 + b;
             }
-            for (var j = 0u; j < 4u; j++) {
-                ws[lr][8u * lo + j] = v0[j];
-                ws[lr][8u * lo + 4u + j] = v1[j];
-            }
+            ws[lr][2u * lo] = v0;
+            ws[lr][2u * lo + 1u] = v1;
         } else {
             let t = tok0 + lr;
             if (t < p.n_tokens) {
@@ -93,19 +92,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 v0 = vec4<f32>(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
                 v1 = vec4<f32>(x[xi + 4u], x[xi + 5u], x[xi + 6u], x[xi + 7u]);
             }
-            for (var j = 0u; j < 4u; j++) {
-                xs[lr][8u * lo + j] = v0[j];
-                xs[lr][8u * lo + 4u + j] = v1[j];
-            }
+            xs[lr][2u * lo] = v0;
+            xs[lr][2u * lo + 1u] = v1;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TK; kk++) {
-            let w0 = ws[lid.x][kk];
-            let w1 = ws[lid.x + 16u][kk];
-            let x0 = xs[lid.y][kk];
-            let x1 = xs[lid.y + 16u][kk];
-            acc0 += w0 * vec2<f32>(x0, x1);
-            acc1 += w1 * vec2<f32>(x0, x1);
+        for (var kq = 0u; kq < TK / 4u; kq++) {
+            let w0 = ws[lid.x][kq];
+            let w1 = ws[lid.x + 16u][kq];
+            let x0 = xs[lid.y][kq];
+            let x1 = xs[lid.y + 16u][kq];
+            acc0 += vec2<f32>(dot(w0, x0), dot(w0, x1));
+            acc1 += vec2<f32>(dot(w1, x0), dot(w1, x1));
         }
         workgroupBarrier();
     }

@@ -39,15 +39,13 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 const WG: u32 = 64u;
-// Rows per team: 4, 2 or 1 (other values compute 1 row).
-override ROWS: u32 = 4u;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let team = p.team;
     let lane = lid & (team - 1u);
-    let nrows = select(select(1u, 2u, ROWS == 2u), 4u, ROWS == 4u);
+    let nrows = team_rows(); // ROWS, from include/qblock.wgsl
     let r0 = ((wid.x + wid.y * nwg.x) * (WG / team) + lid / team) * nrows;
     let last = p.rows - 1u;
     let ra = min(r0, last);

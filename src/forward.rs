@@ -83,6 +83,12 @@ pub(crate) struct Pass<'a> {
     pub since_submit: usize,
 }
 
+/// Average assignments per expert of a pass from which quantized experts run as tiled
+/// mat-mats (`kernels/moe_*_qmm.wgsl`): on the H200, 64-token prefills of Qwen3-30B-A3B
+/// (4 per expert) are faster with per-assignment mat-vecs, 512-token ones (32) 2x faster
+/// tiled.
+const TILED_EXPERT_ASSIGNMENTS: usize = 8;
+
 /// A resident pass submits its work every this many MoE layers, so the GPU starts while
 /// the host records the rest.
 const RESIDENT_SUBMIT_EVERY: usize = 4;
@@ -506,6 +512,13 @@ impl<'a> Pass<'a> {
         let mut route = vec![0u32; n * k];
         let mut pairs: Vec<u32> = Vec::with_capacity(2 * n * k);
         let mut aw: Vec<f32> = Vec::with_capacity(n * k);
+        // Quantized experts with 8 or more assignments each on average: mat-mat kernels over
+        // tiles of each expert's assignments (one weight read per tile of up to 32 instead
+        // of one per assignment; with fewer, the per-assignment mat-vecs are faster).
+        let tiled = n * k >= TILED_EXPERT_ASSIGNMENTS * ne
+            && kernels.gate_up.2.is_some()
+            && kernels.down.2.is_some();
+        let mut tiles: Vec<u32> = Vec::new();
         let mut state = cache.lock();
         let group_size = state.policy.slots();
         for group in experts.chunks(group_size) {
@@ -542,13 +555,30 @@ impl<'a> Pass<'a> {
                 (a0 * 4) as u64,
                 bytemuck::cast_slice(&aw[a0..]),
             );
+            let t0 = tiles.len();
             for (page, start, count) in runs {
-                self.experts(
-                    &kernels,
-                    &cache.pages[page],
-                    start as u32,
-                    count as u32,
-                    None,
+                if tiled {
+                    let slots: Vec<u32> =
+                        (start..start + count).map(|a| pairs[2 * a + 1]).collect();
+                    let base = tiles.len() / 2;
+                    tiles.extend(kernels::moe_qmm_tiles(start as u32, &slots));
+                    let n_tiles = tiles.len() / 2 - base;
+                    self.experts_tiled(&kernels, &cache.pages[page], base as u32, n_tiles as u32);
+                } else {
+                    self.experts(
+                        &kernels,
+                        &cache.pages[page],
+                        start as u32,
+                        count as u32,
+                        None,
+                    );
+                }
+            }
+            if tiles.len() > t0 {
+                q.write_buffer(
+                    &s.tiles,
+                    (t0 * 4) as u64,
+                    bytemuck::cast_slice(&tiles[t0..]),
                 );
             }
             // Submit while the slots are pinned by the lock.
@@ -608,7 +638,7 @@ impl<'a> Pass<'a> {
                 XLayout::Q8 => 4,
             };
             params.extend([team, x_flags | (u32::from(h_il) << 1)]);
-            kernels::moe_gate_up_q_groups(is, count, team)
+            kernels::moe_gate_up_q_groups(is, count, team, kernels::expert_rows_per_team(is))
         } else {
             (is, count)
         };
@@ -627,6 +657,11 @@ impl<'a> Pass<'a> {
             *kernel,
             Some(*wdt),
             *quant,
+            if quant.is_some() {
+                kernels::expert_rows_per_team(is)
+            } else {
+                0
+            },
             &params,
             &binds,
             size(groups, 0),
@@ -637,7 +672,7 @@ impl<'a> Pass<'a> {
         let team = self.m.gpu.team(cfg.moe_intermediate_size);
         let groups = if quant.is_some() {
             params.extend([team, u32::from(h_il)]);
-            kernels::moe_down_q_groups(hs, count, team)
+            kernels::moe_down_q_groups(hs, count, team, kernels::expert_rows_per_team(hs))
         } else {
             (hs, count)
         };
@@ -652,9 +687,64 @@ impl<'a> Pass<'a> {
             *kernel,
             Some(*wdt),
             *quant,
+            if quant.is_some() {
+                kernels::expert_rows_per_team(hs)
+            } else {
+                0
+            },
             &params,
             &binds,
             size(groups, 12),
+        );
+    }
+
+    /// The gate/up and down mat-mat kernels of `n_tiles` tiles of assignments from tile
+    /// `tile_base` (of `Scratch::tiles`), over one page of quantized experts.
+    fn experts_tiled(
+        &mut self,
+        kernels: &ExpertKernels,
+        page: &wgpu::Buffer,
+        tile_base: u32,
+        n_tiles: u32,
+    ) {
+        let s = self.s;
+        let cfg = &self.m.cfg;
+        let (hs, is) = (cfg.hidden_size as u32, cfg.moe_intermediate_size as u32);
+        let (_, wdt, quant, tail) = &kernels.gate_up;
+        // tail: slot_words, then the codes/scales/biases offsets of gate and up.
+        let mut params = vec![hs, is, tile_base];
+        params.extend_from_slice(tail);
+        self.rec.dispatch_q(
+            Kernel::MoeGateUpQmm,
+            Some(*wdt),
+            *quant,
+            &params,
+            &[
+                page.into(),
+                (&s.xn).into(),
+                (&s.assign).into(),
+                (&s.tiles).into(),
+                (&s.moe_h).into(),
+            ],
+            kernels::moe_gate_up_qmm_groups(is, n_tiles),
+        );
+        let (_, wdt, quant, tail) = &kernels.down;
+        let mut params = vec![hs, is, tile_base];
+        params.extend_from_slice(tail);
+        self.rec.dispatch_q(
+            Kernel::MoeDownQmm,
+            Some(*wdt),
+            *quant,
+            &params,
+            &[
+                page.into(),
+                (&s.moe_h).into(),
+                (&s.assign).into(),
+                (&s.tiles).into(),
+                (&s.assign_w).into(),
+                (&s.moe_o).into(),
+            ],
+            kernels::moe_down_qmm_groups(hs, n_tiles),
         );
     }
 
@@ -679,12 +769,19 @@ impl<'a> Pass<'a> {
         })?;
         let kernels = ExpertKernels::new(l, lay, cache.slot_bytes)?;
         let (hs, is) = (cfg.hidden_size as u32, cfg.moe_intermediate_size as u32);
+        // Workgroups per assignment, as `experts` sizes the grids.
         let gate_up_x = match kernels.gate_up.2 {
-            Some(_) => kernels::moe_gate_up_q_groups(is, 1, m.gpu.team(cfg.hidden_size)).0,
+            Some(_) => {
+                let team = m.gpu.team(cfg.hidden_size);
+                kernels::moe_gate_up_q_groups(is, 1, team, kernels::expert_rows_per_team(is)).0
+            }
             None => is,
         };
         let down_x = match kernels.down.2 {
-            Some(_) => kernels::moe_down_q_groups(hs, 1, m.gpu.team(cfg.moe_intermediate_size)).0,
+            Some(_) => {
+                let team = m.gpu.team(cfg.moe_intermediate_size);
+                kernels::moe_down_q_groups(hs, 1, team, kernels::expert_rows_per_team(hs)).0
+            }
             None => hs,
         };
         // Only the pages that hold any of this layer's experts get kernels (a resident

@@ -41,6 +41,9 @@ pub(crate) struct Scratch {
     pub route_w: wgpu::Buffer,
     pub assign: wgpu::Buffer,
     pub assign_w: wgpu::Buffer,
+    /// Tiles of one expert's assignments for the prefill expert mat-mat kernels:
+    /// (first assignment, count) pairs (`kernels::moe_qmm_tiles`).
+    pub tiles: wgpu::Buffer,
     pub route: wgpu::Buffer,
     /// Top-n candidates per vocabulary chunk, as `kernels/topk.wgsl` writes them.
     pub topk: wgpu::Buffer,
@@ -271,6 +274,7 @@ impl Session {
             route_w: buf("route_w", cap * k),
             assign: buf("assign", rows * 2),
             assign_w: buf("assign_w", rows),
+            tiles: buf("tiles", rows * 2),
             route: buf("route", cap * k),
             route_log: buf("route log", cfg.num_hidden_layers * (1 + k)),
             topk: buf("top-k candidates", topk_words),

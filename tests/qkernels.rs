@@ -276,6 +276,8 @@ fn every_quantized_kernel_is_covered() {
         Kernel::QEmbedding,
         Kernel::MoeGateUpQ,
         Kernel::MoeDownQ,
+        Kernel::MoeGateUpQmm,
+        Kernel::MoeDownQmm,
     ];
     for k in Kernel::ALL {
         assert_eq!(
@@ -289,7 +291,7 @@ fn every_quantized_kernel_is_covered() {
             assert!(fields > 0 && bindings > 0, "{}: interface", k.name());
             assert!(k.reads_weights(), "{}: WDT is the scale dtype", k.name());
             let mut want = vec![("WDT", 2.0), ("BITS", 5.0), ("GROUP", 32.0)];
-            if k == Kernel::QMatVec {
+            if k.uses_teams() {
                 // Rows per team, 4 unless the engine lowers it for a matrix of few rows.
                 want.push(("ROWS", 4.0));
             }
@@ -971,10 +973,15 @@ fn moe_gate_up_q() {
                 floor = floor.max(g.dot_scale(rms(xt)) * u.dot_scale(rms(xt)) / 2.0);
             }
             let [g, u, _] = pg.offs;
-            let out = run_on(
+            // Rows per team (the ROWS pipeline constant) in turn.
+            let rpt = [4u32, 2, 1][run_no / 2 % 3];
+            let case = format!("{case} {rpt} rows per team");
+            let out = run_kernel_rows_on(
                 on,
                 Kernel::MoeGateUpQ,
-                &gu,
+                Some(gu.scale_dtype),
+                Some((gu.bits, gu.group_size)),
+                rpt,
                 &[
                     hidden as u32,
                     inter as u32,
@@ -1000,7 +1007,7 @@ fn moe_gate_up_q() {
                     &u32_bytes(&pairs),
                     &f32_bytes(&before),
                 ],
-                kernels::moe_gate_up_q_groups(inter as u32, count as u32, team),
+                kernels::moe_gate_up_q_groups(inter as u32, count as u32, team, rpt),
             );
             let mut got = to_f32(&out[3]);
             if flags & 2 != 0 {
@@ -1057,10 +1064,15 @@ fn moe_down_q() {
                 floor = floor.max(d.dot_scale(rms(ha)) * f64::from(route_w[a]));
             }
             let d = pg.offs[2];
-            let out = run_on(
+            // Rows per team (the ROWS pipeline constant) in turn.
+            let rpt = [4u32, 2, 1][run_no % 3];
+            let case = format!("{case} {rpt} rows per team");
+            let out = run_kernel_rows_on(
                 on,
                 Kernel::MoeDownQ,
-                &down,
+                Some(down.scale_dtype),
+                Some((down.bits, down.group_size)),
+                rpt,
                 &[
                     hidden as u32,
                     inter as u32,
@@ -1080,9 +1092,167 @@ fn moe_down_q() {
                     &f32_bytes(&route_w),
                     &f32_bytes(&before),
                 ],
-                kernels::moe_down_q_groups(hidden as u32, count as u32, team),
+                kernels::moe_down_q_groups(hidden as u32, count as u32, team, rpt),
             );
             let got = to_f32(&out[4]);
+            ck.untouched(&case, &got, &before, &written);
+            ck.close(&case, &pick(&got, &written), &want, REDUCTION.floor(floor));
+        }
+    }
+    ck.report();
+}
+
+/// Assignments grouped by slot as the engine orders a prefill's (each expert's assignments
+/// consecutive): slot 1 with 37 assignments (two tiles), slot 3 with 5, slot 2 with 1, on
+/// random tokens.
+fn grouped_assignments(rng: &mut Rng, n_tokens: usize) -> Vec<(usize, usize)> {
+    let mut asg = Vec::new();
+    for (slot, n) in [(1usize, 37usize), (3, 5), (2, 1)] {
+        asg.extend((0..n).map(|_| (rng.below(n_tokens), slot)));
+    }
+    asg
+}
+
+#[test]
+fn moe_qmm_tiles_split_by_slot_and_size() {
+    let slots = [4u32, 4, 4, 7, 7, 4];
+    assert_eq!(
+        kernels::moe_qmm_tiles(10, &slots),
+        vec![10, 3, 13, 2, 15, 1]
+    );
+    let many = vec![2u32; 70];
+    assert_eq!(kernels::moe_qmm_tiles(0, &many), vec![0, 32, 32, 32, 64, 6]);
+    assert!(kernels::moe_qmm_tiles(0, &[]).is_empty());
+}
+
+#[test]
+fn moe_gate_up_qmm() {
+    let mut ck = Checker::new("moe_gate_up_qmm");
+    let mut rng = Rng::new(45);
+    for (hidden, inter, gu, down) in moe_cases() {
+        let (n_tokens, n_slots) = (9, 4);
+        let pg = page(&mut rng, gu, down, hidden, inter, n_slots);
+        let asg = grouped_assignments(&mut rng, n_tokens);
+        let pairs: Vec<u32> = asg
+            .iter()
+            .flat_map(|&(t, s)| [t as u32, s as u32])
+            .collect();
+        let slots: Vec<u32> = asg.iter().map(|&(_, s)| s as u32).collect();
+        let x = rng.vec(n_tokens * hidden, 1.0);
+        // All tiles from tile 0, then only those of assignments 37.. from a tile base of 2.
+        for (from, tile_base) in [(0usize, 0u32), (37, 2)] {
+            let mut tiles = vec![u32::MAX; 2 * tile_base as usize];
+            tiles.extend(kernels::moe_qmm_tiles(from as u32, &slots[from..]));
+            let n_tiles = (tiles.len() / 2) as u32 - tile_base;
+            let case = format!(
+                "{}-bit g{} {} hidden {hidden} inter {inter} from {from}",
+                gu.bits, gu.group_size, gu.scale_dtype
+            );
+            let before = rng.vec(asg.len() * inter, 1.0);
+            let mut want = Vec::new();
+            let mut written = vec![false; before.len()];
+            let mut floor: f64 = 0.0;
+            for (a, &(t, s)) in asg.iter().enumerate().skip(from) {
+                let xt = &x[t * hidden..(t + 1) * hidden];
+                let [g, u, _] = &pg.experts[s];
+                let gv = reference::matmul(&g.values, inter, hidden, xt, 1);
+                let uv = reference::matmul(&u.values, inter, hidden, xt, 1);
+                want.extend(reference::swiglu(&gv, &uv));
+                written[a * inter..(a + 1) * inter].fill(true);
+                floor = floor.max(g.dot_scale(rms(xt)) * u.dot_scale(rms(xt)) / 2.0);
+            }
+            let [g, u, _] = pg.offs;
+            let out = run(
+                Kernel::MoeGateUpQmm,
+                &gu,
+                &[
+                    hidden as u32,
+                    inter as u32,
+                    tile_base,
+                    pg.slot_words,
+                    g[0],
+                    g[1],
+                    g[2],
+                    u[0],
+                    u[1],
+                    u[2],
+                ],
+                &[
+                    &pg.bytes,
+                    &f32_bytes(&x),
+                    &u32_bytes(&pairs),
+                    &u32_bytes(&tiles),
+                    &f32_bytes(&before),
+                ],
+                kernels::moe_gate_up_qmm_groups(inter as u32, n_tiles),
+            );
+            let got = to_f32(&out[4]);
+            ck.untouched(&case, &got, &before, &written);
+            ck.close(&case, &pick(&got, &written), &want, REDUCTION.floor(floor));
+        }
+    }
+    ck.report();
+}
+
+#[test]
+fn moe_down_qmm() {
+    let mut ck = Checker::new("moe_down_qmm");
+    let mut rng = Rng::new(55);
+    for (hidden, inter, gu, down) in moe_cases() {
+        let n_slots = 4;
+        let pg = page(&mut rng, gu, down, hidden, inter, n_slots);
+        let asg = grouped_assignments(&mut rng, 3);
+        let pairs: Vec<u32> = asg
+            .iter()
+            .flat_map(|&(t, s)| [t as u32, s as u32])
+            .collect();
+        let slots: Vec<u32> = asg.iter().map(|&(_, s)| s as u32).collect();
+        let h = rng.vec(asg.len() * inter, 2.0);
+        let route_w: Vec<f32> = (0..asg.len()).map(|_| 0.5 + 0.5 * rng.f32()).collect();
+        for (from, tile_base) in [(0usize, 0u32), (37, 2)] {
+            let mut tiles = vec![u32::MAX; 2 * tile_base as usize];
+            tiles.extend(kernels::moe_qmm_tiles(from as u32, &slots[from..]));
+            let n_tiles = (tiles.len() / 2) as u32 - tile_base;
+            let case = format!(
+                "{}-bit g{} {} hidden {hidden} inter {inter} from {from}",
+                down.bits, down.group_size, down.scale_dtype
+            );
+            let before = rng.vec(asg.len() * hidden, 1.0);
+            let mut want = Vec::new();
+            let mut written = vec![false; before.len()];
+            let mut floor: f64 = 0.0;
+            for (a, &(_, s)) in asg.iter().enumerate().skip(from) {
+                let ha = &h[a * inter..(a + 1) * inter];
+                let d = &pg.experts[s][2];
+                let o = reference::matmul(&d.values, hidden, inter, ha, 1);
+                want.extend(o.iter().map(|v| v * route_w[a]));
+                written[a * hidden..(a + 1) * hidden].fill(true);
+                floor = floor.max(d.dot_scale(rms(ha)) * f64::from(route_w[a]));
+            }
+            let d = pg.offs[2];
+            let out = run(
+                Kernel::MoeDownQmm,
+                &down,
+                &[
+                    hidden as u32,
+                    inter as u32,
+                    tile_base,
+                    pg.slot_words,
+                    d[0],
+                    d[1],
+                    d[2],
+                ],
+                &[
+                    &pg.bytes,
+                    &f32_bytes(&h),
+                    &u32_bytes(&pairs),
+                    &u32_bytes(&tiles),
+                    &f32_bytes(&route_w),
+                    &f32_bytes(&before),
+                ],
+                kernels::moe_down_qmm_groups(hidden as u32, n_tiles),
+            );
+            let got = to_f32(&out[5]);
             ck.untouched(&case, &got, &before, &written);
             ck.close(&case, &pick(&got, &written), &want, REDUCTION.floor(floor));
         }

@@ -14,6 +14,16 @@
 // one bit position o, and are scaled back by 2^-o (exact) once per block. 3, 5 and 6 bits
 // straddle words and go through the octet unpacking of quant.wgsl.
 
+// Rows per team of the team kernels: 4, 2 or 1 (other values mean 1). Four rows share
+// each load of x the most; fewer spread a matrix of few rows over more invocations, each
+// with a shorter serial chain of work (kernels::*_rows_per_team pick).
+override ROWS: u32 = 4u;
+
+// ROWS as a count.
+fn team_rows() -> u32 {
+    return select(select(1u, 2u, ROWS == 2u), 4u, ROWS == 4u);
+}
+
 const MAGIC: u32 = 0x4b000000u; // the bits of 2^23
 const MAGIC_F: f32 = 8388608.0;
 
@@ -197,4 +207,32 @@ fn rows_block_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, rows: vec4<u3
         row_block_q8(q_word, s_word, b_word, cols, rows.z, b, xq),
         row_block_q8(q_word, s_word, b_word, cols, rows.w, b, xq),
     );
+}
+
+// `rows_block` for the team's first team_rows() of `rows` (the other sums are 0).
+fn rows_block_n(q_word: u32, s_word: u32, b_word: u32, cols: u32, rows: vec4<u32>, b: u32,
+                xs: X32, xsum: f32) -> vec4<f32> {
+    if (ROWS == 4u) {
+        return rows_block(q_word, s_word, b_word, cols, rows, b, xs, xsum);
+    }
+    let first = row_block(q_word, s_word, b_word, cols, rows.x, b, xs, xsum);
+    if (ROWS == 2u) {
+        return vec4<f32>(first, row_block(q_word, s_word, b_word, cols, rows.y, b, xs, xsum),
+                         0.0, 0.0);
+    }
+    return vec4<f32>(first, 0.0, 0.0, 0.0);
+}
+
+// `rows_block_q8` for the team's first team_rows() of `rows` (the other sums are 0).
+fn rows_block_q8_n(q_word: u32, s_word: u32, b_word: u32, cols: u32, rows: vec4<u32>,
+                   b: u32, xq: XQ8) -> vec4<f32> {
+    if (ROWS == 4u) {
+        return rows_block_q8(q_word, s_word, b_word, cols, rows, b, xq);
+    }
+    let first = row_block_q8(q_word, s_word, b_word, cols, rows.x, b, xq);
+    if (ROWS == 2u) {
+        return vec4<f32>(first, row_block_q8(q_word, s_word, b_word, cols, rows.y, b, xq),
+                         0.0, 0.0);
+    }
+    return vec4<f32>(first, 0.0, 0.0, 0.0);
 }

@@ -60,6 +60,14 @@ pub enum Kernel {
     /// Expert down projection over quantized experts in cache slots, scaled by the routing
     /// weight ([`moe_down_q_groups`]).
     MoeDownQ,
+    /// Prefill expert gate/up projections + SwiGLU over quantized experts in cache slots,
+    /// as a mat-mat over tiles of one expert's assignments ([`moe_qmm_tiles`],
+    /// [`moe_gate_up_qmm_groups`]).
+    MoeGateUpQmm,
+    /// Prefill expert down projection over quantized experts in cache slots, scaled by the
+    /// routing weight, as a mat-mat over tiles of one expert's assignments
+    /// ([`moe_qmm_tiles`], [`moe_down_qmm_groups`]).
+    MoeDownQmm,
     /// Plain vec4 copy: the memory-bandwidth baseline of the benchmarks ([`copy_groups`]).
     Copy,
     /// Decode routing through the GPU slot table, without a host round trip.
@@ -243,9 +251,15 @@ pub fn portable_team(cols: u32) -> u32 {
         .clamp(4, TEAM_WG)
 }
 
-/// Rows per workgroup of the team kernels with teams of `team` invocations.
-fn team_rows(team: u32) -> u32 {
-    4 * (TEAM_WG / team.clamp(1, TEAM_WG))
+/// Rows per workgroup of the team kernels with teams of `team` invocations of
+/// `rows_per_team` rows each (4, 2 or 1; other values mean 1, as in the kernels).
+fn team_rows(team: u32, rows_per_team: u32) -> u32 {
+    let per_team = match rows_per_team {
+        4 => 4,
+        2 => 2,
+        _ => 1,
+    };
+    per_team * (TEAM_WG / team.clamp(1, TEAM_WG))
 }
 
 /// Rows per team of [`Kernel::QMatVec`] (its `ROWS` pipeline constant) for a chunk of
@@ -268,13 +282,54 @@ pub fn qmatvec_rows_per_team(rows: u32) -> u32 {
 /// of `rows_per_team` rows each (any count: past 65535 workgroups the grid is 2-D, which
 /// the kernel linearizes).
 pub fn qmatvec_groups(rows: u32, team: u32, rows_per_team: u32) -> (u32, u32) {
-    let per_team = match rows_per_team {
-        4 => 4,
-        2 => 2,
-        _ => 1,
-    };
-    let per_group = (TEAM_WG / team.clamp(1, TEAM_WG)) * per_team;
-    grid_of(rows.div_ceil(per_group))
+    grid_of(rows.div_ceil(team_rows(team, rows_per_team)))
+}
+
+/// Assignments per tile of the prefill expert mat-mat kernels.
+pub const MOE_QMM_TILE: usize = 32;
+
+/// The tiles of [`Kernel::MoeGateUpQmm`] / [`Kernel::MoeDownQmm`] over assignments
+/// `start .. start + slots.len()` whose cache slots are `slots` (an expert's assignments
+/// consecutive): (first assignment, count) pairs of at most [`MOE_QMM_TILE`] assignments
+/// of one slot each, flattened.
+pub fn moe_qmm_tiles(start: u32, slots: &[u32]) -> Vec<u32> {
+    let mut tiles = Vec::new();
+    let mut i = 0;
+    while i < slots.len() {
+        let mut j = i + 1;
+        while j < slots.len() && j - i < MOE_QMM_TILE && slots[j] == slots[i] {
+            j += 1;
+        }
+        tiles.extend([start + i as u32, (j - i) as u32]);
+        i = j;
+    }
+    tiles
+}
+
+/// Grid of [`Kernel::MoeGateUpQmm`] for `n_tiles` tiles (at most 65535) of experts of
+/// `inter` rows.
+pub fn moe_gate_up_qmm_groups(inter: u32, n_tiles: u32) -> (u32, u32) {
+    (inter.div_ceil(32).max(1), n_tiles.max(1))
+}
+
+/// Grid of [`Kernel::MoeDownQmm`] for `n_tiles` tiles (at most 65535) of experts of
+/// `hidden` rows.
+pub fn moe_down_qmm_groups(hidden: u32, n_tiles: u32) -> (u32, u32) {
+    (hidden.div_ceil(32).max(1), n_tiles.max(1))
+}
+
+/// Rows per team of the expert kernels ([`Kernel::MoeGateUpQ`], [`Kernel::MoeDownQ`];
+/// their `ROWS` pipeline constant) for experts of `rows` rows per projection: a decode
+/// step's 8 experts spread over more invocations than one matrix, so experts take more
+/// rows per team than a single mat-vec of their shape (measured on an H200 with the 8
+/// experts of Qwen3-30B-A3B: gate/up of 768 rows 12.4 -> 9.3 us with 2 rows instead of 4,
+/// 1 row slower; down of 2048 rows fastest with 4).
+pub fn expert_rows_per_team(rows: u32) -> u32 {
+    if rows >= 2048 {
+        4
+    } else {
+        2
+    }
 }
 
 /// Grid of [`Kernel::QMatMul`] for a chunk of `rows` rows and `n_tokens` tokens
@@ -293,20 +348,33 @@ pub fn qembedding_groups(hidden: u32, n_tokens: u32) -> (u32, u32) {
 }
 
 /// Grid of [`Kernel::MoeGateUpQ`] for `n_assign` assignments (at most 65535 per dispatch)
-/// of `inter` rows each, with teams of `team` invocations.
-pub fn moe_gate_up_q_groups(inter: u32, n_assign: u32, team: u32) -> (u32, u32) {
-    (inter.div_ceil(team_rows(team)).max(1), n_assign.max(1))
+/// of `inter` rows each, with teams of `team` invocations of `rows_per_team` rows
+/// ([`expert_rows_per_team`]).
+pub fn moe_gate_up_q_groups(
+    inter: u32,
+    n_assign: u32,
+    team: u32,
+    rows_per_team: u32,
+) -> (u32, u32) {
+    (
+        inter.div_ceil(team_rows(team, rows_per_team)).max(1),
+        n_assign.max(1),
+    )
 }
 
 /// Grid of [`Kernel::MoeDownQ`] for `n_assign` assignments (at most 65535 per dispatch) of
-/// `hidden` rows each, with teams of `team` invocations.
-pub fn moe_down_q_groups(hidden: u32, n_assign: u32, team: u32) -> (u32, u32) {
-    (hidden.div_ceil(team_rows(team)).max(1), n_assign.max(1))
+/// `hidden` rows each, with teams of `team` invocations of `rows_per_team` rows
+/// ([`expert_rows_per_team`]).
+pub fn moe_down_q_groups(hidden: u32, n_assign: u32, team: u32, rows_per_team: u32) -> (u32, u32) {
+    (
+        hidden.div_ceil(team_rows(team, rows_per_team)).max(1),
+        n_assign.max(1),
+    )
 }
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 22] = [
+    pub const ALL: [Kernel; 24] = [
         Kernel::Embedding,
         Kernel::RmsNorm,
         Kernel::MatVec,
@@ -325,6 +393,8 @@ impl Kernel {
         Kernel::QEmbedding,
         Kernel::MoeGateUpQ,
         Kernel::MoeDownQ,
+        Kernel::MoeGateUpQmm,
+        Kernel::MoeDownQmm,
         Kernel::Copy,
         Kernel::MoeRoute,
         Kernel::TopK,
@@ -352,6 +422,8 @@ impl Kernel {
             Kernel::QEmbedding => "qembedding",
             Kernel::MoeGateUpQ => "moe_gate_up_q",
             Kernel::MoeDownQ => "moe_down_q",
+            Kernel::MoeGateUpQmm => "moe_gate_up_qmm",
+            Kernel::MoeDownQmm => "moe_down_qmm",
             Kernel::Copy => "copy",
             Kernel::MoeRoute => "moe_route",
             Kernel::TopK => "topk",
@@ -379,6 +451,8 @@ impl Kernel {
             Kernel::QEmbedding => include_str!("../../kernels/qembedding.wgsl"),
             Kernel::MoeGateUpQ => include_str!("../../kernels/moe_gate_up_q.wgsl"),
             Kernel::MoeDownQ => include_str!("../../kernels/moe_down_q.wgsl"),
+            Kernel::MoeGateUpQmm => include_str!("../../kernels/moe_gate_up_qmm.wgsl"),
+            Kernel::MoeDownQmm => include_str!("../../kernels/moe_down_qmm.wgsl"),
             Kernel::Copy => include_str!("../../kernels/copy.wgsl"),
             Kernel::MoeRoute => include_str!("../../kernels/moe_route.wgsl"),
             Kernel::TopK => include_str!("../../kernels/topk.wgsl"),
@@ -410,6 +484,8 @@ impl Kernel {
                 | Kernel::QEmbedding
                 | Kernel::MoeGateUpQ
                 | Kernel::MoeDownQ
+                | Kernel::MoeGateUpQmm
+                | Kernel::MoeDownQmm
         )
     }
 
@@ -475,7 +551,8 @@ impl Kernel {
     /// that read no weights; `WDT = wdt` (the weight dtype's shader code) for float-weight
     /// kernels; `WDT = wdt` (the scale dtype's code), `BITS` and `GROUP` from
     /// `quant = Some((bits, group_size))` for quantized kernels, and `ROWS = 4` (rows per
-    /// team, which the engine may lower per matrix) for [`Kernel::QMatVec`]. `quant` is
+    /// team, which the engine may lower per matrix) for the team kernels
+    /// ([`Kernel::uses_teams`]). `quant` is
     /// ignored by kernels that are not quantized.
     ///
     /// # Panics
@@ -496,9 +573,9 @@ impl Kernel {
             c.push(("BITS", f64::from(bits)));
             c.push(("GROUP", f64::from(group)));
         }
-        if self == Kernel::QMatVec {
+        if self.uses_teams() {
             // Rows per team; the engine may ask for 2 or 1 instead
-            // (`qmatvec_rows_per_team`).
+            // (`qmatvec_rows_per_team`, `expert_rows_per_team`).
             c.push(("ROWS", 4.0));
         }
         c

@@ -277,7 +277,7 @@ impl<'a> Recorder<'a> {
     }
 
     /// As [`dispatch_q`](Self::dispatch_q), with the `ROWS` override constant (rows per
-    /// team of [`Kernel::QMatVec`]) set to `rows`.
+    /// team of the team kernels) set to `rows` (0: the kernel's default).
     #[allow(clippy::too_many_arguments)]
     pub fn dispatch_q_rows(
         &mut self,
@@ -292,18 +292,20 @@ impl<'a> Recorder<'a> {
         self.record(kernel, wdt, quant, rows, params, bufs, Size::Direct(groups));
     }
 
-    /// As [`dispatch_q`](Self::dispatch_q), with the grid given as a [`Size`] (direct, or
-    /// read on the GPU).
+    /// As [`dispatch_q_rows`](Self::dispatch_q_rows), with the grid given as a [`Size`]
+    /// (direct, or read on the GPU).
+    #[allow(clippy::too_many_arguments)]
     pub fn dispatch_sized(
         &mut self,
         kernel: Kernel,
         wdt: Option<DType>,
         quant: Option<(u32, u32)>,
+        rows: u32,
         params: &[u32],
         bufs: &[Bind<'_>],
         size: Size<'_>,
     ) {
-        self.record(kernel, wdt, quant, 0, params, bufs, size);
+        self.record(kernel, wdt, quant, rows, params, bufs, size);
     }
 
     #[allow(clippy::too_many_arguments)]

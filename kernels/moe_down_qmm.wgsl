@@ -1,0 +1,106 @@
+// Prefill expert down projection over MLX affine-quantized experts, scaled by the routing
+// weight, as a mat-mat over the assignments of one expert: for assignment a of tile
+// `wid.y`, o[a, j] = route_w[a] * dot(D[j, :], h[a, :]), D [hidden, inter] the down tensor
+// of the expert in the assignments' slot of this cache page (laid out as in
+// moe_down_q.wgsl). One read of a tile of the expert's weights serves up to 32 of its
+// assignments.
+//
+// tiles[2 (tile_base + wid.y)] and [.. + 1] are the tile's first assignment and count
+// (1..32); all the assignments of a tile share one slot. A workgroup of 16x16 threads
+// computes 32 rows x 32 assignments, each thread 2 x 2, over K tiles of 32 columns: per K
+// tile, threads 0..127 dequantize one octet of D each into workgroup memory, and every
+// thread loads 4 values of h.
+struct Params {
+    hidden: u32,
+    inter: u32,
+    tile_base: u32,
+    slot_words: u32,
+    down_q: u32,
+    down_s: u32,
+    down_b: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<u32>; // the cache page
+@group(0) @binding(2) var<storage, read> x: array<f32>; // h: [assignments, inter]
+@group(0) @binding(3) var<storage, read> assign: array<u32>;
+@group(0) @binding(4) var<storage, read> tiles: array<u32>;
+@group(0) @binding(5) var<storage, read> route_w: array<f32>;
+@group(0) @binding(6) var<storage, read_write> o: array<f32>;
+
+const TR: u32 = 32u; // rows per tile
+const TT: u32 = 32u; // assignments per tile
+const TK: u32 = 32u; // columns per K tile
+// [row][k / 4] as vec4s, rows padded to 9 vec4s: 8 invocations reading 8 rows at one
+// column hit 8 different bank quads.
+var<workgroup> ds: array<array<vec4<f32>, 9>, 32>; // dequantized D
+var<workgroup> xs: array<array<vec4<f32>, 9>, 32>; // [assignment][k / 4]
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let first = tiles[2u * (p.tile_base + wid.y)];
+    let count = min(tiles[2u * (p.tile_base + wid.y) + 1u], TT);
+    let row0 = wid.x * TR;
+    let sb = assign[2u * first + 1u] * p.slot_words;
+    // Loader roles: octet (row lr, octet lo) of D (li < 128); h values 4 xo .. 4 xo + 3 of
+    // the tile's assignment xa.
+    let lr = (li & 127u) >> 2u;
+    let lo = li & 3u;
+    let xa = li >> 3u;
+    let xo = li & 7u;
+    let xrow = (first + min(xa, count - 1u)) * p.inter;
+    var a0 = vec2<f32>(0.0);
+    var a1 = vec2<f32>(0.0);
+    for (var k0 = 0u; k0 < p.inter; k0 += TK) {
+        if (li < 128u) {
+            var v = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
+            let r = row0 + lr;
+            if (r < p.hidden) {
+                v = octet_values(sb, r, k0, lo);
+            }
+            ds[lr][2u * lo] = v.q0;
+            ds[lr][2u * lo + 1u] = v.q1;
+        }
+        let xi = xrow + k0 + 4u * xo;
+        xs[xa][xo] = vec4<f32>(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
+        workgroupBarrier();
+        for (var kq = 0u; kq < TK / 4u; kq++) {
+            let xa0 = xs[lid.y][kq];
+            let xa1 = xs[lid.y + 16u][kq];
+            let da = ds[lid.x][kq];
+            let db = ds[lid.x + 16u][kq];
+            a0 += vec2<f32>(dot(da, xa0), dot(da, xa1));
+            a1 += vec2<f32>(dot(db, xa0), dot(db, xa1));
+        }
+        workgroupBarrier();
+    }
+    store(first, count, row0 + lid.x, lid.y, a0.x);
+    store(first, count, row0 + lid.x, lid.y + 16u, a0.y);
+    store(first, count, row0 + lid.x + 16u, lid.y, a1.x);
+    store(first, count, row0 + lid.x + 16u, lid.y + 16u, a1.y);
+}
+
+// o of row r for the tile's assignment t, if both exist.
+fn store(first: u32, count: u32, r: u32, t: u32, v: f32) {
+    if (r < p.hidden && t < count) {
+        let a = first + t;
+        o[a * p.hidden + r] = v * route_w[a];
+    }
+}
+
+// The 8 weights of octet lo (columns k0 + 8 lo ..) of row r of D in the slot at word sb.
+fn octet_values(sb: u32, r: u32, k0: u32, lo: u32) -> Octet {
+    let u = (k0 >> 3u) + lo; // octet index in the row
+    let wi = sb + p.down_q + r * (p.inter * BITS / 32u) + octet_word(u);
+    let shift = octet_shift(u);
+    var w1 = 0u;
+    if (octet_spills(shift)) {
+        w1 = w[wi + 1u];
+    }
+    let q = octet_codes(w[wi], w1, shift);
+    let e = r * (p.inter / GROUP) + k0 / GROUP;
+    let s = scale_value(w[scale_word(sb + p.down_s, e)], e);
+    let b = scale_value(w[scale_word(sb + p.down_b, e)], e);
+    return Octet(s * q.q0 + b, s * q.q1 + b);
+}

@@ -1,0 +1,123 @@
+// Prefill expert gate/up projections with the SwiGLU activation over MLX affine-quantized
+// experts, as a mat-mat over the assignments of one expert: for assignment a = (token,
+// slot) of tile `wid.y`, h[a, i] = silu(dot(G[i, :], x[token])) * dot(U[i, :], x[token]),
+// G and U [inter, hidden] of the expert in `slot` of this cache page (laid out as in
+// moe_gate_up_q.wgsl). One read of a tile of the expert's weights serves up to 32 of its
+// assignments, where the mat-vec kernel reads the weights once per assignment.
+//
+// tiles[2 (tile_base + wid.y)] and [.. + 1] are the tile's first assignment and count
+// (1..32); all the assignments of a tile share one slot. A workgroup of 16x16 threads
+// computes 32 rows of G and of U for the tile's assignments, each thread 2 rows x 2
+// assignments of both, over K tiles of 32 columns (one block: BITS whole words per row,
+// one group): per K tile, each thread dequantizes one octet of G (threads 0..127) or U
+// (128..255) into workgroup memory and loads 4 values of x.
+struct Params {
+    hidden: u32,
+    inter: u32,
+    tile_base: u32,
+    slot_words: u32,
+    gate_q: u32,
+    gate_s: u32,
+    gate_b: u32,
+    up_q: u32,
+    up_s: u32,
+    up_b: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> w: array<u32>; // the cache page
+@group(0) @binding(2) var<storage, read> x: array<f32>; // [tokens, hidden]
+@group(0) @binding(3) var<storage, read> assign: array<u32>;
+@group(0) @binding(4) var<storage, read> tiles: array<u32>;
+@group(0) @binding(5) var<storage, read_write> h: array<f32>;
+
+const TR: u32 = 32u; // rows per tile
+const TT: u32 = 32u; // assignments per tile
+const TK: u32 = 32u; // columns per K tile
+// [row][k / 4] as vec4s, rows padded to 9 vec4s: 8 invocations reading 8 rows at one
+// column hit 8 different bank quads.
+var<workgroup> gs: array<array<vec4<f32>, 9>, 32>; // dequantized G
+var<workgroup> us: array<array<vec4<f32>, 9>, 32>; // dequantized U
+var<workgroup> xs: array<array<vec4<f32>, 9>, 32>; // [assignment][k / 4]
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+    let first = tiles[2u * (p.tile_base + wid.y)];
+    let count = min(tiles[2u * (p.tile_base + wid.y) + 1u], TT);
+    let row0 = wid.x * TR;
+    let sb = assign[2u * first + 1u] * p.slot_words;
+    // Loader roles: octet (row lr, octet lo) of G (li < 128) or U; x values 4 xo .. 4 xo + 3
+    // of assignment xa.
+    let lr = (li & 127u) >> 2u;
+    let lo = li & 3u;
+    let is_up = li >= 128u;
+    let q_word = sb + select(p.gate_q, p.up_q, is_up);
+    let s_word = sb + select(p.gate_s, p.up_s, is_up);
+    let b_word = sb + select(p.gate_b, p.up_b, is_up);
+    let xa = li >> 3u;
+    let xo = li & 7u;
+    let token = assign[2u * (first + min(xa, count - 1u))];
+    var g0 = vec2<f32>(0.0);
+    var g1 = vec2<f32>(0.0);
+    var u0 = vec2<f32>(0.0);
+    var u1 = vec2<f32>(0.0);
+    for (var k0 = 0u; k0 < p.hidden; k0 += TK) {
+        var v = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
+        let r = row0 + lr;
+        if (r < p.inter) {
+            v = octet_values(q_word, s_word, b_word, r, k0, lo);
+        }
+        if (is_up) {
+            us[lr][2u * lo] = v.q0;
+            us[lr][2u * lo + 1u] = v.q1;
+        } else {
+            gs[lr][2u * lo] = v.q0;
+            gs[lr][2u * lo + 1u] = v.q1;
+        }
+        let xi = token * p.hidden + k0 + 4u * xo;
+        xs[xa][xo] = vec4<f32>(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
+        workgroupBarrier();
+        for (var kq = 0u; kq < TK / 4u; kq++) {
+            let xa0 = xs[lid.y][kq];
+            let xa1 = xs[lid.y + 16u][kq];
+            let ga = gs[lid.x][kq];
+            let gb = gs[lid.x + 16u][kq];
+            let ua = us[lid.x][kq];
+            let ub = us[lid.x + 16u][kq];
+            g0 += vec2<f32>(dot(ga, xa0), dot(ga, xa1));
+            g1 += vec2<f32>(dot(gb, xa0), dot(gb, xa1));
+            u0 += vec2<f32>(dot(ua, xa0), dot(ua, xa1));
+            u1 += vec2<f32>(dot(ub, xa0), dot(ub, xa1));
+        }
+        workgroupBarrier();
+    }
+    store(first, count, row0 + lid.x, lid.y, g0.x, u0.x);
+    store(first, count, row0 + lid.x, lid.y + 16u, g0.y, u0.y);
+    store(first, count, row0 + lid.x + 16u, lid.y, g1.x, u1.x);
+    store(first, count, row0 + lid.x + 16u, lid.y + 16u, g1.y, u1.y);
+}
+
+// h of row r for the tile's assignment t, if both exist.
+fn store(first: u32, count: u32, r: u32, t: u32, g: f32, u: f32) {
+    if (r < p.inter && t < count) {
+        h[(first + t) * p.inter + r] = g / (1.0 + exp(-g)) * u;
+    }
+}
+
+// The 8 weights of octet lo (columns k0 + 8 lo ..) of row r of the matrix whose codes,
+// scales and biases start at words q_word, s_word, b_word.
+fn octet_values(q_word: u32, s_word: u32, b_word: u32, r: u32, k0: u32, lo: u32) -> Octet {
+    let u = (k0 >> 3u) + lo; // octet index in the row
+    let wi = q_word + r * (p.hidden * BITS / 32u) + octet_word(u);
+    let shift = octet_shift(u);
+    var w1 = 0u;
+    if (octet_spills(shift)) {
+        w1 = w[wi + 1u];
+    }
+    let q = octet_codes(w[wi], w1, shift);
+    let e = r * (p.hidden / GROUP) + k0 / GROUP;
+    let s = scale_value(w[scale_word(s_word, e)], e);
+    let b = scale_value(w[scale_word(b_word, e)], e);
+    return Octet(s * q.q0 + b, s * q.q1 + b);
+}
