@@ -57,7 +57,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             var v = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
             let r = row0 + lr;
             if (r < p.hidden) {
-                v = octet_values(sb, r, k0, lo);
+                v = tile_octet(sb + p.down_q, sb + p.down_s, sb + p.down_b, p.inter, r, k0, lo);
             }
             ds[lr][2u * lo] = v.q0;
             ds[lr][2u * lo + 1u] = v.q1;
@@ -87,20 +87,4 @@ fn store(first: u32, count: u32, r: u32, t: u32, v: f32) {
         let a = first + t;
         o[a * p.hidden + r] = v * route_w[a];
     }
-}
-
-// The 8 weights of octet lo (columns k0 + 8 lo ..) of row r of D in the slot at word sb.
-fn octet_values(sb: u32, r: u32, k0: u32, lo: u32) -> Octet {
-    let u = (k0 >> 3u) + lo; // octet index in the row
-    let wi = sb + p.down_q + r * (p.inter * BITS / 32u) + octet_word(u);
-    let shift = octet_shift(u);
-    var w1 = 0u;
-    if (octet_spills(shift)) {
-        w1 = w[wi + 1u];
-    }
-    let q = octet_codes(w[wi], w1, shift);
-    let e = r * (p.inter / GROUP) + k0 / GROUP;
-    let s = scale_value(w[scale_word(sb + p.down_s, e)], e);
-    let b = scale_value(w[scale_word(sb + p.down_b, e)], e);
-    return Octet(s * q.q0 + b, s * q.q1 + b);
 }

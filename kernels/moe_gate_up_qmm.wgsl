@@ -66,7 +66,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         var v = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
         let r = row0 + lr;
         if (r < p.inter) {
-            v = octet_values(q_word, s_word, b_word, r, k0, lo);
+            v = tile_octet(q_word, s_word, b_word, p.hidden, r, k0, lo);
         }
         if (is_up) {
             us[lr][2u * lo] = v.q0;
@@ -103,21 +103,4 @@ fn store(first: u32, count: u32, r: u32, t: u32, g: f32, u: f32) {
     if (r < p.inter && t < count) {
         h[(first + t) * p.inter + r] = g / (1.0 + exp(-g)) * u;
     }
-}
-
-// The 8 weights of octet lo (columns k0 + 8 lo ..) of row r of the matrix whose codes,
-// scales and biases start at words q_word, s_word, b_word.
-fn octet_values(q_word: u32, s_word: u32, b_word: u32, r: u32, k0: u32, lo: u32) -> Octet {
-    let u = (k0 >> 3u) + lo; // octet index in the row
-    let wi = q_word + r * (p.hidden * BITS / 32u) + octet_word(u);
-    let shift = octet_shift(u);
-    var w1 = 0u;
-    if (octet_spills(shift)) {
-        w1 = w[wi + 1u];
-    }
-    let q = octet_codes(w[wi], w1, shift);
-    let e = r * (p.hidden / GROUP) + k0 / GROUP;
-    let s = scale_value(w[scale_word(s_word, e)], e);
-    let b = scale_value(w[scale_word(b_word, e)], e);
-    return Octet(s * q.q0 + b, s * q.q1 + b);
 }

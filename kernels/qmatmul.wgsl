@@ -55,8 +55,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         @builtin(local_invocation_index) li: u32) {
     let row0 = wid.x * TR;
     let tok0 = wid.y * TT;
-    let words_per_row = p.cols * BITS / 32u;
-    let groups_per_row = p.cols / GROUP;
     // The loader role of this thread: W octet (row lr, octet lo) or x octet (token lr).
     let lr = (li & 127u) >> 2u;
     let lo = li & 3u;
@@ -69,19 +67,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         if (li < 128u) {
             let r = row0 + lr;
             if (r < p.rows) {
-                let u = (k0 >> 3u) + lo; // octet index in the row
-                let wi = r * words_per_row + octet_word(u);
-                let shift = octet_shift(u);
-                var w1 = 0u;
-                if (octet_spills(shift)) {
-                    w1 = w[wi + 1u];
-                }
-                let q = octet_codes(w[wi], w1, shift);
-                let e = r * groups_per_row + k0 / GROUP;
-                let s = scale_value(w[scale_word(p.scales_word, e)], e);
-                let b = scale_value(w[scale_word(p.biases_word, e)], e);
-                v0 = s * q.q0 + b;
-                v1 = s * q.q1 + b;
+                let o = tile_octet(0u, p.scales_word, p.biases_word, p.cols, r, k0, lo);
+                v0 = o.q0;
+                v1 = o.q1;
             }
             ws[lr][2u * lo] = v0;
             ws[lr][2u * lo + 1u] = v1;

@@ -81,6 +81,34 @@ fn run(
     )
 }
 
+/// One `qmatvec` of `m` (`rows` x `cols`) with x given as bytes, `flags` and `x_offset`,
+/// no bias or residual, as the engine runs it with 4 rows per team: the outputs.
+fn qmatvec_plain(
+    m: &QMat,
+    (rows, cols): (usize, usize),
+    x: &[u8],
+    flags: u32,
+    x_offset: u32,
+) -> Vec<f32> {
+    let out = run(
+        Kernel::QMatVec,
+        &m.q,
+        &[
+            rows as u32,
+            cols as u32,
+            0,
+            flags,
+            x_offset,
+            m.scales_word,
+            m.biases_word,
+            runner().team(cols),
+        ],
+        &[&m.bytes, x, &[], &[], &f32_bytes(&vec![0.0; rows])],
+        kernels::qmatvec_groups(rows as u32, runner().team(cols), 4),
+    );
+    to_f32(&out[4])
+}
+
 /// The ways a team kernel (`qmatvec`, `moe_gate_up_q`, `moe_down_q`) runs for rows of
 /// `cols` codes: as the engine runs it (the subgroup variant where the adapter has
 /// subgroups, the team being the subgroup), and the portable variant with teams of 4, 16
@@ -360,32 +388,7 @@ fn metric_catches_small_errors() {
     let (rows, cols) = (33usize, 384usize);
     let m = QMat::random(&mut rng, rows, cols, q);
     let x = rng.vec(cols, 1.0);
-    let go = |m: &QMat| {
-        let out = run(
-            Kernel::QMatVec,
-            &m.q,
-            &[
-                rows as u32,
-                cols as u32,
-                0,
-                0,
-                0,
-                m.scales_word,
-                m.biases_word,
-                runner().team(cols),
-            ],
-            &[
-                &m.bytes,
-                &f32_bytes(&x),
-                &[],
-                &[],
-                &f32_bytes(&vec![0.0; rows]),
-            ],
-            kernels::qmatvec_groups(rows as u32, runner().team(cols), 4),
-        );
-        to_f32(&out[4])
-    };
-    let got = go(&m);
+    let got = qmatvec_plain(&m, (rows, cols), &f32_bytes(&x), 0, 0);
     let want = reference::matmul(&m.values, rows, cols, &x, 1);
     let tol = REDUCTION.floor(m.dot_scale(rms(&x)));
     compare(&got, &want, tol).expect("the unperturbed output passes");
@@ -416,7 +419,8 @@ fn metric_catches_small_errors() {
         .scale_dtype
         .decode(&m.bytes[m.biases_word as usize * 4..m.biases_word as usize * 4 + groups * 2]);
     let bad = QMat::from_parts(rows, cols, q, codes, &m.scales, &biases);
-    let e = compare(&go(&bad), &want, tol).unwrap_err();
+    let bad_out = qmatvec_plain(&bad, (rows, cols), &f32_bytes(&x), 0, 0);
+    let e = compare(&bad_out, &want, tol).unwrap_err();
     println!("one code off by one: {e}");
     // A NaN fails, and so does a wrong length.
     let mut nan = got.clone();
@@ -594,29 +598,7 @@ fn qmatvec_misaligned_x_offset_is_loud() {
     let m = QMat::random(&mut rng, rows, cols, q);
     let x = rng.vec(cols + 8, 1.0);
     for x_offset in [1u32, 2, 3, 5] {
-        let out = run(
-            Kernel::QMatVec,
-            &q,
-            &[
-                rows as u32,
-                cols as u32,
-                0,
-                0,
-                x_offset,
-                m.scales_word,
-                m.biases_word,
-                runner().team(cols),
-            ],
-            &[
-                &m.bytes,
-                &f32_bytes(&x),
-                &[],
-                &[],
-                &f32_bytes(&vec![0.0; rows]),
-            ],
-            kernels::qmatvec_groups(rows as u32, runner().team(cols), 4),
-        );
-        let got = to_f32(&out[4]);
+        let got = qmatvec_plain(&m, (rows, cols), &f32_bytes(&x), 0, x_offset);
         assert!(
             got.iter().all(|v| v.is_nan()),
             "x_offset {x_offset}: {got:?}"
@@ -634,29 +616,7 @@ fn q8_activations_with_other_bit_widths_are_loud() {
         let q = quant(bits, 32, DType::F16);
         let m = QMat::random(&mut rng, rows, cols, q);
         let (words, _) = testing::q8_row(&rng.vec(cols, 1.0));
-        let out = run(
-            Kernel::QMatVec,
-            &q,
-            &[
-                rows as u32,
-                cols as u32,
-                0,
-                8,
-                0,
-                m.scales_word,
-                m.biases_word,
-                runner().team(cols),
-            ],
-            &[
-                &m.bytes,
-                &u32_bytes(&words),
-                &[],
-                &[],
-                &f32_bytes(&vec![0.0; rows]),
-            ],
-            kernels::qmatvec_groups(rows as u32, runner().team(cols), 4),
-        );
-        let got = to_f32(&out[4]);
+        let got = qmatvec_plain(&m, (rows, cols), &u32_bytes(&words), 8, 0);
         assert!(got.iter().all(|v| v.is_nan()), "{bits}-bit: {got:?}");
     }
 }

@@ -158,6 +158,8 @@ pub enum Include {
     /// `interleave.wgsl`: the interleaved layout of activation rows that the team kernels
     /// read with fewer cache lines per load.
     Interleave,
+    /// `qtile.wgsl`: dequantizing an octet of a row into a prefill mat-mat tile.
+    QTile,
 }
 
 impl Include {
@@ -173,6 +175,7 @@ impl Include {
             Include::TeamSubgroup => "team_subgroup",
             Include::TopK => "top_k",
             Include::Interleave => "interleave",
+            Include::QTile => "qtile",
         }
     }
 
@@ -188,6 +191,7 @@ impl Include {
             Include::TeamSubgroup => include_str!("../../kernels/include/team_subgroup.wgsl"),
             Include::TopK => include_str!("../../kernels/include/top_k.wgsl"),
             Include::Interleave => include_str!("../../kernels/include/interleave.wgsl"),
+            Include::QTile => include_str!("../../kernels/include/qtile.wgsl"),
         }
     }
 }
@@ -526,6 +530,12 @@ impl Kernel {
         }
         if self.is_quantized() {
             v.push(Include::Quant);
+        }
+        if matches!(
+            self,
+            Kernel::QMatMul | Kernel::MoeGateUpQmm | Kernel::MoeDownQmm
+        ) {
+            v.push(Include::QTile);
         }
         if matches!(self, Kernel::Router | Kernel::MoeRoute) {
             v.push(Include::TopK);
