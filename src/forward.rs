@@ -394,8 +394,17 @@ impl<'a> Pass<'a> {
                 (nh as u32, 1),
             );
         } else {
+            // Prefill: 8 queries per workgroup (heads read as vec4s); else one per query.
+            let (kernel, groups) = if n > 1 && hd % 4 == 0 {
+                (
+                    Kernel::AttentionTiled,
+                    kernels::attention_tiled_groups(nh as u32, n as u32),
+                )
+            } else {
+                (Kernel::Attention, (nh as u32, n as u32))
+            };
             self.rec.dispatch(
-                Kernel::Attention,
+                kernel,
                 None,
                 &[
                     n as u32,
@@ -406,7 +415,7 @@ impl<'a> Pass<'a> {
                     bits(scale),
                 ],
                 &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn).into()],
-                (nh as u32, n as u32),
+                groups,
             );
         }
         self.linear(

@@ -21,7 +21,7 @@
 //!
 //! There is no skipping: without a GPU adapter every test fails (CI runs lavapipe).
 
-use moestream::gpu::kernels::Kernel;
+use moestream::gpu::kernels::{attention_tiled_groups, Kernel};
 use moestream::reference;
 use moestream::{DType, ExpertLayout};
 
@@ -110,6 +110,7 @@ fn every_kernel_is_covered() {
         Kernel::MatMul,
         Kernel::HeadNormRope,
         Kernel::Attention,
+        Kernel::AttentionTiled,
         Kernel::AttentionSplit,
         Kernel::AttentionMerge,
         Kernel::Router,
@@ -726,7 +727,7 @@ fn attention() {
     let mut ck = Checker::new("attention");
     let mut rng = Rng::new(60);
     // (n_tokens, pos0, n_heads, n_kv_heads, head_dim)
-    let cases: [(usize, usize, usize, usize, usize); 12] = [
+    let cases: [(usize, usize, usize, usize, usize); 14] = [
         (1, 0, 1, 1, 16),     // one key
         (1, 149, 4, 4, 64),   // decode over 150 keys (3 key blocks), GQA 1
         (1, 63, 4, 2, 128),   // exactly one block of 64 keys, GQA 2
@@ -739,6 +740,8 @@ fn attention() {
         (5, 60, 8, 8, 24),    // queries straddling the 64-key block boundary
         (2, 126, 4, 2, 256),  // 127 and 128 keys
         (16, 50, 6, 3, 64),   // GQA 2, 51..=66 keys
+        (150, 0, 2, 1, 128),  // 19 blocks of 8 queries, the last one of 6
+        (70, 200, 4, 4, 32),  // query blocks over a cache, keys across 5 key blocks
     ];
     for &(n, pos0, nh, nkv, hd) in &cases {
         let case = format!("tokens {n} pos0 {pos0} heads {nh}/{nkv} head_dim {hd}");
@@ -767,29 +770,38 @@ fn attention() {
             nkv,
             hd,
         );
-        let before = rng.vec(n * nh * hd, 1.0);
-        let out = run(
-            Kernel::Attention,
-            None,
-            &[
-                n as u32,
-                pos0 as u32,
-                nh as u32,
-                nkv as u32,
-                hd as u32,
-                scale.to_bits(),
-            ],
-            &[
-                &f32_bytes(&q),
-                &f32_bytes(&k),
-                &f32_bytes(&v),
-                &f32_bytes(&before),
-            ],
-            (nh as u32, n as u32),
-        );
-        // Outputs are convex combinations of values in [-1, 1], typically dominated by a few
-        // keys; an average over many keys can be small: judged against 0.1.
-        ck.close(&case, &to_f32(&out[3]), &want, REDUCTION.floor(0.1));
+        // One workgroup per (head, query), and 8 queries per workgroup (heads of a multiple
+        // of 4 values, as all of these).
+        let tiled = attention_tiled_groups(nh as u32, n as u32);
+        for (kernel, groups) in [
+            (Kernel::Attention, (nh as u32, n as u32)),
+            (Kernel::AttentionTiled, tiled),
+        ] {
+            let before = rng.vec(n * nh * hd, 1.0);
+            let out = run(
+                kernel,
+                None,
+                &[
+                    n as u32,
+                    pos0 as u32,
+                    nh as u32,
+                    nkv as u32,
+                    hd as u32,
+                    scale.to_bits(),
+                ],
+                &[
+                    &f32_bytes(&q),
+                    &f32_bytes(&k),
+                    &f32_bytes(&v),
+                    &f32_bytes(&before),
+                ],
+                groups,
+            );
+            // Outputs are convex combinations of values in [-1, 1], typically dominated by a
+            // few keys; an average over many keys can be small: judged against 0.1.
+            let case = format!("{} {case}", kernel.name());
+            ck.close(&case, &to_f32(&out[3]), &want, REDUCTION.floor(0.1));
+        }
     }
     ck.report();
 }

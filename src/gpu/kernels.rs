@@ -30,8 +30,12 @@ pub enum Kernel {
     /// Per-head RMSNorm + rotary position embedding (rotate-half form), optionally copying
     /// the values into the value cache.
     HeadNormRope,
-    /// Causal attention over the KV cache (prefill; decode uses the split pair below).
+    /// Causal attention over the KV cache, one workgroup per (head, query) (decode of
+    /// heads whose size is not a multiple of 4; see the kernels below).
     Attention,
+    /// Causal attention for prefill, 8 queries per workgroup sharing each key and value
+    /// read ([`attention_tiled_groups`]; head_dim a multiple of 4).
+    AttentionTiled,
     /// Decode attention over one key range per workgroup ([`attention_splits`]): partial
     /// softmax states, combined by [`Kernel::AttentionMerge`].
     AttentionSplit,
@@ -289,6 +293,11 @@ pub fn qmatvec_groups(rows: u32, team: u32, rows_per_team: u32) -> (u32, u32) {
     grid_of(rows.div_ceil(team_rows(team, rows_per_team)))
 }
 
+/// Grid of [`Kernel::AttentionTiled`]: one workgroup per head and 8 queries.
+pub fn attention_tiled_groups(n_heads: u32, n_tokens: u32) -> (u32, u32) {
+    (n_heads, n_tokens.div_ceil(8).max(1))
+}
+
 /// Assignments per tile of the prefill expert mat-mat kernels.
 pub const MOE_QMM_TILE: usize = 32;
 
@@ -378,13 +387,14 @@ pub fn moe_down_q_groups(hidden: u32, n_assign: u32, team: u32, rows_per_team: u
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 24] = [
+    pub const ALL: [Kernel; 25] = [
         Kernel::Embedding,
         Kernel::RmsNorm,
         Kernel::MatVec,
         Kernel::MatMul,
         Kernel::HeadNormRope,
         Kernel::Attention,
+        Kernel::AttentionTiled,
         Kernel::AttentionSplit,
         Kernel::AttentionMerge,
         Kernel::Router,
@@ -414,6 +424,7 @@ impl Kernel {
             Kernel::MatMul => "matmul",
             Kernel::HeadNormRope => "head_norm_rope",
             Kernel::Attention => "attention",
+            Kernel::AttentionTiled => "attention_tiled",
             Kernel::AttentionSplit => "attention_split",
             Kernel::AttentionMerge => "attention_merge",
             Kernel::Router => "router",
@@ -443,6 +454,7 @@ impl Kernel {
             Kernel::MatMul => include_str!("../../kernels/matmul.wgsl"),
             Kernel::HeadNormRope => include_str!("../../kernels/head_norm_rope.wgsl"),
             Kernel::Attention => include_str!("../../kernels/attention.wgsl"),
+            Kernel::AttentionTiled => include_str!("../../kernels/attention_tiled.wgsl"),
             Kernel::AttentionSplit => include_str!("../../kernels/attention_split.wgsl"),
             Kernel::AttentionMerge => include_str!("../../kernels/attention_merge.wgsl"),
             Kernel::Router => include_str!("../../kernels/router.wgsl"),
