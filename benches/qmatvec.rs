@@ -29,11 +29,16 @@ use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
 use moestream::{AffineQuant, DType, Result, WeightFormat};
 
-/// qmatvec flags: x in the layout the engine's decode steps use: 8+8-bit blocks for
-/// 4-bit weights (integer dot products), else interleaved f32
+/// Whether x is read as the engine's decode steps read it by default for `bits`: 8+8-bit
+/// blocks for 4-bit weights on adapters with integer dot products, else interleaved f32
 /// (`kernels/include/interleave.wgsl`).
-fn x_flags(bits: u32) -> u32 {
-    if bits == 4 {
+fn q8_x(bench: &GpuBench, bits: u32) -> bool {
+    bits == 4 && bench.adapter().integer_dot_products
+}
+
+/// qmatvec flags for x as decode reads it ([`q8_x`]).
+fn x_flags(bench: &GpuBench, bits: u32) -> u32 {
+    if q8_x(bench, bits) {
         8
     } else {
         4
@@ -230,7 +235,7 @@ fn qmatvec(
                 rows as u32,
                 cols as u32,
                 0,
-                x_flags(q.bits),
+                x_flags(bench, q.bits),
                 0,
                 sw,
                 bw,
@@ -348,7 +353,7 @@ fn experts(
                 ub,
                 team,
                 // x as decode reads it (8+8-bit for 4-bit, else interleaved), h interleaved.
-                if q.bits == 4 { 0b110 } else { 0b11 },
+                if q8_x(bench, q.bits) { 0b110 } else { 0b11 },
             ],
             &sets,
             kernels::moe_gate_up_q_groups(inter as u32, k as u32, team, rpt_gu),
@@ -423,12 +428,13 @@ fn experts(
 fn run(bench: &GpuBench, all_bits: bool, large: bool) -> Result<()> {
     let a = bench.adapter();
     println!(
-        "adapter: {} ({}, {}), kernels: {} (subgroup size {:?}), timing: {}",
+        "adapter: {} ({}, {}), kernels: {} (subgroup size {:?}), integer dot products: {}, timing: {}",
         a.name,
         a.backend,
         a.device_type,
         a.variant.name(),
         a.subgroup_size,
+        a.integer_dot_products,
         if bench.has_timestamps() {
             "GPU timestamps"
         } else {

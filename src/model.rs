@@ -36,7 +36,7 @@ pub struct ModelBuilder {
     adapter: AdapterChoice,
     io_threads: usize,
     page_bytes: Option<u64>,
-    f32_activations: bool,
+    f32_activations: Option<bool>,
 }
 
 impl std::fmt::Debug for ModelBuilder {
@@ -99,18 +99,20 @@ impl ModelBuilder {
         self
     }
 
-    /// Whether decode steps dot 4-bit weights with f32 activations (`true`) instead of the
-    /// default 8+8-bit activation blocks and integer dot products (`false`).
+    /// Whether decode steps dot 4-bit weights with f32 activations (`true`) or with 8+8-bit
+    /// activation blocks and integer dot products (`false`). Default: the integer path
+    /// where the adapter has packed integer dot products in hardware
+    /// ([`AdapterSummary::integer_dot_products`]: Vulkan, DirectX 12), f32 elsewhere.
     ///
-    /// The default stores each 32-value block of a normalized activation row as
+    /// The integer path stores each 32-value block of a normalized activation row as
     /// `t * (254 hi + lo)` with 8-bit `hi` and `lo`, within `max |x| / 64516` of each value
     /// (`kernels/include/interleave.wgsl`), and dots it with the 4-bit codes exactly in
     /// integers: on the H200 a large 4-bit mat-vec runs at 0.92 of copy bandwidth instead
     /// of 0.51, and logits move by up to ~5e-4 from an f32 reference on the test models
     /// (against ~1e-5 with f32 activations; bf16 inference moves them by ~1e-2). Set this
-    /// to compare against f32 references at the tightest tolerance.
+    /// to `true` to compare against f32 references at the tightest tolerance.
     pub fn f32_activations(mut self, yes: bool) -> Self {
-        self.f32_activations = yes;
+        self.f32_activations = Some(yes);
         self
     }
 
@@ -173,6 +175,7 @@ impl ModelBuilder {
             ));
         }
         let gpu = Gpu::new(&self.adapter)?;
+        let gpu_integer_dot = gpu.summary.integer_dot_products;
         let weights = Weights::load(&gpu, &cfg, &ckpt)?;
         let total_experts = moe_layers.len() * cfg.num_experts;
         let cache = if total_experts > 0 {
@@ -214,7 +217,7 @@ impl ModelBuilder {
                 weights,
                 store,
                 cache,
-                f32_activations: self.f32_activations,
+                f32_activations: self.f32_activations.unwrap_or(!gpu_integer_dot),
             }),
         })
     }
@@ -277,7 +280,7 @@ impl Model {
             adapter: AdapterChoice::Auto,
             io_threads: DEFAULT_IO_THREADS,
             page_bytes: None,
-            f32_activations: false,
+            f32_activations: None,
         }
     }
 

@@ -56,6 +56,12 @@ pub struct AdapterSummary {
     pub variant: Variant,
     /// The subgroup size measured on the device, when the subgroup variant is in use.
     pub subgroup_size: Option<u32>,
+    /// Whether the GPU is taken to have packed 4x8-bit integer dot products in hardware
+    /// (`dot4I8Packed`): adapters on Vulkan and DirectX 12, whose desktop GPUs have them
+    /// (and where lavapipe compiles them to vector code). Metal and GL emulate them with
+    /// scalar integer multiplies, so there the 4-bit kernels keep f32 activations by
+    /// default (`ModelBuilder::f32_activations`).
+    pub integer_dot_products: bool,
 }
 
 /// A compiled pipeline's identity: kernel, weight (or scale) dtype code, bits, group size,
@@ -227,6 +233,10 @@ impl Gpu {
                 max_binding_bytes: max_binding,
                 variant,
                 subgroup_size: None,
+                integer_dot_products: matches!(
+                    info.backend,
+                    wgpu::Backend::Vulkan | wgpu::Backend::Dx12
+                ),
             },
             max_binding,
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
