@@ -7,7 +7,8 @@
 //! cargo run --release --example chat                      # synthetic demo model
 //! ```
 //! Commands: `/reset` (new conversation, the system message kept), `/quit` (or end of
-//! input). Lines are read from stdin, so piped input works too (it is echoed after `> `).
+//! input). Ctrl-C stops the reply being written (on Unix) and, at the prompt, leaves.
+//! Lines are read from stdin, so piped input works too (it is echoed after `> `).
 //! Sampling defaults come from `generation_config.json`; the flags override them.
 
 #[path = "support/demo.rs"]
@@ -80,6 +81,8 @@ fn run(args: Args) -> moestream::Result<()> {
     let s = &mut options.sampling;
     demo::apply_sampling_flags(s, args.temperature, args.top_p, args.top_k, args.seed);
     options.max_tokens = args.max_tokens;
+    let interrupt = demo::Interrupt::install();
+    options.cancel = Some(interrupt.handle());
 
     let mut builder = Model::builder(&dir);
     if let Some(b) = args.expert_cache_bytes.or(default_budget) {
@@ -87,7 +90,7 @@ fn run(args: Args) -> moestream::Result<()> {
     }
     let model = builder.build()?;
     eprintln!(
-        "{} on {} ({}). /reset starts over, /quit (or end of input) leaves.",
+        "{} on {} ({}). /reset starts over, /quit (or end of input) leaves, Ctrl-C stops a reply.",
         dir.display(),
         model.adapter().name,
         model.adapter().backend
@@ -129,15 +132,15 @@ fn run(args: Args) -> moestream::Result<()> {
             }
             _ => {}
         }
-        let generation = match chat.send(line) {
-            Ok(g) => g,
+        let reply = interrupt.generating(|| match chat.send(line) {
+            Ok(generation) => demo::stream_text(generation, &mut out).map(Some),
             Err(e) => {
                 // E.g. the template rejects the conversation, or it no longer fits.
                 eprintln!("[error: {e}]");
-                continue;
+                Ok(None)
             }
-        };
-        if let Some(c) = demo::stream_text(generation, &mut out)? {
+        })?;
+        if let Some(c) = reply.flatten() {
             let st = &c.stats;
             eprintln!(
                 "[{}; {} tokens, {:.2} tok/s, first token after {:.2}s; prompt {} tokens, {} from cache; expert hit rate {:.1}%, {:.1} MiB read]",

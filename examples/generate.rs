@@ -233,8 +233,15 @@ fn run(args: Args) -> moestream::Result<()> {
             cfg.eos_token_ids.clone(),
         );
     };
-    let generation = session.generate(&tokenizer, Prompt::Ids(prompt_ids), &options)?;
-    let Some(c) = demo::stream_text(generation, &mut std::io::stdout())? else {
+    // Ctrl-C stops the generation (on Unix) and still prints its statistics.
+    let interrupt = demo::Interrupt::install();
+    let mut options = options;
+    options.cancel = Some(interrupt.handle());
+    let c = interrupt.generating(|| {
+        let generation = session.generate(&tokenizer, Prompt::Ids(prompt_ids), &options)?;
+        demo::stream_text(generation, &mut std::io::stdout())
+    })?;
+    let Some(c) = c else {
         return Ok(());
     };
     let st = &c.stats;

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use moestream::synthetic::SyntheticSpec;
-use moestream::{Completion, GenerationEvent};
+use moestream::{CancelHandle, Completion, GenerationEvent};
 
 /// Where the demo model is written: `$MOESTREAM_CACHE`, `$XDG_CACHE_HOME/moestream`,
 /// `~/.cache/moestream`, or the temp folder.
@@ -155,4 +155,69 @@ pub fn stream_text(
         }
     }
     Ok(done)
+}
+
+/// Ctrl-C while a reply is being generated stops that reply (it ends as `cancelled`)
+/// instead of the program; Ctrl-C at any other time exits as usual (status 130). Give the
+/// returned handle to the generation (`GenerateOptions::cancel`) and mark the replies
+/// with [`Interrupt::generating`]. Unix only: elsewhere Ctrl-C keeps its default.
+pub struct Interrupt {
+    cancel: CancelHandle,
+    generating: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[cfg(unix)]
+static SIGINT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(unix)]
+extern "C" fn on_sigint(_: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    SIGINT.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+impl Interrupt {
+    /// Installs the handler (once per program).
+    pub fn install() -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let me = Interrupt {
+            cancel: CancelHandle::new(),
+            generating: Arc::new(AtomicBool::new(false)),
+        };
+        #[cfg(unix)]
+        {
+            let handler = on_sigint as extern "C" fn(libc::c_int);
+            // SAFETY: the handler only stores to an atomic.
+            unsafe {
+                libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+            }
+            let (cancel, generating) = (me.cancel.clone(), me.generating.clone());
+            std::thread::spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                if SIGINT.swap(false, Ordering::SeqCst) {
+                    if generating.load(Ordering::SeqCst) {
+                        cancel.cancel();
+                    } else {
+                        std::process::exit(130);
+                    }
+                }
+            });
+        }
+        me
+    }
+
+    /// The handle that Ctrl-C cancels.
+    pub fn handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
+    /// Runs `reply` with Ctrl-C stopping it, the handle reset first.
+    pub fn generating<T>(&self, reply: impl FnOnce() -> T) -> T {
+        use std::sync::atomic::Ordering;
+        self.cancel.reset();
+        self.generating.store(true, Ordering::SeqCst);
+        let out = reply();
+        self.generating.store(false, Ordering::SeqCst);
+        out
+    }
 }
