@@ -37,11 +37,11 @@ struct Params {
 
 const NONE: u32 = 0xffffffffu;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(128)
 fn main(@builtin(local_invocation_index) lid: u32) {
     route_top_k(0u, p.n_experts, p.top_k, p.norm_topk != 0u, lid);
     // Look the chosen experts up in parallel; tk_id[k] becomes the slot (0 for a miss).
-    for (var k = lid; k < p.top_k; k += 64u) {
+    for (var k = lid; k < p.top_k; k += TK_WG) {
         let id = tk_id[k];
         route_log[p.log_base + k] = id;
         // An empty choice (NaN logits) is a miss.
@@ -56,7 +56,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     workgroupBarrier();
     // Assignment j of page pg is row pg * top_k + j, j counting the earlier choices in pg.
-    for (var k = lid; k < p.top_k; k += 64u) {
+    for (var k = lid; k < p.top_k; k += TK_WG) {
         let slot = tk_id[k];
         let pg = slot / p.slots_per_page;
         var j = 0u;
@@ -69,7 +69,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         assign_w[a] = tk_w[k];
         route[k] = a;
     }
-    for (var pg = lid; pg < p.n_pages; pg += 64u) {
+    for (var pg = lid; pg < p.n_pages; pg += TK_WG) {
         var count = 0u;
         for (var k = 0u; k < p.top_k; k++) {
             count += u32(tk_id[k] / p.slots_per_page == pg);

@@ -13,7 +13,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> weights: array<f32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let t = wid.x + wid.y * nwg.x;
@@ -21,7 +21,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     route_top_k(t * p.n_experts, p.n_experts, p.top_k, p.norm_topk != 0u, lid);
-    for (var k = lid; k < p.top_k; k += 64u) {
+    for (var k = lid; k < p.top_k; k += TK_WG) {
         ids[t * p.top_k + k] = tk_id[k];
         weights[t * p.top_k + k] = tk_w[k];
     }

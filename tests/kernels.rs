@@ -998,7 +998,7 @@ fn router() {
             }
         }
     }
-    // More choices than invocations (64): each invocation fills several ranks.
+    // Many choices; more than invocations (128) for 1024: each fills several ranks.
     for &(ne, top_k) in &[(128usize, 100usize), (1024, 1024), (70, 70)] {
         let case = format!("experts {ne} top_k {top_k}");
         let logits = ladder_logits(&mut rng, 2, ne);

@@ -1,4 +1,4 @@
-// MoE routing of one token by a 64-invocation workgroup (prepended to router.wgsl and
+// MoE routing of one token by a 128-invocation workgroup (prepended to router.wgsl and
 // moe_route.wgsl; not a kernel itself): softmax over the experts' logits in f32, the top_k
 // experts (ties to the lower index), their probabilities optionally renormalized to sum
 // to 1. Both kernels share this code so that the routing-readback path and the resident
@@ -10,56 +10,58 @@
 // H200), stopping once k do; an expert of rank r < k is written to slot r. A single
 // barrier instead of k reduction trees.
 
+// Invocations of the routing workgroup.
+const TK_WG: u32 = 128u;
+
 var<workgroup> tk_probs: array<f32, 1024>;
-var<workgroup> tk_red: array<f32, 64>;
+var<workgroup> tk_max: array<f32, 128>;
+var<workgroup> tk_sum: array<f32, 128>;
 // The chosen experts in rank order, and their weights (u32::MAX / 0 when fewer than
 // top_k experts have a finite probability).
 var<workgroup> tk_id: array<u32, 1024>;
 var<workgroup> tk_w: array<f32, 1024>;
 
 // Routes the token whose logits start at logits[lb] over n experts (<= 1024); top_k <= n.
-// Call from uniform control flow with all 64 invocations.
+// Call from uniform control flow with all TK_WG invocations.
 fn route_top_k(lb: u32, n: u32, top_k: u32, norm: bool, lid: u32) {
+    // The softmax's max and sum in one pass (each invocation's running pair, rescaled as
+    // its max grows) and one reduction tree over the pairs; the logits stay in workgroup
+    // memory for the second pass.
     var mx = -3.0e38;
-    for (var e = lid; e < n; e += 64u) {
-        mx = max(mx, logits[lb + e]);
-    }
-    tk_red[lid] = mx;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            tk_red[lid] = max(tk_red[lid], tk_red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    mx = tk_red[0];
-    workgroupBarrier();
     var sum = 0.0;
-    for (var e = lid; e < n; e += 64u) {
-        let v = exp(logits[lb + e] - mx);
+    for (var e = lid; e < n; e += TK_WG) {
+        let v = logits[lb + e];
         tk_probs[e] = v;
-        sum += v;
+        let m2 = max(mx, v);
+        sum = sum * exp(mx - m2) + exp(v - m2);
+        mx = m2;
     }
-    tk_red[lid] = sum;
+    tk_max[lid] = mx;
+    tk_sum[lid] = sum;
     workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
+    for (var s = TK_WG / 2u; s > 0u; s >>= 1u) {
         if (lid < s) {
-            tk_red[lid] += tk_red[lid + s];
+            let ma = tk_max[lid];
+            let mb = tk_max[lid + s];
+            let m2 = max(ma, mb);
+            tk_sum[lid] = tk_sum[lid] * exp(ma - m2) + tk_sum[lid + s] * exp(mb - m2);
+            tk_max[lid] = m2;
         }
         workgroupBarrier();
     }
-    let total = tk_red[0];
-    for (var e = lid; e < n; e += 64u) {
-        let v = tk_probs[e] / total;
-        // A NaN probability (from NaN logits) is never chosen.
+    mx = tk_max[0];
+    let total = tk_sum[0];
+    for (var e = lid; e < n; e += TK_WG) {
+        let v = exp(tk_probs[e] - mx) / total;
+        // A NaN (from a NaN logit, or an all -inf row) never ranks.
         tk_probs[e] = select(-1.0, v, v == v);
     }
-    for (var k = lid; k < top_k; k += 64u) {
+    for (var k = lid; k < top_k; k += TK_WG) {
         tk_id[k] = 0xffffffffu;
         tk_w[k] = 0.0;
     }
     workgroupBarrier();
-    for (var e = lid; e < n; e += 64u) {
+    for (var e = lid; e < n; e += TK_WG) {
         let v = tk_probs[e];
         if (v >= 0.0) {
             var r4 = vec4<u32>(0u);
@@ -93,7 +95,7 @@ fn route_top_k(lb: u32, n: u32, top_k: u32, norm: bool, lid: u32) {
             chosen += tk_w[k];
         }
         workgroupBarrier();
-        for (var k = lid; k < top_k; k += 64u) {
+        for (var k = lid; k < top_k; k += TK_WG) {
             tk_w[k] = tk_w[k] / chosen;
         }
         workgroupBarrier();
