@@ -57,6 +57,29 @@ impl Scratch {
     }
 }
 
+/// Rows per team (0: the kernel's default) and grid of an expert projection of `rows`
+/// rows of `cols` values over `count` assignments: the quantized team kernels, or the
+/// float kernels' one workgroup per row and assignment. (`moe_gate_up_q_groups` and
+/// `moe_down_q_groups` size their grids alike.)
+fn expert_grid(
+    m: &ModelInner,
+    quantized: bool,
+    rows: usize,
+    cols: usize,
+    count: u32,
+) -> (u32, (u32, u32)) {
+    let rows = rows as u32;
+    if quantized {
+        let rpt = kernels::expert_rows_per_team(rows);
+        (
+            rpt,
+            kernels::moe_gate_up_q_groups(rows, count, m.gpu.team(cols), rpt),
+        )
+    } else {
+        (0, (rows, count))
+    }
+}
+
 /// Whether a normalization of `rows` rows of `len` values also writes its row in the
 /// interleaved layout (`kernels/include/interleave.wgsl`): decode rows whose length the
 /// layout allows.
@@ -199,8 +222,8 @@ impl<'a> Pass<'a> {
     }
 
     /// RMSNorm of `rows` rows of `len` values of x (from `x_offset`) into y; a single row
-    /// of a multiple of 32 values is also written interleaved into `xi` and in 8+8-bit
-    /// blocks into `xq` ([`interleaves`]).
+    /// of a multiple of 32 values is also written interleaved into `xi` ([`interleaves`])
+    /// and, unless the model keeps f32 activations, in 8+8-bit blocks into `xq`.
     fn rmsnorm(
         &mut self,
         x: &wgpu::Buffer,
@@ -212,11 +235,11 @@ impl<'a> Pass<'a> {
     ) {
         let eps = self.m.cfg.rms_norm_eps;
         let il = interleaves(rows, len);
-        let (yi, yq) = if il {
-            (&self.s.xi, &self.s.xq)
-        } else {
-            (&self.m.gpu.dummy, &self.m.gpu.dummy)
-        };
+        // The 8+8-bit row only for models whose 4-bit mat-vecs read it.
+        let q8 = il && !self.m.f32_activations;
+        let dummy = &self.m.gpu.dummy;
+        let yi = if il { &self.s.xi } else { dummy };
+        let yq = if q8 { &self.s.xq } else { dummy };
         self.rec.dispatch(
             Kernel::RmsNorm,
             None,
@@ -226,7 +249,7 @@ impl<'a> Pass<'a> {
                 bits(eps),
                 x_offset as u32,
                 0,
-                if il { 3 } else { 0 },
+                u32::from(il) | (u32::from(q8) << 1),
             ],
             &[x.into(), w.bind(), y.into(), yi.into(), yq.into()],
             grid(rows),
@@ -363,13 +386,16 @@ impl<'a> Pass<'a> {
         );
         // As transformers: `head_dim ** -0.5` in double precision, rounded to f32.
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let split = n == 1 && hd % 4 == 0;
         // The merge of a decode step writes its output interleaved for a quantized o_proj.
-        let mut o_interleaved = false;
-
-        if n == 1 && hd % 4 == 0 {
+        let o_layout = if split && matches!(a.o.format, WeightFormat::Affine(_)) && qd % 32 == 0 {
+            XLayout::Interleaved
+        } else {
+            XLayout::Natural
+        };
+        if split {
             // Decode: many workgroups over short key ranges, then one merge per head
             // (the split kernel reads heads as vec4s).
-            o_interleaved = matches!(a.o.format, WeightFormat::Affine(_)) && (nh * hd) % 32 == 0;
             let (chunk, splits) = kernels::attention_splits(self.pos0 as u32 + 1, nh as u32);
             self.rec.dispatch(
                 Kernel::AttentionSplit,
@@ -389,7 +415,12 @@ impl<'a> Pass<'a> {
             self.rec.dispatch(
                 Kernel::AttentionMerge,
                 None,
-                &[nh as u32, hd as u32, splits, u32::from(o_interleaved)],
+                &[
+                    nh as u32,
+                    hd as u32,
+                    splits,
+                    u32::from(o_layout == XLayout::Interleaved),
+                ],
                 &[(&s.attn_part).into(), (&s.attn).into()],
                 (nh as u32, 1),
             );
@@ -420,14 +451,7 @@ impl<'a> Pass<'a> {
         }
         self.linear(
             &a.o,
-            (
-                &s.attn,
-                if o_interleaved {
-                    XLayout::Interleaved
-                } else {
-                    XLayout::Natural
-                },
-            ),
+            (&s.attn, o_layout),
             &s.h,
             a.o_bias.as_ref(),
             Some(&s.x),
@@ -639,18 +663,16 @@ impl<'a> Pass<'a> {
         let h_il = quant.is_some() && kernels.down.2.is_some();
         let mut params = vec![hs, is, start, count];
         params.extend_from_slice(tail);
-        let team = self.m.gpu.team(cfg.hidden_size);
-        let groups = if quant.is_some() {
+        let (h, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
+        let (rpt, groups) = expert_grid(self.m, quant.is_some(), i, h, count);
+        if quant.is_some() {
             let x_flags = match x_layout {
                 XLayout::Natural => 0,
                 XLayout::Interleaved => 1,
                 XLayout::Q8 => 4,
             };
-            params.extend([team, x_flags | (u32::from(h_il) << 1)]);
-            kernels::moe_gate_up_q_groups(is, count, team, kernels::expert_rows_per_team(is))
-        } else {
-            (is, count)
-        };
+            params.extend([self.m.gpu.team(h), x_flags | (u32::from(h_il) << 1)]);
+        }
         let binds = [
             page.into(),
             s.row_in(x_layout).into(),
@@ -666,11 +688,7 @@ impl<'a> Pass<'a> {
             *kernel,
             Some(*wdt),
             *quant,
-            if quant.is_some() {
-                kernels::expert_rows_per_team(is)
-            } else {
-                0
-            },
+            rpt,
             &params,
             &binds,
             size(groups, 0),
@@ -678,13 +696,10 @@ impl<'a> Pass<'a> {
         let (kernel, wdt, quant, tail) = &kernels.down;
         let mut params = vec![hs, is, start, count];
         params.extend_from_slice(tail);
-        let team = self.m.gpu.team(cfg.moe_intermediate_size);
-        let groups = if quant.is_some() {
-            params.extend([team, u32::from(h_il)]);
-            kernels::moe_down_q_groups(hs, count, team, kernels::expert_rows_per_team(hs))
-        } else {
-            (hs, count)
-        };
+        let (rpt, groups) = expert_grid(self.m, quant.is_some(), h, i, count);
+        if quant.is_some() {
+            params.extend([self.m.gpu.team(i), u32::from(h_il)]);
+        }
         let binds = [
             page.into(),
             (&s.moe_h).into(),
@@ -696,11 +711,7 @@ impl<'a> Pass<'a> {
             *kernel,
             Some(*wdt),
             *quant,
-            if quant.is_some() {
-                kernels::expert_rows_per_team(hs)
-            } else {
-                0
-            },
+            rpt,
             &params,
             &binds,
             size(groups, 12),
@@ -777,22 +788,10 @@ impl<'a> Pass<'a> {
             source: None,
         })?;
         let kernels = ExpertKernels::new(l, lay, cache.slot_bytes)?;
-        let (hs, is) = (cfg.hidden_size as u32, cfg.moe_intermediate_size as u32);
         // Workgroups per assignment, as `experts` sizes the grids.
-        let gate_up_x = match kernels.gate_up.2 {
-            Some(_) => {
-                let team = m.gpu.team(cfg.hidden_size);
-                kernels::moe_gate_up_q_groups(is, 1, team, kernels::expert_rows_per_team(is)).0
-            }
-            None => is,
-        };
-        let down_x = match kernels.down.2 {
-            Some(_) => {
-                let team = m.gpu.team(cfg.moe_intermediate_size);
-                kernels::moe_down_q_groups(hs, 1, team, kernels::expert_rows_per_team(hs)).0
-            }
-            None => hs,
-        };
+        let (h, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
+        let gate_up_x = expert_grid(m, kernels.gate_up.2.is_some(), i, h, 1).1 .0;
+        let down_x = expert_grid(m, kernels.down.2.is_some(), h, i, 1).1 .0;
         // Only the pages that hold any of this layer's experts get kernels (a resident
         // model preloaded layer by layer has each layer in one or two pages); the routing
         // kernel flags an expert in any other page (one filled by another session since)

@@ -7,6 +7,7 @@ use crate::cache::{CacheStats, ExpertCache};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::format::WeightFormat;
 use crate::gpu::{AdapterChoice, AdapterSummary, Gpu};
 use crate::session::Session;
 use crate::store::{ExpertRole, ExpertStore, SafetensorsStore};
@@ -177,6 +178,16 @@ impl ModelBuilder {
         let gpu = Gpu::new(&self.adapter)?;
         let gpu_integer_dot = gpu.summary.integer_dot_products;
         let weights = Weights::load(&gpu, &cfg, &ckpt)?;
+        // Decode rows stay f32 when asked, without integer dot products, or when no 4-bit
+        // matrix would read the 8+8-bit row (then no norm writes it).
+        let four_bit = |f: WeightFormat| matches!(f, WeightFormat::Affine(q) if q.bits == 4);
+        let any_four_bit = weights.matrices().any(|m| four_bit(m.format))
+            || moe_layers.iter().any(|&l| {
+                store
+                    .layout(l)
+                    .is_some_and(|lay| lay.tensors.iter().any(|t| four_bit(t.format)))
+            });
+        let f32_activations = self.f32_activations.unwrap_or(!gpu_integer_dot) || !any_four_bit;
         let total_experts = moe_layers.len() * cfg.num_experts;
         let cache = if total_experts > 0 {
             let largest = moe_layers
@@ -217,7 +228,7 @@ impl ModelBuilder {
                 weights,
                 store,
                 cache,
-                f32_activations: self.f32_activations.unwrap_or(!gpu_integer_dot),
+                f32_activations,
             }),
         })
     }
@@ -230,7 +241,9 @@ pub(crate) struct ModelInner {
     pub weights: Weights,
     pub store: Arc<dyn ExpertStore>,
     pub cache: Option<ExpertCache>,
-    /// See [`ModelBuilder::f32_activations`].
+    /// Decode rows stay f32 (no 8+8-bit rows are written or read): asked for with
+    /// [`ModelBuilder::f32_activations`], defaulted on adapters without integer dot
+    /// products, or a model without 4-bit matrices.
     pub f32_activations: bool,
 }
 

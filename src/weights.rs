@@ -24,15 +24,6 @@ pub(crate) enum Qkv {
     },
 }
 
-impl Qkv {
-    fn bytes(&self) -> u64 {
-        match self {
-            Qkv::Fused { w, .. } => w.bytes(),
-            Qkv::Separate { q, k, v, .. } => q.bytes() + k.bytes() + v.bytes(),
-        }
-    }
-}
-
 pub(crate) struct Attention {
     pub qkv: Qkv,
     pub o: GpuMatrix,
@@ -72,17 +63,27 @@ impl Weights {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
+    /// Every resident matrix (the embedding and LM head, each layer's projections).
+    pub fn matrices(&self) -> impl Iterator<Item = &GpuMatrix> {
+        let layers = self.layers.iter().flat_map(|l| {
+            let qkv: Vec<&GpuMatrix> = match &l.attn.qkv {
+                Qkv::Fused { w, .. } => vec![w],
+                Qkv::Separate { q, k, v, .. } => vec![q, k, v],
+            };
+            let mlp: Vec<&GpuMatrix> = match &l.mlp {
+                Mlp::Dense { gate, up, down } => vec![gate, up, down],
+                Mlp::Moe { router } => vec![router],
+            };
+            qkv.into_iter().chain([&l.attn.o]).chain(mlp)
+        });
+        std::iter::once(&self.embed)
+            .chain(self.lm_head.as_ref())
+            .chain(layers)
+    }
+
     /// Bytes of resident weights on the GPU.
     pub fn bytes(&self) -> u64 {
-        let mut total = self.embed.bytes() + self.lm_head.as_ref().map_or(0, GpuMatrix::bytes);
-        for l in &self.layers {
-            total += l.attn.qkv.bytes() + l.attn.o.bytes();
-            total += match &l.mlp {
-                Mlp::Dense { gate, up, down } => gate.bytes() + up.bytes() + down.bytes(),
-                Mlp::Moe { router } => router.bytes(),
-            };
-        }
-        total
+        self.matrices().map(GpuMatrix::bytes).sum()
     }
 
     pub fn load(gpu: &Gpu, cfg: &ModelConfig, ckpt: &Checkpoint) -> Result<Weights> {

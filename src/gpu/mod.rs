@@ -305,7 +305,7 @@ impl Gpu {
     /// The pipeline of a kernel, compiled once per (kernel, weight or scale dtype,
     /// quantization bits and group size, rows per team); `quant` = (bits, group) sets the
     /// `BITS` and `GROUP` override constants of the quantized kernels, `rows` (unless 0, the
-    /// kernel's default) the `ROWS` override constant of [`Kernel::QMatVec`].
+    /// kernel's default) the `ROWS` override constant of the team kernels.
     pub fn pipeline_rows(
         &self,
         kernel: Kernel,
