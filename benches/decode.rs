@@ -17,27 +17,20 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::testing::GpuBench;
 use moestream::synthetic::SyntheticSpec;
 use moestream::{AffineQuant, Model, Result, WeightFormat};
 
+/// The copy kernel's streaming bandwidth in GB/s: the best of
+/// [`GpuBench::copy_bandwidths`]' sizes.
 fn copy_bandwidth() -> Result<f64> {
     let bench = GpuBench::new()?;
-    let bytes = (256u64 << 20).min(bench.adapter().max_binding_bytes & !0xffff);
-    let src = bench.zeros(bytes);
-    let dst = bench.zeros(bytes);
-    let words = (bytes / 16) as u32;
-    let t = bench.time(
-        Kernel::Copy,
-        None,
-        None,
-        &[words],
-        &[&src, &dst],
-        kernels::copy_groups(words),
-        50,
-    )?;
-    Ok(2.0 * bytes as f64 / t / 1e9)
+    let best = bench
+        .copy_bandwidths()?
+        .into_iter()
+        .map(|(_, bps)| bps / 1e9)
+        .fold(0.0, f64::max);
+    Ok(best)
 }
 
 fn main() -> Result<()> {

@@ -1313,13 +1313,13 @@ fn moe_combine() {
 #[test]
 fn grid_past_65535_workgroups() {
     // A 70000-row matvec (a vocabulary-sized lm_head chunk, on a single column to stay
-    // cheap) on the engine's grid: `grid_of` splits it into (65535, 2), and rows 65535..
+    // cheap) on the engine's grid: `grid_of` splits it into (35000, 2), and rows 35000..
     // come from `wid.y`. (The other tests reach `wid.y` with small 2-D grids.)
     let mut ck = Checker::new("big grid");
     let mut rng = Rng::new(120);
     let rows = 70_000usize;
     let g = grid(rows);
-    assert_eq!(g, (65535, 2));
+    assert_eq!(g, (35000, 2));
     let dtype = DType::BF16;
     let (wb, w) = weights(&mut rng, dtype, rows);
     let x = [0.75f32];

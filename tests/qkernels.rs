@@ -546,12 +546,12 @@ fn qmatvec() {
 fn qmatvec_grid_past_65535_workgroups() {
     // 262200 rows of 32 columns (2-bit: one word and one group per row) on the engine's
     // grid with teams of 64 (portable): 65550 workgroups of 4 rows, split by `grid_of`
-    // into (65535, 2).
+    // into (32775, 2).
     let mut ck = Checker::new("qmatvec grid");
     let mut rng = Rng::new(11);
     let (rows, cols) = (262_200usize, 32usize);
     let g = kernels::qmatvec_groups(rows as u32, 64, 4);
-    assert_eq!(g, (65535, 2));
+    assert_eq!(g, (32775, 2));
     let q = quant(2, 32, DType::F16);
     let m = QMat::random(&mut rng, rows, cols, q);
     let x = rng.vec(cols, 1.0);

@@ -243,6 +243,13 @@ fn attention_most_splits(n_heads: u32) -> u32 {
     (512 / n_heads.max(1)).clamp(1, ATTENTION_MAX_SPLITS)
 }
 
+/// The 2-D grid the engine launches `n` workgroups as, within the 65535-per-dimension
+/// limit and with rows as even as possible (kernels linearize it as
+/// `wid.x + wid.y * num_workgroups.x`).
+pub fn grid(n: u32) -> (u32, u32) {
+    grid_of(n)
+}
+
 /// Grid of [`Kernel::Copy`] over `vec4_words` 16-byte words.
 pub fn copy_groups(vec4_words: u32) -> (u32, u32) {
     grid_of(vec4_words.div_ceil(256))

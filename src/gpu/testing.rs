@@ -50,6 +50,12 @@ impl KernelRunner {
         self.gpu.team(cols)
     }
 
+    /// The subgroup size the subgroup variant's teams are built of (`None` in the
+    /// portable variant or when the probe found no usable size).
+    pub fn subgroup_size(&self) -> Option<u32> {
+        self.gpu.subgroup_size
+    }
+
     /// Runs `kernel` once. `params` fill the uniform at binding 0; `buffers[i]` is the
     /// initial content of binding `i + 1` (an empty slice binds a 16-byte dummy buffer).
     /// `groups` is the workgroup grid. Returns the final content of every buffer.
@@ -172,6 +178,41 @@ impl GpuBench {
         self.gpu.timestamps
     }
 
+    /// The copy kernel's streaming bandwidth in bytes read + written per second, for
+    /// copies of 64, 128 and 256 MB (each capped at the largest binding): `(bytes, B/s)`
+    /// per size. Benchmarks take the best as the device's copy bandwidth. The sources hold
+    /// pseudo-random bytes (a GPU that compresses memory must not see zeros).
+    pub fn copy_bandwidths(&self) -> Result<Vec<(u64, f64)>> {
+        let mut out = Vec::new();
+        for mb in [64u64, 128, 256] {
+            let bytes = (mb << 20).min(self.adapter().max_binding_bytes & !0xffff);
+            let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ bytes;
+            let data: Vec<u8> = (0..bytes / 8)
+                .flat_map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    (state ^ (state >> 29)).to_le_bytes()
+                })
+                .collect();
+            let src = self.upload(&data);
+            drop(data);
+            let dst = self.zeros(bytes);
+            let words = (bytes / 16) as u32;
+            let t = self.time(
+                Kernel::Copy,
+                None,
+                None,
+                &[words],
+                &[&src, &dst],
+                super::kernels::copy_groups(words),
+                50,
+            )?;
+            out.push((bytes, 2.0 * bytes as f64 / t));
+        }
+        Ok(out)
+    }
+
     /// A device buffer holding `bytes`.
     pub fn upload(&self, bytes: &[u8]) -> DeviceBuffer {
         DeviceBuffer(self.gpu.upload("bench", bytes))
@@ -183,7 +224,8 @@ impl GpuBench {
     }
 
     /// Seconds per dispatch of `kernel`, from `iters` back-to-back dispatches in one pass
-    /// (after one untimed warm-up pass). GPU time when the adapter has timestamp queries,
+    /// (after an untimed warm-up: one pass, then `4 * iters` dispatches submitted just
+    /// before the timed ones, so that they run at the clocks of steady work). GPU time when the adapter has timestamp queries,
     /// else wall-clock time including submission.
     #[allow(clippy::too_many_arguments)]
     pub fn time(
@@ -250,6 +292,23 @@ impl GpuBench {
             rec.dispatch_q_rows(kernel, wdt, quant, rows, params, binds, groups);
         }
         rec.read(&[], &staging)?;
+        // Keep the GPU busy right up to the timed run: 4x its dispatches, submitted without
+        // waiting, so that the timed ones run at the clocks of steady work (short bursts
+        // after idle gaps ran up to 2x slower on the H200).
+        let mut arena = ParamArena::default();
+        let mut rec = Recorder::new(gpu, &mut arena, None);
+        for i in 0..4 * iters.max(1) as usize {
+            rec.dispatch_q_rows(
+                kernel,
+                wdt,
+                quant,
+                rows,
+                params,
+                &sets[i % sets.len()],
+                groups,
+            );
+        }
+        rec.submit();
         let mut timer = super::Timer::new(gpu);
         let mut arena = ParamArena::default();
         let t0 = std::time::Instant::now();

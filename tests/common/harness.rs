@@ -114,11 +114,9 @@ pub fn run_kernel_rows_on(
         .unwrap_or_else(|e| panic!("{} ({wdt:?}, {quant:?}): {e}", kernel.name()))
 }
 
-/// The engine's 1-D grid (`grid_of` in `src/gpu/recorder.rs`).
+/// The engine's grid for `n` workgroups ([`moestream::gpu::kernels::grid`]).
 pub fn grid(n: usize) -> (u32, u32) {
-    let n = n as u32;
-    let x = n.clamp(1, 65535);
-    (x, n.div_ceil(x).max(1))
+    moestream::gpu::kernels::grid(n as u32)
 }
 
 /// The rows of `v` (each `n` values, `n` a multiple of 32) in the interleaved layout of
