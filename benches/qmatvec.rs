@@ -216,6 +216,7 @@ fn qmatvec(
                     &dummy,
                     &dummy,
                     if overlapped { y } else { &shared_y },
+                    w, // again, as words
                 ]
             })
             .collect();
@@ -325,7 +326,7 @@ fn experts(
         let sets: Vec<Vec<&DeviceBuffer>> = assigns
             .iter()
             .zip(&h_own)
-            .map(|(a, h)| vec![&page, &x, a, if overlapped { h } else { &h_shared }])
+            .map(|(a, h)| vec![&page, &x, a, if overlapped { h } else { &h_shared }, &page])
             .collect();
         t[i] = median_time(
             bench,
@@ -378,6 +379,7 @@ fn experts(
                     a,
                     &w,
                     if overlapped { o } else { &o_shared },
+                    &page,
                 ]
             })
             .collect();

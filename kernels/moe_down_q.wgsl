@@ -30,6 +30,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> assign: array<u32>;
 @group(0) @binding(4) var<storage, read> route_w: array<f32>;
 @group(0) @binding(5) var<storage, read_write> o: array<f32>;
+@group(0) @binding(6) var<storage, read> ws: array<u32>; // w again, as words (include/qblock.wgsl)
 
 const WG: u32 = 64u;
 

@@ -35,6 +35,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>; // [tokens, hidden], read as vec4s
 @group(0) @binding(3) var<storage, read> assign: array<u32>;
 @group(0) @binding(4) var<storage, read_write> h: array<f32>;
+@group(0) @binding(5) var<storage, read> ws: array<u32>; // w again, as words (include/qblock.wgsl)
 
 const WG: u32 = 64u;
 

@@ -12,14 +12,15 @@
 //
 // A workgroup of 64 invocations is 64 / team teams (`team` a power of two from 4 to 64; in
 // the subgroup variant, the subgroup size); each team computes ROWS (a pipeline constant:
-// 4, 2 or 1) consecutive rows. Four rows share each load of x the most; fewer spread a
-// matrix of few rows over more invocations, each with a shorter serial chain of work
-// (kernels::qmatvec_rows_per_team picks). Lane l
-// of a team takes the 32-code blocks l, l + team, ... of its rows (include/qblock.wgsl),
-// two per iteration: it loads a block's 32 values of x once (8 vec4 loads) and its codes
-// of all 4 rows, so the loads of 4 rows and 2 blocks are in flight together. Rows past the end of the chunk re-read
-// the last row (branch-free loads; their sums are dropped). The team's partial sums are
-// added by `team_sum` (include/team_*.wgsl).
+// 4, 2 or 1) consecutive rows. More rows share each load of x; fewer spread a matrix over
+// more invocations, each with a shorter serial chain of work (kernels::qmatvec_rows_per_team
+// picks). Lane l of a team takes the 32-code blocks l, l + team, ... of its rows
+// (include/qblock.wgsl), two per iteration: it loads a block's values of x once and the
+// block's codes of all its rows, so the loads of its rows and 2 blocks are in flight
+// together. Rows past the end of the chunk re-read the last row (branch-free loads; their
+// sums are dropped). The team's partial sums are added by `team_sum` (include/team_*.wgsl).
+// `ws` is the weight buffer again, read a word at a time (scales and biases; see
+// include/qblock.wgsl).
 struct Params {
     rows: u32,
     cols: u32,
@@ -37,6 +38,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> resid: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read> ws: array<u32>; // w again, as words (include/qblock.wgsl)
 
 const WG: u32 = 64u;
 

@@ -197,13 +197,15 @@ impl<'a> Pass<'a> {
                     if n == 1 {
                         let team = self.m.gpu.team(w.cols);
                         let rpt = kernels::qmatvec_rows_per_team(r);
+                        // The weights again as words (`ws`, include/qblock.wgsl).
+                        let [b0, b1, b2, b3, b4] = binds;
                         self.rec.dispatch_q_rows(
                             Kernel::QMatVec,
                             Some(q.scale_dtype),
                             quant,
                             rpt,
                             &[r, c, r0, flags, 0, sw, bw, team],
-                            &binds,
+                            &[b0, b1, b2, b3, b4, buf.into()],
                             kernels::qmatvec_groups(r, team, rpt),
                         );
                     } else {
@@ -673,12 +675,15 @@ impl<'a> Pass<'a> {
             };
             params.extend([self.m.gpu.team(h), x_flags | (u32::from(h_il) << 1)]);
         }
-        let binds = [
+        let mut binds = vec![
             page.into(),
             s.row_in(x_layout).into(),
             (&s.assign).into(),
             (&s.moe_h).into(),
         ];
+        if quant.is_some() {
+            binds.push(page.into()); // the page again as words (`ws`, include/qblock.wgsl)
+        }
         // The grid: direct, or read on the GPU `skip` bytes past the page's arguments.
         let size = |groups: (u32, u32), skip: u64| match indirect {
             None => Size::Direct(groups),
@@ -700,13 +705,16 @@ impl<'a> Pass<'a> {
         if quant.is_some() {
             params.extend([self.m.gpu.team(i), u32::from(h_il)]);
         }
-        let binds = [
+        let mut binds = vec![
             page.into(),
             (&s.moe_h).into(),
             (&s.assign).into(),
             (&s.assign_w).into(),
             (&s.moe_o).into(),
         ];
+        if quant.is_some() {
+            binds.push(page.into());
+        }
         self.rec.dispatch_sized(
             *kernel,
             Some(*wdt),

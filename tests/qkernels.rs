@@ -103,7 +103,14 @@ fn qmatvec_plain(
             m.biases_word,
             runner().team(cols),
         ],
-        &[&m.bytes, x, &[], &[], &f32_bytes(&vec![0.0; rows])],
+        &[
+            &m.bytes,
+            x,
+            &[],
+            &[],
+            &f32_bytes(&vec![0.0; rows]),
+            &m.bytes,
+        ],
         kernels::qmatvec_groups(rows as u32, runner().team(cols), 4),
     );
     to_f32(&out[4])
@@ -332,10 +339,10 @@ fn every_quantized_kernel_is_covered() {
         vec![("WDT", 1.0)]
     );
     assert!(Kernel::RmsNorm.constants(0, None).is_empty());
-    // Rows per team: 1 or 2 for matrices of few rows, 4 from 4096 rows.
-    assert_eq!(kernels::qmatvec_rows_per_team(128), 1);
-    assert_eq!(kernels::qmatvec_rows_per_team(1024), 2);
-    assert_eq!(kernels::qmatvec_rows_per_team(4096), 4);
+    // Rows per team: 2, 1 for chunks of fewer than 64 rows.
+    assert_eq!(kernels::qmatvec_rows_per_team(32), 1);
+    assert_eq!(kernels::qmatvec_rows_per_team(128), 2);
+    assert_eq!(kernels::qmatvec_rows_per_team(65536), 2);
     assert_eq!(kernels::qmatvec_groups(4096, 32, 4), (512, 1));
     assert_eq!(kernels::qmatvec_groups(4096, 32, 1), (2048, 1));
     assert_eq!(kernels::qmatvec_groups(4096, 32, 3), (2048, 1)); // unsupported: 1 row
@@ -523,6 +530,7 @@ fn qmatvec() {
                                 &f32_bytes(&bias),
                                 &f32_bytes(&resid),
                                 &f32_bytes(&before),
+                                &m.bytes, // `ws`: the weights again, as words
                             ],
                             groups,
                         );
@@ -575,6 +583,7 @@ fn qmatvec_grid_past_65535_workgroups() {
             &[],
             &[],
             &f32_bytes(&vec![f32::NAN; rows]),
+            &m.bytes,
         ],
         g,
     );
@@ -966,6 +975,7 @@ fn moe_gate_up_q() {
                     },
                     &u32_bytes(&pairs),
                     &f32_bytes(&before),
+                    &pg.bytes,
                 ],
                 kernels::moe_gate_up_q_groups(inter as u32, count as u32, team, rpt),
             );
@@ -1051,6 +1061,7 @@ fn moe_down_q() {
                     &u32_bytes(&pairs),
                     &f32_bytes(&route_w),
                     &f32_bytes(&before),
+                    &pg.bytes,
                 ],
                 kernels::moe_down_q_groups(hidden as u32, count as u32, team, rpt),
             );

@@ -1,6 +1,10 @@
 // Dot products of quantized rows with f32 vectors, 32 codes at a time (prepended to the
 // mat-vec style quantized kernels after quant.wgsl; not a kernel itself). The kernel must
-// bind its weights as `w: array<vec4<u32>>` and its input vectors as `x: array<vec4<f32>>`.
+// bind its weights as `w: array<vec4<u32>>`, the same buffer again as `ws: array<u32>`,
+// and its input vectors as `x: array<vec4<f32>>`. Codes are loaded as vec4s from `w`;
+// single words (scales, biases, the words of 3/5/6-bit octets) as words from `ws`: a vec4
+// load costs a 32-lane team 512 bytes of cache bandwidth even when every lane wants the
+// same word, so reading scales through `w` made a 4-bit mat-vec 20% slower on an H200.
 //
 // A block is 32 consecutive codes of a row: BITS whole words, starting at a word index that
 // is a multiple of BITS (rows hold a multiple of 32 codes), inside one group (GROUP is a
@@ -54,11 +58,9 @@ fn x32_sum(xs: X32) -> f32 {
     return dot(xs.a + xs.b + xs.c + xs.d + xs.e + xs.f + xs.g + xs.h, vec4<f32>(1.0));
 }
 
-// Word i of the weights (by selects, not a dynamically indexed vector).
+// Word i of the weights.
 fn word_at(i: u32) -> u32 {
-    let v = w[i >> 2u];
-    let k = i & 3u;
-    return select(select(v.x, v.y, k == 1u), select(v.z, v.w, k == 3u), k >= 2u);
+    return ws[i];
 }
 
 // The codes selected by `mask` in each lane of v, times 2^(their bit offset), as floats.

@@ -278,15 +278,12 @@ fn team_rows(team: u32, rows_per_team: u32) -> u32 {
 }
 
 /// Rows per team of [`Kernel::QMatVec`] (its `ROWS` pipeline constant) for a chunk of
-/// `rows` rows: 4, so that each load of x serves 4 rows, unless the
-/// matrix has so few rows that 4 per team would leave a large GPU with too few
-/// invocations, each with a long serial chain of work (measured on an H200: 768x2048 and
-/// 128x2048 fastest with 1; 1024x4096, 2048x768 and 2048x4096 with 2; 4096x1024 and
-/// larger with 4).
+/// `rows` rows: 2, or 1 for a chunk of fewer than 64 rows. Measured on an H200 with
+/// 4-bit weights: 2 rows per team is the fastest of 4, 2 and 1 at every shape tried
+/// (128x2048 to 65536x4096; 65536x4096: 42.0 us with 2, 45.1 with 4, 50.6 with 1); with
+/// 8-bit weights 4 and 2 are within 1%.
 pub fn qmatvec_rows_per_team(rows: u32) -> u32 {
-    if rows >= 4096 {
-        4
-    } else if rows >= 1024 {
+    if rows >= 64 {
         2
     } else {
         1
