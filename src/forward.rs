@@ -331,61 +331,48 @@ impl<'a> Pass<'a> {
         let kv_off = self.pos0 * nkv * hd;
         let (kc, vc) = &s.kv[l];
         let eps = bits(cfg.rms_norm_eps);
-        let dummy = &self.m.gpu.dummy;
-        self.rec.dispatch(
-            Kernel::HeadNormRope,
-            None,
-            &[
-                n as u32,
-                nh as u32,
-                hd as u32,
-                half,
-                self.pos0 as u32,
-                0,
-                eps,
-                0,
-                q_stride as u32,
-                offs[0] as u32,
-                0,
-            ],
-            &[
-                qb.into(),
-                a.q_norm.bind(),
-                (&s.cos).into(),
-                (&s.sin).into(),
-                (&s.qr).into(),
-                vb.into(),
-                dummy.into(),
-            ],
-            (nh as u32, n as u32),
-        );
-        self.rec.dispatch(
-            Kernel::HeadNormRope,
-            None,
-            &[
-                n as u32,
-                nkv as u32,
-                hd as u32,
-                half,
-                self.pos0 as u32,
-                kv_off as u32,
-                eps,
-                1,
-                kv_stride as u32,
-                offs[1] as u32,
-                offs[2] as u32,
-            ],
-            &[
-                kb.into(),
-                a.k_norm.bind(),
-                (&s.cos).into(),
-                (&s.sin).into(),
-                kc.into(),
-                vb.into(),
-                vc.into(),
-            ],
-            (nkv as u32, n as u32),
-        );
+        let [q_off, k_off, v_off] = offs.map(|o| o as u32);
+        // The query and key heads in one dispatch when they sit in the rows of one buffer
+        // (a fused q/k/v projection), else one dispatch each: (x, stride, query heads,
+        // key heads) per dispatch.
+        let parts = if std::ptr::eq(qb, kb) {
+            vec![(qb, q_stride, nh, nkv)]
+        } else {
+            vec![(qb, q_stride, nh, 0), (kb, kv_stride, 0, nkv)]
+        };
+        for (x, stride, q_heads, k_heads) in parts {
+            self.rec.dispatch(
+                Kernel::HeadNormRope,
+                None,
+                &[
+                    n as u32,
+                    hd as u32,
+                    half,
+                    self.pos0 as u32,
+                    eps,
+                    stride as u32,
+                    q_heads as u32,
+                    q_off,
+                    k_heads as u32,
+                    k_off,
+                    kv_off as u32,
+                    u32::from(k_heads > 0),
+                    v_off,
+                    s.rope_sin,
+                ],
+                &[
+                    x.into(),
+                    a.q_norm.bind(),
+                    a.k_norm.bind(),
+                    (&s.rope).into(),
+                    (&s.qr).into(),
+                    kc.into(),
+                    vb.into(),
+                    vc.into(),
+                ],
+                ((q_heads + k_heads) as u32, n as u32),
+            );
+        }
         // As transformers: `head_dim ** -0.5` in double precision, rounded to f32.
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
         let split = n == 1 && hd % 4 == 0;

@@ -56,8 +56,10 @@ pub(crate) struct Scratch {
     pub moe_o: wgpu::Buffer,
     pub logits: wgpu::Buffer,
     pub readback: wgpu::Buffer,
-    pub cos: wgpu::Buffer,
-    pub sin: wgpu::Buffer,
+    /// The RoPE tables: cos `[max_context, rotary_dim / 2]`, then sin from float
+    /// `rope_sin` on.
+    pub rope: wgpu::Buffer,
+    pub rope_sin: u32,
     /// Per layer: (keys, values), each `[max_context, kv_heads, head_dim]` f32.
     pub kv: Vec<(wgpu::Buffer, wgpu::Buffer)>,
 }
@@ -293,8 +295,8 @@ impl Session {
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }),
-            cos: gpu.upload("rope cos", bytemuck::cast_slice(&cos)),
-            sin: gpu.upload("rope sin", bytemuck::cast_slice(&sin)),
+            rope_sin: cos.len() as u32,
+            rope: gpu.upload("rope", bytemuck::cast_slice(&[cos, sin].concat())),
             kv: (0..cfg.num_hidden_layers)
                 .map(|_| {
                     (

@@ -608,110 +608,141 @@ fn matmul() {
 
 #[test]
 fn head_norm_rope() {
-    // Per-head RMSNorm (as rmsnorm.wgsl) then RoPE, written at out_offset; with copy_v the
-    // values of the same heads are copied to v_dst at the same index.
+    // Per-head RMSNorm (as rmsnorm.wgsl) then RoPE of the query heads (weights wq, to
+    // outq) and the key heads (weights wk, to outk at k_out) in one dispatch; with copy_v
+    // the key heads' values are copied to v_dst at the keys' index.
     let mut ck = Checker::new("head_norm_rope");
     let mut rng = Rng::new(50);
     let theta = 1e6;
     let eps = 1e-6f32;
-    // (n_tokens, n_heads, head_dim, rotary_dim, pos0, out_offset in head rows, copy_v)
-    let cases: [(usize, usize, usize, usize, usize, usize, bool); 9] = [
-        (1, 1, 16, 16, 0, 0, false),
-        (3, 2, 24, 16, 7, 0, true), // partial rotary: 8 normed, unrotated dims
-        (1, 4, 64, 64, 149, 149, true), // decode: k and v written into a cache at 149
-        (17, 3, 128, 128, 0, 0, false), // prefill
-        (5, 2, 256, 256, 1000, 0, true), // large positions, head_dim 256
-        (2, 3, 16, 6, 33, 3, true), // odd half (3), output after 3 rows of 16
-        (40, 1, 64, 32, 100, 100, false), // prefill into a cache at position 100
-        (3, 8, 128, 64, 4095, 0, false), // a long-context position
-        (2, 2, 96, 96, 5, 1, true), // head_dim 96: 64 + 32 dims per invocation loop
+    // (n_tokens, q heads, k heads, head_dim, rotary_dim, pos0, k_out in key-head rows, copy_v)
+    let cases: [(usize, usize, usize, usize, usize, usize, usize, bool); 9] = [
+        (1, 1, 1, 16, 16, 0, 0, false),
+        (3, 2, 1, 24, 16, 7, 0, true), // partial rotary: 8 normed, unrotated dims
+        (1, 4, 2, 64, 64, 149, 149, true), // decode: k and v written into a cache at 149
+        (17, 3, 0, 128, 128, 0, 0, false), // prefill, query heads only
+        (5, 0, 2, 256, 256, 1000, 0, true), // key heads only, head_dim 256
+        (2, 3, 3, 16, 6, 33, 3, true), // odd half (3), keys after 3 rows of 16
+        (40, 1, 1, 64, 32, 100, 100, false), // prefill into a cache at position 100
+        (3, 8, 4, 128, 64, 4095, 0, false), // a long-context position
+        (2, 2, 2, 96, 96, 5, 1, true), // head_dim 96: 64 + 32 dims per invocation loop
     ];
-    for (ci, &(n, nh, hd, rd, pos0, off_rows, copy_v)) in cases.iter().enumerate() {
-        let out_offset = off_rows * nh * hd;
-        // Odd cases read the heads from inside wider rows, as from a fused q/k/v
-        // projection: x at x_offset and v at v_offset of rows of x_stride floats.
-        let (x_stride, x_offset, v_offset) = if ci % 2 == 1 {
-            (3 * nh * hd + 5, nh * hd + 3, 2 * nh * hd + 4)
-        } else {
-            (nh * hd, 0, 0)
-        };
-        let len = n * nh * hd;
+    for (ci, &(n, nq, nk, hd, rd, pos0, k_rows, copy_v)) in cases.iter().enumerate() {
+        let (qd, kd) = (nq * hd, nk * hd);
+        let k_out = k_rows * kd;
+        // The heads inside wider rows, as from a fused q/k/v projection (odd cases with
+        // junk between and around them).
+        let gap = if ci % 2 == 1 { 3 } else { 0 };
+        let (q_offset, k_offset, v_offset) = (gap, gap + qd + gap, gap + qd + gap + kd + gap);
+        let x_stride = v_offset + kd + gap;
         let case = format!(
-            "n {n} heads {nh} head_dim {hd} rotary {rd} pos0 {pos0} out_offset {out_offset} copy_v {copy_v} x_stride {x_stride}"
+            "n {n} q heads {nq} k heads {nk} head_dim {hd} rotary {rd} pos0 {pos0} k_out {k_out} copy_v {copy_v} x_stride {x_stride}"
         );
         let (cos, sin) = reference::rope_tables(theta, rd, pos0 + n);
-        let x = rng.vec(len, 2.0);
-        let w = rng.vec(hd, 1.5);
-        let v = rng.vec(len, 3.0);
-        // The input rows: junk around x and v.
-        let mut rows_in = rng.vec(n * x_stride + 2 * nh * hd + 8, 9.0);
+        let q = rng.vec(n * qd, 2.0);
+        let k = rng.vec(n * kd, 2.0);
+        let v = rng.vec(n * kd, 3.0);
+        let wq = rng.vec(hd, 1.5);
+        let wk = rng.vec(hd, 1.5);
+        let mut rows_in = rng.vec(n * x_stride + 8, 9.0);
         for t in 0..n {
             let r = &mut rows_in[t * x_stride..];
-            r[x_offset..x_offset + nh * hd].copy_from_slice(&x[t * nh * hd..(t + 1) * nh * hd]);
+            r[q_offset..q_offset + qd].copy_from_slice(&q[t * qd..(t + 1) * qd]);
+            r[k_offset..k_offset + kd].copy_from_slice(&k[t * kd..(t + 1) * kd]);
+            r[v_offset..v_offset + kd].copy_from_slice(&v[t * kd..(t + 1) * kd]);
         }
-        let mut v_in = rng.vec(n * x_stride + 2 * nh * hd + 8, 9.0);
-        for t in 0..n {
-            let r = &mut v_in[t * x_stride..];
-            r[v_offset..v_offset + nh * hd].copy_from_slice(&v[t * nh * hd..(t + 1) * nh * hd]);
-        }
-        // Reference: rms_norm of every head row with the same weight, then RoPE.
-        let mut want = reference::rms_norm(&x, &w, eps);
-        let normed = want.clone();
-        reference::rope(&mut want, n, nh, hd, rd, pos0, &cos, &sin);
-        let before = rng.vec(out_offset + len + 7, 1.0);
-        let v_before = rng.vec(out_offset + len + 7, 1.0);
-        let mut written = vec![false; before.len()];
-        written[out_offset..out_offset + len].fill(true);
+        // Reference: rms_norm of every head row with its weights, then RoPE.
+        let normed = |x: &[f32], w: &[f32], heads: usize| -> (Vec<f32>, Vec<f32>) {
+            if heads == 0 {
+                return (Vec::new(), Vec::new());
+            }
+            let normed = reference::rms_norm(x, w, eps);
+            let mut roped = normed.clone();
+            reference::rope(&mut roped, n, heads, hd, rd, pos0, &cos, &sin);
+            (roped, normed)
+        };
+        let (want_q, normed_q) = normed(&q, &wq, nq);
+        let (want_k, normed_k) = normed(&k, &wk, nk);
+        let q_before = rng.vec(n * qd + 7, 1.0);
+        let k_before = rng.vec(k_out + n * kd + 7, 1.0);
+        let v_before = rng.vec(k_out + n * kd + 7, 1.0);
+        let mut q_written = vec![false; q_before.len()];
+        q_written[..n * qd].fill(true);
+        let mut k_written = vec![false; k_before.len()];
+        k_written[k_out..k_out + n * kd].fill(true);
         let out = run(
             Kernel::HeadNormRope,
             None,
             &[
                 n as u32,
-                nh as u32,
                 hd as u32,
                 (rd / 2) as u32,
                 pos0 as u32,
-                out_offset as u32,
                 eps.to_bits(),
-                u32::from(copy_v),
                 x_stride as u32,
-                x_offset as u32,
+                nq as u32,
+                q_offset as u32,
+                nk as u32,
+                k_offset as u32,
+                k_out as u32,
+                u32::from(copy_v),
                 v_offset as u32,
+                cos.len() as u32,
             ],
             &[
                 &f32_bytes(&rows_in),
-                &f32_bytes(&w),
-                &f32_bytes(&cos),
-                &f32_bytes(&sin),
-                &f32_bytes(&before),
-                &f32_bytes(&v_in),
+                &f32_bytes(&wq),
+                &f32_bytes(&wk),
+                &f32_bytes(&[cos.clone(), sin.clone()].concat()),
+                &f32_bytes(&q_before),
+                &f32_bytes(&k_before),
+                &f32_bytes(&rows_in),
                 &f32_bytes(&v_before),
             ],
-            (nh as u32, n as u32),
+            ((nq + nk) as u32, n as u32),
         );
-        let got = to_f32(&out[4]);
-        ck.untouched(&case, &got, &before, &written);
-        let got = pick(&got, &written);
-        // y1 c - y2 s can cancel: judged against the typical size of a normed value (~w).
-        ck.close(&case, &got, &want, REDUCTION.floor(1.0));
         // The dims past rotary_dim are the normed values.
         let tail = |v: &[f32]| -> Vec<f32> {
             v.chunks_exact(hd)
                 .flat_map(|head| head[rd..].to_vec())
                 .collect()
         };
-        if rd < hd {
-            ck.close(
-                &format!("{case} tail"),
-                &tail(&got),
-                &tail(&normed),
-                REDUCTION.floor(1.0),
-            );
+        for (what, got, before, written, want, normed) in [
+            (
+                "q",
+                to_f32(&out[4]),
+                &q_before,
+                &q_written,
+                &want_q,
+                &normed_q,
+            ),
+            (
+                "k",
+                to_f32(&out[5]),
+                &k_before,
+                &k_written,
+                &want_k,
+                &normed_k,
+            ),
+        ] {
+            let case = format!("{case} {what}");
+            ck.untouched(&case, &got, before, written);
+            let got = pick(&got, written);
+            // y1 c - y2 s can cancel: judged against the typical size of a normed value (~w).
+            ck.close(&case, &got, want, REDUCTION.floor(1.0));
+            if rd < hd {
+                ck.close(
+                    &format!("{case} tail"),
+                    &tail(&got),
+                    &tail(normed),
+                    REDUCTION.floor(1.0),
+                );
+            }
         }
-        let got_v = to_f32(&out[6]);
+        let got_v = to_f32(&out[7]);
         if copy_v {
-            ck.untouched(&format!("{case} v"), &got_v, &v_before, &written);
-            ck.close(&format!("{case} v"), &pick(&got_v, &written), &v, EXACT);
+            ck.untouched(&format!("{case} v"), &got_v, &v_before, &k_written);
+            ck.close(&format!("{case} v"), &pick(&got_v, &k_written), &v, EXACT);
         } else {
             ck.close(&format!("{case} v untouched"), &got_v, &v_before, EXACT);
         }
