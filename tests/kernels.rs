@@ -616,7 +616,8 @@ fn head_norm_rope() {
     let theta = 1e6;
     let eps = 1e-6f32;
     // (n_tokens, q heads, k heads, head_dim, rotary_dim, pos0, k_out in key-head rows, copy_v)
-    let cases: [(usize, usize, usize, usize, usize, usize, usize, bool); 9] = [
+    type Case = (usize, usize, usize, usize, usize, usize, usize, bool);
+    let cases: [Case; 9] = [
         (1, 1, 1, 16, 16, 0, 0, false),
         (3, 2, 1, 24, 16, 7, 0, true), // partial rotary: 8 normed, unrotated dims
         (1, 4, 2, 64, 64, 149, 149, true), // decode: k and v written into a cache at 149
