@@ -100,16 +100,16 @@ impl ModelBuilder {
         self
     }
 
-    /// Whether decode steps dot 4-bit weights with f32 activations (`true`) or with 8+8-bit
-    /// activation blocks and integer dot products (`false`). Default: the integer path
-    /// where the adapter has packed integer dot products in hardware
+    /// Whether decode steps dot 4- and 2-bit weights with f32 activations (`true`) or with
+    /// 8+8-bit activation blocks and integer dot products (`false`). Default: the integer
+    /// path where the adapter has packed integer dot products in hardware
     /// ([`AdapterSummary::integer_dot_products`]: Vulkan, DirectX 12), f32 elsewhere.
     ///
     /// The integer path stores each 32-value block of a normalized activation row as
     /// `t * (254 hi + lo)` with 8-bit `hi` and `lo`, within `max |x| / 64516` of each value
-    /// (`kernels/include/interleave.wgsl`), and dots it with the 4-bit codes exactly in
-    /// integers: on the H200 a large 4-bit mat-vec runs at 0.92 of copy bandwidth instead
-    /// of 0.51, and logits move by up to ~5e-4 from an f32 reference on the test models
+    /// (`kernels/include/interleave.wgsl`), and dots it with the codes exactly in
+    /// integers: on the H200 a large 4-bit mat-vec runs at 0.85 of copy bandwidth instead
+    /// of 0.52, and logits move by up to ~6e-4 from an f32 reference on the test models
     /// (against ~1e-5 with f32 activations; bf16 inference moves them by ~1e-2). Set this
     /// to `true` to compare against f32 references at the tightest tolerance.
     pub fn f32_activations(mut self, yes: bool) -> Self {
@@ -178,16 +178,16 @@ impl ModelBuilder {
         let gpu = Gpu::new(&self.adapter)?;
         let gpu_integer_dot = gpu.summary.integer_dot_products;
         let weights = Weights::load(&gpu, &cfg, &ckpt)?;
-        // Decode rows stay f32 when asked, without integer dot products, or when no 4-bit
-        // matrix would read the 8+8-bit row (then no norm writes it).
-        let four_bit = |f: WeightFormat| matches!(f, WeightFormat::Affine(q) if q.bits == 4);
-        let any_four_bit = weights.matrices().any(|m| four_bit(m.format))
+        // Decode rows stay f32 when asked, without integer dot products, or when no 4- or
+        // 2-bit matrix would read the 8+8-bit row (then no norm writes it).
+        let reads_q8 = |f: WeightFormat| matches!(f, WeightFormat::Affine(q) if crate::gpu::kernels::reads_q8_activations(q.bits));
+        let any_reads_q8 = weights.matrices().any(|m| reads_q8(m.format))
             || moe_layers.iter().any(|&l| {
                 store
                     .layout(l)
-                    .is_some_and(|lay| lay.tensors.iter().any(|t| four_bit(t.format)))
+                    .is_some_and(|lay| lay.tensors.iter().any(|t| reads_q8(t.format)))
             });
-        let f32_activations = self.f32_activations.unwrap_or(!gpu_integer_dot) || !any_four_bit;
+        let f32_activations = self.f32_activations.unwrap_or(!gpu_integer_dot) || !any_reads_q8;
         let total_experts = moe_layers.len() * cfg.num_experts;
         let cache = if total_experts > 0 {
             let largest = moe_layers
@@ -243,7 +243,7 @@ pub(crate) struct ModelInner {
     pub cache: Option<ExpertCache>,
     /// Decode rows stay f32 (no 8+8-bit rows are written or read): asked for with
     /// [`ModelBuilder::f32_activations`], defaulted on adapters without integer dot
-    /// products, or a model without 4-bit matrices.
+    /// products, or a model without 4- or 2-bit matrices.
     pub f32_activations: bool,
 }
 

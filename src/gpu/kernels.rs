@@ -335,6 +335,14 @@ pub fn moe_down_qmm_groups(hidden: u32, n_tiles: u32) -> (u32, u32) {
     (hidden.div_ceil(32).max(1), n_tiles.max(1))
 }
 
+/// Whether decode mat-vecs of `bits`-bit weights can read the 8+8-bit activation layout
+/// (`kernels/include/interleave.wgsl`) and dot it with integer dot products: 4 and 2 bits
+/// (`row_block_q8` in `kernels/include/qblock.wgsl`; with other widths the kernels write
+/// NaN).
+pub fn reads_q8_activations(bits: u32) -> bool {
+    bits == 4 || bits == 2
+}
+
 /// Rows per team of the expert kernels ([`Kernel::MoeGateUpQ`], [`Kernel::MoeDownQ`];
 /// their `ROWS` pipeline constant) for experts of `rows` rows per projection: a decode
 /// step's 8 experts spread over more invocations than one matrix, so experts take more
