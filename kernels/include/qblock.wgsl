@@ -172,10 +172,11 @@ fn load_xq8(b: u32, nb: u32) -> XQ8 {
                o.y);
 }
 
-// The 8+8-bit layout of x serves 4- and 2-bit codes (`kernels::reads_q8_activations`;
-// their codes spread into bytes cheaply). The kernels test `BITS == 4u || BITS == 2u`
-// inline, with other widths writing NaN: a helper function's result stayed a run-time
-// test and made the 4-bit mat-vec 10% slower on an H200.
+// The 8+8-bit layout of x serves 4-, 3- and 2-bit codes (`kernels::reads_q8_activations`;
+// their codes spread into bytes cheaply). The kernels test the width inline
+// (`BITS == 4u || BITS == 2u || BITS == 3u`), with other widths writing NaN: a helper
+// function's result stayed a run-time test and made the 4-bit mat-vec 10% slower on an
+// H200.
 
 // acc + (dot(codes, hi), dot(codes, lo)) for the 4 codes (bytes 0..15) of `c`.
 fn dot_q8(c: u32, hi: u32, lo: u32, acc: vec2<i32>) -> vec2<i32> {
@@ -193,13 +194,16 @@ fn dot2_q8(u: u32, he: u32, ho: u32, le: u32, lo: u32, acc: vec2<i32>) -> vec2<i
     return dot_q8((s >> 2u) & 0x03030303u, ho, lo, a);
 }
 
-// `row_block` for a 4- or 2-bit row and x in the 8+8-bit layout: the integer dot
+// `row_block` for a 2- to 4-bit row and x in the 8+8-bit layout: the integer dot
 // products are exact, so the result differs from the f32 one only by the quantization of
 // x.
 fn row_block_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
                 xq: XQ8) -> f32 {
     if (BITS == 2u) {
         return row_block2_q8(q_word, s_word, b_word, cols, r, b, xq);
+    }
+    if (BITS == 3u) {
+        return row_block3_q8(q_word, s_word, b_word, cols, r, b, xq);
     }
     let q = w[(q_word + r * (cols / 8u) + b * 4u) >> 2u];
     let m = 0x0f0f0f0fu;
@@ -232,6 +236,37 @@ fn row_block2_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u3
     a = dot2_q8(pair.x >> 16u, xq.h0.z, xq.h0.w, xq.l0.z, xq.l0.w, a);
     a = dot2_q8(pair.y & 0xffffu, xq.h1.x, xq.h1.y, xq.l1.x, xq.l1.y, a);
     a = dot2_q8(pair.y >> 16u, xq.h1.z, xq.h1.w, xq.l1.z, xq.l1.w, a);
+    let d = f32(254 * a.x + a.y) * xq.t;
+    let e = r * (cols / GROUP) + (32u * b) / GROUP;
+    let s = scale_value(word_at(scale_word(s_word, e)), e);
+    let bias = scale_value(word_at(scale_word(b_word, e)), e);
+    return s * d + bias * xq.sum;
+}
+
+// acc + the dot products of the 8 3-bit codes in the low 24 bits of u (an octet) with
+// the octet's hi and lo words (even values in he / le, odd in ho / lo): the octet's four
+// 6-bit pairs of codes spread into 4 bytes, whose low 3 bits are the even values' codes
+// and the next 3 bits the odd values'.
+fn dot3_q8(u: u32, he: u32, ho: u32, le: u32, lo: u32, acc: vec2<i32>) -> vec2<i32> {
+    var s = (u & 0xfffu) | ((u & 0xfff000u) << 4u);
+    s = (s & 0x003f003fu) | ((s & 0x0fc00fc0u) << 2u);
+    let a = dot_q8(s & 0x07070707u, he, le, acc);
+    return dot_q8((s >> 3u) & 0x07070707u, ho, lo, a);
+}
+
+// `row_block_q8` for a 3-bit row: the block's three words hold its four 24-bit octets.
+fn row_block3_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
+                 xq: XQ8) -> f32 {
+    let wi = q_word + r * (cols * 3u / 32u) + b * 3u;
+    let w0 = ws[wi];
+    let w1 = ws[wi + 1u];
+    let w2 = ws[wi + 2u];
+    var a = vec2<i32>(0);
+    a = dot3_q8(w0 & 0xffffffu, xq.h0.x, xq.h0.y, xq.l0.x, xq.l0.y, a);
+    a = dot3_q8((w0 >> 24u) | ((w1 & 0xffffu) << 8u), xq.h0.z, xq.h0.w, xq.l0.z, xq.l0.w, a);
+    a = dot3_q8((w1 >> 16u) | ((w2 & 0xffu) << 16u), xq.h1.x, xq.h1.y, xq.l1.x, xq.l1.y, a);
+    a = dot3_q8(w2 >> 8u, xq.h1.z, xq.h1.w, xq.l1.z, xq.l1.w, a);
+    // |254 hi + lo| . codes <= 32 * 7 * 32385 < 2^24: exact in f32.
     let d = f32(254 * a.x + a.y) * xq.t;
     let e = r * (cols / GROUP) + (32u * b) / GROUP;
     let s = scale_value(word_at(scale_word(s_word, e)), e);

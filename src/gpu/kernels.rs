@@ -336,11 +336,12 @@ pub fn moe_down_qmm_groups(hidden: u32, n_tiles: u32) -> (u32, u32) {
 }
 
 /// Whether decode mat-vecs of `bits`-bit weights can read the 8+8-bit activation layout
-/// (`kernels/include/interleave.wgsl`) and dot it with integer dot products: 4 and 2 bits
+/// (`kernels/include/interleave.wgsl`) and dot it with integer dot products: 4, 3 and 2
+/// bits
 /// (`row_block_q8` in `kernels/include/qblock.wgsl`; with other widths the kernels write
 /// NaN).
 pub fn reads_q8_activations(bits: u32) -> bool {
-    bits == 4 || bits == 2
+    matches!(bits, 2..=4)
 }
 
 /// Rows per team of the expert kernels ([`Kernel::MoeGateUpQ`], [`Kernel::MoeDownQ`];
