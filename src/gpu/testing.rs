@@ -295,39 +295,27 @@ impl GpuBench {
         // Keep the GPU busy right up to the timed run: 4x its dispatches, submitted without
         // waiting, so that the timed ones run at the clocks of steady work (short bursts
         // after idle gaps ran up to 2x slower on the H200).
+        // `count` dispatches cycling through the sets.
+        let record = |rec: &mut Recorder<'_>, count: usize| {
+            for i in 0..count {
+                let binds = &sets[i % sets.len()];
+                rec.dispatch_q_rows(kernel, wdt, quant, rows, params, binds, groups);
+            }
+        };
+        let iters = iters.max(1);
         let mut arena = ParamArena::default();
         let mut rec = Recorder::new(gpu, &mut arena, None);
-        for i in 0..4 * iters.max(1) as usize {
-            rec.dispatch_q_rows(
-                kernel,
-                wdt,
-                quant,
-                rows,
-                params,
-                &sets[i % sets.len()],
-                groups,
-            );
-        }
+        record(&mut rec, 4 * iters as usize);
         rec.submit();
         let mut timer = super::Timer::new(gpu);
         let mut arena = ParamArena::default();
         let t0 = std::time::Instant::now();
         let mut rec = Recorder::new(gpu, &mut arena, timer.as_mut());
-        for i in 0..iters.max(1) as usize {
-            rec.dispatch_q_rows(
-                kernel,
-                wdt,
-                quant,
-                rows,
-                params,
-                &sets[i % sets.len()],
-                groups,
-            );
-        }
+        record(&mut rec, iters as usize);
         rec.read(&[], &staging)?;
         let wall = t0.elapsed().as_secs_f64();
         let total = rec.gpu_time().map_or(wall, |d| d.as_secs_f64());
-        Ok(total / iters.max(1) as f64)
+        Ok(total / iters as f64)
     }
 }
 
