@@ -34,7 +34,7 @@ use moestream::gpu::testing::{DeviceBuffer, GpuBench};
 use moestream::{AffineQuant, DType, Result, WeightFormat};
 
 /// Whether x is read as the engine's decode steps read it by default for `bits`: 8+8-bit
-/// blocks for 2- to 4-bit weights on adapters with integer dot products, else interleaved f32
+/// blocks for 2- to 6-bit weights on adapters with integer dot products, else interleaved f32
 /// (`kernels/include/interleave.wgsl`).
 fn q8_x(bench: &GpuBench, bits: u32) -> bool {
     kernels::reads_q8_activations(bits) && bench.adapter().integer_dot_products

@@ -12,7 +12,7 @@
 // (include/qblock.wgsl), two per iteration, with x loaded once per block for all the rows;
 // rows past `inter` re-read the last row (branch-free loads, sums dropped).
 // The rows of x and h are in the natural or the interleaved layout
-// (include/interleave.wgsl), as `flags` says; with flags bit 2 (4-, 3- or 2-bit experts
+// (include/interleave.wgsl), as `flags` says; with flags bit 2 (2- to 6-bit experts
 // only, else h is NaN) x is one row (token 0) in the 8+8-bit layout of that file.
 struct Params {
     hidden: u32,
@@ -68,7 +68,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let il = (p.flags & 1u) != 0u;
     var b = lane;
     let q8 = (p.flags & 4u) != 0u;
-    if (q8 && (BITS == 4u || BITS == 2u || BITS == 3u)) {
+    if (q8 && (BITS >= 2u && BITS <= 6u)) {
         for (; b + team < nb; b += 2u * team) {
             let s0 = step_q8(b, nb, rows, gq, gs, gb, uq, us, ub);
             let s1 = step_q8(b + team, nb, rows, gq, gs, gb, uq, us, ub);
@@ -99,8 +99,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 let gate = gt[i];
                 let j = select(i0 + i, interleaved(i0 + i, p.inter), (p.flags & 2u) != 0u);
                 var v = gate / (1.0 + exp(-gate)) * ut[i];
-                if (q8 && !(BITS == 4u || BITS == 2u || BITS == 3u)) {
-                    v = bitcast<f32>(0x7fc00000u); // NaN: the 8+8-bit x needs 4-, 3- or 2-bit experts
+                if (q8 && !(BITS >= 2u && BITS <= 6u)) {
+                    v = bitcast<f32>(0x7fc00000u); // NaN: the 8+8-bit x needs 2- to 6-bit experts
                 }
                 h[a * p.inter + j] = v;
             }

@@ -6,8 +6,8 @@
 // x is read as vec4s: x_offset must be a multiple of 4 (a token's row of a [tokens, cols]
 // activation always is, cols being a multiple of 32); otherwise every output is NaN. With
 // flags bit 2 the row of x at x_offset is in the interleaved layout
-// (include/interleave.wgsl), whose loads touch 8x fewer cache lines; with bit 3 (4-, 3- or
-// 2-bit weights only, else the outputs are NaN) x is one row in the 8+8-bit layout of that
+// (include/interleave.wgsl), whose loads touch 8x fewer cache lines; with bit 3 (2- to 6-bit
+// weights only, else the outputs are NaN) x is one row in the 8+8-bit layout of that
 // file at the start of the buffer, dotted with integer dot products.
 //
 // A workgroup of 64 invocations is 64 / team teams (`team` a power of two from 4 to 64; in
@@ -60,7 +60,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     // Two blocks per iteration: the loads of both are in flight together. ROWS is a
     // pipeline constant: the compiler keeps only one of these loops.
     let q8 = (p.flags & 8u) != 0u;
-    if (q8 && (BITS == 4u || BITS == 2u || BITS == 3u)) {
+    if (q8 && (BITS >= 2u && BITS <= 6u)) {
         for (; b + team < nb; b += 2u * team) {
             acc += step_q8(b, nb, ra, rb, rc, rd) + step_q8(b + team, nb, ra, rb, rc, rd);
         }
@@ -105,7 +105,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             if (r0 + i < p.rows) {
                 let o = p.row_base + r0 + i;
                 var v = total[i];
-                let q8_bits = BITS == 4u || BITS == 2u || BITS == 3u;
+                let q8_bits = BITS >= 2u && BITS <= 6u;
                 if ((p.x_offset & 3u) != 0u || (q8 && !q8_bits)) {
                     v = bitcast<f32>(0x7fc00000u); // NaN: unsupported x_offset or layout
                 }

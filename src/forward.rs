@@ -30,13 +30,13 @@ enum XLayout {
     Natural,
     /// Interleaved for the team kernels' loads.
     Interleaved,
-    /// 8+8-bit blocks for integer dot products with 2-, 3- or 4-bit codes.
+    /// 8+8-bit blocks for integer dot products with 2- to 6-bit codes.
     Q8,
 }
 
 impl XLayout {
     /// The layout a quantized kernel of `bits` reads a decode row in (f32 values unless
-    /// 2-, 3- or 4-bit and not `f32_activations`, see `ModelBuilder::f32_activations`).
+    /// 2- to 6-bit and not `f32_activations`, see `ModelBuilder::f32_activations`).
     fn for_bits(bits: u32, f32_activations: bool) -> XLayout {
         if kernels::reads_q8_activations(bits) && !f32_activations {
             XLayout::Q8

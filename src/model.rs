@@ -100,7 +100,7 @@ impl ModelBuilder {
         self
     }
 
-    /// Whether decode steps dot 2-, 3- and 4-bit weights with f32 activations (`true`) or with
+    /// Whether decode steps dot 2- to 6-bit weights with f32 activations (`true`) or with
     /// 8+8-bit activation blocks and integer dot products (`false`). Default: the integer
     /// path where the adapter has packed integer dot products in hardware
     /// ([`AdapterSummary::integer_dot_products`]: Vulkan, DirectX 12), f32 elsewhere.
@@ -178,8 +178,8 @@ impl ModelBuilder {
         let gpu = Gpu::new(&self.adapter)?;
         let gpu_integer_dot = gpu.summary.integer_dot_products;
         let weights = Weights::load(&gpu, &cfg, &ckpt)?;
-        // Decode rows stay f32 when asked, without integer dot products, or when no 2-, 3- or
-        // 4-bit matrix would read the 8+8-bit row (then no norm writes it).
+        // Decode rows stay f32 when asked, without integer dot products, or when no 2- to 6-bit
+        // matrix would read the 8+8-bit row (then no norm writes it).
         let reads_q8 = |f: WeightFormat| matches!(f, WeightFormat::Affine(q) if crate::gpu::kernels::reads_q8_activations(q.bits));
         let any_reads_q8 = weights.matrices().any(|m| reads_q8(m.format))
             || moe_layers.iter().any(|&l| {
@@ -243,7 +243,7 @@ pub(crate) struct ModelInner {
     pub cache: Option<ExpertCache>,
     /// Decode rows stay f32 (no 8+8-bit rows are written or read): asked for with
     /// [`ModelBuilder::f32_activations`], defaulted on adapters without integer dot
-    /// products, or a model without 2-, 3- or 4-bit matrices.
+    /// products, or a model without 2- to 6-bit matrices.
     pub f32_activations: bool,
 }
 

@@ -456,7 +456,7 @@ fn qmatvec() {
                 for &cols in QMATVEC_COLS.iter().filter(|&&c| c % group as usize == 0) {
                     for &rows in &QMATVEC_ROWS {
                         case_no += 1;
-                        // Bias, residual, and every third case x interleaved; 4-, 3- and 2-bit
+                        // Bias, residual, and every third case x interleaved; 2- to 6-bit
                         // cases with x at offset 0, every third x in the 8+8-bit layout.
                         let il = case_no % 3 == 0;
                         let q8 = kernels::reads_q8_activations(bits) && case_no % 6 == 4;
@@ -616,20 +616,19 @@ fn qmatvec_misaligned_x_offset_is_loud() {
 }
 
 #[test]
-fn q8_activations_with_other_bit_widths_are_loud() {
-    // The 8+8-bit activation layout pairs with 4-, 3- and 2-bit codes only; with other widths
+fn q8_activations_with_8_bit_weights_are_loud() {
+    // The 8+8-bit activation layout pairs with 2- to 6-bit codes only; with 8-bit codes
     // the mat-vec writes NaN rather than a wrong dot product (moe_gate_up_q does the
     // same).
     let mut rng = Rng::new(13);
     let (rows, cols) = (5usize, 64usize);
-    for bits in [5u32, 6, 8] {
-        assert!(!kernels::reads_q8_activations(bits));
-        let q = quant(bits, 32, DType::F16);
-        let m = QMat::random(&mut rng, rows, cols, q);
-        let (words, _) = testing::q8_row(&rng.vec(cols, 1.0));
-        let got = qmatvec_plain(&m, (rows, cols), &u32_bytes(&words), 8, 0);
-        assert!(got.iter().all(|v| v.is_nan()), "{bits}-bit: {got:?}");
-    }
+    assert!(!kernels::reads_q8_activations(8));
+    assert!((2..=6).all(kernels::reads_q8_activations));
+    let q = quant(8, 32, DType::F16);
+    let m = QMat::random(&mut rng, rows, cols, q);
+    let (words, _) = testing::q8_row(&rng.vec(cols, 1.0));
+    let got = qmatvec_plain(&m, (rows, cols), &u32_bytes(&words), 8, 0);
+    assert!(got.iter().all(|v| v.is_nan()), "8-bit: {got:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -907,7 +906,7 @@ fn moe_gate_up_q() {
             .enumerate()
         {
             // x read interleaved (bit 0) and h written interleaved (bit 1), in turn; for
-            // 4-, 3- and 2-bit experts every fourth run reads token 0's x in the 8+8-bit layout
+            // 2- to 6-bit experts every fourth run reads token 0's x in the 8+8-bit layout
             // (as decode does), all assignments on token 0.
             let q8 = kernels::reads_q8_activations(gu.bits) && run_no % 4 == 3;
             let flags = if q8 { 4 | 2 } else { (run_no % 4) as u32 };

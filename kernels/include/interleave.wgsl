@@ -12,12 +12,12 @@ fn interleaved(j: u32, n: u32) -> u32 {
     return 4u * (((j & 31u) >> 2u) * (n >> 5u) + (j >> 5u)) + (j & 3u);
 }
 
-// The 8+8-bit layout of one row (decode) for 2- to 4-bit weights: each 32-value block b
+// The 8+8-bit layout of one row (decode) for 2- to 6-bit weights: each 32-value block b
 // of the row as x ~= t * (254 hi + lo), t = max |x| of the block / (127 * 254),
 // hi = round(x / (254 t)) and lo = round(x / t - 254 hi), both in [-127, 127] (error at
 // most max |x| / 64516), so that a row block of codes is dotted by 16 packed 4x8-bit
 // integer dot products, exactly, instead of 32 float multiply-adds (include/qblock.wgsl,
-// `row_block_q8`; 2- and 3-bit codes are first spread into bytes). In u32 words:
+// `row_block_q8`; other widths' codes are first spread into bytes). In u32 words:
 // - vec4 j of block b at vec4 index j * nb + b (nb = n / 32, coalesced like the
 //   interleaved layout): j = 0, 1 hold hi, j = 2, 3 lo, as 8 words each whose word 2k
 //   packs the bytes of values 8k, 8k + 2, 8k + 4, 8k + 6 and word 2k + 1 those of values

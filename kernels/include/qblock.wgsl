@@ -172,11 +172,10 @@ fn load_xq8(b: u32, nb: u32) -> XQ8 {
                o.y);
 }
 
-// The 8+8-bit layout of x serves 4-, 3- and 2-bit codes (`kernels::reads_q8_activations`;
-// their codes spread into bytes cheaply). The kernels test the width inline
-// (`BITS == 4u || BITS == 2u || BITS == 3u`), with other widths writing NaN: a helper
-// function's result stayed a run-time test and made the 4-bit mat-vec 10% slower on an
-// H200.
+// The 8+8-bit layout of x serves 2- to 6-bit codes (`kernels::reads_q8_activations`;
+// their codes are spread into bytes). The kernels test the width inline
+// (`BITS >= 2u && BITS <= 6u`), with 8-bit codes writing NaN: a helper function's result
+// stayed a run-time test and made the 4-bit mat-vec 10% slower on an H200.
 
 // acc + (dot(codes, hi), dot(codes, lo)) for the 4 codes (bytes 0..15) of `c`.
 fn dot_q8(c: u32, hi: u32, lo: u32, acc: vec2<i32>) -> vec2<i32> {
@@ -194,7 +193,7 @@ fn dot2_q8(u: u32, he: u32, ho: u32, le: u32, lo: u32, acc: vec2<i32>) -> vec2<i
     return dot_q8((s >> 2u) & 0x03030303u, ho, lo, a);
 }
 
-// `row_block` for a 2- to 4-bit row and x in the 8+8-bit layout: the integer dot
+// `row_block` for a 2- to 6-bit row and x in the 8+8-bit layout: the integer dot
 // products are exact, so the result differs from the f32 one only by the quantization of
 // x.
 fn row_block_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
@@ -204,6 +203,9 @@ fn row_block_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32
     }
     if (BITS == 3u) {
         return row_block3_q8(q_word, s_word, b_word, cols, r, b, xq);
+    }
+    if (BITS == 5u || BITS == 6u) {
+        return row_block56_q8(q_word, s_word, b_word, cols, r, b, xq);
     }
     let q = w[(q_word + r * (cols / 8u) + b * 4u) >> 2u];
     let m = 0x0f0f0f0fu;
@@ -267,6 +269,58 @@ fn row_block3_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u3
     a = dot3_q8((w1 >> 16u) | ((w2 & 0xffu) << 16u), xq.h1.x, xq.h1.y, xq.l1.x, xq.l1.y, a);
     a = dot3_q8(w2 >> 8u, xq.h1.z, xq.h1.w, xq.l1.z, xq.l1.w, a);
     // |254 hi + lo| . codes <= 32 * 7 * 32385 < 2^24: exact in f32.
+    let d = f32(254 * a.x + a.y) * xq.t;
+    let e = r * (cols / GROUP) + (32u * b) / GROUP;
+    let s = scale_value(word_at(scale_word(s_word, e)), e);
+    let bias = scale_value(word_at(scale_word(b_word, e)), e);
+    return s * d + bias * xq.sum;
+}
+
+// acc + the dot products of octet u of a 5- or 6-bit row whose codes start at word
+// `row` with the octet's hi and lo words (even values in he / le, odd in ho / lo). The
+// octet's 8 * BITS bits (within two words) split into four pairs of codes, spread into
+// 16-bit slots, whose even and odd codes are then gathered into a word of bytes each.
+fn octet56_q8(row: u32, u: u32, he: u32, ho: u32, le: u32, lo: u32,
+              acc: vec2<i32>) -> vec2<i32> {
+    let wi = row + octet_word(u);
+    let sh = octet_shift(u);
+    let w0 = ws[wi];
+    let w1 = ws[wi + 1u];
+    let lo32 = select(w0, (w0 >> sh) | (w1 << (32u - sh)), sh != 0u);
+    let hi32 = w1 >> sh;
+    // Pairs 0, 1 in the low 4 * BITS bits of h0; pairs 2, 3 in h1. (The shifts masked to
+    // 0..31: this function is compiled, not called, for 8-bit codes too, where a constant
+    // shift by 32 would not validate.)
+    let h0 = lo32;
+    let h1 = (lo32 >> ((4u * BITS) & 31u)) | (hi32 << ((32u - 4u * BITS) & 31u));
+    let pm = (1u << (2u * BITS)) - 1u;
+    let s0 = (h0 & pm) | (((h0 >> (2u * BITS)) & pm) << 16u);
+    let s1 = (h1 & pm) | (((h1 >> (2u * BITS)) & pm) << 16u);
+    let mm = ((1u << BITS) - 1u) * 0x10001u;
+    let e0 = s0 & mm;
+    let e1 = s1 & mm;
+    let o0 = (s0 >> BITS) & mm;
+    let o1 = (s1 >> BITS) & mm;
+    // Codes at bits 0 and 16 of two words -> bytes 0..3 of one.
+    let even = (e0 & 0xffu) | ((e0 >> 8u) & 0xff00u) | ((e1 & 0xffu) << 16u)
+        | ((e1 << 8u) & 0xff000000u);
+    let odd = (o0 & 0xffu) | ((o0 >> 8u) & 0xff00u) | ((o1 & 0xffu) << 16u)
+        | ((o1 << 8u) & 0xff000000u);
+    let a = dot_q8(even, he, le, acc);
+    return dot_q8(odd, ho, lo, a);
+}
+
+// `row_block_q8` for a 5- or 6-bit row.
+fn row_block56_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
+                  xq: XQ8) -> f32 {
+    let row = q_word + r * (cols * BITS / 32u);
+    var a = vec2<i32>(0);
+    a = octet56_q8(row, 4u * b, xq.h0.x, xq.h0.y, xq.l0.x, xq.l0.y, a);
+    a = octet56_q8(row, 4u * b + 1u, xq.h0.z, xq.h0.w, xq.l0.z, xq.l0.w, a);
+    a = octet56_q8(row, 4u * b + 2u, xq.h1.x, xq.h1.y, xq.l1.x, xq.l1.y, a);
+    a = octet56_q8(row, 4u * b + 3u, xq.h1.z, xq.h1.w, xq.l1.z, xq.l1.w, a);
+    // |dot(codes, hi)| <= 32 * 63 * 127: 254 times it fits an i32; its conversion to f32
+    // rounds (relative 6e-8) where the narrower widths' are exact.
     let d = f32(254 * a.x + a.y) * xq.t;
     let e = r * (cols / GROUP) + (32u * b) / GROUP;
     let s = scale_value(word_at(scale_word(s_word, e)), e);

@@ -336,12 +336,11 @@ pub fn moe_down_qmm_groups(hidden: u32, n_tiles: u32) -> (u32, u32) {
 }
 
 /// Whether decode mat-vecs of `bits`-bit weights can read the 8+8-bit activation layout
-/// (`kernels/include/interleave.wgsl`) and dot it with integer dot products: 4, 3 and 2
-/// bits
-/// (`row_block_q8` in `kernels/include/qblock.wgsl`; with other widths the kernels write
-/// NaN).
+/// (`kernels/include/interleave.wgsl`) and dot it with integer dot products: 2 to 6 bits,
+/// whose codes the kernels spread into bytes (`row_block_q8` in
+/// `kernels/include/qblock.wgsl`; with 8 bits the kernels write NaN).
 pub fn reads_q8_activations(bits: u32) -> bool {
-    matches!(bits, 2..=4)
+    matches!(bits, 2..=6)
 }
 
 /// Rows per team of the expert kernels ([`Kernel::MoeGateUpQ`], [`Kernel::MoeDownQ`];
