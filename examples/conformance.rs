@@ -5,7 +5,7 @@
 //! ```
 //! Each DIR holds a checkpoint and a `golden.json`. Prints one line per DIR,
 //! `PASS|FAIL <DIR> max_abs_diff=<x> argmax=<agree>/<checked>`, and exits non-zero if
-//! any DIR fails. `--f32-activations` dots 4-bit weights with f32 activations
+//! any DIR fails. `--f32-activations` dots 2- to 6-bit weights with f32 activations
 //! (`ModelBuilder::f32_activations`) instead of 8+8-bit activation blocks.
 
 use std::path::PathBuf;
