@@ -10,6 +10,8 @@ Usage:
                                                             # a NEW random set of shapes and weights
                                                             # (same coverage per fixture name)
     python3 tests/fixtures_mlx/generate.py --only q4_g64    # one (or a comma-separated list)
+    python3 tests/fixtures_mlx/generate.py --out /tmp/fxm3 --extra 3:32,6:128
+                                                            # other (bits, group) pairs than the committed set
     python3 tests/fixtures_mlx/generate.py --describe       # also print config `quantization`
                                                             # sections and tensor listings
 
@@ -137,6 +139,17 @@ BASE_SPECS = [
         prompt_len=6, gen=8,
     ),
 ]
+
+
+def extra_spec(bits, group):
+    """q4_g64's fixture with another (bits, group): every quantized input dim a multiple of the group."""
+    if bits not in (2, 3, 4, 5, 6, 8) or group not in (32, 64, 128):
+        sys.exit(f"--extra: unsupported bits {bits} / group {group} (bits 2,3,4,5,6,8; groups 32,64,128)")
+    s = copy.deepcopy(BASE_SPECS[0])
+    s.update(name=f"q{bits}_g{group}", bits=bits, group=group,
+             covers=f"{bits}-bit group {group} on q4_g64's shapes (router 8-bit g64); bfloat16 source",
+             moe_inter=max(64, group), inter=max(96, group) if group != 64 else 96)
+    return s
 
 
 def randomize(spec, rng):
@@ -581,6 +594,9 @@ def main():
     ap.add_argument("--shapes-seed", type=int, default=0,
                     help="0 = the committed set; any other value = a new random set of shapes and weights")
     ap.add_argument("--only", default="", help="comma-separated fixture names")
+    ap.add_argument("--extra", default="",
+                    help="comma-separated BITS:GROUP pairs (e.g. 3:32,6:128): instead of the committed set, one "
+                         "fixture per pair, named qBITS_gGROUP, on q4_g64's shapes (or random ones with --shapes-seed)")
     ap.add_argument("--describe", action="store_true", help="print quantization sections and tensor listings")
     args = ap.parse_args()
 
@@ -595,6 +611,8 @@ def main():
         pass
 
     specs = BASE_SPECS
+    if args.extra:
+        specs = [extra_spec(int(b), int(g)) for b, g in (p.split(":") for p in args.extra.split(","))]
     if args.shapes_seed:
         rng = random.Random(args.shapes_seed)
         specs = [randomize(s, rng) for s in BASE_SPECS]
