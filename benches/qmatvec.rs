@@ -351,7 +351,7 @@ fn experts(
                 us,
                 ub,
                 team,
-                // x as decode reads it (8+8-bit for 4-bit, else interleaved), h interleaved.
+                // x as decode reads it (8+8-bit for 2 to 6 bits, else interleaved), h interleaved.
                 if q8_x(bench, q.bits) { 0b110 } else { 0b11 },
             ],
             &sets,

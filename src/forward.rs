@@ -132,8 +132,8 @@ impl<'a> Pass<'a> {
 
     /// The input of a mat-vec by `w` normalized by [`Pass::rmsnorm`] over `rows` rows of
     /// `len` values: when the norm wrote the other layouts and `w` is quantized, the
-    /// 8+8-bit copy `xq` for 4-bit weights (integer dot products) or the interleaved copy
-    /// `xi` (fewer cache lines per load); else `xn`.
+    /// 8+8-bit copy `xq` for 2- to 6-bit weights (integer dot products) or the interleaved
+    /// copy `xi` (fewer cache lines per load); else `xn`.
     fn input(&self, w: &GpuMatrix, rows: usize, len: usize) -> (&'a wgpu::Buffer, XLayout) {
         match w.format {
             WeightFormat::Affine(q) if interleaves(rows, len) => {
@@ -237,7 +237,7 @@ impl<'a> Pass<'a> {
     ) {
         let eps = self.m.cfg.rms_norm_eps;
         let il = interleaves(rows, len);
-        // The 8+8-bit row only for models whose 4-bit mat-vecs read it.
+        // The 8+8-bit row only for models whose mat-vecs read it (`XLayout::for_bits`).
         let q8 = il && !self.m.f32_activations;
         let dummy = &self.m.gpu.dummy;
         let yi = if il { &self.s.xi } else { dummy };

@@ -8,6 +8,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::format::WeightFormat;
+use crate::gpu::kernels::reads_q8_activations;
 use crate::gpu::{AdapterChoice, AdapterSummary, Gpu};
 use crate::session::Session;
 use crate::store::{ExpertRole, ExpertStore, SafetensorsStore};
@@ -180,7 +181,8 @@ impl ModelBuilder {
         let weights = Weights::load(&gpu, &cfg, &ckpt)?;
         // Decode rows stay f32 when asked, without integer dot products, or when no 2- to 6-bit
         // matrix would read the 8+8-bit row (then no norm writes it).
-        let reads_q8 = |f: WeightFormat| matches!(f, WeightFormat::Affine(q) if crate::gpu::kernels::reads_q8_activations(q.bits));
+        let reads_q8 =
+            |f: WeightFormat| matches!(f, WeightFormat::Affine(q) if reads_q8_activations(q.bits));
         let any_reads_q8 = weights.matrices().any(|m| reads_q8(m.format))
             || moe_layers.iter().any(|&l| {
                 store

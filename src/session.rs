@@ -21,7 +21,7 @@ pub(crate) struct Scratch {
     /// A single normalized row (decode) again, in the interleaved layout of
     /// `kernels/include/interleave.wgsl` that the quantized mat-vec kernels read fastest.
     pub xi: wgpu::Buffer,
-    /// The same row in the 8+8-bit layout that the 4-bit kernels read (18 words per 32
+    /// The same row in the 8+8-bit layout that the 2- to 6-bit kernels read (18 words per 32
     /// values).
     pub xq: wgpu::Buffer,
     pub q: wgpu::Buffer,

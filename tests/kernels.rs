@@ -1174,10 +1174,7 @@ fn moe_gate_up() {
             let (n_tokens, n_slots, n_assign) = (3, 4, 7);
             let pg = page(&mut rng, dtype, hidden, inter, n_slots);
             let asg = assignments(&mut rng, n_tokens, n_slots, n_assign);
-            let pairs: Vec<u32> = asg
-                .iter()
-                .flat_map(|&(t, s)| [t as u32, s as u32])
-                .collect();
+            let pairs = assignment_words(&asg);
             let x = rng.vec(n_tokens * hidden, 1.0);
             for &(base, count) in &[(0usize, n_assign), (2, 4)] {
                 let case = format!("{dtype} hidden {hidden} inter {inter} assign {base}+{count}");
@@ -1237,10 +1234,7 @@ fn moe_down() {
             let pg = page(&mut rng, dtype, hidden, inter, n_slots);
             // The token of an assignment is not read by the down projection.
             let asg = assignments(&mut rng, 2, n_slots, n_assign);
-            let pairs: Vec<u32> = asg
-                .iter()
-                .flat_map(|&(t, s)| [t as u32, s as u32])
-                .collect();
+            let pairs = assignment_words(&asg);
             let h = rng.vec(n_assign * inter, 2.0);
             let route_w: Vec<f32> = (0..n_assign).map(|_| 0.5 + 0.5 * rng.f32()).collect();
             for &(base, count) in &[(0usize, n_assign), (3, 2)] {

@@ -916,10 +916,7 @@ fn moe_gate_up_q() {
             } else {
                 asg.clone()
             };
-            let pairs: Vec<u32> = asg
-                .iter()
-                .flat_map(|&(t, s)| [t as u32, s as u32])
-                .collect();
+            let pairs = assignment_words(&asg);
             let case = format!(
                 "{}-bit g{} {} hidden {hidden} inter {inter} assign {base}+{count} {how} flags {flags}",
                 gu.bits, gu.group_size, gu.scale_dtype
@@ -1004,10 +1001,7 @@ fn moe_down_q() {
         let pg = page(&mut rng, gu, down, hidden, inter, n_slots);
         // The token of an assignment is not read by the down projection.
         let asg = assignments(&mut rng, 2, n_slots, n_assign);
-        let pairs: Vec<u32> = asg
-            .iter()
-            .flat_map(|&(t, s)| [t as u32, s as u32])
-            .collect();
+        let pairs = assignment_words(&asg);
         let h = rng.vec(n_assign * inter, 2.0);
         let h_il = interleave(&h, inter);
         let route_w: Vec<f32> = (0..n_assign).map(|_| 0.5 + 0.5 * rng.f32()).collect();
@@ -1097,6 +1091,16 @@ fn moe_qmm_tiles_split_by_slot_and_size() {
     assert!(kernels::moe_qmm_tiles(0, &[]).is_empty());
 }
 
+/// The tiles buffer of the tiled expert kernels for the assignments `from..` (whose
+/// slots are `slots[from..]`), written from tile `tile_base` on after junk tiles: the
+/// buffer and its tile count from `tile_base`.
+fn tiles_from(slots: &[u32], from: usize, tile_base: u32) -> (Vec<u32>, u32) {
+    let mut tiles = vec![u32::MAX; 2 * tile_base as usize];
+    tiles.extend(kernels::moe_qmm_tiles(from as u32, &slots[from..]));
+    let n_tiles = (tiles.len() / 2) as u32 - tile_base;
+    (tiles, n_tiles)
+}
+
 #[test]
 fn moe_gate_up_qmm() {
     let mut ck = Checker::new("moe_gate_up_qmm");
@@ -1105,17 +1109,12 @@ fn moe_gate_up_qmm() {
         let (n_tokens, n_slots) = (9, 4);
         let pg = page(&mut rng, gu, down, hidden, inter, n_slots);
         let asg = grouped_assignments(&mut rng, n_tokens);
-        let pairs: Vec<u32> = asg
-            .iter()
-            .flat_map(|&(t, s)| [t as u32, s as u32])
-            .collect();
+        let pairs = assignment_words(&asg);
         let slots: Vec<u32> = asg.iter().map(|&(_, s)| s as u32).collect();
         let x = rng.vec(n_tokens * hidden, 1.0);
         // All tiles from tile 0, then only those of assignments 37.. from a tile base of 2.
         for (from, tile_base) in [(0usize, 0u32), (37, 2)] {
-            let mut tiles = vec![u32::MAX; 2 * tile_base as usize];
-            tiles.extend(kernels::moe_qmm_tiles(from as u32, &slots[from..]));
-            let n_tiles = (tiles.len() / 2) as u32 - tile_base;
+            let (tiles, n_tiles) = tiles_from(&slots, from, tile_base);
             let case = format!(
                 "{}-bit g{} {} hidden {hidden} inter {inter} from {from}",
                 gu.bits, gu.group_size, gu.scale_dtype
@@ -1174,17 +1173,12 @@ fn moe_down_qmm() {
         let n_slots = 4;
         let pg = page(&mut rng, gu, down, hidden, inter, n_slots);
         let asg = grouped_assignments(&mut rng, 3);
-        let pairs: Vec<u32> = asg
-            .iter()
-            .flat_map(|&(t, s)| [t as u32, s as u32])
-            .collect();
+        let pairs = assignment_words(&asg);
         let slots: Vec<u32> = asg.iter().map(|&(_, s)| s as u32).collect();
         let h = rng.vec(asg.len() * inter, 2.0);
         let route_w: Vec<f32> = (0..asg.len()).map(|_| 0.5 + 0.5 * rng.f32()).collect();
         for (from, tile_base) in [(0usize, 0u32), (37, 2)] {
-            let mut tiles = vec![u32::MAX; 2 * tile_base as usize];
-            tiles.extend(kernels::moe_qmm_tiles(from as u32, &slots[from..]));
-            let n_tiles = (tiles.len() / 2) as u32 - tile_base;
+            let (tiles, n_tiles) = tiles_from(&slots, from, tile_base);
             let case = format!(
                 "{}-bit g{} {} hidden {hidden} inter {inter} from {from}",
                 down.bits, down.group_size, down.scale_dtype

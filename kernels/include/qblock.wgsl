@@ -135,10 +135,27 @@ fn octet_dot(wi: u32, o: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
 fn row_block(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
              xs: X32, xsum: f32) -> f32 {
     let d = block_dot(q_word + r * (cols * BITS / 32u) + b * BITS, xs);
+    let sb = block_scale_bias(s_word, b_word, cols, r, b);
+    return sb.x * d + sb.y * xsum;
+}
+
+// The scale and bias of block b of row r (rows of `cols` codes; the scales and biases
+// start at words s_word and b_word).
+fn block_scale_bias(s_word: u32, b_word: u32, cols: u32, r: u32, b: u32) -> vec2<f32> {
     let e = r * (cols / GROUP) + (32u * b) / GROUP;
-    let s = scale_value(word_at(scale_word(s_word, e)), e);
-    let bias = scale_value(word_at(scale_word(b_word, e)), e);
-    return s * d + bias * xsum;
+    return vec2<f32>(scale_value(word_at(scale_word(s_word, e)), e),
+                     scale_value(word_at(scale_word(b_word, e)), e));
+}
+
+// s * t * (254 a.x + a.y) + bias * sum for block b of row r, from the integer dot products
+// a = (dot(codes, hi), dot(codes, lo)) with a block of x in the 8+8-bit layout.
+fn scale_q8(s_word: u32, b_word: u32, cols: u32, r: u32, b: u32, a: vec2<i32>,
+            xq: XQ8) -> f32 {
+    // Exact in f32 up to 4 bits (|254 hi + lo| . codes <= 32 * 15 * 32385 < 2^24); for 5
+    // and 6 bits the conversion rounds (relative 6e-8). 254 * a.x fits an i32 for all.
+    let d = f32(254 * a.x + a.y) * xq.t;
+    let sb = block_scale_bias(s_word, b_word, cols, r, b);
+    return sb.x * d + sb.y * xq.sum;
 }
 
 // `row_block` of block b for the 4 rows `rows` of one matrix.
@@ -199,13 +216,13 @@ fn dot2_q8(u: u32, he: u32, ho: u32, le: u32, lo: u32, acc: vec2<i32>) -> vec2<i
 fn row_block_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
                 xq: XQ8) -> f32 {
     if (BITS == 2u) {
-        return row_block2_q8(q_word, s_word, b_word, cols, r, b, xq);
+        return scale_q8(s_word, b_word, cols, r, b, codes2_q8(q_word, cols, r, b, xq), xq);
     }
     if (BITS == 3u) {
-        return row_block3_q8(q_word, s_word, b_word, cols, r, b, xq);
+        return scale_q8(s_word, b_word, cols, r, b, codes3_q8(q_word, cols, r, b, xq), xq);
     }
     if (BITS == 5u || BITS == 6u) {
-        return row_block56_q8(q_word, s_word, b_word, cols, r, b, xq);
+        return scale_q8(s_word, b_word, cols, r, b, codes56_q8(q_word, cols, r, b, xq), xq);
     }
     let q = w[(q_word + r * (cols / 8u) + b * 4u) >> 2u];
     let m = 0x0f0f0f0fu;
@@ -218,18 +235,12 @@ fn row_block_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32
     a = dot_q8((q.z >> 4u) & m, xq.h1.y, xq.l1.y, a);
     a = dot_q8(q.w & m, xq.h1.z, xq.l1.z, a);
     a = dot_q8((q.w >> 4u) & m, xq.h1.w, xq.l1.w, a);
-    // |254 hi + lo| . codes < 2^24: exact in f32.
-    let d = f32(254 * a.x + a.y) * xq.t;
-    let e = r * (cols / GROUP) + (32u * b) / GROUP;
-    let s = scale_value(word_at(scale_word(s_word, e)), e);
-    let bias = scale_value(word_at(scale_word(b_word, e)), e);
-    return s * d + bias * xq.sum;
+    return scale_q8(s_word, b_word, cols, r, b, a, xq);
 }
 
-// `row_block_q8` for a 2-bit row: the block's two words hold values 0..15, then 16..31,
-// an octet per 16 bits.
-fn row_block2_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
-                 xq: XQ8) -> f32 {
+// The integer dot products of block b of a 2-bit row r with xq: the block's two words
+// hold values 0..15, then 16..31, an octet per 16 bits.
+fn codes2_q8(q_word: u32, cols: u32, r: u32, b: u32, xq: XQ8) -> vec2<i32> {
     let wi = q_word + r * (cols / 16u) + b * 2u;
     let q = w[wi >> 2u];
     let pair = select(q.xy, q.zw, (wi & 2u) != 0u);
@@ -237,12 +248,7 @@ fn row_block2_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u3
     a = dot2_q8(pair.x & 0xffffu, xq.h0.x, xq.h0.y, xq.l0.x, xq.l0.y, a);
     a = dot2_q8(pair.x >> 16u, xq.h0.z, xq.h0.w, xq.l0.z, xq.l0.w, a);
     a = dot2_q8(pair.y & 0xffffu, xq.h1.x, xq.h1.y, xq.l1.x, xq.l1.y, a);
-    a = dot2_q8(pair.y >> 16u, xq.h1.z, xq.h1.w, xq.l1.z, xq.l1.w, a);
-    let d = f32(254 * a.x + a.y) * xq.t;
-    let e = r * (cols / GROUP) + (32u * b) / GROUP;
-    let s = scale_value(word_at(scale_word(s_word, e)), e);
-    let bias = scale_value(word_at(scale_word(b_word, e)), e);
-    return s * d + bias * xq.sum;
+    return dot2_q8(pair.y >> 16u, xq.h1.z, xq.h1.w, xq.l1.z, xq.l1.w, a);
 }
 
 // acc + the dot products of the 8 3-bit codes in the low 24 bits of u (an octet) with
@@ -256,9 +262,9 @@ fn dot3_q8(u: u32, he: u32, ho: u32, le: u32, lo: u32, acc: vec2<i32>) -> vec2<i
     return dot_q8((s >> 3u) & 0x07070707u, ho, lo, a);
 }
 
-// `row_block_q8` for a 3-bit row: the block's three words hold its four 24-bit octets.
-fn row_block3_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
-                 xq: XQ8) -> f32 {
+// The integer dot products of block b of a 3-bit row r with xq: the block's three words
+// hold its four 24-bit octets.
+fn codes3_q8(q_word: u32, cols: u32, r: u32, b: u32, xq: XQ8) -> vec2<i32> {
     let wi = q_word + r * (cols * 3u / 32u) + b * 3u;
     let w0 = ws[wi];
     let w1 = ws[wi + 1u];
@@ -267,13 +273,7 @@ fn row_block3_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u3
     a = dot3_q8(w0 & 0xffffffu, xq.h0.x, xq.h0.y, xq.l0.x, xq.l0.y, a);
     a = dot3_q8((w0 >> 24u) | ((w1 & 0xffffu) << 8u), xq.h0.z, xq.h0.w, xq.l0.z, xq.l0.w, a);
     a = dot3_q8((w1 >> 16u) | ((w2 & 0xffu) << 16u), xq.h1.x, xq.h1.y, xq.l1.x, xq.l1.y, a);
-    a = dot3_q8(w2 >> 8u, xq.h1.z, xq.h1.w, xq.l1.z, xq.l1.w, a);
-    // |254 hi + lo| . codes <= 32 * 7 * 32385 < 2^24: exact in f32.
-    let d = f32(254 * a.x + a.y) * xq.t;
-    let e = r * (cols / GROUP) + (32u * b) / GROUP;
-    let s = scale_value(word_at(scale_word(s_word, e)), e);
-    let bias = scale_value(word_at(scale_word(b_word, e)), e);
-    return s * d + bias * xq.sum;
+    return dot3_q8(w2 >> 8u, xq.h1.z, xq.h1.w, xq.l1.z, xq.l1.w, a);
 }
 
 // acc + the dot products of octet u of a 5- or 6-bit row whose codes start at word
@@ -310,22 +310,14 @@ fn octet56_q8(row: u32, u: u32, he: u32, ho: u32, le: u32, lo: u32,
     return dot_q8(odd, ho, lo, a);
 }
 
-// `row_block_q8` for a 5- or 6-bit row.
-fn row_block56_q8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
-                  xq: XQ8) -> f32 {
+// The integer dot products of block b of a 5- or 6-bit row r with xq.
+fn codes56_q8(q_word: u32, cols: u32, r: u32, b: u32, xq: XQ8) -> vec2<i32> {
     let row = q_word + r * (cols * BITS / 32u);
     var a = vec2<i32>(0);
     a = octet56_q8(row, 4u * b, xq.h0.x, xq.h0.y, xq.l0.x, xq.l0.y, a);
     a = octet56_q8(row, 4u * b + 1u, xq.h0.z, xq.h0.w, xq.l0.z, xq.l0.w, a);
     a = octet56_q8(row, 4u * b + 2u, xq.h1.x, xq.h1.y, xq.l1.x, xq.l1.y, a);
-    a = octet56_q8(row, 4u * b + 3u, xq.h1.z, xq.h1.w, xq.l1.z, xq.l1.w, a);
-    // |dot(codes, hi)| <= 32 * 63 * 127: 254 times it fits an i32; its conversion to f32
-    // rounds (relative 6e-8) where the narrower widths' are exact.
-    let d = f32(254 * a.x + a.y) * xq.t;
-    let e = r * (cols / GROUP) + (32u * b) / GROUP;
-    let s = scale_value(word_at(scale_word(s_word, e)), e);
-    let bias = scale_value(word_at(scale_word(b_word, e)), e);
-    return s * d + bias * xq.sum;
+    return octet56_q8(row, 4u * b + 3u, xq.h1.z, xq.h1.w, xq.l1.z, xq.l1.w, a);
 }
 
 // `row_block_q8` for the 4 rows `rows` of one matrix.

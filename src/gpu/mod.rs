@@ -59,7 +59,7 @@ pub struct AdapterSummary {
     /// Whether the GPU is taken to have packed 4x8-bit integer dot products in hardware
     /// (`dot4I8Packed`): adapters on Vulkan and DirectX 12, whose desktop GPUs have them
     /// (and where lavapipe compiles them to vector code). Metal and GL emulate them with
-    /// scalar integer multiplies, so there the 4-bit kernels keep f32 activations by
+    /// scalar integer multiplies, so there the quantized kernels keep f32 activations by
     /// default (`ModelBuilder::f32_activations`).
     pub integer_dot_products: bool,
 }

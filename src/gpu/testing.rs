@@ -328,7 +328,7 @@ pub fn take_profile() -> Vec<(String, u64, f64)> {
 /// A row of values (a multiple of 32) in the 8+8-bit layout of
 /// `kernels/include/interleave.wgsl`, quantized as the `rmsnorm` kernel does it, and the
 /// values that the layout stands for (`t * (254 hi + lo)` per value): the input of the
-/// 4-bit kernels' integer dot products, for their tests and benchmarks.
+/// quantized kernels' integer dot products, for their tests and benchmarks.
 pub fn q8_row(x: &[f32]) -> (Vec<u32>, Vec<f32>) {
     let nb = x.len() / 32;
     let mut words = vec![0u32; 18 * nb];

@@ -174,6 +174,13 @@ pub fn q8_decode(words: &[u32], n: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     (values, ts, sums)
 }
 
+/// The expert kernels' `assign` buffer for (token, slot) assignments: the pairs as words.
+pub fn assignment_words(asg: &[(usize, usize)]) -> Vec<u32> {
+    asg.iter()
+        .flat_map(|&(t, s)| [t as u32, s as u32])
+        .collect()
+}
+
 pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
