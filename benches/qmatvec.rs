@@ -325,6 +325,8 @@ fn experts(
         .map(|_| bench.zeros((k * hidden * 4) as u64))
         .collect();
     let team = bench.team(hidden);
+    // h in the quad 8+8-bit layout where decode uses it (2- to 6-bit downs with 8+8-bit x).
+    let quad_h = q8_x(bench, q.bits) && kernels::writes_quad_h(team, rpt_gu);
     let mut t = [0.0; 2];
     for (i, overlapped) in [false, true].into_iter().enumerate() {
         let sets: Vec<Vec<&DeviceBuffer>> = assigns
@@ -351,8 +353,9 @@ fn experts(
                 us,
                 ub,
                 team,
-                // x as decode reads it (8+8-bit for 2 to 6 bits, else interleaved), h interleaved.
-                if q8_x(bench, q.bits) { 0b110 } else { 0b11 },
+                // x as decode reads it (8+8-bit for 2 to 6 bits, else interleaved), h
+                // interleaved or in quads.
+                if q8_x(bench, q.bits) { 0b110 } else { 0b11 } | if quad_h { 0b1000 } else { 0 },
             ],
             &sets,
             kernels::moe_gate_up_q_groups(inter as u32, k as u32, team, rpt_gu),
@@ -403,7 +406,7 @@ fn experts(
                 ds,
                 db,
                 team,
-                1, // h interleaved, as in decode
+                if quad_h { 2 } else { 1 }, // h in quads or interleaved, as in decode
             ],
             &sets,
             kernels::moe_down_q_groups(hidden as u32, k as u32, team, rpt_d),
@@ -414,8 +417,10 @@ fn experts(
     let c = copy_same_size(bench, bytes)?;
     report(
         &format!(
-            "down {}-bit g{} {k} x {hidden}x{inter} (team {team}, {rpt_d} rows)",
-            q.bits, q.group_size
+            "down {}-bit g{} {k} x {hidden}x{inter} (team {team}, {rpt_d} rows{})",
+            q.bits,
+            q.group_size,
+            if quad_h { ", quad h" } else { "" }
         ),
         bytes,
         (t[0], t[1]),

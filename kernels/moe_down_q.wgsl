@@ -8,9 +8,11 @@
 // Workgroup (wid.x, wid.y) works on assignment assign_base + wid.y, as qmatvec.wgsl does:
 // 64 / team teams of ROWS rows (4, 2 or 1, a pipeline constant; include/qblock.wgsl),
 // lane l of a team taking the 32-code blocks l, l + team, ...
-// (include/qblock.wgsl), two per iteration; rows past `hidden` re-read the last row (branch-free loads, sums
-// dropped). The rows of h are in the natural or, with flags bit 0, the interleaved layout
-// (include/interleave.wgsl).
+// (include/qblock.wgsl), two per iteration; rows past `hidden` re-read the last row
+// (branch-free loads, sums dropped). The rows of h are in the natural or, with flags bit
+// 0, the interleaved layout, or with flags bit 1 (2- to 6-bit experts only, else the
+// output is NaN) in the quad 8+8-bit layout (include/interleave.wgsl), dotted with
+// integer dot products.
 struct Params {
     hidden: u32,
     inter: u32,
@@ -21,7 +23,7 @@ struct Params {
     down_s: u32,
     down_b: u32,
     team: u32,
-    flags: u32, // bit 0: h rows interleaved
+    flags: u32, // bit 0: h rows interleaved, bit 1: h rows in the quad 8+8-bit layout
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -58,16 +60,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let rows = vec4<u32>(ja, jb, jc, jd);
     let il = (p.flags & 1u) != 0u;
     var b = lane;
+    let hq8 = (p.flags & 2u) != 0u;
+    if (hq8 && (BITS >= 2u && BITS <= 6u)) {
+        for (; b + team < nb; b += 2u * team) {
+            let s0 = step_hq8(base, b, nb, rows, dq, ds, db);
+            let s1 = step_hq8(base, b + team, nb, rows, dq, ds, db);
+            acc += s0 + s1;
+        }
+        if (b < nb) {
+            acc += step_hq8(base, b, nb, rows, dq, ds, db);
+        }
+    }
     // Two blocks per iteration: the loads of both are in flight together.
-    for (; b + team < nb; b += 2u * team) {
+    for (; !hq8 && b + team < nb; b += 2u * team) {
         let s0 = step(base, b, nb, il, rows, dq, ds, db);
         let s1 = step(base, b + team, nb, il, rows, dq, ds, db);
         acc += s0 + s1;
     }
-    if (b < nb) {
+    if (!hq8 && b < nb) {
         acc += step(base, b, nb, il, rows, dq, ds, db);
     }
-    let total = team_sum(acc, lid, team);
+    var total = team_sum(acc, lid, team);
+    if (hq8 && !(BITS >= 2u && BITS <= 6u)) {
+        total = vec4<f32>(bitcast<f32>(0x7fc00000u)); // NaN: the quad layout needs 2- to 6-bit experts
+    }
     if (lane == 0u) {
         for (var i = 0u; i < team_rows(); i++) {
             if (j0 + i < p.hidden) {
@@ -82,4 +98,11 @@ fn step(base: u32, b: u32, nb: u32, il: bool, rows: vec4<u32>, dq: u32, ds: u32,
         db: u32) -> vec4<f32> {
     let hv = load_x32(base, b, nb, il);
     return rows_block_n(dq, ds, db, p.inter, rows, b, hv, x32_sum(hv));
+}
+
+// `step` with h in the quad 8+8-bit layout.
+fn step_hq8(base: u32, b: u32, nb: u32, rows: vec4<u32>, dq: u32, ds: u32,
+            db: u32) -> vec4<f32> {
+    let hq = load_hq8(base, b, nb);
+    return rows_block_hq8_n(dq, ds, db, p.inter, rows, b, hq);
 }

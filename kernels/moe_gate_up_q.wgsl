@@ -13,7 +13,11 @@
 // rows past `inter` re-read the last row (branch-free loads, sums dropped).
 // The rows of x and h are in the natural or the interleaved layout
 // (include/interleave.wgsl), as `flags` says; with flags bit 2 (2- to 6-bit experts
-// only, else h is NaN) x is one row (token 0) in the 8+8-bit layout of that file.
+// only, else h is NaN) x is one row (token 0) in the 8+8-bit layout of that file. With
+// flags bit 3, h is written in the quad 8+8-bit layout of that file (for a 2- to 6-bit
+// down projection): a workgroup then computes whole quads (the host sees to it that its
+// rows are a multiple of 4), its local row l being value l % 4 of its quad l / 4, and
+// writes them after a barrier.
 struct Params {
     hidden: u32,
     inter: u32,
@@ -27,32 +31,41 @@ struct Params {
     up_s: u32,
     up_b: u32,
     team: u32,
-    flags: u32, // bit 0: x rows interleaved, bit 1: write h rows interleaved, bit 2: x 8+8-bit
+    // bit 0: x rows interleaved, bit 1: write h rows interleaved, bit 2: x 8+8-bit,
+    // bit 3: write h rows in the quad 8+8-bit layout
+    flags: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<vec4<u32>>; // the cache page
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>; // [tokens, hidden], read as vec4s
 @group(0) @binding(3) var<storage, read> assign: array<u32>;
-@group(0) @binding(4) var<storage, read_write> h: array<f32>;
+@group(0) @binding(4) var<storage, read_write> h: array<u32>; // f32 values or quad fields
 @group(0) @binding(5) var<storage, read> ws: array<u32>; // w again, as words (include/qblock.wgsl)
 
 const WG: u32 = 64u;
+
+// The workgroup's rows of h by quad, for the quad layout: at most 64 rows (16 teams of 4).
+var<workgroup> quads: array<vec4<f32>, 16>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let team = p.team;
     let lane = lid & (team - 1u);
-    let i0 = (wid.x * (WG / team) + lid / team) * team_rows();
+    let wg_rows = (WG / team) * team_rows();
+    let local = (lid / team) * team_rows(); // the team's first row in the workgroup
+    let i0 = wid.x * wg_rows + local;
     if (wid.y >= p.n_assign) {
         return; // the whole workgroup: no barrier is skipped by only some invocations
     }
+    let hq8 = (p.flags & 8u) != 0u;
     let a = p.assign_base + wid.y;
     let last = p.inter - 1u;
-    let ia = min(i0, last);
-    let ib = min(i0 + 1u, last);
-    let ic = min(i0 + 2u, last);
-    let id = min(i0 + 3u, last);
+    let q0 = wid.x * (wg_rows / 4u); // the workgroup's first quad
+    let ia = min(select(i0, h_row(q0, local), hq8), last);
+    let ib = min(select(i0 + 1u, h_row(q0, local + 1u), hq8), last);
+    let ic = min(select(i0 + 2u, h_row(q0, local + 2u), hq8), last);
+    let id = min(select(i0 + 3u, h_row(q0, local + 3u), hq8), last);
     let token = assign[2u * a];
     let sb = assign[2u * a + 1u] * p.slot_words;
     let gq = sb + p.gate_q;
@@ -93,6 +106,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let u = acc.u;
     let gt = team_sum(g, lid, team);
     let ut = team_sum(u, lid, team);
+    if (hq8) {
+        if (lane == 0u) {
+            for (var i = 0u; i < team_rows(); i++) {
+                let l = local + i;
+                quads[l >> 2u][l & 3u] = gt[i] / (1.0 + exp(-gt[i])) * ut[i];
+            }
+        }
+        workgroupBarrier();
+        let quad = q0 + lid;
+        if (lid < wg_rows / 4u && 4u * quad < p.inter) {
+            let f = quad_q8(quads[lid]);
+            let nb = p.inter / 32u;
+            let row = a * p.inter;
+            h[row + quad_word(quad, 0u, nb)] = f.x;
+            h[row + quad_word(quad, 1u, nb)] = f.y;
+            h[row + quad_word(quad, 2u, nb)] = f.z;
+            h[row + quad_word(quad, 3u, nb)] = f.w;
+        }
+        return;
+    }
     if (lane == 0u) {
         for (var i = 0u; i < team_rows(); i++) {
             if (i0 + i < p.inter) {
@@ -102,7 +135,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 if (q8 && !(BITS >= 2u && BITS <= 6u)) {
                     v = bitcast<f32>(0x7fc00000u); // NaN: the 8+8-bit x needs 2- to 6-bit experts
                 }
-                h[a * p.inter + j] = v;
+                h[a * p.inter + j] = bitcast<u32>(v);
             }
         }
     }
@@ -133,4 +166,10 @@ fn step_q8(b: u32, nb: u32, rows: vec4<u32>, gq: u32, gs: u32, gb: u32, uq: u32,
         rows_block_q8_n(gq, gs, gb, p.hidden, rows, b, xq),
         rows_block_q8_n(uq, us, ub, p.hidden, rows, b, xq),
     );
+}
+
+// The row of h that local row l of the workgroup whose first quad is q0 computes in the
+// quad layout: value l % 4 of quad q0 + l / 4.
+fn h_row(q0: u32, l: u32) -> u32 {
+    return quad_value(q0 + (l >> 2u), l & 3u);
 }

@@ -654,13 +654,22 @@ impl<'a> Pass<'a> {
         params.extend_from_slice(tail);
         let (h, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
         let (rpt, groups) = expert_grid(self.m, quant.is_some(), i, h, count);
+        // A 2- to 6-bit down projection reads h in the quad 8+8-bit layout (integer dot
+        // products), where gate/up's workgroups compute whole quads.
+        let h_quads = h_il
+            && !self.m.f32_activations
+            && matches!(kernels.down.2, Some((bits, _)) if kernels::reads_q8_activations(bits))
+            && kernels::writes_quad_h(self.m.gpu.team(h), rpt);
         if quant.is_some() {
             let x_flags = match x_layout {
                 XLayout::Natural => 0,
                 XLayout::Interleaved => 1,
                 XLayout::Q8 => 4,
             };
-            params.extend([self.m.gpu.team(h), x_flags | (u32::from(h_il) << 1)]);
+            params.extend([
+                self.m.gpu.team(h),
+                x_flags | (u32::from(h_il) << 1) | (u32::from(h_quads) << 3),
+            ]);
         }
         let mut binds = vec![
             page.into(),
@@ -690,7 +699,10 @@ impl<'a> Pass<'a> {
         params.extend_from_slice(tail);
         let (rpt, groups) = expert_grid(self.m, quant.is_some(), h, i, count);
         if quant.is_some() {
-            params.extend([self.m.gpu.team(i), u32::from(h_il)]);
+            params.extend([
+                self.m.gpu.team(i),
+                if h_quads { 2 } else { u32::from(h_il) },
+            ]);
         }
         let mut binds = vec![
             page.into(),

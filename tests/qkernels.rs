@@ -631,6 +631,75 @@ fn q8_activations_with_8_bit_weights_are_loud() {
     assert!(got.iter().all(|v| v.is_nan()), "8-bit: {got:?}");
 }
 
+#[test]
+fn quad_h_with_8_bit_down_is_loud() {
+    // The quad 8+8-bit layout of h pairs with 2- to 6-bit codes only: an 8-bit down
+    // projection given it writes NaN.
+    let mut rng = Rng::new(14);
+    let (hidden, inter) = (64usize, 64usize);
+    let q = quant(8, 32, DType::BF16);
+    let pg = page(&mut rng, q, q, hidden, inter, 2);
+    let (words, _) = testing::quad_q8_row(&rng.vec(inter, 1.0));
+    let d = pg.offs[2];
+    let team = runner().team(inter);
+    let out = run_kernel_rows_on(
+        runner(),
+        Kernel::MoeDownQ,
+        Some(q.scale_dtype),
+        Some((q.bits, q.group_size)),
+        2,
+        &[
+            hidden as u32,
+            inter as u32,
+            0,
+            1,
+            pg.slot_words,
+            d[0],
+            d[1],
+            d[2],
+            team,
+            2,
+        ],
+        &[
+            &pg.bytes,
+            &u32_bytes(&words),
+            &u32_bytes(&assignment_words(&[(0, 1)])),
+            &f32_bytes(&[1.0]),
+            &f32_bytes(&vec![0.0; hidden]),
+            &pg.bytes,
+        ],
+        kernels::moe_down_q_groups(hidden as u32, 1, team, 2),
+    );
+    let got = to_f32(&out[4]);
+    assert!(got.iter().all(|v| v.is_nan()), "8-bit: {got:?}");
+}
+
+#[test]
+fn quad_h_needs_whole_quads_per_workgroup() {
+    // 64-invocation workgroups: teams of 64 with fewer than 4 rows cannot write quads.
+    assert!(kernels::writes_quad_h(32, 2));
+    assert!(kernels::writes_quad_h(8, 1));
+    assert!(kernels::writes_quad_h(64, 4));
+    assert!(!kernels::writes_quad_h(64, 2));
+    assert!(!kernels::writes_quad_h(32, 1));
+}
+
+#[test]
+fn quad_layout_round_trips() {
+    let mut rng = Rng::new(15);
+    let h: Vec<f32> = rng.vec(96, 3.0).into_iter().chain([0.0; 32]).collect();
+    let (words, values) = testing::quad_q8_row(&h);
+    let back = testing::quad_q8_values(&words).unwrap();
+    assert_eq!(back, values);
+    for (i, (v, x)) in values.iter().zip(&h).enumerate() {
+        assert!((v - x).abs() <= 3.0 / 64516.0, "value {i}: {v} for {x}");
+    }
+    // A corrupted sum is caught.
+    let mut bad = words.clone();
+    bad[3 * 4 * (128 / 32)] ^= 0x40_0000;
+    assert!(testing::quad_q8_values(&bad).is_err());
+}
+
 // ---------------------------------------------------------------------------------------
 // qmatmul.
 
@@ -942,51 +1011,82 @@ fn moe_gate_up_q() {
             let [g, u, _] = pg.offs;
             // Rows per team (the ROWS pipeline constant) in turn.
             let rpt = [4u32, 2, 1][run_no / 2 % 3];
-            let case = format!("{case} {rpt} rows per team");
-            let out = run_kernel_rows_on(
-                on,
-                Kernel::MoeGateUpQ,
-                Some(gu.scale_dtype),
-                Some((gu.bits, gu.group_size)),
-                rpt,
-                &[
-                    hidden as u32,
-                    inter as u32,
-                    base as u32,
-                    count as u32,
-                    pg.slot_words,
-                    g[0],
-                    g[1],
-                    g[2],
-                    u[0],
-                    u[1],
-                    u[2],
-                    team,
-                    flags,
-                ],
-                &[
-                    &pg.bytes,
-                    &if q8 {
-                        u32_bytes(&q8_words)
-                    } else {
-                        f32_bytes(if flags & 1 != 0 { &x_il } else { &x })
-                    },
-                    &u32_bytes(&pairs),
-                    &f32_bytes(&before),
-                    &pg.bytes,
-                ],
-                kernels::moe_gate_up_q_groups(inter as u32, count as u32, team, rpt),
-            );
-            let mut got = to_f32(&out[3]);
-            if flags & 2 != 0 {
-                // The rows written interleaved, back to the natural layout.
+            // Each run again writing h in the quad 8+8-bit layout where the workgroup's
+            // rows make whole quads.
+            for quad in [false, true] {
+                if quad && !kernels::writes_quad_h(team, rpt) {
+                    continue;
+                }
+                let flags = flags | if quad { 8 } else { 0 };
+                let case = format!("{case} {rpt} rows per team flags {flags}");
+                let out = run_kernel_rows_on(
+                    on,
+                    Kernel::MoeGateUpQ,
+                    Some(gu.scale_dtype),
+                    Some((gu.bits, gu.group_size)),
+                    rpt,
+                    &[
+                        hidden as u32,
+                        inter as u32,
+                        base as u32,
+                        count as u32,
+                        pg.slot_words,
+                        g[0],
+                        g[1],
+                        g[2],
+                        u[0],
+                        u[1],
+                        u[2],
+                        team,
+                        flags,
+                    ],
+                    &[
+                        &pg.bytes,
+                        &if q8 {
+                            u32_bytes(&q8_words)
+                        } else {
+                            f32_bytes(if flags & 1 != 0 { &x_il } else { &x })
+                        },
+                        &u32_bytes(&pairs),
+                        &f32_bytes(&before),
+                        &pg.bytes,
+                    ],
+                    kernels::moe_gate_up_q_groups(inter as u32, count as u32, team, rpt),
+                );
+                let mut got = to_f32(&out[3]);
+                ck.untouched(&case, &got, &before, &written);
                 for row in got.chunks_exact_mut(inter).skip(base).take(count) {
-                    let natural = deinterleave(row, inter);
+                    // The rows written interleaved or quantized, back to the natural layout.
+                    let natural = if quad {
+                        let words: Vec<u32> = row.iter().map(|v| v.to_bits()).collect();
+                        testing::quad_q8_values(&words).unwrap_or_else(|e| panic!("{case}: {e}"))
+                    } else if flags & 2 != 0 {
+                        deinterleave(row, inter)
+                    } else {
+                        continue;
+                    };
                     row.copy_from_slice(&natural);
                 }
+                // Quantized h against the expected values quantized the same way (an
+                // f32 rounding difference may move a value by one step of its quad).
+                let want: Vec<f32> = if quad {
+                    want.chunks_exact(inter)
+                        .flat_map(|row| testing::quad_q8_row(row).1)
+                        .collect()
+                } else {
+                    want.clone()
+                };
+                // One step of a quad is at most 1 / 32258 of the largest value.
+                let tol = if quad {
+                    Tol {
+                        max_rel: 4e-5,
+                        ..REDUCTION
+                    }
+                } else {
+                    REDUCTION
+                };
+                ck.close(&case, &pick(&got, &written), &want, tol.floor(floor));
             }
-            ck.untouched(&case, &got, &before, &written);
-            ck.close(&case, &pick(&got, &written), &want, REDUCTION.floor(floor));
         }
     }
     ck.report();
@@ -1004,6 +1104,14 @@ fn moe_down_q() {
         let pairs = assignment_words(&asg);
         let h = rng.vec(n_assign * inter, 2.0);
         let h_il = interleave(&h, inter);
+        let (hq_words, hq_values): (Vec<u32>, Vec<Vec<f32>>) = {
+            let rows: Vec<(Vec<u32>, Vec<f32>)> =
+                h.chunks_exact(inter).map(testing::quad_q8_row).collect();
+            (
+                rows.iter().flat_map(|r| r.0.iter().copied()).collect(),
+                rows.into_iter().map(|r| r.1).collect(),
+            )
+        };
         let route_w: Vec<f32> = (0..n_assign).map(|_| 0.5 + 0.5 * rng.f32()).collect();
         for (run_no, ((base, count), (on, team, how))) in [(0usize, n_assign), (3, 2)]
             .into_iter()
@@ -1031,38 +1139,55 @@ fn moe_down_q() {
             let d = pg.offs[2];
             // Rows per team (the ROWS pipeline constant) in turn.
             let rpt = [4u32, 2, 1][run_no % 3];
+            let run = |flags: u32, h: &[u8]| {
+                let out = run_kernel_rows_on(
+                    on,
+                    Kernel::MoeDownQ,
+                    Some(down.scale_dtype),
+                    Some((down.bits, down.group_size)),
+                    rpt,
+                    &[
+                        hidden as u32,
+                        inter as u32,
+                        base as u32,
+                        count as u32,
+                        pg.slot_words,
+                        d[0],
+                        d[1],
+                        d[2],
+                        team,
+                        flags,
+                    ],
+                    &[
+                        &pg.bytes,
+                        h,
+                        &u32_bytes(&pairs),
+                        &f32_bytes(&route_w),
+                        &f32_bytes(&before),
+                        &pg.bytes,
+                    ],
+                    kernels::moe_down_q_groups(hidden as u32, count as u32, team, rpt),
+                );
+                to_f32(&out[4])
+            };
             let case = format!("{case} {rpt} rows per team");
-            let out = run_kernel_rows_on(
-                on,
-                Kernel::MoeDownQ,
-                Some(down.scale_dtype),
-                Some((down.bits, down.group_size)),
-                rpt,
-                &[
-                    hidden as u32,
-                    inter as u32,
-                    base as u32,
-                    count as u32,
-                    pg.slot_words,
-                    d[0],
-                    d[1],
-                    d[2],
-                    team,
-                    flags,
-                ],
-                &[
-                    &pg.bytes,
-                    &f32_bytes(if flags & 1 != 0 { &h_il } else { &h }),
-                    &u32_bytes(&pairs),
-                    &f32_bytes(&route_w),
-                    &f32_bytes(&before),
-                    &pg.bytes,
-                ],
-                kernels::moe_down_q_groups(hidden as u32, count as u32, team, rpt),
-            );
-            let got = to_f32(&out[4]);
+            let got = run(flags, &f32_bytes(if flags & 1 != 0 { &h_il } else { &h }));
             ck.untouched(&case, &got, &before, &written);
             ck.close(&case, &pick(&got, &written), &want, REDUCTION.floor(floor));
+            if kernels::reads_q8_activations(down.bits) {
+                // h in the quad 8+8-bit layout (flags bit 1), against the values it
+                // stands for: the integer dot products are exact.
+                let case = format!("{case} quad h");
+                let mut want = Vec::new();
+                for (a, &(_, s)) in asg.iter().enumerate().skip(base).take(count) {
+                    let d = &pg.experts[s][2];
+                    let o = reference::matmul(&d.values, hidden, inter, &hq_values[a], 1);
+                    want.extend(o.iter().map(|v| v * route_w[a]));
+                }
+                let got = run(2, &u32_bytes(&hq_words));
+                ck.untouched(&case, &got, &before, &written);
+                ck.close(&case, &pick(&got, &written), &want, REDUCTION.floor(floor));
+            }
         }
     }
     ck.report();

@@ -277,11 +277,19 @@ fn codes3_q8(q_word: u32, cols: u32, r: u32, b: u32, xq: XQ8) -> vec2<i32> {
 }
 
 // acc + the dot products of octet u of a 5- or 6-bit row whose codes start at word
-// `row` with the octet's hi and lo words (even values in he / le, odd in ho / lo). The
-// octet's 8 * BITS bits (within two words) split into four pairs of codes, spread into
-// 16-bit slots, whose even and odd codes are then gathered into a word of bytes each.
+// `row` with the octet's hi and lo words (even values in he / le, odd in ho / lo).
 fn octet56_q8(row: u32, u: u32, he: u32, ho: u32, le: u32, lo: u32,
               acc: vec2<i32>) -> vec2<i32> {
+    let s = spread56(row, u);
+    let a = dot_q8(s.x, he, le, acc);
+    return dot_q8(s.y, ho, lo, a);
+}
+
+// The codes of octet u of a 5- or 6-bit row whose codes start at word `row`, spread into
+// bytes: (the even values' codes, the odd values'). The octet's 8 * BITS bits (within two
+// words) split into four pairs of codes, spread into 16-bit slots, whose even and odd
+// codes are then gathered into a word of bytes each.
+fn spread56(row: u32, u: u32) -> vec2<u32> {
     let wi = row + octet_word(u);
     let sh = octet_shift(u);
     let w0 = ws[wi];
@@ -306,8 +314,7 @@ fn octet56_q8(row: u32, u: u32, he: u32, ho: u32, le: u32, lo: u32,
         | ((e1 << 8u) & 0xff000000u);
     let odd = (o0 & 0xffu) | ((o0 >> 8u) & 0xff00u) | ((o1 & 0xffu) << 16u)
         | ((o1 << 8u) & 0xff000000u);
-    let a = dot_q8(even, he, le, acc);
-    return dot_q8(odd, ho, lo, a);
+    return vec2<u32>(even, odd);
 }
 
 // The integer dot products of block b of a 5- or 6-bit row r with xq.
@@ -354,6 +361,111 @@ fn rows_block_q8_n(q_word: u32, s_word: u32, b_word: u32, cols: u32, rows: vec4<
     let first = row_block_q8(q_word, s_word, b_word, cols, rows.x, b, xq);
     if (ROWS == 2u) {
         return vec4<f32>(first, row_block_q8(q_word, s_word, b_word, cols, rows.y, b, xq),
+                         0.0, 0.0);
+    }
+    return vec4<f32>(first, 0.0, 0.0, 0.0);
+}
+
+// One block of a row of h in the quad 8+8-bit layout (include/interleave.wgsl): the hi
+// and lo words of its 8 quads, their scales t and the sum of the values the block stands
+// for.
+struct HQ8 {
+    h0: vec4<u32>,
+    h1: vec4<u32>,
+    l0: vec4<u32>,
+    l1: vec4<u32>,
+    t0: vec4<f32>,
+    t1: vec4<f32>,
+    sum: f32,
+}
+
+// Block b of the quad 8+8-bit row of nb blocks starting at vec4 `row` of x.
+fn load_hq8(row: u32, b: u32, nb: u32) -> HQ8 {
+    let i = row + b;
+    let s = x[i + 6u * nb] + x[i + 7u * nb];
+    return HQ8(bitcast<vec4<u32>>(x[i]), bitcast<vec4<u32>>(x[i + nb]),
+               bitcast<vec4<u32>>(x[i + 2u * nb]), bitcast<vec4<u32>>(x[i + 3u * nb]),
+               x[i + 4u * nb], x[i + 5u * nb], dot(s, vec4<f32>(1.0)));
+}
+
+// The codes of the 4 octets of block b of a 2- to 6-bit row r spread into bytes: field k
+// of `e` holds octet k's even values' codes, of `o` its odd values' (the order of the
+// 8+8-bit layouts' words).
+struct Spread {
+    e: vec4<u32>,
+    o: vec4<u32>,
+}
+
+fn block_spreads(q_word: u32, cols: u32, r: u32, b: u32) -> Spread {
+    if (BITS == 2u) {
+        // Octets are the 16-bit halves of the block's two words.
+        let wi = q_word + r * (cols / 16u) + b * 2u;
+        let q = w[wi >> 2u];
+        let pair = select(q.xy, q.zw, (wi & 2u) != 0u);
+        let u = vec4<u32>(pair.x, pair.x >> 16u, pair.y, pair.y >> 16u) & vec4<u32>(0xffffu);
+        var s = (u | (u << vec4<u32>(8u))) & vec4<u32>(0x00ff00ffu);
+        s = (s | (s << vec4<u32>(4u))) & vec4<u32>(0x0f0f0f0fu);
+        return Spread(s & vec4<u32>(0x03030303u), (s >> vec4<u32>(2u)) & vec4<u32>(0x03030303u));
+    }
+    if (BITS == 3u) {
+        // Octets are the 24-bit quarters of the block's three words.
+        let wi = q_word + r * (cols * 3u / 32u) + b * 3u;
+        let w0 = ws[wi];
+        let w1 = ws[wi + 1u];
+        let w2 = ws[wi + 2u];
+        let u = vec4<u32>(w0 & 0xffffffu, (w0 >> 24u) | ((w1 & 0xffffu) << 8u),
+                          (w1 >> 16u) | ((w2 & 0xffu) << 16u), w2 >> 8u);
+        var s = (u & vec4<u32>(0xfffu)) | ((u & vec4<u32>(0xfff000u)) << vec4<u32>(4u));
+        s = (s & vec4<u32>(0x003f003fu)) | ((s & vec4<u32>(0x0fc00fc0u)) << vec4<u32>(2u));
+        return Spread(s & vec4<u32>(0x07070707u), (s >> vec4<u32>(3u)) & vec4<u32>(0x07070707u));
+    }
+    if (BITS == 5u || BITS == 6u) {
+        let row = q_word + r * (cols * BITS / 32u);
+        let s0 = spread56(row, 4u * b);
+        let s1 = spread56(row, 4u * b + 1u);
+        let s2 = spread56(row, 4u * b + 2u);
+        let s3 = spread56(row, 4u * b + 3u);
+        return Spread(vec4<u32>(s0.x, s1.x, s2.x, s3.x), vec4<u32>(s0.y, s1.y, s2.y, s3.y));
+    }
+    // 4 bits: each word is an octet, its low nibbles the even values.
+    let q = w[(q_word + r * (cols / 8u) + b * 4u) >> 2u];
+    let m = vec4<u32>(0x0f0f0f0fu);
+    return Spread(q & m, (q >> vec4<u32>(4u)) & m);
+}
+
+// 254 dot(c, hi) + dot(c, lo) for the 4 codes (bytes) of c and a quad's hi and lo words:
+// the quad's dot product in units of its t (exact: at most 4 * 63 * 127 * 255 < 2^24).
+fn quad_dots(c: vec4<u32>, hi: vec4<u32>, lo: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(
+        f32(254 * dot4I8Packed(c.x, hi.x) + dot4I8Packed(c.x, lo.x)),
+        f32(254 * dot4I8Packed(c.y, hi.y) + dot4I8Packed(c.y, lo.y)),
+        f32(254 * dot4I8Packed(c.z, hi.z) + dot4I8Packed(c.z, lo.z)),
+        f32(254 * dot4I8Packed(c.w, hi.w) + dot4I8Packed(c.w, lo.w)),
+    );
+}
+
+// `row_block` for a 2- to 6-bit row and a block of h in the quad 8+8-bit layout.
+fn row_block_hq8(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
+                 hq: HQ8) -> f32 {
+    let s = block_spreads(q_word, cols, r, b);
+    // Quads 0..3 are the even and odd halves of octets 0 and 1; 4..7 of octets 2 and 3.
+    let d0 = quad_dots(vec4<u32>(s.e.x, s.o.x, s.e.y, s.o.y), hq.h0, hq.l0);
+    let d1 = quad_dots(vec4<u32>(s.e.z, s.o.z, s.e.w, s.o.w), hq.h1, hq.l1);
+    let sb = block_scale_bias(s_word, b_word, cols, r, b);
+    return sb.x * (dot(d0, hq.t0) + dot(d1, hq.t1)) + sb.y * hq.sum;
+}
+
+// `row_block_hq8` for the team's first team_rows() of `rows` (the other sums are 0).
+fn rows_block_hq8_n(q_word: u32, s_word: u32, b_word: u32, cols: u32, rows: vec4<u32>,
+                    b: u32, hq: HQ8) -> vec4<f32> {
+    let first = row_block_hq8(q_word, s_word, b_word, cols, rows.x, b, hq);
+    if (ROWS == 4u) {
+        return vec4<f32>(first, row_block_hq8(q_word, s_word, b_word, cols, rows.y, b, hq),
+                         row_block_hq8(q_word, s_word, b_word, cols, rows.z, b, hq),
+                         row_block_hq8(q_word, s_word, b_word, cols, rows.w, b, hq));
+    }
+    if (ROWS == 2u) {
+        return vec4<f32>(first, row_block_hq8(q_word, s_word, b_word, cols, rows.y, b, hq),
                          0.0, 0.0);
     }
     return vec4<f32>(first, 0.0, 0.0, 0.0);

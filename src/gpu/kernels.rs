@@ -343,6 +343,15 @@ pub fn reads_q8_activations(bits: u32) -> bool {
     matches!(bits, 2..=6)
 }
 
+/// Whether [`Kernel::MoeGateUpQ`] can write h in the quad 8+8-bit layout
+/// (`kernels/include/interleave.wgsl`, its flags bit 3) with teams of `team` invocations of
+/// `rows_per_team` rows: a workgroup must compute whole quads of 4 rows. The layout serves
+/// a 2- to 6-bit down projection ([`reads_q8_activations`] of its width; [`Kernel::MoeDownQ`]
+/// flags bit 1), which then dots h with integer dot products.
+pub fn writes_quad_h(team: u32, rows_per_team: u32) -> bool {
+    team_rows(team, rows_per_team) % 4 == 0
+}
+
 /// Rows per team of the expert kernels ([`Kernel::MoeGateUpQ`], [`Kernel::MoeDownQ`];
 /// their `ROWS` pipeline constant) for experts of `rows` rows per projection: a decode
 /// step's 8 experts spread over more invocations than one matrix, so experts take more

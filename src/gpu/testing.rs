@@ -365,3 +365,70 @@ pub fn q8_row(x: &[f32]) -> (Vec<u32>, Vec<f32>) {
     }
     (words, values)
 }
+
+/// The position of value `r` of quad `quad` in a row, and the word of field `f` (0: hi,
+/// 1: lo, 2: t, 3: sum) of that quad in a row of `nb` blocks, in the quad 8+8-bit layout
+/// of `kernels/include/interleave.wgsl`.
+fn quad_value(quad: usize, r: usize) -> usize {
+    32 * (quad / 8) + 8 * ((quad % 8) / 2) + quad % 2 + 2 * r
+}
+
+fn quad_word(quad: usize, f: usize, nb: usize) -> usize {
+    4 * ((2 * f + (quad % 8) / 4) * nb + quad / 8) + quad % 4
+}
+
+/// A row of h (a multiple of 32 values) in the quad 8+8-bit layout of
+/// `kernels/include/interleave.wgsl`, quantized as the `moe_gate_up_q` kernel writes it,
+/// and the values that the layout stands for: the input of the down projection's integer
+/// dot products, for its tests and benchmarks.
+pub fn quad_q8_row(h: &[f32]) -> (Vec<u32>, Vec<f32>) {
+    let nb = h.len() / 32;
+    let mut words = vec![0u32; h.len()];
+    let mut values = vec![0f32; h.len()];
+    for quad in 0..h.len() / 4 {
+        let v: [f32; 4] = std::array::from_fn(|r| h[quad_value(quad, r)]);
+        let amax = v.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let k = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let t = amax / (127.0 * 254.0);
+        let (mut hi, mut lo, mut sum) = (0u32, 0u32, 0i32);
+        for (r, &x) in v.iter().enumerate() {
+            let qh = (x * k).round().clamp(-127.0, 127.0);
+            let ql = (x * (254.0 * k) - 254.0 * qh).round().clamp(-127.0, 127.0);
+            let (qh, ql) = (qh as i32, ql as i32);
+            hi |= ((qh as u32) & 0xff) << (8 * r);
+            lo |= ((ql as u32) & 0xff) << (8 * r);
+            sum += 254 * qh + ql;
+            values[quad_value(quad, r)] = t * (254 * qh + ql) as f32;
+        }
+        words[quad_word(quad, 0, nb)] = hi;
+        words[quad_word(quad, 1, nb)] = lo;
+        words[quad_word(quad, 2, nb)] = t.to_bits();
+        words[quad_word(quad, 3, nb)] = (sum as f32 * t).to_bits();
+    }
+    (words, values)
+}
+
+/// The values that a row in the quad 8+8-bit layout stands for (the inverse of
+/// [`quad_q8_row`] up to its rounding), with the fields' consistency checked: `Err` names
+/// the first quad whose sum does not match its codes.
+pub fn quad_q8_values(words: &[u32]) -> Result<Vec<f32>, String> {
+    let nb = words.len() / 32;
+    let mut values = vec![0f32; words.len()];
+    for quad in 0..words.len() / 4 {
+        let [hi, lo, t, s] = [0, 1, 2, 3].map(|f| words[quad_word(quad, f, nb)]);
+        let t = f32::from_bits(t);
+        let mut sum = 0i32;
+        for r in 0..4 {
+            let qh = i32::from((hi >> (8 * r)) as u8 as i8);
+            let ql = i32::from((lo >> (8 * r)) as u8 as i8);
+            sum += 254 * qh + ql;
+            values[quad_value(quad, r)] = t * (254 * qh + ql) as f32;
+        }
+        let want = sum as f32 * t;
+        let got = f32::from_bits(s);
+        if (got - want).abs() > 1e-6 * want.abs().max(t) {
+            return Err(format!("quad {quad}: sum {got}, its codes give {want}"));
+        }
+    }
+    Ok(values)
+}
