@@ -45,8 +45,14 @@ struct Params {
 
 const WG: u32 = 64u;
 var<workgroup> xs: array<f32, 256>;
+var<workgroup> ws: array<f32, 256>;
+var<workgroup> cs: array<f32, 128>;
+var<workgroup> ss: array<f32, 128>;
 var<workgroup> red: array<f32, 64>;
 
+// A decode step waits on this kernel, so everything it reads (the head, its norm weights,
+// the cos / sin of its position and, for a key head, its values) is loaded in one round,
+// before the sum of squares, which takes two barriers (8 partial sums of 8).
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let t = wid.y;
@@ -54,42 +60,47 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let h = select(wid.x - p.q_heads, wid.x, is_q);
     let hd = p.head_dim;
     let xb = t * p.x_stride + select(p.k_offset, p.q_offset, is_q) + h * hd;
+    let half = p.rotary_half;
+    let pos = (p.pos0 + t) * half;
+    let qb = (t * p.q_heads + h) * hd;
+    let kb = p.k_out + (t * p.k_heads + h) * hd;
+    let copy_v = !is_q && p.copy_v != 0u;
     var s = 0.0;
     for (var i = lid; i < hd; i += WG) {
         let v = x[xb + i];
         xs[i] = v;
+        ws[i] = weight(is_q, i);
+        if (i < half) {
+            cs[i] = rope[pos + i];
+            ss[i] = rope[p.sin_offset + pos + i];
+        }
+        if (copy_v) {
+            v_dst[kb + i] = v_src[t * p.x_stride + p.v_offset + h * hd + i];
+        }
         s += v * v;
     }
     red[lid] = s;
     workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) {
-            red[lid] += red[lid + stride];
-        }
-        workgroupBarrier();
+    if (lid < 8u) {
+        let r = 8u * lid;
+        red[r] = ((red[r] + red[r + 1u]) + (red[r + 2u] + red[r + 3u]))
+            + ((red[r + 4u] + red[r + 5u]) + (red[r + 6u] + red[r + 7u]));
     }
-    let inv = inverseSqrt(red[0] / f32(hd) + p.eps);
-    let half = p.rotary_half;
-    let qb = (t * p.q_heads + h) * hd;
-    let kb = p.k_out + (t * p.k_heads + h) * hd;
-    let pos = (p.pos0 + t) * half;
+    workgroupBarrier();
+    let total = ((red[0] + red[8]) + (red[16] + red[24])) + ((red[32] + red[40]) + (red[48] + red[56]));
+    let inv = inverseSqrt(total / f32(hd) + p.eps);
     for (var i = lid; i < hd; i += WG) {
-        let y = weight(is_q, i) * (xs[i] * inv);
+        let y = ws[i] * (xs[i] * inv);
         if (i >= 2u * half) {
             store(is_q, qb, kb, i, y);
         } else if (i < half) {
             // Dim i and its partner i + half.
             let j = i + half;
-            let y2 = weight(is_q, j) * (xs[j] * inv);
-            let c = rope[pos + i];
-            let sn = rope[p.sin_offset + pos + i];
+            let y2 = ws[j] * (xs[j] * inv);
+            let c = cs[i];
+            let sn = ss[i];
             store(is_q, qb, kb, i, y * c - y2 * sn);
             store(is_q, qb, kb, j, y2 * c + y * sn);
-        }
-    }
-    if (!is_q && p.copy_v != 0u) {
-        for (var i = lid; i < hd; i += WG) {
-            v_dst[kb + i] = v_src[t * p.x_stride + p.v_offset + h * hd + i];
         }
     }
 }

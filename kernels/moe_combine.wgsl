@@ -20,9 +20,21 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
     let t = idx / p.hidden;
     let j = idx % p.hidden;
+    // Four choices per iteration: their rows' loads do not wait on each other (one
+    // choice at a time made each route load and the o load after it a dependent pair);
+    // the sum keeps the choices' order.
+    let rb = t * p.top_k;
+    let res = resid[idx];
     var s = 0.0;
-    for (var k = 0u; k < p.top_k; k++) {
-        s += o[route[t * p.top_k + k] * p.hidden + j];
+    var k = 0u;
+    for (; k + 4u <= p.top_k; k += 4u) {
+        let r = vec4<u32>(route[rb + k], route[rb + k + 1u], route[rb + k + 2u],
+                          route[rb + k + 3u]) * p.hidden + j;
+        let v = vec4<f32>(o[r.x], o[r.y], o[r.z], o[r.w]);
+        s = (((s + v.x) + v.y) + v.z) + v.w; // in order, as the CPU reference adds
     }
-    out[idx] = resid[idx] + s;
+    for (; k < p.top_k; k++) {
+        s += o[route[rb + k] * p.hidden + j];
+    }
+    out[idx] = res + s;
 }

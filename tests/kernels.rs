@@ -347,7 +347,7 @@ fn rmsnorm() {
     let mut ck = Checker::new("rmsnorm");
     let mut rng = Rng::new(20);
     let eps = 1e-6f32;
-    for &n in &[1usize, 3, 17, 63, 64, 65, 130, 257, 1100, 2048] {
+    for &n in &[1usize, 3, 17, 63, 64, 65, 130, 257, 1100, 2048, 4160] {
         for &rows in &[1usize, 5, 33] {
             for &(x_offset, y_offset, two_d) in &[(0usize, 0usize, false), (7, 3, true)] {
                 let case =
