@@ -1,7 +1,14 @@
 // Decode attention split over the keys, second half: combines the partial softmax states
 // that attention_split.wgsl wrote for the n_splits key ranges of each head into
 // out[h * head_dim + d] = sum_s exp(m_s - M) acc_s[d] / sum_s exp(m_s - M) l_s,
-// M = max_s m_s. One workgroup per head; n_splits <= 256.
+// M = max_s m_s. Workgroup (h, c) takes dims 16 c .. 16 c + 15 of head h (grid:
+// `kernels::attention_merge_groups`), invocation i dim i % 16 over the ranges i / 16,
+// i / 16 + 4, ...; n_splits <= 256.
+//
+// A decode step waits on this kernel, so it is written for latency: the ranges' m and l
+// are loaded in one round and shared through workgroup memory, and each invocation loads
+// its accumulators 8 ranges at a time, all 8 loads in flight (one invocation per dim over
+// every range took 8 us for 16 ranges and 12.5 us for 63 on an H200).
 struct Params {
     n_heads: u32,
     head_dim: u32,
@@ -14,13 +21,14 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 64u;
+// Dims per workgroup, and groups of ranges (WG = DIMS * GROUPS).
+const DIMS: u32 = 16u;
+const GROUPS: u32 = 4u;
 var<workgroup> ms: array<f32, 256>;
 var<workgroup> ls: array<f32, 256>;
 var<workgroup> wts: array<f32, 256>;
+var<workgroup> sums: array<f32, 64>;
 
-// A decode step waits on this kernel, so it is written for latency: the splits' m and l
-// are loaded in one round and shared through workgroup memory (two barriers, no reduction
-// trees), and the accumulators are loaded 8 splits at a time, all 8 loads in flight.
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wid.x;
@@ -40,32 +48,38 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         wts[s] = exp(ms[s] - big);
     }
     workgroupBarrier();
-    var total = 0.0;
-    for (var s = 0u; s < ns; s++) {
-        total += wts[s] * ls[s];
-    }
-    let il = (p.flags & 1u) != 0u;
-    for (var d = lid; d < p.head_dim; d += WG) {
+    let d = wid.y * DIMS + lid % DIMS;
+    let g = lid / DIMS;
+    var a = 0.0;
+    if (d < p.head_dim) {
         let o = base + 2u + d;
-        var a = 0.0;
-        var s = 0u;
-        for (; s + 8u <= ns; s += 8u) {
-            let q = o + s * stride;
-            let v0 = part[q];
-            let v1 = part[q + stride];
-            let v2 = part[q + 2u * stride];
-            let v3 = part[q + 3u * stride];
-            let v4 = part[q + 4u * stride];
-            let v5 = part[q + 5u * stride];
-            let v6 = part[q + 6u * stride];
-            let v7 = part[q + 7u * stride];
-            a += ((wts[s] * v0 + wts[s + 1u] * v1) + (wts[s + 2u] * v2 + wts[s + 3u] * v3))
-                + ((wts[s + 4u] * v4 + wts[s + 5u] * v5) + (wts[s + 6u] * v6 + wts[s + 7u] * v7));
+        let last = ns - 1u;
+        // Ranges g + GROUPS k, 8 values of k per round (past ns: weight 0, a valid load).
+        for (var s0 = g; s0 < ns; s0 += 8u * GROUPS) {
+            let s = s0 + GROUPS * vec4<u32>(0u, 1u, 2u, 3u);
+            let t = s + 4u * GROUPS;
+            let sa = min(s, vec4<u32>(last));
+            let sb = min(t, vec4<u32>(last));
+            let va = vec4<f32>(part[o + sa.x * stride], part[o + sa.y * stride],
+                               part[o + sa.z * stride], part[o + sa.w * stride]);
+            let vb = vec4<f32>(part[o + sb.x * stride], part[o + sb.y * stride],
+                               part[o + sb.z * stride], part[o + sb.w * stride]);
+            let wa = select(vec4<f32>(0.0), vec4<f32>(wts[sa.x], wts[sa.y], wts[sa.z], wts[sa.w]),
+                            s < vec4<u32>(ns));
+            let wb = select(vec4<f32>(0.0), vec4<f32>(wts[sb.x], wts[sb.y], wts[sb.z], wts[sb.w]),
+                            t < vec4<u32>(ns));
+            a += dot(wa, va) + dot(wb, vb);
         }
-        for (; s < ns; s++) {
-            a += wts[s] * part[o + s * stride];
+    }
+    sums[lid] = a;
+    workgroupBarrier();
+    if (g == 0u && d < p.head_dim) {
+        var total = 0.0;
+        for (var s = 0u; s < ns; s++) {
+            total += wts[s] * ls[s];
         }
+        let acc = (sums[lid] + sums[lid + DIMS]) + (sums[lid + 2u * DIMS] + sums[lid + 3u * DIMS]);
         let j = h * p.head_dim + d;
-        out[select(j, interleaved(j, p.n_heads * p.head_dim), il)] = a / total;
+        out[select(j, interleaved(j, p.n_heads * p.head_dim), (p.flags & 1u) != 0u)] = acc / total;
     }
 }

@@ -411,7 +411,7 @@ impl<'a> Pass<'a> {
                     u32::from(o_layout == XLayout::Interleaved),
                 ],
                 &[(&s.attn_part).into(), (&s.attn).into()],
-                (nh as u32, 1),
+                kernels::attention_merge_groups(nh as u32, hd as u32),
             );
         } else {
             // Prefill: 8 queries per workgroup (heads read as vec4s); else one per query.

@@ -862,7 +862,9 @@ fn attention_split_ranges_cover_every_key() {
 /// ranges of `attention_splits`, then `attention_merge`, against the same reference.
 #[test]
 fn attention_split_and_merge() {
-    use moestream::gpu::kernels::{attention_part_floats, attention_splits};
+    use moestream::gpu::kernels::{
+        attention_merge_groups, attention_part_floats, attention_splits,
+    };
     let mut ck = Checker::new("attention_split + attention_merge");
     let mut rng = Rng::new(61);
     // (pos0, n_heads, n_kv_heads, head_dim)
@@ -932,7 +934,7 @@ fn attention_split_and_merge() {
                 None,
                 &[nh as u32, hd as u32, splits, u32::from(il)],
                 &[&out[3], &f32_bytes(&before)],
-                (nh as u32, 1),
+                attention_merge_groups(nh as u32, hd as u32),
             );
             let mut got = to_f32(&merged[1]);
             if il {

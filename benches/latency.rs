@@ -1,0 +1,340 @@
+//! GPU time per dispatch of the small kernels of a decode step, in a dependent chain.
+//!
+//! ```text
+//! cargo bench --bench latency
+//! ```
+//! A decode token of Qwen3-30B-A3B is a chain of ~600 dispatches, most of them too small
+//! to be bound by memory bandwidth: what they cost is latency (launch, the barrier
+//! after the previous dispatch, dependent memory round trips and workgroup barriers
+//! inside). Each kernel here runs at that model's decode shapes, back to back, each
+//! dispatch writing what the next overwrites (so the driver puts a barrier between them,
+//! as in a decode step), and its time per dispatch is printed next to the floor: a copy
+//! of 16 bytes in the same chain. The difference is what a rewrite of the kernel could
+//! save per dispatch; times the dispatches per token, what it could save per token.
+
+use moestream::gpu::kernels::{self, Kernel};
+use moestream::gpu::testing::{DeviceBuffer, GpuBench};
+use moestream::{AffineQuant, DType, Result, WeightFormat};
+
+/// Qwen3-30B-A3B's decode shapes.
+const HIDDEN: usize = 2048;
+const Q_HEADS: usize = 32;
+const KV_HEADS: usize = 4;
+const HEAD_DIM: usize = 128;
+const EXPERTS: usize = 128;
+const TOP_K: usize = 8;
+const LAYERS: usize = 48;
+
+/// Dispatches per timed chain.
+const ITERS: u32 = 400;
+/// Chains per measurement; the median is printed.
+const TRIALS: usize = 5;
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}
+
+/// Pseudo-random values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Median seconds per dispatch.
+#[allow(clippy::too_many_arguments)]
+fn time(
+    bench: &GpuBench,
+    kernel: Kernel,
+    wdt: Option<DType>,
+    quant: Option<(u32, u32)>,
+    rows: u32,
+    params: &[u32],
+    bufs: &[&DeviceBuffer],
+    groups: (u32, u32),
+) -> Result<f64> {
+    let mut t = Vec::with_capacity(TRIALS);
+    for _ in 0..TRIALS {
+        t.push(bench.time_rotating_rows(
+            kernel,
+            wdt,
+            quant,
+            rows,
+            params,
+            &[bufs.to_vec()],
+            groups,
+            ITERS,
+        )?);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[TRIALS / 2])
+}
+
+fn report(name: &str, per_token: usize, t: f64, floor: f64) {
+    println!(
+        "{name:<58} {:>7.2} us  floor + {:>5.2} us  x {per_token:>3} per token = {:>5.3} ms above the floor",
+        t * 1e6,
+        (t - floor) * 1e6,
+        (t - floor) * per_token as f64 * 1e3
+    );
+}
+
+fn main() -> Result<()> {
+    let bench = GpuBench::new()?;
+    let a = bench.adapter();
+    println!(
+        "adapter: {} ({}), kernels: {}, timing: {}",
+        a.name,
+        a.backend,
+        a.variant.name(),
+        if bench.has_timestamps() {
+            "GPU timestamps"
+        } else {
+            "wall clock (no timestamp queries)"
+        }
+    );
+    let q8 = a.integer_dot_products;
+
+    // The floor: a 16-byte copy.
+    let src = bench.upload(&[0u8; 16]);
+    let dst = bench.zeros(16);
+    let floor = time(
+        &bench,
+        Kernel::Copy,
+        None,
+        None,
+        0,
+        &[1],
+        &[&src, &dst],
+        kernels::copy_groups(1),
+    )?;
+    println!("floor (a 16-byte copy): {:.2} us per dispatch", floor * 1e6);
+
+    // RMSNorm of the residual row (input and post-attention norms, and the final one),
+    // written natural, interleaved and (with integer dot products) in 8+8-bit blocks.
+    let x = bench.upload(&f32_bytes(&values(HIDDEN, 1)));
+    let w = bench.upload(&f32_bytes(&values(HIDDEN, 2)));
+    let y = bench.zeros((HIDDEN * 4) as u64);
+    let yi = bench.zeros((HIDDEN * 4) as u64);
+    let yq = bench.zeros((HIDDEN / 32 * 18 * 4) as u64);
+    let t = time(
+        &bench,
+        Kernel::RmsNorm,
+        None,
+        None,
+        0,
+        &[
+            HIDDEN as u32,
+            1,
+            1e-6f32.to_bits(),
+            0,
+            0,
+            if q8 { 3 } else { 1 },
+        ],
+        &[&x, &w, &y, &yi, &yq],
+        (1, 1),
+    )?;
+    report("rmsnorm 2048", 2 * LAYERS + 1, t, floor);
+
+    // q/k norm + RoPE + V-cache write of one layer.
+    let qkv = (Q_HEADS + 2 * KV_HEADS) * HEAD_DIM;
+    let xq = bench.upload(&f32_bytes(&values(qkv, 3)));
+    let wq = bench.upload(&f32_bytes(&values(HEAD_DIM, 4)));
+    let wk = bench.upload(&f32_bytes(&values(HEAD_DIM, 5)));
+    let positions = 8192;
+    let half = HEAD_DIM / 2;
+    let rope = bench.upload(&f32_bytes(&values(2 * positions * half, 6)));
+    let outq = bench.zeros((Q_HEADS * HEAD_DIM * 4) as u64);
+    let cache_bytes = (positions * KV_HEADS * HEAD_DIM * 4) as u64;
+    let kc = bench.zeros(cache_bytes);
+    let vc = bench.zeros(cache_bytes);
+    let pos0 = 200u32;
+    let t = time(
+        &bench,
+        Kernel::HeadNormRope,
+        None,
+        None,
+        0,
+        &[
+            1,
+            HEAD_DIM as u32,
+            half as u32,
+            pos0,
+            1e-6f32.to_bits(),
+            qkv as u32,
+            Q_HEADS as u32,
+            0,
+            KV_HEADS as u32,
+            (Q_HEADS * HEAD_DIM) as u32,
+            pos0 * (KV_HEADS * HEAD_DIM) as u32,
+            1,
+            ((Q_HEADS + KV_HEADS) * HEAD_DIM) as u32,
+            (positions * half) as u32,
+        ],
+        &[&xq, &wq, &wk, &rope, &outq, &kc, &xq, &vc],
+        ((Q_HEADS + KV_HEADS) as u32, 1),
+    )?;
+    report("head_norm_rope 32 + 4 heads of 128", LAYERS, t, floor);
+
+    // Split attention and its merge at two context lengths.
+    let kv = bench.upload(&f32_bytes(&values(positions * KV_HEADS * HEAD_DIM, 7)));
+    let part = bench.zeros(kernels::attention_part_floats(Q_HEADS as u32, HEAD_DIM as u32) * 4);
+    let attn = bench.zeros((Q_HEADS * HEAD_DIM * 4) as u64);
+    for pos0 in [200u32, 2000, 8000] {
+        let (chunk, splits) = kernels::attention_splits(pos0 + 1, Q_HEADS as u32);
+        let t = time(
+            &bench,
+            Kernel::AttentionSplit,
+            None,
+            None,
+            0,
+            &[
+                pos0,
+                Q_HEADS as u32,
+                KV_HEADS as u32,
+                HEAD_DIM as u32,
+                (1.0 / (HEAD_DIM as f32).sqrt()).to_bits(),
+                chunk,
+                splits,
+            ],
+            &[&outq, &kv, &kv, &part],
+            (Q_HEADS as u32, splits),
+        )?;
+        report(
+            &format!(
+                "attention_split, {} keys ({splits} ranges per head)",
+                pos0 + 1
+            ),
+            LAYERS,
+            t,
+            floor,
+        );
+        let t = time(
+            &bench,
+            Kernel::AttentionMerge,
+            None,
+            None,
+            0,
+            &[Q_HEADS as u32, HEAD_DIM as u32, splits, 1],
+            &[&part, &attn],
+            kernels::attention_merge_groups(Q_HEADS as u32, HEAD_DIM as u32),
+        )?;
+        report(
+            &format!("attention_merge, {splits} ranges per head"),
+            LAYERS,
+            t,
+            floor,
+        );
+    }
+
+    // The router's logits (a 4-bit mat-vec of 128 rows) and the routing kernel.
+    let q = AffineQuant::new(4, 64, DType::BF16)?;
+    let f = WeightFormat::Affine(q);
+    let router_bytes = f.stored_bytes(EXPERTS, HIDDEN);
+    let mut router = vec![0u8; router_bytes];
+    let codes = EXPERTS * HIDDEN / 2;
+    for (i, b) in router[..codes].iter_mut().enumerate() {
+        *b = (i * 37 % 251) as u8;
+    }
+    let so = codes.div_ceil(16) * 16;
+    let sb = EXPERTS * (HIDDEN / 64) * 2;
+    let bo = so + sb.div_ceil(16) * 16;
+    let one = q.scale_dtype.encode(&[0.01]);
+    for chunk in router[so..].chunks_mut(2) {
+        chunk.copy_from_slice(&one);
+    }
+    let router = bench.upload(&router);
+    let logits = bench.zeros((EXPERTS * 4) as u64);
+    let xin = if q8 {
+        bench.zeros((HIDDEN / 32 * 18 * 4) as u64)
+    } else {
+        bench.upload(&f32_bytes(&values(HIDDEN, 8)))
+    };
+    let dummy = bench.zeros(16);
+    let team = bench.team(HIDDEN);
+    let rpt = kernels::qmatvec_rows_per_team(EXPERTS as u32);
+    let t = time(
+        &bench,
+        Kernel::QMatVec,
+        Some(q.scale_dtype),
+        Some((q.bits, q.group_size)),
+        rpt,
+        &[
+            EXPERTS as u32,
+            HIDDEN as u32,
+            0,
+            if q8 { 8 } else { 4 },
+            0,
+            (so / 4) as u32,
+            (bo / 4) as u32,
+            team,
+        ],
+        &[&router, &xin, &dummy, &dummy, &logits, &router],
+        kernels::qmatvec_groups(EXPERTS as u32, team, rpt),
+    )?;
+    report("qmatvec 4-bit 128x2048 (router logits)", LAYERS, t, floor);
+
+    let logit_values = bench.upload(&f32_bytes(&values(EXPERTS, 9)));
+    let slots: Vec<u32> = (0..EXPERTS as u32).collect();
+    let table = bench.upload(bytemuck::cast_slice(&slots));
+    let assign = bench.zeros((2 * TOP_K * 4 * 4) as u64);
+    let assign_w = bench.zeros((TOP_K * 4 * 4) as u64);
+    let route = bench.zeros((TOP_K * 4) as u64);
+    let route_log = bench.zeros(((LAYERS + LAYERS * TOP_K) * 4) as u64);
+    let args = bench.zeros(6 * 4 * 4);
+    let t = time(
+        &bench,
+        Kernel::MoeRoute,
+        None,
+        None,
+        0,
+        &[
+            TOP_K as u32,
+            0,
+            0,
+            EXPERTS as u32,
+            1,
+            192,
+            256,
+            1,
+            LAYERS as u32,
+            EXPERTS as u32,
+            1,
+        ],
+        &[
+            &logit_values,
+            &table,
+            &assign,
+            &assign_w,
+            &route,
+            &route_log,
+            &args,
+        ],
+        (1, 1),
+    )?;
+    report("moe_route 128 experts, top 8", LAYERS, t, floor);
+
+    // The weighted combine of the 8 experts' outputs with the residual.
+    let o = bench.upload(&f32_bytes(&values(TOP_K * HIDDEN, 10)));
+    let order: Vec<u32> = (0..TOP_K as u32).collect();
+    let route = bench.upload(bytemuck::cast_slice(&order));
+    let out = bench.zeros((HIDDEN * 4) as u64);
+    let t = time(
+        &bench,
+        Kernel::MoeCombine,
+        None,
+        None,
+        0,
+        &[HIDDEN as u32, 1, TOP_K as u32],
+        &[&x, &o, &route, &out],
+        kernels::grid(HIDDEN.div_ceil(64) as u32),
+    )?;
+    report("moe_combine 2048, top 8", LAYERS, t, floor);
+    Ok(())
+}
