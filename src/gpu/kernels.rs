@@ -227,8 +227,8 @@ pub const ATTENTION_MAX_SPLITS: u32 = 256;
 /// (a multiple of 16), about 2048 workgroups in all but no range shorter than 16 keys, and at
 /// most [`ATTENTION_MAX_SPLITS`] ranges. Each range's keys are a serial chain of 16-key
 /// steps, so long contexts want many short ranges: on an H200 with Qwen3-30B-A3B's 32
-/// heads, 2001 keys took 33.9 us (split + merge) over 512 workgroups and 23.9 over 2048;
-/// 8001 keys 113.7 and 57.2 us.
+/// heads, 2001 keys took 33.9 us (split + merge) over 512 workgroups and 24.8 over 2048;
+/// 8001 keys 113.7 and 60.7 us (`cargo bench --bench latency`).
 pub fn attention_splits(n_keys: u32, n_heads: u32) -> (u32, u32) {
     let target = attention_most_splits(n_heads);
     let chunk = n_keys.max(1).div_ceil(target).div_ceil(16) * 16;
