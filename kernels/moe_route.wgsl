@@ -9,7 +9,9 @@
 // kernels the host did not record (pages below 32 whose bit in page_mask is clear: the
 // host skips pages that held none of the layer's experts when it recorded the step, and
 // another session may have filled one since). The workgroup routes, looks up all chosen
-// experts at once, and writes the assignments and the grids of every page in parallel.
+// experts at once, and writes the assignments and the grids of every page in parallel
+// (and the page's unused assignment rows as token 0, slot 0, weight 0, for hosts that
+// dispatch all top_k rows of a page directly).
 struct Params {
     top_k: u32,
     table_base: u32, // layer * n_experts
@@ -80,5 +82,13 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         args[6u * pg + 3u] = p.down_x;
         args[6u * pg + 4u] = count;
         args[6u * pg + 5u] = 1u;
+        // The page's other rows: token 0, slot 0, weight 0, for the host's direct grids
+        // (which run all top_k rows of a page; the combine reads only the chosen ones).
+        for (var j = count; j < p.top_k; j++) {
+            let a = pg * p.top_k + j;
+            assign[2u * a] = 0u;
+            assign[2u * a + 1u] = 0u;
+            assign_w[a] = 0.0;
+        }
     }
 }

@@ -1435,8 +1435,9 @@ fn moe_route() {
     // part of the slot table; group the assignments by cache page (page = slot /
     // slots_per_page): assignment j of page p is row p * top_k + j, holding (token 0, slot
     // within the page) and the weight; route[k] is that row; per page the indirect grids
-    // (gate_up_x, count, 1, down_x, count, 1). An expert without a slot (u32::MAX), or in a
-    // page whose bit of page_mask is clear, sets the layer's miss flag and counts as slot 0.
+    // (gate_up_x, count, 1, down_x, count, 1), and a page's unused rows (0, 0) with weight
+    // 0. An expert without a slot (u32::MAX), or in a page whose bit of page_mask is clear,
+    // sets the layer's miss flag and counts as slot 0.
     // The chosen ids go to the route log after the miss flags, at log_base. The experts
     // and weights are routed from the logits by the router's own code: they must equal
     // the router kernel's, bit for bit. Dispatched as one workgroup.
@@ -1531,6 +1532,12 @@ fn moe_route() {
                 let mut want_args = args0.clone();
                 for p in 0..pages {
                     want_args[6 * p..6 * p + 6].copy_from_slice(&[gate_up_x, 0, 1, down_x, 0, 1]);
+                    // Rows a page does not use: token 0, slot 0, weight 0 (hosts may run
+                    // all top_k rows of a page).
+                    for a in p * top_k..(p + 1) * top_k {
+                        want_assign[2 * a..2 * a + 2].copy_from_slice(&[0, 0]);
+                        want_w[a] = 0.0;
+                    }
                 }
                 for (k, &e) in ids.iter().enumerate() {
                     want_miss[n_layers + layer * top_k + k] = e;
