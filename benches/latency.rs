@@ -12,6 +12,10 @@
 //! of 16 bytes in the same chain. The difference is what a rewrite of the kernel could
 //! save per dispatch; times the dispatches per token, what it could save per token.
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::median_time;
 use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
 use moestream::{AffineQuant, DType, Result, WeightFormat};
@@ -27,8 +31,6 @@ const LAYERS: usize = 48;
 
 /// Dispatches per timed chain.
 const ITERS: u32 = 400;
-/// Chains per measurement; the median is printed.
-const TRIALS: usize = 5;
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
     bytemuck::cast_slice(v).to_vec()
@@ -47,7 +49,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Median seconds per dispatch.
+/// Median seconds per dispatch of `ITERS` dispatches in a chain.
 #[allow(clippy::too_many_arguments)]
 fn time(
     bench: &GpuBench,
@@ -59,21 +61,17 @@ fn time(
     bufs: &[&DeviceBuffer],
     groups: (u32, u32),
 ) -> Result<f64> {
-    let mut t = Vec::with_capacity(TRIALS);
-    for _ in 0..TRIALS {
-        t.push(bench.time_rotating_rows(
-            kernel,
-            wdt,
-            quant,
-            rows,
-            params,
-            &[bufs.to_vec()],
-            groups,
-            ITERS,
-        )?);
-    }
-    t.sort_by(f64::total_cmp);
-    Ok(t[TRIALS / 2])
+    median_time(
+        bench,
+        kernel,
+        wdt,
+        quant,
+        rows,
+        params,
+        &[bufs.to_vec()],
+        groups,
+        ITERS,
+    )
 }
 
 fn report(name: &str, per_token: usize, t: f64, floor: f64) {

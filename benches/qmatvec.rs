@@ -28,6 +28,10 @@
 //! wall-clock time. Each shape runs in the kernel variant the engine picks for the adapter
 //! (subgroups and shader-f16 where offered) and in the portable variant.
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::median_time;
 use moestream::gpu::kernels::Variant;
 use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
@@ -90,31 +94,6 @@ fn parts_words(q: AffineQuant, rows: usize, cols: usize) -> (u32, u32) {
     let bo = so + sb.div_ceil(16) * 16;
     debug_assert_eq!(bo + sb, f.stored_bytes(rows, cols));
     ((so / 4) as u32, (bo / 4) as u32)
-}
-
-/// Trials per measurement; the median is reported (single trials of mid-sized dispatches
-/// vary by up to 2x on the H200 VM).
-const TRIALS: usize = 5;
-
-/// The median of [`TRIALS`] runs of `GpuBench::time_rotating`.
-#[allow(clippy::too_many_arguments)]
-fn median_time(
-    bench: &GpuBench,
-    kernel: Kernel,
-    wdt: Option<DType>,
-    quant: Option<(u32, u32)>,
-    rows: u32,
-    params: &[u32],
-    sets: &[Vec<&DeviceBuffer>],
-    groups: (u32, u32),
-    iters: u32,
-) -> Result<f64> {
-    let mut t = Vec::with_capacity(TRIALS);
-    for _ in 0..TRIALS {
-        t.push(bench.time_rotating_rows(kernel, wdt, quant, rows, params, sets, groups, iters)?);
-    }
-    t.sort_by(f64::total_cmp);
-    Ok(t[TRIALS / 2])
 }
 
 /// The copy kernel's streaming bandwidth in GB/s (bytes read + written): the best of
