@@ -18,6 +18,10 @@
 //!   cannot reach streaming bandwidth (launch, ramp-up and drain dominate); this ratio says
 //!   how close the kernel comes to what a dispatch of that size can do.
 //!
+//! The expert batches (K experts through cache slots) print gate/up, down, and the two as
+//! one FFN (`ffn`: their bytes over their summed times, against the sum of the two
+//! same-size copies).
+//!
 //! Serialized: consecutive dispatches write the same output, so each waits for the
 //! previous one (a decode step's dependent chain). Overlapped: independent outputs.
 //! Every timed run follows untimed dispatches of the same kernel submitted just before it,
@@ -353,6 +357,7 @@ fn experts(
         c,
         copy,
     );
+    let gate_up = (bytes, t, c);
     let team = bench.team(inter);
     for (i, overlapped) in [false, true].into_iter().enumerate() {
         let sets: Vec<Vec<&DeviceBuffer>> = assigns
@@ -404,6 +409,18 @@ fn experts(
         bytes,
         (t[0], t[1]),
         c,
+        copy,
+    );
+    // The expert FFN as a whole (gate/up then down; its same-size copy: the two copies').
+    let (gu_bytes, gu_t, gu_c) = gate_up;
+    report(
+        &format!(
+            "ffn {}-bit g{} {k} experts (gate_up + down)",
+            q.bits, q.group_size
+        ),
+        gu_bytes + bytes,
+        (gu_t[0] + t[0], gu_t[1] + t[1]),
+        (gu_c.0 + c.0, gu_c.1 + c.1),
         copy,
     );
     Ok(())
