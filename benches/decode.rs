@@ -14,24 +14,15 @@
 //! experts (`moe_layers * top_k * expert_bytes`), and the copy bandwidth is measured by a
 //! copy kernel in the same run.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use moestream::gpu::testing::GpuBench;
 use moestream::synthetic::SyntheticSpec;
 use moestream::{AffineQuant, Model, Result, WeightFormat};
-
-/// The copy kernel's streaming bandwidth in GB/s: the best of
-/// [`GpuBench::copy_bandwidths`]' sizes.
-fn copy_bandwidth() -> Result<f64> {
-    let bench = GpuBench::new()?;
-    let best = bench
-        .copy_bandwidths()?
-        .into_iter()
-        .map(|(_, bps)| bps / 1e9)
-        .fold(0.0, f64::max);
-    Ok(best)
-}
 
 fn main() -> Result<()> {
     let small = std::env::args().any(|a| a == "--small");
@@ -55,7 +46,7 @@ fn main() -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
 
-    let copy = copy_bandwidth()?;
+    let copy = common::copy_bandwidth(&GpuBench::new()?)?;
     println!("copy kernel: {copy:.1} GB/s");
 
     // Bytes one decoded token reads.

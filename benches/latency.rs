@@ -15,10 +15,10 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::median_time;
+use common::{matrix_bytes, median_time, parts_words};
 use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
-use moestream::{AffineQuant, DType, Result, WeightFormat};
+use moestream::{AffineQuant, DType, Result};
 
 /// Qwen3-30B-A3B's decode shapes.
 const HIDDEN: usize = 2048;
@@ -233,20 +233,8 @@ fn main() -> Result<()> {
 
     // The router's logits (a 4-bit mat-vec of 128 rows) and the routing kernel.
     let q = AffineQuant::new(4, 64, DType::BF16)?;
-    let f = WeightFormat::Affine(q);
-    let router_bytes = f.stored_bytes(EXPERTS, HIDDEN);
-    let mut router = vec![0u8; router_bytes];
-    let codes = EXPERTS * HIDDEN / 2;
-    for (i, b) in router[..codes].iter_mut().enumerate() {
-        *b = (i * 37 % 251) as u8;
-    }
-    let so = codes.div_ceil(16) * 16;
-    let sb = EXPERTS * (HIDDEN / 64) * 2;
-    let bo = so + sb.div_ceil(16) * 16;
-    let one = q.scale_dtype.encode(&[0.01]);
-    for chunk in router[so..].chunks_mut(2) {
-        chunk.copy_from_slice(&one);
-    }
+    let router = matrix_bytes(q, EXPERTS, HIDDEN, 11);
+    let (sw, bw) = parts_words(q, EXPERTS, HIDDEN);
     let router = bench.upload(&router);
     let logits = bench.zeros((EXPERTS * 4) as u64);
     let xin = if q8 {
@@ -269,8 +257,8 @@ fn main() -> Result<()> {
             0,
             if q8 { 8 } else { 4 },
             0,
-            (so / 4) as u32,
-            (bo / 4) as u32,
+            sw,
+            bw,
             team,
         ],
         &[&router, &xin, &dummy, &dummy, &logits, &router],

@@ -35,7 +35,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::median_time;
+use common::{copy_bandwidth, matrix_bytes, median_time, parts_words, random_bytes};
 use moestream::gpu::kernels::Variant;
 use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
@@ -59,57 +59,6 @@ fn x_flags(bench: &GpuBench, bits: u32) -> u32 {
 
 /// Bytes of weights cycled through, to defeat caches (H200 L2 is 60 MB).
 const ROTATE_BYTES: u64 = 768 << 20;
-
-fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
-/// A quantized `[rows, cols]` matrix laid out as the engine stores it, with small finite
-/// scales and biases.
-fn matrix_bytes(q: AffineQuant, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-    let f = WeightFormat::Affine(q);
-    let mut b = random_bytes(f.stored_bytes(rows, cols), seed);
-    // Overwrite scales and biases (everything after the codes) with 0.01 in bf16/f16/f32.
-    let codes = rows * cols * q.bits as usize / 8;
-    let v = q.scale_dtype.encode(&[0.01]);
-    for chunk in b[codes..].chunks_mut(v.len()) {
-        let n = chunk.len();
-        chunk.copy_from_slice(&v[..n]);
-    }
-    b
-}
-
-fn parts_words(q: AffineQuant, rows: usize, cols: usize) -> (u32, u32) {
-    let f = WeightFormat::Affine(q);
-    // Scales start after the 16-byte aligned codes; biases after the aligned scales.
-    let codes = rows * cols * q.bits as usize / 8;
-    let so = codes.div_ceil(16) * 16;
-    let sb = rows * (cols / q.group_size as usize) * q.scale_dtype.size();
-    let bo = so + sb.div_ceil(16) * 16;
-    debug_assert_eq!(bo + sb, f.stored_bytes(rows, cols));
-    ((so / 4) as u32, (bo / 4) as u32)
-}
-
-/// The copy kernel's streaming bandwidth in GB/s (bytes read + written): the best of
-/// [`GpuBench::copy_bandwidths`]' sizes, each printed.
-fn copy_bandwidth(bench: &GpuBench) -> Result<f64> {
-    let mut best: f64 = 0.0;
-    for (bytes, bps) in bench.copy_bandwidths()? {
-        println!("copy kernel, {} MB: {:.1} GB/s", bytes >> 20, bps / 1e9);
-        best = best.max(bps / 1e9);
-    }
-    Ok(best)
-}
 
 /// Seconds per copy dispatch moving `traffic` bytes (half read, half written), rotating
 /// over sources larger than the caches: (serialized, overlapped) as for the mat-vecs.

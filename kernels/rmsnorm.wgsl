@@ -61,8 +61,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         workgroupBarrier();
     }
     let inv = inverseSqrt(red[0] / f32(n) + p.eps);
-    // Whether the normalized row stays in `vals` for the 8+8-bit blocks.
-    let keep = n <= 2048u && (n & 3u) == 0u;
+    // Whether the normalized row stays in `vals` for the 8+8-bit blocks (written only when
+    // they are).
+    let keep = (p.flags & 2u) != 0u && n <= 2048u && (n & 3u) == 0u;
     let yb = p.y_offset + row * n;
     let il = (p.flags & 1u) != 0u;
     i = lid;

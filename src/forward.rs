@@ -654,12 +654,13 @@ impl<'a> Pass<'a> {
         params.extend_from_slice(tail);
         let (h, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
         let (rpt, groups) = expert_grid(self.m, quant.is_some(), i, h, count);
+        let team = self.m.gpu.team(h);
         // A 2- to 6-bit down projection reads h in the quad 8+8-bit layout (integer dot
         // products), where gate/up's workgroups compute whole quads.
         let h_quads = h_il
             && !self.m.f32_activations
             && matches!(kernels.down.2, Some((bits, _)) if kernels::reads_q8_activations(bits))
-            && kernels::writes_quad_h(self.m.gpu.team(h), rpt);
+            && kernels::writes_quad_h(team, rpt);
         if quant.is_some() {
             let x_flags = match x_layout {
                 XLayout::Natural => 0,
@@ -667,7 +668,7 @@ impl<'a> Pass<'a> {
                 XLayout::Q8 => 4,
             };
             params.extend([
-                self.m.gpu.team(h),
+                team,
                 x_flags | (u32::from(h_il) << 1) | (u32::from(h_quads) << 3),
             ]);
         }

@@ -1,8 +1,10 @@
 //! Helpers shared by the GPU benchmarks (included with `#[path]`; not a benchmark itself).
+// Each benchmark uses some of them.
+#![allow(dead_code)]
 
 use moestream::gpu::kernels::Kernel;
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
-use moestream::{DType, Result};
+use moestream::{AffineQuant, DType, Result, WeightFormat};
 
 /// Trials per measurement; the median is reported (single trials of mid-sized dispatches
 /// varied by up to 2x on the H200 VM before the benches warmed the GPU up).
@@ -28,4 +30,57 @@ pub fn median_time(
     }
     t.sort_by(f64::total_cmp);
     Ok(t[TRIALS / 2])
+}
+
+/// The copy kernel's streaming bandwidth in GB/s (bytes read + written): the best of
+/// [`GpuBench::copy_bandwidths`]' sizes, each printed.
+pub fn copy_bandwidth(bench: &GpuBench) -> Result<f64> {
+    let mut best: f64 = 0.0;
+    for (bytes, bps) in bench.copy_bandwidths()? {
+        println!("copy kernel, {} MB: {:.1} GB/s", bytes >> 20, bps / 1e9);
+        best = best.max(bps / 1e9);
+    }
+    Ok(best)
+}
+
+/// `n` pseudo-random bytes (a GPU that compresses memory must not see zeros).
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+/// A quantized `[rows, cols]` matrix laid out as the engine stores it, with small finite
+/// scales and biases.
+pub fn matrix_bytes(q: AffineQuant, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    let f = WeightFormat::Affine(q);
+    let mut b = random_bytes(f.stored_bytes(rows, cols), seed);
+    // Overwrite scales and biases (everything after the codes) with 0.01 in bf16/f16/f32.
+    let codes = rows * cols * q.bits as usize / 8;
+    let v = q.scale_dtype.encode(&[0.01]);
+    for chunk in b[codes..].chunks_mut(v.len()) {
+        let n = chunk.len();
+        chunk.copy_from_slice(&v[..n]);
+    }
+    b
+}
+
+/// Word offsets of the scales and of the biases in [`matrix_bytes`]' layout.
+pub fn parts_words(q: AffineQuant, rows: usize, cols: usize) -> (u32, u32) {
+    let f = WeightFormat::Affine(q);
+    // Scales start after the 16-byte aligned codes; biases after the aligned scales.
+    let codes = rows * cols * q.bits as usize / 8;
+    let so = codes.div_ceil(16) * 16;
+    let sb = rows * (cols / q.group_size as usize) * q.scale_dtype.size();
+    let bo = so + sb.div_ceil(16) * 16;
+    debug_assert_eq!(bo + sb, f.stored_bytes(rows, cols));
+    ((so / 4) as u32, (bo / 4) as u32)
 }

@@ -70,8 +70,8 @@ fn route_top_k(lb: u32, n: u32, top_k: u32, norm: bool, lid: u32) {
         let v = tk_probs[e >> 2u][e & 3u];
         if (v >= 0.0) {
             // Count the experts that beat this one: all of them, 16 per iteration with
-            // independent loads (an exit test per iteration made every round trip to
-            // workgroup memory a dependent one: 4.8 us of a decode layer on an H200).
+            // independent loads (stopping once k beat it, with an exit test per 4
+            // comparisons, made the routing kernel 7.7 us instead of 6.3 on an H200).
             let vv = vec4<f32>(v);
             let ev = vec4<u32>(e);
             var r4 = vec4<u32>(0u);

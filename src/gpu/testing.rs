@@ -50,12 +50,6 @@ impl KernelRunner {
         self.gpu.team(cols)
     }
 
-    /// The subgroup size the subgroup variant's teams are built of (`None` in the
-    /// portable variant or when the probe found no usable size).
-    pub fn subgroup_size(&self) -> Option<u32> {
-        self.gpu.subgroup_size
-    }
-
     /// Runs `kernel` once. `params` fill the uniform at binding 0; `buffers[i]` is the
     /// initial content of binding `i + 1` (an empty slice binds a 16-byte dummy buffer).
     /// `groups` is the workgroup grid. Returns the final content of every buffer.
@@ -340,10 +334,7 @@ pub fn q8_row(x: &[f32]) -> (Vec<u32>, Vec<f32>) {
         let mut hi = [0i32; 32];
         let mut lo = [0i32; 32];
         for (j, &v) in block.iter().enumerate() {
-            let h = (v * k).round().clamp(-127.0, 127.0);
-            let l = (v * (254.0 * k) - 254.0 * h).round().clamp(-127.0, 127.0);
-            hi[j] = h as i32;
-            lo[j] = l as i32;
+            (hi[j], lo[j]) = split_8_8(v, k);
             values[32 * b + j] = t * (254 * hi[j] + lo[j]) as f32;
         }
         let pack = |q: &[i32; 32], j0: usize| -> u32 {
@@ -364,6 +355,15 @@ pub fn q8_row(x: &[f32]) -> (Vec<u32>, Vec<f32>) {
         words[16 * nb + 2 * b + 1] = (codes as f32 * t).to_bits();
     }
     (words, values)
+}
+
+/// The 8+8-bit split of `v` for a block or quad whose largest magnitude is `127 / k`:
+/// `hi = round(v k)`, `lo = round(254 v k - 254 hi)`, both in [-127, 127], as the kernels
+/// compute them.
+fn split_8_8(v: f32, k: f32) -> (i32, i32) {
+    let h = (v * k).round().clamp(-127.0, 127.0);
+    let l = (v * (254.0 * k) - 254.0 * h).round().clamp(-127.0, 127.0);
+    (h as i32, l as i32)
 }
 
 /// The position of value `r` of quad `quad` in a row, and the word of field `f` (0: hi,
@@ -392,9 +392,7 @@ pub fn quad_q8_row(h: &[f32]) -> (Vec<u32>, Vec<f32>) {
         let t = amax / (127.0 * 254.0);
         let (mut hi, mut lo, mut sum) = (0u32, 0u32, 0i32);
         for (r, &x) in v.iter().enumerate() {
-            let qh = (x * k).round().clamp(-127.0, 127.0);
-            let ql = (x * (254.0 * k) - 254.0 * qh).round().clamp(-127.0, 127.0);
-            let (qh, ql) = (qh as i32, ql as i32);
+            let (qh, ql) = split_8_8(x, k);
             hi |= ((qh as u32) & 0xff) << (8 * r);
             lo |= ((ql as u32) & 0xff) << (8 * r);
             sum += 254 * qh + ql;
