@@ -161,7 +161,7 @@ def randomize(spec, rng):
     kv = rng.choice([1, 2])
     ratio = rng.choice([1, 2, 4])
     heads = kv * ratio
-    hds = [hd for hd in (8, 16, 24, 32, 48, 64) if (heads * hd) % G == 0 and heads * hd <= 256]
+    hds = [hd for hd in (8, 16, 24, 32, 48, 64, 128) if (heads * hd) % G == 0 and heads * hd <= 256]
     s.update(heads=heads, kv_heads=kv, head_dim=rng.choice(hds))
     s["vocab"] = rng.randrange(200, 321)
     s["experts"] = rng.randrange(4, 11)
@@ -615,7 +615,7 @@ def main():
         specs = [extra_spec(int(b), int(g)) for b, g in (p.split(":") for p in args.extra.split(","))]
     if args.shapes_seed:
         rng = random.Random(args.shapes_seed)
-        specs = [randomize(s, rng) for s in BASE_SPECS]
+        specs = [randomize(s, rng) for s in specs]
     if args.only:
         want = set(args.only.split(","))
         specs = [s for s in specs if s["name"] in want]
