@@ -330,6 +330,10 @@ fn every_quantized_kernel_is_covered() {
                 // Rows per team, 4 unless the engine lowers it for a matrix of few rows.
                 want.push(("ROWS", 4.0));
             }
+            if k.pipeline_flags().is_some() {
+                // Set per dispatch from the flags parameter.
+                want.push(("FLAGS", 0.0));
+            }
             assert_eq!(k.constants(2, Some((5, 32))), want, "{}", k.name());
         }
     }

@@ -75,10 +75,30 @@ const QUANT_BITS: [u32; 6] = [2, 3, 4, 5, 6, 8];
 const QUANT_GROUPS: [u32; 3] = [32, 64, 128];
 
 /// The override constants a kernel is compiled with (as `Kernel::constants` gives them to
-/// `Gpu::pipeline`), each with a name for messages: nothing for kernels that read no
+/// `Gpu::pipeline_for`), each with a name for messages: nothing for kernels that read no
 /// weights; the three weight dtypes for float-weight kernels; every scale dtype x bits x
-/// group size for quantized kernels.
+/// group size for quantized kernels; and each of those with every `FLAGS` value for the
+/// kernels specialized by their flags (`Kernel::pipeline_flags`).
 fn variants(kernel: Kernel) -> Vec<(Vec<(&'static str, f64)>, String)> {
+    let base = base_variants(kernel);
+    let Some((_, mask)) = kernel.pipeline_flags() else {
+        return base;
+    };
+    let mut v = Vec::new();
+    for (constants, label) in base {
+        for flags in (0..=mask).filter(|f| f & !mask == 0) {
+            let mut c = constants.clone();
+            for entry in c.iter_mut().filter(|e| e.0 == "FLAGS") {
+                entry.1 = f64::from(flags);
+            }
+            v.push((c, format!("{label}, FLAGS {flags}")));
+        }
+    }
+    v
+}
+
+/// [`variants`] before the `FLAGS` values.
+fn base_variants(kernel: Kernel) -> Vec<(Vec<(&'static str, f64)>, String)> {
     if kernel.is_quantized() {
         let mut v = Vec::new();
         for (wdt, dtype) in WDTS {

@@ -543,6 +543,19 @@ impl Kernel {
         )
     }
 
+    /// The uniform parameter word (its index) whose bits under the mask also specialize
+    /// this kernel's pipeline, as its `FLAGS` override constant: a pipeline is compiled per
+    /// value, so the driver drops the code of the other input layouts. (The expert down
+    /// projection: with its f32-h loops compiled in beside the quad 8+8-bit ones, it ran
+    /// 10% slower on an H200: 60.7 against 55.0 us for 128 experts.) The recorder sets
+    /// `FLAGS` from the dispatch's parameters, so it always matches them.
+    pub fn pipeline_flags(self) -> Option<(usize, u32)> {
+        match self {
+            Kernel::MoeDownQ => Some((9, 3)),
+            _ => None,
+        }
+    }
+
     /// Whether the kernel exists only in subgroup variants.
     pub fn needs_subgroups(self) -> bool {
         self == Kernel::SubgroupProbe
@@ -603,8 +616,8 @@ impl Kernel {
     /// kernels; `WDT = wdt` (the scale dtype's code), `BITS` and `GROUP` from
     /// `quant = Some((bits, group_size))` for quantized kernels, and `ROWS = 4` (rows per
     /// team, which the engine may lower per matrix) for the team kernels
-    /// ([`Kernel::uses_teams`]). `quant` is
-    /// ignored by kernels that are not quantized.
+    /// ([`Kernel::uses_teams`]), `FLAGS = 0` for kernels with [`Kernel::pipeline_flags`]
+    /// (set per dispatch). `quant` is ignored by kernels that are not quantized.
     ///
     /// # Panics
     /// If the kernel is quantized and `quant` is `None` (its pipeline cannot be created
@@ -628,6 +641,10 @@ impl Kernel {
             // Rows per team; the engine may ask for 2 or 1 instead
             // (`qmatvec_rows_per_team`, `expert_rows_per_team`).
             c.push(("ROWS", 4.0));
+        }
+        if self.pipeline_flags().is_some() {
+            // Set per dispatch from its parameters (`pipeline_flags`).
+            c.push(("FLAGS", 0.0));
         }
         c
     }

@@ -65,8 +65,8 @@ pub struct AdapterSummary {
 }
 
 /// A compiled pipeline's identity: kernel, weight (or scale) dtype code, bits, group size,
-/// rows per team (`ROWS`, 0 for the kernel's default).
-type PipelineKey = (Kernel, u32, u32, u32, u32);
+/// rows per team (`ROWS`, 0 for the kernel's default), `FLAGS` ([`Kernel::pipeline_flags`]).
+type PipelineKey = (Kernel, u32, u32, u32, u32, u32);
 
 /// The variant allowed by `MOESTREAM_KERNELS` (everything when unset).
 fn allowed_variant() -> Result<Variant> {
@@ -303,19 +303,26 @@ impl Gpu {
     }
 
     /// The pipeline of a kernel, compiled once per (kernel, weight or scale dtype,
-    /// quantization bits and group size, rows per team); `quant` = (bits, group) sets the
-    /// `BITS` and `GROUP` override constants of the quantized kernels, `rows` (unless 0, the
-    /// kernel's default) the `ROWS` override constant of the team kernels.
-    pub fn pipeline_rows(
+    /// quantization bits and group size, rows per team, flags); `quant` = (bits, group) sets
+    /// the `BITS` and `GROUP` override constants of the quantized kernels, `rows` (unless 0,
+    /// the kernel's default) the `ROWS` override constant of the team kernels, and `params`
+    /// (the dispatch's uniform parameters) the `FLAGS` override constant of the kernels
+    /// with [`Kernel::pipeline_flags`].
+    pub fn pipeline_for(
         &self,
         kernel: Kernel,
         wdt: Option<DType>,
         quant: Option<(u32, u32)>,
         rows: u32,
+        params: &[u32],
     ) -> Arc<wgpu::ComputePipeline> {
         let code = wdt.map_or(0, DType::shader_code);
         let (bits, group) = quant.unwrap_or((0, 0));
-        let key = (kernel, code, bits, group, rows);
+        let flags = kernel
+            .pipeline_flags()
+            .and_then(|(i, mask)| params.get(i).map(|f| f & mask))
+            .unwrap_or(0);
+        let key = (kernel, code, bits, group, rows, flags);
         let mut pipes = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = pipes.get(&key) {
             return p.clone();
@@ -330,9 +337,11 @@ impl Gpu {
                 })
         });
         let mut constants = kernel.constants(code, quant);
-        if rows != 0 {
-            for c in constants.iter_mut().filter(|c| c.0 == "ROWS") {
-                c.1 = f64::from(rows);
+        for c in constants.iter_mut() {
+            match c.0 {
+                "ROWS" if rows != 0 => c.1 = f64::from(rows),
+                "FLAGS" => c.1 = f64::from(flags),
+                _ => {}
             }
         }
         let pipeline = Arc::new(self.device.create_compute_pipeline(

@@ -323,7 +323,7 @@ impl<'a> Recorder<'a> {
         size: Size<'_>,
     ) {
         let t0 = std::time::Instant::now();
-        let pipeline = self.gpu.pipeline_rows(kernel, wdt, quant, rows);
+        let pipeline = self.gpu.pipeline_for(kernel, wdt, quant, rows, params);
         let (block, offset) = self.params.push(self.gpu, bytemuck::cast_slice(params));
         let psize = ((params.len() * 4) as u64).div_ceil(16) * 16;
         let key = BindKey {
