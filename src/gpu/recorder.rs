@@ -463,23 +463,22 @@ impl<'a> Recorder<'a> {
         let waited = |r: &mut Self| r.wait_time += t0.elapsed();
         if at == 0 {
             // Nothing to read: still wait, so the caller knows the work is done.
-            self.gpu
-                .device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+            wait_for_gpu(self.gpu, wgpu::PollStatus::is_queue_empty)?;
             self.gpu.check()?;
             waited(self);
             return Ok(vec![Vec::new(); parts.len()]);
         }
         let slice = staging.slice(0..at);
         let (tx, rx) = std::sync::mpsc::channel();
+        let mapped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = mapped.clone();
         slice.map_async(wgpu::MapMode::Read, move |r| {
+            flag.store(true, std::sync::atomic::Ordering::Release);
             let _ = tx.send(r);
         });
-        self.gpu
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        wait_for_gpu(self.gpu, |_| {
+            mapped.load(std::sync::atomic::Ordering::Acquire)
+        })?;
         match rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::Gpu(format!("mapping a readback buffer: {e}"))),
@@ -514,4 +513,28 @@ impl<'a> Recorder<'a> {
         waited(self);
         Ok(out)
     }
+}
+
+/// How long [`wait_for_gpu`] polls without blocking before it blocks in the driver.
+const SPIN: std::time::Duration = std::time::Duration::from_micros(300);
+
+/// Waits until `done` (given each poll's status) says the awaited work has finished, for
+/// up to [`SPIN`] by non-blocking polls, or else until the GPU has finished everything
+/// submitted so far and its callbacks have run, by a blocking wait. The streaming step
+/// waits for a routing readback once per MoE layer, mostly for well under a millisecond,
+/// where a blocking wait's wake-up is a large share.
+fn wait_for_gpu(gpu: &Gpu, done: impl Fn(&wgpu::PollStatus) -> bool) -> Result<()> {
+    let err = |e: wgpu::PollError| Error::Gpu(format!("waiting for the GPU: {e}"));
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < SPIN {
+        let status = gpu.device.poll(wgpu::PollType::Poll).map_err(err)?;
+        if done(&status) {
+            return Ok(());
+        }
+        std::hint::spin_loop();
+    }
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(err)?;
+    Ok(())
 }
