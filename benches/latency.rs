@@ -243,7 +243,7 @@ fn main() -> Result<()> {
         bench.upload(&f32_bytes(&values(HIDDEN, 8)))
     };
     let dummy = bench.zeros(16);
-    let team = bench.team(HIDDEN);
+    let team = bench.qmatvec_team(EXPERTS, HIDDEN);
     let rpt = kernels::qmatvec_rows_per_team(EXPERTS as u32);
     let t = time(
         &bench,

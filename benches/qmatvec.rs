@@ -122,6 +122,7 @@ fn qmatvec(
     cols: usize,
     copy: f64,
     rows_per_team: Option<u32>,
+    team: Option<u32>,
 ) -> Result<()> {
     let rpt = rows_per_team.unwrap_or(kernels::qmatvec_rows_per_team(rows as u32));
     let bytes = WeightFormat::Affine(q).stored_bytes(rows, cols) as u64;
@@ -132,7 +133,7 @@ fn qmatvec(
     let x = bench.upload(&vec![0u8; cols * 4]);
     let dummy = bench.zeros(16);
     let (sw, bw) = parts_words(q, rows, cols);
-    let team = bench.team(cols);
+    let team = team.unwrap_or_else(|| bench.qmatvec_team(rows, cols));
     // Serialized: every dispatch writes the same output, so each waits for the previous
     // one (the latency of one mat-vec). Overlapped: each weight copy has its own output,
     // so independent dispatches can run concurrently (the kernel's throughput).
@@ -395,7 +396,7 @@ fn run(bench: &GpuBench, all_bits: bool, large: bool) -> Result<()> {
     println!("copy kernel: {copy:.1} GB/s (bytes read + written, the best of the sizes above)");
     let q4 = AffineQuant::new(4, 64, DType::BF16)?;
     for (rows, cols) in [(2048, 768), (768, 2048), (4096, 1024), (1024, 4096)] {
-        qmatvec(bench, q4, rows, cols, copy, None)?;
+        qmatvec(bench, q4, rows, cols, copy, None, None)?;
     }
     // Qwen3-30B-A3B's experts: a decode token's 8, and larger batches (several tokens'
     // experts in one dispatch) to show where the kernels reach streaming bandwidth.
@@ -405,7 +406,7 @@ fn run(bench: &GpuBench, all_bits: bool, large: bool) -> Result<()> {
     experts(bench, q4, (4096, 1024, 10), copy, None)?;
     if large {
         // Large matrices: the kernel's streaming throughput (lm_head-sized).
-        qmatvec(bench, q4, 65536, 4096, copy, None)?;
+        qmatvec(bench, q4, 65536, 4096, copy, None, None)?;
         qmatvec(
             bench,
             AffineQuant::new(8, 64, DType::BF16)?,
@@ -413,14 +414,15 @@ fn run(bench: &GpuBench, all_bits: bool, large: bool) -> Result<()> {
             4096,
             copy,
             None,
+            None,
         )?;
     }
     if all_bits {
         for bits in [2, 3, 5, 6, 8] {
             let q = AffineQuant::new(bits, 64, DType::BF16)?;
-            qmatvec(bench, q, 768, 2048, copy, None)?;
+            qmatvec(bench, q, 768, 2048, copy, None, None)?;
             if large {
-                qmatvec(bench, q, 32768, 4096, copy, None)?;
+                qmatvec(bench, q, 32768, 4096, copy, None, None)?;
             }
         }
     }
@@ -442,17 +444,22 @@ fn main() -> Result<()> {
     if !shapes.is_empty() {
         let bench = GpuBench::new()?;
         let copy = copy_bandwidth(&bench)?;
-        // Each shape with 4, 2 and 1 rows per team (the engine picks one of them).
+        // Each shape with 4, 2 and 1 rows per team and with teams of one subgroup and of
+        // the whole workgroup (the engine picks one of each).
+        let teams = [bench.team(64), 64];
         for (bits, rows, cols) in shapes {
-            for rpt in [4, 2, 1] {
-                qmatvec(
-                    &bench,
-                    AffineQuant::new(bits, 64, DType::BF16)?,
-                    rows,
-                    cols,
-                    copy,
-                    Some(rpt),
-                )?;
+            for team in teams.iter().take(if teams[0] == 64 { 1 } else { 2 }) {
+                for rpt in [4, 2, 1] {
+                    qmatvec(
+                        &bench,
+                        AffineQuant::new(bits, 64, DType::BF16)?,
+                        rows,
+                        cols,
+                        copy,
+                        Some(rpt),
+                        Some(*team),
+                    )?;
+                }
             }
         }
         return Ok(());

@@ -195,7 +195,7 @@ impl<'a> Pass<'a> {
                     let (sw, bw) = ((parts.scales.0 / 4) as u32, (parts.biases.0 / 4) as u32);
                     let quant = Some((q.bits, q.group_size));
                     if n == 1 {
-                        let team = self.m.gpu.team(w.cols);
+                        let team = self.m.gpu.qmatvec_team(*rows, w.cols);
                         let rpt = kernels::qmatvec_rows_per_team(r);
                         // The weights again as words (`ws`, include/qblock.wgsl).
                         let [b0, b1, b2, b3, b4] = binds;

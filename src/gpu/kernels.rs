@@ -202,7 +202,7 @@ impl Include {
 
 /// Invocations per workgroup of the team kernels ([`Kernel::QMatVec`],
 /// [`Kernel::MoeGateUpQ`], [`Kernel::MoeDownQ`]); each team computes 4 rows.
-const TEAM_WG: u32 = 64;
+pub const TEAM_WG: u32 = 64;
 /// Rows and tokens per workgroup tile of [`Kernel::QMatMul`] (`TR`, `TT` in
 /// `kernels/qmatmul.wgsl`).
 const QMATMUL_ROWS: u32 = 32;
@@ -283,6 +283,20 @@ fn team_rows(team: u32, rows_per_team: u32) -> u32 {
         _ => 1,
     };
     per_team * (TEAM_WG / team.clamp(1, TEAM_WG))
+}
+
+/// Whether [`Kernel::QMatVec`] takes the whole 64-invocation workgroup as one team (in the
+/// subgroup variant, several subgroups whose sums are added through workgroup memory) for
+/// a chunk of `rows` rows of `cols` codes, rather than one subgroup: for rows of at least
+/// 2048 codes (a block for each of 64 lanes) in matrices of 256 to 2048 rows, whose
+/// one-subgroup teams are too few to keep the GPU's loads in flight. Measured on an H200
+/// (4-bit, 2 rows per team, 32-lane subgroups): 1024x4096 5.60 -> 4.82 us, 512x4096
+/// 5.46 -> 4.63, 2048x4096 5.85 -> 5.38, 768x2048 4.28 -> 4.02; slower for 4096x4096
+/// (6.64 -> 6.83), 4096x1024 (4.38 -> 5.24) and 2048x768 (3.80 -> 4.50). The router's
+/// 128x2048 measured 4.01 -> 3.80 us alone but 3.13 -> 3.28 in a decode-like chain of
+/// dispatches (`cargo bench --bench latency`), so it keeps one subgroup.
+pub fn qmatvec_wide_team(rows: u32, cols: u32) -> bool {
+    cols >= 2048 && (256..=2048).contains(&rows)
 }
 
 /// Rows per team of [`Kernel::QMatVec`] (its `ROWS` pipeline constant) for a chunk of

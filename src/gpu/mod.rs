@@ -293,6 +293,18 @@ impl Gpu {
         }
     }
 
+    /// The `team` parameter of [`Kernel::QMatVec`] for a chunk of `rows` rows of `cols`
+    /// codes: [`Gpu::team`], or in the subgroup variant the whole workgroup where
+    /// [`kernels::qmatvec_wide_team`] says so.
+    pub fn qmatvec_team(&self, rows: usize, cols: usize) -> u32 {
+        let team = self.team(cols);
+        if self.variant.subgroups && kernels::qmatvec_wide_team(rows as u32, cols as u32) {
+            kernels::TEAM_WG
+        } else {
+            team
+        }
+    }
+
     /// Fails with the first error the device reported since the last check.
     pub fn check(&self) -> Result<()> {
         let err = self.error.lock().ok().and_then(|mut e| e.take());

@@ -50,6 +50,12 @@ impl KernelRunner {
         self.gpu.team(cols)
     }
 
+    /// The team size the engine passes to [`Kernel::QMatVec`] for `rows` rows of `cols`
+    /// codes.
+    pub fn qmatvec_team(&self, rows: usize, cols: usize) -> u32 {
+        self.gpu.qmatvec_team(rows, cols)
+    }
+
     /// Runs `kernel` once. `params` fill the uniform at binding 0; `buffers[i]` is the
     /// initial content of binding `i + 1` (an empty slice binds a 16-byte dummy buffer).
     /// `groups` is the workgroup grid. Returns the final content of every buffer.
@@ -165,6 +171,12 @@ impl GpuBench {
     /// The team size the engine passes to the team kernels for rows of `cols` codes.
     pub fn team(&self, cols: usize) -> u32 {
         self.gpu.team(cols)
+    }
+
+    /// The team size the engine passes to [`Kernel::QMatVec`] for `rows` rows of `cols`
+    /// codes.
+    pub fn qmatvec_team(&self, rows: usize, cols: usize) -> u32 {
+        self.gpu.qmatvec_team(rows, cols)
     }
 
     /// Whether times come from GPU timestamp queries (else from the wall clock).
