@@ -385,9 +385,11 @@ impl<'a> Pass<'a> {
         if split {
             // Decode: many workgroups over short key ranges, then one merge per head
             // (the split kernel reads heads as vec4s).
-            let (chunk, splits) = kernels::attention_splits(self.pos0 as u32 + 1, nh as u32);
+            let n_keys = self.pos0 as u32 + 1;
+            let (chunk, splits) = kernels::attention_splits(n_keys, nh as u32);
+            let (kernel, groups) = kernels::attention_split_kernel(nh as u32, nkv as u32, n_keys);
             self.rec.dispatch(
-                Kernel::AttentionSplit,
+                kernel,
                 None,
                 &[
                     self.pos0 as u32,
@@ -399,7 +401,7 @@ impl<'a> Pass<'a> {
                     splits,
                 ],
                 &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn_part).into()],
-                (nh as u32, splits),
+                (groups, splits),
             );
             self.rec.dispatch(
                 Kernel::AttentionMerge,
