@@ -180,71 +180,55 @@ fn main() -> Result<()> {
     )?;
     report("head_norm_rope 32 + 4 heads of 128", LAYERS, t, floor);
 
-    // Split attention and its merge at three context lengths, over the engine's key ranges
-    // (with `--attention-ranges`, also over 16 to 256 ranges per head).
+    // Split attention and its merge at two context lengths.
     let kv = bench.upload(&f32_bytes(&values(positions * KV_HEADS * HEAD_DIM, 7)));
-    let part = bench
-        .zeros(u64::from(kernels::ATTENTION_MAX_SPLITS) * (Q_HEADS * (HEAD_DIM + 2) * 4) as u64);
+    let part = bench.zeros(kernels::attention_part_floats(Q_HEADS as u32, HEAD_DIM as u32) * 4);
     let attn = bench.zeros((Q_HEADS * HEAD_DIM * 4) as u64);
-    let sweep = std::env::args().any(|a| a == "--attention-ranges");
     for pos0 in [200u32, 2000, 8000] {
-        let n_keys = pos0 + 1;
-        let engine = kernels::attention_splits(n_keys, Q_HEADS as u32);
-        let mut choices = vec![engine];
-        if sweep {
-            for ranges in [16u32, 32, 64, 128, 256] {
-                let chunk = n_keys.div_ceil(ranges).div_ceil(16) * 16;
-                let c = (chunk, n_keys.div_ceil(chunk));
-                if !choices.contains(&c) {
-                    choices.push(c);
-                }
-            }
-        }
-        let (kernel, groups) =
-            kernels::attention_split_kernel(Q_HEADS as u32, KV_HEADS as u32, n_keys);
-        for (i, &(chunk, splits)) in choices.iter().enumerate() {
-            let t = time(
-                &bench,
-                kernel,
-                None,
-                None,
-                0,
-                &[
-                    pos0,
-                    Q_HEADS as u32,
-                    KV_HEADS as u32,
-                    HEAD_DIM as u32,
-                    (1.0 / (HEAD_DIM as f32).sqrt()).to_bits(),
-                    chunk,
-                    splits,
-                ],
-                &[&outq, &kv, &kv, &part],
-                (groups, splits),
-            )?;
-            let which = if i == 0 { "" } else { ", not the engine's" };
-            report(
-                &format!("attention_split, {n_keys} keys ({splits} ranges per head{which})"),
-                LAYERS,
-                t,
-                floor,
-            );
-            let t = time(
-                &bench,
-                Kernel::AttentionMerge,
-                None,
-                None,
-                0,
-                &[Q_HEADS as u32, HEAD_DIM as u32, splits, 1],
-                &[&part, &attn],
-                kernels::attention_merge_groups(Q_HEADS as u32, HEAD_DIM as u32),
-            )?;
-            report(
-                &format!("attention_merge, {splits} ranges per head"),
-                LAYERS,
-                t,
-                floor,
-            );
-        }
+        let (chunk, splits) = kernels::attention_splits(pos0 + 1, Q_HEADS as u32);
+        let t = time(
+            &bench,
+            Kernel::AttentionSplit,
+            None,
+            None,
+            0,
+            &[
+                pos0,
+                Q_HEADS as u32,
+                KV_HEADS as u32,
+                HEAD_DIM as u32,
+                (1.0 / (HEAD_DIM as f32).sqrt()).to_bits(),
+                chunk,
+                splits,
+            ],
+            &[&outq, &kv, &kv, &part],
+            (Q_HEADS as u32, splits),
+        )?;
+        report(
+            &format!(
+                "attention_split, {} keys ({splits} ranges per head)",
+                pos0 + 1
+            ),
+            LAYERS,
+            t,
+            floor,
+        );
+        let t = time(
+            &bench,
+            Kernel::AttentionMerge,
+            None,
+            None,
+            0,
+            &[Q_HEADS as u32, HEAD_DIM as u32, splits, 1],
+            &[&part, &attn],
+            kernels::attention_merge_groups(Q_HEADS as u32, HEAD_DIM as u32),
+        )?;
+        report(
+            &format!("attention_merge, {splits} ranges per head"),
+            LAYERS,
+            t,
+            floor,
+        );
     }
 
     // The router's logits (a 4-bit mat-vec of 128 rows) and the routing kernel.

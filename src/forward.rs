@@ -385,11 +385,9 @@ impl<'a> Pass<'a> {
         if split {
             // Decode: many workgroups over short key ranges, then one merge per head
             // (the split kernel reads heads as vec4s).
-            let n_keys = self.pos0 as u32 + 1;
-            let (chunk, splits) = kernels::attention_splits(n_keys, nh as u32);
-            let (kernel, groups) = kernels::attention_split_kernel(nh as u32, nkv as u32, n_keys);
+            let (chunk, splits) = kernels::attention_splits(self.pos0 as u32 + 1, nh as u32);
             self.rec.dispatch(
-                kernel,
+                Kernel::AttentionSplit,
                 None,
                 &[
                     self.pos0 as u32,
@@ -401,7 +399,7 @@ impl<'a> Pass<'a> {
                     splits,
                 ],
                 &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn_part).into()],
-                (groups, splits),
+                (nh as u32, splits),
             );
             self.rec.dispatch(
                 Kernel::AttentionMerge,

@@ -112,7 +112,6 @@ fn every_kernel_is_covered() {
         Kernel::Attention,
         Kernel::AttentionTiled,
         Kernel::AttentionSplit,
-        Kernel::AttentionSplitGqa,
         Kernel::AttentionMerge,
         Kernel::Router,
         Kernel::SwiGlu,
@@ -840,37 +839,6 @@ fn attention() {
 }
 
 #[test]
-fn attention_split_kernel_choice() {
-    use moestream::gpu::kernels::{attention_split_kernel, ATTENTION_GQA_MIN_KEYS as LONG};
-    // Grouped (a workgroup per 4 heads) for long contexts with 4k heads per kv head.
-    assert_eq!(
-        attention_split_kernel(32, 4, LONG),
-        (Kernel::AttentionSplitGqa, 8)
-    );
-    assert_eq!(
-        attention_split_kernel(16, 1, LONG),
-        (Kernel::AttentionSplitGqa, 4)
-    );
-    // Per head otherwise.
-    assert_eq!(
-        attention_split_kernel(32, 4, LONG - 1),
-        (Kernel::AttentionSplit, 32)
-    );
-    assert_eq!(
-        attention_split_kernel(20, 2, LONG),
-        (Kernel::AttentionSplit, 20)
-    );
-    assert_eq!(
-        attention_split_kernel(8, 4, LONG),
-        (Kernel::AttentionSplit, 8)
-    );
-    assert_eq!(
-        attention_split_kernel(5, 5, LONG),
-        (Kernel::AttentionSplit, 5)
-    );
-}
-
-#[test]
 fn attention_split_ranges_cover_every_key() {
     use moestream::gpu::kernels::{attention_part_floats, attention_splits, ATTENTION_MAX_SPLITS};
     for n_heads in [1u32, 2, 3, 4, 32, 64, 100, 600] {
@@ -895,12 +863,12 @@ fn attention_split_ranges_cover_every_key() {
 #[test]
 fn attention_split_and_merge() {
     use moestream::gpu::kernels::{
-        attention_merge_groups, attention_part_floats, attention_split_kernel, attention_splits,
+        attention_merge_groups, attention_part_floats, attention_splits,
     };
     let mut ck = Checker::new("attention_split + attention_merge");
     let mut rng = Rng::new(61);
     // (pos0, n_heads, n_kv_heads, head_dim)
-    let cases: [(usize, usize, usize, usize); 13] = [
+    let cases: [(usize, usize, usize, usize); 10] = [
         (0, 1, 1, 16),      // one key
         (15, 2, 1, 4),      // 16 keys: one full step; head_dim 4
         (16, 4, 2, 24),     // 17 keys: a one-key step; 6 vec4s (64 invocations don't divide)
@@ -911,9 +879,6 @@ fn attention_split_and_merge() {
         (1000, 1, 1, 128),  // one head: 256 ranges of 16 keys
         (4100, 32, 4, 128), // Qwen3-30B-A3B's heads over a long context
         (300, 5, 5, 12),    // head_dim 12: 3 vec4s
-        (500, 20, 2, 32),   // 10 query heads per kv head: per-head workgroups
-        (70, 16, 1, 64),    // 16 per kv head: four groups of 4
-        (130, 8, 2, 16),    // 4 per kv head, a partial last step
     ];
     for &(pos0, nh, nkv, hd) in &cases {
         let case = format!("pos0 {pos0} heads {nh}/{nkv} head_dim {hd}");
@@ -939,53 +904,44 @@ fn attention_split_and_merge() {
         );
         let (chunk, splits) = attention_splits(n_keys as u32, nh as u32);
         let part = vec![f32::NAN; attention_part_floats(nh as u32, hd as u32) as usize];
-        // The per-head kernel, and the grouped one wherever the heads allow it (the
-        // engine takes it from ATTENTION_GQA_MIN_KEYS keys).
-        let mut kernels = vec![(Kernel::AttentionSplit, nh as u32)];
-        let grouped = attention_split_kernel(nh as u32, nkv as u32, u32::MAX);
-        if grouped.0 != Kernel::AttentionSplit {
-            kernels.push(grouped);
-        }
-        for (kernel, groups) in kernels {
-            let out = run(
-                kernel,
-                None,
-                &[
-                    pos0 as u32,
-                    nh as u32,
-                    nkv as u32,
-                    hd as u32,
-                    scale.to_bits(),
-                    chunk,
-                    splits,
-                ],
-                &[
-                    &f32_bytes(&q),
-                    &f32_bytes(&k),
-                    &f32_bytes(&v),
-                    &f32_bytes(&part),
-                ],
-                (groups, splits),
-            );
-            for il in [false, true] {
-                if il && (nh * hd) % 32 != 0 {
-                    continue;
-                }
-                let before = rng.vec(nh * hd, 1.0);
-                let merged = run(
-                    Kernel::AttentionMerge,
-                    None,
-                    &[nh as u32, hd as u32, splits, u32::from(il)],
-                    &[&out[3], &f32_bytes(&before)],
-                    attention_merge_groups(nh as u32, hd as u32),
-                );
-                let mut got = to_f32(&merged[1]);
-                if il {
-                    got = deinterleave(&got, nh * hd);
-                }
-                let case = format!("{case} {} interleaved {il}", kernel.name());
-                ck.close(&case, &got, &want, REDUCTION.floor(0.1));
+        let out = run(
+            Kernel::AttentionSplit,
+            None,
+            &[
+                pos0 as u32,
+                nh as u32,
+                nkv as u32,
+                hd as u32,
+                scale.to_bits(),
+                chunk,
+                splits,
+            ],
+            &[
+                &f32_bytes(&q),
+                &f32_bytes(&k),
+                &f32_bytes(&v),
+                &f32_bytes(&part),
+            ],
+            (nh as u32, splits),
+        );
+        for il in [false, true] {
+            if il && (nh * hd) % 32 != 0 {
+                continue;
             }
+            let before = rng.vec(nh * hd, 1.0);
+            let merged = run(
+                Kernel::AttentionMerge,
+                None,
+                &[nh as u32, hd as u32, splits, u32::from(il)],
+                &[&out[3], &f32_bytes(&before)],
+                attention_merge_groups(nh as u32, hd as u32),
+            );
+            let mut got = to_f32(&merged[1]);
+            if il {
+                got = deinterleave(&got, nh * hd);
+            }
+            let case = format!("{case} interleaved {il}");
+            ck.close(&case, &got, &want, REDUCTION.floor(0.1));
         }
     }
     ck.report();

@@ -39,10 +39,6 @@ pub enum Kernel {
     /// Decode attention over one key range per workgroup ([`attention_splits`]): partial
     /// softmax states, combined by [`Kernel::AttentionMerge`].
     AttentionSplit,
-    /// [`Kernel::AttentionSplit`] for 4 query heads sharing a kv head per workgroup
-    /// (grouped-query attention with a multiple of 4 query heads per kv head): each key and
-    /// value loaded once for the 4.
-    AttentionSplitGqa,
     /// Combines the partial softmax states of [`Kernel::AttentionSplit`] per head.
     AttentionMerge,
     /// Router softmax, top-k and renormalization.
@@ -225,27 +221,6 @@ pub fn topk_groups(n_vocab: u32) -> (u32, u32) {
 /// Most key ranges per head of the split decode attention (`kernels/attention_merge.wgsl`
 /// holds one weight per range in workgroup memory).
 pub const ATTENTION_MAX_SPLITS: u32 = 256;
-
-/// The split decode attention kernel for `n_heads` query heads over `n_kv_heads` kv heads
-/// and `n_keys` keys, and its workgroups per key range (grid `(groups, n_splits)`):
-/// [`Kernel::AttentionSplitGqa`], a workgroup per 4 query heads that share each key and
-/// value load, where the heads per kv head are a multiple of 4 and the context is long;
-/// else [`Kernel::AttentionSplit`], one per head. On an H200 with Qwen3-30B-A3B's heads
-/// (`cargo bench --bench latency`, 63 ranges per head, split + merge): 2001 keys 23.9 ->
-/// 20.7 us, 8001 keys 57.3 -> 43.6 us; but 201 keys 6.2 -> 7.8 us (more serial work per
-/// 16-key step), hence the threshold.
-pub fn attention_split_kernel(n_heads: u32, n_kv_heads: u32, n_keys: u32) -> (Kernel, u32) {
-    let kv = n_kv_heads.max(1);
-    let g = n_heads / kv;
-    if n_heads % kv == 0 && g % 4 == 0 && n_keys >= ATTENTION_GQA_MIN_KEYS {
-        (Kernel::AttentionSplitGqa, n_heads / 4)
-    } else {
-        (Kernel::AttentionSplit, n_heads)
-    }
-}
-
-/// Keys from which [`attention_split_kernel`] takes the grouped kernel.
-pub const ATTENTION_GQA_MIN_KEYS: u32 = 1024;
 
 /// Key ranges of the split decode attention ([`Kernel::AttentionSplit`], grid
 /// `(n_heads, n_splits)`) over `n_keys` keys: `(chunk, n_splits)`, `chunk` keys per range
@@ -455,7 +430,7 @@ pub fn moe_down_q_groups(hidden: u32, n_assign: u32, team: u32, rows_per_team: u
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 26] = [
+    pub const ALL: [Kernel; 25] = [
         Kernel::Embedding,
         Kernel::RmsNorm,
         Kernel::MatVec,
@@ -464,7 +439,6 @@ impl Kernel {
         Kernel::Attention,
         Kernel::AttentionTiled,
         Kernel::AttentionSplit,
-        Kernel::AttentionSplitGqa,
         Kernel::AttentionMerge,
         Kernel::Router,
         Kernel::SwiGlu,
@@ -495,7 +469,6 @@ impl Kernel {
             Kernel::Attention => "attention",
             Kernel::AttentionTiled => "attention_tiled",
             Kernel::AttentionSplit => "attention_split",
-            Kernel::AttentionSplitGqa => "attention_split_gqa",
             Kernel::AttentionMerge => "attention_merge",
             Kernel::Router => "router",
             Kernel::SwiGlu => "swiglu",
@@ -526,7 +499,6 @@ impl Kernel {
             Kernel::Attention => include_str!("../../kernels/attention.wgsl"),
             Kernel::AttentionTiled => include_str!("../../kernels/attention_tiled.wgsl"),
             Kernel::AttentionSplit => include_str!("../../kernels/attention_split.wgsl"),
-            Kernel::AttentionSplitGqa => include_str!("../../kernels/attention_split_gqa.wgsl"),
             Kernel::AttentionMerge => include_str!("../../kernels/attention_merge.wgsl"),
             Kernel::Router => include_str!("../../kernels/router.wgsl"),
             Kernel::SwiGlu => include_str!("../../kernels/swiglu.wgsl"),
