@@ -4,6 +4,7 @@
 //! cargo bench --bench decode                 # Qwen3-30B-A3B shape, MLX 4-bit (~16 GB experts)
 //! cargo bench --bench decode -- --small      # a small 4-bit model (for CI-sized machines)
 //! MOESTREAM_PROFILE=1 cargo bench --bench decode -- --resident-only   # GPU time per kernel
+//! cargo bench --bench decode -- --resident-only --long-context   # also after 2048 / 8192 tokens
 //! ```
 //! The model is written once to `$MOESTREAM_BENCH_DIR` (default `target/bench-models`).
 //! For a fully resident expert cache and for one holding 25% of the experts, it prefills
@@ -198,6 +199,35 @@ fn main() -> Result<()> {
             half / top_secs,
             half / full_secs
         );
+        // `--long-context`: decode after a long prompt, where attention reads the KV cache
+        // of every earlier token (its bytes are not in `bound`).
+        if label == "resident" && std::env::args().any(|a| a == "--long-context") {
+            for ctx in [2048usize, 8192] {
+                let mut long = model.session(ctx + 64)?;
+                let t = Instant::now();
+                for start in (0..ctx).step_by(512) {
+                    let chunk: Vec<u32> = (start..(start + 512).min(ctx))
+                        .map(|i| (i * 7919 + 13) as u32 % v as u32)
+                        .collect();
+                    logits = long.prefill(&chunk)?;
+                }
+                let prefill = t.elapsed().as_secs_f64();
+                for _ in 0..8 {
+                    logits = long.step(argmax(&logits))?;
+                }
+                let before = long.stats();
+                for _ in 0..32 {
+                    logits = long.step(argmax(&logits))?;
+                }
+                let st = long.stats();
+                let wall = (st.wall_time - before.wall_time).as_secs_f64();
+                println!(
+                    "decode after {ctx} tokens (prefilled in {prefill:.1}s): {:.2} tok/s ({:.1} ms/token)",
+                    32.0 / wall,
+                    wall * 1e3 / 32.0
+                );
+            }
+        }
         if std::env::args().any(|a| a == "--resident-only") {
             break;
         }

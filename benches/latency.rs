@@ -180,7 +180,9 @@ fn main() -> Result<()> {
     )?;
     report("head_norm_rope 32 + 4 heads of 128", LAYERS, t, floor);
 
-    // Split attention and its merge at two context lengths.
+    // Split attention and its merge at two context lengths. (One KV buffer serves every
+    // dispatch, so it stays in L2 here; a decode step reads each layer's KV cache from
+    // memory. `decode -- --long-context` measures that.)
     let kv = bench.upload(&f32_bytes(&values(positions * KV_HEADS * HEAD_DIM, 7)));
     let part = bench.zeros(kernels::attention_part_floats(Q_HEADS as u32, HEAD_DIM as u32) * 4);
     let attn = bench.zeros((Q_HEADS * HEAD_DIM * 4) as u64);
