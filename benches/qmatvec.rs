@@ -444,11 +444,14 @@ fn main() -> Result<()> {
     if !shapes.is_empty() {
         let bench = GpuBench::new()?;
         let copy = copy_bandwidth(&bench)?;
-        // Each shape with 4, 2 and 1 rows per team and with teams of one subgroup and of
-        // the whole workgroup (the engine picks one of each).
-        let teams = [bench.team(64), 64];
+        // Each shape with 4, 2 and 1 rows per team, and with the variant's team for its
+        // rows and the whole workgroup as a team (the engine picks one of each).
         for (bits, rows, cols) in shapes {
-            for team in teams.iter().take(if teams[0] == 64 { 1 } else { 2 }) {
+            let mut teams = vec![bench.team(cols)];
+            if teams[0] != 64 {
+                teams.push(64);
+            }
+            for &team in &teams {
                 for rpt in [4, 2, 1] {
                     qmatvec(
                         &bench,
@@ -457,7 +460,7 @@ fn main() -> Result<()> {
                         cols,
                         copy,
                         Some(rpt),
-                        Some(*team),
+                        Some(team),
                     )?;
                 }
             }

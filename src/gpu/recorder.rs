@@ -470,6 +470,8 @@ impl<'a> Recorder<'a> {
         }
         let slice = staging.slice(0..at);
         let (tx, rx) = std::sync::mpsc::channel();
+        // Set by the callback, for the spin; the result still comes through the channel,
+        // whose `recv` also waits for a callback that another thread's poll is running.
         let mapped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = mapped.clone();
         slice.map_async(wgpu::MapMode::Read, move |r| {
