@@ -6,6 +6,7 @@
 //! cargo bench --bench qmatvec -- --all-bits
 //! cargo bench --bench qmatvec -- --shape 4x2048x768   # one mat-vec, 4/2/1 rows per team
 //! cargo bench --bench qmatvec -- --expert-rows        # 8 experts, 4/2/1 rows per team
+//! cargo bench --bench qmatvec -- --teams               # expert batches, teams of 8-32
 //! ```
 //! For each shape it prints the weight bytes (codes + scales + biases) read per mat-vec,
 //! the time per mat-vec and the GB/s of weight bytes read, against two baselines measured
@@ -193,13 +194,15 @@ fn qmatvec(
 }
 
 /// K experts' gate+up and down through cache slots for one token, as decode does, with
-/// `rows_per_team` rows per team (default: the engine's `expert_rows_per_team`).
+/// `rows_per_team` rows per team (default: the engine's `expert_rows_per_team`) and teams
+/// of `teams` invocations for gate/up and down (default: the engine's).
 fn experts(
     bench: &GpuBench,
     q: AffineQuant,
     (hidden, inter, k): (usize, usize, usize),
     copy: f64,
     rows_per_team: Option<u32>,
+    teams: Option<(u32, u32)>,
 ) -> Result<()> {
     let rpt_gu = rows_per_team.unwrap_or(kernels::expert_rows_per_team(inter as u32));
     let rpt_d = rows_per_team.unwrap_or(kernels::expert_rows_per_team(hidden as u32));
@@ -257,7 +260,7 @@ fn experts(
         .iter()
         .map(|_| bench.zeros((k * hidden * 4) as u64))
         .collect();
-    let team = bench.team(hidden);
+    let team = teams.map_or_else(|| bench.expert_team(inter, hidden, k), |t| t.0);
     // h in the quad 8+8-bit layout where decode uses it (2- to 6-bit downs with 8+8-bit x).
     let quad_h = q8_x(bench, q.bits) && kernels::writes_quad_h(team, rpt_gu);
     let mut t = [0.0; 2];
@@ -308,7 +311,7 @@ fn experts(
         copy,
     );
     let gate_up = (bytes, t, c);
-    let team = bench.team(inter);
+    let team = teams.map_or_else(|| bench.expert_team(hidden, inter, k), |t| t.1);
     for (i, overlapped) in [false, true].into_iter().enumerate() {
         let sets: Vec<Vec<&DeviceBuffer>> = assigns
             .iter()
@@ -401,9 +404,9 @@ fn run(bench: &GpuBench, all_bits: bool, large: bool) -> Result<()> {
     // Qwen3-30B-A3B's experts: a decode token's 8, and larger batches (several tokens'
     // experts in one dispatch) to show where the kernels reach streaming bandwidth.
     for k in [8, 32, 128] {
-        experts(bench, q4, (2048, 768, k), copy, None)?;
+        experts(bench, q4, (2048, 768, k), copy, None, None)?;
     }
-    experts(bench, q4, (4096, 1024, 10), copy, None)?;
+    experts(bench, q4, (4096, 1024, 10), copy, None, None)?;
     if large {
         // Large matrices: the kernel's streaming throughput (lm_head-sized).
         qmatvec(bench, q4, 65536, 4096, copy, None, None)?;
@@ -445,10 +448,14 @@ fn main() -> Result<()> {
         let bench = GpuBench::new()?;
         let copy = copy_bandwidth(&bench)?;
         // Each shape with 4, 2 and 1 rows per team, and with the variant's team for its
-        // rows and the whole workgroup as a team (the engine picks one of each).
+        // rows, parts of a subgroup and the whole workgroup as a team.
         for (bits, rows, cols) in shapes {
-            let mut teams = vec![bench.team(cols)];
-            if teams[0] != 64 {
+            let own = bench.team(cols);
+            let mut teams = vec![own];
+            if bench.adapter().variant.subgroups {
+                // Parts of a subgroup, and the whole workgroup.
+                teams.extend([8, 16, 64].into_iter().filter(|&t| t != own));
+            } else if teams[0] != 64 {
                 teams.push(64);
             }
             for &team in &teams {
@@ -467,13 +474,35 @@ fn main() -> Result<()> {
         }
         return Ok(());
     }
+    // `--teams`: the experts of Qwen3-30B-A3B (8, 32 and 128) and Qwen3.5-397B-A17B (10)
+    // with the engine's teams and with pairs of teams (gate/up, down) from a subgroup of 32
+    // down to 4 invocations (`kernels::expert_team` picks), the last also with 2 rows per
+    // team for the down projection.
+    if args.iter().any(|a| a == "--teams") {
+        let bench = GpuBench::new()?;
+        let copy = copy_bandwidth(&bench)?;
+        let q4 = AffineQuant::new(4, 64, DType::BF16)?;
+        for shape in [
+            (2048, 768, 8),
+            (2048, 768, 32),
+            (2048, 768, 128),
+            (4096, 1024, 10),
+        ] {
+            experts(&bench, q4, shape, copy, None, None)?;
+            for teams in [(32, 32), (16, 8), (8, 8), (16, 4), (8, 4)] {
+                experts(&bench, q4, shape, copy, None, Some(teams))?;
+            }
+            experts(&bench, q4, shape, copy, Some(2), Some((16, 8)))?;
+        }
+        return Ok(());
+    }
     // `--expert-rows`: the 8 experts of Qwen3-30B-A3B with 4, 2 and 1 rows per team.
     if args.iter().any(|a| a == "--expert-rows") {
         let bench = GpuBench::new()?;
         let copy = copy_bandwidth(&bench)?;
         let q4 = AffineQuant::new(4, 64, DType::BF16)?;
         for rpt in [4, 2, 1] {
-            experts(&bench, q4, (2048, 768, 8), copy, Some(rpt))?;
+            experts(&bench, q4, (2048, 768, 8), copy, Some(rpt), None)?;
         }
         return Ok(());
     }

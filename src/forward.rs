@@ -57,26 +57,29 @@ impl Scratch {
     }
 }
 
-/// Rows per team (0: the kernel's default) and grid of an expert projection of `rows`
-/// rows of `cols` values over `count` assignments: the quantized team kernels, or the
-/// float kernels' one workgroup per row and assignment. (`moe_gate_up_q_groups` and
-/// `moe_down_q_groups` size their grids alike.)
+/// Rows per team (0: the kernel's default), team (0 for the float kernels) and grid of an
+/// expert projection of `rows` rows of `cols` values over `count` assignments: the
+/// quantized team kernels, or the float kernels' one workgroup per row and assignment.
+/// (`moe_gate_up_q_groups` and `moe_down_q_groups` size their grids alike; a grid's
+/// workgroups along x do not depend on `count`, but the team may.)
 fn expert_grid(
     m: &ModelInner,
     quantized: bool,
     rows: usize,
     cols: usize,
     count: u32,
-) -> (u32, (u32, u32)) {
-    let rows = rows as u32;
+) -> (u32, u32, (u32, u32)) {
     if quantized {
+        let team = m.gpu.expert_team(rows, cols, count as usize);
+        let rows = rows as u32;
         let rpt = kernels::expert_rows_per_team(rows);
         (
             rpt,
-            kernels::moe_gate_up_q_groups(rows, count, m.gpu.team(cols), rpt),
+            team,
+            kernels::moe_gate_up_q_groups(rows, count, team, rpt),
         )
     } else {
-        (0, (rows, count))
+        (0, 0, (rows as u32, count))
     }
 }
 
@@ -653,8 +656,7 @@ impl<'a> Pass<'a> {
         let mut params = vec![hs, is, start, count];
         params.extend_from_slice(tail);
         let (h, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
-        let (rpt, groups) = expert_grid(self.m, quant.is_some(), i, h, count);
-        let team = self.m.gpu.team(h);
+        let (rpt, team, groups) = expert_grid(self.m, quant.is_some(), i, h, count);
         // A 2- to 6-bit down projection reads h in the quad 8+8-bit layout (integer dot
         // products), where gate/up's workgroups compute whole quads.
         let h_quads = h_il
@@ -698,12 +700,9 @@ impl<'a> Pass<'a> {
         let (kernel, wdt, quant, tail) = &kernels.down;
         let mut params = vec![hs, is, start, count];
         params.extend_from_slice(tail);
-        let (rpt, groups) = expert_grid(self.m, quant.is_some(), h, i, count);
+        let (rpt, team, groups) = expert_grid(self.m, quant.is_some(), h, i, count);
         if quant.is_some() {
-            params.extend([
-                self.m.gpu.team(i),
-                if h_quads { 2 } else { u32::from(h_il) },
-            ]);
+            params.extend([team, if h_quads { 2 } else { u32::from(h_il) }]);
         }
         let mut binds = vec![
             page.into(),
@@ -796,10 +795,15 @@ impl<'a> Pass<'a> {
             source: None,
         })?;
         let kernels = ExpertKernels::new(l, lay, cache.slot_bytes)?;
-        // Workgroups per assignment, as `experts` sizes the grids.
+        // Workgroups per assignment, as `experts` sizes the grids (for pages of up to k
+        // assignments).
         let (h, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
-        let gate_up_x = expert_grid(m, kernels.gate_up.2.is_some(), i, h, 1).1 .0;
-        let down_x = expert_grid(m, kernels.down.2.is_some(), h, i, 1).1 .0;
+        let gate_up_x = expert_grid(m, kernels.gate_up.2.is_some(), i, h, k as u32)
+            .2
+             .0;
+        let down_x = expert_grid(m, kernels.down.2.is_some(), h, i, k as u32)
+            .2
+             .0;
         // Only the pages that hold any of this layer's experts get kernels (a resident
         // model preloaded layer by layer has each layer in one or two pages); the routing
         // kernel flags an expert in any other page (one filled by another session since)

@@ -119,7 +119,8 @@ fn qmatvec_plain(
 /// The ways a team kernel (`qmatvec`, `moe_gate_up_q`, `moe_down_q`) runs for rows of
 /// `cols` codes: as the engine runs it (the subgroup variant where the adapter has
 /// subgroups, the team being the subgroup), and the portable variant with teams of 4, 16
-/// and 64 invocations.
+/// and 64 invocations; in the subgroup variant also with a team of part of a subgroup (4
+/// invocations) and of the whole workgroup (64).
 fn team_setups(cols: usize) -> Vec<(&'static KernelRunner, u32, String)> {
     let engine = runner();
     let mut setups = vec![
@@ -132,6 +133,14 @@ fn team_setups(cols: usize) -> Vec<(&'static KernelRunner, u32, String)> {
         (portable_runner(), 16, "portable team 16".into()),
         (portable_runner(), 64, "portable team 64".into()),
     ];
+    if engine.variant().subgroups && engine.team(cols) > 4 {
+        // A team of part of a subgroup: its lanes' sums exchanged by shuffles.
+        setups.push((
+            engine,
+            4,
+            format!("{} team 4 (part of a subgroup)", engine.variant().name()),
+        ));
+    }
     if engine.variant().subgroups && engine.team(cols) != 64 {
         // A wide team: the workgroup's subgroups, added through workgroup memory.
         setups.push((
@@ -699,6 +708,27 @@ fn quad_h_needs_whole_quads_per_workgroup() {
     assert!(kernels::writes_quad_h(64, 4));
     assert!(!kernels::writes_quad_h(64, 2));
     assert!(!kernels::writes_quad_h(32, 1));
+}
+
+#[test]
+fn expert_teams_split_subgroups_only_for_large_even_grids() {
+    // 128 experts of 2048x768: 24 blocks a row, teams of 8 (8192 workgroups).
+    assert_eq!(kernels::expert_team(32, 2048, 768, 128, 4), 8);
+    // A decode token's 8: teams of 8 would leave 512 workgroups; 16 split 24 blocks
+    // unevenly; so the subgroup.
+    assert_eq!(kernels::expert_team(32, 2048, 768, 8, 4), 32);
+    assert_eq!(kernels::expert_team(32, 768, 2048, 8, 2), 32);
+    // Qwen3.5-397B-A17B's 10 experts: gate/up teams of 16, down teams of 8.
+    assert_eq!(kernels::expert_team(32, 1024, 4096, 10, 2), 16);
+    assert_eq!(kernels::expert_team(32, 4096, 1024, 10, 4), 8);
+    // Never below 8 invocations, never above the subgroup.
+    assert_eq!(kernels::expert_team(8, 2048, 768, 128, 4), 8);
+    assert_eq!(kernels::expert_team(4, 2048, 768, 128, 4), 4);
+    assert_eq!(kernels::expert_team(64, 2048, 768, 128, 4), 8);
+    // 12 blocks a row: no team of 8 or 16 divides them.
+    assert_eq!(kernels::expert_team(32, 4096, 384, 128, 4), 32);
+    // Huge grids do not overflow.
+    assert_eq!(kernels::expert_team(32, u32::MAX, 256, u32::MAX, 4), 8);
 }
 
 #[test]

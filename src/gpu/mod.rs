@@ -305,6 +305,23 @@ impl Gpu {
         }
     }
 
+    /// The `team` parameter of the expert kernels ([`Kernel::MoeGateUpQ`],
+    /// [`Kernel::MoeDownQ`]) for `count` assignments of experts of `rows` rows of `cols`
+    /// codes per projection: in the subgroup variant [`kernels::expert_team`] (which may take
+    /// part of a subgroup), else [`Gpu::team`].
+    pub fn expert_team(&self, rows: usize, cols: usize, count: usize) -> u32 {
+        match (self.variant.subgroups, self.subgroup_size) {
+            (true, Some(n)) => kernels::expert_team(
+                n,
+                rows as u32,
+                cols as u32,
+                count as u32,
+                kernels::expert_rows_per_team(rows as u32),
+            ),
+            _ => self.team(cols),
+        }
+    }
+
     /// Fails with the first error the device reported since the last check.
     pub fn check(&self) -> Result<()> {
         let err = self.error.lock().ok().and_then(|mut e| e.take());

@@ -56,6 +56,12 @@ impl KernelRunner {
         self.gpu.qmatvec_team(rows, cols)
     }
 
+    /// The team size the engine passes to the expert kernels for `count` assignments of
+    /// experts of `rows` rows of `cols` codes per projection.
+    pub fn expert_team(&self, rows: usize, cols: usize, count: usize) -> u32 {
+        self.gpu.expert_team(rows, cols, count)
+    }
+
     /// Runs `kernel` once. `params` fill the uniform at binding 0; `buffers[i]` is the
     /// initial content of binding `i + 1` (an empty slice binds a 16-byte dummy buffer).
     /// `groups` is the workgroup grid. Returns the final content of every buffer.
@@ -177,6 +183,12 @@ impl GpuBench {
     /// codes.
     pub fn qmatvec_team(&self, rows: usize, cols: usize) -> u32 {
         self.gpu.qmatvec_team(rows, cols)
+    }
+
+    /// The team size the engine passes to the expert kernels for `count` assignments of
+    /// experts of `rows` rows of `cols` codes per projection.
+    pub fn expert_team(&self, rows: usize, cols: usize, count: usize) -> u32 {
+        self.gpu.expert_team(rows, cols, count)
     }
 
     /// Whether times come from GPU timestamp queries (else from the wall clock).
