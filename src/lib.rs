@@ -35,7 +35,9 @@ pub use generate::{
     GenerationStats, Prompt, DEFAULT_MAX_TOKENS,
 };
 pub use gpu::{AdapterChoice, AdapterSummary, ADAPTER_ENV};
-pub use model::{Model, ModelBuilder, DEFAULT_EXPERT_CACHE_BYTES, DEFAULT_IO_THREADS};
+pub use model::{
+    Model, ModelBuilder, DEFAULT_EXPERT_CACHE_BYTES, DEFAULT_IO_THREADS, DEFAULT_READBACK_SPIN,
+};
 pub use sampling::{Candidate, GenerationConfig, LogitsNeeded, Sampler, SamplingParams};
 pub use session::{Session, SessionStats, MAX_PASS_TOKENS, MAX_TOP};
 pub use store::{

@@ -20,6 +20,9 @@ pub const DEFAULT_EXPERT_CACHE_BYTES: u64 = 2 << 30;
 /// Default number of I/O threads (reads in flight at once).
 pub const DEFAULT_IO_THREADS: usize = 8;
 
+/// Default of [`ModelBuilder::readback_spin`]: 300 microseconds.
+pub const DEFAULT_READBACK_SPIN: std::time::Duration = std::time::Duration::from_micros(300);
+
 /// How large the GPU expert cache is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CacheSize {
@@ -39,6 +42,7 @@ pub struct ModelBuilder {
     io_threads: usize,
     page_bytes: Option<u64>,
     f32_activations: Option<bool>,
+    readback_spin: std::time::Duration,
 }
 
 impl std::fmt::Debug for ModelBuilder {
@@ -50,6 +54,7 @@ impl std::fmt::Debug for ModelBuilder {
             .field("custom_store", &self.store.is_some())
             .field("adapter", &self.adapter)
             .field("f32_activations", &self.f32_activations)
+            .field("readback_spin", &self.readback_spin)
             .finish()
     }
 }
@@ -118,6 +123,26 @@ impl ModelBuilder {
         self
     }
 
+    /// How long a wait for GPU results (a token's logits; with a partial expert cache, each
+    /// MoE layer's routing) polls the device without blocking before it blocks in the
+    /// driver. Polling keeps a CPU core busy for up to this long per wait but saves the
+    /// blocking wait's wake-up: on an H200 (Vulkan) decode with a 25% expert cache went
+    /// from 53.7 to 60.4 tokens/s with the default [`DEFAULT_READBACK_SPIN`]. Set
+    /// [`Duration::ZERO`](std::time::Duration::ZERO) to always block, e.g. where CPU
+    /// power matters more than latency (phones on battery).
+    ///
+    /// ```no_run
+    /// # fn main() -> moestream::Result<()> {
+    /// let model = moestream::Model::builder("models/Qwen3-30B-A3B-4bit")
+    ///     .readback_spin(std::time::Duration::ZERO)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn readback_spin(mut self, spin: std::time::Duration) -> Self {
+        self.readback_spin = spin;
+        self
+    }
+
     /// Opens the checkpoint, uploads the resident weights and sets up the expert cache.
     pub fn build(self) -> Result<Model> {
         let cfg = ModelConfig::from_path(self.dir.join("config.json"))?;
@@ -176,7 +201,8 @@ impl ModelBuilder {
                 "io_threads must be at least 1".into(),
             ));
         }
-        let gpu = Gpu::new(&self.adapter)?;
+        let mut gpu = Gpu::new(&self.adapter)?;
+        gpu.readback_spin = self.readback_spin;
         let gpu_integer_dot = gpu.summary.integer_dot_products;
         let weights = Weights::load(&gpu, &cfg, &ckpt)?;
         // Decode rows stay f32 when asked, without integer dot products, or when no 2- to 6-bit
@@ -296,6 +322,7 @@ impl Model {
             io_threads: DEFAULT_IO_THREADS,
             page_bytes: None,
             f32_activations: None,
+            readback_spin: DEFAULT_READBACK_SPIN,
         }
     }
 

@@ -151,3 +151,23 @@ fn f32_activations_match_golden_tightly() {
         );
     }
 }
+
+/// Waits that never poll (`readback_spin(ZERO)`, always the driver's blocking wait) give
+/// the same logits, through the streaming step's per-layer routing readbacks too.
+#[test]
+fn blocking_readbacks_give_the_same_logits() {
+    let dir = common::fixture("tiny_f32");
+    let golden = Golden::load(&dir).unwrap();
+    let (spinning, spin_report) = run(&dir, &golden, None);
+    let slot = common::slot_bytes(&spinning);
+    for budget in [None, Some(slot)] {
+        let mut b = Model::builder(&dir).readback_spin(std::time::Duration::ZERO);
+        if let Some(bytes) = budget {
+            b = b.expert_cache_bytes(bytes);
+        }
+        let model = b.build().unwrap();
+        let report = check(&model, &golden, &dir).unwrap();
+        assert!(report.passed(), "{report}");
+        assert_eq!(report.max_abs_diff, spin_report.max_abs_diff);
+    }
+}

@@ -104,6 +104,8 @@ pub(crate) struct Gpu {
     error: Arc<Mutex<Option<String>>>,
     /// A small buffer bound where a kernel's optional input is unused.
     pub dummy: wgpu::Buffer,
+    /// How long waits for the GPU poll before they block (`ModelBuilder::readback_spin`).
+    pub readback_spin: std::time::Duration,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -249,6 +251,7 @@ impl Gpu {
             subgroup_size: None,
             error,
             dummy,
+            readback_spin: crate::model::DEFAULT_READBACK_SPIN,
         };
         if variant.subgroups {
             // Subgroup reductions only where the subgroup size is one we can build teams of.

@@ -517,18 +517,15 @@ impl<'a> Recorder<'a> {
     }
 }
 
-/// How long [`wait_for_gpu`] polls without blocking before it blocks in the driver.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(300);
-
 /// Waits until `done` (given each poll's status) says the awaited work has finished, for
-/// up to [`SPIN`] by non-blocking polls, or else until the GPU has finished everything
+/// up to `gpu.readback_spin` by non-blocking polls, or else until the GPU has finished everything
 /// submitted so far and its callbacks have run, by a blocking wait. The streaming step
 /// waits for a routing readback once per MoE layer, mostly for well under a millisecond,
 /// where a blocking wait's wake-up is a large share.
 fn wait_for_gpu(gpu: &Gpu, done: impl Fn(&wgpu::PollStatus) -> bool) -> Result<()> {
     let err = |e: wgpu::PollError| Error::Gpu(format!("waiting for the GPU: {e}"));
     let t0 = std::time::Instant::now();
-    while t0.elapsed() < SPIN {
+    while t0.elapsed() < gpu.readback_spin {
         let status = gpu.device.poll(wgpu::PollType::Poll).map_err(err)?;
         if done(&status) {
             return Ok(());
