@@ -46,6 +46,7 @@ pub use store::{
 };
 pub use store::{
     AlignedBuf, ExpertLayout, ExpertRole, ExpertStore, ExpertTensor, MemoryStore, SafetensorsStore,
+    READ_ALIGN,
 };
 #[cfg(feature = "tokenizers")]
 pub use tokenizer::HfTokenizer;

@@ -397,7 +397,7 @@ const EXPERT_MIN_WORKGROUPS: u32 = 1280;
 /// subgroup variant, for `count` assignments of experts of `rows` rows of `cols` codes per
 /// projection with `rows_per_team` rows per team: the smallest power of two from 8 below
 /// the subgroup size that divides the row's 32-code blocks evenly and still leaves the grid
-/// [`EXPERT_MIN_WORKGROUPS`] workgroups, else the subgroup. A team of part of a subgroup
+/// 1280 workgroups (about 10 per streaming multiprocessor of an H200), else the subgroup. A team of part of a subgroup
 /// does more blocks per invocation and fewer shuffles per block, and leaves no lane idle
 /// where a row has fewer blocks than a subgroup has lanes (the 24 blocks of a 768-code
 /// row). Measured on an H200 (4-bit, 32-lane subgroups; `cargo bench --bench qmatvec --
