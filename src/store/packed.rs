@@ -546,7 +546,14 @@ pub struct PackedStore {
     /// Direct reads are in use (asked for, granted at open, no `EINVAL` since).
     direct: AtomicBool,
     layers: Vec<Option<PackedLayer>>,
+    /// Performs the direct reads: [`read_parts`] (replaced in tests, to make a file system
+    /// refuse them midway).
+    direct_read: DirectRead,
 }
+
+/// How [`PackedStore`] performs its direct reads (see [`read_parts`]).
+type DirectRead =
+    for<'a> fn(Vec<ReadPart<'a>>, usize) -> std::result::Result<(), (usize, std::io::Error)>;
 
 /// Whether a folder name is that of an unfinished conversion (`<name>.partial-<pid>`).
 fn is_partial_name(dir: &Path) -> bool {
@@ -728,6 +735,7 @@ impl PackedStore {
             verify: options.verify_checksums,
             direct: AtomicBool::new(direct_ok),
             layers,
+            direct_read: read_parts,
         })
     }
 
@@ -872,7 +880,7 @@ impl PackedStore {
                         offset: blob.offset,
                         buf: &mut *buf,
                     }];
-                    match read_parts(parts, READ_ALIGN).map_err(|(_, e)| e) {
+                    match (self.direct_read)(parts, READ_ALIGN).map_err(|(_, e)| e) {
                         Ok(()) => done = true,
                         Err(e) if direct_refused(&e) => {
                             self.direct.store(false, Ordering::Relaxed);
@@ -1398,6 +1406,104 @@ mod tests {
             Err(e) => assert!(direct_refused(&e), "{e}"),
             Ok(()) => println!("this file system ignores O_DIRECT alignment"),
         }
+    }
+
+    /// A direct read refused midway (`EINVAL` after part of the buffer was written) falls
+    /// back to a buffered read of the whole blob, which overwrites what the direct read
+    /// left, and turns direct reads off for good; any other error is an error naming the
+    /// expert.
+    #[cfg(unix)]
+    #[test]
+    fn direct_read_refused_midway_falls_back_to_buffered() {
+        use crate::synthetic::SyntheticSpec;
+
+        fn refused(
+            parts: Vec<ReadPart<'_>>,
+            _: usize,
+        ) -> std::result::Result<(), (usize, std::io::Error)> {
+            for p in parts {
+                let half = p.buf.len() / 2;
+                p.buf[..half].fill(0xa5);
+            }
+            Err((0, std::io::Error::from_raw_os_error(libc::EINVAL)))
+        }
+        fn failing(
+            _: Vec<ReadPart<'_>>,
+            _: usize,
+        ) -> std::result::Result<(), (usize, std::io::Error)> {
+            Err((0, std::io::Error::from_raw_os_error(libc::EIO)))
+        }
+        fn unexpected(
+            _: Vec<ReadPart<'_>>,
+            _: usize,
+        ) -> std::result::Result<(), (usize, std::io::Error)> {
+            panic!("a direct read after direct reads were turned off")
+        }
+
+        let base =
+            std::env::temp_dir().join(format!("moestream-direct-fallback-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let spec = SyntheticSpec {
+            hidden_size: 64,
+            moe_intermediate_size: 32,
+            num_layers: 2,
+            num_experts: 4,
+            top_k: 2,
+            num_heads: 2,
+            num_kv_heads: 1,
+            head_dim: 32,
+            vocab_size: 64,
+            quant: Some((4, 32)),
+            ..SyntheticSpec::default()
+        };
+        let model = spec.write(base.join("model")).unwrap();
+        let pack = base.join("pack");
+        pack_experts(&model, &PackOptions::new().out(&pack), |_| Ok(())).unwrap();
+        let plain = PackedStore::open(&pack).unwrap();
+        let mut store =
+            PackedStore::open_with(&pack, PackedStoreOptions::default().direct_io(true)).unwrap();
+        // Whatever this file system granted, direct reads in use, through plain handles.
+        for l in store.layers.iter_mut().flatten() {
+            l.direct = Some(File::open(&l.path).unwrap());
+        }
+        store.direct.store(true, Ordering::Relaxed);
+        // The bytes themselves are compared, not left to the checksum.
+        store.verify = false;
+        let (layer, len) = store
+            .layers
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| l.as_ref().map(|l| (i, l.layout.bytes)))
+            .unwrap();
+        let mut want = AlignedBuf::new(len);
+        let mut got = AlignedBuf::new(len);
+        plain.read_expert(layer, 1, &mut want).unwrap();
+
+        store.direct_read = refused;
+        store.read_expert(layer, 1, &mut got).unwrap();
+        assert_eq!(got[..len], want[..len]);
+        assert!(!store.direct_io_active());
+        store.direct_read = unexpected;
+        plain.read_expert(layer, 2, &mut want).unwrap();
+        store.read_expert(layer, 2, &mut got).unwrap();
+        assert_eq!(got[..len], want[..len]);
+
+        store.direct.store(true, Ordering::Relaxed);
+        store.direct_read = failing;
+        match store.read_expert(layer, 3, &mut got) {
+            Err(Error::ExpertRead {
+                layer: l,
+                expert: 3,
+                source: Some(_),
+                ..
+            }) => assert_eq!(l, layer),
+            other => panic!("expected an ExpertRead error, got {other:?}"),
+        }
+        assert!(
+            store.direct_io_active(),
+            "a real I/O error is not a refusal"
+        );
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]
