@@ -260,7 +260,7 @@ fn experts(
         .iter()
         .map(|_| bench.zeros((k * hidden * 4) as u64))
         .collect();
-    let team = teams.map_or_else(|| bench.expert_team(inter, hidden, k), |t| t.0);
+    let team = teams.map_or_else(|| bench.expert_team(inter, hidden, k, rpt_gu), |t| t.0);
     // h in the quad 8+8-bit layout where decode uses it (2- to 6-bit downs with 8+8-bit x).
     let quad_h = q8_x(bench, q.bits) && kernels::writes_quad_h(team, rpt_gu);
     let mut t = [0.0; 2];
@@ -311,7 +311,7 @@ fn experts(
         copy,
     );
     let gate_up = (bytes, t, c);
-    let team = teams.map_or_else(|| bench.expert_team(hidden, inter, k), |t| t.1);
+    let team = teams.map_or_else(|| bench.expert_team(hidden, inter, k, rpt_d), |t| t.1);
     for (i, overlapped) in [false, true].into_iter().enumerate() {
         let sets: Vec<Vec<&DeviceBuffer>> = assigns
             .iter()

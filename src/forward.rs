@@ -70,13 +70,12 @@ fn expert_grid(
     count: u32,
 ) -> (u32, u32, (u32, u32)) {
     if quantized {
-        let team = m.gpu.expert_team(rows, cols, count as usize);
-        let rows = rows as u32;
-        let rpt = kernels::expert_rows_per_team(rows);
+        let rpt = kernels::expert_rows_per_team(rows as u32);
+        let team = m.gpu.expert_team(rows, cols, count as usize, rpt);
         (
             rpt,
             team,
-            kernels::moe_gate_up_q_groups(rows, count, team, rpt),
+            kernels::moe_gate_up_q_groups(rows as u32, count, team, rpt),
         )
     } else {
         (0, 0, (rows as u32, count))
@@ -798,12 +797,8 @@ impl<'a> Pass<'a> {
         // Workgroups per assignment, as `experts` sizes the grids (for pages of up to k
         // assignments).
         let (h, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
-        let gate_up_x = expert_grid(m, kernels.gate_up.2.is_some(), i, h, k as u32)
-            .2
-             .0;
-        let down_x = expert_grid(m, kernels.down.2.is_some(), h, i, k as u32)
-            .2
-             .0;
+        let (_, _, (gate_up_x, _)) = expert_grid(m, kernels.gate_up.2.is_some(), i, h, k as u32);
+        let (_, _, (down_x, _)) = expert_grid(m, kernels.down.2.is_some(), h, i, k as u32);
         // Only the pages that hold any of this layer's experts get kernels (a resident
         // model preloaded layer by layer has each layer in one or two pages); the routing
         // kernel flags an expert in any other page (one filled by another session since)

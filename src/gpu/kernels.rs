@@ -397,16 +397,16 @@ const EXPERT_MIN_WORKGROUPS: u32 = 1280;
 /// subgroup variant, for `count` assignments of experts of `rows` rows of `cols` codes per
 /// projection with `rows_per_team` rows per team: the smallest power of two from 8 below
 /// the subgroup size that divides the row's 32-code blocks evenly and still leaves the grid
-/// 1280 workgroups (about 10 per streaming multiprocessor of an H200), else the subgroup. A team of part of a subgroup
-/// does more blocks per invocation and fewer shuffles per block, and leaves no lane idle
-/// where a row has fewer blocks than a subgroup has lanes (the 24 blocks of a 768-code
-/// row). Measured on an H200 (4-bit, 32-lane subgroups; `cargo bench --bench qmatvec --
-/// --teams`): down of 128 experts 2048x768 56.5 -> 40.3 us with teams of 8, of 32 17.2 ->
-/// 15.1, of 10 experts 4096x1024 13.2 -> 11.9; gate/up of 128 experts 768x2048 74.4 ->
-/// 66.8 (teams of 8), of 10 experts 1024x4096 19.9 -> 18.2 (16). With fewer workgroups
-/// the subgroup is faster: gate/up of 8 experts 768x2048 8.7 us, 10.0 with teams of 16;
-/// and teams that split a row's blocks unevenly are slower (down 2048x768 with teams of
-/// 16: 62.7 us for 128 experts).
+/// `EXPERT_MIN_WORKGROUPS` (1280) workgroups, else the subgroup. A team of part of a
+/// subgroup does more blocks per invocation and fewer shuffles per block, and leaves no
+/// lane idle where a row has fewer blocks than a subgroup has lanes (the 24 blocks of a
+/// 768-code row). Measured on an H200 (4-bit, 32-lane subgroups; `cargo bench --bench
+/// qmatvec -- --teams`): down of 128 experts 2048x768 56.5 -> 40.3 us with teams of 8, of
+/// 32 17.2 -> 15.1, of 10 experts 4096x1024 13.2 -> 11.9; gate/up of 128 experts 768x2048
+/// 74.4 -> 66.8 (teams of 8), of 10 experts 1024x4096 19.9 -> 18.2 (16). With fewer
+/// workgroups the subgroup is faster: gate/up of 8 experts 768x2048 8.7 us, 10.0 with
+/// teams of 16; and teams that split a row's blocks unevenly are slower (down 2048x768
+/// with teams of 16: 62.7 us for 128 experts).
 pub fn expert_team(subgroup: u32, rows: u32, cols: u32, count: u32, rows_per_team: u32) -> u32 {
     let blocks = cols / 32;
     let mut team = 8;

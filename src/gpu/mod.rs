@@ -310,17 +310,13 @@ impl Gpu {
 
     /// The `team` parameter of the expert kernels ([`Kernel::MoeGateUpQ`],
     /// [`Kernel::MoeDownQ`]) for `count` assignments of experts of `rows` rows of `cols`
-    /// codes per projection: in the subgroup variant [`kernels::expert_team`] (which may take
-    /// part of a subgroup), else [`Gpu::team`].
-    pub fn expert_team(&self, rows: usize, cols: usize, count: usize) -> u32 {
+    /// codes per projection, with `rows_per_team` rows per team: in the subgroup variant
+    /// [`kernels::expert_team`] (which may take part of a subgroup), else [`Gpu::team`].
+    pub fn expert_team(&self, rows: usize, cols: usize, count: usize, rows_per_team: u32) -> u32 {
         match (self.variant.subgroups, self.subgroup_size) {
-            (true, Some(n)) => kernels::expert_team(
-                n,
-                rows as u32,
-                cols as u32,
-                count as u32,
-                kernels::expert_rows_per_team(rows as u32),
-            ),
+            (true, Some(n)) => {
+                kernels::expert_team(n, rows as u32, cols as u32, count as u32, rows_per_team)
+            }
             _ => self.team(cols),
         }
     }

@@ -518,10 +518,10 @@ impl<'a> Recorder<'a> {
 }
 
 /// Waits until `done` (given each poll's status) says the awaited work has finished, for
-/// up to `gpu.readback_spin` by non-blocking polls, or else until the GPU has finished everything
-/// submitted so far and its callbacks have run, by a blocking wait. The streaming step
-/// waits for a routing readback once per MoE layer, mostly for well under a millisecond,
-/// where a blocking wait's wake-up is a large share.
+/// up to `gpu.readback_spin` by non-blocking polls, or else until the GPU has finished
+/// everything submitted so far and its callbacks have run, by a blocking wait. The
+/// streaming step waits for a routing readback once per MoE layer, mostly for well under a
+/// millisecond, where a blocking wait's wake-up is a large share.
 fn wait_for_gpu(gpu: &Gpu, done: impl Fn(&wgpu::PollStatus) -> bool) -> Result<()> {
     let err = |e: wgpu::PollError| Error::Gpu(format!("waiting for the GPU: {e}"));
     let t0 = std::time::Instant::now();

@@ -57,9 +57,9 @@ impl KernelRunner {
     }
 
     /// The team size the engine passes to the expert kernels for `count` assignments of
-    /// experts of `rows` rows of `cols` codes per projection.
-    pub fn expert_team(&self, rows: usize, cols: usize, count: usize) -> u32 {
-        self.gpu.expert_team(rows, cols, count)
+    /// experts of `rows` rows of `cols` codes per projection, `rows_per_team` rows per team.
+    pub fn expert_team(&self, rows: usize, cols: usize, count: usize, rows_per_team: u32) -> u32 {
+        self.gpu.expert_team(rows, cols, count, rows_per_team)
     }
 
     /// Runs `kernel` once. `params` fill the uniform at binding 0; `buffers[i]` is the
@@ -186,9 +186,9 @@ impl GpuBench {
     }
 
     /// The team size the engine passes to the expert kernels for `count` assignments of
-    /// experts of `rows` rows of `cols` codes per projection.
-    pub fn expert_team(&self, rows: usize, cols: usize, count: usize) -> u32 {
-        self.gpu.expert_team(rows, cols, count)
+    /// experts of `rows` rows of `cols` codes per projection, `rows_per_team` rows per team.
+    pub fn expert_team(&self, rows: usize, cols: usize, count: usize, rows_per_team: u32) -> u32 {
+        self.gpu.expert_team(rows, cols, count, rows_per_team)
     }
 
     /// Whether times come from GPU timestamp queries (else from the wall clock).

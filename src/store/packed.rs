@@ -552,8 +552,10 @@ pub struct PackedStore {
 }
 
 /// How [`PackedStore`] performs its direct reads (see [`read_parts`]).
-type DirectRead =
-    for<'a> fn(Vec<ReadPart<'a>>, usize) -> std::result::Result<(), (usize, std::io::Error)>;
+type DirectRead = for<'a> fn(Vec<ReadPart<'a>>, usize) -> PartsResult;
+
+/// What [`read_parts`] returns: the index of the first failed part with its error.
+type PartsResult = std::result::Result<(), (usize, std::io::Error)>;
 
 /// Whether a folder name is that of an unfinished conversion (`<name>.partial-<pid>`).
 fn is_partial_name(dir: &Path) -> bool {
@@ -1417,26 +1419,17 @@ mod tests {
     fn direct_read_refused_midway_falls_back_to_buffered() {
         use crate::synthetic::SyntheticSpec;
 
-        fn refused(
-            parts: Vec<ReadPart<'_>>,
-            _: usize,
-        ) -> std::result::Result<(), (usize, std::io::Error)> {
+        fn refused(parts: Vec<ReadPart<'_>>, _: usize) -> PartsResult {
             for p in parts {
                 let half = p.buf.len() / 2;
                 p.buf[..half].fill(0xa5);
             }
             Err((0, std::io::Error::from_raw_os_error(libc::EINVAL)))
         }
-        fn failing(
-            _: Vec<ReadPart<'_>>,
-            _: usize,
-        ) -> std::result::Result<(), (usize, std::io::Error)> {
+        fn failing(_: Vec<ReadPart<'_>>, _: usize) -> PartsResult {
             Err((0, std::io::Error::from_raw_os_error(libc::EIO)))
         }
-        fn unexpected(
-            _: Vec<ReadPart<'_>>,
-            _: usize,
-        ) -> std::result::Result<(), (usize, std::io::Error)> {
+        fn unexpected(_: Vec<ReadPart<'_>>, _: usize) -> PartsResult {
             panic!("a direct read after direct reads were turned off")
         }
 

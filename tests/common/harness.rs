@@ -1,7 +1,8 @@
 //! The harness shared by the kernel tests (`tests/kernels.rs`, `tests/qkernels.rs`): one
 //! device for all tests, interface checks, a deterministic PRNG, and the error metric
 //! (normalized mean squared error plus the largest relative difference, as llama.cpp's
-//! `test-backend-ops`). Included by path, so only those two test binaries compile it.
+//! `test-backend-ops`; `tests/expert_shapes.rs` judges logits by it too). Included by
+//! path, so only those test binaries compile it.
 #![allow(dead_code)]
 
 use std::sync::OnceLock;
