@@ -168,17 +168,7 @@ fn main() -> Result<()> {
                 secs,
                 n as f64 / secs
             );
-            let profile = moestream::gpu::testing::take_profile();
-            if !profile.is_empty() {
-                println!("GPU profile of this prefill:");
-                for (kernel, k, secs) in profile.iter().take(8) {
-                    println!(
-                        "  {kernel:<16} {k:>7} dispatches {:>8.2} ms {:>8.1} us each",
-                        secs * 1e3,
-                        secs * 1e6 / *k as f64
-                    );
-                }
-            }
+            print_prefill_profile();
         }
         // What greedy generation reads back: the best logit only (`Session::step_top`),
         // instead of the whole vocabulary's logits; steps of the two kinds alternate, so
@@ -204,6 +194,7 @@ fn main() -> Result<()> {
         if label == "resident" && std::env::args().any(|a| a == "--long-context") {
             for ctx in [2048usize, 8192] {
                 let mut long = model.session(ctx + 64)?;
+                let _ = moestream::gpu::testing::take_profile();
                 let t = Instant::now();
                 for start in (0..ctx).step_by(512) {
                     let chunk: Vec<u32> = (start..(start + 512).min(ctx))
@@ -212,6 +203,7 @@ fn main() -> Result<()> {
                     logits = long.prefill(&chunk)?;
                 }
                 let prefill = t.elapsed().as_secs_f64();
+                print_prefill_profile();
                 for _ in 0..8 {
                     logits = long.step(argmax(&logits))?;
                 }
@@ -233,4 +225,20 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints the kernels that took the most GPU time since the profile was last taken
+/// (`MOESTREAM_PROFILE` set; else nothing).
+fn print_prefill_profile() {
+    let profile = moestream::gpu::testing::take_profile();
+    if !profile.is_empty() {
+        println!("GPU profile of this prefill:");
+        for (kernel, k, secs) in profile.iter().take(8) {
+            println!(
+                "  {kernel:<16} {k:>7} dispatches {:>8.2} ms {:>8.1} us each",
+                secs * 1e3,
+                secs * 1e6 / *k as f64
+            );
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! cargo bench --bench qmatvec -- --shape 4x2048x768   # one mat-vec, 4/2/1 rows per team
 //! cargo bench --bench qmatvec -- --expert-rows        # 8 experts, 4/2/1 rows per team
 //! cargo bench --bench qmatvec -- --teams               # expert batches, teams of 8-32
+//! cargo bench --bench qmatvec -- --batch 2048x768x128  # one expert batch (HIDDENxINTERxK)
 //! ```
 //! For each shape it prints the weight bytes (codes + scales + biases) read per mat-vec,
 //! the time per mat-vec and the GB/s of weight bytes read, against two baselines measured
@@ -471,6 +472,25 @@ fn main() -> Result<()> {
                     )?;
                 }
             }
+        }
+        return Ok(());
+    }
+    // `--batch HIDDENxINTERxK` (repeatable): only these expert batches, as the engine runs
+    // them.
+    let batches: Vec<(usize, usize, usize)> = args
+        .windows(2)
+        .filter(|w| w[0] == "--batch")
+        .filter_map(|w| {
+            let v: Vec<usize> = w[1].split('x').filter_map(|t| t.parse().ok()).collect();
+            (v.len() == 3).then(|| (v[0], v[1], v[2]))
+        })
+        .collect();
+    if !batches.is_empty() {
+        let bench = GpuBench::new()?;
+        let copy = copy_bandwidth(&bench)?;
+        let q4 = AffineQuant::new(4, 64, DType::BF16)?;
+        for shape in batches {
+            experts(&bench, q4, shape, copy, None, None)?;
         }
         return Ok(());
     }

@@ -1,10 +1,23 @@
-// Causal attention over the KV cache for prefill, 8 queries per workgroup.
-// q: [n_tokens, n_heads, head_dim]; k_cache, v_cache: [positions, n_kv_heads, head_dim].
-// Query t sits at position pos0 + t and sees keys 0..=pos0 + t. Workgroup (h, b) computes
-// head h for queries 8b .. 8b + 7: keys in blocks of 64 (one per invocation) with an online
-// (running max) softmax in f32 per query, as attention.wgsl does for one query, so that
-// each key and value read and each reduction serve 8 queries instead of one.
-// head_dim <= 256 and a multiple of 4.
+// Causal attention over the KV cache for prefill, 16 queries of one head per workgroup.
+// q: [n_tokens, n_heads, head_dim]; k_cache, v_cache: [positions, n_kv_heads, head_dim],
+// all read as vec4s (head_dim a multiple of 4, at most 256); out: [n_tokens, n_heads,
+// head_dim]. Query t sits at position pos0 + t and sees keys 0..=pos0 + t. Workgroup
+// (h, b) computes head h for queries 16 b .. 16 b + 15, over tiles of 64 keys with an
+// online (running max) softmax in f32, so that each key and value read serves 16 queries.
+//
+// Per tile, four phases separated by workgroup barriers:
+// 1. scores: invocation (qg, kg) = (lid / 16, lid % 16) computes the 4 x 4 scores of
+//    queries 4 qg .. 4 qg + 3 and keys 4 kg .. 4 kg + 3 (16 dot products per step of
+//    4 dimensions, from 8 vec4 loads), masked and written to `pw`;
+// 2. row maxima: invocation (row, part) = (lid / 4, lid % 4) takes 16 of row `row`'s
+//    scores; the 4 parts' maxima meet in `red`;
+// 3. weights: the same invocations turn their scores into exp(s - m), sum them, and keep
+//    the row's running max and sum (every part of a row holds the same copy);
+// 4. values: invocation (qg, dg) = (lid / 16, lid % 16) accumulates vec4 columns dg,
+//    dg + 16, ... (at most 4) of queries 4 qg .. 4 qg + 3, rescaled by the row's
+//    correction.
+// Per-query state lives in named vec4s, never in indexed arrays (which drivers may place
+// in memory).
 struct Params {
     n_tokens: u32,
     pos0: u32,
@@ -15,31 +28,34 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
-@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 
-const B: u32 = 64u; // keys per block: one per invocation
-const BQ: u32 = 8u; // queries per workgroup
+const BK: u32 = 64u; // keys per tile
+const BQ: u32 = 16u; // queries per workgroup
 const NEG: f32 = -3.0e38;
-var<workgroup> qs: array<vec4<f32>, 512>; // [query][head_dim / 4]
-var<workgroup> pw: array<array<f32, 8>, 64>; // [key][query] softmax weights of the block
-var<workgroup> red: array<array<f32, 64>, 8>; // [query][invocation]
+var<workgroup> pw: array<vec4<f32>, 256>; // [query][key / 4]: scores, then weights
+var<workgroup> red: array<f32, 64>; // [row][part] partial maxima, then the sums at the end
+var<workgroup> corr_s: array<f32, 16>; // [query] the tile's correction of the accumulators
 
-// Tree reduction over the invocations of red[q][..] for every query: max, or sum.
-fn reduce(lid: u32, is_max: bool) {
-    workgroupBarrier();
-    for (var stride = B / 2u; stride > 0u; stride >>= 1u) {
-        if (lid < stride) {
-            for (var i = 0u; i < BQ; i++) {
-                let a = red[i][lid];
-                let b = red[i][lid + stride];
-                red[i][lid] = select(a + b, max(a, b), is_max);
-            }
-        }
-        workgroupBarrier();
-    }
+// vec4 columns dg, dg + 16, dg + 32, dg + 48 of one query's output.
+struct Acc {
+    a: vec4<f32>,
+    b: vec4<f32>,
+    c: vec4<f32>,
+    d: vec4<f32>,
+}
+
+fn scaled(x: Acc, f: f32) -> Acc {
+    return Acc(x.a * f, x.b * f, x.c * f, x.d * f);
+}
+
+// One step of 4 dimensions of a query's scores with 4 keys.
+fn dots(qv: vec4<f32>, k0: vec4<f32>, k1: vec4<f32>, k2: vec4<f32>,
+        k3: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(dot(qv, k0), dot(qv, k1), dot(qv, k2), dot(qv, k3));
 }
 
 @compute @workgroup_size(64)
@@ -47,104 +63,175 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let h = wid.x;
     let t0 = wid.y * BQ;
     let nq = min(BQ, p.n_tokens - t0);
-    let hd = p.head_dim;
-    let hd4 = hd / 4u;
+    let hd4 = p.head_dim / 4u;
     let kvh = h / (p.n_heads / p.n_kv_heads);
-    let kv_stride = p.n_kv_heads * hd;
-    let q_stride = p.n_heads * hd;
-    for (var i = lid; i < BQ * hd4; i += B) {
-        let qi = i / hd4;
-        let qb = min(t0 + qi, p.n_tokens - 1u) * q_stride + h * hd + 4u * (i % hd4);
-        qs[i] = vec4<f32>(q[qb], q[qb + 1u], q[qb + 2u], q[qb + 3u]);
+    let kv4 = p.n_kv_heads * hd4; // vec4s per cache position
+    let q4 = p.n_heads * hd4; // vec4s per token of q and out
+    // The last key any of the workgroup's queries sees.
+    let last = p.pos0 + t0 + nq - 1u;
+
+    // Phase 1 and 4 roles.
+    let qg = lid / 16u;
+    let kg = lid % 16u;
+    let dg = kg;
+    let qi = 4u * qg; // first of the invocation's 4 queries
+    // Its queries' rows of q (rows past the last token re-read it; their scores are masked).
+    let qa = min(t0 + qi, p.n_tokens - 1u) * q4 + h * hd4;
+    let qb = min(t0 + qi + 1u, p.n_tokens - 1u) * q4 + h * hd4;
+    let qc = min(t0 + qi + 2u, p.n_tokens - 1u) * q4 + h * hd4;
+    let qd = min(t0 + qi + 3u, p.n_tokens - 1u) * q4 + h * hd4;
+    // The last key each of its queries sees (none for queries past the last token).
+    let lim = vec4<u32>(p.pos0 + t0) + vec4<u32>(qi) + vec4<u32>(0u, 1u, 2u, 3u);
+    let live = (vec4<u32>(qi) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(nq);
+    // Value columns of the invocation: dg + 16 i for i < nch.
+    let nch = select(0u, (hd4 - dg + 15u) / 16u, dg < hd4);
+
+    // Phase 2 and 3 roles: row `row` of the tile's scores, part `part` of 4.
+    let row = lid / 4u;
+    let part = lid % 4u;
+    var m = NEG; // the row's running max
+    var l = 0.0; // the row's running sum of exp(s - m)
+
+    var o0 = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    var o1 = o0;
+    var o2 = o0;
+    var o3 = o0;
+
+    for (var kb = 0u; kb <= last; kb += BK) {
+        // 1. Scores of queries qi.. and keys kb + 4 kg + (0..3); keys past `last` re-read it.
+        let kj = vec4<u32>(kb + 4u * kg) + vec4<u32>(0u, 1u, 2u, 3u);
+        let kr = min(kj, vec4<u32>(last)) * kv4 + vec4<u32>(kvh * hd4);
+        var s0 = vec4<f32>(0.0);
+        var s1 = vec4<f32>(0.0);
+        var s2 = vec4<f32>(0.0);
+        var s3 = vec4<f32>(0.0);
+        for (var d = 0u; d < hd4; d++) {
+            let k0 = k_cache[kr.x + d];
+            let k1 = k_cache[kr.y + d];
+            let k2 = k_cache[kr.z + d];
+            let k3 = k_cache[kr.w + d];
+            s0 += dots(q[qa + d], k0, k1, k2, k3);
+            s1 += dots(q[qb + d], k0, k1, k2, k3);
+            s2 += dots(q[qc + d], k0, k1, k2, k3);
+            s3 += dots(q[qd + d], k0, k1, k2, k3);
+        }
+        let neg = vec4<f32>(NEG);
+        pw[qi * 16u + kg] = select(neg, s0 * p.scale, kj <= vec4<u32>(lim.x) & vec4<bool>(live.x));
+        pw[(qi + 1u) * 16u + kg] =
+            select(neg, s1 * p.scale, kj <= vec4<u32>(lim.y) & vec4<bool>(live.y));
+        pw[(qi + 2u) * 16u + kg] =
+            select(neg, s2 * p.scale, kj <= vec4<u32>(lim.z) & vec4<bool>(live.z));
+        pw[(qi + 3u) * 16u + kg] =
+            select(neg, s3 * p.scale, kj <= vec4<u32>(lim.w) & vec4<bool>(live.w));
+        workgroupBarrier();
+
+        // 2. The row's maximum over the tile.
+        let pi = row * 16u + 4u * part;
+        let sa = pw[pi];
+        let sb = pw[pi + 1u];
+        let sc = pw[pi + 2u];
+        let sd = pw[pi + 3u];
+        let mx4 = max(max(sa, sb), max(sc, sd));
+        red[lid] = max(max(mx4.x, mx4.y), max(mx4.z, mx4.w));
+        workgroupBarrier();
+
+        // 3. Weights exp(s - m_new) (0 for masked scores), the running max and sum.
+        let r4 = 4u * row;
+        let m_new = max(m, max(max(red[r4], red[r4 + 1u]), max(red[r4 + 2u], red[r4 + 3u])));
+        let wa = select(vec4<f32>(0.0), exp(sa - m_new), sa > neg);
+        let wb = select(vec4<f32>(0.0), exp(sb - m_new), sb > neg);
+        let wc = select(vec4<f32>(0.0), exp(sc - m_new), sc > neg);
+        let wd = select(vec4<f32>(0.0), exp(sd - m_new), sd > neg);
+        pw[pi] = wa;
+        pw[pi + 1u] = wb;
+        pw[pi + 2u] = wc;
+        pw[pi + 3u] = wd;
+        let corr = exp(m - m_new);
+        if (part == 0u) {
+            corr_s[row] = corr;
+        }
+        // The sums of the row's 4 parts, through `red` after the next barrier.
+        let part_sum = dot(wa + wb + wc + wd, vec4<f32>(1.0));
+        m = m_new;
+        workgroupBarrier();
+        red[lid] = part_sum;
+
+        // 4. Values: rescale, then add the tile's weighted values.
+        o0 = scaled(o0, corr_s[qi]);
+        o1 = scaled(o1, corr_s[qi + 1u]);
+        o2 = scaled(o2, corr_s[qi + 2u]);
+        o3 = scaled(o3, corr_s[qi + 3u]);
+        let nk = min(BK, last + 1u - kb);
+        let vb0 = kb * kv4 + kvh * hd4 + dg;
+        for (var j = 0u; j < nk; j++) {
+            let w4 = j / 4u;
+            let wj = j % 4u;
+            let pa = pw[qi * 16u + w4][wj];
+            let pb = pw[(qi + 1u) * 16u + w4][wj];
+            let pc = pw[(qi + 2u) * 16u + w4][wj];
+            let pd = pw[(qi + 3u) * 16u + w4][wj];
+            let vb = vb0 + j * kv4;
+            if (nch > 0u) {
+                let v = v_cache[vb];
+                o0.a += pa * v;
+                o1.a += pb * v;
+                o2.a += pc * v;
+                o3.a += pd * v;
+            }
+            if (nch > 1u) {
+                let v = v_cache[vb + 16u];
+                o0.b += pa * v;
+                o1.b += pb * v;
+                o2.b += pc * v;
+                o3.b += pd * v;
+            }
+            if (nch > 2u) {
+                let v = v_cache[vb + 32u];
+                o0.c += pa * v;
+                o1.c += pb * v;
+                o2.c += pc * v;
+                o3.c += pd * v;
+            }
+            if (nch > 3u) {
+                let v = v_cache[vb + 48u];
+                o0.d += pa * v;
+                o1.d += pb * v;
+                o2.d += pc * v;
+                o3.d += pd * v;
+            }
+        }
+        workgroupBarrier();
+        // (Read before the next tile's maxima overwrite `red`, after its first barrier.)
+        l = l * corr + ((red[r4] + red[r4 + 1u]) + (red[r4 + 2u] + red[r4 + 3u]));
+    }
+    // The rows' sums to the value invocations.
+    if (part == 0u) {
+        corr_s[row] = l;
     }
     workgroupBarrier();
-    // The last key any of the block's queries sees.
-    let last = p.pos0 + t0 + nq - 1u;
-    var m: array<f32, 8>;
-    var l: array<f32, 8>;
-    var acc: array<array<f32, 4>, 8>; // [query][dimension lid + 64 c]
-    for (var i = 0u; i < BQ; i++) {
-        m[i] = NEG;
-        l[i] = 0.0;
-        for (var c = 0u; c < 4u; c++) {
-            acc[i][c] = 0.0;
-        }
+    store(qi, nq, t0, q4, h * hd4 + dg, nch, o0, corr_s[qi]);
+    store(qi + 1u, nq, t0, q4, h * hd4 + dg, nch, o1, corr_s[qi + 1u]);
+    store(qi + 2u, nq, t0, q4, h * hd4 + dg, nch, o2, corr_s[qi + 2u]);
+    store(qi + 3u, nq, t0, q4, h * hd4 + dg, nch, o3, corr_s[qi + 3u]);
+}
+
+// Writes query i's columns (of the nch at vec4 `col`, `col` + 16, ... of its head) / sum.
+fn store(i: u32, nq: u32, t0: u32, q4: u32, col: u32, nch: u32, o: Acc, sum: f32) {
+    if (i >= nq) {
+        return;
     }
-    for (var kb = 0u; kb <= last; kb += B) {
-        let j = kb + lid;
-        var s: array<f32, 8>;
-        for (var i = 0u; i < BQ; i++) {
-            s[i] = NEG;
-        }
-        if (j <= last) {
-            let kbase = j * kv_stride + kvh * hd;
-            var d0 = vec4<f32>(0.0); // queries 0..3
-            var d1 = vec4<f32>(0.0); // queries 4..7
-            for (var d4 = 0u; d4 < hd4; d4++) {
-                let kd = 4u * d4;
-                let kv = vec4<f32>(k_cache[kbase + kd], k_cache[kbase + kd + 1u],
-                                   k_cache[kbase + kd + 2u], k_cache[kbase + kd + 3u]);
-                d0 += vec4<f32>(dot(qs[d4], kv), dot(qs[hd4 + d4], kv),
-                                dot(qs[2u * hd4 + d4], kv), dot(qs[3u * hd4 + d4], kv));
-                d1 += vec4<f32>(dot(qs[4u * hd4 + d4], kv), dot(qs[5u * hd4 + d4], kv),
-                                dot(qs[6u * hd4 + d4], kv), dot(qs[7u * hd4 + d4], kv));
-            }
-            for (var i = 0u; i < BQ; i++) {
-                let dot_i = select(d1[i & 3u], d0[i & 3u], i < 4u);
-                // Causal: query i sees keys up to pos0 + t0 + i.
-                s[i] = select(NEG, dot_i * p.scale, i < nq && j <= p.pos0 + t0 + i);
-            }
-        }
-        for (var i = 0u; i < BQ; i++) {
-            red[i][lid] = s[i];
-        }
-        reduce(lid, true);
-        var m_new: array<f32, 8>;
-        for (var i = 0u; i < BQ; i++) {
-            m_new[i] = max(m[i], red[i][0]);
-        }
-        workgroupBarrier();
-        for (var i = 0u; i < BQ; i++) {
-            let pj = select(0.0, exp(s[i] - m_new[i]), s[i] > NEG);
-            pw[lid][i] = pj;
-            red[i][lid] = pj;
-        }
-        reduce(lid, false);
-        var corr: array<f32, 8>;
-        for (var i = 0u; i < BQ; i++) {
-            corr[i] = exp(m[i] - m_new[i]);
-            l[i] = l[i] * corr[i] + red[i][0];
-            m[i] = m_new[i];
-        }
-        let nb = min(B, last + 1u - kb);
-        for (var c = 0u; c < 4u; c++) {
-            let d = lid + c * B;
-            if (d < hd) {
-                var a0 = vec4<f32>(acc[0][c], acc[1][c], acc[2][c], acc[3][c])
-                    * vec4<f32>(corr[0], corr[1], corr[2], corr[3]);
-                var a1 = vec4<f32>(acc[4][c], acc[5][c], acc[6][c], acc[7][c])
-                    * vec4<f32>(corr[4], corr[5], corr[6], corr[7]);
-                let vb = kb * kv_stride + kvh * hd + d;
-                for (var jj = 0u; jj < nb; jj++) {
-                    let v = v_cache[vb + jj * kv_stride];
-                    let pr = pw[jj];
-                    a0 += vec4<f32>(pr[0], pr[1], pr[2], pr[3]) * v;
-                    a1 += vec4<f32>(pr[4], pr[5], pr[6], pr[7]) * v;
-                }
-                for (var i = 0u; i < 4u; i++) {
-                    acc[i][c] = a0[i];
-                    acc[i + 4u][c] = a1[i];
-                }
-            }
-        }
-        workgroupBarrier();
+    let base = (t0 + i) * q4 + col;
+    let inv = 1.0 / sum;
+    if (nch > 0u) {
+        out[base] = o.a * inv;
     }
-    for (var i = 0u; i < nq; i++) {
-        for (var c = 0u; c < 4u; c++) {
-            let d = lid + c * B;
-            if (d < hd) {
-                out[(t0 + i) * q_stride + h * hd + d] = acc[i][c] / l[i];
-            }
-        }
+    if (nch > 1u) {
+        out[base + 16u] = o.b * inv;
+    }
+    if (nch > 2u) {
+        out[base + 32u] = o.c * inv;
+    }
+    if (nch > 3u) {
+        out[base + 48u] = o.d * inv;
     }
 }

@@ -416,7 +416,7 @@ impl<'a> Pass<'a> {
                 kernels::attention_merge_groups(nh as u32, hd as u32),
             );
         } else {
-            // Prefill: 8 queries per workgroup (heads read as vec4s); else one per query.
+            // Prefill: 16 queries per workgroup (heads read as vec4s); else one per query.
             let (kernel, groups) = if n > 1 && hd % 4 == 0 {
                 (
                     Kernel::AttentionTiled,

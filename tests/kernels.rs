@@ -772,7 +772,7 @@ fn attention() {
         (5, 60, 8, 8, 24),    // queries straddling the 64-key block boundary
         (2, 126, 4, 2, 256),  // 127 and 128 keys
         (16, 50, 6, 3, 64),   // GQA 2, 51..=66 keys
-        (150, 0, 2, 1, 128),  // 19 blocks of 8 queries, the last one of 6
+        (150, 0, 2, 1, 128),  // 10 blocks of 16 queries, the last one of 6
         (70, 200, 4, 4, 32),  // query blocks over a cache, keys across 5 key blocks
     ];
     for &(n, pos0, nh, nkv, hd) in &cases {
@@ -802,7 +802,7 @@ fn attention() {
             nkv,
             hd,
         );
-        // One workgroup per (head, query), and 8 queries per workgroup (heads of a multiple
+        // One workgroup per (head, query), and 16 queries per workgroup (heads of a multiple
         // of 4 values, as all of these).
         let tiled = attention_tiled_groups(nh as u32, n as u32);
         for (kernel, groups) in [

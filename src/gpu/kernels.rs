@@ -33,7 +33,7 @@ pub enum Kernel {
     /// Causal attention over the KV cache, one workgroup per (head, query) (decode of
     /// heads whose size is not a multiple of 4; see the kernels below).
     Attention,
-    /// Causal attention for prefill, 8 queries per workgroup sharing each key and value
+    /// Causal attention for prefill, 16 queries per workgroup sharing each key and value
     /// read ([`attention_tiled_groups`]; head_dim a multiple of 4).
     AttentionTiled,
     /// Decode attention over one key range per workgroup ([`attention_splits`]): partial
@@ -319,9 +319,9 @@ pub fn qmatvec_groups(rows: u32, team: u32, rows_per_team: u32) -> (u32, u32) {
     grid_of(rows.div_ceil(team_rows(team, rows_per_team)))
 }
 
-/// Grid of [`Kernel::AttentionTiled`]: one workgroup per head and 8 queries.
+/// Grid of [`Kernel::AttentionTiled`]: one workgroup per head and 16 queries.
 pub fn attention_tiled_groups(n_heads: u32, n_tokens: u32) -> (u32, u32) {
-    (n_heads, n_tokens.div_ceil(8).max(1))
+    (n_heads, n_tokens.div_ceil(16).max(1))
 }
 
 /// Assignments per tile of the prefill expert mat-mat kernels.
