@@ -9,7 +9,8 @@
 // (1..32); all the assignments of a tile share one slot. A workgroup of 16x16 threads
 // computes 32 rows x 32 assignments, each thread 2 x 2, over K tiles of 32 columns: per K
 // tile, threads 0..127 dequantize one octet of D each into workgroup memory, and every
-// thread loads 4 values of h.
+// thread stores 4 values of h; the loads of both are issued a K tile ahead, before the
+// previous tile's products (include/qtile.wgsl).
 struct Params {
     hidden: u32,
     inter: u32,
@@ -22,7 +23,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>; // the cache page
-@group(0) @binding(2) var<storage, read> x: array<f32>; // h: [assignments, inter]
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>; // h: [assignments, inter]
 @group(0) @binding(3) var<storage, read> assign: array<u32>;
 @group(0) @binding(4) var<storage, read> tiles: array<u32>;
 @group(0) @binding(5) var<storage, read> route_w: array<f32>;
@@ -52,19 +53,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let xrow = (first + min(xa, count - 1u)) * p.inter;
     var a0 = vec2<f32>(0.0);
     var a1 = vec2<f32>(0.0);
+    // Each K tile's loads are issued before the previous tile's products, so that they are
+    // in flight while the products run.
+    let wr = row0 + lr;
+    let w_live = li < 128u && wr < p.hidden;
+    var ow = OctetWords(0u, 0u, 0u, 0u);
+    if (w_live) {
+        ow = octet_fetch(sb + p.down_q, sb + p.down_s, sb + p.down_b, p.inter, wr, 0u, lo);
+    }
+    var xv = x[(xrow + 4u * xo) >> 2u];
     for (var k0 = 0u; k0 < p.inter; k0 += TK) {
         if (li < 128u) {
             var v = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
-            let r = row0 + lr;
-            if (r < p.hidden) {
-                v = tile_octet(sb + p.down_q, sb + p.down_s, sb + p.down_b, p.inter, r, k0, lo);
+            if (w_live) {
+                v = octet_dequant(ow, p.inter, wr, k0, lo);
             }
             ds[lr][2u * lo] = v.q0;
             ds[lr][2u * lo + 1u] = v.q1;
         }
-        let xi = xrow + k0 + 4u * xo;
-        xs[xa][xo] = vec4<f32>(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
+        xs[xa][xo] = xv;
         workgroupBarrier();
+        let k1 = k0 + TK;
+        if (k1 < p.inter) {
+            if (w_live) {
+                ow = octet_fetch(sb + p.down_q, sb + p.down_s, sb + p.down_b, p.inter, wr, k1,
+                                 lo);
+            }
+            xv = x[(xrow + k1 + 4u * xo) >> 2u];
+        }
         for (var kq = 0u; kq < TK / 4u; kq++) {
             let xa0 = xs[lid.y][kq];
             let xa1 = xs[lid.y + 16u][kq];

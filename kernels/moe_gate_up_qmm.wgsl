@@ -10,7 +10,8 @@
 // computes 32 rows of G and of U for the tile's assignments, each thread 2 rows x 2
 // assignments of both, over K tiles of 32 columns (one block: BITS whole words per row,
 // one group): per K tile, each thread dequantizes one octet of G (threads 0..127) or U
-// (128..255) into workgroup memory and loads 4 values of x.
+// (128..255) into workgroup memory and stores 4 values of x; the loads of both are issued
+// a K tile ahead, before the previous tile's products (include/qtile.wgsl).
 struct Params {
     hidden: u32,
     inter: u32,
@@ -26,7 +27,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w: array<u32>; // the cache page
-@group(0) @binding(2) var<storage, read> x: array<f32>; // [tokens, hidden]
+@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>; // [tokens, hidden]
 @group(0) @binding(3) var<storage, read> assign: array<u32>;
 @group(0) @binding(4) var<storage, read> tiles: array<u32>;
 @group(0) @binding(5) var<storage, read_write> h: array<f32>;
@@ -62,11 +63,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var g1 = vec2<f32>(0.0);
     var u0 = vec2<f32>(0.0);
     var u1 = vec2<f32>(0.0);
+    // Each K tile's loads are issued before the previous tile's products, so that they are
+    // in flight while the products run.
+    let wr = row0 + lr;
+    let w_live = wr < p.inter;
+    var ow = OctetWords(0u, 0u, 0u, 0u);
+    if (w_live) {
+        ow = octet_fetch(q_word, s_word, b_word, p.hidden, wr, 0u, lo);
+    }
+    var xv = x[(token * p.hidden + 4u * xo) >> 2u];
     for (var k0 = 0u; k0 < p.hidden; k0 += TK) {
         var v = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
-        let r = row0 + lr;
-        if (r < p.inter) {
-            v = tile_octet(q_word, s_word, b_word, p.hidden, r, k0, lo);
+        if (w_live) {
+            v = octet_dequant(ow, p.hidden, wr, k0, lo);
         }
         if (is_up) {
             us[lr][2u * lo] = v.q0;
@@ -75,9 +84,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             gs[lr][2u * lo] = v.q0;
             gs[lr][2u * lo + 1u] = v.q1;
         }
-        let xi = token * p.hidden + k0 + 4u * xo;
-        xs[xa][xo] = vec4<f32>(x[xi], x[xi + 1u], x[xi + 2u], x[xi + 3u]);
+        xs[xa][xo] = xv;
         workgroupBarrier();
+        let k1 = k0 + TK;
+        if (k1 < p.hidden) {
+            if (w_live) {
+                ow = octet_fetch(q_word, s_word, b_word, p.hidden, wr, k1, lo);
+            }
+            xv = x[(token * p.hidden + k1 + 4u * xo) >> 2u];
+        }
         for (var kq = 0u; kq < TK / 4u; kq++) {
             let xa0 = xs[lid.y][kq];
             let xa1 = xs[lid.y + 16u][kq];
