@@ -40,16 +40,23 @@ var<workgroup> pw: array<vec4<f32>, 256>; // [query][key / 4]: scores, then weig
 var<workgroup> red: array<f32, 64>; // [row][part] partial maxima, then the sums at the end
 var<workgroup> corr_s: array<f32, 16>; // [query] the tile's correction of the accumulators
 
-// vec4 columns dg, dg + 16, dg + 32, dg + 48 of one query's output.
-struct Acc {
+// One vec4 column of the output of an invocation's 4 queries (a: query 4 qg, ..., d:
+// query 4 qg + 3).
+struct Cols {
     a: vec4<f32>,
     b: vec4<f32>,
     c: vec4<f32>,
     d: vec4<f32>,
 }
 
-fn scaled(x: Acc, f: f32) -> Acc {
-    return Acc(x.a * f, x.b * f, x.c * f, x.d * f);
+// Each query's column times its factor (a field of f).
+fn scaled(x: Cols, f: vec4<f32>) -> Cols {
+    return Cols(x.a * f.x, x.b * f.y, x.c * f.z, x.d * f.w);
+}
+
+// Each query's column plus its weight (a field of w) times the value column v.
+fn add_weighted(x: Cols, w: vec4<f32>, v: vec4<f32>) -> Cols {
+    return Cols(x.a + w.x * v, x.b + w.y * v, x.c + w.z * v, x.d + w.w * v);
 }
 
 // One step of 4 dimensions of a query's scores with 4 keys.
@@ -92,7 +99,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var m = NEG; // the row's running max
     var l = 0.0; // the row's running sum of exp(s - m)
 
-    var o0 = Acc(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+    // Value columns dg, dg + 16, dg + 32, dg + 48 of the 4 queries.
+    var o0 = Cols(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     var o1 = o0;
     var o2 = o0;
     var o3 = o0;
@@ -157,47 +165,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         red[lid] = part_sum;
 
         // 4. Values: rescale, then add the tile's weighted values.
-        o0 = scaled(o0, corr_s[qi]);
-        o1 = scaled(o1, corr_s[qi + 1u]);
-        o2 = scaled(o2, corr_s[qi + 2u]);
-        o3 = scaled(o3, corr_s[qi + 3u]);
+        let cq = vec4<f32>(corr_s[qi], corr_s[qi + 1u], corr_s[qi + 2u], corr_s[qi + 3u]);
+        o0 = scaled(o0, cq);
+        o1 = scaled(o1, cq);
+        o2 = scaled(o2, cq);
+        o3 = scaled(o3, cq);
         let nk = min(BK, last + 1u - kb);
         let vb0 = kb * kv4 + kvh * hd4 + dg;
         for (var j = 0u; j < nk; j++) {
             let w4 = j / 4u;
             let wj = j % 4u;
-            let pa = pw[qi * 16u + w4][wj];
-            let pb = pw[(qi + 1u) * 16u + w4][wj];
-            let pc = pw[(qi + 2u) * 16u + w4][wj];
-            let pd = pw[(qi + 3u) * 16u + w4][wj];
+            let wq = vec4<f32>(pw[qi * 16u + w4][wj], pw[(qi + 1u) * 16u + w4][wj],
+                               pw[(qi + 2u) * 16u + w4][wj], pw[(qi + 3u) * 16u + w4][wj]);
             let vb = vb0 + j * kv4;
             if (nch > 0u) {
-                let v = v_cache[vb];
-                o0.a += pa * v;
-                o1.a += pb * v;
-                o2.a += pc * v;
-                o3.a += pd * v;
+                o0 = add_weighted(o0, wq, v_cache[vb]);
             }
             if (nch > 1u) {
-                let v = v_cache[vb + 16u];
-                o0.b += pa * v;
-                o1.b += pb * v;
-                o2.b += pc * v;
-                o3.b += pd * v;
+                o1 = add_weighted(o1, wq, v_cache[vb + 16u]);
             }
             if (nch > 2u) {
-                let v = v_cache[vb + 32u];
-                o0.c += pa * v;
-                o1.c += pb * v;
-                o2.c += pc * v;
-                o3.c += pd * v;
+                o2 = add_weighted(o2, wq, v_cache[vb + 32u]);
             }
             if (nch > 3u) {
-                let v = v_cache[vb + 48u];
-                o0.d += pa * v;
-                o1.d += pb * v;
-                o2.d += pc * v;
-                o3.d += pd * v;
+                o3 = add_weighted(o3, wq, v_cache[vb + 48u]);
             }
         }
         workgroupBarrier();
@@ -209,29 +200,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         corr_s[row] = l;
     }
     workgroupBarrier();
-    store(qi, nq, t0, q4, h * hd4 + dg, nch, o0, corr_s[qi]);
-    store(qi + 1u, nq, t0, q4, h * hd4 + dg, nch, o1, corr_s[qi + 1u]);
-    store(qi + 2u, nq, t0, q4, h * hd4 + dg, nch, o2, corr_s[qi + 2u]);
-    store(qi + 3u, nq, t0, q4, h * hd4 + dg, nch, o3, corr_s[qi + 3u]);
+    let col = h * hd4 + dg;
+    store(qi, nq, t0, q4, col, nch, o0.a, o1.a, o2.a, o3.a, corr_s[qi]);
+    store(qi + 1u, nq, t0, q4, col, nch, o0.b, o1.b, o2.b, o3.b, corr_s[qi + 1u]);
+    store(qi + 2u, nq, t0, q4, col, nch, o0.c, o1.c, o2.c, o3.c, corr_s[qi + 2u]);
+    store(qi + 3u, nq, t0, q4, col, nch, o0.d, o1.d, o2.d, o3.d, corr_s[qi + 3u]);
 }
 
-// Writes query i's columns (of the nch at vec4 `col`, `col` + 16, ... of its head) / sum.
-fn store(i: u32, nq: u32, t0: u32, q4: u32, col: u32, nch: u32, o: Acc, sum: f32) {
+// Writes query i's value columns c0, c1, ... (the first nch; vec4s `col`, `col` + 16, ...
+// of its row of `out`) divided by its sum.
+fn store(i: u32, nq: u32, t0: u32, q4: u32, col: u32, nch: u32, c0: vec4<f32>,
+         c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>, sum: f32) {
     if (i >= nq) {
         return;
     }
     let base = (t0 + i) * q4 + col;
     let inv = 1.0 / sum;
     if (nch > 0u) {
-        out[base] = o.a * inv;
+        out[base] = c0 * inv;
     }
     if (nch > 1u) {
-        out[base + 16u] = o.b * inv;
+        out[base + 16u] = c1 * inv;
     }
     if (nch > 2u) {
-        out[base + 32u] = o.c * inv;
+        out[base + 32u] = c2 * inv;
     }
     if (nch > 3u) {
-        out[base + 48u] = o.d * inv;
+        out[base + 48u] = c3 * inv;
     }
 }
