@@ -37,8 +37,8 @@ const BK: u32 = 64u; // keys per tile
 const BQ: u32 = 16u; // queries per workgroup
 const NEG: f32 = -3.0e38;
 var<workgroup> pw: array<vec4<f32>, 256>; // [query][key / 4]: scores, then weights
-var<workgroup> red: array<f32, 64>; // [row][part] partial maxima, then the sums at the end
-var<workgroup> corr_s: array<f32, 16>; // [query] the tile's correction of the accumulators
+var<workgroup> red: array<f32, 64>; // [row][part]: a tile's part maxima, then part sums
+var<workgroup> corr_s: array<f32, 16>; // [query]: a tile's correction; at the end, the sum
 
 // One vec4 column of the output of an invocation's 4 queries (a: query 4 qg, ..., d:
 // query 4 qg + 3).
@@ -99,7 +99,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var m = NEG; // the row's running max
     var l = 0.0; // the row's running sum of exp(s - m)
 
-    // Value columns dg, dg + 16, dg + 32, dg + 48 of the 4 queries.
+    // The 4 queries' value columns dg (o0), dg + 16 (o1), dg + 32 (o2) and dg + 48 (o3).
     var o0 = Cols(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
     var o1 = o0;
     var o2 = o0;
