@@ -152,6 +152,16 @@ def extra_spec(bits, group):
     return s
 
 
+def recipe_spec(recipe):
+    """mixed_3_6's fixture converted with another mlx-lm recipe (mixed_2_6, mixed_3_4, mixed_4_6)."""
+    if recipe not in ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"):
+        sys.exit(f"--recipes: unknown mlx-lm recipe {recipe} (mixed_2_6, mixed_3_4, mixed_3_6, mixed_4_6)")
+    s = copy.deepcopy(next(b for b in BASE_SPECS if b["name"] == "mixed_3_6"))
+    s.update(name=recipe, recipe=recipe,
+             covers=f"mlx-lm recipe {recipe} (group 64) on mixed_3_6's shapes; bfloat16 source")
+    return s
+
+
 def randomize(spec, rng):
     """New random shapes keeping each fixture's coverage property (bits, group, dtype, recipe, tie, dense mix)."""
     s = copy.deepcopy(spec)
@@ -169,7 +179,7 @@ def randomize(spec, rng):
     s["norm_topk"] = bool(rng.getrandbits(1))
     s["rope_theta"] = rng.choice([1e4, 5e4, 5e5, 1e6, 1e7])
     s["eps"] = rng.choice([1e-6, 1e-5])
-    if name == "mixed_3_6":
+    if s["recipe"]:
         s["layers"] = rng.randrange(4, 7)
     elif name == "q6_g64":
         s["layers"] = rng.randrange(4, 7)
@@ -597,6 +607,9 @@ def main():
     ap.add_argument("--extra", default="",
                     help="comma-separated BITS:GROUP pairs (e.g. 3:32,6:128): instead of the committed set, one "
                          "fixture per pair, named qBITS_gGROUP, on q4_g64's shapes (or random ones with --shapes-seed)")
+    ap.add_argument("--recipes", default="",
+                    help="comma-separated mlx-lm recipes (mixed_2_6, mixed_3_4, mixed_3_6, mixed_4_6): instead of the "
+                         "committed set, one fixture per recipe on mixed_3_6's shapes (or random ones with --shapes-seed)")
     ap.add_argument("--describe", action="store_true", help="print quantization sections and tensor listings")
     args = ap.parse_args()
 
@@ -613,6 +626,8 @@ def main():
     specs = BASE_SPECS
     if args.extra:
         specs = [extra_spec(int(b), int(g)) for b, g in (p.split(":") for p in args.extra.split(","))]
+    if args.recipes:
+        specs = [recipe_spec(r) for r in args.recipes.split(",")]
     if args.shapes_seed:
         rng = random.Random(args.shapes_seed)
         specs = [randomize(s, rng) for s in specs]
