@@ -5,6 +5,7 @@
 //! cargo bench --bench decode -- --small      # a small 4-bit model (for CI-sized machines)
 //! MOESTREAM_PROFILE=1 cargo bench --bench decode -- --resident-only   # GPU time per kernel
 //! cargo bench --bench decode -- --resident-only --long-context   # also after 2048 / 8192 tokens
+//! cargo bench --bench decode -- --kv-f16     # the KV cache in f16 (ModelBuilder::kv_cache_dtype)
 //! ```
 //! The model is written once to `$MOESTREAM_BENCH_DIR` (default `target/bench-models`).
 //! For a fully resident expert cache and for one holding 25% of the experts, it prefills
@@ -23,7 +24,7 @@ use std::time::Instant;
 
 use moestream::gpu::testing::GpuBench;
 use moestream::synthetic::SyntheticSpec;
-use moestream::{AffineQuant, Model, Result, WeightFormat};
+use moestream::{AffineQuant, DType, Model, Result, WeightFormat};
 
 fn main() -> Result<()> {
     let small = std::env::args().any(|a| a == "--small");
@@ -66,7 +67,16 @@ fn main() -> Result<()> {
         ("25% cache", experts_total / 4),
     ] {
         let t = Instant::now();
-        let model = Model::builder(&dir).expert_cache_bytes(budget).build()?;
+        let kv = if std::env::args().any(|a| a == "--kv-f16") {
+            DType::F16
+        } else {
+            DType::F32
+        };
+        let model = Model::builder(&dir)
+            .expert_cache_bytes(budget)
+            .kv_cache_dtype(kv)
+            .build()?;
+        println!("{label}: KV cache {kv:?}");
         if label == "resident" {
             let t = Instant::now();
             let st = model.preload_experts()?;

@@ -54,6 +54,9 @@ struct Args {
     /// Expert-cache budget in bytes.
     #[arg(long)]
     expert_cache_bytes: Option<u64>,
+    /// Keep the KV cache in f16 (half the memory per token of context).
+    #[arg(long)]
+    kv_f16: bool,
     /// Maximum context (tokens of the whole conversation).
     #[arg(long, default_value_t = 8192)]
     max_context: usize,
@@ -87,6 +90,9 @@ fn run(args: Args) -> moestream::Result<()> {
     let mut builder = Model::builder(&dir);
     if let Some(b) = args.expert_cache_bytes.or(default_budget) {
         builder = builder.expert_cache_bytes(b);
+    }
+    if args.kv_f16 {
+        builder = builder.kv_cache_dtype(moestream::DType::F16);
     }
     let model = builder.build()?;
     eprintln!(

@@ -6,8 +6,9 @@
 // Many workgroups over short key ranges keep the GPU busy where one workgroup per head
 // would walk every key serially.
 //
-// q: [n_heads, head_dim]; k_cache, v_cache: [positions, n_kv_heads, head_dim], read as
-// vec4s: head_dim is a multiple of 4 and at most 256.
+// q: [n_heads, head_dim]; k_cache, v_cache: [positions, n_kv_heads, head_dim] of f32 or f16
+// (include/kv_*.wgsl), read 4 elements at a time: head_dim is a multiple of 4 and at most
+// 256.
 struct Params {
     pos0: u32,
     n_heads: u32,
@@ -20,8 +21,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k_cache: array<vec4<u32>>; // include/kv_*.wgsl
+@group(0) @binding(3) var<storage, read> v_cache: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read_write> part: array<f32>;
 
 const WG: u32 = 64u;
@@ -65,11 +66,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             var e4 = vec4<f32>(0.0);
             var i = quarter;
             for (; i + 4u < hd4; i += 8u) {
-                d4 += qs[i] * k_cache[kbase + i];
-                e4 += qs[i + 4u] * k_cache[kbase + i + 4u];
+                d4 += qs[i] * key(kbase + i);
+                e4 += qs[i + 4u] * key(kbase + i + 4u);
             }
             if (i < hd4) {
-                d4 += qs[i] * k_cache[kbase + i];
+                d4 += qs[i] * key(kbase + i);
             }
             d4 += e4;
         }
@@ -97,11 +98,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             var b4 = vec4<f32>(0.0);
             var t = ph;
             for (; t + nph < nk; t += 2u * nph) {
-                acc += exp(scores[t] - mx) * v_cache[vbase + t * row4];
-                b4 += exp(scores[t + nph] - mx) * v_cache[vbase + (t + nph) * row4];
+                acc += exp(scores[t] - mx) * value(vbase + t * row4);
+                b4 += exp(scores[t + nph] - mx) * value(vbase + (t + nph) * row4);
             }
             if (t < nk) {
-                acc += exp(scores[t] - mx) * v_cache[vbase + t * row4];
+                acc += exp(scores[t] - mx) * value(vbase + t * row4);
             }
             acc += b4;
         }
@@ -127,4 +128,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         part[o + 2u] = a.z;
         part[o + 3u] = a.w;
     }
+}
+
+// Quad i of the K cache (vec4 i of its f32 rows), as f32.
+fn key(i: u32) -> vec4<f32> {
+    return kv_quad(k_cache[kv_word(i)], i);
+}
+
+// Quad i of the V cache, as f32.
+fn value(i: u32) -> vec4<f32> {
+    return kv_quad(v_cache[kv_word(i)], i);
 }

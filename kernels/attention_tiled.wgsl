@@ -1,6 +1,7 @@
 // Causal attention over the KV cache for prefill, 16 queries of one head per workgroup.
-// q: [n_tokens, n_heads, head_dim]; k_cache, v_cache: [positions, n_kv_heads, head_dim],
-// all read as vec4s (head_dim a multiple of 4, at most 256); out: [n_tokens, n_heads,
+// q: [n_tokens, n_heads, head_dim]; k_cache, v_cache: [positions, n_kv_heads, head_dim] of
+// f32 or f16 (include/kv_*.wgsl); all read 4 elements at a time (head_dim a multiple of 4,
+// at most 256); out: [n_tokens, n_heads,
 // head_dim]. Query t sits at position pos0 + t and sees keys 0..=pos0 + t. Workgroup
 // (h, b) computes head h for queries 16 b .. 16 b + 15, over tiles of 64 keys with an
 // online (running max) softmax in f32, so that each key and value read serves 16 queries.
@@ -29,8 +30,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> k_cache: array<vec4<u32>>; // include/kv_*.wgsl
+@group(0) @binding(3) var<storage, read> v_cache: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 
 const BK: u32 = 64u; // keys per tile
@@ -90,8 +91,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // The last key each of its queries sees (none for queries past the last token).
     let lim = vec4<u32>(p.pos0 + t0) + vec4<u32>(qi) + vec4<u32>(0u, 1u, 2u, 3u);
     let live = (vec4<u32>(qi) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(nq);
-    // Value columns of the invocation: dg + 16 i for i < nch.
-    let nch = select(0u, (hd4 - dg + 15u) / 16u, dg < hd4);
+    // Value columns of the invocation: dg + 16 i for i < nch; with an f16 cache (whose
+    // vec4<u32> loads hold two columns; head_dim a multiple of 8) the pairs 2 dg + 32 i and
+    // 2 dg + 32 i + 1 (`column`).
+    let f16 = KVDT == 1u;
+    let nch = select(select(0u, (hd4 - dg + 15u) / 16u, dg < hd4),
+                     select(0u, 2u * ((hd4 - 2u * dg + 31u) / 32u), 2u * dg < hd4), f16);
+    let dcol = select(dg, 2u * dg, f16);
 
     // Phase 2 and 3 roles: row `row` of the tile's scores, part `part` of 4.
     let row = lid / 4u;
@@ -113,11 +119,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var s1 = vec4<f32>(0.0);
         var s2 = vec4<f32>(0.0);
         var s3 = vec4<f32>(0.0);
-        for (var d = 0u; d < hd4; d++) {
-            let k0 = k_cache[kr.x + d];
-            let k1 = k_cache[kr.y + d];
-            let k2 = k_cache[kr.z + d];
-            let k3 = k_cache[kr.w + d];
+        // An f16 cache: two columns of each key per load.
+        for (var d = 0u; f16 && d < hd4; d += 2u) {
+            let w0 = k_cache[(kr.x + d) >> 1u];
+            let w1 = k_cache[(kr.y + d) >> 1u];
+            let w2 = k_cache[(kr.z + d) >> 1u];
+            let w3 = k_cache[(kr.w + d) >> 1u];
+            let k0 = kv_half4(w0.xy);
+            let k1 = kv_half4(w1.xy);
+            let k2 = kv_half4(w2.xy);
+            let k3 = kv_half4(w3.xy);
+            let k4 = kv_half4(w0.zw);
+            let k5 = kv_half4(w1.zw);
+            let k6 = kv_half4(w2.zw);
+            let k7 = kv_half4(w3.zw);
+            s0 += dots(q[qa + d], k0, k1, k2, k3) + dots(q[qa + d + 1u], k4, k5, k6, k7);
+            s1 += dots(q[qb + d], k0, k1, k2, k3) + dots(q[qb + d + 1u], k4, k5, k6, k7);
+            s2 += dots(q[qc + d], k0, k1, k2, k3) + dots(q[qc + d + 1u], k4, k5, k6, k7);
+            s3 += dots(q[qd + d], k0, k1, k2, k3) + dots(q[qd + d + 1u], k4, k5, k6, k7);
+        }
+        for (var d = 0u; !f16 && d < hd4; d++) {
+            let k0 = key(kr.x + d);
+            let k1 = key(kr.y + d);
+            let k2 = key(kr.z + d);
+            let k3 = key(kr.w + d);
             s0 += dots(q[qa + d], k0, k1, k2, k3);
             s1 += dots(q[qb + d], k0, k1, k2, k3);
             s2 += dots(q[qc + d], k0, k1, k2, k3);
@@ -171,24 +196,41 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         o2 = scaled(o2, cq);
         o3 = scaled(o3, cq);
         let nk = min(BK, last + 1u - kb);
-        let vb0 = kb * kv4 + kvh * hd4 + dg;
-        for (var j = 0u; j < nk; j++) {
+        let vb0 = kb * kv4 + kvh * hd4 + dcol;
+        for (var j = 0u; f16 && j < nk; j++) {
+            let w4 = j / 4u;
+            let wj = j % 4u;
+            let wq = vec4<f32>(pw[qi * 16u + w4][wj], pw[(qi + 1u) * 16u + w4][wj],
+                               pw[(qi + 2u) * 16u + w4][wj], pw[(qi + 3u) * 16u + w4][wj]);
+            let vw = (vb0 + j * kv4) >> 1u;
+            if (nch > 0u) {
+                let w = v_cache[vw];
+                o0 = add_weighted(o0, wq, kv_half4(w.xy));
+                o1 = add_weighted(o1, wq, kv_half4(w.zw));
+            }
+            if (nch > 2u) {
+                let w = v_cache[vw + 16u];
+                o2 = add_weighted(o2, wq, kv_half4(w.xy));
+                o3 = add_weighted(o3, wq, kv_half4(w.zw));
+            }
+        }
+        for (var j = 0u; !f16 && j < nk; j++) {
             let w4 = j / 4u;
             let wj = j % 4u;
             let wq = vec4<f32>(pw[qi * 16u + w4][wj], pw[(qi + 1u) * 16u + w4][wj],
                                pw[(qi + 2u) * 16u + w4][wj], pw[(qi + 3u) * 16u + w4][wj]);
             let vb = vb0 + j * kv4;
             if (nch > 0u) {
-                o0 = add_weighted(o0, wq, v_cache[vb]);
+                o0 = add_weighted(o0, wq, value(vb));
             }
             if (nch > 1u) {
-                o1 = add_weighted(o1, wq, v_cache[vb + 16u]);
+                o1 = add_weighted(o1, wq, value(vb + 16u));
             }
             if (nch > 2u) {
-                o2 = add_weighted(o2, wq, v_cache[vb + 32u]);
+                o2 = add_weighted(o2, wq, value(vb + 32u));
             }
             if (nch > 3u) {
-                o3 = add_weighted(o3, wq, v_cache[vb + 48u]);
+                o3 = add_weighted(o3, wq, value(vb + 48u));
             }
         }
         workgroupBarrier();
@@ -200,7 +242,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         corr_s[row] = l;
     }
     workgroupBarrier();
-    let col = h * hd4 + dg;
+    let col = h * hd4 + dcol;
     store(qi, nq, t0, q4, col, nch, o0.a, o1.a, o2.a, o3.a, corr_s[qi]);
     store(qi + 1u, nq, t0, q4, col, nch, o0.b, o1.b, o2.b, o3.b, corr_s[qi + 1u]);
     store(qi + 2u, nq, t0, q4, col, nch, o0.c, o1.c, o2.c, o3.c, corr_s[qi + 2u]);
@@ -208,7 +250,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 }
 
 // Writes query i's value columns c0, c1, ... (the first nch; vec4s `col`, `col` + 16, ...
-// of its row of `out`) divided by its sum.
+// of its row of `out`, or with an f16 cache `col`, `col` + 1, `col` + 32, `col` + 33)
+// divided by its sum.
 fn store(i: u32, nq: u32, t0: u32, q4: u32, col: u32, nch: u32, c0: vec4<f32>,
          c1: vec4<f32>, c2: vec4<f32>, c3: vec4<f32>, sum: f32) {
     if (i >= nq) {
@@ -216,16 +259,28 @@ fn store(i: u32, nq: u32, t0: u32, q4: u32, col: u32, nch: u32, c0: vec4<f32>,
     }
     let base = (t0 + i) * q4 + col;
     let inv = 1.0 / sum;
+    // Columns col + 16 k, or with an f16 cache col, col + 1, col + 32, col + 33.
+    let f16 = KVDT == 1u;
     if (nch > 0u) {
         out[base] = c0 * inv;
     }
     if (nch > 1u) {
-        out[base + 16u] = c1 * inv;
+        out[base + select(16u, 1u, f16)] = c1 * inv;
     }
     if (nch > 2u) {
         out[base + 32u] = c2 * inv;
     }
     if (nch > 3u) {
-        out[base + 48u] = c3 * inv;
+        out[base + select(48u, 33u, f16)] = c3 * inv;
     }
+}
+
+// Quad i of the K cache (vec4 i of its f32 rows), as f32.
+fn key(i: u32) -> vec4<f32> {
+    return kv_quad(k_cache[kv_word(i)], i);
+}
+
+// Quad i of the V cache, as f32.
+fn value(i: u32) -> vec4<f32> {
+    return kv_quad(v_cache[kv_word(i)], i);
 }

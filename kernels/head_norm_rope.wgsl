@@ -14,7 +14,9 @@
 //   ..] to v_dst at the same index (k_out places them in the KV cache).
 // `rope` holds the cos table [positions, rotary_dim / 2] and at sin_offset the sin table.
 // Dims past rotary_dim are normed, not rotated. One workgroup per (head, token);
-// head_dim <= 256. The arithmetic is rmsnorm.wgsl's followed by the rotation:
+// head_dim <= 256. outk and v_dst hold KV cache elements (include/kv_*.wgsl): f32, or with
+// KVDT = 1 f16 pairs (head_dim and k_out even), whose words a key head writes after a
+// barrier, once all its dims are computed. The arithmetic is rmsnorm.wgsl's followed by the rotation:
 // y = w * (x * inverseSqrt(mean(x^2) + eps)), y1 c - y2 s, y2 c + y1 s.
 struct Params {
     n_tokens: u32,
@@ -39,9 +41,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read> wk: array<f32>;
 @group(0) @binding(4) var<storage, read> rope: array<f32>;
 @group(0) @binding(5) var<storage, read_write> outq: array<f32>;
-@group(0) @binding(6) var<storage, read_write> outk: array<f32>;
+@group(0) @binding(6) var<storage, read_write> outk: array<u32>; // KV cache elements
 @group(0) @binding(7) var<storage, read> v_src: array<f32>;
-@group(0) @binding(8) var<storage, read_write> v_dst: array<f32>;
+@group(0) @binding(8) var<storage, read_write> v_dst: array<u32>; // KV cache elements
 
 const WG: u32 = 64u;
 var<workgroup> xs: array<f32, 256>;
@@ -49,6 +51,7 @@ var<workgroup> ws: array<f32, 256>;
 var<workgroup> cs: array<f32, 128>;
 var<workgroup> ss: array<f32, 128>;
 var<workgroup> red: array<f32, 64>;
+var<workgroup> ys: array<f32, 256>; // a key head's results, for f16 pairs
 
 // A decode step waits on this kernel, so everything it reads (the head, its norm weights,
 // the cos / sin of its position and, for a key head, its values) is loaded in one round,
@@ -74,8 +77,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             cs[i] = rope[pos + i];
             ss[i] = rope[p.sin_offset + pos + i];
         }
-        if (copy_v) {
-            v_dst[kb + i] = v_src[t * p.x_stride + p.v_offset + h * hd + i];
+        if (copy_v && KVDT == 0u) {
+            v_dst[kb + i] = bitcast<u32>(v_src[t * p.x_stride + p.v_offset + h * hd + i]);
         }
         s += v * v;
     }
@@ -103,6 +106,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             store(is_q, qb, kb, j, y2 * c + y * sn);
         }
     }
+    if (!is_q && KVDT != 0u) {
+        // f16: the key head's pairs from ys, and the values' pairs from v_src.
+        workgroupBarrier();
+        let vb = t * p.x_stride + p.v_offset + h * hd;
+        for (var i = lid; i < hd / 2u; i += WG) {
+            outk[kb / 2u + i] = kv_pack(ys[2u * i], ys[2u * i + 1u]);
+            if (copy_v) {
+                v_dst[kb / 2u + i] = kv_pack(v_src[vb + 2u * i], v_src[vb + 2u * i + 1u]);
+            }
+        }
+    }
 }
 
 // Norm weight i of a query (wq) or key (wk) head.
@@ -113,11 +127,14 @@ fn weight(is_q: bool, i: u32) -> f32 {
     return wk[i];
 }
 
-// Writes dim i of the head: to outq at qb for a query head, else to outk at kb.
+// Writes dim i of the head: to outq at qb for a query head, else to outk at kb (f32
+// elements) or to ys (f16 pairs, written by the caller).
 fn store(is_q: bool, qb: u32, kb: u32, i: u32, v: f32) {
     if (is_q) {
         outq[qb + i] = v;
+    } else if (KVDT == 0u) {
+        outk[kb + i] = bitcast<u32>(v);
     } else {
-        outk[kb + i] = v;
+        ys[i] = v;
     }
 }

@@ -333,6 +333,8 @@ impl<'a> Pass<'a> {
         let kv_off = self.pos0 * nkv * hd;
         let (kc, vc) = &s.kv[l];
         let eps = bits(cfg.rms_norm_eps);
+        // The KV cache's elements (f32 or f16): the dtype of the kernels that touch it.
+        let kv_dtype = self.m.kv_cache_dtype;
         let [q_off, k_off, v_off] = offs.map(|o| o as u32);
         // The query and key heads in one dispatch when they sit in the rows of one buffer
         // (a fused q/k/v projection), else one dispatch each: (x, stride, query heads,
@@ -345,7 +347,7 @@ impl<'a> Pass<'a> {
         for (x, stride, q_heads, k_heads) in parts {
             self.rec.dispatch(
                 Kernel::HeadNormRope,
-                None,
+                Some(kv_dtype),
                 &[
                     n as u32,
                     hd as u32,
@@ -390,7 +392,7 @@ impl<'a> Pass<'a> {
             let (chunk, splits) = kernels::attention_splits(self.pos0 as u32 + 1, nh as u32);
             self.rec.dispatch(
                 Kernel::AttentionSplit,
-                None,
+                Some(kv_dtype),
                 &[
                     self.pos0 as u32,
                     nh as u32,
@@ -427,7 +429,7 @@ impl<'a> Pass<'a> {
             };
             self.rec.dispatch(
                 kernel,
-                None,
+                kernel.uses_kv_cache().then_some(kv_dtype),
                 &[
                     n as u32,
                     self.pos0 as u32,

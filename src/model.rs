@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::cache::{CacheStats, ExpertCache};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::reads_q8_activations;
@@ -42,6 +43,7 @@ pub struct ModelBuilder {
     io_threads: usize,
     page_bytes: Option<u64>,
     f32_activations: Option<bool>,
+    kv_cache_dtype: Option<DType>,
     readback_spin: std::time::Duration,
 }
 
@@ -54,6 +56,7 @@ impl std::fmt::Debug for ModelBuilder {
             .field("custom_store", &self.store.is_some())
             .field("adapter", &self.adapter)
             .field("f32_activations", &self.f32_activations)
+            .field("kv_cache_dtype", &self.kv_cache_dtype)
             .field("readback_spin", &self.readback_spin)
             .finish()
     }
@@ -120,6 +123,29 @@ impl ModelBuilder {
     /// to `true` to compare against f32 references at the tightest tolerance.
     pub fn f32_activations(mut self, yes: bool) -> Self {
         self.f32_activations = Some(yes);
+        self
+    }
+
+    /// The element type of the sessions' KV caches: [`DType::F32`] (the default) or
+    /// [`DType::F16`], which halves their memory (Qwen3-30B-A3B: 96 instead of 192 KiB per
+    /// token of context, 3 instead of 6 GiB for 32768 tokens) and the bytes attention
+    /// reads. f16 keys and values are rounded to nearest (11 significant bits) and clamped
+    /// to +-65504; on the small random test models this moves logits by up to ~5e-3 (f32:
+    /// ~1e-5), which is why it is not the default. f16 needs kernels with native f16
+    /// conversion (the adapter's [`AdapterSummary::variant`] has `f16`) and a `head_dim`
+    /// that is a multiple of 8; asking for it elsewhere, or for bf16, is an
+    /// [`Error::InvalidArgument`] from [`build`](Self::build).
+    ///
+    /// ```no_run
+    /// # fn main() -> moestream::Result<()> {
+    /// let model = moestream::Model::builder("models/Qwen3-30B-A3B-4bit")
+    ///     .kv_cache_dtype(moestream::DType::F16)
+    ///     .build()?;
+    /// assert_eq!(model.kv_cache_dtype(), moestream::DType::F16);
+    /// # Ok(()) }
+    /// ```
+    pub fn kv_cache_dtype(mut self, dtype: DType) -> Self {
+        self.kv_cache_dtype = Some(dtype);
         self
     }
 
@@ -216,6 +242,24 @@ impl ModelBuilder {
                     .is_some_and(|lay| lay.tensors.iter().any(|t| reads_q8(t.format)))
             });
         let f32_activations = self.f32_activations.unwrap_or(!gpu_integer_dot) || !any_reads_q8;
+        let kv_f16_ok = gpu.variant.f16 && cfg.head_dim % 8 == 0;
+        let kv_cache_dtype = match self.kv_cache_dtype {
+            None | Some(DType::F32) => DType::F32,
+            Some(DType::F16) if kv_f16_ok => DType::F16,
+            Some(DType::F16) => {
+                return Err(Error::InvalidArgument(format!(
+                    "an f16 KV cache needs kernels with native f16 conversion (adapter {}: {}) and a head_dim that is a multiple of 8 (the model's: {})",
+                    gpu.summary.name,
+                    gpu.variant.name(),
+                    cfg.head_dim
+                )))
+            }
+            Some(d) => {
+                return Err(Error::InvalidArgument(format!(
+                    "KV cache dtype {d:?} is not supported (f32 or f16)"
+                )))
+            }
+        };
         let total_experts = moe_layers.len() * cfg.num_experts;
         let cache = if total_experts > 0 {
             let largest = moe_layers
@@ -257,6 +301,7 @@ impl ModelBuilder {
                 store,
                 cache,
                 f32_activations,
+                kv_cache_dtype,
             }),
         })
     }
@@ -273,6 +318,8 @@ pub(crate) struct ModelInner {
     /// [`ModelBuilder::f32_activations`], defaulted on adapters without integer dot
     /// products, or a model without 2- to 6-bit matrices.
     pub f32_activations: bool,
+    /// The sessions' KV cache elements: f32 or f16 ([`ModelBuilder::kv_cache_dtype`]).
+    pub kv_cache_dtype: DType,
 }
 
 /// A Qwen3-MoE checkpoint on the GPU: all non-expert weights resident, experts streamed
@@ -322,6 +369,7 @@ impl Model {
             io_threads: DEFAULT_IO_THREADS,
             page_bytes: None,
             f32_activations: None,
+            kv_cache_dtype: None,
             readback_spin: DEFAULT_READBACK_SPIN,
         }
     }
@@ -334,6 +382,11 @@ impl Model {
     /// A new session with room for `max_context` tokens.
     pub fn session(&self, max_context: usize) -> Result<Session> {
         Session::new(self.clone(), max_context)
+    }
+
+    /// The element type of the sessions' KV caches ([`ModelBuilder::kv_cache_dtype`]).
+    pub fn kv_cache_dtype(&self) -> DType {
+        self.inner.kv_cache_dtype
     }
 
     /// The model's configuration.

@@ -60,7 +60,8 @@ pub(crate) struct Scratch {
     /// `rope_sin` on.
     pub rope: wgpu::Buffer,
     pub rope_sin: u32,
-    /// Per layer: (keys, values), each `[max_context, kv_heads, head_dim]` f32.
+    /// Per layer: (keys, values), each `[max_context, kv_heads, head_dim]` of the model's
+    /// KV cache dtype (f32 or f16).
     pub kv: Vec<(wgpu::Buffer, wgpu::Buffer)>,
 }
 
@@ -208,8 +209,9 @@ impl Session {
         let m = &model.inner;
         let cfg = &m.cfg;
         let gpu = &m.gpu;
+        let kv_elem = m.kv_cache_dtype.size();
         let kv_bytes = max_context
-            .checked_mul(cfg.num_key_value_heads * cfg.head_dim * 4)
+            .checked_mul(cfg.num_key_value_heads * cfg.head_dim * kv_elem)
             .ok_or_else(|| {
                 Error::InvalidArgument(format!("max_context {max_context} is too large"))
             })?;
@@ -300,8 +302,8 @@ impl Session {
             kv: (0..cfg.num_hidden_layers)
                 .map(|_| {
                     (
-                        buf("k cache", max_context * kvd),
-                        buf("v cache", max_context * kvd),
+                        gpu.storage_buffer("k cache", kv_bytes as u64),
+                        gpu.storage_buffer("v cache", kv_bytes as u64),
                     )
                 })
                 .collect(),

@@ -779,6 +779,43 @@ fn invalid_arguments() {
     let case = "max_context 0";
     let e = expect_err(case, || model.session(0));
     assert_error!(case, e, Error::InvalidArgument(_), ["max_context"]);
+
+    // An f16 KV cache needs a head_dim that is a multiple of 8: a synthetic model with
+    // heads of 12 gets a typed error naming it, and runs with the default f32 cache.
+    let dir = std::env::temp_dir().join("moestream-test-errors-head-dim-12");
+    let mut spec = moestream::synthetic::SyntheticSpec::default();
+    (
+        spec.vocab_size,
+        spec.hidden_size,
+        spec.num_layers,
+        spec.head_dim,
+    ) = (256, 64, 1, 12);
+    (spec.num_experts, spec.top_k, spec.moe_intermediate_size) = (4, 2, 32);
+    let dir = expect_ok("synthetic model", || spec.write(&dir));
+    let case = "f16 KV cache with head_dim 12";
+    let e = expect_err(case, || {
+        Model::builder(&dir)
+            .kv_cache_dtype(moestream::DType::F16)
+            .build()
+    });
+    assert_error!(
+        case,
+        e,
+        Error::InvalidArgument(_),
+        ["f16 KV cache", "multiple of 8", "12"]
+    );
+    let m = expect_ok("head_dim 12, f32 KV cache", || Model::open(&dir));
+    assert_eq!(m.kv_cache_dtype(), moestream::DType::F32);
+    let mut s = expect_ok("session", || m.session(8));
+    expect_ok("prefill", || s.prefill(&[1, 2, 3]));
+
+    let case = "bf16 KV cache";
+    let e = expect_err(case, || {
+        Model::builder(fixture_src("tiny_f32"))
+            .kv_cache_dtype(moestream::DType::BF16)
+            .build()
+    });
+    assert_error!(case, e, Error::InvalidArgument(_), ["KV cache", "BF16"]);
 }
 
 #[test]

@@ -92,6 +92,60 @@ fn run(
     run_kernel(kernel, wdt, None, params, buffers, groups)
 }
 
+/// Values as a KV cache of f16 elements (rounded to nearest even, as `half` does).
+fn f16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+        .collect()
+}
+
+/// A KV cache of f16 elements, as f32 values.
+fn from_f16_bytes(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(2)
+        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
+}
+
+/// Values rounded to f16 (nearest even) and back.
+fn round_f16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+/// An attention case's K and V caches as bytes (f32, or f16 rounded to nearest even) and
+/// the reference's output on the values the cache holds: `n` queries from position `pos0`
+/// over `n_heads` / `n_kv_heads` heads of `head_dim`.
+fn cache_case(
+    f16: bool,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (n, pos0, n_heads, n_kv_heads, head_dim): (usize, usize, usize, usize, usize),
+) -> (Vec<u8>, Vec<u8>, Vec<f32>) {
+    let (k, v) = if f16 {
+        (round_f16(k), round_f16(v))
+    } else {
+        (k.to_vec(), v.to_vec())
+    };
+    let keys = (pos0 + n) * n_kv_heads * head_dim;
+    let want = reference::attention(
+        q,
+        &k[..keys],
+        &v[..keys],
+        n,
+        pos0,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    );
+    let bytes = |x: &[f32]| if f16 { f16_bytes(x) } else { f32_bytes(x) };
+    (bytes(&k), bytes(&v), want)
+}
+
+/// Whether the engine's kernels offer f16 KV caches here (`include/kv_native.wgsl`).
+fn kv_f16() -> bool {
+    runner().variant().f16
+}
+
 /// A 2-D grid of at least `n` workgroups, `x` wide: exercises the `wid.y` / `gid.y` part of
 /// the index computation that the engine's grid only reaches past 65535 workgroups.
 fn grid_2d(n: usize, x: usize) -> (u32, u32) {
@@ -671,37 +725,41 @@ fn head_norm_rope() {
         q_written[..n * qd].fill(true);
         let mut k_written = vec![false; k_before.len()];
         k_written[k_out..k_out + n * kd].fill(true);
-        let out = run(
-            Kernel::HeadNormRope,
-            None,
-            &[
-                n as u32,
-                hd as u32,
-                (rd / 2) as u32,
-                pos0 as u32,
-                eps.to_bits(),
-                x_stride as u32,
-                nq as u32,
-                q_offset as u32,
-                nk as u32,
-                k_offset as u32,
-                k_out as u32,
-                u32::from(copy_v),
-                v_offset as u32,
-                cos.len() as u32,
-            ],
-            &[
-                &f32_bytes(&rows_in),
-                &f32_bytes(&wq),
-                &f32_bytes(&wk),
-                &f32_bytes(&[cos.clone(), sin.clone()].concat()),
-                &f32_bytes(&q_before),
-                &f32_bytes(&k_before),
-                &f32_bytes(&rows_in),
-                &f32_bytes(&v_before),
-            ],
-            ((nq + nk) as u32, n as u32),
-        );
+        // The kernel with the KV cache's dtype (None: f32) and its buffers' bytes before.
+        let run_with = |kv: Option<DType>, k_before: &[u8], v_before: &[u8]| {
+            run(
+                Kernel::HeadNormRope,
+                kv,
+                &[
+                    n as u32,
+                    hd as u32,
+                    (rd / 2) as u32,
+                    pos0 as u32,
+                    eps.to_bits(),
+                    x_stride as u32,
+                    nq as u32,
+                    q_offset as u32,
+                    nk as u32,
+                    k_offset as u32,
+                    k_out as u32,
+                    u32::from(copy_v),
+                    v_offset as u32,
+                    cos.len() as u32,
+                ],
+                &[
+                    &f32_bytes(&rows_in),
+                    &f32_bytes(&wq),
+                    &f32_bytes(&wk),
+                    &f32_bytes(&[cos.clone(), sin.clone()].concat()),
+                    &f32_bytes(&q_before),
+                    k_before,
+                    &f32_bytes(&rows_in),
+                    v_before,
+                ],
+                ((nq + nk) as u32, n as u32),
+            )
+        };
+        let out = run_with(None, &f32_bytes(&k_before), &f32_bytes(&v_before));
         // The dims past rotary_dim are the normed values.
         let tail = |v: &[f32]| -> Vec<f32> {
             v.chunks_exact(hd)
@@ -746,6 +804,46 @@ fn head_norm_rope() {
             ck.close(&format!("{case} v"), &pick(&got_v, &k_written), &v, EXACT);
         } else {
             ck.close(&format!("{case} v untouched"), &got_v, &v_before, EXACT);
+        }
+        if kv_f16() && nk > 0 {
+            // The same with an f16 KV cache: keys and values rounded to nearest even (the
+            // keys within one f16 step of the reference, which the f32 results may cross).
+            let (kb16, vb16) = (round_f16(&k_before), round_f16(&v_before));
+            let out = run_with(Some(DType::F16), &f16_bytes(&kb16), &f16_bytes(&vb16));
+            let case = format!("{case} f16 cache");
+            if nq > 0 {
+                ck.close(
+                    &format!("{case} q"),
+                    &pick(&to_f32(&out[4]), &q_written),
+                    &want_q,
+                    REDUCTION.floor(1.0),
+                );
+            }
+            let got_k = from_f16_bytes(&out[5]);
+            ck.untouched(&format!("{case} k"), &got_k, &kb16, &k_written);
+            let f16_step = Tol {
+                nmse: 1e-7,
+                max_rel: 1.0 / 1024.0,
+                floor: 0.0,
+            };
+            ck.close(
+                &format!("{case} k"),
+                &pick(&got_k, &k_written),
+                &want_k,
+                f16_step.floor(1.0),
+            );
+            let got_v = from_f16_bytes(&out[7]);
+            if copy_v {
+                ck.untouched(&format!("{case} v"), &got_v, &vb16, &k_written);
+                ck.close(
+                    &format!("{case} v"),
+                    &pick(&got_v, &k_written),
+                    &round_f16(&v),
+                    EXACT,
+                );
+            } else {
+                ck.close(&format!("{case} v untouched"), &got_v, &vb16, EXACT);
+            }
         }
     }
     ck.report();
@@ -792,27 +890,23 @@ fn attention() {
         // The reference's scale (head_dim^-0.5 rounded from f64); the engine computes it in
         // f32, possibly an ulp away: that is the caller's choice, not the kernel's.
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
-        let want = reference::attention(
-            &q,
-            &k[..n_keys * row],
-            &v[..n_keys * row],
-            n,
-            pos0,
-            nh,
-            nkv,
-            hd,
-        );
         // One workgroup per (head, query), and 16 queries per workgroup (heads of a multiple
-        // of 4 values, as all of these).
+        // of 4 values, as all of these); the tiled kernel again over an f16 cache (heads of
+        // a multiple of 8 values), against the reference on the rounded keys and values.
         let tiled = attention_tiled_groups(nh as u32, n as u32);
-        for (kernel, groups) in [
-            (Kernel::Attention, (nh as u32, n as u32)),
-            (Kernel::AttentionTiled, tiled),
+        for (kernel, groups, f16) in [
+            (Kernel::Attention, (nh as u32, n as u32), false),
+            (Kernel::AttentionTiled, tiled, false),
+            (Kernel::AttentionTiled, tiled, true),
         ] {
+            if f16 && !(kv_f16() && hd % 8 == 0) {
+                continue;
+            }
+            let (k_bytes, v_bytes, want) = cache_case(f16, &q, &k, &v, (n, pos0, nh, nkv, hd));
             let before = rng.vec(n * nh * hd, 1.0);
             let out = run(
                 kernel,
-                None,
+                f16.then_some(DType::F16),
                 &[
                     n as u32,
                     pos0 as u32,
@@ -821,17 +915,13 @@ fn attention() {
                     hd as u32,
                     scale.to_bits(),
                 ],
-                &[
-                    &f32_bytes(&q),
-                    &f32_bytes(&k),
-                    &f32_bytes(&v),
-                    &f32_bytes(&before),
-                ],
+                &[&f32_bytes(&q), &k_bytes, &v_bytes, &f32_bytes(&before)],
                 groups,
             );
             // Outputs are convex combinations of values in [-1, 1], typically dominated by a
             // few keys; an average over many keys can be small: judged against 0.1.
-            let case = format!("{} {case}", kernel.name());
+            let f16_case = if f16 { " f16 cache" } else { "" };
+            let case = format!("{}{f16_case} {case}", kernel.name());
             ck.close(&case, &to_f32(&out[3]), &want, REDUCTION.floor(0.1));
         }
     }
@@ -892,56 +982,50 @@ fn attention_split_and_merge() {
         k[n_keys * row..].fill(40.0);
         v[n_keys * row..].fill(f32::NAN);
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
-        let want = reference::attention(
-            &q,
-            &k[..n_keys * row],
-            &v[..n_keys * row],
-            1,
-            pos0,
-            nh,
-            nkv,
-            hd,
-        );
-        let (chunk, splits) = attention_splits(n_keys as u32, nh as u32);
-        let part = vec![f32::NAN; attention_part_floats(nh as u32, hd as u32) as usize];
-        let out = run(
-            Kernel::AttentionSplit,
-            None,
-            &[
-                pos0 as u32,
-                nh as u32,
-                nkv as u32,
-                hd as u32,
-                scale.to_bits(),
-                chunk,
-                splits,
-            ],
-            &[
-                &f32_bytes(&q),
-                &f32_bytes(&k),
-                &f32_bytes(&v),
-                &f32_bytes(&part),
-            ],
-            (nh as u32, splits),
-        );
-        for il in [false, true] {
-            if il && (nh * hd) % 32 != 0 {
+        // An f32 cache, then (where the kernels offer it) an f16 one, against the reference
+        // on the rounded keys and values.
+        for f16 in [false, true] {
+            if f16 && !kv_f16() {
                 continue;
             }
-            let before = rng.vec(nh * hd, 1.0);
-            let merged = run(
-                Kernel::AttentionMerge,
-                None,
-                &[nh as u32, hd as u32, splits, u32::from(il)],
-                &[&out[3], &f32_bytes(&before)],
-                attention_merge_groups(nh as u32, hd as u32),
+            let (k_bytes, v_bytes, want) = cache_case(f16, &q, &k, &v, (1, pos0, nh, nkv, hd));
+            let case = format!("{case}{}", if f16 { " f16 cache" } else { "" });
+            let (chunk, splits) = attention_splits(n_keys as u32, nh as u32);
+            let part = vec![f32::NAN; attention_part_floats(nh as u32, hd as u32) as usize];
+            let out = run(
+                Kernel::AttentionSplit,
+                f16.then_some(DType::F16),
+                &[
+                    pos0 as u32,
+                    nh as u32,
+                    nkv as u32,
+                    hd as u32,
+                    scale.to_bits(),
+                    chunk,
+                    splits,
+                ],
+                &[&f32_bytes(&q), &k_bytes, &v_bytes, &f32_bytes(&part)],
+                (nh as u32, splits),
             );
-            let mut got = to_f32(&merged[1]);
-            if il {
-                got = deinterleave(&got, nh * hd);
+            for il in [false, true] {
+                if il && (nh * hd) % 32 != 0 {
+                    continue;
+                }
+                let before = rng.vec(nh * hd, 1.0);
+                let merged = run(
+                    Kernel::AttentionMerge,
+                    None,
+                    &[nh as u32, hd as u32, splits, u32::from(il)],
+                    &[&out[3], &f32_bytes(&before)],
+                    attention_merge_groups(nh as u32, hd as u32),
+                );
+                let mut got = to_f32(&merged[1]);
+                if il {
+                    got = deinterleave(&got, nh * hd);
+                }
+                let case = format!("{case} interleaved {il}");
+                ck.close(&case, &got, &want, REDUCTION.floor(0.1));
             }
-            let case = format!("{case} interleaved {il}");
-            ck.close(&case, &got, &want, REDUCTION.floor(0.1));
         }
     }
     ck.report();

@@ -76,7 +76,8 @@ const QUANT_GROUPS: [u32; 3] = [32, 64, 128];
 
 /// The override constants a kernel is compiled with (as `Kernel::constants` gives them to
 /// `Gpu::pipeline_for`), each with a name for messages: nothing for kernels that read no
-/// weights; the three weight dtypes for float-weight kernels; every scale dtype x bits x
+/// weights; the two KV cache dtypes for the kernels of the KV cache; the three weight dtypes
+/// for float-weight kernels; every scale dtype x bits x
 /// group size for quantized kernels; and each of those with every `FLAGS` value for the
 /// kernels specialized by their flags (`Kernel::pipeline_flags`).
 fn variants(kernel: Kernel) -> Vec<(Vec<(&'static str, f64)>, String)> {
@@ -112,6 +113,12 @@ fn base_variants(kernel: Kernel) -> Vec<(Vec<(&'static str, f64)>, String)> {
             }
         }
         v
+    } else if kernel.uses_kv_cache() {
+        // KV cache elements: f32 and f16 (`KVDT`).
+        [(0, "f32"), (1, "f16")]
+            .iter()
+            .map(|&(code, dtype)| (kernel.constants(code, None), format!("KVDT {dtype}")))
+            .collect()
     } else if kernel.reads_weights() {
         WDTS.iter()
             .map(|&(wdt, dtype)| (kernel.constants(wdt, None), format!("WDT {dtype}")))

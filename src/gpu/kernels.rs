@@ -164,6 +164,11 @@ pub enum Include {
     Interleave,
     /// `qtile.wgsl`: dequantizing an octet of a row into a prefill mat-mat tile.
     QTile,
+    /// `kv_native.wgsl`: KV cache elements in f32 or f16 (the `KVDT` override), converted
+    /// by the hardware.
+    KvNative,
+    /// `kv_f32.wgsl`: KV cache elements in f32 only (portable).
+    KvF32,
 }
 
 impl Include {
@@ -180,6 +185,8 @@ impl Include {
             Include::TopK => "top_k",
             Include::Interleave => "interleave",
             Include::QTile => "qtile",
+            Include::KvNative => "kv_native",
+            Include::KvF32 => "kv_f32",
         }
     }
 
@@ -196,6 +203,8 @@ impl Include {
             Include::TopK => include_str!("../../kernels/include/top_k.wgsl"),
             Include::Interleave => include_str!("../../kernels/include/interleave.wgsl"),
             Include::QTile => include_str!("../../kernels/include/qtile.wgsl"),
+            Include::KvNative => include_str!("../../kernels/include/kv_native.wgsl"),
+            Include::KvF32 => include_str!("../../kernels/include/kv_f32.wgsl"),
         }
     }
 }
@@ -582,6 +591,16 @@ impl Kernel {
         )
     }
 
+    /// Whether the kernel writes or reads the KV cache as elements of the `KVDT` override
+    /// constant (`include/kv_*.wgsl`), set from the dispatch's dtype: f32 (the default) or,
+    /// in variants with native f16 conversion, f16.
+    pub fn uses_kv_cache(self) -> bool {
+        matches!(
+            self,
+            Kernel::HeadNormRope | Kernel::AttentionSplit | Kernel::AttentionTiled
+        )
+    }
+
     /// Whether the kernel sums over teams of invocations (`team_sum`), by subgroup
     /// reduction in the subgroup variant.
     pub fn uses_teams(self) -> bool {
@@ -648,6 +667,13 @@ impl Kernel {
         ) {
             v.push(Include::Interleave);
         }
+        if self.uses_kv_cache() {
+            v.push(if variant.f16 {
+                Include::KvNative
+            } else {
+                Include::KvF32
+            });
+        }
         if self.uses_teams() {
             v.push(Include::QBlock);
             v.push(if variant.subgroups {
@@ -689,6 +715,10 @@ impl Kernel {
             // Rows per team; the engine may ask for 2 or 1 instead
             // (`qmatvec_rows_per_team`, `expert_rows_per_team`).
             c.push(("ROWS", 4.0));
+        }
+        if self.uses_kv_cache() {
+            // The KV cache's element dtype code (0 f32, 1 f16), given as the dispatch's dtype.
+            c.push(("KVDT", f64::from(wdt)));
         }
         if self.pipeline_flags().is_some() {
             // Set per dispatch from its parameters (`pipeline_flags`).

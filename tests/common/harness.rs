@@ -109,7 +109,14 @@ pub fn run_kernel_rows_on(
         kernel.name(),
         buffers.len()
     );
-    assert_eq!(kernel.reads_weights(), wdt.is_some(), "{}", kernel.name());
+    // A dtype for the kernels that read weights (their WDT) and, optionally, for those of
+    // the KV cache (their KVDT, f32 without one).
+    assert!(
+        kernel.reads_weights() == wdt.is_some()
+            || (kernel.uses_kv_cache() && !kernel.reads_weights()),
+        "{}",
+        kernel.name()
+    );
     assert_eq!(kernel.is_quantized(), quant.is_some(), "{}", kernel.name());
     on.run_q_rows(kernel, wdt, quant, rows, params, buffers, groups)
         .unwrap_or_else(|e| panic!("{} ({wdt:?}, {quant:?}): {e}", kernel.name()))
