@@ -229,6 +229,12 @@ fn run(args: Args) -> moestream::Result<()> {
         }
     );
     let mut session = model.session(args.max_context)?;
+    eprintln!(
+        "KV cache: {:.1} MiB ({:?}) for {} tokens",
+        session.kv_cache_bytes() as f64 / 1048576.0,
+        model.kv_cache_dtype(),
+        session.max_context()
+    );
 
     let Some(tokenizer) = tokenizer else {
         // No tokenizer: greedy ids, as before tokenizer support.

@@ -416,6 +416,17 @@ impl Session {
         self.max_context
     }
 
+    /// GPU memory of the KV cache in bytes: keys and values of every layer for
+    /// [`max_context`](Self::max_context) tokens, in the model's
+    /// [`kv_cache_dtype`](crate::Model::kv_cache_dtype).
+    pub fn kv_cache_bytes(&self) -> u64 {
+        self.scratch
+            .kv
+            .iter()
+            .map(|(k, v)| k.size() + v.size())
+            .sum()
+    }
+
     /// The model this session runs on.
     pub fn model(&self) -> &Model {
         &self.model

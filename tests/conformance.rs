@@ -169,8 +169,14 @@ fn f16_kv_cache_stays_close_to_golden() {
         println!("f16 KV cache: {report}");
         assert_eq!(report.argmax_agree, report.argmax_checked, "{report}");
         assert!(report.max_abs_diff <= 1e-2, "{report}");
-        let (_, f32_report) = run(&dir, &golden, None);
+        let (f32_model, f32_report) = run(&dir, &golden, None);
         assert_ne!(report.max_abs_diff, f32_report.max_abs_diff, "{report}");
+        // Half the memory.
+        let bytes = |m: &Model| m.session(64).unwrap().kv_cache_bytes();
+        assert_eq!(2 * bytes(&model), bytes(&f32_model));
+        let cfg = model.config();
+        let per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim;
+        assert_eq!(bytes(&model), (64 * per_token * 2) as u64);
     }
 }
 
