@@ -130,12 +130,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
 }
 
-// Quad i of the K cache (vec4 i of its f32 rows), as f32.
+// Quad i (4 elements) of the K cache, as f32.
 fn key(i: u32) -> vec4<f32> {
     return kv_quad(k_cache[kv_word(i)], i);
 }
 
-// Quad i of the V cache, as f32.
+// Quad i (4 elements) of the V cache, as f32.
 fn value(i: u32) -> vec4<f32> {
     return kv_quad(v_cache[kv_word(i)], i);
 }

@@ -1,8 +1,8 @@
 // Causal attention over the KV cache for prefill, 16 queries of one head per workgroup.
 // q: [n_tokens, n_heads, head_dim]; k_cache, v_cache: [positions, n_kv_heads, head_dim] of
-// f32 or f16 (include/kv_*.wgsl); all read 4 elements at a time (head_dim a multiple of 4,
-// at most 256); out: [n_tokens, n_heads,
-// head_dim]. Query t sits at position pos0 + t and sees keys 0..=pos0 + t. Workgroup
+// f32, read 4 elements per load (head_dim a multiple of 4, at most 256), or of f16, read 8
+// elements per load (head_dim a multiple of 8; include/kv_*.wgsl); out: [n_tokens,
+// n_heads, head_dim]. Query t sits at position pos0 + t and sees keys 0..=pos0 + t. Workgroup
 // (h, b) computes head h for queries 16 b .. 16 b + 15, over tiles of 64 keys with an
 // online (running max) softmax in f32, so that each key and value read serves 16 queries.
 //
@@ -93,7 +93,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let live = (vec4<u32>(qi) + vec4<u32>(0u, 1u, 2u, 3u)) < vec4<u32>(nq);
     // Value columns of the invocation: dg + 16 i for i < nch; with an f16 cache (whose
     // vec4<u32> loads hold two columns; head_dim a multiple of 8) the pairs 2 dg + 32 i and
-    // 2 dg + 32 i + 1 (`column`).
+    // 2 dg + 32 i + 1 (from `dcol`).
     let f16 = KVDT == 1u;
     let nch = select(select(0u, (hd4 - dg + 15u) / 16u, dg < hd4),
                      select(0u, 2u * ((hd4 - 2u * dg + 31u) / 32u), 2u * dg < hd4), f16);
@@ -275,12 +275,12 @@ fn store(i: u32, nq: u32, t0: u32, q4: u32, col: u32, nch: u32, c0: vec4<f32>,
     }
 }
 
-// Quad i of the K cache (vec4 i of its f32 rows), as f32.
+// Quad i (4 elements) of the K cache, as f32.
 fn key(i: u32) -> vec4<f32> {
     return kv_quad(k_cache[kv_word(i)], i);
 }
 
-// Quad i of the V cache, as f32.
+// Quad i (4 elements) of the V cache, as f32.
 fn value(i: u32) -> vec4<f32> {
     return kv_quad(v_cache[kv_word(i)], i);
 }

@@ -16,8 +16,8 @@
 // Dims past rotary_dim are normed, not rotated. One workgroup per (head, token);
 // head_dim <= 256. outk and v_dst hold KV cache elements (include/kv_*.wgsl): f32, or with
 // KVDT = 1 f16 pairs (head_dim and k_out even), whose words a key head writes after a
-// barrier, once all its dims are computed. The arithmetic is rmsnorm.wgsl's followed by the rotation:
-// y = w * (x * inverseSqrt(mean(x^2) + eps)), y1 c - y2 s, y2 c + y1 s.
+// barrier, once all its dims are computed. The arithmetic is rmsnorm.wgsl's followed by
+// the rotation: y = w * (x * inverseSqrt(mean(x^2) + eps)), y1 c - y2 s, y2 c + y1 s.
 struct Params {
     n_tokens: u32,
     head_dim: u32,

@@ -230,18 +230,7 @@ impl ModelBuilder {
         let mut gpu = Gpu::new(&self.adapter)?;
         gpu.readback_spin = self.readback_spin;
         let gpu_integer_dot = gpu.summary.integer_dot_products;
-        let weights = Weights::load(&gpu, &cfg, &ckpt)?;
-        // Decode rows stay f32 when asked, without integer dot products, or when no 2- to 6-bit
-        // matrix would read the 8+8-bit row (then no norm writes it).
-        let reads_q8 =
-            |f: WeightFormat| matches!(f, WeightFormat::Affine(q) if reads_q8_activations(q.bits));
-        let any_reads_q8 = weights.matrices().any(|m| reads_q8(m.format))
-            || moe_layers.iter().any(|&l| {
-                store
-                    .layout(l)
-                    .is_some_and(|lay| lay.tensors.iter().any(|t| reads_q8(t.format)))
-            });
-        let f32_activations = self.f32_activations.unwrap_or(!gpu_integer_dot) || !any_reads_q8;
+        // Checked before the weights load, so a bad request fails fast.
         let kv_f16_ok = gpu.variant.f16 && cfg.head_dim % 8 == 0;
         let kv_cache_dtype = match self.kv_cache_dtype {
             None | Some(DType::F32) => DType::F32,
@@ -260,6 +249,18 @@ impl ModelBuilder {
                 )))
             }
         };
+        let weights = Weights::load(&gpu, &cfg, &ckpt)?;
+        // Decode rows stay f32 when asked, without integer dot products, or when no 2- to 6-bit
+        // matrix would read the 8+8-bit row (then no norm writes it).
+        let reads_q8 =
+            |f: WeightFormat| matches!(f, WeightFormat::Affine(q) if reads_q8_activations(q.bits));
+        let any_reads_q8 = weights.matrices().any(|m| reads_q8(m.format))
+            || moe_layers.iter().any(|&l| {
+                store
+                    .layout(l)
+                    .is_some_and(|lay| lay.tensors.iter().any(|t| reads_q8(t.format)))
+            });
+        let f32_activations = self.f32_activations.unwrap_or(!gpu_integer_dot) || !any_reads_q8;
         let total_experts = moe_layers.len() * cfg.num_experts;
         let cache = if total_experts > 0 {
             let largest = moe_layers
