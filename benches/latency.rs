@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo bench --bench latency
+//! cargo bench --bench latency -- --ranges 32,63,128   # decode attention with other key ranges
 //! ```
 //! A decode token of Qwen3-30B-A3B is a chain of ~600 dispatches, most of them too small
 //! to be bound by memory bandwidth: what they cost is latency (launch, the barrier
@@ -180,57 +181,157 @@ fn main() -> Result<()> {
     )?;
     report("head_norm_rope 32 + 4 heads of 128", LAYERS, t, floor);
 
-    // Split attention and its merge at two context lengths. (One KV buffer serves every
-    // dispatch, so it stays in L2 here; a decode step reads each layer's KV cache from
-    // memory. `decode -- --long-context` measures that.)
-    let kv = bench.upload(&f32_bytes(&values(positions * KV_HEADS * HEAD_DIM, 7)));
+    // Split attention and its merge at three context lengths, over KV caches of f32 and
+    // (in the f16 kernel variant) f16. Consecutive dispatches read the caches of the next
+    // of KV_COPIES layers, together larger than the GPU's L2 (an H200 has 60 MB; one
+    // layer's f32 cache at 8001 keys is 16 MB), so that, as in a decode step, keys and
+    // values come from memory.
+    const KV_COPIES: usize = 8;
     let part = bench.zeros(kernels::attention_part_floats(Q_HEADS as u32, HEAD_DIM as u32) * 4);
     let attn = bench.zeros((Q_HEADS * HEAD_DIM * 4) as u64);
-    for pos0 in [200u32, 2000, 8000] {
-        let (chunk, splits) = kernels::attention_splits(pos0 + 1, Q_HEADS as u32);
-        let t = time(
-            &bench,
-            Kernel::AttentionSplit,
-            None,
-            None,
-            0,
-            &[
-                pos0,
-                Q_HEADS as u32,
-                KV_HEADS as u32,
-                HEAD_DIM as u32,
-                (1.0 / (HEAD_DIM as f32).sqrt()).to_bits(),
-                chunk,
-                splits,
-            ],
-            &[&outq, &kv, &kv, &part],
-            (Q_HEADS as u32, splits),
-        )?;
-        report(
-            &format!(
-                "attention_split, {} keys ({splits} ranges per head)",
-                pos0 + 1
-            ),
-            LAYERS,
-            t,
-            floor,
-        );
-        let t = time(
-            &bench,
-            Kernel::AttentionMerge,
-            None,
-            None,
-            0,
-            &[Q_HEADS as u32, HEAD_DIM as u32, splits, 1],
-            &[&part, &attn],
-            kernels::attention_merge_groups(Q_HEADS as u32, HEAD_DIM as u32),
-        )?;
-        report(
-            &format!("attention_merge, {splits} ranges per head"),
-            LAYERS,
-            t,
-            floor,
-        );
+    let elems = positions * KV_HEADS * HEAD_DIM;
+    for kv_dtype in [DType::F32, DType::F16] {
+        if kv_dtype == DType::F16 && !a.variant.f16 {
+            continue;
+        }
+        let cache = |seed: u64| {
+            let v = values(elems, seed);
+            bench.upload(&if kv_dtype == DType::F16 {
+                v.iter()
+                    .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                    .collect()
+            } else {
+                f32_bytes(&v)
+            })
+        };
+        let caches: Vec<(DeviceBuffer, DeviceBuffer)> = (0..KV_COPIES as u64)
+            .map(|i| (cache(7 + 2 * i), cache(8 + 2 * i)))
+            .collect();
+        let sets: Vec<Vec<&DeviceBuffer>> = caches
+            .iter()
+            .map(|(k, v)| vec![&outq, k, v, &part])
+            .collect();
+        for pos0 in [200u32, 2000, 8000] {
+            let (chunk, splits) = kernels::attention_splits(pos0 + 1, Q_HEADS as u32);
+            let t = median_time(
+                &bench,
+                Kernel::AttentionSplit,
+                Some(kv_dtype),
+                None,
+                0,
+                &[
+                    pos0,
+                    Q_HEADS as u32,
+                    KV_HEADS as u32,
+                    HEAD_DIM as u32,
+                    (1.0 / (HEAD_DIM as f32).sqrt()).to_bits(),
+                    chunk,
+                    splits,
+                ],
+                &sets,
+                (Q_HEADS as u32, splits),
+                ITERS,
+            )?;
+            report(
+                &format!(
+                    "attention_split, {} keys ({splits} ranges per head), {kv_dtype:?} cache",
+                    pos0 + 1
+                ),
+                LAYERS,
+                t,
+                floor,
+            );
+            if kv_dtype == DType::F16 {
+                continue; // the merge does not read the cache
+            }
+            let t = time(
+                &bench,
+                Kernel::AttentionMerge,
+                None,
+                None,
+                0,
+                &[Q_HEADS as u32, HEAD_DIM as u32, splits, 1],
+                &[&part, &attn],
+                kernels::attention_merge_groups(Q_HEADS as u32, HEAD_DIM as u32),
+            )?;
+            report(
+                &format!("attention_merge, {splits} ranges per head"),
+                LAYERS,
+                t,
+                floor,
+            );
+        }
+    }
+
+    // `--ranges R,...`: split attention + merge at 2001 and 8001 keys with R key ranges per
+    // head instead of the engine's choice (f32 caches, as above).
+    let ranges: Vec<u32> = std::env::args()
+        .skip_while(|a| a != "--ranges")
+        .nth(1)
+        .map(|v| v.split(',').filter_map(|r| r.parse().ok()).collect())
+        .unwrap_or_default();
+    if !ranges.is_empty() {
+        let caches: Vec<(DeviceBuffer, DeviceBuffer)> = (0..KV_COPIES as u64)
+            .map(|i| {
+                (
+                    bench.upload(&f32_bytes(&values(elems, 7 + 2 * i))),
+                    bench.upload(&f32_bytes(&values(elems, 8 + 2 * i))),
+                )
+            })
+            .collect();
+        let most = ranges
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(1)
+            .min(kernels::ATTENTION_MAX_SPLITS);
+        let part = bench.zeros(u64::from(most) * (Q_HEADS * (HEAD_DIM + 2) * 4) as u64);
+        let sets: Vec<Vec<&DeviceBuffer>> = caches
+            .iter()
+            .map(|(k, v)| vec![&outq, k, v, &part])
+            .collect();
+        for pos0 in [2000u32, 8000] {
+            for &r in &ranges {
+                let chunk = (pos0 + 1).div_ceil(r.clamp(1, most)).div_ceil(16) * 16;
+                let splits = (pos0 + 1).div_ceil(chunk);
+                let t = median_time(
+                    &bench,
+                    Kernel::AttentionSplit,
+                    Some(DType::F32),
+                    None,
+                    0,
+                    &[
+                        pos0,
+                        Q_HEADS as u32,
+                        KV_HEADS as u32,
+                        HEAD_DIM as u32,
+                        (1.0 / (HEAD_DIM as f32).sqrt()).to_bits(),
+                        chunk,
+                        splits,
+                    ],
+                    &sets,
+                    (Q_HEADS as u32, splits),
+                    ITERS,
+                )?;
+                let m = time(
+                    &bench,
+                    Kernel::AttentionMerge,
+                    None,
+                    None,
+                    0,
+                    &[Q_HEADS as u32, HEAD_DIM as u32, splits, 1],
+                    &[&part, &attn],
+                    kernels::attention_merge_groups(Q_HEADS as u32, HEAD_DIM as u32),
+                )?;
+                println!(
+                    "{} keys, {splits} ranges of {chunk}: split {:.2} us + merge {:.2} us = {:.2} us",
+                    pos0 + 1,
+                    t * 1e6,
+                    m * 1e6,
+                    (t + m) * 1e6
+                );
+            }
+        }
     }
 
     // The router's logits (a 4-bit mat-vec of 128 rows) and the routing kernel.
