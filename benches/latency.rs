@@ -84,6 +84,82 @@ fn report(name: &str, per_token: usize, t: f64, floor: f64) {
     );
 }
 
+/// Layers' KV caches cycled through by the attention timings.
+const KV_COPIES: usize = 8;
+
+/// `KV_COPIES` (K, V) cache pairs of `positions` positions of `kv_dtype` (f32 or f16)
+/// elements, pseudo-random.
+fn kv_caches(
+    bench: &GpuBench,
+    kv_dtype: DType,
+    positions: usize,
+) -> Vec<(DeviceBuffer, DeviceBuffer)> {
+    let elems = positions * KV_HEADS * HEAD_DIM;
+    let cache = |seed: u64| {
+        let v = values(elems, seed);
+        bench.upload(&if kv_dtype == DType::F16 {
+            v.iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect()
+        } else {
+            f32_bytes(&v)
+        })
+    };
+    (0..KV_COPIES as u64)
+        .map(|i| (cache(7 + 2 * i), cache(8 + 2 * i)))
+        .collect()
+}
+
+/// Time per dispatch of `attention_split` at `pos0 + 1` keys in `splits` ranges of `chunk`,
+/// cycling through `sets` (q, K cache, V cache, partial states).
+fn time_split(
+    bench: &GpuBench,
+    kv_dtype: DType,
+    sets: &[Vec<&DeviceBuffer>],
+    pos0: u32,
+    chunk: u32,
+    splits: u32,
+) -> Result<f64> {
+    median_time(
+        bench,
+        Kernel::AttentionSplit,
+        Some(kv_dtype),
+        None,
+        0,
+        &[
+            pos0,
+            Q_HEADS as u32,
+            KV_HEADS as u32,
+            HEAD_DIM as u32,
+            (1.0 / (HEAD_DIM as f32).sqrt()).to_bits(),
+            chunk,
+            splits,
+        ],
+        sets,
+        (Q_HEADS as u32, splits),
+        ITERS,
+    )
+}
+
+/// Time per dispatch of `attention_merge` over `splits` ranges per head.
+fn time_merge(
+    bench: &GpuBench,
+    part: &DeviceBuffer,
+    attn: &DeviceBuffer,
+    splits: u32,
+) -> Result<f64> {
+    time(
+        bench,
+        Kernel::AttentionMerge,
+        None,
+        None,
+        0,
+        &[Q_HEADS as u32, HEAD_DIM as u32, splits, 1],
+        &[part, attn],
+        kernels::attention_merge_groups(Q_HEADS as u32, HEAD_DIM as u32),
+    )
+}
+
 fn main() -> Result<()> {
     let bench = GpuBench::new()?;
     let a = bench.adapter();
@@ -186,52 +262,20 @@ fn main() -> Result<()> {
     // of KV_COPIES layers, together larger than the GPU's L2 (an H200 has 60 MB; one
     // layer's f32 cache at 8001 keys is 16 MB), so that, as in a decode step, keys and
     // values come from memory.
-    const KV_COPIES: usize = 8;
     let part = bench.zeros(kernels::attention_part_floats(Q_HEADS as u32, HEAD_DIM as u32) * 4);
     let attn = bench.zeros((Q_HEADS * HEAD_DIM * 4) as u64);
-    let elems = positions * KV_HEADS * HEAD_DIM;
     for kv_dtype in [DType::F32, DType::F16] {
         if kv_dtype == DType::F16 && !a.variant.f16 {
             continue;
         }
-        let cache = |seed: u64| {
-            let v = values(elems, seed);
-            bench.upload(&if kv_dtype == DType::F16 {
-                v.iter()
-                    .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-                    .collect()
-            } else {
-                f32_bytes(&v)
-            })
-        };
-        let caches: Vec<(DeviceBuffer, DeviceBuffer)> = (0..KV_COPIES as u64)
-            .map(|i| (cache(7 + 2 * i), cache(8 + 2 * i)))
-            .collect();
+        let caches = kv_caches(&bench, kv_dtype, positions);
         let sets: Vec<Vec<&DeviceBuffer>> = caches
             .iter()
             .map(|(k, v)| vec![&outq, k, v, &part])
             .collect();
         for pos0 in [200u32, 2000, 8000] {
             let (chunk, splits) = kernels::attention_splits(pos0 + 1, Q_HEADS as u32);
-            let t = median_time(
-                &bench,
-                Kernel::AttentionSplit,
-                Some(kv_dtype),
-                None,
-                0,
-                &[
-                    pos0,
-                    Q_HEADS as u32,
-                    KV_HEADS as u32,
-                    HEAD_DIM as u32,
-                    (1.0 / (HEAD_DIM as f32).sqrt()).to_bits(),
-                    chunk,
-                    splits,
-                ],
-                &sets,
-                (Q_HEADS as u32, splits),
-                ITERS,
-            )?;
+            let t = time_split(&bench, kv_dtype, &sets, pos0, chunk, splits)?;
             report(
                 &format!(
                     "attention_split, {} keys ({splits} ranges per head), {kv_dtype:?} cache",
@@ -244,16 +288,7 @@ fn main() -> Result<()> {
             if kv_dtype == DType::F16 {
                 continue; // the merge does not read the cache
             }
-            let t = time(
-                &bench,
-                Kernel::AttentionMerge,
-                None,
-                None,
-                0,
-                &[Q_HEADS as u32, HEAD_DIM as u32, splits, 1],
-                &[&part, &attn],
-                kernels::attention_merge_groups(Q_HEADS as u32, HEAD_DIM as u32),
-            )?;
+            let t = time_merge(&bench, &part, &attn, splits)?;
             report(
                 &format!("attention_merge, {splits} ranges per head"),
                 LAYERS,
@@ -271,14 +306,7 @@ fn main() -> Result<()> {
         .map(|v| v.split(',').filter_map(|r| r.parse().ok()).collect())
         .unwrap_or_default();
     if !ranges.is_empty() {
-        let caches: Vec<(DeviceBuffer, DeviceBuffer)> = (0..KV_COPIES as u64)
-            .map(|i| {
-                (
-                    bench.upload(&f32_bytes(&values(elems, 7 + 2 * i))),
-                    bench.upload(&f32_bytes(&values(elems, 8 + 2 * i))),
-                )
-            })
-            .collect();
+        let caches = kv_caches(&bench, DType::F32, positions);
         let most = ranges
             .iter()
             .copied()
@@ -294,35 +322,8 @@ fn main() -> Result<()> {
             for &r in &ranges {
                 let chunk = (pos0 + 1).div_ceil(r.clamp(1, most)).div_ceil(16) * 16;
                 let splits = (pos0 + 1).div_ceil(chunk);
-                let t = median_time(
-                    &bench,
-                    Kernel::AttentionSplit,
-                    Some(DType::F32),
-                    None,
-                    0,
-                    &[
-                        pos0,
-                        Q_HEADS as u32,
-                        KV_HEADS as u32,
-                        HEAD_DIM as u32,
-                        (1.0 / (HEAD_DIM as f32).sqrt()).to_bits(),
-                        chunk,
-                        splits,
-                    ],
-                    &sets,
-                    (Q_HEADS as u32, splits),
-                    ITERS,
-                )?;
-                let m = time(
-                    &bench,
-                    Kernel::AttentionMerge,
-                    None,
-                    None,
-                    0,
-                    &[Q_HEADS as u32, HEAD_DIM as u32, splits, 1],
-                    &[&part, &attn],
-                    kernels::attention_merge_groups(Q_HEADS as u32, HEAD_DIM as u32),
-                )?;
+                let t = time_split(&bench, DType::F32, &sets, pos0, chunk, splits)?;
+                let m = time_merge(&bench, &part, &attn, splits)?;
                 println!(
                     "{} keys, {splits} ranges of {chunk}: split {:.2} us + merge {:.2} us = {:.2} us",
                     pos0 + 1,
