@@ -62,16 +62,16 @@ fn main() -> Result<()> {
     let per_expert = experts_total / (spec.num_layers * spec.num_experts) as u64;
     let routed = (spec.num_layers * spec.top_k) as u64 * per_expert;
 
+    let kv = if std::env::args().any(|a| a == "--kv-f16") {
+        DType::F16
+    } else {
+        DType::F32
+    };
     for (label, budget) in [
         ("resident", experts_total + (64 << 20)),
         ("25% cache", experts_total / 4),
     ] {
         let t = Instant::now();
-        let kv = if std::env::args().any(|a| a == "--kv-f16") {
-            DType::F16
-        } else {
-            DType::F32
-        };
         let model = Model::builder(&dir)
             .expert_cache_bytes(budget)
             .kv_cache_dtype(kv)

@@ -2,9 +2,9 @@
 // in the variant with native f16 conversion; not a kernel itself). KVDT, an override
 // constant: 0 for f32 elements, 1 for f16 ones (half the memory and the bytes read; an
 // option of the engine, `ModelBuilder::kv_cache_dtype`). The caches are bound as arrays of
-// vec4<u32>: 4 f32 elements or 8 f16 ones each. Head rows hold a multiple of 4 elements, so a quad of
-// 4 consecutive elements of a head (index i, counted in quads from the buffer's start) is
-// one vec4 of f32 or half of one vec4 of f16.
+// vec4<u32>: 4 f32 elements or 8 f16 ones each. Head rows hold a multiple of 4 elements,
+// so a quad of 4 consecutive elements of a head (index i, counted in quads from the
+// buffer's start) is one vec4 of f32 or half of one vec4 of f16.
 override KVDT: u32 = 0u;
 
 // The vec4<u32> that holds quad i.

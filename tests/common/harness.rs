@@ -112,8 +112,7 @@ pub fn run_kernel_rows_on(
     // A dtype for the kernels that read weights (their WDT) and, optionally, for those of
     // the KV cache (their KVDT, f32 without one).
     assert!(
-        kernel.reads_weights() == wdt.is_some()
-            || (kernel.uses_kv_cache() && !kernel.reads_weights()),
+        kernel.reads_weights() == wdt.is_some() || kernel.uses_kv_cache(),
         "{}",
         kernel.name()
     );
