@@ -1,17 +1,20 @@
 // RMSNorm over rows of length n: y = x / sqrt(mean(x^2) + eps) * w, statistics in f32.
 // One workgroup per row; rows are read from x_offset and written from y_offset (elements).
-// Each invocation keeps four loads in flight (a row of 2048 is two rounds of loads, not
-// the 32 dependent ones of a plain strided loop). With flags bit 0 each row is also written
+// Rows of up to 8 * 256 values are loaded in one round (8 values of x and of w per
+// invocation); longer ones with four loads in flight per invocation, not the dependent
+// ones of a plain strided loop. With flags bit 0 each row is also written
 // to yi in the interleaved layout (include/interleave.wgsl; n a multiple of 32), the row
 // at row * n, and with bit 1 to yq in the 8+8-bit layout of that file (the row at
 // row * 18 n / 32 words), for the quantized mat-vec kernels.
 //
 // Decode runs this kernel twice per layer on one row, so its latency counts (`cargo bench
-// --bench latency`): rows of up to 2048 values keep their normalized values in workgroup
-// memory, read back as vec4s by the 8+8-bit blocks' octets (5.1 -> 4.7 us on an H200,
-// against re-reading x and w). Measured slower there: any reduction other than the tree
-// below (16 serial workgroup-memory reads per invocation cost more than 9 barriers), and
-// scalar reads of 8 consecutive values per invocation (bank conflicts).
+// --bench latency`): rows of up to 2048 values are loaded once, x and w together, and
+// kept in registers for the normalization (4.71 -> 4.35 us on an H200, against loading w
+// and x again after the reduction), and keep their normalized values in workgroup
+// memory, read back as vec4s by the 8+8-bit blocks' octets (5.1 -> 4.7 us, against
+// re-reading x and w). Measured slower there: any reduction other than the tree below (16
+// serial workgroup-memory reads per invocation cost more than 9 barriers), and scalar
+// reads of 8 consecutive values per invocation (bank conflicts).
 struct Params {
     n: u32,
     rows: u32,
@@ -43,14 +46,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let n = p.n;
     let xb = p.x_offset + row * n;
     var s = vec4<f32>(0.0);
+    // Rows of up to 8 WG values: the invocation's values lid + k WG (k = 0..7) of x and w,
+    // loaded together once and kept in registers (0 past the row).
+    let small = n <= 8u * WG;
+    var xa = vec4<f32>(0.0);
+    var xc = vec4<f32>(0.0);
+    var wa = vec4<f32>(0.0);
+    var wc = vec4<f32>(0.0);
     var i = lid;
-    for (; i + 3u * WG < n; i += 4u * WG) {
-        let v = vec4<f32>(x[xb + i], x[xb + i + WG], x[xb + i + 2u * WG], x[xb + i + 3u * WG]);
-        s += v * v;
-    }
-    for (; i < n; i += WG) {
-        let v = x[xb + i];
-        s.x += v * v;
+    if (small) {
+        xa = vec4<f32>(xv(xb, lid, n), xv(xb, lid + WG, n), xv(xb, lid + 2u * WG, n),
+                       xv(xb, lid + 3u * WG, n));
+        xc = vec4<f32>(xv(xb, lid + 4u * WG, n), xv(xb, lid + 5u * WG, n),
+                       xv(xb, lid + 6u * WG, n), xv(xb, lid + 7u * WG, n));
+        wa = vec4<f32>(wv(lid, n), wv(lid + WG, n), wv(lid + 2u * WG, n), wv(lid + 3u * WG, n));
+        wc = vec4<f32>(wv(lid + 4u * WG, n), wv(lid + 5u * WG, n), wv(lid + 6u * WG, n),
+                       wv(lid + 7u * WG, n));
+        s = xa * xa + xc * xc;
+    } else {
+        for (; i + 3u * WG < n; i += 4u * WG) {
+            let v = vec4<f32>(x[xb + i], x[xb + i + WG], x[xb + i + 2u * WG], x[xb + i + 3u * WG]);
+            s += v * v;
+        }
+        for (; i < n; i += WG) {
+            let v = x[xb + i];
+            s.x += v * v;
+        }
     }
     red[lid] = (s.x + s.y) + (s.z + s.w);
     workgroupBarrier();
@@ -66,7 +87,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let keep = (p.flags & 2u) != 0u && n <= 2048u && (n & 3u) == 0u;
     let yb = p.y_offset + row * n;
     let il = (p.flags & 1u) != 0u;
-    i = lid;
+    if (small) {
+        let oa = wa * (xa * inv);
+        let oc = wc * (xc * inv);
+        put(lid, oa.x, row, yb, keep, il);
+        put(lid + WG, oa.y, row, yb, keep, il);
+        put(lid + 2u * WG, oa.z, row, yb, keep, il);
+        put(lid + 3u * WG, oa.w, row, yb, keep, il);
+        put(lid + 4u * WG, oc.x, row, yb, keep, il);
+        put(lid + 5u * WG, oc.y, row, yb, keep, il);
+        put(lid + 6u * WG, oc.z, row, yb, keep, il);
+        put(lid + 7u * WG, oc.w, row, yb, keep, il);
+        i = n; // the loops below are for longer rows
+    } else {
+        i = lid;
+    }
     for (; i + 3u * WG < n; i += 4u * WG) {
         let v = vec4<f32>(x[xb + i], x[xb + i + WG], x[xb + i + 2u * WG], x[xb + i + 3u * WG]);
         let g = vec4<f32>(w[i], w[i + WG], w[i + 2u * WG], w[i + 3u * WG]);
@@ -102,6 +137,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if ((p.flags & 2u) != 0u) {
         workgroupBarrier(); // red[0] has been read by all
         write_q8(row, xb, inv, lid, keep);
+    }
+}
+
+// Value i of the row of x starting at xb (0 past the row's n values).
+fn xv(xb: u32, i: u32, n: u32) -> f32 {
+    return select(0.0, x[xb + min(i, n - 1u)], i < n);
+}
+
+// Value i of w (0 past n).
+fn wv(i: u32, n: u32) -> f32 {
+    return select(0.0, w[min(i, n - 1u)], i < n);
+}
+
+// Writes normalized value o of index i (if inside the row) to y, and to `vals` and yi
+// when kept / interleaved.
+fn put(i: u32, o: f32, row: u32, yb: u32, keep: bool, il: bool) {
+    if (i < p.n) {
+        if (keep) {
+            vals[i >> 2u][i & 3u] = o;
+        }
+        y[yb + i] = o;
+        if (il) {
+            yi[row * p.n + interleaved(i, p.n)] = o;
+        }
     }
 }
 

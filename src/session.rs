@@ -2,7 +2,7 @@
 
 use crate::cache::CacheStats;
 use crate::error::{Error, Result};
-use crate::forward::{Pass, Readout};
+use crate::forward::{Pass, Readout, RESIDENT_FIRST_CHUNK};
 use crate::gpu::{Gpu, ParamArena, Recorder, Timer};
 use crate::model::Model;
 use crate::sampling::Candidate;
@@ -508,6 +508,7 @@ impl Session {
             experts_routed: 0,
             resident,
             since_submit: 0,
+            submit_chunk: RESIDENT_FIRST_CHUNK,
         };
         let s = &self.scratch;
         let layers = cfg.num_hidden_layers;
