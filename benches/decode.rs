@@ -6,6 +6,7 @@
 //! MOESTREAM_PROFILE=1 cargo bench --bench decode -- --resident-only   # GPU time per kernel
 //! cargo bench --bench decode -- --resident-only --long-context   # also after 2048 / 8192 tokens
 //! cargo bench --bench decode -- --kv-f16     # the KV cache in f16 (ModelBuilder::kv_cache_dtype)
+//! cargo bench --bench decode -- --spin-us 0  # readback waits block at once (ModelBuilder::readback_spin)
 //! ```
 //! The model is written once to `$MOESTREAM_BENCH_DIR` (default `target/bench-models`).
 //! For a fully resident expert cache and for one holding 25% of the experts, it prefills
@@ -62,6 +63,13 @@ fn main() -> Result<()> {
     let per_expert = experts_total / (spec.num_layers * spec.num_experts) as u64;
     let routed = (spec.num_layers * spec.top_k) as u64 * per_expert;
 
+    // `--spin-us N`: how long readback waits poll before blocking
+    // (`ModelBuilder::readback_spin`; default 300).
+    let args: Vec<String> = std::env::args().collect();
+    let spin_us: Option<u64> = args
+        .windows(2)
+        .find(|w| w[0] == "--spin-us")
+        .and_then(|w| w[1].parse().ok());
     let kv = if std::env::args().any(|a| a == "--kv-f16") {
         DType::F16
     } else {
@@ -72,10 +80,13 @@ fn main() -> Result<()> {
         ("25% cache", experts_total / 4),
     ] {
         let t = Instant::now();
-        let model = Model::builder(&dir)
+        let mut builder = Model::builder(&dir)
             .expert_cache_bytes(budget)
-            .kv_cache_dtype(kv)
-            .build()?;
+            .kv_cache_dtype(kv);
+        if let Some(us) = spin_us {
+            builder = builder.readback_spin(std::time::Duration::from_micros(us));
+        }
+        let model = builder.build()?;
         println!("{label}: KV cache {kv:?}");
         if label == "resident" {
             let t = Instant::now();

@@ -517,11 +517,19 @@ impl<'a> Recorder<'a> {
     }
 }
 
-/// Waits until `done` (given each poll's status) says the awaited work has finished, for
-/// up to `gpu.readback_spin` by non-blocking polls, or else until the GPU has finished
-/// everything submitted so far and its callbacks have run, by a blocking wait. The
-/// streaming step waits for a routing readback once per MoE layer, mostly for well under a
-/// millisecond, where a blocking wait's wake-up is a large share.
+/// Sleep between polls once a wait has spun for `gpu.readback_spin`.
+const READBACK_NAP: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Waits until `done` (given each poll's status) says the awaited work has finished: by
+/// non-blocking polls for up to `gpu.readback_spin`, then by polls `READBACK_NAP` apart
+/// with the thread asleep in between; with a zero `readback_spin`, by a blocking wait in
+/// the driver until the GPU has finished everything submitted so far and its callbacks
+/// have run. The streaming step waits for a routing readback once per MoE layer, mostly
+/// for well under a millisecond, where a blocking wait's wake-up is a large share; a
+/// resident step waits ~3 ms for its logits on an H200, where the naps instead of the
+/// blocking wait made resident decode 5% faster (Qwen3-30B-A3B 4-bit: 211-216 -> 224-226
+/// tok/s; spinning throughout 228) and left the 25% expert cache case as it was (56.5 /
+/// 57.3 tok/s).
 fn wait_for_gpu(gpu: &Gpu, done: impl Fn(&wgpu::PollStatus) -> bool) -> Result<()> {
     let err = |e: wgpu::PollError| Error::Gpu(format!("waiting for the GPU: {e}"));
     let t0 = std::time::Instant::now();
@@ -531,6 +539,15 @@ fn wait_for_gpu(gpu: &Gpu, done: impl Fn(&wgpu::PollStatus) -> bool) -> Result<(
             return Ok(());
         }
         std::hint::spin_loop();
+    }
+    if !gpu.readback_spin.is_zero() {
+        loop {
+            std::thread::sleep(READBACK_NAP);
+            let status = gpu.device.poll(wgpu::PollType::Poll).map_err(err)?;
+            if done(&status) {
+                return Ok(());
+            }
+        }
     }
     gpu.device
         .poll(wgpu::PollType::wait_indefinitely())
