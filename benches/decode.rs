@@ -28,7 +28,8 @@ use moestream::synthetic::SyntheticSpec;
 use moestream::{AffineQuant, DType, Model, Result, WeightFormat};
 
 fn main() -> Result<()> {
-    let small = std::env::args().any(|a| a == "--small");
+    let args: Vec<String> = std::env::args().collect();
+    let small = args.iter().any(|a| a == "--small");
     let (name, spec) = if small {
         let mut s = SyntheticSpec::default();
         s.quant = Some((4, 64));
@@ -65,12 +66,11 @@ fn main() -> Result<()> {
 
     // `--spin-us N`: how long readback waits poll before blocking
     // (`ModelBuilder::readback_spin`; default 300).
-    let args: Vec<String> = std::env::args().collect();
     let spin_us: Option<u64> = args
         .windows(2)
         .find(|w| w[0] == "--spin-us")
         .and_then(|w| w[1].parse().ok());
-    let kv = if std::env::args().any(|a| a == "--kv-f16") {
+    let kv = if args.iter().any(|a| a == "--kv-f16") {
         DType::F16
     } else {
         DType::F32
@@ -212,7 +212,7 @@ fn main() -> Result<()> {
         );
         // `--long-context`: decode after a long prompt, where attention reads the KV cache
         // of every earlier token (its bytes are not in `bound`).
-        if label == "resident" && std::env::args().any(|a| a == "--long-context") {
+        if label == "resident" && args.iter().any(|a| a == "--long-context") {
             for ctx in [2048usize, 8192] {
                 let mut long = model.session(ctx + 64)?;
                 let _ = moestream::gpu::testing::take_profile();
@@ -241,7 +241,7 @@ fn main() -> Result<()> {
                 );
             }
         }
-        if std::env::args().any(|a| a == "--resident-only") {
+        if args.iter().any(|a| a == "--resident-only") {
             break;
         }
     }

@@ -53,7 +53,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var xc = vec4<f32>(0.0);
     var wa = vec4<f32>(0.0);
     var wc = vec4<f32>(0.0);
-    var i = lid;
     if (small) {
         xa = vec4<f32>(xv(xb, lid, n), xv(xb, lid + WG, n), xv(xb, lid + 2u * WG, n),
                        xv(xb, lid + 3u * WG, n));
@@ -64,6 +63,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                        wv(lid + 7u * WG, n));
         s = xa * xa + xc * xc;
     } else {
+        var i = lid;
         for (; i + 3u * WG < n; i += 4u * WG) {
             let v = vec4<f32>(x[xb + i], x[xb + i + WG], x[xb + i + 2u * WG], x[xb + i + 3u * WG]);
             s += v * v;
@@ -83,8 +83,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let inv = inverseSqrt(red[0] / f32(n) + p.eps);
     // Whether the normalized row stays in `vals` for the 8+8-bit blocks (written only when
-    // they are).
-    let keep = (p.flags & 2u) != 0u && n <= 2048u && (n & 3u) == 0u;
+    // they are): rows of up to 2048 values (8 WG).
+    let keep = small && (p.flags & 2u) != 0u && (n & 3u) == 0u;
     let yb = p.y_offset + row * n;
     let il = (p.flags & 1u) != 0u;
     if (small) {
@@ -98,40 +98,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         put(lid + 5u * WG, oc.y, row, yb, keep, il);
         put(lid + 6u * WG, oc.z, row, yb, keep, il);
         put(lid + 7u * WG, oc.w, row, yb, keep, il);
-        i = n; // the loops below are for longer rows
     } else {
-        i = lid;
-    }
-    for (; i + 3u * WG < n; i += 4u * WG) {
-        let v = vec4<f32>(x[xb + i], x[xb + i + WG], x[xb + i + 2u * WG], x[xb + i + 3u * WG]);
-        let g = vec4<f32>(w[i], w[i + WG], w[i + 2u * WG], w[i + 3u * WG]);
-        let o = g * (v * inv);
-        if (keep) {
-            vals[i >> 2u][i & 3u] = o.x;
-            vals[(i + WG) >> 2u][i & 3u] = o.y;
-            vals[(i + 2u * WG) >> 2u][i & 3u] = o.z;
-            vals[(i + 3u * WG) >> 2u][i & 3u] = o.w;
+        var i = lid;
+        for (; i + 3u * WG < n; i += 4u * WG) {
+            let v = vec4<f32>(x[xb + i], x[xb + i + WG], x[xb + i + 2u * WG], x[xb + i + 3u * WG]);
+            let g = vec4<f32>(w[i], w[i + WG], w[i + 2u * WG], w[i + 3u * WG]);
+            let o = g * (v * inv);
+            put(i, o.x, row, yb, false, il);
+            put(i + WG, o.y, row, yb, false, il);
+            put(i + 2u * WG, o.z, row, yb, false, il);
+            put(i + 3u * WG, o.w, row, yb, false, il);
         }
-        y[yb + i] = o.x;
-        y[yb + i + WG] = o.y;
-        y[yb + i + 2u * WG] = o.z;
-        y[yb + i + 3u * WG] = o.w;
-        if (il) {
-            let r = row * n;
-            yi[r + interleaved(i, n)] = o.x;
-            yi[r + interleaved(i + WG, n)] = o.y;
-            yi[r + interleaved(i + 2u * WG, n)] = o.z;
-            yi[r + interleaved(i + 3u * WG, n)] = o.w;
-        }
-    }
-    for (; i < n; i += WG) {
-        let o = w[i] * (x[xb + i] * inv);
-        if (keep) {
-            vals[i >> 2u][i & 3u] = o;
-        }
-        y[yb + i] = o;
-        if (il) {
-            yi[row * n + interleaved(i, n)] = o;
+        for (; i < n; i += WG) {
+            put(i, w[i] * (x[xb + i] * inv), row, yb, false, il);
         }
     }
     if ((p.flags & 2u) != 0u) {

@@ -532,25 +532,22 @@ const READBACK_NAP: std::time::Duration = std::time::Duration::from_micros(50);
 /// 57.3 tok/s).
 fn wait_for_gpu(gpu: &Gpu, done: impl Fn(&wgpu::PollStatus) -> bool) -> Result<()> {
     let err = |e: wgpu::PollError| Error::Gpu(format!("waiting for the GPU: {e}"));
+    if gpu.readback_spin.is_zero() {
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(err)?;
+        return Ok(());
+    }
     let t0 = std::time::Instant::now();
-    while t0.elapsed() < gpu.readback_spin {
+    loop {
         let status = gpu.device.poll(wgpu::PollType::Poll).map_err(err)?;
         if done(&status) {
             return Ok(());
         }
-        std::hint::spin_loop();
-    }
-    if !gpu.readback_spin.is_zero() {
-        loop {
+        if t0.elapsed() < gpu.readback_spin {
+            std::hint::spin_loop();
+        } else {
             std::thread::sleep(READBACK_NAP);
-            let status = gpu.device.poll(wgpu::PollType::Poll).map_err(err)?;
-            if done(&status) {
-                return Ok(());
-            }
         }
     }
-    gpu.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(err)?;
-    Ok(())
 }
