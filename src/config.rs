@@ -1,23 +1,30 @@
-//! `config.json`: the model's hyper-parameters, in either spelling transformers writes.
+//! `config.json`: the model's hyper-parameters, in every spelling its family's checkpoints
+//! use, and the per-layer plan derived from them.
 //!
-//! Released checkpoints write `rope_theta`, `num_experts`, `torch_dtype`; transformers v5
-//! `save_pretrained` writes `rope_parameters: {rope_theta, rope_type}`,
-//! `num_local_experts`, `dtype`. Both are accepted.
+//! The `model_type` picks the family (`crate::arch`), whose module parses the rest: e.g.
+//! released Qwen3-MoE checkpoints write `rope_theta`, `num_experts`, `torch_dtype`, while
+//! transformers v5 `save_pretrained` writes `rope_parameters: {rope_theta, rope_type}`,
+//! `num_local_experts`, `dtype`; both are accepted.
 
 use std::path::Path;
 
 use serde_json::{Map, Value};
 
+use crate::arch::{self, LayerPlan, LinearAttentionSpec};
 use crate::error::{Error, Result};
 
 /// The model types this version runs.
-pub const SUPPORTED_MODEL_TYPES: &str = "qwen3_moe";
+pub const SUPPORTED_MODEL_TYPES: &str = arch::SUPPORTED;
 
-/// Hyper-parameters of a Qwen3-MoE style model, as read from `config.json`.
+/// Most decoder layers a config may declare.
+pub const MAX_LAYERS: usize = 4096;
+
+/// Hyper-parameters of a model, as read from `config.json`, and the plan of its layers.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ModelConfig {
-    /// `model_type` (`"qwen3_moe"`).
+    /// `model_type` (e.g. `"qwen3_moe"`); for a composite (vision-language) config, that of
+    /// the top level.
     pub model_type: String,
     /// Vocabulary size (rows of the embedding and of the LM head).
     pub vocab_size: usize,
@@ -63,6 +70,14 @@ pub struct ModelConfig {
     pub eos_token_ids: Vec<u32>,
     /// Beginning-of-sequence token id.
     pub bos_token_id: Option<u32>,
+    /// The shape of the linear-attention (Gated DeltaNet) layers, if the model has any.
+    pub linear_attention: Option<LinearAttentionSpec>,
+    /// Width of the shared expert of MoE layers (0: none).
+    pub shared_expert_intermediate_size: usize,
+    /// Attention layers gate their output by `sigmoid` of a second half of q_proj.
+    pub attn_output_gate: bool,
+    /// What each decoder layer runs, derived by the model's family.
+    pub layers: Vec<LayerPlan>,
 }
 
 impl ModelConfig {
@@ -86,14 +101,19 @@ impl ModelConfig {
             path: path.to_path_buf(),
             reason: "the top level is not a JSON object".into(),
         })?;
-        Parser { obj, path }.parse()
+        let parser = Parser { obj, path };
+        let model_type = parser.model_type()?;
+        let family = arch::family(&model_type).ok_or_else(|| Error::UnsupportedModel {
+            path: path.to_path_buf(),
+            model_type: model_type.clone(),
+            supported: SUPPORTED_MODEL_TYPES,
+        })?;
+        family.config(&parser, model_type)
     }
 
     /// Whether decoder layer `layer` uses routed experts (else a dense MLP).
     pub fn is_moe_layer(&self, layer: usize) -> bool {
-        self.num_experts > 0
-            && !self.mlp_only_layers.contains(&layer)
-            && (layer + 1) % self.decoder_sparse_step == 0
+        self.layers.get(layer).is_some_and(|p| p.moe().is_some())
     }
 
     /// Indices of the MoE layers.
@@ -109,24 +129,48 @@ impl ModelConfig {
     }
 }
 
-struct Parser<'a> {
-    obj: &'a Map<String, Value>,
-    path: &'a Path,
+/// Typed access to the fields of a `config.json` object, with errors naming the file and
+/// the field; the family modules parse their configs with it.
+pub(crate) struct Parser<'a> {
+    pub obj: &'a Map<String, Value>,
+    pub path: &'a Path,
 }
 
-impl Parser<'_> {
-    fn err(&self, reason: impl Into<String>) -> Error {
+impl<'a> Parser<'a> {
+    /// A parser of the nested object `key` (e.g. a composite config's `text_config`), or
+    /// `None` if absent.
+    pub fn nested(&self, key: &str) -> Result<Option<Parser<'a>>> {
+        match self.obj.get(key).filter(|v| !v.is_null()) {
+            None => Ok(None),
+            Some(Value::Object(obj)) => Ok(Some(Parser {
+                obj,
+                path: self.path,
+            })),
+            Some(v) => Err(self.err(format!("`{key}` must be an object, found {v}"))),
+        }
+    }
+
+    /// `model_type`, required.
+    pub fn model_type(&self) -> Result<String> {
+        match self.get("model_type") {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(v) => Err(self.err(format!("`model_type` must be a string, found {v}"))),
+            None => Err(self.err("missing required field `model_type`")),
+        }
+    }
+
+    pub fn err(&self, reason: impl Into<String>) -> Error {
         Error::Config {
             path: self.path.to_path_buf(),
             reason: reason.into(),
         }
     }
 
-    fn get(&self, key: &str) -> Option<&Value> {
+    pub fn get(&self, key: &str) -> Option<&Value> {
         self.obj.get(key).filter(|v| !v.is_null())
     }
 
-    fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -139,12 +183,12 @@ impl Parser<'_> {
         }
     }
 
-    fn usize(&self, key: &str) -> Result<usize> {
+    pub fn usize(&self, key: &str) -> Result<usize> {
         self.opt_usize(key)?
             .ok_or_else(|| self.err(format!("missing required field `{key}`")))
     }
 
-    fn positive(&self, key: &str) -> Result<usize> {
+    pub fn positive(&self, key: &str) -> Result<usize> {
         let n = self.usize(key)?;
         if n == 0 {
             return Err(self.err(format!("`{key}` must be positive")));
@@ -152,7 +196,7 @@ impl Parser<'_> {
         Ok(n)
     }
 
-    fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -162,7 +206,7 @@ impl Parser<'_> {
         }
     }
 
-    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => v
@@ -172,7 +216,7 @@ impl Parser<'_> {
         }
     }
 
-    fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
+    pub fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
         let bad = || self.err(format!("`{key}` must be a token id or a list of token ids"));
         match self.get(key) {
             None => Ok(Vec::new()),
@@ -191,7 +235,7 @@ impl Parser<'_> {
         }
     }
 
-    fn rope(&self) -> Result<(f64, f64)> {
+    pub fn rope(&self) -> Result<(f64, f64)> {
         // (theta, partial_rotary_factor)
         let mut theta = self.opt_f64("rope_theta")?;
         let mut partial = self.opt_f64("partial_rotary_factor")?;
@@ -239,24 +283,18 @@ impl Parser<'_> {
         Ok((theta, partial))
     }
 
-    fn parse(&self) -> Result<ModelConfig> {
-        let model_type = match self.get("model_type") {
-            Some(Value::String(s)) => s.clone(),
-            Some(v) => return Err(self.err(format!("`model_type` must be a string, found {v}"))),
-            None => return Err(self.err("missing required field `model_type`")),
-        };
-        if model_type != "qwen3_moe" {
-            return Err(Error::UnsupportedModel {
-                path: self.path.to_path_buf(),
-                model_type,
-                supported: SUPPORTED_MODEL_TYPES,
-            });
-        }
+    /// `hidden_act` must be SiLU where given.
+    pub fn check_silu(&self) -> Result<()> {
         if let Some(act) = self.get("hidden_act") {
             if act.as_str() != Some("silu") {
                 return Err(self.err(format!("hidden_act {act} is not supported (only \"silu\")")));
             }
         }
+        Ok(())
+    }
+
+    /// `quantization` / `quantization_config`, where present, must be MLX affine.
+    pub fn check_quantization(&self) -> Result<()> {
         for key in ["quantization", "quantization_config"] {
             let Some(q) = self.get(key) else { continue };
             if let Some(method) = q.get("quant_method").and_then(Value::as_str) {
@@ -272,7 +310,58 @@ impl Parser<'_> {
                 }
             }
         }
-        let hidden_size = self.positive("hidden_size")?;
+        Ok(())
+    }
+
+    /// A list of layer indices (`mlp_only_layers`), empty if absent.
+    pub fn layer_list(&self, key: &str) -> Result<Vec<usize>> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| self.err(format!("`{key}` must be a list of layer indices")))
+                })
+                .collect(),
+            Some(v) => Err(self.err(format!("`{key}` must be a list, found {v}"))),
+        }
+    }
+
+    /// `num_hidden_layers`: positive and at most [`MAX_LAYERS`], so that nothing sized by
+    /// it is allocated before it is known to be sane.
+    pub fn num_hidden_layers(&self) -> Result<usize> {
+        let n = self.positive("num_hidden_layers")?;
+        if n > MAX_LAYERS {
+            return Err(self.err(format!(
+                "num_hidden_layers {n} is above the supported maximum of {MAX_LAYERS}"
+            )));
+        }
+        Ok(n)
+    }
+
+    /// `rms_norm_eps` (default 1e-6), a finite non-negative number.
+    pub fn rms_norm_eps(&self) -> Result<f32> {
+        let eps = self.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(self.err("`rms_norm_eps` must be a non-negative number"));
+        }
+        Ok(eps as f32)
+    }
+
+    /// The stored dtype named by `dtype` or `torch_dtype`.
+    pub fn dtype(&self) -> Option<String> {
+        self.get("dtype")
+            .or_else(|| self.get("torch_dtype"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+
+    /// Query and key/value heads and the head width: `num_attention_heads` (positive),
+    /// `num_key_value_heads` (default: the query heads; must divide them) and `head_dim`
+    /// (default `hidden / heads`; positive and even).
+    pub fn attention_heads(&self, hidden_size: usize) -> Result<(usize, usize, usize)> {
         let num_attention_heads = self.positive("num_attention_heads")?;
         let num_key_value_heads = self
             .opt_usize("num_key_value_heads")?
@@ -291,80 +380,6 @@ impl Parser<'_> {
                 "head_dim must be a positive even number, found {head_dim}"
             )));
         }
-        let (rope_theta, partial) = self.rope()?;
-        // transformers' qwen3_moe rotates the whole head whatever `partial_rotary_factor`
-        // says; the factor is validated and kept for architectures that honour it.
-        let _ = partial;
-        let rotary_dim = head_dim;
-        let num_experts = match self.opt_usize("num_experts")? {
-            Some(n) => n,
-            None => self.opt_usize("num_local_experts")?.unwrap_or(0),
-        };
-        let num_experts_per_tok = self.opt_usize("num_experts_per_tok")?.unwrap_or(0);
-        if num_experts > 0 && (num_experts_per_tok == 0 || num_experts_per_tok > num_experts) {
-            return Err(self.err(format!(
-                "num_experts_per_tok must be in 1..={num_experts}, found {num_experts_per_tok}"
-            )));
-        }
-        let decoder_sparse_step = self.opt_usize("decoder_sparse_step")?.unwrap_or(1);
-        if decoder_sparse_step == 0 {
-            return Err(self.err("`decoder_sparse_step` must be positive"));
-        }
-        let num_hidden_layers = self.positive("num_hidden_layers")?;
-        let mlp_only_layers = match self.get("mlp_only_layers") {
-            None => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| {
-                    v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                        self.err("`mlp_only_layers` must be a list of layer indices")
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?,
-            Some(v) => return Err(self.err(format!("`mlp_only_layers` must be a list, found {v}"))),
-        };
-        let rms_norm_eps = self.opt_f64("rms_norm_eps")?.unwrap_or(1e-6);
-        if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
-            return Err(self.err("`rms_norm_eps` must be a non-negative number"));
-        }
-        let dtype = self
-            .get("dtype")
-            .or_else(|| self.get("torch_dtype"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let moe_intermediate_size = if num_experts > 0 {
-            self.positive("moe_intermediate_size")?
-        } else {
-            self.opt_usize("moe_intermediate_size")?.unwrap_or(0)
-        };
-        let cfg = ModelConfig {
-            model_type,
-            vocab_size: self.positive("vocab_size")?,
-            hidden_size,
-            intermediate_size: self.opt_usize("intermediate_size")?.unwrap_or(0),
-            moe_intermediate_size,
-            num_hidden_layers,
-            num_attention_heads,
-            num_key_value_heads,
-            head_dim,
-            rms_norm_eps: rms_norm_eps as f32,
-            rope_theta,
-            rotary_dim,
-            num_experts,
-            num_experts_per_tok,
-            norm_topk_prob: self.opt_bool("norm_topk_prob")?.unwrap_or(false),
-            decoder_sparse_step,
-            mlp_only_layers,
-            tie_word_embeddings: self.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-            attention_bias: self.opt_bool("attention_bias")?.unwrap_or(false),
-            max_position_embeddings: self.opt_usize("max_position_embeddings")?.unwrap_or(32768),
-            dtype,
-            eos_token_ids: self.token_ids("eos_token_id")?,
-            bos_token_id: self.token_ids("bos_token_id")?.first().copied(),
-        };
-        if (0..cfg.num_hidden_layers).any(|l| !cfg.is_moe_layer(l)) && cfg.intermediate_size == 0 {
-            return Err(self.err("`intermediate_size` is required: the model has dense MLP layers"));
-        }
-        Ok(cfg)
+        Ok((num_attention_heads, num_key_value_heads, head_dim))
     }
 }

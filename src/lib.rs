@@ -1,27 +1,26 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod arch;
 mod cache;
 mod chat;
 mod checkpoint;
 mod config;
 mod dtype;
+mod engine;
 mod error;
 mod format;
-mod forward;
 mod generate;
 pub mod golden;
 pub mod gpu;
 mod io;
 mod model;
-mod names;
 pub mod reference;
 mod sampling;
 mod session;
 mod store;
 pub mod synthetic;
 mod tokenizer;
-mod weights;
 
 pub use cache::CacheStats;
 pub use chat::{ChatMessage, ChatOptions, ChatTemplate, ChatTemplates};

@@ -7,13 +7,13 @@ use crate::cache::{CacheStats, ExpertCache};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::dtype::DType;
+use crate::engine::weights::Weights;
 use crate::error::{Error, Result};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::reads_q8_activations;
 use crate::gpu::{AdapterChoice, AdapterSummary, Gpu};
 use crate::session::Session;
 use crate::store::{ExpertRole, ExpertStore, SafetensorsStore};
-use crate::weights::Weights;
 
 /// Default expert-cache budget when none is given: 2 GiB, or all experts if they are fewer.
 pub const DEFAULT_EXPERT_CACHE_BYTES: u64 = 2 << 30;

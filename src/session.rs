@@ -1,69 +1,16 @@
 //! [`Session`]: one conversation's KV cache and scratch buffers on a shared [`Model`].
 
 use crate::cache::CacheStats;
+use crate::engine::pass::{Pass, Readout, RESIDENT_FIRST_CHUNK};
+use crate::engine::state::{Scratch, SequenceState};
 use crate::error::{Error, Result};
-use crate::forward::{Pass, Readout, RESIDENT_FIRST_CHUNK};
-use crate::gpu::{Gpu, ParamArena, Recorder, Timer};
+use crate::gpu::{ParamArena, Recorder, Timer};
 use crate::model::Model;
 use crate::sampling::Candidate;
 
 /// Longest run of tokens one batched pass processes; longer prompts are prefilled in
 /// passes of this many tokens.
 pub const MAX_PASS_TOKENS: usize = 512;
-
-/// GPU buffers of a session sized for `cap` tokens per pass.
-pub(crate) struct Scratch {
-    pub cap: usize,
-    pub ids: wgpu::Buffer,
-    pub x: wgpu::Buffer,
-    pub h: wgpu::Buffer,
-    pub xn: wgpu::Buffer,
-    /// A single normalized row (decode) again, in the interleaved layout of
-    /// `kernels/include/interleave.wgsl` that the quantized mat-vec kernels read fastest.
-    pub xi: wgpu::Buffer,
-    /// The same row in the 8+8-bit layout that the 2- to 6-bit kernels read (18 words per 32
-    /// values).
-    pub xq: wgpu::Buffer,
-    pub q: wgpu::Buffer,
-    pub k: wgpu::Buffer,
-    pub v: wgpu::Buffer,
-    /// q, k and v of a fused projection: `[tokens, q_dim + 2 kv_dim]`.
-    pub qkv: wgpu::Buffer,
-    pub qr: wgpu::Buffer,
-    pub attn: wgpu::Buffer,
-    /// Partial softmax states of the split decode attention (`kernels/attention_split.wgsl`).
-    pub attn_part: wgpu::Buffer,
-    pub mlp_g: wgpu::Buffer,
-    pub mlp_u: wgpu::Buffer,
-    pub mlp_a: wgpu::Buffer,
-    pub router_logits: wgpu::Buffer,
-    pub route_ids: wgpu::Buffer,
-    pub route_w: wgpu::Buffer,
-    pub assign: wgpu::Buffer,
-    pub assign_w: wgpu::Buffer,
-    /// Tiles of one expert's assignments for the prefill expert mat-mat kernels:
-    /// (first assignment, count) pairs (`kernels::moe_qmm_tiles`).
-    pub tiles: wgpu::Buffer,
-    pub route: wgpu::Buffer,
-    /// Top-n candidates per vocabulary chunk, as `kernels/topk.wgsl` writes them.
-    pub topk: wgpu::Buffer,
-    /// What the resident routing kernel logs for the host: per layer a miss flag (set when
-    /// a chosen expert is not resident), then per layer the `top_k` experts it chose.
-    pub route_log: wgpu::Buffer,
-    /// Per cache page: the indirect grids of the expert kernels of a resident step.
-    pub moe_args: wgpu::Buffer,
-    pub moe_h: wgpu::Buffer,
-    pub moe_o: wgpu::Buffer,
-    pub logits: wgpu::Buffer,
-    pub readback: wgpu::Buffer,
-    /// The RoPE tables: cos `[max_context, rotary_dim / 2]`, then sin from float
-    /// `rope_sin` on.
-    pub rope: wgpu::Buffer,
-    pub rope_sin: u32,
-    /// Per layer: (keys, values), each `[max_context, kv_heads, head_dim]` of the model's
-    /// KV cache dtype (f32 or f16).
-    pub kv: Vec<(wgpu::Buffer, wgpu::Buffer)>,
-}
 
 /// Counters of a session: of its last `prefill`/`step` call ([`Session::last_stats`]) or
 /// accumulated over its life ([`Session::stats`]).
@@ -139,6 +86,8 @@ pub struct Session {
     model: Model,
     max_context: usize,
     pos: usize,
+    /// Per-layer sequence state: KV caches, recurrent states.
+    state: SequenceState,
     scratch: Scratch,
     params: ParamArena,
     timer: Option<Timer>,
@@ -189,16 +138,6 @@ impl std::fmt::Debug for Session {
     }
 }
 
-fn check_size(gpu: &Gpu, what: &str, bytes: usize) -> Result<()> {
-    if bytes as u64 > gpu.max_binding {
-        return Err(Error::Gpu(format!(
-            "{what} needs {bytes} bytes, more than the device's largest storage binding ({} bytes)",
-            gpu.max_binding
-        )));
-    }
-    Ok(())
-}
-
 impl Session {
     pub(crate) fn new(model: Model, max_context: usize) -> Result<Session> {
         if max_context == 0 {
@@ -209,111 +148,15 @@ impl Session {
         let m = &model.inner;
         let cfg = &m.cfg;
         let gpu = &m.gpu;
-        let kv_elem = m.kv_cache_dtype.size();
-        let kv_bytes = max_context
-            .checked_mul(cfg.num_key_value_heads * cfg.head_dim * kv_elem)
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!("max_context {max_context} is too large"))
-            })?;
-        check_size(gpu, "the KV cache of one layer", kv_bytes)?;
-        // The widest per-token activation decides how many tokens fit one pass.
-        let k = cfg.num_experts_per_tok.max(1);
-        let per_token = 4 * [
-            cfg.hidden_size,
-            cfg.num_attention_heads * cfg.head_dim,
-            cfg.intermediate_size,
-            cfg.num_experts,
-            k * cfg.hidden_size,
-            k * cfg.moe_intermediate_size,
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(1);
-        let cap = MAX_PASS_TOKENS
-            .min(max_context)
-            .min((gpu.max_binding as usize / per_token).max(1));
-        let (cos, sin) = crate::reference::rope_tables(cfg.rope_theta, cfg.rotary_dim, max_context);
-        let buf = |label: &str, floats: usize| gpu.storage_buffer(label, (floats * 4) as u64);
-        let h = cfg.hidden_size;
-        let qd = cfg.num_attention_heads * cfg.head_dim;
-        let kvd = cfg.num_key_value_heads * cfg.head_dim;
-        let topk_words =
-            crate::gpu::kernels::topk_groups(cfg.vocab_size as u32).0 as usize * MAX_TOP * 2;
-        let readback_bytes = (((cfg.vocab_size * 4).max(topk_words * 4)
-            + cfg.num_hidden_layers * (k + 1) * 4)
-            .max(cap * k * 8) as u64)
-            .div_ceil(16)
-            * 16
-            + Timer::READBACK_BYTES;
-        // Assignment rows: one per (token, choice) of a pass, and top_k per cache page for a
-        // resident decode step.
-        let pages = m.cache.as_ref().map_or(1, |c| c.pages.len());
-        let rows = (cap * k).max(pages * k);
-        let scratch = Scratch {
-            cap,
-            ids: buf("ids", cap),
-            x: buf("x", cap * h),
-            h: buf("h", cap * h),
-            xn: buf("xn", cap * h),
-            xi: buf("xi", h),
-            xq: buf("xq", h / 32 * 18),
-            q: buf("q", cap * qd),
-            k: buf("k", cap * kvd),
-            v: buf("v", cap * kvd),
-            qkv: buf("qkv", cap * (qd + 2 * kvd)),
-            qr: buf("qr", cap * qd),
-            attn: buf("attn", cap * qd),
-            attn_part: buf(
-                "attention partials",
-                crate::gpu::kernels::attention_part_floats(
-                    cfg.num_attention_heads as u32,
-                    cfg.head_dim as u32,
-                ) as usize,
-            ),
-            mlp_g: buf("mlp_g", cap * cfg.intermediate_size),
-            mlp_u: buf("mlp_u", cap * cfg.intermediate_size),
-            mlp_a: buf("mlp_a", cap * cfg.intermediate_size),
-            router_logits: buf("router_logits", cap * cfg.num_experts),
-            route_ids: buf("route_ids", cap * k),
-            route_w: buf("route_w", cap * k),
-            assign: buf("assign", rows * 2),
-            assign_w: buf("assign_w", rows),
-            tiles: buf("tiles", rows * 2),
-            route: buf("route", cap * k),
-            route_log: buf("route log", cfg.num_hidden_layers * (1 + k)),
-            topk: buf("top-k candidates", topk_words),
-            moe_args: gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("expert grids"),
-                size: (pages.max(1) * 24) as u64,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::INDIRECT,
-                mapped_at_creation: false,
-            }),
-            moe_h: buf("moe_h", rows * cfg.moe_intermediate_size),
-            moe_o: buf("moe_o", rows * h),
-            logits: buf("logits", cfg.vocab_size),
-            readback: gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("readback"),
-                size: readback_bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }),
-            rope_sin: cos.len() as u32,
-            rope: gpu.upload("rope", bytemuck::cast_slice(&[cos, sin].concat())),
-            kv: (0..cfg.num_hidden_layers)
-                .map(|_| {
-                    (
-                        gpu.storage_buffer("k cache", kv_bytes as u64),
-                        gpu.storage_buffer("v cache", kv_bytes as u64),
-                    )
-                })
-                .collect(),
-        };
+        let state = SequenceState::new(gpu, cfg, m.kv_cache_dtype, max_context)?;
+        let scratch = Scratch::new(m, max_context)?;
         let timer = Timer::new(gpu);
         gpu.check()?;
         Ok(Session {
             model,
             max_context,
             pos: 0,
+            state,
             scratch,
             params: ParamArena::default(),
             timer,
@@ -420,11 +263,14 @@ impl Session {
     /// [`max_context`](Self::max_context) tokens, in the model's
     /// [`kv_cache_dtype`](crate::Model::kv_cache_dtype).
     pub fn kv_cache_bytes(&self) -> u64 {
-        self.scratch
-            .kv
-            .iter()
-            .map(|(k, v)| k.size() + v.size())
-            .sum()
+        self.state.kv_bytes()
+    }
+
+    /// GPU memory of the session's sequence state in bytes: the KV caches of the attention
+    /// layers ([`kv_cache_bytes`](Self::kv_cache_bytes)) and the recurrent and convolution
+    /// states of the linear-attention layers, all allocated when the session is created.
+    pub fn state_bytes(&self) -> u64 {
+        self.state.bytes()
     }
 
     /// The model this session runs on.
@@ -501,6 +347,7 @@ impl Session {
         let mut pass = Pass {
             m,
             s: &self.scratch,
+            state: &self.state,
             rec: Recorder::new(&m.gpu, &mut self.params, self.timer.as_mut()),
             n: ids.len(),
             pos0: self.pos,
@@ -519,8 +366,7 @@ impl Session {
             }
             pass.embed();
             for (l, layer) in m.weights.layers.iter().enumerate() {
-                pass.attention(l, layer);
-                pass.mlp(l, layer)?;
+                pass.layer(l, layer)?;
             }
             let top = match want {
                 Want::Nothing => {

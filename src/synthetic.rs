@@ -5,10 +5,10 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
+use crate::arch::Names;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::{AffineQuant, WeightFormat};
-use crate::names;
 use crate::store::ExpertLayout;
 
 /// The shape of a synthetic model.
@@ -308,20 +308,28 @@ impl SyntheticSpec {
         let w = |cols: usize| 1.0 / (cols as f32).sqrt();
         let q = self.quant;
         let rq = q.map(|(b, g)| self.router_quant(b, g));
+        let names = Names::HF;
         let strip = |n: &str| n.trim_end_matches(".weight").to_string();
         let mut out = Vec::new();
-        out.extend(matrix(strip(names::EMBED), &[], self.vocab_size, h, 1.0, q));
         out.extend(matrix(
-            strip(names::LM_HEAD),
+            strip(&names.embed()),
+            &[],
+            self.vocab_size,
+            h,
+            1.0,
+            q,
+        ));
+        out.extend(matrix(
+            strip(names.lm_head),
             &[],
             self.vocab_size,
             h,
             w(h),
             q,
         ));
-        out.push(vector(names::FINAL_NORM.into(), h));
+        out.push(vector(names.final_norm(), h));
         for l in 0..self.num_layers {
-            let n = |rest: &str| names::layer(l, rest);
+            let n = |rest: &str| names.layer(l, rest);
             out.push(vector(n("input_layernorm.weight"), h));
             out.push(vector(n("post_attention_layernorm.weight"), h));
             out.extend(matrix(n("self_attn.q_proj"), &[], qd, h, w(h), q));
@@ -337,7 +345,7 @@ impl SyntheticSpec {
                 out.extend(matrix(n("mlp.switch_mlp.down_proj"), &[ne], h, i, w(i), q));
             } else {
                 for e in 0..ne {
-                    let ex = |proj: &str| strip(&names::expert(l, e, proj));
+                    let ex = |proj: &str| strip(&names.expert(l, e, proj));
                     out.extend(matrix(ex("gate_proj"), &[], i, h, w(h), None));
                     out.extend(matrix(ex("up_proj"), &[], i, h, w(h), None));
                     out.extend(matrix(ex("down_proj"), &[], h, i, w(i), None));

@@ -3,7 +3,6 @@
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::names;
 use crate::store::{ExpertRole, ExpertStore};
 
 use super::ops::{add_bias, attention, matmul, rms_norm, rope, rope_tables, router_topk, swiglu};
@@ -137,10 +136,11 @@ impl ReferenceModel {
                 _ => Ok(ckpt.float(name, shape)?.to_f32()),
             }
         };
-        let embed = load(names::EMBED, &[cfg.vocab_size, h])?;
+        let names = crate::arch::names(cfg, ckpt)?;
+        let embed = load(&names.embed(), &[cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
-            let w = |rest: &str, shape: &[usize]| load(&names::layer(l, rest), shape);
+            let w = |rest: &str, shape: &[usize]| load(&names.layer(l, rest), shape);
             let qkvo_bias = if cfg.attention_bias {
                 Some([
                     w("self_attn.q_proj.bias", &[qd])?,
@@ -179,11 +179,11 @@ impl ReferenceModel {
                 mlp,
             });
         }
-        let final_norm = load(names::FINAL_NORM, &[h])?;
-        let lm_head = if cfg.tie_word_embeddings && !ckpt.contains(names::LM_HEAD) {
+        let final_norm = load(&names.final_norm(), &[h])?;
+        let lm_head = if cfg.tie_word_embeddings && !ckpt.contains(names.lm_head) {
             None
         } else {
-            Some(load(names::LM_HEAD, &[cfg.vocab_size, h])?)
+            Some(load(names.lm_head, &[cfg.vocab_size, h])?)
         };
         Ok(ReferenceModel {
             cfg: cfg.clone(),

@@ -7,7 +7,6 @@ use crate::checkpoint::{read_exact_at, Checkpoint, TensorEntry};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::format::WeightFormat;
-use crate::names;
 
 /// One contiguous byte range of a checkpoint file and where it goes in the blob.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +53,7 @@ impl SafetensorsStore {
     pub fn new(ckpt: Arc<Checkpoint>, cfg: &ModelConfig) -> Result<Self> {
         let (h, i, ne) = (cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts);
         let shapes = [("gate_proj", i, h), ("up_proj", i, h), ("down_proj", h, i)];
+        let names = crate::arch::names(cfg, &ckpt)?;
         let mut layouts = Vec::with_capacity(cfg.num_hidden_layers);
         let mut pieces = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
@@ -62,14 +62,14 @@ impl SafetensorsStore {
                 pieces.push(None);
                 continue;
             }
-            let stacked = names::layer(l, "mlp.switch_mlp.gate_proj.weight");
-            let fused = names::fused_experts(l, "gate_up_proj");
+            let stacked = names.layer(l, "mlp.switch_mlp.gate_proj.weight");
+            let fused = names.fused_experts(l, "gate_up_proj");
             let (layout, layer) = if ckpt.contains(&stacked) {
                 // MLX: [E, rows, ...] codes, scales, biases per projection.
                 let mut formats = Vec::with_capacity(3);
                 let mut entries = Vec::with_capacity(3);
                 for (proj, rows, cols) in shapes {
-                    let prefix = names::layer(l, &format!("mlp.switch_mlp.{proj}"));
+                    let prefix = names.layer(l, &format!("mlp.switch_mlp.{proj}"));
                     let (f, e) = ckpt.matrix_entries(&prefix, &[ne], rows, cols)?;
                     formats.push(f);
                     entries.push(e);
@@ -92,7 +92,7 @@ impl SafetensorsStore {
                     .collect::<Vec<_>>();
                 (layout, layer)
             } else if ckpt.contains(&fused) {
-                let down = names::fused_experts(l, "down_proj");
+                let down = names.fused_experts(l, "down_proj");
                 let gu = ckpt.float(&fused, &[ne, 2 * i, h])?;
                 let dn = ckpt.float(&down, &[ne, h, i])?;
                 if dn.dtype != gu.dtype {
@@ -128,7 +128,7 @@ impl SafetensorsStore {
                     let mut formats = Vec::with_capacity(3);
                     let mut entries = Vec::with_capacity(3);
                     for (proj, rows, cols) in shapes {
-                        let prefix = names::expert(l, e, proj);
+                        let prefix = names.expert(l, e, proj);
                         let prefix = prefix.strip_suffix(".weight").unwrap_or(&prefix);
                         let (f, ents) = ckpt.matrix_entries(prefix, &[], rows, cols)?;
                         formats.push(f);
@@ -142,7 +142,7 @@ impl SafetensorsStore {
                             let k = (0..3)
                                 .find(|&k| first.tensors[k].format != this.tensors[k].format)
                                 .unwrap_or(0);
-                            let name = names::expert(l, e, shapes[k].0);
+                            let name = names.expert(l, e, shapes[k].0);
                             return Err(Error::Dtype {
                                 path: ckpt.path_of(ckpt.entry(&name)?).to_path_buf(),
                                 name,

@@ -1,0 +1,145 @@
+//! The per-layer plan: which engine block each decoder layer runs, with its variant.
+//!
+//! A family module turns its `config.json` into a [`LayerPlan`] per layer; the engine
+//! (weights, forward pass, session state, CPU reference) follows the plan and never asks
+//! which family it runs.
+
+/// How a layer mixes information across tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mixer {
+    /// Softmax attention over a KV cache.
+    Attention(AttentionSpec),
+    /// Gated DeltaNet linear attention over a recurrent state (Qwen3.5, Qwen3-Next).
+    LinearAttention(LinearAttentionSpec),
+}
+
+/// The variant of a softmax-attention layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AttentionSpec {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (divides `heads`).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Leading dims of each head that RoPE rotates (even, <= `head_dim`).
+    pub rotary_dim: usize,
+    /// Per-head RMSNorm of q and k (`q_norm`, `k_norm`) before RoPE.
+    pub qk_norm: bool,
+    /// q_proj also yields a per-head output gate (rows `[q | gate]` per head); the attention
+    /// output is multiplied by `sigmoid(gate)` before o_proj (Qwen3.5, Qwen3-Next).
+    pub output_gate: bool,
+    /// q/k/v/o projections carry biases.
+    pub bias: bool,
+}
+
+/// The shape of a Gated DeltaNet layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LinearAttentionSpec {
+    /// Query/key heads (`linear_num_key_heads`).
+    pub key_heads: usize,
+    /// Value heads (`linear_num_value_heads`, a multiple of `key_heads`).
+    pub value_heads: usize,
+    /// Width of a query/key head.
+    pub key_dim: usize,
+    /// Width of a value head.
+    pub value_dim: usize,
+    /// Width of the causal depthwise convolution (`linear_conv_kernel_dim`).
+    pub conv_kernel: usize,
+}
+
+impl LinearAttentionSpec {
+    /// Channels of the convolution: q, k and v (`2 key_heads key_dim + value_heads value_dim`).
+    pub fn conv_channels(&self) -> usize {
+        2 * self.key_heads * self.key_dim + self.value_heads * self.value_dim
+    }
+
+    /// Width of the value (and output) row, `value_heads * value_dim`.
+    pub fn value_width(&self) -> usize {
+        self.value_heads * self.value_dim
+    }
+
+    /// Rows of the fused input projection: q, k, v, z, b, a.
+    pub fn projection_rows(&self) -> usize {
+        self.conv_channels() + self.value_width() + 2 * self.value_heads
+    }
+
+    /// f32 values of the recurrent state (`[value_heads, key_dim, value_dim]`).
+    pub fn state_floats(&self) -> usize {
+        self.value_heads * self.key_dim * self.value_dim
+    }
+
+    /// f32 values of the convolution state (the last `conv_kernel - 1` inputs).
+    pub fn conv_state_floats(&self) -> usize {
+        (self.conv_kernel - 1) * self.conv_channels()
+    }
+}
+
+/// A layer's feed-forward block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ffn {
+    /// A dense SwiGLU MLP of this width.
+    Dense {
+        /// `intermediate_size`.
+        inter: usize,
+    },
+    /// Routed experts.
+    Moe(MoeSpec),
+}
+
+/// The variant of a MoE block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MoeSpec {
+    /// Routed experts.
+    pub experts: usize,
+    /// Experts chosen per token.
+    pub top_k: usize,
+    /// Width of one expert.
+    pub inter: usize,
+    /// Renormalize the top-k softmax weights to sum to 1.
+    pub norm_topk_prob: bool,
+    /// A shared expert every token runs, of this width (`None`: none), its output scaled by
+    /// `sigmoid(shared_expert_gate . x)`.
+    pub shared_expert: Option<usize>,
+}
+
+/// What one decoder layer runs: `h = x + mixer(norm(x))`, `out = h + ffn(norm(h))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LayerPlan {
+    /// The token mixer.
+    pub mixer: Mixer,
+    /// The feed-forward block.
+    pub ffn: Ffn,
+}
+
+impl LayerPlan {
+    /// The attention variant, for an attention layer.
+    pub fn attention(&self) -> Option<&AttentionSpec> {
+        match &self.mixer {
+            Mixer::Attention(a) => Some(a),
+            Mixer::LinearAttention(_) => None,
+        }
+    }
+
+    /// The linear-attention shape, for a linear-attention layer.
+    pub fn linear_attention(&self) -> Option<&LinearAttentionSpec> {
+        match &self.mixer {
+            Mixer::LinearAttention(a) => Some(a),
+            Mixer::Attention(_) => None,
+        }
+    }
+
+    /// The MoE variant, for a MoE layer.
+    pub fn moe(&self) -> Option<&MoeSpec> {
+        match &self.ffn {
+            Ffn::Moe(m) => Some(m),
+            Ffn::Dense { .. } => None,
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The softmax-attention block: q/k/v projections, per-head norm and RoPE into the KV
+//! cache, attention (split over key ranges for decode, tiled for prefill), o_proj.
+
+use super::pass::{bits, Pass, XLayout};
+use super::weights::{Attention, Qkv};
+use crate::format::WeightFormat;
+use crate::gpu::kernels::{self, Kernel};
+
+impl Pass<'_> {
+    /// `h = x + o_proj(attention(input_norm(x)))`, writing this pass's keys and values into
+    /// the KV cache of layer `l`.
+    pub(crate) fn attention(
+        &mut self,
+        l: usize,
+        input_norm: &crate::gpu::GpuVec,
+        a: &Attention,
+    ) -> crate::error::Result<()> {
+        let cfg = &self.m.cfg;
+        let s = self.s;
+        let spec = &a.spec;
+        let (h, hd, nh, nkv) = (cfg.hidden_size, spec.head_dim, spec.heads, spec.kv_heads);
+        let n = self.n;
+        self.rmsnorm(&s.x, input_norm, &s.xn, n, h, 0);
+        // q, k, v as [n, q_dim + 2 kv_dim] rows of `qkv` (one mat-vec) or in `q`, `k`, `v`:
+        // their buffers, the token strides of q and of k/v, and their offsets in a token row.
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let (qb, kb, vb, q_stride, kv_stride, offs) = match &a.qkv {
+            Qkv::Fused { w, bias } => {
+                self.linear(w, self.input(w, n, h), &s.qkv, bias.as_ref(), None);
+                let row = qd + 2 * kvd;
+                (&s.qkv, &s.qkv, &s.qkv, row, row, [0, qd, qd + kvd])
+            }
+            Qkv::Separate {
+                q,
+                k,
+                v,
+                q_bias,
+                k_bias,
+                v_bias,
+            } => {
+                self.linear(q, self.input(q, n, h), &s.q, q_bias.as_ref(), None);
+                self.linear(k, self.input(k, n, h), &s.k, k_bias.as_ref(), None);
+                self.linear(v, self.input(v, n, h), &s.v, v_bias.as_ref(), None);
+                (&s.q, &s.k, &s.v, qd, kvd, [0, 0, 0])
+            }
+        };
+        // q_norm + RoPE into `qr`; k_norm + RoPE straight into the layer's K cache at the
+        // current position, with v copied into the V cache by the same dispatch.
+        let half = (spec.rotary_dim / 2) as u32;
+        let kv_off = self.pos0 * nkv * hd;
+        let (kc, vc) = self.state.kv(l)?;
+        let eps = bits(cfg.rms_norm_eps);
+        // The KV cache's elements (f32 or f16): the dtype of the kernels that touch it.
+        let kv_dtype = self.m.kv_cache_dtype;
+        let [q_off, k_off, v_off] = offs.map(|o| o as u32);
+        // The query and key heads in one dispatch when they sit in the rows of one buffer
+        // (a fused q/k/v projection), else one dispatch each: (x, stride, query heads,
+        // key heads) per dispatch.
+        let parts = if std::ptr::eq(qb, kb) {
+            vec![(qb, q_stride, nh, nkv)]
+        } else {
+            vec![(qb, q_stride, nh, 0), (kb, kv_stride, 0, nkv)]
+        };
+        for (x, stride, q_heads, k_heads) in parts {
+            self.rec.dispatch(
+                Kernel::HeadNormRope,
+                Some(kv_dtype),
+                &[
+                    n as u32,
+                    hd as u32,
+                    half,
+                    self.pos0 as u32,
+                    eps,
+                    stride as u32,
+                    q_heads as u32,
+                    q_off,
+                    k_heads as u32,
+                    k_off,
+                    kv_off as u32,
+                    u32::from(k_heads > 0),
+                    v_off,
+                    s.rope_sin,
+                ],
+                &[
+                    x.into(),
+                    a.q_norm.bind(),
+                    a.k_norm.bind(),
+                    (&s.rope).into(),
+                    (&s.qr).into(),
+                    kc.into(),
+                    vb.into(),
+                    vc.into(),
+                ],
+                ((q_heads + k_heads) as u32, n as u32),
+            );
+        }
+        // As transformers: `head_dim ** -0.5` in double precision, rounded to f32.
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let split = n == 1 && hd % 4 == 0;
+        // The merge of a decode step writes its output interleaved for a quantized o_proj.
+        let o_layout = if split && matches!(a.o.format, WeightFormat::Affine(_)) && qd % 32 == 0 {
+            XLayout::Interleaved
+        } else {
+            XLayout::Natural
+        };
+        if split {
+            // Decode: many workgroups over short key ranges, then one merge per head
+            // (the split kernel reads heads as vec4s).
+            let (chunk, splits) = kernels::attention_splits(self.pos0 as u32 + 1, nh as u32);
+            self.rec.dispatch(
+                Kernel::AttentionSplit,
+                Some(kv_dtype),
+                &[
+                    self.pos0 as u32,
+                    nh as u32,
+                    nkv as u32,
+                    hd as u32,
+                    bits(scale),
+                    chunk,
+                    splits,
+                ],
+                &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn_part).into()],
+                (nh as u32, splits),
+            );
+            self.rec.dispatch(
+                Kernel::AttentionMerge,
+                None,
+                &[
+                    nh as u32,
+                    hd as u32,
+                    splits,
+                    u32::from(o_layout == XLayout::Interleaved),
+                ],
+                &[(&s.attn_part).into(), (&s.attn).into()],
+                kernels::attention_merge_groups(nh as u32, hd as u32),
+            );
+        } else {
+            // Prefill: 16 queries per workgroup (heads read as vec4s); else one per query.
+            let (kernel, groups) = if n > 1 && hd % 4 == 0 {
+                (
+                    Kernel::AttentionTiled,
+                    kernels::attention_tiled_groups(nh as u32, n as u32),
+                )
+            } else {
+                (Kernel::Attention, (nh as u32, n as u32))
+            };
+            self.rec.dispatch(
+                kernel,
+                kernel.uses_kv_cache().then_some(kv_dtype),
+                &[
+                    n as u32,
+                    self.pos0 as u32,
+                    nh as u32,
+                    nkv as u32,
+                    hd as u32,
+                    bits(scale),
+                ],
+                &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn).into()],
+                groups,
+            );
+        }
+        self.linear(
+            &a.o,
+            (&s.attn, o_layout),
+            &s.h,
+            a.o_bias.as_ref(),
+            Some(&s.x),
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,348 @@
+//! One forward pass over a run of tokens: the state a pass works on and the shared pieces
+//! every block uses (mat-vecs and mat-mats by weight format, RMSNorm, the embedding, the
+//! logits readout). The blocks themselves are in the sibling modules.
+
+use super::state::{Scratch, SequenceState};
+use super::weights::{Layer, MixerWeights};
+use crate::cache::CacheStats;
+use crate::error::Result;
+use crate::format::WeightFormat;
+use crate::gpu::kernels::{self, Kernel};
+use crate::gpu::{GpuMatrix, GpuVec, Recorder};
+use crate::model::ModelInner;
+use crate::sampling::Candidate;
+
+pub(crate) fn grid(n: usize) -> (u32, u32) {
+    crate::gpu::grid_of(n as u32)
+}
+
+pub(crate) fn bits(f: f32) -> u32 {
+    f.to_bits()
+}
+
+/// The layout of a mat-vec's input row (`kernels/include/interleave.wgsl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum XLayout {
+    /// Values in order.
+    Natural,
+    /// Interleaved for the team kernels' loads.
+    Interleaved,
+    /// 8+8-bit blocks for integer dot products with 2- to 6-bit codes.
+    Q8,
+}
+
+impl XLayout {
+    /// The layout a quantized kernel of `bits` reads a decode row in (f32 values unless
+    /// 2- to 6-bit and not `f32_activations`, see `ModelBuilder::f32_activations`).
+    pub(crate) fn for_bits(bits: u32, f32_activations: bool) -> XLayout {
+        if kernels::reads_q8_activations(bits) && !f32_activations {
+            XLayout::Q8
+        } else {
+            XLayout::Interleaved
+        }
+    }
+}
+
+impl Scratch {
+    /// The buffer holding the normalized decode row in `layout`.
+    pub(crate) fn row_in(&self, layout: XLayout) -> &wgpu::Buffer {
+        match layout {
+            XLayout::Natural => &self.xn,
+            XLayout::Interleaved => &self.xi,
+            XLayout::Q8 => &self.xq,
+        }
+    }
+}
+
+/// Whether a normalization of `rows` rows of `len` values also writes its row in the
+/// interleaved layout (`kernels/include/interleave.wgsl`): decode rows whose length the
+/// layout allows.
+pub(crate) fn interleaves(rows: usize, len: usize) -> bool {
+    rows == 1 && len % 32 == 0
+}
+
+/// The state one forward pass works on.
+pub(crate) struct Pass<'a> {
+    pub m: &'a ModelInner,
+    pub s: &'a Scratch,
+    /// The session's per-layer sequence state (KV caches, recurrent states).
+    pub state: &'a SequenceState,
+    pub rec: Recorder<'a>,
+    /// Tokens in this pass.
+    pub n: usize,
+    /// Position of the first token.
+    pub pos0: usize,
+    pub stats: CacheStats,
+    /// (token, expert) routing choices made so far.
+    pub experts_routed: u64,
+    /// Route through the GPU slot table instead of reading the routing back (decode of a
+    /// model whose cache is one page); see [`Pass::moe_resident`].
+    pub resident: bool,
+    /// MoE layers recorded since the last submit (resident passes submit in chunks).
+    pub since_submit: usize,
+    /// MoE layers in the resident pass's current chunk: 1, then doubling
+    /// ([`RESIDENT_FIRST_CHUNK`]).
+    pub submit_chunk: usize,
+}
+
+/// A resident pass submits its first this many MoE layers, then chunks twice as long as
+/// the last (1, 2, 4, 8, ... layers), so the GPU starts after one layer's recording and the
+/// step pays for few submits. Recording a layer takes the host about half as long as the
+/// GPU takes to run it (wgpu's `CommandEncoder::finish` is most of it), so the host stays
+/// ahead. Measured on an H200 (`cargo bench --bench decode -- --resident-only`,
+/// Qwen3-30B-A3B 4-bit, 48 layers): a submit every 1 / 2 / 4 / 8 / 16 layers 168 / 188 /
+/// 198 / 205 / 204 tok/s, one per token 158; in four alternating runs each, every 4 layers
+/// 198.5 tok/s (greedy with a top-1 readback 202.5, all logits 186.1), doubling chunks
+/// from 1 layer 201.2 (211.9, 195.3). The host's recording time varies from run to run
+/// (1.7-3.1 ms per token), and with it these numbers.
+pub(crate) const RESIDENT_FIRST_CHUNK: usize = 1;
+
+impl<'a> Pass<'a> {
+    /// One decoder layer, as its plan says: the token mixer, then the feed-forward block.
+    pub fn layer(&mut self, l: usize, layer: &Layer) -> Result<()> {
+        match &layer.mixer {
+            MixerWeights::Attention(a) => self.attention(l, &layer.input_norm, a)?,
+            MixerWeights::LinearAttention(_) => {
+                return Err(crate::error::Error::InvalidArgument(format!(
+                    "layer {l}: linear attention is not supported yet"
+                )))
+            }
+        }
+        self.ffn(l, layer)
+    }
+
+    /// y = x W^T (+ bias) (+ resid) for `self.n` tokens, x in layout `x.1` (other than
+    /// natural only for a quantized `w` and one token, see [`Pass::input`]).
+    pub(crate) fn linear(
+        &mut self,
+        w: &GpuMatrix,
+        x: (&wgpu::Buffer, XLayout),
+        y: &wgpu::Buffer,
+        bias: Option<&GpuVec>,
+        resid: Option<&wgpu::Buffer>,
+    ) {
+        self.linear_n(w, x, y, bias, resid, self.n);
+    }
+
+    /// The input of a mat-vec by `w` normalized by [`Pass::rmsnorm`] over `rows` rows of
+    /// `len` values: when the norm wrote the other layouts and `w` is quantized, the
+    /// 8+8-bit copy `xq` for 2- to 6-bit weights (integer dot products) or the interleaved
+    /// copy `xi` (fewer cache lines per load); else `xn`.
+    pub(crate) fn input(
+        &self,
+        w: &GpuMatrix,
+        rows: usize,
+        len: usize,
+    ) -> (&'a wgpu::Buffer, XLayout) {
+        match w.format {
+            WeightFormat::Affine(q) if interleaves(rows, len) => {
+                let layout = XLayout::for_bits(q.bits, self.m.f32_activations);
+                (self.s.row_in(layout), layout)
+            }
+            _ => (&self.s.xn, XLayout::Natural),
+        }
+    }
+
+    pub(crate) fn linear_n(
+        &mut self,
+        w: &GpuMatrix,
+        (x, layout): (&wgpu::Buffer, XLayout),
+        y: &wgpu::Buffer,
+        bias: Option<&GpuVec>,
+        resid: Option<&wgpu::Buffer>,
+        n: usize,
+    ) {
+        let dummy = &self.m.gpu.dummy;
+        debug_assert!(
+            layout == XLayout::Natural || (n == 1 && matches!(w.format, WeightFormat::Affine(_)))
+        );
+        let flags = u32::from(bias.is_some())
+            | (u32::from(resid.is_some()) << 1)
+            | match layout {
+                XLayout::Natural => 0,
+                XLayout::Interleaved => 4,
+                XLayout::Q8 => 8,
+            };
+        let bias_buf = bias.map_or(dummy, |b| &b.buffer);
+        let resid_buf = resid.unwrap_or(dummy);
+        for (buf, row0, rows) in &w.chunks {
+            let binds = [
+                buf.into(),
+                x.into(),
+                bias_buf.into(),
+                resid_buf.into(),
+                y.into(),
+            ];
+            let (r, c, r0) = (*rows as u32, w.cols as u32, *row0 as u32);
+            match w.format {
+                WeightFormat::Float(dt) if n == 1 => self.rec.dispatch(
+                    Kernel::MatVec,
+                    Some(dt),
+                    &[r, c, r0, flags, 0],
+                    &binds,
+                    grid(*rows),
+                ),
+                WeightFormat::Float(dt) => self.rec.dispatch(
+                    Kernel::MatMul,
+                    Some(dt),
+                    &[r, c, n as u32, r0, w.rows as u32, flags],
+                    &binds,
+                    (rows.div_ceil(16) as u32, n.div_ceil(16) as u32),
+                ),
+                WeightFormat::Affine(q) => {
+                    let parts = w.format.parts(*rows, w.cols);
+                    let (sw, bw) = ((parts.scales.0 / 4) as u32, (parts.biases.0 / 4) as u32);
+                    let quant = Some((q.bits, q.group_size));
+                    if n == 1 {
+                        let team = self.m.gpu.qmatvec_team(*rows, w.cols);
+                        let rpt = kernels::qmatvec_rows_per_team(r);
+                        // The weights again as words (`ws`, include/qblock.wgsl).
+                        let [b0, b1, b2, b3, b4] = binds;
+                        self.rec.dispatch_q_rows(
+                            Kernel::QMatVec,
+                            Some(q.scale_dtype),
+                            quant,
+                            rpt,
+                            &[r, c, r0, flags, 0, sw, bw, team],
+                            &[b0, b1, b2, b3, b4, buf.into()],
+                            kernels::qmatvec_groups(r, team, rpt),
+                        );
+                    } else {
+                        self.rec.dispatch_q(
+                            Kernel::QMatMul,
+                            Some(q.scale_dtype),
+                            quant,
+                            &[r, c, n as u32, r0, w.rows as u32, flags, sw, bw],
+                            &binds,
+                            kernels::qmatmul_groups(r, n as u32),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// RMSNorm of `rows` rows of `len` values of x (from `x_offset`) into y; a single row
+    /// of a multiple of 32 values is also written interleaved into `xi` ([`interleaves`])
+    /// and, unless the model keeps f32 activations, in 8+8-bit blocks into `xq`.
+    pub(crate) fn rmsnorm(
+        &mut self,
+        x: &wgpu::Buffer,
+        w: &GpuVec,
+        y: &wgpu::Buffer,
+        rows: usize,
+        len: usize,
+        x_offset: usize,
+    ) {
+        let eps = self.m.cfg.rms_norm_eps;
+        let il = interleaves(rows, len);
+        // The 8+8-bit row only for models whose mat-vecs read it (`XLayout::for_bits`).
+        let q8 = il && !self.m.f32_activations;
+        let dummy = &self.m.gpu.dummy;
+        let yi = if il { &self.s.xi } else { dummy };
+        let yq = if q8 { &self.s.xq } else { dummy };
+        self.rec.dispatch(
+            Kernel::RmsNorm,
+            None,
+            &[
+                len as u32,
+                rows as u32,
+                bits(eps),
+                x_offset as u32,
+                0,
+                u32::from(il) | (u32::from(q8) << 1),
+            ],
+            &[x.into(), w.bind(), y.into(), yi.into(), yq.into()],
+            grid(rows),
+        );
+    }
+
+    pub fn embed(&mut self) {
+        let h = self.m.cfg.hidden_size;
+        let e = &self.m.weights.embed;
+        for (buf, row0, rows) in &e.chunks {
+            let binds = [(&self.s.ids).into(), buf.into(), (&self.s.x).into()];
+            let p = [h as u32, self.n as u32, *row0 as u32, *rows as u32];
+            match e.format {
+                WeightFormat::Float(dt) => self.rec.dispatch(
+                    Kernel::Embedding,
+                    Some(dt),
+                    &p,
+                    &binds,
+                    grid((h * self.n).div_ceil(64)),
+                ),
+                WeightFormat::Affine(q) => {
+                    let parts = e.format.parts(*rows, e.cols);
+                    let (sw, bw) = ((parts.scales.0 / 4) as u32, (parts.biases.0 / 4) as u32);
+                    self.rec.dispatch_q(
+                        Kernel::QEmbedding,
+                        Some(q.scale_dtype),
+                        Some((q.bits, q.group_size)),
+                        &[p[0], p[1], p[2], p[3], sw, bw],
+                        &binds,
+                        kernels::qembedding_groups(h as u32, self.n as u32),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The logits of the last token of the pass (all of them, or the `top` best), and the
+    /// bytes of `extra` buffer ranges read back with them.
+    pub fn readout(
+        &mut self,
+        top: Option<usize>,
+        extra: &[(&wgpu::Buffer, u64, u64)],
+    ) -> Result<(Readout, Vec<Vec<u8>>)> {
+        let s = self.s;
+        let w = &self.m.weights;
+        let h = self.m.cfg.hidden_size;
+        let v = self.m.cfg.vocab_size;
+        self.rmsnorm(&s.x, &w.final_norm, &s.xn, 1, h, (self.n - 1) * h);
+        let head = w.lm_head();
+        self.linear_n(head, self.input(head, 1, h), &s.logits, None, None, 1);
+        let mut parts = Vec::with_capacity(extra.len() + 1);
+        if let Some(n) = top {
+            let groups = kernels::topk_groups(v as u32);
+            self.rec.dispatch(
+                Kernel::TopK,
+                None,
+                &[v as u32, kernels::TOPK_CHUNK, n as u32],
+                &[(&s.logits).into(), (&s.topk).into()],
+                groups,
+            );
+            parts.push((&s.topk, 0, groups.0 as u64 * n as u64 * 8));
+        } else {
+            parts.push((&s.logits, 0, (v * 4) as u64));
+        }
+        parts.extend_from_slice(extra);
+        let mut out = self.rec.read(&parts, &s.readback)?;
+        let rest = out.split_off(1);
+        let readout = match top {
+            None => Readout::Full(bytemuck::pod_collect_to_vec(&out[0])),
+            Some(n) => {
+                let words: Vec<u32> = bytemuck::pod_collect_to_vec(&out[0]);
+                let mut c: Vec<Candidate> = words
+                    .chunks_exact(2)
+                    .filter(|p| p[1] != u32::MAX)
+                    .map(|p| Candidate {
+                        id: p[1],
+                        logit: f32::from_bits(p[0]),
+                    })
+                    .collect();
+                c.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
+                c.truncate(n);
+                Readout::Top(c)
+            }
+        };
+        Ok((readout, rest))
+    }
+}
+
+/// What a pass reads back of the logits of its last token.
+pub(crate) enum Readout {
+    /// Every logit.
+    Full(Vec<f32>),
+    /// The best few, by (logit descending, id ascending).
+    Top(Vec<Candidate>),
+}

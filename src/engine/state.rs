@@ -1,0 +1,236 @@
+//! What a session owns on the GPU: the per-layer sequence state (a KV cache per attention
+//! layer, a recurrent state per linear-attention layer), allocated once per session, and the
+//! scratch buffers of one pass.
+
+use crate::arch::Mixer;
+use crate::config::ModelConfig;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Timer};
+use crate::model::ModelInner;
+use crate::session::{MAX_PASS_TOKENS, MAX_TOP};
+
+/// The sequence state of one decoder layer.
+pub(crate) enum LayerState {
+    /// Keys and values, each `[max_context, kv_heads, head_dim]` of the model's KV cache
+    /// dtype (f32 or f16).
+    Kv { k: wgpu::Buffer, v: wgpu::Buffer },
+}
+
+/// The per-layer sequence state of a session, as the model's plan says.
+pub(crate) struct SequenceState {
+    pub layers: Vec<LayerState>,
+}
+
+fn check_size(gpu: &Gpu, what: &str, bytes: usize) -> Result<()> {
+    if bytes as u64 > gpu.max_binding {
+        return Err(Error::Gpu(format!(
+            "{what} needs {bytes} bytes, more than the device's largest storage binding ({} bytes)",
+            gpu.max_binding
+        )));
+    }
+    Ok(())
+}
+
+impl SequenceState {
+    /// Allocates every layer's state for `max_context` tokens.
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        kv_dtype: DType,
+        max_context: usize,
+    ) -> Result<SequenceState> {
+        let mut layers = Vec::with_capacity(cfg.layers.len());
+        for plan in &cfg.layers {
+            layers.push(match &plan.mixer {
+                Mixer::Attention(a) => {
+                    let kv_bytes = max_context
+                        .checked_mul(a.kv_heads * a.head_dim * kv_dtype.size())
+                        .ok_or_else(|| {
+                            Error::InvalidArgument(format!(
+                                "max_context {max_context} is too large"
+                            ))
+                        })?;
+                    check_size(gpu, "the KV cache of one layer", kv_bytes)?;
+                    LayerState::Kv {
+                        k: gpu.storage_buffer("k cache", kv_bytes as u64),
+                        v: gpu.storage_buffer("v cache", kv_bytes as u64),
+                    }
+                }
+                Mixer::LinearAttention(_) => {
+                    return Err(Error::InvalidArgument(
+                        "linear attention is not supported yet".into(),
+                    ))
+                }
+            });
+        }
+        Ok(SequenceState { layers })
+    }
+
+    /// The KV cache of attention layer `l`.
+    pub fn kv(&self, l: usize) -> Result<(&wgpu::Buffer, &wgpu::Buffer)> {
+        match self.layers.get(l) {
+            Some(LayerState::Kv { k, v }) => Ok((k, v)),
+            _ => Err(Error::Gpu(format!("layer {l} has no KV cache"))),
+        }
+    }
+
+    /// GPU memory of the KV caches.
+    pub fn kv_bytes(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|s| match s {
+                LayerState::Kv { k, v } => k.size() + v.size(),
+            })
+            .sum()
+    }
+
+    /// GPU memory of every layer's state.
+    pub fn bytes(&self) -> u64 {
+        self.kv_bytes()
+    }
+}
+
+/// GPU buffers of a session sized for `cap` tokens per pass.
+pub(crate) struct Scratch {
+    pub cap: usize,
+    pub ids: wgpu::Buffer,
+    pub x: wgpu::Buffer,
+    pub h: wgpu::Buffer,
+    pub xn: wgpu::Buffer,
+    /// A single normalized row (decode) again, in the interleaved layout of
+    /// `kernels/include/interleave.wgsl` that the quantized mat-vec kernels read fastest.
+    pub xi: wgpu::Buffer,
+    /// The same row in the 8+8-bit layout that the 2- to 6-bit kernels read (18 words per 32
+    /// values).
+    pub xq: wgpu::Buffer,
+    pub q: wgpu::Buffer,
+    pub k: wgpu::Buffer,
+    pub v: wgpu::Buffer,
+    /// q, k and v of a fused projection: `[tokens, q_dim + 2 kv_dim]`.
+    pub qkv: wgpu::Buffer,
+    pub qr: wgpu::Buffer,
+    pub attn: wgpu::Buffer,
+    /// Partial softmax states of the split decode attention (`kernels/attention_split.wgsl`).
+    pub attn_part: wgpu::Buffer,
+    pub mlp_g: wgpu::Buffer,
+    pub mlp_u: wgpu::Buffer,
+    pub mlp_a: wgpu::Buffer,
+    pub router_logits: wgpu::Buffer,
+    pub route_ids: wgpu::Buffer,
+    pub route_w: wgpu::Buffer,
+    pub assign: wgpu::Buffer,
+    pub assign_w: wgpu::Buffer,
+    /// Tiles of one expert's assignments for the prefill expert mat-mat kernels:
+    /// (first assignment, count) pairs (`kernels::moe_qmm_tiles`).
+    pub tiles: wgpu::Buffer,
+    pub route: wgpu::Buffer,
+    /// Top-n candidates per vocabulary chunk, as `kernels/topk.wgsl` writes them.
+    pub topk: wgpu::Buffer,
+    /// What the resident routing kernel logs for the host: per layer a miss flag (set when
+    /// a chosen expert is not resident), then per layer the `top_k` experts it chose.
+    pub route_log: wgpu::Buffer,
+    /// Per cache page: the indirect grids of the expert kernels of a resident step.
+    pub moe_args: wgpu::Buffer,
+    pub moe_h: wgpu::Buffer,
+    pub moe_o: wgpu::Buffer,
+    pub logits: wgpu::Buffer,
+    pub readback: wgpu::Buffer,
+    /// The RoPE tables: cos `[max_context, rotary_dim / 2]`, then sin from float
+    /// `rope_sin` on.
+    pub rope: wgpu::Buffer,
+    pub rope_sin: u32,
+}
+
+impl Scratch {
+    /// The scratch buffers of a session of `max_context` tokens on model `m`.
+    pub fn new(m: &ModelInner, max_context: usize) -> Result<Scratch> {
+        let cfg = &m.cfg;
+        let gpu = &m.gpu;
+        // The widest per-token activation decides how many tokens fit one pass.
+        let k = cfg.num_experts_per_tok.max(1);
+        let per_token = 4 * [
+            cfg.hidden_size,
+            cfg.num_attention_heads * cfg.head_dim,
+            cfg.intermediate_size,
+            cfg.num_experts,
+            k * cfg.hidden_size,
+            k * cfg.moe_intermediate_size,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1);
+        let cap = MAX_PASS_TOKENS
+            .min(max_context)
+            .min((gpu.max_binding as usize / per_token).max(1));
+        let (cos, sin) = crate::reference::rope_tables(cfg.rope_theta, cfg.rotary_dim, max_context);
+        let buf = |label: &str, floats: usize| gpu.storage_buffer(label, (floats * 4) as u64);
+        let h = cfg.hidden_size;
+        let qd = cfg.num_attention_heads * cfg.head_dim;
+        let kvd = cfg.num_key_value_heads * cfg.head_dim;
+        let topk_words =
+            crate::gpu::kernels::topk_groups(cfg.vocab_size as u32).0 as usize * MAX_TOP * 2;
+        let readback_bytes = (((cfg.vocab_size * 4).max(topk_words * 4)
+            + cfg.num_hidden_layers * (k + 1) * 4)
+            .max(cap * k * 8) as u64)
+            .div_ceil(16)
+            * 16
+            + Timer::READBACK_BYTES;
+        // Assignment rows: one per (token, choice) of a pass, and top_k per cache page for a
+        // resident decode step.
+        let pages = m.cache.as_ref().map_or(1, |c| c.pages.len());
+        let rows = (cap * k).max(pages * k);
+        let scratch = Scratch {
+            cap,
+            ids: buf("ids", cap),
+            x: buf("x", cap * h),
+            h: buf("h", cap * h),
+            xn: buf("xn", cap * h),
+            xi: buf("xi", h),
+            xq: buf("xq", h / 32 * 18),
+            q: buf("q", cap * qd),
+            k: buf("k", cap * kvd),
+            v: buf("v", cap * kvd),
+            qkv: buf("qkv", cap * (qd + 2 * kvd)),
+            qr: buf("qr", cap * qd),
+            attn: buf("attn", cap * qd),
+            attn_part: buf(
+                "attention partials",
+                crate::gpu::kernels::attention_part_floats(
+                    cfg.num_attention_heads as u32,
+                    cfg.head_dim as u32,
+                ) as usize,
+            ),
+            mlp_g: buf("mlp_g", cap * cfg.intermediate_size),
+            mlp_u: buf("mlp_u", cap * cfg.intermediate_size),
+            mlp_a: buf("mlp_a", cap * cfg.intermediate_size),
+            router_logits: buf("router_logits", cap * cfg.num_experts),
+            route_ids: buf("route_ids", cap * k),
+            route_w: buf("route_w", cap * k),
+            assign: buf("assign", rows * 2),
+            assign_w: buf("assign_w", rows),
+            tiles: buf("tiles", rows * 2),
+            route: buf("route", cap * k),
+            route_log: buf("route log", cfg.num_hidden_layers * (1 + k)),
+            topk: buf("top-k candidates", topk_words),
+            moe_args: gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("expert grids"),
+                size: (pages.max(1) * 24) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::INDIRECT,
+                mapped_at_creation: false,
+            }),
+            moe_h: buf("moe_h", rows * cfg.moe_intermediate_size),
+            moe_o: buf("moe_o", rows * h),
+            logits: buf("logits", cfg.vocab_size),
+            readback: gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: readback_bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            rope_sin: cos.len() as u32,
+            rope: gpu.upload("rope", bytemuck::cast_slice(&[cos, sin].concat())),
+        };
+        Ok(scratch)
+    }
+}
