@@ -349,14 +349,13 @@ fn conv1d_silu() {
                 let u = pr.part(&rows, n, pr.qkv, c);
                 let mut want_state = state0.clone();
                 let want = reference::causal_conv1d_silu(&u, &w, &mut want_state, n, c, k);
-                let params = Conv1dSiluParams {
-                    n_tokens: n as u32,
-                    channels: c as u32,
-                    k: k as u32,
-                    stride: pr.stride as u32,
-                    offset: pr.qkv as u32,
-                    ..Default::default()
-                };
+                let params = Conv1dSiluParams::new(
+                    n as u32,
+                    c as u32,
+                    k as u32,
+                    pr.stride as u32,
+                    pr.qkv as u32,
+                );
                 let state_in = with_tail(&mut rng, &state0, TAIL);
                 let y_in = rng.vec(n * c + TAIL, 9.0);
                 for (vname, on) in runners() {
@@ -458,6 +457,13 @@ fn check_delta(
 
 #[test]
 fn gated_delta_net() {
+    for (vname, on) in runners() {
+        println!(
+            "{vname}: {} ({} variant)",
+            on.adapter_name(),
+            on.variant().name()
+        );
+    }
     let mut ck = Checker::new("gated_delta_net output");
     let mut ck_state = Checker::new("gated_delta_net state");
     let mut rng = Rng::new(302);
@@ -545,15 +551,14 @@ fn gated_rmsnorm() {
             let w: Vec<f32> = (0..dv).map(|_| 1.0 + 0.5 * rng.f32()).collect();
             let z = pr.part(&rows, n, pr.z, vd);
             let want = reference::gated_rms_norm(&x, &z, &w, EPS);
-            let params = GatedRmsNormParams {
-                n_tokens: n as u32,
-                heads: hv as u32,
-                dv: dv as u32,
-                eps: EPS,
-                stride: pr.stride as u32,
-                z_offset: pr.z as u32,
-                ..Default::default()
-            };
+            let params = GatedRmsNormParams::new(
+                n as u32,
+                hv as u32,
+                dv as u32,
+                EPS,
+                pr.stride as u32,
+                pr.z as u32,
+            );
             let out_in = rng.vec(n * vd + TAIL, 9.0);
             for (vname, on) in runners() {
                 let case = format!("{case} ({vname})");
@@ -603,14 +608,13 @@ fn gpu_mixer(
 ) -> Vec<f32> {
     let c = sh.conv_channels();
     let vd = sh.value_heads * sh.value_dim;
-    let conv = Conv1dSiluParams {
-        n_tokens: n as u32,
-        channels: c as u32,
-        k: k as u32,
-        stride: pr.stride as u32,
-        offset: pr.qkv as u32,
-        ..Default::default()
-    };
+    let conv = Conv1dSiluParams::new(
+        n as u32,
+        c as u32,
+        k as u32,
+        pr.stride as u32,
+        pr.qkv as u32,
+    );
     let out = run(
         on,
         Kernel::Conv1dSilu,
@@ -651,15 +655,14 @@ fn gpu_mixer(
     );
     st.state = to_f32(&out[4]);
     let o = to_f32(&out[5]);
-    let norm = GatedRmsNormParams {
-        n_tokens: n as u32,
-        heads: sh.value_heads as u32,
-        dv: sh.value_dim as u32,
-        eps: EPS,
-        stride: pr.stride as u32,
-        z_offset: pr.z as u32,
-        ..Default::default()
-    };
+    let norm = GatedRmsNormParams::new(
+        n as u32,
+        sh.value_heads as u32,
+        sh.value_dim as u32,
+        EPS,
+        pr.stride as u32,
+        pr.z as u32,
+    );
     let out = run(
         on,
         Kernel::GatedRmsNorm,

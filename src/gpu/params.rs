@@ -4,7 +4,7 @@
 //! gives the words for the `&[u32]` dispatch API; `FIELDS` names the fields in order (the
 //! tests compare them and the size with the WGSL struct, through naga).
 
-use super::kernels::Kernel;
+use super::kernels::{Kernel, CONV1D_MAX_KERNEL, DELTA_NET_MAX_KEY_DIM};
 
 /// Defines a `#[repr(C)]` parameter struct, its `FIELDS` and `KERNEL` constants and `words`.
 macro_rules! kernel_params {
@@ -111,11 +111,42 @@ kernel_params! {
     }
 }
 
+impl Conv1dSiluParams {
+    /// The parameters of a dispatch over `n_tokens` tokens of `channels` conv channels read
+    /// at `offset` of input rows of `stride` floats, kernel width `k`.
+    ///
+    /// # Panics
+    /// If `k` is 0 or above [`CONV1D_MAX_KERNEL`], or a row's channels do not fit its
+    /// stride (the kernel would write nothing, or read the next row).
+    pub fn new(n_tokens: u32, channels: u32, k: u32, stride: u32, offset: u32) -> Self {
+        assert!(
+            (1..=CONV1D_MAX_KERNEL).contains(&k),
+            "conv1d_silu: kernel width {k} outside 1..={CONV1D_MAX_KERNEL}"
+        );
+        assert!(
+            u64::from(offset) + u64::from(channels) <= u64::from(stride),
+            "conv1d_silu: {channels} channels at offset {offset} overrun rows of {stride}"
+        );
+        Conv1dSiluParams {
+            n_tokens,
+            channels,
+            k,
+            stride,
+            offset,
+            ..Default::default()
+        }
+    }
+}
+
 impl GatedDeltaNetParams {
     /// The parameters of a dispatch over `n_tokens` tokens of a layer of `key_heads` x
     /// `dk` / `value_heads` x `dv` heads whose b and a sit at `b_offset` and `a_offset` of
     /// projection rows of `stride` floats, with `q_scale = 1 / sqrt(dk)` as HF computes it
     /// (in f64, then rounded to f32).
+    ///
+    /// # Panics
+    /// If `dk` is 0 or above [`DELTA_NET_MAX_KEY_DIM`], `dv` is 0, or `value_heads` is not a
+    /// positive multiple of `key_heads`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         n_tokens: u32,
@@ -127,6 +158,14 @@ impl GatedDeltaNetParams {
         b_offset: u32,
         a_offset: u32,
     ) -> Self {
+        assert!(
+            (1..=DELTA_NET_MAX_KEY_DIM).contains(&dk) && dv > 0,
+            "gated_delta_net: key dim {dk} outside 1..={DELTA_NET_MAX_KEY_DIM}, or value dim 0"
+        );
+        assert!(
+            key_heads > 0 && value_heads > 0 && value_heads % key_heads == 0,
+            "gated_delta_net: {value_heads} value heads are not a multiple of {key_heads} key heads"
+        );
         GatedDeltaNetParams {
             n_tokens,
             key_heads,
@@ -137,6 +176,26 @@ impl GatedDeltaNetParams {
             b_offset,
             a_offset,
             q_scale: (1.0 / f64::from(dk).sqrt()) as f32,
+            ..Default::default()
+        }
+    }
+}
+
+impl GatedRmsNormParams {
+    /// The parameters of a dispatch over `n_tokens` tokens of `heads` value heads of `dv`
+    /// dims, z at `z_offset` of projection rows of `stride` floats.
+    ///
+    /// # Panics
+    /// If `dv` is 0.
+    pub fn new(n_tokens: u32, heads: u32, dv: u32, eps: f32, stride: u32, z_offset: u32) -> Self {
+        assert!(dv > 0, "gated_rmsnorm: value dim 0");
+        GatedRmsNormParams {
+            n_tokens,
+            heads,
+            dv,
+            eps,
+            stride,
+            z_offset,
             ..Default::default()
         }
     }
@@ -159,12 +218,27 @@ mod tests {
             p.words(),
             &[3, 2, 4, 16, 8, 100, 90, 94, 0.25f32.to_bits(), 0, 0, 0]
         );
-        let p = GatedRmsNormParams {
-            eps: 1e-6,
-            z_offset: 5,
-            ..Default::default()
-        };
-        assert_eq!(p.words()[3], 1e-6f32.to_bits());
-        assert_eq!(p.words()[5], 5);
+        let p = GatedRmsNormParams::new(7, 4, 16, 1e-6, 100, 5);
+        assert_eq!(p.words(), &[7, 4, 16, 1e-6f32.to_bits(), 100, 5, 0, 0]);
+        let p = Conv1dSiluParams::new(7, 40, 4, 100, 3);
+        assert_eq!(p.words(), &[7, 40, 4, 100, 3, 0, 0, 0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "key dim 257")]
+    fn delta_net_rejects_wide_keys() {
+        GatedDeltaNetParams::new(1, 1, 1, 257, 8, 10, 0, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "not a multiple")]
+    fn delta_net_rejects_uneven_heads() {
+        GatedDeltaNetParams::new(1, 2, 3, 16, 8, 10, 0, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "kernel width 9")]
+    fn conv_rejects_wide_kernels() {
+        Conv1dSiluParams::new(1, 8, 9, 8, 0);
     }
 }
