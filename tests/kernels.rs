@@ -174,8 +174,16 @@ fn every_kernel_is_covered() {
         Kernel::MoeCombine,
         Kernel::TopK,
     ];
-    // Tested by name (see `copy`, `moe_route` and `subgroup_probe`).
-    let by_name = ["copy", "moe_route", "subgroup_probe"];
+    // Tested by name (see `copy`, `moe_route` and `subgroup_probe`), and the Gated
+    // DeltaNet kernels in tests/linear_attention.rs.
+    let by_name = [
+        "copy",
+        "moe_route",
+        "subgroup_probe",
+        "conv1d_silu",
+        "gated_delta_net",
+        "gated_rmsnorm",
+    ];
     for k in Kernel::ALL.into_iter().filter(|k| !k.is_quantized()) {
         assert!(
             covered.contains(&k) || by_name.contains(&k.name()),

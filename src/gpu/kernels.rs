@@ -80,6 +80,18 @@ pub enum Kernel {
     TopK,
     /// Measures the subgroup size (only compiled with [`Variant::subgroups`]).
     SubgroupProbe,
+    /// Causal depthwise conv + SiLU of a Gated DeltaNet layer's q/k/v channels over a
+    /// decode step or a prefill, updating the conv state ([`conv1d_silu_groups`],
+    /// [`params::Conv1dSiluParams`](super::params::Conv1dSiluParams)).
+    Conv1dSilu,
+    /// The gated delta rule of a Gated DeltaNet layer over a decode step or a prefill, the
+    /// recurrent state in registers ([`gated_delta_net_groups`],
+    /// [`params::GatedDeltaNetParams`](super::params::GatedDeltaNetParams)).
+    GatedDeltaNet,
+    /// The gated RMSNorm (`norm(o) * w * silu(z)`) per token and value head of a Gated
+    /// DeltaNet layer ([`gated_rmsnorm_groups`],
+    /// [`params::GatedRmsNormParams`](super::params::GatedRmsNormParams)).
+    GatedRmsNorm,
 }
 
 /// Which optional GPU features a kernel is compiled for. The device picks the variant
@@ -471,9 +483,48 @@ pub fn moe_down_q_groups(hidden: u32, n_assign: u32, team: u32, rows_per_team: u
     )
 }
 
+/// Channels per workgroup of [`Kernel::Conv1dSilu`] (its workgroup size).
+const CONV1D_CHANNELS: u32 = 64;
+/// Tokens per invocation of [`Kernel::Conv1dSilu`] (`TCHUNK` in `kernels/conv1d_silu.wgsl`).
+const CONV1D_TOKENS: u32 = 16;
+/// Widest convolution [`Kernel::Conv1dSilu`] computes (`KMAX`; Qwen3.5 and Qwen3-Next use 4).
+pub const CONV1D_MAX_KERNEL: u32 = 8;
+
+/// Grid of [`Kernel::Conv1dSilu`] over `channels` channels (at most 65535 * 64) and
+/// `n_tokens` tokens (at most 65535 * 16): one invocation per channel and 16 tokens.
+pub fn conv1d_silu_groups(channels: u32, n_tokens: u32) -> (u32, u32) {
+    (
+        channels.div_ceil(CONV1D_CHANNELS).max(1),
+        n_tokens.div_ceil(CONV1D_TOKENS).max(1),
+    )
+}
+
+/// State columns per workgroup of [`Kernel::GatedDeltaNet`] (`CB` in
+/// `kernels/gated_delta_net.wgsl`).
+const DELTA_NET_COLUMNS: u32 = 16;
+/// Largest key head dim (Dk) [`Kernel::GatedDeltaNet`] computes: an invocation holds 16
+/// rows of a state column in registers, 16 invocations per column.
+pub const DELTA_NET_MAX_KEY_DIM: u32 = 256;
+
+/// Grid of [`Kernel::GatedDeltaNet`] for `value_heads` value heads (at most 65535) of
+/// `value_dim` dims: one 256-invocation workgroup per value head and 16 state columns
+/// (`(Dv / 16, Hv)` rounded up), for any number of tokens.
+pub fn gated_delta_net_groups(value_heads: u32, value_dim: u32) -> (u32, u32) {
+    (
+        value_dim.div_ceil(DELTA_NET_COLUMNS).max(1),
+        value_heads.max(1),
+    )
+}
+
+/// Grid of [`Kernel::GatedRmsNorm`]: one workgroup per value head and token (`n_tokens` at
+/// most 65535).
+pub fn gated_rmsnorm_groups(value_heads: u32, n_tokens: u32) -> (u32, u32) {
+    (value_heads.max(1), n_tokens.max(1))
+}
+
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 25] = [
+    pub const ALL: [Kernel; 28] = [
         Kernel::Embedding,
         Kernel::RmsNorm,
         Kernel::MatVec,
@@ -499,6 +550,9 @@ impl Kernel {
         Kernel::MoeRoute,
         Kernel::TopK,
         Kernel::SubgroupProbe,
+        Kernel::Conv1dSilu,
+        Kernel::GatedDeltaNet,
+        Kernel::GatedRmsNorm,
     ];
 
     /// File stem in `kernels/`.
@@ -529,6 +583,9 @@ impl Kernel {
             Kernel::MoeRoute => "moe_route",
             Kernel::TopK => "topk",
             Kernel::SubgroupProbe => "subgroup_probe",
+            Kernel::Conv1dSilu => "conv1d_silu",
+            Kernel::GatedDeltaNet => "gated_delta_net",
+            Kernel::GatedRmsNorm => "gated_rmsnorm",
         }
     }
 
@@ -559,6 +616,9 @@ impl Kernel {
             Kernel::MoeRoute => include_str!("../../kernels/moe_route.wgsl"),
             Kernel::TopK => include_str!("../../kernels/topk.wgsl"),
             Kernel::SubgroupProbe => include_str!("../../kernels/subgroup_probe.wgsl"),
+            Kernel::Conv1dSilu => include_str!("../../kernels/conv1d_silu.wgsl"),
+            Kernel::GatedDeltaNet => include_str!("../../kernels/gated_delta_net.wgsl"),
+            Kernel::GatedRmsNorm => include_str!("../../kernels/gated_rmsnorm.wgsl"),
         }
     }
 

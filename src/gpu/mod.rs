@@ -1,6 +1,7 @@
 //! The GPU device, its limits, and the cache of compiled pipelines.
 
 pub mod kernels;
+pub mod params;
 mod recorder;
 mod tensor;
 #[doc(hidden)]

@@ -3,7 +3,10 @@
 //!
 //! The free functions are the individual operations on row-major `f32` slices
 //! ([`rms_norm`], [`matmul`], [`rope`], [`attention`], [`router_topk`], [`swiglu`], ...);
-//! [`ReferenceModel`] runs a whole model with them. Clarity beats speed here: everything is
+//! [`ReferenceModel`] runs a whole model with them. The Gated DeltaNet token mixer of
+//! Qwen3.5-MoE / Qwen3-Next linear-attention layers ([`causal_conv1d_silu`],
+//! [`delta_gates`], [`gated_delta_rule`], [`gated_rms_norm`]) follows HF's eager torch
+//! fallbacks the same way. Clarity beats speed here: everything is
 //! computed in `f32` with sequential sums, in the order HF transformers' eager PyTorch
 //! implementation (`modeling_qwen3_moe.py`) uses, and agrees with it to a few `1e-6` on
 //! test-sized models.
@@ -12,9 +15,13 @@
 //! GPU uses the same tables.
 
 mod forward;
+mod linear_attn;
 mod ops;
 
 pub use forward::{LayerWeights, MlpWeights, ReferenceModel, Routing, SwigluWeights, Trace};
+pub use linear_attn::{
+    causal_conv1d_silu, delta_gates, gated_delta_rule, gated_rms_norm, softplus, DeltaNetShape,
+};
 pub use ops::{
     add_bias, attention, matmul, rms_norm, rope, rope_inv_freq, rope_tables, router_topk, silu,
     softmax_rows, swiglu,
