@@ -3,6 +3,8 @@
 //! ```text
 //! cargo bench --bench decode                 # Qwen3-30B-A3B shape, MLX 4-bit (~16 GB experts)
 //! cargo bench --bench decode -- --small      # a small 4-bit model (for CI-sized machines)
+//! cargo bench --bench decode -- --model qwen3.5-35b-a3b        # Qwen3.5-35B-A3B shape (~18 GB experts)
+//! cargo bench --bench decode -- --model qwen3.5-397b-a17b-8l   # 8 of Qwen3.5-397B's 60 layers
 //! MOESTREAM_PROFILE=1 cargo bench --bench decode -- --resident-only   # GPU time per kernel
 //! cargo bench --bench decode -- --resident-only --long-context   # also after 2048 / 8192 tokens
 //! cargo bench --bench decode -- --kv-f16     # the KV cache in f16 (ModelBuilder::kv_cache_dtype)
@@ -30,12 +32,32 @@ use moestream::{AffineQuant, DType, Model, Result, WeightFormat};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let small = args.iter().any(|a| a == "--small");
+    // `--model NAME`: which synthetic shape (default qwen3-30b-a3b).
+    let model_name = args
+        .windows(2)
+        .find(|w| w[0] == "--model")
+        .map_or("qwen3-30b-a3b", |w| w[1].as_str());
     let (name, spec) = if small {
         let mut s = SyntheticSpec::default();
         s.quant = Some((4, 64));
         ("small-4bit", s)
     } else {
-        ("qwen3-30b-a3b-4bit", SyntheticSpec::qwen3_30b_a3b_4bit())
+        match model_name {
+            "qwen3-30b-a3b" => ("qwen3-30b-a3b-4bit", SyntheticSpec::qwen3_30b_a3b_4bit()),
+            "qwen3.5-35b-a3b" => (
+                "qwen3.5-35b-a3b-4bit",
+                SyntheticSpec::qwen3_5_35b_a3b_4bit(),
+            ),
+            "qwen3.5-397b-a17b-8l" => (
+                "qwen3.5-397b-a17b-8l-4bit",
+                SyntheticSpec::qwen3_5_397b_a17b_4bit(8),
+            ),
+            other => {
+                return Err(moestream::Error::InvalidArgument(format!(
+                    "--model {other}: one of qwen3-30b-a3b, qwen3.5-35b-a3b, qwen3.5-397b-a17b-8l"
+                )))
+            }
+        }
     };
     let root = std::env::var_os("MOESTREAM_BENCH_DIR")
         .map(PathBuf::from)
@@ -111,6 +133,11 @@ fn main() -> Result<()> {
             per_token as f64 / 1e9
         );
         let mut s = model.session(1024)?;
+        println!(
+            "session state: {:.1} MB ({:.1} MB of KV cache for 1024 tokens)",
+            s.state_bytes() as f64 / 1e6,
+            s.kv_cache_bytes() as f64 / 1e6
+        );
         let prompt: Vec<u32> = (0..64).map(|i| (i * 7919 + 13) % v as u32).collect();
         let t = Instant::now();
         let mut logits = s.prefill(&prompt)?;
@@ -167,6 +194,22 @@ fn main() -> Result<()> {
         );
         let profile = moestream::gpu::testing::take_profile();
         if !profile.is_empty() {
+            // The Gated DeltaNet kernels' share (their projections are mat-vecs, counted
+            // with the others).
+            let total: f64 = profile.iter().map(|p| p.2).sum();
+            let linear: f64 = profile
+                .iter()
+                .filter(|p| {
+                    ["conv1d_silu", "gated_delta_net", "gated_rmsnorm"].contains(&p.0.as_str())
+                })
+                .map(|p| p.2)
+                .sum();
+            if linear > 0.0 {
+                println!(
+                    "linear-attention kernels (conv1d, delta rule, gated norm): {:.1}% of GPU time",
+                    100.0 * linear / total
+                );
+            }
             println!("GPU profile per token (MOESTREAM_PROFILE: one timed pass per dispatch):");
             for (kernel, n, secs) in profile {
                 println!(

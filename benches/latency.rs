@@ -251,6 +251,7 @@ fn main() -> Result<()> {
             1,
             ((Q_HEADS + KV_HEADS) * HEAD_DIM) as u32,
             (positions * half) as u32,
+            HEAD_DIM as u32,
         ],
         &[&xq, &wq, &wk, &rope, &outq, &kc, &xq, &vc],
         ((Q_HEADS + KV_HEADS) as u32, 1),

@@ -4,10 +4,11 @@
 //
 // Token t's input of channel c is u[t * stride + offset + c] (so the channels may sit inside
 // the rows of a fused projection). The conv state holds the k - 1 inputs before token 0,
-// oldest first: state[s * channels + c]. With x = state rows followed by the inputs,
+// oldest first: state_in[s * channels + c] (zeros with `fresh`). With x = those rows
+// followed by the inputs,
 //   y[t * channels + c] = silu(sum_{j < k} w[c * k + j] * x[t + j][c])
-// (summed in order of j, tap k - 1 on the current token, as PyTorch's conv1d), and the
-// state becomes the last k - 1 rows of x. k <= KMAX.
+// (summed in order of j, tap k - 1 on the current token, as PyTorch's conv1d), and
+// state (a separate buffer) receives the last k - 1 rows of x. k <= KMAX.
 //
 // One invocation per (channel, chunk of TCHUNK tokens); grid (channels / 64, n / TCHUNK)
 // rounded up (`kernels::conv1d_silu_groups`). Only the first chunk's tokens (t < TCHUNK,
@@ -21,7 +22,7 @@ struct Params {
     k: u32,
     stride: u32, // floats per token of u
     offset: u32, // of channel 0 in a token's row of u
-    pad0: u32,
+    fresh: u32, // 1: the state before token 0 is zero (state_in is not read)
     pad1: u32,
     pad2: u32,
 }
@@ -31,6 +32,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> w: array<f32>;
 @group(0) @binding(3) var<storage, read_write> state: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+// The conv state before the tokens (the session's committed copy); the new state goes to
+// `state`, so a pass whose results are dropped leaves the committed state as it was.
+@group(0) @binding(5) var<storage, read> state_in: array<f32>;
 
 const WG: u32 = 64u;
 const TCHUNK: u32 = 16u;
@@ -40,7 +44,7 @@ const KMAX: u32 = 8u;
 fn x_at(s: u32, c: u32) -> f32 {
     let h = p.k - 1u;
     if (s < h) {
-        return state[s * p.channels + c];
+        return select(state_in[s * p.channels + c], 0.0, p.fresh != 0u);
     }
     return u[(s - h) * p.stride + p.offset + c];
 }

@@ -5,7 +5,8 @@
 // Inputs: the conv output y, rows of cw = 2 Hk Dk + Hv Dv floats per token (Hk query heads,
 // then Hk key heads, then Hv value heads); b and a of value head h at
 // proj[t * stride + b_offset + h] and proj[t * stride + a_offset + h]; a_log and dt_bias
-// [Hv]. state is [Hv, Dk, Dv] (HF's layout), read at the start and written at the end.
+// [Hv]. The state is [Hv, Dk, Dv] (HF's layout), read from state_in at the start (zero
+// with `fresh`) and written to state at the end.
 // Value head h uses key head h / (Hv / Hk). Per token and value head (HF's
 // torch_recurrent_gated_delta_rule, use_qk_l2norm_in_kernel):
 //   q^ = q * rsqrt(sum q^2 + 1e-6) * q_scale, k^ = k * rsqrt(sum k^2 + 1e-6),
@@ -40,7 +41,7 @@ struct Params {
     b_offset: u32,
     a_offset: u32,
     q_scale: f32, // 1 / sqrt(dk), rounded to f32
-    pad0: u32,
+    fresh: u32, // 1: the state starts at zero (state_in is not read)
     pad1: u32,
     pad2: u32,
 }
@@ -52,6 +53,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read> dt_bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> state: array<f32>;
 @group(0) @binding(6) var<storage, read_write> o: array<f32>;
+// The state before the tokens (the session's committed copy); the state after them goes
+// to `state`, so a pass whose results are dropped leaves the committed state as it was.
+@group(0) @binding(7) var<storage, read> state_in: array<f32>;
 
 const CB: u32 = 16u; // state columns per workgroup
 const RL: u32 = 16u; // invocations per column (row lanes)
@@ -79,8 +83,8 @@ fn y4(base: u32, i0: u32) -> vec4<f32> {
 
 // State entry (i, j) of the head at base (0 outside dk x dv).
 fn sv(base: u32, i: u32, j: u32) -> f32 {
-    if (i < p.dk && j < p.dv) {
-        return state[base + i * p.dv + j];
+    if (i < p.dk && j < p.dv && p.fresh == 0u) {
+        return state_in[base + i * p.dv + j];
     }
     return 0.0;
 }

@@ -6,7 +6,8 @@
 //
 // Token t (at position pos0 + t) reads its heads from rows of x_stride floats, so that
 // they may sit inside the rows of a fused q/k/v projection:
-// - query head h (h < q_heads) at x[t * x_stride + q_offset + h * head_dim ..], normed
+// - query head h (h < q_heads) at x[t * x_stride + q_offset + h * q_head_stride ..]
+//   (q_head_stride = head_dim, or 2 head_dim where q_proj yields [q | gate] per head), normed
 //   with wq, written to outq[(t * q_heads + h) * head_dim ..];
 // - key head h (the workgroups after the query heads) at x[t * x_stride + k_offset +
 //   h * head_dim ..], normed with wk, written to outk[k_out + (t * k_heads + h) *
@@ -33,6 +34,7 @@ struct Params {
     copy_v: u32,
     v_offset: u32,
     sin_offset: u32,
+    q_head_stride: u32, // floats from one query head to the next in x
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -62,7 +64,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let is_q = wid.x < p.q_heads;
     let h = select(wid.x - p.q_heads, wid.x, is_q);
     let hd = p.head_dim;
-    let xb = t * p.x_stride + select(p.k_offset, p.q_offset, is_q) + h * hd;
+    let xb = t * p.x_stride + select(p.k_offset + h * hd, p.q_offset + h * p.q_head_stride, is_q);
     let half = p.rotary_half;
     let pos = (p.pos0 + t) * half;
     let qb = (t * p.q_heads + h) * hd;

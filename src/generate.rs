@@ -780,8 +780,9 @@ impl Chat {
             });
         }
         self.options.sampling.validate()?;
+        let mut keep = keep;
         if keep < self.context.len() {
-            self.session.truncate_context(keep);
+            keep = self.session.truncate_context(keep);
             self.context.truncate(keep);
         }
         Ok((ids, keep))

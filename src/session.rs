@@ -201,8 +201,14 @@ impl Session {
             match self.run(chunk, want) {
                 Ok(l) => last = l,
                 Err(e) => {
-                    // All or nothing: a failed prefill leaves the context as it was.
-                    self.pos = start;
+                    // All or nothing: a failed prefill leaves the context as it was. The
+                    // recurrent states of linear-attention layers cannot be rewound past
+                    // the chunks already run, so there the context is emptied instead.
+                    self.pos = if i > 0 && self.state.has_recurrent() {
+                        0
+                    } else {
+                        start
+                    };
                     return Err(e);
                 }
             }
@@ -429,6 +435,7 @@ impl Session {
         let out = result?;
         if out.is_some() {
             self.pos += ids.len();
+            self.state.commit();
         }
         Ok(out)
     }
@@ -437,9 +444,16 @@ impl Session {
 // Added for `crate::generate::Chat` (multi-turn prefix reuse); kept separate from the
 // session's own code.
 impl Session {
-    /// Keeps only the first `len` tokens of the context (no-op if it holds fewer). The KV
-    /// entries past `len` are overwritten by the next tokens run.
-    pub(crate) fn truncate_context(&mut self, len: usize) {
+    /// Keeps only the first `len` tokens of the context (no-op if it holds fewer) and
+    /// returns the tokens kept. The KV entries past `len` are overwritten by the next tokens
+    /// run. A model with linear-attention layers cannot rewind their recurrent states, so
+    /// there any truncation empties the context (returns 0): the caller prefills again from
+    /// the start, which gives exactly the logits of a fresh prefill.
+    pub(crate) fn truncate_context(&mut self, len: usize) -> usize {
+        if len < self.pos && self.state.has_recurrent() {
+            self.pos = 0;
+        }
         self.pos = self.pos.min(len);
+        self.pos
     }
 }

@@ -1,4 +1,5 @@
-//! Synthetic random-weight Qwen3-MoE checkpoints, for demos, benchmarks and tests that must
+//! Synthetic random-weight checkpoints of Qwen3-MoE and of Qwen3.5-MoE (Gated DeltaNet
+//! hybrids, [`SyntheticSpec::linear_attention`]), for demos, benchmarks and tests that must
 //! not need a download. The weights are deterministic pseudo-random numbers: the model
 //! runs exactly like a real one of its shape, but its output is meaningless.
 
@@ -41,6 +42,43 @@ pub struct SyntheticSpec {
     pub quant: Option<(u32, u32)>,
     /// Seed of the weights.
     pub seed: u64,
+    /// `Some`: a Qwen3.5-MoE (`qwen3_5_moe_text`) model of Gated DeltaNet layers with a
+    /// gated full-attention layer every `full_attention_interval` layers and a shared
+    /// expert per MoE block; `None`: Qwen3-MoE.
+    pub linear_attention: Option<SyntheticLinear>,
+}
+
+/// The Qwen3.5-MoE part of a [`SyntheticSpec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyntheticLinear {
+    /// Query/key heads of the linear-attention layers.
+    pub key_heads: usize,
+    /// Value heads (a multiple of `key_heads`).
+    pub value_heads: usize,
+    /// Width of a query/key head.
+    pub key_dim: usize,
+    /// Width of a value head.
+    pub value_dim: usize,
+    /// Every this many layers one is full attention (the last of each group).
+    pub full_attention_interval: usize,
+    /// Width of the shared expert.
+    pub shared_expert_intermediate_size: usize,
+}
+
+impl SyntheticLinear {
+    /// Qwen3.5's shape: 16 key heads, value heads as given, heads of 128, full attention
+    /// every 4 layers, a shared expert of `shared` values.
+    pub fn qwen3_5(value_heads: usize, shared: usize) -> Self {
+        SyntheticLinear {
+            key_heads: 16,
+            value_heads,
+            key_dim: 128,
+            value_dim: 128,
+            full_attention_interval: 4,
+            shared_expert_intermediate_size: shared,
+        }
+    }
 }
 
 impl Default for SyntheticSpec {
@@ -60,6 +98,7 @@ impl Default for SyntheticSpec {
             dtype: DType::BF16,
             quant: None,
             seed: 0x6d6f_6573,
+            linear_attention: None,
         }
     }
 }
@@ -82,7 +121,59 @@ impl SyntheticSpec {
             dtype: DType::BF16,
             quant: Some((4, 64)),
             seed: 0x3330_6233,
+            linear_attention: None,
         }
+    }
+
+    /// The shape of Qwen3.5-35B-A3B (40 layers: 30 Gated DeltaNet, 10 gated full attention;
+    /// hidden 2048, 256 experts, top-8, expert and shared expert width 512, 16/2 heads of
+    /// 256, linear attention 16 key / 32 value heads of 128, vocab 248320) at MLX 4-bit,
+    /// group 64, bf16 scales: about 18 GB of experts.
+    pub fn qwen3_5_35b_a3b_4bit() -> Self {
+        SyntheticSpec {
+            vocab_size: 248320,
+            hidden_size: 2048,
+            num_layers: 40,
+            num_heads: 16,
+            num_kv_heads: 2,
+            head_dim: 256,
+            num_experts: 256,
+            top_k: 8,
+            moe_intermediate_size: 512,
+            dtype: DType::BF16,
+            quant: Some((4, 64)),
+            seed: 0x3335_6133,
+            linear_attention: Some(SyntheticLinear::qwen3_5(32, 512)),
+        }
+    }
+
+    /// The shape of Qwen3.5-397B-A17B (hidden 4096, 512 experts, top-10, expert and shared
+    /// expert width 1024, 32/2 heads of 256, linear attention 16 key / 64 value heads of
+    /// 128, vocab 248320) at MLX 4-bit with `layers` of its 60 layers (a multiple of 4 keeps
+    /// its 3:1 mix of linear and full attention): a layer's cost is what a laptop pays per
+    /// layer, its 512 experts 3.6 GB per layer.
+    pub fn qwen3_5_397b_a17b_4bit(layers: usize) -> Self {
+        SyntheticSpec {
+            vocab_size: 248320,
+            hidden_size: 4096,
+            num_layers: layers,
+            num_heads: 32,
+            num_kv_heads: 2,
+            head_dim: 256,
+            num_experts: 512,
+            top_k: 10,
+            moe_intermediate_size: 1024,
+            dtype: DType::BF16,
+            quant: Some((4, 64)),
+            seed: 0x3339_3761,
+            linear_attention: Some(SyntheticLinear::qwen3_5(64, 1024)),
+        }
+    }
+
+    /// Whether layer `l` is linear attention.
+    fn is_linear(&self, l: usize) -> bool {
+        self.linear_attention
+            .is_some_and(|la| (l + 1) % la.full_attention_interval.max(1) != 0)
     }
 }
 
@@ -193,6 +284,41 @@ impl SyntheticSpec {
             "dtype": dtype,
             "synthetic": true,
         });
+        if let (Some(la), Some(obj)) = (self.linear_attention, config.as_object_mut()) {
+            for (k, v) in [
+                (
+                    "architectures",
+                    serde_json::json!(["Qwen3_5MoeForCausalLM"]),
+                ),
+                ("model_type", "qwen3_5_moe_text".into()),
+                ("num_experts", self.num_experts.into()),
+                ("linear_num_key_heads", la.key_heads.into()),
+                ("linear_num_value_heads", la.value_heads.into()),
+                ("linear_key_head_dim", la.key_dim.into()),
+                ("linear_value_head_dim", la.value_dim.into()),
+                ("linear_conv_kernel_dim", 4.into()),
+                ("full_attention_interval", la.full_attention_interval.into()),
+                (
+                    "shared_expert_intermediate_size",
+                    la.shared_expert_intermediate_size.into(),
+                ),
+                (
+                    "rope_parameters",
+                    serde_json::json!({"rope_theta": 10000000.0, "rope_type": "default", "partial_rotary_factor": 0.25}),
+                ),
+            ] {
+                obj.insert(k.into(), v);
+            }
+            for k in [
+                "num_local_experts",
+                "norm_topk_prob",
+                "decoder_sparse_step",
+                "mlp_only_layers",
+                "intermediate_size",
+            ] {
+                obj.remove(k);
+            }
+        }
         if let (Some((bits, group)), Some(obj)) = (self.quant, config.as_object_mut()) {
             let mut q = serde_json::json!({"group_size": group, "bits": bits, "mode": "affine"});
             if let Some(qo) = q.as_object_mut() {
@@ -202,6 +328,12 @@ impl SyntheticSpec {
                         format!("model.layers.{l}.mlp.gate"),
                         serde_json::json!({"group_size": rg, "bits": rb}),
                     );
+                    if self.linear_attention.is_some() {
+                        qo.insert(
+                            format!("model.layers.{l}.mlp.shared_expert_gate"),
+                            serde_json::json!({"group_size": rg, "bits": rb}),
+                        );
+                    }
                 }
             }
             obj.insert("quantization".into(), q.clone());
@@ -327,17 +459,86 @@ impl SyntheticSpec {
             w(h),
             q,
         ));
-        out.push(vector(names.final_norm(), h));
+        // Qwen3.5's norms are zero-centred (the model multiplies by 1 + w).
+        let norm = |name: String, n: usize| {
+            if self.linear_attention.is_some() {
+                lazy(
+                    name,
+                    fdt,
+                    vec![n],
+                    Fill::Float {
+                        scale: 0.1,
+                        offset: 0.0,
+                    },
+                )
+            } else {
+                vector(name, n)
+            }
+        };
+        let flat = |name: String, shape: Vec<usize>, scale: f32, offset: f32| {
+            lazy(name, fdt, shape, Fill::Float { scale, offset })
+        };
+        // With an output gate q_proj yields [q | gate] per head.
+        let q_rows = if self.linear_attention.is_some() {
+            2 * qd
+        } else {
+            qd
+        };
+        out.push(norm(names.final_norm(), h));
         for l in 0..self.num_layers {
             let n = |rest: &str| names.layer(l, rest);
-            out.push(vector(n("input_layernorm.weight"), h));
-            out.push(vector(n("post_attention_layernorm.weight"), h));
-            out.extend(matrix(n("self_attn.q_proj"), &[], qd, h, w(h), q));
-            out.extend(matrix(n("self_attn.k_proj"), &[], kvd, h, w(h), q));
-            out.extend(matrix(n("self_attn.v_proj"), &[], kvd, h, w(h), q));
-            out.extend(matrix(n("self_attn.o_proj"), &[], h, qd, w(qd), q));
-            out.push(vector(n("self_attn.q_norm.weight"), hd));
-            out.push(vector(n("self_attn.k_norm.weight"), hd));
+            out.push(norm(n("input_layernorm.weight"), h));
+            out.push(norm(n("post_attention_layernorm.weight"), h));
+            match self.linear_attention {
+                Some(la) if self.is_linear(l) => {
+                    let (kd, vd) = (la.key_heads * la.key_dim, la.value_heads * la.value_dim);
+                    let ch = 2 * kd + vd;
+                    let hv = la.value_heads;
+                    out.extend(matrix(n("linear_attn.in_proj_qkv"), &[], ch, h, w(h), q));
+                    out.extend(matrix(n("linear_attn.in_proj_z"), &[], vd, h, w(h), q));
+                    out.extend(matrix(n("linear_attn.in_proj_b"), &[], hv, h, w(h), q));
+                    out.extend(matrix(n("linear_attn.in_proj_a"), &[], hv, h, w(h), q));
+                    out.push(flat(
+                        n("linear_attn.conv1d.weight"),
+                        vec![ch, 1, 4],
+                        0.5,
+                        0.0,
+                    ));
+                    out.push(flat(n("linear_attn.A_log"), vec![hv], 1.0, 0.0));
+                    out.push(flat(n("linear_attn.dt_bias"), vec![hv], 0.5, 0.0));
+                    out.push(vector(n("linear_attn.norm.weight"), la.value_dim));
+                    out.extend(matrix(n("linear_attn.out_proj"), &[], h, vd, w(vd), q));
+                }
+                _ => {
+                    out.extend(matrix(n("self_attn.q_proj"), &[], q_rows, h, w(h), q));
+                    out.extend(matrix(n("self_attn.k_proj"), &[], kvd, h, w(h), q));
+                    out.extend(matrix(n("self_attn.v_proj"), &[], kvd, h, w(h), q));
+                    out.extend(matrix(n("self_attn.o_proj"), &[], h, qd, w(qd), q));
+                    out.push(norm(n("self_attn.q_norm.weight"), hd));
+                    out.push(norm(n("self_attn.k_norm.weight"), hd));
+                }
+            }
+            if let Some(la) = self.linear_attention {
+                let si = la.shared_expert_intermediate_size;
+                out.extend(matrix(
+                    n("mlp.shared_expert.gate_proj"),
+                    &[],
+                    si,
+                    h,
+                    w(h),
+                    q,
+                ));
+                out.extend(matrix(n("mlp.shared_expert.up_proj"), &[], si, h, w(h), q));
+                out.extend(matrix(
+                    n("mlp.shared_expert.down_proj"),
+                    &[],
+                    h,
+                    si,
+                    w(si),
+                    q,
+                ));
+                out.extend(matrix(n("mlp.shared_expert_gate"), &[], 1, h, w(h), rq));
+            }
             out.extend(matrix(n("mlp.gate"), &[], ne, h, 2.0 * w(h), rq));
             if q.is_some() {
                 out.extend(matrix(n("mlp.switch_mlp.gate_proj"), &[ne], i, h, w(h), q));

@@ -922,3 +922,125 @@ fn expert_cache_budget_smaller_than_one_expert() {
     });
     assert_eq!(m.expert_cache_slots(), 1);
 }
+
+// ---------------------------------------------------------------------------------------
+// Qwen3.5-MoE / Qwen3-Next
+// ---------------------------------------------------------------------------------------
+
+/// `tests/fixtures_qwen35/<name>`, as a name [`TempFixture::new`] takes.
+fn qwen35(name: &str) -> String {
+    format!("../fixtures_qwen35/{name}")
+}
+
+#[test]
+fn qwen35_value_heads_not_a_multiple_of_key_heads() {
+    let fx = TempFixture::new(&qwen35("q35_flat_f32"), "q35_heads");
+    fx.edit_config(|c| {
+        c.insert("linear_num_value_heads".into(), 3.into());
+    });
+    let case = "linear_num_value_heads 3, linear_num_key_heads 2";
+    let e = open_err(case, &fx.dir);
+    assert_error!(
+        case,
+        e,
+        Error::Config { .. },
+        [
+            "config.json",
+            "linear_num_value_heads",
+            "linear_num_key_heads"
+        ]
+    );
+}
+
+#[test]
+fn qwen35_rotary_size_that_does_not_fit() {
+    let fx = TempFixture::new(&qwen35("q35_flat_f32"), "q35_rotary");
+    // head_dim 32: a factor of 0.1 gives 3 rotary dims, an odd number.
+    fx.edit_config(|c| {
+        c["rope_parameters"]["partial_rotary_factor"] = 0.1.into();
+    });
+    let case = "partial_rotary_factor 0.1 of head_dim 32";
+    let e = open_err(case, &fx.dir);
+    assert_error!(
+        case,
+        e,
+        Error::Config { .. },
+        ["config.json", "partial_rotary_factor", "head_dim 32"]
+    );
+}
+
+#[test]
+fn qwen35_unknown_layer_type() {
+    let fx = TempFixture::new(&qwen35("q35_flat_f32"), "q35_layer_type");
+    fx.edit_config(|c| {
+        c["layer_types"][2] = "sliding_attention".into();
+    });
+    let case = "layer_types[2] sliding_attention";
+    let e = open_err(case, &fx.dir);
+    assert_error!(
+        case,
+        e,
+        Error::Config { .. },
+        ["config.json", "layer_types[2]", "sliding_attention"]
+    );
+    fx.edit_config(|c| {
+        c["layer_types"] = serde_json::json!(["linear_attention", "full_attention"]);
+    });
+    let case = "layer_types of 2 entries for 4 layers";
+    let e = open_err(case, &fx.dir);
+    assert_error!(case, e, Error::Config { .. }, ["layer_types", "4 layers"]);
+}
+
+#[test]
+fn qwen35_missing_linear_attention_tensors_are_named() {
+    for (i, name) in [
+        "model.layers.0.linear_attn.conv1d.weight",
+        "model.layers.2.linear_attn.A_log",
+        "model.layers.0.linear_attn.dt_bias",
+        "model.layers.2.linear_attn.in_proj_b.weight",
+        "model.layers.1.mlp.shared_expert_gate.weight",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let fx = TempFixture::new(&qwen35("q35_flat_f32"), &format!("q35_missing_{i}"));
+        fx.edit_tensors("model.safetensors", |ts| {
+            let before = ts.len();
+            ts.retain(|t| t.name != name);
+            assert_eq!(ts.len() + 1, before, "test bug: no tensor {name}");
+        });
+        let case = format!("checkpoint without {name}");
+        let e = open_err(&case, &fx.dir);
+        assert_error!(case, e, Error::MissingTensor { .. }, [name]);
+    }
+}
+
+#[test]
+fn qwen35_fused_experts_of_the_wrong_shape() {
+    // [E, 2I, H] stored transposed as [E, H, 2I] (Qwen3-VL-MoE's layout, not Qwen3.5's).
+    let fx = TempFixture::new(&qwen35("q35_flat_f32"), "q35_fused_shape");
+    let name = "model.layers.1.mlp.experts.gate_up_proj";
+    fx.edit_tensors("model.safetensors", |ts| {
+        tensor_mut(ts, name).shape = vec![6, 40, 24];
+    });
+    let case = format!("{name} stored as [6, 40, 24]");
+    let e = open_err(&case, &fx.dir);
+    assert_error!(
+        case,
+        e,
+        Error::Shape { .. },
+        [name, "[6, 24, 40]", "[6, 40, 24]"]
+    );
+
+    // A conv1d weight of the wrong size.
+    let fx = TempFixture::new(&qwen35("q35_flat_f32"), "q35_conv_shape");
+    let name = "model.layers.0.linear_attn.conv1d.weight";
+    fx.edit_tensors("model.safetensors", |ts| {
+        let t = tensor_mut(ts, name);
+        t.shape = vec![128, 1, 3];
+        t.data.truncate(128 * 3 * 4);
+    });
+    let case = format!("{name} stored as [128, 1, 3]");
+    let e = open_err(&case, &fx.dir);
+    assert_error!(case, e, Error::Shape { .. }, [name, "[128, 1, 3]"]);
+}

@@ -522,6 +522,28 @@ fn every_call_faulted_mid_layer_with_a_tight_cache() {
     }
 }
 
+/// Qwen3.5 / Qwen3-Next: a call that fails (or a resident step that is discarded and run
+/// again) must leave the linear-attention layers' recurrent and conv states as they were,
+/// so that the retry equals a never-faulted session bit for bit: unlike a KV cache, such
+/// state cannot be rewritten by running the same tokens again.
+#[test]
+fn hybrid_model_retry_after_a_failed_read_matches_a_clean_session() {
+    for name in ["q35_flat_f32", "next_dense"] {
+        let dir = common::qwen35_fixtures()
+            .into_iter()
+            .find(|d| d.ends_with(name))
+            .unwrap_or_else(|| panic!("no fixture {name}"));
+        for (slots, when) in [
+            (None, When::Nth(3)),
+            (Some(1), When::Nth(1)),
+            (Some(2), When::Every),
+        ] {
+            let n = fault_then_retry(&dir, slots, Fault::Error, when);
+            assert!(n > 0, "{name}, slots {slots:?}, {when:?}: no call hit the fault");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Several reads in flight
 // ---------------------------------------------------------------------------------------

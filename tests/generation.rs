@@ -376,3 +376,72 @@ fn chat_errors_keep_the_conversation() {
     assert_eq!(reply.tokens.len(), 2);
     assert_eq!(chat.messages().len(), 2);
 }
+
+/// A synthetic Qwen3.5-MoE model (Gated DeltaNet layers with a gated full-attention layer
+/// every 2 layers, shared experts) with the chatml_bpe tokenizer; written once per run.
+fn hybrid_model() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let dir = std::env::temp_dir().join("moestream-test-generation-qwen35");
+        let mut spec = SyntheticSpec::default();
+        spec.vocab_size = 512;
+        spec.hidden_size = 64;
+        spec.num_layers = 4;
+        spec.num_heads = 4;
+        spec.num_kv_heads = 2;
+        spec.head_dim = 16;
+        spec.num_experts = 8;
+        spec.top_k = 2;
+        spec.moe_intermediate_size = 32;
+        spec.dtype = DType::F32;
+        let mut la = moestream::synthetic::SyntheticLinear::qwen3_5(4, 32);
+        la.key_heads = 2;
+        la.key_dim = 16;
+        la.value_dim = 16;
+        la.full_attention_interval = 2;
+        spec.linear_attention = Some(la);
+        let dir = spec.write(&dir).unwrap();
+        let src = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures_text/chatml_bpe"
+        ));
+        for f in ["tokenizer.json", "tokenizer_config.json"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        Model::open(&dir).unwrap()
+    })
+}
+
+#[test]
+fn hybrid_chat_gives_the_tokens_of_a_fresh_prefill_when_it_grows_and_when_it_diverges() {
+    // A recurrent state cannot be truncated like a KV cache: a conversation that only grows
+    // prefills only each turn's new tokens; one whose history changed runs from the start,
+    // and either way greedy decoding gives what a fresh session gives for the whole render.
+    let tok = tokenizer();
+    let model = hybrid_model();
+    let mut opts = GenerateOptions {
+        max_tokens: 4,
+        ..GenerateOptions::default()
+    };
+    opts.ignore_eos = true;
+    let fresh = |messages: &[ChatMessage]| {
+        let mut s = model.session(512).unwrap();
+        run(&mut s, &tok, messages.to_vec(), &opts).1
+    };
+    let mut chat = Chat::new(model.session(512).unwrap(), tok.clone(), opts.clone());
+    let first = chat.send("Hi").unwrap().complete().unwrap();
+    assert_eq!(first.tokens, fresh(&chat.messages()[..1]).tokens);
+    // Grows: only the new tokens run.
+    let second = chat.send("Again").unwrap().complete().unwrap();
+    assert!(second.stats.cached_prompt_tokens > 0);
+    assert_eq!(second.tokens, fresh(&chat.messages()[..3]).tokens);
+    assert_eq!(chat.session().position(), chat.cached_tokens());
+    // Diverges: history rewritten, the context is rebuilt from the start.
+    chat.messages_mut()[1].content = "Something else entirely.".into();
+    let third = chat.send("And now?").unwrap().complete().unwrap();
+    assert_eq!(third.stats.cached_prompt_tokens, 0);
+    assert_eq!(third.tokens, fresh(&chat.messages()[..5]).tokens);
+    assert_eq!(chat.session().position(), chat.cached_tokens());
+    // The session reports the recurrent states it holds.
+    assert!(chat.session().state_bytes() > chat.session().kv_cache_bytes());
+}

@@ -169,6 +169,8 @@ fn every_kernel_is_covered() {
         Kernel::AttentionMerge,
         Kernel::Router,
         Kernel::SwiGlu,
+        Kernel::SigmoidGate,
+        Kernel::SharedExpertAdd,
         Kernel::MoeGateUp,
         Kernel::MoeDown,
         Kernel::MoeCombine,
@@ -696,10 +698,15 @@ fn head_norm_rope() {
         // The heads inside wider rows, as from a fused q/k/v projection (odd cases with
         // junk between and around them).
         let gap = if ci % 2 == 1 { 3 } else { 0 };
-        let (q_offset, k_offset, v_offset) = (gap, gap + qd + gap, gap + qd + gap + kd + gap);
+        // Every third case has gated-attention rows: q_proj yields [q | gate] per head, so
+        // query heads are 2 head_dim apart (Qwen3.5, Qwen3-Next).
+        let q_head_stride = if ci % 3 == 2 { 2 * hd } else { hd };
+        let q_span = nq * q_head_stride;
+        let (q_offset, k_offset, v_offset) =
+            (gap, gap + q_span + gap, gap + q_span + gap + kd + gap);
         let x_stride = v_offset + kd + gap;
         let case = format!(
-            "n {n} q heads {nq} k heads {nk} head_dim {hd} rotary {rd} pos0 {pos0} k_out {k_out} copy_v {copy_v} x_stride {x_stride}"
+            "n {n} q heads {nq} k heads {nk} head_dim {hd} rotary {rd} pos0 {pos0} k_out {k_out} copy_v {copy_v} x_stride {x_stride} q_head_stride {q_head_stride}"
         );
         let (cos, sin) = reference::rope_tables(theta, rd, pos0 + n);
         let q = rng.vec(n * qd, 2.0);
@@ -710,7 +717,10 @@ fn head_norm_rope() {
         let mut rows_in = rng.vec(n * x_stride + 8, 9.0);
         for t in 0..n {
             let r = &mut rows_in[t * x_stride..];
-            r[q_offset..q_offset + qd].copy_from_slice(&q[t * qd..(t + 1) * qd]);
+            for hq in 0..nq {
+                let at = q_offset + hq * q_head_stride;
+                r[at..at + hd].copy_from_slice(&q[t * qd + hq * hd..t * qd + (hq + 1) * hd]);
+            }
             r[k_offset..k_offset + kd].copy_from_slice(&k[t * kd..(t + 1) * kd]);
             r[v_offset..v_offset + kd].copy_from_slice(&v[t * kd..(t + 1) * kd]);
         }
@@ -753,6 +763,7 @@ fn head_norm_rope() {
                     u32::from(copy_v),
                     v_offset as u32,
                     cos.len() as u32,
+                    q_head_stride as u32,
                 ],
                 &[
                     &f32_bytes(&rows_in),
@@ -1189,6 +1200,106 @@ fn swiglu() {
             // Outputs are O(1) or larger except where g << 0 (see ELEMENTWISE).
             ck.close(&case, &got[..n], &want, ELEMENTWISE.floor(1.0));
         }
+    }
+    ck.report();
+}
+
+#[test]
+fn sigmoid_gate() {
+    // x *= sigmoid(gate) in place, the gates inside rows of a fused projection, per head
+    // 2 head_dim apart (q_proj's [q | gate] per head), as the attention block dispatches it.
+    let mut ck = Checker::new("sigmoid_gate");
+    let mut rng = Rng::new(81);
+    // (tokens, heads, head_dim, junk around the gates)
+    for &(n, heads, hd, gap) in &[
+        (1usize, 1usize, 8usize, 0usize),
+        (3, 2, 16, 3),
+        (70, 4, 32, 5),
+        (2, 16, 256, 1),
+    ] {
+        let case = format!("n {n} heads {heads} head_dim {hd} gap {gap}");
+        let width = heads * hd;
+        let g_head_stride = 2 * hd;
+        let g_offset = gap + hd;
+        let g_stride = gap + heads * g_head_stride + 7;
+        let g = rng.vec(n * g_stride, 30.0);
+        let x = rng.vec(n * width + 5, 2.0);
+        let mut want = x.clone();
+        for t in 0..n {
+            for i in 0..width {
+                let gi = t * g_stride + g_offset + (i / hd) * g_head_stride + i % hd;
+                want[t * width + i] *= 1.0 / (1.0 + (-g[gi]).exp());
+            }
+        }
+        let p = moestream::gpu::params::SigmoidGateParams {
+            n: n as u32,
+            width: width as u32,
+            head_dim: hd as u32,
+            g_stride: g_stride as u32,
+            g_offset: g_offset as u32,
+            g_head_stride: g_head_stride as u32,
+            ..Default::default()
+        };
+        let out = run(
+            Kernel::SigmoidGate,
+            None,
+            p.words(),
+            &[&f32_bytes(&g), &f32_bytes(&x)],
+            grid((n * width).div_ceil(64)),
+        );
+        let got = to_f32(&out[1]);
+        let mut written = vec![false; x.len()];
+        written[..n * width].fill(true);
+        ck.untouched(&case, &got, &x, &written);
+        ck.close(
+            &case,
+            &got[..n * width],
+            &want[..n * width],
+            ELEMENTWISE.floor(1.0),
+        );
+    }
+    ck.report();
+}
+
+#[test]
+fn shared_expert_add() {
+    // x += sigmoid(g[t]) * s over rows of `width` values.
+    let mut ck = Checker::new("shared_expert_add");
+    let mut rng = Rng::new(82);
+    for &(n, width) in &[(1usize, 1usize), (3, 40), (70, 64), (5, 1000)] {
+        let case = format!("n {n} width {width}");
+        let g = rng.vec(n, 30.0);
+        let sh = rng.vec(n * width, 2.0);
+        let x = rng.vec(n * width + 3, 2.0);
+        let mut want = x.clone();
+        for t in 0..n {
+            let gate = 1.0 / (1.0 + (-g[t]).exp());
+            for i in 0..width {
+                want[t * width + i] += gate * sh[t * width + i];
+            }
+        }
+        let p = moestream::gpu::params::SharedExpertAddParams {
+            n: n as u32,
+            width: width as u32,
+            ..Default::default()
+        };
+        let out = run(
+            Kernel::SharedExpertAdd,
+            None,
+            p.words(),
+            &[&f32_bytes(&g), &f32_bytes(&sh), &f32_bytes(&x)],
+            grid((n * width).div_ceil(64)),
+        );
+        let got = to_f32(&out[2]);
+        let mut written = vec![false; x.len()];
+        written[..n * width].fill(true);
+        ck.untouched(&case, &got, &x, &written);
+        ck.close(
+            &case,
+            &got[..n * width],
+            &want[..n * width],
+            ELEMENTWISE.floor(1.0),
+        );
     }
     ck.report();
 }

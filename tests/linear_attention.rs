@@ -23,7 +23,10 @@
 use moestream::gpu::kernels::{
     conv1d_silu_groups, gated_delta_net_groups, gated_rmsnorm_groups, Kernel,
 };
-use moestream::gpu::params::{Conv1dSiluParams, GatedDeltaNetParams, GatedRmsNormParams};
+use moestream::gpu::params::{
+    Conv1dSiluParams, GatedDeltaNetParams, GatedRmsNormParams, SharedExpertAddParams,
+    SigmoidGateParams,
+};
 use moestream::gpu::testing::KernelRunner;
 use moestream::reference::{self, DeltaNetShape};
 
@@ -314,6 +317,16 @@ fn params_structs_match_the_wgsl_uniforms() {
         GatedRmsNormParams::FIELDS,
         std::mem::size_of::<GatedRmsNormParams>(),
     );
+    check(
+        SigmoidGateParams::KERNEL,
+        SigmoidGateParams::FIELDS,
+        std::mem::size_of::<SigmoidGateParams>(),
+    );
+    check(
+        SharedExpertAddParams::KERNEL,
+        SharedExpertAddParams::FIELDS,
+        std::mem::size_of::<SharedExpertAddParams>(),
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -349,14 +362,23 @@ fn conv1d_silu() {
                 let u = pr.part(&rows, n, pr.qkv, c);
                 let mut want_state = state0.clone();
                 let want = reference::causal_conv1d_silu(&u, &w, &mut want_state, n, c, k);
-                let params = Conv1dSiluParams::new(
+                let mut params = Conv1dSiluParams::new(
                     n as u32,
                     c as u32,
                     k as u32,
                     pr.stride as u32,
                     pr.qkv as u32,
-                );
-                let state_in = with_tail(&mut rng, &state0, TAIL);
+                )
+                .unwrap();
+                // A sequence's start: the kernel must not read state_in (junk here).
+                let state_in = if carried {
+                    with_tail(&mut rng, &state0, TAIL)
+                } else {
+                    params.fresh = 1;
+                    rng.vec((k - 1) * c + TAIL, 9.0)
+                };
+                // The new state goes to its own buffer (junk before).
+                let state_out = rng.vec((k - 1) * c + TAIL, 9.0);
                 let y_in = rng.vec(n * c + TAIL, 9.0);
                 for (vname, on) in runners() {
                     let case = format!("{case} ({vname})");
@@ -367,8 +389,9 @@ fn conv1d_silu() {
                         &[
                             &f32_bytes(&rows),
                             &f32_bytes(&w),
-                            &f32_bytes(&state_in),
+                            &f32_bytes(&state_out),
                             &f32_bytes(&y_in),
+                            &f32_bytes(&state_in),
                         ],
                         conv1d_silu_groups(c as u32, n as u32),
                     );
@@ -376,7 +399,8 @@ fn conv1d_silu() {
                     ck.untouched(&case, &y, &y_in, &written(n * c, TAIL));
                     ck.close(&case, &y[..n * c], &want, CONV);
                     let st = to_f32(&out[2]);
-                    ck.untouched(&case, &st, &state_in, &written((k - 1) * c, TAIL));
+                    ck.untouched(&case, &st, &state_out, &written((k - 1) * c, TAIL));
+                    assert_eq!(to_f32(&out[4]), state_in, "conv1d_silu [{case}]: state_in");
                     assert_eq!(
                         &st[..(k - 1) * c],
                         &want_state[..],
@@ -426,9 +450,20 @@ fn check_delta(
         pr.stride as u32,
         pr.b as u32,
         pr.a as u32,
-    );
+    )
+    .unwrap();
+    let mut params = params;
     let vd = sh.value_heads * sh.value_dim;
-    let state_in = with_tail(rng, state0, TAIL);
+    // A zero starting state is a sequence's start: the kernel must not read state_in
+    // (junk here).
+    let state_in = if state0.iter().all(|&v| v == 0.0) {
+        params.fresh = 1;
+        rng.vec(sh.state_len() + TAIL, 9.0)
+    } else {
+        with_tail(rng, state0, TAIL)
+    };
+    // The new state goes to its own buffer (junk before).
+    let state_out = rng.vec(sh.state_len() + TAIL, 9.0);
     let o_in = rng.vec(n * vd + TAIL, 9.0);
     for (vname, on) in runners() {
         let case = format!("{case} ({vname})");
@@ -441,8 +476,9 @@ fn check_delta(
                 &f32_bytes(&rows),
                 &f32_bytes(&lw.a_log),
                 &f32_bytes(&lw.dt_bias),
-                &f32_bytes(&state_in),
+                &f32_bytes(&state_out),
                 &f32_bytes(&o_in),
+                &f32_bytes(&state_in),
             ],
             gated_delta_net_groups(sh.value_heads as u32, sh.value_dim as u32),
         );
@@ -450,7 +486,7 @@ fn check_delta(
         ck.untouched(&case, &o, &o_in, &written(n * vd, TAIL));
         ck.close(&case, &o[..n * vd], &want, DELTA);
         let st = to_f32(&out[4]);
-        ck_state.untouched(&case, &st, &state_in, &written(sh.state_len(), TAIL));
+        ck_state.untouched(&case, &st, &state_out, &written(sh.state_len(), TAIL));
         ck_state.close(&case, &st[..sh.state_len()], &want_state, DELTA);
     }
 }
@@ -558,7 +594,8 @@ fn gated_rmsnorm() {
                 EPS,
                 pr.stride as u32,
                 pr.z as u32,
-            );
+            )
+            .unwrap();
             let out_in = rng.vec(n * vd + TAIL, 9.0);
             for (vname, on) in runners() {
                 let case = format!("{case} ({vname})");
@@ -614,7 +651,8 @@ fn gpu_mixer(
         k as u32,
         pr.stride as u32,
         pr.qkv as u32,
-    );
+    )
+    .unwrap();
     let out = run(
         on,
         Kernel::Conv1dSilu,
@@ -622,8 +660,9 @@ fn gpu_mixer(
         &[
             &f32_bytes(rows),
             &f32_bytes(&lw.conv),
-            &f32_bytes(&st.conv_state),
+            &f32_bytes(&vec![f32::NAN; st.conv_state.len()]),
             &f32_bytes(&vec![0.0; n * c]),
+            &f32_bytes(&st.conv_state),
         ],
         conv1d_silu_groups(c as u32, n as u32),
     );
@@ -638,7 +677,8 @@ fn gpu_mixer(
         pr.stride as u32,
         pr.b as u32,
         pr.a as u32,
-    );
+    )
+    .unwrap();
     let out = run(
         on,
         Kernel::GatedDeltaNet,
@@ -648,8 +688,9 @@ fn gpu_mixer(
             &f32_bytes(rows),
             &f32_bytes(&lw.a_log),
             &f32_bytes(&lw.dt_bias),
-            &f32_bytes(&st.state),
+            &f32_bytes(&vec![f32::NAN; st.state.len()]),
             &f32_bytes(&vec![0.0; n * vd]),
+            &f32_bytes(&st.state),
         ],
         gated_delta_net_groups(sh.value_heads as u32, sh.value_dim as u32),
     );
@@ -662,7 +703,8 @@ fn gpu_mixer(
         EPS,
         pr.stride as u32,
         pr.z as u32,
-    );
+    )
+    .unwrap();
     let out = run(
         on,
         Kernel::GatedRmsNorm,

@@ -160,7 +160,12 @@ fn poke(path: &Path, offset: u64, value: u8) -> u8 {
 #[test]
 fn every_fixture_round_trips_bit_identically() {
     let tmp = TempDir::new("roundtrip");
-    for src in common::fixtures() {
+    // Every layout: Qwen3-MoE (HF, MLX) and Qwen3.5 / Qwen3-Next (fused experts sliced
+    // per expert, per-expert tensors, MLX switch_mlp).
+    for src in common::fixtures()
+        .into_iter()
+        .chain(common::qwen35_fixtures())
+    {
         let name = src.file_name().unwrap().to_str().unwrap().to_string();
         let dir = tmp.copy_fixture(&src, &name);
         let cfg = ModelConfig::from_path(&dir).unwrap();

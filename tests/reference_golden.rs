@@ -55,10 +55,15 @@ fn read_golden(path: &Path) -> Golden {
     }
 }
 
-/// HF fixtures (`tests/fixtures`) and MLX-quantized ones (`tests/fixtures_mlx`).
+/// HF fixtures (`tests/fixtures`), MLX-quantized ones (`tests/fixtures_mlx`) and the
+/// Qwen3.5-MoE / Qwen3-Next ones (`tests/fixtures_qwen35`).
 fn fixture_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    for sub in ["tests/fixtures", "tests/fixtures_mlx"] {
+    for sub in [
+        "tests/fixtures",
+        "tests/fixtures_mlx",
+        "tests/fixtures_qwen35",
+    ] {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(sub);
         dirs.extend(
             std::fs::read_dir(&root)

@@ -1,10 +1,12 @@
 //! Model families: what is particular to each architecture, in one module per family.
 //!
-//! A family ([`Family`]) parses its `config.json` spellings into a [`ModelConfig`] with a
-//! [`LayerPlan`] per layer, and names the tensor-naming schemes of its checkpoints
-//! ([`Names`]). Everything downstream (weights, expert stores, the forward pass, session
-//! state, the CPU reference) follows the plan. Adding a family: a module here, its entry
-//! in [`FAMILIES`], and kernels for any block the engine lacks (docs/architecture.md).
+//! A family (the crate-internal `Family` trait) parses its `config.json` spellings into a
+//! [`ModelConfig`] with a [`LayerPlan`] per layer, and names the tensor-naming schemes of
+//! its checkpoints. Everything downstream (weights, expert stores, the forward pass,
+//! session state, the CPU reference) follows the plan. Adding a family: a module here, its
+//! entry in the family list, and kernels for any block the engine lacks
+//! (docs/architecture.md, "Adding a family"). This module's public part is the plan: the
+//! blocks a layer can run and their variants.
 
 mod names;
 mod plan;

@@ -1,10 +1,11 @@
 //! The softmax-attention block: q/k/v projections, per-head norm and RoPE into the KV
 //! cache, attention (split over key ranges for decode, tiled for prefill), o_proj.
 
-use super::pass::{bits, Pass, XLayout};
+use super::pass::{bits, grid, Pass, XLayout};
 use super::weights::{Attention, Qkv};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
+use crate::gpu::params::SigmoidGateParams;
 
 impl Pass<'_> {
     /// `h = x + o_proj(attention(input_norm(x)))`, writing this pass's keys and values into
@@ -24,11 +25,14 @@ impl Pass<'_> {
         // q, k, v as [n, q_dim + 2 kv_dim] rows of `qkv` (one mat-vec) or in `q`, `k`, `v`:
         // their buffers, the token strides of q and of k/v, and their offsets in a token row.
         let (qd, kvd) = (nh * hd, nkv * hd);
+        // With an output gate q_proj yields `[q | gate]` per head: q rows twice as wide.
+        let q_head_stride = if spec.output_gate { 2 * hd } else { hd };
+        let q_rows = nh * q_head_stride;
         let (qb, kb, vb, q_stride, kv_stride, offs) = match &a.qkv {
             Qkv::Fused { w, bias } => {
                 self.linear(w, self.input(w, n, h), &s.qkv, bias.as_ref(), None);
-                let row = qd + 2 * kvd;
-                (&s.qkv, &s.qkv, &s.qkv, row, row, [0, qd, qd + kvd])
+                let row = q_rows + 2 * kvd;
+                (&s.qkv, &s.qkv, &s.qkv, row, row, [0, q_rows, q_rows + kvd])
             }
             Qkv::Separate {
                 q,
@@ -41,7 +45,7 @@ impl Pass<'_> {
                 self.linear(q, self.input(q, n, h), &s.q, q_bias.as_ref(), None);
                 self.linear(k, self.input(k, n, h), &s.k, k_bias.as_ref(), None);
                 self.linear(v, self.input(v, n, h), &s.v, v_bias.as_ref(), None);
-                (&s.q, &s.k, &s.v, qd, kvd, [0, 0, 0])
+                (&s.q, &s.k, &s.v, q_rows, kvd, [0, 0, 0])
             }
         };
         // q_norm + RoPE into `qr`; k_norm + RoPE straight into the layer's K cache at the
@@ -80,6 +84,7 @@ impl Pass<'_> {
                     u32::from(k_heads > 0),
                     v_off,
                     s.rope_sin,
+                    q_head_stride as u32,
                 ],
                 &[
                     x.into(),
@@ -98,7 +103,12 @@ impl Pass<'_> {
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
         let split = n == 1 && hd % 4 == 0;
         // The merge of a decode step writes its output interleaved for a quantized o_proj.
-        let o_layout = if split && matches!(a.o.format, WeightFormat::Affine(_)) && qd % 32 == 0 {
+        // (The output gate multiplies the natural layout in place.)
+        let o_layout = if split
+            && !spec.output_gate
+            && matches!(a.o.format, WeightFormat::Affine(_))
+            && qd % 32 == 0
+        {
             XLayout::Interleaved
         } else {
             XLayout::Natural
@@ -157,6 +167,24 @@ impl Pass<'_> {
                 ],
                 &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn).into()],
                 groups,
+            );
+        }
+        if spec.output_gate {
+            let p = SigmoidGateParams {
+                n: n as u32,
+                width: qd as u32,
+                head_dim: hd as u32,
+                g_stride: q_stride as u32,
+                g_offset: (q_off as usize + hd) as u32,
+                g_head_stride: q_head_stride as u32,
+                ..Default::default()
+            };
+            self.rec.dispatch(
+                Kernel::SigmoidGate,
+                None,
+                p.words(),
+                &[qb.into(), (&s.attn).into()],
+                grid((n * qd).div_ceil(64)),
             );
         }
         self.linear(

@@ -14,15 +14,20 @@ impl Pass<'_> {
         self.rmsnorm(&s.h, &layer.post_norm, &s.xn, n, h, 0);
         match &layer.ffn {
             FfnWeights::Dense(mlp) => {
-                self.dense_mlp(mlp, &s.x, &s.h);
+                self.dense_mlp(mlp, &s.x, Some(&s.h));
                 Ok(())
             }
             FfnWeights::Moe(moe) => self.moe(l, moe),
         }
     }
 
-    /// `out = resid + down(silu(gate(xn)) * up(xn))` over the pass's normalized rows `xn`.
-    pub(crate) fn dense_mlp(&mut self, mlp: &DenseMlp, out: &wgpu::Buffer, resid: &wgpu::Buffer) {
+    /// `out = (resid +) down(silu(gate(xn)) * up(xn))` over the pass's normalized rows `xn`.
+    pub(crate) fn dense_mlp(
+        &mut self,
+        mlp: &DenseMlp,
+        out: &wgpu::Buffer,
+        resid: Option<&wgpu::Buffer>,
+    ) {
         let s = self.s;
         let (h, n) = (self.m.cfg.hidden_size, self.n);
         let DenseMlp { gate, up, down } = mlp;
@@ -36,6 +41,6 @@ impl Pass<'_> {
             &[(&s.mlp_g).into(), (&s.mlp_u).into(), (&s.mlp_a).into()],
             grid(len.div_ceil(64)),
         );
-        self.linear(down, (&s.mlp_a, XLayout::Natural), out, None, Some(resid));
+        self.linear(down, (&s.mlp_a, XLayout::Natural), out, None, resid);
     }
 }

@@ -4,10 +4,11 @@
 //! - [`weights`]: the resident (non-expert) weights of every layer, by its plan.
 //! - [`state`]: per-layer sequence state (KV caches) and the scratch buffers of a pass.
 //! - [`pass`]: one forward pass and the pieces every block shares (mat-vecs, RMSNorm).
-//! - blocks: [`attention`], [`mlp`] (dense MLP and the choice of feed-forward block),
+//! - blocks: [`attention`], [`linear_attention`] (Gated DeltaNet), [`mlp`] (dense MLP and the choice of feed-forward block),
 //!   [`moe`] (routing, expert loading, expert kernels).
 
 mod attention;
+mod linear_attention;
 mod mlp;
 mod moe;
 pub(crate) mod pass;

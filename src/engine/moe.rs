@@ -8,6 +8,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
+use crate::gpu::params::SharedExpertAddParams;
 use crate::gpu::Size;
 use crate::model::ModelInner;
 use crate::store::{ExpertLayout, ExpertTensor};
@@ -44,7 +45,41 @@ pub(crate) fn expert_grid(
 }
 
 impl<'a> Pass<'a> {
+    /// `x = h + routed experts (+ the gated shared expert)` over the normalized rows.
     pub(crate) fn moe(&mut self, l: usize, moe: &Moe) -> Result<()> {
+        let s = self.s;
+        let (h, n) = (self.m.cfg.hidden_size, self.n);
+        if let Some(sh) = &moe.shared {
+            // The shared expert and its gate's logit, from the same normalized rows.
+            self.dense_mlp(&sh.mlp, &s.shared_o, None);
+            self.linear(
+                &sh.gate,
+                self.input(&sh.gate, n, h),
+                &s.shared_g,
+                None,
+                None,
+            );
+        }
+        self.routed_experts(l, moe)?;
+        if moe.shared.is_some() {
+            let p = SharedExpertAddParams {
+                n: n as u32,
+                width: h as u32,
+                ..Default::default()
+            };
+            self.rec.dispatch(
+                Kernel::SharedExpertAdd,
+                None,
+                p.words(),
+                &[(&s.shared_g).into(), (&s.shared_o).into(), (&s.x).into()],
+                grid((n * h).div_ceil(64)),
+            );
+        }
+        Ok(())
+    }
+
+    /// `x = h + sum_j w_j expert_j(xn)` for the experts the router picks.
+    fn routed_experts(&mut self, l: usize, moe: &Moe) -> Result<()> {
         let m = self.m;
         let s = self.s;
         let cfg = &m.cfg;

@@ -102,11 +102,7 @@ impl<'a> Pass<'a> {
     pub fn layer(&mut self, l: usize, layer: &Layer) -> Result<()> {
         match &layer.mixer {
             MixerWeights::Attention(a) => self.attention(l, &layer.input_norm, a)?,
-            MixerWeights::LinearAttention(_) => {
-                return Err(crate::error::Error::InvalidArgument(format!(
-                    "layer {l}: linear attention is not supported yet"
-                )))
-            }
+            MixerWeights::LinearAttention(a) => self.linear_attention(l, &layer.input_norm, a)?,
         }
         self.ffn(l, layer)
     }

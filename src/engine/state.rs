@@ -15,11 +15,23 @@ pub(crate) enum LayerState {
     /// Keys and values, each `[max_context, kv_heads, head_dim]` of the model's KV cache
     /// dtype (f32 or f16).
     Kv { k: wgpu::Buffer, v: wgpu::Buffer },
+    /// A Gated DeltaNet layer's convolution state (`[conv_kernel - 1, channels]` f32, the
+    /// last inputs) and recurrent state (`[value_heads, key_dim, value_dim]` f32), twice:
+    /// a pass's kernels read the committed copy (nothing at position 0) and write the
+    /// other, which becomes the committed one only when the pass succeeds ([`SequenceState::commit`]). Unlike a KV cache, a
+    /// recurrent state cannot be rewound, so a failed or discarded pass (an expert read
+    /// error, a resident step that found an expert missing) must leave it untouched.
+    Recurrent {
+        conv: [wgpu::Buffer; 2],
+        state: [wgpu::Buffer; 2],
+    },
 }
 
 /// The per-layer sequence state of a session, as the model's plan says.
 pub(crate) struct SequenceState {
     pub layers: Vec<LayerState>,
+    /// Which copy of the recurrent states is committed (0 or 1).
+    pub cur: usize,
 }
 
 fn check_size(gpu: &Gpu, what: &str, bytes: usize) -> Result<()> {
@@ -57,14 +69,55 @@ impl SequenceState {
                         v: gpu.storage_buffer("v cache", kv_bytes as u64),
                     }
                 }
-                Mixer::LinearAttention(_) => {
-                    return Err(Error::InvalidArgument(
-                        "linear attention is not supported yet".into(),
-                    ))
+                Mixer::LinearAttention(la) => {
+                    let conv = la.conv_state_floats() * 4;
+                    let state = la.state_floats() * 4;
+                    check_size(gpu, "the recurrent state of one layer", state)?;
+                    LayerState::Recurrent {
+                        conv: [0, 1].map(|_| gpu.storage_buffer("conv state", conv as u64)),
+                        state: [0, 1].map(|_| gpu.storage_buffer("recurrent state", state as u64)),
+                    }
                 }
             });
         }
-        Ok(SequenceState { layers })
+        Ok(SequenceState { layers, cur: 0 })
+    }
+
+    /// The recurrent state of linear-attention layer `l` a pass reads (`committed`) and
+    /// writes: ((conv, state) read, (conv, state) written).
+    #[allow(clippy::type_complexity)]
+    pub fn recurrent(
+        &self,
+        l: usize,
+    ) -> Result<(
+        (&wgpu::Buffer, &wgpu::Buffer),
+        (&wgpu::Buffer, &wgpu::Buffer),
+    )> {
+        match self.layers.get(l) {
+            Some(LayerState::Recurrent { conv, state }) => {
+                let (a, b) = (self.cur, 1 - self.cur);
+                Ok(((&conv[a], &state[a]), (&conv[b], &state[b])))
+            }
+            _ => Err(Error::Gpu(format!("layer {l} has no recurrent state"))),
+        }
+    }
+
+    /// Makes the states a successful pass wrote the committed ones.
+    pub fn commit(&mut self) {
+        if self
+            .layers
+            .iter()
+            .any(|s| matches!(s, LayerState::Recurrent { .. }))
+        {
+            self.cur = 1 - self.cur;
+        }
+    }
+
+    /// Whether any layer keeps a recurrent state (which cannot be truncated).
+    pub fn has_recurrent(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|s| matches!(s, LayerState::Recurrent { .. }))
     }
 
     /// The KV cache of attention layer `l`.
@@ -81,13 +134,22 @@ impl SequenceState {
             .iter()
             .map(|s| match s {
                 LayerState::Kv { k, v } => k.size() + v.size(),
+                LayerState::Recurrent { .. } => 0,
             })
             .sum()
     }
 
-    /// GPU memory of every layer's state.
+    /// GPU memory of every layer's state (both copies of the recurrent states).
     pub fn bytes(&self) -> u64 {
-        self.kv_bytes()
+        self.layers
+            .iter()
+            .map(|s| match s {
+                LayerState::Kv { k, v } => k.size() + v.size(),
+                LayerState::Recurrent { conv, state } => {
+                    conv.iter().chain(state).map(wgpu::Buffer::size).sum()
+                }
+            })
+            .sum()
     }
 }
 
@@ -134,6 +196,16 @@ pub(crate) struct Scratch {
     pub moe_args: wgpu::Buffer,
     pub moe_h: wgpu::Buffer,
     pub moe_o: wgpu::Buffer,
+    /// A MoE block's shared expert: its output `[tokens, hidden]` and gate logits.
+    pub shared_o: wgpu::Buffer,
+    pub shared_g: wgpu::Buffer,
+    /// Linear attention: the fused input projection `[tokens, projection_rows]`, the
+    /// convolution's output `[tokens, channels]`, the delta rule's output and the gated
+    /// norm's, `[tokens, value_heads * value_dim]` each.
+    pub la_proj: wgpu::Buffer,
+    pub la_y: wgpu::Buffer,
+    pub la_o: wgpu::Buffer,
+    pub la_n: wgpu::Buffer,
     pub logits: wgpu::Buffer,
     pub readback: wgpu::Buffer,
     /// The RoPE tables: cos `[max_context, rotary_dim / 2]`, then sin from float
@@ -149,13 +221,18 @@ impl Scratch {
         let gpu = &m.gpu;
         // The widest per-token activation decides how many tokens fit one pass.
         let k = cfg.num_experts_per_tok.max(1);
+        let mlp = cfg
+            .intermediate_size
+            .max(cfg.shared_expert_intermediate_size);
+        let la_rows_max = cfg.linear_attention.map_or(0, |a| a.projection_rows());
         let per_token = 4 * [
             cfg.hidden_size,
-            cfg.num_attention_heads * cfg.head_dim,
-            cfg.intermediate_size,
+            cfg.num_attention_heads * cfg.head_dim * 2 + 2 * cfg.num_key_value_heads * cfg.head_dim,
+            mlp,
             cfg.num_experts,
             k * cfg.hidden_size,
             k * cfg.moe_intermediate_size,
+            la_rows_max,
         ]
         .into_iter()
         .max()
@@ -166,8 +243,12 @@ impl Scratch {
         let (cos, sin) = crate::reference::rope_tables(cfg.rope_theta, cfg.rotary_dim, max_context);
         let buf = |label: &str, floats: usize| gpu.storage_buffer(label, (floats * 4) as u64);
         let h = cfg.hidden_size;
-        let qd = cfg.num_attention_heads * cfg.head_dim;
+        let qd = cfg.num_attention_heads * cfg.head_dim * if cfg.attn_output_gate { 2 } else { 1 };
         let kvd = cfg.num_key_value_heads * cfg.head_dim;
+        let la = cfg.linear_attention;
+        let la_rows = la.map_or(0, |a| a.projection_rows());
+        let la_ch = la.map_or(0, |a| a.conv_channels());
+        let la_v = la.map_or(0, |a| a.value_width());
         let topk_words =
             crate::gpu::kernels::topk_groups(cfg.vocab_size as u32).0 as usize * MAX_TOP * 2;
         let readback_bytes = (((cfg.vocab_size * 4).max(topk_words * 4)
@@ -201,9 +282,9 @@ impl Scratch {
                     cfg.head_dim as u32,
                 ) as usize,
             ),
-            mlp_g: buf("mlp_g", cap * cfg.intermediate_size),
-            mlp_u: buf("mlp_u", cap * cfg.intermediate_size),
-            mlp_a: buf("mlp_a", cap * cfg.intermediate_size),
+            mlp_g: buf("mlp_g", cap * mlp),
+            mlp_u: buf("mlp_u", cap * mlp),
+            mlp_a: buf("mlp_a", cap * mlp),
             router_logits: buf("router_logits", cap * cfg.num_experts),
             route_ids: buf("route_ids", cap * k),
             route_w: buf("route_w", cap * k),
@@ -221,6 +302,12 @@ impl Scratch {
             }),
             moe_h: buf("moe_h", rows * cfg.moe_intermediate_size),
             moe_o: buf("moe_o", rows * h),
+            shared_o: buf("shared_o", cap * h),
+            shared_g: buf("shared_g", cap),
+            la_proj: buf("la_proj", cap * la_rows),
+            la_y: buf("la_y", cap * la_ch),
+            la_o: buf("la_o", cap * la_v),
+            la_n: buf("la_n", cap * la_v),
             logits: buf("logits", cfg.vocab_size),
             readback: gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),

@@ -55,7 +55,6 @@ pub(crate) struct Moe {
 }
 
 /// A Gated DeltaNet layer's weights.
-#[allow(dead_code)] // read by the linear-attention block, next commit
 pub(crate) struct LinearAttention {
     pub spec: LinearAttentionSpec,
     /// The input projections as one matrix, rows `[q | k | v | z | b | a]`.
@@ -204,7 +203,7 @@ impl Weights {
 /// Whether a checkpoint of a zero-centred-norm family was written by mlx-lm's converter,
 /// which stores the norms as `1 + w` (and the conv1d weights as `[C, K, 1]` instead of
 /// `[C, 1, K]`, which tells them apart); also any MLX-named checkpoint.
-fn is_mlx(ckpt: &Checkpoint, cfg: &ModelConfig, names: &Names) -> bool {
+pub(crate) fn is_mlx(ckpt: &Checkpoint, cfg: &ModelConfig, names: &Names) -> bool {
     if names.prefix.starts_with("language_model.") {
         return true;
     }
@@ -242,7 +241,7 @@ impl Loader<'_> {
 
     /// A float tensor of `n` values in any shape whose dims multiply to `n` (conv1d
     /// weights are `[C, 1, K]` or `[C, K, 1]`), as f32.
-    fn flat(&self, name: &str, n: usize) -> Result<GpuVec> {
+    fn flat(&self, name: &str, n: usize, expected: &[usize]) -> Result<GpuVec> {
         let entry = self.ckpt.entry(name)?;
         let shape = entry.shape.clone();
         if shape.iter().product::<usize>() != n {
@@ -250,7 +249,7 @@ impl Loader<'_> {
                 name: name.to_string(),
                 path: self.ckpt.path_of(entry).to_path_buf(),
                 found: shape,
-                expected: vec![n],
+                expected: expected.to_vec(),
             });
         }
         let t = self.ckpt.float(name, &shape)?;
@@ -313,7 +312,11 @@ impl Loader<'_> {
         Ok(LinearAttention {
             spec: *spec,
             proj: self.concat_rows(&n("in_proj.weight"), slices, h)?,
-            conv: self.flat(&n("conv1d.weight"), spec.conv_channels() * spec.conv_kernel)?,
+            conv: self.flat(
+                &n("conv1d.weight"),
+                spec.conv_channels() * spec.conv_kernel,
+                &[spec.conv_channels(), 1, spec.conv_kernel],
+            )?,
             a_log: self.vector(&n("A_log"), spec.value_heads)?,
             dt_bias: self.vector(&n("dt_bias"), spec.value_heads)?,
             norm: self.vector(&n("norm.weight"), spec.value_dim)?,

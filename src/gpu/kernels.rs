@@ -88,6 +88,14 @@ pub enum Kernel {
     /// recurrent state in registers ([`gated_delta_net_groups`],
     /// [`params::GatedDeltaNetParams`](super::params::GatedDeltaNetParams)).
     GatedDeltaNet,
+    /// The output gate of gated attention: `x *= sigmoid(gate)` in place
+    /// ([`params::SigmoidGateParams`](super::params::SigmoidGateParams), grid [`grid`] over
+    /// the values).
+    SigmoidGate,
+    /// A MoE block's shared expert added to the residual, scaled by the sigmoid of its
+    /// gate ([`params::SharedExpertAddParams`](super::params::SharedExpertAddParams), grid
+    /// [`grid`] over the values).
+    SharedExpertAdd,
     /// The gated RMSNorm (`norm(o) * w * silu(z)`) per token and value head of a Gated
     /// DeltaNet layer ([`gated_rmsnorm_groups`],
     /// [`params::GatedRmsNormParams`](super::params::GatedRmsNormParams)).
@@ -524,7 +532,9 @@ pub fn gated_rmsnorm_groups(value_heads: u32, n_tokens: u32) -> (u32, u32) {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 28] = [
+    pub const ALL: [Kernel; 30] = [
+        Kernel::SigmoidGate,
+        Kernel::SharedExpertAdd,
         Kernel::Embedding,
         Kernel::RmsNorm,
         Kernel::MatVec,
@@ -586,6 +596,8 @@ impl Kernel {
             Kernel::Conv1dSilu => "conv1d_silu",
             Kernel::GatedDeltaNet => "gated_delta_net",
             Kernel::GatedRmsNorm => "gated_rmsnorm",
+            Kernel::SigmoidGate => "sigmoid_gate",
+            Kernel::SharedExpertAdd => "shared_expert_add",
         }
     }
 
@@ -619,6 +631,8 @@ impl Kernel {
             Kernel::Conv1dSilu => include_str!("../../kernels/conv1d_silu.wgsl"),
             Kernel::GatedDeltaNet => include_str!("../../kernels/gated_delta_net.wgsl"),
             Kernel::GatedRmsNorm => include_str!("../../kernels/gated_rmsnorm.wgsl"),
+            Kernel::SigmoidGate => include_str!("../../kernels/sigmoid_gate.wgsl"),
+            Kernel::SharedExpertAdd => include_str!("../../kernels/shared_expert_add.wgsl"),
         }
     }
 

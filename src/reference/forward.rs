@@ -1,10 +1,14 @@
 //! The whole-model forward pass on the CPU, with every weight held as `f32`.
 
+use crate::arch::{AttentionSpec, LinearAttentionSpec, Mixer, MoeSpec};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::store::{ExpertRole, ExpertStore};
 
+use super::linear_attn::{
+    causal_conv1d_silu, delta_gates, gated_delta_rule, gated_rms_norm, DeltaNetShape,
+};
 use super::ops::{add_bias, attention, matmul, rms_norm, rope, rope_tables, router_topk, swiglu};
 
 /// A SwiGLU MLP: `down(silu(gate(x)) * up(x))`. Used for dense layers and for each expert.
@@ -39,11 +43,69 @@ pub enum MlpWeights {
     Dense(SwigluWeights),
     /// Routed experts.
     Moe {
+        /// The variant.
+        spec: MoeSpec,
         /// Router, `mlp.gate.weight`, `[num_experts, hidden]`.
         router: Vec<f32>,
         /// Every expert of the layer, in index order, width `moe_intermediate_size`.
         experts: Vec<SwigluWeights>,
+        /// The shared expert and its gate (`mlp.shared_expert_gate.weight`, `[hidden]`).
+        shared: Option<(SwigluWeights, Vec<f32>)>,
     },
+}
+
+/// The weights of a softmax-attention layer, as f32.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AttentionWeights {
+    /// The variant.
+    pub spec: AttentionSpec,
+    /// `self_attn.q_proj.weight`, `[heads * head_dim, hidden]`, or with an output gate
+    /// `[heads * 2 head_dim, hidden]` (`[q | gate]` per head).
+    pub q_proj: Vec<f32>,
+    /// `self_attn.k_proj.weight`, `[kv_heads * head_dim, hidden]`.
+    pub k_proj: Vec<f32>,
+    /// `self_attn.v_proj.weight`, `[kv_heads * head_dim, hidden]`.
+    pub v_proj: Vec<f32>,
+    /// `self_attn.o_proj.weight`, `[hidden, heads * head_dim]`.
+    pub o_proj: Vec<f32>,
+    /// Biases of q, k, v, o (in that order), present iff the variant has them.
+    pub qkvo_bias: Option<[Vec<f32>; 4]>,
+    /// `self_attn.q_norm.weight`, `[head_dim]` (`1 + w` for zero-centred norms).
+    pub q_norm: Vec<f32>,
+    /// `self_attn.k_norm.weight`, `[head_dim]`.
+    pub k_norm: Vec<f32>,
+}
+
+/// The weights of a Gated DeltaNet layer, as f32.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LinearAttentionWeights {
+    /// The shape.
+    pub spec: LinearAttentionSpec,
+    /// The input projections as one matrix, rows `[q | k | v | z | b | a]`, `[rows,
+    /// hidden]` (Qwen3-Next's grouped `in_proj_qkvz` / `in_proj_ba` de-interleaved).
+    pub proj: Vec<f32>,
+    /// `conv1d.weight`, `[channels, conv_kernel]`.
+    pub conv: Vec<f32>,
+    /// `A_log`, `[value_heads]`.
+    pub a_log: Vec<f32>,
+    /// `dt_bias`, `[value_heads]`.
+    pub dt_bias: Vec<f32>,
+    /// `norm.weight`, `[value_dim]`.
+    pub norm: Vec<f32>,
+    /// `out_proj.weight`, `[hidden, value_heads * value_dim]`.
+    pub out_proj: Vec<f32>,
+}
+
+/// A layer's token mixer.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum MixerWeights {
+    /// Softmax attention.
+    Attention(AttentionWeights),
+    /// Gated DeltaNet.
+    LinearAttention(LinearAttentionWeights),
 }
 
 /// The weights of one decoder layer, as f32.
@@ -52,20 +114,8 @@ pub enum MlpWeights {
 pub struct LayerWeights {
     /// `input_layernorm.weight`, `[hidden]`.
     pub input_norm: Vec<f32>,
-    /// `self_attn.q_proj.weight`, `[n_heads * head_dim, hidden]`.
-    pub q_proj: Vec<f32>,
-    /// `self_attn.k_proj.weight`, `[n_kv_heads * head_dim, hidden]`.
-    pub k_proj: Vec<f32>,
-    /// `self_attn.v_proj.weight`, `[n_kv_heads * head_dim, hidden]`.
-    pub v_proj: Vec<f32>,
-    /// `self_attn.o_proj.weight`, `[hidden, n_heads * head_dim]`.
-    pub o_proj: Vec<f32>,
-    /// Biases of q, k, v, o (in that order), present iff `attention_bias`.
-    pub qkvo_bias: Option<[Vec<f32>; 4]>,
-    /// `self_attn.q_norm.weight`, `[head_dim]`.
-    pub q_norm: Vec<f32>,
-    /// `self_attn.k_norm.weight`, `[head_dim]`.
-    pub k_norm: Vec<f32>,
+    /// The token mixer.
+    pub mixer: MixerWeights,
     /// `post_attention_layernorm.weight`, `[hidden]`.
     pub post_norm: Vec<f32>,
     /// The MLP.
@@ -99,9 +149,10 @@ pub struct Trace {
     pub logits: Vec<Vec<f32>>,
 }
 
-/// A plain, unoptimized f32 CPU implementation of the Qwen3-MoE forward pass, following
-/// HF transformers' eager `modeling_qwen3_moe.py`: the oracle the GPU kernels are tested
-/// against.
+/// A plain, unoptimized f32 CPU implementation of the forward pass of every supported
+/// family, following HF transformers' eager implementations (`modeling_qwen3_moe.py`,
+/// `modeling_qwen3_5_moe.py`, `modeling_qwen3_next.py`) block by block as the model's
+/// layer plan says: the oracle the GPU kernels are tested against.
 ///
 /// Every weight (experts included) is decoded to f32 and held in memory, so this is for
 /// test-sized models only.
@@ -125,9 +176,14 @@ impl ReferenceModel {
     /// `lm_head.weight`).
     pub fn new(cfg: &ModelConfig, ckpt: &Checkpoint, store: &dyn ExpertStore) -> Result<Self> {
         let h = cfg.hidden_size;
-        let hd = cfg.head_dim;
-        let qd = cfg.num_attention_heads * hd;
-        let kvd = cfg.num_key_value_heads * hd;
+        let names = crate::arch::names(cfg, ckpt)?;
+        let family = crate::arch::family_of(cfg);
+        let shift =
+            if family.zero_centred_norms() && !crate::engine::weights::is_mlx(ckpt, cfg, &names) {
+                1.0
+            } else {
+                0.0
+            };
         // Matrices may be MLX-quantized (`.weight` codes + `.scales` + `.biases`): they are
         // dequantized in f32, `f32(scale) * q + f32(bias)`.
         let load = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
@@ -136,50 +192,118 @@ impl ReferenceModel {
                 _ => Ok(ckpt.float(name, shape)?.to_f32()),
             }
         };
-        let names = crate::arch::names(cfg, ckpt)?;
+        let norm = |name: &str, n: usize| -> Result<Vec<f32>> {
+            Ok(load(name, &[n])?.into_iter().map(|w| w + shift).collect())
+        };
         let embed = load(&names.embed(), &[cfg.vocab_size, h])?;
-        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for l in 0..cfg.num_hidden_layers {
+        let mut layers = Vec::with_capacity(cfg.layers.len());
+        for (l, plan) in cfg.layers.iter().enumerate() {
             let w = |rest: &str, shape: &[usize]| load(&names.layer(l, rest), shape);
-            let qkvo_bias = if cfg.attention_bias {
-                Some([
-                    w("self_attn.q_proj.bias", &[qd])?,
-                    w("self_attn.k_proj.bias", &[kvd])?,
-                    w("self_attn.v_proj.bias", &[kvd])?,
-                    w("self_attn.o_proj.bias", &[h])?,
-                ])
-            } else {
-                None
+            let mixer = match &plan.mixer {
+                Mixer::Attention(spec) => {
+                    let hd = spec.head_dim;
+                    let q_rows = spec.heads * hd * if spec.output_gate { 2 } else { 1 };
+                    let (qd, kvd) = (spec.heads * hd, spec.kv_heads * hd);
+                    let qkvo_bias = if spec.bias {
+                        Some([
+                            w("self_attn.q_proj.bias", &[q_rows])?,
+                            w("self_attn.k_proj.bias", &[kvd])?,
+                            w("self_attn.v_proj.bias", &[kvd])?,
+                            w("self_attn.o_proj.bias", &[h])?,
+                        ])
+                    } else {
+                        None
+                    };
+                    MixerWeights::Attention(AttentionWeights {
+                        spec: *spec,
+                        q_proj: w("self_attn.q_proj.weight", &[q_rows, h])?,
+                        k_proj: w("self_attn.k_proj.weight", &[kvd, h])?,
+                        v_proj: w("self_attn.v_proj.weight", &[kvd, h])?,
+                        o_proj: w("self_attn.o_proj.weight", &[h, qd])?,
+                        qkvo_bias,
+                        q_norm: norm(&names.layer(l, "self_attn.q_norm.weight"), hd)?,
+                        k_norm: norm(&names.layer(l, "self_attn.k_norm.weight"), hd)?,
+                    })
+                }
+                Mixer::LinearAttention(spec) => {
+                    let mut proj = Vec::with_capacity(spec.projection_rows() * h);
+                    for sl in family.linear_projection(&names, l, spec, ckpt)? {
+                        let m = ckpt.matrix(&sl.prefix, sl.rows, h)?.to_f32();
+                        proj.extend_from_slice(&m[sl.start * h..(sl.start + sl.count) * h]);
+                    }
+                    if proj.len() != spec.projection_rows() * h {
+                        return Err(Error::InvalidArgument(format!(
+                            "layer {l}: the linear-attention projections give {} rows, the config implies {}",
+                            proj.len() / h,
+                            spec.projection_rows()
+                        )));
+                    }
+                    let n = |rest: &str| names.layer(l, &format!("linear_attn.{rest}"));
+                    let conv_name = n("conv1d.weight");
+                    let conv_shape = ckpt.entry(&conv_name)?.shape.clone();
+                    let conv = ckpt.float(&conv_name, &conv_shape)?.to_f32();
+                    if conv.len() != spec.conv_channels() * spec.conv_kernel {
+                        return Err(Error::Shape {
+                            name: conv_name.clone(),
+                            path: ckpt.path_of(ckpt.entry(&conv_name)?).to_path_buf(),
+                            expected: vec![spec.conv_channels(), 1, spec.conv_kernel],
+                            found: conv_shape,
+                        });
+                    }
+                    MixerWeights::LinearAttention(LinearAttentionWeights {
+                        spec: *spec,
+                        proj,
+                        conv,
+                        a_log: load(&n("A_log"), &[spec.value_heads])?,
+                        dt_bias: load(&n("dt_bias"), &[spec.value_heads])?,
+                        norm: load(&n("norm.weight"), &[spec.value_dim])?,
+                        out_proj: load(&n("out_proj.weight"), &[h, spec.value_width()])?,
+                    })
+                }
             };
-            let mlp = if cfg.is_moe_layer(l) {
-                let router = w("mlp.gate.weight", &[cfg.num_experts, h])?;
-                let experts = (0..cfg.num_experts)
-                    .map(|e| load_expert(cfg, store, l, e))
-                    .collect::<Result<Vec<_>>>()?;
-                MlpWeights::Moe { router, experts }
-            } else {
-                let d = cfg.intermediate_size;
-                MlpWeights::Dense(SwigluWeights {
-                    gate: w("mlp.gate_proj.weight", &[d, h])?,
-                    up: w("mlp.up_proj.weight", &[d, h])?,
-                    down: w("mlp.down_proj.weight", &[h, d])?,
-                    inter: d,
-                })
+            let mlp = match plan.moe() {
+                Some(spec) => {
+                    let router = w("mlp.gate.weight", &[spec.experts, h])?;
+                    let experts = (0..spec.experts)
+                        .map(|e| load_expert(cfg, store, l, e))
+                        .collect::<Result<Vec<_>>>()?;
+                    let shared = match spec.shared_expert {
+                        Some(i) => Some((
+                            SwigluWeights {
+                                gate: w("mlp.shared_expert.gate_proj.weight", &[i, h])?,
+                                up: w("mlp.shared_expert.up_proj.weight", &[i, h])?,
+                                down: w("mlp.shared_expert.down_proj.weight", &[h, i])?,
+                                inter: i,
+                            },
+                            w("mlp.shared_expert_gate.weight", &[1, h])?,
+                        )),
+                        None => None,
+                    };
+                    MlpWeights::Moe {
+                        spec: *spec,
+                        router,
+                        experts,
+                        shared,
+                    }
+                }
+                None => {
+                    let d = cfg.intermediate_size;
+                    MlpWeights::Dense(SwigluWeights {
+                        gate: w("mlp.gate_proj.weight", &[d, h])?,
+                        up: w("mlp.up_proj.weight", &[d, h])?,
+                        down: w("mlp.down_proj.weight", &[h, d])?,
+                        inter: d,
+                    })
+                }
             };
             layers.push(LayerWeights {
-                input_norm: w("input_layernorm.weight", &[h])?,
-                q_proj: w("self_attn.q_proj.weight", &[qd, h])?,
-                k_proj: w("self_attn.k_proj.weight", &[kvd, h])?,
-                v_proj: w("self_attn.v_proj.weight", &[kvd, h])?,
-                o_proj: w("self_attn.o_proj.weight", &[h, qd])?,
-                qkvo_bias,
-                q_norm: w("self_attn.q_norm.weight", &[hd])?,
-                k_norm: w("self_attn.k_norm.weight", &[hd])?,
-                post_norm: w("post_attention_layernorm.weight", &[h])?,
+                input_norm: norm(&names.layer(l, "input_layernorm.weight"), h)?,
+                mixer,
+                post_norm: norm(&names.layer(l, "post_attention_layernorm.weight"), h)?,
                 mlp,
             });
         }
-        let final_norm = load(&names.final_norm(), &[h])?;
+        let final_norm = norm(&names.final_norm(), h)?;
         let lm_head = if cfg.tie_word_embeddings && !ckpt.contains(names.lm_head) {
             None
         } else {
@@ -285,7 +409,10 @@ impl ReferenceModel {
     ) -> (Vec<f32>, Option<Routing>) {
         let eps = self.cfg.rms_norm_eps;
         let normed = rms_norm(x, &layer.input_norm, eps);
-        let attn = self.attention_block(layer, &normed, n, cos, sin);
+        let attn = match &layer.mixer {
+            MixerWeights::Attention(a) => self.attention_block(a, &normed, n, cos, sin),
+            MixerWeights::LinearAttention(a) => self.linear_attention_block(a, &normed, n),
+        };
         let h: Vec<f32> = x.iter().zip(&attn).map(|(a, b)| a + b).collect();
         let normed = rms_norm(&h, &layer.post_norm, eps);
         let (mlp, routing) = self.mlp_block(&layer.mlp, &normed, n);
@@ -294,38 +421,119 @@ impl ReferenceModel {
     }
 
     /// Self-attention of a layer on its normed input `x` (`n x hidden`, positions `0..n`):
-    /// q/k/v projections (+ biases), per-head RMSNorm of q and k, RoPE, causal GQA
-    /// attention, o projection (+ bias). Returns `n x hidden`.
+    /// q/k/v projections (+ biases), per-head RMSNorm of q and k, RoPE of the first
+    /// `rotary_dim` dims, causal GQA attention, the output gate `sigmoid(gate)` where the
+    /// variant has one, o projection (+ bias). Returns `n x hidden`.
     fn attention_block(
         &self,
-        layer: &LayerWeights,
+        a: &AttentionWeights,
         x: &[f32],
         n: usize,
         cos: &[f32],
         sin: &[f32],
     ) -> Vec<f32> {
         let cfg = &self.cfg;
-        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let mut q = matmul(&layer.q_proj, nh * hd, h, x, n);
-        let mut k = matmul(&layer.k_proj, nkv * hd, h, x, n);
-        let mut v = matmul(&layer.v_proj, nkv * hd, h, x, n);
-        if let Some([qb, kb, vb, _]) = &layer.qkvo_bias {
-            add_bias(&mut q, qb);
+        let spec = &a.spec;
+        let h = cfg.hidden_size;
+        let (nh, nkv, hd) = (spec.heads, spec.kv_heads, spec.head_dim);
+        let q_rows = nh * hd * if spec.output_gate { 2 } else { 1 };
+        let mut qg = matmul(&a.q_proj, q_rows, h, x, n);
+        let mut k = matmul(&a.k_proj, nkv * hd, h, x, n);
+        let mut v = matmul(&a.v_proj, nkv * hd, h, x, n);
+        if let Some([qb, kb, vb, _]) = &a.qkvo_bias {
+            add_bias(&mut qg, qb);
             add_bias(&mut k, kb);
             add_bias(&mut v, vb);
         }
+        // With an output gate, each head's rows are `[q | gate]`.
+        let (q, gate) = if spec.output_gate {
+            let mut q = Vec::with_capacity(n * nh * hd);
+            let mut g = Vec::with_capacity(n * nh * hd);
+            for head in qg.chunks_exact(2 * hd) {
+                q.extend_from_slice(&head[..hd]);
+                g.extend_from_slice(&head[hd..]);
+            }
+            (q, Some(g))
+        } else {
+            (qg, None)
+        };
         // q_norm / k_norm: RMSNorm over head_dim, each head of each token a row.
-        let mut q = rms_norm(&q, &layer.q_norm, cfg.rms_norm_eps);
-        let mut k = rms_norm(&k, &layer.k_norm, cfg.rms_norm_eps);
-        rope(&mut q, n, nh, hd, cfg.rotary_dim, 0, cos, sin);
-        rope(&mut k, n, nkv, hd, cfg.rotary_dim, 0, cos, sin);
-        let a = attention(&q, &k, &v, n, 0, nh, nkv, hd);
-        let mut o = matmul(&layer.o_proj, h, nh * hd, &a, n);
-        if let Some([_, _, _, ob]) = &layer.qkvo_bias {
+        let mut q = rms_norm(&q, &a.q_norm, cfg.rms_norm_eps);
+        let mut k = rms_norm(&k, &a.k_norm, cfg.rms_norm_eps);
+        rope(&mut q, n, nh, hd, spec.rotary_dim, 0, cos, sin);
+        rope(&mut k, n, nkv, hd, spec.rotary_dim, 0, cos, sin);
+        let mut att = attention(&q, &k, &v, n, 0, nh, nkv, hd);
+        if let Some(g) = gate {
+            for (o, g) in att.iter_mut().zip(&g) {
+                *o *= 1.0 / (1.0 + (-g).exp());
+            }
+        }
+        let mut o = matmul(&a.o_proj, h, nh * hd, &att, n);
+        if let Some([_, _, _, ob]) = &a.qkvo_bias {
             add_bias(&mut o, ob);
         }
         o
+    }
+
+    /// A Gated DeltaNet layer on its normed input `x` (`n x hidden`, from the start of the
+    /// sequence): the projections, the causal conv1d + SiLU over q/k/v, the gates, the
+    /// delta rule, the gated RMSNorm with `silu(z)`, out_proj. Returns `n x hidden`.
+    fn linear_attention_block(&self, a: &LinearAttentionWeights, x: &[f32], n: usize) -> Vec<f32> {
+        let spec = &a.spec;
+        let h = self.cfg.hidden_size;
+        let rows = spec.projection_rows();
+        let (ch, vw, hv) = (spec.conv_channels(), spec.value_width(), spec.value_heads);
+        let proj = matmul(&a.proj, rows, h, x, n);
+        let cols = |from: usize, width: usize| -> Vec<f32> {
+            proj.chunks_exact(rows)
+                .flat_map(|r| r[from..from + width].iter().copied())
+                .collect()
+        };
+        let (u, z, b, av) = (
+            cols(0, ch),
+            cols(ch, vw),
+            cols(ch + vw, hv),
+            cols(ch + vw + hv, hv),
+        );
+        let mut conv_state = vec![0.0f32; (spec.conv_kernel - 1) * ch];
+        let y = causal_conv1d_silu(&u, &a.conv, &mut conv_state, n, ch, spec.conv_kernel);
+        let kd = spec.key_heads * spec.key_dim;
+        let q = y
+            .chunks_exact(ch)
+            .flat_map(|r| r[..kd].iter().copied())
+            .collect::<Vec<_>>();
+        let k = y
+            .chunks_exact(ch)
+            .flat_map(|r| r[kd..2 * kd].iter().copied())
+            .collect::<Vec<_>>();
+        let v = y
+            .chunks_exact(ch)
+            .flat_map(|r| r[2 * kd..].iter().copied())
+            .collect::<Vec<_>>();
+        let mut beta = Vec::with_capacity(n * hv);
+        let mut g = Vec::with_capacity(n * hv);
+        for t in 0..n {
+            for head in 0..hv {
+                let (bt, gt) = delta_gates(
+                    b[t * hv + head],
+                    av[t * hv + head],
+                    a.a_log[head],
+                    a.dt_bias[head],
+                );
+                beta.push(bt);
+                g.push(gt);
+            }
+        }
+        let shape = DeltaNetShape {
+            key_heads: spec.key_heads,
+            value_heads: hv,
+            key_dim: spec.key_dim,
+            value_dim: spec.value_dim,
+        };
+        let mut state = vec![0.0f32; shape.state_len()];
+        let o = gated_delta_rule(shape, n, &q, &k, &v, &beta, &g, &mut state);
+        let normed = gated_rms_norm(&o, &z, &a.norm, self.cfg.rms_norm_eps);
+        matmul(&a.out_proj, h, vw, &normed, n)
     }
 
     /// The MLP of a layer on its normed input `x` (`n x hidden`).
@@ -337,11 +545,16 @@ impl ReferenceModel {
         let h = cfg.hidden_size;
         match mlp {
             MlpWeights::Dense(w) => (w.forward(x, n, h), None),
-            MlpWeights::Moe { router, experts } => {
+            MlpWeights::Moe {
+                spec,
+                router,
+                experts,
+                shared,
+            } => {
                 let ne = experts.len();
-                let k = cfg.num_experts_per_tok;
+                let k = spec.top_k;
                 let logits = matmul(router, ne, h, x, n);
-                let (ids, weights) = router_topk(&logits, ne, k, cfg.norm_topk_prob);
+                let (ids, weights) = router_topk(&logits, ne, k, spec.norm_topk_prob);
                 let mut out = vec![0.0f32; n * h];
                 for t in 0..n {
                     let xt = &x[t * h..(t + 1) * h];
@@ -356,6 +569,16 @@ impl ReferenceModel {
                         let y = experts[e as usize].forward(xt, 1, h);
                         for (o, yv) in ot.iter_mut().zip(&y) {
                             *o += yv * w;
+                        }
+                    }
+                }
+                if let Some((mlp, gate)) = shared {
+                    let y = mlp.forward(x, n, h);
+                    let g = matmul(gate, 1, h, x, n);
+                    for t in 0..n {
+                        let s = 1.0 / (1.0 + (-g[t]).exp());
+                        for (o, yv) in out[t * h..(t + 1) * h].iter_mut().zip(&y[t * h..]) {
+                            *o += s * yv;
                         }
                     }
                 }

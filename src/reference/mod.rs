@@ -1,4 +1,4 @@
-//! A plain f32 CPU reference of the Qwen3-MoE forward pass: the oracle every GPU kernel is
+//! A plain f32 CPU reference of the forward pass of every supported family: the oracle every GPU kernel is
 //! tested against.
 //!
 //! The free functions are the individual operations on row-major `f32` slices
@@ -18,7 +18,10 @@ mod forward;
 mod linear_attn;
 mod ops;
 
-pub use forward::{LayerWeights, MlpWeights, ReferenceModel, Routing, SwigluWeights, Trace};
+pub use forward::{
+    AttentionWeights, LayerWeights, LinearAttentionWeights, MixerWeights, MlpWeights,
+    ReferenceModel, Routing, SwigluWeights, Trace,
+};
 pub use linear_attn::{
     causal_conv1d_silu, delta_gates, gated_delta_rule, gated_rms_norm, softplus, DeltaNetShape,
 };

@@ -26,6 +26,23 @@ pub fn fixtures() -> Vec<PathBuf> {
     all
 }
 
+/// Every Qwen3.5-MoE / Qwen3-Next fixture (`tests/fixtures_qwen35`, made by its
+/// generate.py); panics (fails the test) if there is none.
+pub fn qwen35_fixtures() -> Vec<PathBuf> {
+    let root = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures_qwen35"
+    ));
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("fixture folder exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("golden.json").exists())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty(), "no fixtures under {}", root.display());
+    dirs
+}
+
 /// The GPU slot size of a model's experts: its largest expert blob, 256-byte aligned.
 pub fn slot_bytes(model: &moestream::Model) -> u64 {
     let largest = model

@@ -39,15 +39,13 @@ pub(crate) fn parse(top: &Parser<'_>, model_type: String) -> Result<ModelConfig>
         )));
     }
     let (rope_theta, partial) = p.rope()?;
-    let partial = if p.get("partial_rotary_factor").is_none()
-        && !p
-            .get("rope_parameters")
-            .is_some_and(|r| r.get("partial_rotary_factor").is_some())
-    {
-        0.25
-    } else {
-        partial
-    };
+    // transformers' config classes default the factor to 0.25 for these families.
+    let given = p.get("partial_rotary_factor").is_some()
+        || ["rope_parameters", "rope_scaling"].iter().any(|k| {
+            p.get(k)
+                .is_some_and(|r| r.get("partial_rotary_factor").is_some())
+        });
+    let partial = if given { partial } else { 0.25 };
     // As transformers: `int(head_dim * partial_rotary_factor)` dims, rotated in pairs.
     let rotary_dim = (head_dim as f64 * partial) as usize;
     if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
