@@ -539,7 +539,10 @@ fn hybrid_model_retry_after_a_failed_read_matches_a_clean_session() {
             (Some(2), When::Every),
         ] {
             let n = fault_then_retry(&dir, slots, Fault::Error, when);
-            assert!(n > 0, "{name}, slots {slots:?}, {when:?}: no call hit the fault");
+            assert!(
+                n > 0,
+                "{name}, slots {slots:?}, {when:?}: no call hit the fault"
+            );
         }
     }
 }
