@@ -9,6 +9,7 @@
 //! cargo bench --bench decode -- --resident-only --long-context   # also after 2048 / 8192 tokens
 //! cargo bench --bench decode -- --kv-f16     # the KV cache in f16 (ModelBuilder::kv_cache_dtype)
 //! cargo bench --bench decode -- --spin-us 0  # readback waits block at once (ModelBuilder::readback_spin)
+//! cargo bench --bench decode -- --int-activations  # 8+8-bit activation rows (f32: --f32-activations)
 //! ```
 //! The model is written once to `$MOESTREAM_BENCH_DIR` (default `target/bench-models`).
 //! For a fully resident expert cache and for one holding 25% of the experts, it prefills
@@ -107,6 +108,13 @@ fn main() -> Result<()> {
             .kv_cache_dtype(kv);
         if let Some(us) = spin_us {
             builder = builder.readback_spin(std::time::Duration::from_micros(us));
+        }
+        // `--int-activations` / `--f32-activations`: ModelBuilder::f32_activations (default:
+        // the builder's choice for the adapter and model).
+        if args.iter().any(|a| a == "--int-activations") {
+            builder = builder.f32_activations(false);
+        } else if args.iter().any(|a| a == "--f32-activations") {
+            builder = builder.f32_activations(true);
         }
         let model = builder.build()?;
         println!("{label}: KV cache {kv:?}");

@@ -112,7 +112,10 @@ impl ModelBuilder {
     /// Whether decode steps dot 2- to 6-bit weights with f32 activations (`true`) or with
     /// 8+8-bit activation blocks and integer dot products (`false`). Default: the integer
     /// path where the adapter has packed integer dot products in hardware
-    /// ([`AdapterSummary::integer_dot_products`]: Vulkan, DirectX 12), f32 elsewhere.
+    /// ([`AdapterSummary::integer_dot_products`]: Vulkan, DirectX 12), f32 elsewhere, and
+    /// f32 for models with linear-attention layers (Qwen3.5, Qwen3-Next), whose Gated
+    /// DeltaNet amplifies the integer path's rounding (logits moved by up to 3e-3 on the
+    /// 4-bit test models, against ~2e-5 with f32 activations).
     ///
     /// The integer path stores each 32-value block of a normalized activation row as
     /// `t * (254 hi + lo)` with 8-bit `hi` and `lo`, within `max |x| / 64516` of each value
@@ -261,7 +264,16 @@ impl ModelBuilder {
                     .layout(l)
                     .is_some_and(|lay| lay.tensors.iter().any(|t| reads_q8(t.format)))
             });
-        let f32_activations = self.f32_activations.unwrap_or(!gpu_integer_dot) || !any_reads_q8;
+        // Models with linear-attention layers keep f32 activations unless asked otherwise:
+        // the Gated DeltaNet's L2-normalized q/k and its gated RMSNorm (which divides by
+        // small head norms) amplify the 8+8-bit rows' rounding made anywhere upstream. On
+        // random 4-bit Qwen3.5 test models (tests/fixtures_qwen35/generate.py, nine seeds)
+        // the integer path moved logits by 0.7-3.0e-3 (past golden's 2e-3 on six), f32 rows
+        // by ~2e-5; integer rows everywhere but the linear-attention projections still by
+        // up to 1.7e-3.
+        let hybrid = cfg.layers.iter().any(|p| p.linear_attention().is_some());
+        let f32_activations =
+            self.f32_activations.unwrap_or(!gpu_integer_dot || hybrid) || !any_reads_q8;
         let total_experts = moe_layers.len() * cfg.num_experts;
         let cache = if total_experts > 0 {
             let largest = moe_layers

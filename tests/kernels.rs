@@ -170,7 +170,7 @@ fn every_kernel_is_covered() {
         Kernel::Router,
         Kernel::SwiGlu,
         Kernel::SigmoidGate,
-        Kernel::SharedExpertAdd,
+        Kernel::SharedSwiGlu,
         Kernel::MoeGateUp,
         Kernel::MoeDown,
         Kernel::MoeCombine,
@@ -1262,44 +1262,64 @@ fn sigmoid_gate() {
 }
 
 #[test]
-fn shared_expert_add() {
-    // x += sigmoid(g[t]) * s over rows of `width` values.
-    let mut ck = Checker::new("shared_expert_add");
+fn shared_swiglu() {
+    // silu(gate) * up * sigmoid(sg[t]), gate and up inside rows of a fused [gate | up]
+    // projection (or two buffers), the gate logits at a stride.
+    let mut ck = Checker::new("shared_swiglu");
     let mut rng = Rng::new(82);
-    for &(n, width) in &[(1usize, 1usize), (3, 40), (70, 64), (5, 1000)] {
-        let case = format!("n {n} width {width}");
-        let g = rng.vec(n, 30.0);
-        let sh = rng.vec(n * width, 2.0);
-        let x = rng.vec(n * width + 3, 2.0);
-        let mut want = x.clone();
+    // (tokens, inter, fused)
+    for &(n, inter, fused) in &[
+        (1usize, 1usize, true),
+        (3, 40, true),
+        (70, 64, false),
+        (5, 1000, true),
+    ] {
+        let case = format!("n {n} inter {inter} fused {fused}");
+        let (gs, go, us, uo) = if fused {
+            (2 * inter + 3, 1, 2 * inter + 3, inter + 1)
+        } else {
+            (inter, 0, inter + 2, 2)
+        };
+        let g = rng.vec(n * gs + 8, 30.0);
+        let u = rng.vec(n * us + 8, 2.0);
+        let sg = rng.vec(2 * n + 1, 30.0);
+        let out0 = rng.vec(n * inter + 3, 2.0);
+        let mut want = Vec::with_capacity(n * inter);
         for t in 0..n {
-            let gate = 1.0 / (1.0 + (-g[t]).exp());
-            for i in 0..width {
-                want[t * width + i] += gate * sh[t * width + i];
+            let gate = 1.0 / (1.0 + (-sg[2 * t + 1]).exp());
+            for i in 0..inter {
+                let gv = g[t * gs + go + i];
+                want.push(reference::silu(gv) * u[t * us + uo + i] * gate);
             }
         }
-        let p = moestream::gpu::params::SharedExpertAddParams {
+        let p = moestream::gpu::params::SharedSwiGluParams {
             n: n as u32,
-            width: width as u32,
-            ..Default::default()
+            inter: inter as u32,
+            g_stride: gs as u32,
+            g_offset: go as u32,
+            u_stride: us as u32,
+            u_offset: uo as u32,
+            s_stride: 2,
+            s_offset: 1,
         };
         let out = run(
-            Kernel::SharedExpertAdd,
+            Kernel::SharedSwiGlu,
             None,
             p.words(),
-            &[&f32_bytes(&g), &f32_bytes(&sh), &f32_bytes(&x)],
-            grid((n * width).div_ceil(64)),
+            &[
+                &f32_bytes(&g),
+                &f32_bytes(&u),
+                &f32_bytes(&sg),
+                &f32_bytes(&out0),
+            ],
+            grid((n * inter).div_ceil(64)),
         );
-        let got = to_f32(&out[2]);
-        let mut written = vec![false; x.len()];
-        written[..n * width].fill(true);
-        ck.untouched(&case, &got, &x, &written);
-        ck.close(
-            &case,
-            &got[..n * width],
-            &want[..n * width],
-            ELEMENTWISE.floor(1.0),
-        );
+        let got = to_f32(&out[3]);
+        let mut written = vec![false; out0.len()];
+        written[..n * inter].fill(true);
+        ck.untouched(&case, &got, &out0, &written);
+        // Outputs are O(1) or larger except where g << 0 (as swiglu).
+        ck.close(&case, &got[..n * inter], &want, ELEMENTWISE.floor(1.0));
     }
     ck.report();
 }

@@ -24,7 +24,7 @@ use moestream::gpu::kernels::{
     conv1d_silu_groups, gated_delta_net_groups, gated_rmsnorm_groups, Kernel,
 };
 use moestream::gpu::params::{
-    Conv1dSiluParams, GatedDeltaNetParams, GatedRmsNormParams, SharedExpertAddParams,
+    Conv1dSiluParams, GatedDeltaNetParams, GatedRmsNormParams, SharedSwiGluParams,
     SigmoidGateParams,
 };
 use moestream::gpu::testing::KernelRunner;
@@ -323,9 +323,9 @@ fn params_structs_match_the_wgsl_uniforms() {
         std::mem::size_of::<SigmoidGateParams>(),
     );
     check(
-        SharedExpertAddParams::KERNEL,
-        SharedExpertAddParams::FIELDS,
-        std::mem::size_of::<SharedExpertAddParams>(),
+        SharedSwiGluParams::KERNEL,
+        SharedSwiGluParams::FIELDS,
+        std::mem::size_of::<SharedSwiGluParams>(),
     );
 }
 

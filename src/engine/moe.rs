@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 
 use super::pass::{grid, interleaves, Pass, XLayout};
-use super::weights::Moe;
+use super::weights::{GateUp, Moe, SharedExpert};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
-use crate::gpu::params::SharedExpertAddParams;
+use crate::gpu::params::SharedSwiGluParams;
 use crate::gpu::Size;
 use crate::model::ModelInner;
 use crate::store::{ExpertLayout, ExpertTensor};
@@ -48,38 +48,74 @@ impl<'a> Pass<'a> {
     /// `x = h + routed experts (+ the gated shared expert)` over the normalized rows.
     pub(crate) fn moe(&mut self, l: usize, moe: &Moe) -> Result<()> {
         let s = self.s;
+        // The residual the combine adds the routed experts to: h, or h plus the gated
+        // shared expert (computed first, from the same normalized rows).
+        let resid = match &moe.shared {
+            Some(sh) => {
+                self.shared_expert(sh);
+                &s.shared_o
+            }
+            None => &s.h,
+        };
+        self.routed_experts(l, moe, resid)
+    }
+
+    /// `shared_o = h + sigmoid(sg . xn) * down(silu(gate(xn)) * up(xn))`.
+    fn shared_expert(&mut self, sh: &SharedExpert) {
+        let s = self.s;
         let (h, n) = (self.m.cfg.hidden_size, self.n);
-        if let Some(sh) = &moe.shared {
-            // The shared expert and its gate's logit, from the same normalized rows.
-            self.dense_mlp(&sh.mlp, &s.shared_o, None);
-            self.linear(
-                &sh.gate,
-                self.input(&sh.gate, n, h),
-                &s.shared_g,
-                None,
-                None,
-            );
-        }
-        self.routed_experts(l, moe)?;
-        if moe.shared.is_some() {
-            let p = SharedExpertAddParams {
-                n: n as u32,
-                width: h as u32,
-                ..Default::default()
-            };
-            self.rec.dispatch(
-                Kernel::SharedExpertAdd,
-                None,
-                p.words(),
-                &[(&s.shared_g).into(), (&s.shared_o).into(), (&s.x).into()],
-                grid((n * h).div_ceil(64)),
-            );
-        }
-        Ok(())
+        self.linear(
+            &sh.gate,
+            self.input(&sh.gate, n, h),
+            &s.shared_g,
+            None,
+            None,
+        );
+        let inter = sh.down.cols;
+        let (gb, ub, gs, go, us, uo) = match &sh.gate_up {
+            GateUp::Fused(gu) => {
+                self.linear(gu, self.input(gu, n, h), &s.shared_gu, None, None);
+                (&s.shared_gu, &s.shared_gu, 2 * inter, 0, 2 * inter, inter)
+            }
+            GateUp::Separate { gate, up } => {
+                self.linear(gate, self.input(gate, n, h), &s.mlp_g, None, None);
+                self.linear(up, self.input(up, n, h), &s.mlp_u, None, None);
+                (&s.mlp_g, &s.mlp_u, inter, 0, inter, 0)
+            }
+        };
+        let p = SharedSwiGluParams {
+            n: n as u32,
+            inter: inter as u32,
+            g_stride: gs as u32,
+            g_offset: go as u32,
+            u_stride: us as u32,
+            u_offset: uo as u32,
+            s_stride: 1,
+            s_offset: 0,
+        };
+        self.rec.dispatch(
+            Kernel::SharedSwiGlu,
+            None,
+            p.words(),
+            &[
+                gb.into(),
+                ub.into(),
+                (&s.shared_g).into(),
+                (&s.mlp_a).into(),
+            ],
+            grid((n * inter).div_ceil(64)),
+        );
+        self.linear(
+            &sh.down,
+            (&s.mlp_a, XLayout::Natural),
+            &s.shared_o,
+            None,
+            Some(&s.h),
+        );
     }
 
     /// `x = h + sum_j w_j expert_j(xn)` for the experts the router picks.
-    fn routed_experts(&mut self, l: usize, moe: &Moe) -> Result<()> {
+    fn routed_experts(&mut self, l: usize, moe: &Moe, resid: &wgpu::Buffer) -> Result<()> {
         let m = self.m;
         let s = self.s;
         let cfg = &m.cfg;
@@ -95,7 +131,7 @@ impl<'a> Pass<'a> {
         );
         if self.resident {
             // The routing kernel routes from the logits itself.
-            return self.moe_resident(l, spec);
+            return self.moe_resident(l, spec, resid);
         }
         self.rec.dispatch(
             Kernel::Router,
@@ -229,7 +265,7 @@ impl<'a> Pass<'a> {
             None,
             &[hs, n as u32, k as u32],
             &[
-                (&s.h).into(),
+                resid.into(),
                 (&s.moe_o).into(),
                 (&s.route).into(),
                 (&s.x).into(),
@@ -390,7 +426,12 @@ impl<'a> Pass<'a> {
     /// the router's choices to cache slots through the GPU slot table (flagging experts that
     /// are not resident), then the expert and combine kernels run as usual. The chosen ids
     /// are logged for the host, which checks the miss flags after the step.
-    fn moe_resident(&mut self, l: usize, spec: &crate::arch::MoeSpec) -> Result<()> {
+    fn moe_resident(
+        &mut self,
+        l: usize,
+        spec: &crate::arch::MoeSpec,
+        resid: &wgpu::Buffer,
+    ) -> Result<()> {
         let m = self.m;
         let s = self.s;
         let cfg = &m.cfg;
@@ -469,7 +510,7 @@ impl<'a> Pass<'a> {
             None,
             &[cfg.hidden_size as u32, 1, k as u32],
             &[
-                (&s.h).into(),
+                resid.into(),
                 (&s.moe_o).into(),
                 (&s.route).into(),
                 (&s.x).into(),

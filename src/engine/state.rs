@@ -196,9 +196,12 @@ pub(crate) struct Scratch {
     pub moe_args: wgpu::Buffer,
     pub moe_h: wgpu::Buffer,
     pub moe_o: wgpu::Buffer,
-    /// A MoE block's shared expert: its output `[tokens, hidden]` and gate logits.
+    /// A MoE block's shared expert: the residual plus its gated output `[tokens, hidden]`
+    /// and its gate's logits.
     pub shared_o: wgpu::Buffer,
     pub shared_g: wgpu::Buffer,
+    /// The shared expert's fused gate and up projections, `[tokens, 2 inter]`.
+    pub shared_gu: wgpu::Buffer,
     /// Linear attention: the fused input projection `[tokens, projection_rows]`, the
     /// convolution's output `[tokens, channels]`, the delta rule's output and the gated
     /// norm's, `[tokens, value_heads * value_dim]` each.
@@ -227,6 +230,7 @@ impl Scratch {
         let la_rows_max = cfg.linear_attention.map_or(0, |a| a.projection_rows());
         let per_token = 4 * [
             cfg.hidden_size,
+            2 * cfg.shared_expert_intermediate_size,
             cfg.num_attention_heads * cfg.head_dim * 2 + 2 * cfg.num_key_value_heads * cfg.head_dim,
             mlp,
             cfg.num_experts,
@@ -304,6 +308,7 @@ impl Scratch {
             moe_o: buf("moe_o", rows * h),
             shared_o: buf("shared_o", cap * h),
             shared_g: buf("shared_g", cap),
+            shared_gu: buf("shared_gu", cap * 2 * cfg.shared_expert_intermediate_size),
             la_proj: buf("la_proj", cap * la_rows),
             la_y: buf("la_y", cap * la_ch),
             la_o: buf("la_o", cap * la_v),

@@ -43,8 +43,18 @@ pub(crate) struct DenseMlp {
 /// The shared expert of a MoE block and its gate (`[1, hidden]`): its output is scaled by
 /// `sigmoid(gate . x)` per token.
 pub(crate) struct SharedExpert {
-    pub mlp: DenseMlp,
+    /// gate_proj and up_proj: one matrix of `2 inter` rows (gate, then up) when stored
+    /// alike, so a step runs one mat-vec for both; separate otherwise.
+    pub gate_up: GateUp,
+    pub down: GpuMatrix,
+    /// `shared_expert_gate`, `[1, hidden]`.
     pub gate: GpuMatrix,
+}
+
+/// The gate and up projections of a SwiGLU MLP.
+pub(crate) enum GateUp {
+    Fused(GpuMatrix),
+    Separate { gate: GpuMatrix, up: GpuMatrix },
 }
 
 /// The resident part of a MoE block (the routed experts stream through the cache).
@@ -117,7 +127,11 @@ impl Weights {
                 FfnWeights::Moe(m) => {
                     let mut v = vec![&m.router];
                     if let Some(sh) = &m.shared {
-                        v.extend([&sh.mlp.gate, &sh.mlp.up, &sh.mlp.down, &sh.gate]);
+                        match &sh.gate_up {
+                            GateUp::Fused(gu) => v.push(gu),
+                            GateUp::Separate { gate, up } => v.extend([gate, up]),
+                        }
+                        v.extend([&sh.down, &sh.gate]);
                     }
                     v
                 }
@@ -174,10 +188,7 @@ impl Weights {
                     spec: *spec,
                     router: ld.matrix(&n("mlp.gate.weight"), spec.experts, h)?,
                     shared: match spec.shared_expert {
-                        Some(inter) => Some(SharedExpert {
-                            mlp: ld.dense(&n("mlp.shared_expert"), h, inter)?,
-                            gate: ld.matrix(&n("mlp.shared_expert_gate.weight"), 1, h)?,
-                        }),
+                        Some(inter) => Some(ld.shared_expert(&n("mlp"), h, inter)?),
                         None => None,
                     },
                 }),
@@ -343,6 +354,40 @@ impl Loader<'_> {
             gate: self.matrix(&format!("{prefix}.gate_proj.weight"), inter, h)?,
             up: self.matrix(&format!("{prefix}.up_proj.weight"), inter, h)?,
             down: self.matrix(&format!("{prefix}.down_proj.weight"), h, inter)?,
+        })
+    }
+
+    /// The shared expert `{prefix}.shared_expert.*` of width `inter` and its gate
+    /// `{prefix}.shared_expert_gate`.
+    fn shared_expert(&self, prefix: &str, h: usize, inter: usize) -> Result<SharedExpert> {
+        let p = format!("{prefix}.shared_expert");
+        let (g, u) = (format!("{p}.gate_proj"), format!("{p}.up_proj"));
+        let (gv, uv) = (
+            self.ckpt.matrix(&g, inter, h)?,
+            self.ckpt.matrix(&u, inter, h)?,
+        );
+        let gate_up = if gv.format == uv.format {
+            let slice = |prefix: &str| RowSlice {
+                prefix: prefix.to_string(),
+                rows: inter,
+                start: 0,
+                count: inter,
+            };
+            GateUp::Fused(self.concat_rows(
+                &format!("{p}.gate_up_proj.weight"),
+                &[slice(&g), slice(&u)],
+                h,
+            )?)
+        } else {
+            GateUp::Separate {
+                gate: GpuMatrix::upload(self.gpu, &format!("{g}.weight"), &gv)?,
+                up: GpuMatrix::upload(self.gpu, &format!("{u}.weight"), &uv)?,
+            }
+        };
+        Ok(SharedExpert {
+            gate_up,
+            down: self.matrix(&format!("{p}.down_proj.weight"), h, inter)?,
+            gate: self.matrix(&format!("{prefix}.shared_expert_gate.weight"), 1, h)?,
         })
     }
 

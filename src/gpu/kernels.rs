@@ -92,10 +92,10 @@ pub enum Kernel {
     /// ([`params::SigmoidGateParams`](super::params::SigmoidGateParams), grid [`grid`] over
     /// the values).
     SigmoidGate,
-    /// A MoE block's shared expert added to the residual, scaled by the sigmoid of its
-    /// gate ([`params::SharedExpertAddParams`](super::params::SharedExpertAddParams), grid
-    /// [`grid`] over the values).
-    SharedExpertAdd,
+    /// The activation of a MoE block's shared expert with its sigmoid gate folded in,
+    /// `silu(gate) * up * sigmoid(sg)` ([`params::SharedSwiGluParams`](super::params::SharedSwiGluParams),
+    /// grid [`grid`] over the values).
+    SharedSwiGlu,
     /// The gated RMSNorm (`norm(o) * w * silu(z)`) per token and value head of a Gated
     /// DeltaNet layer ([`gated_rmsnorm_groups`],
     /// [`params::GatedRmsNormParams`](super::params::GatedRmsNormParams)).
@@ -534,7 +534,7 @@ impl Kernel {
     /// Every kernel.
     pub const ALL: [Kernel; 30] = [
         Kernel::SigmoidGate,
-        Kernel::SharedExpertAdd,
+        Kernel::SharedSwiGlu,
         Kernel::Embedding,
         Kernel::RmsNorm,
         Kernel::MatVec,
@@ -597,7 +597,7 @@ impl Kernel {
             Kernel::GatedDeltaNet => "gated_delta_net",
             Kernel::GatedRmsNorm => "gated_rmsnorm",
             Kernel::SigmoidGate => "sigmoid_gate",
-            Kernel::SharedExpertAdd => "shared_expert_add",
+            Kernel::SharedSwiGlu => "shared_swiglu",
         }
     }
 
@@ -632,7 +632,7 @@ impl Kernel {
             Kernel::GatedDeltaNet => include_str!("../../kernels/gated_delta_net.wgsl"),
             Kernel::GatedRmsNorm => include_str!("../../kernels/gated_rmsnorm.wgsl"),
             Kernel::SigmoidGate => include_str!("../../kernels/sigmoid_gate.wgsl"),
-            Kernel::SharedExpertAdd => include_str!("../../kernels/shared_expert_add.wgsl"),
+            Kernel::SharedSwiGlu => include_str!("../../kernels/shared_swiglu.wgsl"),
         }
     }
 

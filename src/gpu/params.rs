@@ -287,15 +287,23 @@ kernel_params! {
 }
 
 kernel_params! {
-    /// Parameters of `kernels/shared_expert_add.wgsl`.
-    SharedExpertAddParams for SharedExpertAdd {
+    /// Parameters of `kernels/shared_swiglu.wgsl`.
+    SharedSwiGluParams for SharedSwiGlu {
         /// Tokens.
         n: u32,
-        /// Values per token.
-        width: u32,
-        /// Padding.
-        pad0: u32,
-        /// Padding.
-        pad1: u32,
+        /// Width of the shared expert.
+        inter: u32,
+        /// Floats per token of the gate projection's buffer.
+        g_stride: u32,
+        /// Offset of the gate projection in a token's row.
+        g_offset: u32,
+        /// Floats per token of the up projection's buffer.
+        u_stride: u32,
+        /// Offset of the up projection in a token's row.
+        u_offset: u32,
+        /// Floats per token of the gate logits' buffer.
+        s_stride: u32,
+        /// Offset of the gate logit in a token's row.
+        s_offset: u32,
     }
 }
