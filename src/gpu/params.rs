@@ -1,8 +1,11 @@
-//! Typed uniform parameters of kernels: each struct mirrors its kernel's WGSL `Params`
+//! Typed uniform parameters of every kernel: each struct mirrors its kernel's WGSL `Params`
 //! struct field for field (`u32` / `f32` only, explicit `pad*` fields up to a multiple of 16
-//! bytes), so a dispatch cannot pass its words in the wrong order. [`words`](Conv1dSiluParams::words)
-//! gives the words for the `&[u32]` dispatch API; `FIELDS` names the fields in order (the
-//! tests compare them and the size with the WGSL struct, through naga).
+//! bytes, in the WGSL struct too), so a dispatch cannot pass its words in the wrong order.
+//! [`words`](Conv1dSiluParams::words) gives the words for the `&[u32]` dispatch API;
+//! `FIELDS` names the fields in order, and [`ALL`] lists every struct's layout (the tests
+//! compare each with its kernels' WGSL struct through naga, and require a struct for every
+//! kernel that declares a uniform). Flag words keep their bits as named constants
+//! ([`LINEAR_BIAS`], [`MoeGateUpQParams::X_Q8`], ...).
 
 use super::kernels::{Kernel, CONV1D_MAX_KERNEL, DELTA_NET_MAX_KEY_DIM};
 use crate::error::{Error, Result};
@@ -17,6 +20,8 @@ pub struct ParamsLayout {
     pub kernels: &'static [Kernel],
     /// The field names in order.
     pub fields: &'static [&'static str],
+    /// The field types in order (`"u32"` or `"f32"`).
+    pub types: &'static [&'static str],
     /// Its size in bytes (a multiple of 16).
     pub size: usize,
 }
@@ -49,6 +54,7 @@ macro_rules! kernel_params {
                 name: stringify!($name),
                 kernels: Self::KERNELS,
                 fields: Self::FIELDS,
+                types: &[$(stringify!($ty)),*],
                 size: std::mem::size_of::<Self>(),
             };
 
