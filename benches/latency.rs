@@ -18,6 +18,10 @@ mod common;
 
 use common::{matrix_bytes, median_time, parts_words};
 use moestream::gpu::kernels::{self, Kernel};
+use moestream::gpu::params::{
+    AttentionMergeParams, AttentionSplitParams, CopyParams, HeadNormRopeParams, MoeCombineParams,
+    MoeRouteParams, QMatVecParams, RmsNormParams, LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
+};
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
 use moestream::{AffineQuant, DType, Result};
 
@@ -126,15 +130,17 @@ fn time_split(
         Some(kv_dtype),
         None,
         0,
-        &[
+        AttentionSplitParams {
             pos0,
-            Q_HEADS as u32,
-            KV_HEADS as u32,
-            HEAD_DIM as u32,
-            (1.0 / (HEAD_DIM as f32).sqrt()).to_bits(),
+            n_heads: Q_HEADS as u32,
+            n_kv_heads: KV_HEADS as u32,
+            head_dim: HEAD_DIM as u32,
+            scale: 1.0 / (HEAD_DIM as f32).sqrt(),
             chunk,
-            splits,
-        ],
+            n_splits: splits,
+            ..Default::default()
+        }
+        .words(),
         sets,
         (Q_HEADS as u32, splits),
         ITERS,
@@ -154,7 +160,13 @@ fn time_merge(
         None,
         None,
         0,
-        &[Q_HEADS as u32, HEAD_DIM as u32, splits, 1],
+        AttentionMergeParams {
+            n_heads: Q_HEADS as u32,
+            head_dim: HEAD_DIM as u32,
+            n_splits: splits,
+            flags: AttentionMergeParams::INTERLEAVED,
+        }
+        .words(),
         &[part, attn],
         kernels::attention_merge_groups(Q_HEADS as u32, HEAD_DIM as u32),
     )
@@ -185,7 +197,11 @@ fn main() -> Result<()> {
         None,
         None,
         0,
-        &[1],
+        CopyParams {
+            n: 1,
+            ..Default::default()
+        }
+        .words(),
         &[&src, &dst],
         kernels::copy_groups(1),
     )?;
@@ -204,14 +220,16 @@ fn main() -> Result<()> {
         None,
         None,
         0,
-        &[
-            HIDDEN as u32,
-            1,
-            1e-6f32.to_bits(),
-            0,
-            0,
-            if q8 { 3 } else { 1 },
-        ],
+        RmsNormParams {
+            n: HIDDEN as u32,
+            rows: 1,
+            eps: 1e-6,
+            x_offset: 0,
+            y_offset: 0,
+            flags: RmsNormParams::INTERLEAVED | if q8 { RmsNormParams::Q8 } else { 0 },
+            ..Default::default()
+        }
+        .words(),
         &[&x, &w, &y, &yi, &yq],
         (1, 1),
     )?;
@@ -236,23 +254,25 @@ fn main() -> Result<()> {
         None,
         None,
         0,
-        &[
-            1,
-            HEAD_DIM as u32,
-            half as u32,
+        HeadNormRopeParams {
+            n_tokens: 1,
+            head_dim: HEAD_DIM as u32,
+            rotary_half: half as u32,
             pos0,
-            1e-6f32.to_bits(),
-            qkv as u32,
-            Q_HEADS as u32,
-            0,
-            KV_HEADS as u32,
-            (Q_HEADS * HEAD_DIM) as u32,
-            pos0 * (KV_HEADS * HEAD_DIM) as u32,
-            1,
-            ((Q_HEADS + KV_HEADS) * HEAD_DIM) as u32,
-            (positions * half) as u32,
-            HEAD_DIM as u32,
-        ],
+            eps: 1e-6,
+            x_stride: qkv as u32,
+            q_heads: Q_HEADS as u32,
+            q_offset: 0,
+            k_heads: KV_HEADS as u32,
+            k_offset: (Q_HEADS * HEAD_DIM) as u32,
+            k_out: pos0 * (KV_HEADS * HEAD_DIM) as u32,
+            copy_v: 1,
+            v_offset: ((Q_HEADS + KV_HEADS) * HEAD_DIM) as u32,
+            sin_offset: (positions * half) as u32,
+            q_head_stride: HEAD_DIM as u32,
+            ..Default::default()
+        }
+        .words(),
         &[&xq, &wq, &wk, &rope, &outq, &kc, &xq, &vc],
         ((Q_HEADS + KV_HEADS) as u32, 1),
     )?;
@@ -356,16 +376,21 @@ fn main() -> Result<()> {
         Some(q.scale_dtype),
         Some((q.bits, q.group_size)),
         rpt,
-        &[
-            EXPERTS as u32,
-            HIDDEN as u32,
-            0,
-            if q8 { 8 } else { 4 },
-            0,
-            sw,
-            bw,
+        QMatVecParams {
+            rows: EXPERTS as u32,
+            cols: HIDDEN as u32,
+            row_base: 0,
+            flags: if q8 {
+                LINEAR_X_Q8
+            } else {
+                LINEAR_X_INTERLEAVED
+            },
+            x_offset: 0,
+            scales_word: sw,
+            biases_word: bw,
             team,
-        ],
+        }
+        .words(),
         &[&router, &xin, &dummy, &dummy, &logits, &router],
         kernels::qmatvec_groups(EXPERTS as u32, team, rpt),
     )?;
@@ -385,19 +410,21 @@ fn main() -> Result<()> {
         None,
         None,
         0,
-        &[
-            TOP_K as u32,
-            0,
-            0,
-            EXPERTS as u32,
-            1,
-            192,
-            256,
-            1,
-            LAYERS as u32,
-            EXPERTS as u32,
-            1,
-        ],
+        MoeRouteParams {
+            top_k: TOP_K as u32,
+            table_base: 0,
+            layer: 0,
+            slots_per_page: EXPERTS as u32,
+            n_pages: 1,
+            gate_up_x: 192,
+            down_x: 256,
+            page_mask: 1,
+            log_base: LAYERS as u32,
+            n_experts: EXPERTS as u32,
+            norm_topk: 1,
+            ..Default::default()
+        }
+        .words(),
         &[
             &logit_values,
             &table,
@@ -422,7 +449,13 @@ fn main() -> Result<()> {
         None,
         None,
         0,
-        &[HIDDEN as u32, 1, TOP_K as u32],
+        MoeCombineParams {
+            hidden: HIDDEN as u32,
+            n_tokens: 1,
+            top_k: TOP_K as u32,
+            ..Default::default()
+        }
+        .words(),
         &[&x, &o, &route, &out],
         kernels::grid(HIDDEN.div_ceil(64) as u32),
     )?;

@@ -40,6 +40,9 @@ mod common;
 use common::{copy_bandwidth, matrix_bytes, median_time, parts_words, random_bytes};
 use moestream::gpu::kernels::Variant;
 use moestream::gpu::kernels::{self, Kernel};
+use moestream::gpu::params::{
+    CopyParams, MoeDownQParams, MoeGateUpQParams, QMatVecParams, LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
+};
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
 use moestream::{AffineQuant, DType, Result, WeightFormat};
 
@@ -53,9 +56,9 @@ fn q8_x(bench: &GpuBench, bits: u32) -> bool {
 /// qmatvec flags for x as decode reads it ([`q8_x`]).
 fn x_flags(bench: &GpuBench, bits: u32) -> u32 {
     if q8_x(bench, bits) {
-        8
+        LINEAR_X_Q8
     } else {
-        4
+        LINEAR_X_INTERLEAVED
     }
 }
 
@@ -86,7 +89,11 @@ fn copy_same_size(bench: &GpuBench, traffic: u64) -> Result<(f64, f64)> {
             None,
             None,
             0,
-            &[words],
+            CopyParams {
+                n: words,
+                ..Default::default()
+            }
+            .words(),
             &sets,
             kernels::copy_groups(words),
             (4 * copies as u32).max(200),
@@ -165,16 +172,17 @@ fn qmatvec(
             Some(q.scale_dtype),
             Some((q.bits, q.group_size)),
             rpt,
-            &[
-                rows as u32,
-                cols as u32,
-                0,
-                x_flags(bench, q.bits),
-                0,
-                sw,
-                bw,
+            QMatVecParams {
+                rows: rows as u32,
+                cols: cols as u32,
+                row_base: 0,
+                flags: x_flags(bench, q.bits),
+                x_offset: 0,
+                scales_word: sw,
+                biases_word: bw,
                 team,
-            ],
+            }
+            .words(),
             &sets,
             kernels::qmatvec_groups(rows as u32, team, rpt),
             (4 * copies as u32).max(200),
@@ -277,23 +285,34 @@ fn experts(
             Some(q.scale_dtype),
             quant,
             rpt_gu,
-            &[
-                hidden as u32,
-                inter as u32,
-                0,
-                k as u32,
+            MoeGateUpQParams {
+                hidden: hidden as u32,
+                inter: inter as u32,
+                assign_base: 0,
+                n_assign: k as u32,
                 slot_words,
-                gq,
-                gs,
-                gb,
-                uq,
-                us,
-                ub,
+                gate_q: gq,
+                gate_s: gs,
+                gate_b: gb,
+                up_q: uq,
+                up_s: us,
+                up_b: ub,
                 team,
                 // x as decode reads it (8+8-bit for 2 to 6 bits, else interleaved), h
                 // interleaved or in quads.
-                if q8_x(bench, q.bits) { 0b110 } else { 0b11 } | if quad_h { 0b1000 } else { 0 },
-            ],
+                flags: if q8_x(bench, q.bits) {
+                    MoeGateUpQParams::X_Q8
+                } else {
+                    MoeGateUpQParams::X_INTERLEAVED
+                } | MoeGateUpQParams::H_INTERLEAVED
+                    | if quad_h {
+                        MoeGateUpQParams::H_QUAD_Q8
+                    } else {
+                        0
+                    },
+                ..Default::default()
+            }
+            .words(),
             &sets,
             kernels::moe_gate_up_q_groups(inter as u32, k as u32, team, rpt_gu),
             iters,
@@ -334,18 +353,25 @@ fn experts(
             Some(q.scale_dtype),
             quant,
             rpt_d,
-            &[
-                hidden as u32,
-                inter as u32,
-                0,
-                k as u32,
+            MoeDownQParams {
+                hidden: hidden as u32,
+                inter: inter as u32,
+                assign_base: 0,
+                n_assign: k as u32,
                 slot_words,
-                dq,
-                ds,
-                db,
+                down_q: dq,
+                down_s: ds,
+                down_b: db,
                 team,
-                if quad_h { 2 } else { 1 }, // h in quads or interleaved, as in decode
-            ],
+                // h in quads or interleaved, as in decode
+                flags: if quad_h {
+                    MoeDownQParams::H_QUAD_Q8
+                } else {
+                    MoeDownQParams::H_INTERLEAVED
+                },
+                ..Default::default()
+            }
+            .words(),
             &sets,
             kernels::moe_down_q_groups(hidden as u32, k as u32, team, rpt_d),
             iters,

@@ -17,6 +17,7 @@ struct Params {
     scale: f32,
     chunk: u32,
     n_splits: u32,
+    pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -26,6 +26,8 @@ struct Params {
     n_kv_heads: u32,
     head_dim: u32,
     scale: f32,
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -2,6 +2,9 @@
 // benchmarks report kernel throughput against.
 struct Params {
     n: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -35,6 +35,7 @@ struct Params {
     v_offset: u32,
     sin_offset: u32,
     q_head_stride: u32, // floats from one query head to the next in x
+    pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

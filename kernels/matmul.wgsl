@@ -8,6 +8,8 @@ struct Params {
     row_base: u32,
     out_stride: u32,
     flags: u32, // bit 0: add bias, bit 1: add residual
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -6,6 +6,9 @@ struct Params {
     row_base: u32,
     flags: u32, // bit 0: add bias, bit 1: add residual
     x_offset: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -4,6 +4,7 @@ struct Params {
     hidden: u32,
     n_tokens: u32,
     top_k: u32,
+    pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -8,6 +8,8 @@ struct Params {
     n_assign: u32,
     down_off: u32,   // element offset of the down tensor inside a slot
     slot_elems: u32, // elements per slot (even)
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

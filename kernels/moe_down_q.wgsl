@@ -27,6 +27,8 @@ struct Params {
     down_b: u32,
     team: u32,
     flags: u32, // bit 0: h rows interleaved, bit 1: h rows in the quad 8+8-bit layout
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -19,6 +19,7 @@ struct Params {
     down_q: u32,
     down_s: u32,
     down_b: u32,
+    pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

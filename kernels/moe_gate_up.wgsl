@@ -9,6 +9,7 @@ struct Params {
     gate_off: u32,   // element offset of the gate tensor inside a slot
     up_off: u32,     // element offset of the up tensor inside a slot
     slot_elems: u32, // elements per slot (even)
+    pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

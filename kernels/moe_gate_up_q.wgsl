@@ -34,6 +34,9 @@ struct Params {
     // bit 0: x rows interleaved, bit 1: write h rows interleaved, bit 2: x 8+8-bit,
     // bit 3: write h rows in the quad 8+8-bit layout
     flags: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

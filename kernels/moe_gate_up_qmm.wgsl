@@ -23,6 +23,8 @@ struct Params {
     up_q: u32,
     up_s: u32,
     up_b: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

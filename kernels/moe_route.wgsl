@@ -24,6 +24,7 @@ struct Params {
     log_base: u32,  // where this layer's chosen ids go in route_log (after the miss flags)
     n_experts: u32,
     norm_topk: u32,
+    pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

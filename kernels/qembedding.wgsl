@@ -9,6 +9,8 @@ struct Params {
     row_count: u32,
     scales_word: u32,
     biases_word: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -22,6 +22,8 @@ struct Params {
     x_offset: u32,
     y_offset: u32,
     flags: u32,
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

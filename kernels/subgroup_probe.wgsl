@@ -4,6 +4,9 @@
 // reductions only if every invocation saw the same power of two from 4 to 64.
 struct Params {
     n: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

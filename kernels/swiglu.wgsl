@@ -1,6 +1,9 @@
 // SwiGLU activation of a dense MLP: out = silu(gate) * up, silu(g) = g / (1 + exp(-g)).
 struct Params {
     n: u32,
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -7,6 +7,7 @@ struct Params {
     n_vocab: u32,
     chunk: u32,
     n_top: u32,
+    pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

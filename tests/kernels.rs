@@ -22,6 +22,12 @@
 //! There is no skipping: without a GPU adapter every test fails (CI runs lavapipe).
 
 use moestream::gpu::kernels::{attention_tiled_groups, Kernel};
+use moestream::gpu::params::{
+    AttentionMergeParams, AttentionParams, AttentionSplitParams, CopyParams, EmbeddingParams,
+    HeadNormRopeParams, MatMulParams, MatVecParams, MoeCombineParams, MoeDownParams,
+    MoeGateUpParams, MoeRouteParams, RmsNormParams, RouterParams, SharedSwiGluParams,
+    SigmoidGateParams, SubgroupProbeParams, SwiGluParams, TopKParams,
+};
 use moestream::reference;
 use moestream::{DType, ExpertLayout};
 
@@ -215,7 +221,12 @@ fn metric_catches_a_1e3_error() {
     let out = run(
         Kernel::MatVec,
         Some(DType::BF16),
-        &[rows as u32, cols as u32, 0, 0, 0],
+        MatVecParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            ..Default::default()
+        }
+        .words(),
         &[&wb, &f32_bytes(&x), &[], &[], &f32_bytes(&y0)],
         grid(rows),
     );
@@ -312,12 +323,13 @@ fn embedding() {
                     let out = run(
                         Kernel::Embedding,
                         Some(dtype),
-                        &[
-                            hidden as u32,
-                            n_tokens as u32,
-                            row_start as u32,
-                            row_count as u32,
-                        ],
+                        EmbeddingParams {
+                            hidden: hidden as u32,
+                            n_tokens: n_tokens as u32,
+                            row_start: row_start as u32,
+                            row_count: row_count as u32,
+                        }
+                        .words(),
                         &[&u32_bytes(&ids), &tb, &f32_bytes(&before)],
                         groups,
                     );
@@ -373,7 +385,13 @@ fn embedding_special_values() {
             let out = run(
                 Kernel::Embedding,
                 Some(dtype),
-                &[hidden as u32, rows as u32, 0, rows as u32],
+                EmbeddingParams {
+                    hidden: hidden as u32,
+                    n_tokens: rows as u32,
+                    row_start: 0,
+                    row_count: rows as u32,
+                }
+                .words(),
                 &[&u32_bytes(&ids), &table_bytes, &f32_bytes(&before)],
                 grid((rows * hidden).div_ceil(64)),
             );
@@ -439,14 +457,20 @@ fn rmsnorm() {
                 let out = run(
                     Kernel::RmsNorm,
                     None,
-                    &[
-                        n as u32,
-                        rows as u32,
-                        eps.to_bits(),
-                        x_offset as u32,
-                        y_offset as u32,
-                        if il { 3 } else { 0 },
-                    ],
+                    RmsNormParams {
+                        n: n as u32,
+                        rows: rows as u32,
+                        eps,
+                        x_offset: x_offset as u32,
+                        y_offset: y_offset as u32,
+                        flags: if il {
+                            RmsNormParams::INTERLEAVED | RmsNormParams::Q8
+                        } else {
+                            0
+                        },
+                        ..Default::default()
+                    }
+                    .words(),
                     &[
                         &f32_bytes(&x),
                         &f32_bytes(&w),
@@ -557,13 +581,15 @@ fn matvec() {
                     let out = run(
                         Kernel::MatVec,
                         Some(dtype),
-                        &[
-                            rows as u32,
-                            cols as u32,
-                            row_base as u32,
+                        MatVecParams {
+                            rows: rows as u32,
+                            cols: cols as u32,
+                            row_base: row_base as u32,
                             flags,
-                            x_offset as u32,
-                        ],
+                            x_offset: x_offset as u32,
+                            ..Default::default()
+                        }
+                        .words(),
                         &[
                             &wb,
                             &f32_bytes(&x),
@@ -635,14 +661,16 @@ fn matmul() {
                     let out = run(
                         Kernel::MatMul,
                         Some(dtype),
-                        &[
-                            rows as u32,
-                            cols as u32,
-                            tokens as u32,
-                            row_base as u32,
-                            out_stride as u32,
+                        MatMulParams {
+                            rows: rows as u32,
+                            cols: cols as u32,
+                            n_tokens: tokens as u32,
+                            row_base: row_base as u32,
+                            out_stride: out_stride as u32,
                             flags,
-                        ],
+                            ..Default::default()
+                        }
+                        .words(),
                         &[
                             &wb,
                             &f32_bytes(&x),
@@ -748,23 +776,25 @@ fn head_norm_rope() {
             run(
                 Kernel::HeadNormRope,
                 kv,
-                &[
-                    n as u32,
-                    hd as u32,
-                    (rd / 2) as u32,
-                    pos0 as u32,
-                    eps.to_bits(),
-                    x_stride as u32,
-                    nq as u32,
-                    q_offset as u32,
-                    nk as u32,
-                    k_offset as u32,
-                    k_out as u32,
-                    u32::from(copy_v),
-                    v_offset as u32,
-                    cos.len() as u32,
-                    q_head_stride as u32,
-                ],
+                HeadNormRopeParams {
+                    n_tokens: n as u32,
+                    head_dim: hd as u32,
+                    rotary_half: (rd / 2) as u32,
+                    pos0: pos0 as u32,
+                    eps,
+                    x_stride: x_stride as u32,
+                    q_heads: nq as u32,
+                    q_offset: q_offset as u32,
+                    k_heads: nk as u32,
+                    k_offset: k_offset as u32,
+                    k_out: k_out as u32,
+                    copy_v: u32::from(copy_v),
+                    v_offset: v_offset as u32,
+                    sin_offset: cos.len() as u32,
+                    q_head_stride: q_head_stride as u32,
+                    ..Default::default()
+                }
+                .words(),
                 &[
                     &f32_bytes(&rows_in),
                     &f32_bytes(&wq),
@@ -926,14 +956,16 @@ fn attention() {
             let out = run(
                 kernel,
                 f16.then_some(DType::F16),
-                &[
-                    n as u32,
-                    pos0 as u32,
-                    nh as u32,
-                    nkv as u32,
-                    hd as u32,
-                    scale.to_bits(),
-                ],
+                AttentionParams {
+                    n_tokens: n as u32,
+                    pos0: pos0 as u32,
+                    n_heads: nh as u32,
+                    n_kv_heads: nkv as u32,
+                    head_dim: hd as u32,
+                    scale,
+                    ..Default::default()
+                }
+                .words(),
                 &[&f32_bytes(&q), &k_bytes, &v_bytes, &f32_bytes(&before)],
                 groups,
             );
@@ -1014,15 +1046,17 @@ fn attention_split_and_merge() {
             let out = run(
                 Kernel::AttentionSplit,
                 f16.then_some(DType::F16),
-                &[
-                    pos0 as u32,
-                    nh as u32,
-                    nkv as u32,
-                    hd as u32,
-                    scale.to_bits(),
+                AttentionSplitParams {
+                    pos0: pos0 as u32,
+                    n_heads: nh as u32,
+                    n_kv_heads: nkv as u32,
+                    head_dim: hd as u32,
+                    scale,
                     chunk,
-                    splits,
-                ],
+                    n_splits: splits,
+                    ..Default::default()
+                }
+                .words(),
                 &[&f32_bytes(&q), &k_bytes, &v_bytes, &f32_bytes(&part)],
                 (nh as u32, splits),
             );
@@ -1034,7 +1068,17 @@ fn attention_split_and_merge() {
                 let merged = run(
                     Kernel::AttentionMerge,
                     None,
-                    &[nh as u32, hd as u32, splits, u32::from(il)],
+                    AttentionMergeParams {
+                        n_heads: nh as u32,
+                        head_dim: hd as u32,
+                        n_splits: splits,
+                        flags: if il {
+                            AttentionMergeParams::INTERLEAVED
+                        } else {
+                            0
+                        },
+                    }
+                    .words(),
                     &[&out[3], &f32_bytes(&before)],
                     attention_merge_groups(nh as u32, hd as u32),
                 );
@@ -1090,12 +1134,13 @@ fn check_router(
     let out = run(
         Kernel::Router,
         None,
-        &[
-            n_experts as u32,
-            top_k as u32,
-            u32::from(norm),
-            n_tokens as u32,
-        ],
+        RouterParams {
+            n_experts: n_experts as u32,
+            top_k: top_k as u32,
+            norm_topk: u32::from(norm),
+            n_tokens: n_tokens as u32,
+        }
+        .words(),
         &[&f32_bytes(logits), &u32_bytes(&ids0), &f32_bytes(&w0)],
         groups,
     );
@@ -1188,7 +1233,11 @@ fn swiglu() {
             let out = run(
                 Kernel::SwiGlu,
                 None,
-                &[n as u32],
+                SwiGluParams {
+                    n: n as u32,
+                    ..Default::default()
+                }
+                .words(),
                 &[&f32_bytes(&gate), &f32_bytes(&up), &f32_bytes(&before)],
                 groups,
             );
@@ -1231,7 +1280,7 @@ fn sigmoid_gate() {
                 want[t * width + i] *= 1.0 / (1.0 + (-g[gi]).exp());
             }
         }
-        let p = moestream::gpu::params::SigmoidGateParams {
+        let p = SigmoidGateParams {
             n: n as u32,
             width: width as u32,
             head_dim: hd as u32,
@@ -1292,7 +1341,7 @@ fn shared_swiglu() {
                 want.push(reference::silu(gv) * u[t * us + uo + i] * gate);
             }
         }
-        let p = moestream::gpu::params::SharedSwiGluParams {
+        let p = SharedSwiGluParams {
             n: n as u32,
             inter: inter as u32,
             g_stride: gs as u32,
@@ -1417,15 +1466,17 @@ fn moe_gate_up() {
                 let out = run(
                     Kernel::MoeGateUp,
                     Some(dtype),
-                    &[
-                        hidden as u32,
-                        inter as u32,
-                        base as u32,
-                        count as u32,
-                        pg.offs[0],
-                        pg.offs[1],
-                        pg.slot_elems,
-                    ],
+                    MoeGateUpParams {
+                        hidden: hidden as u32,
+                        inter: inter as u32,
+                        assign_base: base as u32,
+                        n_assign: count as u32,
+                        gate_off: pg.offs[0],
+                        up_off: pg.offs[1],
+                        slot_elems: pg.slot_elems,
+                        ..Default::default()
+                    }
+                    .words(),
                     &[
                         &pg.bytes,
                         &f32_bytes(&x),
@@ -1476,14 +1527,16 @@ fn moe_down() {
                 let out = run(
                     Kernel::MoeDown,
                     Some(dtype),
-                    &[
-                        hidden as u32,
-                        inter as u32,
-                        base as u32,
-                        count as u32,
-                        pg.offs[2],
-                        pg.slot_elems,
-                    ],
+                    MoeDownParams {
+                        hidden: hidden as u32,
+                        inter: inter as u32,
+                        assign_base: base as u32,
+                        n_assign: count as u32,
+                        down_off: pg.offs[2],
+                        slot_elems: pg.slot_elems,
+                        ..Default::default()
+                    }
+                    .words(),
                     &[
                         &pg.bytes,
                         &f32_bytes(&h),
@@ -1542,7 +1595,13 @@ fn moe_combine() {
             let out = run(
                 Kernel::MoeCombine,
                 None,
-                &[hidden as u32, n_tokens as u32, top_k as u32],
+                MoeCombineParams {
+                    hidden: hidden as u32,
+                    n_tokens: n_tokens as u32,
+                    top_k: top_k as u32,
+                    ..Default::default()
+                }
+                .words(),
                 &[
                     &f32_bytes(&resid),
                     &f32_bytes(&o),
@@ -1578,7 +1637,12 @@ fn grid_past_65535_workgroups() {
     let out = run(
         Kernel::MatVec,
         Some(dtype),
-        &[rows as u32, 1, 0, 0, 0],
+        MatVecParams {
+            rows: rows as u32,
+            cols: 1,
+            ..Default::default()
+        }
+        .words(),
         &[&wb, &f32_bytes(&x), &[], &[], &f32_bytes(&before)],
         g,
     );
@@ -1628,7 +1692,11 @@ fn copy() {
             let out = run(
                 kernel,
                 None,
-                &[n as u32],
+                CopyParams {
+                    n: n as u32,
+                    ..Default::default()
+                }
+                .words(),
                 &[&u32_bytes(&src), &u32_bytes(&before)],
                 groups,
             );
@@ -1690,7 +1758,13 @@ fn moe_route() {
                 let routed = run(
                     Kernel::Router,
                     None,
-                    &[ne as u32, top_k as u32, u32::from(norm), 1],
+                    RouterParams {
+                        n_experts: ne as u32,
+                        top_k: top_k as u32,
+                        norm_topk: u32::from(norm),
+                        n_tokens: 1,
+                    }
+                    .words(),
                     &[
                         &f32_bytes(&logits),
                         &u32_bytes(&vec![0u32; top_k]),
@@ -1722,19 +1796,21 @@ fn moe_route() {
                 let out = run(
                     kernel,
                     None,
-                    &[
-                        top_k as u32,
-                        (layer * ne) as u32,
-                        layer as u32,
-                        spp,
-                        pages as u32,
+                    MoeRouteParams {
+                        top_k: top_k as u32,
+                        table_base: (layer * ne) as u32,
+                        layer: layer as u32,
+                        slots_per_page: spp,
+                        n_pages: pages as u32,
                         gate_up_x,
                         down_x,
                         page_mask,
-                        (n_layers + layer * top_k) as u32,
-                        ne as u32,
-                        u32::from(norm),
-                    ],
+                        log_base: (n_layers + layer * top_k) as u32,
+                        n_experts: ne as u32,
+                        norm_topk: u32::from(norm),
+                        ..Default::default()
+                    }
+                    .words(),
                     &[
                         &f32_bytes(&logits),
                         &u32_bytes(&table),
@@ -1836,7 +1912,13 @@ fn topk() {
         let out = run(
             Kernel::TopK,
             None,
-            &[vocab as u32, chunk, n as u32],
+            TopKParams {
+                n_vocab: vocab as u32,
+                chunk,
+                n_top: n as u32,
+                ..Default::default()
+            }
+            .words(),
             &[&f32_bytes(&logits), &u32_bytes(&out0)],
             (groups as u32, 1),
         );
@@ -1893,7 +1975,11 @@ fn subgroup_probe() {
         Kernel::SubgroupProbe,
         None,
         None,
-        &[64],
+        SubgroupProbeParams {
+            n: 64,
+            ..Default::default()
+        }
+        .words(),
         &[&u32_bytes(&[0; 64])],
         (1, 1),
     );
@@ -1904,7 +1990,11 @@ fn subgroup_probe() {
         Kernel::SubgroupProbe,
         None,
         None,
-        &[5],
+        SubgroupProbeParams {
+            n: 5,
+            ..Default::default()
+        }
+        .words(),
         &[&u32_bytes(&[7; 64])],
         (1, 1),
     );

@@ -23,10 +23,7 @@
 use moestream::gpu::kernels::{
     conv1d_silu_groups, gated_delta_net_groups, gated_rmsnorm_groups, Kernel,
 };
-use moestream::gpu::params::{
-    Conv1dSiluParams, GatedDeltaNetParams, GatedRmsNormParams, SharedSwiGluParams,
-    SigmoidGateParams,
-};
+use moestream::gpu::params::{Conv1dSiluParams, GatedDeltaNetParams, GatedRmsNormParams};
 use moestream::gpu::testing::KernelRunner;
 use moestream::reference::{self, DeltaNetShape};
 
@@ -246,89 +243,6 @@ fn shape(hk: usize, hv: usize, dk: usize, dv: usize) -> DeltaNetShape {
 const TAIL: usize = 5;
 
 // ---------------------------------------------------------------------------------------
-// Parameters.
-
-/// Each typed parameter struct has its kernel's WGSL `Params` struct's fields, in order, at
-/// the same offsets, and its size (naga's layout of the uniform).
-#[test]
-fn params_structs_match_the_wgsl_uniforms() {
-    fn check(kernel: Kernel, fields: &[&str], size: usize) {
-        let src = kernel.source();
-        let module = naga::front::wgsl::parse_str(&src)
-            .unwrap_or_else(|e| panic!("{}: {}", kernel.name(), e.emit_to_string(&src)));
-        let mut layouter = naga::proc::Layouter::default();
-        layouter.update(module.to_ctx()).expect("layout");
-        let (_, uniform) = module
-            .global_variables
-            .iter()
-            .find(|(_, g)| g.space == naga::AddressSpace::Uniform)
-            .unwrap_or_else(|| panic!("{}: no uniform", kernel.name()));
-        let naga::TypeInner::Struct { members, span } = &module.types[uniform.ty].inner else {
-            panic!("{}: the uniform is not a struct", kernel.name());
-        };
-        let names: Vec<&str> = members
-            .iter()
-            .map(|m| m.name.as_deref().unwrap_or("?"))
-            .collect();
-        assert_eq!(names, fields, "{}: field names", kernel.name());
-        for (i, m) in members.iter().enumerate() {
-            assert_eq!(
-                m.offset as usize,
-                4 * i,
-                "{}: offset of {names:?}[{i}]",
-                kernel.name()
-            );
-            let scalar = matches!(
-                module.types[m.ty].inner,
-                naga::TypeInner::Scalar(naga::Scalar {
-                    kind: naga::ScalarKind::Uint | naga::ScalarKind::Float,
-                    width: 4
-                })
-            );
-            assert!(
-                scalar,
-                "{}: field {} is not a u32 or f32",
-                kernel.name(),
-                names[i]
-            );
-        }
-        assert_eq!(*span as usize, size, "{}: struct size", kernel.name());
-        assert_eq!(
-            layouter[uniform.ty].size as usize,
-            size,
-            "{}",
-            kernel.name()
-        );
-        assert_eq!(size % 16, 0, "{}: not padded to 16 bytes", kernel.name());
-        assert_eq!(interface(kernel).0, fields.len(), "{}", kernel.name());
-    }
-    check(
-        Conv1dSiluParams::KERNEL,
-        Conv1dSiluParams::FIELDS,
-        std::mem::size_of::<Conv1dSiluParams>(),
-    );
-    check(
-        GatedDeltaNetParams::KERNEL,
-        GatedDeltaNetParams::FIELDS,
-        std::mem::size_of::<GatedDeltaNetParams>(),
-    );
-    check(
-        GatedRmsNormParams::KERNEL,
-        GatedRmsNormParams::FIELDS,
-        std::mem::size_of::<GatedRmsNormParams>(),
-    );
-    check(
-        SigmoidGateParams::KERNEL,
-        SigmoidGateParams::FIELDS,
-        std::mem::size_of::<SigmoidGateParams>(),
-    );
-    check(
-        SharedSwiGluParams::KERNEL,
-        SharedSwiGluParams::FIELDS,
-        std::mem::size_of::<SharedSwiGluParams>(),
-    );
-}
-
 // ---------------------------------------------------------------------------------------
 // conv1d_silu.
 

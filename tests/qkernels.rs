@@ -31,6 +31,10 @@
 //! There is no skipping: without a GPU adapter every test fails (CI runs lavapipe).
 
 use moestream::gpu::kernels::{self, Kernel};
+use moestream::gpu::params::{
+    MoeDownQParams, MoeDownQmmParams, MoeGateUpQParams, MoeGateUpQmmParams, QEmbeddingParams,
+    QMatMulParams, QMatVecParams,
+};
 use moestream::gpu::testing::{self, KernelRunner};
 use moestream::reference;
 use moestream::{AffineQuant, DType, ExpertLayout, WeightFormat};
@@ -93,16 +97,17 @@ fn qmatvec_plain(
     let out = run(
         Kernel::QMatVec,
         &m.q,
-        &[
-            rows as u32,
-            cols as u32,
-            0,
+        QMatVecParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            row_base: 0,
             flags,
             x_offset,
-            m.scales_word,
-            m.biases_word,
-            runner().team(cols),
-        ],
+            scales_word: m.scales_word,
+            biases_word: m.biases_word,
+            team: runner().team(cols),
+        }
+        .words(),
         &[
             &m.bytes,
             x,
@@ -540,16 +545,17 @@ fn qmatvec() {
                             Some(q.scale_dtype),
                             Some((q.bits, q.group_size)),
                             rpt,
-                            &[
-                                rows as u32,
-                                cols as u32,
-                                row_base as u32,
+                            QMatVecParams {
+                                rows: rows as u32,
+                                cols: cols as u32,
+                                row_base: row_base as u32,
                                 flags,
-                                x_offset as u32,
-                                m.scales_word,
-                                m.biases_word,
-                                *team,
-                            ],
+                                x_offset: x_offset as u32,
+                                scales_word: m.scales_word,
+                                biases_word: m.biases_word,
+                                team: *team,
+                            }
+                            .words(),
                             &[
                                 &m.bytes,
                                 &x_bytes.unwrap_or_else(|| f32_bytes(&x)),
@@ -593,16 +599,15 @@ fn qmatvec_grid_past_65535_workgroups() {
         portable_runner(),
         Kernel::QMatVec,
         &q,
-        &[
-            rows as u32,
-            cols as u32,
-            0,
-            0,
-            0,
-            m.scales_word,
-            m.biases_word,
-            64,
-        ],
+        QMatVecParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            scales_word: m.scales_word,
+            biases_word: m.biases_word,
+            team: 64,
+            ..Default::default()
+        }
+        .words(),
         &[
             &m.bytes,
             &f32_bytes(&x),
@@ -674,18 +679,20 @@ fn quad_h_with_8_bit_down_is_loud() {
         Some(q.scale_dtype),
         Some((q.bits, q.group_size)),
         2,
-        &[
-            hidden as u32,
-            inter as u32,
-            0,
-            1,
-            pg.slot_words,
-            d[0],
-            d[1],
-            d[2],
+        MoeDownQParams {
+            hidden: hidden as u32,
+            inter: inter as u32,
+            assign_base: 0,
+            n_assign: 1,
+            slot_words: pg.slot_words,
+            down_q: d[0],
+            down_s: d[1],
+            down_b: d[2],
             team,
-            2,
-        ],
+            flags: MoeDownQParams::H_QUAD_Q8,
+            ..Default::default()
+        }
+        .words(),
         &[
             &pg.bytes,
             &u32_bytes(&words),
@@ -801,16 +808,17 @@ fn qmatmul() {
                 let out = run(
                     Kernel::QMatMul,
                     &q,
-                    &[
-                        rows as u32,
-                        cols as u32,
-                        n_tokens as u32,
-                        row_base as u32,
-                        out_stride as u32,
+                    QMatMulParams {
+                        rows: rows as u32,
+                        cols: cols as u32,
+                        n_tokens: n_tokens as u32,
+                        row_base: row_base as u32,
+                        out_stride: out_stride as u32,
                         flags,
-                        m.scales_word,
-                        m.biases_word,
-                    ],
+                        scales_word: m.scales_word,
+                        biases_word: m.biases_word,
+                    }
+                    .words(),
                     &[
                         &m.bytes,
                         &f32_bytes(&x),
@@ -874,14 +882,16 @@ fn qembedding() {
                         let out = run(
                             Kernel::QEmbedding,
                             &q,
-                            &[
-                                hidden as u32,
-                                n_tokens as u32,
-                                row_start as u32,
-                                row_count as u32,
-                                m.scales_word,
-                                m.biases_word,
-                            ],
+                            QEmbeddingParams {
+                                hidden: hidden as u32,
+                                n_tokens: n_tokens as u32,
+                                row_start: row_start as u32,
+                                row_count: row_count as u32,
+                                scales_word: m.scales_word,
+                                biases_word: m.biases_word,
+                                ..Default::default()
+                            }
+                            .words(),
                             &[&u32_bytes(&ids), &m.bytes, &f32_bytes(&before)],
                             groups,
                         );
@@ -1064,7 +1074,7 @@ fn moe_gate_up_q() {
                 if quad && !kernels::writes_quad_h(team, rpt) {
                     continue;
                 }
-                let flags = flags | if quad { 8 } else { 0 };
+                let flags = flags | if quad { MoeGateUpQParams::H_QUAD_Q8 } else { 0 };
                 let case = format!("{case} {rpt} rows per team flags {flags}");
                 let out = run_kernel_rows_on(
                     on,
@@ -1072,21 +1082,23 @@ fn moe_gate_up_q() {
                     Some(gu.scale_dtype),
                     Some((gu.bits, gu.group_size)),
                     rpt,
-                    &[
-                        hidden as u32,
-                        inter as u32,
-                        base as u32,
-                        count as u32,
-                        pg.slot_words,
-                        g[0],
-                        g[1],
-                        g[2],
-                        u[0],
-                        u[1],
-                        u[2],
+                    MoeGateUpQParams {
+                        hidden: hidden as u32,
+                        inter: inter as u32,
+                        assign_base: base as u32,
+                        n_assign: count as u32,
+                        slot_words: pg.slot_words,
+                        gate_q: g[0],
+                        gate_s: g[1],
+                        gate_b: g[2],
+                        up_q: u[0],
+                        up_s: u[1],
+                        up_b: u[2],
                         team,
                         flags,
-                    ],
+                        ..Default::default()
+                    }
+                    .words(),
                     &[
                         &pg.bytes,
                         &if q8 {
@@ -1195,18 +1207,20 @@ fn moe_down_q() {
                     Some(down.scale_dtype),
                     Some((down.bits, down.group_size)),
                     rpt,
-                    &[
-                        hidden as u32,
-                        inter as u32,
-                        base as u32,
-                        count as u32,
-                        pg.slot_words,
-                        d[0],
-                        d[1],
-                        d[2],
+                    MoeDownQParams {
+                        hidden: hidden as u32,
+                        inter: inter as u32,
+                        assign_base: base as u32,
+                        n_assign: count as u32,
+                        slot_words: pg.slot_words,
+                        down_q: d[0],
+                        down_s: d[1],
+                        down_b: d[2],
                         team,
                         flags,
-                    ],
+                        ..Default::default()
+                    }
+                    .words(),
                     &[
                         &pg.bytes,
                         h,
@@ -1310,18 +1324,20 @@ fn moe_gate_up_qmm() {
             let out = run(
                 Kernel::MoeGateUpQmm,
                 &gu,
-                &[
-                    hidden as u32,
-                    inter as u32,
+                MoeGateUpQmmParams {
+                    hidden: hidden as u32,
+                    inter: inter as u32,
                     tile_base,
-                    pg.slot_words,
-                    g[0],
-                    g[1],
-                    g[2],
-                    u[0],
-                    u[1],
-                    u[2],
-                ],
+                    slot_words: pg.slot_words,
+                    gate_q: g[0],
+                    gate_s: g[1],
+                    gate_b: g[2],
+                    up_q: u[0],
+                    up_s: u[1],
+                    up_b: u[2],
+                    ..Default::default()
+                }
+                .words(),
                 &[
                     &pg.bytes,
                     &f32_bytes(&x),
@@ -1373,15 +1389,17 @@ fn moe_down_qmm() {
             let out = run(
                 Kernel::MoeDownQmm,
                 &down,
-                &[
-                    hidden as u32,
-                    inter as u32,
+                MoeDownQmmParams {
+                    hidden: hidden as u32,
+                    inter: inter as u32,
                     tile_base,
-                    pg.slot_words,
-                    d[0],
-                    d[1],
-                    d[2],
-                ],
+                    slot_words: pg.slot_words,
+                    down_q: d[0],
+                    down_s: d[1],
+                    down_b: d[2],
+                    ..Default::default()
+                }
+                .words(),
                 &[
                     &pg.bytes,
                     &f32_bytes(&h),

@@ -4,10 +4,13 @@
 //! does at pipeline creation, and is translated to Metal Shading Language (what wgpu does
 //! on macOS) and SPIR-V (Vulkan). Workgroup sizes and workgroup memory are checked against
 //! WebGPU's default limits, and `kernels/` is checked to hold no kernel left untested.
+//! Every kernel's typed parameter struct (`moestream::gpu::params`) is checked against the
+//! WGSL `Params` uniform it fills.
 
 use std::collections::BTreeSet;
 
 use moestream::gpu::kernels::{Kernel, Variant};
+use moestream::gpu::params;
 use naga::back::{msl, spv};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use naga::{AddressSpace, Module, ShaderStage, StorageAccess};
@@ -600,4 +603,90 @@ fn checks_reject_what_webgpu_core_lacks() {
         "workgroup bytes (4097 * 4 -> 16400, 3 * 4 -> 16)"
     );
     assert!(workgroup_bytes(&module) > MAX_WORKGROUP_STORAGE);
+}
+
+/// Each kernel that declares a uniform has a typed parameter struct in
+/// `moestream::gpu::params` (`params::ALL`, found by `params::layout_of`) whose fields are
+/// the WGSL struct's, by name and in order, each of the same type (`u32` or `f32`) at the
+/// same offset,
+/// and whose size is the WGSL struct's (naga's layout), a multiple of 16 bytes; the uniform
+/// is binding 0 of group 0, where the recorder binds the parameters. And every struct of
+/// `params::ALL` serves a kernel.
+#[test]
+fn every_kernel_has_a_params_struct_matching_its_uniform() {
+    let mut checked = Vec::new();
+    for kernel in Kernel::ALL {
+        let name = kernel.name();
+        let variant = Variant::new(kernel.needs_subgroups(), false);
+        let src = kernel.source_for(variant);
+        let module = naga::front::wgsl::parse_str(&src)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).expect("layout");
+        let uniforms: Vec<_> = module
+            .global_variables
+            .iter()
+            .filter(|(_, g)| g.space == AddressSpace::Uniform)
+            .map(|(_, g)| g)
+            .collect();
+        let layout = params::layout_of(kernel);
+        let Some(uniform) = uniforms.first() else {
+            assert!(layout.is_none(), "{name}: a params struct but no uniform");
+            continue;
+        };
+        assert_eq!(uniforms.len(), 1, "{name}: one uniform");
+        assert_eq!(
+            uniform.binding,
+            Some(naga::ResourceBinding {
+                group: 0,
+                binding: 0
+            }),
+            "{name}: the uniform is not @group(0) @binding(0)"
+        );
+        let layout = layout.unwrap_or_else(|| {
+            panic!("{name}: declares a uniform but has no struct in gpu::params::ALL")
+        });
+        let naga::TypeInner::Struct { members, span } = &module.types[uniform.ty].inner else {
+            panic!("{name}: the uniform is not a struct");
+        };
+        let names: Vec<&str> = members
+            .iter()
+            .map(|m| m.name.as_deref().unwrap_or("?"))
+            .collect();
+        assert_eq!(
+            names, layout.fields,
+            "{name} / {}: field names",
+            layout.name
+        );
+        for (i, m) in members.iter().enumerate() {
+            assert_eq!(m.offset as usize, 4 * i, "{name}: offset of {}", names[i]);
+            let wgsl_type = match module.types[m.ty].inner {
+                naga::TypeInner::Scalar(naga::Scalar {
+                    kind: naga::ScalarKind::Uint,
+                    width: 4,
+                }) => "u32",
+                naga::TypeInner::Scalar(naga::Scalar {
+                    kind: naga::ScalarKind::Float,
+                    width: 4,
+                }) => "f32",
+                ref other => panic!("{name}: field {} is {other:?}, not a u32 or f32", names[i]),
+            };
+            assert_eq!(
+                layout.types[i], wgsl_type,
+                "{name} / {}: type of {}",
+                layout.name, names[i]
+            );
+        }
+        assert_eq!(*span as usize, layout.size, "{name}: struct size");
+        assert_eq!(layouter[uniform.ty].size as usize, layout.size, "{name}");
+        assert_eq!(layout.size % 16, 0, "{name}: not padded to 16 bytes");
+        checked.push(layout.name);
+    }
+    for l in params::ALL {
+        assert!(
+            checked.contains(&l.name),
+            "{}: serves no kernel of Kernel::ALL",
+            l.name
+        );
+    }
 }

@@ -1,11 +1,14 @@
 //! The softmax-attention block: q/k/v projections, per-head norm and RoPE into the KV
 //! cache, attention (split over key ranges for decode, tiled for prefill), o_proj.
 
-use super::pass::{bits, grid, Pass, XLayout};
+use super::pass::{grid, Pass, XLayout};
 use super::weights::{Attention, Qkv};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
-use crate::gpu::params::SigmoidGateParams;
+use crate::gpu::params::{
+    AttentionMergeParams, AttentionParams, AttentionSplitParams, HeadNormRopeParams,
+    SigmoidGateParams,
+};
 
 impl Pass<'_> {
     /// `h = x + o_proj(attention(input_norm(x)))`, writing this pass's keys and values into
@@ -53,7 +56,7 @@ impl Pass<'_> {
         let half = (spec.rotary_dim / 2) as u32;
         let kv_off = self.pos0 * nkv * hd;
         let (kc, vc) = self.state.kv(l)?;
-        let eps = bits(cfg.rms_norm_eps);
+        let eps = cfg.rms_norm_eps;
         // The KV cache's elements (f32 or f16): the dtype of the kernels that touch it.
         let kv_dtype = self.m.kv_cache_dtype;
         let [q_off, k_off, v_off] = offs.map(|o| o as u32);
@@ -66,26 +69,28 @@ impl Pass<'_> {
             vec![(qb, q_stride, nh, 0), (kb, kv_stride, 0, nkv)]
         };
         for (x, stride, q_heads, k_heads) in parts {
+            let p = HeadNormRopeParams {
+                n_tokens: n as u32,
+                head_dim: hd as u32,
+                rotary_half: half,
+                pos0: self.pos0 as u32,
+                eps,
+                x_stride: stride as u32,
+                q_heads: q_heads as u32,
+                q_offset: q_off,
+                k_heads: k_heads as u32,
+                k_offset: k_off,
+                k_out: kv_off as u32,
+                copy_v: u32::from(k_heads > 0),
+                v_offset: v_off,
+                sin_offset: s.rope_sin,
+                q_head_stride: q_head_stride as u32,
+                ..Default::default()
+            };
             self.rec.dispatch(
                 Kernel::HeadNormRope,
                 Some(kv_dtype),
-                &[
-                    n as u32,
-                    hd as u32,
-                    half,
-                    self.pos0 as u32,
-                    eps,
-                    stride as u32,
-                    q_heads as u32,
-                    q_off,
-                    k_heads as u32,
-                    k_off,
-                    kv_off as u32,
-                    u32::from(k_heads > 0),
-                    v_off,
-                    s.rope_sin,
-                    q_head_stride as u32,
-                ],
+                p.words(),
                 &[
                     x.into(),
                     a.q_norm.bind(),
@@ -117,30 +122,37 @@ impl Pass<'_> {
             // Decode: many workgroups over short key ranges, then one merge per head
             // (the split kernel reads heads as vec4s).
             let (chunk, splits) = kernels::attention_splits(self.pos0 as u32 + 1, nh as u32);
+            let p = AttentionSplitParams {
+                pos0: self.pos0 as u32,
+                n_heads: nh as u32,
+                n_kv_heads: nkv as u32,
+                head_dim: hd as u32,
+                scale,
+                chunk,
+                n_splits: splits,
+                ..Default::default()
+            };
             self.rec.dispatch(
                 Kernel::AttentionSplit,
                 Some(kv_dtype),
-                &[
-                    self.pos0 as u32,
-                    nh as u32,
-                    nkv as u32,
-                    hd as u32,
-                    bits(scale),
-                    chunk,
-                    splits,
-                ],
+                p.words(),
                 &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn_part).into()],
                 (nh as u32, splits),
             );
+            let p = AttentionMergeParams {
+                n_heads: nh as u32,
+                head_dim: hd as u32,
+                n_splits: splits,
+                flags: if o_layout == XLayout::Interleaved {
+                    AttentionMergeParams::INTERLEAVED
+                } else {
+                    0
+                },
+            };
             self.rec.dispatch(
                 Kernel::AttentionMerge,
                 None,
-                &[
-                    nh as u32,
-                    hd as u32,
-                    splits,
-                    u32::from(o_layout == XLayout::Interleaved),
-                ],
+                p.words(),
                 &[(&s.attn_part).into(), (&s.attn).into()],
                 kernels::attention_merge_groups(nh as u32, hd as u32),
             );
@@ -154,17 +166,19 @@ impl Pass<'_> {
             } else {
                 (Kernel::Attention, (nh as u32, n as u32))
             };
+            let p = AttentionParams {
+                n_tokens: n as u32,
+                pos0: self.pos0 as u32,
+                n_heads: nh as u32,
+                n_kv_heads: nkv as u32,
+                head_dim: hd as u32,
+                scale,
+                ..Default::default()
+            };
             self.rec.dispatch(
                 kernel,
                 kernel.uses_kv_cache().then_some(kv_dtype),
-                &[
-                    n as u32,
-                    self.pos0 as u32,
-                    nh as u32,
-                    nkv as u32,
-                    hd as u32,
-                    bits(scale),
-                ],
+                p.words(),
                 &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn).into()],
                 groups,
             );

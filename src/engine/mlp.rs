@@ -4,6 +4,7 @@ use super::pass::{grid, Pass, XLayout};
 use super::weights::{DenseMlp, FfnWeights, Layer};
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
+use crate::gpu::params::SwiGluParams;
 
 impl Pass<'_> {
     /// `x = h + ffn(post_norm(h))`: a dense MLP or the MoE block, as the layer's plan says.
@@ -34,10 +35,14 @@ impl Pass<'_> {
         self.linear(gate, self.input(gate, n, h), &s.mlp_g, None, None);
         self.linear(up, self.input(up, n, h), &s.mlp_u, None, None);
         let len = n * gate.rows;
+        let p = SwiGluParams {
+            n: len as u32,
+            ..Default::default()
+        };
         self.rec.dispatch(
             Kernel::SwiGlu,
             None,
-            &[len as u32],
+            p.words(),
             &[(&s.mlp_g).into(), (&s.mlp_u).into(), (&s.mlp_a).into()],
             grid(len.div_ceil(64)),
         );

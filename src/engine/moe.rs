@@ -8,7 +8,10 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
-use crate::gpu::params::SharedSwiGluParams;
+use crate::gpu::params::{
+    MoeCombineParams, MoeDownParams, MoeDownQParams, MoeDownQmmParams, MoeGateUpParams,
+    MoeGateUpQParams, MoeGateUpQmmParams, MoeRouteParams, RouterParams, SharedSwiGluParams,
+};
 use crate::gpu::Size;
 use crate::model::ModelInner;
 use crate::store::{ExpertLayout, ExpertTensor};
@@ -133,15 +136,16 @@ impl<'a> Pass<'a> {
             // The routing kernel routes from the logits itself.
             return self.moe_resident(l, spec, resid);
         }
+        let p = RouterParams {
+            n_experts: ne as u32,
+            top_k: k as u32,
+            norm_topk: u32::from(spec.norm_topk_prob),
+            n_tokens: n as u32,
+        };
         self.rec.dispatch(
             Kernel::Router,
             None,
-            &[
-                ne as u32,
-                k as u32,
-                u32::from(spec.norm_topk_prob),
-                n as u32,
-            ],
+            p.words(),
             &[
                 (&s.router_logits).into(),
                 (&s.route_ids).into(),
@@ -188,8 +192,8 @@ impl<'a> Pass<'a> {
         // tiles of each expert's assignments (one weight read per tile of up to 32 instead
         // of one per assignment; with fewer, the per-assignment mat-vecs are faster).
         let tiled = n * k >= TILED_EXPERT_ASSIGNMENTS * ne
-            && kernels.gate_up.2.is_some()
-            && kernels.down.2.is_some();
+            && kernels.gate_up.quant().is_some()
+            && kernels.down.quant().is_some();
         let mut tiles: Vec<u32> = Vec::new();
         let mut state = cache.lock();
         let group_size = state.policy.slots();
@@ -260,10 +264,16 @@ impl<'a> Pass<'a> {
         m.gpu
             .queue
             .write_buffer(&s.route, 0, bytemuck::cast_slice(&route));
+        let p = MoeCombineParams {
+            hidden: hs,
+            n_tokens: n as u32,
+            top_k: k as u32,
+            ..Default::default()
+        };
         self.rec.dispatch(
             Kernel::MoeCombine,
             None,
-            &[hs, n as u32, k as u32],
+            p.words(),
             &[
                 resid.into(),
                 (&s.moe_o).into(),
@@ -290,37 +300,25 @@ impl<'a> Pass<'a> {
         let s = self.s;
         let cfg = &self.m.cfg;
         let (hs, is) = (cfg.hidden_size as u32, kernels.inter as u32);
-        let (kernel, wdt, quant, tail) = &kernels.gate_up;
+        let quant = kernels.gate_up.quant();
+        let down_quant = kernels.down.quant();
         // Quantized kernels read a decode token's x interleaved, and write h interleaved
         // when the down projection is quantized too.
         let x_layout = match quant {
             Some((bits, _)) if interleaves(self.n, cfg.hidden_size) => {
-                XLayout::for_bits(*bits, self.m.f32_activations)
+                XLayout::for_bits(bits, self.m.f32_activations)
             }
             _ => XLayout::Natural,
         };
-        let h_il = quant.is_some() && kernels.down.2.is_some();
-        let mut params = vec![hs, is, start, count];
-        params.extend_from_slice(tail);
+        let h_il = quant.is_some() && down_quant.is_some();
         let (h, i) = (cfg.hidden_size, kernels.inter);
         let (rpt, team, groups) = expert_grid(self.m, quant.is_some(), i, h, count);
         // A 2- to 6-bit down projection reads h in the quad 8+8-bit layout (integer dot
         // products), where gate/up's workgroups compute whole quads.
         let h_quads = h_il
             && !self.m.f32_activations
-            && matches!(kernels.down.2, Some((bits, _)) if kernels::reads_q8_activations(bits))
+            && matches!(down_quant, Some((bits, _)) if kernels::reads_q8_activations(bits))
             && kernels::writes_quad_h(team, rpt);
-        if quant.is_some() {
-            let x_flags = match x_layout {
-                XLayout::Natural => 0,
-                XLayout::Interleaved => 1,
-                XLayout::Q8 => 4,
-            };
-            params.extend([
-                team,
-                x_flags | (u32::from(h_il) << 1) | (u32::from(h_quads) << 3),
-            ]);
-        }
         let mut binds = vec![
             page.into(),
             s.row_in(x_layout).into(),
@@ -335,22 +333,83 @@ impl<'a> Pass<'a> {
             None => Size::Direct(groups),
             Some((args, at)) => Size::Indirect(args, at + skip),
         };
-        self.rec.dispatch_sized(
-            *kernel,
-            Some(*wdt),
-            *quant,
-            rpt,
-            &params,
-            &binds,
-            size(groups, 0),
-        );
-        let (kernel, wdt, quant, tail) = &kernels.down;
-        let mut params = vec![hs, is, start, count];
-        params.extend_from_slice(tail);
-        let (rpt, team, groups) = expert_grid(self.m, quant.is_some(), h, i, count);
-        if quant.is_some() {
-            params.extend([team, if h_quads { 2 } else { u32::from(h_il) }]);
+        match kernels.gate_up {
+            GateUpSlot::Float {
+                dtype,
+                gate_off,
+                up_off,
+                slot_elems,
+            } => {
+                let p = MoeGateUpParams {
+                    hidden: hs,
+                    inter: is,
+                    assign_base: start,
+                    n_assign: count,
+                    gate_off,
+                    up_off,
+                    slot_elems,
+                    ..Default::default()
+                };
+                self.rec.dispatch_sized(
+                    Kernel::MoeGateUp,
+                    Some(dtype),
+                    None,
+                    rpt,
+                    p.words(),
+                    &binds,
+                    size(groups, 0),
+                );
+            }
+            GateUpSlot::Quant {
+                scale_dtype,
+                quant,
+                slot_words,
+                gate,
+                up,
+            } => {
+                let x_flags = match x_layout {
+                    XLayout::Natural => 0,
+                    XLayout::Interleaved => MoeGateUpQParams::X_INTERLEAVED,
+                    XLayout::Q8 => MoeGateUpQParams::X_Q8,
+                };
+                let p = MoeGateUpQParams {
+                    hidden: hs,
+                    inter: is,
+                    assign_base: start,
+                    n_assign: count,
+                    slot_words,
+                    gate_q: gate[0],
+                    gate_s: gate[1],
+                    gate_b: gate[2],
+                    up_q: up[0],
+                    up_s: up[1],
+                    up_b: up[2],
+                    team,
+                    flags: x_flags
+                        | if h_il {
+                            MoeGateUpQParams::H_INTERLEAVED
+                        } else {
+                            0
+                        }
+                        | if h_quads {
+                            MoeGateUpQParams::H_QUAD_Q8
+                        } else {
+                            0
+                        },
+                    ..Default::default()
+                };
+                self.rec.dispatch_sized(
+                    Kernel::MoeGateUpQ,
+                    Some(scale_dtype),
+                    Some(quant),
+                    rpt,
+                    p.words(),
+                    &binds,
+                    size(groups, 0),
+                );
+            }
         }
+        let (rpt, team, groups) = expert_grid(self.m, down_quant.is_some(), h, i, count);
         let mut binds = vec![
             page.into(),
             (&s.moe_h).into(),
@@ -358,18 +417,70 @@ impl<'a> Pass<'a> {
             (&s.assign_w).into(),
             (&s.moe_o).into(),
         ];
-        if quant.is_some() {
+        if down_quant.is_some() {
             binds.push(page.into());
         }
-        self.rec.dispatch_sized(
-            *kernel,
-            Some(*wdt),
-            *quant,
-            rpt,
-            &params,
-            &binds,
-            size(groups, 12),
-        );
+        match kernels.down {
+            DownSlot::Float {
+                dtype,
+                down_off,
+                slot_elems,
+            } => {
+                let p = MoeDownParams {
+                    hidden: hs,
+                    inter: is,
+                    assign_base: start,
+                    n_assign: count,
+                    down_off,
+                    slot_elems,
+                    ..Default::default()
+                };
+                self.rec.dispatch_sized(
+                    Kernel::MoeDown,
+                    Some(dtype),
+                    None,
+                    rpt,
+                    p.words(),
+                    &binds,
+                    size(groups, 12),
+                );
+            }
+            DownSlot::Quant {
+                scale_dtype,
+                quant,
+                slot_words,
+                down,
+            } => {
+                let p = MoeDownQParams {
+                    hidden: hs,
+                    inter: is,
+                    assign_base: start,
+                    n_assign: count,
+                    slot_words,
+                    down_q: down[0],
+                    down_s: down[1],
+                    down_b: down[2],
+                    team,
+                    flags: if h_quads {
+                        MoeDownQParams::H_QUAD_Q8
+                    } else if h_il {
+                        MoeDownQParams::H_INTERLEAVED
+                    } else {
+                        0
+                    },
+                    ..Default::default()
+                };
+                self.rec.dispatch_sized(
+                    Kernel::MoeDownQ,
+                    Some(scale_dtype),
+                    Some(quant),
+                    rpt,
+                    p.words(),
+                    &binds,
+                    size(groups, 12),
+                );
+            }
+        }
     }
 
     /// The gate/up and down mat-mat kernels of `n_tiles` tiles of assignments from tile
@@ -384,15 +495,42 @@ impl<'a> Pass<'a> {
         let s = self.s;
         let cfg = &self.m.cfg;
         let (hs, is) = (cfg.hidden_size as u32, kernels.inter as u32);
-        let (_, wdt, quant, tail) = &kernels.gate_up;
-        // tail: slot_words, then the codes/scales/biases offsets of gate and up.
-        let mut params = vec![hs, is, tile_base];
-        params.extend_from_slice(tail);
+        let (
+            GateUpSlot::Quant {
+                scale_dtype: gate_up_dtype,
+                quant: gate_up_quant,
+                slot_words,
+                gate,
+                up,
+            },
+            DownSlot::Quant {
+                scale_dtype: down_dtype,
+                quant: down_quant,
+                down,
+                ..
+            },
+        ) = (kernels.gate_up, kernels.down)
+        else {
+            unreachable!("tiled experts are quantized");
+        };
+        let p = MoeGateUpQmmParams {
+            hidden: hs,
+            inter: is,
+            tile_base,
+            slot_words,
+            gate_q: gate[0],
+            gate_s: gate[1],
+            gate_b: gate[2],
+            up_q: up[0],
+            up_s: up[1],
+            up_b: up[2],
+            ..Default::default()
+        };
         self.rec.dispatch_q(
             Kernel::MoeGateUpQmm,
-            Some(*wdt),
-            *quant,
-            &params,
+            Some(gate_up_dtype),
+            Some(gate_up_quant),
+            p.words(),
             &[
                 page.into(),
                 (&s.xn).into(),
@@ -402,14 +540,21 @@ impl<'a> Pass<'a> {
             ],
             kernels::moe_gate_up_qmm_groups(is, n_tiles),
         );
-        let (_, wdt, quant, tail) = &kernels.down;
-        let mut params = vec![hs, is, tile_base];
-        params.extend_from_slice(tail);
+        let p = MoeDownQmmParams {
+            hidden: hs,
+            inter: is,
+            tile_base,
+            slot_words,
+            down_q: down[0],
+            down_s: down[1],
+            down_b: down[2],
+            ..Default::default()
+        };
         self.rec.dispatch_q(
             Kernel::MoeDownQmm,
-            Some(*wdt),
-            *quant,
-            &params,
+            Some(down_dtype),
+            Some(down_quant),
+            p.words(),
             &[
                 page.into(),
                 (&s.moe_h).into(),
@@ -450,8 +595,9 @@ impl<'a> Pass<'a> {
         // Workgroups per assignment, as `experts` sizes the grids (for pages of up to k
         // assignments).
         let (h, i) = (cfg.hidden_size, kernels.inter);
-        let (_, _, (gate_up_x, _)) = expert_grid(m, kernels.gate_up.2.is_some(), i, h, k as u32);
-        let (_, _, (down_x, _)) = expert_grid(m, kernels.down.2.is_some(), h, i, k as u32);
+        let (_, _, (gate_up_x, _)) =
+            expert_grid(m, kernels.gate_up.quant().is_some(), i, h, k as u32);
+        let (_, _, (down_x, _)) = expert_grid(m, kernels.down.quant().is_some(), h, i, k as u32);
         // Only the pages that hold any of this layer's experts get kernels (a resident
         // model preloaded layer by layer has each layer in one or two pages); the routing
         // kernel flags an expert in any other page (one filled by another session since)
@@ -467,22 +613,24 @@ impl<'a> Pass<'a> {
             .iter()
             .filter(|&&p| p < 32)
             .fold(0u32, |m, &p| m | (1 << p));
+        let p = MoeRouteParams {
+            top_k: k as u32,
+            table_base: (l * ne) as u32,
+            layer: l as u32,
+            slots_per_page: cache.slots_per_page as u32,
+            n_pages: cache.pages.len() as u32,
+            gate_up_x,
+            down_x,
+            page_mask,
+            log_base: (cfg.num_hidden_layers + l * k) as u32,
+            n_experts: ne as u32,
+            norm_topk: u32::from(spec.norm_topk_prob),
+            ..Default::default()
+        };
         self.rec.dispatch(
             Kernel::MoeRoute,
             None,
-            &[
-                k as u32,
-                (l * ne) as u32,
-                l as u32,
-                cache.slots_per_page as u32,
-                cache.pages.len() as u32,
-                gate_up_x,
-                down_x,
-                page_mask,
-                (cfg.num_hidden_layers + l * k) as u32,
-                ne as u32,
-                u32::from(spec.norm_topk_prob),
-            ],
+            p.words(),
             &[
                 (&s.router_logits).into(),
                 (&cache.table).into(),
@@ -505,10 +653,16 @@ impl<'a> Pass<'a> {
             let args = (!direct).then(|| (&s.moe_args, (p * 24) as u64));
             self.experts(&kernels, &cache.pages[p], (p * k) as u32, k as u32, args);
         }
+        let p = MoeCombineParams {
+            hidden: cfg.hidden_size as u32,
+            n_tokens: 1,
+            top_k: k as u32,
+            ..Default::default()
+        };
         self.rec.dispatch(
             Kernel::MoeCombine,
             None,
-            &[cfg.hidden_size as u32, 1, k as u32],
+            p.words(),
             &[
                 resid.into(),
                 (&s.moe_o).into(),
@@ -528,13 +682,71 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// The kernel, dtype, quantization and trailing parameters of an expert projection.
-type ExpertDispatch = (Kernel, DType, Option<(u32, u32)>, Vec<u32>);
+/// Where an expert's gate and up projections sit in a cache slot, by weight format.
+#[derive(Debug, Clone, Copy)]
+enum GateUpSlot {
+    /// Float weights ([`Kernel::MoeGateUp`]): element offsets of gate and up, elements per
+    /// slot.
+    Float {
+        dtype: DType,
+        gate_off: u32,
+        up_off: u32,
+        slot_elems: u32,
+    },
+    /// Quantized weights ([`Kernel::MoeGateUpQ`], [`Kernel::MoeGateUpQmm`]): words per slot
+    /// and the word offsets of gate's and up's codes, scales and biases.
+    Quant {
+        scale_dtype: DType,
+        quant: (u32, u32),
+        slot_words: u32,
+        gate: [u32; 3],
+        up: [u32; 3],
+    },
+}
+
+impl GateUpSlot {
+    /// (bits, group size) of quantized weights.
+    fn quant(&self) -> Option<(u32, u32)> {
+        match self {
+            GateUpSlot::Float { .. } => None,
+            GateUpSlot::Quant { quant, .. } => Some(*quant),
+        }
+    }
+}
+
+/// Where an expert's down projection sits in a cache slot, by weight format.
+#[derive(Debug, Clone, Copy)]
+enum DownSlot {
+    /// Float weights ([`Kernel::MoeDown`]): element offset of down, elements per slot.
+    Float {
+        dtype: DType,
+        down_off: u32,
+        slot_elems: u32,
+    },
+    /// Quantized weights ([`Kernel::MoeDownQ`], [`Kernel::MoeDownQmm`]): words per slot and
+    /// the word offsets of down's codes, scales and biases.
+    Quant {
+        scale_dtype: DType,
+        quant: (u32, u32),
+        slot_words: u32,
+        down: [u32; 3],
+    },
+}
+
+impl DownSlot {
+    /// (bits, group size) of quantized weights.
+    fn quant(&self) -> Option<(u32, u32)> {
+        match self {
+            DownSlot::Float { .. } => None,
+            DownSlot::Quant { quant, .. } => Some(*quant),
+        }
+    }
+}
 
 /// How a layer's experts are computed, from their layout in a cache slot.
 struct ExpertKernels {
-    gate_up: ExpertDispatch,
-    down: ExpertDispatch,
+    gate_up: GateUpSlot,
+    down: DownSlot,
     /// Width of an expert (rows of gate and up).
     inter: usize,
 }
@@ -555,27 +767,20 @@ impl ExpertKernels {
         let gate_up = match (g.format, u.format) {
             (WeightFormat::Float(a), WeightFormat::Float(b)) if a == b => {
                 let es = a.size();
-                (
-                    Kernel::MoeGateUp,
-                    a,
-                    None,
-                    vec![
-                        (g.offset / es) as u32,
-                        (u.offset / es) as u32,
-                        (slot_bytes as usize / es) as u32,
-                    ],
-                )
+                GateUpSlot::Float {
+                    dtype: a,
+                    gate_off: (g.offset / es) as u32,
+                    up_off: (u.offset / es) as u32,
+                    slot_elems: (slot_bytes as usize / es) as u32,
+                }
             }
-            (WeightFormat::Affine(a), WeightFormat::Affine(b)) if a == b => {
-                let [gq, gs, gb] = q_offsets(g);
-                let [uq, us, ub] = q_offsets(u);
-                (
-                    Kernel::MoeGateUpQ,
-                    a.scale_dtype,
-                    Some((a.bits, a.group_size)),
-                    vec![slot_words, gq, gs, gb, uq, us, ub],
-                )
-            }
+            (WeightFormat::Affine(a), WeightFormat::Affine(b)) if a == b => GateUpSlot::Quant {
+                scale_dtype: a.scale_dtype,
+                quant: (a.bits, a.group_size),
+                slot_words,
+                gate: q_offsets(g),
+                up: q_offsets(u),
+            },
             (a, b) => {
                 return Err(Error::InvalidArgument(format!(
                     "layer {l}: expert gate ({a}) and up ({b}) projections in different formats are not supported"
@@ -585,22 +790,18 @@ impl ExpertKernels {
         let down = match d.format {
             WeightFormat::Float(a) => {
                 let es = a.size();
-                (
-                    Kernel::MoeDown,
-                    a,
-                    None,
-                    vec![(d.offset / es) as u32, (slot_bytes as usize / es) as u32],
-                )
+                DownSlot::Float {
+                    dtype: a,
+                    down_off: (d.offset / es) as u32,
+                    slot_elems: (slot_bytes as usize / es) as u32,
+                }
             }
-            WeightFormat::Affine(q) => {
-                let [dq, ds, db] = q_offsets(d);
-                (
-                    Kernel::MoeDownQ,
-                    q.scale_dtype,
-                    Some((q.bits, q.group_size)),
-                    vec![slot_words, dq, ds, db],
-                )
-            }
+            WeightFormat::Affine(q) => DownSlot::Quant {
+                scale_dtype: q.scale_dtype,
+                quant: (q.bits, q.group_size),
+                slot_words,
+                down: q_offsets(d),
+            },
         };
         Ok(ExpertKernels {
             gate_up,

@@ -8,16 +8,16 @@ use crate::cache::CacheStats;
 use crate::error::Result;
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
+use crate::gpu::params::{
+    EmbeddingParams, MatMulParams, MatVecParams, QEmbeddingParams, QMatMulParams, QMatVecParams,
+    RmsNormParams, TopKParams, LINEAR_BIAS, LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
+};
 use crate::gpu::{GpuMatrix, GpuVec, Recorder};
 use crate::model::ModelInner;
 use crate::sampling::Candidate;
 
 pub(crate) fn grid(n: usize) -> (u32, u32) {
     crate::gpu::grid_of(n as u32)
-}
-
-pub(crate) fn bits(f: f32) -> u32 {
-    f.to_bits()
 }
 
 /// The layout of a mat-vec's input row (`kernels/include/interleave.wgsl`).
@@ -152,12 +152,12 @@ impl<'a> Pass<'a> {
         debug_assert!(
             layout == XLayout::Natural || (n == 1 && matches!(w.format, WeightFormat::Affine(_)))
         );
-        let flags = u32::from(bias.is_some())
-            | (u32::from(resid.is_some()) << 1)
+        let flags = if bias.is_some() { LINEAR_BIAS } else { 0 }
+            | if resid.is_some() { LINEAR_RESIDUAL } else { 0 }
             | match layout {
                 XLayout::Natural => 0,
-                XLayout::Interleaved => 4,
-                XLayout::Q8 => 8,
+                XLayout::Interleaved => LINEAR_X_INTERLEAVED,
+                XLayout::Q8 => LINEAR_X_Q8,
             };
         let bias_buf = bias.map_or(dummy, |b| &b.buffer);
         let resid_buf = resid.unwrap_or(dummy);
@@ -171,20 +171,36 @@ impl<'a> Pass<'a> {
             ];
             let (r, c, r0) = (*rows as u32, w.cols as u32, *row0 as u32);
             match w.format {
-                WeightFormat::Float(dt) if n == 1 => self.rec.dispatch(
-                    Kernel::MatVec,
-                    Some(dt),
-                    &[r, c, r0, flags, 0],
-                    &binds,
-                    grid(*rows),
-                ),
-                WeightFormat::Float(dt) => self.rec.dispatch(
-                    Kernel::MatMul,
-                    Some(dt),
-                    &[r, c, n as u32, r0, w.rows as u32, flags],
-                    &binds,
-                    (rows.div_ceil(16) as u32, n.div_ceil(16) as u32),
-                ),
+                WeightFormat::Float(dt) if n == 1 => {
+                    let p = MatVecParams {
+                        rows: r,
+                        cols: c,
+                        row_base: r0,
+                        flags,
+                        x_offset: 0,
+                        ..Default::default()
+                    };
+                    self.rec
+                        .dispatch(Kernel::MatVec, Some(dt), p.words(), &binds, grid(*rows))
+                }
+                WeightFormat::Float(dt) => {
+                    let p = MatMulParams {
+                        rows: r,
+                        cols: c,
+                        n_tokens: n as u32,
+                        row_base: r0,
+                        out_stride: w.rows as u32,
+                        flags,
+                        ..Default::default()
+                    };
+                    self.rec.dispatch(
+                        Kernel::MatMul,
+                        Some(dt),
+                        p.words(),
+                        &binds,
+                        (rows.div_ceil(16) as u32, n.div_ceil(16) as u32),
+                    )
+                }
                 WeightFormat::Affine(q) => {
                     let parts = w.format.parts(*rows, w.cols);
                     let (sw, bw) = ((parts.scales.0 / 4) as u32, (parts.biases.0 / 4) as u32);
@@ -194,21 +210,41 @@ impl<'a> Pass<'a> {
                         let rpt = kernels::qmatvec_rows_per_team(r);
                         // The weights again as words (`ws`, include/qblock.wgsl).
                         let [b0, b1, b2, b3, b4] = binds;
+                        let p = QMatVecParams {
+                            rows: r,
+                            cols: c,
+                            row_base: r0,
+                            flags,
+                            x_offset: 0,
+                            scales_word: sw,
+                            biases_word: bw,
+                            team,
+                        };
                         self.rec.dispatch_q_rows(
                             Kernel::QMatVec,
                             Some(q.scale_dtype),
                             quant,
                             rpt,
-                            &[r, c, r0, flags, 0, sw, bw, team],
+                            p.words(),
                             &[b0, b1, b2, b3, b4, buf.into()],
                             kernels::qmatvec_groups(r, team, rpt),
                         );
                     } else {
+                        let p = QMatMulParams {
+                            rows: r,
+                            cols: c,
+                            n_tokens: n as u32,
+                            row_base: r0,
+                            out_stride: w.rows as u32,
+                            flags,
+                            scales_word: sw,
+                            biases_word: bw,
+                        };
                         self.rec.dispatch_q(
                             Kernel::QMatMul,
                             Some(q.scale_dtype),
                             quant,
-                            &[r, c, n as u32, r0, w.rows as u32, flags, sw, bw],
+                            p.words(),
                             &binds,
                             kernels::qmatmul_groups(r, n as u32),
                         );
@@ -237,17 +273,20 @@ impl<'a> Pass<'a> {
         let dummy = &self.m.gpu.dummy;
         let yi = if il { &self.s.xi } else { dummy };
         let yq = if q8 { &self.s.xq } else { dummy };
+        let p = RmsNormParams {
+            n: len as u32,
+            rows: rows as u32,
+            eps,
+            x_offset: x_offset as u32,
+            y_offset: 0,
+            flags: if il { RmsNormParams::INTERLEAVED } else { 0 }
+                | if q8 { RmsNormParams::Q8 } else { 0 },
+            ..Default::default()
+        };
         self.rec.dispatch(
             Kernel::RmsNorm,
             None,
-            &[
-                len as u32,
-                rows as u32,
-                bits(eps),
-                x_offset as u32,
-                0,
-                u32::from(il) | (u32::from(q8) << 1),
-            ],
+            p.words(),
             &[x.into(), w.bind(), y.into(), yi.into(), yq.into()],
             grid(rows),
         );
@@ -258,23 +297,36 @@ impl<'a> Pass<'a> {
         let e = &self.m.weights.embed;
         for (buf, row0, rows) in &e.chunks {
             let binds = [(&self.s.ids).into(), buf.into(), (&self.s.x).into()];
-            let p = [h as u32, self.n as u32, *row0 as u32, *rows as u32];
+            let p = EmbeddingParams {
+                hidden: h as u32,
+                n_tokens: self.n as u32,
+                row_start: *row0 as u32,
+                row_count: *rows as u32,
+            };
             match e.format {
                 WeightFormat::Float(dt) => self.rec.dispatch(
                     Kernel::Embedding,
                     Some(dt),
-                    &p,
+                    p.words(),
                     &binds,
                     grid((h * self.n).div_ceil(64)),
                 ),
                 WeightFormat::Affine(q) => {
                     let parts = e.format.parts(*rows, e.cols);
-                    let (sw, bw) = ((parts.scales.0 / 4) as u32, (parts.biases.0 / 4) as u32);
+                    let qp = QEmbeddingParams {
+                        hidden: p.hidden,
+                        n_tokens: p.n_tokens,
+                        row_start: p.row_start,
+                        row_count: p.row_count,
+                        scales_word: (parts.scales.0 / 4) as u32,
+                        biases_word: (parts.biases.0 / 4) as u32,
+                        ..Default::default()
+                    };
                     self.rec.dispatch_q(
                         Kernel::QEmbedding,
                         Some(q.scale_dtype),
                         Some((q.bits, q.group_size)),
-                        &[p[0], p[1], p[2], p[3], sw, bw],
+                        qp.words(),
                         &binds,
                         kernels::qembedding_groups(h as u32, self.n as u32),
                     );
@@ -300,10 +352,16 @@ impl<'a> Pass<'a> {
         let mut parts = Vec::with_capacity(extra.len() + 1);
         if let Some(n) = top {
             let groups = kernels::topk_groups(v as u32);
+            let p = TopKParams {
+                n_vocab: v as u32,
+                chunk: kernels::TOPK_CHUNK,
+                n_top: n as u32,
+                ..Default::default()
+            };
             self.rec.dispatch(
                 Kernel::TopK,
                 None,
-                &[v as u32, kernels::TOPK_CHUNK, n as u32],
+                p.words(),
                 &[(&s.logits).into(), (&s.topk).into()],
                 groups,
             );

@@ -689,10 +689,12 @@ impl Kernel {
     /// value, so the driver drops the code of the other input layouts. (The expert down
     /// projection: with its f32-h loops compiled in beside the quad 8+8-bit ones, it ran
     /// 10% slower on an H200: 60.7 against 55.0 us for 128 experts.) The recorder sets
-    /// `FLAGS` from the dispatch's parameters, so it always matches them.
+    /// `FLAGS` from the dispatch's parameters, so it always matches them. (The index is
+    /// that of the `flags` field of the kernel's parameter struct, [`super::params`].)
     pub fn pipeline_flags(self) -> Option<(usize, u32)> {
+        use super::params::MoeDownQParams as P;
         match self {
-            Kernel::MoeDownQ => Some((9, 3)),
+            Kernel::MoeDownQ => Some((P::FLAGS_WORD, P::H_INTERLEAVED | P::H_QUAD_Q8)),
             _ => None,
         }
     }

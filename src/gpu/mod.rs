@@ -280,7 +280,17 @@ impl Gpu {
         });
         let mut arena = ParamArena::default();
         let mut rec = Recorder::new(self, &mut arena, None);
-        rec.dispatch(Kernel::SubgroupProbe, None, &[64], &[(&out).into()], (1, 1));
+        let p = params::SubgroupProbeParams {
+            n: 64,
+            ..Default::default()
+        };
+        rec.dispatch(
+            Kernel::SubgroupProbe,
+            None,
+            p.words(),
+            &[(&out).into()],
+            (1, 1),
+        );
         let got = rec.read(&[(&out, 0, 256)], &staging)?;
         let sizes: Vec<u32> = bytemuck::pod_collect_to_vec(&got[0]);
         let n = sizes.first().copied().unwrap_or(0);

@@ -217,11 +217,15 @@ impl GpuBench {
             drop(data);
             let dst = self.zeros(bytes);
             let words = (bytes / 16) as u32;
+            let p = super::params::CopyParams {
+                n: words,
+                ..Default::default()
+            };
             let t = self.time(
                 Kernel::Copy,
                 None,
                 None,
-                &[words],
+                p.words(),
                 &[&src, &dst],
                 super::kernels::copy_groups(words),
                 50,
