@@ -1126,6 +1126,18 @@ fn check_router(
 ) {
     let n_tokens = logits.len() / n_experts;
     let (want_ids, want_w) = reference::router_topk(logits, n_experts, top_k, norm);
+    // Odd cases read rows one longer than n_experts (the shared expert's gate logit after
+    // the experts', Qwen3.5), holding a value that would win every top-k if read.
+    let stride = n_experts + (n_tokens + top_k) % 2;
+    let rows: Vec<f32> = logits
+        .chunks_exact(n_experts)
+        .flat_map(|r| {
+            r.iter()
+                .copied()
+                .chain(std::iter::repeat_n(1e30, stride - n_experts))
+        })
+        .collect();
+    let logits = &rows[..];
     // Sentinels: the kernel must write every id and weight of the n_tokens tokens, and
     // nothing past them (one more token's worth).
     let len = n_tokens * top_k;
@@ -1139,6 +1151,8 @@ fn check_router(
             top_k: top_k as u32,
             norm_topk: u32::from(norm),
             n_tokens: n_tokens as u32,
+            logit_stride: stride as u32,
+            ..Default::default()
         }
         .words(),
         &[&f32_bytes(logits), &u32_bytes(&ids0), &f32_bytes(&w0)],
@@ -1763,6 +1777,8 @@ fn moe_route() {
                         top_k: top_k as u32,
                         norm_topk: u32::from(norm),
                         n_tokens: 1,
+                        logit_stride: ne as u32,
+                        ..Default::default()
                     }
                     .words(),
                     &[

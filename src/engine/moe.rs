@@ -51,11 +51,21 @@ impl<'a> Pass<'a> {
     /// `x = h + routed experts (+ the gated shared expert)` over the normalized rows.
     pub(crate) fn moe(&mut self, l: usize, moe: &Moe) -> Result<()> {
         let s = self.s;
+        let (h, n) = (self.m.cfg.hidden_size, self.n);
+        // The router's logits (and, as its last row, the shared expert's gate logit).
+        let router = &moe.router;
+        self.linear(
+            router,
+            self.input(router, n, h),
+            &s.router_logits,
+            None,
+            None,
+        );
         // The residual the combine adds the routed experts to: h, or h plus the gated
         // shared expert (computed first, from the same normalized rows).
         let resid = match &moe.shared {
             Some(sh) => {
-                self.shared_expert(sh);
+                self.shared_expert(sh, moe);
                 &s.shared_o
             }
             None => &s.h,
@@ -63,17 +73,23 @@ impl<'a> Pass<'a> {
         self.routed_experts(l, moe, resid)
     }
 
-    /// `shared_o = h + sigmoid(sg . xn) * down(silu(gate(xn)) * up(xn))`.
-    fn shared_expert(&mut self, sh: &SharedExpert) {
+    /// `shared_o = h + sigmoid(sg . xn) * down(silu(gate(xn)) * up(xn))`, the gate's logit
+    /// sg from the router's last row or its own mat-vec.
+    fn shared_expert(&mut self, sh: &SharedExpert, moe: &Moe) {
         let s = self.s;
         let (h, n) = (self.m.cfg.hidden_size, self.n);
-        self.linear(
-            &sh.gate,
-            self.input(&sh.gate, n, h),
-            &s.shared_g,
-            None,
-            None,
-        );
+        let (s_stride, s_offset) = match &sh.gate {
+            Some(gate) => {
+                self.linear(gate, self.input(gate, n, h), &s.shared_g, None, None);
+                (1, 0)
+            }
+            None => (moe.router.rows, moe.spec.experts),
+        };
+        let sg = if sh.gate.is_some() {
+            &s.shared_g
+        } else {
+            &s.router_logits
+        };
         let inter = sh.down.cols;
         let (gb, ub, gs, go, us, uo) = match &sh.gate_up {
             GateUp::Fused(gu) => {
@@ -93,19 +109,14 @@ impl<'a> Pass<'a> {
             g_offset: go as u32,
             u_stride: us as u32,
             u_offset: uo as u32,
-            s_stride: 1,
-            s_offset: 0,
+            s_stride: s_stride as u32,
+            s_offset: s_offset as u32,
         };
         self.rec.dispatch(
             Kernel::SharedSwiGlu,
             None,
             p.words(),
-            &[
-                gb.into(),
-                ub.into(),
-                (&s.shared_g).into(),
-                (&s.mlp_a).into(),
-            ],
+            &[gb.into(), ub.into(), sg.into(), (&s.mlp_a).into()],
             grid((n * inter).div_ceil(64)),
         );
         self.linear(
@@ -122,16 +133,8 @@ impl<'a> Pass<'a> {
         let m = self.m;
         let s = self.s;
         let cfg = &m.cfg;
-        let router = &moe.router;
         let spec = &moe.spec;
         let (n, k, ne) = (self.n, spec.top_k, spec.experts);
-        self.linear(
-            router,
-            self.input(router, n, cfg.hidden_size),
-            &s.router_logits,
-            None,
-            None,
-        );
         if self.resident {
             // The routing kernel routes from the logits itself.
             return self.moe_resident(l, spec, resid);
@@ -141,6 +144,8 @@ impl<'a> Pass<'a> {
             top_k: k as u32,
             norm_topk: u32::from(spec.norm_topk_prob),
             n_tokens: n as u32,
+            logit_stride: moe.router.rows as u32,
+            ..Default::default()
         };
         self.rec.dispatch(
             Kernel::Router,

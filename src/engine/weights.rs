@@ -47,8 +47,9 @@ pub(crate) struct SharedExpert {
     /// alike, so a step runs one mat-vec for both; separate otherwise.
     pub gate_up: GateUp,
     pub down: GpuMatrix,
-    /// `shared_expert_gate`, `[1, hidden]`.
-    pub gate: GpuMatrix,
+    /// `shared_expert_gate`, `[1, hidden]`; `None` when it is the router's last row
+    /// ([`Moe::router`]), so one mat-vec computes both.
+    pub gate: Option<GpuMatrix>,
 }
 
 /// The gate and up projections of a SwiGLU MLP.
@@ -60,6 +61,8 @@ pub(crate) enum GateUp {
 /// The resident part of a MoE block (the routed experts stream through the cache).
 pub(crate) struct Moe {
     pub spec: MoeSpec,
+    /// `mlp.gate`, `[experts, hidden]`, or `[experts + 1, hidden]` with the shared expert's
+    /// gate as its last row when the two are stored alike.
     pub router: GpuMatrix,
     pub shared: Option<SharedExpert>,
 }
@@ -131,7 +134,8 @@ impl Weights {
                             GateUp::Fused(gu) => v.push(gu),
                             GateUp::Separate { gate, up } => v.extend([gate, up]),
                         }
-                        v.extend([&sh.down, &sh.gate]);
+                        v.push(&sh.down);
+                        v.extend(&sh.gate);
                     }
                     v
                 }
@@ -184,14 +188,7 @@ impl Weights {
                 }
             };
             let ffn = match &plan.ffn {
-                Ffn::Moe(spec) => FfnWeights::Moe(Moe {
-                    spec: *spec,
-                    router: ld.matrix(&n("mlp.gate.weight"), spec.experts, h)?,
-                    shared: match spec.shared_expert {
-                        Some(inter) => Some(ld.shared_expert(&n("mlp"), h, inter)?),
-                        None => None,
-                    },
-                }),
+                Ffn::Moe(spec) => FfnWeights::Moe(ld.moe(&n("mlp"), h, spec)?),
                 Ffn::Dense { inter } => FfnWeights::Dense(ld.dense(&n("mlp"), h, *inter)?),
             };
             layers.push(Layer {
@@ -357,8 +354,52 @@ impl Loader<'_> {
         })
     }
 
-    /// The shared expert `{prefix}.shared_expert.*` of width `inter` and its gate
-    /// `{prefix}.shared_expert_gate`.
+    /// The router `{prefix}.gate` and the shared expert, if any: the shared expert's gate
+    /// becomes the router's last row when the two are stored alike.
+    fn moe(&self, prefix: &str, h: usize, spec: &MoeSpec) -> Result<Moe> {
+        let router = format!("{prefix}.gate");
+        let Some(inter) = spec.shared_expert else {
+            return Ok(Moe {
+                spec: *spec,
+                router: self.matrix(&format!("{router}.weight"), spec.experts, h)?,
+                shared: None,
+            });
+        };
+        let mut shared = self.shared_expert(prefix, h, inter)?;
+        let sg = format!("{prefix}.shared_expert_gate");
+        let (rv, gv) = (
+            self.ckpt.matrix(&router, spec.experts, h)?,
+            self.ckpt.matrix(&sg, 1, h)?,
+        );
+        let router = if rv.format == gv.format {
+            let slices = [
+                RowSlice {
+                    prefix: router.clone(),
+                    rows: spec.experts,
+                    start: 0,
+                    count: spec.experts,
+                },
+                RowSlice {
+                    prefix: sg,
+                    rows: 1,
+                    start: 0,
+                    count: 1,
+                },
+            ];
+            self.concat_rows(&format!("{router}_and_shared_gate.weight"), &slices, h)?
+        } else {
+            shared.gate = Some(GpuMatrix::upload(self.gpu, &format!("{sg}.weight"), &gv)?);
+            GpuMatrix::upload(self.gpu, &format!("{router}.weight"), &rv)?
+        };
+        Ok(Moe {
+            spec: *spec,
+            router,
+            shared: Some(shared),
+        })
+    }
+
+    /// The shared expert `{prefix}.shared_expert.*` of width `inter` (its gate is placed
+    /// by [`Loader::moe`]).
     fn shared_expert(&self, prefix: &str, h: usize, inter: usize) -> Result<SharedExpert> {
         let p = format!("{prefix}.shared_expert");
         let (g, u) = (format!("{p}.gate_proj"), format!("{p}.up_proj"));
@@ -387,7 +428,7 @@ impl Loader<'_> {
         Ok(SharedExpert {
             gate_up,
             down: self.matrix(&format!("{p}.down_proj.weight"), h, inter)?,
-            gate: self.matrix(&format!("{prefix}.shared_expert_gate.weight"), 1, h)?,
+            gate: None,
         })
     }
 

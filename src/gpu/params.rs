@@ -510,6 +510,15 @@ kernel_params! {
         norm_topk: u32,
         /// Tokens.
         n_tokens: u32,
+        /// Floats from one token's logits to the next (`n_experts`, or one more where the
+        /// router's mat-vec also computes the shared expert's gate).
+        logit_stride: u32,
+        /// Padding.
+        pad0: u32,
+        /// Padding.
+        pad1: u32,
+        /// Padding.
+        pad2: u32,
     }
 }
 
