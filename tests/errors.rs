@@ -1044,3 +1044,31 @@ fn qwen35_fused_experts_of_the_wrong_shape() {
     let e = open_err(&case, &fx.dir);
     assert_error!(case, e, Error::Shape { .. }, [name, "[128, 1, 3]"]);
 }
+
+#[test]
+fn qwen35_absurd_linear_attention_sizes_fail_fast() {
+    // Nothing sized by them may be allocated before they are known to be sane.
+    let fx = TempFixture::new(&qwen35("q35_flat_f32"), "q35_absurd");
+    fx.edit_config(|c| {
+        c.insert("linear_num_key_heads".into(), 1_000_000_000_000u64.into());
+        c.insert("linear_num_value_heads".into(), 2_000_000_000_000u64.into());
+    });
+    let case = "linear_num_value_heads 2e12";
+    let e = open_err(case, &fx.dir);
+    assert_error!(case, e, Error::Config { .. }, ["linear_num_value_heads"]);
+    fx.edit_config(|c| {
+        c.insert("linear_num_key_heads".into(), 2.into());
+        c.insert("linear_num_value_heads".into(), 4.into());
+        c.insert("linear_value_head_dim".into(), 100_000.into());
+    });
+    let case = "linear_value_head_dim 100000";
+    let e = open_err(case, &fx.dir);
+    assert_error!(case, e, Error::Config { .. }, ["linear_value_head_dim"]);
+    fx.edit_config(|c| {
+        c.insert("linear_value_head_dim".into(), 16.into());
+        c.insert("num_hidden_layers".into(), 1_000_000_000_000u64.into());
+    });
+    let case = "num_hidden_layers 1e12";
+    let e = open_err(case, &fx.dir);
+    assert_error!(case, e, Error::Config { .. }, ["num_hidden_layers"]);
+}

@@ -69,6 +69,12 @@ pub(crate) fn parse(top: &Parser<'_>, model_type: String) -> Result<ModelConfig>
             linear.value_heads, linear.key_heads
         )));
     }
+    if linear.value_heads > 4096 {
+        return Err(p.err(format!(
+            "linear_num_value_heads {} is above the supported maximum of 4096",
+            linear.value_heads
+        )));
+    }
     if linear.key_dim == 0
         || linear.value_dim == 0
         || linear.key_dim > 256
