@@ -248,7 +248,15 @@ impl ExpertCache {
                 "an expert cache page of {page_limit} bytes cannot hold one expert slot ({slot_bytes} bytes)"
             )));
         }
-        let slots_per_page = ((page_limit / slot_bytes) as usize).min(slots);
+        let mut slots_per_page = ((page_limit / slot_bytes) as usize).min(slots);
+        // Pages of whole layers where a page holds one or more: a model preloaded layer by
+        // layer then has each layer's experts in one page, so a resident decode step runs
+        // each layer's expert kernels once instead of once per page it straddles (8 of the
+        // 40 layers of Qwen3.5-35B-A3B straddled two pages on an H100: 16 dispatches of
+        // ~630 per token).
+        if slots_per_page < slots && slots_per_page >= num_experts && num_experts > 0 {
+            slots_per_page -= slots_per_page % num_experts;
+        }
         let mut pages = Vec::new();
         let mut left = slots;
         while left > 0 {

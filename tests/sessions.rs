@@ -211,6 +211,15 @@ fn multi_page_cache_matches_single_page() {
     assert_eq!(a, b);
     assert!(sb.resident_steps > 0 && sb.resident_retries == 0, "{sb:?}");
     assert_eq!(sa.resident_steps, sb.resident_steps);
+    // Pages of one and a half layers' experts are cut to whole layers (one layer a page).
+    let ne = one.config().num_experts as u64;
+    let layered = Model::builder(&dir)
+        .expert_cache_page_bytes((ne + ne / 2) * slot)
+        .build()
+        .unwrap();
+    let (c, sc) = run(&layered);
+    assert_eq!(a, c);
+    assert!(sc.resident_steps > 0 && sc.resident_retries == 0, "{sc:?}");
     let tight_paged = Model::builder(&dir)
         .expert_cache_bytes(5 * slot)
         .expert_cache_page_bytes(2 * slot)
