@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use crate::arch::Names;
+use crate::arch::{tensor, Names};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::{AffineQuant, WeightFormat};
@@ -487,69 +487,95 @@ impl SyntheticSpec {
         out.push(norm(names.final_norm(), h));
         for l in 0..self.num_layers {
             let n = |rest: &str| names.layer(l, rest);
-            out.push(norm(n("input_layernorm.weight"), h));
-            out.push(norm(n("post_attention_layernorm.weight"), h));
+            // `{path}.weight`, and a SwiGLU projection `{module}.{proj}`.
+            let w_ = |path: &str| format!("{path}.weight");
+            let sub = |module: &str, proj: &str| format!("{module}.{proj}");
+            out.push(norm(n(&w_(tensor::INPUT_NORM)), h));
+            out.push(norm(n(&w_(tensor::POST_NORM)), h));
             match self.linear_attention {
                 Some(la) if self.is_linear(l) => {
                     let (kd, vd) = (la.key_heads * la.key_dim, la.value_heads * la.value_dim);
                     let ch = 2 * kd + vd;
                     let hv = la.value_heads;
-                    out.extend(matrix(n("linear_attn.in_proj_qkv"), &[], ch, h, w(h), q));
-                    out.extend(matrix(n("linear_attn.in_proj_z"), &[], vd, h, w(h), q));
-                    out.extend(matrix(n("linear_attn.in_proj_b"), &[], hv, h, w(h), q));
-                    out.extend(matrix(n("linear_attn.in_proj_a"), &[], hv, h, w(h), q));
-                    out.push(flat(
-                        n("linear_attn.conv1d.weight"),
-                        vec![ch, 1, 4],
-                        0.5,
-                        0.0,
-                    ));
-                    out.push(flat(n("linear_attn.A_log"), vec![hv], 1.0, 0.0));
-                    out.push(flat(n("linear_attn.dt_bias"), vec![hv], 0.5, 0.0));
-                    out.push(vector(n("linear_attn.norm.weight"), la.value_dim));
-                    out.extend(matrix(n("linear_attn.out_proj"), &[], h, vd, w(vd), q));
+                    out.extend(matrix(n(tensor::IN_PROJ_QKV), &[], ch, h, w(h), q));
+                    out.extend(matrix(n(tensor::IN_PROJ_Z), &[], vd, h, w(h), q));
+                    out.extend(matrix(n(tensor::IN_PROJ_B), &[], hv, h, w(h), q));
+                    out.extend(matrix(n(tensor::IN_PROJ_A), &[], hv, h, w(h), q));
+                    out.push(flat(n(&w_(tensor::CONV1D)), vec![ch, 1, 4], 0.5, 0.0));
+                    out.push(flat(n(tensor::A_LOG), vec![hv], 1.0, 0.0));
+                    out.push(flat(n(tensor::DT_BIAS), vec![hv], 0.5, 0.0));
+                    out.push(vector(n(&w_(tensor::GATED_NORM)), la.value_dim));
+                    out.extend(matrix(n(tensor::OUT_PROJ), &[], h, vd, w(vd), q));
                 }
                 _ => {
-                    out.extend(matrix(n("self_attn.q_proj"), &[], q_rows, h, w(h), q));
-                    out.extend(matrix(n("self_attn.k_proj"), &[], kvd, h, w(h), q));
-                    out.extend(matrix(n("self_attn.v_proj"), &[], kvd, h, w(h), q));
-                    out.extend(matrix(n("self_attn.o_proj"), &[], h, qd, w(qd), q));
-                    out.push(norm(n("self_attn.q_norm.weight"), hd));
-                    out.push(norm(n("self_attn.k_norm.weight"), hd));
+                    out.extend(matrix(n(tensor::Q_PROJ), &[], q_rows, h, w(h), q));
+                    out.extend(matrix(n(tensor::K_PROJ), &[], kvd, h, w(h), q));
+                    out.extend(matrix(n(tensor::V_PROJ), &[], kvd, h, w(h), q));
+                    out.extend(matrix(n(tensor::O_PROJ), &[], h, qd, w(qd), q));
+                    out.push(norm(n(&w_(tensor::Q_NORM)), hd));
+                    out.push(norm(n(&w_(tensor::K_NORM)), hd));
                 }
             }
             if let Some(la) = self.linear_attention {
                 let si = la.shared_expert_intermediate_size;
                 out.extend(matrix(
-                    n("mlp.shared_expert.gate_proj"),
+                    n(&sub(tensor::SHARED_EXPERT, tensor::GATE_PROJ)),
                     &[],
                     si,
                     h,
                     w(h),
                     q,
                 ));
-                out.extend(matrix(n("mlp.shared_expert.up_proj"), &[], si, h, w(h), q));
                 out.extend(matrix(
-                    n("mlp.shared_expert.down_proj"),
+                    n(&sub(tensor::SHARED_EXPERT, tensor::UP_PROJ)),
+                    &[],
+                    si,
+                    h,
+                    w(h),
+                    q,
+                ));
+                out.extend(matrix(
+                    n(&sub(tensor::SHARED_EXPERT, tensor::DOWN_PROJ)),
                     &[],
                     h,
                     si,
                     w(si),
                     q,
                 ));
-                out.extend(matrix(n("mlp.shared_expert_gate"), &[], 1, h, w(h), rq));
+                out.extend(matrix(n(tensor::SHARED_EXPERT_GATE), &[], 1, h, w(h), rq));
             }
-            out.extend(matrix(n("mlp.gate"), &[], ne, h, 2.0 * w(h), rq));
+            out.extend(matrix(n(tensor::ROUTER), &[], ne, h, 2.0 * w(h), rq));
             if q.is_some() {
-                out.extend(matrix(n("mlp.switch_mlp.gate_proj"), &[ne], i, h, w(h), q));
-                out.extend(matrix(n("mlp.switch_mlp.up_proj"), &[ne], i, h, w(h), q));
-                out.extend(matrix(n("mlp.switch_mlp.down_proj"), &[ne], h, i, w(i), q));
+                out.extend(matrix(
+                    n(&sub(tensor::SWITCH_MLP, tensor::GATE_PROJ)),
+                    &[ne],
+                    i,
+                    h,
+                    w(h),
+                    q,
+                ));
+                out.extend(matrix(
+                    n(&sub(tensor::SWITCH_MLP, tensor::UP_PROJ)),
+                    &[ne],
+                    i,
+                    h,
+                    w(h),
+                    q,
+                ));
+                out.extend(matrix(
+                    n(&sub(tensor::SWITCH_MLP, tensor::DOWN_PROJ)),
+                    &[ne],
+                    h,
+                    i,
+                    w(i),
+                    q,
+                ));
             } else {
                 for e in 0..ne {
                     let ex = |proj: &str| strip(&names.expert(l, e, proj));
-                    out.extend(matrix(ex("gate_proj"), &[], i, h, w(h), None));
-                    out.extend(matrix(ex("up_proj"), &[], i, h, w(h), None));
-                    out.extend(matrix(ex("down_proj"), &[], h, i, w(i), None));
+                    out.extend(matrix(ex(tensor::GATE_PROJ), &[], i, h, w(h), None));
+                    out.extend(matrix(ex(tensor::UP_PROJ), &[], i, h, w(h), None));
+                    out.extend(matrix(ex(tensor::DOWN_PROJ), &[], h, i, w(i), None));
                 }
             }
         }

@@ -13,7 +13,7 @@ mod plan;
 pub(crate) mod qwen3_5;
 pub(crate) mod qwen3_moe;
 
-pub(crate) use names::Names;
+pub(crate) use names::{tensor, Names};
 pub use plan::{AttentionSpec, Ffn, LayerPlan, LinearAttentionSpec, Mixer, MoeSpec};
 
 use crate::checkpoint::Checkpoint;

@@ -49,6 +49,16 @@ impl Names {
         format!("{}layers.{l}.{rest}", self.prefix)
     }
 
+    /// `{prefix}layers.{l}.{path}.weight` (`path` from [`tensor`]).
+    pub fn weight(&self, l: usize, path: &str) -> String {
+        self.layer(l, &format!("{path}.weight"))
+    }
+
+    /// `{prefix}layers.{l}.{path}.bias`.
+    pub fn bias(&self, l: usize, path: &str) -> String {
+        self.layer(l, &format!("{path}.bias"))
+    }
+
     /// Per-expert tensor: `{prefix}layers.{l}.mlp.experts.{e}.{proj}.weight`.
     pub fn expert(&self, l: usize, e: usize, proj: &str) -> String {
         self.layer(l, &format!("mlp.experts.{e}.{proj}.weight"))
@@ -58,4 +68,49 @@ impl Names {
     pub fn fused_experts(&self, l: usize, which: &str) -> String {
         self.layer(l, &format!("mlp.experts.{which}"))
     }
+}
+
+/// The module paths of a decoder layer's tensors, relative to `layers.{l}.`, as transformers
+/// names them for the families here (their `.weight` / `.bias` suffix, where they have
+/// one, is added by [`Names::weight`] and [`Names::bias`]).
+pub(crate) mod tensor {
+    pub const INPUT_NORM: &str = "input_layernorm";
+    pub const POST_NORM: &str = "post_attention_layernorm";
+    pub const Q_PROJ: &str = "self_attn.q_proj";
+    pub const K_PROJ: &str = "self_attn.k_proj";
+    pub const V_PROJ: &str = "self_attn.v_proj";
+    pub const O_PROJ: &str = "self_attn.o_proj";
+    /// The engine's fused q/k/v projection (a label, not a checkpoint tensor).
+    pub const QKV_PROJ: &str = "self_attn.qkv_proj";
+    pub const Q_NORM: &str = "self_attn.q_norm";
+    pub const K_NORM: &str = "self_attn.k_norm";
+    /// A dense MLP: `mlp.{gate,up,down}_proj`.
+    pub const MLP: &str = "mlp";
+    pub const ROUTER: &str = "mlp.gate";
+    pub const SHARED_EXPERT: &str = "mlp.shared_expert";
+    pub const SHARED_EXPERT_GATE: &str = "mlp.shared_expert_gate";
+    /// mlx-lm's stacked experts: `mlp.switch_mlp.{gate,up,down}_proj`.
+    pub const SWITCH_MLP: &str = "mlp.switch_mlp";
+    /// The projections of a SwiGLU MLP, relative to its module.
+    pub const GATE_PROJ: &str = "gate_proj";
+    pub const UP_PROJ: &str = "up_proj";
+    pub const DOWN_PROJ: &str = "down_proj";
+    /// The engine's fused gate and up projections (a label).
+    pub const GATE_UP_PROJ: &str = "gate_up_proj";
+    /// Gated DeltaNet (`linear_attn.*`).
+    pub const CONV1D: &str = "linear_attn.conv1d";
+    pub const A_LOG: &str = "linear_attn.A_log";
+    pub const DT_BIAS: &str = "linear_attn.dt_bias";
+    pub const GATED_NORM: &str = "linear_attn.norm";
+    pub const OUT_PROJ: &str = "linear_attn.out_proj";
+    /// The engine's fused `[q|k|v|z|b|a]` projection (a label).
+    pub const IN_PROJ: &str = "linear_attn.in_proj";
+    /// Qwen3.5's input projections.
+    pub const IN_PROJ_QKV: &str = "linear_attn.in_proj_qkv";
+    pub const IN_PROJ_Z: &str = "linear_attn.in_proj_z";
+    pub const IN_PROJ_B: &str = "linear_attn.in_proj_b";
+    pub const IN_PROJ_A: &str = "linear_attn.in_proj_a";
+    /// Qwen3-Next's, grouped per key head.
+    pub const IN_PROJ_QKVZ: &str = "linear_attn.in_proj_qkvz";
+    pub const IN_PROJ_BA: &str = "linear_attn.in_proj_ba";
 }

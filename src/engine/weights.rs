@@ -1,6 +1,8 @@
 //! The resident (non-expert) weights, uploaded to the GPU once per model.
 
-use crate::arch::{AttentionSpec, Ffn, LinearAttentionSpec, Mixer, MoeSpec, Names, RowSlice};
+use crate::arch::{
+    tensor, AttentionSpec, Ffn, LinearAttentionSpec, Mixer, MoeSpec, Names, RowSlice,
+};
 use crate::checkpoint::{Checkpoint, MatrixView};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -188,12 +190,12 @@ impl Weights {
                 }
             };
             let ffn = match &plan.ffn {
-                Ffn::Moe(spec) => FfnWeights::Moe(ld.moe(&n("mlp"), h, spec)?),
-                Ffn::Dense { inter } => FfnWeights::Dense(ld.dense(&n("mlp"), h, *inter)?),
+                Ffn::Moe(spec) => FfnWeights::Moe(ld.moe(l, h, spec)?),
+                Ffn::Dense { inter } => FfnWeights::Dense(ld.dense(&n(tensor::MLP), h, *inter)?),
             };
             layers.push(Layer {
-                input_norm: ld.norm(&n("input_layernorm.weight"), h)?,
-                post_norm: ld.norm(&n("post_attention_layernorm.weight"), h)?,
+                input_norm: ld.norm(&names.weight(l, tensor::INPUT_NORM), h)?,
+                post_norm: ld.norm(&names.weight(l, tensor::POST_NORM), h)?,
                 mixer,
                 ffn,
             });
@@ -221,7 +223,7 @@ pub(crate) fn is_mlx(ckpt: &Checkpoint, cfg: &ModelConfig, names: &Names) -> boo
         .position(|p| p.linear_attention().is_some());
     match linear {
         Some(l) => ckpt
-            .entry(&names.layer(l, "linear_attn.conv1d.weight"))
+            .entry(&names.weight(l, tensor::CONV1D))
             .is_ok_and(|e| e.shape.len() == 3 && e.shape[1] != 1 && e.shape[2] == 1),
         None => false,
     }
@@ -264,40 +266,62 @@ impl Loader<'_> {
         Ok(GpuVec::upload(self.gpu, name, &t.to_f32()))
     }
 
-    /// One matrix made of row slices of the checkpoint's matrices (all of `cols` columns
-    /// and stored alike), in order.
-    fn concat_rows(&self, label: &str, slices: &[RowSlice], cols: usize) -> Result<GpuMatrix> {
-        let mut views = Vec::with_capacity(slices.len());
-        for s in slices {
-            views.push(self.ckpt.matrix(&s.prefix, s.rows, cols)?);
+    /// One matrix of the rows `start..start + count` of each view, in order, uploaded as
+    /// `label`; `None` when the views are not stored alike (a mixed-precision recipe), so
+    /// the caller keeps them apart.
+    fn fuse_rows(
+        &self,
+        label: &str,
+        parts: &[(&MatrixView<'_>, usize, usize)],
+    ) -> Result<Option<GpuMatrix>> {
+        let (first, _, _) = parts[0];
+        if parts.iter().any(|(v, _, _)| v.format != first.format) {
+            return Ok(None);
         }
-        let format = views[0].format;
-        if let Some((s, v)) = slices.iter().zip(&views).find(|(_, v)| v.format != format) {
-            return Err(Error::InvalidArgument(format!(
-                "{label}: {} is stored as {} where {} is {format}; the engine fuses them into one matrix and needs them stored alike",
-                s.prefix, v.format, slices[0].prefix
-            )));
-        }
-        let rows: usize = slices.iter().map(|s| s.count).sum();
         let cat = |part: usize| -> Vec<u8> {
             let mut out = Vec::new();
-            for (s, v) in slices.iter().zip(&views) {
+            for (v, start, count) in parts {
                 let bytes = [v.weight, v.scales, v.biases][part];
-                let per_row = bytes.len() / s.rows.max(1);
-                out.extend_from_slice(&bytes[s.start * per_row..(s.start + s.count) * per_row]);
+                let per_row = bytes.len() / v.rows.max(1);
+                out.extend_from_slice(&bytes[start * per_row..(start + count) * per_row]);
             }
             out
         };
         let (weight, scales, biases) = (cat(0), cat(1), cat(2));
         let fused = MatrixView {
-            format,
-            rows,
-            cols,
+            format: first.format,
+            rows: parts.iter().map(|p| p.2).sum(),
+            cols: first.cols,
             weight: &weight,
             scales: &scales,
             biases: &biases,
         };
-        GpuMatrix::upload(self.gpu, label, &fused)
+        GpuMatrix::upload(self.gpu, label, &fused).map(Some)
+    }
+
+    /// One matrix made of row slices of the checkpoint's matrices (all of `cols` columns),
+    /// in order; an error naming them unless they are stored alike.
+    fn concat_rows(&self, label: &str, slices: &[RowSlice], cols: usize) -> Result<GpuMatrix> {
+        let mut views = Vec::with_capacity(slices.len());
+        for s in slices {
+            views.push(self.ckpt.matrix(&s.prefix, s.rows, cols)?);
+        }
+        let parts: Vec<_> = slices
+            .iter()
+            .zip(&views)
+            .map(|(s, v)| (v, s.start, s.count))
+            .collect();
+        self.fuse_rows(label, &parts)?.ok_or_else(|| {
+            let (s, v) = slices
+                .iter()
+                .zip(&views)
+                .find(|(_, v)| v.format != views[0].format)
+                .unwrap_or((&slices[0], &views[0]));
+            Error::InvalidArgument(format!(
+                "{label}: {} is stored as {} where {} is {}; the engine fuses them into one matrix and needs them stored alike",
+                s.prefix, v.format, slices[0].prefix, views[0].format
+            ))
+        })
     }
 
     /// The Gated DeltaNet layer `l` (`linear_attn.*`), its input projections gathered by
@@ -309,7 +333,7 @@ impl Loader<'_> {
         spec: &LinearAttentionSpec,
         slices: &[RowSlice],
     ) -> Result<LinearAttention> {
-        let n = |rest: &str| self.names.layer(l, &format!("linear_attn.{rest}"));
+        let n = |path: &str| self.names.weight(l, path);
         let rows: usize = slices.iter().map(|s| s.count).sum();
         if rows != spec.projection_rows() {
             return Err(Error::InvalidArgument(format!(
@@ -319,16 +343,16 @@ impl Loader<'_> {
         }
         Ok(LinearAttention {
             spec: *spec,
-            proj: self.concat_rows(&n("in_proj.weight"), slices, h)?,
+            proj: self.concat_rows(&n(tensor::IN_PROJ), slices, h)?,
             conv: self.flat(
-                &n("conv1d.weight"),
+                &n(tensor::CONV1D),
                 spec.conv_channels() * spec.conv_kernel,
                 &[spec.conv_channels(), 1, spec.conv_kernel],
             )?,
-            a_log: self.vector(&n("A_log"), spec.value_heads)?,
-            dt_bias: self.vector(&n("dt_bias"), spec.value_heads)?,
-            norm: self.vector(&n("norm.weight"), spec.value_dim)?,
-            out: self.matrix(&n("out_proj.weight"), h, spec.value_width())?,
+            a_log: self.vector(&self.names.layer(l, tensor::A_LOG), spec.value_heads)?,
+            dt_bias: self.vector(&self.names.layer(l, tensor::DT_BIAS), spec.value_heads)?,
+            norm: self.vector(&n(tensor::GATED_NORM), spec.value_dim)?,
+            out: self.matrix(&n(tensor::OUT_PROJ), h, spec.value_width())?,
         })
     }
 
@@ -348,16 +372,16 @@ impl Loader<'_> {
     /// A SwiGLU MLP `{prefix}.{gate,up,down}_proj.weight` of width `inter`.
     fn dense(&self, prefix: &str, h: usize, inter: usize) -> Result<DenseMlp> {
         Ok(DenseMlp {
-            gate: self.matrix(&format!("{prefix}.gate_proj.weight"), inter, h)?,
-            up: self.matrix(&format!("{prefix}.up_proj.weight"), inter, h)?,
-            down: self.matrix(&format!("{prefix}.down_proj.weight"), h, inter)?,
+            gate: self.matrix(&format!("{prefix}.{}.weight", tensor::GATE_PROJ), inter, h)?,
+            up: self.matrix(&format!("{prefix}.{}.weight", tensor::UP_PROJ), inter, h)?,
+            down: self.matrix(&format!("{prefix}.{}.weight", tensor::DOWN_PROJ), h, inter)?,
         })
     }
 
-    /// The router `{prefix}.gate` and the shared expert, if any: the shared expert's gate
-    /// becomes the router's last row when the two are stored alike.
-    fn moe(&self, prefix: &str, h: usize, spec: &MoeSpec) -> Result<Moe> {
-        let router = format!("{prefix}.gate");
+    /// The router (`mlp.gate`) and the shared expert of layer `l`, if any: the shared
+    /// expert's gate becomes the router's last row when the two are stored alike.
+    fn moe(&self, l: usize, h: usize, spec: &MoeSpec) -> Result<Moe> {
+        let router = self.names.layer(l, tensor::ROUTER);
         let Some(inter) = spec.shared_expert else {
             return Ok(Moe {
                 spec: *spec,
@@ -365,31 +389,20 @@ impl Loader<'_> {
                 shared: None,
             });
         };
-        let mut shared = self.shared_expert(prefix, h, inter)?;
-        let sg = format!("{prefix}.shared_expert_gate");
+        let mut shared =
+            self.shared_expert(&self.names.layer(l, tensor::SHARED_EXPERT), h, inter)?;
+        let sg = self.names.layer(l, tensor::SHARED_EXPERT_GATE);
         let (rv, gv) = (
             self.ckpt.matrix(&router, spec.experts, h)?,
             self.ckpt.matrix(&sg, 1, h)?,
         );
-        let router = if rv.format == gv.format {
-            let slices = [
-                RowSlice {
-                    prefix: router.clone(),
-                    rows: spec.experts,
-                    start: 0,
-                    count: spec.experts,
-                },
-                RowSlice {
-                    prefix: sg,
-                    rows: 1,
-                    start: 0,
-                    count: 1,
-                },
-            ];
-            self.concat_rows(&format!("{router}_and_shared_gate.weight"), &slices, h)?
-        } else {
-            shared.gate = Some(GpuMatrix::upload(self.gpu, &format!("{sg}.weight"), &gv)?);
-            GpuMatrix::upload(self.gpu, &format!("{router}.weight"), &rv)?
+        let both = [(&rv, 0, spec.experts), (&gv, 0, 1)];
+        let router = match self.fuse_rows(&format!("{router}_and_shared_gate.weight"), &both)? {
+            Some(fused) => fused,
+            None => {
+                shared.gate = Some(GpuMatrix::upload(self.gpu, &format!("{sg}.weight"), &gv)?);
+                GpuMatrix::upload(self.gpu, &format!("{router}.weight"), &rv)?
+            }
         };
         Ok(Moe {
             spec: *spec,
@@ -398,36 +411,26 @@ impl Loader<'_> {
         })
     }
 
-    /// The shared expert `{prefix}.shared_expert.*` of width `inter` (its gate is placed
-    /// by [`Loader::moe`]).
-    fn shared_expert(&self, prefix: &str, h: usize, inter: usize) -> Result<SharedExpert> {
-        let p = format!("{prefix}.shared_expert");
-        let (g, u) = (format!("{p}.gate_proj"), format!("{p}.up_proj"));
+    /// The shared expert `{p}.*` of width `inter` (its gate is placed by [`Loader::moe`]).
+    fn shared_expert(&self, p: &str, h: usize, inter: usize) -> Result<SharedExpert> {
+        let g = format!("{p}.{}", tensor::GATE_PROJ);
+        let u = format!("{p}.{}", tensor::UP_PROJ);
         let (gv, uv) = (
             self.ckpt.matrix(&g, inter, h)?,
             self.ckpt.matrix(&u, inter, h)?,
         );
-        let gate_up = if gv.format == uv.format {
-            let slice = |prefix: &str| RowSlice {
-                prefix: prefix.to_string(),
-                rows: inter,
-                start: 0,
-                count: inter,
+        let both = [(&gv, 0, inter), (&uv, 0, inter)];
+        let gate_up =
+            match self.fuse_rows(&format!("{p}.{}.weight", tensor::GATE_UP_PROJ), &both)? {
+                Some(fused) => GateUp::Fused(fused),
+                None => GateUp::Separate {
+                    gate: GpuMatrix::upload(self.gpu, &format!("{g}.weight"), &gv)?,
+                    up: GpuMatrix::upload(self.gpu, &format!("{u}.weight"), &uv)?,
+                },
             };
-            GateUp::Fused(self.concat_rows(
-                &format!("{p}.gate_up_proj.weight"),
-                &[slice(&g), slice(&u)],
-                h,
-            )?)
-        } else {
-            GateUp::Separate {
-                gate: GpuMatrix::upload(self.gpu, &format!("{g}.weight"), &gv)?,
-                up: GpuMatrix::upload(self.gpu, &format!("{u}.weight"), &uv)?,
-            }
-        };
         Ok(SharedExpert {
             gate_up,
-            down: self.matrix(&format!("{p}.down_proj.weight"), h, inter)?,
+            down: self.matrix(&format!("{p}.{}.weight", tensor::DOWN_PROJ), h, inter)?,
             gate: None,
         })
     }
@@ -435,7 +438,7 @@ impl Loader<'_> {
     /// The attention block of layer `l` (`self_attn.*`).
     fn attention(&self, l: usize, h: usize, spec: &AttentionSpec) -> Result<Attention> {
         let (gpu, ckpt) = (self.gpu, self.ckpt);
-        let n = |rest: &str| self.names.layer(l, rest);
+        let names = self.names;
         let hd = spec.head_dim;
         // With an output gate, q_proj yields `[q | gate]` per head.
         let q_rows = spec.heads * hd * if spec.output_gate { 2 } else { 1 };
@@ -449,62 +452,46 @@ impl Loader<'_> {
             }
         };
         let views = [
-            ckpt.matrix(&n("self_attn.q_proj"), q_rows, h)?,
-            ckpt.matrix(&n("self_attn.k_proj"), kvd, h)?,
-            ckpt.matrix(&n("self_attn.v_proj"), kvd, h)?,
+            ckpt.matrix(&names.layer(l, tensor::Q_PROJ), q_rows, h)?,
+            ckpt.matrix(&names.layer(l, tensor::K_PROJ), kvd, h)?,
+            ckpt.matrix(&names.layer(l, tensor::V_PROJ), kvd, h)?,
         ];
         let bias_names = [
-            n("self_attn.q_proj.bias"),
-            n("self_attn.k_proj.bias"),
-            n("self_attn.v_proj.bias"),
+            names.bias(l, tensor::Q_PROJ),
+            names.bias(l, tensor::K_PROJ),
+            names.bias(l, tensor::V_PROJ),
         ];
-        let qkv = if views.iter().all(|v| v.format == views[0].format) {
-            // Rows of q, then k, then v, for each part (codes, scales, biases).
-            let cat = |part: usize| -> Vec<u8> {
-                views
-                    .iter()
-                    .flat_map(|v| [v.weight, v.scales, v.biases][part].iter().copied())
-                    .collect()
-            };
-            let (weight, scales, biases) = (cat(0), cat(1), cat(2));
-            let fused = MatrixView {
-                format: views[0].format,
-                rows: q_rows + 2 * kvd,
-                cols: h,
-                weight: &weight,
-                scales: &scales,
-                biases: &biases,
-            };
-            let bias = if spec.bias {
-                let mut all = ckpt.float(&bias_names[0], &[q_rows])?.to_f32();
-                all.extend(ckpt.float(&bias_names[1], &[kvd])?.to_f32());
-                all.extend(ckpt.float(&bias_names[2], &[kvd])?.to_f32());
-                Some(GpuVec::upload(gpu, &n("self_attn.qkv_proj.bias"), &all))
-            } else {
-                None
-            };
-            Qkv::Fused {
-                w: GpuMatrix::upload(gpu, &n("self_attn.qkv_proj.weight"), &fused)?,
-                bias,
+        let [q, k, v] = &views;
+        let parts = [(q, 0, q_rows), (k, 0, kvd), (v, 0, kvd)];
+        let qkv = match self.fuse_rows(&names.weight(l, tensor::QKV_PROJ), &parts)? {
+            // Rows of q, then k, then v.
+            Some(w) => {
+                let bias = if spec.bias {
+                    let mut all = ckpt.float(&bias_names[0], &[q_rows])?.to_f32();
+                    all.extend(ckpt.float(&bias_names[1], &[kvd])?.to_f32());
+                    all.extend(ckpt.float(&bias_names[2], &[kvd])?.to_f32());
+                    Some(GpuVec::upload(gpu, &names.bias(l, tensor::QKV_PROJ), &all))
+                } else {
+                    None
+                };
+                Qkv::Fused { w, bias }
             }
-        } else {
-            let [q, k, v] = views;
-            Qkv::Separate {
-                q: GpuMatrix::upload(gpu, &n("self_attn.q_proj.weight"), &q)?,
-                k: GpuMatrix::upload(gpu, &n("self_attn.k_proj.weight"), &k)?,
-                v: GpuMatrix::upload(gpu, &n("self_attn.v_proj.weight"), &v)?,
+            None => Qkv::Separate {
+                q: GpuMatrix::upload(gpu, &names.weight(l, tensor::Q_PROJ), q)?,
+                k: GpuMatrix::upload(gpu, &names.weight(l, tensor::K_PROJ), k)?,
+                v: GpuMatrix::upload(gpu, &names.weight(l, tensor::V_PROJ), v)?,
                 q_bias: opt_vector(&bias_names[0], q_rows)?,
                 k_bias: opt_vector(&bias_names[1], kvd)?,
                 v_bias: opt_vector(&bias_names[2], kvd)?,
-            }
+            },
         };
         Ok(Attention {
             spec: *spec,
             qkv,
-            o: self.matrix(&n("self_attn.o_proj.weight"), h, qd)?,
-            o_bias: opt_vector(&n("self_attn.o_proj.bias"), h)?,
-            q_norm: self.norm(&n("self_attn.q_norm.weight"), hd)?,
-            k_norm: self.norm(&n("self_attn.k_norm.weight"), hd)?,
+            o: self.matrix(&names.weight(l, tensor::O_PROJ), h, qd)?,
+            o_bias: opt_vector(&names.bias(l, tensor::O_PROJ), h)?,
+            q_norm: self.norm(&names.weight(l, tensor::Q_NORM), hd)?,
+            k_norm: self.norm(&names.weight(l, tensor::K_NORM), hd)?,
         })
     }
 }

@@ -1,6 +1,6 @@
 //! The whole-model forward pass on the CPU, with every weight held as `f32`.
 
-use crate::arch::{AttentionSpec, LinearAttentionSpec, Mixer, MoeSpec};
+use crate::arch::{tensor, AttentionSpec, LinearAttentionSpec, Mixer, MoeSpec};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -198,7 +198,11 @@ impl ReferenceModel {
         let embed = load(&names.embed(), &[cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.layers.len());
         for (l, plan) in cfg.layers.iter().enumerate() {
-            let w = |rest: &str, shape: &[usize]| load(&names.layer(l, rest), shape);
+            let w = |path: &str, shape: &[usize]| load(&names.weight(l, path), shape);
+            // A SwiGLU projection `{module}.{proj}`.
+            let sw = |module: &str, proj: &str, shape: &[usize]| {
+                load(&names.weight(l, &format!("{module}.{proj}")), shape)
+            };
             let mixer = match &plan.mixer {
                 Mixer::Attention(spec) => {
                     let hd = spec.head_dim;
@@ -206,23 +210,23 @@ impl ReferenceModel {
                     let (qd, kvd) = (spec.heads * hd, spec.kv_heads * hd);
                     let qkvo_bias = if spec.bias {
                         Some([
-                            w("self_attn.q_proj.bias", &[q_rows])?,
-                            w("self_attn.k_proj.bias", &[kvd])?,
-                            w("self_attn.v_proj.bias", &[kvd])?,
-                            w("self_attn.o_proj.bias", &[h])?,
+                            load(&names.bias(l, tensor::Q_PROJ), &[q_rows])?,
+                            load(&names.bias(l, tensor::K_PROJ), &[kvd])?,
+                            load(&names.bias(l, tensor::V_PROJ), &[kvd])?,
+                            load(&names.bias(l, tensor::O_PROJ), &[h])?,
                         ])
                     } else {
                         None
                     };
                     MixerWeights::Attention(AttentionWeights {
                         spec: *spec,
-                        q_proj: w("self_attn.q_proj.weight", &[q_rows, h])?,
-                        k_proj: w("self_attn.k_proj.weight", &[kvd, h])?,
-                        v_proj: w("self_attn.v_proj.weight", &[kvd, h])?,
-                        o_proj: w("self_attn.o_proj.weight", &[h, qd])?,
+                        q_proj: w(tensor::Q_PROJ, &[q_rows, h])?,
+                        k_proj: w(tensor::K_PROJ, &[kvd, h])?,
+                        v_proj: w(tensor::V_PROJ, &[kvd, h])?,
+                        o_proj: w(tensor::O_PROJ, &[h, qd])?,
                         qkvo_bias,
-                        q_norm: norm(&names.layer(l, "self_attn.q_norm.weight"), hd)?,
-                        k_norm: norm(&names.layer(l, "self_attn.k_norm.weight"), hd)?,
+                        q_norm: norm(&names.weight(l, tensor::Q_NORM), hd)?,
+                        k_norm: norm(&names.weight(l, tensor::K_NORM), hd)?,
                     })
                 }
                 Mixer::LinearAttention(spec) => {
@@ -238,8 +242,7 @@ impl ReferenceModel {
                             spec.projection_rows()
                         )));
                     }
-                    let n = |rest: &str| names.layer(l, &format!("linear_attn.{rest}"));
-                    let conv_name = n("conv1d.weight");
+                    let conv_name = names.weight(l, tensor::CONV1D);
                     let conv_shape = ckpt.entry(&conv_name)?.shape.clone();
                     let conv = ckpt.float(&conv_name, &conv_shape)?.to_f32();
                     if conv.len() != spec.conv_channels() * spec.conv_kernel {
@@ -254,28 +257,28 @@ impl ReferenceModel {
                         spec: *spec,
                         proj,
                         conv,
-                        a_log: load(&n("A_log"), &[spec.value_heads])?,
-                        dt_bias: load(&n("dt_bias"), &[spec.value_heads])?,
-                        norm: load(&n("norm.weight"), &[spec.value_dim])?,
-                        out_proj: load(&n("out_proj.weight"), &[h, spec.value_width()])?,
+                        a_log: load(&names.layer(l, tensor::A_LOG), &[spec.value_heads])?,
+                        dt_bias: load(&names.layer(l, tensor::DT_BIAS), &[spec.value_heads])?,
+                        norm: w(tensor::GATED_NORM, &[spec.value_dim])?,
+                        out_proj: w(tensor::OUT_PROJ, &[h, spec.value_width()])?,
                     })
                 }
             };
             let mlp = match plan.moe() {
                 Some(spec) => {
-                    let router = w("mlp.gate.weight", &[spec.experts, h])?;
+                    let router = w(tensor::ROUTER, &[spec.experts, h])?;
                     let experts = (0..spec.experts)
                         .map(|e| load_expert(cfg, store, l, e))
                         .collect::<Result<Vec<_>>>()?;
                     let shared = match spec.shared_expert {
                         Some(i) => Some((
                             SwigluWeights {
-                                gate: w("mlp.shared_expert.gate_proj.weight", &[i, h])?,
-                                up: w("mlp.shared_expert.up_proj.weight", &[i, h])?,
-                                down: w("mlp.shared_expert.down_proj.weight", &[h, i])?,
+                                gate: sw(tensor::SHARED_EXPERT, tensor::GATE_PROJ, &[i, h])?,
+                                up: sw(tensor::SHARED_EXPERT, tensor::UP_PROJ, &[i, h])?,
+                                down: sw(tensor::SHARED_EXPERT, tensor::DOWN_PROJ, &[h, i])?,
                                 inter: i,
                             },
-                            w("mlp.shared_expert_gate.weight", &[1, h])?,
+                            w(tensor::SHARED_EXPERT_GATE, &[1, h])?,
                         )),
                         None => None,
                     };
@@ -289,17 +292,17 @@ impl ReferenceModel {
                 None => {
                     let d = cfg.intermediate_size;
                     MlpWeights::Dense(SwigluWeights {
-                        gate: w("mlp.gate_proj.weight", &[d, h])?,
-                        up: w("mlp.up_proj.weight", &[d, h])?,
-                        down: w("mlp.down_proj.weight", &[h, d])?,
+                        gate: sw(tensor::MLP, tensor::GATE_PROJ, &[d, h])?,
+                        up: sw(tensor::MLP, tensor::UP_PROJ, &[d, h])?,
+                        down: sw(tensor::MLP, tensor::DOWN_PROJ, &[h, d])?,
                         inter: d,
                     })
                 }
             };
             layers.push(LayerWeights {
-                input_norm: norm(&names.layer(l, "input_layernorm.weight"), h)?,
+                input_norm: norm(&names.weight(l, tensor::INPUT_NORM), h)?,
                 mixer,
-                post_norm: norm(&names.layer(l, "post_attention_layernorm.weight"), h)?,
+                post_norm: norm(&names.weight(l, tensor::POST_NORM), h)?,
                 mlp,
             });
         }

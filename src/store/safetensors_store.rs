@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::{ExpertLayout, ExpertStore};
+use crate::arch::tensor;
 use crate::checkpoint::{read_exact_at, Checkpoint, TensorEntry};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -52,7 +53,11 @@ impl SafetensorsStore {
     /// Indexes every expert of every MoE layer, checking shapes and dtypes.
     pub fn new(ckpt: Arc<Checkpoint>, cfg: &ModelConfig) -> Result<Self> {
         let (h, i, ne) = (cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts);
-        let shapes = [("gate_proj", i, h), ("up_proj", i, h), ("down_proj", h, i)];
+        let shapes = [
+            (tensor::GATE_PROJ, i, h),
+            (tensor::UP_PROJ, i, h),
+            (tensor::DOWN_PROJ, h, i),
+        ];
         let names = crate::arch::names(cfg, &ckpt)?;
         let mut layouts = Vec::with_capacity(cfg.num_hidden_layers);
         let mut pieces = Vec::with_capacity(cfg.num_hidden_layers);
@@ -62,14 +67,14 @@ impl SafetensorsStore {
                 pieces.push(None);
                 continue;
             }
-            let stacked = names.layer(l, "mlp.switch_mlp.gate_proj.weight");
-            let fused = names.fused_experts(l, "gate_up_proj");
+            let stacked = names.weight(l, &format!("{}.{}", tensor::SWITCH_MLP, tensor::GATE_PROJ));
+            let fused = names.fused_experts(l, tensor::GATE_UP_PROJ);
             let (layout, layer) = if ckpt.contains(&stacked) {
                 // MLX: [E, rows, ...] codes, scales, biases per projection.
                 let mut formats = Vec::with_capacity(3);
                 let mut entries = Vec::with_capacity(3);
                 for (proj, rows, cols) in shapes {
-                    let prefix = names.layer(l, &format!("mlp.switch_mlp.{proj}"));
+                    let prefix = names.layer(l, &format!("{}.{proj}", tensor::SWITCH_MLP));
                     let (f, e) = ckpt.matrix_entries(&prefix, &[ne], rows, cols)?;
                     formats.push(f);
                     entries.push(e);
@@ -92,7 +97,7 @@ impl SafetensorsStore {
                     .collect::<Vec<_>>();
                 (layout, layer)
             } else if ckpt.contains(&fused) {
-                let down = names.fused_experts(l, "down_proj");
+                let down = names.fused_experts(l, tensor::DOWN_PROJ);
                 let gu = ckpt.float(&fused, &[ne, 2 * i, h])?;
                 let dn = ckpt.float(&down, &[ne, h, i])?;
                 if dn.dtype != gu.dtype {

@@ -17,7 +17,7 @@
 
 mod config;
 
-use super::{Family, LinearAttentionSpec, Names, RowSlice};
+use super::{tensor, Family, LinearAttentionSpec, Names, RowSlice};
 use crate::checkpoint::Checkpoint;
 use crate::config::{ModelConfig, Parser};
 use crate::error::Result;
@@ -63,7 +63,7 @@ impl Family for Qwen35 {
         spec: &LinearAttentionSpec,
         ckpt: &Checkpoint,
     ) -> Result<Vec<RowSlice>> {
-        let n = |rest: &str| names.layer(l, &format!("linear_attn.{rest}"));
+        let n = |path: &str| names.layer(l, path);
         let whole = |prefix: String, rows: usize| RowSlice {
             prefix,
             rows,
@@ -76,12 +76,12 @@ impl Family for Qwen35 {
             spec.key_dim,
             spec.value_dim,
         );
-        if ckpt.contains(&n("in_proj_qkvz.weight")) {
+        if ckpt.contains(&names.weight(l, tensor::IN_PROJ_QKVZ)) {
             // Qwen3-Next: per key head g, `[q_g | k_g | v (r heads) | z (r heads)]` and
             // `[b (r) | a (r)]`, r = value heads per key head.
             let r = hv / hk;
             let group = 2 * dk + 2 * r * dv;
-            let (qkvz, ba) = (n("in_proj_qkvz"), n("in_proj_ba"));
+            let (qkvz, ba) = (n(tensor::IN_PROJ_QKVZ), n(tensor::IN_PROJ_BA));
             let rows = hk * group;
             let mut out = Vec::with_capacity(6 * hk);
             for (off, count) in [
@@ -108,10 +108,10 @@ impl Family for Qwen35 {
             return Ok(out);
         }
         Ok(vec![
-            whole(n("in_proj_qkv"), spec.conv_channels()),
-            whole(n("in_proj_z"), hv * dv),
-            whole(n("in_proj_b"), hv),
-            whole(n("in_proj_a"), hv),
+            whole(n(tensor::IN_PROJ_QKV), spec.conv_channels()),
+            whole(n(tensor::IN_PROJ_Z), hv * dv),
+            whole(n(tensor::IN_PROJ_B), hv),
+            whole(n(tensor::IN_PROJ_A), hv),
         ])
     }
 }
