@@ -5,9 +5,11 @@
 //! - [`state`]: per-layer sequence state (KV caches) and the scratch buffers of a pass.
 //! - [`pass`]: one forward pass and the pieces every block shares (mat-vecs, RMSNorm).
 //! - blocks: [`attention`], [`linear_attention`] (Gated DeltaNet), [`mlp`] (dense MLP and the choice of feed-forward block),
-//!   [`moe`] (routing, expert loading, expert kernels).
+//!   [`moe`] (routing, expert loading, the shared expert), [`experts`] (the expert
+//!   kernels over cache slots).
 
 mod attention;
+mod experts;
 mod linear_attention;
 mod mlp;
 mod moe;

@@ -104,11 +104,7 @@ impl SequenceState {
 
     /// Makes the states a successful pass wrote the committed ones.
     pub fn commit(&mut self) {
-        if self
-            .layers
-            .iter()
-            .any(|s| matches!(s, LayerState::Recurrent { .. }))
-        {
+        if self.has_recurrent() {
             self.cur = 1 - self.cur;
         }
     }

@@ -1,0 +1,454 @@
+//! The expert kernels of a MoE block: how a layer's experts are laid out in a cache slot
+//! (`ExpertKernels`), their grids, and the gate/up and down dispatches over one page of
+//! the cache (per assignment, or tiled for prefill).
+
+use super::pass::{interleaves, Pass, XLayout};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::format::WeightFormat;
+use crate::gpu::kernels::{self, Kernel};
+use crate::gpu::params::{
+    MoeDownParams, MoeDownQParams, MoeDownQmmParams, MoeGateUpParams, MoeGateUpQParams,
+    MoeGateUpQmmParams,
+};
+use crate::gpu::Size;
+use crate::model::ModelInner;
+use crate::store::{ExpertLayout, ExpertTensor};
+
+/// Rows per team (0: the kernel's default), team (0 for the float kernels) and grid of an
+/// expert projection of `rows` rows of `cols` values over `count` assignments: the
+/// quantized team kernels, or the float kernels' one workgroup per row and assignment.
+/// (`moe_gate_up_q_groups` and `moe_down_q_groups` size their grids alike; a grid's
+/// workgroups along x do not depend on `count`, but the team may.)
+pub(super) fn expert_grid(
+    m: &ModelInner,
+    quantized: bool,
+    rows: usize,
+    cols: usize,
+    count: u32,
+) -> (u32, u32, (u32, u32)) {
+    if quantized {
+        let rpt = kernels::expert_rows_per_team(rows as u32);
+        let team = m.gpu.expert_team(rows, cols, count as usize, rpt);
+        (
+            rpt,
+            team,
+            kernels::moe_gate_up_q_groups(rows as u32, count, team, rpt),
+        )
+    } else {
+        (0, 0, (rows as u32, count))
+    }
+}
+
+impl Pass<'_> {
+    /// The gate/up and down kernels of `count` assignments from `start`, over one page. With
+    /// `indirect = Some((args, offset))` the grids are read on the GPU (gate/up's at
+    /// `offset`, down's 12 bytes later, as the resident routing kernel writes them) and
+    /// `count` is only an upper bound.
+    pub(super) fn experts(
+        &mut self,
+        kernels: &ExpertKernels,
+        page: &wgpu::Buffer,
+        start: u32,
+        count: u32,
+        indirect: Option<(&wgpu::Buffer, u64)>,
+    ) {
+        let s = self.s;
+        let cfg = &self.m.cfg;
+        let (hs, is) = (cfg.hidden_size as u32, kernels.inter as u32);
+        let quant = kernels.gate_up.quant();
+        let down_quant = kernels.down.quant();
+        // Quantized kernels read a decode token's x interleaved, and write h interleaved
+        // when the down projection is quantized too.
+        let x_layout = match quant {
+            Some((bits, _)) if interleaves(self.n, cfg.hidden_size) => {
+                XLayout::for_bits(bits, self.m.f32_activations)
+            }
+            _ => XLayout::Natural,
+        };
+        let h_il = quant.is_some() && down_quant.is_some();
+        let (h, i) = (cfg.hidden_size, kernels.inter);
+        let (rpt, team, groups) = expert_grid(self.m, quant.is_some(), i, h, count);
+        // A 2- to 6-bit down projection reads h in the quad 8+8-bit layout (integer dot
+        // products), where gate/up's workgroups compute whole quads.
+        let h_quads = h_il
+            && !self.m.f32_activations
+            && matches!(down_quant, Some((bits, _)) if kernels::reads_q8_activations(bits))
+            && kernels::writes_quad_h(team, rpt);
+        let mut binds = vec![
+            page.into(),
+            s.row_in(x_layout).into(),
+            (&s.assign).into(),
+            (&s.moe_h).into(),
+        ];
+        if quant.is_some() {
+            binds.push(page.into()); // the page again as words (`ws`, include/qblock.wgsl)
+        }
+        // The grid: direct, or read on the GPU `skip` bytes past the page's arguments.
+        let size = |groups: (u32, u32), skip: u64| match indirect {
+            None => Size::Direct(groups),
+            Some((args, at)) => Size::Indirect(args, at + skip),
+        };
+        match kernels.gate_up {
+            GateUpSlot::Float {
+                dtype,
+                gate_off,
+                up_off,
+                slot_elems,
+            } => {
+                let p = MoeGateUpParams {
+                    hidden: hs,
+                    inter: is,
+                    assign_base: start,
+                    n_assign: count,
+                    gate_off,
+                    up_off,
+                    slot_elems,
+                    ..Default::default()
+                };
+                self.rec.dispatch_sized(
+                    Kernel::MoeGateUp,
+                    Some(dtype),
+                    None,
+                    rpt,
+                    p.words(),
+                    &binds,
+                    size(groups, 0),
+                );
+            }
+            GateUpSlot::Quant {
+                scale_dtype,
+                quant,
+                slot_words,
+                gate,
+                up,
+            } => {
+                let x_flags = match x_layout {
+                    XLayout::Natural => 0,
+                    XLayout::Interleaved => MoeGateUpQParams::X_INTERLEAVED,
+                    XLayout::Q8 => MoeGateUpQParams::X_Q8,
+                };
+                let p = MoeGateUpQParams {
+                    hidden: hs,
+                    inter: is,
+                    assign_base: start,
+                    n_assign: count,
+                    slot_words,
+                    gate_q: gate[0],
+                    gate_s: gate[1],
+                    gate_b: gate[2],
+                    up_q: up[0],
+                    up_s: up[1],
+                    up_b: up[2],
+                    team,
+                    flags: x_flags
+                        | if h_il {
+                            MoeGateUpQParams::H_INTERLEAVED
+                        } else {
+                            0
+                        }
+                        | if h_quads {
+                            MoeGateUpQParams::H_QUAD_Q8
+                        } else {
+                            0
+                        },
+                    ..Default::default()
+                };
+                self.rec.dispatch_sized(
+                    Kernel::MoeGateUpQ,
+                    Some(scale_dtype),
+                    Some(quant),
+                    rpt,
+                    p.words(),
+                    &binds,
+                    size(groups, 0),
+                );
+            }
+        }
+        let (rpt, team, groups) = expert_grid(self.m, down_quant.is_some(), h, i, count);
+        let mut binds = vec![
+            page.into(),
+            (&s.moe_h).into(),
+            (&s.assign).into(),
+            (&s.assign_w).into(),
+            (&s.moe_o).into(),
+        ];
+        if down_quant.is_some() {
+            binds.push(page.into());
+        }
+        match kernels.down {
+            DownSlot::Float {
+                dtype,
+                down_off,
+                slot_elems,
+            } => {
+                let p = MoeDownParams {
+                    hidden: hs,
+                    inter: is,
+                    assign_base: start,
+                    n_assign: count,
+                    down_off,
+                    slot_elems,
+                    ..Default::default()
+                };
+                self.rec.dispatch_sized(
+                    Kernel::MoeDown,
+                    Some(dtype),
+                    None,
+                    rpt,
+                    p.words(),
+                    &binds,
+                    size(groups, 12),
+                );
+            }
+            DownSlot::Quant {
+                scale_dtype,
+                quant,
+                slot_words,
+                down,
+            } => {
+                let p = MoeDownQParams {
+                    hidden: hs,
+                    inter: is,
+                    assign_base: start,
+                    n_assign: count,
+                    slot_words,
+                    down_q: down[0],
+                    down_s: down[1],
+                    down_b: down[2],
+                    team,
+                    flags: if h_quads {
+                        MoeDownQParams::H_QUAD_Q8
+                    } else if h_il {
+                        MoeDownQParams::H_INTERLEAVED
+                    } else {
+                        0
+                    },
+                    ..Default::default()
+                };
+                self.rec.dispatch_sized(
+                    Kernel::MoeDownQ,
+                    Some(scale_dtype),
+                    Some(quant),
+                    rpt,
+                    p.words(),
+                    &binds,
+                    size(groups, 12),
+                );
+            }
+        }
+    }
+
+    /// The gate/up and down mat-mat kernels of `n_tiles` tiles of assignments from tile
+    /// `tile_base` (of `Scratch::tiles`), over one page of quantized experts.
+    pub(super) fn experts_tiled(
+        &mut self,
+        kernels: &ExpertKernels,
+        page: &wgpu::Buffer,
+        tile_base: u32,
+        n_tiles: u32,
+    ) {
+        let s = self.s;
+        let cfg = &self.m.cfg;
+        let (hs, is) = (cfg.hidden_size as u32, kernels.inter as u32);
+        let (
+            GateUpSlot::Quant {
+                scale_dtype: gate_up_dtype,
+                quant: gate_up_quant,
+                slot_words,
+                gate,
+                up,
+            },
+            DownSlot::Quant {
+                scale_dtype: down_dtype,
+                quant: down_quant,
+                down,
+                ..
+            },
+        ) = (kernels.gate_up, kernels.down)
+        else {
+            unreachable!("tiled experts are quantized");
+        };
+        let p = MoeGateUpQmmParams {
+            hidden: hs,
+            inter: is,
+            tile_base,
+            slot_words,
+            gate_q: gate[0],
+            gate_s: gate[1],
+            gate_b: gate[2],
+            up_q: up[0],
+            up_s: up[1],
+            up_b: up[2],
+            ..Default::default()
+        };
+        self.rec.dispatch_q(
+            Kernel::MoeGateUpQmm,
+            Some(gate_up_dtype),
+            Some(gate_up_quant),
+            p.words(),
+            &[
+                page.into(),
+                (&s.xn).into(),
+                (&s.assign).into(),
+                (&s.tiles).into(),
+                (&s.moe_h).into(),
+            ],
+            kernels::moe_gate_up_qmm_groups(is, n_tiles),
+        );
+        let p = MoeDownQmmParams {
+            hidden: hs,
+            inter: is,
+            tile_base,
+            slot_words,
+            down_q: down[0],
+            down_s: down[1],
+            down_b: down[2],
+            ..Default::default()
+        };
+        self.rec.dispatch_q(
+            Kernel::MoeDownQmm,
+            Some(down_dtype),
+            Some(down_quant),
+            p.words(),
+            &[
+                page.into(),
+                (&s.moe_h).into(),
+                (&s.assign).into(),
+                (&s.tiles).into(),
+                (&s.assign_w).into(),
+                (&s.moe_o).into(),
+            ],
+            kernels::moe_down_qmm_groups(hs, n_tiles),
+        );
+    }
+}
+
+/// Where an expert's gate and up projections sit in a cache slot, by weight format.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum GateUpSlot {
+    /// Float weights ([`Kernel::MoeGateUp`]): element offsets of gate and up, elements per
+    /// slot.
+    Float {
+        dtype: DType,
+        gate_off: u32,
+        up_off: u32,
+        slot_elems: u32,
+    },
+    /// Quantized weights ([`Kernel::MoeGateUpQ`], [`Kernel::MoeGateUpQmm`]): words per slot
+    /// and the word offsets of gate's and up's codes, scales and biases.
+    Quant {
+        scale_dtype: DType,
+        quant: (u32, u32),
+        slot_words: u32,
+        gate: [u32; 3],
+        up: [u32; 3],
+    },
+}
+
+impl GateUpSlot {
+    /// (bits, group size) of quantized weights.
+    pub fn quant(&self) -> Option<(u32, u32)> {
+        match self {
+            GateUpSlot::Float { .. } => None,
+            GateUpSlot::Quant { quant, .. } => Some(*quant),
+        }
+    }
+}
+
+/// Where an expert's down projection sits in a cache slot, by weight format.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum DownSlot {
+    /// Float weights ([`Kernel::MoeDown`]): element offset of down, elements per slot.
+    Float {
+        dtype: DType,
+        down_off: u32,
+        slot_elems: u32,
+    },
+    /// Quantized weights ([`Kernel::MoeDownQ`], [`Kernel::MoeDownQmm`]): words per slot and
+    /// the word offsets of down's codes, scales and biases.
+    Quant {
+        scale_dtype: DType,
+        quant: (u32, u32),
+        slot_words: u32,
+        down: [u32; 3],
+    },
+}
+
+impl DownSlot {
+    /// (bits, group size) of quantized weights.
+    pub fn quant(&self) -> Option<(u32, u32)> {
+        match self {
+            DownSlot::Float { .. } => None,
+            DownSlot::Quant { quant, .. } => Some(*quant),
+        }
+    }
+}
+
+/// How a layer's experts are computed, from their layout in a cache slot.
+pub(super) struct ExpertKernels {
+    pub gate_up: GateUpSlot,
+    pub down: DownSlot,
+    /// Width of an expert (rows of gate and up).
+    pub inter: usize,
+}
+
+impl ExpertKernels {
+    pub(super) fn new(l: usize, lay: &ExpertLayout, slot_bytes: u64) -> Result<Self> {
+        let [g, u, d] = &lay.tensors;
+        let slot_words = (slot_bytes / 4) as u32;
+        // Word offsets of a quantized tensor's codes, scales and biases in a slot.
+        let q_offsets = |t: &ExpertTensor| -> [u32; 3] {
+            let parts = t.format.parts(t.rows, t.cols);
+            [
+                (t.offset / 4) as u32,
+                ((t.offset + parts.scales.0) / 4) as u32,
+                ((t.offset + parts.biases.0) / 4) as u32,
+            ]
+        };
+        let gate_up = match (g.format, u.format) {
+            (WeightFormat::Float(a), WeightFormat::Float(b)) if a == b => {
+                let es = a.size();
+                GateUpSlot::Float {
+                    dtype: a,
+                    gate_off: (g.offset / es) as u32,
+                    up_off: (u.offset / es) as u32,
+                    slot_elems: (slot_bytes as usize / es) as u32,
+                }
+            }
+            (WeightFormat::Affine(a), WeightFormat::Affine(b)) if a == b => GateUpSlot::Quant {
+                scale_dtype: a.scale_dtype,
+                quant: (a.bits, a.group_size),
+                slot_words,
+                gate: q_offsets(g),
+                up: q_offsets(u),
+            },
+            (a, b) => {
+                return Err(Error::InvalidArgument(format!(
+                    "layer {l}: expert gate ({a}) and up ({b}) projections in different formats are not supported"
+                )))
+            }
+        };
+        let down = match d.format {
+            WeightFormat::Float(a) => {
+                let es = a.size();
+                DownSlot::Float {
+                    dtype: a,
+                    down_off: (d.offset / es) as u32,
+                    slot_elems: (slot_bytes as usize / es) as u32,
+                }
+            }
+            WeightFormat::Affine(q) => DownSlot::Quant {
+                scale_dtype: q.scale_dtype,
+                quant: (q.bits, q.group_size),
+                slot_words,
+                down: q_offsets(d),
+            },
+        };
+        Ok(ExpertKernels {
+            gate_up,
+            down,
+            inter: g.rows,
+        })
+    }
+}
