@@ -48,17 +48,13 @@ impl<'a> Pass<'a> {
     fn shared_expert(&mut self, sh: &SharedExpert, moe: &Moe) {
         let s = self.s;
         let (h, n) = (self.m.cfg.hidden_size, self.n);
-        let (s_stride, s_offset) = match &sh.gate {
+        // The gate logits: their buffer, floats per token, offset in a token's row.
+        let (sg, s_stride, s_offset) = match &sh.gate {
             Some(gate) => {
                 self.linear(gate, self.input(gate, n, h), &s.shared_g, None, None);
-                (1, 0)
+                (&s.shared_g, 1, 0)
             }
-            None => (moe.router.rows, moe.spec.experts),
-        };
-        let sg = if sh.gate.is_some() {
-            &s.shared_g
-        } else {
-            &s.router_logits
+            None => (&s.router_logits, moe.router.rows, moe.spec.experts),
         };
         let inter = sh.down.cols;
         let (gb, ub, gs, go, us, uo) = match &sh.gate_up {
