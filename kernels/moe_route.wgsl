@@ -3,7 +3,9 @@
 // experts chosen look up their cache slots in the GPU slot table and write, per
 // cache page, the assignment list the expert kernels read and the indirect dispatch sizes
 // of the gate/up and down kernels over that page, and log the chosen ids for the host.
-// Assignments of page p occupy rows p * top_k .. of the assignment buffers. An expert that is not resident sets this layer's
+// With `shared_expert`, the layer's shared expert (in a fixed cache slot, table entry
+// n_experts) is one more choice (include/top_k.wgsl): `choices` = top_k + shared_expert.
+// Assignments of page p occupy rows p * choices .. of the assignment buffers. An expert that is not resident sets this layer's
 // miss flag (and points at slot 0 so the kernels stay in bounds); the host then discards
 // the step and runs it again with a routing readback. So does an expert in a page whose
 // kernels the host did not record (pages below 32 whose bit in page_mask is clear: the
@@ -11,10 +13,10 @@
 // another session may have filled one since). The workgroup routes, looks up all chosen
 // experts at once, and writes the assignments and the grids of every page in parallel
 // (and the page's unused assignment rows as token 0, slot 0, weight 0, for hosts that
-// dispatch all top_k rows of a page directly).
+// dispatch all `choices` rows of a page directly).
 struct Params {
     top_k: u32,
-    table_base: u32, // layer * n_experts
+    table_base: u32, // layer * (n_experts + shared_expert)
     layer: u32,
     slots_per_page: u32,
     n_pages: u32,
@@ -24,7 +26,7 @@ struct Params {
     log_base: u32,  // where this layer's chosen ids go in route_log (after the miss flags)
     n_experts: u32,
     norm_topk: u32,
-    pad0: u32,
+    shared_expert: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -42,13 +44,17 @@ const NONE: u32 = 0xffffffffu;
 
 @compute @workgroup_size(128)
 fn main(@builtin(local_invocation_index) lid: u32) {
-    route_top_k(0u, p.n_experts, p.top_k, p.norm_topk != 0u, lid);
+    route_top_k(0u, p.n_experts, p.top_k, p.norm_topk != 0u, p.shared_expert != 0u, lid);
+    let choices = p.top_k + p.shared_expert;
     // Look the chosen experts up in parallel; tk_id[k] becomes the slot (0 for a miss).
-    for (var k = lid; k < p.top_k; k += TK_WG) {
+    for (var k = lid; k < choices; k += TK_WG) {
         let id = tk_id[k];
-        route_log[p.log_base + k] = id;
+        if (k < p.top_k) {
+            route_log[p.log_base + k] = id;
+        }
         // An empty choice (NaN logits) is a miss.
-        var slot = select(table[p.table_base + min(id, p.n_experts - 1u)], NONE, id == NONE);
+        let last = p.n_experts + p.shared_expert - 1u;
+        var slot = select(table[p.table_base + min(id, last)], NONE, id == NONE);
         let pg = slot / p.slots_per_page;
         let recorded = pg >= 32u || ((p.page_mask >> pg) & 1u) != 0u;
         if (slot == NONE || !recorded) {
@@ -62,7 +68,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     // A slot s is in page pg when s - pg * slots_per_page < slots_per_page (wrapping): the
     // serial loops compare rather than divide every slot (on an H200 their divisions cost
     // the kernel 0.8 of its 6.3 us).
-    for (var k = lid; k < p.top_k; k += TK_WG) {
+    for (var k = lid; k < choices; k += TK_WG) {
         let slot = tk_id[k];
         let pg = slot / p.slots_per_page;
         let first = pg * p.slots_per_page;
@@ -70,7 +76,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         for (var o = 0u; o < k; o++) {
             j += u32(tk_id[o] - first < p.slots_per_page);
         }
-        let a = pg * p.top_k + j;
+        let a = pg * choices + j;
         assign[2u * a] = 0u;
         assign[2u * a + 1u] = slot - first;
         assign_w[a] = tk_w[k];
@@ -79,7 +85,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     for (var pg = lid; pg < p.n_pages; pg += TK_WG) {
         let first = pg * p.slots_per_page;
         var count = 0u;
-        for (var k = 0u; k < p.top_k; k++) {
+        for (var k = 0u; k < choices; k++) {
             count += u32(tk_id[k] - first < p.slots_per_page);
         }
         args[6u * pg] = p.gate_up_x;
@@ -89,9 +95,9 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         args[6u * pg + 4u] = count;
         args[6u * pg + 5u] = 1u;
         // The page's other rows: token 0, slot 0, weight 0, for the host's direct grids
-        // (which run all top_k rows of a page; the combine reads only the chosen ones).
-        for (var j = count; j < p.top_k; j++) {
-            let a = pg * p.top_k + j;
+        // (which run all `choices` rows of a page; the combine reads only the chosen ones).
+        for (var j = count; j < choices; j++) {
+            let a = pg * choices + j;
             assign[2u * a] = 0u;
             assign[2u * a + 1u] = 0u;
             assign_w[a] = 0.0;

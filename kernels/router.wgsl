@@ -2,14 +2,16 @@
 // optionally renormalized to sum to 1 (include/top_k.wgsl). One workgroup per token;
 // n_experts <= 1024. An expert slot left empty (NaN logits) holds id u32::MAX. Token t's
 // logits start at logits[t * logit_stride] (n_experts, or one more where the router's
-// mat-vec also computes the shared expert's gate, Qwen3.5).
+// mat-vec also computes the shared expert's gate, Qwen3.5). With `shared_expert` the token
+// has top_k + 1 choices, the last its shared expert (id n_experts, include/top_k.wgsl);
+// ids and weights hold each token's choices at t * (top_k + shared_expert).
 struct Params {
     n_experts: u32,
     top_k: u32,
     norm_topk: u32,
     n_tokens: u32,
     logit_stride: u32,
-    pad0: u32,
+    shared_expert: u32,
     pad1: u32,
     pad2: u32,
 }
@@ -26,9 +28,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (t >= p.n_tokens) {
         return;
     }
-    route_top_k(t * p.logit_stride, p.n_experts, p.top_k, p.norm_topk != 0u, lid);
-    for (var k = lid; k < p.top_k; k += TK_WG) {
-        ids[t * p.top_k + k] = tk_id[k];
-        weights[t * p.top_k + k] = tk_w[k];
+    route_top_k(t * p.logit_stride, p.n_experts, p.top_k, p.norm_topk != 0u,
+                p.shared_expert != 0u, lid);
+    let choices = p.top_k + p.shared_expert;
+    for (var k = lid; k < choices; k += TK_WG) {
+        ids[t * choices + k] = tk_id[k];
+        weights[t * choices + k] = tk_w[k];
     }
 }

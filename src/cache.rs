@@ -92,6 +92,9 @@ pub(crate) struct LruPolicy {
     /// Slots per cache page, and per layer the number of its experts in each page.
     slots_per_page: usize,
     in_page: Vec<Vec<u32>>,
+    /// Slots that are never evicted (shared experts, [`LruPolicy::insert_fixed`]).
+    fixed: Vec<bool>,
+    n_fixed: usize,
 }
 
 impl LruPolicy {
@@ -103,7 +106,19 @@ impl LruPolicy {
             tick: 0,
             slots_per_page: slots_per_page.max(1),
             in_page: Vec::new(),
+            fixed: vec![false; slots],
+            n_fixed: 0,
         }
+    }
+
+    /// Places `key` in `slot` (which must be free) for good: it is never evicted.
+    pub fn insert_fixed(&mut self, key: (usize, usize), slot: usize) {
+        debug_assert!(self.owner[slot].is_none());
+        self.owner[slot] = Some(key);
+        self.map.insert(key, slot);
+        self.count(key, slot, true);
+        self.fixed[slot] = true;
+        self.n_fixed += 1;
     }
 
     /// The pages holding at least one expert of `layer`.
@@ -129,8 +144,9 @@ impl LruPolicy {
         }
     }
 
+    /// Slots that can hold a routed expert (all but the fixed ones).
     pub fn slots(&self) -> usize {
-        self.owner.len()
+        self.owner.len() - self.n_fixed
     }
 
     /// The slot holding `key`, marked as just used.
@@ -151,7 +167,7 @@ impl LruPolicy {
         let slot = match self.owner.iter().position(Option::is_none) {
             Some(s) => s,
             None => (0..self.owner.len())
-                .filter(|s| !pinned.contains(s))
+                .filter(|&s| !self.fixed[s] && !pinned.contains(&s))
                 .min_by_key(|&s| self.last_used[s])?,
         };
         let evicted = self.owner[slot].take();
@@ -167,8 +183,11 @@ impl LruPolicy {
         Some((slot, evicted))
     }
 
-    /// Forgets whatever `slot` holds (after a failed fill).
+    /// Forgets whatever `slot` holds (after a failed fill); fixed slots keep theirs.
     pub fn clear(&mut self, slot: usize) {
+        if self.fixed[slot] {
+            return;
+        }
         if let Some(old) = self.owner[slot].take() {
             self.map.remove(&old);
             self.count(old, slot, false);
@@ -199,8 +218,19 @@ pub(crate) struct ExpertCache {
     /// expert's entry is cleared before its slot is overwritten, and a new expert's entry is
     /// set only after its data.
     pub table: wgpu::Buffer,
-    num_experts: usize,
+    /// Table entries per layer: the routed experts, then the shared expert's where it has
+    /// a slot.
+    table_stride: usize,
+    /// Per layer, the fixed slot of its shared expert, if it has one.
+    shared_slots: Vec<Option<usize>>,
 }
+
+/// The shared experts that ride in the cache, one fixed slot per MoE layer: their bytes
+/// per layer, in the layer's expert layout (`None` for a layer whose shared expert does
+/// not ride in the cache). The routing then treats a layer's shared
+/// expert as one more choice (expert id `num_experts`, [`ExpertCache::shared_slot`]), so
+/// it runs in the same dispatches as the routed experts.
+pub(crate) type SharedBlobs<'a> = &'a dyn Fn(usize) -> Result<Option<Vec<u8>>>;
 
 impl std::fmt::Debug for ExpertCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -208,13 +238,15 @@ impl std::fmt::Debug for ExpertCache {
             .field("slot_bytes", &self.slot_bytes)
             .field("slots", &self.slots)
             .field("pages", &self.pages.len())
+            .field("shared", &self.shared_slots.iter().flatten().count())
             .finish()
     }
 }
 
 impl ExpertCache {
-    /// A cache of `slots` slots, each as large as the largest expert of `store` over
-    /// `moe_layers`, read by `io_threads` threads.
+    /// A cache of `slots` slots for routed experts, each as large as the largest expert of
+    /// `store` over `moe_layers`, read by `io_threads` threads; with `shared`, one more
+    /// fixed slot per MoE layer holding its shared expert.
     pub fn new(
         gpu: &Gpu,
         store: Arc<dyn ExpertStore>,
@@ -222,6 +254,7 @@ impl ExpertCache {
         (num_layers, num_experts): (usize, usize),
         (slots, page_bytes): (usize, Option<u64>),
         io_threads: usize,
+        shared: Option<SharedBlobs<'_>>,
     ) -> Result<Self> {
         let mut largest = 0;
         for &l in moe_layers {
@@ -248,26 +281,59 @@ impl ExpertCache {
                 "an expert cache page of {page_limit} bytes cannot hold one expert slot ({slot_bytes} bytes)"
             )));
         }
-        let mut slots_per_page = ((page_limit / slot_bytes) as usize).min(slots);
+        let n_shared = if shared.is_some() {
+            moe_layers.len()
+        } else {
+            0
+        };
+        let per_layer = num_experts + usize::from(shared.is_some());
+        let total = slots + n_shared;
+        let mut slots_per_page = ((page_limit / slot_bytes) as usize).min(total);
         // Pages of whole layers where a page holds one or more: a model preloaded layer by
-        // layer then has each layer's experts in one page, so a resident decode step runs
-        // each layer's expert kernels once instead of once per page it straddles (8 of the
-        // 40 layers of Qwen3.5-35B-A3B straddled two pages on an H100: 16 dispatches of
-        // ~630 per token).
-        if slots_per_page < slots && slots_per_page >= num_experts && num_experts > 0 {
-            slots_per_page -= slots_per_page % num_experts;
+        // layer then has each layer's experts (and its shared expert) in one page, so a
+        // resident decode step runs each layer's expert kernels once instead of once per
+        // page it straddles (8 of the 40 layers of Qwen3.5-35B-A3B straddled two pages on
+        // an H100: 16 dispatches of ~630 per token).
+        if slots_per_page < total && slots_per_page >= per_layer && num_experts > 0 {
+            slots_per_page -= slots_per_page % per_layer;
         }
         let mut pages = Vec::new();
-        let mut left = slots;
+        let mut left = total;
         while left > 0 {
             let n = slots_per_page.min(left);
             pages.push(gpu.storage_buffer("expert cache page", n as u64 * slot_bytes));
             left -= n;
         }
-        let table = gpu.upload(
-            "expert slot table",
-            bytemuck::cast_slice(&vec![NOT_RESIDENT; num_layers * num_experts]),
-        );
+        let mut table = vec![NOT_RESIDENT; num_layers * per_layer];
+        let mut policy = LruPolicy::new(total, slots_per_page);
+        let mut shared_slots = vec![None; num_layers];
+        if let Some(blob) = shared {
+            // Where a preload of every routed expert, layer by layer into the free slots
+            // in order, leaves each layer's shared expert beside its routed ones (in its
+            // page): after them. With fewer slots than that, at the end.
+            let everything = slots >= moe_layers.len() * num_experts;
+            for (i, &l) in moe_layers.iter().enumerate() {
+                let slot = if everything {
+                    i * per_layer + num_experts
+                } else {
+                    slots + i
+                };
+                let Some(bytes) = blob(l)? else { continue };
+                if bytes.len() as u64 > slot_bytes {
+                    return Err(Error::InvalidArgument(format!(
+                        "the shared expert of layer {l} ({} bytes) does not fit an expert slot ({slot_bytes} bytes)",
+                        bytes.len()
+                    )));
+                }
+                let (page, local) = (slot / slots_per_page, slot % slots_per_page);
+                gpu.queue
+                    .write_buffer(&pages[page], local as u64 * slot_bytes, &bytes);
+                policy.insert_fixed((l, num_experts), slot);
+                table[l * per_layer + num_experts] = slot as u32;
+                shared_slots[l] = Some(slot);
+            }
+        }
+        let table = gpu.upload("expert slot table", bytemuck::cast_slice(&table));
         gpu.check()?;
         let io = IoPool::new(store, io_threads)?;
         Ok(ExpertCache {
@@ -277,20 +343,42 @@ impl ExpertCache {
             slots,
             staging_bytes: largest,
             state: Mutex::new(CacheState {
-                policy: LruPolicy::new(slots, slots_per_page),
+                policy,
                 bufs: Vec::new(),
             }),
             io,
             totals: Mutex::new(CacheStats::default()),
             table,
-            num_experts,
+            table_stride: per_layer,
+            shared_slots,
         })
     }
 
     fn set_table(&self, gpu: &Gpu, (layer, expert): (usize, usize), value: u32) {
-        let at = ((layer * self.num_experts + expert) * 4) as u64;
+        let at = ((layer * self.table_stride + expert) * 4) as u64;
         gpu.queue
             .write_buffer(&self.table, at, &value.to_le_bytes());
+    }
+
+    /// Slot-table entries per layer (the routing kernel's stride).
+    pub fn table_stride(&self) -> usize {
+        self.table_stride
+    }
+
+    /// The fixed slot of layer `l`'s shared expert, where it rides in the cache.
+    pub fn shared_slot(&self, l: usize) -> Option<usize> {
+        self.shared_slots.get(l).copied().flatten()
+    }
+
+    /// Whether the layers' shared experts ride in the cache as one more routing choice.
+    pub fn has_shared(&self) -> bool {
+        self.shared_slots.iter().any(Option::is_some)
+    }
+
+    /// GPU bytes of all slots, the shared experts' included.
+    pub fn bytes(&self) -> u64 {
+        let shared = self.shared_slots.iter().flatten().count();
+        self.slot_bytes * (self.slots + shared) as u64
     }
 
     /// Marks the experts `keys` as just used, as a step that ran without a routing
@@ -489,6 +577,27 @@ mod tests {
         assert_eq!((d, ev), (c, Some((0, 3))));
         assert!(p.insert((2, 0), &[a, d]).is_none());
         assert_eq!(p.lookup((0, 2)), None);
+    }
+
+    #[test]
+    fn fixed_slots_are_never_evicted_or_cleared() {
+        let mut p = LruPolicy::new(3, 3);
+        p.insert_fixed((0, 9), 1);
+        assert_eq!(p.slots(), 2);
+        assert_eq!(p.lookup((0, 9)), Some(1));
+        let (a, _) = p.insert((0, 0), &[]).unwrap();
+        let (b, _) = p.insert((0, 1), &[]).unwrap();
+        assert_eq!((a, b), (0, 2));
+        // Full: the LRU of the two free-to-evict slots goes, never the fixed one, even when
+        // it is the least recently used.
+        p.lookup((0, 0));
+        p.lookup((0, 1));
+        let (c, ev) = p.insert((0, 2), &[]).unwrap();
+        assert_eq!((c, ev), (0, Some((0, 0))));
+        assert!(p.insert((0, 3), &[0, 2]).is_none());
+        p.clear(1);
+        assert_eq!(p.lookup((0, 9)), Some(1));
+        assert_eq!(p.layer_pages(0), vec![0]);
     }
 
     #[test]

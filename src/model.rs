@@ -7,7 +7,7 @@ use crate::cache::{CacheStats, ExpertCache};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::dtype::DType;
-use crate::engine::weights::Weights;
+use crate::engine::weights::{shared_expert_blob, Weights};
 use crate::error::{Error, Result};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::reads_q8_activations;
@@ -253,7 +253,7 @@ impl ModelBuilder {
                 )))
             }
         };
-        let weights = Weights::load(&gpu, &cfg, &ckpt)?;
+        let weights = Weights::load(&gpu, &cfg, &ckpt, store.as_ref())?;
         // Decode rows stay f32 when asked, without integer dot products, or when no 2- to 6-bit
         // matrix would read the 8+8-bit row (then no norm writes it).
         let reads_q8 =
@@ -295,6 +295,12 @@ impl ModelBuilder {
                 }
             }
             .min(total_experts);
+            let shared_blob = |l: usize| -> Result<Option<Vec<u8>>> {
+                match (weights.cached_shared(l), store.layout(l)) {
+                    (true, Some(lay)) => shared_expert_blob(&cfg, &ckpt, l, lay).map(Some),
+                    _ => Ok(None),
+                }
+            };
             Some(ExpertCache::new(
                 &gpu,
                 store.clone(),
@@ -302,6 +308,7 @@ impl ModelBuilder {
                 (cfg.num_hidden_layers, cfg.num_experts),
                 (slots, self.page_bytes),
                 self.io_threads,
+                weights.any_cached_shared().then_some(&shared_blob),
             )?)
         } else {
             None
@@ -462,17 +469,16 @@ impl Model {
         Ok(stats)
     }
 
-    /// Number of expert slots in the GPU cache (0 for a model without experts).
+    /// Number of expert slots for routed experts in the GPU cache (0 for a model without
+    /// experts). Shared experts stored like the routed ones take one more slot per MoE
+    /// layer, counted in [`Model::expert_cache_bytes`] but not here.
     pub fn expert_cache_slots(&self) -> usize {
         self.inner.cache.as_ref().map_or(0, ExpertCache::slots)
     }
 
     /// Bytes of GPU memory the expert cache takes.
     pub fn expert_cache_bytes(&self) -> u64 {
-        self.inner
-            .cache
-            .as_ref()
-            .map_or(0, |c| c.slot_bytes * self.expert_cache_slots() as u64)
+        self.inner.cache.as_ref().map_or(0, ExpertCache::bytes)
     }
 
     /// Bytes of all experts of the model (what a fully resident cache would hold).

@@ -23,8 +23,11 @@ var<workgroup> tk_id: array<u32, 1024>;
 var<workgroup> tk_w: array<f32, 1024>;
 
 // Routes the token whose logits start at logits[lb] over n experts (<= 1024); top_k <= n.
-// Call from uniform control flow with all TK_WG invocations.
-fn route_top_k(lb: u32, n: u32, top_k: u32, norm: bool, lid: u32) {
+// With `with_shared` (a shared expert riding in the expert cache, Qwen3.5, Qwen3-Next), choice
+// top_k (< 1024) is one more: expert n, weighted by the sigmoid of the logit after the
+// routed ones, logits[lb + n]; sigmoid(v) = 1 / (1 + exp(-v)). Call from uniform control
+// flow with all TK_WG invocations.
+fn route_top_k(lb: u32, n: u32, top_k: u32, norm: bool, with_shared: bool, lid: u32) {
     // The softmax's max and sum in one pass (each invocation's running pair, rescaled as
     // its max grows) and one reduction tree over the pairs; the logits stay in workgroup
     // memory for the second pass.
@@ -99,6 +102,13 @@ fn route_top_k(lb: u32, n: u32, top_k: u32, norm: bool, lid: u32) {
         workgroupBarrier();
         for (var k = lid; k < top_k; k += TK_WG) {
             tk_w[k] = tk_w[k] / chosen;
+        }
+        workgroupBarrier();
+    }
+    if (with_shared) {
+        if (lid == 0u) {
+            tk_id[top_k] = n;
+            tk_w[top_k] = 1.0 / (1.0 + exp(-logits[lb + n]));
         }
         workgroupBarrier();
     }

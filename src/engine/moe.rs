@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::experts::{expert_grid, ExpertKernels};
 use super::pass::{grid, Pass, XLayout};
-use super::weights::{GateUp, Moe, SharedExpert};
+use super::weights::{GateUp, Moe, Shared, SharedExpert};
 use crate::error::{Error, Result};
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{MoeCombineParams, MoeRouteParams, RouterParams, SharedSwiGluParams};
@@ -32,13 +32,14 @@ impl<'a> Pass<'a> {
             None,
         );
         // The residual the combine adds the routed experts to: h, or h plus the gated
-        // shared expert (computed first, from the same normalized rows).
+        // shared expert where it has mat-vecs of its own (computed first, from the same
+        // normalized rows); a shared expert in the cache is one more routed choice.
         let resid = match &moe.shared {
-            Some(sh) => {
+            Some(Shared::Resident(sh)) => {
                 self.shared_expert(sh, moe);
                 &s.shared_o
             }
-            None => &s.h,
+            Some(Shared::Cached) | None => &s.h,
         };
         self.routed_experts(l, moe, resid)
     }
@@ -94,16 +95,32 @@ impl<'a> Pass<'a> {
         );
     }
 
-    /// `x = h + sum_j w_j expert_j(xn)` for the experts the router picks.
+    /// `x = resid + sum_j w_j expert_j(xn)` for the experts the router picks (and the
+    /// shared expert, where it rides in the cache, as choice `top_k`).
     fn routed_experts(&mut self, l: usize, moe: &Moe, resid: &wgpu::Buffer) -> Result<()> {
         let m = self.m;
         let s = self.s;
         let cfg = &m.cfg;
         let spec = &moe.spec;
+        let cache = m
+            .cache
+            .as_ref()
+            .ok_or_else(|| Error::Gpu("MoE layer without an expert cache".into()))?;
+        // The fixed slot of the shared expert riding in the cache.
+        let shared_slot = match moe.shared {
+            Some(Shared::Cached) => Some(cache.shared_slot(l).ok_or_else(|| {
+                Error::Gpu(format!(
+                    "layer {l}'s shared expert has no expert cache slot"
+                ))
+            })?),
+            _ => None,
+        };
         let (n, k, ne) = (self.n, spec.top_k, spec.experts);
+        // Choices per token.
+        let kk = k + usize::from(shared_slot.is_some());
         if self.resident {
             // The routing kernel routes from the logits itself.
-            return self.moe_resident(l, spec, resid);
+            return self.moe_resident(l, spec, resid, shared_slot.is_some());
         }
         let p = RouterParams {
             n_experts: ne as u32,
@@ -111,6 +128,7 @@ impl<'a> Pass<'a> {
             norm_topk: u32::from(spec.norm_topk_prob),
             n_tokens: n as u32,
             logit_stride: moe.router.rows as u32,
+            shared_expert: u32::from(shared_slot.is_some()),
             ..Default::default()
         };
         self.rec.dispatch(
@@ -124,7 +142,7 @@ impl<'a> Pass<'a> {
             ],
             grid(n),
         );
-        let bytes = (n * k * 4) as u64;
+        let bytes = (n * kk * 4) as u64;
         let parts = self.rec.read(
             &[(&s.route_ids, 0, bytes), (&s.route_w, 0, bytes)],
             &s.readback,
@@ -132,22 +150,19 @@ impl<'a> Pass<'a> {
         let ids: Vec<u32> = bytemuck::pod_collect_to_vec(&parts[0]);
         let wts: Vec<f32> = bytemuck::pod_collect_to_vec(&parts[1]);
 
-        // Group the (token, choice) pairs by expert.
-        self.experts_routed += ids.len() as u64;
+        // Group the (token, choice) pairs by expert (the shared expert, id `ne`, apart).
+        self.experts_routed += (n * k) as u64;
         let mut by_expert: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (flat, &e) in ids.iter().enumerate() {
-            if e as usize >= ne {
+            let shared = shared_slot.is_some() && flat % kk == k && e as usize == ne;
+            if e as usize >= ne && !shared {
                 return Err(Error::Gpu(format!(
                     "router of layer {l} returned expert id {e} (the layer has {ne} experts)"
                 )));
             }
             by_expert.entry(e as usize).or_default().push(flat);
         }
-        let experts: Vec<usize> = by_expert.keys().copied().collect();
-        let cache = m
-            .cache
-            .as_ref()
-            .ok_or_else(|| Error::Gpu("MoE layer without an expert cache".into()))?;
+        let experts: Vec<usize> = by_expert.keys().copied().filter(|&e| e < ne).collect();
         let lay = m.store.layout(l).ok_or_else(|| Error::ExpertRead {
             layer: l,
             expert: experts.first().copied().unwrap_or(0),
@@ -156,9 +171,9 @@ impl<'a> Pass<'a> {
         })?;
         let kernels = ExpertKernels::new(l, lay, cache.slot_bytes)?;
         let hs = cfg.hidden_size as u32;
-        let mut route = vec![0u32; n * k];
-        let mut pairs: Vec<u32> = Vec::with_capacity(2 * n * k);
-        let mut aw: Vec<f32> = Vec::with_capacity(n * k);
+        let mut route = vec![0u32; n * kk];
+        let mut pairs: Vec<u32> = Vec::with_capacity(2 * n * kk);
+        let mut aw: Vec<f32> = Vec::with_capacity(n * kk);
         // Quantized experts with 8 or more assignments each on average: mat-mat kernels over
         // tiles of each expert's assignments (one weight read per tile of up to 32 instead
         // of one per assignment; with fewer, the per-assignment mat-vecs are faster).
@@ -168,10 +183,16 @@ impl<'a> Pass<'a> {
         let mut tiles: Vec<u32> = Vec::new();
         let mut state = cache.lock();
         let group_size = state.policy.slots();
-        for group in experts.chunks(group_size) {
+        for (g, group) in experts.chunks(group_size).enumerate() {
             let keys: Vec<(usize, usize)> = group.iter().map(|&e| (l, e)).collect();
-            let slots =
+            let mut slots =
                 cache.acquire(&m.gpu, &mut state, m.store.as_ref(), &keys, &mut self.stats)?;
+            // The shared expert's assignments go with the first group's.
+            let mut group = group.to_vec();
+            if let (0, Some(slot)) = (g, shared_slot) {
+                group.push(ne);
+                slots.push(slot);
+            }
             let mut order: Vec<usize> = (0..group.len()).collect();
             order.sort_by_key(|&i| slots[i]);
             let a0 = aw.len();
@@ -180,9 +201,9 @@ impl<'a> Pass<'a> {
             for i in order {
                 let (page, local) = cache.locate(slots[i]);
                 let start = aw.len();
-                for &flat in &by_expert[&group[i]] {
+                for &flat in by_expert.get(&group[i]).map_or(&[][..], Vec::as_slice) {
                     route[flat] = aw.len() as u32;
-                    pairs.push((flat / k) as u32);
+                    pairs.push((flat / kk) as u32);
                     pairs.push(local as u32);
                     aw.push(wts[flat]);
                 }
@@ -238,7 +259,7 @@ impl<'a> Pass<'a> {
         let p = MoeCombineParams {
             hidden: hs,
             n_tokens: n as u32,
-            top_k: k as u32,
+            top_k: kk as u32,
             ..Default::default()
         };
         self.rec.dispatch(
@@ -265,11 +286,14 @@ impl<'a> Pass<'a> {
         l: usize,
         spec: &crate::arch::MoeSpec,
         resid: &wgpu::Buffer,
+        shared: bool,
     ) -> Result<()> {
         let m = self.m;
         let s = self.s;
         let cfg = &m.cfg;
         let (k, ne) = (spec.top_k, spec.experts);
+        // Choices: the routed experts, then the shared expert where it rides in the cache.
+        let kk = k + usize::from(shared);
         let cache = m
             .cache
             .as_ref()
@@ -281,12 +305,12 @@ impl<'a> Pass<'a> {
             source: None,
         })?;
         let kernels = ExpertKernels::new(l, lay, cache.slot_bytes)?;
-        // Workgroups per assignment, as `experts` sizes the grids (for pages of up to k
+        // Workgroups per assignment, as `experts` sizes the grids (for pages of up to kk
         // assignments).
         let (h, i) = (cfg.hidden_size, kernels.inter);
         let (_, _, (gate_up_x, _)) =
-            expert_grid(m, kernels.gate_up.quant().is_some(), i, h, k as u32);
-        let (_, _, (down_x, _)) = expert_grid(m, kernels.down.quant().is_some(), h, i, k as u32);
+            expert_grid(m, kernels.gate_up.quant().is_some(), i, h, kk as u32);
+        let (_, _, (down_x, _)) = expert_grid(m, kernels.down.quant().is_some(), h, i, kk as u32);
         // Only the pages that hold any of this layer's experts get kernels (a resident
         // model preloaded layer by layer has each layer in one or two pages); the routing
         // kernel flags an expert in any other page (one filled by another session since)
@@ -304,7 +328,7 @@ impl<'a> Pass<'a> {
             .fold(0u32, |m, &p| m | (1 << p));
         let p = MoeRouteParams {
             top_k: k as u32,
-            table_base: (l * ne) as u32,
+            table_base: (l * cache.table_stride()) as u32,
             layer: l as u32,
             slots_per_page: cache.slots_per_page as u32,
             n_pages: cache.pages.len() as u32,
@@ -314,7 +338,7 @@ impl<'a> Pass<'a> {
             log_base: (cfg.num_hidden_layers + l * k) as u32,
             n_experts: ne as u32,
             norm_topk: u32::from(spec.norm_topk_prob),
-            ..Default::default()
+            shared_expert: u32::from(shared),
         };
         self.rec.dispatch(
             Kernel::MoeRoute,
@@ -340,12 +364,12 @@ impl<'a> Pass<'a> {
         let direct = pages.len() <= 2;
         for p in pages {
             let args = (!direct).then(|| (&s.moe_args, (p * 24) as u64));
-            self.experts(&kernels, &cache.pages[p], (p * k) as u32, k as u32, args);
+            self.experts(&kernels, &cache.pages[p], (p * kk) as u32, kk as u32, args);
         }
         let p = MoeCombineParams {
             hidden: cfg.hidden_size as u32,
             n_tokens: 1,
-            top_k: k as u32,
+            top_k: kk as u32,
             ..Default::default()
         };
         self.rec.dispatch(

@@ -220,6 +220,8 @@ impl Scratch {
         let gpu = &m.gpu;
         // The widest per-token activation decides how many tokens fit one pass.
         let k = cfg.num_experts_per_tok.max(1);
+        // Choices per token: one more where shared experts ride in the expert cache.
+        let kk = k + usize::from(m.cache.as_ref().is_some_and(|c| c.has_shared()));
         let mlp = cfg
             .intermediate_size
             .max(cfg.shared_expert_intermediate_size);
@@ -230,8 +232,8 @@ impl Scratch {
             cfg.num_attention_heads * cfg.head_dim * 2 + 2 * cfg.num_key_value_heads * cfg.head_dim,
             mlp,
             cfg.num_experts + 1,
-            k * cfg.hidden_size,
-            k * cfg.moe_intermediate_size,
+            kk * cfg.hidden_size,
+            kk * cfg.moe_intermediate_size,
             la_rows_max,
         ]
         .into_iter()
@@ -253,14 +255,14 @@ impl Scratch {
             crate::gpu::kernels::topk_groups(cfg.vocab_size as u32).0 as usize * MAX_TOP * 2;
         let readback_bytes = (((cfg.vocab_size * 4).max(topk_words * 4)
             + cfg.num_hidden_layers * (k + 1) * 4)
-            .max(cap * k * 8) as u64)
+            .max(cap * kk * 8) as u64)
             .div_ceil(16)
             * 16
             + Timer::READBACK_BYTES;
-        // Assignment rows: one per (token, choice) of a pass, and top_k per cache page for a
-        // resident decode step.
+        // Assignment rows: one per (token, choice) of a pass, and every choice per cache
+        // page for a resident decode step.
         let pages = m.cache.as_ref().map_or(1, |c| c.pages.len());
-        let rows = (cap * k).max(pages * k);
+        let rows = (cap * kk).max(pages * kk);
         let scratch = Scratch {
             cap,
             ids: buf("ids", cap),
@@ -286,12 +288,12 @@ impl Scratch {
             mlp_u: buf("mlp_u", cap * mlp),
             mlp_a: buf("mlp_a", cap * mlp),
             router_logits: buf("router_logits", cap * (cfg.num_experts + 1)),
-            route_ids: buf("route_ids", cap * k),
-            route_w: buf("route_w", cap * k),
+            route_ids: buf("route_ids", cap * kk),
+            route_w: buf("route_w", cap * kk),
             assign: buf("assign", rows * 2),
             assign_w: buf("assign_w", rows),
             tiles: buf("tiles", rows * 2),
-            route: buf("route", cap * k),
+            route: buf("route", cap * kk),
             route_log: buf("route log", cfg.num_hidden_layers * (1 + k)),
             topk: buf("top-k candidates", topk_words),
             moe_args: gpu.device.create_buffer(&wgpu::BufferDescriptor {

@@ -7,6 +7,7 @@ use crate::checkpoint::{Checkpoint, MatrixView};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, GpuMatrix, GpuVec};
+use crate::store::{ExpertLayout, ExpertStore};
 
 /// The q, k and v projections: one matrix of `q_dim + 2 * kv_dim` rows (q, then k, then v)
 /// when the three are stored alike, so a step runs one mat-vec for all three; separate
@@ -66,7 +67,19 @@ pub(crate) struct Moe {
     /// `mlp.gate`, `[experts, hidden]`, or `[experts + 1, hidden]` with the shared expert's
     /// gate as its last row when the two are stored alike.
     pub router: GpuMatrix,
-    pub shared: Option<SharedExpert>,
+    pub shared: Option<Shared>,
+}
+
+/// Where a MoE block's shared expert runs.
+pub(crate) enum Shared {
+    /// In a fixed slot of the expert cache, as one more routing choice (expert id
+    /// `spec.experts`) weighted by the sigmoid of the router's last logit: it runs in the
+    /// routed experts' dispatches, with none of its own (see [`crate::cache::SharedBlobs`]).
+    /// Chosen where it is stored like the layer's routed experts and its gate like the
+    /// router.
+    Cached,
+    /// Resident matrices with mat-vecs of their own.
+    Resident(Box<SharedExpert>),
 }
 
 /// A Gated DeltaNet layer's weights.
@@ -131,7 +144,7 @@ impl Weights {
                 FfnWeights::Dense(d) => vec![&d.gate, &d.up, &d.down],
                 FfnWeights::Moe(m) => {
                     let mut v = vec![&m.router];
-                    if let Some(sh) = &m.shared {
+                    if let Some(Shared::Resident(sh)) = &m.shared {
                         match &sh.gate_up {
                             GateUp::Fused(gu) => v.push(gu),
                             GateUp::Separate { gate, up } => v.extend([gate, up]),
@@ -149,17 +162,37 @@ impl Weights {
             .chain(layers)
     }
 
+    /// Whether layer `l`'s shared expert rides in the expert cache ([`Shared::Cached`]).
+    pub fn cached_shared(&self, l: usize) -> bool {
+        self.layers.get(l).is_some_and(|layer| {
+            matches!(&layer.ffn, FfnWeights::Moe(m) if matches!(m.shared, Some(Shared::Cached)))
+        })
+    }
+
+    /// Whether any layer's shared expert rides in the expert cache.
+    pub fn any_cached_shared(&self) -> bool {
+        (0..self.layers.len()).any(|l| self.cached_shared(l))
+    }
+
     /// Bytes of resident weights on the GPU.
     pub fn bytes(&self) -> u64 {
         self.matrices().map(GpuMatrix::bytes).sum()
     }
 
-    pub fn load(gpu: &Gpu, cfg: &ModelConfig, ckpt: &Checkpoint) -> Result<Weights> {
+    /// Loads the resident weights; shared experts stored like `store`'s experts of their
+    /// layer are left to the expert cache ([`Shared::Cached`]).
+    pub fn load(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        ckpt: &Checkpoint,
+        store: &dyn ExpertStore,
+    ) -> Result<Weights> {
         let names = crate::arch::names(cfg, ckpt)?;
         let family = crate::arch::family_of(cfg);
         let ld = Loader {
             gpu,
             ckpt,
+            store,
             names: &names,
             norm_shift: if family.zero_centred_norms() && !is_mlx(ckpt, cfg, &names) {
                 1.0
@@ -233,6 +266,7 @@ pub(crate) fn is_mlx(ckpt: &Checkpoint, cfg: &ModelConfig, names: &Names) -> boo
 struct Loader<'a> {
     gpu: &'a Gpu,
     ckpt: &'a Checkpoint,
+    store: &'a dyn ExpertStore,
     names: &'a Names,
     /// Added to every RMSNorm weight but the gated one's: 1 for the zero-centred norms of
     /// Hugging Face checkpoints of Qwen3.5 (the model multiplies by `1 + w`), else 0.
@@ -389,15 +423,30 @@ impl Loader<'_> {
                 shared: None,
             });
         };
-        let mut shared =
-            self.shared_expert(&self.names.layer(l, tensor::SHARED_EXPERT), h, inter)?;
         let sg = self.names.layer(l, tensor::SHARED_EXPERT_GATE);
         let (rv, gv) = (
             self.ckpt.matrix(&router, spec.experts, h)?,
             self.ckpt.matrix(&sg, 1, h)?,
         );
         let both = [(&rv, 0, spec.experts), (&gv, 0, 1)];
-        let router = match self.fuse_rows(&format!("{router}_and_shared_gate.weight"), &both)? {
+        let fused_label = format!("{router}_and_shared_gate.weight");
+        let views = shared_expert_views(self.ckpt, self.names, l, h, inter)?;
+        let cached = rv.format == gv.format
+            && self
+                .store
+                .layout(l)
+                .is_some_and(|lay| stored_like(&views, lay));
+        if cached {
+            if let Some(router) = self.fuse_rows(&fused_label, &both)? {
+                return Ok(Moe {
+                    spec: *spec,
+                    router,
+                    shared: Some(Shared::Cached),
+                });
+            }
+        }
+        let mut shared = self.shared_expert(&self.names.layer(l, tensor::SHARED_EXPERT), &views)?;
+        let router = match self.fuse_rows(&fused_label, &both)? {
             Some(fused) => fused,
             None => {
                 shared.gate = Some(GpuMatrix::upload(self.gpu, &format!("{sg}.weight"), &gv)?);
@@ -407,30 +456,31 @@ impl Loader<'_> {
         Ok(Moe {
             spec: *spec,
             router,
-            shared: Some(shared),
+            shared: Some(Shared::Resident(Box::new(shared))),
         })
     }
 
-    /// The shared expert `{p}.*` of width `inter` (its gate is placed by [`Loader::moe`]).
-    fn shared_expert(&self, p: &str, h: usize, inter: usize) -> Result<SharedExpert> {
-        let g = format!("{p}.{}", tensor::GATE_PROJ);
-        let u = format!("{p}.{}", tensor::UP_PROJ);
-        let (gv, uv) = (
-            self.ckpt.matrix(&g, inter, h)?,
-            self.ckpt.matrix(&u, inter, h)?,
-        );
-        let both = [(&gv, 0, inter), (&uv, 0, inter)];
-        let gate_up =
-            match self.fuse_rows(&format!("{p}.{}.weight", tensor::GATE_UP_PROJ), &both)? {
-                Some(fused) => GateUp::Fused(fused),
-                None => GateUp::Separate {
-                    gate: GpuMatrix::upload(self.gpu, &format!("{g}.weight"), &gv)?,
-                    up: GpuMatrix::upload(self.gpu, &format!("{u}.weight"), &uv)?,
-                },
-            };
+    /// The shared expert `{p}.*` as resident matrices (its gate is placed by
+    /// [`Loader::moe`]).
+    fn shared_expert(&self, p: &str, [gv, uv, dv]: &[MatrixView<'_>; 3]) -> Result<SharedExpert> {
+        let inter = gv.rows;
+        let both = [(gv, 0, inter), (uv, 0, inter)];
+        let gate_up = match self
+            .fuse_rows(&format!("{p}.{}.weight", tensor::GATE_UP_PROJ), &both)?
+        {
+            Some(fused) => GateUp::Fused(fused),
+            None => GateUp::Separate {
+                gate: GpuMatrix::upload(
+                    self.gpu,
+                    &format!("{p}.{}.weight", tensor::GATE_PROJ),
+                    gv,
+                )?,
+                up: GpuMatrix::upload(self.gpu, &format!("{p}.{}.weight", tensor::UP_PROJ), uv)?,
+            },
+        };
         Ok(SharedExpert {
             gate_up,
-            down: self.matrix(&format!("{p}.{}.weight", tensor::DOWN_PROJ), h, inter)?,
+            down: GpuMatrix::upload(self.gpu, &format!("{p}.{}.weight", tensor::DOWN_PROJ), dv)?,
             gate: None,
         })
     }
@@ -494,4 +544,53 @@ impl Loader<'_> {
             k_norm: self.norm(&names.weight(l, tensor::K_NORM), hd)?,
         })
     }
+}
+
+/// Layer `l`'s shared expert as stored: gate `[inter, h]`, up `[inter, h]`, down
+/// `[h, inter]`.
+fn shared_expert_views<'a>(
+    ckpt: &'a Checkpoint,
+    names: &Names,
+    l: usize,
+    h: usize,
+    inter: usize,
+) -> Result<[MatrixView<'a>; 3]> {
+    let p = names.layer(l, tensor::SHARED_EXPERT);
+    Ok([
+        ckpt.matrix(&format!("{p}.{}", tensor::GATE_PROJ), inter, h)?,
+        ckpt.matrix(&format!("{p}.{}", tensor::UP_PROJ), inter, h)?,
+        ckpt.matrix(&format!("{p}.{}", tensor::DOWN_PROJ), h, inter)?,
+    ])
+}
+
+/// Whether gate, up and down `views` are stored exactly as `layout`'s tensors.
+fn stored_like(views: &[MatrixView<'_>; 3], layout: &ExpertLayout) -> bool {
+    views
+        .iter()
+        .zip(&layout.tensors)
+        .all(|(v, t)| v.format == t.format && v.rows == t.rows && v.cols == t.cols)
+}
+
+/// Layer `l`'s shared expert as an expert blob in `layout` (for its fixed slot in the
+/// expert cache, [`Shared::Cached`]).
+pub(crate) fn shared_expert_blob(
+    cfg: &ModelConfig,
+    ckpt: &Checkpoint,
+    l: usize,
+    layout: &ExpertLayout,
+) -> Result<Vec<u8>> {
+    let names = crate::arch::names(cfg, ckpt)?;
+    let (h, inter) = (layout.tensors[0].cols, layout.tensors[0].rows);
+    let views = shared_expert_views(ckpt, &names, l, h, inter)?;
+    if !stored_like(&views, layout) {
+        return Err(Error::InvalidArgument(format!(
+            "the shared expert of layer {l} is not stored like the layer's routed experts"
+        )));
+    }
+    let mut blob = vec![0u8; layout.bytes];
+    for (v, t) in views.iter().zip(&layout.tensors) {
+        let bytes = v.rows_bytes(0, v.rows);
+        blob[t.offset..t.offset + bytes.len()].copy_from_slice(&bytes);
+    }
+    Ok(blob)
 }

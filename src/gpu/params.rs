@@ -513,8 +513,9 @@ kernel_params! {
         /// Floats from one token's logits to the next (`n_experts`, or one more where the
         /// router's mat-vec also computes the shared expert's gate).
         logit_stride: u32,
-        /// Padding.
-        pad0: u32,
+        /// 1: one more choice per token, the shared expert (id `n_experts`, weighted by
+        /// the sigmoid of the logit after the routed ones).
+        shared_expert: u32,
         /// Padding.
         pad1: u32,
         /// Padding.
@@ -838,7 +839,7 @@ kernel_params! {
     MoeRouteParams for MoeRoute {
         /// Experts chosen per token.
         top_k: u32,
-        /// The layer's first entry in the slot table (`layer * n_experts`).
+        /// The layer's first entry in the slot table (`layer * (n_experts + shared)`).
         table_base: u32,
         /// The layer (its miss flag in `route_log`).
         layer: u32,
@@ -858,8 +859,8 @@ kernel_params! {
         n_experts: u32,
         /// 1: renormalize the chosen weights to sum to 1.
         norm_topk: u32,
-        /// Padding.
-        pad0: u32,
+        /// 1: one more choice, the layer's shared expert (slot table entry `n_experts`).
+        shared_expert: u32,
     }
 }
 
