@@ -165,9 +165,11 @@ fn time_merge(
             head_dim: HEAD_DIM as u32,
             n_splits: splits,
             flags: AttentionMergeParams::INTERLEAVED,
+            ..Default::default()
         }
         .words(),
-        &[part, attn],
+        // No output gate: `part` stands in for the gate buffer.
+        &[part, attn, part],
         kernels::attention_merge_groups(Q_HEADS as u32, HEAD_DIM as u32),
     )
 }

@@ -3,7 +3,9 @@
 // out[h * head_dim + d] = sum_s exp(m_s - M) acc_s[d] / sum_s exp(m_s - M) l_s,
 // M = max_s m_s. Workgroup (h, c) takes dims 16 c .. 16 c + 15 of head h (grid:
 // `kernels::attention_merge_groups`), invocation i dim i % 16 over the ranges i / 16,
-// i / 16 + 4, ...; n_splits <= 256.
+// i / 16 + 4, ...; n_splits <= 256. With flags bit 1 (gated attention, Qwen3.5), each
+// output is also multiplied by sigmoid(gate[g_offset + h * g_head_stride + d]) =
+// 1 / (1 + exp(-gate)), the output gate sigmoid_gate.wgsl applies in a prefill.
 //
 // A decode step waits on this kernel, so it is written for latency: the ranges' m and l
 // are loaded in one round and shared through workgroup memory, and each invocation loads
@@ -15,12 +17,18 @@ struct Params {
     n_heads: u32,
     head_dim: u32,
     n_splits: u32,
-    flags: u32, // bit 0: write out in the interleaved layout (include/interleave.wgsl)
+    flags: u32, // bit 0: write out in the interleaved layout (include/interleave.wgsl);
+                // bit 1: multiply by the sigmoid of the output gate
+    g_offset: u32, // the gate of head 0 in `gate` (floats)
+    g_head_stride: u32, // floats from one head's gate to the next
+    pad0: u32,
+    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> part: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read> gate: array<f32>;
 
 const WG: u32 = 64u;
 // Dims per workgroup, and groups of ranges (WG = DIMS * GROUPS).
@@ -87,7 +95,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         let acc = (sums[lid] + sums[lid + DIMS]) + (sums[lid + 2u * DIMS] + sums[lid + 3u * DIMS]);
         let j = h * p.head_dim + d;
-        out[select(j, interleaved(j, p.n_heads * p.head_dim), (p.flags & 1u) != 0u)] = acc / total;
+        var v = acc / total;
+        if ((p.flags & 2u) != 0u) {
+            v = v * (1.0 / (1.0 + exp(-gate[p.g_offset + h * p.g_head_stride + d])));
+        }
+        out[select(j, interleaved(j, p.n_heads * p.head_dim), (p.flags & 1u) != 0u)] = v;
     }
 }
 

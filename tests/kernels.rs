@@ -190,6 +190,7 @@ fn every_kernel_is_covered() {
         "subgroup_probe",
         "conv1d_silu",
         "gated_delta_net",
+        "gated_delta_step",
         "gated_rmsnorm",
     ];
     for k in Kernel::ALL.into_iter().filter(|k| !k.is_quantized()) {
@@ -1060,11 +1061,26 @@ fn attention_split_and_merge() {
                 &[&f32_bytes(&q), &k_bytes, &v_bytes, &f32_bytes(&part)],
                 (nh as u32, splits),
             );
-            for il in [false, true] {
+            for (il, gated) in [(false, false), (true, false), (false, true), (true, true)] {
                 if il && (nh * hd) % 32 != 0 {
                     continue;
                 }
                 let before = rng.vec(nh * hd, 1.0);
+                // Gated attention's output gate: per head `[q | gate]` rows (3 junk values
+                // first), the merge multiplying by its sigmoid.
+                let (g_offset, g_head_stride) = (3 + hd, 2 * hd);
+                let gate = rng.vec(3 + nh * 2 * hd, 4.0);
+                let want: Vec<f32> = if gated {
+                    want.iter()
+                        .enumerate()
+                        .map(|(j, &w)| {
+                            let g = gate[g_offset + (j / hd) * g_head_stride + j % hd];
+                            w * (1.0 / (1.0 + (-g).exp()))
+                        })
+                        .collect()
+                } else {
+                    want.clone()
+                };
                 let merged = run(
                     Kernel::AttentionMerge,
                     None,
@@ -1076,17 +1092,24 @@ fn attention_split_and_merge() {
                             AttentionMergeParams::INTERLEAVED
                         } else {
                             0
+                        } | if gated {
+                            AttentionMergeParams::GATED
+                        } else {
+                            0
                         },
+                        g_offset: g_offset as u32,
+                        g_head_stride: g_head_stride as u32,
+                        ..Default::default()
                     }
                     .words(),
-                    &[&out[3], &f32_bytes(&before)],
+                    &[&out[3], &f32_bytes(&before), &f32_bytes(&gate)],
                     attention_merge_groups(nh as u32, hd as u32),
                 );
                 let mut got = to_f32(&merged[1]);
                 if il {
                     got = deinterleave(&got, nh * hd);
                 }
-                let case = format!("{case} interleaved {il}");
+                let case = format!("{case} interleaved {il} gated {gated}");
                 ck.close(&case, &got, &want, REDUCTION.floor(0.1));
             }
         }
@@ -1199,6 +1222,63 @@ fn router() {
         let case = format!("experts {ne} top_k {top_k}");
         let logits = ladder_logits(&mut rng, 2, ne);
         check_router(&mut ck, &case, &logits, ne, top_k, true, grid(2));
+    }
+    ck.report();
+}
+
+/// With a shared expert in the expert cache (Qwen3.5), the router gives each token one more
+/// choice: expert n_experts, weighted by the sigmoid of the logit after the experts'.
+#[test]
+fn router_with_shared_expert() {
+    let mut ck = Checker::new("router shared expert");
+    let mut rng = Rng::new(71);
+    for &(ne, top_k, norm) in &[(5usize, 2usize, true), (64, 8, false), (256, 8, true)] {
+        let n_tokens = 3;
+        let kk = top_k + 1;
+        let logits = ladder_logits(&mut rng, n_tokens, ne);
+        let gates = rng.vec(n_tokens, 6.0);
+        let rows: Vec<f32> = (0..n_tokens)
+            .flat_map(|t| {
+                let mut r = logits[t * ne..(t + 1) * ne].to_vec();
+                r.push(gates[t]);
+                r
+            })
+            .collect();
+        let (routed_ids, routed_w) = reference::router_topk(&logits, ne, top_k, norm);
+        let mut want_ids = Vec::new();
+        let mut want_w = Vec::new();
+        for t in 0..n_tokens {
+            want_ids.extend_from_slice(&routed_ids[t * top_k..(t + 1) * top_k]);
+            want_ids.push(ne as u32);
+            want_w.extend_from_slice(&routed_w[t * top_k..(t + 1) * top_k]);
+            want_w.push(1.0 / (1.0 + (-gates[t]).exp()));
+        }
+        let len = n_tokens * kk;
+        let (ids0, w0) = (vec![u32::MAX - 1; len + 1], vec![-7.0f32; len + 1]);
+        let out = run(
+            Kernel::Router,
+            None,
+            RouterParams {
+                n_experts: ne as u32,
+                top_k: top_k as u32,
+                norm_topk: u32::from(norm),
+                n_tokens: n_tokens as u32,
+                logit_stride: (ne + 1) as u32,
+                shared_expert: 1,
+                ..Default::default()
+            }
+            .words(),
+            &[&f32_bytes(&rows), &u32_bytes(&ids0), &f32_bytes(&w0)],
+            grid(n_tokens),
+        );
+        let case = format!("experts {ne} top_k {top_k} norm {norm}");
+        let (ids, w) = (to_u32(&out[1]), to_f32(&out[2]));
+        assert_eq!(ids[..len], want_ids[..], "router [{case}]: ids");
+        assert_eq!(ids[len], ids0[len], "router [{case}]: past the last token");
+        let mut written = vec![true; len + 1];
+        written[len] = false;
+        ck.untouched(&case, &w, &w0, &written);
+        ck.close(&case, &w[..len], &want_w, ROUTER_WEIGHTS);
     }
     ck.report();
 }
@@ -1745,18 +1825,24 @@ fn moe_route() {
     // sets the layer's miss flag and counts as slot 0.
     // The chosen ids go to the route log after the miss flags, at log_base. The experts
     // and weights are routed from the logits by the router's own code: they must equal
-    // the router kernel's, bit for bit. Dispatched as one workgroup.
+    // the router kernel's, bit for bit. With a shared expert in the cache, it is one more
+    // choice (id ne, slot at table entry ne of the layer's ne + 1, its logit after the
+    // experts'), not logged, and pages have top_k + 1 rows. Dispatched as one workgroup.
     let kernel = kernel_named("moe_route");
     let mut rng = Rng::new(140);
     const NONE: u32 = u32::MAX;
     let (n_layers, ne, spp, pages) = (3usize, 128usize, 16u32, 3usize);
     let (gate_up_x, down_x) = (11u32, 13u32);
     let mut cases = 0;
-    for layer in [0usize, 2] {
+    for (layer, shared) in [(0usize, false), (2, false), (1, true), (2, true)] {
+        // Table entries per layer, choices per token.
+        let stride = ne + usize::from(shared);
         for top_k in [1usize, 2, 5, 8] {
+            let kk = top_k + usize::from(shared);
             for (with_miss, page_mask) in [(false, u32::MAX), (true, u32::MAX), (false, 0b101)] {
-                // Slot table of all layers: a random slot (over 3 pages) or none.
-                let mut table: Vec<u32> = (0..n_layers * ne)
+                // Slot table of all layers: a random slot (over 3 pages) or none (the
+                // shared expert always has one).
+                let mut table: Vec<u32> = (0..n_layers * stride)
                     .map(|_| {
                         if rng.below(3) == 0 {
                             NONE
@@ -1765,9 +1851,15 @@ fn moe_route() {
                         }
                     })
                     .collect();
+                if shared {
+                    table[layer * stride + ne] = rng.below(40) as u32;
+                }
                 // Routing as the router kernel does it (checked against the CPU reference
                 // by `router`).
-                let logits = ladder_logits(&mut rng, 1, ne);
+                let mut logits = ladder_logits(&mut rng, 1, ne);
+                if shared {
+                    logits.push(3.0 * rng.f32());
+                }
                 let norm = top_k % 2 == 0;
                 let routed = run(
                     Kernel::Router,
@@ -1777,21 +1869,25 @@ fn moe_route() {
                         top_k: top_k as u32,
                         norm_topk: u32::from(norm),
                         n_tokens: 1,
-                        logit_stride: ne as u32,
+                        logit_stride: stride as u32,
+                        shared_expert: u32::from(shared),
                         ..Default::default()
                     }
                     .words(),
                     &[
                         &f32_bytes(&logits),
-                        &u32_bytes(&vec![0u32; top_k]),
-                        &f32_bytes(&vec![0f32; top_k]),
+                        &u32_bytes(&vec![0u32; kk]),
+                        &f32_bytes(&vec![0f32; kk]),
                     ],
                     (1, 1),
                 );
                 let (ids, weights) = (to_u32(&routed[1]), to_f32(&routed[2]));
-                assert!(ids.iter().all(|&e| (e as usize) < ne));
-                for (k, &e) in ids.iter().enumerate() {
-                    let at = layer * ne + e as usize;
+                assert!(ids[..top_k].iter().all(|&e| (e as usize) < ne));
+                if shared {
+                    assert_eq!(ids[top_k] as usize, ne, "the shared expert is choice top_k");
+                }
+                for (k, &e) in ids[..top_k].iter().enumerate() {
+                    let at = layer * stride + e as usize;
                     let missing = with_miss && k == top_k / 2;
                     if missing {
                         table[at] = NONE;
@@ -1800,10 +1896,10 @@ fn moe_route() {
                     }
                 }
                 // Sentinels past the rows used; other layers' miss flags are 7.
-                let rows = pages * top_k + 1;
+                let rows = pages * kk + 1;
                 let assign0 = vec![0xdead_beefu32; 2 * rows];
                 let assign_w0 = vec![-5.0f32; rows];
-                let route0 = vec![0xdead_beefu32; top_k + 1];
+                let route0 = vec![0xdead_beefu32; kk + 1];
                 // The route log: miss flags per layer, then top_k ids per layer (other
                 // layers' entries are 7 and must stay so).
                 let mut miss0 = vec![7u32; n_layers * (1 + top_k)];
@@ -1814,7 +1910,7 @@ fn moe_route() {
                     None,
                     MoeRouteParams {
                         top_k: top_k as u32,
-                        table_base: (layer * ne) as u32,
+                        table_base: (layer * stride) as u32,
                         layer: layer as u32,
                         slots_per_page: spp,
                         n_pages: pages as u32,
@@ -1824,7 +1920,7 @@ fn moe_route() {
                         log_base: (n_layers + layer * top_k) as u32,
                         n_experts: ne as u32,
                         norm_topk: u32::from(norm),
-                        ..Default::default()
+                        shared_expert: u32::from(shared),
                     }
                     .words(),
                     &[
@@ -1838,8 +1934,9 @@ fn moe_route() {
                     ],
                     (1, 1),
                 );
-                let case =
-                    format!("layer {layer} top_k {top_k} miss {with_miss} pages {page_mask:b}");
+                let case = format!(
+                    "layer {layer} top_k {top_k} shared {shared} miss {with_miss} pages {page_mask:b}"
+                );
                 let mut want_assign = assign0.clone();
                 let mut want_w = assign_w0.clone();
                 let mut want_route = route0.clone();
@@ -1849,14 +1946,16 @@ fn moe_route() {
                     want_args[6 * p..6 * p + 6].copy_from_slice(&[gate_up_x, 0, 1, down_x, 0, 1]);
                     // Rows a page does not use: token 0, slot 0, weight 0 (hosts may run
                     // all top_k rows of a page).
-                    for a in p * top_k..(p + 1) * top_k {
+                    for a in p * kk..(p + 1) * kk {
                         want_assign[2 * a..2 * a + 2].copy_from_slice(&[0, 0]);
                         want_w[a] = 0.0;
                     }
                 }
                 for (k, &e) in ids.iter().enumerate() {
-                    want_miss[n_layers + layer * top_k + k] = e;
-                    let mut slot = table[layer * ne + e as usize];
+                    if k < top_k {
+                        want_miss[n_layers + layer * top_k + k] = e;
+                    }
+                    let mut slot = table[layer * stride + e as usize];
                     if slot == NONE || (page_mask >> (slot / spp)) & 1 == 0 {
                         want_miss[layer] = 1;
                         slot = 0;
@@ -1865,7 +1964,7 @@ fn moe_route() {
                     let j = want_args[6 * p + 1] as usize;
                     want_args[6 * p + 1] += 1;
                     want_args[6 * p + 4] += 1;
-                    let a = p * top_k + j;
+                    let a = p * kk + j;
                     want_assign[2 * a] = 0;
                     want_assign[2 * a + 1] = slot % spp;
                     want_w[a] = weights[k];
@@ -1874,7 +1973,7 @@ fn moe_route() {
                 // Page 1 is not recorded with mask 0b101: any expert there is a miss.
                 let in_page_1 = ids
                     .iter()
-                    .any(|&e| table[layer * ne + e as usize] / spp == 1);
+                    .any(|&e| table[layer * stride + e as usize] / spp == 1);
                 assert_eq!(
                     want_miss[layer],
                     u32::from(with_miss || (page_mask == 0b101 && in_page_1)),

@@ -139,6 +139,7 @@ impl Pass<'_> {
                 &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn_part).into()],
                 (nh as u32, splits),
             );
+            // The output gate, if any, applied by the merge.
             let p = AttentionMergeParams {
                 n_heads: nh as u32,
                 head_dim: hd as u32,
@@ -147,13 +148,20 @@ impl Pass<'_> {
                     AttentionMergeParams::INTERLEAVED
                 } else {
                     0
+                } | if spec.output_gate {
+                    AttentionMergeParams::GATED
+                } else {
+                    0
                 },
+                g_offset: q_off + hd as u32,
+                g_head_stride: q_head_stride as u32,
+                ..Default::default()
             };
             self.rec.dispatch(
                 Kernel::AttentionMerge,
                 None,
                 p.words(),
-                &[(&s.attn_part).into(), (&s.attn).into()],
+                &[(&s.attn_part).into(), (&s.attn).into(), qb.into()],
                 kernels::attention_merge_groups(nh as u32, hd as u32),
             );
         } else {
@@ -183,7 +191,7 @@ impl Pass<'_> {
                 groups,
             );
         }
-        if spec.output_gate {
+        if spec.output_gate && !split {
             let p = SigmoidGateParams {
                 n: n as u32,
                 width: qd as u32,

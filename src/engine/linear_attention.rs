@@ -31,6 +31,8 @@ impl Pass<'_> {
         self.linear(&a.proj, self.input(&a.proj, n, h), &s.la_proj, None, None);
         let (ch, vw, hv) = (spec.conv_channels(), spec.value_width(), spec.value_heads);
         let stride = spec.projection_rows() as u32;
+        // As transformers: `1 / sqrt(Dk)` in double precision, rounded to f32.
+        let q_scale = (1.0 / (spec.key_dim as f64).sqrt()) as f32;
         let conv_p = Conv1dSiluParams {
             n_tokens: n as u32,
             channels: ch as u32,
@@ -46,7 +48,7 @@ impl Pass<'_> {
             conv_p.words(),
             &[
                 (&s.la_proj).into(),
-                a.conv.bind(),
+                a.conv(),
                 conv.into(),
                 (&s.la_y).into(),
                 conv_in.into(),
@@ -62,8 +64,7 @@ impl Pass<'_> {
             stride,
             b_offset: (ch + vw) as u32,
             a_offset: (ch + vw + hv) as u32,
-            // As transformers: `1 / sqrt(Dk)` in double precision, rounded to f32.
-            q_scale: (1.0 / (spec.key_dim as f64).sqrt()) as f32,
+            q_scale,
             fresh,
             ..Default::default()
         };
@@ -74,8 +75,8 @@ impl Pass<'_> {
             &[
                 (&s.la_y).into(),
                 (&s.la_proj).into(),
-                a.a_log.bind(),
-                a.dt_bias.bind(),
+                a.a_log(),
+                a.dt_bias(),
                 state.into(),
                 (&s.la_o).into(),
                 state_in.into(),
@@ -98,7 +99,7 @@ impl Pass<'_> {
             &[
                 (&s.la_o).into(),
                 (&s.la_proj).into(),
-                a.norm.bind(),
+                a.norm(),
                 (&s.la_n).into(),
             ],
             kernels::gated_rmsnorm_groups(hv as u32, n as u32),

@@ -6,7 +6,7 @@ use crate::arch::{
 use crate::checkpoint::{Checkpoint, MatrixView};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, GpuMatrix, GpuVec};
+use crate::gpu::{Bind, Gpu, GpuMatrix, GpuVec};
 use crate::store::{ExpertLayout, ExpertStore};
 
 /// The q, k and v projections: one matrix of `q_dim + 2 * kv_dim` rows (q, then k, then v)
@@ -87,18 +87,74 @@ pub(crate) struct LinearAttention {
     pub spec: LinearAttentionSpec,
     /// The input projections as one matrix, rows `[q | k | v | z | b | a]`.
     pub proj: GpuMatrix,
-    /// The depthwise convolution, `[channels, conv_kernel]`, f32.
-    pub conv: GpuVec,
-    /// `A_log` and `dt_bias`, `[value_heads]` each.
-    pub a_log: GpuVec,
-    pub dt_bias: GpuVec,
-    /// The gated RMSNorm's weight, `[value_dim]` (plain, not zero-centred).
-    pub norm: GpuVec,
+    /// The layer's small tensors in one f32 buffer ([`LinearConsts`]).
+    pub consts: GpuVec,
+    pub at: LinearConsts,
     /// `out_proj`, `[hidden, value_heads * value_dim]`.
     pub out: GpuMatrix,
 }
 
-/// A layer's token mixer, as its plan says.
+/// Where a linear-attention layer's small tensors sit in its constants buffer (in floats,
+/// each at a 256-byte boundary, so each can also be bound on its own): the depthwise
+/// convolution `[channels, conv_kernel]` at 0, `A_log` and `dt_bias` `[value_heads]`, the
+/// gated RMSNorm's weight `[value_dim]` (plain, not zero-centred).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LinearConsts {
+    pub a_log: usize,
+    pub dt_bias: usize,
+    pub norm: usize,
+    pub len: [usize; 4],
+}
+
+/// Floats per 256 bytes, the storage-binding offset alignment WebGPU guarantees.
+const BIND_ALIGN_FLOATS: usize = 64;
+
+impl LinearConsts {
+    fn new(conv: usize, heads: usize, dv: usize) -> Self {
+        let up = |n: usize| n.div_ceil(BIND_ALIGN_FLOATS) * BIND_ALIGN_FLOATS;
+        let a_log = up(conv);
+        let dt_bias = a_log + up(heads);
+        let norm = dt_bias + up(heads);
+        LinearConsts {
+            a_log,
+            dt_bias,
+            norm,
+            len: [conv, heads, heads, dv],
+        }
+    }
+}
+
+impl LinearAttention {
+    fn part(&self, offset: usize, len: usize) -> Bind<'_> {
+        Bind {
+            buffer: &self.consts.buffer,
+            offset: (offset * 4) as u64,
+            size: Some((len * 4) as u64),
+        }
+    }
+
+    /// The depthwise convolution, `[channels, conv_kernel]`.
+    pub fn conv(&self) -> Bind<'_> {
+        self.part(0, self.at.len[0])
+    }
+
+    pub fn a_log(&self) -> Bind<'_> {
+        self.part(self.at.a_log, self.at.len[1])
+    }
+
+    pub fn dt_bias(&self) -> Bind<'_> {
+        self.part(self.at.dt_bias, self.at.len[2])
+    }
+
+    /// The gated RMSNorm's weight.
+    pub fn norm(&self) -> Bind<'_> {
+        self.part(self.at.norm, self.at.len[3])
+    }
+}
+
+/// A layer's token mixer, as its plan says. (One per layer, built once: the variants' size
+/// difference costs nothing worth a box.)
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum MixerWeights {
     Attention(Attention),
     LinearAttention(LinearAttention),
@@ -285,7 +341,7 @@ impl Loader<'_> {
 
     /// A float tensor of `n` values in any shape whose dims multiply to `n` (conv1d
     /// weights are `[C, 1, K]` or `[C, K, 1]`), as f32.
-    fn flat(&self, name: &str, n: usize, expected: &[usize]) -> Result<GpuVec> {
+    fn flat(&self, name: &str, n: usize, expected: &[usize]) -> Result<Vec<f32>> {
         let entry = self.ckpt.entry(name)?;
         let shape = entry.shape.clone();
         if shape.iter().product::<usize>() != n {
@@ -296,8 +352,7 @@ impl Loader<'_> {
                 expected: expected.to_vec(),
             });
         }
-        let t = self.ckpt.float(name, &shape)?;
-        Ok(GpuVec::upload(self.gpu, name, &t.to_f32()))
+        Ok(self.ckpt.float(name, &shape)?.to_f32())
     }
 
     /// One matrix of the rows `start..start + count` of each view, in order, uploaded as
@@ -375,17 +430,43 @@ impl Loader<'_> {
                 spec.projection_rows()
             )));
         }
+        let conv_len = spec.conv_channels() * spec.conv_kernel;
+        let at = LinearConsts::new(conv_len, spec.value_heads, spec.value_dim);
+        let mut consts = vec![0f32; at.norm + spec.value_dim];
+        let parts = [
+            (
+                0,
+                self.flat(
+                    &n(tensor::CONV1D),
+                    conv_len,
+                    &[spec.conv_channels(), 1, spec.conv_kernel],
+                )?,
+            ),
+            (
+                at.a_log,
+                self.floats(&self.names.layer(l, tensor::A_LOG), spec.value_heads)?,
+            ),
+            (
+                at.dt_bias,
+                self.floats(&self.names.layer(l, tensor::DT_BIAS), spec.value_heads)?,
+            ),
+            (
+                at.norm,
+                self.floats(&n(tensor::GATED_NORM), spec.value_dim)?,
+            ),
+        ];
+        for (offset, values) in parts {
+            consts[offset..offset + values.len()].copy_from_slice(&values);
+        }
         Ok(LinearAttention {
             spec: *spec,
             proj: self.concat_rows(&n(tensor::IN_PROJ), slices, h)?,
-            conv: self.flat(
-                &n(tensor::CONV1D),
-                spec.conv_channels() * spec.conv_kernel,
-                &[spec.conv_channels(), 1, spec.conv_kernel],
-            )?,
-            a_log: self.vector(&self.names.layer(l, tensor::A_LOG), spec.value_heads)?,
-            dt_bias: self.vector(&self.names.layer(l, tensor::DT_BIAS), spec.value_heads)?,
-            norm: self.vector(&n(tensor::GATED_NORM), spec.value_dim)?,
+            consts: GpuVec::upload(
+                self.gpu,
+                &format!("layer {l} linear-attention constants"),
+                &consts,
+            ),
+            at,
             out: self.matrix(&n(tensor::OUT_PROJ), h, spec.value_width())?,
         })
     }
@@ -399,8 +480,12 @@ impl Loader<'_> {
 
     /// A float vector of `n` values, uploaded as f32.
     fn vector(&self, name: &str, n: usize) -> Result<GpuVec> {
-        let t = self.ckpt.float(name, &[n])?;
-        Ok(GpuVec::upload(self.gpu, name, &t.to_f32()))
+        Ok(GpuVec::upload(self.gpu, name, &self.floats(name, n)?))
+    }
+
+    /// A float vector of `n` values, as f32.
+    fn floats(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+        Ok(self.ckpt.float(name, &[n])?.to_f32())
     }
 
     /// A SwiGLU MLP `{prefix}.{gate,up,down}_proj.weight` of width `inter`.
