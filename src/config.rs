@@ -76,8 +76,41 @@ pub struct ModelConfig {
     pub shared_expert_intermediate_size: usize,
     /// Attention layers gate their output by `sigmoid` of a second half of q_proj.
     pub attn_output_gate: bool,
+    /// YaRN scaling of the RoPE frequencies (`rope_type: "yarn"`), if any.
+    pub rope_scaling: Option<Yarn>,
     /// What each decoder layer runs, derived by the model's family.
     pub layers: Vec<LayerPlan>,
+}
+
+/// YaRN RoPE scaling (transformers' `_compute_yarn_parameters`): each rotary frequency
+/// blends its original value with the value divided by `factor` along a linear ramp over
+/// the dims between the correction dims of `beta_fast` and `beta_slow` rotations in
+/// `original_max_position_embeddings` positions (rounded outward with `truncate`), and
+/// the cosines and sines are multiplied by `attention_factor`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Yarn {
+    /// The context extension factor.
+    pub factor: f64,
+    /// Rotations that bound the extrapolated (unchanged) dims (default 32).
+    pub beta_fast: f64,
+    /// Rotations that bound the interpolated dims (default 1).
+    pub beta_slow: f64,
+    /// The pretraining context length.
+    pub original_max_position_embeddings: usize,
+    /// Round the correction range to whole dims (transformers' default: true).
+    pub truncate: bool,
+    /// The cos/sin scale (default `0.1 ln(factor) + 1`, or from `mscale` /
+    /// `mscale_all_dim`).
+    pub attention_factor: f64,
+}
+
+/// A config's RoPE: its base, the rotated fraction of a head, and YaRN scaling if any.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RopeParams {
+    pub theta: f64,
+    pub partial: f64,
+    pub yarn: Option<Yarn>,
 }
 
 impl ModelConfig {
@@ -235,16 +268,28 @@ impl<'a> Parser<'a> {
         }
     }
 
-    pub fn rope(&self) -> Result<(f64, f64)> {
-        // (theta, partial_rotary_factor)
+    /// The RoPE of the config: `rope_theta` and `partial_rotary_factor` at the top level
+    /// or inside `rope_parameters` / `rope_scaling` (default 10000 and 1), and YaRN
+    /// scaling where `rope_type` (or `type`) is `"yarn"`; other rope types are an error.
+    pub fn rope(&self) -> Result<RopeParams> {
+        self.rope_or(10000.0)
+    }
+
+    /// [`Parser::rope`] with a family's default base.
+    pub fn rope_or(&self, default_theta: f64) -> Result<RopeParams> {
         let mut theta = self.opt_f64("rope_theta")?;
         let mut partial = self.opt_f64("partial_rotary_factor")?;
         let mut rope_type: Option<String> = None;
+        let mut yarn_params: Option<&Map<String, Value>> = None;
         for key in ["rope_parameters", "rope_scaling"] {
             let Some(v) = self.get(key) else { continue };
+            if v.is_null() {
+                continue;
+            }
             let Some(params) = v.as_object() else {
                 return Err(self.err(format!("`{key}` must be an object or null, found {v}")));
             };
+            yarn_params = Some(params);
             if let Some(t) = params.get("rope_theta").filter(|v| !v.is_null()) {
                 theta = Some(t.as_f64().ok_or_else(|| {
                     self.err(format!("`{key}.rope_theta` must be a number, found {t}"))
@@ -261,14 +306,16 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        if let Some(t) = rope_type {
-            if t != "default" {
+        let yarn = match rope_type.as_deref() {
+            None | Some("default") => None,
+            Some("yarn") => Some(self.yarn(yarn_params)?),
+            Some(t) => {
                 return Err(self.err(format!(
-                    "rope_type {t:?} is not supported (only \"default\" RoPE is)"
-                )));
+                    "rope_type {t:?} is not supported (\"default\" and \"yarn\" are)"
+                )))
             }
-        }
-        let theta = theta.unwrap_or(10000.0);
+        };
+        let theta = theta.unwrap_or(default_theta);
         if !(theta.is_finite() && theta > 0.0) {
             return Err(self.err(format!(
                 "rope theta must be a positive number, found {theta}"
@@ -280,7 +327,96 @@ impl<'a> Parser<'a> {
                 "partial_rotary_factor must be in (0, 1], found {partial}"
             )));
         }
-        Ok((theta, partial))
+        Ok(RopeParams {
+            theta,
+            partial,
+            yarn,
+        })
+    }
+
+    /// YaRN's parameters from a rope object (`rope_parameters` / `rope_scaling`).
+    fn yarn(&self, params: Option<&Map<String, Value>>) -> Result<Yarn> {
+        let num = |key: &str| -> Result<Option<f64>> {
+            match params.and_then(|p| p.get(key)).filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => match v.as_f64() {
+                    Some(x) if x.is_finite() => Ok(Some(x)),
+                    _ => Err(self.err(format!("YaRN's `{key}` must be a number, found {v}"))),
+                },
+            }
+        };
+        let original = match num("original_max_position_embeddings")? {
+            Some(n) if (1.0..=1e9).contains(&n) && n.fract() == 0.0 => n as usize,
+            Some(n) => {
+                return Err(self.err(format!(
+                    "YaRN's `original_max_position_embeddings` must be a positive whole number, found {n}"
+                )))
+            }
+            None => {
+                return Err(self.err(
+                    "YaRN RoPE needs `original_max_position_embeddings` in its rope parameters",
+                ))
+            }
+        };
+        let factor = match num("factor")? {
+            Some(f) => f,
+            None => {
+                let max = self.opt_usize("max_position_embeddings")?.ok_or_else(|| {
+                    self.err("YaRN RoPE needs `factor` or `max_position_embeddings`")
+                })?;
+                max as f64 / original as f64
+            }
+        };
+        if !(factor > 0.0 && factor <= 1e6) {
+            return Err(self.err(format!(
+                "YaRN's `factor` must be in (0, 1e6], found {factor}"
+            )));
+        }
+        let mscale = |scale: f64, m: f64| {
+            if scale <= 1.0 {
+                1.0
+            } else {
+                0.1 * m * scale.ln() + 1.0
+            }
+        };
+        let attention_factor = match (
+            num("attention_factor")?,
+            num("mscale")?,
+            num("mscale_all_dim")?,
+        ) {
+            (Some(a), _, _) => a,
+            (None, Some(m), Some(a)) if m != 0.0 && a != 0.0 => {
+                mscale(factor, m) / mscale(factor, a)
+            }
+            _ => mscale(factor, 1.0),
+        };
+        // transformers: `get("beta_fast") or 32` (a zero is the default too).
+        let beta = |key: &str, default: f64| -> Result<f64> {
+            Ok(num(key)?.filter(|&b| b != 0.0).unwrap_or(default))
+        };
+        let (beta_fast, beta_slow) = (beta("beta_fast", 32.0)?, beta("beta_slow", 1.0)?);
+        if !(beta_fast > 0.0 && beta_slow > 0.0) {
+            return Err(self.err(format!(
+                "YaRN's beta_fast and beta_slow must be positive, found {beta_fast} and {beta_slow}"
+            )));
+        }
+        let truncate = match params
+            .and_then(|p| p.get("truncate"))
+            .filter(|v| !v.is_null())
+        {
+            None => true,
+            Some(v) => v.as_bool().ok_or_else(|| {
+                self.err(format!("YaRN's `truncate` must be a boolean, found {v}"))
+            })?,
+        };
+        Ok(Yarn {
+            factor,
+            beta_fast,
+            beta_slow,
+            original_max_position_embeddings: original,
+            truncate,
+            attention_factor,
+        })
     }
 
     /// `hidden_act` must be SiLU where given.

@@ -25,7 +25,7 @@ mod tokenizer;
 pub use cache::CacheStats;
 pub use chat::{ChatMessage, ChatOptions, ChatTemplate, ChatTemplates};
 pub use checkpoint::{Checkpoint, CheckpointFile, MatrixView, TensorEntry, TensorView};
-pub use config::{ModelConfig, SUPPORTED_MODEL_TYPES};
+pub use config::{ModelConfig, Yarn, SUPPORTED_MODEL_TYPES};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use format::{AffineQuant, WeightFormat};

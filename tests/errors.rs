@@ -344,12 +344,29 @@ fn config_json_unsupported_rope_type() {
     fx.edit_config(|c| {
         c.insert(
             "rope_parameters".into(),
+            serde_json::json!({"rope_theta": 1000000.0, "rope_type": "dynamic", "factor": 4.0}),
+        );
+    });
+    let case = "rope_type dynamic";
+    let e = open_err(case, &fx.dir);
+    assert_error!(case, e, Error::Config { .. }, ["config.json", "dynamic"]);
+
+    // YaRN is supported, but not without its pretraining length.
+    let fx = TempFixture::new("tiny_f32", "config_rope_yarn");
+    fx.edit_config(|c| {
+        c.insert(
+            "rope_parameters".into(),
             serde_json::json!({"rope_theta": 1000000.0, "rope_type": "yarn", "factor": 4.0}),
         );
     });
-    let case = "rope_type yarn";
+    let case = "rope_type yarn without original_max_position_embeddings";
     let e = open_err(case, &fx.dir);
-    assert_error!(case, e, Error::Config { .. }, ["config.json", "yarn"]);
+    assert_error!(
+        case,
+        e,
+        Error::Config { .. },
+        ["config.json", "YaRN", "original_max_position_embeddings"]
+    );
 
     // The released spelling: `rope_scaling: {"type": ...}`.
     let fx = TempFixture::new("released_spelling", "config_rope_scaling");

@@ -55,21 +55,23 @@ fn read_golden(path: &Path) -> Golden {
     }
 }
 
-/// HF fixtures (`tests/fixtures`), MLX-quantized ones (`tests/fixtures_mlx`) and the
-/// Qwen3.5-MoE / Qwen3-Next ones (`tests/fixtures_qwen35`).
+/// HF fixtures (`tests/fixtures`), MLX-quantized ones (`tests/fixtures_mlx`), the
+/// Qwen3.5-MoE / Qwen3-Next ones (`tests/fixtures_qwen35`) and the gpt-oss ones
+/// (`tests/fixtures_gpt_oss`, but for the MXFP4 checkpoint, whose format is not read yet).
 fn fixture_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     for sub in [
         "tests/fixtures",
         "tests/fixtures_mlx",
         "tests/fixtures_qwen35",
+        "tests/fixtures_gpt_oss",
     ] {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(sub);
         dirs.extend(
             std::fs::read_dir(&root)
                 .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
                 .map(|e| e.unwrap().path())
-                .filter(|p| p.join("golden.json").is_file()),
+                .filter(|p| p.join("golden.json").is_file() && !p.ends_with("oss_mxfp4")),
         );
     }
     dirs.sort();

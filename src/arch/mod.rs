@@ -8,13 +8,17 @@
 //! (docs/architecture.md, "Adding a family"). This module's public part is the plan: the
 //! blocks a layer can run and their variants.
 
+pub(crate) mod gpt_oss;
 mod names;
 mod plan;
 pub(crate) mod qwen3_5;
 pub(crate) mod qwen3_moe;
 
 pub(crate) use names::{tensor, Names};
-pub use plan::{AttentionSpec, Ffn, LayerPlan, LinearAttentionSpec, Mixer, MoeSpec};
+pub use plan::{
+    AttentionSpec, ExpertActivation, Ffn, LayerPlan, LinearAttentionSpec, Mixer, MoeSpec,
+    RouterKind,
+};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{ModelConfig, Parser};
@@ -67,10 +71,10 @@ pub(crate) struct RowSlice {
 }
 
 /// Every family this version runs.
-static FAMILIES: &[&dyn Family] = &[&qwen3_moe::Qwen3Moe, &qwen3_5::Qwen35];
+static FAMILIES: &[&dyn Family] = &[&qwen3_moe::Qwen3Moe, &qwen3_5::Qwen35, &gpt_oss::GptOss];
 
 /// The model types this version runs, for messages.
-pub(crate) const SUPPORTED: &str = "qwen3_moe, qwen3_5_moe, qwen3_5_moe_text, qwen3_next";
+pub(crate) const SUPPORTED: &str = "qwen3_moe, qwen3_5_moe, qwen3_5_moe_text, qwen3_next, gpt_oss";
 
 /// The family of a `model_type`.
 pub(crate) fn family(model_type: &str) -> Option<&'static dyn Family> {

@@ -11,6 +11,8 @@ pub(crate) struct Names {
     pub prefix: &'static str,
     /// Full name of the LM head.
     pub lm_head: &'static str,
+    /// The router's module path in a layer ([`tensor::ROUTER`], gpt-oss's `mlp.router`).
+    pub router: &'static str,
 }
 
 impl Names {
@@ -18,6 +20,7 @@ impl Names {
     pub const HF: Names = Names {
         prefix: "model.",
         lm_head: "lm_head.weight",
+        router: tensor::ROUTER,
     };
 
     /// The first of `candidates` whose embedding the checkpoint holds.
@@ -83,6 +86,8 @@ pub(crate) mod tensor {
     /// The engine's fused q/k/v projection (a label, not a checkpoint tensor).
     pub const QKV_PROJ: &str = "self_attn.qkv_proj";
     pub const Q_NORM: &str = "self_attn.q_norm";
+    /// Per-head attention sinks, `[heads]` (gpt-oss).
+    pub const SINKS: &str = "self_attn.sinks";
     pub const K_NORM: &str = "self_attn.k_norm";
     /// A dense MLP: `mlp.{gate,up,down}_proj`.
     pub const MLP: &str = "mlp";

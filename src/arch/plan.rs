@@ -5,7 +5,7 @@
 //! which family it runs.
 
 /// How a layer mixes information across tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum Mixer {
     /// Softmax attention over a KV cache.
@@ -33,6 +33,12 @@ pub struct AttentionSpec {
     pub output_gate: bool,
     /// q/k/v/o projections carry biases.
     pub bias: bool,
+    /// A learned logit per query head (`self_attn.sinks`) joins each softmax's
+    /// denominator, with no value (gpt-oss).
+    pub sinks: bool,
+    /// A query sees only the last this many keys, itself included (a sliding-window
+    /// layer; `None`: every earlier key).
+    pub sliding_window: Option<usize>,
 }
 
 /// The shape of a Gated DeltaNet layer.
@@ -79,7 +85,7 @@ impl LinearAttentionSpec {
 }
 
 /// A layer's feed-forward block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum Ffn {
     /// A dense SwiGLU MLP of this width.
@@ -91,8 +97,35 @@ pub enum Ffn {
     Moe(MoeSpec),
 }
 
-/// The variant of a MoE block.
+/// How a MoE block turns router logits into expert weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouterKind {
+    /// Softmax over every expert, then the top k (renormalized with `norm_topk_prob`):
+    /// Qwen3-MoE, Qwen3.5, Mixtral.
+    SoftmaxTopK,
+    /// The top k logits, then a softmax over those k only: gpt-oss.
+    TopKSoftmax,
+}
+
+/// The activation of an expert's gate and up projections.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum ExpertActivation {
+    /// `silu(gate) * up`.
+    SwiGlu,
+    /// gpt-oss: with `g = min(gate, limit)`, `(clamp(up, -limit, limit) + 1) * g *
+    /// sigmoid(alpha g)`.
+    ClampedSwiGlu {
+        /// The sigmoid's slope (1.702).
+        alpha: f32,
+        /// The clamp (`swiglu_limit`, 7).
+        limit: f32,
+    },
+}
+
+/// The variant of a MoE block.
+#[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct MoeSpec {
     /// Routed experts.
@@ -106,10 +139,18 @@ pub struct MoeSpec {
     /// A shared expert every token runs, of this width (`None`: none), its output scaled by
     /// `sigmoid(shared_expert_gate . x)`.
     pub shared_expert: Option<usize>,
+    /// How the router's logits become weights.
+    pub router: RouterKind,
+    /// The router carries a bias.
+    pub router_bias: bool,
+    /// The experts' activation.
+    pub activation: ExpertActivation,
+    /// The experts' projections carry biases.
+    pub expert_bias: bool,
 }
 
 /// What one decoder layer runs: `h = x + mixer(norm(x))`, `out = h + ffn(norm(h))`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct LayerPlan {
     /// The token mixer.

@@ -242,7 +242,12 @@ impl Scratch {
         let cap = MAX_PASS_TOKENS
             .min(max_context)
             .min((gpu.max_binding as usize / per_token).max(1));
-        let (cos, sin) = crate::reference::rope_tables(cfg.rope_theta, cfg.rotary_dim, max_context);
+        let (cos, sin) = crate::reference::rope_tables_scaled(
+            cfg.rope_theta,
+            cfg.rotary_dim,
+            max_context,
+            cfg.rope_scaling.as_ref(),
+        );
         let buf = |label: &str, floats: usize| gpu.storage_buffer(label, (floats * 4) as u64);
         let h = cfg.hidden_size;
         let qd = cfg.num_attention_heads * cfg.head_dim * if cfg.attn_output_gate { 2 } else { 1 };

@@ -500,7 +500,7 @@ impl Loader<'_> {
     /// The router (`mlp.gate`) and the shared expert of layer `l`, if any: the shared
     /// expert's gate becomes the router's last row when the two are stored alike.
     fn moe(&self, l: usize, h: usize, spec: &MoeSpec) -> Result<Moe> {
-        let router = self.names.layer(l, tensor::ROUTER);
+        let router = self.names.layer(l, self.names.router);
         let Some(inter) = spec.shared_expert else {
             return Ok(Moe {
                 spec: *spec,

@@ -1,6 +1,8 @@
 //! The whole-model forward pass on the CPU, with every weight held as `f32`.
 
-use crate::arch::{tensor, AttentionSpec, LinearAttentionSpec, Mixer, MoeSpec};
+use crate::arch::{
+    tensor, AttentionSpec, ExpertActivation, LinearAttentionSpec, Mixer, MoeSpec, RouterKind,
+};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -9,7 +11,10 @@ use crate::store::{ExpertRole, ExpertStore};
 use super::linear_attn::{
     causal_conv1d_silu, delta_gates, gated_delta_rule, gated_rms_norm, DeltaNetShape,
 };
-use super::ops::{add_bias, attention, matmul, rms_norm, rope, rope_tables, router_topk, swiglu};
+use super::ops::{
+    add_bias, attention_with, clamped_swiglu, matmul, rms_norm, rope, rope_tables_scaled,
+    router_topk, router_topk_softmax, swiglu,
+};
 
 /// A SwiGLU MLP: `down(silu(gate(x)) * up(x))`. Used for dense layers and for each expert.
 #[derive(Debug, Clone)]
@@ -23,15 +28,42 @@ pub struct SwigluWeights {
     pub down: Vec<f32>,
     /// Width of the hidden layer (`inter`).
     pub inter: usize,
+    /// Biases of gate `[inter]`, up `[inter]` and down `[hidden]` (gpt-oss's experts).
+    pub bias: Option<[Vec<f32>; 3]>,
 }
 
 impl SwigluWeights {
     /// Applies the MLP to `x` (`n x hidden`), returning `n x hidden`.
     pub fn forward(&self, x: &[f32], n: usize, hidden: usize) -> Vec<f32> {
-        let g = matmul(&self.gate, self.inter, hidden, x, n);
-        let u = matmul(&self.up, self.inter, hidden, x, n);
-        let a = swiglu(&g, &u);
-        matmul(&self.down, hidden, self.inter, &a, n)
+        self.forward_with(x, n, hidden, ExpertActivation::SwiGlu)
+    }
+
+    /// [`forward`](Self::forward) with the biases (where present, added to each
+    /// projection's output) and the given activation.
+    pub fn forward_with(
+        &self,
+        x: &[f32],
+        n: usize,
+        hidden: usize,
+        act: ExpertActivation,
+    ) -> Vec<f32> {
+        let mut g = matmul(&self.gate, self.inter, hidden, x, n);
+        let mut u = matmul(&self.up, self.inter, hidden, x, n);
+        if let Some([gb, ub, _]) = &self.bias {
+            add_bias(&mut g, gb);
+            add_bias(&mut u, ub);
+        }
+        let a = match act {
+            ExpertActivation::ClampedSwiGlu { alpha, limit } => {
+                clamped_swiglu(&g, &u, alpha, limit)
+            }
+            _ => swiglu(&g, &u),
+        };
+        let mut y = matmul(&self.down, hidden, self.inter, &a, n);
+        if let Some([_, _, db]) = &self.bias {
+            add_bias(&mut y, db);
+        }
+        y
     }
 }
 
@@ -45,8 +77,10 @@ pub enum MlpWeights {
     Moe {
         /// The variant.
         spec: MoeSpec,
-        /// Router, `mlp.gate.weight`, `[num_experts, hidden]`.
+        /// Router, `mlp.gate.weight` (gpt-oss: `mlp.router.weight`), `[num_experts, hidden]`.
         router: Vec<f32>,
+        /// The router's bias, `[num_experts]` (gpt-oss).
+        router_bias: Option<Vec<f32>>,
         /// Every expert of the layer, in index order, width `moe_intermediate_size`.
         experts: Vec<SwigluWeights>,
         /// The shared expert and its gate (`mlp.shared_expert_gate.weight`, `[hidden]`).
@@ -75,6 +109,8 @@ pub struct AttentionWeights {
     pub q_norm: Vec<f32>,
     /// `self_attn.k_norm.weight`, `[head_dim]`.
     pub k_norm: Vec<f32>,
+    /// `self_attn.sinks`, `[heads]` (gpt-oss).
+    pub sinks: Option<Vec<f32>>,
 }
 
 /// The weights of a Gated DeltaNet layer, as f32.
@@ -225,8 +261,21 @@ impl ReferenceModel {
                         v_proj: w(tensor::V_PROJ, &[kvd, h])?,
                         o_proj: w(tensor::O_PROJ, &[h, qd])?,
                         qkvo_bias,
-                        q_norm: norm(&names.weight(l, tensor::Q_NORM), hd)?,
-                        k_norm: norm(&names.weight(l, tensor::K_NORM), hd)?,
+                        q_norm: if spec.qk_norm {
+                            norm(&names.weight(l, tensor::Q_NORM), hd)?
+                        } else {
+                            Vec::new()
+                        },
+                        k_norm: if spec.qk_norm {
+                            norm(&names.weight(l, tensor::K_NORM), hd)?
+                        } else {
+                            Vec::new()
+                        },
+                        sinks: if spec.sinks {
+                            Some(load(&names.layer(l, tensor::SINKS), &[spec.heads])?)
+                        } else {
+                            None
+                        },
                     })
                 }
                 Mixer::LinearAttention(spec) => {
@@ -266,10 +315,35 @@ impl ReferenceModel {
             };
             let mlp = match plan.moe() {
                 Some(spec) => {
-                    let router = w(tensor::ROUTER, &[spec.experts, h])?;
-                    let experts = (0..spec.experts)
-                        .map(|e| load_expert(cfg, store, l, e))
-                        .collect::<Result<Vec<_>>>()?;
+                    let router = w(names.router, &[spec.experts, h])?;
+                    let router_bias = if spec.router_bias {
+                        Some(load(&names.bias(l, names.router), &[spec.experts])?)
+                    } else {
+                        None
+                    };
+                    let experts = if spec.expert_bias {
+                        // gpt-oss: read from the checkpoint until the expert stores hold
+                        // experts with biases.
+                        crate::arch::gpt_oss::experts::experts_f32(
+                            ckpt,
+                            &names,
+                            l,
+                            (spec.experts, h, spec.inter),
+                        )?
+                        .into_iter()
+                        .map(|x| SwigluWeights {
+                            gate: x.gate,
+                            up: x.up,
+                            down: x.down,
+                            inter: spec.inter,
+                            bias: Some([x.gate_bias, x.up_bias, x.down_bias]),
+                        })
+                        .collect()
+                    } else {
+                        (0..spec.experts)
+                            .map(|e| load_expert(cfg, store, l, e))
+                            .collect::<Result<Vec<_>>>()?
+                    };
                     let shared = match spec.shared_expert {
                         Some(i) => Some((
                             SwigluWeights {
@@ -277,6 +351,7 @@ impl ReferenceModel {
                                 up: sw(tensor::SHARED_EXPERT, tensor::UP_PROJ, &[i, h])?,
                                 down: sw(tensor::SHARED_EXPERT, tensor::DOWN_PROJ, &[h, i])?,
                                 inter: i,
+                                bias: None,
                             },
                             w(tensor::SHARED_EXPERT_GATE, &[1, h])?,
                         )),
@@ -285,6 +360,7 @@ impl ReferenceModel {
                     MlpWeights::Moe {
                         spec: *spec,
                         router,
+                        router_bias,
                         experts,
                         shared,
                     }
@@ -296,6 +372,7 @@ impl ReferenceModel {
                         up: sw(tensor::MLP, tensor::UP_PROJ, &[d, h])?,
                         down: sw(tensor::MLP, tensor::DOWN_PROJ, &[h, d])?,
                         inter: d,
+                        bias: None,
                     })
                 }
             };
@@ -357,7 +434,8 @@ impl ReferenceModel {
         let cfg = &self.cfg;
         let n = ids.len();
         let x = self.embed(ids)?;
-        let (cos, sin) = rope_tables(cfg.rope_theta, cfg.rotary_dim, n);
+        let (cos, sin) =
+            rope_tables_scaled(cfg.rope_theta, cfg.rotary_dim, n, cfg.rope_scaling.as_ref());
         let embeddings = x.clone();
         let mut x = x;
         let mut layer_outputs = Vec::with_capacity(self.layers.len());
@@ -461,11 +539,25 @@ impl ReferenceModel {
             (qg, None)
         };
         // q_norm / k_norm: RMSNorm over head_dim, each head of each token a row.
-        let mut q = rms_norm(&q, &a.q_norm, cfg.rms_norm_eps);
-        let mut k = rms_norm(&k, &a.k_norm, cfg.rms_norm_eps);
+        let (mut q, mut k) = if spec.qk_norm {
+            (
+                rms_norm(&q, &a.q_norm, cfg.rms_norm_eps),
+                rms_norm(&k, &a.k_norm, cfg.rms_norm_eps),
+            )
+        } else {
+            (q, k)
+        };
         rope(&mut q, n, nh, hd, spec.rotary_dim, 0, cos, sin);
         rope(&mut k, n, nkv, hd, spec.rotary_dim, 0, cos, sin);
-        let mut att = attention(&q, &k, &v, n, 0, nh, nkv, hd);
+        let mut att = attention_with(
+            &q,
+            &k,
+            &v,
+            (n, 0),
+            (nh, nkv, hd),
+            a.sinks.as_deref(),
+            spec.sliding_window,
+        );
         if let Some(g) = gate {
             for (o, g) in att.iter_mut().zip(&g) {
                 *o *= 1.0 / (1.0 + (-g).exp());
@@ -551,13 +643,20 @@ impl ReferenceModel {
             MlpWeights::Moe {
                 spec,
                 router,
+                router_bias,
                 experts,
                 shared,
             } => {
                 let ne = experts.len();
                 let k = spec.top_k;
-                let logits = matmul(router, ne, h, x, n);
-                let (ids, weights) = router_topk(&logits, ne, k, spec.norm_topk_prob);
+                let mut logits = matmul(router, ne, h, x, n);
+                if let Some(b) = router_bias {
+                    add_bias(&mut logits, b);
+                }
+                let (ids, weights) = match spec.router {
+                    RouterKind::TopKSoftmax => router_topk_softmax(&logits, ne, k),
+                    _ => router_topk(&logits, ne, k, spec.norm_topk_prob),
+                };
                 let mut out = vec![0.0f32; n * h];
                 for t in 0..n {
                     let xt = &x[t * h..(t + 1) * h];
@@ -569,7 +668,7 @@ impl ReferenceModel {
                     chosen.sort_by_key(|&(e, _)| e);
                     let ot = &mut out[t * h..(t + 1) * h];
                     for (e, w) in chosen {
-                        let y = experts[e as usize].forward(xt, 1, h);
+                        let y = experts[e as usize].forward_with(xt, 1, h, spec.activation);
                         for (o, yv) in ot.iter_mut().zip(&y) {
                             *o += yv * w;
                         }
@@ -637,5 +736,6 @@ fn load_expert(
         up,
         down,
         inter: i,
+        bias: None,
     })
 }

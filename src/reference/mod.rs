@@ -26,6 +26,7 @@ pub use linear_attn::{
     causal_conv1d_silu, delta_gates, gated_delta_rule, gated_rms_norm, softplus, DeltaNetShape,
 };
 pub use ops::{
-    add_bias, attention, matmul, rms_norm, rope, rope_inv_freq, rope_tables, router_topk, silu,
-    softmax_rows, swiglu,
+    add_bias, attention, attention_with, clamped_swiglu, matmul, rms_norm, rope, rope_inv_freq,
+    rope_tables, rope_tables_scaled, router_topk, router_topk_softmax, silu, softmax_rows, swiglu,
+    yarn_inv_freq,
 };

@@ -126,7 +126,66 @@ pub fn rope_inv_freq(theta: f64, rotary_dim: usize) -> Vec<f32> {
 /// # Panics
 /// If `rotary_dim` is zero or odd.
 pub fn rope_tables(theta: f64, rotary_dim: usize, n_pos: usize) -> (Vec<f32>, Vec<f32>) {
-    let inv_freq = rope_inv_freq(theta, rotary_dim);
+    rope_tables_scaled(theta, rotary_dim, n_pos, None)
+}
+
+/// The inverse frequencies of YaRN-scaled RoPE, as transformers' `_compute_yarn_parameters`
+/// computes them in f32: with `p = theta^(2i / d)`, `extrap = 1 / p`, `interp = 1 / (factor
+/// p)`, the ramp `r = clamp((i - low) / (high - low), 0, 1)` between the correction dims
+/// `d ln(orig / (2 pi beta)) / (2 ln theta)` of `beta_fast` (low) and `beta_slow` (high),
+/// floored / ceiled with `truncate` and clipped to `[0, d - 1]`: `interp r + extrap (1 - r)`.
+///
+/// # Panics
+/// If `rotary_dim` is zero or odd.
+pub fn yarn_inv_freq(theta: f64, rotary_dim: usize, y: &crate::Yarn) -> Vec<f32> {
+    assert!(
+        rotary_dim > 0 && rotary_dim % 2 == 0,
+        "yarn_inv_freq: rotary_dim {rotary_dim} must be positive and even"
+    );
+    let d = rotary_dim as f64;
+    let orig = y.original_max_position_embeddings as f64;
+    let corr = |rot: f64| d * (orig / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
+    let (mut low, mut high) = (corr(y.beta_fast), corr(y.beta_slow));
+    if y.truncate {
+        low = low.floor();
+        high = high.ceil();
+    }
+    let (low, mut high) = (low.max(0.0), high.min(d - 1.0));
+    if low == high {
+        high += 0.001;
+    }
+    let (base, factor) = (theta as f32, y.factor as f32);
+    // As torch: `(arange(f32) - low) / (high - low)`, the Python floats rounded to f32
+    // after their difference.
+    let (span, low) = ((high - low) as f32, low as f32);
+    (0..rotary_dim / 2)
+        .map(|i| {
+            let p = base.powf((2 * i) as f32 / rotary_dim as f32);
+            let (extrap, interp) = (1.0 / p, 1.0 / (factor * p));
+            let ramp = ((i as f32 - low) / span).clamp(0.0, 1.0);
+            let keep = 1.0 - ramp;
+            interp * (1.0 - keep) + extrap * keep
+        })
+        .collect()
+}
+
+/// [`rope_tables`] with YaRN scaling where `yarn` is given: its inverse frequencies
+/// ([`yarn_inv_freq`]) and every cosine and sine multiplied by its `attention_factor`
+/// (in f32, as transformers scales them).
+///
+/// # Panics
+/// If `rotary_dim` is zero or odd.
+pub fn rope_tables_scaled(
+    theta: f64,
+    rotary_dim: usize,
+    n_pos: usize,
+    yarn: Option<&crate::Yarn>,
+) -> (Vec<f32>, Vec<f32>) {
+    let inv_freq = match yarn {
+        Some(y) => yarn_inv_freq(theta, rotary_dim, y),
+        None => rope_inv_freq(theta, rotary_dim),
+    };
+    let scale = yarn.map(|y| y.attention_factor as f32);
     let half = inv_freq.len();
     let mut cos = Vec::with_capacity(n_pos * half);
     let mut sin = Vec::with_capacity(n_pos * half);
@@ -134,8 +193,17 @@ pub fn rope_tables(theta: f64, rotary_dim: usize, n_pos: usize) -> (Vec<f32>, Ve
         for &f in &inv_freq {
             let angle = (p as f32) * f;
             let (s, c) = f64::from(angle).sin_cos();
-            cos.push(c as f32);
-            sin.push(s as f32);
+            let (c, s) = (c as f32, s as f32);
+            match scale {
+                Some(a) => {
+                    cos.push(c * a);
+                    sin.push(s * a);
+                }
+                None => {
+                    cos.push(c);
+                    sin.push(s);
+                }
+            }
         }
     }
     (cos, sin)
@@ -217,6 +285,39 @@ pub fn attention(
     n_kv_heads: usize,
     head_dim: usize,
 ) -> Vec<f32> {
+    attention_with(
+        q,
+        k,
+        v,
+        (n_tokens, pos0),
+        (n_heads, n_kv_heads, head_dim),
+        None,
+        None,
+    )
+}
+
+/// [`attention`] with gpt-oss's variants: `sinks` (one logit per query head) joins each
+/// softmax (its maximum and its denominator, with no value), as transformers' eager
+/// attention concatenates it to the scores and drops its column after the softmax; with
+/// `window`, query `t` attends only to the last `window` keys up to its own position
+/// (keys `j` with `pos0 + t - window < j <= pos0 + t`).
+///
+/// # Panics
+/// As [`attention`]; also if `sinks` does not hold one value per query head or `window`
+/// is zero.
+pub fn attention_with(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (n_tokens, pos0): (usize, usize),
+    (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+    sinks: Option<&[f32]>,
+    window: Option<usize>,
+) -> Vec<f32> {
+    if let Some(s) = sinks {
+        assert_eq!(s.len(), n_heads, "attention: one sink per query head");
+    }
+    assert!(window != Some(0), "attention: a window of 0 keys");
     assert!(
         n_kv_heads > 0 && n_heads % n_kv_heads == 0,
         "attention: {n_kv_heads} kv heads do not divide {n_heads} query heads"
@@ -244,19 +345,28 @@ pub fn attention(
     let mut scores = Vec::with_capacity(n_keys);
     for t in 0..n_tokens {
         let visible = pos0 + t + 1;
+        let first = window.map_or(0, |w| visible.saturating_sub(w));
         for h in 0..n_heads {
             let kvh = h / group;
             let qo = (t * n_heads + h) * head_dim;
             let qh = &q[qo..qo + head_dim];
             scores.clear();
-            scores.extend((0..visible).map(|j| {
+            scores.extend((first..visible).map(|j| {
                 let ko = kv_row(j, kvh);
                 dot(qh, &k[ko..ko + head_dim]) * scale
             }));
-            softmax_in_place(&mut scores);
+            match sinks {
+                // The sink as one more score whose probability is dropped.
+                Some(s) => {
+                    scores.push(s[h]);
+                    softmax_in_place(&mut scores);
+                    scores.pop();
+                }
+                None => softmax_in_place(&mut scores),
+            }
             let oh = &mut out[qo..qo + head_dim];
-            for (j, &p) in scores.iter().enumerate() {
-                let vo = kv_row(j, kvh);
+            for (i, &p) in scores.iter().enumerate() {
+                let vo = kv_row(first + i, kvh);
                 for (o, &vv) in oh.iter_mut().zip(&v[vo..vo + head_dim]) {
                     *o += p * vv;
                 }
@@ -337,6 +447,56 @@ pub fn router_topk(
         weights.extend(w);
     }
     (ids, weights)
+}
+
+/// gpt-oss routing: for each token (row of `logits`), the `k` largest logits (descending;
+/// ties to the lower expert index), weighted by a softmax over those `k` only (in f32,
+/// subtracting their maximum). Returns `n x k` expert ids and weights, in rank order.
+///
+/// # Panics
+/// If `k` is zero or larger than `n_experts`, or `logits.len()` is not a multiple of
+/// `n_experts`.
+pub fn router_topk_softmax(logits: &[f32], n_experts: usize, k: usize) -> (Vec<u32>, Vec<f32>) {
+    assert!(
+        k > 0 && k <= n_experts && logits.len() % n_experts == 0,
+        "router_topk_softmax: k = {k} must be in 1..={n_experts}"
+    );
+    let n = logits.len() / n_experts;
+    let mut ids = Vec::with_capacity(n * k);
+    let mut weights = Vec::with_capacity(n * k);
+    let mut order: Vec<usize> = Vec::with_capacity(n_experts);
+    for row in logits.chunks_exact(n_experts) {
+        order.clear();
+        order.extend(0..n_experts);
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        let mut w: Vec<f32> = order[..k].iter().map(|&e| row[e]).collect();
+        softmax_in_place(&mut w);
+        ids.extend(order[..k].iter().map(|&e| e as u32));
+        weights.extend(w);
+    }
+    (ids, weights)
+}
+
+/// gpt-oss's expert activation of `gate` and `up` (each `n x inter`): with
+/// `g = min(gate, limit)`, `(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)`, the
+/// sigmoid as `1 / (1 + exp(-alpha g))`.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn clamped_swiglu(gate: &[f32], up: &[f32], alpha: f32, limit: f32) -> Vec<f32> {
+    assert_eq!(
+        gate.len(),
+        up.len(),
+        "clamped_swiglu: gate and up lengths differ"
+    );
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| {
+            let g = g.min(limit);
+            let u = u.clamp(-limit, limit);
+            (u + 1.0) * (g * (1.0 / (1.0 + (-(alpha * g)).exp())))
+        })
+        .collect()
 }
 
 /// SiLU: `x * sigmoid(x)`, computed as `x / (1 + exp(-x))`.

@@ -62,7 +62,10 @@ impl SafetensorsStore {
         let mut layouts = Vec::with_capacity(cfg.num_hidden_layers);
         let mut pieces = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
-            if !cfg.is_moe_layer(l) {
+            // Dense layers have no experts; experts with biases (gpt-oss) have no expert
+            // layout yet: the CPU reference reads them from the checkpoint, and the engine
+            // refuses such models (`engine::check_plan`).
+            if !cfg.is_moe_layer(l) || cfg.layers[l].moe().is_some_and(|m| m.expert_bias) {
                 layouts.push(None);
                 pieces.push(None);
                 continue;

@@ -4,7 +4,10 @@
 
 use serde_json::Value;
 
-use crate::arch::{AttentionSpec, Ffn, LayerPlan, LinearAttentionSpec, Mixer, MoeSpec};
+use crate::arch::{
+    AttentionSpec, ExpertActivation, Ffn, LayerPlan, LinearAttentionSpec, Mixer, MoeSpec,
+    RouterKind,
+};
 use crate::config::{ModelConfig, Parser};
 use crate::error::Result;
 
@@ -38,7 +41,8 @@ pub(crate) fn parse(top: &Parser<'_>, model_type: String) -> Result<ModelConfig>
             "head_dim must be a positive even number, found {head_dim}"
         )));
     }
-    let (rope_theta, partial) = p.rope()?;
+    let rope = p.rope()?;
+    let (rope_theta, partial) = (rope.theta, rope.partial);
     // transformers' config classes default the factor to 0.25 for these families.
     let given = p.get("partial_rotary_factor").is_some()
         || ["rope_parameters", "rope_scaling"].iter().any(|k| {
@@ -139,6 +143,8 @@ pub(crate) fn parse(top: &Parser<'_>, model_type: String) -> Result<ModelConfig>
         qk_norm: true,
         output_gate: true,
         bias: p.opt_bool("attention_bias")?.unwrap_or(false),
+        sinks: false,
+        sliding_window: None,
     };
     let moe = MoeSpec {
         experts: num_experts,
@@ -146,6 +152,10 @@ pub(crate) fn parse(top: &Parser<'_>, model_type: String) -> Result<ModelConfig>
         inter: moe_intermediate_size,
         norm_topk_prob,
         shared_expert: (shared > 0).then_some(shared),
+        router: RouterKind::SoftmaxTopK,
+        router_bias: false,
+        activation: ExpertActivation::SwiGlu,
+        expert_bias: false,
     };
     let layers = linear_layers
         .iter()
@@ -215,6 +225,7 @@ pub(crate) fn parse(top: &Parser<'_>, model_type: String) -> Result<ModelConfig>
         linear_attention: Some(linear),
         shared_expert_intermediate_size: shared,
         attn_output_gate: true,
+        rope_scaling: rope.yarn,
         layers,
     })
 }

@@ -31,10 +31,12 @@ const NAMES: &[Names] = &[
     Names {
         prefix: "model.language_model.",
         lm_head: "lm_head.weight",
+        router: tensor::ROUTER,
     },
     Names {
         prefix: "language_model.model.",
         lm_head: "language_model.lm_head.weight",
+        router: tensor::ROUTER,
     },
     Names::HF,
 ];

@@ -1,6 +1,6 @@
 //! Qwen3-MoE's `config.json`, in the released spelling and transformers v5's.
 
-use crate::arch::{AttentionSpec, Ffn, LayerPlan, Mixer, MoeSpec};
+use crate::arch::{AttentionSpec, ExpertActivation, Ffn, LayerPlan, Mixer, MoeSpec, RouterKind};
 use crate::config::{ModelConfig, Parser};
 use crate::error::Result;
 
@@ -9,7 +9,8 @@ pub(crate) fn parse(p: &Parser<'_>, model_type: String) -> Result<ModelConfig> {
     p.check_quantization()?;
     let hidden_size = p.positive("hidden_size")?;
     let (num_attention_heads, num_key_value_heads, head_dim) = p.attention_heads(hidden_size)?;
-    let (rope_theta, partial) = p.rope()?;
+    let rope = p.rope()?;
+    let (rope_theta, partial) = (rope.theta, rope.partial);
     // transformers' qwen3_moe rotates the whole head whatever `partial_rotary_factor`
     // says; the factor is validated and kept for architectures that honour it.
     let _ = partial;
@@ -64,6 +65,7 @@ pub(crate) fn parse(p: &Parser<'_>, model_type: String) -> Result<ModelConfig> {
         linear_attention: None,
         shared_expert_intermediate_size: 0,
         attn_output_gate: false,
+        rope_scaling: rope.yarn,
         layers: Vec::new(),
     };
     cfg.layers = plan(&cfg);
@@ -84,6 +86,8 @@ pub(crate) fn plan(cfg: &ModelConfig) -> Vec<LayerPlan> {
         qk_norm: true,
         output_gate: false,
         bias: cfg.attention_bias,
+        sinks: false,
+        sliding_window: None,
     };
     (0..cfg.num_hidden_layers)
         .map(|l| {
@@ -99,6 +103,10 @@ pub(crate) fn plan(cfg: &ModelConfig) -> Vec<LayerPlan> {
                         inter: cfg.moe_intermediate_size,
                         norm_topk_prob: cfg.norm_topk_prob,
                         shared_expert: None,
+                        router: RouterKind::SoftmaxTopK,
+                        router_bias: false,
+                        activation: ExpertActivation::SwiGlu,
+                        expert_bias: false,
                     })
                 } else {
                     Ffn::Dense {
