@@ -272,7 +272,7 @@ fn main() -> Result<()> {
             v_offset: ((Q_HEADS + KV_HEADS) * HEAD_DIM) as u32,
             sin_offset: (positions * half) as u32,
             q_head_stride: HEAD_DIM as u32,
-            ..Default::default()
+            norm: 1,
         }
         .words(),
         &[&xq, &wq, &wk, &rope, &outq, &kc, &xq, &vc],
@@ -423,7 +423,7 @@ fn main() -> Result<()> {
             page_mask: 1,
             log_base: LAYERS as u32,
             n_experts: EXPERTS as u32,
-            norm_topk: 1,
+            routing: moestream::gpu::params::ROUTING_SOFTMAX_NORM,
             ..Default::default()
         }
         .words(),

@@ -18,7 +18,8 @@
 // head_dim <= 256. outk and v_dst hold KV cache elements (include/kv_*.wgsl): f32, or with
 // KVDT = 1 f16 pairs (head_dim and k_out even), whose words a key head writes after a
 // barrier, once all its dims are computed. The arithmetic is rmsnorm.wgsl's followed by
-// the rotation: y = w * (x * inverseSqrt(mean(x^2) + eps)), y1 c - y2 s, y2 c + y1 s.
+// the rotation: y = w * (x * inverseSqrt(mean(x^2) + eps)), y1 c - y2 s, y2 c + y1 s;
+// with `norm` 0 (attention without q/k norms, gpt-oss) y = x (wq and wk are not read).
 struct Params {
     n_tokens: u32,
     head_dim: u32,
@@ -35,7 +36,7 @@ struct Params {
     v_offset: u32,
     sin_offset: u32,
     q_head_stride: u32, // floats from one query head to the next in x
-    pad0: u32,
+    norm: u32, // 1: RMSNorm each head before the rotation
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -94,7 +95,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
     let total = ((red[0] + red[8]) + (red[16] + red[24])) + ((red[32] + red[40]) + (red[48] + red[56]));
-    let inv = inverseSqrt(total / f32(hd) + p.eps);
+    let inv = select(1.0, inverseSqrt(total / f32(hd) + p.eps), p.norm != 0u);
     for (var i = lid; i < hd; i += WG) {
         let y = ws[i] * (xs[i] * inv);
         if (i >= 2u * half) {
@@ -124,6 +125,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 
 // Norm weight i of a query (wq) or key (wk) head.
 fn weight(is_q: bool, i: u32) -> f32 {
+    if (p.norm == 0u) {
+        return 1.0;
+    }
     if (is_q) {
         return wq[i];
     }

@@ -25,7 +25,7 @@ struct Params {
     page_mask: u32, // bit p: the kernels of page p (< 32) were recorded; pages >= 32 always
     log_base: u32,  // where this layer's chosen ids go in route_log (after the miss flags)
     n_experts: u32,
-    norm_topk: u32,
+    routing: u32, // as router.wgsl
     shared_expert: u32,
 }
 
@@ -44,7 +44,7 @@ const NONE: u32 = 0xffffffffu;
 
 @compute @workgroup_size(128)
 fn main(@builtin(local_invocation_index) lid: u32) {
-    route_top_k(0u, p.n_experts, p.top_k, p.norm_topk != 0u, p.shared_expert != 0u, lid);
+    route_top_k(0u, p.n_experts, p.top_k, p.routing, p.shared_expert != 0u, lid);
     let choices = p.top_k + p.shared_expert;
     // Look the chosen experts up in parallel; tk_id[k] becomes the slot (0 for a miss).
     for (var k = lid; k < choices; k += TK_WG) {

@@ -1,5 +1,6 @@
 // MoE router: per token, softmax over all experts in f32, top-k (ties to the lower index),
-// optionally renormalized to sum to 1 (include/top_k.wgsl). One workgroup per token;
+// weighted as `routing` says (include/top_k.wgsl: probabilities, renormalized, or a
+// softmax over the k logits). One workgroup per token;
 // n_experts <= 1024. An expert slot left empty (NaN logits) holds id u32::MAX. Token t's
 // logits start at logits[t * logit_stride] (n_experts, or one more where the router's
 // mat-vec also computes the shared expert's gate, Qwen3.5). With `shared_expert` the token
@@ -8,7 +9,7 @@
 struct Params {
     n_experts: u32,
     top_k: u32,
-    norm_topk: u32,
+    routing: u32, // 0 probabilities, 1 renormalized, 2 softmax over the k (include/top_k.wgsl)
     n_tokens: u32,
     logit_stride: u32,
     shared_expert: u32,
@@ -28,7 +29,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (t >= p.n_tokens) {
         return;
     }
-    route_top_k(t * p.logit_stride, p.n_experts, p.top_k, p.norm_topk != 0u,
+    route_top_k(t * p.logit_stride, p.n_experts, p.top_k, p.routing,
                 p.shared_expert != 0u, lid);
     let choices = p.top_k + p.shared_expert;
     for (var k = lid; k < choices; k += TK_WG) {

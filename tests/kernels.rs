@@ -735,7 +735,8 @@ fn head_norm_rope() {
             (gap, gap + q_span + gap, gap + q_span + gap + kd + gap);
         let x_stride = v_offset + kd + gap;
         let case = format!(
-            "n {n} q heads {nq} k heads {nk} head_dim {hd} rotary {rd} pos0 {pos0} k_out {k_out} copy_v {copy_v} x_stride {x_stride} q_head_stride {q_head_stride}"
+            "n {n} q heads {nq} k heads {nk} head_dim {hd} rotary {rd} pos0 {pos0} k_out {k_out} copy_v {copy_v} x_stride {x_stride} q_head_stride {q_head_stride} norm {}",
+            ci % 4 != 3
         );
         let (cos, sin) = reference::rope_tables(theta, rd, pos0 + n);
         let q = rng.vec(n * qd, 2.0);
@@ -753,12 +754,19 @@ fn head_norm_rope() {
             r[k_offset..k_offset + kd].copy_from_slice(&k[t * kd..(t + 1) * kd]);
             r[v_offset..v_offset + kd].copy_from_slice(&v[t * kd..(t + 1) * kd]);
         }
+        // Every fourth case without the norm (attention without q/k norms, gpt-oss): the
+        // heads are rotated as they are.
+        let norm = ci % 4 != 3;
         // Reference: rms_norm of every head row with its weights, then RoPE.
         let normed = |x: &[f32], w: &[f32], heads: usize| -> (Vec<f32>, Vec<f32>) {
             if heads == 0 {
                 return (Vec::new(), Vec::new());
             }
-            let normed = reference::rms_norm(x, w, eps);
+            let normed = if norm {
+                reference::rms_norm(x, w, eps)
+            } else {
+                x.to_vec()
+            };
             let mut roped = normed.clone();
             reference::rope(&mut roped, n, heads, hd, rd, pos0, &cos, &sin);
             (roped, normed)
@@ -793,7 +801,7 @@ fn head_norm_rope() {
                     v_offset: v_offset as u32,
                     sin_offset: cos.len() as u32,
                     q_head_stride: q_head_stride as u32,
-                    ..Default::default()
+                    norm: u32::from(norm),
                 }
                 .words(),
                 &[
@@ -1172,7 +1180,7 @@ fn check_router(
         RouterParams {
             n_experts: n_experts as u32,
             top_k: top_k as u32,
-            norm_topk: u32::from(norm),
+            routing: u32::from(norm),
             n_tokens: n_tokens as u32,
             logit_stride: stride as u32,
             ..Default::default()
@@ -1261,7 +1269,7 @@ fn router_with_shared_expert() {
             RouterParams {
                 n_experts: ne as u32,
                 top_k: top_k as u32,
-                norm_topk: u32::from(norm),
+                routing: u32::from(norm),
                 n_tokens: n_tokens as u32,
                 logit_stride: (ne + 1) as u32,
                 shared_expert: 1,
@@ -1275,6 +1283,52 @@ fn router_with_shared_expert() {
         let (ids, w) = (to_u32(&out[1]), to_f32(&out[2]));
         assert_eq!(ids[..len], want_ids[..], "router [{case}]: ids");
         assert_eq!(ids[len], ids0[len], "router [{case}]: past the last token");
+        let mut written = vec![true; len + 1];
+        written[len] = false;
+        ck.untouched(&case, &w, &w0, &written);
+        ck.close(&case, &w[..len], &want_w, ROUTER_WEIGHTS);
+    }
+    ck.report();
+}
+
+/// gpt-oss routing (`ROUTING_TOPK_SOFTMAX`): the top k by logit, weighted by a softmax
+/// over those k, against `reference::router_topk_softmax`.
+#[test]
+fn router_topk_then_softmax() {
+    use moestream::gpu::params::ROUTING_TOPK_SOFTMAX;
+    let mut ck = Checker::new("router top-k softmax");
+    let mut rng = Rng::new(72);
+    for &(ne, top_k) in &[
+        (4usize, 1usize),
+        (6, 2),
+        (32, 4),
+        (128, 4),
+        (1024, 8),
+        (70, 70),
+    ] {
+        let n_tokens = 3;
+        let logits = ladder_logits(&mut rng, n_tokens, ne);
+        let (want_ids, want_w) = reference::router_topk_softmax(&logits, ne, top_k);
+        let len = n_tokens * top_k;
+        let (ids0, w0) = (vec![u32::MAX - 1; len + 1], vec![-7.0f32; len + 1]);
+        let out = run(
+            Kernel::Router,
+            None,
+            RouterParams {
+                n_experts: ne as u32,
+                top_k: top_k as u32,
+                routing: ROUTING_TOPK_SOFTMAX,
+                n_tokens: n_tokens as u32,
+                logit_stride: ne as u32,
+                ..Default::default()
+            }
+            .words(),
+            &[&f32_bytes(&logits), &u32_bytes(&ids0), &f32_bytes(&w0)],
+            grid(n_tokens),
+        );
+        let case = format!("experts {ne} top_k {top_k}");
+        let (ids, w) = (to_u32(&out[1]), to_f32(&out[2]));
+        assert_eq!(ids[..len], want_ids[..], "router [{case}]: ids");
         let mut written = vec![true; len + 1];
         written[len] = false;
         ck.untouched(&case, &w, &w0, &written);
@@ -1860,14 +1914,15 @@ fn moe_route() {
                 if shared {
                     logits.push(3.0 * rng.f32());
                 }
-                let norm = top_k % 2 == 0;
+                // Every routing mode (softmax, renormalized, top-k then softmax).
+                let routing = (top_k % 3) as u32;
                 let routed = run(
                     Kernel::Router,
                     None,
                     RouterParams {
                         n_experts: ne as u32,
                         top_k: top_k as u32,
-                        norm_topk: u32::from(norm),
+                        routing,
                         n_tokens: 1,
                         logit_stride: stride as u32,
                         shared_expert: u32::from(shared),
@@ -1919,7 +1974,7 @@ fn moe_route() {
                         page_mask,
                         log_base: (n_layers + layer * top_k) as u32,
                         n_experts: ne as u32,
-                        norm_topk: u32::from(norm),
+                        routing,
                         shared_expert: u32::from(shared),
                     }
                     .words(),

@@ -1,7 +1,8 @@
 // MoE routing of one token by a 128-invocation workgroup (prepended to router.wgsl and
 // moe_route.wgsl; not a kernel itself): softmax over the experts' logits in f32, the top_k
-// experts (ties to the lower index), their probabilities optionally renormalized to sum
-// to 1. Both kernels share this code so that the routing-readback path and the resident
+// experts (ties to the lower index), weighted by `routing`: 0 their probabilities, 1 those
+// renormalized to sum to 1, 2 a softmax over their k logits only (gpt-oss: the maximum of
+// the k, then exp and sum in rank order, as the CPU reference). Both kernels share this code so that the routing-readback path and the resident
 // path choose the same experts with bit-identical weights.
 //
 // The top k are found by rank, not by k rounds of a workgroup-wide arg-max: each
@@ -27,7 +28,7 @@ var<workgroup> tk_w: array<f32, 1024>;
 // top_k (< 1024) is one more: expert n, weighted by the sigmoid of the logit after the
 // routed ones, logits[lb + n]; sigmoid(v) = 1 / (1 + exp(-v)). Call from uniform control
 // flow with all TK_WG invocations.
-fn route_top_k(lb: u32, n: u32, top_k: u32, norm: bool, with_shared: bool, lid: u32) {
+fn route_top_k(lb: u32, n: u32, top_k: u32, routing: u32, with_shared: bool, lid: u32) {
     // The softmax's max and sum in one pass (each invocation's running pair, rescaled as
     // its max grows) and one reduction tree over the pairs; the logits stay in workgroup
     // memory for the second pass.
@@ -92,7 +93,30 @@ fn route_top_k(lb: u32, n: u32, top_k: u32, norm: bool, with_shared: bool, lid: 
         }
     }
     workgroupBarrier();
-    if (norm) {
+    if (routing == 2u) {
+        // Every invocation reads the k chosen logits in rank order (empty choices, from
+        // NaN logits, weigh 0).
+        var top = -3.0e38;
+        for (var k = 0u; k < top_k; k++) {
+            if (tk_id[k] != 0xffffffffu) {
+                top = max(top, logits[lb + tk_id[k]]);
+            }
+        }
+        var total = 0.0;
+        for (var k = 0u; k < top_k; k++) {
+            if (tk_id[k] != 0xffffffffu) {
+                total += exp(logits[lb + tk_id[k]] - top);
+            }
+        }
+        workgroupBarrier();
+        for (var k = lid; k < top_k; k += TK_WG) {
+            if (tk_id[k] != 0xffffffffu) {
+                tk_w[k] = exp(logits[lb + tk_id[k]] - top) / total;
+            }
+        }
+        workgroupBarrier();
+    }
+    if (routing == 1u) {
         // Every invocation sums the chosen probabilities in rank order (the same order as
         // the CPU reference), then normalizes its share of them.
         var chosen = 0.0;

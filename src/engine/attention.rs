@@ -9,6 +9,7 @@ use crate::gpu::params::{
     AttentionMergeParams, AttentionParams, AttentionSplitParams, HeadNormRopeParams,
     SigmoidGateParams,
 };
+use crate::gpu::GpuVec;
 
 impl Pass<'_> {
     /// `h = x + o_proj(attention(input_norm(x)))`, writing this pass's keys and values into
@@ -85,16 +86,17 @@ impl Pass<'_> {
                 v_offset: v_off,
                 sin_offset: s.rope_sin,
                 q_head_stride: q_head_stride as u32,
-                ..Default::default()
+                norm: u32::from(spec.qk_norm),
             };
+            let dummy = &self.m.gpu.dummy;
             self.rec.dispatch(
                 Kernel::HeadNormRope,
                 Some(kv_dtype),
                 p.words(),
                 &[
                     x.into(),
-                    a.q_norm.bind(),
-                    a.k_norm.bind(),
+                    a.q_norm.as_ref().map_or(dummy.into(), GpuVec::bind),
+                    a.k_norm.as_ref().map_or(dummy.into(), GpuVec::bind),
                     (&s.rope).into(),
                     (&s.qr).into(),
                     kc.into(),

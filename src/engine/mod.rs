@@ -19,7 +19,7 @@ pub(crate) mod weights;
 
 use std::path::Path;
 
-use crate::arch::{ExpertActivation, RouterKind};
+use crate::arch::ExpertActivation;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
@@ -43,14 +43,8 @@ pub(crate) fn check_plan(cfg: &ModelConfig, path: &Path) -> Result<()> {
             if a.sliding_window.is_some() {
                 return Err(unsupported(l, "sliding-window attention"));
             }
-            if !a.qk_norm {
-                return Err(unsupported(l, "attention without q/k norms"));
-            }
         }
         if let Some(m) = plan.moe() {
-            if m.router != RouterKind::SoftmaxTopK || m.router_bias {
-                return Err(unsupported(l, "a top-k-then-softmax router with a bias"));
-            }
             if m.activation != ExpertActivation::SwiGlu || m.expert_bias {
                 return Err(unsupported(l, "experts with biases and a clamped SwiGLU"));
             }

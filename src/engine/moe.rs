@@ -28,7 +28,7 @@ impl<'a> Pass<'a> {
             router,
             self.input(router, n, h),
             &s.router_logits,
-            None,
+            moe.router_bias.as_ref(),
             None,
         );
         // The residual the combine adds the routed experts to: h, or h plus the gated
@@ -125,7 +125,7 @@ impl<'a> Pass<'a> {
         let p = RouterParams {
             n_experts: ne as u32,
             top_k: k as u32,
-            norm_topk: u32::from(spec.norm_topk_prob),
+            routing: routing(spec),
             n_tokens: n as u32,
             logit_stride: moe.router.rows as u32,
             shared_expert: u32::from(shared_slot.is_some()),
@@ -337,7 +337,7 @@ impl<'a> Pass<'a> {
             page_mask,
             log_base: (cfg.num_hidden_layers + l * k) as u32,
             n_experts: ne as u32,
-            norm_topk: u32::from(spec.norm_topk_prob),
+            routing: routing(spec),
             shared_expert: u32::from(shared),
         };
         self.rec.dispatch(
@@ -392,5 +392,15 @@ impl<'a> Pass<'a> {
             self.submit_chunk *= 2;
         }
         Ok(())
+    }
+}
+
+/// The routing kernels' `routing` for a MoE variant.
+fn routing(spec: &crate::arch::MoeSpec) -> u32 {
+    use crate::gpu::params::{ROUTING_SOFTMAX, ROUTING_SOFTMAX_NORM, ROUTING_TOPK_SOFTMAX};
+    match spec.router {
+        crate::arch::RouterKind::TopKSoftmax => ROUTING_TOPK_SOFTMAX,
+        _ if spec.norm_topk_prob => ROUTING_SOFTMAX_NORM,
+        _ => ROUTING_SOFTMAX,
     }
 }

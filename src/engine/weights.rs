@@ -32,8 +32,9 @@ pub(crate) struct Attention {
     pub qkv: Qkv,
     pub o: GpuMatrix,
     pub o_bias: Option<GpuVec>,
-    pub q_norm: GpuVec,
-    pub k_norm: GpuVec,
+    /// q_norm and k_norm, where the variant has them.
+    pub q_norm: Option<GpuVec>,
+    pub k_norm: Option<GpuVec>,
 }
 
 /// A dense SwiGLU MLP.
@@ -67,6 +68,8 @@ pub(crate) struct Moe {
     /// `mlp.gate`, `[experts, hidden]`, or `[experts + 1, hidden]` with the shared expert's
     /// gate as its last row when the two are stored alike.
     pub router: GpuMatrix,
+    /// The router's bias (gpt-oss).
+    pub router_bias: Option<GpuVec>,
     pub shared: Option<Shared>,
 }
 
@@ -501,13 +504,26 @@ impl Loader<'_> {
     /// expert's gate becomes the router's last row when the two are stored alike.
     fn moe(&self, l: usize, h: usize, spec: &MoeSpec) -> Result<Moe> {
         let router = self.names.layer(l, self.names.router);
+        let router_bias = if spec.router_bias {
+            Some(self.vector(&format!("{router}.bias"), spec.experts)?)
+        } else {
+            None
+        };
         let Some(inter) = spec.shared_expert else {
             return Ok(Moe {
                 spec: *spec,
                 router: self.matrix(&format!("{router}.weight"), spec.experts, h)?,
+                router_bias,
                 shared: None,
             });
         };
+        if router_bias.is_some() {
+            // The shared gate rides as the router's last row, which a bias of `experts`
+            // values does not cover.
+            return Err(Error::InvalidArgument(format!(
+                "layer {l}: a router bias together with a shared expert is not supported"
+            )));
+        }
         let sg = self.names.layer(l, tensor::SHARED_EXPERT_GATE);
         let (rv, gv) = (
             self.ckpt.matrix(&router, spec.experts, h)?,
@@ -526,6 +542,7 @@ impl Loader<'_> {
                 return Ok(Moe {
                     spec: *spec,
                     router,
+                    router_bias,
                     shared: Some(Shared::Cached),
                 });
             }
@@ -541,6 +558,7 @@ impl Loader<'_> {
         Ok(Moe {
             spec: *spec,
             router,
+            router_bias,
             shared: Some(Shared::Resident(Box::new(shared))),
         })
     }
@@ -625,8 +643,16 @@ impl Loader<'_> {
             qkv,
             o: self.matrix(&names.weight(l, tensor::O_PROJ), h, qd)?,
             o_bias: opt_vector(&names.bias(l, tensor::O_PROJ), h)?,
-            q_norm: self.norm(&names.weight(l, tensor::Q_NORM), hd)?,
-            k_norm: self.norm(&names.weight(l, tensor::K_NORM), hd)?,
+            q_norm: if spec.qk_norm {
+                Some(self.norm(&names.weight(l, tensor::Q_NORM), hd)?)
+            } else {
+                None
+            },
+            k_norm: if spec.qk_norm {
+                Some(self.norm(&names.weight(l, tensor::K_NORM), hd)?)
+            } else {
+                None
+            },
         })
     }
 }

@@ -466,8 +466,9 @@ kernel_params! {
         /// Floats from one query head to the next in x (`head_dim`, or `2 head_dim` where
         /// q_proj yields `[q | gate]` per head).
         q_head_stride: u32,
-        /// Padding.
-        pad0: u32,
+        /// 1: RMSNorm each head (with its weights) before the rotation; 0: rotate the
+        /// heads as they are (attention without q/k norms).
+        norm: u32,
     }
 }
 
@@ -552,6 +553,13 @@ impl AttentionMergeParams {
     pub const GATED: u32 = 2;
 }
 
+/// Routing weights: the chosen experts' softmax probabilities over all experts.
+pub const ROUTING_SOFTMAX: u32 = 0;
+/// Routing weights: those probabilities renormalized to sum to 1 (`norm_topk_prob`).
+pub const ROUTING_SOFTMAX_NORM: u32 = 1;
+/// Routing weights: a softmax over the chosen experts' logits only (gpt-oss).
+pub const ROUTING_TOPK_SOFTMAX: u32 = 2;
+
 kernel_params! {
     /// Parameters of [`Kernel::Router`] (`kernels/router.wgsl`).
     RouterParams for Router {
@@ -559,8 +567,9 @@ kernel_params! {
         n_experts: u32,
         /// Experts chosen per token.
         top_k: u32,
-        /// 1: renormalize the chosen weights to sum to 1.
-        norm_topk: u32,
+        /// How the chosen experts are weighted: [`ROUTING_SOFTMAX`],
+        /// [`ROUTING_SOFTMAX_NORM`] or [`ROUTING_TOPK_SOFTMAX`].
+        routing: u32,
         /// Tokens.
         n_tokens: u32,
         /// Floats from one token's logits to the next (`n_experts`, or one more where the
@@ -910,8 +919,9 @@ kernel_params! {
         log_base: u32,
         /// Experts of the layer.
         n_experts: u32,
-        /// 1: renormalize the chosen weights to sum to 1.
-        norm_topk: u32,
+        /// How the chosen experts are weighted: [`ROUTING_SOFTMAX`],
+        /// [`ROUTING_SOFTMAX_NORM`] or [`ROUTING_TOPK_SOFTMAX`].
+        routing: u32,
         /// 1: one more choice, the layer's shared expert (slot table entry `n_experts`).
         shared_expert: u32,
     }
