@@ -1,6 +1,5 @@
 //! The Gated DeltaNet kernels of Qwen3.5-MoE / Qwen3-Next linear-attention layers
-//! (`conv1d_silu`, `gated_delta_net`, `gated_rmsnorm`, and `gated_delta_step`, the three
-//! in one dispatch for a decode token) against the plain f32 CPU reference
+//! (`conv1d_silu`, `gated_delta_net`, `gated_rmsnorm`) against the plain f32 CPU reference
 //! (`moestream::reference::{causal_conv1d_silu, delta_gates, gated_delta_rule,
 //! gated_rms_norm}`), in the engine's kernel variant and the portable one, on odd sizes,
 //! through the hidden `gpu::testing::KernelRunner` hook, with the typed parameters
@@ -22,12 +21,9 @@
 //! There is no skipping: without a GPU adapter every test fails (CI runs lavapipe).
 
 use moestream::gpu::kernels::{
-    conv1d_silu_groups, gated_delta_net_groups, gated_delta_step_fits, gated_delta_step_lanes,
-    gated_rmsnorm_groups, Kernel,
+    conv1d_silu_groups, gated_delta_net_groups, gated_rmsnorm_groups, Kernel,
 };
-use moestream::gpu::params::{
-    Conv1dSiluParams, GatedDeltaNetParams, GatedDeltaStepParams, GatedRmsNormParams,
-};
+use moestream::gpu::params::{Conv1dSiluParams, GatedDeltaNetParams, GatedRmsNormParams};
 use moestream::gpu::testing::KernelRunner;
 use moestream::reference::{self, DeltaNetShape};
 
@@ -475,176 +471,6 @@ fn gated_delta_net_full_size_decode() {
         &state0,
         "397B decode",
     );
-    ck.report();
-    ck_state.report();
-}
-
-// ---------------------------------------------------------------------------------------
-// gated_delta_step: a decode token's conv, delta rule and gated norm in one dispatch.
-
-/// The fused decode step against the reference chain (conv + SiLU, the delta rule, the
-/// gated norm) of one token: the normed output within [`CHAIN`] (the norm amplifies a
-/// small head's error as in the chain of three kernels), the recurrent state within
-/// [`DELTA`], the conv state exactly (a copy).
-#[allow(clippy::too_many_arguments)]
-fn check_step(
-    ck: &mut Checker,
-    ck_state: &mut Checker,
-    rng: &mut Rng,
-    sh: DeltaNetShape,
-    k: usize,
-    carried: bool,
-    case: &str,
-) {
-    let c = sh.conv_channels();
-    let vd = sh.value_heads * sh.value_dim;
-    let pr = Proj::new(sh);
-    let rows = projection(rng, sh, pr, 1);
-    let lw = layer_weights(rng, sh, k);
-    let (conv0, state0) = if carried {
-        (rng.vec((k - 1) * c, 2.0), rng.vec(sh.state_len(), 0.5))
-    } else {
-        (vec![0.0; (k - 1) * c], vec![0.0; sh.state_len()])
-    };
-    // The reference chain.
-    let u = pr.part(&rows, 1, pr.qkv, c);
-    let mut want_conv = conv0.clone();
-    let y = reference::causal_conv1d_silu(&u, &lw.conv, &mut want_conv, 1, c, k);
-    let (beta, g) = gates(&rows, pr, 1, &lw);
-    let mut want_state = state0.clone();
-    let o = reference_delta(sh, 1, &y, &beta, &g, &mut want_state);
-    let z = pr.part(&rows, 1, pr.z, vd);
-    let want = reference::gated_rms_norm(&o, &z, &lw.norm, EPS);
-    // The layer's constants as the engine packs them: conv weights, A_log, dt_bias and
-    // the norm weight at offsets of their own (junk between).
-    let at = [
-        0,
-        c * k + 3,
-        c * k + 3 + sh.value_heads + 5,
-        c * k + 8 + 2 * sh.value_heads + 1,
-    ];
-    let mut consts = rng.vec(at[3] + sh.value_dim + TAIL, 9.0);
-    for (offset, v) in at.iter().zip([&lw.conv, &lw.a_log, &lw.dt_bias, &lw.norm]) {
-        consts[*offset..*offset + v.len()].copy_from_slice(v);
-    }
-    let params = GatedDeltaStepParams {
-        key_heads: sh.key_heads as u32,
-        value_heads: sh.value_heads as u32,
-        dk: sh.key_dim as u32,
-        dv: sh.value_dim as u32,
-        k: k as u32,
-        lanes: gated_delta_step_lanes(sh.value_dim as u32),
-        b_offset: pr.b as u32,
-        a_offset: pr.a as u32,
-        z_offset: pr.z as u32,
-        a_log_offset: at[1] as u32,
-        dt_bias_offset: at[2] as u32,
-        norm_offset: at[3] as u32,
-        q_scale: (1.0 / (sh.key_dim as f64).sqrt()) as f32,
-        eps: EPS,
-        fresh: u32::from(!carried),
-        offset: pr.qkv as u32,
-    };
-    // At a sequence's start the kernel must not read the state inputs (junk here).
-    let (conv_in, state_in) = if carried {
-        (with_tail(rng, &conv0, TAIL), with_tail(rng, &state0, TAIL))
-    } else {
-        (
-            rng.vec((k - 1) * c + TAIL, 9.0),
-            rng.vec(sh.state_len() + TAIL, 9.0),
-        )
-    };
-    let conv_out = rng.vec((k - 1) * c + TAIL, 9.0);
-    let state_out = rng.vec(sh.state_len() + TAIL, 9.0);
-    let out_in = rng.vec(vd + TAIL, 9.0);
-    for (vname, on) in runners() {
-        let case = format!("{case} ({vname})");
-        let out = run(
-            on,
-            Kernel::GatedDeltaStep,
-            params.words(),
-            &[
-                &f32_bytes(&rows),
-                &f32_bytes(&consts),
-                &f32_bytes(&conv_in),
-                &f32_bytes(&conv_out),
-                &f32_bytes(&state_in),
-                &f32_bytes(&state_out),
-                &f32_bytes(&out_in),
-            ],
-            (sh.value_heads as u32, 1),
-        );
-        let got = to_f32(&out[6]);
-        ck.untouched(&case, &got, &out_in, &written(vd, TAIL));
-        ck.close(&case, &got[..vd], &want, CHAIN);
-        let st = to_f32(&out[5]);
-        ck_state.untouched(&case, &st, &state_out, &written(sh.state_len(), TAIL));
-        ck_state.close(&case, &st[..sh.state_len()], &want_state, DELTA);
-        let cv = to_f32(&out[3]);
-        ck_state.untouched(&case, &cv, &conv_out, &written((k - 1) * c, TAIL));
-        assert_eq!(
-            &cv[..(k - 1) * c],
-            &want_conv[..],
-            "gated_delta_step [{case}]: conv state"
-        );
-        assert_eq!(
-            to_f32(&out[2]),
-            conv_in,
-            "gated_delta_step [{case}]: conv_in"
-        );
-        assert_eq!(
-            to_f32(&out[4]),
-            state_in,
-            "gated_delta_step [{case}]: state_in"
-        );
-    }
-}
-
-#[test]
-fn gated_delta_step() {
-    let mut ck = Checker::new("gated_delta_step output");
-    let mut ck_state = Checker::new("gated_delta_step state");
-    let mut rng = Rng::new(305);
-    // Hv = Hk, 2 Hk, 4 Hk; odd dims (Dv not dividing 256: idle invocations; one lane of
-    // 256 columns; 64 rows per lane at the limit); conv widths 1 to 8.
-    let cases = [
-        (shape(3, 3, 16, 16), 4),
-        (shape(2, 4, 24, 8), 4),
-        (shape(1, 4, 17, 33), 3),
-        (shape(2, 2, 5, 3), 1),
-        (shape(1, 2, 9, 11), 8),
-        (shape(1, 2, 130, 20), 2),
-        (shape(2, 4, 128, 128), 4),
-        (shape(1, 2, 64, 256), 4),
-        (shape(1, 1, 256, 64), 4),
-        (shape(2, 2, 96, 96), 4),
-    ];
-    for (sh, k) in cases {
-        assert!(gated_delta_step_fits(
-            sh.key_dim as u32,
-            sh.value_dim as u32,
-            k as u32
-        ));
-        for carried in [false, true] {
-            let case = format!("{sh:?} k {k} carried state {carried}");
-            check_step(&mut ck, &mut ck_state, &mut rng, sh, k, carried, &case);
-        }
-    }
-    // The Qwen3.5-397B-A17B shape (Hk 16, Hv 64, Dk = Dv = 128).
-    check_step(
-        &mut ck,
-        &mut ck_state,
-        &mut rng,
-        shape(16, 64, 128, 128),
-        4,
-        true,
-        "397B decode",
-    );
-    // What does not fit runs the three kernels instead.
-    assert!(!gated_delta_step_fits(257, 128, 4));
-    assert!(!gated_delta_step_fits(256, 128, 4)); // 128 rows per lane
-    assert!(!gated_delta_step_fits(128, 300, 4));
-    assert!(!gated_delta_step_fits(128, 128, 9));
     ck.report();
     ck_state.report();
 }

@@ -88,11 +88,6 @@ pub enum Kernel {
     /// recurrent state in registers ([`gated_delta_net_groups`],
     /// [`params::GatedDeltaNetParams`](super::params::GatedDeltaNetParams)).
     GatedDeltaNet,
-    /// A decode step of a Gated DeltaNet layer in one dispatch: conv + SiLU, the delta
-    /// rule and the gated RMSNorm of one token ([`gated_delta_step_fits`],
-    /// [`params::GatedDeltaStepParams`](super::params::GatedDeltaStepParams), grid
-    /// `(value_heads, 1)`).
-    GatedDeltaStep,
     /// The output gate of gated attention: `x *= sigmoid(gate)` in place
     /// ([`params::SigmoidGateParams`](super::params::SigmoidGateParams), grid [`grid`] over
     /// the values).
@@ -529,26 +524,6 @@ pub fn gated_delta_net_groups(value_heads: u32, value_dim: u32) -> (u32, u32) {
     )
 }
 
-/// Invocations of a [`Kernel::GatedDeltaStep`] workgroup (`WG` in
-/// `kernels/gated_delta_step.wgsl`).
-const DELTA_STEP_WG: u32 = 256;
-
-/// Row lanes per state column of [`Kernel::GatedDeltaStep`] for value heads of `dv` dims.
-pub fn gated_delta_step_lanes(dv: u32) -> u32 {
-    DELTA_STEP_WG / dv.max(1)
-}
-
-/// Whether [`Kernel::GatedDeltaStep`] computes a layer of key dim `dk`, value dim `dv`
-/// and conv width `k` (each invocation holds at most 64 rows of a state column, all of a
-/// head's q, k and v sit in workgroup memory); else a decode step runs
-/// [`Kernel::Conv1dSilu`], [`Kernel::GatedDeltaNet`] and [`Kernel::GatedRmsNorm`].
-pub fn gated_delta_step_fits(dk: u32, dv: u32, k: u32) -> bool {
-    (1..=DELTA_STEP_WG).contains(&dk)
-        && (1..=DELTA_STEP_WG).contains(&dv)
-        && (1..=CONV1D_MAX_KERNEL).contains(&k)
-        && dk.div_ceil(gated_delta_step_lanes(dv)) <= 64
-}
-
 /// Grid of [`Kernel::GatedRmsNorm`]: one workgroup per value head and token (`n_tokens` at
 /// most 65535).
 pub fn gated_rmsnorm_groups(value_heads: u32, n_tokens: u32) -> (u32, u32) {
@@ -557,7 +532,7 @@ pub fn gated_rmsnorm_groups(value_heads: u32, n_tokens: u32) -> (u32, u32) {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 31] = [
+    pub const ALL: [Kernel; 30] = [
         Kernel::SigmoidGate,
         Kernel::SharedSwiGlu,
         Kernel::Embedding,
@@ -587,7 +562,6 @@ impl Kernel {
         Kernel::SubgroupProbe,
         Kernel::Conv1dSilu,
         Kernel::GatedDeltaNet,
-        Kernel::GatedDeltaStep,
         Kernel::GatedRmsNorm,
     ];
 
@@ -621,7 +595,6 @@ impl Kernel {
             Kernel::SubgroupProbe => "subgroup_probe",
             Kernel::Conv1dSilu => "conv1d_silu",
             Kernel::GatedDeltaNet => "gated_delta_net",
-            Kernel::GatedDeltaStep => "gated_delta_step",
             Kernel::GatedRmsNorm => "gated_rmsnorm",
             Kernel::SigmoidGate => "sigmoid_gate",
             Kernel::SharedSwiGlu => "shared_swiglu",
@@ -657,7 +630,6 @@ impl Kernel {
             Kernel::SubgroupProbe => include_str!("../../kernels/subgroup_probe.wgsl"),
             Kernel::Conv1dSilu => include_str!("../../kernels/conv1d_silu.wgsl"),
             Kernel::GatedDeltaNet => include_str!("../../kernels/gated_delta_net.wgsl"),
-            Kernel::GatedDeltaStep => include_str!("../../kernels/gated_delta_step.wgsl"),
             Kernel::GatedRmsNorm => include_str!("../../kernels/gated_rmsnorm.wgsl"),
             Kernel::SigmoidGate => include_str!("../../kernels/sigmoid_gate.wgsl"),
             Kernel::SharedSwiGlu => include_str!("../../kernels/shared_swiglu.wgsl"),

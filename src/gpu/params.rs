@@ -121,47 +121,6 @@ kernel_params! {
 }
 
 kernel_params! {
-    /// Parameters of [`Kernel::GatedDeltaStep`] (`kernels/gated_delta_step.wgsl`): one
-    /// decode token of a Gated DeltaNet layer.
-    GatedDeltaStepParams for GatedDeltaStep {
-        /// Key (and query) heads Hk.
-        key_heads: u32,
-        /// Value heads Hv (a multiple of Hk).
-        value_heads: u32,
-        /// Dims per key head Dk.
-        dk: u32,
-        /// Dims per value head Dv.
-        dv: u32,
-        /// Conv kernel width.
-        k: u32,
-        /// Row lanes per state column
-        /// ([`gated_delta_step_lanes`](super::kernels::gated_delta_step_lanes)).
-        lanes: u32,
-        /// Float offset of b (Hv values) in the token's projection row.
-        b_offset: u32,
-        /// Float offset of a (Hv values) in the token's projection row.
-        a_offset: u32,
-        /// Float offset of z (Hv Dv values) in the token's projection row.
-        z_offset: u32,
-        /// Float offset of A_log (Hv values) in the layer's constants (the conv weights
-        /// `[channels, k]` first).
-        a_log_offset: u32,
-        /// Float offset of dt_bias (Hv values) in the layer's constants.
-        dt_bias_offset: u32,
-        /// Float offset of the gated norm's weight (Dv values) in the layer's constants.
-        norm_offset: u32,
-        /// The query scale `1 / sqrt(Dk)` rounded to f32.
-        q_scale: f32,
-        /// The gated norm's epsilon.
-        eps: f32,
-        /// 1: the conv and recurrent states start at zero (their inputs are not read).
-        fresh: u32,
-        /// Float offset of the conv channels `[q | k | v]` in the token's projection row.
-        offset: u32,
-    }
-}
-
-kernel_params! {
     /// Parameters of [`Kernel::GatedRmsNorm`] (`kernels/gated_rmsnorm.wgsl`).
     GatedRmsNormParams for GatedRmsNorm {
         /// Tokens of the dispatch.
@@ -984,7 +943,6 @@ pub const ALL: &[ParamsLayout] = &[
     SubgroupProbeParams::LAYOUT,
     Conv1dSiluParams::LAYOUT,
     GatedDeltaNetParams::LAYOUT,
-    GatedDeltaStepParams::LAYOUT,
     GatedRmsNormParams::LAYOUT,
     SigmoidGateParams::LAYOUT,
     SharedSwiGluParams::LAYOUT,
