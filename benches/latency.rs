@@ -168,8 +168,8 @@ fn time_merge(
             ..Default::default()
         }
         .words(),
-        // No output gate: `part` stands in for the gate buffer.
-        &[part, attn, part],
+        // No output gate, no sinks: `part` stands in for their buffers.
+        &[part, attn, part, part],
         kernels::attention_merge_groups(Q_HEADS as u32, HEAD_DIM as u32),
     )
 }

@@ -2,7 +2,10 @@
 // q: [n_tokens, n_heads, head_dim]; k_cache, v_cache: [positions, n_kv_heads, head_dim].
 // Query t sits at position pos0 + t and sees keys 0..=pos0 + t. One workgroup per
 // (head, query); keys in blocks of 64 with an online (running max) softmax in f32.
-// head_dim <= 256.
+// head_dim <= 256. With `window` > 0 (a sliding-window layer) query t sees only the last
+// `window` keys up to its own; with `sinks` 1 (gpt-oss) head h's sink logit sinks[h]
+// joins the softmax's denominator (as exp(sinks[h] - m) against the running max m; an
+// exp that overflows there makes the output 0, the limit of a sink that dominates).
 struct Params {
     n_tokens: u32,
     pos0: u32,
@@ -10,8 +13,8 @@ struct Params {
     n_kv_heads: u32,
     head_dim: u32,
     scale: f32,
-    pad0: u32,
-    pad1: u32,
+    window: u32,
+    sinks: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -19,6 +22,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> k_cache: array<f32>;
 @group(0) @binding(3) var<storage, read> v_cache: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> sinks: array<f32>;
 
 const B: u32 = 64u;
 const NEG: f32 = -3.0e38;
@@ -42,7 +46,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var m = NEG;
     var l = 0.0;
     var acc = vec4<f32>(0.0);
-    for (var kb = 0u; kb < n_keys; kb += B) {
+    let first = select(0u, n_keys - p.window, p.window > 0u && n_keys > p.window);
+    for (var kb = first; kb < n_keys; kb += B) {
         let j = kb + lid;
         var s = NEG;
         if (j < n_keys) {
@@ -108,6 +113,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         m = m_new;
         workgroupBarrier();
+    }
+    if (p.sinks != 0u) {
+        l += exp(sinks[h] - m);
     }
     for (var c = 0u; c < 4u; c++) {
         let d = lid + c * B;

@@ -5,7 +5,9 @@
 // `kernels::attention_merge_groups`), invocation i dim i % 16 over the ranges i / 16,
 // i / 16 + 4, ...; n_splits <= 256. With flags bit 1 (gated attention, Qwen3.5), each
 // output is also multiplied by sigmoid(gate[g_offset + h * g_head_stride + d]) =
-// 1 / (1 + exp(-gate)), the output gate sigmoid_gate.wgsl applies in a prefill.
+// 1 / (1 + exp(-gate)), the output gate sigmoid_gate.wgsl applies in a prefill. With flags
+// bit 2 (attention sinks, gpt-oss) head h's sink logit sinks[h] joins the softmax: it
+// counts in the maximum M and adds exp(sinks[h] - M) to the denominator, with no value.
 //
 // A decode step waits on this kernel, so it is written for latency: the ranges' m and l
 // are loaded in one round and shared through workgroup memory, and each invocation loads
@@ -18,7 +20,7 @@ struct Params {
     head_dim: u32,
     n_splits: u32,
     flags: u32, // bit 0: write out in the interleaved layout (include/interleave.wgsl);
-                // bit 1: multiply by the sigmoid of the output gate
+                // bit 1: multiply by the sigmoid of the output gate; bit 2: attention sinks
     g_offset: u32, // the gate of head 0 in `gate` (floats)
     g_head_stride: u32, // floats from one head's gate to the next
     pad0: u32,
@@ -29,6 +31,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> part: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<storage, read> gate: array<f32>;
+@group(0) @binding(4) var<storage, read> sinks: array<f32>;
 
 const WG: u32 = 64u;
 // Dims per workgroup, and groups of ranges (WG = DIMS * GROUPS).
@@ -58,7 +61,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var i = 0u; i < n4; i++) {
         big4 = max(big4, ms[i]);
     }
-    let big = max(max(big4.x, big4.y), max(big4.z, big4.w));
+    let with_sink = (p.flags & 4u) != 0u;
+    var sink = -3.0e38;
+    if (with_sink) {
+        sink = sinks[h];
+    }
+    let big = max(max(max(big4.x, big4.y), max(big4.z, big4.w)), sink);
     for (var i = lid; i < n4; i += WG) {
         wts[i] = exp(ms[i] - vec4<f32>(big));
     }
@@ -92,6 +100,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var total = 0.0;
         for (var i = 0u; i < n4; i++) {
             total += dot(wts[i], ls[i]);
+        }
+        if (with_sink) {
+            total += exp(sink - big);
         }
         let acc = (sums[lid] + sums[lid + DIMS]) + (sums[lid + 2u * DIMS] + sums[lid + 3u * DIMS]);
         let j = h * p.head_dim + d;

@@ -1,5 +1,6 @@
 // Decode attention split over the keys (one query, n_tokens = 1), first half: workgroup
-// (h, s) takes keys [s * chunk, min((s + 1) * chunk, pos0 + 1)) of head h and writes its
+// (h, s) takes keys [key0 + s * chunk, min(key0 + (s + 1) * chunk, pos0 + 1)) of head h
+// (key0 > 0: a sliding window's first key) and writes its
 // partial online-softmax state to part[(h * n_splits + s) * (head_dim + 2) ..]:
 // m (the largest score), l (the sum of exp(score - m)) and head_dim values
 // acc = sum(exp(score - m) * v). attention_merge.wgsl combines the splits of each head.
@@ -17,7 +18,7 @@ struct Params {
     scale: f32,
     chunk: u32,
     n_splits: u32,
-    pad0: u32,
+    key0: u32, // the first key attended to (0, or a sliding window's start)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -48,7 +49,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         qs[d] = q[h * hd4 + d];
     }
     workgroupBarrier();
-    let k0 = s * p.chunk;
+    let k0 = p.key0 + s * p.chunk;
     let k1 = min(k0 + p.chunk, p.pos0 + 1u);
     // Scores: key kj of a step, vec4s quarter, quarter + 4, ... of the head.
     let kj = lid >> 2u;

@@ -18,7 +18,10 @@
 //    dg + 16, ... (at most 4) of queries 4 qg .. 4 qg + 3, rescaled by the row's
 //    correction.
 // Per-query state lives in named vec4s, never in indexed arrays (which drivers may place
-// in memory).
+// in memory). With `window` > 0 (a sliding-window layer) query t sees only the last
+// `window` keys up to its own (the tiles start at the first query's first key); with
+// `sinks` 1 head h's sink logit joins each row's denominator as exp(sinks[h] - m), m the
+// row's running max (attention.wgsl).
 struct Params {
     n_tokens: u32,
     pos0: u32,
@@ -26,8 +29,8 @@ struct Params {
     n_kv_heads: u32,
     head_dim: u32,
     scale: f32,
-    pad0: u32,
-    pad1: u32,
+    window: u32,
+    sinks: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -35,6 +38,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> k_cache: array<vec4<u32>>; // include/kv_*.wgsl
 @group(0) @binding(3) var<storage, read> v_cache: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> sinks: array<f32>;
 
 const BK: u32 = 64u; // keys per tile
 const BQ: u32 = 16u; // queries per workgroup
@@ -113,7 +117,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var o2 = o0;
     var o3 = o0;
 
-    for (var kb = 0u; kb <= last; kb += BK) {
+    // The first key each query sees (the window's start, else 0), and the tiles' start.
+    let w = p.window;
+    let lo = select(vec4<u32>(0u), lim + 1u - vec4<u32>(w),
+                    vec4<bool>(w > 0u) & (lim + 1u > vec4<u32>(w)));
+    let first_key = select(0u, p.pos0 + t0 + 1u - w, w > 0u && p.pos0 + t0 + 1u > w);
+    for (var kb = first_key; kb <= last; kb += BK) {
         // 1. Scores of queries qi.. and keys kb + 4 kg + (0..3); keys past `last` re-read it.
         let kj = vec4<u32>(kb + 4u * kg) + vec4<u32>(0u, 1u, 2u, 3u);
         let kr = min(kj, vec4<u32>(last)) * kv4 + vec4<u32>(kvh * hd4);
@@ -151,13 +160,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             s3 += dots(q[qd + d], k0, k1, k2, k3);
         }
         let neg = vec4<f32>(NEG);
-        pw[qi * 16u + kg] = select(neg, s0 * p.scale, kj <= vec4<u32>(lim.x) & vec4<bool>(live.x));
-        pw[(qi + 1u) * 16u + kg] =
-            select(neg, s1 * p.scale, kj <= vec4<u32>(lim.y) & vec4<bool>(live.y));
-        pw[(qi + 2u) * 16u + kg] =
-            select(neg, s2 * p.scale, kj <= vec4<u32>(lim.z) & vec4<bool>(live.z));
-        pw[(qi + 3u) * 16u + kg] =
-            select(neg, s3 * p.scale, kj <= vec4<u32>(lim.w) & vec4<bool>(live.w));
+        pw[qi * 16u + kg] = select(neg, s0 * p.scale,
+            kj <= vec4<u32>(lim.x) & kj >= vec4<u32>(lo.x) & vec4<bool>(live.x));
+        pw[(qi + 1u) * 16u + kg] = select(neg, s1 * p.scale,
+            kj <= vec4<u32>(lim.y) & kj >= vec4<u32>(lo.y) & vec4<bool>(live.y));
+        pw[(qi + 2u) * 16u + kg] = select(neg, s2 * p.scale,
+            kj <= vec4<u32>(lim.z) & kj >= vec4<u32>(lo.z) & vec4<bool>(live.z));
+        pw[(qi + 3u) * 16u + kg] = select(neg, s3 * p.scale,
+            kj <= vec4<u32>(lim.w) & kj >= vec4<u32>(lo.w) & vec4<bool>(live.w));
         workgroupBarrier();
 
         // 2. The row's maximum over the tile.
@@ -241,7 +251,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     // The rows' sums to the value invocations.
     if (part == 0u) {
-        corr_s[row] = l;
+        var sum = l;
+        if (p.sinks != 0u) {
+            sum += exp(sinks[h] - m);
+        }
+        corr_s[row] = sum;
     }
     workgroupBarrier();
     let col = h * hd4 + dcol;

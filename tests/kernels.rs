@@ -127,21 +127,41 @@ fn cache_case(
     v: &[f32],
     (n, pos0, n_heads, n_kv_heads, head_dim): (usize, usize, usize, usize, usize),
 ) -> (Vec<u8>, Vec<u8>, Vec<f32>) {
+    cache_case_with(
+        f16,
+        q,
+        k,
+        v,
+        (n, pos0, n_heads, n_kv_heads, head_dim),
+        None,
+        None,
+    )
+}
+
+/// [`cache_case`] with gpt-oss's sliding window and attention sinks.
+fn cache_case_with(
+    f16: bool,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (n, pos0, n_heads, n_kv_heads, head_dim): (usize, usize, usize, usize, usize),
+    sinks: Option<&[f32]>,
+    window: Option<usize>,
+) -> (Vec<u8>, Vec<u8>, Vec<f32>) {
     let (k, v) = if f16 {
         (round_f16(k), round_f16(v))
     } else {
         (k.to_vec(), v.to_vec())
     };
     let keys = (pos0 + n) * n_kv_heads * head_dim;
-    let want = reference::attention(
+    let want = reference::attention_with(
         q,
         &k[..keys],
         &v[..keys],
-        n,
-        pos0,
-        n_heads,
-        n_kv_heads,
-        head_dim,
+        (n, pos0),
+        (n_heads, n_kv_heads, head_dim),
+        sinks,
+        window,
     );
     let bytes = |x: &[f32]| if f16 { f16_bytes(x) } else { f32_bytes(x) };
     (bytes(&k), bytes(&v), want)
@@ -951,6 +971,15 @@ fn attention() {
         // of 4 values, as all of these); the tiled kernel again over an f16 cache (heads of
         // a multiple of 8 values), against the reference on the rounded keys and values.
         let tiled = attention_tiled_groups(nh as u32, n as u32);
+        // gpt-oss's variants: a sliding window of about a third of the keys (at least 1;
+        // keys before it filled to dominate any score reading them) and sinks, one per
+        // head, some far above the scores.
+        let window = (n_keys / 3).max(1);
+        let sinks: Vec<f32> = (0..nh)
+            .map(|h| if h % 3 == 2 { 15.0 } else { 3.0 * rng.f32() })
+            .collect();
+        let mut k_windowed = k.clone();
+        k_windowed[..(pos0 + 1).saturating_sub(window) * row].fill(40.0);
         for (kernel, groups, f16) in [
             (Kernel::Attention, (nh as u32, n as u32), false),
             (Kernel::AttentionTiled, tiled, false),
@@ -959,29 +988,50 @@ fn attention() {
             if f16 && !(kv_f16() && hd % 8 == 0) {
                 continue;
             }
-            let (k_bytes, v_bytes, want) = cache_case(f16, &q, &k, &v, (n, pos0, nh, nkv, hd));
-            let before = rng.vec(n * nh * hd, 1.0);
-            let out = run(
-                kernel,
-                f16.then_some(DType::F16),
-                AttentionParams {
-                    n_tokens: n as u32,
-                    pos0: pos0 as u32,
-                    n_heads: nh as u32,
-                    n_kv_heads: nkv as u32,
-                    head_dim: hd as u32,
-                    scale,
-                    ..Default::default()
-                }
-                .words(),
-                &[&f32_bytes(&q), &k_bytes, &v_bytes, &f32_bytes(&before)],
-                groups,
-            );
-            // Outputs are convex combinations of values in [-1, 1], typically dominated by a
-            // few keys; an average over many keys can be small: judged against 0.1.
-            let f16_case = if f16 { " f16 cache" } else { "" };
-            let case = format!("{}{f16_case} {case}", kernel.name());
-            ck.close(&case, &to_f32(&out[3]), &want, REDUCTION.floor(0.1));
+            for (w, with_sinks) in [(None, false), (Some(window), true), (Some(window), false)] {
+                let keys = if w.is_some() { &k_windowed } else { &k };
+                let (k_bytes, v_bytes, want) = cache_case_with(
+                    f16,
+                    &q,
+                    keys,
+                    &v,
+                    (n, pos0, nh, nkv, hd),
+                    with_sinks.then_some(&sinks[..]),
+                    w,
+                );
+                let before = rng.vec(n * nh * hd, 1.0);
+                let out = run(
+                    kernel,
+                    f16.then_some(DType::F16),
+                    AttentionParams {
+                        n_tokens: n as u32,
+                        pos0: pos0 as u32,
+                        n_heads: nh as u32,
+                        n_kv_heads: nkv as u32,
+                        head_dim: hd as u32,
+                        scale,
+                        window: w.map_or(0, |w| w as u32),
+                        sinks: u32::from(with_sinks),
+                    }
+                    .words(),
+                    &[
+                        &f32_bytes(&q),
+                        &k_bytes,
+                        &v_bytes,
+                        &f32_bytes(&before),
+                        &f32_bytes(&sinks),
+                    ],
+                    groups,
+                );
+                // Outputs are convex combinations of values in [-1, 1], typically dominated
+                // by a few keys; an average over many keys can be small: judged against 0.1.
+                let f16_case = if f16 { " f16 cache" } else { "" };
+                let case = format!(
+                    "{}{f16_case} {case} window {w:?} sinks {with_sinks}",
+                    kernel.name()
+                );
+                ck.close(&case, &to_f32(&out[3]), &want, REDUCTION.floor(0.1));
+            }
         }
     }
     ck.report();
@@ -1109,7 +1159,12 @@ fn attention_split_and_merge() {
                         ..Default::default()
                     }
                     .words(),
-                    &[&out[3], &f32_bytes(&before), &f32_bytes(&gate)],
+                    &[
+                        &out[3],
+                        &f32_bytes(&before),
+                        &f32_bytes(&gate),
+                        &f32_bytes(&gate),
+                    ],
                     attention_merge_groups(nh as u32, hd as u32),
                 );
                 let mut got = to_f32(&merged[1]);
@@ -1120,6 +1175,105 @@ fn attention_split_and_merge() {
                 ck.close(&case, &got, &want, REDUCTION.floor(0.1));
             }
         }
+    }
+    ck.report();
+}
+
+/// gpt-oss's decode attention: a sliding window (`key0`: the split ranges cover only the
+/// last `window` keys) and attention sinks (the merge counts each head's sink logit in the
+/// maximum and the denominator), against `reference::attention_with`.
+#[test]
+fn attention_split_and_merge_window_and_sinks() {
+    use moestream::gpu::kernels::{
+        attention_merge_groups, attention_part_floats, attention_splits,
+    };
+    let mut ck = Checker::new("attention_split + merge, window and sinks");
+    let mut rng = Rng::new(62);
+    // (pos0, heads, kv heads, head_dim, window, sinks)
+    let cases: [(usize, usize, usize, usize, Option<usize>, bool); 7] = [
+        (0, 2, 1, 16, Some(4), true),     // one key, window past it
+        (10, 4, 2, 64, Some(4), false),   // window only
+        (10, 4, 2, 64, None, true),       // sinks only
+        (200, 8, 2, 64, Some(128), true), // gpt-oss's window over many ranges
+        (127, 8, 2, 64, Some(128), true), // the window exactly full
+        (128, 8, 2, 64, Some(128), true), // the first key just left it
+        (50, 3, 3, 32, Some(7), true),
+    ];
+    for &(pos0, nh, nkv, hd, window, with_sinks) in &cases {
+        let case = format!(
+            "pos0 {pos0} heads {nh}/{nkv} head_dim {hd} window {window:?} sinks {with_sinks}"
+        );
+        let n_keys = pos0 + 1;
+        let row = nkv * hd;
+        let q = rng.vec(nh * hd, 3.0);
+        let k = rng.vec(n_keys * row, 1.0);
+        let v = rng.vec(n_keys * row, 1.0);
+        // Sinks around the scores' size, some far above (their exp dominates).
+        let sinks: Vec<f32> = (0..nh)
+            .map(|h| if h % 3 == 2 { 12.0 } else { 2.0 * rng.f32() })
+            .collect();
+        let want = reference::attention_with(
+            &q,
+            &k,
+            &v,
+            (1, pos0),
+            (nh, nkv, hd),
+            with_sinks.then_some(&sinks[..]),
+            window,
+        );
+        let key0 = window.map_or(0, |w| n_keys.saturating_sub(w));
+        let (chunk, splits) = attention_splits((n_keys - key0) as u32, nh as u32);
+        let part = vec![f32::NAN; attention_part_floats(nh as u32, hd as u32) as usize];
+        // Keys before the window would dominate every score if read.
+        let mut k_in = k.clone();
+        k_in[..key0 * row].fill(40.0);
+        let out = run(
+            Kernel::AttentionSplit,
+            None,
+            AttentionSplitParams {
+                pos0: pos0 as u32,
+                n_heads: nh as u32,
+                n_kv_heads: nkv as u32,
+                head_dim: hd as u32,
+                scale: (1.0 / (hd as f64).sqrt()) as f32,
+                chunk,
+                n_splits: splits,
+                key0: key0 as u32,
+            }
+            .words(),
+            &[
+                &f32_bytes(&q),
+                &f32_bytes(&k_in),
+                &f32_bytes(&v),
+                &f32_bytes(&part),
+            ],
+            (nh as u32, splits),
+        );
+        let before = rng.vec(nh * hd, 1.0);
+        let merged = run(
+            Kernel::AttentionMerge,
+            None,
+            AttentionMergeParams {
+                n_heads: nh as u32,
+                head_dim: hd as u32,
+                n_splits: splits,
+                flags: if with_sinks {
+                    AttentionMergeParams::SINKS
+                } else {
+                    0
+                },
+                ..Default::default()
+            }
+            .words(),
+            &[
+                &out[3],
+                &f32_bytes(&before),
+                &f32_bytes(&q),
+                &f32_bytes(&sinks),
+            ],
+            attention_merge_groups(nh as u32, hd as u32),
+        );
+        ck.close(&case, &to_f32(&merged[1]), &want, REDUCTION.floor(0.1));
     }
     ck.report();
 }

@@ -123,7 +123,10 @@ impl Pass<'_> {
         if split {
             // Decode: many workgroups over short key ranges, then one merge per head
             // (the split kernel reads heads as vec4s).
-            let (chunk, splits) = kernels::attention_splits(self.pos0 as u32 + 1, nh as u32);
+            // A sliding window's keys start past 0.
+            let n_keys = self.pos0 + 1;
+            let key0 = spec.sliding_window.map_or(0, |w| n_keys.saturating_sub(w));
+            let (chunk, splits) = kernels::attention_splits((n_keys - key0) as u32, nh as u32);
             let p = AttentionSplitParams {
                 pos0: self.pos0 as u32,
                 n_heads: nh as u32,
@@ -132,7 +135,7 @@ impl Pass<'_> {
                 scale,
                 chunk,
                 n_splits: splits,
-                ..Default::default()
+                key0: key0 as u32,
             };
             self.rec.dispatch(
                 Kernel::AttentionSplit,
@@ -154,6 +157,10 @@ impl Pass<'_> {
                     AttentionMergeParams::GATED
                 } else {
                     0
+                } | if a.sinks.is_some() {
+                    AttentionMergeParams::SINKS
+                } else {
+                    0
                 },
                 g_offset: q_off + hd as u32,
                 g_head_stride: q_head_stride as u32,
@@ -163,7 +170,14 @@ impl Pass<'_> {
                 Kernel::AttentionMerge,
                 None,
                 p.words(),
-                &[(&s.attn_part).into(), (&s.attn).into(), qb.into()],
+                &[
+                    (&s.attn_part).into(),
+                    (&s.attn).into(),
+                    qb.into(),
+                    a.sinks
+                        .as_ref()
+                        .map_or((&self.m.gpu.dummy).into(), GpuVec::bind),
+                ],
                 kernels::attention_merge_groups(nh as u32, hd as u32),
             );
         } else {
@@ -183,13 +197,22 @@ impl Pass<'_> {
                 n_kv_heads: nkv as u32,
                 head_dim: hd as u32,
                 scale,
-                ..Default::default()
+                window: spec.sliding_window.map_or(0, |w| w as u32),
+                sinks: u32::from(a.sinks.is_some()),
             };
             self.rec.dispatch(
                 kernel,
                 kernel.uses_kv_cache().then_some(kv_dtype),
                 p.words(),
-                &[(&s.qr).into(), kc.into(), vc.into(), (&s.attn).into()],
+                &[
+                    (&s.qr).into(),
+                    kc.into(),
+                    vc.into(),
+                    (&s.attn).into(),
+                    a.sinks
+                        .as_ref()
+                        .map_or((&self.m.gpu.dummy).into(), GpuVec::bind),
+                ],
                 groups,
             );
         }

@@ -25,8 +25,7 @@ use crate::error::{Error, Result};
 
 /// Checks that the GPU engine runs every block variant of `cfg`'s plan; an
 /// [`Error::Config`] naming the first layer and variant it does not (yet) run. The CPU
-/// reference may run more (gpt-oss's attention sinks, sliding windows and clamped experts
-/// are there first).
+/// reference may run more (gpt-oss's biased, clamped experts are there first).
 pub(crate) fn check_plan(cfg: &ModelConfig, path: &Path) -> Result<()> {
     let unsupported = |l: usize, what: &str| Error::Config {
         path: path.to_path_buf(),
@@ -36,14 +35,6 @@ pub(crate) fn check_plan(cfg: &ModelConfig, path: &Path) -> Result<()> {
         ),
     };
     for (l, plan) in cfg.layers.iter().enumerate() {
-        if let Some(a) = plan.attention() {
-            if a.sinks {
-                return Err(unsupported(l, "attention sinks"));
-            }
-            if a.sliding_window.is_some() {
-                return Err(unsupported(l, "sliding-window attention"));
-            }
-        }
         if let Some(m) = plan.moe() {
             if m.activation != ExpertActivation::SwiGlu || m.expert_bias {
                 return Err(unsupported(l, "experts with biases and a clamped SwiGLU"));

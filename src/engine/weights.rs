@@ -35,6 +35,8 @@ pub(crate) struct Attention {
     /// q_norm and k_norm, where the variant has them.
     pub q_norm: Option<GpuVec>,
     pub k_norm: Option<GpuVec>,
+    /// Per-head attention sinks, `[heads]` (gpt-oss).
+    pub sinks: Option<GpuVec>,
 }
 
 /// A dense SwiGLU MLP.
@@ -650,6 +652,11 @@ impl Loader<'_> {
             },
             k_norm: if spec.qk_norm {
                 Some(self.norm(&names.weight(l, tensor::K_NORM), hd)?)
+            } else {
+                None
+            },
+            sinks: if spec.sinks {
+                Some(self.vector(&names.layer(l, tensor::SINKS), spec.heads)?)
             } else {
                 None
             },

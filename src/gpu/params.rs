@@ -448,10 +448,11 @@ kernel_params! {
         head_dim: u32,
         /// The score scale (`1 / sqrt(head_dim)` rounded to f32).
         scale: f32,
-        /// Padding.
-        pad0: u32,
-        /// Padding.
-        pad1: u32,
+        /// A sliding window: each query sees only the last this many keys up to its own
+        /// (0: every earlier key).
+        window: u32,
+        /// 1: attention sinks, one logit per head in the sinks buffer (gpt-oss).
+        sinks: u32,
     }
 }
 
@@ -474,8 +475,9 @@ kernel_params! {
         chunk: u32,
         /// Key ranges per head.
         n_splits: u32,
-        /// Padding.
-        pad0: u32,
+        /// The first key attended to: 0, or where a sliding window starts (the split
+        /// ranges cover `key0 ..= pos0`).
+        key0: u32,
     }
 }
 
@@ -510,6 +512,8 @@ impl AttentionMergeParams {
     /// `flags` bit: multiply each output by the sigmoid of its output gate (gated
     /// attention, Qwen3.5), as [`Kernel::SigmoidGate`] does in a prefill.
     pub const GATED: u32 = 2;
+    /// `flags` bit: attention sinks (gpt-oss), one logit per head in the sinks buffer.
+    pub const SINKS: u32 = 4;
 }
 
 /// Routing weights: the chosen experts' softmax probabilities over all experts.
