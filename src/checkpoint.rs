@@ -330,6 +330,29 @@ impl Checkpoint {
         &self.files[e.file].map[start..start + e.len]
     }
 
+    /// The bytes of the U8 tensor `name`, checked against `expected` (MXFP4 blocks and
+    /// scales).
+    pub(crate) fn u8_tensor(&self, name: &str, expected: &[usize]) -> Result<&[u8]> {
+        let e = self.entry(name)?;
+        if e.shape != expected {
+            return Err(Error::Shape {
+                name: name.to_string(),
+                path: self.path_of(e).to_path_buf(),
+                expected: expected.to_vec(),
+                found: e.shape.clone(),
+            });
+        }
+        if e.dtype != safetensors::Dtype::U8 {
+            return Err(Error::Dtype {
+                name: name.to_string(),
+                path: self.path_of(e).to_path_buf(),
+                found: format!("{:?}", e.dtype),
+                expected: "U8",
+            });
+        }
+        Ok(self.bytes_of(e))
+    }
+
     /// The format of the matrix `prefix` (`prefix.weight`, and `prefix.scales` /
     /// `prefix.biases` when MLX-quantized) with `lead` leading dimensions (e.g. `[E]` for
     /// stacked experts) and `[rows, cols]` matrices, inferring bits and group size from the

@@ -431,9 +431,19 @@ impl<'a> Parser<'a> {
 
     /// `quantization` / `quantization_config`, where present, must be MLX affine.
     pub fn check_quantization(&self) -> Result<()> {
+        self.check_quantization_with(&[])
+    }
+
+    /// [`Parser::check_quantization`], also accepting the `quant_method`s named (gpt-oss's
+    /// `"mxfp4"` experts).
+    pub fn check_quantization_with(&self, methods: &[&str]) -> Result<()> {
         for key in ["quantization", "quantization_config"] {
             let Some(q) = self.get(key) else { continue };
-            if let Some(method) = q.get("quant_method").and_then(Value::as_str) {
+            if let Some(method) = q
+                .get("quant_method")
+                .and_then(Value::as_str)
+                .filter(|m| !methods.contains(m))
+            {
                 return Err(self.err(format!(
                     "`{key}.quant_method` {method:?} is not supported (MLX affine quantization is)"
                 )));

@@ -187,9 +187,60 @@ impl std::fmt::Display for WeightFormat {
     }
 }
 
+/// The values of the FP4 (e2m1) codes of MXFP4, bit 3 the sign.
+const FP4_VALUES: [f32; 16] = [
+    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+];
+
+/// Decodes an MXFP4 matrix `[rows, cols]` (OCP microscaling, as gpt-oss's checkpoints store
+/// experts): `blocks` holds `cols / 2` bytes per row, byte `j` of a row the codes of
+/// elements `2j` (low nibble) and `2j + 1` (high nibble); `scales` one e8m0 byte per 32
+/// elements of a row, the value `2^(s - 127)` (as transformers' `ldexp`: 0 stays 0, a
+/// scale of 255 makes the rest infinite). `cols` must be a multiple of 32 and the slices
+/// exactly that long.
+pub(crate) fn mxfp4_decode(blocks: &[u8], scales: &[u8], rows: usize, cols: usize) -> Vec<f32> {
+    debug_assert!(cols % 32 == 0 && blocks.len() == rows * cols / 2);
+    debug_assert!(scales.len() == rows * cols / 32);
+    let mut out = Vec::with_capacity(rows * cols);
+    for (g, &s) in scales.iter().enumerate() {
+        // In f64, where 2^(s - 127) and its products with the codes are exact; rounded once.
+        let scale = 2.0f64.powi(i32::from(s) - 127);
+        let value = |code: u8| (f64::from(FP4_VALUES[usize::from(code)]) * scale) as f32;
+        for &b in &blocks[g * 16..(g + 1) * 16] {
+            out.push(value(b & 0x0f));
+            out.push(value(b >> 4));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mxfp4_decodes_nibbles_low_first_with_e8m0_scales() {
+        // One row of 32: byte j holds elements 2j (low nibble) and 2j + 1 (high).
+        let mut blocks = [0u8; 16];
+        blocks[0] = 0x71; // 0.5, then 6.0
+        blocks[1] = 0xf8; // -0.0, then -6.0
+        blocks[15] = 0x2a; // -1.0, then 1.0
+                           // Scale 2^(128 - 127) = 2.
+        let v = mxfp4_decode(&blocks, &[128], 1, 32);
+        assert_eq!(&v[..4], &[1.0, 12.0, -0.0, -12.0]);
+        assert!(v[2].is_sign_negative());
+        assert_eq!(&v[30..], &[-2.0, 2.0]);
+        assert!(v[4..30].iter().all(|&x| x == 0.0));
+        // Extreme scales: 2^-127 (subnormal, exact) and 2^128 (0.5 of it finite, 6 of it
+        // infinite; zeros stay zero).
+        let v = mxfp4_decode(&blocks, &[0], 1, 32);
+        assert_eq!(v[1], 6.0 * 2f32.powi(-127));
+        let v = mxfp4_decode(&blocks, &[255], 1, 32);
+        assert_eq!((v[0], v[1], v[4]), (2f32.powi(127), f32::INFINITY, 0.0));
+        // Two rows, a scale per 32 elements each.
+        let two = mxfp4_decode(&[blocks, blocks].concat(), &[127, 126], 2, 32);
+        assert_eq!((two[1], two[33]), (6.0, 3.0));
+    }
 
     #[test]
     fn packing_is_lsb_first_and_straddles_words() {

@@ -57,7 +57,7 @@ fn read_golden(path: &Path) -> Golden {
 
 /// HF fixtures (`tests/fixtures`), MLX-quantized ones (`tests/fixtures_mlx`), the
 /// Qwen3.5-MoE / Qwen3-Next ones (`tests/fixtures_qwen35`) and the gpt-oss ones
-/// (`tests/fixtures_gpt_oss`, but for the MXFP4 checkpoint, whose format is not read yet).
+/// (`tests/fixtures_gpt_oss`).
 fn fixture_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     for sub in [
@@ -71,7 +71,7 @@ fn fixture_dirs() -> Vec<PathBuf> {
             std::fs::read_dir(&root)
                 .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
                 .map(|e| e.unwrap().path())
-                .filter(|p| p.join("golden.json").is_file() && !p.ends_with("oss_mxfp4")),
+                .filter(|p| p.join("golden.json").is_file()),
         );
     }
     dirs.sort();

@@ -12,7 +12,8 @@ use crate::error::Result;
 const DEFAULT_THETA: f64 = 150_000.0;
 
 pub(crate) fn parse(p: &Parser<'_>, model_type: String) -> Result<ModelConfig> {
-    p.check_quantization()?;
+    // The released checkpoints' experts are MXFP4 (`quant_method: "mxfp4"`).
+    p.check_quantization_with(&["mxfp4"])?;
     let hidden_size = p.positive("hidden_size")?;
     let (num_attention_heads, num_key_value_heads, head_dim) = p.attention_heads(hidden_size)?;
     let rope = p.rope_or(DEFAULT_THETA)?;
