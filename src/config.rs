@@ -459,6 +459,40 @@ impl<'a> Parser<'a> {
         Ok(())
     }
 
+    /// `layer_types` where present: per layer, whether its entry is `marked` (every entry
+    /// must be `marked` or `other`, one per layer); `None` without the key.
+    pub fn layer_types(
+        &self,
+        layers: usize,
+        marked: &str,
+        other: &str,
+    ) -> Result<Option<Vec<bool>>> {
+        match self.get("layer_types") {
+            None => Ok(None),
+            Some(Value::Array(items)) => {
+                if items.len() != layers {
+                    return Err(self.err(format!(
+                        "`layer_types` has {} entries for {layers} layers",
+                        items.len()
+                    )));
+                }
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(l, v)| match v.as_str() {
+                        Some(t) if t == marked => Ok(true),
+                        Some(t) if t == other => Ok(false),
+                        _ => Err(self.err(format!(
+                            "`layer_types[{l}]` is {v}; this version knows \"{marked}\" and \"{other}\""
+                        ))),
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map(Some)
+            }
+            Some(v) => Err(self.err(format!("`layer_types` must be a list, found {v}"))),
+        }
+    }
+
     /// A list of layer indices (`mlp_only_layers`), empty if absent.
     pub fn layer_list(&self, key: &str) -> Result<Vec<usize>> {
         match self.get(key) {

@@ -2,8 +2,6 @@
 //! `rope_theta`, `num_local_experts`, `experts_per_token`) and transformers v5's
 //! (`rope_parameters` holding `rope_theta`), with `GptOssConfig`'s defaults.
 
-use serde_json::Value;
-
 use crate::arch::{AttentionSpec, ExpertActivation, Ffn, LayerPlan, Mixer, MoeSpec, RouterKind};
 use crate::config::{ModelConfig, Parser};
 use crate::error::Result;
@@ -117,27 +115,8 @@ pub(crate) fn parse(p: &Parser<'_>, model_type: String) -> Result<ModelConfig> {
 /// Per layer, whether it slides: `layer_types` (`"sliding_attention"` or
 /// `"full_attention"`), else transformers' default, even layers sliding.
 fn layer_types(p: &Parser<'_>, layers: usize) -> Result<Vec<bool>> {
-    match p.get("layer_types") {
-        Some(Value::Array(items)) => {
-            if items.len() != layers {
-                return Err(p.err(format!(
-                    "`layer_types` has {} entries for {layers} layers",
-                    items.len()
-                )));
-            }
-            items
-                .iter()
-                .enumerate()
-                .map(|(l, v)| match v.as_str() {
-                    Some("sliding_attention") => Ok(true),
-                    Some("full_attention") => Ok(false),
-                    _ => Err(p.err(format!(
-                        "`layer_types[{l}]` is {v}; gpt-oss layers are \"sliding_attention\" or \"full_attention\""
-                    ))),
-                })
-                .collect()
-        }
-        None | Some(Value::Null) => Ok((0..layers).map(|l| l % 2 == 0).collect()),
-        Some(v) => Err(p.err(format!("`layer_types` must be a list, found {v}"))),
-    }
+    Ok(
+        p.layer_types(layers, "sliding_attention", "full_attention")?
+            .unwrap_or_else(|| (0..layers).map(|l| l % 2 == 0).collect()),
+    )
 }

@@ -2,8 +2,6 @@
 //! `qwen3_5_moe_text`) and Qwen3-Next (flat `qwen3_next`). Defaults are those of
 //! transformers' `Qwen3_5MoeTextConfig` / `Qwen3NextConfig`.
 
-use serde_json::Value;
-
 use crate::arch::{
     AttentionSpec, ExpertActivation, Ffn, LayerPlan, LinearAttentionSpec, Mixer, MoeSpec,
     RouterKind,
@@ -233,33 +231,12 @@ pub(crate) fn parse(top: &Parser<'_>, model_type: String) -> Result<ModelConfig>
 /// Per layer, whether it is linear attention: `layer_types` (`"linear_attention"` or
 /// `"full_attention"`), else every `full_attention_interval`-th layer (default 4) is full.
 fn layer_types(p: &Parser<'_>, layers: usize) -> Result<Vec<bool>> {
-    match p.get("layer_types") {
-        Some(Value::Array(items)) => {
-            if items.len() != layers {
-                return Err(p.err(format!(
-                    "`layer_types` has {} entries for {layers} layers",
-                    items.len()
-                )));
-            }
-            items
-                .iter()
-                .enumerate()
-                .map(|(l, v)| match v.as_str() {
-                    Some("linear_attention") => Ok(true),
-                    Some("full_attention") => Ok(false),
-                    _ => Err(p.err(format!(
-                        "`layer_types[{l}]` is {v}; this version knows \"linear_attention\" and \"full_attention\""
-                    ))),
-                })
-                .collect()
-        }
-        Some(v) => Err(p.err(format!("`layer_types` must be a list, found {v}"))),
-        None => {
-            let interval = p.opt_usize("full_attention_interval")?.unwrap_or(4);
-            if interval == 0 {
-                return Err(p.err("`full_attention_interval` must be positive"));
-            }
-            Ok((0..layers).map(|l| (l + 1) % interval != 0).collect())
-        }
+    if let Some(types) = p.layer_types(layers, "linear_attention", "full_attention")? {
+        return Ok(types);
     }
+    let interval = p.opt_usize("full_attention_interval")?.unwrap_or(4);
+    if interval == 0 {
+        return Err(p.err("`full_attention_interval` must be positive"));
+    }
+    Ok((0..layers).map(|l| (l + 1) % interval != 0).collect())
 }
