@@ -5,6 +5,8 @@
 //! cargo bench --bench decode -- --small      # a small 4-bit model (for CI-sized machines)
 //! cargo bench --bench decode -- --model qwen3.5-35b-a3b        # Qwen3.5-35B-A3B shape (~18 GB experts)
 //! cargo bench --bench decode -- --model qwen3.5-397b-a17b-8l   # 8 of Qwen3.5-397B's 60 layers
+//! cargo bench --bench decode -- --model gpt-oss-20b            # gpt-oss-20b shape, MXFP4 (~10 GB experts)
+//! cargo bench --bench decode -- --model gpt-oss-120b-12l       # 12 of gpt-oss-120b's 36 layers (~20 GB)
 //! MOESTREAM_PROFILE=1 cargo bench --bench decode -- --resident-only   # GPU time per kernel
 //! cargo bench --bench decode -- --resident-only --long-context   # also after 2048 / 8192 tokens
 //! cargo bench --bench decode -- --kv-f16     # the KV cache in f16 (ModelBuilder::kv_cache_dtype)
@@ -53,9 +55,12 @@ fn main() -> Result<()> {
                 "qwen3.5-397b-a17b-8l-4bit",
                 SyntheticSpec::qwen3_5_397b_a17b_4bit(8),
             ),
+            "gpt-oss-20b" => ("gpt-oss-20b-mxfp4", SyntheticSpec::gpt_oss_20b()),
+            "gpt-oss-120b-12l" => ("gpt-oss-120b-12l-mxfp4", SyntheticSpec::gpt_oss_120b(12)),
+            "gpt-oss-120b" => ("gpt-oss-120b-mxfp4", SyntheticSpec::gpt_oss_120b(36)),
             other => {
                 return Err(moestream::Error::InvalidArgument(format!(
-                    "--model {other}: one of qwen3-30b-a3b, qwen3.5-35b-a3b, qwen3.5-397b-a17b-8l"
+                    "--model {other}: one of qwen3-30b-a3b, qwen3.5-35b-a3b, qwen3.5-397b-a17b-8l, gpt-oss-20b, gpt-oss-120b-12l, gpt-oss-120b"
                 )))
             }
         }

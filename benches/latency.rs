@@ -273,6 +273,7 @@ fn main() -> Result<()> {
             sin_offset: (positions * half) as u32,
             q_head_stride: HEAD_DIM as u32,
             norm: 1,
+            ..Default::default()
         }
         .words(),
         &[&xq, &wq, &wk, &rope, &outq, &kc, &xq, &vc],

@@ -20,6 +20,9 @@
 // barrier, once all its dims are computed. The arithmetic is rmsnorm.wgsl's followed by
 // the rotation: y = w * (x * inverseSqrt(mean(x^2) + eps)), y1 c - y2 s, y2 c + y1 s;
 // with `norm` 0 (attention without q/k norms, gpt-oss) y = x (wq and wk are not read).
+// With `ring` > 0 (a sliding-window layer's ring of 2 ring floats, engine::state::KvRing)
+// every key and value element is also written at its mirror, `ring` floats after or
+// before it (whichever lies in the ring).
 struct Params {
     n_tokens: u32,
     head_dim: u32,
@@ -37,6 +40,10 @@ struct Params {
     sin_offset: u32,
     q_head_stride: u32, // floats from one query head to the next in x
     norm: u32, // 1: RMSNorm each head before the rotation
+    ring: u32, // floats of half a ring-buffer KV cache (0: none): each row written twice
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -82,7 +89,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             ss[i] = rope[p.sin_offset + pos + i];
         }
         if (copy_v && KVDT == 0u) {
-            v_dst[kb + i] = bitcast<u32>(v_src[t * p.x_stride + p.v_offset + h * hd + i]);
+            let v = bitcast<u32>(v_src[t * p.x_stride + p.v_offset + h * hd + i]);
+            v_dst[kb + i] = v;
+            if (p.ring != 0u) {
+                v_dst[mirror(kb) + i] = v;
+            }
         }
         s += v * v;
     }
@@ -115,12 +126,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
         let vb = t * p.x_stride + p.v_offset + h * hd;
         for (var i = lid; i < hd / 2u; i += WG) {
-            outk[kb / 2u + i] = kv_pack(ys[2u * i], ys[2u * i + 1u]);
+            let kw = kv_pack(ys[2u * i], ys[2u * i + 1u]);
+            outk[kb / 2u + i] = kw;
+            if (p.ring != 0u) {
+                outk[mirror(kb) / 2u + i] = kw;
+            }
             if (copy_v) {
-                v_dst[kb / 2u + i] = kv_pack(v_src[vb + 2u * i], v_src[vb + 2u * i + 1u]);
+                let vw = kv_pack(v_src[vb + 2u * i], v_src[vb + 2u * i + 1u]);
+                v_dst[kb / 2u + i] = vw;
+                if (p.ring != 0u) {
+                    v_dst[mirror(kb) / 2u + i] = vw;
+                }
             }
         }
     }
+}
+
+// The mirror of KV float offset kb in a ring of 2 p.ring floats.
+fn mirror(kb: u32) -> u32 {
+    return select(kb + p.ring, kb - p.ring, kb >= p.ring);
 }
 
 // Norm weight i of a query (wq) or key (wk) head.
@@ -141,6 +165,9 @@ fn store(is_q: bool, qb: u32, kb: u32, i: u32, v: f32) {
         outq[qb + i] = v;
     } else if (KVDT == 0u) {
         outk[kb + i] = bitcast<u32>(v);
+        if (p.ring != 0u) {
+            outk[mirror(kb) + i] = bitcast<u32>(v);
+        }
     } else {
         ys[i] = v;
     }

@@ -1,6 +1,7 @@
 // Expert down projection, scaled by the routing weight, addressed through cache slots:
 // o[a, j] = weight[a] * dot(D[j, :], h[a, :]) with D the down tensor of the expert in the
-// assignment's slot of this cache page. One workgroup per (output row j, assignment).
+// assignment's slot of this cache page (plus, with act bit 0, the slot's f32 bias b[j]
+// before the weight). One workgroup per (output row j, assignment).
 struct Params {
     hidden: u32,
     inter: u32,
@@ -8,8 +9,8 @@ struct Params {
     n_assign: u32,
     down_off: u32,   // element offset of the down tensor inside a slot
     slot_elems: u32, // elements per slot (even)
-    pad0: u32,
-    pad1: u32,
+    act: u32,        // bit 0: add the down bias
+    down_bias: u32,  // word offset of the down bias (f32) inside a slot
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -59,6 +60,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
     }
     if (lid == 0u) {
-        o[a * p.hidden + j] = red[0] * route_w[a];
+        var v = red[0];
+        if ((p.act & 1u) != 0u) {
+            let sw = slot * select(p.slot_elems, p.slot_elems >> 1u, WDT != 0u);
+            v += bitcast<f32>(experts[sw + p.down_bias + j]);
+        }
+        o[a * p.hidden + j] = v * route_w[a];
     }
 }

@@ -27,8 +27,8 @@ struct Params {
     down_b: u32,
     team: u32,
     flags: u32, // bit 0: h rows interleaved, bit 1: h rows in the quad 8+8-bit layout
-    pad0: u32,
-    pad1: u32,
+    act: u32,       // bit 0: add the down bias
+    down_bias: u32, // word offset of the down bias (f32) inside a slot
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -99,7 +99,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (lane == 0u) {
         for (var i = 0u; i < team_rows(); i++) {
             if (j0 + i < p.hidden) {
-                o[a * p.hidden + j0 + i] = total[i] * route_w[a];
+                var v = total[i];
+                if ((p.act & 1u) != 0u) {
+                    v += bitcast<f32>(ws[sb + p.down_bias + j0 + i]);
+                }
+                o[a * p.hidden + j0 + i] = v * route_w[a];
             }
         }
     }

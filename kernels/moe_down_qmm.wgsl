@@ -19,7 +19,11 @@ struct Params {
     down_q: u32,
     down_s: u32,
     down_b: u32,
+    act: u32,       // bit 0: add the down bias
+    down_bias: u32, // word offset of the down bias (f32) inside a slot
     pad0: u32,
+    pad1: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -92,16 +96,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         workgroupBarrier();
     }
-    store(first, count, row0 + lid.x, lid.y, a0.x);
-    store(first, count, row0 + lid.x, lid.y + 16u, a0.y);
-    store(first, count, row0 + lid.x + 16u, lid.y, a1.x);
-    store(first, count, row0 + lid.x + 16u, lid.y + 16u, a1.y);
+    store(sb, first, count, row0 + lid.x, lid.y, a0.x);
+    store(sb, first, count, row0 + lid.x, lid.y + 16u, a0.y);
+    store(sb, first, count, row0 + lid.x + 16u, lid.y, a1.x);
+    store(sb, first, count, row0 + lid.x + 16u, lid.y + 16u, a1.y);
 }
 
-// o of row r for the tile's assignment t, if both exist.
-fn store(first: u32, count: u32, r: u32, t: u32, v: f32) {
+// o of row r for the tile's assignment t, if both exist (plus, with act bit 0, the bias of
+// the slot starting at word sb).
+fn store(sb: u32, first: u32, count: u32, r: u32, t: u32, v: f32) {
     if (r < p.hidden && t < count) {
         let a = first + t;
-        o[a * p.hidden + r] = v * route_w[a];
+        var y = v;
+        if ((p.act & 1u) != 0u) {
+            y += bitcast<f32>(w[sb + p.down_bias + r]);
+        }
+        o[a * p.hidden + r] = y * route_w[a];
     }
 }

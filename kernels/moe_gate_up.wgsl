@@ -1,6 +1,8 @@
 // Expert gate/up projections with the SwiGLU activation, addressed through cache slots:
 // for assignment a = (token, slot): h[a, i] = silu(dot(G[i, :], x[token])) * dot(U[i, :], x[token]),
 // G and U of the expert in `slot` of this cache page. One workgroup per (row i, assignment).
+// With act bit 0 the slot's f32 biases are added to the sums first; act bit 1 selects the
+// clamped SwiGLU (include/expert_act.wgsl).
 struct Params {
     hidden: u32,
     inter: u32,
@@ -9,7 +11,11 @@ struct Params {
     gate_off: u32,   // element offset of the gate tensor inside a slot
     up_off: u32,     // element offset of the up tensor inside a slot
     slot_elems: u32, // elements per slot (even)
-    pad0: u32,
+    act: u32,        // bit 0: biases, bit 1: clamped SwiGLU
+    gate_bias: u32,  // word offset of the gate bias (f32) inside a slot
+    up_bias: u32,    // word offset of the up bias (f32) inside a slot
+    alpha: f32,
+    limit: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -70,7 +76,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         workgroupBarrier();
     }
     if (lid == 0u) {
-        let gs = rg[0];
-        h[a * p.inter + i] = gs / (1.0 + exp(-gs)) * ru[0];
+        var gs = rg[0];
+        var us = ru[0];
+        if ((p.act & 1u) != 0u) {
+            // The slot's first word: slot_elems elements of 4 or 2 bytes.
+            let sw = slot * select(p.slot_elems, p.slot_elems >> 1u, WDT != 0u);
+            gs += bitcast<f32>(experts[sw + p.gate_bias + i]);
+            us += bitcast<f32>(experts[sw + p.up_bias + i]);
+        }
+        h[a * p.inter + i] = expert_act(gs, us, p.act, p.alpha, p.limit);
     }
 }

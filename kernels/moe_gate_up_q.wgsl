@@ -34,9 +34,13 @@ struct Params {
     // bit 0: x rows interleaved, bit 1: write h rows interleaved, bit 2: x 8+8-bit,
     // bit 3: write h rows in the quad 8+8-bit layout
     flags: u32,
+    act: u32,       // bit 0: biases, bit 1: clamped SwiGLU (include/expert_act.wgsl)
+    gate_bias: u32, // word offset of the gate bias (f32) inside a slot
+    up_bias: u32,   // word offset of the up bias (f32) inside a slot
+    alpha: f32,
+    limit: f32,
     pad0: u32,
     pad1: u32,
-    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -113,7 +117,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (lane == 0u) {
             for (var i = 0u; i < team_rows(); i++) {
                 let l = local + i;
-                quads[l >> 2u][l & 3u] = gt[i] / (1.0 + exp(-gt[i])) * ut[i];
+                let r = h_row(q0, l);
+                quads[l >> 2u][l & 3u] = act_row(sb, min(r, last), gt[i], ut[i]);
             }
         }
         workgroupBarrier();
@@ -134,7 +139,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (i0 + i < p.inter) {
                 let gate = gt[i];
                 let j = select(i0 + i, interleaved(i0 + i, p.inter), (p.flags & 2u) != 0u);
-                var v = gate / (1.0 + exp(-gate)) * ut[i];
+                var v = act_row(sb, i0 + i, gate, ut[i]);
                 if (q8 && !(BITS >= 2u && BITS <= 6u)) {
                     v = bitcast<f32>(0x7fc00000u); // NaN: the 8+8-bit x needs 2- to 6-bit experts
                 }
@@ -142,6 +147,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
     }
+}
+
+// The activation of row r of h from its gate and up sums (the biases of the slot starting
+// at word sb added first, with act bit 0).
+fn act_row(sb: u32, r: u32, g: f32, u: f32) -> f32 {
+    var gs = g;
+    var us = u;
+    if ((p.act & 1u) != 0u) {
+        gs += bitcast<f32>(ws[sb + p.gate_bias + r]);
+        us += bitcast<f32>(ws[sb + p.up_bias + r]);
+    }
+    return expert_act(gs, us, p.act, p.alpha, p.limit);
 }
 
 // Gate and up sums of 4 rows.

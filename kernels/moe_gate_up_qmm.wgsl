@@ -23,8 +23,12 @@ struct Params {
     up_q: u32,
     up_s: u32,
     up_b: u32,
+    act: u32,       // bit 0: biases, bit 1: clamped SwiGLU (include/expert_act.wgsl)
+    gate_bias: u32, // word offset of the gate bias (f32) inside a slot
+    up_bias: u32,   // word offset of the up bias (f32) inside a slot
+    alpha: f32,
+    limit: f32,
     pad0: u32,
-    pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -109,15 +113,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         workgroupBarrier();
     }
-    store(first, count, row0 + lid.x, lid.y, g0.x, u0.x);
-    store(first, count, row0 + lid.x, lid.y + 16u, g0.y, u0.y);
-    store(first, count, row0 + lid.x + 16u, lid.y, g1.x, u1.x);
-    store(first, count, row0 + lid.x + 16u, lid.y + 16u, g1.y, u1.y);
+    store(sb, first, count, row0 + lid.x, lid.y, g0.x, u0.x);
+    store(sb, first, count, row0 + lid.x, lid.y + 16u, g0.y, u0.y);
+    store(sb, first, count, row0 + lid.x + 16u, lid.y, g1.x, u1.x);
+    store(sb, first, count, row0 + lid.x + 16u, lid.y + 16u, g1.y, u1.y);
 }
 
-// h of row r for the tile's assignment t, if both exist.
-fn store(first: u32, count: u32, r: u32, t: u32, g: f32, u: f32) {
+// h of row r for the tile's assignment t, if both exist (the biases of the slot starting at
+// word sb added first, with act bit 0).
+fn store(sb: u32, first: u32, count: u32, r: u32, t: u32, g: f32, u: f32) {
     if (r < p.inter && t < count) {
-        h[(first + t) * p.inter + r] = g / (1.0 + exp(-g)) * u;
+        var gs = g;
+        var us = u;
+        if ((p.act & 1u) != 0u) {
+            gs += bitcast<f32>(w[sb + p.gate_bias + r]);
+            us += bitcast<f32>(w[sb + p.up_bias + r]);
+        }
+        h[(first + t) * p.inter + r] = expert_act(gs, us, p.act, p.alpha, p.limit);
     }
 }

@@ -1,4 +1,5 @@
-// Embedding lookup from an MLX affine-quantized row chunk [row_count, hidden]:
+// Embedding lookup from an MLX affine-quantized (or, with WDT 3, MXFP4) row chunk
+// [row_count, hidden]:
 // out[t, :] = dequant(W[ids[t] - row_start, :]) for the ids inside the chunk; other tokens'
 // rows are left untouched. `w` holds [codes][scales][biases] (see include/quant.wgsl).
 // One thread per octet (8 columns) of an output row, 64 threads per workgroup.
@@ -39,12 +40,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (octet_spills(shift)) {
         w1 = w[wi + 1u];
     }
-    let q = octet_codes(w[wi], w1, shift);
     let e = r * (p.hidden / GROUP) + (8u * u) / GROUP;
-    let s = scale_value(w[scale_word(p.scales_word, e)], e);
-    let b = scale_value(w[scale_word(p.biases_word, e)], e);
-    let v0 = s * q.q0 + b;
-    let v1 = s * q.q1 + b;
+    var bw = 0u;
+    if (WDT != 3u) {
+        bw = w[scale_word(p.biases_word, e)];
+    }
+    let v = octet_weights(w[wi], w1, shift, w[scale_word(p.scales_word, e)], bw, e);
+    let v0 = v.q0;
+    let v1 = v.q1;
     let o = t * p.hidden + 8u * u;
     for (var j = 0u; j < 4u; j++) {
         out[o + j] = v0[j];

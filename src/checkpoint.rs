@@ -311,8 +311,11 @@ impl MatrixView<'_> {
             let srow = self.scales.len() / self.rows.max(1);
             out[parts.scales.0..parts.scales.0 + parts.scales.1]
                 .copy_from_slice(&self.scales[r0 * srow..(r0 + n) * srow]);
+        }
+        if parts.biases.1 > 0 {
+            let brow = self.biases.len() / self.rows.max(1);
             out[parts.biases.0..parts.biases.0 + parts.biases.1]
-                .copy_from_slice(&self.biases[r0 * srow..(r0 + n) * srow]);
+                .copy_from_slice(&self.biases[r0 * brow..(r0 + n) * brow]);
         }
         out
     }
@@ -390,6 +393,9 @@ impl Checkpoint {
             return Ok((WeightFormat::Float(dtype), [Some(w), None, None]));
         };
         let bname = format!("{prefix}.biases");
+        if s.dtype == safetensors::Dtype::U8 && !self.tensors.contains_key(&bname) {
+            return self.mxfp4_entries(prefix, lead, rows, cols, w, s);
+        }
         let b = self.entry(&bname)?;
         if w.dtype != safetensors::Dtype::U32 {
             return Err(Error::Dtype {
@@ -443,6 +449,62 @@ impl Checkpoint {
         }
         let q = AffineQuant::new(bits, group, sdt).map_err(|e| bad(e.to_string()))?;
         Ok((WeightFormat::Affine(q), [Some(w), Some(s), Some(b)]))
+    }
+
+    /// [`matrix_entries`](Self::matrix_entries) of an MLX MXFP4 matrix (`mode: "mxfp4"`):
+    /// `.weight` U32 `[.., rows, cols / 8]` (FP4 codes, the first element lowest) and
+    /// `.scales` U8 `[.., rows, cols / 32]` (e8m0), no biases.
+    fn mxfp4_entries<'a>(
+        &'a self,
+        prefix: &str,
+        lead: &[usize],
+        rows: usize,
+        cols: usize,
+        w: &'a TensorEntry,
+        s: &'a TensorEntry,
+    ) -> Result<(WeightFormat, [Option<&'a TensorEntry>; 3])> {
+        let with_lead =
+            |tail: &[usize]| -> Vec<usize> { lead.iter().chain(tail).copied().collect() };
+        if cols % 32 != 0 {
+            return Err(Error::Quantization {
+                name: format!("{prefix}.weight"),
+                path: self.path_of(w).to_path_buf(),
+                reason: format!("MXFP4 needs a multiple of 32 columns, not {cols}"),
+            });
+        }
+        for (t, name, dtype, shape) in [
+            (
+                w,
+                "weight",
+                safetensors::Dtype::U32,
+                with_lead(&[rows, cols / 8]),
+            ),
+            (
+                s,
+                "scales",
+                safetensors::Dtype::U8,
+                with_lead(&[rows, cols / 32]),
+            ),
+        ] {
+            let name = format!("{prefix}.{name}");
+            if t.dtype != dtype {
+                return Err(Error::Dtype {
+                    path: self.path_of(t).to_path_buf(),
+                    name,
+                    found: format!("{:?}", t.dtype),
+                    expected: "U32 codes and U8 scales (MXFP4)",
+                });
+            }
+            if t.shape != shape {
+                return Err(Error::Shape {
+                    path: self.path_of(t).to_path_buf(),
+                    name,
+                    expected: shape,
+                    found: t.shape.clone(),
+                });
+            }
+        }
+        Ok((WeightFormat::Mxfp4, [Some(w), Some(s), None]))
     }
 
     /// A weight matrix `[rows, cols]` named `prefix` (without `.weight`), float or

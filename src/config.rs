@@ -434,8 +434,8 @@ impl<'a> Parser<'a> {
         self.check_quantization_with(&[])
     }
 
-    /// [`Parser::check_quantization`], also accepting the `quant_method`s named (gpt-oss's
-    /// `"mxfp4"` experts).
+    /// [`Parser::check_quantization`], also accepting the `quant_method`s and MLX `mode`s
+    /// named (gpt-oss's `"mxfp4"`: the released experts, and mlx-lm's MXFP4 quantization).
     pub fn check_quantization_with(&self, methods: &[&str]) -> Result<()> {
         for key in ["quantization", "quantization_config"] {
             let Some(q) = self.get(key) else { continue };
@@ -449,9 +449,13 @@ impl<'a> Parser<'a> {
                 )));
             }
             if let Some(mode) = q.get("mode").and_then(Value::as_str) {
-                if mode != "affine" {
+                if mode != "affine" && !methods.contains(&mode) {
                     return Err(self.err(format!(
-                        "`{key}.mode` {mode:?} is not supported (only \"affine\")"
+                        "`{key}.mode` {mode:?} is not supported (\"affine\"{})",
+                        methods
+                            .iter()
+                            .map(|m| format!(" or {m:?}"))
+                            .collect::<String>()
                     )));
                 }
             }

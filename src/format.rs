@@ -1,4 +1,4 @@
-//! How a weight matrix is stored: plain floats, or MLX affine quantization.
+//! How a weight matrix is stored: plain floats, MLX affine quantization, or MXFP4.
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -49,6 +49,11 @@ pub enum WeightFormat {
     Float(DType),
     /// MLX affine quantization.
     Affine(AffineQuant),
+    /// MXFP4 (OCP microscaling, as gpt-oss's checkpoints store experts): per row `cols / 2`
+    /// bytes of FP4 (e2m1) codes, element `2j` in the low nibble of byte `j`; then, 16-byte
+    /// aligned, one e8m0 scale byte (`2^(s - 127)`) per 32 elements of a row. 4.25 bits per
+    /// weight; `cols` a multiple of 32.
+    Mxfp4,
 }
 
 /// Byte offsets of the parts of a stored matrix, relative to its start.
@@ -71,6 +76,11 @@ fn align16(n: usize) -> usize {
 impl WeightFormat {
     /// Checks that a `[rows, cols]` matrix can be stored in this format.
     pub fn check(&self, cols: usize) -> Result<()> {
+        if *self == WeightFormat::Mxfp4 && cols % 32 != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{cols} columns cannot be stored in MXFP4 (blocks of 32)"
+            )));
+        }
         if let WeightFormat::Affine(q) = self {
             let g = q.group_size as usize;
             if cols % g != 0 || (cols * q.bits as usize) % 32 != 0 {
@@ -106,6 +116,17 @@ impl WeightFormat {
                     total: bo + sb,
                 }
             }
+            WeightFormat::Mxfp4 => {
+                let wb = rows * cols / 2;
+                let so = align16(wb);
+                let sb = rows * cols / 32;
+                Parts {
+                    weight_bytes: wb,
+                    scales: (so, sb),
+                    biases: (so + sb, 0),
+                    total: so + sb,
+                }
+            }
         }
     }
 
@@ -130,6 +151,12 @@ impl WeightFormat {
                     .decode(&bytes[p.biases.0..p.biases.0 + p.biases.1]);
                 dequantize(&bytes[..p.weight_bytes], &scales, &biases, rows, cols, q)
             }
+            WeightFormat::Mxfp4 => mxfp4_decode(
+                &bytes[..p.weight_bytes],
+                &bytes[p.scales.0..p.scales.0 + p.scales.1],
+                rows,
+                cols,
+            ),
         }
     }
 }
@@ -183,6 +210,7 @@ impl std::fmt::Display for WeightFormat {
                 "affine {}-bit, group {}, {} scales",
                 q.bits, q.group_size, q.scale_dtype
             ),
+            WeightFormat::Mxfp4 => write!(f, "mxfp4"),
         }
     }
 }
@@ -271,5 +299,9 @@ mod tests {
         assert_eq!(p.biases, (208, 12));
         assert_eq!(p.total, 220);
         assert!(f.check(100).is_err());
+        let m = WeightFormat::Mxfp4;
+        let p = m.parts(3, 96);
+        assert_eq!((p.weight_bytes, p.scales, p.total), (144, (144, 9), 153));
+        assert!(m.check(48).is_err() && m.check(64).is_ok());
     }
 }

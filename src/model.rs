@@ -177,7 +177,6 @@ impl ModelBuilder {
     /// Opens the checkpoint, uploads the resident weights and sets up the expert cache.
     pub fn build(self) -> Result<Model> {
         let cfg = ModelConfig::from_path(self.dir.join("config.json"))?;
-        crate::engine::check_plan(&cfg, &self.dir.join("config.json"))?;
         if cfg.head_dim > 256 {
             return Err(Error::Config {
                 path: self.dir.join("config.json"),
@@ -224,6 +223,15 @@ impl ModelBuilder {
                     return Err(Error::InvalidArgument(format!(
                         "the expert store's layout of layer {l} has {:?} [{}, {}] where the model needs {role:?} [{rows}, {cols}]",
                         t.role, t.rows, t.cols
+                    )));
+                }
+                let biased = cfg.layers[l].moe().is_some_and(|m| m.expert_bias);
+                if t.bias.is_some() != biased {
+                    return Err(Error::InvalidArgument(format!(
+                        "the expert store's layout of layer {l} has {} {:?} bias, and the model's experts {}",
+                        if t.bias.is_some() { "a" } else { "no" },
+                        t.role,
+                        if biased { "have biases" } else { "have none" }
                     )));
                 }
             }

@@ -1,5 +1,6 @@
-//! Synthetic random-weight checkpoints of Qwen3-MoE and of Qwen3.5-MoE (Gated DeltaNet
-//! hybrids, [`SyntheticSpec::linear_attention`]), for demos, benchmarks and tests that must
+//! Synthetic random-weight checkpoints of Qwen3-MoE, of Qwen3.5-MoE (Gated DeltaNet
+//! hybrids, [`SyntheticSpec::linear_attention`]) and of gpt-oss ([`SyntheticSpec::gpt_oss`],
+//! written by `arch::gpt_oss::synthetic`), for demos, benchmarks and tests that must
 //! not need a download. The weights are deterministic pseudo-random numbers: the model
 //! runs exactly like a real one of its shape, but its output is meaningless.
 
@@ -46,6 +47,29 @@ pub struct SyntheticSpec {
     /// gated full-attention layer every `full_attention_interval` layers and a shared
     /// expert per MoE block; `None`: Qwen3-MoE.
     pub linear_attention: Option<SyntheticLinear>,
+    /// `Some`: a gpt-oss model (then `quant` and `linear_attention` are ignored; its
+    /// attention and router are bf16, its experts MXFP4 or bf16).
+    pub gpt_oss: Option<SyntheticGptOss>,
+}
+
+/// The gpt-oss part of a [`SyntheticSpec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyntheticGptOss {
+    /// Keys a sliding layer sees (even layers slide, odd ones attend to everything).
+    pub sliding_window: usize,
+    /// Experts in MXFP4 (the released checkpoints' layout), else bf16.
+    pub mxfp4: bool,
+}
+
+impl SyntheticGptOss {
+    /// The released models': a window of 128, MXFP4 experts.
+    pub fn released() -> Self {
+        SyntheticGptOss {
+            sliding_window: 128,
+            mxfp4: true,
+        }
+    }
 }
 
 /// The Qwen3.5-MoE part of a [`SyntheticSpec`].
@@ -99,6 +123,7 @@ impl Default for SyntheticSpec {
             quant: None,
             seed: 0x6d6f_6573,
             linear_attention: None,
+            gpt_oss: None,
         }
     }
 }
@@ -122,6 +147,7 @@ impl SyntheticSpec {
             quant: Some((4, 64)),
             seed: 0x3330_6233,
             linear_attention: None,
+            gpt_oss: None,
         }
     }
 
@@ -144,6 +170,7 @@ impl SyntheticSpec {
             quant: Some((4, 64)),
             seed: 0x3335_6133,
             linear_attention: Some(SyntheticLinear::qwen3_5(32, 512)),
+            gpt_oss: None,
         }
     }
 
@@ -167,6 +194,40 @@ impl SyntheticSpec {
             quant: Some((4, 64)),
             seed: 0x3339_3761,
             linear_attention: Some(SyntheticLinear::qwen3_5(64, 1024)),
+            gpt_oss: None,
+        }
+    }
+
+    /// The shape of gpt-oss-120b (hidden 2880, 128 experts, top-4, expert width 2880,
+    /// 64/8 heads of 64, alternating windows of 128 and full attention, vocab 201088) with
+    /// `layers` of its 36 layers, MXFP4 experts as released: 1.69 GB of experts per layer.
+    pub fn gpt_oss_120b(layers: usize) -> Self {
+        SyntheticSpec {
+            vocab_size: 201088,
+            hidden_size: 2880,
+            num_layers: layers,
+            num_heads: 64,
+            num_kv_heads: 8,
+            head_dim: 64,
+            num_experts: 128,
+            top_k: 4,
+            moe_intermediate_size: 2880,
+            dtype: DType::BF16,
+            quant: None,
+            seed: 0x6f73_7331,
+            linear_attention: None,
+            gpt_oss: Some(SyntheticGptOss::released()),
+        }
+    }
+
+    /// The shape of gpt-oss-20b (24 layers of 32 experts, otherwise as
+    /// [`gpt_oss_120b`](Self::gpt_oss_120b)): about 10 GB of MXFP4 experts.
+    pub fn gpt_oss_20b() -> Self {
+        SyntheticSpec {
+            num_layers: 24,
+            num_experts: 32,
+            seed: 0x6f73_7332,
+            ..Self::gpt_oss_120b(24)
         }
     }
 
@@ -179,15 +240,17 @@ impl SyntheticSpec {
 
 /// What a lazily generated tensor holds.
 #[derive(Clone, Copy)]
-enum Fill {
+pub(crate) enum Fill {
     /// Floats `offset + scale * u`, u uniform in [-1, 1).
     Float { scale: f32, offset: f32 },
     /// Uniformly random u32 words (packed quantization codes).
     Codes,
+    /// Bytes uniform in `lo .. lo + span` (MXFP4 codes and scales).
+    Bytes { lo: u8, span: u16 },
 }
 
 /// A tensor whose bytes are generated when the writer asks for them.
-struct Lazy {
+pub(crate) struct Lazy {
     dtype: safetensors::Dtype,
     float: DType,
     shape: Vec<usize>,
@@ -231,11 +294,24 @@ impl safetensors::View for Lazy {
                     .collect();
                 Cow::Owned(self.float.encode(&values))
             }
+            Fill::Bytes { lo, span } => {
+                let mut out = Vec::with_capacity(n + 8);
+                while out.len() < n {
+                    let r = splitmix(&mut state);
+                    out.extend((0..8).map(|b| {
+                        let v = (r >> (8 * b)) & 0xff;
+                        lo.wrapping_add(((v * u64::from(span)) >> 8) as u8)
+                    }));
+                }
+                out.truncate(n);
+                Cow::Owned(out)
+            }
         }
     }
     fn data_len(&self) -> usize {
         let elem = match self.fill {
             Fill::Codes => 4,
+            Fill::Bytes { .. } => 1,
             Fill::Float { .. } => self.float.size(),
         };
         self.shape.iter().product::<usize>() * elem
@@ -255,6 +331,9 @@ fn hash(s: &str, seed: u64) -> u64 {
 impl SyntheticSpec {
     /// The `config.json` this spec describes (transformers v5 spelling).
     pub fn config_json(&self) -> String {
+        if let Some(g) = &self.gpt_oss {
+            return crate::arch::gpt_oss::synthetic::config_json(self, g).to_string();
+        }
         let dtype = match self.dtype {
             DType::F32 => "float32",
             DType::F16 => "float16",
@@ -373,6 +452,9 @@ impl SyntheticSpec {
                 },
             )
         };
+        if let Some(g) = &self.gpt_oss {
+            return crate::arch::gpt_oss::synthetic::tensors(self, g, &lazy);
+        }
         let fdt = float.to_safetensors();
         let vector = |name: String, n: usize| {
             lazy(
@@ -584,6 +666,13 @@ impl SyntheticSpec {
 
     /// The format of expert matrices.
     fn expert_format(&self) -> WeightFormat {
+        if let Some(g) = &self.gpt_oss {
+            return if g.mxfp4 {
+                WeightFormat::Mxfp4
+            } else {
+                WeightFormat::Float(DType::BF16)
+            };
+        }
         match self.quant {
             Some((bits, group_size)) => WeightFormat::Affine(AffineQuant {
                 bits,
@@ -598,7 +687,12 @@ impl SyntheticSpec {
     pub fn expert_bytes(&self) -> u64 {
         let f = self.expert_format();
         let (h, i) = (self.hidden_size, self.moe_intermediate_size);
-        let one = ExpertLayout::swiglu_with([f, f, f], h, i).map_or(0, |l| l.bytes);
+        let one = if self.gpt_oss.is_some() {
+            ExpertLayout::swiglu_biased([f, f, f], h, i)
+        } else {
+            ExpertLayout::swiglu_with([f, f, f], h, i)
+        }
+        .map_or(0, |l| l.bytes);
         (self.num_layers * self.num_experts * one) as u64
     }
 

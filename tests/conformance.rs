@@ -56,6 +56,27 @@ fn fixtures_match_golden_with_full_and_tight_cache() {
     }
 }
 
+/// gpt-oss in its three layouts (float32 HF, bf16 released spelling, MXFP4 blocks and
+/// scales): attention sinks, sliding windows, YaRN, biased experts with the clamped SwiGLU.
+/// Full and one-slot caches give identical logits.
+#[test]
+fn gpt_oss_fixtures_match_golden_with_full_and_tight_cache() {
+    for dir in common::gpt_oss_fixtures() {
+        let golden = Golden::load(&dir).unwrap();
+        let (full, full_report) = run(&dir, &golden, None);
+        assert_eq!(full.cache_stats().evictions, 0);
+        let slot = common::slot_bytes(&full);
+        let (tight, tight_report) = run(&dir, &golden, Some(slot));
+        assert_eq!(tight.expert_cache_slots(), 1);
+        assert_eq!(
+            full_report.max_abs_diff,
+            tight_report.max_abs_diff,
+            "{}: logits must not depend on the cache budget",
+            dir.display()
+        );
+    }
+}
+
 /// Qwen3.5-MoE and Qwen3-Next (Gated DeltaNet hybrids) in every layout users have them:
 /// composite and flat configs, fused and per-expert experts, Qwen3-Next's grouped
 /// projections and dense layers, mlx-community 4-bit with 8-bit routers; prompts longer

@@ -1,13 +1,14 @@
 //! gpt-oss (`gpt_oss`) configs in both spellings, YaRN's frequencies against values
-//! transformers 5.23 computes, the typed errors of malformed configs, and the engine's
-//! refusal of the block variants it does not run yet. The CPU reference against golden
-//! logits runs in tests/reference_golden.rs (fixtures in tests/fixtures_gpt_oss/).
+//! transformers 5.23 computes, the typed errors of malformed configs, and the sliding
+//! layers' ring-buffer KV caches over long contexts. The CPU reference against golden
+//! logits runs in tests/reference_golden.rs, the GPU engine in tests/conformance.rs
+//! (fixtures in tests/fixtures_gpt_oss/).
 
 use std::path::Path;
 
 use moestream::arch::{ExpertActivation, RouterKind};
 use moestream::reference::{rope_inv_freq, yarn_inv_freq};
-use moestream::{Error, ModelConfig};
+use moestream::{Checkpoint, Error, Model, ModelConfig, SafetensorsStore};
 
 fn parse(json: &str) -> moestream::Result<ModelConfig> {
     ModelConfig::from_json_str(json, Path::new("config.json"))
@@ -187,25 +188,153 @@ fn malformed_configs_are_typed_errors() {
     }
 }
 
-#[test]
-fn the_gpu_engine_refuses_what_it_does_not_run_yet() {
-    let dir = tempfile_dir("gpt_oss_refused");
-    std::fs::write(dir.join("config.json"), RELEASED_20B).unwrap();
-    match moestream::Model::builder(&dir).build() {
-        Err(Error::Config { reason, .. }) => {
-            assert!(
-                reason.contains("experts with biases") && reason.contains("gpt_oss"),
-                "{reason}"
-            )
-        }
-        Err(e) => panic!("expected Error::Config, got {e}"),
-        Ok(_) => panic!("expected Error::Config, got a model"),
-    }
-    std::fs::remove_dir_all(&dir).unwrap();
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures_gpt_oss")
+        .join(name)
 }
 
-fn tempfile_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("moestream-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// Token ids that revisit the vocabulary in a long, irregular order.
+fn long_ids(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n as u64)
+        .map(|i| ((i * 2654435761 + i * i * 40503) % vocab as u64) as u32)
+        .collect()
+}
+
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let m = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |d, (x, y)| d.max((x - y).abs())) / m
+}
+
+/// With a context of more than twice (window + a pass's tokens), a sliding layer keeps a
+/// ring of 2 (window + 511) positions instead of the whole context: less memory, and the
+/// same logits bit for bit as a session whose caches hold every position, through prefill
+/// chunks and decode steps that wrap the ring several times.
+#[test]
+fn sliding_layers_keep_a_ring_of_their_window() {
+    let dir = fixture("oss_f32");
+    let model = Model::open(&dir).unwrap();
+    let cfg = model.config().clone();
+    let window = cfg.layers[0]
+        .attention()
+        .and_then(|a| a.sliding_window)
+        .expect("layer 0 slides");
+    let ring_rows = 2 * (window + 511);
+    // 1030 positions: no ring (2 cap >= max_context); 4096: rings.
+    let mut plain = model.session(ring_rows - 2).unwrap();
+    let mut ringed = model.session(4096).unwrap();
+    let kvd = cfg.num_key_value_heads * cfg.head_dim;
+    let sliding = cfg
+        .layers
+        .iter()
+        .filter(|p| p.attention().is_some_and(|a| a.sliding_window.is_some()))
+        .count();
+    let full = cfg.num_hidden_layers - sliding;
+    assert!(sliding > 0 && full > 0);
+    let elem = 4 * kvd * 2; // f32 keys and values
+    assert_eq!(
+        plain.kv_cache_bytes() as usize,
+        cfg.num_hidden_layers * (ring_rows - 2) * elem
+    );
+    assert_eq!(
+        ringed.kv_cache_bytes() as usize,
+        (sliding * ring_rows + full * 4096) * elem
+    );
+    let ids = long_ids(1000, cfg.vocab_size);
+    // Prefill two chunks (512 + 88), then decode past position 1000: the ring wraps.
+    let a = plain.prefill(&ids[..600]).unwrap();
+    let b = ringed.prefill(&ids[..600]).unwrap();
+    assert_eq!(a, b, "prefill");
+    for (i, &id) in ids[600..].iter().enumerate() {
+        let a = plain.step(id).unwrap();
+        let b = ringed.step(id).unwrap();
+        assert!(a == b, "step at position {}", 600 + i);
+    }
+}
+
+/// Past several wraps of the ring (prefill chunks starting and ending anywhere in it, and
+/// decode steps), the logits are the CPU reference's.
+#[test]
+fn ring_caches_match_the_reference_over_a_long_context() {
+    let dir = fixture("oss_f32");
+    let model = Model::open(&dir).unwrap();
+    let cfg = model.config().clone();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let store =
+        SafetensorsStore::new(std::sync::Arc::new(Checkpoint::open(&dir).unwrap()), &cfg).unwrap();
+    let reference = moestream::reference::ReferenceModel::new(&cfg, &ckpt, &store).unwrap();
+    let ids = long_ids(1300, cfg.vocab_size);
+    let want = reference.forward(&ids).unwrap();
+    let mut s = model.session(4096).unwrap();
+    // Prefill 1290 tokens (512 + 512 + 266), then 10 steps.
+    let got = s.prefill(&ids[..1290]).unwrap();
+    let d = max_rel_diff(&got, &want[1289]);
+    assert!(d < 1e-4, "prefill: max relative difference {d}");
+    for (i, &id) in ids[1290..].iter().enumerate() {
+        let got = s.step(id).unwrap();
+        let d = max_rel_diff(&got, &want[1290 + i]);
+        assert!(d < 1e-4, "step {i}: max relative difference {d}");
+    }
+}
+
+/// The synthetic gpt-oss writer (the benchmarks' gpt-oss-20b / -120b shapes, scaled down
+/// here) writes checkpoints in the released layout, MXFP4 and bf16 experts, that load and
+/// run as the CPU reference does.
+#[test]
+fn synthetic_gpt_oss_runs_as_the_reference_does() {
+    use moestream::synthetic::{SyntheticGptOss, SyntheticSpec};
+    for mxfp4 in [true, false] {
+        let mut spec = SyntheticSpec::gpt_oss_120b(3);
+        spec.vocab_size = 300;
+        spec.hidden_size = 64;
+        spec.num_heads = 4;
+        spec.num_kv_heads = 2;
+        spec.head_dim = 16;
+        spec.num_experts = 8;
+        spec.top_k = 2;
+        spec.moe_intermediate_size = 96;
+        let mut g = SyntheticGptOss::released();
+        g.sliding_window = 4;
+        g.mxfp4 = mxfp4;
+        spec.gpt_oss = Some(g);
+        let root = std::env::temp_dir().join(format!(
+            "moestream-synthetic-gpt-oss-{mxfp4}-{}",
+            std::process::id()
+        ));
+        let dir = spec.write(root.join("model")).unwrap();
+        let model = Model::open(&dir).unwrap();
+        let cfg = model.config().clone();
+        assert_eq!(cfg.model_type, "gpt_oss");
+        assert!(
+            model.expert_cache_bytes() >= spec.expert_bytes(),
+            "the default cache holds every expert"
+        );
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let store =
+            SafetensorsStore::new(std::sync::Arc::new(Checkpoint::open(&dir).unwrap()), &cfg)
+                .unwrap();
+        let format = store.formats(0).unwrap()[0];
+        assert_eq!(
+            format,
+            if mxfp4 {
+                moestream::WeightFormat::Mxfp4
+            } else {
+                moestream::WeightFormat::Float(moestream::DType::BF16)
+            }
+        );
+        let reference = moestream::reference::ReferenceModel::new(&cfg, &ckpt, &store).unwrap();
+        let ids = long_ids(14, cfg.vocab_size);
+        let want = reference.forward(&ids).unwrap();
+        let mut s = model.session(64).unwrap();
+        let got = s.prefill(&ids[..10]).unwrap();
+        let d = max_rel_diff(&got, &want[9]);
+        assert!(d < 1e-4, "mxfp4 {mxfp4}: prefill differs by {d}");
+        for (k, &id) in ids[10..].iter().enumerate() {
+            let got = s.step(id).unwrap();
+            let d = max_rel_diff(&got, &want[10 + k]);
+            assert!(d < 1e-4, "mxfp4 {mxfp4}: step {k} differs by {d}");
+        }
+        drop(model);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -718,6 +718,109 @@ fn matmul() {
 // ---------------------------------------------------------------------------------------
 // RoPE.
 
+/// With `ring` (a sliding layer's ring-buffer KV cache of 2 x 6 rows) every key and value
+/// row is also written at its mirror, 6 rows after or before it; the rows themselves are
+/// those of a plain cache, and no other row is touched. Tokens 4..9 straddle the halves.
+#[test]
+fn head_norm_rope_writes_ring_mirrors() {
+    let mut rng = Rng::new(51);
+    let (n, nq, nk, hd, cap, row0) = (5usize, 1usize, 2usize, 16usize, 6usize, 4usize);
+    let kd = nk * hd;
+    let x_stride = (nq + 2 * nk) * hd;
+    let rows_in = rng.vec(n * x_stride, 2.0);
+    let (cos, sin) = reference::rope_tables(1e4, hd, 20 + n);
+    let w = rng.vec(hd, 1.0);
+    let kv_len = 2 * cap * kd;
+    let k_before = rng.vec(kv_len, 1.0);
+    let v_before = rng.vec(kv_len, 1.0);
+    let dtypes: Vec<Option<DType>> = if kv_f16() {
+        vec![None, Some(DType::F16)]
+    } else {
+        vec![None]
+    };
+    for kv in dtypes {
+        let enc = |v: &[f32]| match kv {
+            None => f32_bytes(v),
+            Some(_) => f16_bytes(&round_f16(v)),
+        };
+        let dec = |b: &[u8]| match kv {
+            None => to_f32(b),
+            Some(_) => from_f16_bytes(b),
+        };
+        let go = |ring: usize| {
+            let out = run(
+                Kernel::HeadNormRope,
+                kv,
+                HeadNormRopeParams {
+                    n_tokens: n as u32,
+                    head_dim: hd as u32,
+                    rotary_half: (hd / 2) as u32,
+                    pos0: 20,
+                    eps: 1e-6,
+                    x_stride: x_stride as u32,
+                    q_heads: nq as u32,
+                    k_heads: nk as u32,
+                    k_offset: (nq * hd) as u32,
+                    k_out: (row0 * kd) as u32,
+                    copy_v: 1,
+                    v_offset: ((nq + nk) * hd) as u32,
+                    sin_offset: cos.len() as u32,
+                    q_head_stride: hd as u32,
+                    norm: 1,
+                    ring: (ring * kd) as u32,
+                    ..Default::default()
+                }
+                .words(),
+                &[
+                    &f32_bytes(&rows_in),
+                    &f32_bytes(&w),
+                    &f32_bytes(&w),
+                    &f32_bytes(&[cos.clone(), sin.clone()].concat()),
+                    &f32_bytes(&vec![0.0; n * nq * hd]),
+                    &enc(&k_before),
+                    &f32_bytes(&rows_in),
+                    &enc(&v_before),
+                ],
+                ((nq + nk) as u32, n as u32),
+            );
+            (dec(&out[5]), dec(&out[7]))
+        };
+        let (k_plain, v_plain) = go(0);
+        let (k_ring, v_ring) = go(cap);
+        for (what, plain, ringed, before) in [
+            ("k", &k_plain, &k_ring, &k_before),
+            ("v", &v_plain, &v_ring, &v_before),
+        ] {
+            let before = match kv {
+                None => before.clone(),
+                Some(_) => round_f16(before),
+            };
+            for r in 0..2 * cap {
+                let row = |v: &[f32]| v[r * kd..(r + 1) * kd].to_vec();
+                let written = (row0..row0 + n).contains(&r);
+                let mirror_of = (row0..row0 + n).find(|&w| (w + cap) % (2 * cap) == r);
+                let want = if written {
+                    row(plain)
+                } else if let Some(w) = mirror_of {
+                    plain[w * kd..(w + 1) * kd].to_vec()
+                } else {
+                    row(&before)
+                };
+                assert!(
+                    row(ringed) == want,
+                    "{what} ({kv:?}) row {r}: written {written}, mirror of {mirror_of:?}"
+                );
+                if !written {
+                    assert!(
+                        row(plain) == row(&before),
+                        "{what}: the plain cache's row {r}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn head_norm_rope() {
     // Per-head RMSNorm (as rmsnorm.wgsl) then RoPE of the query heads (weights wq, to
@@ -821,6 +924,7 @@ fn head_norm_rope() {
                     sin_offset: cos.len() as u32,
                     q_head_stride: q_head_stride as u32,
                     norm: u32::from(norm),
+                    ..Default::default()
                 }
                 .words(),
                 &[

@@ -160,11 +160,13 @@ fn poke(path: &Path, offset: u64, value: u8) -> u8 {
 #[test]
 fn every_fixture_round_trips_bit_identically() {
     let tmp = TempDir::new("roundtrip");
-    // Every layout: Qwen3-MoE (HF, MLX) and Qwen3.5 / Qwen3-Next (fused experts sliced
-    // per expert, per-expert tensors, MLX switch_mlp).
+    // Every layout: Qwen3-MoE (HF, MLX), Qwen3.5 / Qwen3-Next (fused experts sliced
+    // per expert, per-expert tensors, MLX switch_mlp) and gpt-oss (transposed float experts
+    // and MXFP4 rows rearranged, biases as f32: the pack holds the engine's blobs).
     for src in common::fixtures()
         .into_iter()
         .chain(common::qwen35_fixtures())
+        .chain(common::gpt_oss_fixtures())
     {
         let name = src.file_name().unwrap().to_str().unwrap().to_string();
         let dir = tmp.copy_fixture(&src, &name);

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 
-use moestream::gpu::kernels::{Kernel, Variant};
+use moestream::gpu::kernels::{self, Kernel, Variant};
 use moestream::gpu::params;
 use naga::back::{msl, spv};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
@@ -115,6 +115,11 @@ fn base_variants(kernel: Kernel) -> Vec<(Vec<(&'static str, f64)>, String)> {
                 }
             }
         }
+        // MXFP4: e8m0 scales (`kernels::WDT_MXFP4`), 4-bit codes in blocks of 32.
+        v.push((
+            kernel.constants(kernels::WDT_MXFP4, Some((4, 32))),
+            "MXFP4".to_string(),
+        ));
         v
     } else if kernel.uses_kv_cache() {
         // KV cache elements: f32 and f16 (`KVDT`).

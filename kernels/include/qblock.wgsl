@@ -71,6 +71,21 @@ fn lanes(v: vec4<u32>, mask: vec4<u32>) -> vec4<f32> {
 // dot(codes of the block whose words start at word `wi`, xs), xs the 32 values of the
 // block's columns as 8 vec4s.
 fn block_dot(wi: u32, xs: X32) -> f32 {
+    if (WDT == 3u) {
+        // MXFP4: word k holds columns 8k .. 8k + 7, a nibble each, the first lowest.
+        let q = w[wi >> 2u];
+        let lo = vec4<u32>(0u, 4u, 8u, 12u);
+        let hi = vec4<u32>(16u, 20u, 24u, 28u);
+        var acc = fp4(vec4<u32>(q.x) >> lo) * xs.a;
+        acc += fp4(vec4<u32>(q.x) >> hi) * xs.b;
+        acc += fp4(vec4<u32>(q.y) >> lo) * xs.c;
+        acc += fp4(vec4<u32>(q.y) >> hi) * xs.d;
+        acc += fp4(vec4<u32>(q.z) >> lo) * xs.e;
+        acc += fp4(vec4<u32>(q.z) >> hi) * xs.f;
+        acc += fp4(vec4<u32>(q.w) >> lo) * xs.g;
+        acc += fp4(vec4<u32>(q.w) >> hi) * xs.h;
+        return dot(acc, vec4<f32>(1.0));
+    }
     if (BITS == 4u) {
         let q = w[wi >> 2u];
         let m = vec4<u32>(0xfu, 0xf0u, 0xf00u, 0xf000u);
@@ -143,6 +158,9 @@ fn row_block(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
 // start at words s_word and b_word).
 fn block_scale_bias(s_word: u32, b_word: u32, cols: u32, r: u32, b: u32) -> vec2<f32> {
     let e = r * (cols / GROUP) + (32u * b) / GROUP;
+    if (WDT == 3u) {
+        return vec2<f32>(scale_value(word_at(scale_word(s_word, e)), e), 0.0);
+    }
     return vec2<f32>(scale_value(word_at(scale_word(s_word, e)), e),
                      scale_value(word_at(scale_word(b_word, e)), e));
 }

@@ -24,14 +24,15 @@ fn octet_fetch(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, k0: u32
         w1 = w[wi + 1u];
     }
     let e = r * (cols / GROUP) + k0 / GROUP;
-    return OctetWords(w[wi], w1, w[scale_word(s_word, e)], w[scale_word(b_word, e)]);
+    var bw = 0u;
+    if (WDT != 3u) {
+        bw = w[scale_word(b_word, e)];
+    }
+    return OctetWords(w[wi], w1, w[scale_word(s_word, e)], bw);
 }
 
 // The 8 weights of the octet whose words `octet_fetch` loaded (same cols, r, k0, lo).
 fn octet_dequant(ow: OctetWords, cols: u32, r: u32, k0: u32, lo: u32) -> Octet {
-    let q = octet_codes(ow.w0, ow.w1, octet_shift((k0 >> 3u) + lo));
     let e = r * (cols / GROUP) + k0 / GROUP;
-    let s = scale_value(ow.s, e);
-    let b = scale_value(ow.b, e);
-    return Octet(s * q.q0 + b, s * q.q1 + b);
+    return octet_weights(ow.w0, ow.w1, octet_shift((k0 >> 3u) + lo), ow.s, ow.b, e);
 }

@@ -14,6 +14,10 @@
 //
 // BITS (2, 3, 4, 5, 6 or 8) and GROUP (32, 64 or 128) have no default: a pipeline must set
 // them (`Kernel::constants`).
+//
+// MXFP4 (WDT = 3, with BITS 4 and GROUP 32): the codes are FP4 (e2m1, bit 3 the sign,
+// `fp4`), packed as 4-bit codes are; the scales are e8m0 bytes (2^(s - 127)), four per
+// word, the first in the low byte; there are no biases (`block_scale_bias` gives 0).
 override BITS: u32;
 override GROUP: u32;
 
@@ -23,6 +27,9 @@ fn scale_word(base: u32, e: u32) -> u32 {
     if (WDT == 0u) {
         return base + e;
     }
+    if (WDT == 3u) {
+        return base + (e >> 2u);
+    }
     return base + (e >> 1u);
 }
 
@@ -30,6 +37,10 @@ fn scale_word(base: u32, e: u32) -> u32 {
 fn scale_value(word: u32, e: u32) -> f32 {
     if (WDT == 0u) {
         return bitcast<f32>(word);
+    }
+    if (WDT == 3u) {
+        // e8m0: the byte is the f32 exponent field (0, i.e. 2^-127, reads as 0).
+        return bitcast<f32>(((word >> (8u * (e & 3u))) & 0xffu) << 23u);
     }
     return decode_half(word, (e & 1u) == 1u);
 }
@@ -85,4 +96,30 @@ fn octet_codes(w0: u32, w1: u32, shift: u32) -> Octet {
         vec4<f32>(code_at(lo, hi, 4u * b), code_at(lo, hi, 5u * b), code_at(lo, hi, 6u * b),
                   code_at(lo, hi, 7u * b)),
     );
+}
+
+// The values of the FP4 (e2m1) codes in the low 4 bits of each lane (higher bits ignored):
+// sign bit 3, exponent bits 2..1, mantissa bit 0; 0, 0.5, 1, 1.5, 2, 3, 4, 6. Magnitudes
+// from 1 up are 2^(e - 1) (1 + m / 2): the 3 bits placed under the f32 exponent of 0.5;
+// below 1 (e = 0) the code is m / 2.
+fn fp4(c: vec4<u32>) -> vec4<f32> {
+    let mag = c & vec4<u32>(7u);
+    let big = bitcast<vec4<f32>>((mag << vec4<u32>(22u)) + vec4<u32>(0x3f000000u));
+    let v = select(big, vec4<f32>(mag) * 0.5, mag < vec4<u32>(2u));
+    return bitcast<vec4<f32>>(bitcast<vec4<u32>>(v) | ((c & vec4<u32>(8u)) << vec4<u32>(28u)));
+}
+
+// The 8 weights of an octet (its words w0, w1 and start bit as for `octet_codes`; sw and bw
+// the words `scale_word` named for its group's scale and bias, e the group's index):
+// s q + b for affine codes, s fp4(q) for MXFP4 (whose octets are whole words; bw unused).
+fn octet_weights(w0: u32, w1: u32, shift: u32, sw: u32, bw: u32, e: u32) -> Octet {
+    let s = scale_value(sw, e);
+    if (WDT == 3u) {
+        let v = vec4<u32>(w0);
+        return Octet(s * fp4(v >> vec4<u32>(0u, 4u, 8u, 12u)),
+                     s * fp4(v >> vec4<u32>(16u, 20u, 24u, 28u)));
+    }
+    let q = octet_codes(w0, w1, shift);
+    let b = scale_value(bw, e);
+    return Octet(s * q.q0 + b, s * q.q1 + b);
 }

@@ -55,8 +55,12 @@ impl Pass<'_> {
         // q_norm + RoPE into `qr`; k_norm + RoPE straight into the layer's K cache at the
         // current position, with v copied into the V cache by the same dispatch.
         let half = (spec.rotary_dim / 2) as u32;
-        let kv_off = self.pos0 * nkv * hd;
-        let (kc, vc) = self.state.kv(l)?;
+        let (kc, vc, ring) = self.state.kv(l)?;
+        // A ring-buffer cache (a sliding window) holds the keys this pass reads from
+        // position `shift` on: the attention kernels see positions less `shift`.
+        let shift = ring.map_or(0, |r| r.shift(self.pos0));
+        let pos = self.pos0 - shift;
+        let kv_off = pos * nkv * hd;
         let eps = cfg.rms_norm_eps;
         // The KV cache's elements (f32 or f16): the dtype of the kernels that touch it.
         let kv_dtype = self.m.kv_cache_dtype;
@@ -87,6 +91,8 @@ impl Pass<'_> {
                 sin_offset: s.rope_sin,
                 q_head_stride: q_head_stride as u32,
                 norm: u32::from(spec.qk_norm),
+                ring: ring.map_or(0, |r| (r.cap * nkv * hd) as u32),
+                ..Default::default()
             };
             let dummy = &self.m.gpu.dummy;
             self.rec.dispatch(
@@ -113,7 +119,7 @@ impl Pass<'_> {
         // (The output gate multiplies the natural layout in place.)
         let o_layout = if split
             && !spec.output_gate
-            && matches!(a.o.format, WeightFormat::Affine(_))
+            && matches!(a.o.format, WeightFormat::Affine(_) | WeightFormat::Mxfp4)
             && qd % 32 == 0
         {
             XLayout::Interleaved
@@ -124,11 +130,11 @@ impl Pass<'_> {
             // Decode: many workgroups over short key ranges, then one merge per head
             // (the split kernel reads heads as vec4s).
             // A sliding window's keys start past 0.
-            let n_keys = self.pos0 + 1;
+            let n_keys = pos + 1;
             let key0 = spec.sliding_window.map_or(0, |w| n_keys.saturating_sub(w));
             let (chunk, splits) = kernels::attention_splits((n_keys - key0) as u32, nh as u32);
             let p = AttentionSplitParams {
-                pos0: self.pos0 as u32,
+                pos0: pos as u32,
                 n_heads: nh as u32,
                 n_kv_heads: nkv as u32,
                 head_dim: hd as u32,
@@ -192,7 +198,7 @@ impl Pass<'_> {
             };
             let p = AttentionParams {
                 n_tokens: n as u32,
-                pos0: self.pos0 as u32,
+                pos0: pos as u32,
                 n_heads: nh as u32,
                 n_kv_heads: nkv as u32,
                 head_dim: hd as u32,

@@ -3,13 +3,14 @@
 //! the cache (per assignment, or tiled for prefill).
 
 use super::pass::{interleaves, Pass, XLayout};
+use crate::arch::ExpertActivation;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{
     MoeDownParams, MoeDownQParams, MoeDownQmmParams, MoeGateUpParams, MoeGateUpQParams,
-    MoeGateUpQmmParams,
+    MoeGateUpQmmParams, EXPERT_BIAS, EXPERT_CLAMPED,
 };
 use crate::gpu::Size;
 use crate::model::ModelInner;
@@ -60,12 +61,15 @@ impl Pass<'_> {
         let down_quant = kernels.down.quant();
         // Quantized kernels read a decode token's x interleaved, and write h interleaved
         // when the down projection is quantized too.
+        let gate_up_mx = matches!(kernels.gate_up, GateUpSlot::Quant { mx: true, .. });
         let x_layout = match quant {
+            Some(_) if gate_up_mx && interleaves(self.n, cfg.hidden_size) => XLayout::Interleaved,
             Some((bits, _)) if interleaves(self.n, cfg.hidden_size) => {
                 XLayout::for_bits(bits, self.m.f32_activations)
             }
             _ => XLayout::Natural,
         };
+        let ep = kernels.epilogue;
         let h_il = quant.is_some() && down_quant.is_some();
         let (h, i) = (cfg.hidden_size, kernels.inter);
         let (rpt, team, groups) = expert_grid(self.m, quant.is_some(), i, h, count);
@@ -73,7 +77,7 @@ impl Pass<'_> {
         // products), where gate/up's workgroups compute whole quads.
         let h_quads = h_il
             && !self.m.f32_activations
-            && matches!(down_quant, Some((bits, _)) if kernels::reads_q8_activations(bits))
+            && kernels.down.reads_quads()
             && kernels::writes_quad_h(team, rpt);
         let mut binds = vec![
             page.into(),
@@ -104,7 +108,11 @@ impl Pass<'_> {
                     gate_off,
                     up_off,
                     slot_elems,
-                    ..Default::default()
+                    act: ep.act,
+                    gate_bias: ep.gate_bias,
+                    up_bias: ep.up_bias,
+                    alpha: ep.alpha,
+                    limit: ep.limit,
                 };
                 self.rec.dispatch_sized(
                     Kernel::MoeGateUp,
@@ -119,6 +127,7 @@ impl Pass<'_> {
             GateUpSlot::Quant {
                 scale_dtype,
                 quant,
+                mx,
                 slot_words,
                 gate,
                 up,
@@ -152,17 +161,28 @@ impl Pass<'_> {
                         } else {
                             0
                         },
+                    act: ep.act,
+                    gate_bias: ep.gate_bias,
+                    up_bias: ep.up_bias,
+                    alpha: ep.alpha,
+                    limit: ep.limit,
                     ..Default::default()
                 };
-                self.rec.dispatch_sized(
-                    Kernel::MoeGateUpQ,
-                    Some(scale_dtype),
-                    Some(quant),
-                    rpt,
-                    p.words(),
-                    &binds,
-                    size(groups, 0),
-                );
+                if mx {
+                    let k = Kernel::MoeGateUpQ;
+                    self.rec
+                        .dispatch_mxfp4(k, rpt, p.words(), &binds, size(groups, 0));
+                } else {
+                    self.rec.dispatch_sized(
+                        Kernel::MoeGateUpQ,
+                        Some(scale_dtype),
+                        Some(quant),
+                        rpt,
+                        p.words(),
+                        &binds,
+                        size(groups, 0),
+                    );
+                }
             }
         }
         let (rpt, team, groups) = expert_grid(self.m, down_quant.is_some(), h, i, count);
@@ -189,7 +209,8 @@ impl Pass<'_> {
                     n_assign: count,
                     down_off,
                     slot_elems,
-                    ..Default::default()
+                    act: ep.act & EXPERT_BIAS,
+                    down_bias: ep.down_bias,
                 };
                 self.rec.dispatch_sized(
                     Kernel::MoeDown,
@@ -204,6 +225,7 @@ impl Pass<'_> {
             DownSlot::Quant {
                 scale_dtype,
                 quant,
+                mx,
                 slot_words,
                 down,
             } => {
@@ -224,17 +246,24 @@ impl Pass<'_> {
                     } else {
                         0
                     },
-                    ..Default::default()
+                    act: ep.act & EXPERT_BIAS,
+                    down_bias: ep.down_bias,
                 };
-                self.rec.dispatch_sized(
-                    Kernel::MoeDownQ,
-                    Some(scale_dtype),
-                    Some(quant),
-                    rpt,
-                    p.words(),
-                    &binds,
-                    size(groups, 12),
-                );
+                if mx {
+                    let k = Kernel::MoeDownQ;
+                    self.rec
+                        .dispatch_mxfp4(k, rpt, p.words(), &binds, size(groups, 12));
+                } else {
+                    self.rec.dispatch_sized(
+                        Kernel::MoeDownQ,
+                        Some(scale_dtype),
+                        Some(quant),
+                        rpt,
+                        p.words(),
+                        &binds,
+                        size(groups, 12),
+                    );
+                }
             }
         }
     }
@@ -255,6 +284,7 @@ impl Pass<'_> {
             GateUpSlot::Quant {
                 scale_dtype: gate_up_dtype,
                 quant: gate_up_quant,
+                mx: gate_up_mx,
                 slot_words,
                 gate,
                 up,
@@ -262,6 +292,7 @@ impl Pass<'_> {
             DownSlot::Quant {
                 scale_dtype: down_dtype,
                 quant: down_quant,
+                mx: down_mx,
                 down,
                 ..
             },
@@ -269,6 +300,7 @@ impl Pass<'_> {
         else {
             unreachable!("tiled experts are quantized");
         };
+        let ep = kernels.epilogue;
         let p = MoeGateUpQmmParams {
             hidden: hs,
             inter: is,
@@ -280,22 +312,35 @@ impl Pass<'_> {
             up_q: up[0],
             up_s: up[1],
             up_b: up[2],
+            act: ep.act,
+            gate_bias: ep.gate_bias,
+            up_bias: ep.up_bias,
+            alpha: ep.alpha,
+            limit: ep.limit,
             ..Default::default()
         };
-        self.rec.dispatch_q(
-            Kernel::MoeGateUpQmm,
-            Some(gate_up_dtype),
-            Some(gate_up_quant),
-            p.words(),
-            &[
-                page.into(),
-                (&s.xn).into(),
-                (&s.assign).into(),
-                (&s.tiles).into(),
-                (&s.moe_h).into(),
-            ],
-            kernels::moe_gate_up_qmm_groups(is, n_tiles),
-        );
+        let binds = [
+            page.into(),
+            (&s.xn).into(),
+            (&s.assign).into(),
+            (&s.tiles).into(),
+            (&s.moe_h).into(),
+        ];
+        let groups = Size::Direct(kernels::moe_gate_up_qmm_groups(is, n_tiles));
+        if gate_up_mx {
+            self.rec
+                .dispatch_mxfp4(Kernel::MoeGateUpQmm, 0, p.words(), &binds, groups);
+        } else {
+            self.rec.dispatch_sized(
+                Kernel::MoeGateUpQmm,
+                Some(gate_up_dtype),
+                Some(gate_up_quant),
+                0,
+                p.words(),
+                &binds,
+                groups,
+            );
+        }
         let p = MoeDownQmmParams {
             hidden: hs,
             inter: is,
@@ -304,23 +349,33 @@ impl Pass<'_> {
             down_q: down[0],
             down_s: down[1],
             down_b: down[2],
+            act: ep.act & EXPERT_BIAS,
+            down_bias: ep.down_bias,
             ..Default::default()
         };
-        self.rec.dispatch_q(
-            Kernel::MoeDownQmm,
-            Some(down_dtype),
-            Some(down_quant),
-            p.words(),
-            &[
-                page.into(),
-                (&s.moe_h).into(),
-                (&s.assign).into(),
-                (&s.tiles).into(),
-                (&s.assign_w).into(),
-                (&s.moe_o).into(),
-            ],
-            kernels::moe_down_qmm_groups(hs, n_tiles),
-        );
+        let binds = [
+            page.into(),
+            (&s.moe_h).into(),
+            (&s.assign).into(),
+            (&s.tiles).into(),
+            (&s.assign_w).into(),
+            (&s.moe_o).into(),
+        ];
+        let groups = Size::Direct(kernels::moe_down_qmm_groups(hs, n_tiles));
+        if down_mx {
+            self.rec
+                .dispatch_mxfp4(Kernel::MoeDownQmm, 0, p.words(), &binds, groups);
+        } else {
+            self.rec.dispatch_sized(
+                Kernel::MoeDownQmm,
+                Some(down_dtype),
+                Some(down_quant),
+                0,
+                p.words(),
+                &binds,
+                groups,
+            );
+        }
     }
 }
 
@@ -340,6 +395,8 @@ pub(super) enum GateUpSlot {
     Quant {
         scale_dtype: DType,
         quant: (u32, u32),
+        /// MXFP4 (the `WDT` code [`kernels::WDT_MXFP4`]; `scale_dtype` unused).
+        mx: bool,
         slot_words: u32,
         gate: [u32; 3],
         up: [u32; 3],
@@ -370,6 +427,8 @@ pub(super) enum DownSlot {
     Quant {
         scale_dtype: DType,
         quant: (u32, u32),
+        /// MXFP4 (the `WDT` code [`kernels::WDT_MXFP4`]; `scale_dtype` unused).
+        mx: bool,
         slot_words: u32,
         down: [u32; 3],
     },
@@ -383,18 +442,43 @@ impl DownSlot {
             DownSlot::Quant { quant, .. } => Some(*quant),
         }
     }
+
+    /// Whether the weights are 2- to 6-bit affine codes, which can be dotted with h in the
+    /// quad 8+8-bit layout.
+    fn reads_quads(&self) -> bool {
+        matches!(self, DownSlot::Quant { quant: (bits, _), mx: false, .. }
+            if kernels::reads_q8_activations(*bits))
+    }
+}
+
+/// The biases and activation of an expert's projections: the kernels' `act` word, the
+/// word offsets of the gate, up and down biases inside a slot, alpha and limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Epilogue {
+    pub act: u32,
+    pub gate_bias: u32,
+    pub up_bias: u32,
+    pub down_bias: u32,
+    pub alpha: f32,
+    pub limit: f32,
 }
 
 /// How a layer's experts are computed, from their layout in a cache slot.
 pub(super) struct ExpertKernels {
     pub gate_up: GateUpSlot,
     pub down: DownSlot,
+    pub epilogue: Epilogue,
     /// Width of an expert (rows of gate and up).
     pub inter: usize,
 }
 
 impl ExpertKernels {
-    pub(super) fn new(l: usize, lay: &ExpertLayout, slot_bytes: u64) -> Result<Self> {
+    pub(super) fn new(
+        l: usize,
+        lay: &ExpertLayout,
+        slot_bytes: u64,
+        activation: ExpertActivation,
+    ) -> Result<Self> {
         let [g, u, d] = &lay.tensors;
         let slot_words = (slot_bytes / 4) as u32;
         // Word offsets of a quantized tensor's codes, scales and biases in a slot.
@@ -419,6 +503,15 @@ impl ExpertKernels {
             (WeightFormat::Affine(a), WeightFormat::Affine(b)) if a == b => GateUpSlot::Quant {
                 scale_dtype: a.scale_dtype,
                 quant: (a.bits, a.group_size),
+                mx: false,
+                slot_words,
+                gate: q_offsets(g),
+                up: q_offsets(u),
+            },
+            (WeightFormat::Mxfp4, WeightFormat::Mxfp4) => GateUpSlot::Quant {
+                scale_dtype: DType::F32,
+                quant: (4, 32),
+                mx: true,
                 slot_words,
                 gate: q_offsets(g),
                 up: q_offsets(u),
@@ -441,13 +534,45 @@ impl ExpertKernels {
             WeightFormat::Affine(q) => DownSlot::Quant {
                 scale_dtype: q.scale_dtype,
                 quant: (q.bits, q.group_size),
+                mx: false,
+                slot_words,
+                down: q_offsets(d),
+            },
+            WeightFormat::Mxfp4 => DownSlot::Quant {
+                scale_dtype: DType::F32,
+                quant: (4, 32),
+                mx: true,
                 slot_words,
                 down: q_offsets(d),
             },
         };
+        let mut epilogue = Epilogue::default();
+        match (g.bias, u.bias, d.bias) {
+            (Some(gb), Some(ub), Some(db)) => {
+                epilogue.act |= EXPERT_BIAS;
+                epilogue.gate_bias = (gb / 4) as u32;
+                epilogue.up_bias = (ub / 4) as u32;
+                epilogue.down_bias = (db / 4) as u32;
+            }
+            (None, None, None) => {}
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "layer {l}: expert biases on some projections only are not supported"
+                )))
+            }
+        }
+        match activation {
+            ExpertActivation::SwiGlu => {}
+            ExpertActivation::ClampedSwiGlu { alpha, limit } => {
+                epilogue.act |= EXPERT_CLAMPED;
+                epilogue.alpha = alpha;
+                epilogue.limit = limit;
+            }
+        }
         Ok(ExpertKernels {
             gate_up,
             down,
+            epilogue,
             inter: g.rows,
         })
     }

@@ -169,7 +169,7 @@ impl<'a> Pass<'a> {
             reason: "the expert store has no layout for this layer".into(),
             source: None,
         })?;
-        let kernels = ExpertKernels::new(l, lay, cache.slot_bytes)?;
+        let kernels = ExpertKernels::new(l, lay, cache.slot_bytes, spec.activation)?;
         let hs = cfg.hidden_size as u32;
         let mut route = vec![0u32; n * kk];
         let mut pairs: Vec<u32> = Vec::with_capacity(2 * n * kk);
@@ -304,7 +304,7 @@ impl<'a> Pass<'a> {
             reason: "the expert store has no layout for this layer".into(),
             source: None,
         })?;
-        let kernels = ExpertKernels::new(l, lay, cache.slot_bytes)?;
+        let kernels = ExpertKernels::new(l, lay, cache.slot_bytes, spec.activation)?;
         // Workgroups per assignment, as `experts` sizes the grids (for pages of up to kk
         // assignments).
         let (h, i) = (cfg.hidden_size, kernels.inter);

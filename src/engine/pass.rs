@@ -12,6 +12,7 @@ use crate::gpu::params::{
     EmbeddingParams, MatMulParams, MatVecParams, QEmbeddingParams, QMatMulParams, QMatVecParams,
     RmsNormParams, TopKParams, LINEAR_BIAS, LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
 };
+use crate::gpu::Size;
 use crate::gpu::{GpuMatrix, GpuVec, Recorder};
 use crate::model::ModelInner;
 use crate::sampling::Candidate;
@@ -135,6 +136,10 @@ impl<'a> Pass<'a> {
                 let layout = XLayout::for_bits(q.bits, self.m.f32_activations);
                 (self.s.row_in(layout), layout)
             }
+            // MXFP4 codes are not spread for integer dot products: f32 rows.
+            WeightFormat::Mxfp4 if interleaves(rows, len) => {
+                (self.s.row_in(XLayout::Interleaved), XLayout::Interleaved)
+            }
             _ => (&self.s.xn, XLayout::Natural),
         }
     }
@@ -150,7 +155,8 @@ impl<'a> Pass<'a> {
     ) {
         let dummy = &self.m.gpu.dummy;
         debug_assert!(
-            layout == XLayout::Natural || (n == 1 && matches!(w.format, WeightFormat::Affine(_)))
+            layout == XLayout::Natural
+                || (n == 1 && matches!(w.format, WeightFormat::Affine(_) | WeightFormat::Mxfp4))
         );
         let flags = if bias.is_some() { LINEAR_BIAS } else { 0 }
             | if resid.is_some() { LINEAR_RESIDUAL } else { 0 }
@@ -201,10 +207,10 @@ impl<'a> Pass<'a> {
                         (rows.div_ceil(16) as u32, n.div_ceil(16) as u32),
                     )
                 }
-                WeightFormat::Affine(q) => {
+                WeightFormat::Affine(_) | WeightFormat::Mxfp4 => {
                     let parts = w.format.parts(*rows, w.cols);
                     let (sw, bw) = ((parts.scales.0 / 4) as u32, (parts.biases.0 / 4) as u32);
-                    let quant = Some((q.bits, q.group_size));
+                    let (code, quant) = quant_constants(w.format);
                     if n == 1 {
                         let team = self.m.gpu.qmatvec_team(*rows, w.cols);
                         let rpt = kernels::qmatvec_rows_per_team(r);
@@ -220,14 +226,14 @@ impl<'a> Pass<'a> {
                             biases_word: bw,
                             team,
                         };
-                        self.rec.dispatch_q_rows(
+                        self.rec.record(
                             Kernel::QMatVec,
-                            Some(q.scale_dtype),
+                            code,
                             quant,
                             rpt,
                             p.words(),
                             &[b0, b1, b2, b3, b4, buf.into()],
-                            kernels::qmatvec_groups(r, team, rpt),
+                            Size::Direct(kernels::qmatvec_groups(r, team, rpt)),
                         );
                     } else {
                         let p = QMatMulParams {
@@ -240,13 +246,14 @@ impl<'a> Pass<'a> {
                             scales_word: sw,
                             biases_word: bw,
                         };
-                        self.rec.dispatch_q(
+                        self.rec.record(
                             Kernel::QMatMul,
-                            Some(q.scale_dtype),
+                            code,
                             quant,
+                            0,
                             p.words(),
                             &binds,
-                            kernels::qmatmul_groups(r, n as u32),
+                            Size::Direct(kernels::qmatmul_groups(r, n as u32)),
                         );
                     }
                 }
@@ -311,8 +318,9 @@ impl<'a> Pass<'a> {
                     &binds,
                     grid((h * self.n).div_ceil(64)),
                 ),
-                WeightFormat::Affine(q) => {
+                WeightFormat::Affine(_) | WeightFormat::Mxfp4 => {
                     let parts = e.format.parts(*rows, e.cols);
+                    let (code, quant) = quant_constants(e.format);
                     let qp = QEmbeddingParams {
                         hidden: p.hidden,
                         n_tokens: p.n_tokens,
@@ -322,13 +330,14 @@ impl<'a> Pass<'a> {
                         biases_word: (parts.biases.0 / 4) as u32,
                         ..Default::default()
                     };
-                    self.rec.dispatch_q(
+                    self.rec.record(
                         Kernel::QEmbedding,
-                        Some(q.scale_dtype),
-                        Some((q.bits, q.group_size)),
+                        code,
+                        quant,
+                        0,
                         qp.words(),
                         &binds,
-                        kernels::qembedding_groups(h as u32, self.n as u32),
+                        Size::Direct(kernels::qembedding_groups(h as u32, self.n as u32)),
                     );
                 }
             }
@@ -399,4 +408,14 @@ pub(crate) enum Readout {
     Full(Vec<f32>),
     /// The best few, by (logit descending, id ascending).
     Top(Vec<Candidate>),
+}
+
+/// The `WDT` code and `Some((bits, group))` of a quantized matrix's kernels (`(0, None)`
+/// for a float one).
+pub(crate) fn quant_constants(f: WeightFormat) -> (u32, Option<(u32, u32)>) {
+    match f {
+        WeightFormat::Affine(q) => (q.scale_dtype.shader_code(), Some((q.bits, q.group_size))),
+        WeightFormat::Mxfp4 => (kernels::WDT_MXFP4, Some((4, 32))),
+        WeightFormat::Float(d) => (d.shader_code(), None),
+    }
 }

@@ -12,9 +12,14 @@ use crate::session::{MAX_PASS_TOKENS, MAX_TOP};
 
 /// The sequence state of one decoder layer.
 pub(crate) enum LayerState {
-    /// Keys and values, each `[max_context, kv_heads, head_dim]` of the model's KV cache
-    /// dtype (f32 or f16).
-    Kv { k: wgpu::Buffer, v: wgpu::Buffer },
+    /// Keys and values, each `[rows, kv_heads, head_dim]` of the model's KV cache dtype
+    /// (f32 or f16): `rows` = `max_context`, or for a sliding-window layer whose window
+    /// is short a ring ([`KvRing`]) of `2 * ring` rows.
+    Kv {
+        k: wgpu::Buffer,
+        v: wgpu::Buffer,
+        ring: Option<KvRing>,
+    },
     /// A Gated DeltaNet layer's convolution state (`[conv_kernel - 1, channels]` f32, the
     /// last inputs) and recurrent state (`[value_heads, key_dim, value_dim]` f32), twice:
     /// a pass's kernels read the committed copy (nothing at position 0) and write the
@@ -25,6 +30,30 @@ pub(crate) enum LayerState {
         conv: [wgpu::Buffer; 2],
         state: [wgpu::Buffer; 2],
     },
+}
+
+/// The KV cache of a sliding-window layer that keeps only the keys its window can still
+/// see: `cap` = window + the most tokens a pass takes - 1 positions, each written twice
+/// (rows `p % cap` and `p % cap + cap`, [`Kernel::HeadNormRope`]'s `ring`). The keys a
+/// pass reads (from its first query's window start `lo` to its last token) are then
+/// contiguous rows from position `shift = cap * (lo / cap)`, which the pass subtracts from
+/// every position it gives the attention kernels (their masks see only differences).
+///
+/// [`Kernel::HeadNormRope`]: crate::gpu::kernels::Kernel::HeadNormRope
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KvRing {
+    /// Positions held.
+    pub cap: usize,
+    /// The layer's window.
+    pub window: usize,
+}
+
+impl KvRing {
+    /// The position a pass starting at `pos0` subtracts from its positions.
+    pub fn shift(&self, pos0: usize) -> usize {
+        let lo = (pos0 + 1).saturating_sub(self.window);
+        self.cap * (lo / self.cap)
+    }
 }
 
 /// The per-layer sequence state of a session, as the model's plan says.
@@ -56,7 +85,16 @@ impl SequenceState {
         for plan in &cfg.layers {
             layers.push(match &plan.mixer {
                 Mixer::Attention(a) => {
-                    let kv_bytes = max_context
+                    // A sliding window shorter than the context: a ring of its keys.
+                    let ring = a
+                        .sliding_window
+                        .map(|window| KvRing {
+                            cap: window + MAX_PASS_TOKENS.min(max_context) - 1,
+                            window,
+                        })
+                        .filter(|r| 2 * r.cap < max_context);
+                    let rows = ring.map_or(max_context, |r| 2 * r.cap);
+                    let kv_bytes = rows
                         .checked_mul(a.kv_heads * a.head_dim * kv_dtype.size())
                         .ok_or_else(|| {
                             Error::InvalidArgument(format!(
@@ -67,6 +105,7 @@ impl SequenceState {
                     LayerState::Kv {
                         k: gpu.storage_buffer("k cache", kv_bytes as u64),
                         v: gpu.storage_buffer("v cache", kv_bytes as u64),
+                        ring,
                     }
                 }
                 Mixer::LinearAttention(la) => {
@@ -116,10 +155,11 @@ impl SequenceState {
             .any(|s| matches!(s, LayerState::Recurrent { .. }))
     }
 
-    /// The KV cache of attention layer `l`.
-    pub fn kv(&self, l: usize) -> Result<(&wgpu::Buffer, &wgpu::Buffer)> {
+    /// The KV cache of attention layer `l`, and its ring if it keeps only a window.
+    #[allow(clippy::type_complexity)]
+    pub fn kv(&self, l: usize) -> Result<(&wgpu::Buffer, &wgpu::Buffer, Option<KvRing>)> {
         match self.layers.get(l) {
-            Some(LayerState::Kv { k, v }) => Ok((k, v)),
+            Some(LayerState::Kv { k, v, ring }) => Ok((k, v, *ring)),
             _ => Err(Error::Gpu(format!("layer {l} has no KV cache"))),
         }
     }
@@ -129,7 +169,7 @@ impl SequenceState {
         self.layers
             .iter()
             .map(|s| match s {
-                LayerState::Kv { k, v } => k.size() + v.size(),
+                LayerState::Kv { k, v, .. } => k.size() + v.size(),
                 LayerState::Recurrent { .. } => 0,
             })
             .sum()
@@ -140,7 +180,7 @@ impl SequenceState {
         self.layers
             .iter()
             .map(|s| match s {
-                LayerState::Kv { k, v } => k.size() + v.size(),
+                LayerState::Kv { k, v, .. } => k.size() + v.size(),
                 LayerState::Recurrent { conv, state } => {
                     conv.iter().chain(state).map(wgpu::Buffer::size).sum()
                 }

@@ -189,6 +189,9 @@ pub enum Include {
     KvNative,
     /// `kv_f32.wgsl`: KV cache elements in f32 only (portable).
     KvF32,
+    /// `expert_act.wgsl`: the expert gate/up kernels' activation (SwiGLU or gpt-oss's
+    /// clamped SwiGLU).
+    ExpertAct,
 }
 
 impl Include {
@@ -207,6 +210,7 @@ impl Include {
             Include::QTile => "qtile",
             Include::KvNative => "kv_native",
             Include::KvF32 => "kv_f32",
+            Include::ExpertAct => "expert_act",
         }
     }
 
@@ -225,6 +229,7 @@ impl Include {
             Include::QTile => include_str!("../../kernels/include/qtile.wgsl"),
             Include::KvNative => include_str!("../../kernels/include/kv_native.wgsl"),
             Include::KvF32 => include_str!("../../kernels/include/kv_f32.wgsl"),
+            Include::ExpertAct => include_str!("../../kernels/include/expert_act.wgsl"),
         }
     }
 }
@@ -385,6 +390,11 @@ pub fn moe_gate_up_qmm_groups(inter: u32, n_tiles: u32) -> (u32, u32) {
 pub fn moe_down_qmm_groups(hidden: u32, n_tiles: u32) -> (u32, u32) {
     (hidden.div_ceil(32).max(1), n_tiles.max(1))
 }
+
+/// The `WDT` override code of the quantized kernels for MXFP4 weights (`BITS` 4, `GROUP`
+/// 32): FP4 (e2m1) codes, one e8m0 scale byte per block, no biases
+/// (`kernels/include/quant.wgsl`).
+pub const WDT_MXFP4: u32 = 3;
 
 /// Whether decode mat-vecs of `bits`-bit weights can read the 8+8-bit activation layout
 /// (`kernels/include/interleave.wgsl`) and dot it with integer dot products: 2 to 6 bits,
@@ -736,6 +746,12 @@ impl Kernel {
         }
         if matches!(self, Kernel::Router | Kernel::MoeRoute) {
             v.push(Include::TopK);
+        }
+        if matches!(
+            self,
+            Kernel::MoeGateUp | Kernel::MoeGateUpQ | Kernel::MoeGateUpQmm
+        ) {
+            v.push(Include::ExpertAct);
         }
         if matches!(
             self,

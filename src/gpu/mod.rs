@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 
 use kernels::{Kernel, Variant};
 
-use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 /// Environment variable that overrides the adapter choice: an index into the list of
@@ -341,8 +340,9 @@ impl Gpu {
         }
     }
 
-    /// The pipeline of a kernel, compiled once per (kernel, weight or scale dtype,
-    /// quantization bits and group size, rows per team, flags); `quant` = (bits, group) sets
+    /// The pipeline of a kernel, compiled once per (kernel, `WDT` code (the weight or scale
+    /// dtype's, or [`kernels::WDT_MXFP4`]), quantization bits and group size, rows per team,
+    /// flags); `quant` = (bits, group) sets
     /// the `BITS` and `GROUP` override constants of the quantized kernels, `rows` (unless 0,
     /// the kernel's default) the `ROWS` override constant of the team kernels, and `params`
     /// (the dispatch's uniform parameters) the `FLAGS` override constant of the kernels
@@ -350,12 +350,11 @@ impl Gpu {
     pub fn pipeline_for(
         &self,
         kernel: Kernel,
-        wdt: Option<DType>,
+        code: u32,
         quant: Option<(u32, u32)>,
         rows: u32,
         params: &[u32],
     ) -> Arc<wgpu::ComputePipeline> {
-        let code = wdt.map_or(0, DType::shader_code);
         let (bits, group) = quant.unwrap_or((0, 0));
         let flags = kernel
             .pipeline_flags()

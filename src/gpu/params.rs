@@ -428,6 +428,16 @@ kernel_params! {
         /// 1: RMSNorm each head (with its weights) before the rotation; 0: rotate the
         /// heads as they are (attention without q/k norms).
         norm: u32,
+        /// Floats of `cap` KV rows of a ring-buffer cache (a sliding-window layer's): each
+        /// key and value is written twice, at its row and `ring` floats from it (the other
+        /// half of the ring's `2 cap` rows); 0 for a plain cache.
+        ring: u32,
+        /// Padding.
+        pad0: u32,
+        /// Padding.
+        pad1: u32,
+        /// Padding.
+        pad2: u32,
     }
 }
 
@@ -562,6 +572,14 @@ kernel_params! {
     }
 }
 
+/// The expert kernels' `act` bit: each projection adds its bias (f32, one per row,
+/// at the word offset its parameters give inside a slot) before the activation or the
+/// routing weight.
+pub const EXPERT_BIAS: u32 = 1;
+/// The gate/up kernels' `act` bit: the clamped SwiGLU of gpt-oss, `(clamp(u, -limit, limit)
+/// + 1) * g * sigmoid(alpha g)` with `g = min(gate, limit)`, instead of `silu(g) * u`.
+pub const EXPERT_CLAMPED: u32 = 2;
+
 kernel_params! {
     /// Parameters of [`Kernel::MoeGateUp`] (`kernels/moe_gate_up.wgsl`): gate/up + SwiGLU
     /// of float experts in cache slots.
@@ -580,8 +598,17 @@ kernel_params! {
         up_off: u32,
         /// Elements per slot (even).
         slot_elems: u32,
-        /// Padding.
-        pad0: u32,
+        /// [`EXPERT_BIAS`], [`EXPERT_CLAMPED`]: biases after each projection, the clamped
+        /// SwiGLU (gpt-oss) instead of SwiGLU.
+        act: u32,
+        /// Word offset of the gate bias (f32) inside a slot.
+        gate_bias: u32,
+        /// Word offset of the up bias (f32) inside a slot.
+        up_bias: u32,
+        /// The clamped SwiGLU's sigmoid slope.
+        alpha: f32,
+        /// The clamped SwiGLU's limit.
+        limit: f32,
     }
 }
 
@@ -601,10 +628,10 @@ kernel_params! {
         down_off: u32,
         /// Elements per slot (even).
         slot_elems: u32,
-        /// Padding.
-        pad0: u32,
-        /// Padding.
-        pad1: u32,
+        /// [`EXPERT_BIAS`]: add the down bias.
+        act: u32,
+        /// Word offset of the down bias (f32) inside a slot.
+        down_bias: u32,
     }
 }
 
@@ -724,12 +751,21 @@ kernel_params! {
         /// [`MoeGateUpQParams::X_INTERLEAVED`], [`MoeGateUpQParams::H_INTERLEAVED`],
         /// [`MoeGateUpQParams::X_Q8`], [`MoeGateUpQParams::H_QUAD_Q8`].
         flags: u32,
+        /// [`EXPERT_BIAS`], [`EXPERT_CLAMPED`]: biases after each projection, the clamped
+        /// SwiGLU (gpt-oss) instead of SwiGLU.
+        act: u32,
+        /// Word offset of the gate bias (f32) inside a slot.
+        gate_bias: u32,
+        /// Word offset of the up bias (f32) inside a slot.
+        up_bias: u32,
+        /// The clamped SwiGLU's sigmoid slope.
+        alpha: f32,
+        /// The clamped SwiGLU's limit.
+        limit: f32,
         /// Padding.
         pad0: u32,
         /// Padding.
         pad1: u32,
-        /// Padding.
-        pad2: u32,
     }
 }
 
@@ -772,10 +808,10 @@ kernel_params! {
         /// [`MoeDownQParams::H_INTERLEAVED`], [`MoeDownQParams::H_QUAD_Q8`]; also the
         /// kernel's `FLAGS` pipeline constant ([`Kernel::pipeline_flags`]).
         flags: u32,
-        /// Padding.
-        pad0: u32,
-        /// Padding.
-        pad1: u32,
+        /// [`EXPERT_BIAS`]: add the down bias.
+        act: u32,
+        /// Word offset of the down bias (f32) inside a slot.
+        down_bias: u32,
     }
 }
 
@@ -814,10 +850,19 @@ kernel_params! {
         up_s: u32,
         /// Word offset of the up biases inside a slot.
         up_b: u32,
+        /// [`EXPERT_BIAS`], [`EXPERT_CLAMPED`]: biases after each projection, the clamped
+        /// SwiGLU (gpt-oss) instead of SwiGLU.
+        act: u32,
+        /// Word offset of the gate bias (f32) inside a slot.
+        gate_bias: u32,
+        /// Word offset of the up bias (f32) inside a slot.
+        up_bias: u32,
+        /// The clamped SwiGLU's sigmoid slope.
+        alpha: f32,
+        /// The clamped SwiGLU's limit.
+        limit: f32,
         /// Padding.
         pad0: u32,
-        /// Padding.
-        pad1: u32,
     }
 }
 
@@ -839,8 +884,16 @@ kernel_params! {
         down_s: u32,
         /// Word offset of the down biases inside a slot.
         down_b: u32,
+        /// [`EXPERT_BIAS`]: add the down bias.
+        act: u32,
+        /// Word offset of the down bias (f32) inside a slot.
+        down_bias: u32,
         /// Padding.
         pad0: u32,
+        /// Padding.
+        pad1: u32,
+        /// Padding.
+        pad2: u32,
     }
 }
 

@@ -276,7 +276,8 @@ impl<'a> Recorder<'a> {
         bufs: &[Bind<'_>],
         groups: (u32, u32),
     ) {
-        self.record(kernel, wdt, quant, 0, params, bufs, Size::Direct(groups));
+        let code = wdt.map_or(0, DType::shader_code);
+        self.record(kernel, code, quant, 0, params, bufs, Size::Direct(groups));
     }
 
     /// As [`dispatch_q`](Self::dispatch_q), with the `ROWS` override constant (rows per
@@ -292,7 +293,16 @@ impl<'a> Recorder<'a> {
         bufs: &[Bind<'_>],
         groups: (u32, u32),
     ) {
-        self.record(kernel, wdt, quant, rows, params, bufs, Size::Direct(groups));
+        let code = wdt.map_or(0, DType::shader_code);
+        self.record(
+            kernel,
+            code,
+            quant,
+            rows,
+            params,
+            bufs,
+            Size::Direct(groups),
+        );
     }
 
     /// As [`dispatch_q_rows`](Self::dispatch_q_rows), with the grid given as a [`Size`]
@@ -308,14 +318,39 @@ impl<'a> Recorder<'a> {
         bufs: &[Bind<'_>],
         size: Size<'_>,
     ) {
-        self.record(kernel, wdt, quant, rows, params, bufs, size);
+        let code = wdt.map_or(0, DType::shader_code);
+        self.record(kernel, code, quant, rows, params, bufs, size);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn record(
+    /// As [`dispatch_sized`](Self::dispatch_sized), for a quantized kernel over MXFP4
+    /// weights (`WDT` = [`WDT_MXFP4`](super::kernels::WDT_MXFP4), `BITS` 4, `GROUP` 32).
+    pub fn dispatch_mxfp4(
         &mut self,
         kernel: Kernel,
-        wdt: Option<DType>,
+        rows: u32,
+        params: &[u32],
+        bufs: &[Bind<'_>],
+        size: Size<'_>,
+    ) {
+        let quant = Some((4, 32));
+        self.record(
+            kernel,
+            super::kernels::WDT_MXFP4,
+            quant,
+            rows,
+            params,
+            bufs,
+            size,
+        );
+    }
+
+    /// Records a dispatch of a pipeline given by its `WDT` code (a dtype's shader code, or
+    /// [`WDT_MXFP4`](super::kernels::WDT_MXFP4)), `quant` = (bits, group) and `ROWS`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn record(
+        &mut self,
+        kernel: Kernel,
+        wdt: u32,
         quant: Option<(u32, u32)>,
         rows: u32,
         params: &[u32],

@@ -103,6 +103,31 @@ impl KernelRunner {
         buffers: &[&[u8]],
         groups: (u32, u32),
     ) -> Result<Vec<Vec<u8>>> {
+        self.run_with(buffers, |rec, binds| {
+            rec.dispatch_q_rows(kernel, wdt, quant, rows, params, binds, groups)
+        })
+    }
+
+    /// As [`run_q_rows`](Self::run_q_rows), for a quantized kernel over MXFP4 weights
+    /// (`WDT` [`WDT_MXFP4`](super::kernels::WDT_MXFP4), `BITS` 4, `GROUP` 32).
+    pub fn run_mxfp4(
+        &self,
+        kernel: Kernel,
+        rows: u32,
+        params: &[u32],
+        buffers: &[&[u8]],
+        groups: (u32, u32),
+    ) -> Result<Vec<Vec<u8>>> {
+        self.run_with(buffers, |rec, binds| {
+            rec.dispatch_mxfp4(kernel, rows, params, binds, super::Size::Direct(groups))
+        })
+    }
+
+    fn run_with(
+        &self,
+        buffers: &[&[u8]],
+        dispatch: impl FnOnce(&mut Recorder<'_>, &[Bind<'_>]),
+    ) -> Result<Vec<Vec<u8>>> {
         let gpu = &self.gpu;
         let bufs: Vec<wgpu::Buffer> = buffers
             .iter()
@@ -121,7 +146,7 @@ impl KernelRunner {
         let mut arena = ParamArena::default();
         let mut rec = Recorder::new(gpu, &mut arena, None);
         let binds: Vec<Bind<'_>> = bufs.iter().map(Bind::from).collect();
-        rec.dispatch_q_rows(kernel, wdt, quant, rows, params, &binds, groups);
+        dispatch(&mut rec, &binds);
         let parts: Vec<(&wgpu::Buffer, u64, u64)> = bufs
             .iter()
             .zip(buffers)

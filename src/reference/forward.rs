@@ -5,6 +5,7 @@ use crate::arch::{
 };
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::store::{ExpertRole, ExpertStore};
 
@@ -321,9 +322,10 @@ impl ReferenceModel {
                     } else {
                         None
                     };
-                    let experts = if spec.expert_bias {
-                        // gpt-oss: read from the checkpoint until the expert stores hold
-                        // experts with biases.
+                    let mlx_layout = ckpt.contains(&names.fused_experts(l, "gate_proj.weight"));
+                    let experts = if spec.expert_bias && !mlx_layout {
+                        // gpt-oss's Hugging Face layouts: read from the checkpoint by the
+                        // family's own decoder, independently of the store's rearranging.
                         crate::arch::gpt_oss::experts::experts_f32(
                             ckpt,
                             &names,
@@ -731,11 +733,29 @@ fn load_expert(
     let gate = decode(ExpertRole::Gate, i, h)?;
     let up = decode(ExpertRole::Up, i, h)?;
     let down = decode(ExpertRole::Down, h, i)?;
+    // Biases (gpt-oss), f32 after each matrix.
+    let bias = |role: ExpertRole| -> Result<Option<Vec<f32>>> {
+        let t = layout.tensor(role);
+        let Some(o) = t.bias else { return Ok(None) };
+        let bytes = blob
+            .get(o..o + 4 * t.rows)
+            .ok_or_else(|| bad(format!("the {role:?} bias lies past the blob")))?;
+        Ok(Some(DType::F32.decode(bytes)))
+    };
+    let bias = match (
+        bias(ExpertRole::Gate)?,
+        bias(ExpertRole::Up)?,
+        bias(ExpertRole::Down)?,
+    ) {
+        (Some(g), Some(u), Some(d)) => Some([g, u, d]),
+        (None, None, None) => None,
+        _ => return Err(bad("biases on some projections only".into())),
+    };
     Ok(SwigluWeights {
         gate,
         up,
         down,
         inter: i,
-        bias: None,
+        bias,
     })
 }

@@ -29,6 +29,9 @@ pub struct ExpertTensor {
     pub cols: usize,
     /// Byte offset in the blob (a multiple of 16).
     pub offset: usize,
+    /// Byte offset in the blob (a multiple of 16) of the projection's bias, `rows` f32
+    /// values added to its outputs (gpt-oss's experts), if it has one.
+    pub bias: Option<usize>,
 }
 
 impl ExpertTensor {
@@ -45,6 +48,11 @@ impl ExpertTensor {
     /// The tensor's bytes within a blob.
     pub fn bytes<'a>(&self, blob: &'a [u8]) -> &'a [u8] {
         &blob[self.offset..self.offset + self.len()]
+    }
+
+    /// Bytes of the bias (`rows` f32 values), if the tensor has one.
+    pub fn bias_bytes<'a>(&self, blob: &'a [u8]) -> Option<&'a [u8]> {
+        self.bias.map(|o| &blob[o..o + 4 * self.rows])
     }
 }
 
@@ -72,20 +80,34 @@ impl ExpertLayout {
         formats[0].check(hidden)?;
         formats[1].check(hidden)?;
         formats[2].check(inter)?;
-        Ok(Self::place(formats, hidden, inter))
+        Ok(Self::place(formats, hidden, inter, false))
     }
 
-    fn place(formats: [WeightFormat; 3], hidden: usize, inter: usize) -> Self {
+    /// [`swiglu_with`](Self::swiglu_with) with a bias after each matrix (f32, one per
+    /// output row, 16-byte aligned), as gpt-oss's experts have.
+    pub fn swiglu_biased(formats: [WeightFormat; 3], hidden: usize, inter: usize) -> Result<Self> {
+        formats[0].check(hidden)?;
+        formats[1].check(hidden)?;
+        formats[2].check(inter)?;
+        Ok(Self::place(formats, hidden, inter, true))
+    }
+
+    fn place(formats: [WeightFormat; 3], hidden: usize, inter: usize, biased: bool) -> Self {
         let mut offset = 0;
         let mut next = |role, format, rows, cols| {
-            let t = ExpertTensor {
+            let mut t = ExpertTensor {
                 role,
                 format,
                 rows,
                 cols,
                 offset,
+                bias: None,
             };
             offset = align_up(offset + t.len(), BLOB_ALIGN);
+            if biased {
+                t.bias = Some(offset);
+                offset = align_up(offset + 4 * rows, BLOB_ALIGN);
+            }
             t
         };
         let [fg, fu, fd] = formats;
@@ -103,7 +125,12 @@ impl ExpertLayout {
     /// A SwiGLU expert with all three matrices in float `dtype`.
     pub fn swiglu(dtype: DType, hidden: usize, inter: usize) -> Self {
         let f = WeightFormat::Float(dtype);
-        Self::place([f, f, f], hidden, inter)
+        Self::place([f, f, f], hidden, inter, false)
+    }
+
+    /// Whether the projections carry biases.
+    pub fn has_biases(&self) -> bool {
+        self.tensors.iter().any(|t| t.bias.is_some())
     }
 
     /// The tensor of a role.

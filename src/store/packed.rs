@@ -109,6 +109,9 @@ struct TensorJson {
     cols: usize,
     offset: usize,
     bytes: usize,
+    /// Byte offset of the f32 bias (`rows` values), for experts with biases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bias: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +133,7 @@ enum FormatJson {
         group_size: u32,
         scale_dtype: DTypeJson,
     },
+    Mxfp4,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +186,7 @@ fn format_to_json(f: &WeightFormat) -> FormatJson {
             group_size: q.group_size,
             scale_dtype: q.scale_dtype.into(),
         },
+        WeightFormat::Mxfp4 => FormatJson::Mxfp4,
     }
 }
 
@@ -193,6 +198,7 @@ fn format_from_json(f: FormatJson) -> Result<WeightFormat> {
             group_size,
             scale_dtype,
         } => WeightFormat::Affine(AffineQuant::new(bits, group_size, scale_dtype.into())?),
+        FormatJson::Mxfp4 => WeightFormat::Mxfp4,
     })
 }
 
@@ -207,6 +213,7 @@ fn layout_to_json(layout: &ExpertLayout) -> Vec<TensorJson> {
             cols: t.cols,
             offset: t.offset,
             bytes: t.len(),
+            bias: t.bias,
         })
         .collect()
 }
@@ -245,6 +252,7 @@ fn layout_from_json(l: &LayerJson) -> std::result::Result<ExpertLayout, String> 
             rows: t.rows,
             cols: t.cols,
             offset: t.offset,
+            bias: t.bias,
         };
         if tensor.len() != t.bytes {
             return Err(format!(
@@ -264,6 +272,15 @@ fn layout_from_json(l: &LayerJson) -> std::result::Result<ExpertLayout, String> 
             ));
         }
         end = t.offset + t.bytes;
+        if let Some(b) = t.bias {
+            if b % BLOB_ALIGN != 0 || b < end {
+                return Err(format!(
+                    "layer {}: {:?}'s bias at offset {b} is not 16-byte aligned or overlaps its matrix",
+                    l.layer, role
+                ));
+            }
+            end = b.saturating_add(t.rows.saturating_mul(4));
+        }
         tensors.push(tensor);
     }
     if end > l.expert_bytes || l.expert_bytes % BLOB_ALIGN != 0 {

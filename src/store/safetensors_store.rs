@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::{ExpertLayout, ExpertStore};
+use crate::arch::gpt_oss::store::GptOssLayer;
 use crate::arch::tensor;
 use crate::checkpoint::{read_exact_at, Checkpoint, TensorEntry};
 use crate::config::ModelConfig;
@@ -28,14 +29,25 @@ struct Piece {
 ///   and `mlp.experts.down_proj` `[E, H, I]`);
 /// - MLX stacked experts (`mlp.switch_mlp.{gate,up,down}_proj.{weight,scales,biases}`
 ///   with a leading expert dimension), float or affine-quantized, each expert's slice
-///   copied unchanged.
+///   copied unchanged;
+/// - gpt-oss's stacked experts with biases, unquantized (transposed on each read) or
+///   MXFP4 (copied by rows).
 #[derive(Debug)]
 pub struct SafetensorsStore {
     ckpt: Arc<Checkpoint>,
     /// Per decoder layer: the experts' layout (`None` for dense layers).
     layouts: Vec<Option<ExpertLayout>>,
-    /// Per decoder layer and expert: the pieces to copy.
-    pieces: Vec<Option<Vec<Vec<Piece>>>>,
+    /// Per decoder layer: where its experts' bytes come from.
+    sources: Vec<Option<Source>>,
+}
+
+/// Where a layer's expert blobs come from.
+#[derive(Debug)]
+enum Source {
+    /// Copied as stored: per expert, the pieces to copy.
+    Pieces(Vec<Vec<Piece>>),
+    /// Rearranged from gpt-oss's stacked tensors.
+    GptOss(Box<GptOssLayer>),
 }
 
 /// The byte range of expert `e`'s slice of a tensor stacked over `ne` experts.
@@ -60,14 +72,17 @@ impl SafetensorsStore {
         ];
         let names = crate::arch::names(cfg, &ckpt)?;
         let mut layouts = Vec::with_capacity(cfg.num_hidden_layers);
-        let mut pieces = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut sources = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
-            // Dense layers have no experts; experts with biases (gpt-oss) have no expert
-            // layout yet: the CPU reference reads them from the checkpoint, and the engine
-            // refuses such models (`engine::check_plan`).
-            if !cfg.is_moe_layer(l) || cfg.layers[l].moe().is_some_and(|m| m.expert_bias) {
+            if !cfg.is_moe_layer(l) {
                 layouts.push(None);
-                pieces.push(None);
+                sources.push(None);
+                continue;
+            }
+            if cfg.layers[l].moe().is_some_and(|m| m.expert_bias) {
+                let (layout, layer) = GptOssLayer::new(&ckpt, &names, l, (ne, h, i))?;
+                layouts.push(Some(layout));
+                sources.push(Some(Source::GptOss(Box::new(layer))));
                 continue;
             }
             let stacked = names.weight(l, &format!("{}.{}", tensor::SWITCH_MLP, tensor::GATE_PROJ));
@@ -179,12 +194,12 @@ impl SafetensorsStore {
                 (layout, layer)
             };
             layouts.push(Some(layout));
-            pieces.push(Some(layer));
+            sources.push(Some(Source::Pieces(layer)));
         }
         Ok(SafetensorsStore {
             ckpt,
             layouts,
-            pieces,
+            sources,
         })
     }
 
@@ -212,11 +227,10 @@ impl ExpertStore for SafetensorsStore {
             reason: "no such MoE layer or expert in this checkpoint".into(),
             source: None,
         };
-        let pieces = self
-            .pieces
+        let source = self
+            .sources
             .get(layer)
             .and_then(|l| l.as_ref())
-            .and_then(|l| l.get(expert))
             .ok_or_else(not_found)?;
         let layout = self.layout(layer).ok_or_else(not_found)?;
         if dst.len() < layout.bytes {
@@ -226,6 +240,15 @@ impl ExpertStore for SafetensorsStore {
                 layout.bytes
             )));
         }
+        let pieces = match source {
+            Source::Pieces(experts) => experts.get(expert).ok_or_else(not_found)?,
+            Source::GptOss(g) => {
+                if expert >= g.experts() {
+                    return Err(not_found());
+                }
+                return g.read(&self.ckpt, layout, (layer, expert), dst);
+            }
+        };
         for p in pieces {
             let f = &self.ckpt.files()[p.file];
             read_exact_at(&f.file, &mut dst[p.dst..p.dst + p.len], p.offset).map_err(|e| {

@@ -29,10 +29,18 @@ pub fn fixtures() -> Vec<PathBuf> {
 /// Every Qwen3.5-MoE / Qwen3-Next fixture (`tests/fixtures_qwen35`, made by its
 /// generate.py); panics (fails the test) if there is none.
 pub fn qwen35_fixtures() -> Vec<PathBuf> {
-    let root = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures_qwen35"
-    ));
+    fixtures_in("tests/fixtures_qwen35")
+}
+
+/// The gpt-oss fixtures (float, bf16 in the released spelling, MXFP4).
+#[allow(dead_code)]
+pub fn gpt_oss_fixtures() -> Vec<PathBuf> {
+    fixtures_in("tests/fixtures_gpt_oss")
+}
+
+#[allow(dead_code)]
+fn fixtures_in(sub: &str) -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(sub);
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .expect("fixture folder exists")
         .filter_map(|e| e.ok().map(|e| e.path()))

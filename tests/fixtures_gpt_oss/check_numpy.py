@@ -9,7 +9,14 @@ import):
     `layer_types` (default: even layers sliding, odd layers full); `swiglu_limit` (7.0), `swiglu_alpha` (1.702).
   * tensors: HF unquantized layout `mlp.experts.gate_up_proj` [E, H, 2I] (in x out, columns interleave gate/up) and
     `down_proj` [E, I, H], or the MXFP4 layout `*_blocks` [E, out, in/32, 16] U8 + `*_scales` [E, out, in/32] U8
-    (e2m1 codes, element 2j in the low nibble of byte j, 2j+1 in the high nibble; scale 2^(s-127)); F32/BF16/U8.
+    (e2m1 codes, element 2j in the low nibble of byte j, 2j+1 in the high nibble; scale 2^(s-127)); F32/BF16/U8/U32.
+  * MLX (mlx-lm `convert`) folders: config.json `quantization` {group_size, bits, mode, "<module path>": {...}} (a
+    per-path entry overrides the top level; an entry without `mode` is affine); every quantized module has
+    `<path>.weight` U32 + `<path>.scales` (+ `<path>.biases` for affine; NOT the Linear's own `<path>.bias`):
+    affine w = scales * q + biases per group of `group_size` inputs (q = `bits`-bit fields of the little-endian U32
+    words, lowest bits first), dequantized in float32 like the golden; mxfp4: the U32 words' little-endian bytes are
+    exactly the `*_blocks` layout above, scales U8 e8m0. Experts `mlp.experts.{gate,up,down}_proj.{weight,bias}`
+    [E, out, in] (separate gate and up, not interleaved).
   * math: RMSNorm (plain weight); q/k/v/o with biases; YaRN RoPE (half-split pairs (i, i+d/2), inv_freq blend with
     the linear ramp, cos/sin scaled by 0.1 ln(factor) + 1); GQA head h -> kv head h // (nH/nKV); scores * d^-0.5,
     causal mask, sliding layers see keys j with i-W < j <= i; one sink logit per head appended to the softmax
@@ -64,6 +71,8 @@ def read_safetensors(path):
             arr = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
         elif dt == "U8":
             arr = np.frombuffer(raw, dtype=np.uint8)
+        elif dt == "U32":
+            arr = np.frombuffer(raw, dtype="<u4")
         else:
             raise ValueError(dt)
         out[name] = arr.reshape(info["shape"]).copy()
@@ -88,6 +97,42 @@ def mxfp4_decode(blocks, scales):
     codes = np.stack([blocks & 0x0F, blocks >> 4], axis=-1).reshape(*blocks.shape[:-1], 32)
     vals = FP4_VALUES[codes] * np.exp2(scales.astype(np.int64) - 127)[..., None]
     return vals.reshape(*blocks.shape[:-2], -1)
+
+
+def unpack_bits(wq, bits):
+    """U32 words [..., n] -> [..., n * 32 / bits] unsigned fields, lowest bits of the little-endian word first."""
+    by = np.ascontiguousarray(wq, dtype="<u4").view(np.uint8)
+    bitstream = np.unpackbits(by, axis=-1, bitorder="little")
+    b = bitstream.reshape(*bitstream.shape[:-1], bitstream.shape[-1] // bits, bits).astype(np.uint32)
+    return (b << np.arange(bits, dtype=np.uint32)).sum(-1)
+
+
+def mlx_dequantize(cfg, w):
+    """MLX folders: every quantized `<path>.weight` (+ `.scales`, `.biases`) -> float32 `<path>.weight`. Returns the
+    new tensor dict and {path: (mode, bits, group_size)}."""
+    q = cfg.get("quantization")
+    if not q:
+        return w, {}
+    out, modes = dict(w), {}
+    for p in sorted(k[: -len(".scales")] for k in w if k.endswith(".scales")):
+        par = q[p] if isinstance(q.get(p), dict) else q
+        G, B, mode = par["group_size"], par["bits"], par.get("mode", "affine")
+        wq, sc = out.pop(p + ".weight"), out.pop(p + ".scales")
+        assert wq.dtype == np.uint32 and wq.shape[:-1] == sc.shape[:-1], (p, wq.dtype, wq.shape, sc.shape)
+        assert wq.shape[-1] * 32 // B == sc.shape[-1] * G, (p, wq.shape, sc.shape, B, G)
+        if mode == "mxfp4":
+            assert (B, G) == (4, 32) and sc.dtype == np.uint8 and p + ".biases" not in out, p
+            blocks = np.ascontiguousarray(wq, dtype="<u4").view(np.uint8).reshape(*sc.shape, 16)
+            out[p + ".weight"] = mxfp4_decode(blocks, sc).astype(np.float32)  # exact
+        elif mode == "affine":
+            bi = out.pop(p + ".biases")
+            f32 = np.float32
+            out[p + ".weight"] = (np.repeat(sc.astype(f32), G, axis=-1) * unpack_bits(wq, B).astype(f32)
+                                  + np.repeat(bi.astype(f32), G, axis=-1))
+        else:
+            raise ValueError(f"{p}: quantization mode {mode}")
+        modes[p] = (mode, B, G)
+    return out, modes
 
 
 def parse_config(cfg):
@@ -123,6 +168,7 @@ def parse_config(cfg):
 def canonical(cfg, w, c):
     """-> dict: embed, lm_head, norm, and per layer l: 'l.<name>' with experts as Wgu [E, 2I, H] (rows interleave
     gate/up: row 2k = gate k, row 2k+1 = up k), bgu [E, 2I], Wd [E, H, I], bd [E, H] (out x in, like nn.Linear)."""
+    w, _ = mlx_dequantize(cfg, w)
     p = {"embed": w["model.embed_tokens.weight"], "norm": w["model.norm.weight"],
          "lm_head": w.get("lm_head.weight", w["model.embed_tokens.weight"])}
     q = cfg.get("quantization_config") or {}
@@ -132,14 +178,25 @@ def canonical(cfg, w, c):
                             ("q_w", "self_attn.q_proj.weight"), ("k_w", "self_attn.k_proj.weight"),
                             ("v_w", "self_attn.v_proj.weight"), ("o_w", "self_attn.o_proj.weight"),
                             ("sinks", "self_attn.sinks"), ("router_w", "mlp.router.weight"),
-                            ("router_b", "mlp.router.bias"), ("bgu", "mlp.experts.gate_up_proj_bias"),
-                            ("bd", "mlp.experts.down_proj_bias")]:
+                            ("router_b", "mlp.router.bias")]:
             p[f"{l}.{short}"] = w[pre + name]
+        for short, name in [("bgu", "mlp.experts.gate_up_proj_bias"), ("bd", "mlp.experts.down_proj_bias")]:
+            if pre + name in w:  # (MLX: set below from the separate gate / up / down biases)
+                p[f"{l}.{short}"] = w[pre + name]
         for short, name, n in [("q_b", "q_proj.bias", c["nh"] * c["d"]), ("k_b", "k_proj.bias", c["nkv"] * c["d"]),
                                ("v_b", "v_proj.bias", c["nkv"] * c["d"]), ("o_b", "o_proj.bias", c["H"])]:
             p[f"{l}.{short}"] = w.get(pre + "self_attn." + name, np.zeros(n))  # attention_bias false -> absent
         e = pre + "mlp.experts."
-        if e + "gate_up_proj_blocks" in w:
+        if e + "gate_proj.weight" in w:  # MLX: separate gate / up, [E, out, in]; canonical = rows interleaved
+            g_, u_ = w[e + "gate_proj.weight"], w[e + "up_proj.weight"]
+            Wgu = np.empty((g_.shape[0], 2 * g_.shape[1], g_.shape[2]), dtype=g_.dtype)
+            Wgu[:, 0::2], Wgu[:, 1::2] = g_, u_
+            gb, ub = w[e + "gate_proj.bias"], w[e + "up_proj.bias"]
+            bgu = np.empty((gb.shape[0], 2 * gb.shape[1]), dtype=gb.dtype)
+            bgu[:, 0::2], bgu[:, 1::2] = gb, ub
+            p[f"{l}.Wgu"], p[f"{l}.bgu"] = Wgu, bgu
+            p[f"{l}.Wd"], p[f"{l}.bd"] = w[e + "down_proj.weight"], w[e + "down_proj.bias"]
+        elif e + "gate_up_proj_blocks" in w:
             assert q.get("quant_method") == "mxfp4", q
             p[f"{l}.Wgu"] = mxfp4_decode(w[e + "gate_up_proj_blocks"], w[e + "gate_up_proj_scales"])
             p[f"{l}.Wd"] = mxfp4_decode(w[e + "down_proj_blocks"], w[e + "down_proj_scales"])

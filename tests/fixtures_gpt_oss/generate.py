@@ -3,6 +3,7 @@
 
 Usage:
     pip install torch transformers safetensors numpy          # transformers >= 5.2 (made with 5.23.0)
+    pip install "mlx[cpu]" mlx-lm tokenizers                  # MLX fixtures (made with mlx 0.32.4, mlx-lm 0.32.2)
     python3 tests/fixtures_gpt_oss/generate.py                  # regenerate the committed set here
     python3 tests/fixtures_gpt_oss/generate.py --out /tmp/fo    # same set, elsewhere (byte-identical)
     python3 tests/fixtures_gpt_oss/generate.py --out /tmp/fo7 --shapes-seed 7
@@ -11,7 +12,8 @@ Usage:
     python3 tests/fixtures_gpt_oss/generate.py --only oss_f32,oss_mxfp4
     python3 tests/fixtures_gpt_oss/generate.py --describe       # also print tensor listings
 
-Every fixture folder: config.json, model.safetensors and golden.json (no tokenizer):
+Every fixture folder: config.json, model.safetensors and golden.json (no tokenizer; the MLX folders hold what
+mlx_lm.convert writes: + model.safetensors.index.json, a tiny tokenizer, a model card README.md):
 
     {"ids": [...], "prompt_len": P, "atol": 0.002, "logits": [[...], ...]}
 
@@ -22,6 +24,12 @@ Reference = the written folder reloaded with AutoModelForCausalLM.from_pretraine
 attn_implementation="eager", experts_implementation="eager") (bf16 weights upcast exactly; the MXFP4 folder is
 dequantized by transformers' Mxfp4Dequantize, which is the only CPU path; `accelerate` is not installed, so
 `quantization_config=Mxfp4Config(dequantize=True)` is passed, see README).
+
+MLX fixtures (oss_mlx_mxfp4_q8, oss_mlx_mxfp4): mlx_lm.convert(quantize=True, ...) of a source folder written here
+(released MXFP4 layout / unquantized bf16 in mlx-lm's own expert naming); every quantized matrix is dequantized with
+mx.dequantize (== an independent numpy decode, asserted), put back into the HF layout as float32, and the golden is
+transformers on that folder (transformers-5 config, YaRN truncate false). mlx-lm's own forward is compared with the
+golden and with transformers on the same weights with truncate: true (mlx-lm always truncates; asserted < 5e-4).
 
 Checks per fixture: the saved tensors equal the reference's parameters (MXFP4: after an independent numpy decode
 of blocks/scales); full-pass argmax = greedy continuation; every greedy step has a top1-top2 margin >= 0.05 and
@@ -62,6 +70,7 @@ MIN_GREEDY_MARGIN = 0.05
 MIN_ROUTER_GAP = 2e-3  # k-th vs (k+1)-th raw router logit (gpt-oss takes top-k on raw logits)
 ATOL = 2e-3
 DECODE_TOL = 1e-4
+MLX_CROSS_TOL = 5e-4  # mlx-lm's own forward (f32) vs transformers with truncate: true on the same weights
 
 SW, FA = "sliding_attention", "full_attention"
 
@@ -121,6 +130,34 @@ BASE_SPECS = [
         experts=8, topk=4, inter=96, window=4, rope_theta=150000, yarn_factor=32.0, yarn_orig=64, eps=1e-5,
         prompt_len=28, gen=6,
     ),
+    # MLX folders (mlx_lm.convert output, kept as written: + index, tokenizer, model card). Golden = transformers on
+    # an HF float32 folder holding the exactly dequantized MLX weights (what a user of the MLX folder has).
+    dict(
+        name="oss_mlx_mxfp4_q8", layout="mlx", source="mxfp4", dtype="bfloat16", spelling="released",
+        q=dict(q_bits=8, q_group_size=64, q_mode="affine"),
+        covers="mlx-community \"gpt-oss-*-MXFP4-Q8\": mlx_lm.convert -q --q-bits 8 --q-group-size 64 of a released "
+               "MXFP4 source; experts stay MXFP4 (gate_proj/up_proj/down_proj .weight U32 [E,out,in/8] + .scales U8 "
+               "+ .bias BF16), embeddings / q,k,v,o / lm_head / router 8-bit affine g64 (.weight U32, .scales and "
+               ".biases BF16, per-path `quantization` entries; router without `mode`), norms F32; released config "
+               "spelling with rope_scaling truncate false, layer_types [S,F,S,F], window 5; 8q/2kv head_dim 16 (128 "
+               "!= 64); top-2 of 6; hidden 64, intermediate 128; YaRN L0 4096 x 32 as released",
+        vocab=240, hidden=64, layer_types=[SW, FA, SW, FA], heads=8, kv_heads=2, head_dim=16,
+        experts=6, topk=2, inter=128, window=5, rope_theta=150000, yarn_factor=32.0, yarn_orig=4096, eps=1e-5,
+        prompt_len=26, gen=6,
+    ),
+    dict(
+        name="oss_mlx_mxfp4", layout="mlx", source="bf16", dtype="bfloat16", spelling="released",
+        q=dict(q_bits=4, q_group_size=32, q_mode="mxfp4"),
+        covers="mlx_lm.convert -q --q-mode mxfp4 (group 32, 4 bits) of an unquantized bf16 source (given to mlx-lm "
+               "in its own expert naming: mlx-lm cannot read the HF gate_up_proj layout): embeddings, q,k,v,o, "
+               "lm_head and experts mxfp4 (.weight U32 + .scales U8, no .biases), router 8-bit affine g64 (per-path "
+               "entry without `mode`), norms / sinks / all Linear biases BF16; released config spelling, "
+               "layer_types [S,S,F] (not the default alternation), window 4; 6q/2kv head_dim 16 (96 != 64); "
+               "top-3 of 8; hidden 64, intermediate 96",
+        vocab=224, hidden=64, layer_types=[SW, SW, FA], heads=6, kv_heads=2, head_dim=16,
+        experts=8, topk=3, inter=96, window=4, rope_theta=10000, yarn_factor=8.0, yarn_orig=2048, eps=1e-5,
+        prompt_len=25, gen=6,
+    ),
 ]
 
 
@@ -152,6 +189,14 @@ def yarn_ok(d, base, factor, orig):
     return r[0] == 0 and frac >= 1 and (r == 1).sum() >= 1 and np.abs(r - rt).max() > 0.05
 
 
+def yarn_truncate_angle(d, base, factor, orig, T):
+    """Largest rotation-angle change over T positions that truncate: true (mlx-lm's YaRN) makes."""
+    plain = 1.0 / (base ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    r, _ = yarn_ramp(d, base, factor, orig)
+    rt, _ = yarn_ramp(d, base, factor, orig, truncate=True)
+    return float(np.abs((plain / factor - plain) * (r - rt)).max() * T)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # --shapes-seed: new random shapes with the same coverage per fixture name
 # ---------------------------------------------------------------------------------------------------------
@@ -164,6 +209,17 @@ def n_bytes(s):
     ebias = E * (2 * I + H)
     ew = E * 3 * H * I
     L = len(s["layer_types"])
+    if s["layout"] == "mlx":  # + index / tokenizer files, ~15 KB
+        golden = (s["prompt_len"] + s["gen"]) * V * 11.5
+        mx4 = 17 / 32
+        dense = 2 * H * q + 2 * H * kv  # attention matrices
+        if s["source"] == "mxfp4":  # 8-bit affine g64 (1 byte + 2 x bf16 per 64) for the non-experts
+            per = dense * (1 + 4 / 64) + router * 2 + 2 * (q + 2 * kv + H + s["heads"] + ebias) + ew * mx4 + 8 * H
+            glob = 2 * V * H * (1 + 4 / 64)
+        else:
+            per = dense * mx4 + E * H * (1 + 4 / 64) + 2 * (q + 2 * kv + H + s["heads"] + ebias + E) + ew * mx4 + 4 * H
+            glob = 2 * V * H * mx4
+        return L * per + glob + golden + 15_000
     if s["layout"] == "mxfp4":
         per = 2 * (attn + router + ebias) + ew * 17 / 32 + 8 * H
     else:
@@ -193,7 +249,26 @@ def randomize_once(spec, rng):
     s["prompt_len"] = rng.randrange(20, 31)
     s["gen"] = 6
     s["eps"] = rng.choice([1e-5, 1e-6])
-    if s["layout"] == "mxfp4":
+    if s["layout"] == "mlx":
+        # every quantized matrix needs its input width divisible by its group: 64 (8-bit affine: everything but the
+        # experts in the Q8 fixture, the router in both) or 32 (mxfp4)
+        q8 = s["source"] == "mxfp4"
+        # (hidden 128 makes these loud random nets chaotic enough that float noise reaches 1e-4)
+        s["hidden"] = 64
+        s["inter"] = rng.choice((128, 192) if q8 else (96, 128))
+        s["head_dim"] = rng.choice([16, 32])
+        if (s["heads"] * s["head_dim"]) % (64 if q8 else 32):
+            return None
+        n = rng.randrange(3, 5)  # (with 2 layers the yarn_truncate variant was too weak for one seed)
+        if q8:
+            s["layer_types"] = default_layer_types(n)
+        else:
+            lt = [rng.choice([SW, FA]) for _ in range(n)]
+            if not (SW in lt and FA in lt and lt != default_layer_types(n)):
+                return None
+            s["layer_types"] = lt
+        s["rope_theta"] = rng.choice([10000, 150000])
+    elif s["layout"] == "mxfp4":
         s["hidden"] = rng.choice([32, 64])
         s["inter"] = rng.choice([i for i in (32, 64, 96) if i != s["hidden"] and 2 * i != s["hidden"]])
         s["head_dim"] = rng.choice([16, 32])
@@ -219,6 +294,9 @@ def randomize_once(spec, rng):
     if not ok:
         return None
     s["yarn_orig"] = rng.choice(ok)
+    if s["layout"] == "mlx" and yarn_truncate_angle(s["head_dim"], float(s["rope_theta"]), s["yarn_factor"],
+                                                    s["yarn_orig"], s["prompt_len"] + s["gen"]) < 0.03:
+        return None  # mlx-lm's always-truncated YaRN must visibly differ (committed: 0.031 / 0.066 rad)
     s["covers"] = f"[randomized shapes, shapes-seed] {name}: " + spec["covers"].split(";")[0] + \
         f"; layer_types {['S' if t == SW else 'F' for t in s['layer_types']]}"
     return s
@@ -558,6 +636,361 @@ def load_check_numpy():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# MLX folders (mlx_lm.convert)
+# ---------------------------------------------------------------------------------------------------------
+def save_tokenizer(d, vocab_size):
+    """A tiny WordLevel tokenizer with exactly vocab_size tokens (only there because mlx_lm.convert needs one)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {f"t{i}": i for i in range(vocab_size - 2)}
+    vocab["<unk>"] = vocab_size - 2
+    vocab["<|endoftext|>"] = vocab_size - 1
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|endoftext|>").save_pretrained(d)
+
+
+def read_st_np(path):
+    """name -> numpy array (BF16 upcast exactly to float32), name -> (dtype, shape), metadata."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8: 8 + n])
+    meta = header.pop("__metadata__", None)
+    base = 8 + n
+    out, info = {}, {}
+    for k, v in header.items():
+        a, b = v["data_offsets"]
+        buf = raw[base + a: base + b]
+        dt = v["dtype"]
+        if dt == "BF16":
+            arr = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            arr = np.frombuffer(buf, dtype={"U32": "<u4", "U8": "u1", "F32": "<f4"}[dt])
+        out[k] = arr.reshape(v["shape"]).copy()
+        info[k] = (dt, list(v["shape"]))
+    return out, info, meta
+
+
+def unpack_bits(wq, bits):
+    """U32 words [..., n] -> [..., n * 32 / bits] fields, lowest bits of each little-endian word first."""
+    by = np.ascontiguousarray(wq, dtype="<u4").view(np.uint8)
+    bitstream = np.unpackbits(by, axis=-1, bitorder="little")
+    b = bitstream.reshape(*bitstream.shape[:-1], bitstream.shape[-1] // bits, bits).astype(np.uint32)
+    return (b << np.arange(bits, dtype=np.uint32)).sum(-1).astype(np.uint32)
+
+
+def mlx_sanitize_by_hand(hf):
+    """HF unquantized gpt-oss tensors -> mlx-lm's own (already sanitized) names: experts.{gate,up}_proj.weight
+    [E, I, H] = the even / odd columns of gate_up_proj [E, H, 2I], transposed; down_proj.weight [E, H, I];
+    {gate,up}_proj.bias = the even / odd entries of gate_up_proj_bias (docs/families/gpt_oss.md section 4)."""
+    out = {}
+    for k, v in hf.items():
+        if k.endswith("experts.gate_up_proj"):
+            p = k[: -len("gate_up_proj")]
+            out[p + "gate_proj.weight"] = v[..., 0::2].transpose(1, 2).contiguous()
+            out[p + "up_proj.weight"] = v[..., 1::2].transpose(1, 2).contiguous()
+        elif k.endswith("experts.down_proj"):
+            out[k + ".weight"] = v.transpose(1, 2).contiguous()
+        elif k.endswith("experts.gate_up_proj_bias"):
+            p = k[: -len("gate_up_proj_bias")]
+            out[p + "gate_proj.bias"] = v[..., 0::2].contiguous()
+            out[p + "up_proj.bias"] = v[..., 1::2].contiguous()
+        elif k.endswith("experts.down_proj_bias"):
+            out[k.replace("down_proj_bias", "down_proj.bias")] = v
+        else:
+            out[k] = v
+    return out
+
+
+def mlx_to_hf(t, L):
+    """Dequantized MLX tensors (numpy) -> HF GptOssForCausalLM names / orientation (exact re-arrangement)."""
+    hf = {k: v for k, v in t.items() if ".mlp.experts." not in k}
+    for l in range(L):
+        e = f"model.layers.{l}.mlp.experts."
+        g, u, dn = t[e + "gate_proj.weight"], t[e + "up_proj.weight"], t[e + "down_proj.weight"]
+        gu = np.empty((g.shape[0], g.shape[2], 2 * g.shape[1]), dtype=np.float32)
+        gu[..., 0::2], gu[..., 1::2] = g.swapaxes(1, 2), u.swapaxes(1, 2)
+        gb, ub = t[e + "gate_proj.bias"], t[e + "up_proj.bias"]
+        gub = np.empty((gb.shape[0], 2 * gb.shape[1]), dtype=np.float32)
+        gub[:, 0::2], gub[:, 1::2] = gb, ub
+        hf[e + "gate_up_proj"], hf[e + "gate_up_proj_bias"] = gu, gub
+        hf[e + "down_proj"], hf[e + "down_proj_bias"] = np.ascontiguousarray(dn.swapaxes(1, 2)), t[e + "down_proj.bias"]
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in hf.items()}
+
+
+def mlx_convert_quiet(**kw):
+    import contextlib
+    import io
+    from mlx_lm import convert as mlx_convert
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        mlx_convert(**kw)
+    return buf.getvalue()
+
+
+def gen_mlx(s, model, d, fseed, tmp):
+    """Writes the source folder, runs mlx_lm.convert into d, checks what it wrote, dequantizes every quantized
+    matrix exactly and writes an HF float32 folder of those weights (v5 config, YaRN truncate false).
+    Returns (that folder, the source folder transformers reads, info)."""
+    import mlx.core as mx
+    mx.set_default_device(mx.cpu)
+    L, H, E, I = len(s["layer_types"]), s["hidden"], s["experts"], s["inter"]
+    info = {}
+    src = os.path.join(tmp, s["name"] + "-src")
+    os.makedirs(src)
+    if s["source"] == "mxfp4":
+        # released MXFP4 layout (like oss_mxfp4); the in-memory model now holds exactly the file's values
+        _, info["src_mxfp4"] = write_mxfp4(s, model, src, fseed)
+        hf_src = src
+    else:
+        # an unquantized bf16 HF-layout checkpoint in the released config spelling (like oss_bf16_released)...
+        hf_src = os.path.join(tmp, s["name"] + "-hf-bf16")
+        os.makedirs(hf_src)
+        write_hf(s, model, hf_src)
+        save_tokenizer(hf_src, s["vocab"])
+        # ...which mlx-lm 0.32 cannot load (its sanitize renames gate_up_proj without `.weight` and slices the
+        # wrong axis); recorded, not asserted
+        try:
+            mlx_convert_quiet(hf_path=hf_src, mlx_path=os.path.join(tmp, s["name"] + "-hf-try"), quantize=True,
+                              q_group_size=s["q"]["q_group_size"], q_bits=s["q"]["q_bits"], q_mode=s["q"]["q_mode"])
+            info["hf_layout_convert"] = "mlx_lm.convert of the HF layout worked (not used)"
+        except Exception as ex:
+            msg = str(ex).strip().splitlines()
+            info["hf_layout_convert"] = f"{type(ex).__name__}: {msg[0]} {' '.join(m.strip() for m in msg[1:3])} ..."
+        # so the same bf16 tensors go to mlx-lm in its own expert naming (sanitize returns early on gate_proj.weight)
+        st_save(mlx_sanitize_by_hand(read_saved(hf_src)), os.path.join(src, "model.safetensors"))
+        shutil.copy(os.path.join(hf_src, "config.json"), src)
+    save_tokenizer(src, s["vocab"])
+    src_cfg = json.load(open(os.path.join(src, "config.json")))
+    src_t, src_info, _ = read_st_np(os.path.join(src, "model.safetensors"))
+    if s["source"] == "mxfp4":  # the source's expert biases under mlx-lm's names (gate = even, up = odd entries)
+        for k in [k for k in src_t if k.endswith(("gate_up_proj_bias", "down_proj_bias"))]:
+            dt = src_info[k][0]
+            for new, v in mlx_sanitize_by_hand({k: torch.from_numpy(src_t[k])}).items():
+                src_t[new], src_info[new] = v.numpy(), (dt, list(v.shape))
+    if os.path.isdir(d):
+        shutil.rmtree(d)
+    log = mlx_convert_quiet(hf_path=src, mlx_path=d, quantize=True, **s["q"])
+    info["bpw"] = next((ln.split("with ")[1].rstrip(".") for ln in log.splitlines() if "bits per weight" in ln), "?")
+
+    # ---- config.json as written
+    cfg = json.load(open(os.path.join(d, "config.json")))
+    q = cfg["quantization"]
+    assert cfg["quantization_config"] == q  # a copy ("support hf model tree"); the mxfp4 quant_method entry is gone
+    rs = cfg["rope_scaling"]
+    assert rs == src_cfg["rope_scaling"] and rs["truncate"] is False and rs["rope_type"] == "yarn", rs
+    assert cfg["rope_theta"] == src_cfg["rope_theta"] and "rope_parameters" not in cfg
+    assert {k: v for k, v in cfg.items() if k not in ("quantization", "quantization_config")} == \
+        {k: v for k, v in src_cfg.items() if k != "quantization_config"}, "convert changed other config keys"
+    top = {k: v for k, v in q.items() if not isinstance(v, dict)}
+    per = {k: v for k, v in q.items() if isinstance(v, dict)}
+    assert top == {"group_size": 32, "bits": 4, "mode": "mxfp4"}, top
+    router = {f"model.layers.{l}.mlp.router": {"group_size": 64, "bits": 8} for l in range(L)}  # no "mode"
+    if s["source"] == "mxfp4":
+        a8 = {"group_size": 64, "bits": 8, "mode": "affine"}
+        want = {"model.embed_tokens": a8, "lm_head": a8, **router}
+        want.update({f"model.layers.{l}.self_attn.{m}": a8
+                     for l in range(L) for m in ("q_proj", "k_proj", "v_proj", "o_proj")})
+    else:
+        want = router
+    assert per == want, (sorted(per), sorted(want))
+    info["quantization"] = q
+
+    # ---- tensors: every matrix quantized, with the mode config.json gives it
+    t, tinfo, meta = read_st_np(os.path.join(d, "model.safetensors"))
+    assert meta == {"format": "mlx"}, meta
+    idx = json.load(open(os.path.join(d, "model.safetensors.index.json")))
+    assert set(idx["weight_map"]) == set(t) and set(idx["weight_map"].values()) == {"model.safetensors"}
+    mods = sorted(k[: -len(".scales")] for k in t if k.endswith(".scales"))
+    lin = ["model.embed_tokens", "lm_head"] + [f"model.layers.{l}.{m}" for l in range(L) for m in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.router",
+        "mlp.experts.gate_proj", "mlp.experts.up_proj", "mlp.experts.down_proj")]
+    assert mods == sorted(lin), set(mods) ^ set(lin)
+    deq, modes, np_vs_mx = {}, {}, 0.0
+    for p in mods:
+        par = q[p] if p in per else top
+        G, B, mode = par["group_size"], par["bits"], par.get("mode", "affine")
+        wq, sc = t[p + ".weight"], t[p + ".scales"]
+        assert tinfo[p + ".weight"][0] == "U32"
+        in_dim = wq.shape[-1] * 32 // B
+        assert in_dim == sc.shape[-1] * G and wq.shape[:-1] == sc.shape[:-1], (p, wq.shape, sc.shape)
+        if mode == "mxfp4":
+            assert tinfo[p + ".scales"][0] == "U8" and p + ".biases" not in t
+            ref = np.array(mx.dequantize(mx.array(wq), mx.array(sc), group_size=G, bits=B, mode="mxfp4",
+                                         dtype=mx.float32))
+            blocks = np.ascontiguousarray(wq, dtype="<u4").view(np.uint8).reshape(*sc.shape, 16)
+            w = mxfp4_decode(blocks, sc).astype(np.float32)  # the OpenAI blocks layout, exact
+        else:
+            bi = t[p + ".biases"]
+            assert tinfo[p + ".scales"][0] == tinfo[p + ".biases"][0] == "BF16", p
+            ref = np.array(mx.dequantize(mx.array(wq), mx.array(sc), mx.array(bi), group_size=G, bits=B,
+                                         mode="affine", dtype=mx.float32))
+            f32 = np.float32
+            w = (np.repeat(sc.astype(f32), G, -1) * unpack_bits(wq, B).astype(f32) + np.repeat(bi.astype(f32), G, -1))
+        dd = float(np.abs(ref - w).max())
+        np_vs_mx = max(np_vs_mx, dd)
+        assert dd == 0.0, (p, dd)
+        deq[p + ".weight"] = w
+        modes[p] = (mode, B, G)
+    qkeys = {p + x for p in modes for x in (".weight", ".scales", ".biases")}  # (".bias" = the Linear's own bias)
+    for k, v in t.items():
+        if k not in qkeys:
+            assert tinfo[k][0] in ("BF16", "F32"), k
+            deq[k] = v.astype(np.float32)
+            # unquantized tensors (norms, sinks, every Linear / expert bias) pass through unchanged (dtype, value)
+            assert src_info[k] == tinfo[k] and np.array_equal(src_t[k], v), k
+    info["np_vs_mx"] = np_vs_mx
+    info["n_unquantized"] = len(set(t) - qkeys)
+
+    # ---- what the quantization did to each source matrix
+    if s["source"] == "mxfp4":
+        # experts: the source blocks / scales, split into gate (even rows) / up (odd rows), byte for byte
+        for l in range(L):
+            e = f"model.layers.{l}.mlp.experts."
+            gb, gs = src_t[e + "gate_up_proj_blocks"], src_t[e + "gate_up_proj_scales"]
+            for m, sl in (("gate_proj", slice(0, None, 2)), ("up_proj", slice(1, None, 2))):
+                assert np.array_equal(np.ascontiguousarray(t[e + m + ".weight"], dtype="<u4").view(np.uint8),
+                                      gb[:, sl].reshape(E, I, H // 2)), (l, m)
+                assert np.array_equal(t[e + m + ".scales"], gs[:, sl]), (l, m)
+            assert np.array_equal(np.ascontiguousarray(t[e + "down_proj.weight"], dtype="<u4").view(np.uint8),
+                                  src_t[e + "down_proj_blocks"].reshape(E, H, I // 2)), l
+            assert np.array_equal(t[e + "down_proj.scales"], src_t[e + "down_proj_scales"]), l
+        srcw = {k: v for k, v in src_t.items() if not k.endswith(("_blocks", "_scales"))}
+    else:
+        srcw = src_t
+    err = {}
+    for p, (mode, B, G) in modes.items():
+        if p + ".weight" not in srcw:
+            continue  # (Q8: the experts, unchanged MXFP4)
+        sw = srcw[p + ".weight"]
+        rel = float(np.abs(deq[p + ".weight"] - sw).max() / np.abs(sw).max())
+        kind = f"{mode} {B}-bit g{G}"
+        err[kind] = max(err.get(kind, 0.0), rel)
+    info["quant_rel_err"] = err
+    # MLX's mxfp4 encoder: shared exponent per group of 32 vs the source amax (ceil(log2(amax / 6)) never
+    # saturates; OCP / OpenAI's floor(log2(amax)) - 2 can)
+    if s["source"] == "bf16":
+        n_ceil = n_ocp = n_all = 0
+        for p, (mode, B, G) in modes.items():
+            if mode != "mxfp4":
+                continue
+            sw = srcw[p + ".weight"].astype(np.float64)
+            amax = np.abs(sw.reshape(*sw.shape[:-1], -1, 32)).max(-1)
+            e = t[p + ".scales"].astype(np.int64) - 127
+            n_all += e.size
+            n_ceil += int((e == np.ceil(np.log2(amax / 6))).sum())
+            n_ocp += int((e == np.floor(np.log2(amax)) - 2).sum())
+        codes = np.unique(np.concatenate([unpack_bits(t[p + ".weight"], 4).ravel() for p in modes
+                                          if modes[p][0] == "mxfp4"]))
+        info["mxfp4_encoder"] = dict(groups=n_all, ceil_log2_amax_over_6=n_ceil, ocp_floor_minus_2=n_ocp,
+                                     codes=len(codes))
+
+    # ---- the HF float32 folder of the dequantized weights (transformers-5 config: rope_parameters, truncate false)
+    hf = mlx_to_hf(deq, L)
+    deqd = os.path.join(tmp, s["name"] + "-dequant-hf")
+    os.makedirs(deqd)
+    st_save({k: torch.from_numpy(v) for k, v in hf.items()}, os.path.join(deqd, "model.safetensors"))
+    write_json(os.path.join(deqd, "config.json"), json.loads(model.config.to_json_string()))
+    names = {n for n, _ in model.named_parameters()}
+    assert set(hf) == names, set(hf) ^ names
+    return deqd, hf_src, info
+
+
+def mlx_forward(d, ids):
+    """mlx-lm's own forward on the MLX folder, parameters upcast to float32 (scales / biases too)."""
+    import mlx.core as mx
+    from pathlib import Path
+    from mlx.utils import tree_map
+    from mlx_lm.utils import load_model
+    mx.set_default_device(mx.cpu)
+    m, _ = load_model(Path(d))
+    m.update(tree_map(lambda v: v.astype(mx.float32) if mx.issubdtype(v.dtype, mx.floating) else v, m.parameters()))
+    return np.array(m(mx.array([ids]))[0].astype(mx.float32)).astype(np.float64)
+
+
+def gen_one_mlx(s, out_root, seed, tmp, cn):
+    d = os.path.join(out_root, s["name"])
+    fseed = (zlib.crc32(s["name"].encode()) + 1000003 * seed) & 0x7FFFFFFF
+    model = build_model(s, fseed)
+    deqd, hf_src, extra = gen_mlx(s, model, d, fseed, tmp)
+    saved = read_saved(deqd)
+    ref, _ = load_reference(deqd)
+    assert type(ref).__name__ == "GptOssForCausalLM"
+    assert ref.config._attn_implementation == "eager" and ref.config._experts_implementation == "eager"
+    c = ref.config
+    assert c.layer_types == s["layer_types"] and c.num_experts_per_tok == s["topk"] and c.sliding_window == s["window"]
+    assert c.rope_parameters["rope_type"] == "yarn" and c.rope_parameters["truncate"] is False
+    assert torch.equal(ref.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq)
+    check_saved_equals(ref, saved)
+    extra["dtypes"] = {
+        "norms": sorted({dt for k, (dt, _) in st_listing(d).items() if "norm" in k}),
+        "sinks": sorted({dt for k, (dt, _) in st_listing(d).items() if k.endswith("sinks")}),
+        "other": sorted({dt for k, (dt, _) in st_listing(d).items() if "norm" not in k and not k.endswith("sinks")}),
+    }
+
+    ids, logits, min_gap, attempts = find_prompt(ref, s, fseed)
+    P = s["prompt_len"]
+    dec_diff = decode_check(ref, ids, P, logits, s)
+    # informational: the unquantized source (as transformers reads it) vs the quantized golden
+    src_ref, _ = load_reference(hf_src)
+    with torch.no_grad():
+        extra["quant_shift"] = (src_ref(torch.tensor([ids]), use_cache=False).logits[0] - logits).abs().max().item()
+    ref_g = AutoModelForCausalLM.from_config(c, attn_implementation="eager",
+                                             experts_implementation="grouped_mm").float().eval()
+    ref_g.load_state_dict(ref.state_dict())
+    with torch.no_grad():
+        extra["grouped_mm_diff"] = (ref_g(torch.tensor([ids]), use_cache=False).logits[0] - logits).abs().max().item()
+    extra["default_experts_impl"] = ref_g.config._experts_implementation
+
+    write_golden(os.path.join(d, "golden.json"), ids, P, logits.numpy().tolist(), ATOL)
+
+    # mlx-lm's own forward: it always truncates the YaRN correction range, so it is compared with golden (truncate
+    # false) and with transformers on the same dequantized weights but `truncate: true`
+    tdir = os.path.join(tmp, s["name"] + "-dequant-hf-truncate")
+    os.makedirs(tdir)
+    tc = json.load(open(os.path.join(deqd, "config.json")))
+    tc["rope_parameters"]["truncate"] = True
+    write_json(os.path.join(tdir, "config.json"), tc)
+    shutil.copy(os.path.join(deqd, "model.safetensors"), tdir)
+    ref_t, _ = load_reference(tdir)
+    assert ref_t.config.rope_parameters["truncate"] is True
+    with torch.no_grad():
+        lt = ref_t(torch.tensor([ids]), use_cache=False).logits[0].double().numpy()
+    ml = mlx_forward(d, ids)
+    gold = logits.double().numpy()
+    extra["mlx"] = dict(vs_golden=float(np.abs(ml - gold).max()), vs_hf_truncate=float(np.abs(ml - lt).max()),
+                        hf_truncate_vs_golden=float(np.abs(lt - gold).max()),
+                        greedy_same=ml[P - 1: -1].argmax(-1).tolist() == ids[P:])
+    assert extra["mlx"]["vs_hf_truncate"] < MLX_CROSS_TOL, extra["mlx"]
+    cfg, w, _ = cn.load(d)
+    cc = cn.parse_config(cfg)
+    p64 = {k: v.astype(np.float64) for k, v in cn.canonical(cfg, w, cc).items()}
+    trunc = cn.forward(cc, p64, np.array(ids), variant="yarn_truncate")
+    extra["mlx"]["vs_numpy_truncate"] = float(np.abs(ml - trunc).max())
+
+    res = cn.check_dir(d, variants=True, assert_features=True)
+    assert res["ok"], res
+    extra["numpy"] = res
+    for fn in os.listdir(d):
+        os.chmod(os.path.join(d, fn), 0o644)
+    srt = torch.sort(logits, dim=-1, descending=True).values
+    margins = srt[:, 0] - srt[:, 1]
+    rot = model.model.rotary_emb
+    return dict(
+        name=s["name"], dir=d, size=dir_size(d), files=sorted(os.listdir(d)), prompt_len=P, n_ids=len(ids),
+        attempts=attempts, min_greedy_margin=margins[P - 1: -1].min().item(), min_router_gap=min_gap,
+        logit_absmax=logits.abs().max().item(), decode_diff=dec_diff, covers=s["covers"], extra=extra,
+        yarn=s["_yarn"], layer_types="".join("S" if t == SW else "F" for t in s["layer_types"]),
+        shape=f"V{s['vocab']} H{s['hidden']} L{len(s['layer_types'])} attn {s['heads']}q/{s['kv_heads']}kv "
+              f"hd{s['head_dim']} window {s['window']} E{s['experts']} k{s['topk']} I{s['inter']} "
+              f"theta {s['rope_theta']} yarn factor {s['yarn_factor']} L0 {s['yarn_orig']} eps {s['eps']} "
+              f"mlx from {s['source']} ({s['q']})",
+        listing=st_listing(d), attention_factor=rot.attention_scaling,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
 def gen_one(s, out_root, seed, tmp, cn):
     d = os.path.join(out_root, s["name"])
     if os.path.isdir(d):
@@ -715,7 +1148,8 @@ def main():
           f"numpy {np.__version__}, accelerate {ver('accelerate')}, kernels {ver('kernels')}, "
           f"shapes-seed {args.shapes_seed}")
     with tempfile.TemporaryDirectory(prefix="gptossfx-") as tmp:
-        results = [gen_one(s, args.out, args.shapes_seed, tmp, cn) for s in specs]
+        results = [(gen_one_mlx if s["layout"] == "mlx" else gen_one)(s, args.out, args.shapes_seed, tmp, cn)
+                   for s in specs]
     for r in results:
         ex = r["extra"]
         print(f"\n{r['name']}: {r['size'] / 1024:.1f} KiB ({', '.join(r['files'])}), ids {r['n_ids']} "
@@ -730,7 +1164,32 @@ def main():
         if "mxfp4" in ex:
             print(f"  MXFP4: all {ex['mxfp4']['codes']} e2m1 codes used; e8m0 scales {ex['mxfp4']['scales']}; "
                   f"transformers dequant == numpy decode (exact)")
-        if "mlx" in ex:
+        if "quantization" in ex:  # MLX folders
+            q = ex["quantization"]
+            top = {k: v for k, v in q.items() if not isinstance(v, dict)}
+            kinds = {}
+            for k, v in q.items():
+                if isinstance(v, dict):
+                    kinds.setdefault(json.dumps(v), []).append(k)
+            ent = "; ".join(f"{v} x{len(ks)} ({', '.join(ks[:2])}{', ...' if len(ks) > 2 else ''})"
+                            for v, ks in kinds.items())
+            print(f"  mlx_lm.convert ({ex['bpw']}): quantization top level {json.dumps(top)}; per-path entries: {ent}")
+            print(f"  mx.dequantize == numpy decode (max |diff| {ex['np_vs_mx']}); max relative quantization error "
+                  "per kind: " + ", ".join(f"{k} {v:.3g}" for k, v in ex["quant_rel_err"].items()))
+            if "mxfp4_encoder" in ex:
+                me = ex["mxfp4_encoder"]
+                print(f"  MLX mxfp4 encoder: {me['ceil_log2_amax_over_6']}/{me['groups']} group exponents = "
+                      f"ceil(log2(amax/6)), {me['ocp_floor_minus_2']}/{me['groups']} = floor(log2(amax))-2 (OCP); "
+                      f"{me['codes']} of 16 e2m1 codes used")
+            if "hf_layout_convert" in ex:
+                print(f"  mlx_lm.convert of the same source in the HF layout: {ex['hf_layout_convert']}")
+            print(f"  (info) unquantized source (transformers) vs golden: max |diff| {ex['quant_shift']:.3g}")
+            m = ex["mlx"]
+            print(f"  mlx-lm forward (f32): vs golden {m['vs_golden']:.3g} "
+                  f"(greedy {'same' if m['greedy_same'] else 'DIFFERS'}), vs transformers with truncate: true "
+                  f"{m['vs_hf_truncate']:.3g}, vs numpy truncated {m['vs_numpy_truncate']:.3g}; "
+                  f"transformers truncate true vs false (golden) {m['hf_truncate_vs_golden']:.3g}")
+        elif "mlx" in ex:
             print(f"  (info) {ex['mlx']}")
         if s_rounding(r):
             print(f"  (info) bf16 rounding of the source weights moves the logits by {ex['source_diff']:.3g}")

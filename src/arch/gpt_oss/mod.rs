@@ -15,6 +15,8 @@
 
 mod config;
 pub(crate) mod experts;
+pub(crate) mod store;
+pub(crate) mod synthetic;
 
 use super::{Family, Names};
 use crate::config::{ModelConfig, Parser};
