@@ -20,6 +20,10 @@
 // barrier, once all its dims are computed. The arithmetic is rmsnorm.wgsl's followed by
 // the rotation: y = w * (x * inverseSqrt(mean(x^2) + eps)), y1 c - y2 s, y2 c + y1 s;
 // with `norm` 0 (attention without q/k norms, gpt-oss) y = x (wq and wk are not read).
+// With `whole` 1 the norm spans all of a token's query (key) heads, one RMS over
+// q_heads (k_heads) x head_dim values, with weights of that width (OLMoE's q_norm and
+// k_norm over the whole projection); with `clip` > 0 the normed q and k and the copied v
+// are clamped to [-clip, clip] before the rotation (OLMoE's clip_qkv).
 // With `ring` > 0 (a sliding-window layer's ring of 2 ring floats, engine::state::KvRing)
 // every key and value element is also written at its mirror, `ring` floats after or
 // before it (whichever lies in the ring).
@@ -41,9 +45,9 @@ struct Params {
     q_head_stride: u32, // floats from one query head to the next in x
     norm: u32, // 1: RMSNorm each head before the rotation
     ring: u32, // floats of half a ring-buffer KV cache (0: none): each row written twice
+    whole: u32, // 1: one RMSNorm over all the token's heads of a kind (OLMoE), weights per head
+    clip: f32, // > 0: q, k (normed) and v clamped to [-clip, clip] before RoPE (clip_qkv)
     pad0: u32,
-    pad1: u32,
-    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -83,19 +87,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     for (var i = lid; i < hd; i += WG) {
         let v = x[xb + i];
         xs[i] = v;
-        ws[i] = weight(is_q, i);
+        ws[i] = weight(is_q, select(i, h * hd + i, p.whole != 0u));
         if (i < half) {
             cs[i] = rope[pos + i];
             ss[i] = rope[p.sin_offset + pos + i];
         }
         if (copy_v && KVDT == 0u) {
-            let v = bitcast<u32>(v_src[t * p.x_stride + p.v_offset + h * hd + i]);
+            let v = bitcast<u32>(clip(v_src[t * p.x_stride + p.v_offset + h * hd + i]));
             v_dst[kb + i] = v;
             if (p.ring != 0u) {
                 v_dst[mirror(kb) + i] = v;
             }
         }
         s += v * v;
+    }
+    // The whole projection's sum of squares instead (every head of this kind).
+    let heads = select(p.k_heads, p.q_heads, is_q);
+    if (p.whole != 0u) {
+        s = 0.0;
+        let stride = select(hd, p.q_head_stride, is_q);
+        let base = t * p.x_stride + select(p.k_offset, p.q_offset, is_q);
+        for (var j = lid; j < heads * hd; j += WG) {
+            let v = x[base + (j / hd) * stride + j % hd];
+            s += v * v;
+        }
     }
     red[lid] = s;
     workgroupBarrier();
@@ -106,15 +121,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
     let total = ((red[0] + red[8]) + (red[16] + red[24])) + ((red[32] + red[40]) + (red[48] + red[56]));
-    let inv = select(1.0, inverseSqrt(total / f32(hd) + p.eps), p.norm != 0u);
+    let width = select(hd, heads * hd, p.whole != 0u);
+    let inv = select(1.0, inverseSqrt(total / f32(width) + p.eps), p.norm != 0u);
     for (var i = lid; i < hd; i += WG) {
-        let y = ws[i] * (xs[i] * inv);
+        let y = clip(ws[i] * (xs[i] * inv));
         if (i >= 2u * half) {
             store(is_q, qb, kb, i, y);
         } else if (i < half) {
             // Dim i and its partner i + half.
             let j = i + half;
-            let y2 = ws[j] * (xs[j] * inv);
+            let y2 = clip(ws[j] * (xs[j] * inv));
             let c = cs[i];
             let sn = ss[i];
             store(is_q, qb, kb, i, y * c - y2 * sn);
@@ -132,7 +148,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 outk[mirror(kb) / 2u + i] = kw;
             }
             if (copy_v) {
-                let vw = kv_pack(v_src[vb + 2u * i], v_src[vb + 2u * i + 1u]);
+                let vw = kv_pack(clip(v_src[vb + 2u * i]), clip(v_src[vb + 2u * i + 1u]));
                 v_dst[kb / 2u + i] = vw;
                 if (p.ring != 0u) {
                     v_dst[mirror(kb) / 2u + i] = vw;
@@ -145,6 +161,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 // The mirror of KV float offset kb in a ring of 2 p.ring floats.
 fn mirror(kb: u32) -> u32 {
     return select(kb + p.ring, kb - p.ring, kb >= p.ring);
+}
+
+// v clamped to [-clip, clip] where `clip` is set.
+fn clip(v: f32) -> f32 {
+    if (p.clip > 0.0) {
+        return clamp(v, -p.clip, p.clip);
+    }
+    return v;
 }
 
 // Norm weight i of a query (wq) or key (wk) head.

@@ -546,10 +546,20 @@ impl<'a> Parser<'a> {
     /// `num_key_value_heads` (default: the query heads; must divide them) and `head_dim`
     /// (default `hidden / heads`; positive and even).
     pub fn attention_heads(&self, hidden_size: usize) -> Result<(usize, usize, usize)> {
+        self.attention_heads_with(hidden_size, None)
+    }
+
+    /// [`Parser::attention_heads`] with a family's default `num_key_value_heads` (`None`:
+    /// as many as the query heads; Mixtral's 8).
+    pub fn attention_heads_with(
+        &self,
+        hidden_size: usize,
+        default_kv: Option<usize>,
+    ) -> Result<(usize, usize, usize)> {
         let num_attention_heads = self.positive("num_attention_heads")?;
         let num_key_value_heads = self
             .opt_usize("num_key_value_heads")?
-            .unwrap_or(num_attention_heads);
+            .unwrap_or(default_kv.unwrap_or(num_attention_heads));
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(self.err(format!(
                 "num_attention_heads ({num_attention_heads}) must be a positive multiple of num_key_value_heads ({num_key_value_heads})"

@@ -629,7 +629,7 @@ impl SyntheticSpec {
             out.extend(matrix(n(tensor::ROUTER), &[], ne, h, 2.0 * w(h), rq));
             if q.is_some() {
                 out.extend(matrix(
-                    n(&sub(tensor::SWITCH_MLP, tensor::GATE_PROJ)),
+                    n(&names.switch_mlp(tensor::GATE_PROJ)),
                     &[ne],
                     i,
                     h,
@@ -637,7 +637,7 @@ impl SyntheticSpec {
                     q,
                 ));
                 out.extend(matrix(
-                    n(&sub(tensor::SWITCH_MLP, tensor::UP_PROJ)),
+                    n(&names.switch_mlp(tensor::UP_PROJ)),
                     &[ne],
                     i,
                     h,
@@ -645,7 +645,7 @@ impl SyntheticSpec {
                     q,
                 ));
                 out.extend(matrix(
-                    n(&sub(tensor::SWITCH_MLP, tensor::DOWN_PROJ)),
+                    n(&names.switch_mlp(tensor::DOWN_PROJ)),
                     &[ne],
                     h,
                     i,

@@ -821,6 +821,101 @@ fn head_norm_rope_writes_ring_mirrors() {
     }
 }
 
+/// OLMoE's variants: with `whole` one RMSNorm over each token's query (key) heads
+/// together, weights of that width; with `clip` the normed q and k and the copied v
+/// clamped before RoPE. Against `reference::rms_norm` over whole rows, a clamp, and
+/// `reference::rope`; the clamp binds on a good share of the values.
+#[test]
+fn head_norm_rope_whole_width_norm_and_clip() {
+    let mut ck = Checker::new("head_norm_rope whole");
+    let mut rng = Rng::new(52);
+    for (n, nq, nk, hd, clip) in [
+        (3usize, 4usize, 2usize, 16usize, 0.0f32),
+        (5, 6, 2, 8, 0.6),
+        (1, 8, 8, 32, 0.4),
+    ] {
+        let (qd, kd) = (nq * hd, nk * hd);
+        let x_stride = qd + 2 * kd;
+        let rows_in = rng.vec(n * x_stride, 2.0);
+        let wq = rng.vec(qd, 1.5);
+        let wk = rng.vec(kd, 1.5);
+        let pos0 = 7;
+        let (cos, sin) = reference::rope_tables(1e4, hd, pos0 + n);
+        let cut = |off: usize, w: usize| -> Vec<f32> {
+            (0..n)
+                .flat_map(|t| rows_in[t * x_stride + off..t * x_stride + off + w].to_vec())
+                .collect()
+        };
+        let (q, k, v) = (cut(0, qd), cut(qd, kd), cut(qd + kd, kd));
+        let clamp = |v: Vec<f32>| -> Vec<f32> {
+            if clip > 0.0 {
+                v.into_iter().map(|x| x.clamp(-clip, clip)).collect()
+            } else {
+                v
+            }
+        };
+        let mut want_q = clamp(reference::rms_norm(&q, &wq, 1e-6));
+        let mut want_k = clamp(reference::rms_norm(&k, &wk, 1e-6));
+        let want_v = clamp(v.clone());
+        if clip > 0.0 {
+            let bound = want_q.iter().filter(|x| x.abs() == clip).count();
+            assert!(bound * 10 >= want_q.len(), "the clamp binds on few values");
+        }
+        reference::rope(&mut want_q, n, nq, hd, hd, pos0, &cos, &sin);
+        reference::rope(&mut want_k, n, nk, hd, hd, pos0, &cos, &sin);
+        let out = run(
+            Kernel::HeadNormRope,
+            None,
+            HeadNormRopeParams {
+                n_tokens: n as u32,
+                head_dim: hd as u32,
+                rotary_half: (hd / 2) as u32,
+                pos0: pos0 as u32,
+                eps: 1e-6,
+                x_stride: x_stride as u32,
+                q_heads: nq as u32,
+                k_heads: nk as u32,
+                k_offset: qd as u32,
+                copy_v: 1,
+                v_offset: (qd + kd) as u32,
+                sin_offset: cos.len() as u32,
+                q_head_stride: hd as u32,
+                norm: 1,
+                whole: 1,
+                clip,
+                ..Default::default()
+            }
+            .words(),
+            &[
+                &f32_bytes(&rows_in),
+                &f32_bytes(&wq),
+                &f32_bytes(&wk),
+                &f32_bytes(&[cos.clone(), sin.clone()].concat()),
+                &f32_bytes(&vec![0.0; n * qd]),
+                &f32_bytes(&vec![0.0; n * kd]),
+                &f32_bytes(&rows_in),
+                &f32_bytes(&vec![0.0; n * kd]),
+            ],
+            ((nq + nk) as u32, n as u32),
+        );
+        let case = format!("n {n} q heads {nq} k heads {nk} head_dim {hd} clip {clip}");
+        ck.close(
+            &format!("{case} q"),
+            &to_f32(&out[4]),
+            &want_q,
+            REDUCTION.floor(1.0),
+        );
+        ck.close(
+            &format!("{case} k"),
+            &to_f32(&out[5]),
+            &want_k,
+            REDUCTION.floor(1.0),
+        );
+        ck.close(&format!("{case} v"), &to_f32(&out[7]), &want_v, EXACT);
+    }
+    ck.report();
+}
+
 #[test]
 fn head_norm_rope() {
     // Per-head RMSNorm (as rmsnorm.wgsl) then RoPE of the query heads (weights wq, to

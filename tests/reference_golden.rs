@@ -56,8 +56,9 @@ fn read_golden(path: &Path) -> Golden {
 }
 
 /// HF fixtures (`tests/fixtures`), MLX-quantized ones (`tests/fixtures_mlx`), the
-/// Qwen3.5-MoE / Qwen3-Next ones (`tests/fixtures_qwen35`) and the gpt-oss ones
-/// (`tests/fixtures_gpt_oss`).
+/// Qwen3.5-MoE / Qwen3-Next ones (`tests/fixtures_qwen35`), the gpt-oss ones
+/// (`tests/fixtures_gpt_oss`), the Mixtral ones (`tests/fixtures_mixtral`) and the OLMoE
+/// ones (`tests/fixtures_olmoe`).
 fn fixture_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     for sub in [
@@ -65,6 +66,8 @@ fn fixture_dirs() -> Vec<PathBuf> {
         "tests/fixtures_mlx",
         "tests/fixtures_qwen35",
         "tests/fixtures_gpt_oss",
+        "tests/fixtures_mixtral",
+        "tests/fixtures_olmoe",
     ] {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(sub);
         dirs.extend(

@@ -9,7 +9,9 @@
 //! blocks a layer can run and their variants.
 
 pub(crate) mod gpt_oss;
+mod mixtral;
 mod names;
+mod olmoe;
 mod plan;
 pub(crate) mod qwen3_5;
 pub(crate) mod qwen3_moe;
@@ -71,10 +73,17 @@ pub(crate) struct RowSlice {
 }
 
 /// Every family this version runs.
-static FAMILIES: &[&dyn Family] = &[&qwen3_moe::Qwen3Moe, &qwen3_5::Qwen35, &gpt_oss::GptOss];
+static FAMILIES: &[&dyn Family] = &[
+    &qwen3_moe::Qwen3Moe,
+    &qwen3_5::Qwen35,
+    &gpt_oss::GptOss,
+    &mixtral::Mixtral,
+    &olmoe::Olmoe,
+];
 
 /// The model types this version runs, for messages.
-pub(crate) const SUPPORTED: &str = "qwen3_moe, qwen3_5_moe, qwen3_5_moe_text, qwen3_next, gpt_oss";
+pub(crate) const SUPPORTED: &str =
+    "qwen3_moe, qwen3_5_moe, qwen3_5_moe_text, qwen3_next, gpt_oss, mixtral, olmoe";
 
 /// The family of a `model_type`.
 pub(crate) fn family(model_type: &str) -> Option<&'static dyn Family> {

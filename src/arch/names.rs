@@ -13,6 +13,12 @@ pub(crate) struct Names {
     pub lm_head: &'static str,
     /// The router's module path in a layer ([`tensor::ROUTER`], gpt-oss's `mlp.router`).
     pub router: &'static str,
+    /// The MoE block's module path in a layer (`mlp`; Mixtral's `block_sparse_moe`):
+    /// experts at `{moe}.experts.*`, mlx-lm's stacked ones at `{moe}.switch_mlp.*`.
+    pub moe: &'static str,
+    /// An expert's gate, up and down projections in per-expert checkpoints
+    /// (`gate_proj`, `up_proj`, `down_proj`; Mixtral's `w1`, `w3`, `w2`).
+    pub expert_projs: [&'static str; 3],
 }
 
 impl Names {
@@ -21,13 +27,35 @@ impl Names {
         prefix: "model.",
         lm_head: "lm_head.weight",
         router: tensor::ROUTER,
+        moe: tensor::MLP,
+        expert_projs: [tensor::GATE_PROJ, tensor::UP_PROJ, tensor::DOWN_PROJ],
     };
 
-    /// The first of `candidates` whose embedding the checkpoint holds.
+    /// [`Names::HF`] with another decoder prefix and LM head.
+    pub const fn hf_at(prefix: &'static str, lm_head: &'static str) -> Names {
+        Names {
+            prefix,
+            lm_head,
+            ..Names::HF
+        }
+    }
+
+    /// The first of `candidates` whose embedding the checkpoint holds and whose router
+    /// some layer has (or, where none has, the first whose embedding it holds: a model
+    /// without MoE layers).
     pub fn detect(ckpt: &Checkpoint, candidates: &[Names]) -> Result<Names> {
+        let embedded = |n: &&Names| ckpt.contains(&n.embed());
+        let routed = |n: &&Names| {
+            let router = format!(".{}.", n.router);
+            let layers = format!("{}layers.", n.prefix);
+            ckpt.tensor_names()
+                .any(|t| t.starts_with(&layers) && t.contains(&router))
+        };
         candidates
             .iter()
-            .find(|n| ckpt.contains(&n.embed()))
+            .filter(embedded)
+            .find(routed)
+            .or_else(|| candidates.iter().find(embedded))
             .cloned()
             .ok_or_else(|| Error::MissingTensor {
                 name: candidates
@@ -62,14 +90,27 @@ impl Names {
         self.layer(l, &format!("{path}.bias"))
     }
 
-    /// Per-expert tensor: `{prefix}layers.{l}.mlp.experts.{e}.{proj}.weight`.
+    /// Per-expert tensor: `{prefix}layers.{l}.{moe}.experts.{e}.{proj}.weight`, `proj`
+    /// one of [`tensor::GATE_PROJ`], [`tensor::UP_PROJ`], [`tensor::DOWN_PROJ`] (named as
+    /// [`Names::expert_projs`] says).
     pub fn expert(&self, l: usize, e: usize, proj: &str) -> String {
-        self.layer(l, &format!("mlp.experts.{e}.{proj}.weight"))
+        let proj = match proj {
+            tensor::GATE_PROJ => self.expert_projs[0],
+            tensor::UP_PROJ => self.expert_projs[1],
+            tensor::DOWN_PROJ => self.expert_projs[2],
+            other => other,
+        };
+        self.layer(l, &format!("{}.experts.{e}.{proj}.weight", self.moe))
     }
 
-    /// Fused expert tensor (transformers v5): `{prefix}layers.{l}.mlp.experts.{which}`.
+    /// Fused expert tensor (transformers v5): `{prefix}layers.{l}.{moe}.experts.{which}`.
     pub fn fused_experts(&self, l: usize, which: &str) -> String {
-        self.layer(l, &format!("mlp.experts.{which}"))
+        self.layer(l, &format!("{}.experts.{which}", self.moe))
+    }
+
+    /// mlx-lm's stacked experts: `{moe}.switch_mlp.{proj}`, relative to the layer.
+    pub fn switch_mlp(&self, proj: &str) -> String {
+        format!("{}.switch_mlp.{proj}", self.moe)
     }
 }
 
@@ -94,8 +135,6 @@ pub(crate) mod tensor {
     pub const ROUTER: &str = "mlp.gate";
     pub const SHARED_EXPERT: &str = "mlp.shared_expert";
     pub const SHARED_EXPERT_GATE: &str = "mlp.shared_expert_gate";
-    /// mlx-lm's stacked experts: `mlp.switch_mlp.{gate,up,down}_proj`.
-    pub const SWITCH_MLP: &str = "mlp.switch_mlp";
     /// The projections of a SwiGLU MLP, relative to its module.
     pub const GATE_PROJ: &str = "gate_proj";
     pub const UP_PROJ: &str = "up_proj";

@@ -15,7 +15,7 @@ pub enum Mixer {
 }
 
 /// The variant of a softmax-attention layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct AttentionSpec {
     /// Query heads.
@@ -26,8 +26,15 @@ pub struct AttentionSpec {
     pub head_dim: usize,
     /// Leading dims of each head that RoPE rotates (even, <= `head_dim`).
     pub rotary_dim: usize,
-    /// Per-head RMSNorm of q and k (`q_norm`, `k_norm`) before RoPE.
+    /// RMSNorm of q and k (`q_norm`, `k_norm`) before RoPE: per head (weights of
+    /// `head_dim`), or with `qk_norm_whole` over a token's whole projection.
     pub qk_norm: bool,
+    /// The q/k norms span all of a token's query (key) heads, weights `[heads * head_dim]`
+    /// (`[kv_heads * head_dim]`), as OLMoE's do.
+    pub qk_norm_whole: bool,
+    /// `clip_qkv`: q and k (after their norms) and v clamped to `[-c, c]` before RoPE
+    /// (OLMoE).
+    pub clip_qkv: Option<f32>,
     /// q_proj also yields a per-head output gate (rows `[q | gate]` per head); the attention
     /// output is multiplied by `sigmoid(gate)` before o_proj (Qwen3.5, Qwen3-Next).
     pub output_gate: bool,

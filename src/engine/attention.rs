@@ -92,6 +92,8 @@ impl Pass<'_> {
                 q_head_stride: q_head_stride as u32,
                 norm: u32::from(spec.qk_norm),
                 ring: ring.map_or(0, |r| (r.cap * nkv * hd) as u32),
+                whole: u32::from(spec.qk_norm_whole),
+                clip: spec.clip_qkv.unwrap_or(0.0),
                 ..Default::default()
             };
             let dummy = &self.m.gpu.dummy;

@@ -344,12 +344,14 @@ impl Loader<'_> {
             o: self.matrix(&names.weight(l, tensor::O_PROJ), h, qd)?,
             o_bias: opt_vector(&names.bias(l, tensor::O_PROJ), h)?,
             q_norm: if spec.qk_norm {
-                Some(self.norm(&names.weight(l, tensor::Q_NORM), hd)?)
+                let width = if spec.qk_norm_whole { qd } else { hd };
+                Some(self.norm(&names.weight(l, tensor::Q_NORM), width)?)
             } else {
                 None
             },
             k_norm: if spec.qk_norm {
-                Some(self.norm(&names.weight(l, tensor::K_NORM), hd)?)
+                let width = if spec.qk_norm_whole { kvd } else { hd };
+                Some(self.norm(&names.weight(l, tensor::K_NORM), width)?)
             } else {
                 None
             },

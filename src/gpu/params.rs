@@ -432,12 +432,13 @@ kernel_params! {
         /// key and value is written twice, at its row and `ring` floats from it (the other
         /// half of the ring's `2 cap` rows); 0 for a plain cache.
         ring: u32,
+        /// 1: one RMSNorm over all of a token's query (key) heads, weights of that width
+        /// (OLMoE); 0: per head.
+        whole: u32,
+        /// Above 0: q, k (normed) and v clamped to `[-clip, clip]` before RoPE (`clip_qkv`).
+        clip: f32,
         /// Padding.
         pad0: u32,
-        /// Padding.
-        pad1: u32,
-        /// Padding.
-        pad2: u32,
     }
 }
 

@@ -263,12 +263,14 @@ impl ReferenceModel {
                         o_proj: w(tensor::O_PROJ, &[h, qd])?,
                         qkvo_bias,
                         q_norm: if spec.qk_norm {
-                            norm(&names.weight(l, tensor::Q_NORM), hd)?
+                            let width = if spec.qk_norm_whole { qd } else { hd };
+                            norm(&names.weight(l, tensor::Q_NORM), width)?
                         } else {
                             Vec::new()
                         },
                         k_norm: if spec.qk_norm {
-                            norm(&names.weight(l, tensor::K_NORM), hd)?
+                            let width = if spec.qk_norm_whole { kvd } else { hd };
+                            norm(&names.weight(l, tensor::K_NORM), width)?
                         } else {
                             Vec::new()
                         },
@@ -540,7 +542,8 @@ impl ReferenceModel {
         } else {
             (qg, None)
         };
-        // q_norm / k_norm: RMSNorm over head_dim, each head of each token a row.
+        // q_norm / k_norm: RMSNorm over head_dim, each head of each token a row (or,
+        // with weights of a whole projection, each token's projection a row).
         let (mut q, mut k) = if spec.qk_norm {
             (
                 rms_norm(&q, &a.q_norm, cfg.rms_norm_eps),
@@ -549,6 +552,11 @@ impl ReferenceModel {
         } else {
             (q, k)
         };
+        if let Some(c) = spec.clip_qkv {
+            for x in q.iter_mut().chain(k.iter_mut()).chain(v.iter_mut()) {
+                *x = x.clamp(-c, c);
+            }
+        }
         rope(&mut q, n, nh, hd, spec.rotary_dim, 0, cos, sin);
         rope(&mut k, n, nkv, hd, spec.rotary_dim, 0, cos, sin);
         let mut att = attention_with(

@@ -85,14 +85,14 @@ impl SafetensorsStore {
                 sources.push(Some(Source::GptOss(Box::new(layer))));
                 continue;
             }
-            let stacked = names.weight(l, &format!("{}.{}", tensor::SWITCH_MLP, tensor::GATE_PROJ));
+            let stacked = names.weight(l, &names.switch_mlp(tensor::GATE_PROJ));
             let fused = names.fused_experts(l, tensor::GATE_UP_PROJ);
             let (layout, layer) = if ckpt.contains(&stacked) {
                 // MLX: [E, rows, ...] codes, scales, biases per projection.
                 let mut formats = Vec::with_capacity(3);
                 let mut entries = Vec::with_capacity(3);
                 for (proj, rows, cols) in shapes {
-                    let prefix = names.layer(l, &format!("{}.{proj}", tensor::SWITCH_MLP));
+                    let prefix = names.layer(l, &names.switch_mlp(proj));
                     let (f, e) = ckpt.matrix_entries(&prefix, &[ne], rows, cols)?;
                     formats.push(f);
                     entries.push(e);

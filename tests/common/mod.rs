@@ -38,6 +38,18 @@ pub fn gpt_oss_fixtures() -> Vec<PathBuf> {
     fixtures_in("tests/fixtures_gpt_oss")
 }
 
+/// The Mixtral fixtures (HF float, released bf16, transformers' fused layout, MLX 4-bit).
+#[allow(dead_code)]
+pub fn mixtral_fixtures() -> Vec<PathBuf> {
+    fixtures_in("tests/fixtures_mixtral")
+}
+
+/// The OLMoE fixtures (HF float with clip_qkv, released bf16, MLX 4-bit).
+#[allow(dead_code)]
+pub fn olmoe_fixtures() -> Vec<PathBuf> {
+    fixtures_in("tests/fixtures_olmoe")
+}
+
 #[allow(dead_code)]
 fn fixtures_in(sub: &str) -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(sub);

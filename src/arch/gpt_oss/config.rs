@@ -57,6 +57,8 @@ pub(crate) fn parse(p: &Parser<'_>, model_type: String) -> Result<ModelConfig> {
         head_dim,
         rotary_dim: head_dim,
         qk_norm: false,
+        qk_norm_whole: false,
+        clip_qkv: None,
         output_gate: false,
         bias: attention_bias,
         sinks: true,

@@ -27,9 +27,8 @@ pub(crate) struct GptOss;
 
 /// Hugging Face names, with the router at `mlp.router`.
 const NAMES: &[Names] = &[Names {
-    prefix: "model.",
-    lm_head: "lm_head.weight",
     router: ROUTER,
+    ..Names::HF
 }];
 
 /// gpt-oss's router module.

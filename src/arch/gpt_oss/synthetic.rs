@@ -78,9 +78,8 @@ pub(crate) fn tensors(
     };
     let w = |cols: usize| 1.0 / (cols as f32).sqrt();
     let names = Names {
-        prefix: "model.",
-        lm_head: "lm_head.weight",
         router: super::ROUTER,
+        ..Names::HF
     };
     let mut out = vec![
         float(names.embed(), vec![spec.vocab_size, h], 1.0, 0.0),

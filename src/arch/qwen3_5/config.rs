@@ -139,6 +139,8 @@ pub(crate) fn parse(top: &Parser<'_>, model_type: String) -> Result<ModelConfig>
         head_dim,
         rotary_dim,
         qk_norm: true,
+        qk_norm_whole: false,
+        clip_qkv: None,
         output_gate: true,
         bias: p.opt_bool("attention_bias")?.unwrap_or(false),
         sinks: false,

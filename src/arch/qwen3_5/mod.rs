@@ -28,16 +28,8 @@ pub(crate) struct Qwen35;
 /// Names of the released (vision-language) checkpoints, of mlx-community's, and flat text
 /// checkpoints.
 const NAMES: &[Names] = &[
-    Names {
-        prefix: "model.language_model.",
-        lm_head: "lm_head.weight",
-        router: tensor::ROUTER,
-    },
-    Names {
-        prefix: "language_model.model.",
-        lm_head: "language_model.lm_head.weight",
-        router: tensor::ROUTER,
-    },
+    Names::hf_at("model.language_model.", "lm_head.weight"),
+    Names::hf_at("language_model.model.", "language_model.lm_head.weight"),
     Names::HF,
 ];
 

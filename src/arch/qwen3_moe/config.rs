@@ -84,6 +84,8 @@ pub(crate) fn plan(cfg: &ModelConfig) -> Vec<LayerPlan> {
         head_dim: cfg.head_dim,
         rotary_dim: cfg.rotary_dim,
         qk_norm: true,
+        qk_norm_whole: false,
+        clip_qkv: None,
         output_gate: false,
         bias: cfg.attention_bias,
         sinks: false,
