@@ -7,6 +7,7 @@
 //! cargo bench --bench decode -- --model qwen3.5-397b-a17b-8l   # 8 of Qwen3.5-397B's 60 layers
 //! cargo bench --bench decode -- --model gpt-oss-20b            # gpt-oss-20b shape, MXFP4 (~10 GB experts)
 //! cargo bench --bench decode -- --model gpt-oss-120b-12l       # 12 of gpt-oss-120b's 36 layers (~20 GB)
+//! cargo bench --bench decode -- --model glm-4.5-air-12l        # 12 of GLM-4.5-Air's 46 layers, 4-bit (~14 GB)
 //! MOESTREAM_PROFILE=1 cargo bench --bench decode -- --resident-only   # GPU time per kernel
 //! cargo bench --bench decode -- --resident-only --long-context   # also after 2048 / 8192 tokens
 //! cargo bench --bench decode -- --kv-f16     # the KV cache in f16 (ModelBuilder::kv_cache_dtype)
@@ -56,11 +57,12 @@ fn main() -> Result<()> {
                 SyntheticSpec::qwen3_5_397b_a17b_4bit(8),
             ),
             "gpt-oss-20b" => ("gpt-oss-20b-mxfp4", SyntheticSpec::gpt_oss_20b()),
+            "glm-4.5-air-12l" => ("glm-4.5-air-12l-4bit", SyntheticSpec::glm4_5_air_4bit(12)),
             "gpt-oss-120b-12l" => ("gpt-oss-120b-12l-mxfp4", SyntheticSpec::gpt_oss_120b(12)),
             "gpt-oss-120b" => ("gpt-oss-120b-mxfp4", SyntheticSpec::gpt_oss_120b(36)),
             other => {
                 return Err(moestream::Error::InvalidArgument(format!(
-                    "--model {other}: one of qwen3-30b-a3b, qwen3.5-35b-a3b, qwen3.5-397b-a17b-8l, gpt-oss-20b, gpt-oss-120b-12l, gpt-oss-120b"
+                    "--model {other}: one of qwen3-30b-a3b, qwen3.5-35b-a3b, qwen3.5-397b-a17b-8l, gpt-oss-20b, gpt-oss-120b-12l, gpt-oss-120b, glm-4.5-air-12l"
                 )))
             }
         }
@@ -89,8 +91,8 @@ fn main() -> Result<()> {
     };
     let embed_bytes = fmt.stored_bytes(v, h) as u64;
     let experts_total = spec.expert_bytes();
-    let per_expert = experts_total / (spec.num_layers * spec.num_experts) as u64;
-    let routed = (spec.num_layers * spec.top_k) as u64 * per_expert;
+    let per_expert = experts_total / (spec.moe_layers() * spec.num_experts) as u64;
+    let routed = (spec.moe_layers() * spec.top_k) as u64 * per_expert;
 
     // `--spin-us N`: how long readback waits poll before blocking
     // (`ModelBuilder::readback_spin`; default 300).

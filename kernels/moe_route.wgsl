@@ -26,7 +26,11 @@ struct Params {
     log_base: u32,  // where this layer's chosen ids go in route_log (after the miss flags)
     n_experts: u32,
     routing: u32, // as router.wgsl
-    shared_expert: u32,
+    shared_expert: u32, // 1 gated, 2 ungated
+    groups: u32,
+    topk_groups: u32,
+    scale: f32,
+    pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,13 +43,16 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> route_log: array<u32>;
 // Per page: (gate_up_x, count, 1, down_x, count, 1).
 @group(0) @binding(7) var<storage, read_write> args: array<u32>;
+@group(0) @binding(8) var<storage, read> corr: array<f32>; // correction bias (routing 3, 4)
 
 const NONE: u32 = 0xffffffffu;
 
 @compute @workgroup_size(128)
 fn main(@builtin(local_invocation_index) lid: u32) {
-    route_top_k(0u, p.n_experts, p.top_k, p.routing, p.shared_expert != 0u, lid);
-    let choices = p.top_k + p.shared_expert;
+    route_top_k(0u, p.n_experts, p.top_k, p.routing, p.shared_expert,
+                Groups(p.groups, p.topk_groups, p.scale), lid);
+    let with_shared = min(p.shared_expert, 1u);
+    let choices = p.top_k + with_shared;
     // Look the chosen experts up in parallel; tk_id[k] becomes the slot (0 for a miss).
     for (var k = lid; k < choices; k += TK_WG) {
         let id = tk_id[k];
@@ -53,7 +60,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             route_log[p.log_base + k] = id;
         }
         // An empty choice (NaN logits) is a miss.
-        let last = p.n_experts + p.shared_expert - 1u;
+        let last = p.n_experts + with_shared - 1u;
         var slot = select(table[p.table_base + min(id, last)], NONE, id == NONE);
         let pg = slot / p.slots_per_page;
         let recorded = pg >= 32u || ((p.page_mask >> pg) & 1u) != 0u;

@@ -9,10 +9,14 @@
 struct Params {
     n_experts: u32,
     top_k: u32,
-    routing: u32, // 0 probabilities, 1 renormalized, 2 softmax over the k (include/top_k.wgsl)
+    routing: u32, // 0 probabilities, 1 renormalized, 2 softmax over the k, 3/4 sigmoid groups (include/top_k.wgsl)
     n_tokens: u32,
     logit_stride: u32,
-    shared_expert: u32,
+    shared_expert: u32, // 1 gated, 2 ungated
+    groups: u32,
+    topk_groups: u32,
+    scale: f32,
+    pad0: u32,
     pad1: u32,
     pad2: u32,
 }
@@ -21,6 +25,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> weights: array<f32>;
+@group(0) @binding(4) var<storage, read> corr: array<f32>; // correction bias (routing 3, 4)
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -29,9 +34,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (t >= p.n_tokens) {
         return;
     }
-    route_top_k(t * p.logit_stride, p.n_experts, p.top_k, p.routing,
-                p.shared_expert != 0u, lid);
-    let choices = p.top_k + p.shared_expert;
+    route_top_k(t * p.logit_stride, p.n_experts, p.top_k, p.routing, p.shared_expert,
+                Groups(p.groups, p.topk_groups, p.scale), lid);
+    let choices = p.top_k + min(p.shared_expert, 1u);
     for (var k = lid; k < choices; k += TK_WG) {
         ids[t * choices + k] = tk_id[k];
         weights[t * choices + k] = tk_w[k];

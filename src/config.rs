@@ -275,6 +275,30 @@ impl<'a> Parser<'a> {
         self.rope_or(10000.0)
     }
 
+    /// The dims of a head RoPE rotates: `int(head_dim * partial_rotary_factor)` (as
+    /// transformers), the factor from the config (top level, `rope_parameters` or
+    /// `rope_scaling`) or else the family's default; an even number in `2..=head_dim`.
+    pub fn rotary_dim(
+        &self,
+        rope: &RopeParams,
+        head_dim: usize,
+        default_partial: f64,
+    ) -> Result<usize> {
+        let given = self.get("partial_rotary_factor").is_some()
+            || ["rope_parameters", "rope_scaling"].iter().any(|k| {
+                self.get(k)
+                    .is_some_and(|r| r.get("partial_rotary_factor").is_some())
+            });
+        let partial = if given { rope.partial } else { default_partial };
+        let rotary_dim = (head_dim as f64 * partial) as usize;
+        if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
+            return Err(self.err(format!(
+                "partial_rotary_factor {partial} of head_dim {head_dim} gives {rotary_dim} rotary dims; an even number in 2..={head_dim} is needed"
+            )));
+        }
+        Ok(rotary_dim)
+    }
+
     /// [`Parser::rope`] with a family's default base.
     pub fn rope_or(&self, default_theta: f64) -> Result<RopeParams> {
         let mut theta = self.opt_f64("rope_theta")?;

@@ -50,6 +50,27 @@ pub struct SyntheticSpec {
     /// `Some`: a gpt-oss model (then `quant` and `linear_attention` are ignored; its
     /// attention and router are bf16, its experts MXFP4 or bf16).
     pub gpt_oss: Option<SyntheticGptOss>,
+    /// `Some`: a GLM-4.5 MoE model (`linear_attention` ignored): a dense first layer,
+    /// sigmoid routing with a correction bias, one ungated shared expert per MoE layer,
+    /// written by `arch::glm4_moe::synthetic`.
+    pub glm4_moe: Option<SyntheticGlm>,
+}
+
+/// The GLM-4.5 part of a [`SyntheticSpec`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyntheticGlm {
+    /// Width of the dense first layer's MLP (`intermediate_size`).
+    pub dense_intermediate_size: usize,
+}
+
+impl SyntheticGlm {
+    /// A dense layer of `width`.
+    pub fn new(width: usize) -> Self {
+        SyntheticGlm {
+            dense_intermediate_size: width,
+        }
+    }
 }
 
 /// The gpt-oss part of a [`SyntheticSpec`].
@@ -124,6 +145,7 @@ impl Default for SyntheticSpec {
             seed: 0x6d6f_6573,
             linear_attention: None,
             gpt_oss: None,
+            glm4_moe: None,
         }
     }
 }
@@ -148,6 +170,7 @@ impl SyntheticSpec {
             seed: 0x3330_6233,
             linear_attention: None,
             gpt_oss: None,
+            glm4_moe: None,
         }
     }
 
@@ -171,6 +194,7 @@ impl SyntheticSpec {
             seed: 0x3335_6133,
             linear_attention: Some(SyntheticLinear::qwen3_5(32, 512)),
             gpt_oss: None,
+            glm4_moe: None,
         }
     }
 
@@ -195,6 +219,7 @@ impl SyntheticSpec {
             seed: 0x3339_3761,
             linear_attention: Some(SyntheticLinear::qwen3_5(64, 1024)),
             gpt_oss: None,
+            glm4_moe: None,
         }
     }
 
@@ -217,6 +242,31 @@ impl SyntheticSpec {
             seed: 0x6f73_7331,
             linear_attention: None,
             gpt_oss: Some(SyntheticGptOss::released()),
+            glm4_moe: None,
+        }
+    }
+
+    /// The shape of GLM-4.5-Air (hidden 4096, 128 experts, top-8, expert and shared expert
+    /// width 1408, a dense first layer of 10944, 96/8 heads of 128, vocab 151552) with
+    /// `layers` of its 46 layers, at MLX 4-bit, group 64, bf16 scales: 1.25 GB of experts
+    /// per MoE layer.
+    pub fn glm4_5_air_4bit(layers: usize) -> Self {
+        SyntheticSpec {
+            vocab_size: 151552,
+            hidden_size: 4096,
+            num_layers: layers,
+            num_heads: 96,
+            num_kv_heads: 8,
+            head_dim: 128,
+            num_experts: 128,
+            top_k: 8,
+            moe_intermediate_size: 1408,
+            dtype: DType::BF16,
+            quant: Some((4, 64)),
+            seed: 0x676c_6d61,
+            linear_attention: None,
+            gpt_oss: None,
+            glm4_moe: Some(SyntheticGlm::new(10944)),
         }
     }
 
@@ -333,6 +383,9 @@ impl SyntheticSpec {
     pub fn config_json(&self) -> String {
         if let Some(g) = &self.gpt_oss {
             return crate::arch::gpt_oss::synthetic::config_json(self, g).to_string();
+        }
+        if let Some(g) = &self.glm4_moe {
+            return crate::arch::glm4_moe::synthetic::config_json(self, g).to_string();
         }
         let dtype = match self.dtype {
             DType::F32 => "float32",
@@ -519,6 +572,9 @@ impl SyntheticSpec {
                 }
             }
         };
+        if let Some(g) = &self.glm4_moe {
+            return crate::arch::glm4_moe::synthetic::tensors(self, g, &lazy, &matrix);
+        }
         let w = |cols: usize| 1.0 / (cols as f32).sqrt();
         let q = self.quant;
         let rq = q.map(|(b, g)| self.router_quant(b, g));
@@ -683,6 +739,11 @@ impl SyntheticSpec {
         }
     }
 
+    /// Decoder layers with routed experts (GLM-4.5's first layer is dense).
+    pub fn moe_layers(&self) -> usize {
+        self.num_layers - usize::from(self.glm4_moe.is_some() && self.num_layers > 0)
+    }
+
     /// Bytes of all expert weights (as the engine lays them out).
     pub fn expert_bytes(&self) -> u64 {
         let f = self.expert_format();
@@ -693,7 +754,7 @@ impl SyntheticSpec {
             ExpertLayout::swiglu_with([f, f, f], h, i)
         }
         .map_or(0, |l| l.bytes);
-        (self.num_layers * self.num_experts * one) as u64
+        (self.moe_layers() * self.num_experts * one) as u64
     }
 
     /// Writes `config.json` and `model.safetensors` into `dir` (created). The folder is

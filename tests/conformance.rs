@@ -120,6 +120,30 @@ fn olmoe_fixtures_match_golden_with_full_and_tight_cache() {
     }
 }
 
+/// GLM-4.5 MoE in its layouts (transformers' save with 4 expert groups and 2 shared
+/// experts, the released bf16 one with its multi-token-prediction layer skipped, MLX
+/// 4-bit): sigmoid routing with the correction bias, group limits and scaling, ungated
+/// shared experts (in the cache where stored like the routed ones, else a dense MLP),
+/// dense first layers, RoPE over half of each head. Full and one-slot caches give
+/// identical logits.
+#[test]
+fn glm4_moe_fixtures_match_golden_with_full_and_tight_cache() {
+    for dir in common::glm4_moe_fixtures() {
+        let golden = Golden::load(&dir).unwrap();
+        let (full, full_report) = run(&dir, &golden, None);
+        assert_eq!(full.cache_stats().evictions, 0);
+        let slot = common::slot_bytes(&full);
+        let (tight, tight_report) = run(&dir, &golden, Some(slot));
+        assert_eq!(tight.expert_cache_slots(), 1);
+        assert_eq!(
+            full_report.max_abs_diff,
+            tight_report.max_abs_diff,
+            "{}: logits must not depend on the cache budget",
+            dir.display()
+        );
+    }
+}
+
 /// The 4-bit MLX Mixtral fixture with the builder's default activations (8+8-bit decode
 /// rows where the GPU has integer dot products): every checked argmax agrees and the
 /// logits stay within 5e-3 (measured 4.2e-3 on lavapipe; see above).

@@ -1538,7 +1538,7 @@ fn check_router(
             ..Default::default()
         }
         .words(),
-        &[&f32_bytes(logits), &u32_bytes(&ids0), &f32_bytes(&w0)],
+        &[&f32_bytes(logits), &u32_bytes(&ids0), &f32_bytes(&w0), &[]],
         groups,
     );
     let (ids, w) = (to_u32(&out[1]), to_f32(&out[2]));
@@ -1628,7 +1628,7 @@ fn router_with_shared_expert() {
                 ..Default::default()
             }
             .words(),
-            &[&f32_bytes(&rows), &u32_bytes(&ids0), &f32_bytes(&w0)],
+            &[&f32_bytes(&rows), &u32_bytes(&ids0), &f32_bytes(&w0), &[]],
             grid(n_tokens),
         );
         let case = format!("experts {ne} top_k {top_k} norm {norm}");
@@ -1675,7 +1675,7 @@ fn router_topk_then_softmax() {
                 ..Default::default()
             }
             .words(),
-            &[&f32_bytes(&logits), &u32_bytes(&ids0), &f32_bytes(&w0)],
+            &[&f32_bytes(&logits), &u32_bytes(&ids0), &f32_bytes(&w0), &[]],
             grid(n_tokens),
         );
         let case = format!("experts {ne} top_k {top_k}");
@@ -1686,6 +1686,107 @@ fn router_topk_then_softmax() {
         ck.untouched(&case, &w, &w0, &written);
         ck.close(&case, &w[..len], &want_w, ROUTER_WEIGHTS);
     }
+    ck.report();
+}
+
+/// GLM-4.5 / DeepSeek-V3 routing: sigmoid scores plus a correction bias (positive and
+/// negative) for the choice, group limits (1, 4 and 8 groups), renormalized or not, a
+/// scale, and an ungated shared expert (weight 1) as one more choice; against
+/// `reference::router_sigmoid_groups`. The bias and the group limit each change the
+/// choice (checked against the reference without them).
+#[test]
+fn router_sigmoid_groups() {
+    use moestream::gpu::params::{ROUTING_SIGMOID, ROUTING_SIGMOID_NORM};
+    let mut ck = Checker::new("router sigmoid");
+    let mut rng = Rng::new(73);
+    let (mut bias_mattered, mut groups_mattered) = (false, false);
+    for &(ne, top_k, groups, topk_groups, norm, shared) in &[
+        (16usize, 4usize, 1usize, 1usize, true, false),
+        (32, 4, 4, 2, true, true),
+        (64, 6, 8, 3, false, false),
+        (256, 8, 8, 4, true, true),
+        (12, 3, 4, 2, false, true),
+    ] {
+        let n_tokens = 4;
+        let logits = ladder_logits(&mut rng, n_tokens, ne);
+        let corr = rng.vec(ne, 0.5);
+        let scale = 2.5;
+        let (want_ids, want_w) = reference::router_sigmoid_groups(
+            &logits,
+            &corr,
+            ne,
+            top_k,
+            (groups, topk_groups),
+            norm,
+            scale,
+        );
+        let plain = reference::router_sigmoid_groups(
+            &logits,
+            &vec![0.0; ne],
+            ne,
+            top_k,
+            (groups, topk_groups),
+            norm,
+            scale,
+        );
+        bias_mattered |= plain.0 != want_ids;
+        let ungrouped =
+            reference::router_sigmoid_groups(&logits, &corr, ne, top_k, (1, 1), norm, scale);
+        groups_mattered |= groups > 1 && ungrouped.0 != want_ids;
+        let kk = top_k + usize::from(shared);
+        let len = n_tokens * kk;
+        let (ids0, w0) = (vec![u32::MAX - 1; len + 1], vec![-7.0f32; len + 1]);
+        let out = run(
+            Kernel::Router,
+            None,
+            RouterParams {
+                n_experts: ne as u32,
+                top_k: top_k as u32,
+                routing: if norm {
+                    ROUTING_SIGMOID_NORM
+                } else {
+                    ROUTING_SIGMOID
+                },
+                n_tokens: n_tokens as u32,
+                logit_stride: ne as u32,
+                shared_expert: if shared { 2 } else { 0 },
+                groups: groups as u32,
+                topk_groups: topk_groups as u32,
+                scale,
+                ..Default::default()
+            }
+            .words(),
+            &[
+                &f32_bytes(&logits),
+                &u32_bytes(&ids0),
+                &f32_bytes(&w0),
+                &f32_bytes(&corr),
+            ],
+            grid(n_tokens),
+        );
+        let case = format!(
+            "experts {ne} top_k {top_k} groups {topk_groups}/{groups} norm {norm} shared {shared}"
+        );
+        let (ids, w) = (to_u32(&out[1]), to_f32(&out[2]));
+        let mut got_ids = Vec::new();
+        let mut got_w = Vec::new();
+        for t in 0..n_tokens {
+            got_ids.extend_from_slice(&ids[t * kk..t * kk + top_k]);
+            got_w.extend_from_slice(&w[t * kk..t * kk + top_k]);
+            if shared {
+                assert_eq!(
+                    ids[t * kk + top_k],
+                    ne as u32,
+                    "[{case}]: the shared expert"
+                );
+                assert_eq!(w[t * kk + top_k], 1.0, "[{case}]: the shared weight");
+            }
+        }
+        assert_eq!(got_ids, want_ids, "router [{case}]: ids");
+        assert_eq!(ids[len], ids0[len], "router [{case}]: past the last token");
+        ck.close(&case, &got_w, &want_w, ROUTER_WEIGHTS);
+    }
+    assert!(bias_mattered && groups_mattered);
     ck.report();
 }
 
@@ -2285,6 +2386,7 @@ fn moe_route() {
                         &f32_bytes(&logits),
                         &u32_bytes(&vec![0u32; kk]),
                         &f32_bytes(&vec![0f32; kk]),
+                        &[],
                     ],
                     (1, 1),
                 );
@@ -2328,6 +2430,7 @@ fn moe_route() {
                         n_experts: ne as u32,
                         routing,
                         shared_expert: u32::from(shared),
+                        ..Default::default()
                     }
                     .words(),
                     &[
@@ -2338,6 +2441,7 @@ fn moe_route() {
                         &u32_bytes(&route0),
                         &u32_bytes(&miss0),
                         &u32_bytes(&args0),
+                        &[],
                     ],
                     (1, 1),
                 );

@@ -169,6 +169,7 @@ fn every_fixture_round_trips_bit_identically() {
         .chain(common::gpt_oss_fixtures())
         .chain(common::mixtral_fixtures())
         .chain(common::olmoe_fixtures())
+        .chain(common::glm4_moe_fixtures())
     {
         let name = src.file_name().unwrap().to_str().unwrap().to_string();
         let dir = tmp.copy_fixture(&src, &name);

@@ -68,6 +68,7 @@ fn fixture_dirs() -> Vec<PathBuf> {
         "tests/fixtures_gpt_oss",
         "tests/fixtures_mixtral",
         "tests/fixtures_olmoe",
+        "tests/fixtures_glm4_moe",
     ] {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(sub);
         dirs.extend(

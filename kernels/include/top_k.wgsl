@@ -2,8 +2,13 @@
 // moe_route.wgsl; not a kernel itself): softmax over the experts' logits in f32, the top_k
 // experts (ties to the lower index), weighted by `routing`: 0 their probabilities, 1 those
 // renormalized to sum to 1, 2 a softmax over their k logits only (gpt-oss: the maximum of
-// the k, then exp and sum in rank order, as the CPU reference). Both kernels share this code so that the routing-readback path and the resident
-// path choose the same experts with bit-identical weights.
+// the k, then exp and sum in rank order, as the CPU reference). Routing 3 and 4 (GLM-4.5,
+// DeepSeek-V3) rank `sigmoid(logit) + corr[e]` (the kernel's correction-bias binding)
+// instead, among the experts of the `topk_groups` best of `groups` equal groups (a group's
+// score: the sum of its two best; ties to the lower group), and weigh the chosen by their
+// sigmoids, with 4 renormalized (sum + 1e-20, in rank order), times `scale`. Both kernels
+// share this code so that the routing-readback path and the resident path choose the same
+// experts with bit-identical weights.
 //
 // The top k are found by rank, not by k rounds of a workgroup-wide arg-max: each
 // invocation counts, for each of its experts, the experts that beat it, 16 comparisons
@@ -13,8 +18,9 @@
 // Invocations of the routing workgroup.
 const TK_WG: u32 = 128u;
 
-// The experts' logits, then probabilities, 4 per vec4 (padded to a multiple of 16 with
-// -3, below every probability and every NaN's -1).
+// The experts' logits, then their ranking scores (probabilities, or biased sigmoids), 4
+// per vec4, padded to a multiple of 16 with PAD; a NaN's score is NEVER (both below
+// every real score: only scores above RANKS rank).
 var<workgroup> tk_probs: array<vec4<f32>, 256>;
 var<workgroup> tk_max: array<f32, 128>;
 var<workgroup> tk_sum: array<f32, 128>;
@@ -23,12 +29,25 @@ var<workgroup> tk_sum: array<f32, 128>;
 var<workgroup> tk_id: array<u32, 1024>;
 var<workgroup> tk_w: array<f32, 1024>;
 
+const PAD: f32 = -3.4e38;
+const NEVER: f32 = -3.0e38;
+const RANKS: f32 = -1.0e38;
+
+// Expert groups of the sigmoid routings (`groups` 1: no group limit).
+struct Groups {
+    groups: u32,
+    topk_groups: u32,
+    scale: f32,
+}
+
 // Routes the token whose logits start at logits[lb] over n experts (<= 1024); top_k <= n.
-// With `with_shared` (a shared expert riding in the expert cache, Qwen3.5, Qwen3-Next), choice
+// With `shared` 1 (a shared expert riding in the expert cache, Qwen3.5, Qwen3-Next), choice
 // top_k (< 1024) is one more: expert n, weighted by the sigmoid of the logit after the
-// routed ones, logits[lb + n]; sigmoid(v) = 1 / (1 + exp(-v)). Call from uniform control
-// flow with all TK_WG invocations.
-fn route_top_k(lb: u32, n: u32, top_k: u32, routing: u32, with_shared: bool, lid: u32) {
+// routed ones, logits[lb + n]; sigmoid(v) = 1 / (1 + exp(-v)); with `shared` 2 (an
+// ungated shared expert, GLM-4.5) weighted 1. Call from uniform control flow with all
+// TK_WG invocations.
+fn route_top_k(lb: u32, n: u32, top_k: u32, routing: u32, shared_mode: u32, g: Groups, lid: u32) {
+    let sigmoid_routing = routing == 3u || routing == 4u;
     // The softmax's max and sum in one pass (each invocation's running pair, rescaled as
     // its max grows) and one reduction tree over the pairs; the logits stay in workgroup
     // memory for the second pass.
@@ -57,13 +76,52 @@ fn route_top_k(lb: u32, n: u32, top_k: u32, routing: u32, with_shared: bool, lid
     mx = tk_max[0];
     let total = tk_sum[0];
     for (var e = lid; e < n; e += TK_WG) {
-        let v = exp(tk_probs[e >> 2u][e & 3u] - mx) / total;
+        var v = exp(tk_probs[e >> 2u][e & 3u] - mx) / total;
+        if (sigmoid_routing) {
+            v = 1.0 / (1.0 + exp(-logits[lb + e])) + corr[e];
+        }
         // A NaN (from a NaN logit, or an all -inf row) never ranks.
-        tk_probs[e >> 2u][e & 3u] = select(-1.0, v, v == v);
+        tk_probs[e >> 2u][e & 3u] = select(NEVER, v, v == v);
     }
     let n16 = (n + 15u) & ~15u;
     for (var e = n + lid; e < n16; e += TK_WG) {
-        tk_probs[e >> 2u][e & 3u] = -3.0;
+        tk_probs[e >> 2u][e & 3u] = PAD;
+    }
+    if (sigmoid_routing && g.groups > 1u) {
+        workgroupBarrier();
+        // Group scores (the sum of each group's two best) into tk_sum, then the kept
+        // groups (rank < topk_groups) as 1.0 in tk_max; the others' experts never rank.
+        let gsize = n / g.groups;
+        for (var q = lid; q < g.groups; q += TK_WG) {
+            var b1 = NEVER;
+            var b2 = NEVER;
+            for (var e = q * gsize; e < (q + 1u) * gsize; e++) {
+                let v = tk_probs[e >> 2u][e & 3u];
+                if (v > b1) {
+                    b2 = b1;
+                    b1 = v;
+                } else if (v > b2) {
+                    b2 = v;
+                }
+            }
+            tk_sum[q] = b1 + b2;
+        }
+        workgroupBarrier();
+        for (var q = lid; q < g.groups; q += TK_WG) {
+            let sq = tk_sum[q];
+            var rank = 0u;
+            for (var o = 0u; o < g.groups; o++) {
+                let so = tk_sum[o];
+                rank += u32(so > sq || (so == sq && o < q));
+            }
+            tk_max[q] = select(0.0, 1.0, rank < g.topk_groups);
+        }
+        workgroupBarrier();
+        for (var e = lid; e < n; e += TK_WG) {
+            if (tk_max[e / gsize] == 0.0) {
+                tk_probs[e >> 2u][e & 3u] = NEVER;
+            }
+        }
     }
     for (var k = lid; k < top_k; k += TK_WG) {
         tk_id[k] = 0xffffffffu;
@@ -72,7 +130,7 @@ fn route_top_k(lb: u32, n: u32, top_k: u32, routing: u32, with_shared: bool, lid
     workgroupBarrier();
     for (var e = lid; e < n; e += TK_WG) {
         let v = tk_probs[e >> 2u][e & 3u];
-        if (v >= 0.0) {
+        if (v > RANKS) {
             // Count the experts that beat this one: all of them, 16 per iteration with
             // independent loads (stopping once k beat it, with an exit test per 4
             // comparisons, made the routing kernel 7.7 us instead of 6.3 on an H200).
@@ -129,10 +187,29 @@ fn route_top_k(lb: u32, n: u32, top_k: u32, routing: u32, with_shared: bool, lid
         }
         workgroupBarrier();
     }
-    if (with_shared) {
+    if (sigmoid_routing) {
+        // The chosen experts' unbiased sigmoids, renormalized (routing 4) in rank order,
+        // times the scale.
+        var chosen = 0.0;
+        for (var k = 0u; k < top_k; k++) {
+            if (tk_id[k] != 0xffffffffu) {
+                chosen += 1.0 / (1.0 + exp(-logits[lb + tk_id[k]]));
+            }
+        }
+        let denom = select(1.0, chosen + 1e-20, routing == 4u);
+        workgroupBarrier();
+        for (var k = lid; k < top_k; k += TK_WG) {
+            if (tk_id[k] != 0xffffffffu) {
+                let s = 1.0 / (1.0 + exp(-logits[lb + tk_id[k]]));
+                tk_w[k] = s / denom * g.scale;
+            }
+        }
+        workgroupBarrier();
+    }
+    if (shared_mode != 0u) {
         if (lid == 0u) {
             tk_id[top_k] = n;
-            tk_w[top_k] = 1.0 / (1.0 + exp(-logits[lb + n]));
+            tk_w[top_k] = select(1.0 / (1.0 + exp(-logits[lb + n])), 1.0, shared_mode == 2u);
         }
         workgroupBarrier();
     }

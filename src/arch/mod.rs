@@ -8,6 +8,7 @@
 //! (docs/architecture.md, "Adding a family"). This module's public part is the plan: the
 //! blocks a layer can run and their variants.
 
+pub(crate) mod glm4_moe;
 pub(crate) mod gpt_oss;
 mod mixtral;
 mod names;
@@ -79,11 +80,12 @@ static FAMILIES: &[&dyn Family] = &[
     &gpt_oss::GptOss,
     &mixtral::Mixtral,
     &olmoe::Olmoe,
+    &glm4_moe::Glm4Moe,
 ];
 
 /// The model types this version runs, for messages.
 pub(crate) const SUPPORTED: &str =
-    "qwen3_moe, qwen3_5_moe, qwen3_5_moe_text, qwen3_next, gpt_oss, mixtral, olmoe";
+    "qwen3_moe, qwen3_5_moe, qwen3_5_moe_text, qwen3_next, gpt_oss, mixtral, olmoe, glm4_moe";
 
 /// The family of a `model_type`.
 pub(crate) fn family(model_type: &str) -> Option<&'static dyn Family> {

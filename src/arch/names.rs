@@ -19,6 +19,9 @@ pub(crate) struct Names {
     /// An expert's gate, up and down projections in per-expert checkpoints
     /// (`gate_proj`, `up_proj`, `down_proj`; Mixtral's `w1`, `w3`, `w2`).
     pub expert_projs: [&'static str; 3],
+    /// The shared expert's module path in a layer ([`tensor::SHARED_EXPERT`]; GLM-4.5's
+    /// and DeepSeek-V3's `mlp.shared_experts`).
+    pub shared: &'static str,
 }
 
 impl Names {
@@ -29,6 +32,7 @@ impl Names {
         router: tensor::ROUTER,
         moe: tensor::MLP,
         expert_projs: [tensor::GATE_PROJ, tensor::UP_PROJ, tensor::DOWN_PROJ],
+        shared: tensor::SHARED_EXPERT,
     };
 
     /// [`Names::HF`] with another decoder prefix and LM head.

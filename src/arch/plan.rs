@@ -38,8 +38,11 @@ pub struct AttentionSpec {
     /// q_proj also yields a per-head output gate (rows `[q | gate]` per head); the attention
     /// output is multiplied by `sigmoid(gate)` before o_proj (Qwen3.5, Qwen3-Next).
     pub output_gate: bool,
-    /// q/k/v/o projections carry biases.
+    /// q/k/v projections carry biases.
     pub bias: bool,
+    /// o_proj carries a bias (with `bias` in every family but GLM-4.5's, whose
+    /// `attention_bias` covers q/k/v only).
+    pub o_bias: bool,
     /// A learned logit per query head (`self_attn.sinks`) joins each softmax's
     /// denominator, with no value (gpt-oss).
     pub sinks: bool,
@@ -105,7 +108,7 @@ pub enum Ffn {
 }
 
 /// How a MoE block turns router logits into expert weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum RouterKind {
     /// Softmax over every expert, then the top k (renormalized with `norm_topk_prob`):
@@ -113,6 +116,18 @@ pub enum RouterKind {
     SoftmaxTopK,
     /// The top k logits, then a softmax over those k only: gpt-oss.
     TopKSoftmax,
+    /// GLM-4.5, DeepSeek-V3: experts ranked by `sigmoid(logit) + e_score_correction_bias`
+    /// (the router's `e_score_correction_bias`), among the `topk_groups` best of `groups`
+    /// equal groups (a group's score the sum of its two best), weighted by their unbiased
+    /// sigmoids (renormalized with `norm_topk_prob`) times `scale`.
+    Sigmoid {
+        /// `n_group`.
+        groups: usize,
+        /// `topk_group`.
+        topk_groups: usize,
+        /// `routed_scaling_factor`.
+        scale: f32,
+    },
 }
 
 /// The activation of an expert's gate and up projections.
@@ -144,8 +159,11 @@ pub struct MoeSpec {
     /// Renormalize the top-k softmax weights to sum to 1.
     pub norm_topk_prob: bool,
     /// A shared expert every token runs, of this width (`None`: none), its output scaled by
-    /// `sigmoid(shared_expert_gate . x)`.
+    /// `sigmoid(shared_expert_gate . x)` where `shared_gate`.
     pub shared_expert: Option<usize>,
+    /// The shared expert has a sigmoid gate (Qwen3.5, Qwen3-Next; GLM-4.5's and
+    /// DeepSeek-V3's have none).
+    pub shared_gate: bool,
     /// How the router's logits become weights.
     pub router: RouterKind,
     /// The router carries a bias.

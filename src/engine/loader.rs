@@ -5,7 +5,9 @@
 use super::weights::{
     Attention, DenseMlp, GateUp, LinearAttention, LinearConsts, Moe, Qkv, Shared, SharedExpert,
 };
-use crate::arch::{tensor, AttentionSpec, LinearAttentionSpec, MoeSpec, Names, RowSlice};
+use crate::arch::{
+    tensor, AttentionSpec, LinearAttentionSpec, MoeSpec, Names, RouterKind, RowSlice,
+};
 use crate::checkpoint::{Checkpoint, MatrixView};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -205,14 +207,50 @@ impl Loader<'_> {
         } else {
             None
         };
+        let correction = match spec.router {
+            RouterKind::Sigmoid { .. } => {
+                Some(self.vector(&format!("{router}.e_score_correction_bias"), spec.experts)?)
+            }
+            _ => None,
+        };
         let Some(inter) = spec.shared_expert else {
             return Ok(Moe {
                 spec: *spec,
                 router: self.matrix(&format!("{router}.weight"), spec.experts, h)?,
                 router_bias,
+                correction,
                 shared: None,
             });
         };
+        if !spec.shared_gate {
+            // An ungated shared expert: in the cache when stored like the routed experts
+            // (weight 1), else a dense MLP of its own.
+            let views = shared_expert_views(self.ckpt, self.names, l, h, inter)?;
+            let cached = self
+                .store
+                .layout(l)
+                .is_some_and(|lay| stored_like(&views, lay));
+            let shared = if cached {
+                Shared::Cached
+            } else {
+                let p = self.names.layer(l, self.names.shared);
+                let up = |k: usize, proj: &str| {
+                    GpuMatrix::upload(self.gpu, &format!("{p}.{proj}.weight"), &views[k])
+                };
+                Shared::Dense(Box::new(DenseMlp {
+                    gate: up(0, tensor::GATE_PROJ)?,
+                    up: up(1, tensor::UP_PROJ)?,
+                    down: up(2, tensor::DOWN_PROJ)?,
+                }))
+            };
+            return Ok(Moe {
+                spec: *spec,
+                router: self.matrix(&format!("{router}.weight"), spec.experts, h)?,
+                router_bias,
+                correction,
+                shared: Some(shared),
+            });
+        }
         if router_bias.is_some() {
             // The shared gate rides as the router's last row, which a bias of `experts`
             // values does not cover.
@@ -239,11 +277,12 @@ impl Loader<'_> {
                     spec: *spec,
                     router,
                     router_bias,
+                    correction,
                     shared: Some(Shared::Cached),
                 });
             }
         }
-        let mut shared = self.shared_expert(&self.names.layer(l, tensor::SHARED_EXPERT), &views)?;
+        let mut shared = self.shared_expert(&self.names.layer(l, self.names.shared), &views)?;
         let router = match self.fuse_rows(&fused_label, &both)? {
             Some(fused) => fused,
             None => {
@@ -255,6 +294,7 @@ impl Loader<'_> {
             spec: *spec,
             router,
             router_bias,
+            correction,
             shared: Some(Shared::Resident(Box::new(shared))),
         })
     }
@@ -342,7 +382,11 @@ impl Loader<'_> {
             spec: *spec,
             qkv,
             o: self.matrix(&names.weight(l, tensor::O_PROJ), h, qd)?,
-            o_bias: opt_vector(&names.bias(l, tensor::O_PROJ), h)?,
+            o_bias: if spec.o_bias {
+                Some(self.vector(&names.bias(l, tensor::O_PROJ), h)?)
+            } else {
+                None
+            },
             q_norm: if spec.qk_norm {
                 let width = if spec.qk_norm_whole { qd } else { hd };
                 Some(self.norm(&names.weight(l, tensor::Q_NORM), width)?)
@@ -373,7 +417,7 @@ fn shared_expert_views<'a>(
     h: usize,
     inter: usize,
 ) -> Result<[MatrixView<'a>; 3]> {
-    let p = names.layer(l, tensor::SHARED_EXPERT);
+    let p = names.layer(l, names.shared);
     Ok([
         ckpt.matrix(&format!("{p}.{}", tensor::GATE_PROJ), inter, h)?,
         ckpt.matrix(&format!("{p}.{}", tensor::UP_PROJ), inter, h)?,

@@ -10,6 +10,7 @@ use super::weights::{GateUp, Moe, Shared, SharedExpert};
 use crate::error::{Error, Result};
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{MoeCombineParams, MoeRouteParams, RouterParams, SharedSwiGluParams};
+use crate::gpu::GpuVec;
 
 /// Average assignments per expert of a pass from which quantized experts run as tiled
 /// mat-mats (`kernels/moe_*_qmm.wgsl`): on the H200, 64-token prefills of Qwen3-30B-A3B
@@ -37,6 +38,10 @@ impl<'a> Pass<'a> {
         let resid = match &moe.shared {
             Some(Shared::Resident(sh)) => {
                 self.shared_expert(sh, moe);
+                &s.shared_o
+            }
+            Some(Shared::Dense(mlp)) => {
+                self.dense_mlp(mlp, &s.shared_o, Some(&s.h));
                 &s.shared_o
             }
             Some(Shared::Cached) | None => &s.h,
@@ -120,17 +125,25 @@ impl<'a> Pass<'a> {
         let kk = k + usize::from(shared_slot.is_some());
         if self.resident {
             // The routing kernel routes from the logits itself.
-            return self.moe_resident(l, spec, resid, shared_slot.is_some());
+            return self.moe_resident(l, moe, resid, shared_slot.is_some());
         }
+        let (groups, topk_groups, scale) = groups(spec);
         let p = RouterParams {
             n_experts: ne as u32,
             top_k: k as u32,
             routing: routing(spec),
             n_tokens: n as u32,
             logit_stride: moe.router.rows as u32,
-            shared_expert: u32::from(shared_slot.is_some()),
+            shared_expert: shared_code(spec, shared_slot.is_some()),
+            groups,
+            topk_groups,
+            scale,
             ..Default::default()
         };
+        let corr = moe
+            .correction
+            .as_ref()
+            .map_or((&self.m.gpu.dummy).into(), GpuVec::bind);
         self.rec.dispatch(
             Kernel::Router,
             None,
@@ -139,6 +152,7 @@ impl<'a> Pass<'a> {
                 (&s.router_logits).into(),
                 (&s.route_ids).into(),
                 (&s.route_w).into(),
+                corr,
             ],
             grid(n),
         );
@@ -284,14 +298,16 @@ impl<'a> Pass<'a> {
     fn moe_resident(
         &mut self,
         l: usize,
-        spec: &crate::arch::MoeSpec,
+        moe: &Moe,
         resid: &wgpu::Buffer,
         shared: bool,
     ) -> Result<()> {
         let m = self.m;
         let s = self.s;
         let cfg = &m.cfg;
+        let spec = &moe.spec;
         let (k, ne) = (spec.top_k, spec.experts);
+        let (groups, topk_groups, scale) = groups(spec);
         // Choices: the routed experts, then the shared expert where it rides in the cache.
         let kk = k + usize::from(shared);
         let cache = m
@@ -338,8 +354,16 @@ impl<'a> Pass<'a> {
             log_base: (cfg.num_hidden_layers + l * k) as u32,
             n_experts: ne as u32,
             routing: routing(spec),
-            shared_expert: u32::from(shared),
+            shared_expert: shared_code(spec, shared),
+            groups,
+            topk_groups,
+            scale,
+            ..Default::default()
         };
+        let corr = moe
+            .correction
+            .as_ref()
+            .map_or((&self.m.gpu.dummy).into(), GpuVec::bind);
         self.rec.dispatch(
             Kernel::MoeRoute,
             None,
@@ -352,6 +376,7 @@ impl<'a> Pass<'a> {
                 (&s.route).into(),
                 (&s.route_log).into(),
                 (&s.moe_args).into(),
+                corr,
             ],
             (1, 1),
         );
@@ -397,10 +422,37 @@ impl<'a> Pass<'a> {
 
 /// The routing kernels' `routing` for a MoE variant.
 fn routing(spec: &crate::arch::MoeSpec) -> u32 {
-    use crate::gpu::params::{ROUTING_SOFTMAX, ROUTING_SOFTMAX_NORM, ROUTING_TOPK_SOFTMAX};
+    use crate::arch::RouterKind;
+    use crate::gpu::params::{
+        ROUTING_SIGMOID, ROUTING_SIGMOID_NORM, ROUTING_SOFTMAX, ROUTING_SOFTMAX_NORM,
+        ROUTING_TOPK_SOFTMAX,
+    };
     match spec.router {
-        crate::arch::RouterKind::TopKSoftmax => ROUTING_TOPK_SOFTMAX,
+        RouterKind::TopKSoftmax => ROUTING_TOPK_SOFTMAX,
+        RouterKind::Sigmoid { .. } if spec.norm_topk_prob => ROUTING_SIGMOID_NORM,
+        RouterKind::Sigmoid { .. } => ROUTING_SIGMOID,
         _ if spec.norm_topk_prob => ROUTING_SOFTMAX_NORM,
         _ => ROUTING_SOFTMAX,
+    }
+}
+
+/// The routing kernels' (groups, topk_groups, scale): the sigmoid routing's, else (1, 1, 1).
+fn groups(spec: &crate::arch::MoeSpec) -> (u32, u32, f32) {
+    match spec.router {
+        crate::arch::RouterKind::Sigmoid {
+            groups,
+            topk_groups,
+            scale,
+        } => (groups as u32, topk_groups as u32, scale),
+        _ => (1, 1, 1.0),
+    }
+}
+
+/// The routing kernels' `shared_expert`: 0 none in the cache, 1 gated, 2 ungated.
+fn shared_code(spec: &crate::arch::MoeSpec, cached: bool) -> u32 {
+    match (cached, spec.shared_gate) {
+        (false, _) => 0,
+        (true, true) => 1,
+        (true, false) => 2,
     }
 }

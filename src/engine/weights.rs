@@ -70,19 +70,25 @@ pub(crate) struct Moe {
     pub router: GpuMatrix,
     /// The router's bias (gpt-oss).
     pub router_bias: Option<GpuVec>,
+    /// The router's `e_score_correction_bias` (sigmoid routing: GLM-4.5, DeepSeek-V3).
+    pub correction: Option<GpuVec>,
     pub shared: Option<Shared>,
 }
 
 /// Where a MoE block's shared expert runs.
 pub(crate) enum Shared {
     /// In a fixed slot of the expert cache, as one more routing choice (expert id
-    /// `spec.experts`) weighted by the sigmoid of the router's last logit: it runs in the
+    /// `spec.experts`) weighted by the sigmoid of the router's last logit (1 for an
+    /// ungated one, `MoeSpec::shared_gate` false): it runs in the
     /// routed experts' dispatches, with none of its own (see [`crate::cache::SharedBlobs`]).
     /// Chosen where it is stored like the layer's routed experts and its gate like the
     /// router.
     Cached,
     /// Resident matrices with mat-vecs of their own.
     Resident(Box<SharedExpert>),
+    /// An ungated shared expert (GLM-4.5, DeepSeek-V3) not stored like the routed ones:
+    /// a dense MLP whose output is the routed experts' residual.
+    Dense(Box<DenseMlp>),
 }
 
 /// A Gated DeltaNet layer's weights.
@@ -210,6 +216,9 @@ impl Weights {
                         }
                         v.push(&sh.down);
                         v.extend(&sh.gate);
+                    }
+                    if let Some(Shared::Dense(d)) = &m.shared {
+                        v.extend([&d.gate, &d.up, &d.down]);
                     }
                     v
                 }

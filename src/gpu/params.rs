@@ -533,6 +533,13 @@ pub const ROUTING_SOFTMAX: u32 = 0;
 pub const ROUTING_SOFTMAX_NORM: u32 = 1;
 /// Routing weights: a softmax over the chosen experts' logits only (gpt-oss).
 pub const ROUTING_TOPK_SOFTMAX: u32 = 2;
+/// Routing (GLM-4.5, DeepSeek-V3): experts chosen by `sigmoid(logit) + correction bias`
+/// among the `topk_groups` best of `groups` groups (a group's score the sum of its two
+/// best), weighted by their unbiased sigmoids times `scale`.
+pub const ROUTING_SIGMOID: u32 = 3;
+/// [`ROUTING_SIGMOID`] with the chosen sigmoids renormalized (`/ (sum + 1e-20)`) before
+/// the scale.
+pub const ROUTING_SIGMOID_NORM: u32 = 4;
 
 kernel_params! {
     /// Parameters of [`Kernel::Router`] (`kernels/router.wgsl`).
@@ -542,7 +549,8 @@ kernel_params! {
         /// Experts chosen per token.
         top_k: u32,
         /// How the chosen experts are weighted: [`ROUTING_SOFTMAX`],
-        /// [`ROUTING_SOFTMAX_NORM`] or [`ROUTING_TOPK_SOFTMAX`].
+        /// [`ROUTING_SOFTMAX_NORM`], [`ROUTING_TOPK_SOFTMAX`], [`ROUTING_SIGMOID`],
+        /// [`ROUTING_SIGMOID_NORM`].
         routing: u32,
         /// Tokens.
         n_tokens: u32,
@@ -550,8 +558,17 @@ kernel_params! {
         /// router's mat-vec also computes the shared expert's gate).
         logit_stride: u32,
         /// 1: one more choice per token, the shared expert (id `n_experts`, weighted by
-        /// the sigmoid of the logit after the routed ones).
+        /// the sigmoid of the logit after the routed ones); 2: the same, weighted 1 (an
+        /// ungated shared expert, GLM-4.5, DeepSeek-V3).
         shared_expert: u32,
+        /// Expert groups ([`ROUTING_SIGMOID`]; 1 otherwise).
+        groups: u32,
+        /// Groups kept.
+        topk_groups: u32,
+        /// Factor of the weights ([`ROUTING_SIGMOID`]).
+        scale: f32,
+        /// Padding.
+        pad0: u32,
         /// Padding.
         pad1: u32,
         /// Padding.
@@ -937,10 +954,20 @@ kernel_params! {
         /// Experts of the layer.
         n_experts: u32,
         /// How the chosen experts are weighted: [`ROUTING_SOFTMAX`],
-        /// [`ROUTING_SOFTMAX_NORM`] or [`ROUTING_TOPK_SOFTMAX`].
+        /// [`ROUTING_SOFTMAX_NORM`], [`ROUTING_TOPK_SOFTMAX`], [`ROUTING_SIGMOID`],
+        /// [`ROUTING_SIGMOID_NORM`].
         routing: u32,
-        /// 1: one more choice, the layer's shared expert (slot table entry `n_experts`).
+        /// 1: one more choice, the layer's shared expert (slot table entry `n_experts`),
+        /// gated; 2: ungated (weight 1).
         shared_expert: u32,
+        /// Expert groups ([`ROUTING_SIGMOID`]; 1 otherwise).
+        groups: u32,
+        /// Groups kept.
+        topk_groups: u32,
+        /// Factor of the weights ([`ROUTING_SIGMOID`]).
+        scale: f32,
+        /// Padding.
+        pad0: u32,
     }
 }
 

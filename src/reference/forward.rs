@@ -14,7 +14,7 @@ use super::linear_attn::{
 };
 use super::ops::{
     add_bias, attention_with, clamped_swiglu, matmul, rms_norm, rope, rope_tables_scaled,
-    router_topk, router_topk_softmax, swiglu,
+    router_sigmoid_groups, router_topk, router_topk_softmax, swiglu,
 };
 
 /// A SwiGLU MLP: `down(silu(gate(x)) * up(x))`. Used for dense layers and for each expert.
@@ -82,10 +82,13 @@ pub enum MlpWeights {
         router: Vec<f32>,
         /// The router's bias, `[num_experts]` (gpt-oss).
         router_bias: Option<Vec<f32>>,
+        /// The router's `e_score_correction_bias`, `[num_experts]` (sigmoid routing).
+        correction: Option<Vec<f32>>,
         /// Every expert of the layer, in index order, width `moe_intermediate_size`.
         experts: Vec<SwigluWeights>,
-        /// The shared expert and its gate (`mlp.shared_expert_gate.weight`, `[hidden]`).
-        shared: Option<(SwigluWeights, Vec<f32>)>,
+        /// The shared expert and its gate (`mlp.shared_expert_gate.weight`, `[hidden]`;
+        /// `None` for an ungated shared expert).
+        shared: Option<(SwigluWeights, Option<Vec<f32>>)>,
     },
 }
 
@@ -250,7 +253,11 @@ impl ReferenceModel {
                             load(&names.bias(l, tensor::Q_PROJ), &[q_rows])?,
                             load(&names.bias(l, tensor::K_PROJ), &[kvd])?,
                             load(&names.bias(l, tensor::V_PROJ), &[kvd])?,
-                            load(&names.bias(l, tensor::O_PROJ), &[h])?,
+                            if spec.o_bias {
+                                load(&names.bias(l, tensor::O_PROJ), &[h])?
+                            } else {
+                                vec![0.0; h]
+                            },
                         ])
                     } else {
                         None
@@ -351,20 +358,32 @@ impl ReferenceModel {
                     let shared = match spec.shared_expert {
                         Some(i) => Some((
                             SwigluWeights {
-                                gate: sw(tensor::SHARED_EXPERT, tensor::GATE_PROJ, &[i, h])?,
-                                up: sw(tensor::SHARED_EXPERT, tensor::UP_PROJ, &[i, h])?,
-                                down: sw(tensor::SHARED_EXPERT, tensor::DOWN_PROJ, &[h, i])?,
+                                gate: sw(names.shared, tensor::GATE_PROJ, &[i, h])?,
+                                up: sw(names.shared, tensor::UP_PROJ, &[i, h])?,
+                                down: sw(names.shared, tensor::DOWN_PROJ, &[h, i])?,
                                 inter: i,
                                 bias: None,
                             },
-                            w(tensor::SHARED_EXPERT_GATE, &[1, h])?,
+                            if spec.shared_gate {
+                                Some(w(tensor::SHARED_EXPERT_GATE, &[1, h])?)
+                            } else {
+                                None
+                            },
                         )),
                         None => None,
+                    };
+                    let correction = match spec.router {
+                        RouterKind::Sigmoid { .. } => Some(load(
+                            &names.layer(l, &format!("{}.e_score_correction_bias", names.router)),
+                            &[spec.experts],
+                        )?),
+                        _ => None,
                     };
                     MlpWeights::Moe {
                         spec: *spec,
                         router,
                         router_bias,
+                        correction,
                         experts,
                         shared,
                     }
@@ -654,6 +673,7 @@ impl ReferenceModel {
                 spec,
                 router,
                 router_bias,
+                correction,
                 experts,
                 shared,
             } => {
@@ -663,8 +683,24 @@ impl ReferenceModel {
                 if let Some(b) = router_bias {
                     add_bias(&mut logits, b);
                 }
-                let (ids, weights) = match spec.router {
-                    RouterKind::TopKSoftmax => router_topk_softmax(&logits, ne, k),
+                let (ids, weights) = match (spec.router, correction) {
+                    (RouterKind::TopKSoftmax, _) => router_topk_softmax(&logits, ne, k),
+                    (
+                        RouterKind::Sigmoid {
+                            groups,
+                            topk_groups,
+                            scale,
+                        },
+                        Some(c),
+                    ) => router_sigmoid_groups(
+                        &logits,
+                        c,
+                        ne,
+                        k,
+                        (groups, topk_groups),
+                        spec.norm_topk_prob,
+                        scale,
+                    ),
                     _ => router_topk(&logits, ne, k, spec.norm_topk_prob),
                 };
                 let mut out = vec![0.0f32; n * h];
@@ -686,9 +722,9 @@ impl ReferenceModel {
                 }
                 if let Some((mlp, gate)) = shared {
                     let y = mlp.forward(x, n, h);
-                    let g = matmul(gate, 1, h, x, n);
+                    let g = gate.as_ref().map(|gate| matmul(gate, 1, h, x, n));
                     for t in 0..n {
-                        let s = 1.0 / (1.0 + (-g[t]).exp());
+                        let s = g.as_ref().map_or(1.0, |g| 1.0 / (1.0 + (-g[t]).exp()));
                         for (o, yv) in out[t * h..(t + 1) * h].iter_mut().zip(&y[t * h..]) {
                             *o += s * yv;
                         }

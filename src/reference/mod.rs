@@ -27,6 +27,6 @@ pub use linear_attn::{
 };
 pub use ops::{
     add_bias, attention, attention_with, clamped_swiglu, matmul, rms_norm, rope, rope_inv_freq,
-    rope_tables, rope_tables_scaled, router_topk, router_topk_softmax, silu, softmax_rows, swiglu,
-    yarn_inv_freq,
+    rope_tables, rope_tables_scaled, router_sigmoid_groups, router_topk, router_topk_softmax, silu,
+    softmax_rows, swiglu, yarn_inv_freq,
 };

@@ -477,6 +477,73 @@ pub fn router_topk_softmax(logits: &[f32], n_experts: usize, k: usize) -> (Vec<u
     (ids, weights)
 }
 
+/// GLM-4.5 / DeepSeek-V3 routing: for each token (row of `logits`), the scores
+/// `s = sigmoid(logit)` (as `1 / (1 + exp(-logit))`) and the selection scores
+/// `s + correction`; the experts are split into `groups` equal groups, a group scored by
+/// the sum of its two best selection scores, the `topk_groups` best groups kept (ties to
+/// the lower group); the `k` best selection scores among the kept experts chosen
+/// (descending, ties to the lower index), weighted by their `s`, divided by their sum
+/// (+ 1e-20, summed in rank order) if `norm`, times `scale`. Returns `n x k` ids and
+/// weights in rank order.
+///
+/// # Panics
+/// If `k` is zero or larger than `n_experts`, `groups` does not divide `n_experts`,
+/// `topk_groups` is not in `1..=groups`, or the lengths disagree.
+#[allow(clippy::too_many_arguments)]
+pub fn router_sigmoid_groups(
+    logits: &[f32],
+    correction: &[f32],
+    n_experts: usize,
+    k: usize,
+    (groups, topk_groups): (usize, usize),
+    norm: bool,
+    scale: f32,
+) -> (Vec<u32>, Vec<f32>) {
+    assert!(
+        k > 0 && k <= n_experts && logits.len() % n_experts == 0,
+        "router_sigmoid_groups: k = {k} must be in 1..={n_experts}"
+    );
+    assert!(groups > 0 && n_experts % groups == 0 && (1..=groups).contains(&topk_groups));
+    assert_eq!(correction.len(), n_experts);
+    let gsize = n_experts / groups;
+    let mut ids = Vec::new();
+    let mut weights = Vec::new();
+    for row in logits.chunks_exact(n_experts) {
+        let s: Vec<f32> = row.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect();
+        let mut choice: Vec<f32> = s.iter().zip(correction).map(|(a, b)| a + b).collect();
+        if groups > 1 {
+            let score: Vec<f32> = choice
+                .chunks_exact(gsize)
+                .map(|g| {
+                    let mut v = g.to_vec();
+                    v.sort_by(|a, b| b.total_cmp(a));
+                    v[0] + v.get(1).copied().unwrap_or(0.0)
+                })
+                .collect();
+            let mut order: Vec<usize> = (0..groups).collect();
+            order.sort_by(|&a, &b| score[b].total_cmp(&score[a]));
+            for &g in &order[topk_groups..] {
+                for v in &mut choice[g * gsize..(g + 1) * gsize] {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let mut order: Vec<usize> = (0..n_experts).collect();
+        order.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]));
+        let top = &order[..k];
+        let mut w: Vec<f32> = top.iter().map(|&e| s[e]).collect();
+        if norm {
+            let sum: f32 = w.iter().sum::<f32>() + 1e-20;
+            for x in &mut w {
+                *x /= sum;
+            }
+        }
+        ids.extend(top.iter().map(|&e| e as u32));
+        weights.extend(w.iter().map(|x| x * scale));
+    }
+    (ids, weights)
+}
+
 /// gpt-oss's expert activation of `gate` and `up` (each `n x inter`): with
 /// `g = min(gate, limit)`, `(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha g)`, the
 /// sigmoid as `1 / (1 + exp(-alpha g))`.

@@ -50,6 +50,12 @@ pub fn olmoe_fixtures() -> Vec<PathBuf> {
     fixtures_in("tests/fixtures_olmoe")
 }
 
+/// The GLM-4.5 MoE fixtures (HF f32 with groups, released bf16 with an MTP layer, MLX).
+#[allow(dead_code)]
+pub fn glm4_moe_fixtures() -> Vec<PathBuf> {
+    fixtures_in("tests/fixtures_glm4_moe")
+}
+
 #[allow(dead_code)]
 fn fixtures_in(sub: &str) -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(sub);

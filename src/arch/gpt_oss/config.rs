@@ -61,6 +61,7 @@ pub(crate) fn parse(p: &Parser<'_>, model_type: String) -> Result<ModelConfig> {
         clip_qkv: None,
         output_gate: false,
         bias: attention_bias,
+        o_bias: attention_bias,
         sinks: true,
         sliding_window: sliding.then_some(window),
     };
@@ -70,6 +71,7 @@ pub(crate) fn parse(p: &Parser<'_>, model_type: String) -> Result<ModelConfig> {
         inter,
         norm_topk_prob: false,
         shared_expert: None,
+        shared_gate: false,
         router: RouterKind::TopKSoftmax,
         router_bias: true,
         activation,

@@ -44,6 +44,7 @@ pub(crate) fn parse(p: &Parser<'_>, model_type: String) -> Result<ModelConfig> {
         clip_qkv: None,
         output_gate: false,
         bias: false,
+        o_bias: false,
         sinks: false,
         sliding_window: window,
     };
@@ -53,6 +54,7 @@ pub(crate) fn parse(p: &Parser<'_>, model_type: String) -> Result<ModelConfig> {
         inter,
         norm_topk_prob: true,
         shared_expert: None,
+        shared_gate: false,
         router: RouterKind::SoftmaxTopK,
         router_bias: false,
         activation: ExpertActivation::SwiGlu,

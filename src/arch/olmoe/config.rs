@@ -42,6 +42,7 @@ pub(crate) fn parse(p: &Parser<'_>, model_type: String) -> Result<ModelConfig> {
         clip_qkv,
         output_gate: false,
         bias: attention_bias,
+        o_bias: attention_bias,
         sinks: false,
         sliding_window: None,
     };
@@ -52,6 +53,7 @@ pub(crate) fn parse(p: &Parser<'_>, model_type: String) -> Result<ModelConfig> {
         inter,
         norm_topk_prob,
         shared_expert: None,
+        shared_gate: false,
         router: RouterKind::SoftmaxTopK,
         router_bias: false,
         activation: ExpertActivation::SwiGlu,

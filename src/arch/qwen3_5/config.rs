@@ -40,21 +40,9 @@ pub(crate) fn parse(top: &Parser<'_>, model_type: String) -> Result<ModelConfig>
         )));
     }
     let rope = p.rope()?;
-    let (rope_theta, partial) = (rope.theta, rope.partial);
+    let rope_theta = rope.theta;
     // transformers' config classes default the factor to 0.25 for these families.
-    let given = p.get("partial_rotary_factor").is_some()
-        || ["rope_parameters", "rope_scaling"].iter().any(|k| {
-            p.get(k)
-                .is_some_and(|r| r.get("partial_rotary_factor").is_some())
-        });
-    let partial = if given { partial } else { 0.25 };
-    // As transformers: `int(head_dim * partial_rotary_factor)` dims, rotated in pairs.
-    let rotary_dim = (head_dim as f64 * partial) as usize;
-    if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
-        return Err(p.err(format!(
-            "partial_rotary_factor {partial} of head_dim {head_dim} gives {rotary_dim} rotary dims; an even number in 2..={head_dim} is needed"
-        )));
-    }
+    let rotary_dim = p.rotary_dim(&rope, head_dim, 0.25)?;
     let linear = LinearAttentionSpec {
         key_heads: p.opt_usize("linear_num_key_heads")?.unwrap_or(16),
         value_heads: p.opt_usize("linear_num_value_heads")?.unwrap_or(32),
@@ -143,6 +131,7 @@ pub(crate) fn parse(top: &Parser<'_>, model_type: String) -> Result<ModelConfig>
         clip_qkv: None,
         output_gate: true,
         bias: p.opt_bool("attention_bias")?.unwrap_or(false),
+        o_bias: p.opt_bool("attention_bias")?.unwrap_or(false),
         sinks: false,
         sliding_window: None,
     };
@@ -152,6 +141,7 @@ pub(crate) fn parse(top: &Parser<'_>, model_type: String) -> Result<ModelConfig>
         inter: moe_intermediate_size,
         norm_topk_prob,
         shared_expert: (shared > 0).then_some(shared),
+        shared_gate: true,
         router: RouterKind::SoftmaxTopK,
         router_bias: false,
         activation: ExpertActivation::SwiGlu,

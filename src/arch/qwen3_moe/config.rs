@@ -88,6 +88,7 @@ pub(crate) fn plan(cfg: &ModelConfig) -> Vec<LayerPlan> {
         clip_qkv: None,
         output_gate: false,
         bias: cfg.attention_bias,
+        o_bias: cfg.attention_bias,
         sinks: false,
         sliding_window: None,
     };
@@ -105,6 +106,7 @@ pub(crate) fn plan(cfg: &ModelConfig) -> Vec<LayerPlan> {
                         inter: cfg.moe_intermediate_size,
                         norm_topk_prob: cfg.norm_topk_prob,
                         shared_expert: None,
+                        shared_gate: false,
                         router: RouterKind::SoftmaxTopK,
                         router_bias: false,
                         activation: ExpertActivation::SwiGlu,
