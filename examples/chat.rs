@@ -51,8 +51,8 @@ struct Args {
     /// Random seed.
     #[arg(long)]
     seed: Option<u64>,
-    /// Expert-cache budget in bytes.
-    #[arg(long)]
+    /// Expert-cache budget: bytes, or with a unit (8G, 512M).
+    #[arg(long, value_parser = demo::parse_size)]
     expert_cache_bytes: Option<u64>,
     /// Keep the KV cache in f16 (half the memory per token of context).
     #[arg(long)]
@@ -64,7 +64,10 @@ struct Args {
 
 fn run(args: Args) -> moestream::Result<()> {
     let (dir, default_budget) = match &args.model {
-        Some(d) => (d.clone(), None),
+        Some(d) => {
+            demo::check_model_dir(d)?;
+            (d.clone(), None)
+        }
         None => {
             let (dir, budget) = demo::demo_model()?;
             (dir, Some(budget))

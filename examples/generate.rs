@@ -83,8 +83,9 @@ struct Args {
     /// Keep going past end-of-sequence tokens.
     #[arg(long)]
     ignore_eos: bool,
-    /// Expert-cache budget in bytes (default: 2 GiB for --model, 25% for the demo).
-    #[arg(long)]
+    /// Expert-cache budget: bytes, or with a unit (8G, 512M; default: 2 GiB for --model,
+    /// 25% for the demo).
+    #[arg(long, value_parser = demo::parse_size)]
     expert_cache_bytes: Option<u64>,
     /// Keep the KV cache in f16 (half the memory per token of context).
     #[arg(long)]
@@ -96,7 +97,10 @@ struct Args {
 
 fn run(args: Args) -> moestream::Result<()> {
     let (dir, default_budget) = match &args.model {
-        Some(d) => (d.clone(), None),
+        Some(d) => {
+            demo::check_model_dir(d)?;
+            (d.clone(), None)
+        }
         None if args.print_prompt_ids => {
             // Only the tokenizer is needed.
             let dir = demo::cache_dir().join("synthetic-default");

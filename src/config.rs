@@ -203,6 +203,11 @@ impl<'a> Parser<'a> {
         self.obj.get(key).filter(|v| !v.is_null())
     }
 
+    /// Whether `key` is present with the value `null` ([`Parser::get`] sees no such key).
+    pub fn is_null(&self, key: &str) -> bool {
+        self.obj.get(key).is_some_and(Value::is_null)
+    }
+
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),

@@ -177,6 +177,7 @@ impl ModelBuilder {
     /// Opens the checkpoint, uploads the resident weights and sets up the expert cache.
     pub fn build(self) -> Result<Model> {
         let cfg = ModelConfig::from_path(self.dir.join("config.json"))?;
+        crate::engine::check_plan(&cfg, &self.dir.join("config.json"))?;
         if cfg.head_dim > 256 {
             return Err(Error::Config {
                 path: self.dir.join("config.json"),

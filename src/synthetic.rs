@@ -368,6 +368,20 @@ impl safetensors::View for Lazy {
     }
 }
 
+/// Whether `dir` is an empty folder or one a [`SyntheticSpec::write`] made (its
+/// `config.json` says `"synthetic": true`).
+fn is_synthetic_folder(dir: &Path) -> bool {
+    if !dir.is_dir() {
+        return false;
+    }
+    let empty = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+    empty
+        || std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v.get("synthetic") == Some(&serde_json::Value::Bool(true)))
+}
+
 fn hash(s: &str, seed: u64) -> u64 {
     // FNV-1a, mixed with the seed.
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
@@ -760,7 +774,9 @@ impl SyntheticSpec {
     /// Writes `config.json` and `model.safetensors` into `dir` (created). The folder is
     /// built under a temporary name and renamed into place, so an interrupted run never
     /// leaves a folder that looks complete. If `dir` already holds this exact spec's
-    /// model it is left as is.
+    /// model it is left as is; one holding another synthetic model (its `config.json`
+    /// says `"synthetic": true`) is replaced; any other existing path (a folder this
+    /// writer did not make, a file) is an [`Error::InvalidArgument`] and left untouched.
     pub fn write(&self, dir: impl AsRef<Path>) -> Result<PathBuf> {
         let dir = dir.as_ref().to_path_buf();
         let config = self.config_json();
@@ -771,6 +787,12 @@ impl SyntheticSpec {
             && dir.join("model.safetensors").exists()
         {
             return Ok(dir);
+        }
+        if dir.exists() && !is_synthetic_folder(&dir) {
+            return Err(Error::InvalidArgument(format!(
+                "{} exists and is not a synthetic model folder: not replacing it (choose another path)",
+                dir.display()
+            )));
         }
         let parent = dir
             .parent()

@@ -1089,3 +1089,44 @@ fn qwen35_absurd_linear_attention_sizes_fail_fast() {
     let e = open_err(case, &fx.dir);
     assert_error!(case, e, Error::Config { .. }, ["num_hidden_layers"]);
 }
+
+/// `SyntheticSpec::write` never deletes what it did not make: a folder of the user's (or a
+/// file) at the target path is an `Error::InvalidArgument`, and stays as it was; an
+/// earlier synthetic model there is replaced.
+#[test]
+fn synthetic_writer_never_replaces_a_foreign_folder() {
+    use moestream::synthetic::SyntheticSpec;
+    let root = std::env::temp_dir().join(format!("moestream-synth-foreign-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let mine = root.join("my-notes");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("thesis.txt"), "precious").unwrap();
+    std::fs::write(mine.join("config.json"), r#"{"model_type": "qwen3_moe"}"#).unwrap();
+    let mut spec = SyntheticSpec::default();
+    spec.num_layers = 1;
+    spec.num_experts = 4;
+    spec.top_k = 2;
+    spec.vocab_size = 64;
+    spec.hidden_size = 64;
+    spec.moe_intermediate_size = 32;
+    match spec.write(&mine) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("not a synthetic model"), "{m}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_to_string(mine.join("thesis.txt")).unwrap(),
+        "precious"
+    );
+    let file = root.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    assert!(matches!(spec.write(&file), Err(Error::InvalidArgument(_))));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+    // A synthetic model is replaced by another spec's.
+    let synth = root.join("synth");
+    spec.write(&synth).unwrap();
+    spec.num_layers = 2;
+    spec.write(&synth).unwrap();
+    let cfg = std::fs::read_to_string(synth.join("config.json")).unwrap();
+    assert!(cfg.contains("\"num_hidden_layers\":2"), "{cfg}");
+    std::fs::remove_dir_all(&root).unwrap();
+}

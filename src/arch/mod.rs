@@ -8,6 +8,7 @@
 //! (docs/architecture.md, "Adding a family"). This module's public part is the plan: the
 //! blocks a layer can run and their variants.
 
+mod deepseek_v3;
 pub(crate) mod glm4_moe;
 pub(crate) mod gpt_oss;
 mod mixtral;
@@ -19,7 +20,7 @@ pub(crate) mod qwen3_moe;
 
 pub(crate) use names::{tensor, Names};
 pub use plan::{
-    AttentionSpec, ExpertActivation, Ffn, LayerPlan, LinearAttentionSpec, Mixer, MoeSpec,
+    AttentionSpec, ExpertActivation, Ffn, LayerPlan, LinearAttentionSpec, Mixer, MlaSpec, MoeSpec,
     RouterKind,
 };
 
@@ -81,11 +82,12 @@ static FAMILIES: &[&dyn Family] = &[
     &mixtral::Mixtral,
     &olmoe::Olmoe,
     &glm4_moe::Glm4Moe,
+    &deepseek_v3::DeepseekV3,
 ];
 
 /// The model types this version runs, for messages.
 pub(crate) const SUPPORTED: &str =
-    "qwen3_moe, qwen3_5_moe, qwen3_5_moe_text, qwen3_next, gpt_oss, mixtral, olmoe, glm4_moe";
+    "qwen3_moe, qwen3_5_moe, qwen3_5_moe_text, qwen3_next, gpt_oss, mixtral, olmoe, glm4_moe, deepseek_v3, kimi_k2";
 
 /// The family of a `model_type`.
 pub(crate) fn family(model_type: &str) -> Option<&'static dyn Family> {

@@ -12,6 +12,43 @@ pub enum Mixer {
     Attention(AttentionSpec),
     /// Gated DeltaNet linear attention over a recurrent state (Qwen3.5, Qwen3-Next).
     LinearAttention(LinearAttentionSpec),
+    /// Multi-head latent attention (DeepSeek-V3, Kimi-K2): low-rank q and kv projections,
+    /// a cache of the compressed latent and one shared RoPE key per token.
+    Mla(MlaSpec),
+}
+
+/// The shape of a multi-head latent attention layer (docs/families/deepseek_v3.md §3b).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct MlaSpec {
+    /// Query heads (as many key/value heads).
+    pub heads: usize,
+    /// `q_lora_rank`: q through `q_a_proj` -> `q_a_layernorm` -> `q_b_proj`; `None`: one
+    /// `q_proj`.
+    pub q_lora_rank: Option<usize>,
+    /// `kv_lora_rank` (r): the cached latent's width.
+    pub kv_lora_rank: usize,
+    /// `qk_nope_head_dim` (dn): the per-head key dims from the latent.
+    pub qk_nope_head_dim: usize,
+    /// `qk_rope_head_dim` (dr): the rotated dims, one key shared by all heads.
+    pub qk_rope_head_dim: usize,
+    /// `v_head_dim` (dv).
+    pub v_head_dim: usize,
+    /// The softmax scale, `(dn + dr)^-0.5`, times YaRN's `mscale(factor,
+    /// mscale_all_dim)^2` where that is set.
+    pub scale: f32,
+    /// RoPE pairs `(2i, 2i + 1)` (`rope_interleave`, the default) rather than
+    /// `(i, i + dr / 2)`.
+    pub rope_interleave: bool,
+    /// `q_a_proj`, `kv_a_proj_with_mqa` and `o_proj` carry biases (`attention_bias`).
+    pub bias: bool,
+}
+
+impl MlaSpec {
+    /// Values a token's latent cache holds per layer: `kv_lora_rank + qk_rope_head_dim`.
+    pub fn cache_width(&self) -> usize {
+        self.kv_lora_rank + self.qk_rope_head_dim
+    }
 }
 
 /// The variant of a softmax-attention layer.
@@ -189,7 +226,7 @@ impl LayerPlan {
     pub fn attention(&self) -> Option<&AttentionSpec> {
         match &self.mixer {
             Mixer::Attention(a) => Some(a),
-            Mixer::LinearAttention(_) => None,
+            _ => None,
         }
     }
 
@@ -197,7 +234,15 @@ impl LayerPlan {
     pub fn linear_attention(&self) -> Option<&LinearAttentionSpec> {
         match &self.mixer {
             Mixer::LinearAttention(a) => Some(a),
-            Mixer::Attention(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The latent-attention shape, for a multi-head latent attention layer.
+    pub fn mla(&self) -> Option<&MlaSpec> {
+        match &self.mixer {
+            Mixer::Mla(a) => Some(a),
+            _ => None,
         }
     }
 

@@ -18,3 +18,29 @@ mod moe;
 pub(crate) mod pass;
 pub(crate) mod state;
 pub(crate) mod weights;
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+
+/// Checks that the GPU engine runs every block of `cfg`'s plan; an [`Error::Config`]
+/// naming the first layer and block it does not run yet (DeepSeek-V3's multi-head latent
+/// attention).
+pub(crate) fn check_plan(cfg: &ModelConfig, path: &std::path::Path) -> Result<()> {
+    match cfg.layers.iter().position(|p| p.mla().is_some()) {
+        Some(l) => Err(Error::Config {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{}: layer {l} uses multi-head latent attention, which the GPU engine does not run yet",
+                cfg.model_type
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The error of a plan with latent attention past [`check_plan`].
+pub(crate) fn unsupported_mla(l: usize) -> Error {
+    Error::InvalidArgument(format!(
+        "layer {l}: multi-head latent attention is not run by the GPU engine yet"
+    ))
+}

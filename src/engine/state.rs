@@ -82,8 +82,9 @@ impl SequenceState {
         max_context: usize,
     ) -> Result<SequenceState> {
         let mut layers = Vec::with_capacity(cfg.layers.len());
-        for plan in &cfg.layers {
+        for (l, plan) in cfg.layers.iter().enumerate() {
             layers.push(match &plan.mixer {
+                Mixer::Mla(_) => return Err(crate::engine::unsupported_mla(l)),
                 Mixer::Attention(a) => {
                     // A sliding window shorter than the context: a ring of its keys.
                     let ring = a

@@ -280,6 +280,7 @@ impl Weights {
         for (l, plan) in cfg.layers.iter().enumerate() {
             let n = |rest: &str| names.layer(l, rest);
             let mixer = match &plan.mixer {
+                Mixer::Mla(_) => return Err(crate::engine::unsupported_mla(l)),
                 Mixer::Attention(spec) => MixerWeights::Attention(ld.attention(l, h, spec)?),
                 Mixer::LinearAttention(spec) => {
                     MixerWeights::LinearAttention(ld.linear_attention(

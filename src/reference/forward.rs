@@ -244,6 +244,14 @@ impl ReferenceModel {
                 load(&names.weight(l, &format!("{module}.{proj}")), shape)
             };
             let mixer = match &plan.mixer {
+                Mixer::Mla(_) => {
+                    return Err(Error::Config {
+                        path: ckpt.dir().join("config.json"),
+                        reason: format!(
+                        "layer {l}: the CPU reference does not run multi-head latent attention yet"
+                    ),
+                    })
+                }
                 Mixer::Attention(spec) => {
                     let hd = spec.head_dim;
                     let q_rows = spec.heads * hd * if spec.output_gate { 2 } else { 1 };

@@ -9,7 +9,7 @@
 //! Released checkpoints carry a multi-token-prediction layer after the last decoder layer,
 //! which is not used. Facts and sources: docs/families/glm4_moe.md.
 
-mod config;
+pub(crate) mod config;
 pub(crate) mod synthetic;
 
 use super::{Family, Names};
