@@ -69,13 +69,16 @@ fn fixture_dirs() -> Vec<PathBuf> {
         "tests/fixtures_mixtral",
         "tests/fixtures_olmoe",
         "tests/fixtures_glm4_moe",
+        "tests/fixtures_deepseek_v3",
     ] {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(sub);
         dirs.extend(
             std::fs::read_dir(&root)
                 .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
                 .map(|e| e.unwrap().path())
-                .filter(|p| p.join("golden.json").is_file()),
+                .filter(|p| p.join("golden.json").is_file())
+                // Not read yet: DeepSeek-V3's FP8 weights and MLX's absorbed kv_b_proj.
+                .filter(|p| !p.ends_with("dsv3_fp8") && !p.ends_with("dsv3_mlx_4bit")),
         );
     }
     dirs.sort();

@@ -146,6 +146,8 @@ pub enum MixerWeights {
     Attention(AttentionWeights),
     /// Gated DeltaNet.
     LinearAttention(LinearAttentionWeights),
+    /// Multi-head latent attention.
+    Mla(super::MlaWeights),
 }
 
 /// The weights of one decoder layer, as f32.
@@ -244,12 +246,35 @@ impl ReferenceModel {
                 load(&names.weight(l, &format!("{module}.{proj}")), shape)
             };
             let mixer = match &plan.mixer {
-                Mixer::Mla(_) => {
-                    return Err(Error::Config {
-                        path: ckpt.dir().join("config.json"),
-                        reason: format!(
-                        "layer {l}: the CPU reference does not run multi-head latent attention yet"
-                    ),
+                Mixer::Mla(spec) => {
+                    let (nh, dq) = (spec.heads, spec.qk_nope_head_dim + spec.qk_rope_head_dim);
+                    let (r, dr, dv) = (spec.kv_lora_rank, spec.qk_rope_head_dim, spec.v_head_dim);
+                    let a = |p: &str| format!("self_attn.{p}");
+                    let bias = |p: &str, n: usize| -> Result<Option<Vec<f32>>> {
+                        if spec.bias {
+                            Ok(Some(load(&names.bias(l, &a(p)), &[n])?))
+                        } else {
+                            Ok(None)
+                        }
+                    };
+                    let q = match spec.q_lora_rank {
+                        Some(ql) => super::MlaQuery::LowRank {
+                            a: w(&a("q_a_proj"), &[ql, h])?,
+                            a_bias: bias("q_a_proj", ql)?,
+                            norm: norm(&names.weight(l, &a("q_a_layernorm")), ql)?,
+                            b: w(&a("q_b_proj"), &[nh * dq, ql])?,
+                        },
+                        None => super::MlaQuery::Full(w(&a("q_proj"), &[nh * dq, h])?),
+                    };
+                    MixerWeights::Mla(super::MlaWeights {
+                        spec: *spec,
+                        q,
+                        kv_a: w(&a("kv_a_proj_with_mqa"), &[r + dr, h])?,
+                        kv_a_bias: bias("kv_a_proj_with_mqa", r + dr)?,
+                        kv_a_norm: norm(&names.weight(l, &a("kv_a_layernorm")), r)?,
+                        kv_b: w(&a("kv_b_proj"), &[nh * (spec.qk_nope_head_dim + dv), r])?,
+                        o: w(tensor::O_PROJ, &[h, nh * dv])?,
+                        o_bias: bias("o_proj", h)?,
                     })
                 }
                 Mixer::Attention(spec) => {
@@ -524,6 +549,7 @@ impl ReferenceModel {
         let attn = match &layer.mixer {
             MixerWeights::Attention(a) => self.attention_block(a, &normed, n, cos, sin),
             MixerWeights::LinearAttention(a) => self.linear_attention_block(a, &normed, n),
+            MixerWeights::Mla(a) => a.forward(&normed, n, self.cfg.hidden_size, cos, sin),
         };
         let h: Vec<f32> = x.iter().zip(&attn).map(|(a, b)| a + b).collect();
         let normed = rms_norm(&h, &layer.post_norm, eps);

@@ -16,6 +16,7 @@
 
 mod forward;
 mod linear_attn;
+mod mla;
 mod ops;
 
 pub use forward::{
@@ -25,6 +26,7 @@ pub use forward::{
 pub use linear_attn::{
     causal_conv1d_silu, delta_gates, gated_delta_rule, gated_rms_norm, softplus, DeltaNetShape,
 };
+pub use mla::{MlaQuery, MlaWeights};
 pub use ops::{
     add_bias, attention, attention_with, clamped_swiglu, matmul, rms_norm, rope, rope_inv_freq,
     rope_tables, rope_tables_scaled, router_sigmoid_groups, router_topk, router_topk_softmax, silu,

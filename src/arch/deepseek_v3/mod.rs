@@ -5,7 +5,8 @@
 //! RoPE, a softmax scale with YaRN's mscale) followed, after `first_k_dense_replace` dense
 //! layers, by GLM-4.5's sigmoid routing (correction bias, expert groups, scaling) and
 //! ungated shared experts (`mlp.shared_experts`). The config and plan are read here; the
-//! engine and the CPU reference do not run latent attention yet (a typed error says so).
+//! CPU reference runs latent attention (`reference::MlaWeights`), the GPU engine does not
+//! yet (a typed error says so).
 //! Facts and sources: docs/families/deepseek_v3.md.
 
 mod config;
