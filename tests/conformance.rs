@@ -37,6 +37,25 @@ fn run_with(
     (model, report)
 }
 
+/// Each of `dirs` against its golden logits with a cache of every expert (which never
+/// evicts) and with one slot, which must give identical logits.
+fn full_and_tight(dirs: Vec<std::path::PathBuf>, f32_activations: Option<bool>) {
+    for dir in dirs {
+        let golden = Golden::load(&dir).unwrap();
+        let (full, full_report) = run_with(&dir, &golden, None, f32_activations);
+        assert_eq!(full.cache_stats().evictions, 0);
+        let slot = common::slot_bytes(&full);
+        let (tight, tight_report) = run_with(&dir, &golden, Some(slot), f32_activations);
+        assert_eq!(tight.expert_cache_slots(), 1);
+        assert_eq!(
+            full_report.max_abs_diff,
+            tight_report.max_abs_diff,
+            "{}: logits must not depend on the cache budget",
+            dir.display()
+        );
+    }
+}
+
 #[test]
 fn fixtures_match_golden_with_full_and_tight_cache() {
     for dir in common::fixtures() {
@@ -78,23 +97,7 @@ fn fixtures_match_golden_with_full_and_tight_cache() {
 /// is checked apart below.
 #[test]
 fn mixtral_fixtures_match_golden_with_full_and_tight_cache() {
-    for dir in common::mixtral_fixtures() {
-        let golden = Golden::load(&dir).unwrap();
-        let run = |dir: &std::path::Path, golden: &Golden, budget| {
-            run_with(dir, golden, budget, Some(true))
-        };
-        let (full, full_report) = run(&dir, &golden, None);
-        assert_eq!(full.cache_stats().evictions, 0);
-        let slot = common::slot_bytes(&full);
-        let (tight, tight_report) = run(&dir, &golden, Some(slot));
-        assert_eq!(tight.expert_cache_slots(), 1);
-        assert_eq!(
-            full_report.max_abs_diff,
-            tight_report.max_abs_diff,
-            "{}: logits must not depend on the cache budget",
-            dir.display()
-        );
-    }
+    full_and_tight(common::mixtral_fixtures(), Some(true));
 }
 
 /// OLMoE in its layouts (transformers' save with `clip_qkv`, the released bf16 one,
@@ -104,20 +107,7 @@ fn mixtral_fixtures_match_golden_with_full_and_tight_cache() {
 /// give identical logits.
 #[test]
 fn olmoe_fixtures_match_golden_with_full_and_tight_cache() {
-    for dir in common::olmoe_fixtures() {
-        let golden = Golden::load(&dir).unwrap();
-        let (full, full_report) = run(&dir, &golden, None);
-        assert_eq!(full.cache_stats().evictions, 0);
-        let slot = common::slot_bytes(&full);
-        let (tight, tight_report) = run(&dir, &golden, Some(slot));
-        assert_eq!(tight.expert_cache_slots(), 1);
-        assert_eq!(
-            full_report.max_abs_diff,
-            tight_report.max_abs_diff,
-            "{}: logits must not depend on the cache budget",
-            dir.display()
-        );
-    }
+    full_and_tight(common::olmoe_fixtures(), None);
 }
 
 /// GLM-4.5 MoE in its layouts (transformers' save with 4 expert groups and 2 shared
@@ -128,20 +118,7 @@ fn olmoe_fixtures_match_golden_with_full_and_tight_cache() {
 /// identical logits.
 #[test]
 fn glm4_moe_fixtures_match_golden_with_full_and_tight_cache() {
-    for dir in common::glm4_moe_fixtures() {
-        let golden = Golden::load(&dir).unwrap();
-        let (full, full_report) = run(&dir, &golden, None);
-        assert_eq!(full.cache_stats().evictions, 0);
-        let slot = common::slot_bytes(&full);
-        let (tight, tight_report) = run(&dir, &golden, Some(slot));
-        assert_eq!(tight.expert_cache_slots(), 1);
-        assert_eq!(
-            full_report.max_abs_diff,
-            tight_report.max_abs_diff,
-            "{}: logits must not depend on the cache budget",
-            dir.display()
-        );
-    }
+    full_and_tight(common::glm4_moe_fixtures(), None);
 }
 
 /// The 4-bit MLX Mixtral fixture with the builder's default activations (8+8-bit decode
@@ -163,20 +140,7 @@ fn mixtral_mlx_with_integer_activations() {
 /// Full and one-slot caches give identical logits.
 #[test]
 fn gpt_oss_fixtures_match_golden_with_full_and_tight_cache() {
-    for dir in common::gpt_oss_fixtures() {
-        let golden = Golden::load(&dir).unwrap();
-        let (full, full_report) = run(&dir, &golden, None);
-        assert_eq!(full.cache_stats().evictions, 0);
-        let slot = common::slot_bytes(&full);
-        let (tight, tight_report) = run(&dir, &golden, Some(slot));
-        assert_eq!(tight.expert_cache_slots(), 1);
-        assert_eq!(
-            full_report.max_abs_diff,
-            tight_report.max_abs_diff,
-            "{}: logits must not depend on the cache budget",
-            dir.display()
-        );
-    }
+    full_and_tight(common::gpt_oss_fixtures(), None);
 }
 
 /// Qwen3.5-MoE and Qwen3-Next (Gated DeltaNet hybrids) in every layout users have them:
@@ -185,20 +149,7 @@ fn gpt_oss_fixtures_match_golden_with_full_and_tight_cache() {
 /// than 64 tokens. Full and one-slot caches give identical logits.
 #[test]
 fn qwen35_fixtures_match_golden_with_full_and_tight_cache() {
-    for dir in common::qwen35_fixtures() {
-        let golden = Golden::load(&dir).unwrap();
-        let (full, full_report) = run(&dir, &golden, None);
-        assert_eq!(full.cache_stats().evictions, 0);
-        let slot = common::slot_bytes(&full);
-        let (tight, tight_report) = run(&dir, &golden, Some(slot));
-        assert_eq!(tight.expert_cache_slots(), 1);
-        assert_eq!(
-            full_report.max_abs_diff,
-            tight_report.max_abs_diff,
-            "{}: logits must not depend on the cache budget",
-            dir.display()
-        );
-    }
+    full_and_tight(common::qwen35_fixtures(), None);
 }
 
 #[test]
