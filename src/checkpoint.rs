@@ -305,6 +305,17 @@ impl MatrixView<'_> {
     pub fn rows_bytes(&self, r0: usize, n: usize) -> Vec<u8> {
         let parts = self.format.parts(n, self.cols);
         let mut out = vec![0u8; parts.total];
+        if self.format == WeightFormat::Fp8Block {
+            // Block scales cover 128 rows: a slice starts on a block (r0 a multiple of 128).
+            let b = crate::format::FP8_BLOCK;
+            let bc = self.cols.div_ceil(b);
+            let wrow = self.cols;
+            out[..parts.weight_bytes].copy_from_slice(&self.weight[r0 * wrow..(r0 + n) * wrow]);
+            let (s0, s1) = (r0 / b * bc * 4, (r0 + n).div_ceil(b) * bc * 4);
+            out[parts.scales.0..parts.scales.0 + parts.scales.1]
+                .copy_from_slice(&self.scales[s0..s1]);
+            return out;
+        }
         let wrow = self.weight.len() / self.rows.max(1);
         out[..parts.weight_bytes].copy_from_slice(&self.weight[r0 * wrow..(r0 + n) * wrow]);
         if parts.scales.1 > 0 {
@@ -379,6 +390,9 @@ impl Checkpoint {
             expected,
             found: found.to_vec(),
         };
+        if w.dtype == safetensors::Dtype::F8_E4M3 {
+            return self.fp8_entries(prefix, lead, rows, cols, w);
+        }
         let Some(s) = self.tensors.get(&sname) else {
             // Plain float matrix.
             if w.shape != with_lead(&[rows, cols]) {
@@ -449,6 +463,56 @@ impl Checkpoint {
         }
         let q = AffineQuant::new(bits, group, sdt).map_err(|e| bad(e.to_string()))?;
         Ok((WeightFormat::Affine(q), [Some(w), Some(s), Some(b)]))
+    }
+
+    /// [`matrix_entries`](Self::matrix_entries) of an FP8 matrix as DeepSeek-V3 ships it:
+    /// `.weight` F8_E4M3 `[.., rows, cols]` and `.weight_scale_inv` F32 `[.., ceil(rows /
+    /// 128), ceil(cols / 128)]`.
+    fn fp8_entries<'a>(
+        &'a self,
+        prefix: &str,
+        lead: &[usize],
+        rows: usize,
+        cols: usize,
+        w: &'a TensorEntry,
+    ) -> Result<(WeightFormat, [Option<&'a TensorEntry>; 3])> {
+        use crate::format::FP8_BLOCK;
+        let with_lead =
+            |tail: &[usize]| -> Vec<usize> { lead.iter().chain(tail).copied().collect() };
+        let sname = format!("{prefix}.weight_scale_inv");
+        let s = self.entry(&sname)?;
+        for (t, name, dtype, shape) in [
+            (
+                w,
+                format!("{prefix}.weight"),
+                safetensors::Dtype::F8_E4M3,
+                with_lead(&[rows, cols]),
+            ),
+            (
+                s,
+                sname,
+                safetensors::Dtype::F32,
+                with_lead(&[rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK)]),
+            ),
+        ] {
+            if t.dtype != dtype {
+                return Err(Error::Dtype {
+                    path: self.path_of(t).to_path_buf(),
+                    name,
+                    found: format!("{:?}", t.dtype),
+                    expected: "F8_E4M3 codes and F32 block scales (FP8)",
+                });
+            }
+            if t.shape != shape {
+                return Err(Error::Shape {
+                    path: self.path_of(t).to_path_buf(),
+                    name,
+                    expected: shape,
+                    found: t.shape.clone(),
+                });
+            }
+        }
+        Ok((WeightFormat::Fp8Block, [Some(w), Some(s), None]))
     }
 
     /// [`matrix_entries`](Self::matrix_entries) of an MLX MXFP4 matrix (`mode: "mxfp4"`):

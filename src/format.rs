@@ -54,7 +54,15 @@ pub enum WeightFormat {
     /// aligned, one e8m0 scale byte (`2^(s - 127)`) per 32 elements of a row. 4.25 bits per
     /// weight; `cols` a multiple of 32.
     Mxfp4,
+    /// FP8 (e4m3, DeepSeek-V3's released weights): `rows * cols` code bytes, then, 16-byte
+    /// aligned, one f32 scale per `128 x 128` block (`[ceil(rows / 128), ceil(cols /
+    /// 128)]`, the last blocks partial), `w = e4m3 * scale`. Not run by the GPU kernels
+    /// yet.
+    Fp8Block,
 }
+
+/// The block edge of [`WeightFormat::Fp8Block`].
+pub const FP8_BLOCK: usize = 128;
 
 /// Byte offsets of the parts of a stored matrix, relative to its start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +124,17 @@ impl WeightFormat {
                     total: bo + sb,
                 }
             }
+            WeightFormat::Fp8Block => {
+                let wb = rows * cols;
+                let so = align16(wb);
+                let sb = rows.div_ceil(FP8_BLOCK) * cols.div_ceil(FP8_BLOCK) * 4;
+                Parts {
+                    weight_bytes: wb,
+                    scales: (so, sb),
+                    biases: (so + sb, 0),
+                    total: so + sb,
+                }
+            }
             WeightFormat::Mxfp4 => {
                 let wb = rows * cols / 2;
                 let so = align16(wb);
@@ -157,6 +176,16 @@ impl WeightFormat {
                 rows,
                 cols,
             ),
+            WeightFormat::Fp8Block => {
+                let scales = DType::F32.decode(&bytes[p.scales.0..p.scales.0 + p.scales.1]);
+                let bc = cols.div_ceil(FP8_BLOCK);
+                (0..rows * cols)
+                    .map(|i| {
+                        let (r, c) = (i / cols, i % cols);
+                        e4m3(bytes[i]) * scales[(r / FP8_BLOCK) * bc + c / FP8_BLOCK]
+                    })
+                    .collect()
+            }
         }
     }
 }
@@ -211,8 +240,26 @@ impl std::fmt::Display for WeightFormat {
                 q.bits, q.group_size, q.scale_dtype
             ),
             WeightFormat::Mxfp4 => write!(f, "mxfp4"),
+            WeightFormat::Fp8Block => write!(f, "fp8 e4m3, 128x128 block scales"),
         }
     }
+}
+
+/// The value of an FP8 e4m3 (OCP `e4m3fn`) code: sign bit 7, exponent bits 6..3 (bias
+/// 7), mantissa bits 2..0; exponent 0 is subnormal (`m / 8 * 2^-6`); `0x7f` / `0xff` are
+/// NaN (no infinities).
+pub(crate) fn e4m3(code: u8) -> f32 {
+    let sign = if code & 0x80 != 0 { -1.0 } else { 1.0 };
+    let (e, m) = (i32::from((code >> 3) & 0xf), f32::from(code & 7));
+    if e == 15 && m == 7.0 {
+        return f32::NAN;
+    }
+    let v = if e == 0 {
+        m / 8.0 * 2f32.powi(-6)
+    } else {
+        (1.0 + m / 8.0) * 2f32.powi(e - 7)
+    };
+    sign * v
 }
 
 /// The values of the FP4 (e2m1) codes of MXFP4, bit 3 the sign.
@@ -303,5 +350,22 @@ mod tests {
         let p = m.parts(3, 96);
         assert_eq!((p.weight_bytes, p.scales, p.total), (144, (144, 9), 153));
         assert!(m.check(48).is_err() && m.check(64).is_ok());
+        let f8 = WeightFormat::Fp8Block;
+        let p = f8.parts(130, 200);
+        assert_eq!(
+            (p.weight_bytes, p.scales, p.total),
+            (26000, (26000, 16), 26016)
+        );
+    }
+
+    #[test]
+    fn e4m3_codes() {
+        assert_eq!(e4m3(0x00), 0.0);
+        assert_eq!(e4m3(0x38), 1.0); // e 7, m 0
+        assert_eq!(e4m3(0x3c), 1.5);
+        assert_eq!(e4m3(0xb8), -1.0);
+        assert_eq!(e4m3(0x7e), 448.0); // the largest finite
+        assert_eq!(e4m3(0x01), 2f32.powi(-9)); // the smallest subnormal
+        assert!(e4m3(0x7f).is_nan() && e4m3(0xff).is_nan());
     }
 }

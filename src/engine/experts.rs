@@ -545,6 +545,11 @@ impl ExpertKernels {
                 slot_words,
                 down: q_offsets(d),
             },
+            WeightFormat::Fp8Block => {
+                return Err(Error::InvalidArgument(format!(
+                    "layer {l}: FP8 experts are not run by the GPU kernels yet"
+                )))
+            }
         };
         let mut epilogue = Epilogue::default();
         match (g.bias, u.bias, d.bias) {

@@ -207,6 +207,8 @@ impl<'a> Pass<'a> {
                         (rows.div_ceil(16) as u32, n.div_ceil(16) as u32),
                     )
                 }
+                // `GpuMatrix::upload` refuses FP8 matrices.
+                WeightFormat::Fp8Block => unreachable!("an FP8 resident matrix"),
                 WeightFormat::Affine(_) | WeightFormat::Mxfp4 => {
                     let parts = w.format.parts(*rows, w.cols);
                     let (sw, bw) = ((parts.scales.0 / 4) as u32, (parts.biases.0 / 4) as u32);
@@ -318,6 +320,7 @@ impl<'a> Pass<'a> {
                     &binds,
                     grid((h * self.n).div_ceil(64)),
                 ),
+                WeightFormat::Fp8Block => unreachable!("an FP8 embedding table"),
                 WeightFormat::Affine(_) | WeightFormat::Mxfp4 => {
                     let parts = e.format.parts(*rows, e.cols);
                     let (code, quant) = quant_constants(e.format);
@@ -417,5 +420,6 @@ pub(crate) fn quant_constants(f: WeightFormat) -> (u32, Option<(u32, u32)>) {
         WeightFormat::Affine(q) => (q.scale_dtype.shader_code(), Some((q.bits, q.group_size))),
         WeightFormat::Mxfp4 => (kernels::WDT_MXFP4, Some((4, 32))),
         WeightFormat::Float(d) => (d.shader_code(), None),
+        WeightFormat::Fp8Block => (0, None),
     }
 }

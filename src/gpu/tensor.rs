@@ -21,6 +21,11 @@ pub(crate) struct GpuMatrix {
 impl GpuMatrix {
     pub fn upload(gpu: &Gpu, name: &str, m: &MatrixView<'_>) -> Result<Self> {
         let (rows, cols) = (m.rows, m.cols);
+        if m.format == WeightFormat::Fp8Block {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {name}: FP8 matrices are not run by the GPU kernels yet"
+            )));
+        }
         let row_bytes = m.format.stored_bytes(1, cols).max(1) as u64;
         // Rows per chunk: as many as fit one binding (parts are 16-byte aligned, hence
         // the slack), even for 16-bit floats with an odd column count so that every chunk

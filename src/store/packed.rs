@@ -134,6 +134,7 @@ enum FormatJson {
         scale_dtype: DTypeJson,
     },
     Mxfp4,
+    Fp8Block,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +188,7 @@ fn format_to_json(f: &WeightFormat) -> FormatJson {
             scale_dtype: q.scale_dtype.into(),
         },
         WeightFormat::Mxfp4 => FormatJson::Mxfp4,
+        WeightFormat::Fp8Block => FormatJson::Fp8Block,
     }
 }
 
@@ -199,6 +201,7 @@ fn format_from_json(f: FormatJson) -> Result<WeightFormat> {
             scale_dtype,
         } => WeightFormat::Affine(AffineQuant::new(bits, group_size, scale_dtype.into())?),
         FormatJson::Mxfp4 => WeightFormat::Mxfp4,
+        FormatJson::Fp8Block => WeightFormat::Fp8Block,
     })
 }
 
