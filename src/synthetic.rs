@@ -471,12 +471,12 @@ impl SyntheticSpec {
                 let (rb, rg) = self.router_quant(bits, group);
                 for l in 0..self.num_layers {
                     qo.insert(
-                        format!("model.layers.{l}.mlp.gate"),
+                        Names::HF.layer(l, tensor::ROUTER),
                         serde_json::json!({"group_size": rg, "bits": rb}),
                     );
                     if self.linear_attention.is_some() {
                         qo.insert(
-                            format!("model.layers.{l}.mlp.shared_expert_gate"),
+                            Names::HF.layer(l, tensor::SHARED_EXPERT_GATE),
                             serde_json::json!({"group_size": rg, "bits": rb}),
                         );
                     }

@@ -112,6 +112,18 @@ impl Names {
         self.layer(l, &format!("{}.experts.{which}", self.moe))
     }
 
+    /// The router's selection bias (sigmoid routing: GLM-4.5, DeepSeek-V3):
+    /// `{prefix}layers.{l}.{router}.e_score_correction_bias`.
+    pub fn correction_bias(&self, l: usize) -> String {
+        self.layer(l, &format!("{}.e_score_correction_bias", self.router))
+    }
+
+    /// Whether layer `l`'s experts are stacked as mlx-lm writes gpt-oss's
+    /// (`{moe}.experts.gate_proj.weight`, not Hugging Face's fused `gate_up_proj`).
+    pub fn mlx_stacked_experts(&self, ckpt: &Checkpoint, l: usize) -> bool {
+        ckpt.contains(&self.fused_experts(l, &format!("{}.weight", tensor::GATE_PROJ)))
+    }
+
     /// mlx-lm's stacked experts: `{moe}.switch_mlp.{proj}`, relative to the layer.
     pub fn switch_mlp(&self, proj: &str) -> String {
         format!("{}.switch_mlp.{proj}", self.moe)
@@ -134,6 +146,14 @@ pub(crate) mod tensor {
     /// Per-head attention sinks, `[heads]` (gpt-oss).
     pub const SINKS: &str = "self_attn.sinks";
     pub const K_NORM: &str = "self_attn.k_norm";
+    /// Multi-head latent attention (DeepSeek-V3): the low-rank q path, the latent kv path
+    /// and their norms.
+    pub const Q_A_PROJ: &str = "self_attn.q_a_proj";
+    pub const Q_A_NORM: &str = "self_attn.q_a_layernorm";
+    pub const Q_B_PROJ: &str = "self_attn.q_b_proj";
+    pub const KV_A_PROJ: &str = "self_attn.kv_a_proj_with_mqa";
+    pub const KV_A_NORM: &str = "self_attn.kv_a_layernorm";
+    pub const KV_B_PROJ: &str = "self_attn.kv_b_proj";
     /// A dense MLP: `mlp.{gate,up,down}_proj`.
     pub const MLP: &str = "mlp";
     pub const ROUTER: &str = "mlp.gate";

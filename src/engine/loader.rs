@@ -209,7 +209,7 @@ impl Loader<'_> {
         };
         let correction = match spec.router {
             RouterKind::Sigmoid { .. } => {
-                Some(self.vector(&format!("{router}.e_score_correction_bias"), spec.experts)?)
+                Some(self.vector(&self.names.correction_bias(l), spec.experts)?)
             }
             _ => None,
         };

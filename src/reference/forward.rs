@@ -13,9 +13,9 @@ use super::linear_attn::{
     causal_conv1d_silu, delta_gates, gated_delta_rule, gated_rms_norm, DeltaNetShape,
 };
 use super::ops::{
-    add_bias, attention_with, clamped_swiglu, matmul, rms_norm, rope, rope_tables_scaled,
-    router_sigmoid_groups, router_topk, router_topk_softmax, swiglu,
+    add_bias, attention_with, clamped_swiglu, matmul, rms_norm, rope, rope_tables_scaled, swiglu,
 };
+use super::router::{router_sigmoid_groups, router_topk, router_topk_softmax};
 
 /// A SwiGLU MLP: `down(silu(gate(x)) * up(x))`. Used for dense layers and for each expert.
 #[derive(Debug, Clone)]
@@ -249,32 +249,31 @@ impl ReferenceModel {
                 Mixer::Mla(spec) => {
                     let (nh, dq) = (spec.heads, spec.qk_nope_head_dim + spec.qk_rope_head_dim);
                     let (r, dr, dv) = (spec.kv_lora_rank, spec.qk_rope_head_dim, spec.v_head_dim);
-                    let a = |p: &str| format!("self_attn.{p}");
                     let bias = |p: &str, n: usize| -> Result<Option<Vec<f32>>> {
                         if spec.bias {
-                            Ok(Some(load(&names.bias(l, &a(p)), &[n])?))
+                            Ok(Some(load(&names.bias(l, p), &[n])?))
                         } else {
                             Ok(None)
                         }
                     };
                     let q = match spec.q_lora_rank {
                         Some(ql) => super::MlaQuery::LowRank {
-                            a: w(&a("q_a_proj"), &[ql, h])?,
-                            a_bias: bias("q_a_proj", ql)?,
-                            norm: norm(&names.weight(l, &a("q_a_layernorm")), ql)?,
-                            b: w(&a("q_b_proj"), &[nh * dq, ql])?,
+                            a: w(tensor::Q_A_PROJ, &[ql, h])?,
+                            a_bias: bias(tensor::Q_A_PROJ, ql)?,
+                            norm: norm(&names.weight(l, tensor::Q_A_NORM), ql)?,
+                            b: w(tensor::Q_B_PROJ, &[nh * dq, ql])?,
                         },
-                        None => super::MlaQuery::Full(w(&a("q_proj"), &[nh * dq, h])?),
+                        None => super::MlaQuery::Full(w(tensor::Q_PROJ, &[nh * dq, h])?),
                     };
                     MixerWeights::Mla(super::MlaWeights {
                         spec: *spec,
                         q,
-                        kv_a: w(&a("kv_a_proj_with_mqa"), &[r + dr, h])?,
-                        kv_a_bias: bias("kv_a_proj_with_mqa", r + dr)?,
-                        kv_a_norm: norm(&names.weight(l, &a("kv_a_layernorm")), r)?,
-                        kv_b: w(&a("kv_b_proj"), &[nh * (spec.qk_nope_head_dim + dv), r])?,
+                        kv_a: w(tensor::KV_A_PROJ, &[r + dr, h])?,
+                        kv_a_bias: bias(tensor::KV_A_PROJ, r + dr)?,
+                        kv_a_norm: norm(&names.weight(l, tensor::KV_A_NORM), r)?,
+                        kv_b: w(tensor::KV_B_PROJ, &[nh * (spec.qk_nope_head_dim + dv), r])?,
                         o: w(tensor::O_PROJ, &[h, nh * dv])?,
-                        o_bias: bias("o_proj", h)?,
+                        o_bias: bias(tensor::O_PROJ, h)?,
                     })
                 }
                 Mixer::Attention(spec) => {
@@ -364,7 +363,7 @@ impl ReferenceModel {
                     } else {
                         None
                     };
-                    let mlx_layout = ckpt.contains(&names.fused_experts(l, "gate_proj.weight"));
+                    let mlx_layout = names.mlx_stacked_experts(ckpt, l);
                     let experts = if spec.expert_bias && !mlx_layout {
                         // gpt-oss's Hugging Face layouts: read from the checkpoint by the
                         // family's own decoder, independently of the store's rearranging.
@@ -406,10 +405,9 @@ impl ReferenceModel {
                         None => None,
                     };
                     let correction = match spec.router {
-                        RouterKind::Sigmoid { .. } => Some(load(
-                            &names.layer(l, &format!("{}.e_score_correction_bias", names.router)),
-                            &[spec.experts],
-                        )?),
+                        RouterKind::Sigmoid { .. } => {
+                            Some(load(&names.correction_bias(l), &[spec.experts])?)
+                        }
                         _ => None,
                     };
                     MlpWeights::Moe {

@@ -18,6 +18,7 @@ mod forward;
 mod linear_attn;
 mod mla;
 mod ops;
+mod router;
 
 pub use forward::{
     AttentionWeights, LayerWeights, LinearAttentionWeights, MixerWeights, MlpWeights,
@@ -29,6 +30,6 @@ pub use linear_attn::{
 pub use mla::{MlaQuery, MlaWeights};
 pub use ops::{
     add_bias, attention, attention_with, clamped_swiglu, matmul, rms_norm, rope, rope_inv_freq,
-    rope_tables, rope_tables_scaled, router_sigmoid_groups, router_topk, router_topk_softmax, silu,
-    softmax_rows, swiglu, yarn_inv_freq,
+    rope_tables, rope_tables_scaled, silu, softmax_rows, swiglu, yarn_inv_freq,
 };
+pub use router::{router_sigmoid_groups, router_topk, router_topk_softmax};

@@ -74,7 +74,7 @@ impl GptOssLayer {
             Ok((ckpt.entry(&name(which))?.clone(), v.dtype))
         };
         let layer = |kind| GptOssLayer { ne, h, i, kind };
-        if ckpt.contains(&name("gate_proj.weight")) {
+        if names.mlx_stacked_experts(ckpt, l) {
             let mut formats = [WeightFormat::Float(DType::F32); 3];
             let mut parts: [[Option<TensorEntry>; 3]; 3] = Default::default();
             let mut biases = Vec::with_capacity(3);
