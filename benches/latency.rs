@@ -392,6 +392,7 @@ fn main() -> Result<()> {
             scales_word: sw,
             biases_word: bw,
             team,
+            ..Default::default()
         }
         .words(),
         &[&router, &xin, &dummy, &dummy, &logits, &router],

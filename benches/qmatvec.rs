@@ -181,6 +181,7 @@ fn qmatvec(
                 scales_word: sw,
                 biases_word: bw,
                 team,
+                ..Default::default()
             }
             .words(),
             &sets,

@@ -21,6 +21,12 @@
 // sums are dropped). The team's partial sums are added by `team_sum` (include/team_*.wgsl).
 // `ws` is the weight buffer again, read a word at a time (scales and biases; see
 // include/qblock.wgsl).
+//
+// With `heads` > 0 the dispatch is a batch of per-head mat-vecs (multi-head latent
+// attention's absorbed projections): the weights are `heads` stacked matrices of `rows`
+// rows, the grid's y is the head and its z the token; group g = token * heads + head
+// multiplies head's matrix with the row of x at x_offset + g * x_stride (a multiple of 4)
+// into y from row_base + g * y_stride. x in the natural layout, no bias or residual.
 struct Params {
     rows: u32,
     cols: u32,
@@ -30,6 +36,10 @@ struct Params {
     scales_word: u32,
     biases_word: u32,
     team: u32,
+    heads: u32,
+    x_stride: u32,
+    y_stride: u32,
+    pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -48,12 +58,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let team = p.team;
     let lane = lid & (team - 1u);
     let nrows = team_rows(); // ROWS, from include/qblock.wgsl
-    let r0 = ((wid.x + wid.y * nwg.x) * (WG / team) + lid / team) * nrows;
+    let batched = p.heads > 0u;
+    let blk = select(wid.x + wid.y * nwg.x, wid.x, batched);
+    let r0 = (blk * (WG / team) + lid / team) * nrows;
+    // A batch's group: its x row, its head's rows of w, its rows of y.
+    let g = select(0u, wid.z * p.heads + wid.y, batched);
+    let xo = (p.x_offset + g * p.x_stride) >> 2u;
+    let w0 = select(0u, wid.y * p.rows, batched);
+    let y0 = p.row_base + g * p.y_stride;
     let last = p.rows - 1u;
-    let ra = min(r0, last);
-    let rb = min(r0 + 1u, last);
-    let rc = min(r0 + 2u, last);
-    let rd = min(r0 + 3u, last);
+    let ra = min(r0, last) + w0;
+    let rb = min(r0 + 1u, last) + w0;
+    let rc = min(r0 + 2u, last) + w0;
+    let rd = min(r0 + 3u, last) + w0;
     var acc = vec4<f32>(0.0);
     let nb = p.cols / 32u;
     var b = lane;
@@ -69,33 +86,33 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     } else if (ROWS == 4u) {
         for (; b + team < nb; b += 2u * team) {
-            let s0 = step(b, ra, rb, rc, rd);
-            let s1 = step(b + team, ra, rb, rc, rd);
+            let s0 = step(xo, b, ra, rb, rc, rd);
+            let s1 = step(xo, b + team, ra, rb, rc, rd);
             acc += s0 + s1;
         }
         if (b < nb) {
-            acc += step(b, ra, rb, rc, rd);
+            acc += step(xo, b, ra, rb, rc, rd);
         }
     } else if (ROWS == 2u) {
         var acc2 = vec2<f32>(0.0);
         for (; b + team < nb; b += 2u * team) {
-            let s0 = step2(b, ra, rb);
-            let s1 = step2(b + team, ra, rb);
+            let s0 = step2(xo, b, ra, rb);
+            let s1 = step2(xo, b + team, ra, rb);
             acc2 += s0 + s1;
         }
         if (b < nb) {
-            acc2 += step2(b, ra, rb);
+            acc2 += step2(xo, b, ra, rb);
         }
         acc = vec4<f32>(acc2, 0.0, 0.0);
     } else {
         var acc1 = 0.0;
         for (; b + team < nb; b += 2u * team) {
-            let s0 = step1(b, ra);
-            let s1 = step1(b + team, ra);
+            let s0 = step1(xo, b, ra);
+            let s1 = step1(xo, b + team, ra);
             acc1 += s0 + s1;
         }
         if (b < nb) {
-            acc1 += step1(b, ra);
+            acc1 += step1(xo, b, ra);
         }
         acc.x = acc1;
     }
@@ -103,10 +120,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (lane == 0u) {
         for (var i = 0u; i < nrows; i++) {
             if (r0 + i < p.rows) {
-                let o = p.row_base + r0 + i;
+                let o = y0 + r0 + i;
                 var v = total[i];
                 let q8_bits = BITS >= 2u && BITS <= 6u;
-                if ((p.x_offset & 3u) != 0u || (q8 && !q8_bits)) {
+                if (((p.x_offset | (g * p.x_stride)) & 3u) != 0u || (q8 && !q8_bits)) {
                     v = bitcast<f32>(0x7fc00000u); // NaN: unsupported x_offset or layout
                 }
                 if ((p.flags & 1u) != 0u) {
@@ -142,22 +159,22 @@ fn step_q8(b: u32, nb: u32, ra: u32, rb: u32, rc: u32, rd: u32) -> vec4<f32> {
 }
 
 // The sums of block b of rows ra..rd with x, for the 4 rows of a team.
-fn step(b: u32, ra: u32, rb: u32, rc: u32, rd: u32) -> vec4<f32> {
-    let xs = load_x32(p.x_offset >> 2u, b, p.cols / 32u, (p.flags & 4u) != 0u);
+fn step(xo: u32, b: u32, ra: u32, rb: u32, rc: u32, rd: u32) -> vec4<f32> {
+    let xs = load_x32(xo, b, p.cols / 32u, (p.flags & 4u) != 0u);
     return rows_block(0u, p.scales_word, p.biases_word, p.cols, vec4<u32>(ra, rb, rc, rd), b,
                       xs, x32_sum(xs));
 }
 
 // The sums of block b of rows ra, rb with x, for teams of 2 rows.
-fn step2(b: u32, ra: u32, rb: u32) -> vec2<f32> {
-    let xs = load_x32(p.x_offset >> 2u, b, p.cols / 32u, (p.flags & 4u) != 0u);
+fn step2(xo: u32, b: u32, ra: u32, rb: u32) -> vec2<f32> {
+    let xs = load_x32(xo, b, p.cols / 32u, (p.flags & 4u) != 0u);
     let xsum = x32_sum(xs);
     return vec2<f32>(row_block(0u, p.scales_word, p.biases_word, p.cols, ra, b, xs, xsum),
                      row_block(0u, p.scales_word, p.biases_word, p.cols, rb, b, xs, xsum));
 }
 
 // The sum of block b of row ra with x, for teams of 1 row.
-fn step1(b: u32, ra: u32) -> f32 {
-    let xs = load_x32(p.x_offset >> 2u, b, p.cols / 32u, (p.flags & 4u) != 0u);
+fn step1(xo: u32, b: u32, ra: u32) -> f32 {
+    let xs = load_x32(xo, b, p.cols / 32u, (p.flags & 4u) != 0u);
     return row_block(0u, p.scales_word, p.biases_word, p.cols, ra, b, xs, x32_sum(xs));
 }

@@ -574,11 +574,25 @@ impl Checkpoint {
     /// A weight matrix `[rows, cols]` named `prefix` (without `.weight`), float or
     /// MLX-quantized, checked against the expected shape.
     pub fn matrix(&self, prefix: &str, rows: usize, cols: usize) -> Result<MatrixView<'_>> {
-        let (format, [w, s, b]) = self.matrix_entries(prefix, &[], rows, cols)?;
+        self.matrix_stacked(prefix, 1, rows, cols)
+    }
+
+    /// `count` matrices `[rows, cols]` stacked in one tensor `[count, rows, cols]` (with
+    /// `count` 1: `[rows, cols]`), as one matrix of `count * rows` rows (mlx-lm's
+    /// per-head `embed_q` / `unembed_out` of latent attention).
+    pub fn matrix_stacked(
+        &self,
+        prefix: &str,
+        count: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<MatrixView<'_>> {
+        let lead: &[usize] = if count == 1 { &[] } else { &[count] };
+        let (format, [w, s, b]) = self.matrix_entries(prefix, lead, rows, cols)?;
         let bytes = |e: Option<&TensorEntry>| e.map_or(&[][..], |e| self.bytes_of(e));
         Ok(MatrixView {
             format,
-            rows,
+            rows: count * rows,
             cols,
             weight: bytes(w),
             scales: bytes(s),

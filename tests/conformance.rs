@@ -121,6 +121,25 @@ fn glm4_moe_fixtures_match_golden_with_full_and_tight_cache() {
     full_and_tight(common::glm4_moe_fixtures(), None);
 }
 
+/// With f32 activations: the MLX 4-bit fixture is 5.1e-5 from golden on lavapipe (1.5e-3
+/// with 8+8-bit decode rows, checked apart below); the float ones 1.1e-5 .. 2.0e-5.
+#[test]
+fn deepseek_v3_fixtures_match_golden_with_full_and_tight_cache() {
+    full_and_tight(common::deepseek_v3_fixtures(), Some(true));
+}
+
+/// The 4-bit MLX DeepSeek-V3 fixture (absorbed `embed_q` / `unembed_out`) with the
+/// builder's default activations: within the golden tolerance (1.5e-3 on lavapipe).
+#[test]
+fn deepseek_v3_mlx_with_integer_activations() {
+    let dir = common::deepseek_v3_fixtures()
+        .into_iter()
+        .find(|d| d.ends_with("dsv3_mlx_4bit"))
+        .expect("the MLX DeepSeek-V3 fixture");
+    let golden = Golden::load(&dir).unwrap();
+    run(&dir, &golden, None);
+}
+
 /// The 4-bit MLX Mixtral fixture with the builder's default activations (8+8-bit decode
 /// rows where the GPU has integer dot products): every checked argmax agrees and the
 /// logits stay within 5e-3 (measured 4.2e-3 on lavapipe; see above).

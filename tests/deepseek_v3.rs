@@ -1,9 +1,10 @@
 //! DeepSeek-V3 (`deepseek_v3`, and Kimi-K2's `kimi_k2`) configs: both spellings of the
 //! fixtures in tests/fixtures_deepseek_v3/ give the latent-attention plan (ranks, head
 //! widths, the softmax scale with YaRN's mscale, interleaved RoPE) and the sigmoid
-//! routing; malformed configs are typed errors; the GPU engine says plainly that it does
-//! not run latent attention yet. The CPU reference runs it against golden logits in
-//! tests/reference_golden.rs (float fixtures; FP8 and MLX not read yet).
+//! routing; malformed configs are typed errors; the GPU engine refuses FP8 weights and
+//! latent shapes its kernels do not take with typed errors. The CPU reference runs every
+//! fixture against golden logits in tests/reference_golden.rs, the GPU engine the float and
+//! MLX ones in tests/conformance.rs.
 
 use std::path::{Path, PathBuf};
 
@@ -65,16 +66,39 @@ fn fixture_configs_give_the_plan() {
 }
 
 #[test]
-fn the_engine_says_latent_attention_is_not_run_yet() {
-    for name in ["dsv3_hf_f32", "dsv3_released_bf16"] {
-        match Model::builder(fixture(name)).build() {
-            Err(Error::Config { reason, .. }) => {
-                assert!(reason.contains("latent attention"), "{reason}")
-            }
-            Err(e) => panic!("{name}: expected Error::Config, got {e}"),
-            Ok(_) => panic!("{name}: expected Error::Config, got a model"),
-        }
+fn the_engine_refuses_what_its_kernels_do_not_take() {
+    // FP8 weights: read and streamed, not yet run by the GPU kernels.
+    match Model::builder(fixture("dsv3_fp8")).build() {
+        Err(Error::InvalidArgument(msg)) => assert!(msg.contains("FP8"), "{msg}"),
+        Err(e) => panic!("expected Error::InvalidArgument naming FP8, got {e}"),
+        Ok(_) => panic!("expected Error::InvalidArgument naming FP8, got a model"),
     }
+    // A latent the kernels cannot read as quads: a typed error at build, naming it.
+    let dir = tempfile_dir("dsv3_odd_rank");
+    for f in std::fs::read_dir(fixture("dsv3_released_bf16")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        cfg.replacen("\"kv_lora_rank\": 32", "\"kv_lora_rank\": 30", 1),
+    )
+    .unwrap();
+    match Model::builder(&dir).build() {
+        Err(Error::Config { reason, .. }) => assert!(reason.contains("kv_lora_rank"), "{reason}"),
+        Err(e) => panic!("expected Error::Config naming kv_lora_rank, got {e}"),
+        Ok(_) => panic!("expected Error::Config naming kv_lora_rank, got a model"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A fresh folder under the target directory's temp space.
+fn tempfile_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("moestream-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 #[test]

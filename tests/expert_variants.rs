@@ -525,6 +525,7 @@ fn mxfp4_resident_matrices() {
                 scales_word: sw,
                 biases_word: (w.len() / 4) as u32,
                 team,
+                ..Default::default()
             };
             let out = on
                 .run_mxfp4(

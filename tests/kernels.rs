@@ -211,6 +211,9 @@ fn every_kernel_is_covered() {
         "conv1d_silu",
         "gated_delta_net",
         "gated_rmsnorm",
+        // tests/mla_kernels.rs
+        "mla_latent",
+        "mla_attention",
     ];
     for k in Kernel::ALL.into_iter().filter(|k| !k.is_quantized()) {
         assert!(

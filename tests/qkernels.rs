@@ -106,6 +106,7 @@ fn qmatvec_plain(
             scales_word: m.scales_word,
             biases_word: m.biases_word,
             team: runner().team(cols),
+            ..Default::default()
         }
         .words(),
         &[
@@ -554,6 +555,7 @@ fn qmatvec() {
                                 scales_word: m.scales_word,
                                 biases_word: m.biases_word,
                                 team: *team,
+                                ..Default::default()
                             }
                             .words(),
                             &[
@@ -576,6 +578,93 @@ fn qmatvec() {
                         );
                     }
                 }
+            }
+        }
+    }
+    ck.report();
+}
+
+/// The batched per-head `qmatvec` (`heads` > 0; latent attention's absorbed projections):
+/// `heads` stacked matrices, group g = token * heads + head reading x at g * x_stride and
+/// writing y from g * y_stride, on every team setup and rows per team; the gaps between
+/// groups' outputs stay untouched.
+#[test]
+fn qmatvec_batched_heads() {
+    let mut ck = Checker::new("qmatvec heads");
+    let mut rng = Rng::new(11);
+    let mut case_no = 0usize;
+    // (bits, group, heads, rows per head, cols, tokens, x stride, y stride)
+    let cases = [
+        (
+            4u32, 32u32, 4usize, 128usize, 32usize, 1usize, 48usize, 144usize,
+        ),
+        (4, 64, 3, 20, 128, 2, 128, 20),
+        (8, 32, 2, 67, 64, 3, 68, 70),
+        (3, 32, 2, 5, 96, 2, 100, 9),
+    ];
+    for (bits, group, heads, rows, cols, n, xs, ys) in cases {
+        for dtype in DTYPES {
+            let q = quant(bits, group, dtype);
+            let m = QMat::random(&mut rng, heads * rows, cols, q);
+            let x = rng.vec(n * heads * xs + 4, 1.0);
+            let before = rng.vec(n * heads * ys + 6, 1.0);
+            let mut want = before.clone();
+            let mut written = vec![false; before.len()];
+            for t in 0..n {
+                for h in 0..heads {
+                    let g = t * heads + h;
+                    let w = &m.values[h * rows * cols..(h + 1) * rows * cols];
+                    let y = reference::matmul(w, rows, cols, &x[g * xs..g * xs + cols], 1);
+                    want[g * ys..g * ys + rows].copy_from_slice(&y);
+                    written[g * ys..g * ys + rows].fill(true);
+                }
+            }
+            for (on, team, how) in team_setups(cols) {
+                case_no += 1;
+                let rpt = [4u32, 2, 1][case_no % 3];
+                let case = format!(
+                    "{bits}-bit g{group} {dtype} {heads} heads x {rows}x{cols}, {n} tokens, {how}, {rpt} rows per team"
+                );
+                let out = run_kernel_grid_on(
+                    on,
+                    Kernel::QMatVec,
+                    Some(q.scale_dtype),
+                    Some((q.bits, q.group_size)),
+                    rpt,
+                    QMatVecParams {
+                        rows: rows as u32,
+                        cols: cols as u32,
+                        scales_word: m.scales_word,
+                        biases_word: m.biases_word,
+                        team,
+                        heads: heads as u32,
+                        x_stride: xs as u32,
+                        y_stride: ys as u32,
+                        ..Default::default()
+                    }
+                    .words(),
+                    &[
+                        &m.bytes,
+                        &f32_bytes(&x),
+                        &[],
+                        &[],
+                        &f32_bytes(&before),
+                        &m.bytes,
+                    ],
+                    kernels::head_batch_groups(
+                        kernels::qmatvec_head_blocks(rows as u32, team, rpt),
+                        heads as u32,
+                        n as u32,
+                    ),
+                );
+                let got = to_f32(&out[4]);
+                ck.untouched(&case, &got, &before, &written);
+                ck.close(
+                    &case,
+                    &pick(&got, &written),
+                    &pick(&want, &written),
+                    REDUCTION.floor(m.dot_scale(rms(&x))),
+                );
             }
         }
     }

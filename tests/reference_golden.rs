@@ -76,9 +76,7 @@ fn fixture_dirs() -> Vec<PathBuf> {
             std::fs::read_dir(&root)
                 .unwrap_or_else(|e| panic!("cannot list {}: {e}", root.display()))
                 .map(|e| e.unwrap().path())
-                .filter(|p| p.join("golden.json").is_file())
-                // Not read yet: MLX's absorbed kv_b_proj (embed_q / unembed_out).
-                .filter(|p| !p.ends_with("dsv3_mlx_4bit")),
+                .filter(|p| p.join("golden.json").is_file()),
         );
     }
     dirs.sort();

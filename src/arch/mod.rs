@@ -8,7 +8,7 @@
 //! (docs/architecture.md, "Adding a family"). This module's public part is the plan: the
 //! blocks a layer can run and their variants.
 
-mod deepseek_v3;
+pub(crate) mod deepseek_v3;
 pub(crate) mod glm4_moe;
 pub(crate) mod gpt_oss;
 mod mixtral;

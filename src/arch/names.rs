@@ -154,6 +154,11 @@ pub(crate) mod tensor {
     pub const KV_A_PROJ: &str = "self_attn.kv_a_proj_with_mqa";
     pub const KV_A_NORM: &str = "self_attn.kv_a_layernorm";
     pub const KV_B_PROJ: &str = "self_attn.kv_b_proj";
+    /// mlx-lm's split of `kv_b_proj` into the absorbed per-head projections, `[heads,
+    /// kv_lora_rank, qk_nope_head_dim]` (W_UK transposed) and `[heads, v_head_dim,
+    /// kv_lora_rank]` (W_UV).
+    pub const EMBED_Q: &str = "self_attn.embed_q";
+    pub const UNEMBED_OUT: &str = "self_attn.unembed_out";
     /// A dense MLP: `mlp.{gate,up,down}_proj`.
     pub const MLP: &str = "mlp";
     pub const ROUTER: &str = "mlp.gate";

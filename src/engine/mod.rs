@@ -5,7 +5,7 @@
 //!   [`loader`].
 //! - [`state`]: per-layer sequence state (KV caches) and the scratch buffers of a pass.
 //! - [`pass`]: one forward pass and the pieces every block shares (mat-vecs, RMSNorm).
-//! - blocks: [`attention`], [`linear_attention`] (Gated DeltaNet), [`mlp`] (dense MLP and the choice of feed-forward block),
+//! - blocks: [`attention`], [`mla`] (multi-head latent attention), [`linear_attention`] (Gated DeltaNet), [`mlp`] (dense MLP and the choice of feed-forward block),
 //!   [`moe`] (routing, expert loading, the shared expert), [`experts`] (the expert
 //!   kernels over cache slots).
 
@@ -13,6 +13,7 @@ mod attention;
 mod experts;
 mod linear_attention;
 pub(crate) mod loader;
+mod mla;
 mod mlp;
 mod moe;
 pub(crate) mod pass;
@@ -23,24 +24,16 @@ use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
 /// Checks that the GPU engine runs every block of `cfg`'s plan; an [`Error::Config`]
-/// naming the first layer and block it does not run yet (DeepSeek-V3's multi-head latent
-/// attention).
+/// naming the first layer and block it cannot run (latent attention of a shape its
+/// kernels do not take).
 pub(crate) fn check_plan(cfg: &ModelConfig, path: &std::path::Path) -> Result<()> {
-    match cfg.layers.iter().position(|p| p.mla().is_some()) {
-        Some(l) => Err(Error::Config {
-            path: path.to_path_buf(),
-            reason: format!(
-                "{}: layer {l} uses multi-head latent attention, which the GPU engine does not run yet",
-                cfg.model_type
-            ),
-        }),
-        None => Ok(()),
+    for (l, plan) in cfg.layers.iter().enumerate() {
+        if let Some(reason) = plan.mla().and_then(mla::unsupported) {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                reason: format!("{}: layer {l}: {reason}", cfg.model_type),
+            });
+        }
     }
-}
-
-/// The error of a plan with latent attention past [`check_plan`].
-pub(crate) fn unsupported_mla(l: usize) -> Error {
-    Error::InvalidArgument(format!(
-        "layer {l}: multi-head latent attention is not run by the GPU engine yet"
-    ))
+    Ok(())
 }

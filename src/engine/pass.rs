@@ -104,6 +104,7 @@ impl<'a> Pass<'a> {
         match &layer.mixer {
             MixerWeights::Attention(a) => self.attention(l, &layer.input_norm, a)?,
             MixerWeights::LinearAttention(a) => self.linear_attention(l, &layer.input_norm, a)?,
+            MixerWeights::Mla(a) => self.mla(l, &layer.input_norm, a)?,
         }
         self.ffn(l, layer)
     }
@@ -227,6 +228,7 @@ impl<'a> Pass<'a> {
                             scales_word: sw,
                             biases_word: bw,
                             team,
+                            ..Default::default()
                         };
                         self.rec.record(
                             Kernel::QMatVec,
@@ -276,6 +278,33 @@ impl<'a> Pass<'a> {
         x_offset: usize,
     ) {
         let eps = self.m.cfg.rms_norm_eps;
+        self.rmsnorm_at(x, w, y, rows, len, x_offset, eps);
+    }
+
+    /// [`Pass::rmsnorm`] with its own epsilon (DeepSeek-V3's latent norms).
+    pub(crate) fn rmsnorm_eps(
+        &mut self,
+        x: &wgpu::Buffer,
+        w: &GpuVec,
+        y: &wgpu::Buffer,
+        rows: usize,
+        len: usize,
+        eps: f32,
+    ) {
+        self.rmsnorm_at(x, w, y, rows, len, 0, eps);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_at(
+        &mut self,
+        x: &wgpu::Buffer,
+        w: &GpuVec,
+        y: &wgpu::Buffer,
+        rows: usize,
+        len: usize,
+        x_offset: usize,
+        eps: f32,
+    ) {
         let il = interleaves(rows, len);
         // The 8+8-bit row only for models whose mat-vecs read it (`XLayout::for_bits`).
         let q8 = il && !self.m.f32_activations;

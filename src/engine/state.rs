@@ -2,7 +2,7 @@
 //! layer, a recurrent state per linear-attention layer), allocated once per session, and the
 //! scratch buffers of one pass.
 
-use crate::arch::Mixer;
+use crate::arch::{Mixer, MlaSpec};
 use crate::config::ModelConfig;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -30,6 +30,9 @@ pub(crate) enum LayerState {
         conv: [wgpu::Buffer; 2],
         state: [wgpu::Buffer; 2],
     },
+    /// A latent-attention layer's cache, `[max_context, kv_lora_rank + qk_rope_head_dim]`
+    /// of the KV cache dtype: per token its normalized latent and rotated RoPE key.
+    Latent { cache: wgpu::Buffer },
 }
 
 /// The KV cache of a sliding-window layer that keeps only the keys its window can still
@@ -84,7 +87,25 @@ impl SequenceState {
         let mut layers = Vec::with_capacity(cfg.layers.len());
         for (l, plan) in cfg.layers.iter().enumerate() {
             layers.push(match &plan.mixer {
-                Mixer::Mla(_) => return Err(crate::engine::unsupported_mla(l)),
+                Mixer::Mla(spec) => {
+                    let width = spec.cache_width();
+                    if kv_dtype == DType::F16 && width % 8 != 0 {
+                        return Err(Error::InvalidArgument(format!(
+                            "layer {l}: an f16 latent cache needs kv_lora_rank + qk_rope_head_dim ({width}) to be a multiple of 8"
+                        )));
+                    }
+                    let bytes = max_context
+                        .checked_mul(width * kv_dtype.size())
+                        .ok_or_else(|| {
+                            Error::InvalidArgument(format!(
+                                "max_context {max_context} is too large"
+                            ))
+                        })?;
+                    check_size(gpu, "the latent cache of one layer", bytes)?;
+                    LayerState::Latent {
+                        cache: gpu.storage_buffer("latent cache", bytes as u64),
+                    }
+                }
                 Mixer::Attention(a) => {
                     // A sliding window shorter than the context: a ring of its keys.
                     let ring = a
@@ -165,12 +186,21 @@ impl SequenceState {
         }
     }
 
-    /// GPU memory of the KV caches.
+    /// The latent cache of latent-attention layer `l`.
+    pub fn latent(&self, l: usize) -> Result<&wgpu::Buffer> {
+        match self.layers.get(l) {
+            Some(LayerState::Latent { cache }) => Ok(cache),
+            _ => Err(Error::Gpu(format!("layer {l} has no latent cache"))),
+        }
+    }
+
+    /// GPU memory of the KV caches (latent caches included).
     pub fn kv_bytes(&self) -> u64 {
         self.layers
             .iter()
             .map(|s| match s {
                 LayerState::Kv { k, v, .. } => k.size() + v.size(),
+                LayerState::Latent { cache } => cache.size(),
                 LayerState::Recurrent { .. } => 0,
             })
             .sum()
@@ -182,6 +212,7 @@ impl SequenceState {
             .iter()
             .map(|s| match s {
                 LayerState::Kv { k, v, .. } => k.size() + v.size(),
+                LayerState::Latent { cache } => cache.size(),
                 LayerState::Recurrent { conv, state } => {
                     conv.iter().chain(state).map(wgpu::Buffer::size).sum()
                 }
@@ -246,6 +277,11 @@ pub(crate) struct Scratch {
     pub la_y: wgpu::Buffer,
     pub la_o: wgpu::Buffer,
     pub la_n: wgpu::Buffer,
+    /// Latent attention: `q_a_proj`'s output and its normed copy `[tokens, q_lora_rank]`,
+    /// `kv_a_proj_with_mqa`'s `[tokens, kv_lora_rank + qk_rope_head_dim]`.
+    pub lat_q: wgpu::Buffer,
+    pub lat_qn: wgpu::Buffer,
+    pub lat_kv: wgpu::Buffer,
     pub logits: wgpu::Buffer,
     pub readback: wgpu::Buffer,
     /// The RoPE tables: cos `[max_context, rotary_dim / 2]`, then sin from float
@@ -267,6 +303,14 @@ impl Scratch {
             .intermediate_size
             .max(cfg.shared_expert_intermediate_size);
         let la_rows_max = cfg.linear_attention.map_or(0, |a| a.projection_rows());
+        // Latent attention: q_lora_rank, the cache row, the absorbed queries
+        // `[heads, rank + rope]`, the heads' latent outputs `[heads, rank]` and values.
+        let mla = cfg.layers.iter().find_map(|p| p.mla());
+        let ql = mla.and_then(|a| a.q_lora_rank).unwrap_or(0);
+        let lat_w = mla.map_or(0, MlaSpec::cache_width);
+        let lat_heads = mla.map_or(0, |a| {
+            a.heads * (a.cache_width() + a.v_head_dim.max(a.qk_nope_head_dim + a.qk_rope_head_dim))
+        });
         let per_token = 4 * [
             cfg.hidden_size,
             2 * cfg.shared_expert_intermediate_size,
@@ -276,6 +320,7 @@ impl Scratch {
             kk * cfg.hidden_size,
             kk * cfg.moe_intermediate_size,
             la_rows_max,
+            lat_heads,
         ]
         .into_iter()
         .max()
@@ -292,6 +337,13 @@ impl Scratch {
         let buf = |label: &str, floats: usize| gpu.storage_buffer(label, (floats * 4) as u64);
         let h = cfg.hidden_size;
         let qd = cfg.num_attention_heads * cfg.head_dim * if cfg.attn_output_gate { 2 } else { 1 };
+        // q also holds a latent-attention layer's values; qr its absorbed queries, attn
+        // its heads' latent outputs.
+        let q_w = qd.max(mla.map_or(0, |a| a.heads * a.v_head_dim));
+        let qr_w = qd.max(mla.map_or(0, |a| a.heads * a.cache_width()));
+        let attn_w = qd.max(mla.map_or(0, |a| a.heads * a.kv_lora_rank));
+        // The decode row's other layouts, for the q norm's output too.
+        let row_w = h.max(ql);
         let kvd = cfg.num_key_value_heads * cfg.head_dim;
         let la = cfg.linear_attention;
         let la_rows = la.map_or(0, |a| a.projection_rows());
@@ -315,14 +367,14 @@ impl Scratch {
             x: buf("x", cap * h),
             h: buf("h", cap * h),
             xn: buf("xn", cap * h),
-            xi: buf("xi", h),
-            xq: buf("xq", h / 32 * 18),
-            q: buf("q", cap * qd),
+            xi: buf("xi", row_w),
+            xq: buf("xq", row_w / 32 * 18),
+            q: buf("q", cap * q_w),
             k: buf("k", cap * kvd),
             v: buf("v", cap * kvd),
             qkv: buf("qkv", cap * (qd + 2 * kvd)),
-            qr: buf("qr", cap * qd),
-            attn: buf("attn", cap * qd),
+            qr: buf("qr", cap * qr_w),
+            attn: buf("attn", cap * attn_w),
             attn_part: buf(
                 "attention partials",
                 crate::gpu::kernels::attention_part_floats(
@@ -357,6 +409,9 @@ impl Scratch {
             la_y: buf("la_y", cap * la_ch),
             la_o: buf("la_o", cap * la_v),
             la_n: buf("la_n", cap * la_v),
+            lat_q: buf("lat_q", cap * ql),
+            lat_qn: buf("lat_qn", cap * ql),
+            lat_kv: buf("lat_kv", cap * lat_w),
             logits: buf("logits", cfg.vocab_size),
             readback: gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),

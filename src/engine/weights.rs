@@ -1,6 +1,8 @@
 //! The resident (non-expert) weights, uploaded to the GPU once per model.
 
-use crate::arch::{tensor, AttentionSpec, Ffn, LinearAttentionSpec, Mixer, MoeSpec, Names};
+use crate::arch::{
+    tensor, AttentionSpec, Ffn, LinearAttentionSpec, Mixer, MlaSpec, MoeSpec, Names,
+};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -35,6 +37,38 @@ pub(crate) struct Attention {
     pub k_norm: Option<GpuVec>,
     /// Per-head attention sinks, `[heads]` (gpt-oss).
     pub sinks: Option<GpuVec>,
+}
+
+/// How a latent-attention layer projects its queries.
+pub(crate) enum MlaQuery {
+    /// `q_a_proj` (+ bias), `q_a_layernorm`, `q_b_proj`.
+    LowRank {
+        a: GpuMatrix,
+        a_bias: Option<GpuVec>,
+        norm: GpuVec,
+        b: GpuMatrix,
+    },
+    /// One `q_proj`.
+    Full(GpuMatrix),
+}
+
+/// A multi-head latent attention layer (DeepSeek-V3, Kimi-K2), with `kv_b_proj` in its
+/// absorbed per-head form, so that attention runs over the cached latent
+/// (docs/families/deepseek_v3.md §4).
+pub(crate) struct Mla {
+    pub spec: MlaSpec,
+    pub q: MlaQuery,
+    /// `kv_a_proj_with_mqa`, `[rank + rope, hidden]`, and its bias.
+    pub kv_a: GpuMatrix,
+    pub kv_a_bias: Option<GpuVec>,
+    /// `kv_a_layernorm`, `[rank]`.
+    pub kv_norm: GpuVec,
+    /// `[heads * rank, nope]`: per head W_UK transposed (mlx-lm's `embed_q`).
+    pub embed_q: GpuMatrix,
+    /// `[heads * v_head_dim, rank]`: per head W_UV (mlx-lm's `unembed_out`).
+    pub unembed: GpuMatrix,
+    pub o: GpuMatrix,
+    pub o_bias: Option<GpuVec>,
 }
 
 /// A dense SwiGLU MLP.
@@ -167,6 +201,7 @@ impl LinearAttention {
 pub(crate) enum MixerWeights {
     Attention(Attention),
     LinearAttention(LinearAttention),
+    Mla(Mla),
 }
 
 /// A layer's feed-forward block, as its plan says.
@@ -204,6 +239,14 @@ impl Weights {
                     Qkv::Separate { q, k, v, .. } => vec![q, k, v, &a.o],
                 },
                 MixerWeights::LinearAttention(a) => vec![&a.proj, &a.out],
+                MixerWeights::Mla(a) => {
+                    let mut v = match &a.q {
+                        MlaQuery::LowRank { a, b, .. } => vec![a, b],
+                        MlaQuery::Full(q) => vec![q],
+                    };
+                    v.extend([&a.kv_a, &a.embed_q, &a.unembed, &a.o]);
+                    v
+                }
             };
             let ffn: Vec<&GpuMatrix> = match &l.ffn {
                 FfnWeights::Dense(d) => vec![&d.gate, &d.up, &d.down],
@@ -280,7 +323,7 @@ impl Weights {
         for (l, plan) in cfg.layers.iter().enumerate() {
             let n = |rest: &str| names.layer(l, rest);
             let mixer = match &plan.mixer {
-                Mixer::Mla(_) => return Err(crate::engine::unsupported_mla(l)),
+                Mixer::Mla(spec) => MixerWeights::Mla(ld.mla(l, h, spec)?),
                 Mixer::Attention(spec) => MixerWeights::Attention(ld.attention(l, h, spec)?),
                 Mixer::LinearAttention(spec) => {
                     MixerWeights::LinearAttention(ld.linear_attention(

@@ -100,6 +100,15 @@ pub enum Kernel {
     /// DeltaNet layer ([`gated_rmsnorm_groups`],
     /// [`params::GatedRmsNormParams`](super::params::GatedRmsNormParams)).
     GatedRmsNorm,
+    /// Multi-head latent attention's per-token step: the query heads' RoPE dims, the
+    /// token's normalized latent and RoPE key into the latent cache
+    /// ([`params::MlaLatentParams`](super::params::MlaLatentParams), grid (heads + 1,
+    /// tokens)).
+    MlaLatent,
+    /// Multi-head latent attention over the latent cache, one workgroup per (head, query)
+    /// ([`params::MlaAttentionParams`](super::params::MlaAttentionParams), grid (heads,
+    /// tokens)).
+    MlaAttention,
 }
 
 /// Which optional GPU features a kernel is compiled for. The device picks the variant
@@ -353,6 +362,19 @@ pub fn qmatvec_groups(rows: u32, team: u32, rows_per_team: u32) -> (u32, u32) {
     grid_of(rows.div_ceil(team_rows(team, rows_per_team)))
 }
 
+/// Grid of a batch of per-head mat-vecs ([`Kernel::QMatVec`] or [`Kernel::MatVec`] with
+/// `heads` > 0): `blocks` workgroups per head's rows (for `QMatVec`, `rows` over the rows
+/// of its teams, [`qmatvec_head_blocks`]; for `MatVec`, `rows`), then the heads and the
+/// tokens.
+pub fn head_batch_groups(blocks: u32, heads: u32, tokens: u32) -> (u32, u32, u32) {
+    (blocks.max(1), heads.max(1), tokens.max(1))
+}
+
+/// Workgroups of a batched [`Kernel::QMatVec`] per head of `rows` rows.
+pub fn qmatvec_head_blocks(rows: u32, team: u32, rows_per_team: u32) -> u32 {
+    rows.div_ceil(team_rows(team, rows_per_team))
+}
+
 /// Grid of [`Kernel::AttentionTiled`]: one workgroup per head and 16 queries.
 pub fn attention_tiled_groups(n_heads: u32, n_tokens: u32) -> (u32, u32) {
     (n_heads, n_tokens.div_ceil(16).max(1))
@@ -542,7 +564,9 @@ pub fn gated_rmsnorm_groups(value_heads: u32, n_tokens: u32) -> (u32, u32) {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 30] = [
+    pub const ALL: [Kernel; 32] = [
+        Kernel::MlaLatent,
+        Kernel::MlaAttention,
         Kernel::SigmoidGate,
         Kernel::SharedSwiGlu,
         Kernel::Embedding,
@@ -608,6 +632,8 @@ impl Kernel {
             Kernel::GatedRmsNorm => "gated_rmsnorm",
             Kernel::SigmoidGate => "sigmoid_gate",
             Kernel::SharedSwiGlu => "shared_swiglu",
+            Kernel::MlaLatent => "mla_latent",
+            Kernel::MlaAttention => "mla_attention",
         }
     }
 
@@ -643,6 +669,8 @@ impl Kernel {
             Kernel::GatedRmsNorm => include_str!("../../kernels/gated_rmsnorm.wgsl"),
             Kernel::SigmoidGate => include_str!("../../kernels/sigmoid_gate.wgsl"),
             Kernel::SharedSwiGlu => include_str!("../../kernels/shared_swiglu.wgsl"),
+            Kernel::MlaLatent => include_str!("../../kernels/mla_latent.wgsl"),
+            Kernel::MlaAttention => include_str!("../../kernels/mla_attention.wgsl"),
         }
     }
 
@@ -681,7 +709,11 @@ impl Kernel {
     pub fn uses_kv_cache(self) -> bool {
         matches!(
             self,
-            Kernel::HeadNormRope | Kernel::AttentionSplit | Kernel::AttentionTiled
+            Kernel::HeadNormRope
+                | Kernel::AttentionSplit
+                | Kernel::AttentionTiled
+                | Kernel::MlaLatent
+                | Kernel::MlaAttention
         )
     }
 

@@ -66,6 +66,9 @@ macro_rules! kernel_params {
     };
 }
 
+mod mla;
+pub use mla::{MlaAttentionParams, MlaLatentParams};
+
 kernel_params! {
     /// Parameters of [`Kernel::Conv1dSilu`] (`kernels/conv1d_silu.wgsl`).
     Conv1dSiluParams for Conv1dSilu {
@@ -357,12 +360,13 @@ kernel_params! {
         flags: u32,
         /// Element offset of x.
         x_offset: u32,
-        /// Padding.
-        pad0: u32,
-        /// Padding.
-        pad1: u32,
-        /// Padding.
-        pad2: u32,
+        /// 0, or a batch of per-head mat-vecs: `heads` stacked matrices of `rows` rows,
+        /// grid (rows, heads, tokens).
+        heads: u32,
+        /// Floats from one group's x row to the next (group = token * heads + head).
+        x_stride: u32,
+        /// Floats from one group's y rows to the next.
+        y_stride: u32,
     }
 }
 
@@ -689,6 +693,15 @@ kernel_params! {
         /// Invocations per team (a power of two from 4 to 64; the subgroup size in the
         /// subgroup variant).
         team: u32,
+        /// 0, or a batch of per-head mat-vecs: `heads` stacked matrices of `rows` rows,
+        /// the grid's y the head, its z the token ([`crate::gpu::kernels::head_batch_groups`]).
+        heads: u32,
+        /// Floats from one group's x row to the next (group = token * heads + head).
+        x_stride: u32,
+        /// Floats from one group's y rows to the next.
+        y_stride: u32,
+        /// Padding.
+        pad0: u32,
     }
 }
 
@@ -1031,6 +1044,8 @@ pub const ALL: &[ParamsLayout] = &[
     GatedRmsNormParams::LAYOUT,
     SigmoidGateParams::LAYOUT,
     SharedSwiGluParams::LAYOUT,
+    MlaLatentParams::LAYOUT,
+    MlaAttentionParams::LAYOUT,
 ];
 
 /// The layout of the parameter struct of `kernel`, if it has one.

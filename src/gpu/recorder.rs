@@ -98,6 +98,8 @@ impl<'a> From<&'a wgpu::Buffer> for Bind<'a> {
 /// byte offset (three u32: x, y, z), as written by an earlier kernel.
 pub(crate) enum Size<'a> {
     Direct((u32, u32)),
+    /// A 3-D grid (the batched per-head mat-vecs: rows, heads, tokens).
+    Direct3((u32, u32, u32)),
     Indirect(&'a wgpu::Buffer, u64),
 }
 
@@ -419,6 +421,7 @@ impl<'a> Recorder<'a> {
             pass.set_bind_group(0, &bind_group, &[]);
             match size {
                 Size::Direct((x, y)) => pass.dispatch_workgroups(x, y, 1),
+                Size::Direct3((x, y, z)) => pass.dispatch_workgroups(x, y, z),
                 Size::Indirect(args, offset) => pass.dispatch_workgroups_indirect(args, offset),
             }
         }

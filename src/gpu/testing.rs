@@ -103,8 +103,41 @@ impl KernelRunner {
         buffers: &[&[u8]],
         groups: (u32, u32),
     ) -> Result<Vec<Vec<u8>>> {
+        self.run_grid(
+            kernel,
+            wdt,
+            quant,
+            rows,
+            params,
+            buffers,
+            (groups.0, groups.1, 1),
+        )
+    }
+
+    /// As [`run_q_rows`](Self::run_q_rows), over a 3-D grid (the batched per-head
+    /// mat-vecs: [`super::kernels::head_batch_groups`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_grid(
+        &self,
+        kernel: Kernel,
+        wdt: Option<DType>,
+        quant: Option<(u32, u32)>,
+        rows: u32,
+        params: &[u32],
+        buffers: &[&[u8]],
+        groups: (u32, u32, u32),
+    ) -> Result<Vec<Vec<u8>>> {
+        let code = wdt.map_or(0, DType::shader_code);
         self.run_with(buffers, |rec, binds| {
-            rec.dispatch_q_rows(kernel, wdt, quant, rows, params, binds, groups)
+            rec.record(
+                kernel,
+                code,
+                quant,
+                rows,
+                params,
+                binds,
+                super::Size::Direct3(groups),
+            )
         })
     }
 

@@ -271,7 +271,21 @@ impl ReferenceModel {
                         kv_a: w(tensor::KV_A_PROJ, &[r + dr, h])?,
                         kv_a_bias: bias(tensor::KV_A_PROJ, r + dr)?,
                         kv_a_norm: norm(&names.weight(l, tensor::KV_A_NORM), r)?,
-                        kv_b: w(tensor::KV_B_PROJ, &[nh * (spec.qk_nope_head_dim + dv), r])?,
+                        kv_b: if ckpt.contains(&names.weight(l, tensor::EMBED_Q)) {
+                            // mlx-lm's absorbed form, joined back.
+                            let dn = spec.qk_nope_head_dim;
+                            let stacked = |path: &str, rows: usize, cols: usize| {
+                                ckpt.matrix_stacked(&names.layer(l, path), nh, rows, cols)
+                                    .map(|m| m.to_f32())
+                            };
+                            crate::arch::deepseek_v3::absorb::join_kv_b(
+                                spec,
+                                &stacked(tensor::EMBED_Q, r, dn)?,
+                                &stacked(tensor::UNEMBED_OUT, dv, r)?,
+                            )
+                        } else {
+                            w(tensor::KV_B_PROJ, &[nh * (spec.qk_nope_head_dim + dv), r])?
+                        },
                         o: w(tensor::O_PROJ, &[h, nh * dv])?,
                         o_bias: bias(tensor::O_PROJ, h)?,
                     })

@@ -94,6 +94,31 @@ pub fn run_kernel_rows_on(
     buffers: &[&[u8]],
     groups: (u32, u32),
 ) -> Vec<Vec<u8>> {
+    run_kernel_grid_on(
+        on,
+        kernel,
+        wdt,
+        quant,
+        rows,
+        params,
+        buffers,
+        (groups.0, groups.1, 1),
+    )
+}
+
+/// As [`run_kernel_rows_on`], over a 3-D grid.
+#[allow(clippy::too_many_arguments)]
+#[allow(dead_code)] // not every test file that includes the harness uses it
+pub fn run_kernel_grid_on(
+    on: &KernelRunner,
+    kernel: Kernel,
+    wdt: Option<DType>,
+    quant: Option<(u32, u32)>,
+    rows: u32,
+    params: &[u32],
+    buffers: &[&[u8]],
+    groups: (u32, u32, u32),
+) -> Vec<Vec<u8>> {
     let (fields, bindings) = interface(kernel);
     assert_eq!(
         params.len(),
@@ -117,7 +142,7 @@ pub fn run_kernel_rows_on(
         kernel.name()
     );
     assert_eq!(kernel.is_quantized(), quant.is_some(), "{}", kernel.name());
-    on.run_q_rows(kernel, wdt, quant, rows, params, buffers, groups)
+    on.run_grid(kernel, wdt, quant, rows, params, buffers, groups)
         .unwrap_or_else(|e| panic!("{} ({wdt:?}, {quant:?}): {e}", kernel.name()))
 }
 

@@ -56,6 +56,16 @@ pub fn glm4_moe_fixtures() -> Vec<PathBuf> {
     fixtures_in("tests/fixtures_glm4_moe")
 }
 
+/// The DeepSeek-V3 fixtures the GPU engine runs (HF f32, released bf16 with an MTP
+/// layer, no q_lora bf16, MLX 4-bit with absorbed projections; not the FP8 one).
+#[allow(dead_code)]
+pub fn deepseek_v3_fixtures() -> Vec<PathBuf> {
+    fixtures_in("tests/fixtures_deepseek_v3")
+        .into_iter()
+        .filter(|p| !p.ends_with("dsv3_fp8"))
+        .collect()
+}
+
 #[allow(dead_code)]
 fn fixtures_in(sub: &str) -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(sub);

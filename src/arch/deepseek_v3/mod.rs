@@ -9,6 +9,7 @@
 //! yet (a typed error says so).
 //! Facts and sources: docs/families/deepseek_v3.md.
 
+pub(crate) mod absorb;
 mod config;
 
 use super::{Family, Names};
