@@ -9,6 +9,13 @@
 // goes to out[(t * heads + h) * rank ..] (the batched mat-vec after it maps the latent to
 // the head's values).
 //
+// With n_splits > 0 (a decode step: one query) the keys are split into ranges of `chunk`:
+// workgroup (h, s) takes keys [s * chunk, min((s + 1) * chunk, pos0 + 1)) and writes its
+// partial softmax state to part[(h * n_splits + s) * (rank + 2) ..] (m, l, then the rank
+// unnormalized sums) for attention_merge.wgsl, as attention_split.wgsl does: one workgroup
+// per head walking every key kept the GPU idle (176 us per layer for ~100 keys and 128
+// heads on an H100).
+//
 // A step takes 16 keys, each score summed by 4 invocations over every 4th quad of the row;
 // the output's quads are spread over the invocations (c, c + 64, ...). rank and rope are
 // multiples of 4, rank + rope <= 1024 (rank <= 1024 - 4).
@@ -19,14 +26,15 @@ struct Params {
     rope: u32,
     pos0: u32,
     scale: f32,
-    pad0: u32,
-    pad1: u32,
+    chunk: u32, // keys per range, with n_splits > 0
+    n_splits: u32, // 0: every key, normalized outputs; else ranges, partial states
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> qr: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> cache: array<vec4<u32>>; // include/kv_*.wgsl
 @group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> part: array<f32>;
 
 const WG: u32 = 64u;
 const KB: u32 = 16u;
@@ -44,7 +52,8 @@ fn quad(i: u32) -> vec4<f32> {
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wid.x;
-    let t = wid.y;
+    let split = p.n_splits > 0u;
+    let t = select(wid.y, 0u, split);
     let w4 = (p.rank + p.rope) / 4u;
     let r4 = p.rank / 4u;
     let g = t * p.heads + h;
@@ -53,6 +62,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     workgroupBarrier();
     let n_keys = p.pos0 + t + 1u;
+    let k0 = select(0u, wid.y * p.chunk, split);
+    let k1 = select(n_keys, min(k0 + p.chunk, n_keys), split);
     let kj = lid >> 2u;
     let quarter = lid & 3u;
     var m = NEG;
@@ -61,14 +72,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    for (var kb = 0u; kb < n_keys; kb += KB) {
-        let nk = min(KB, n_keys - kb);
+    for (var kb = k0; kb < k1; kb += KB) {
+        let nk = min(KB, k1 - kb);
         var d4 = vec4<f32>(0.0);
         if (kj < nk) {
+            // Two quads per iteration, both loads in flight.
             let row = (kb + kj) * w4;
-            for (var i = quarter; i < w4; i += 4u) {
+            var e4 = vec4<f32>(0.0);
+            var i = quarter;
+            for (; i + 4u < w4; i += 8u) {
+                d4 += qs[i] * quad(row + i);
+                e4 += qs[i + 4u] * quad(row + i + 4u);
+            }
+            if (i < w4) {
                 d4 += qs[i] * quad(row + i);
             }
+            d4 += e4;
         }
         dots[lid] = (d4.x + d4.y) + (d4.z + d4.w);
         workgroupBarrier();
@@ -115,6 +134,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
         workgroupBarrier();
+    }
+    if (split) {
+        let base = (h * p.n_splits + wid.y) * (p.rank + 2u);
+        if (lid == 0u) {
+            part[base] = m;
+            part[base + 1u] = l;
+        }
+        let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+        for (var j = 0u; j < 4u; j++) {
+            let c = lid + j * WG;
+            if (c < r4) {
+                let o = base + 2u + 4u * c;
+                part[o] = accs[j].x;
+                part[o + 1u] = accs[j].y;
+                part[o + 2u] = accs[j].z;
+                part[o + 3u] = accs[j].w;
+            }
+        }
+        return;
     }
     let inv = 1.0 / l;
     if (lid < r4) {

@@ -54,7 +54,12 @@ pub struct SyntheticSpec {
     /// sigmoid routing with a correction bias, one ungated shared expert per MoE layer,
     /// written by `arch::glm4_moe::synthetic`.
     pub glm4_moe: Option<SyntheticGlm>,
+    /// `Some`: a DeepSeek-V3 model (`linear_attention` ignored; `num_heads` latent-attention
+    /// heads), written by `arch::deepseek_v3::synthetic`.
+    pub deepseek_v3: Option<SyntheticDeepseek>,
 }
+
+pub use crate::arch::deepseek_v3::synthetic::SyntheticDeepseek;
 
 /// The GLM-4.5 part of a [`SyntheticSpec`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +151,7 @@ impl Default for SyntheticSpec {
             linear_attention: None,
             gpt_oss: None,
             glm4_moe: None,
+            deepseek_v3: None,
         }
     }
 }
@@ -171,6 +177,7 @@ impl SyntheticSpec {
             linear_attention: None,
             gpt_oss: None,
             glm4_moe: None,
+            deepseek_v3: None,
         }
     }
 
@@ -195,6 +202,7 @@ impl SyntheticSpec {
             linear_attention: Some(SyntheticLinear::qwen3_5(32, 512)),
             gpt_oss: None,
             glm4_moe: None,
+            deepseek_v3: None,
         }
     }
 
@@ -220,6 +228,7 @@ impl SyntheticSpec {
             linear_attention: Some(SyntheticLinear::qwen3_5(64, 1024)),
             gpt_oss: None,
             glm4_moe: None,
+            deepseek_v3: None,
         }
     }
 
@@ -243,6 +252,7 @@ impl SyntheticSpec {
             linear_attention: None,
             gpt_oss: Some(SyntheticGptOss::released()),
             glm4_moe: None,
+            deepseek_v3: None,
         }
     }
 
@@ -267,6 +277,32 @@ impl SyntheticSpec {
             linear_attention: None,
             gpt_oss: None,
             glm4_moe: Some(SyntheticGlm::new(10944)),
+            deepseek_v3: None,
+        }
+    }
+
+    /// The shape of DeepSeek-V3 (hidden 7168, 256 experts of 2048 in 8 groups, top-8, one
+    /// shared expert, 128 latent-attention heads, vocab 129280) with `layers` of its 61
+    /// layers, the first of them dense, at MLX 4-bit, group 64, bf16 scales: 6.3 GB of
+    /// experts per MoE layer.
+    pub fn deepseek_v3_4bit(layers: usize) -> Self {
+        SyntheticSpec {
+            vocab_size: 129280,
+            hidden_size: 7168,
+            num_layers: layers,
+            num_heads: 128,
+            num_kv_heads: 128,
+            head_dim: 192,
+            num_experts: 256,
+            top_k: 8,
+            moe_intermediate_size: 2048,
+            dtype: DType::BF16,
+            quant: Some((4, 64)),
+            seed: 0x6473_7633,
+            linear_attention: None,
+            gpt_oss: None,
+            glm4_moe: None,
+            deepseek_v3: Some(SyntheticDeepseek::v3(1)),
         }
     }
 
@@ -400,6 +436,9 @@ impl SyntheticSpec {
         }
         if let Some(g) = &self.glm4_moe {
             return crate::arch::glm4_moe::synthetic::config_json(self, g).to_string();
+        }
+        if let Some(d) = &self.deepseek_v3 {
+            return crate::arch::deepseek_v3::synthetic::config_json(self, d).to_string();
         }
         let dtype = match self.dtype {
             DType::F32 => "float32",
@@ -589,6 +628,9 @@ impl SyntheticSpec {
         if let Some(g) = &self.glm4_moe {
             return crate::arch::glm4_moe::synthetic::tensors(self, g, &lazy, &matrix);
         }
+        if let Some(d) = &self.deepseek_v3 {
+            return crate::arch::deepseek_v3::synthetic::tensors(self, d, &lazy, &matrix);
+        }
         let w = |cols: usize| 1.0 / (cols as f32).sqrt();
         let q = self.quant;
         let rq = q.map(|(b, g)| self.router_quant(b, g));
@@ -755,7 +797,12 @@ impl SyntheticSpec {
 
     /// Decoder layers with routed experts (GLM-4.5's first layer is dense).
     pub fn moe_layers(&self) -> usize {
-        self.num_layers - usize::from(self.glm4_moe.is_some() && self.num_layers > 0)
+        let dense = match (&self.glm4_moe, &self.deepseek_v3) {
+            (_, Some(d)) => d.first_dense,
+            (Some(_), None) => 1,
+            (None, None) => 0,
+        };
+        self.num_layers.saturating_sub(dense)
     }
 
     /// Bytes of all expert weights (as the engine lays them out).

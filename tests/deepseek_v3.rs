@@ -138,3 +138,69 @@ fn malformed_configs_are_typed_errors() {
         }
     }
 }
+
+/// The synthetic DeepSeek-V3 writer (the benchmarks' shape, scaled down here), in both of
+/// its layouts: 4-bit MLX with absorbed `embed_q` / `unembed_out`, and bf16 Hugging Face
+/// with `kv_b_proj`; a dense first layer, grouped sigmoid routing, shared experts in the
+/// cache. The GPU engine runs each as the CPU reference does, through a prefill and steps.
+#[test]
+fn synthetic_deepseek_runs_as_the_reference_does() {
+    use moestream::synthetic::SyntheticSpec;
+    use moestream::{Checkpoint, DType, SafetensorsStore};
+    for quant in [Some((4, 32)), None] {
+        let mut spec = SyntheticSpec::deepseek_v3_4bit(3);
+        spec.vocab_size = 300;
+        spec.hidden_size = 64;
+        spec.num_heads = 4;
+        spec.num_experts = 8;
+        spec.top_k = 2;
+        spec.moe_intermediate_size = 64;
+        spec.quant = quant;
+        if quant.is_none() {
+            spec.dtype = DType::BF16;
+        }
+        let mut d = spec.deepseek_v3.unwrap();
+        d.q_lora_rank = 64;
+        d.kv_lora_rank = 96;
+        d.qk_nope_head_dim = 32;
+        d.qk_rope_head_dim = 16;
+        d.v_head_dim = 32;
+        d.dense_intermediate_size = 96;
+        d.n_group = 4;
+        d.topk_group = 2;
+        spec.deepseek_v3 = Some(d);
+        let root = tempfile_dir(&format!("synthetic-deepseek-{}", quant.is_some()));
+        let dir = spec.write(root.join("model")).unwrap();
+        let model = Model::builder(&dir).f32_activations(true).build().unwrap();
+        let cfg = model.config().clone();
+        assert_eq!(cfg.model_type, "deepseek_v3");
+        assert_eq!(cfg.moe_layers(), vec![1, 2]);
+        assert_eq!(cfg.layers[0].mla().unwrap().cache_width(), 112);
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let store =
+            SafetensorsStore::new(std::sync::Arc::new(Checkpoint::open(&dir).unwrap()), &cfg)
+                .unwrap();
+        let reference = moestream::reference::ReferenceModel::new(&cfg, &ckpt, &store).unwrap();
+        let ids: Vec<u32> = (0..14u32).map(|i| (i * 37 + 5) % 300).collect();
+        let want = reference.forward(&ids).unwrap();
+        let mut s = model.session(64).unwrap();
+        // The latent cache: 3 layers x 64 positions x 112 f32 values.
+        assert_eq!(s.kv_cache_bytes(), 3 * 64 * 112 * 4);
+        let diff = |a: &[f32], b: &[f32]| {
+            let m = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            a.iter().zip(b).fold(0f32, |d, (x, y)| d.max((x - y).abs())) / m
+        };
+        let got = s.prefill(&ids[..10]).unwrap();
+        assert!(
+            diff(&got, &want[9]) < 1e-4,
+            "{quant:?}: prefill {}",
+            diff(&got, &want[9])
+        );
+        for (k, &id) in ids[10..].iter().enumerate() {
+            let got = s.step(id).unwrap();
+            assert!(diff(&got, &want[10 + k]) < 1e-4, "{quant:?}: step {k}");
+        }
+        drop(model);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

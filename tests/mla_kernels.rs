@@ -263,10 +263,66 @@ fn mla_attention() {
                 Some(dtype),
                 None,
                 p.words(),
-                &[&f32_bytes(&qr), &cache_bytes, &f32_bytes(&out0)],
+                &[&f32_bytes(&qr), &cache_bytes, &f32_bytes(&out0), &[]],
                 (heads as u32, n as u32),
             );
             let got = to_f32(&out[2]);
+            // A decode step split into key ranges (as the engine runs it, and ranges of 5
+            // keys, shorter than a step): the partial states, merged here, give the same.
+            let mut split_runs = Vec::new();
+            if n == 1 {
+                let engine = kernels::attention_splits(keys as u32, heads as u32);
+                for (chunk, splits) in [engine, (5, (keys as u32).div_ceil(5))] {
+                    let p = MlaAttentionParams {
+                        chunk,
+                        n_splits: splits,
+                        ..p
+                    };
+                    let stride = rank + 2;
+                    let part0 = vec![0f32; heads * splits as usize * stride];
+                    let out = run_kernel(
+                        Kernel::MlaAttention,
+                        Some(dtype),
+                        None,
+                        p.words(),
+                        &[
+                            &f32_bytes(&qr),
+                            &cache_bytes,
+                            &f32_bytes(&out0),
+                            &f32_bytes(&part0),
+                        ],
+                        (heads as u32, splits),
+                    );
+                    assert_eq!(
+                        to_f32(&out[2]),
+                        out0,
+                        "{case}: split mode writes only partials"
+                    );
+                    let part = to_f32(&out[3]);
+                    let mut merged = Vec::with_capacity(heads * rank);
+                    for h in 0..heads {
+                        let ranges: Vec<&[f32]> = (0..splits as usize)
+                            .map(|s| &part[(h * splits as usize + s) * stride..][..stride])
+                            .collect();
+                        let big = ranges
+                            .iter()
+                            .map(|r| f64::from(r[0]))
+                            .fold(f64::MIN, f64::max);
+                        let total: f64 = ranges
+                            .iter()
+                            .map(|r| (f64::from(r[0]) - big).exp() * f64::from(r[1]))
+                            .sum();
+                        for d in 0..rank {
+                            let v: f64 = ranges
+                                .iter()
+                                .map(|r| (f64::from(r[0]) - big).exp() * f64::from(r[2 + d]))
+                                .sum();
+                            merged.push((v / total) as f32);
+                        }
+                    }
+                    split_runs.push((format!("{case} split {chunk}x{splits}"), merged));
+                }
+            }
             let mut want = Vec::with_capacity(n * heads * rank);
             for t in 0..n {
                 for h in 0..heads {
@@ -300,6 +356,9 @@ fn mla_attention() {
             written[..len].fill(true);
             check.untouched(&case, &got, &out0, &written);
             check.close(&case, &got[..len], &want, REDUCTION);
+            for (c, merged) in &split_runs {
+                check.close(c, merged, &want, REDUCTION);
+            }
         }
     }
     check.report();

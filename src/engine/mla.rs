@@ -7,7 +7,8 @@
 //! A pass: q (low-rank through `q_a_proj`, its norm and `q_b_proj`, or one `q_proj`) and
 //! `kv_a_proj_with_mqa`; [`Kernel::MlaLatent`] rotates the queries' RoPE dims and writes
 //! the latent cache rows; the batched per-head mat-vec by `embed_q` maps each head's nope
-//! dims into the latent space; [`Kernel::MlaAttention`] attends over the cache rows; the
+//! dims into the latent space; [`Kernel::MlaAttention`] attends over the cache rows (a
+//! decode step over key ranges merged by [`Kernel::AttentionMerge`]); the
 //! batched mat-vec by `unembed_out` maps each head's latent output to its values; o_proj.
 
 use super::loader::Loader;
@@ -20,7 +21,9 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
-use crate::gpu::params::{MatVecParams, MlaAttentionParams, MlaLatentParams, QMatVecParams};
+use crate::gpu::params::{
+    AttentionMergeParams, MatVecParams, MlaAttentionParams, MlaLatentParams, QMatVecParams,
+};
 use crate::gpu::{GpuMatrix, GpuVec, Size};
 
 /// The latent norms' epsilon (`DeepseekV3RMSNorm`'s default, whatever `rms_norm_eps` says).
@@ -213,6 +216,14 @@ impl Pass<'_> {
         );
         // Each head's nope dims into the latent space: the first `rank` of its query row.
         self.heads_linear(&a.embed_q, (&s.q, dn + dr), (&s.qr, width), nh);
+        // A decode step splits the keys into ranges (many workgroups per head), merged
+        // by the kernel of the other attention layers; a prefill takes a workgroup per
+        // (head, query).
+        let (chunk, splits) = if n == 1 {
+            kernels::attention_splits(self.pos0 as u32 + 1, nh as u32)
+        } else {
+            (0, 0)
+        };
         let p = MlaAttentionParams {
             n_tokens: n as u32,
             heads: nh as u32,
@@ -220,15 +231,38 @@ impl Pass<'_> {
             rope: dr as u32,
             pos0: self.pos0 as u32,
             scale: spec.scale,
-            ..Default::default()
+            chunk,
+            n_splits: splits,
         };
+        let dummy = &self.m.gpu.dummy;
+        let part = if splits > 0 { &s.attn_part } else { dummy };
         self.rec.dispatch(
             Kernel::MlaAttention,
             Some(kv_dtype),
             p.words(),
-            &[(&s.qr).into(), cache.into(), (&s.attn).into()],
-            (nh as u32, n as u32),
+            &[(&s.qr).into(), cache.into(), (&s.attn).into(), part.into()],
+            (nh as u32, if splits > 0 { splits } else { n as u32 }),
         );
+        if splits > 0 {
+            let p = AttentionMergeParams {
+                n_heads: nh as u32,
+                head_dim: r as u32,
+                n_splits: splits,
+                ..Default::default()
+            };
+            self.rec.dispatch(
+                Kernel::AttentionMerge,
+                None,
+                p.words(),
+                &[
+                    (&s.attn_part).into(),
+                    (&s.attn).into(),
+                    dummy.into(),
+                    dummy.into(),
+                ],
+                kernels::attention_merge_groups(nh as u32, r as u32),
+            );
+        }
         // Each head's latent output to its values, `[tokens, heads * v_head_dim]`.
         self.heads_linear(&a.unembed, (&s.attn, r), (&s.q, dv), nh);
         self.linear(

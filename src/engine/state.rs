@@ -379,7 +379,7 @@ impl Scratch {
                 "attention partials",
                 crate::gpu::kernels::attention_part_floats(
                     cfg.num_attention_heads as u32,
-                    cfg.head_dim as u32,
+                    cfg.head_dim.max(mla.map_or(0, |a| a.kv_lora_rank)) as u32,
                 ) as usize,
             ),
             mlp_g: buf("mlp_g", cap * mlp),

@@ -49,7 +49,7 @@ macro_rules! kernel_params {
             pub const KERNELS: &'static [Kernel] = &[Kernel::$kernel $(, Kernel::$more)*];
             /// The field names in order, as in the kernel's WGSL `Params` struct.
             pub const FIELDS: &'static [&'static str] = &[$(stringify!($field)),*];
-            /// The struct's layout, as [`ALL`] lists it.
+            /// The struct's layout, as [`ALL`](crate::gpu::params::ALL) lists it.
             pub const LAYOUT: ParamsLayout = ParamsLayout {
                 name: stringify!($name),
                 kernels: Self::KERNELS,

@@ -11,6 +11,7 @@
 
 pub(crate) mod absorb;
 mod config;
+pub(crate) mod synthetic;
 
 use super::{Family, Names};
 use crate::config::{ModelConfig, Parser};

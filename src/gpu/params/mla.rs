@@ -50,9 +50,11 @@ kernel_params! {
         pos0: u32,
         /// The softmax scale.
         scale: f32,
-        /// Padding.
-        pad0: u32,
-        /// Padding.
-        pad1: u32,
+        /// Keys per range, with `n_splits` > 0.
+        chunk: u32,
+        /// 0: every key per workgroup, normalized outputs; else a decode step's key
+        /// ranges ([`crate::gpu::kernels::attention_splits`]), partial softmax states for
+        /// [`Kernel::AttentionMerge`].
+        n_splits: u32,
     }
 }
