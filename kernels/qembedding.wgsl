@@ -40,9 +40,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (octet_spills(shift)) {
         w1 = w[wi + 1u];
     }
-    let e = r * (p.hidden / GROUP) + (8u * u) / GROUP;
+    let e = group_index(r, p.hidden, 8u * u);
     var bw = 0u;
-    if (WDT != 3u) {
+    if (has_biases()) {
         bw = w[scale_word(p.biases_word, e)];
     }
     let v = octet_weights(w[wi], w1, shift, w[scale_word(p.scales_word, e)], bw, e);

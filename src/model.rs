@@ -178,7 +178,9 @@ impl ModelBuilder {
     pub fn build(self) -> Result<Model> {
         let cfg = ModelConfig::from_path(self.dir.join("config.json"))?;
         crate::engine::check_plan(&cfg, &self.dir.join("config.json"))?;
-        if cfg.head_dim > 256 {
+        // The softmax-attention kernels' widest head (latent attention has its own bound,
+        // `engine::check_plan`).
+        if cfg.head_dim > 256 && cfg.layers.iter().any(|p| p.attention().is_some()) {
             return Err(Error::Config {
                 path: self.dir.join("config.json"),
                 reason: format!(
@@ -235,6 +237,11 @@ impl ModelBuilder {
                         if biased { "have biases" } else { "have none" }
                     )));
                 }
+            }
+        }
+        for &l in &moe_layers {
+            if let Some(layout) = store.layout(l) {
+                crate::engine::check_expert_layout(l, layout)?;
             }
         }
         if self.io_threads == 0 {

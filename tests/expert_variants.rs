@@ -1,8 +1,10 @@
 //! The expert kernels with gpt-oss's variants against the plain f32 CPU reference: biases
-//! after each projection, the clamped SwiGLU, and MXFP4 weights (FP4 codes with e8m0
-//! scales, decoded in the kernels), through the hidden `gpu::testing::KernelRunner` hook;
-//! and the resident quantized kernels (`qmatvec`, `qmatmul`, `qembedding`) over MXFP4
-//! matrices (MLX `mode: "mxfp4"` checkpoints quantize every matrix so).
+//! after each projection, the clamped SwiGLU, and the weight formats decoded in the
+//! kernels other than MLX affine: MXFP4 (FP4 codes with e8m0 scales) and FP8 (e4m3 codes
+//! with f32 scales per 128 x 128 block, DeepSeek-V3's; partial blocks included), through
+//! the hidden `gpu::testing::KernelRunner` hook; and the resident quantized kernels
+//! (`qmatvec`, `qmatmul`, `qembedding`) over such matrices (MLX `mode: "mxfp4"`
+//! checkpoints quantize every matrix so, DeepSeek-V3's FP8 release every linear layer).
 //!
 //! Each case builds a cache page of experts in the engine's blob layout
 //! (`ExpertLayout::swiglu_biased`, slots a little more than a blob apart, the padding
@@ -72,6 +74,24 @@ fn page(rng: &mut Rng, format: WeightFormat, hidden: usize, inter: usize, n: usi
                     }
                     b
                 }
+                WeightFormat::Fp8Block => {
+                    // Any e4m3 code but NaN; block scales 1e-3 .. 4e-3 (values up to ~1.8).
+                    let p = coded_parts(format, t.rows, t.cols);
+                    let mut b = vec![0u8; t.len()];
+                    for v in &mut b[..p.weight_bytes] {
+                        *v = loop {
+                            let c = rng.below(256) as u8;
+                            if c & 0x7f != 0x7f {
+                                break c;
+                            }
+                        };
+                    }
+                    let scales: Vec<f32> = (0..p.scales.1 / 4)
+                        .map(|_| 0.001 + 0.003 * rng.below(1000) as f32 / 1000.0)
+                        .collect();
+                    b[p.scales.0..p.scales.0 + p.scales.1].copy_from_slice(&f32_bytes(&scales));
+                    b
+                }
                 other => panic!("untested format {other}"),
             };
             assert_eq!(blob.len(), t.len());
@@ -131,7 +151,8 @@ fn want_o(pg: &Page, h: &[f32], hidden: usize, s: usize, w: f32) -> Vec<f32> {
     o.iter().map(|v| v * w).collect()
 }
 
-/// Shapes (hidden, inter): MXFP4 needs multiples of 32; the float kernels take any.
+/// Shapes (hidden, inter): MXFP4 and FP8 need multiples of 32 (FP8: 160 spans two blocks
+/// of 128, the second partial); the float kernels take any.
 const SHAPES: [(usize, usize); 3] = [(64, 96), (128, 64), (96, 160)];
 
 #[test]
@@ -227,23 +248,55 @@ fn float_experts_with_biases_and_clamped_swiglu() {
 
 /// Word offsets in a slot of a quantized tensor's codes, scales and biases.
 fn q_offsets(t: &moestream::ExpertTensor) -> [u32; 3] {
-    let parts_scales = t.len() - t.rows * t.cols / 32;
+    let p = coded_parts(t.format, t.rows, t.cols);
     [
         (t.offset / 4) as u32,
-        ((t.offset + parts_scales) / 4) as u32,
-        (t.len().div_ceil(4) + t.offset / 4) as u32,
+        ((t.offset + p.scales.0) / 4) as u32,
+        ((t.offset + p.scales.0 + p.scales.1) / 4) as u32,
     ]
 }
 
+/// Where an MXFP4 or FP8 matrix's parts lie (as `WeightFormat::parts` places them): the
+/// codes, then at a 16-byte boundary the scales; no biases.
+struct CodedParts {
+    weight_bytes: usize,
+    /// (offset, bytes)
+    scales: (usize, usize),
+}
+
+fn coded_parts(f: WeightFormat, rows: usize, cols: usize) -> CodedParts {
+    let (weight_bytes, scale_bytes) = match f {
+        WeightFormat::Mxfp4 => (rows * cols / 2, rows * cols / 32),
+        WeightFormat::Fp8Block => (rows * cols, rows.div_ceil(128) * cols.div_ceil(128) * 4),
+        other => panic!("not a coded format: {other}"),
+    };
+    let so = weight_bytes.div_ceil(16) * 16;
+    assert_eq!(f.stored_bytes(rows, cols), so + scale_bytes);
+    CodedParts {
+        weight_bytes,
+        scales: (so, scale_bytes),
+    }
+}
+
+/// The formats decoded in the quantized kernels whose tests share this file's cases
+/// (their `WDT` code, bits and group): MXFP4, and FP8 with 128 x 128 block scales.
+const CODED: [(WeightFormat, u32, (u32, u32)); 2] = [
+    (WeightFormat::Mxfp4, kernels::WDT_MXFP4, (4, 32)),
+    (WeightFormat::Fp8Block, kernels::WDT_FP8, (8, 128)),
+];
+
 #[test]
-fn mxfp4_expert_mat_vecs_with_biases() {
-    let mut ck_gu = Checker::new("moe_gate_up_q mxfp4");
-    let mut ck_dn = Checker::new("moe_down_q mxfp4");
+fn coded_expert_mat_vecs_with_biases() {
+    let mut ck_gu = Checker::new("moe_gate_up_q mxfp4/fp8");
+    let mut ck_dn = Checker::new("moe_down_q mxfp4/fp8");
     let mut rng = Rng::new(91);
     let on = runner();
-    for (hidden, inter) in SHAPES {
+    for ((hidden, inter), (format, code, quant)) in SHAPES
+        .into_iter()
+        .flat_map(|s| CODED.into_iter().map(move |c| (s, c)))
+    {
         let (n_tokens, n, count) = (3, 5, 7);
-        let pg = page(&mut rng, WeightFormat::Mxfp4, hidden, inter, n);
+        let pg = page(&mut rng, format, hidden, inter, n);
         let asg = assignments(&mut rng, n_tokens, n, count);
         let x = rng.vec(n_tokens * hidden, 1.0);
         let x_il = interleave(&x, hidden);
@@ -253,7 +306,7 @@ fn mxfp4_expert_mat_vecs_with_biases() {
         for (clamped, il, rpt) in [(true, false, 4), (true, true, 2), (false, true, 1)] {
             let team = on.expert_team(inter, hidden, count, rpt);
             let case = format!(
-                "hidden {hidden} inter {inter} clamped {clamped} interleaved {il} rows {rpt} team {team}"
+                "{format} hidden {hidden} inter {inter} clamped {clamped} interleaved {il} rows {rpt} team {team}"
             );
             let flags = if il {
                 MoeGateUpQParams::X_INTERLEAVED | MoeGateUpQParams::H_INTERLEAVED
@@ -282,8 +335,10 @@ fn mxfp4_expert_mat_vecs_with_biases() {
                 ..Default::default()
             };
             let out = on
-                .run_mxfp4(
+                .run_code(
                     Kernel::MoeGateUpQ,
+                    code,
+                    quant,
                     rpt,
                     p.words(),
                     &[
@@ -333,8 +388,10 @@ fn mxfp4_expert_mat_vecs_with_biases() {
                 down_bias: (d.bias.unwrap() / 4) as u32,
             };
             let out = on
-                .run_mxfp4(
+                .run_code(
                     Kernel::MoeDownQ,
+                    code,
+                    quant,
                     rpt,
                     p.words(),
                     &[
@@ -364,14 +421,17 @@ fn mxfp4_expert_mat_vecs_with_biases() {
 }
 
 #[test]
-fn mxfp4_expert_mat_mats_with_biases() {
-    let mut ck_gu = Checker::new("moe_gate_up_qmm mxfp4");
-    let mut ck_dn = Checker::new("moe_down_qmm mxfp4");
+fn coded_expert_mat_mats_with_biases() {
+    let mut ck_gu = Checker::new("moe_gate_up_qmm mxfp4/fp8");
+    let mut ck_dn = Checker::new("moe_down_qmm mxfp4/fp8");
     let mut rng = Rng::new(92);
     let on = runner();
-    for (hidden, inter) in SHAPES {
+    for ((hidden, inter), (format, code, quant)) in SHAPES
+        .into_iter()
+        .flat_map(|s| CODED.into_iter().map(move |c| (s, c)))
+    {
         let (n_tokens, n) = (40, 3);
-        let pg = page(&mut rng, WeightFormat::Mxfp4, hidden, inter, n);
+        let pg = page(&mut rng, format, hidden, inter, n);
         // Assignments grouped by slot: 37 on slot 1 (tiles of 32 and 5), 9 on slot 2.
         let asg: Vec<(usize, usize)> = (0..37)
             .map(|t| (t % n_tokens, 1))
@@ -385,7 +445,7 @@ fn mxfp4_expert_mat_mats_with_biases() {
         let (go, uo, dof) = (q_offsets(g), q_offsets(u), q_offsets(d));
         let slot_words = (pg.slot_bytes / 4) as u32;
         for clamped in [false, true] {
-            let case = format!("hidden {hidden} inter {inter} clamped {clamped}");
+            let case = format!("{format} hidden {hidden} inter {inter} clamped {clamped}");
             let p = MoeGateUpQmmParams {
                 hidden: hidden as u32,
                 inter: inter as u32,
@@ -405,8 +465,10 @@ fn mxfp4_expert_mat_mats_with_biases() {
                 ..Default::default()
             };
             let out = on
-                .run_mxfp4(
+                .run_code(
                     Kernel::MoeGateUpQmm,
+                    code,
+                    quant,
                     0,
                     p.words(),
                     &[
@@ -440,8 +502,10 @@ fn mxfp4_expert_mat_mats_with_biases() {
                 ..Default::default()
             };
             let out = on
-                .run_mxfp4(
+                .run_code(
                     Kernel::MoeDownQmm,
+                    code,
+                    quant,
                     0,
                     p.words(),
                     &[
@@ -484,31 +548,48 @@ fn the_clamp_is_exercised() {
     assert!(past >= 20, "only {past} of 192 sums pass the limit");
 }
 
-/// A random MXFP4 matrix `[rows, cols]` as stored (codes, then 16-byte aligned scales of
-/// 2^-3 .. 2^0) and its values.
-fn mxfp4_matrix(rng: &mut Rng, rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>, u32) {
-    let f = WeightFormat::Mxfp4;
+/// A random MXFP4 (scales 2^-3 .. 2^0) or FP8 (any code but NaN, block scales 1e-3 ..
+/// 4e-3) matrix `[rows, cols]` as stored, its values and the word of its scales.
+fn coded_matrix(
+    rng: &mut Rng,
+    f: WeightFormat,
+    rows: usize,
+    cols: usize,
+) -> (Vec<u8>, Vec<f32>, u32) {
+    let p = coded_parts(f, rows, cols);
     let mut b = vec![0u8; f.stored_bytes(rows, cols)];
-    let so = b.len() - rows * cols / 32;
-    for v in &mut b[..rows * cols / 2] {
+    for v in &mut b[..p.weight_bytes] {
         *v = rng.below(256) as u8;
+        if f == WeightFormat::Fp8Block && *v & 0x7f == 0x7f {
+            *v &= 0xfe;
+        }
     }
-    for v in &mut b[so..] {
-        *v = 124 + rng.below(4) as u8;
+    if f == WeightFormat::Fp8Block {
+        let scales: Vec<f32> = (0..p.scales.1 / 4)
+            .map(|_| 0.001 + 0.003 * rng.below(1000) as f32 / 1000.0)
+            .collect();
+        b[p.scales.0..p.scales.0 + p.scales.1].copy_from_slice(&f32_bytes(&scales));
+    } else {
+        for v in &mut b[p.scales.0..p.scales.0 + p.scales.1] {
+            *v = 124 + rng.below(4) as u8;
+        }
     }
     let values = f.decode(&b, rows, cols);
-    (b, values, (so / 4) as u32)
+    (b, values, (p.scales.0 / 4) as u32)
 }
 
 #[test]
-fn mxfp4_resident_matrices() {
-    let mut ck_mv = Checker::new("qmatvec mxfp4");
-    let mut ck_mm = Checker::new("qmatmul mxfp4");
-    let mut ck_e = Checker::new("qembedding mxfp4");
+fn coded_resident_matrices() {
+    let mut ck_mv = Checker::new("qmatvec mxfp4/fp8");
+    let mut ck_mm = Checker::new("qmatmul mxfp4/fp8");
+    let mut ck_e = Checker::new("qembedding mxfp4/fp8");
     let mut rng = Rng::new(93);
     let on = runner();
-    for (rows, cols) in [(64, 96), (130, 256), (40, 64)] {
-        let (w, values, sw) = mxfp4_matrix(&mut rng, rows, cols);
+    for ((rows, cols), (format, code, quant)) in [(64, 96), (130, 256), (40, 64)]
+        .into_iter()
+        .flat_map(|s| CODED.into_iter().map(move |c| (s, c)))
+    {
+        let (w, values, sw) = coded_matrix(&mut rng, format, rows, cols);
         let bias = rng.vec(rows, 1.0);
         let resid = rng.vec(rows, 1.0);
         // Mat-vec: x natural or interleaved, with bias and residual.
@@ -528,8 +609,10 @@ fn mxfp4_resident_matrices() {
                 ..Default::default()
             };
             let out = on
-                .run_mxfp4(
+                .run_code(
                     Kernel::QMatVec,
+                    code,
+                    quant,
                     rpt,
                     p.words(),
                     &[
@@ -549,7 +632,7 @@ fn mxfp4_resident_matrices() {
                 .zip(&resid)
                 .map(|((v, b), r)| v + b + r)
                 .collect();
-            let case = format!("{rows}x{cols} interleaved {il} rows {rpt} team {team}");
+            let case = format!("{format} {rows}x{cols} interleaved {il} rows {rpt} team {team}");
             ck_mv.close(&case, &to_f32(&out[4]), &want, REDUCTION.floor(1.0));
         }
         // Mat-mat over 37 tokens.
@@ -566,8 +649,10 @@ fn mxfp4_resident_matrices() {
             biases_word: (w.len() / 4) as u32,
         };
         let out = on
-            .run_mxfp4(
+            .run_code(
                 Kernel::QMatMul,
+                code,
+                quant,
                 0,
                 p.words(),
                 &[
@@ -585,7 +670,7 @@ fn mxfp4_resident_matrices() {
             .flat_map(|r| r.iter().zip(&bias).map(|(v, b)| v + b).collect::<Vec<_>>())
             .collect();
         ck_mm.close(
-            &format!("{rows}x{cols} {n} tokens"),
+            &format!("{format} {rows}x{cols} {n} tokens"),
             &to_f32(&out[4]),
             &want,
             REDUCTION.floor(1.0),
@@ -602,8 +687,10 @@ fn mxfp4_resident_matrices() {
             ..Default::default()
         };
         let out = on
-            .run_mxfp4(
+            .run_code(
                 Kernel::QEmbedding,
+                code,
+                quant,
                 0,
                 p.words(),
                 &[

@@ -71,6 +71,20 @@ fn lanes(v: vec4<u32>, mask: vec4<u32>) -> vec4<f32> {
 // dot(codes of the block whose words start at word `wi`, xs), xs the 32 values of the
 // block's columns as 8 vec4s.
 fn block_dot(wi: u32, xs: X32) -> f32 {
+    if (WDT == 4u) {
+        // FP8: word k holds columns 4k .. 4k + 3, a byte each, the first lowest.
+        let qa = w[wi >> 2u];
+        let qb = w[(wi >> 2u) + 1u];
+        var acc = e4m3_word(qa.x) * xs.a;
+        acc += e4m3_word(qa.y) * xs.b;
+        acc += e4m3_word(qa.z) * xs.c;
+        acc += e4m3_word(qa.w) * xs.d;
+        acc += e4m3_word(qb.x) * xs.e;
+        acc += e4m3_word(qb.y) * xs.f;
+        acc += e4m3_word(qb.z) * xs.g;
+        acc += e4m3_word(qb.w) * xs.h;
+        return dot(acc, vec4<f32>(1.0));
+    }
     if (WDT == 3u) {
         // MXFP4: word k holds columns 8k .. 8k + 7, a nibble each, the first lowest.
         let q = w[wi >> 2u];
@@ -157,8 +171,8 @@ fn row_block(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, b: u32,
 // The scale and bias of block b of row r (rows of `cols` codes; the scales and biases
 // start at words s_word and b_word).
 fn block_scale_bias(s_word: u32, b_word: u32, cols: u32, r: u32, b: u32) -> vec2<f32> {
-    let e = r * (cols / GROUP) + (32u * b) / GROUP;
-    if (WDT == 3u) {
+    let e = group_index(r, cols, 32u * b);
+    if (!has_biases()) {
         return vec2<f32>(scale_value(word_at(scale_word(s_word, e)), e), 0.0);
     }
     return vec2<f32>(scale_value(word_at(scale_word(s_word, e)), e),

@@ -23,9 +23,9 @@ fn octet_fetch(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, k0: u32
     if (octet_spills(octet_shift(u))) {
         w1 = w[wi + 1u];
     }
-    let e = r * (cols / GROUP) + k0 / GROUP;
+    let e = group_index(r, cols, k0);
     var bw = 0u;
-    if (WDT != 3u) {
+    if (has_biases()) {
         bw = w[scale_word(b_word, e)];
     }
     return OctetWords(w[wi], w1, w[scale_word(s_word, e)], bw);
@@ -33,6 +33,6 @@ fn octet_fetch(q_word: u32, s_word: u32, b_word: u32, cols: u32, r: u32, k0: u32
 
 // The 8 weights of the octet whose words `octet_fetch` loaded (same cols, r, k0, lo).
 fn octet_dequant(ow: OctetWords, cols: u32, r: u32, k0: u32, lo: u32) -> Octet {
-    let e = r * (cols / GROUP) + k0 / GROUP;
+    let e = group_index(r, cols, k0);
     return octet_weights(ow.w0, ow.w1, octet_shift((k0 >> 3u) + lo), ow.s, ow.b, e);
 }

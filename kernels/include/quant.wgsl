@@ -18,13 +18,50 @@
 // MXFP4 (WDT = 3, with BITS 4 and GROUP 32): the codes are FP4 (e2m1, bit 3 the sign,
 // `fp4`), packed as 4-bit codes are; the scales are e8m0 bytes (2^(s - 127)), four per
 // word, the first in the low byte; there are no biases (`block_scale_bias` gives 0).
+//
+// FP8 with block scales (WDT = 4, with BITS 8 and GROUP 128; DeepSeek-V3's released
+// weights): the codes are e4m3 bytes (`e4m3`); one f32 scale per block of 128 x 128
+// (rows x columns), the blocks of a row of blocks in order, `ceil(cols / 128)` per row of
+// blocks (`group_index`); no biases. A matrix's row chunks start on a row of blocks.
 override BITS: u32;
 override GROUP: u32;
+
+// Whether the format has biases (affine codes; not MXFP4 or FP8).
+fn has_biases() -> bool {
+    return WDT < 3u;
+}
+
+// The index of the scale (and bias) of column k of row r in a matrix of `cols` columns:
+// per group of GROUP columns of a row, or for FP8 per 128 x 128 block.
+fn group_index(r: u32, cols: u32, k: u32) -> u32 {
+    if (WDT == 4u) {
+        return (r >> 7u) * ((cols + 127u) >> 7u) + (k >> 7u);
+    }
+    return r * (cols / GROUP) + k / GROUP;
+}
+
+// The values of the e4m3 codes in the low 8 bits of each lane (higher bits ignored): sign
+// bit 7, exponent bits 6..3 (bias 7), mantissa bits 2..0. Normal values 2^(e - 7)
+// (1 + m / 8): the 7 bits placed under the f32 exponent rebiased by 120; subnormal ones
+// (e = 0) m / 8 * 2^-6, computed apart (a denormal f32 may be flushed). (0x7f, NaN in
+// e4m3, reads as 480: no checkpoint stores it.)
+fn e4m3(c: vec4<u32>) -> vec4<f32> {
+    let mag = c & vec4<u32>(0x7fu);
+    let normal = bitcast<vec4<f32>>((mag << vec4<u32>(20u)) + vec4<u32>(120u << 23u));
+    let sub = vec4<f32>(mag) * (1.0 / 512.0);
+    let v = select(normal, sub, mag < vec4<u32>(8u));
+    return bitcast<vec4<f32>>(bitcast<vec4<u32>>(v) | ((c & vec4<u32>(0x80u)) << vec4<u32>(24u)));
+}
+
+// The 4 e4m3 bytes of word v, the first the lowest.
+fn e4m3_word(v: u32) -> vec4<f32> {
+    return e4m3(vec4<u32>(v) >> vec4<u32>(0u, 8u, 16u, 24u));
+}
 
 // Word index (from the start of the buffer) of element e of a scales/biases part that
 // starts at word `base`: 16-bit elements are packed two per word, the even one low.
 fn scale_word(base: u32, e: u32) -> u32 {
-    if (WDT == 0u) {
+    if (WDT == 0u || WDT == 4u) {
         return base + e;
     }
     if (WDT == 3u) {
@@ -35,7 +72,7 @@ fn scale_word(base: u32, e: u32) -> u32 {
 
 // The value of element e, given the word `scale_word` named.
 fn scale_value(word: u32, e: u32) -> f32 {
-    if (WDT == 0u) {
+    if (WDT == 0u || WDT == 4u) {
         return bitcast<f32>(word);
     }
     if (WDT == 3u) {
@@ -111,9 +148,14 @@ fn fp4(c: vec4<u32>) -> vec4<f32> {
 
 // The 8 weights of an octet (its words w0, w1 and start bit as for `octet_codes`; sw and bw
 // the words `scale_word` named for its group's scale and bias, e the group's index):
-// s q + b for affine codes, s fp4(q) for MXFP4 (whose octets are whole words; bw unused).
+// s q + b for affine codes, s fp4(q) for MXFP4 (whose octets are whole words; bw unused),
+// s e4m3(q) for FP8 (bw unused).
 fn octet_weights(w0: u32, w1: u32, shift: u32, sw: u32, bw: u32, e: u32) -> Octet {
     let s = scale_value(sw, e);
+    if (WDT == 4u) {
+        // An 8-bit octet is two whole words.
+        return Octet(s * e4m3_word(w0), s * e4m3_word(w1));
+    }
     if (WDT == 3u) {
         let v = vec4<u32>(w0);
         return Octet(s * fp4(v >> vec4<u32>(0u, 4u, 8u, 12u)),

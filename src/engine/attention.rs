@@ -121,7 +121,10 @@ impl Pass<'_> {
         // (The output gate multiplies the natural layout in place.)
         let o_layout = if split
             && !spec.output_gate
-            && matches!(a.o.format, WeightFormat::Affine(_) | WeightFormat::Mxfp4)
+            && matches!(
+                a.o.format,
+                WeightFormat::Affine(_) | WeightFormat::Mxfp4 | WeightFormat::Fp8Block
+            )
             && qd % 32 == 0
         {
             XLayout::Interleaved

@@ -61,7 +61,7 @@ impl Pass<'_> {
         let down_quant = kernels.down.quant();
         // Quantized kernels read a decode token's x interleaved, and write h interleaved
         // when the down projection is quantized too.
-        let gate_up_mx = matches!(kernels.gate_up, GateUpSlot::Quant { mx: true, .. });
+        let gate_up_mx = matches!(kernels.gate_up, GateUpSlot::Quant { code: Some(_), .. });
         let x_layout = match quant {
             Some(_) if gate_up_mx && interleaves(self.n, cfg.hidden_size) => XLayout::Interleaved,
             Some((bits, _)) if interleaves(self.n, cfg.hidden_size) => {
@@ -127,7 +127,7 @@ impl Pass<'_> {
             GateUpSlot::Quant {
                 scale_dtype,
                 quant,
-                mx,
+                code,
                 slot_words,
                 gate,
                 up,
@@ -168,10 +168,11 @@ impl Pass<'_> {
                     limit: ep.limit,
                     ..Default::default()
                 };
-                if mx {
+                if let Some(code) = code {
                     let k = Kernel::MoeGateUpQ;
+                    let g = size(groups, 0);
                     self.rec
-                        .dispatch_mxfp4(k, rpt, p.words(), &binds, size(groups, 0));
+                        .record(k, code, Some(quant), rpt, p.words(), &binds, g);
                 } else {
                     self.rec.dispatch_sized(
                         Kernel::MoeGateUpQ,
@@ -225,7 +226,7 @@ impl Pass<'_> {
             DownSlot::Quant {
                 scale_dtype,
                 quant,
-                mx,
+                code,
                 slot_words,
                 down,
             } => {
@@ -249,10 +250,11 @@ impl Pass<'_> {
                     act: ep.act & EXPERT_BIAS,
                     down_bias: ep.down_bias,
                 };
-                if mx {
+                if let Some(code) = code {
                     let k = Kernel::MoeDownQ;
+                    let g = size(groups, 12);
                     self.rec
-                        .dispatch_mxfp4(k, rpt, p.words(), &binds, size(groups, 12));
+                        .record(k, code, Some(quant), rpt, p.words(), &binds, g);
                 } else {
                     self.rec.dispatch_sized(
                         Kernel::MoeDownQ,
@@ -284,7 +286,7 @@ impl Pass<'_> {
             GateUpSlot::Quant {
                 scale_dtype: gate_up_dtype,
                 quant: gate_up_quant,
-                mx: gate_up_mx,
+                code: gate_up_code,
                 slot_words,
                 gate,
                 up,
@@ -292,7 +294,7 @@ impl Pass<'_> {
             DownSlot::Quant {
                 scale_dtype: down_dtype,
                 quant: down_quant,
-                mx: down_mx,
+                code: down_code,
                 down,
                 ..
             },
@@ -327,9 +329,9 @@ impl Pass<'_> {
             (&s.moe_h).into(),
         ];
         let groups = Size::Direct(kernels::moe_gate_up_qmm_groups(is, n_tiles));
-        if gate_up_mx {
-            self.rec
-                .dispatch_mxfp4(Kernel::MoeGateUpQmm, 0, p.words(), &binds, groups);
+        if let Some(code) = gate_up_code {
+            let (k, q) = (Kernel::MoeGateUpQmm, Some(gate_up_quant));
+            self.rec.record(k, code, q, 0, p.words(), &binds, groups);
         } else {
             self.rec.dispatch_sized(
                 Kernel::MoeGateUpQmm,
@@ -362,9 +364,9 @@ impl Pass<'_> {
             (&s.moe_o).into(),
         ];
         let groups = Size::Direct(kernels::moe_down_qmm_groups(hs, n_tiles));
-        if down_mx {
-            self.rec
-                .dispatch_mxfp4(Kernel::MoeDownQmm, 0, p.words(), &binds, groups);
+        if let Some(code) = down_code {
+            let (k, q) = (Kernel::MoeDownQmm, Some(down_quant));
+            self.rec.record(k, code, q, 0, p.words(), &binds, groups);
         } else {
             self.rec.dispatch_sized(
                 Kernel::MoeDownQmm,
@@ -395,8 +397,9 @@ pub(super) enum GateUpSlot {
     Quant {
         scale_dtype: DType,
         quant: (u32, u32),
-        /// MXFP4 (the `WDT` code [`kernels::WDT_MXFP4`]; `scale_dtype` unused).
-        mx: bool,
+        /// The `WDT` code of a format other than MLX affine: MXFP4
+        /// ([`kernels::WDT_MXFP4`]) or FP8 ([`kernels::WDT_FP8`]); `scale_dtype` then unused.
+        code: Option<u32>,
         slot_words: u32,
         gate: [u32; 3],
         up: [u32; 3],
@@ -427,8 +430,9 @@ pub(super) enum DownSlot {
     Quant {
         scale_dtype: DType,
         quant: (u32, u32),
-        /// MXFP4 (the `WDT` code [`kernels::WDT_MXFP4`]; `scale_dtype` unused).
-        mx: bool,
+        /// The `WDT` code of a format other than MLX affine: MXFP4
+        /// ([`kernels::WDT_MXFP4`]) or FP8 ([`kernels::WDT_FP8`]); `scale_dtype` then unused.
+        code: Option<u32>,
         slot_words: u32,
         down: [u32; 3],
     },
@@ -446,7 +450,7 @@ impl DownSlot {
     /// Whether the weights are 2- to 6-bit affine codes, which can be dotted with h in the
     /// quad 8+8-bit layout.
     fn reads_quads(&self) -> bool {
-        matches!(self, DownSlot::Quant { quant: (bits, _), mx: false, .. }
+        matches!(self, DownSlot::Quant { quant: (bits, _), code: None, .. }
             if kernels::reads_q8_activations(*bits))
     }
 }
@@ -461,6 +465,31 @@ pub(super) struct Epilogue {
     pub down_bias: u32,
     pub alpha: f32,
     pub limit: f32,
+}
+
+/// Checks that the expert kernels run experts of layer `l` laid out as `lay` (at
+/// `Model::build`, and again where the kernels are chosen): an
+/// [`Error::InvalidArgument`] naming what they do not take.
+pub(crate) fn check_layout(l: usize, lay: &ExpertLayout) -> Result<()> {
+    let [g, u, _] = &lay.tensors;
+    if g.format != u.format {
+        return Err(Error::InvalidArgument(format!(
+            "layer {l}: expert gate ({}) and up ({}) projections in different formats are not supported",
+            g.format, u.format
+        )));
+    }
+    // The FP8 kernels read rows in blocks of 32 codes (as every quantized format's).
+    if let Some(t) = lay
+        .tensors
+        .iter()
+        .find(|t| t.format == WeightFormat::Fp8Block && t.cols % 32 != 0)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "layer {l}: FP8 experts of {} x {}: the GPU kernels need FP8 expert rows of a multiple of 32 values",
+            t.rows, t.cols
+        )));
+    }
+    Ok(())
 }
 
 /// How a layer's experts are computed, from their layout in a cache slot.
@@ -479,6 +508,7 @@ impl ExpertKernels {
         slot_bytes: u64,
         activation: ExpertActivation,
     ) -> Result<Self> {
+        check_layout(l, lay)?;
         let [g, u, d] = &lay.tensors;
         let slot_words = (slot_bytes / 4) as u32;
         // Word offsets of a quantized tensor's codes, scales and biases in a slot.
@@ -503,19 +533,22 @@ impl ExpertKernels {
             (WeightFormat::Affine(a), WeightFormat::Affine(b)) if a == b => GateUpSlot::Quant {
                 scale_dtype: a.scale_dtype,
                 quant: (a.bits, a.group_size),
-                mx: false,
+                code: None,
                 slot_words,
                 gate: q_offsets(g),
                 up: q_offsets(u),
             },
-            (WeightFormat::Mxfp4, WeightFormat::Mxfp4) => GateUpSlot::Quant {
-                scale_dtype: DType::F32,
-                quant: (4, 32),
-                mx: true,
-                slot_words,
-                gate: q_offsets(g),
-                up: q_offsets(u),
-            },
+            (a, b) if a == b && matches!(a, WeightFormat::Mxfp4 | WeightFormat::Fp8Block) => {
+                let (code, quant) = super::pass::quant_constants(a);
+                GateUpSlot::Quant {
+                    scale_dtype: DType::F32,
+                    quant: quant.unwrap_or((8, 128)),
+                    code: Some(code),
+                    slot_words,
+                    gate: q_offsets(g),
+                    up: q_offsets(u),
+                }
+            }
             (a, b) => {
                 return Err(Error::InvalidArgument(format!(
                     "layer {l}: expert gate ({a}) and up ({b}) projections in different formats are not supported"
@@ -534,21 +567,19 @@ impl ExpertKernels {
             WeightFormat::Affine(q) => DownSlot::Quant {
                 scale_dtype: q.scale_dtype,
                 quant: (q.bits, q.group_size),
-                mx: false,
+                code: None,
                 slot_words,
                 down: q_offsets(d),
             },
-            WeightFormat::Mxfp4 => DownSlot::Quant {
-                scale_dtype: DType::F32,
-                quant: (4, 32),
-                mx: true,
-                slot_words,
-                down: q_offsets(d),
-            },
-            WeightFormat::Fp8Block => {
-                return Err(Error::InvalidArgument(format!(
-                    "layer {l}: FP8 experts are not run by the GPU kernels yet"
-                )))
+            f @ (WeightFormat::Mxfp4 | WeightFormat::Fp8Block) => {
+                let (code, quant) = super::pass::quant_constants(f);
+                DownSlot::Quant {
+                    scale_dtype: DType::F32,
+                    quant: quant.unwrap_or((8, 128)),
+                    code: Some(code),
+                    slot_words,
+                    down: q_offsets(d),
+                }
             }
         };
         let mut epilogue = Epilogue::default();

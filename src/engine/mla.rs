@@ -168,7 +168,9 @@ impl Pass<'_> {
                 self.linear(qa, qa_in, &s.lat_q, a_bias.as_ref(), None);
                 self.rmsnorm_eps(&s.lat_q, norm, &s.lat_qn, n, ql, LATENT_EPS);
                 let b_in = match b.format {
-                    WeightFormat::Affine(_) | WeightFormat::Mxfp4 if interleaves(n, ql) => {
+                    WeightFormat::Affine(_) | WeightFormat::Mxfp4 | WeightFormat::Fp8Block
+                        if interleaves(n, ql) =>
+                    {
                         let layout = match b.format {
                             WeightFormat::Affine(q) => {
                                 XLayout::for_bits(q.bits, self.m.f32_activations)
@@ -312,9 +314,7 @@ impl Pass<'_> {
                     Size::Direct3(kernels::head_batch_groups(rows as u32, h, n)),
                 );
             }
-            // `GpuMatrix::upload` refuses FP8 matrices.
-            WeightFormat::Fp8Block => {}
-            WeightFormat::Affine(_) | WeightFormat::Mxfp4 => {
+            WeightFormat::Affine(_) | WeightFormat::Mxfp4 | WeightFormat::Fp8Block => {
                 let parts = w.format.parts(w.rows, w.cols);
                 let (sw, bw) = ((parts.scales.0 / 4) as u32, (parts.biases.0 / 4) as u32);
                 let (code, quant) = super::pass::quant_constants(w.format);

@@ -20,6 +20,8 @@ pub(crate) mod pass;
 pub(crate) mod state;
 pub(crate) mod weights;
 
+pub(crate) use experts::check_layout as check_expert_layout;
+
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 

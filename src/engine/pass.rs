@@ -137,8 +137,8 @@ impl<'a> Pass<'a> {
                 let layout = XLayout::for_bits(q.bits, self.m.f32_activations);
                 (self.s.row_in(layout), layout)
             }
-            // MXFP4 codes are not spread for integer dot products: f32 rows.
-            WeightFormat::Mxfp4 if interleaves(rows, len) => {
+            // MXFP4 and FP8 codes are not spread for integer dot products: f32 rows.
+            WeightFormat::Mxfp4 | WeightFormat::Fp8Block if interleaves(rows, len) => {
                 (self.s.row_in(XLayout::Interleaved), XLayout::Interleaved)
             }
             _ => (&self.s.xn, XLayout::Natural),
@@ -157,7 +157,11 @@ impl<'a> Pass<'a> {
         let dummy = &self.m.gpu.dummy;
         debug_assert!(
             layout == XLayout::Natural
-                || (n == 1 && matches!(w.format, WeightFormat::Affine(_) | WeightFormat::Mxfp4))
+                || (n == 1
+                    && matches!(
+                        w.format,
+                        WeightFormat::Affine(_) | WeightFormat::Mxfp4 | WeightFormat::Fp8Block
+                    ))
         );
         let flags = if bias.is_some() { LINEAR_BIAS } else { 0 }
             | if resid.is_some() { LINEAR_RESIDUAL } else { 0 }
@@ -208,9 +212,7 @@ impl<'a> Pass<'a> {
                         (rows.div_ceil(16) as u32, n.div_ceil(16) as u32),
                     )
                 }
-                // `GpuMatrix::upload` refuses FP8 matrices.
-                WeightFormat::Fp8Block => unreachable!("an FP8 resident matrix"),
-                WeightFormat::Affine(_) | WeightFormat::Mxfp4 => {
+                WeightFormat::Affine(_) | WeightFormat::Mxfp4 | WeightFormat::Fp8Block => {
                     let parts = w.format.parts(*rows, w.cols);
                     let (sw, bw) = ((parts.scales.0 / 4) as u32, (parts.biases.0 / 4) as u32);
                     let (code, quant) = quant_constants(w.format);
@@ -349,8 +351,7 @@ impl<'a> Pass<'a> {
                     &binds,
                     grid((h * self.n).div_ceil(64)),
                 ),
-                WeightFormat::Fp8Block => unreachable!("an FP8 embedding table"),
-                WeightFormat::Affine(_) | WeightFormat::Mxfp4 => {
+                WeightFormat::Affine(_) | WeightFormat::Mxfp4 | WeightFormat::Fp8Block => {
                     let parts = e.format.parts(*rows, e.cols);
                     let (code, quant) = quant_constants(e.format);
                     let qp = QEmbeddingParams {
@@ -448,7 +449,7 @@ pub(crate) fn quant_constants(f: WeightFormat) -> (u32, Option<(u32, u32)>) {
     match f {
         WeightFormat::Affine(q) => (q.scale_dtype.shader_code(), Some((q.bits, q.group_size))),
         WeightFormat::Mxfp4 => (kernels::WDT_MXFP4, Some((4, 32))),
+        WeightFormat::Fp8Block => (kernels::WDT_FP8, Some((8, 128))),
         WeightFormat::Float(d) => (d.shader_code(), None),
-        WeightFormat::Fp8Block => (0, None),
     }
 }

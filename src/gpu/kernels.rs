@@ -418,6 +418,10 @@ pub fn moe_down_qmm_groups(hidden: u32, n_tiles: u32) -> (u32, u32) {
 /// (`kernels/include/quant.wgsl`).
 pub const WDT_MXFP4: u32 = 3;
 
+/// The `WDT` code of FP8 weights with block scales (with `BITS` 8 and `GROUP` 128): e4m3
+/// codes, one f32 scale per 128 x 128 block, no biases (`kernels/include/quant.wgsl`).
+pub const WDT_FP8: u32 = 4;
+
 /// Whether decode mat-vecs of `bits`-bit weights can read the 8+8-bit activation layout
 /// (`kernels/include/interleave.wgsl`) and dot it with integer dot products: 2 to 6 bits,
 /// whose codes the kernels spread into bytes (`row_block_q8` in

@@ -21,10 +21,18 @@ pub(crate) struct GpuMatrix {
 impl GpuMatrix {
     pub fn upload(gpu: &Gpu, name: &str, m: &MatrixView<'_>) -> Result<Self> {
         let (rows, cols) = (m.rows, m.cols);
-        if m.format == WeightFormat::Fp8Block {
-            return Err(Error::InvalidArgument(format!(
-                "tensor {name}: FP8 matrices are not run by the GPU kernels yet"
-            )));
+        // The FP8 kernels read rows in blocks of 32 codes: other widths are decoded to f32.
+        if m.format == WeightFormat::Fp8Block && cols % 32 != 0 {
+            let bytes: Vec<u8> = m.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect();
+            let f = MatrixView {
+                format: WeightFormat::Float(crate::dtype::DType::F32),
+                rows,
+                cols,
+                weight: &bytes,
+                scales: &[],
+                biases: &[],
+            };
+            return Self::upload(gpu, name, &f);
         }
         let row_bytes = m.format.stored_bytes(1, cols).max(1) as u64;
         // Rows per chunk: as many as fit one binding (parts are 16-byte aligned, hence
@@ -35,6 +43,10 @@ impl GpuMatrix {
             if d.size() == 2 && cols % 2 == 1 {
                 per_chunk -= per_chunk % 2;
             }
+        }
+        // FP8 block scales cover 128 rows: chunks start on a row of blocks.
+        if m.format == WeightFormat::Fp8Block {
+            per_chunk -= per_chunk % crate::format::FP8_BLOCK;
         }
         if per_chunk == 0 {
             return Err(Error::Gpu(format!(

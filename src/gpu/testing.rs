@@ -156,6 +156,33 @@ impl KernelRunner {
         })
     }
 
+    /// As [`run_grid`](Self::run_grid) with the `WDT` code given as is (a quantized
+    /// format's: [`WDT_MXFP4`](super::kernels::WDT_MXFP4),
+    /// [`WDT_FP8`](super::kernels::WDT_FP8)) and a 2-D grid.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_code(
+        &self,
+        kernel: Kernel,
+        code: u32,
+        quant: (u32, u32),
+        rows: u32,
+        params: &[u32],
+        buffers: &[&[u8]],
+        groups: (u32, u32),
+    ) -> Result<Vec<Vec<u8>>> {
+        self.run_with(buffers, |rec, binds| {
+            rec.record(
+                kernel,
+                code,
+                Some(quant),
+                rows,
+                params,
+                binds,
+                super::Size::Direct(groups),
+            )
+        })
+    }
+
     fn run_with(
         &self,
         buffers: &[&[u8]],

@@ -159,6 +159,16 @@ BASE_SPECS = [
         mtp=False, prompt_len=24, gen=6, rope_gain=2.0,
     ),
     dict(
+        name="dsv3_fp8_wide", layout="fp8", dtype="bfloat16", spelling="v3",
+        covers="the released FP8 layout with every FP8 matrix's input width a multiple of 32 (what the GPU kernels "
+               "read in blocks of 32 codes) and two column blocks: hidden 256, expert width 160 and dense width 288 "
+               "(partial row blocks), q_lora 160, kv_lora 176, 12 experts in 3 groups (2 kept, top-3); otherwise as dsv3_fp8",
+        vocab=256, hidden=256, layers=2, dense=1, heads=4, q_lora=160, r=176, dn=32, dr=16, dv=32, inter=288,
+        moe_inter=160, experts=12, n_group=3, topk_group=2, topk=3, n_shared=1, rsf=2.5, eps=1e-6, theta=10000,
+        yarn=dict(factor=40, orig=512, mscale=1.0, mscale_all_dim=1.0, beta_fast=32, beta_slow=1),
+        mtp=False, prompt_len=24, gen=6, rope_gain=2.0,
+    ),
+    dict(
         name="dsv3_mlx_4bit", layout="mlx", dtype="bfloat16", spelling="v3", q=dict(q_bits=4, q_group_size=32),
         covers="mlx_lm.convert -q (4-bit affine, group 32) of a released-layout bf16 source (no MTP: mlx-lm only "
                "drops model.layers.61.*): experts stacked as mlp.switch_mlp.*, kv_b_proj split into "
