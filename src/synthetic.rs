@@ -306,6 +306,21 @@ impl SyntheticSpec {
         }
     }
 
+    /// [`deepseek_v3_4bit`](Self::deepseek_v3_4bit)'s shape in the released FP8 format:
+    /// every linear layer inside the decoder layers e4m3 with f32 128 x 128 block scales
+    /// (`weight_scale_inv`), per-expert Hugging Face names, the rest bf16; 11.3 GB of experts
+    /// per MoE layer.
+    pub fn deepseek_v3_fp8(layers: usize) -> Self {
+        let mut d = SyntheticDeepseek::v3(1);
+        d.fp8 = true;
+        SyntheticSpec {
+            quant: None,
+            seed: 0x6473_7638,
+            deepseek_v3: Some(d),
+            ..Self::deepseek_v3_4bit(layers)
+        }
+    }
+
     /// The shape of gpt-oss-20b (24 layers of 32 experts, otherwise as
     /// [`gpt_oss_120b`](Self::gpt_oss_120b)): about 10 GB of MXFP4 experts.
     pub fn gpt_oss_20b() -> Self {
@@ -333,6 +348,12 @@ pub(crate) enum Fill {
     Codes,
     /// Bytes uniform in `lo .. lo + span` (MXFP4 codes and scales).
     Bytes { lo: u8, span: u16 },
+    /// e4m3 bytes of either sign, exponent field 1..=8 (magnitudes 2^-6 .. 3.75), any
+    /// mantissa: FP8 codes with no NaN.
+    Fp8,
+    /// f32 values `offset + scale * u`, u uniform in [-1, 1), whatever the spec's float
+    /// dtype (FP8 block scales).
+    F32 { scale: f32, offset: f32 },
 }
 
 /// A tensor whose bytes are generated when the writer asks for them.
@@ -380,6 +401,28 @@ impl safetensors::View for Lazy {
                     .collect();
                 Cow::Owned(self.float.encode(&values))
             }
+            Fill::Fp8 => {
+                let mut out = Vec::with_capacity(n + 8);
+                while out.len() < n {
+                    let r = splitmix(&mut state);
+                    out.extend((0..8).map(|b| {
+                        let v = ((r >> (8 * b)) & 0xff) as u8;
+                        // sign, exponent 1 + (3 bits), mantissa
+                        (v & 0x80) | ((1 + ((v >> 3) & 7)) << 3) | (v & 7)
+                    }));
+                }
+                out.truncate(n);
+                Cow::Owned(out)
+            }
+            Fill::F32 { scale, offset } => {
+                let values: Vec<f32> = (0..n)
+                    .map(|_| {
+                        let u = (splitmix(&mut state) >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+                        offset + scale * u
+                    })
+                    .collect();
+                Cow::Owned(DType::F32.encode(&values))
+            }
             Fill::Bytes { lo, span } => {
                 let mut out = Vec::with_capacity(n + 8);
                 while out.len() < n {
@@ -396,8 +439,8 @@ impl safetensors::View for Lazy {
     }
     fn data_len(&self) -> usize {
         let elem = match self.fill {
-            Fill::Codes => 4,
-            Fill::Bytes { .. } => 1,
+            Fill::Codes | Fill::F32 { .. } => 4,
+            Fill::Bytes { .. } | Fill::Fp8 => 1,
             Fill::Float { .. } => self.float.size(),
         };
         self.shape.iter().product::<usize>() * elem
@@ -784,6 +827,9 @@ impl SyntheticSpec {
             } else {
                 WeightFormat::Float(DType::BF16)
             };
+        }
+        if self.deepseek_v3.is_some_and(|d| d.fp8) {
+            return WeightFormat::Fp8Block;
         }
         match self.quant {
             Some((bits, group_size)) => WeightFormat::Affine(AffineQuant {

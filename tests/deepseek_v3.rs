@@ -144,15 +144,16 @@ fn malformed_configs_are_typed_errors() {
     }
 }
 
-/// The synthetic DeepSeek-V3 writer (the benchmarks' shape, scaled down here), in both of
-/// its layouts: 4-bit MLX with absorbed `embed_q` / `unembed_out`, and bf16 Hugging Face
-/// with `kv_b_proj`; a dense first layer, grouped sigmoid routing, shared experts in the
+/// The synthetic DeepSeek-V3 writer (the benchmarks' shape, scaled down here), in each of
+/// its layouts: 4-bit MLX with absorbed `embed_q` / `unembed_out`, bf16 Hugging Face with
+/// `kv_b_proj`, and the released FP8 format (the FP8 kernels); a dense first layer, grouped sigmoid routing, shared experts in the
 /// cache. The GPU engine runs each as the CPU reference does, through a prefill and steps.
 #[test]
 fn synthetic_deepseek_runs_as_the_reference_does() {
     use moestream::synthetic::SyntheticSpec;
     use moestream::{Checkpoint, DType, SafetensorsStore};
-    for quant in [Some((4, 32)), None] {
+    // (quantization, the released FP8 format)
+    for (quant, fp8) in [(Some((4, 32)), false), (None, false), (None, true)] {
         let mut spec = SyntheticSpec::deepseek_v3_4bit(3);
         spec.vocab_size = 300;
         spec.hidden_size = 64;
@@ -173,8 +174,9 @@ fn synthetic_deepseek_runs_as_the_reference_does() {
         d.dense_intermediate_size = 96;
         d.n_group = 4;
         d.topk_group = 2;
+        d.fp8 = fp8;
         spec.deepseek_v3 = Some(d);
-        let root = tempfile_dir(&format!("synthetic-deepseek-{}", quant.is_some()));
+        let root = tempfile_dir(&format!("synthetic-deepseek-{}-{fp8}", quant.is_some()));
         let dir = spec.write(root.join("model")).unwrap();
         let model = Model::builder(&dir).f32_activations(true).build().unwrap();
         let cfg = model.config().clone();
@@ -203,7 +205,10 @@ fn synthetic_deepseek_runs_as_the_reference_does() {
         );
         for (k, &id) in ids[10..].iter().enumerate() {
             let got = s.step(id).unwrap();
-            assert!(diff(&got, &want[10 + k]) < 1e-4, "{quant:?}: step {k}");
+            assert!(
+                diff(&got, &want[10 + k]) < 1e-4,
+                "{quant:?} {fp8}: step {k}"
+            );
         }
         drop(model);
         std::fs::remove_dir_all(&root).unwrap();

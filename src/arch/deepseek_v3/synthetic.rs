@@ -3,7 +3,8 @@
 //! sigmoid group routing with a correction bias (in the spec's float dtype) and one ungated
 //! shared expert per MoE layer. Quantized specs are written in mlx-community's layout
 //! (`switch_mlp` experts, `kv_b_proj` absorbed into `embed_q` / `unembed_out`, the router
-//! float); float specs in Hugging Face's, with `kv_b_proj`.
+//! float); float specs in Hugging Face's, with `kv_b_proj`; FP8 specs in the released
+//! FP8 format (e4m3 + `weight_scale_inv` block scales, per-expert names).
 
 use crate::arch::glm4_moe::synthetic::MatrixFn;
 use crate::arch::{tensor, Names};
@@ -33,6 +34,9 @@ pub struct SyntheticDeepseek {
     pub n_group: usize,
     /// Groups kept per token.
     pub topk_group: usize,
+    /// The released FP8 format (then the spec's `quant` is ignored): every linear layer
+    /// inside the decoder layers e4m3 with f32 128 x 128 block scales, per-expert names.
+    pub fp8: bool,
 }
 
 impl SyntheticDeepseek {
@@ -49,6 +53,7 @@ impl SyntheticDeepseek {
             first_dense,
             n_group: 8,
             topk_group: 4,
+            fp8: false,
         }
     }
 }
@@ -99,6 +104,14 @@ pub(crate) fn config_json(spec: &SyntheticSpec, d: &SyntheticDeepseek) -> serde_
         "vocab_size": spec.vocab_size,
         "synthetic": true,
     });
+    if let (true, Some(obj)) = (d.fp8, config.as_object_mut()) {
+        obj.insert(
+            "quantization_config".into(),
+            serde_json::json!({"activation_scheme": "dynamic", "fmt": "e4m3",
+                               "quant_method": "fp8", "weight_block_size": [128, 128]}),
+        );
+        return config;
+    }
     if let (Some((bits, group)), Some(obj)) = (spec.quant, config.as_object_mut()) {
         let q = serde_json::json!({"group_size": group, "bits": bits, "mode": "affine"});
         obj.insert("quantization".into(), q.clone());
@@ -127,8 +140,38 @@ pub(crate) fn tensors(
         d.qk_rope_head_dim,
         d.v_head_dim,
     );
-    let q = spec.quant;
+    let q = if d.fp8 { None } else { spec.quant };
     let fdt = spec.dtype.to_safetensors();
+    // A matrix inside a decoder layer: FP8 codes and block scales in the FP8 format, else
+    // the writer's float or MLX-quantized matrix.
+    let layer_matrix = |prefix: String,
+                        lead: &[usize],
+                        rows: usize,
+                        cols: usize,
+                        amp: f32,
+                        quant: Option<(u32, u32)>|
+     -> Vec<(String, Lazy)> {
+        if !d.fp8 {
+            return matrix(prefix, lead, rows, cols, amp, quant);
+        }
+        vec![
+            make(
+                format!("{prefix}.weight"),
+                safetensors::Dtype::F8_E4M3,
+                vec![rows, cols],
+                Fill::Fp8,
+            ),
+            make(
+                format!("{prefix}.weight_scale_inv"),
+                safetensors::Dtype::F32,
+                vec![rows.div_ceil(128), cols.div_ceil(128)],
+                Fill::F32 {
+                    scale: 0.1 * amp,
+                    offset: amp,
+                },
+            ),
+        ]
+    };
     let float = |name: String, n: usize, scale: f32, offset: f32| {
         make(name, fdt, vec![n], Fill::Float { scale, offset })
     };
@@ -169,13 +212,13 @@ pub(crate) fn tensors(
             (tensor::KV_A_PROJ, r + dr, h),
             (tensor::O_PROJ, h, nh * dv),
         ] {
-            out.extend(matrix(n(proj), &[], rows, cols, w(cols), q));
+            out.extend(layer_matrix(n(proj), &[], rows, cols, w(cols), q));
         }
         if q.is_some() {
             out.extend(matrix(n(tensor::EMBED_Q), &[nh], r, dn, w(dn), q));
             out.extend(matrix(n(tensor::UNEMBED_OUT), &[nh], dv, r, w(r), q));
         } else {
-            out.extend(matrix(
+            out.extend(layer_matrix(
                 n(tensor::KV_B_PROJ),
                 &[],
                 nh * (dn + dv),
@@ -190,7 +233,7 @@ pub(crate) fn tensors(
                 (tensor::UP_PROJ, inter, h),
                 (tensor::DOWN_PROJ, h, inter),
             ] {
-                out.extend(matrix(
+                out.extend(layer_matrix(
                     n(&format!("{module}.{proj}")),
                     lead,
                     rows,
@@ -215,6 +258,20 @@ pub(crate) fn tensors(
             },
         ));
         mlp(names.shared, i, &[], &mut out);
+        if d.fp8 {
+            // Per-expert names, as released.
+            for e in 0..ne {
+                for (proj, rows, cols) in [
+                    (tensor::GATE_PROJ, i, h),
+                    (tensor::UP_PROJ, i, h),
+                    (tensor::DOWN_PROJ, h, i),
+                ] {
+                    let name = names.expert(l, e, proj);
+                    out.extend(layer_matrix(strip(&name), &[], rows, cols, w(cols), None));
+                }
+            }
+            continue;
+        }
         mlp(
             names.switch_mlp("").trim_end_matches('.'),
             i,
