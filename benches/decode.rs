@@ -10,6 +10,8 @@
 //! cargo bench --bench decode -- --model glm-4.5-air-12l        # 12 of GLM-4.5-Air's 46 layers, 4-bit (~14 GB)
 //! cargo bench --bench decode -- --model deepseek-v3-4l         # 4 of DeepSeek-V3's 61 layers (1 dense), 4-bit (~19 GB)
 //! cargo bench --bench decode -- --model deepseek-v3-fp8-3l     # 3 of its layers (1 dense) as released, FP8 (~23 GB)
+//! cargo bench --bench decode -- --model mixtral-8x7b-8l        # 8 of Mixtral-8x7B's 32 layers, 4-bit (~6.3 GB)
+//! cargo bench --bench decode -- --model olmoe-1b-7b            # OLMoE-1B-7B, 4-bit (~3.6 GB)
 //! MOESTREAM_PROFILE=1 cargo bench --bench decode -- --resident-only   # GPU time per kernel
 //! cargo bench --bench decode -- --resident-only --long-context   # also after 2048 / 8192 tokens
 //! cargo bench --bench decode -- --kv-f16     # the KV cache in f16 (ModelBuilder::kv_cache_dtype)
@@ -62,11 +64,13 @@ fn main() -> Result<()> {
             "glm-4.5-air-12l" => ("glm-4.5-air-12l-4bit", SyntheticSpec::glm4_5_air_4bit(12)),
             "deepseek-v3-4l" => ("deepseek-v3-4l-4bit", SyntheticSpec::deepseek_v3_4bit(4)),
             "deepseek-v3-fp8-3l" => ("deepseek-v3-3l-fp8", SyntheticSpec::deepseek_v3_fp8(3)),
+            "mixtral-8x7b-8l" => ("mixtral-8x7b-8l-4bit", SyntheticSpec::mixtral_8x7b_4bit(8)),
+            "olmoe-1b-7b" => ("olmoe-1b-7b-4bit", SyntheticSpec::olmoe_1b_7b_4bit()),
             "gpt-oss-120b-12l" => ("gpt-oss-120b-12l-mxfp4", SyntheticSpec::gpt_oss_120b(12)),
             "gpt-oss-120b" => ("gpt-oss-120b-mxfp4", SyntheticSpec::gpt_oss_120b(36)),
             other => {
                 return Err(moestream::Error::InvalidArgument(format!(
-                    "--model {other}: one of qwen3-30b-a3b, qwen3.5-35b-a3b, qwen3.5-397b-a17b-8l, gpt-oss-20b, gpt-oss-120b-12l, gpt-oss-120b, glm-4.5-air-12l, deepseek-v3-4l, deepseek-v3-fp8-3l"
+                    "--model {other}: one of qwen3-30b-a3b, qwen3.5-35b-a3b, qwen3.5-397b-a17b-8l, gpt-oss-20b, gpt-oss-120b-12l, gpt-oss-120b, glm-4.5-air-12l, deepseek-v3-4l, deepseek-v3-fp8-3l, mixtral-8x7b-8l, olmoe-1b-7b"
                 )))
             }
         }

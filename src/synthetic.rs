@@ -57,9 +57,13 @@ pub struct SyntheticSpec {
     /// `Some`: a DeepSeek-V3 model (`linear_attention` ignored; `num_heads` latent-attention
     /// heads), written by `arch::deepseek_v3::synthetic`.
     pub deepseek_v3: Option<SyntheticDeepseek>,
+    /// `Some`: a Mixtral or OLMoE model (`linear_attention` ignored), written by
+    /// `arch::mixtral::synthetic` (OLMoE's config by `arch::olmoe::synthetic`).
+    pub llama_moe: Option<SyntheticLlamaMoe>,
 }
 
 pub use crate::arch::deepseek_v3::synthetic::SyntheticDeepseek;
+pub use crate::arch::mixtral::synthetic::{LlamaMoeFamily, SyntheticLlamaMoe};
 
 /// The GLM-4.5 part of a [`SyntheticSpec`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +156,7 @@ impl Default for SyntheticSpec {
             gpt_oss: None,
             glm4_moe: None,
             deepseek_v3: None,
+            llama_moe: None,
         }
     }
 }
@@ -178,6 +183,7 @@ impl SyntheticSpec {
             gpt_oss: None,
             glm4_moe: None,
             deepseek_v3: None,
+            llama_moe: None,
         }
     }
 
@@ -203,6 +209,7 @@ impl SyntheticSpec {
             gpt_oss: None,
             glm4_moe: None,
             deepseek_v3: None,
+            llama_moe: None,
         }
     }
 
@@ -229,6 +236,7 @@ impl SyntheticSpec {
             gpt_oss: None,
             glm4_moe: None,
             deepseek_v3: None,
+            llama_moe: None,
         }
     }
 
@@ -253,6 +261,7 @@ impl SyntheticSpec {
             gpt_oss: Some(SyntheticGptOss::released()),
             glm4_moe: None,
             deepseek_v3: None,
+            llama_moe: None,
         }
     }
 
@@ -278,6 +287,7 @@ impl SyntheticSpec {
             gpt_oss: None,
             glm4_moe: Some(SyntheticGlm::new(10944)),
             deepseek_v3: None,
+            llama_moe: None,
         }
     }
 
@@ -303,6 +313,7 @@ impl SyntheticSpec {
             gpt_oss: None,
             glm4_moe: None,
             deepseek_v3: Some(SyntheticDeepseek::v3(1)),
+            llama_moe: None,
         }
     }
 
@@ -318,6 +329,55 @@ impl SyntheticSpec {
             seed: 0x6473_7638,
             deepseek_v3: Some(d),
             ..Self::deepseek_v3_4bit(layers)
+        }
+    }
+
+    /// The shape of Mixtral-8x7B (hidden 4096, 8 experts of 14336, top-2, 32/8 heads of
+    /// 128, vocab 32000) with `layers` of its 32 layers, at MLX 4-bit, group 64, bf16
+    /// scales: 0.79 GB of experts per layer.
+    pub fn mixtral_8x7b_4bit(layers: usize) -> Self {
+        SyntheticSpec {
+            vocab_size: 32000,
+            hidden_size: 4096,
+            num_layers: layers,
+            num_heads: 32,
+            num_kv_heads: 8,
+            head_dim: 128,
+            num_experts: 8,
+            top_k: 2,
+            moe_intermediate_size: 14336,
+            dtype: DType::BF16,
+            quant: Some((4, 64)),
+            seed: 0x6d69_7874,
+            linear_attention: None,
+            gpt_oss: None,
+            glm4_moe: None,
+            deepseek_v3: None,
+            llama_moe: Some(SyntheticLlamaMoe::new(LlamaMoeFamily::Mixtral)),
+        }
+    }
+
+    /// The shape of OLMoE-1B-7B (16 layers, hidden 2048, 64 experts of 1024, top-8, 16
+    /// heads of 128, vocab 50304) at MLX 4-bit, group 64, bf16 scales: 3.6 GB of experts.
+    pub fn olmoe_1b_7b_4bit() -> Self {
+        SyntheticSpec {
+            vocab_size: 50304,
+            hidden_size: 2048,
+            num_layers: 16,
+            num_heads: 16,
+            num_kv_heads: 16,
+            head_dim: 128,
+            num_experts: 64,
+            top_k: 8,
+            moe_intermediate_size: 1024,
+            dtype: DType::BF16,
+            quant: Some((4, 64)),
+            seed: 0x6f6c_6d6f,
+            linear_attention: None,
+            gpt_oss: None,
+            glm4_moe: None,
+            deepseek_v3: None,
+            llama_moe: Some(SyntheticLlamaMoe::new(LlamaMoeFamily::Olmoe)),
         }
     }
 
@@ -482,6 +542,13 @@ impl SyntheticSpec {
         }
         if let Some(d) = &self.deepseek_v3 {
             return crate::arch::deepseek_v3::synthetic::config_json(self, d).to_string();
+        }
+        match &self.llama_moe {
+            Some(m) if m.family == LlamaMoeFamily::Olmoe => {
+                return crate::arch::olmoe::synthetic::config_json(self, m).to_string()
+            }
+            Some(_) => return crate::arch::mixtral::synthetic::config_json(self).to_string(),
+            None => {}
         }
         let dtype = match self.dtype {
             DType::F32 => "float32",
@@ -673,6 +740,18 @@ impl SyntheticSpec {
         }
         if let Some(d) = &self.deepseek_v3 {
             return crate::arch::deepseek_v3::synthetic::tensors(self, d, &lazy, &matrix);
+        }
+        if let Some(m) = &self.llama_moe {
+            let olmoe = m.family == LlamaMoeFamily::Olmoe;
+            let names = if olmoe {
+                &Names::HF
+            } else {
+                &crate::arch::mixtral::NAMES[0]
+            };
+            let rq = self.quant.map(|(b, g)| self.router_quant(b, g));
+            return crate::arch::mixtral::synthetic::tensors(
+                self, names, olmoe, rq, &lazy, &matrix,
+            );
         }
         let w = |cols: usize| 1.0 / (cols as f32).sqrt();
         let q = self.quant;

@@ -123,3 +123,27 @@ fn malformed_configs_are_typed_errors() {
         }
     }
 }
+
+#[path = "common/mod.rs"]
+mod common;
+
+/// The synthetic Mixtral writer (the benchmarks' Mixtral-8x7B shape, scaled down here) in
+/// both layouts, MLX 4-bit (`switch_mlp`) and bf16 with the released per-expert `w1` /
+/// `w3` / `w2`: the GPU engine runs each as the CPU reference does.
+#[test]
+fn synthetic_mixtral_runs_as_the_reference_does() {
+    for quant in [Some((4, 32)), None] {
+        let mut spec = moestream::synthetic::SyntheticSpec::mixtral_8x7b_4bit(2);
+        spec.vocab_size = 300;
+        spec.hidden_size = 64;
+        spec.num_heads = 4;
+        spec.num_kv_heads = 2;
+        spec.head_dim = 16;
+        spec.num_experts = 4;
+        spec.moe_intermediate_size = 96;
+        spec.quant = quant;
+        let cfg = common::synthetic_matches_reference(&spec, &format!("mixtral-{quant:?}"));
+        assert_eq!(cfg.model_type, "mixtral");
+        assert_eq!(cfg.num_experts_per_tok, 2);
+    }
+}

@@ -84,3 +84,34 @@ fn malformed_configs_are_typed_errors() {
         }
     }
 }
+
+#[path = "common/mod.rs"]
+mod common;
+
+/// The synthetic OLMoE writer (the benchmarks' OLMoE-1B-7B shape, scaled down here) in
+/// both layouts, with and without `clip_qkv`: whole-projection q/k norms, top-k weights
+/// not renormalized; the GPU engine runs each as the CPU reference does.
+#[test]
+fn synthetic_olmoe_runs_as_the_reference_does() {
+    use moestream::synthetic::{LlamaMoeFamily, SyntheticLlamaMoe};
+    for (quant, clip) in [(Some((4, 32)), None), (None, Some(0.5))] {
+        let mut spec = moestream::synthetic::SyntheticSpec::olmoe_1b_7b_4bit();
+        spec.num_layers = 2;
+        spec.vocab_size = 300;
+        spec.hidden_size = 64;
+        spec.num_heads = 4;
+        spec.num_kv_heads = 4;
+        spec.head_dim = 16;
+        spec.num_experts = 8;
+        spec.top_k = 3;
+        spec.moe_intermediate_size = 64;
+        spec.quant = quant;
+        let mut o = SyntheticLlamaMoe::new(LlamaMoeFamily::Olmoe);
+        o.clip_qkv = clip;
+        spec.llama_moe = Some(o);
+        let cfg = common::synthetic_matches_reference(&spec, &format!("olmoe-{quant:?}"));
+        assert_eq!(cfg.model_type, "olmoe");
+        assert!(!cfg.norm_topk_prob);
+        assert_eq!(cfg.layers[0].attention().unwrap().clip_qkv, clip);
+    }
+}

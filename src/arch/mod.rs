@@ -11,9 +11,9 @@
 pub(crate) mod deepseek_v3;
 pub(crate) mod glm4_moe;
 pub(crate) mod gpt_oss;
-mod mixtral;
+pub(crate) mod mixtral;
 mod names;
-mod olmoe;
+pub(crate) mod olmoe;
 mod plan;
 pub(crate) mod qwen3_5;
 pub(crate) mod qwen3_moe;

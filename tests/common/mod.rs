@@ -100,3 +100,42 @@ pub fn mlx_fixture(name: &str) -> PathBuf {
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures")).join(name)
 }
+
+/// Writes `spec` under a fresh temporary folder, builds it on the GPU (f32 activations)
+/// and checks that a prefill of 10 tokens and 4 steps give the CPU reference's logits to
+/// 1e-4 of the largest; returns the model's config. (The synthetic writers' test.)
+pub fn synthetic_matches_reference(
+    spec: &moestream::synthetic::SyntheticSpec,
+    name: &str,
+) -> moestream::ModelConfig {
+    use moestream::{Checkpoint, Model, SafetensorsStore};
+    let root = std::env::temp_dir().join(format!("moestream-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = spec.write(root.join("model")).unwrap();
+    let model = Model::builder(&dir).f32_activations(true).build().unwrap();
+    let cfg = model.config().clone();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let store =
+        SafetensorsStore::new(std::sync::Arc::new(Checkpoint::open(&dir).unwrap()), &cfg).unwrap();
+    let reference = moestream::reference::ReferenceModel::new(&cfg, &ckpt, &store).unwrap();
+    let v = spec.vocab_size as u32;
+    let ids: Vec<u32> = (0..14u32).map(|i| (i * 37 + 5) % v).collect();
+    let want = reference.forward(&ids).unwrap();
+    let mut s = model.session(64).unwrap();
+    let diff = |a: &[f32], b: &[f32]| {
+        let m = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        a.iter().zip(b).fold(0f32, |d, (x, y)| d.max((x - y).abs())) / m
+    };
+    let got = s.prefill(&ids[..10]).unwrap();
+    let d = diff(&got, &want[9]);
+    assert!(d < 1e-4, "{name}: prefill {d}");
+    for (k, &id) in ids[10..].iter().enumerate() {
+        let got = s.step(id).unwrap();
+        let d = diff(&got, &want[10 + k]);
+        assert!(d < 1e-4, "{name}: step {k}: {d}");
+    }
+    drop(s);
+    drop(model);
+    std::fs::remove_dir_all(&root).unwrap();
+    cfg
+}

@@ -10,6 +10,7 @@
 //! `block_sparse_moe.switch_mlp`. Facts and sources: docs/families/mixtral.md.
 
 mod config;
+pub(crate) mod synthetic;
 
 use super::{Family, Names};
 use crate::config::{ModelConfig, Parser};
@@ -19,7 +20,7 @@ use crate::error::Result;
 pub(crate) struct Mixtral;
 
 /// Released names first, then transformers' fused in-memory ones.
-const NAMES: &[Names] = &[
+pub(crate) const NAMES: &[Names] = &[
     Names {
         router: "block_sparse_moe.gate",
         moe: "block_sparse_moe",
