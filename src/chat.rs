@@ -17,6 +17,11 @@
 //! - values print as Python prints them (`True`, `None`, `{'a': 1}`), and Python string
 //!   and dict methods (`.strip()`, `.startswith()`, `.split()`, `.items()`, ...) work
 //!   (`minijinja-contrib`'s `pycompat`).
+//!
+//! Templates come from model folders, so a render is bounded: at most `TEMPLATE_FUEL`
+//! template instructions (a template that loops for ever fails in well under a second) and at
+//! most `MAX_RENDER_BYTES` of output (printed values and `tojson` included); either
+//! limit gives an `Error::Template`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -208,6 +213,72 @@ impl std::fmt::Debug for ChatTemplate {
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Most template instructions one render may execute (minijinja's fuel). Real chat
+/// templates take 50 to a few hundred per message; a loop without end runs out in about
+/// a third of a second instead of hanging.
+const TEMPLATE_FUEL: u64 = 10_000_000;
+
+/// Most bytes one render may output: far beyond any prompt, small enough that a template
+/// printing a huge value fails instead of exhausting memory.
+const MAX_RENDER_BYTES: usize = 32 << 20;
+
+/// Largest template source compiled (real chat templates take a few KiB to a few tens).
+const MAX_TEMPLATE_BYTES: usize = 256 << 10;
+
+/// Stack for compiling a template, per byte of its source (on top of 4 MiB).
+/// minijinja's parser and code generator recurse once per level of an expression, and
+/// operator chains (`1 + 1 + ...`, `- - - 1`, `not not ...`, `x.y.y...`) nest a level per
+/// operator without its recursion limit: a release build needs up to ~430 bytes of stack
+/// per byte of such a source, which would overflow (and abort) an ordinary thread.
+const COMPILE_STACK_PER_BYTE: usize = 1024;
+
+/// [`build_env`] on a thread whose stack grows with the source (see
+/// [`COMPILE_STACK_PER_BYTE`]); only the pages a compile touches are committed.
+fn compile(source: &Arc<str>) -> std::result::Result<Environment<'static>, String> {
+    if source.len() > MAX_TEMPLATE_BYTES {
+        return Err(format!(
+            "the template is {} bytes; this version compiles templates of at most \
+             {MAX_TEMPLATE_BYTES} bytes",
+            source.len()
+        ));
+    }
+    let src = Arc::clone(source);
+    std::thread::Builder::new()
+        .name("moestream-template".into())
+        .stack_size((4 << 20) + COMPILE_STACK_PER_BYTE * source.len())
+        .spawn(move || build_env(&src))
+        .map_err(|e| format!("cannot start a thread to compile the template: {e}"))?
+        .join()
+        .unwrap_or_else(|_| Err("the template compiler panicked".into()))
+}
+
+/// The reason given when a render exceeds [`MAX_RENDER_BYTES`].
+fn too_large() -> String {
+    format!("the rendered prompt would exceed {MAX_RENDER_BYTES} bytes")
+}
+
+/// The render's output, refusing to grow past [`MAX_RENDER_BYTES`].
+#[derive(Default)]
+struct CappedOutput {
+    buf: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + bytes.len() > MAX_RENDER_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other(too_large()));
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl ChatTemplate {
     /// A template from its Jinja source. It is compiled on first use (or by
     /// [`check`](Self::check)), so a template that does not parse only fails the renders.
@@ -240,7 +311,7 @@ impl ChatTemplate {
 
     fn env(&self) -> Result<&Environment<'static>> {
         self.compiled
-            .get_or_init(|| build_env(&self.source))
+            .get_or_init(|| compile(&self.source))
             .as_ref()
             .map_err(|reason| Error::Template {
                 template: self.label.to_string(),
@@ -305,13 +376,27 @@ impl ChatTemplate {
             "add_generation_prompt".into(),
             JValue::from(options.add_generation_prompt),
         );
-        tmpl.render(ctx).map_err(|e| self.error(&e))
+        let mut out = CappedOutput::default();
+        let rendered = tmpl.render_captured_to(ctx, &mut out).map(drop);
+        match rendered {
+            Ok(()) => String::from_utf8(out.buf).map_err(|_| Error::Template {
+                template: self.label.to_string(),
+                reason: "the template rendered invalid UTF-8".into(),
+            }),
+            Err(_) if out.overflowed => Err(Error::Template {
+                template: self.label.to_string(),
+                reason: too_large(),
+            }),
+            Err(e) => Err(self.error(&e)),
+        }
     }
 
     fn error(&self, e: &minijinja::Error) -> Error {
         let raised = std::error::Error::source(e).and_then(|s| s.downcast_ref::<Raised>());
         let reason = if let Some(Raised(message)) = raised {
             message.clone()
+        } else if e.kind() == ErrorKind::OutOfFuel {
+            format!("the template ran too long (more than {TEMPLATE_FUEL} instructions): {e}")
         } else {
             let mut s = e.to_string();
             let mut src = std::error::Error::source(e);
@@ -624,6 +709,7 @@ fn read_text_if_exists(path: &Path) -> Result<Option<String>> {
 
 fn build_env(source: &str) -> std::result::Result<Environment<'static>, String> {
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_syntax(
         SyntaxConfig::builder()
             .trim_blocks(true)
@@ -636,11 +722,22 @@ fn build_env(source: &str) -> std::result::Result<Environment<'static>, String> 
     env.set_formatter(|out, state, value| {
         if matches!(
             value.kind(),
-            ValueKind::None | ValueKind::Bool | ValueKind::Number | ValueKind::Seq | ValueKind::Map
+            ValueKind::None
+                | ValueKind::Bool
+                | ValueKind::Number
+                | ValueKind::Seq
+                | ValueKind::Iterable
+                | ValueKind::Map
         ) && !value.is_safe()
         {
             let mut s = String::new();
             py_str(&mut s, value);
+            if s.len() > MAX_RENDER_BYTES {
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    too_large(),
+                ));
+            }
             out.write_str(&s)
                 .map_err(|_| minijinja::Error::new(ErrorKind::WriteFailure, "write failed"))
         } else {
@@ -690,7 +787,8 @@ fn rewrite_generation_tags(src: &str) -> String {
     while let Some(i) = rest.find("{%") {
         out.push_str(&rest[..i]);
         let tag = &rest[i..];
-        let Some(end) = tag.find("%}") else {
+        // The close after the open (in `{%}` the two overlap).
+        let Some(end) = tag[2..].find("%}").map(|e| e + 2) else {
             out.push_str(tag);
             return out;
         };
@@ -806,6 +904,11 @@ fn py_repr(out: &mut String, v: &JValue) {
             out.push('[');
             if let Ok(items) = v.try_iter() {
                 for (i, item) in items.enumerate() {
+                    if out.len() > MAX_RENDER_BYTES {
+                        // The caller refuses the text; a lazily repeated sequence can be
+                        // far longer than memory.
+                        break;
+                    }
                     if i > 0 {
                         out.push_str(", ");
                     }
@@ -818,6 +921,9 @@ fn py_repr(out: &mut String, v: &JValue) {
             out.push('{');
             if let Ok(entries) = map_entries_raw(v) {
                 for (i, (k, val)) in entries.iter().enumerate() {
+                    if out.len() > MAX_RENDER_BYTES {
+                        break;
+                    }
                     if i > 0 {
                         out.push_str(", ");
                     }
@@ -1012,7 +1118,14 @@ fn tojson(
                     "indent must be an integer or a string",
                 )
             })?;
-            Some(" ".repeat(n.max(0) as usize))
+            let n = usize::try_from(n.max(0)).unwrap_or(usize::MAX);
+            if n > MAX_RENDER_BYTES {
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    too_large(),
+                ));
+            }
+            Some(" ".repeat(n))
         }
     };
     let (item_sep, key_sep) = match separators.filter(|v| !v.is_none() && !v.is_undefined()) {
@@ -1061,18 +1174,26 @@ fn json_dump(
         ValueKind::Number => py_number(out, v, true),
         ValueKind::String => json_str(out, v.as_str().unwrap_or_default(), style.ensure_ascii),
         ValueKind::Seq | ValueKind::Iterable => {
-            let items: Vec<JValue> = v.try_iter()?.collect();
-            if items.is_empty() {
+            // Lazily: a repeated sequence (`messages * 100000000`) can be far longer than
+            // memory, and the output limit stops it.
+            let mut items = v.try_iter()?.peekable();
+            if items.peek().is_none() {
                 out.push_str("[]");
                 return Ok(());
             }
             out.push('[');
-            for (i, item) in items.iter().enumerate() {
+            for (i, item) in items.enumerate() {
+                if out.len() > MAX_RENDER_BYTES {
+                    return Err(minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        too_large(),
+                    ));
+                }
                 if i > 0 {
                     out.push_str(&style.item_sep);
                 }
                 newline(out, style, level + 1);
-                json_dump(out, item, style, level + 1)?;
+                json_dump(out, &item, style, level + 1)?;
             }
             newline(out, style, level);
             out.push(']');
@@ -1102,6 +1223,12 @@ fn json_dump(
             }
             out.push('{');
             for (i, (k, val)) in entries.iter().enumerate() {
+                if out.len() > MAX_RENDER_BYTES {
+                    return Err(minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        too_large(),
+                    ));
+                }
                 if i > 0 {
                     out.push_str(&style.item_sep);
                 }

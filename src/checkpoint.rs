@@ -440,13 +440,19 @@ impl Checkpoint {
             path: path.clone(),
             reason,
         };
-        if groups == 0 || cols % groups != 0 || (words * 32) % cols != 0 {
-            return Err(bad(format!(
-                "{words} words and {groups} groups per row do not describe a quantization of {cols} columns"
-            )));
-        }
-        let bits = (words * 32 / cols) as u32;
-        let group = (cols / groups) as u32;
+        // `cols` is the caller's and `words` the file's: neither may divide by zero or
+        // overflow (a `[0, 2^60]` tensor holds no bytes yet names a huge width).
+        let bits = words
+            .checked_mul(32)
+            .filter(|&w| cols != 0 && groups != 0 && cols % groups == 0 && w % cols == 0)
+            .map(|w| w / cols)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{words} words and {groups} groups per row do not describe a quantization of {cols} columns"
+                ))
+            })?;
+        let bits = u32::try_from(bits).unwrap_or(u32::MAX);
+        let group = u32::try_from(cols / groups).unwrap_or(u32::MAX);
         let sdt = DType::from_safetensors(s.dtype).ok_or_else(|| Error::Dtype {
             name: sname.clone(),
             path: path.clone(),

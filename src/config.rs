@@ -19,6 +19,10 @@ pub const SUPPORTED_MODEL_TYPES: &str = arch::SUPPORTED;
 /// Most decoder layers a config may declare.
 pub const MAX_LAYERS: usize = 4096;
 
+/// Most routed experts per MoE layer a config may declare (the largest released models
+/// have 512), so that nothing sized by it is allocated before it is known to be sane.
+pub const MAX_EXPERTS: usize = 1 << 16;
+
 /// Hyper-parameters of a model, as read from `config.json`, and the plan of its layers.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -141,7 +145,20 @@ impl ModelConfig {
             model_type: model_type.clone(),
             supported: SUPPORTED_MODEL_TYPES,
         })?;
-        family.config(&parser, model_type)
+        let cfg = family.config(&parser, model_type)?;
+        let experts = cfg
+            .layers
+            .iter()
+            .filter_map(|p| p.moe().map(|m| m.experts))
+            .chain([cfg.num_experts])
+            .max()
+            .unwrap_or(0);
+        if experts > MAX_EXPERTS {
+            return Err(parser.err(format!(
+                "{experts} experts per layer is above the supported maximum of {MAX_EXPERTS}"
+            )));
+        }
+        Ok(cfg)
     }
 
     /// Whether decoder layer `layer` uses routed experts (else a dense MLP).

@@ -91,7 +91,9 @@ impl WeightFormat {
         }
         if let WeightFormat::Affine(q) = self {
             let g = q.group_size as usize;
-            if cols % g != 0 || (cols * q.bits as usize) % 32 != 0 {
+            // `cols` may come from a file (a pack index): no overflow.
+            let bits = cols.checked_mul(q.bits as usize);
+            if cols % g != 0 || bits.is_none_or(|b| b % 32 != 0) {
                 return Err(Error::InvalidArgument(format!(
                     "{cols} columns cannot be quantized in groups of {g} at {} bits",
                     q.bits

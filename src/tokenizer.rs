@@ -61,12 +61,32 @@ impl HfTokenizer {
         })
     }
 
-    /// Parses `tokenizer.json` contents.
+    /// Parses `tokenizer.json` contents. Its `padding` and `truncation` settings are
+    /// dropped, as transformers' `encode` drops them unless asked to pad or truncate (a
+    /// file could otherwise make every encode pad to a length it merely claims).
     pub fn from_bytes(json: &[u8]) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer {
+        let bad = |e: tokenizers::Error| Error::Tokenizer {
             path: None,
             reason: format!("cannot load tokenizer.json: {e}"),
-        })?;
+        };
+        // `tokenizers` panics on some malformed files (its `decoder` deserializer calls
+        // `.expect("Helper")` on a syntax error inside the object): an error here too.
+        let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(json)).map_err(
+            |panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("malformed file");
+                Error::Tokenizer {
+                    path: None,
+                    reason: format!("cannot load tokenizer.json: {what}"),
+                }
+            },
+        )?;
+        let mut inner = parsed.map_err(bad)?;
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(bad)?;
         Ok(HfTokenizer { inner })
     }
 

@@ -23,7 +23,7 @@ use super::{
     AlignedBuf, ExpertLayout, ExpertRole, ExpertStore, ExpertTensor, SafetensorsStore, READ_ALIGN,
 };
 use crate::checkpoint::{read_exact_at, Checkpoint};
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, MAX_LAYERS};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::format::{AffineQuant, WeightFormat};
@@ -249,6 +249,18 @@ fn layout_from_json(l: &LayerJson) -> std::result::Result<ExpertLayout, String> 
         format
             .check(t.cols)
             .map_err(|e| format!("layer {}: {e}", l.layer))?;
+        // Every format takes at most 8 bytes per element: with `rows * cols * 8` in range,
+        // the byte counts below cannot overflow.
+        if t.rows
+            .checked_mul(t.cols)
+            .and_then(|n| n.checked_mul(8))
+            .is_none()
+        {
+            return Err(format!(
+                "layer {}: {:?} [{}, {}] is too large",
+                l.layer, role, t.rows, t.cols
+            ));
+        }
         let tensor = ExpertTensor {
             role,
             format,
@@ -274,7 +286,12 @@ fn layout_from_json(l: &LayerJson) -> std::result::Result<ExpertLayout, String> 
                 l.layer, role, t.offset
             ));
         }
-        end = t.offset + t.bytes;
+        end = t.offset.checked_add(t.bytes).ok_or_else(|| {
+            format!(
+                "layer {}: {:?} at offset {} with {} bytes ends past the largest offset",
+                l.layer, role, t.offset, t.bytes
+            )
+        })?;
         if let Some(b) = t.bias {
             if b % BLOB_ALIGN != 0 || b < end {
                 return Err(format!(
@@ -675,6 +692,18 @@ impl PackedStore {
         let mut layers: Vec<Option<PackedLayer>> = Vec::new();
         for l in &index.layers {
             let layout = layout_from_json(l).map_err(&bad_index)?;
+            if l.layer >= MAX_LAYERS {
+                return Err(bad_index(format!(
+                    "layer {} is above the supported maximum of {MAX_LAYERS} layers",
+                    l.layer
+                )));
+            }
+            if l.expert_bytes as u64 > l.file_bytes {
+                return Err(bad_index(format!(
+                    "layer {}: expert_bytes {} exceeds file_bytes {}",
+                    l.layer, l.expert_bytes, l.file_bytes
+                )));
+            }
             let plain = !l.file.is_empty()
                 && !l.file.contains(['/', '\\'])
                 && l.file != "."
@@ -687,11 +716,10 @@ impl PackedStore {
             }
             let mut experts = Vec::with_capacity(l.experts.len());
             for (e, x) in l.experts.iter().enumerate() {
-                let padded = align_up(x.length, READ_ALIGN);
+                let padded = x.length.checked_next_multiple_of(READ_ALIGN);
                 let checksum = parse_hex64(&x.checksum);
-                let fits = x
-                    .offset
-                    .checked_add(padded as u64)
+                let fits = padded
+                    .and_then(|p| x.offset.checked_add(p as u64))
                     .is_some_and(|end| end <= l.file_bytes);
                 if x.length != layout.bytes
                     || x.offset % READ_ALIGN as u64 != 0
@@ -706,7 +734,7 @@ impl PackedStore {
                 experts.push(Blob {
                     offset: x.offset,
                     len: x.length,
-                    padded,
+                    padded: padded.unwrap_or_default(),
                     checksum: checksum.unwrap_or_default(),
                 });
             }

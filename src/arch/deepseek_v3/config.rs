@@ -43,9 +43,19 @@ pub(crate) fn parse(p: &Parser<'_>, model_type: String) -> Result<ModelConfig> {
     let dn = p.opt_usize("qk_nope_head_dim")?.unwrap_or(128);
     let dr = p.opt_usize("qk_rope_head_dim")?.unwrap_or(64);
     let dv = p.opt_usize("v_head_dim")?.unwrap_or(128);
-    if kv_lora_rank == 0 || dv == 0 || dr == 0 || dr % 2 != 0 || dn + dr > 1024 {
+    // Each bounded before any sum: no width read from the file can overflow.
+    if kv_lora_rank == 0
+        || kv_lora_rank > 1 << 20
+        || dv == 0
+        || dv > 1 << 20
+        || dr == 0
+        || dr % 2 != 0
+        || dr > 1024
+        || dn > 1024
+        || dn + dr > 1024
+    {
         return Err(p.err(format!(
-            "kv_lora_rank ({kv_lora_rank}), v_head_dim ({dv}) must be positive and qk_rope_head_dim ({dr}) positive and even, qk_nope_head_dim + qk_rope_head_dim at most 1024"
+            "kv_lora_rank ({kv_lora_rank}) and v_head_dim ({dv}) must be positive (at most 2^20), qk_rope_head_dim ({dr}) positive and even, qk_nope_head_dim ({dn}) + qk_rope_head_dim at most 1024"
         )));
     }
     let rope = p.rope()?;

@@ -154,6 +154,11 @@ pub(crate) fn sigmoid_moe(
     };
     let moe_inter = p.positive("moe_intermediate_size")?;
     let n_shared = p.opt_usize("n_shared_experts")?.unwrap_or(1);
+    let shared_width = moe_inter.checked_mul(n_shared).ok_or_else(|| {
+        p.err(format!(
+            "`moe_intermediate_size` ({moe_inter}) x `n_shared_experts` ({n_shared}) overflows"
+        ))
+    })?;
     let first_dense = p
         .opt_usize("first_k_dense_replace")?
         .unwrap_or(d.first_dense)
@@ -168,7 +173,7 @@ pub(crate) fn sigmoid_moe(
         top_k,
         inter: moe_inter,
         norm_topk_prob: p.opt_bool("norm_topk_prob")?.unwrap_or(true),
-        shared_expert: (n_shared > 0).then_some(moe_inter * n_shared),
+        shared_expert: (n_shared > 0).then_some(shared_width),
         shared_gate: false,
         router: RouterKind::Sigmoid {
             groups,
