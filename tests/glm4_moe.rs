@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use moestream::arch::RouterKind;
-use moestream::{Checkpoint, Error, Model, ModelConfig, SafetensorsStore};
+use moestream::{Error, ModelConfig};
 
 fn parse(json: &str) -> moestream::Result<ModelConfig> {
     ModelConfig::from_json_str(json, Path::new("config.json"))
@@ -115,29 +115,10 @@ fn synthetic_glm_runs_as_the_reference_does() {
     let mut g = spec.glm4_moe.unwrap();
     g.dense_intermediate_size = 96;
     spec.glm4_moe = Some(g);
-    let root = std::env::temp_dir().join(format!("moestream-synthetic-glm-{}", std::process::id()));
-    let dir = spec.write(root.join("model")).unwrap();
-    let model = Model::builder(&dir).f32_activations(true).build().unwrap();
-    let cfg = model.config().clone();
+    let cfg = common::synthetic_matches_reference(&spec, "synthetic-glm");
     assert_eq!(cfg.model_type, "glm4_moe");
     assert_eq!(cfg.moe_layers(), vec![1, 2]);
-    let ckpt = Checkpoint::open(&dir).unwrap();
-    let store =
-        SafetensorsStore::new(std::sync::Arc::new(Checkpoint::open(&dir).unwrap()), &cfg).unwrap();
-    let reference = moestream::reference::ReferenceModel::new(&cfg, &ckpt, &store).unwrap();
-    let ids: Vec<u32> = (0..14u32).map(|i| (i * 37 + 5) % 300).collect();
-    let want = reference.forward(&ids).unwrap();
-    let mut s = model.session(64).unwrap();
-    let diff = |a: &[f32], b: &[f32]| {
-        let m = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        a.iter().zip(b).fold(0f32, |d, (x, y)| d.max((x - y).abs())) / m
-    };
-    let got = s.prefill(&ids[..10]).unwrap();
-    assert!(diff(&got, &want[9]) < 1e-4, "prefill");
-    for (k, &id) in ids[10..].iter().enumerate() {
-        let got = s.step(id).unwrap();
-        assert!(diff(&got, &want[10 + k]) < 1e-4, "step {k}");
-    }
-    drop(model);
-    std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[path = "common/mod.rs"]
+mod common;

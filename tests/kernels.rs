@@ -98,20 +98,6 @@ fn run(
     run_kernel(kernel, wdt, None, params, buffers, groups)
 }
 
-/// Values as a KV cache of f16 elements (rounded to nearest even, as `half` does).
-fn f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-        .collect()
-}
-
-/// A KV cache of f16 elements, as f32 values.
-fn from_f16_bytes(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(2)
-        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-        .collect()
-}
-
 /// Values rounded to f16 (nearest even) and back.
 fn round_f16(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()

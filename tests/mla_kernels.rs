@@ -41,18 +41,6 @@ const F16_ROUNDING: Tol = Tol {
     floor: 0.0,
 };
 
-fn f16_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter()
-        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
-        .collect()
-}
-
-fn from_f16_bytes(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(2)
-        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-        .collect()
-}
-
 /// The cache dtypes to test: f32, and f16 where the adapter converts f16 natively.
 fn cache_dtypes() -> Vec<DType> {
     let mut d = vec![DType::F32];

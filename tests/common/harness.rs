@@ -436,3 +436,19 @@ pub fn pick(a: &[f32], mask: &[bool]) -> Vec<f32> {
 
 // ---------------------------------------------------------------------------------------
 // Self-checks of the harness.
+
+/// Values as a KV cache of f16 elements (rounded to nearest even, as `half` does).
+#[allow(dead_code)] // not every test file that includes the harness uses it
+pub fn f16_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter()
+        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+        .collect()
+}
+
+/// A KV cache of f16 elements, as f32 values.
+#[allow(dead_code)]
+pub fn from_f16_bytes(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(2)
+        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
+}
