@@ -31,6 +31,16 @@
 // finishes them (two barriers per 16 tokens). softplus is torch's (x above 20, else
 // log1p(exp(x)), here as max(x, 0) + log1p(exp(-|x|)) with log1p by its atanh series, which
 // keeps full f32 precision for small values where log(1 + y) would lose it).
+//
+// With conv_k > 0 (a decode step: n_tokens must be 1) the kernel also runs the layer's
+// causal depthwise convolution + SiLU (conv1d_silu.wgsl, same sums in the same order)
+// itself instead of reading y: channel c's input is proj[conv_offset + c], its k - 1
+// earlier inputs conv_in[s * cw + c] (zeros with `fresh`), its taps consts[c * conv_k + j].
+// Each workgroup computes the q and k channels of its key head and the v channels of its
+// 16 columns into workgroup memory, and writes the new conv state of the channels it
+// alone owns: the v channels of its columns; the q/k channels of a key head by the first
+// column block of the key head's first value head. This saves the conv dispatch (and a
+// dependency level) per layer and step.
 struct Params {
     n_tokens: u32,
     key_heads: u32,
@@ -41,21 +51,29 @@ struct Params {
     b_offset: u32,
     a_offset: u32,
     q_scale: f32, // 1 / sqrt(dk), rounded to f32
-    fresh: u32, // 1: the state starts at zero (state_in is not read)
+    fresh: u32, // 1: the states start at zero (state_in, conv_in are not read)
+    conv_k: u32, // 0: y holds the conv output; else the conv's width (n_tokens 1)
+    conv_offset: u32, // of the conv's channel 0 in a token's row of proj
+    a_log_at: u32, // where A_log [Hv] starts in consts
+    dt_bias_at: u32, // and dt_bias [Hv]
+    pad0: u32,
     pad1: u32,
-    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> y: array<f32>;
 @group(0) @binding(2) var<storage, read> proj: array<f32>;
-@group(0) @binding(3) var<storage, read> a_log: array<f32>;
-@group(0) @binding(4) var<storage, read> dt_bias: array<f32>;
-@group(0) @binding(5) var<storage, read_write> state: array<f32>;
-@group(0) @binding(6) var<storage, read_write> o: array<f32>;
+// The layer's small tensors: the conv taps [cw, conv_k] at 0, A_log and dt_bias.
+@group(0) @binding(3) var<storage, read> consts: array<f32>;
+@group(0) @binding(4) var<storage, read_write> state: array<f32>;
+@group(0) @binding(5) var<storage, read_write> o: array<f32>;
 // The state before the tokens (the session's committed copy); the state after them goes
 // to `state`, so a pass whose results are dropped leaves the committed state as it was.
-@group(0) @binding(7) var<storage, read> state_in: array<f32>;
+@group(0) @binding(6) var<storage, read> state_in: array<f32>;
+// The conv state before the step ([conv_k - 1, cw], oldest first) and after it (written
+// with conv_k > 0 only; the two are kept apart like state_in and state).
+@group(0) @binding(7) var<storage, read> conv_in: array<f32>;
+@group(0) @binding(8) var<storage, read_write> conv_out: array<f32>;
 
 const CB: u32 = 16u; // state columns per workgroup
 const RL: u32 = 16u; // invocations per column (row lanes)
@@ -70,15 +88,51 @@ var<workgroup> pn: array<vec4<f32>, 192>;
 // Per token of the round: (rk, qs, k^ . q^, beta) and decay.
 var<workgroup> sc: array<vec4<f32>, 16>;
 var<workgroup> sd: array<f32, 16>;
+// With conv_k > 0: the step's conv outputs of the workgroup's q (dk), k (dk) and v (CB)
+// channels, in that order.
+var<workgroup> ycv: array<f32, 528>;
 
-// Value i of a head of y at base (0 past dk).
-fn yv(base: u32, i: u32) -> f32 {
-    return select(0.0, y[base + min(i, p.dk - 1u)], i < p.dk);
+// Value i (< dk) of a q or k head: of y at base, or with conv_k > 0 of ycv at wbase.
+fn yh(base: u32, wbase: u32, i: u32) -> f32 {
+    if (p.conv_k > 0u) {
+        return ycv[wbase + i];
+    }
+    return y[base + i];
 }
 
-// Rows i0, i0 + 16, i0 + 32, i0 + 48 of a head of y at base.
-fn y4(base: u32, i0: u32) -> vec4<f32> {
-    return vec4<f32>(yv(base, i0), yv(base, i0 + RL), yv(base, i0 + 2u * RL), yv(base, i0 + 3u * RL));
+// Value i of a head (0 past dk).
+fn yv(base: u32, wbase: u32, i: u32) -> f32 {
+    return select(0.0, yh(base, wbase, min(i, p.dk - 1u)), i < p.dk);
+}
+
+// Rows i0, i0 + 16, i0 + 32, i0 + 48 of a head.
+fn y4(base: u32, wbase: u32, i0: u32) -> vec4<f32> {
+    return vec4<f32>(yv(base, wbase, i0), yv(base, wbase, i0 + RL),
+                     yv(base, wbase, i0 + 2u * RL), yv(base, wbase, i0 + 3u * RL));
+}
+
+// Input s (0 .. conv_k - 1) of conv channel c for the step: the conv state, then the token.
+fn conv_x(s: u32, c: u32, cw: u32) -> f32 {
+    if (s + 1u < p.conv_k) {
+        return select(conv_in[s * cw + c], 0.0, p.fresh != 0u);
+    }
+    return proj[p.conv_offset + c];
+}
+
+// The step's conv output of channel c (as conv1d_silu.wgsl: taps summed in order, SiLU),
+// and, with `keep`, channel c's new conv state (its last conv_k - 1 inputs).
+fn conv_step(c: u32, cw: u32, keep: bool) -> f32 {
+    let k = p.conv_k;
+    var acc = 0.0;
+    for (var j = 0u; j < k; j++) {
+        acc += consts[c * k + j] * conv_x(j, c, cw);
+    }
+    if (keep) {
+        for (var s = 0u; s + 1u < k; s++) {
+            conv_out[s * cw + c] = conv_x(s + 1u, c, cw);
+        }
+    }
+    return acc / (1.0 + exp(-acc));
 }
 
 // State entry (i, j) of the head at base (0 outside dk x dv).
@@ -157,6 +211,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let voff = 2u * p.key_heads * dk + h * dv + min(j, dv - 1u);
     let sbase = h * dk * dv;
 
+    if (p.conv_k > 0u) {
+        // The step's convolution of this workgroup's channels (n_tokens is 1).
+        let owns_qk = wid.x == 0u && h % (hv / p.key_heads) == 0u;
+        for (var i = lid; i < 2u * dk + CB; i += 256u) {
+            if (i < 2u * dk) {
+                let ch = select(koff + (i - dk), qoff + i, i < dk);
+                ycv[i] = conv_step(ch, cw, owns_qk);
+            } else {
+                let jj = wid.x * CB + (i - 2u * dk);
+                let ch = 2u * p.key_heads * dk + h * dv + min(jj, dv - 1u);
+                ycv[i] = conv_step(ch, cw, jj < dv);
+            }
+        }
+        workgroupBarrier();
+    }
+
     var s0 = s4(sbase, r, j);
     var s1 = s4(sbase, r + 4u * RL, j);
     var s2 = vec4<f32>(0.0);
@@ -177,8 +247,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (tt < n) {
             let base = tt * cw;
             for (var i = ln; i < dk; i += RL) {
-                let kv = y[base + koff + i];
-                let qv = y[base + qoff + i];
+                let kv = yh(base + koff, dk, i);
+                let qv = yh(base + qoff, 0u, i);
                 nk += kv * kv;
                 nq += qv * qv;
                 nkq += kv * qv;
@@ -197,7 +267,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let b = proj[t * p.stride + p.b_offset + h];
             let a = proj[t * p.stride + p.a_offset + h];
             let beta = 1.0 / (1.0 + exp(-b));
-            let g = -exp(a_log[h]) * softplus(a + dt_bias[h]);
+            let g = -exp(consts[p.a_log_at + h]) * softplus(a + consts[p.dt_bias_at + h]);
             sc[lid] = vec4<f32>(rk, qs, kq, beta);
             sd[lid] = exp(g);
         }
@@ -206,23 +276,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let t1 = min(t0 + TC, n);
         for (var t = t0; t < t1; t++) {
             let base = t * cw;
-            let k0 = y4(base + koff, r);
-            let k1 = y4(base + koff, r + 4u * RL);
-            let q0 = y4(base + qoff, r);
-            let q1 = y4(base + qoff, r + 4u * RL);
+            let k0 = y4(base + koff, dk, r);
+            let k1 = y4(base + koff, dk, r + 4u * RL);
+            let q0 = y4(base + qoff, 0u, r);
+            let q1 = y4(base + qoff, 0u, r + 4u * RL);
             var k2 = vec4<f32>(0.0);
             var k3 = vec4<f32>(0.0);
             var pa = dot(s0, k0) + dot(s1, k1);
             var pb = dot(s0, q0) + dot(s1, q1);
             if (wide) {
-                k2 = y4(base + koff, r + 8u * RL);
-                k3 = y4(base + koff, r + 12u * RL);
-                let q2 = y4(base + qoff, r + 8u * RL);
-                let q3 = y4(base + qoff, r + 12u * RL);
+                k2 = y4(base + koff, dk, r + 8u * RL);
+                k3 = y4(base + koff, dk, r + 12u * RL);
+                let q2 = y4(base + qoff, 0u, r + 8u * RL);
+                let q3 = y4(base + qoff, 0u, r + 12u * RL);
                 pa += dot(s2, k2) + dot(s3, k3);
                 pb += dot(s2, q2) + dot(s3, q3);
             }
-            let v = select(0.0, y[base + voff], col);
+            var v = 0.0;
+            if (p.conv_k > 0u) {
+                v = ycv[2u * dk + c];
+            } else {
+                v = y[base + voff];
+            }
+            v = select(0.0, v, col);
             let par = (t & 1u) * 128u;
             let slot = (r / 4u) * CB + c;
             pab[par + slot][r % 4u] = pa;

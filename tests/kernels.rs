@@ -1785,8 +1785,11 @@ fn router_exact_ties_go_to_the_lower_index() {
     // both sides, and the lower expert index must rank first.
     let mut ck = Checker::new("router ties");
     let mut rng = Rng::new(71);
-    for &ne in &[5usize, 64, 128] {
-        for &top_k in &[2usize, 4, 8] {
+    // Past 128 experts the ranked experts are first cut down to those scoring at least the
+    // top_k-th largest maximum of 16 runs: ties at that threshold, and more than 128 such
+    // experts (4 distinct values over 512: ~128 at the top), which ranks all of them.
+    for &ne in &[5usize, 64, 128, 256, 384, 512] {
+        for &top_k in &[2usize, 4, 8, 16] {
             let top_k = top_k.min(ne);
             let n_tokens = 4;
             let logits: Vec<f32> = (0..n_tokens * ne)

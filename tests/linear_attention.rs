@@ -178,6 +178,21 @@ fn layer_weights(rng: &mut Rng, shape: DeltaNetShape, k: usize) -> LayerWeights 
     }
 }
 
+impl LayerWeights {
+    /// The delta-rule kernel's constants binding: the conv taps at 0, then (after junk)
+    /// A_log and dt_bias; with their offsets.
+    fn consts(&self) -> (Vec<f32>, u32, u32) {
+        let mut c = self.conv.clone();
+        c.extend([f32::NAN; 5]);
+        let a_log_at = c.len() as u32;
+        c.extend(&self.a_log);
+        c.extend([f32::NAN; 3]);
+        let dt_bias_at = c.len() as u32;
+        c.extend(&self.dt_bias);
+        (c, a_log_at, dt_bias_at)
+    }
+}
+
 /// The reference's beta and g [n, Hv] from the projection rows.
 fn gates(rows: &[f32], pr: Proj, n: usize, lw: &LayerWeights) -> (Vec<f32>, Vec<f32>) {
     let hv = lw.a_log.len();
@@ -366,8 +381,12 @@ fn check_delta(
         pr.a as u32,
     )
     .unwrap();
-    let mut params = params;
+    let (consts, a_log_at, dt_bias_at) = lw.consts();
+    let mut params = params.with_consts(a_log_at, dt_bias_at);
     let vd = sh.value_heads * sh.value_dim;
+    // Without a fused convolution the conv states are neither read nor written.
+    let conv_len = 3 * c + TAIL;
+    let conv_junk = rng.vec(conv_len, 9.0);
     // A zero starting state is a sequence's start: the kernel must not read state_in
     // (junk here).
     let state_in = if state0.iter().all(|&v| v == 0.0) {
@@ -388,18 +407,27 @@ fn check_delta(
             &[
                 &f32_bytes(&y),
                 &f32_bytes(&rows),
-                &f32_bytes(&lw.a_log),
-                &f32_bytes(&lw.dt_bias),
+                &f32_bytes(&consts),
                 &f32_bytes(&state_out),
                 &f32_bytes(&o_in),
                 &f32_bytes(&state_in),
+                &f32_bytes(&vec![f32::NAN; conv_len]),
+                &f32_bytes(&conv_junk),
             ],
             gated_delta_net_groups(sh.value_heads as u32, sh.value_dim as u32),
         );
-        let o = to_f32(&out[5]);
+        let o = to_f32(&out[4]);
         ck.untouched(&case, &o, &o_in, &written(n * vd, TAIL));
         ck.close(&case, &o[..n * vd], &want, DELTA);
-        let st = to_f32(&out[4]);
+        assert_eq!(
+            to_f32(&out[7])
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+            conv_junk.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{case}: conv state written without a fused convolution"
+        );
+        let st = to_f32(&out[3]);
         ck_state.untouched(&case, &st, &state_out, &written(sh.state_len(), TAIL));
         ck_state.close(&case, &st[..sh.state_len()], &want_state, DELTA);
     }
@@ -475,6 +503,125 @@ fn gated_delta_net_full_size_decode() {
     ck_state.report();
 }
 
+/// A decode step with the convolution fused into the delta-rule dispatch (as the engine
+/// runs every decode step): the step's conv over the carried conv state (or none, at a
+/// session's start: `conv_in` is junk then and must not be read), the delta rule, and the new
+/// conv state, against the reference conv and delta rule. `y` is NaN: the kernel must not
+/// read it. Shapes with Hv = Hk, 2 Hk, 4 Hk, columns past a 16-column block's end, Dk past
+/// 128 and at 256.
+#[test]
+fn gated_delta_net_with_conv() {
+    let mut ck = Checker::new("gated_delta_net+conv output");
+    let mut ck_state = Checker::new("gated_delta_net+conv state");
+    let mut rng = Rng::new(306);
+    for (sh, k) in [
+        (shape(3, 3, 16, 16), 4usize),
+        (shape(2, 4, 24, 8), 4),
+        (shape(1, 4, 17, 33), 3),
+        (shape(2, 2, 5, 3), 1),
+        (shape(1, 2, 130, 20), 4),
+        (shape(2, 4, 128, 128), 4),
+        (shape(1, 2, 256, 40), 8),
+    ] {
+        for fresh in [true, false] {
+            let case = format!("{sh:?} k {k} fresh {fresh}");
+            let c = sh.conv_channels();
+            let vd = sh.value_heads * sh.value_dim;
+            let pr = Proj::new(sh);
+            let rows = projection(&mut rng, sh, pr, 1);
+            let lw = layer_weights(&mut rng, sh, k);
+            let conv0 = if fresh {
+                vec![0.0; (k - 1) * c]
+            } else {
+                rng.vec((k - 1) * c, 2.0)
+            };
+            let state0 = if fresh {
+                vec![0.0; sh.state_len()]
+            } else {
+                rng.vec(sh.state_len(), 0.5)
+            };
+            let mut want_conv = conv0.clone();
+            let u = pr.part(&rows, 1, pr.qkv, c);
+            let y = reference::causal_conv1d_silu(&u, &lw.conv, &mut want_conv, 1, c, k);
+            let (beta, g) = gates(&rows, pr, 1, &lw);
+            let mut want_state = state0.clone();
+            let want = reference_delta(sh, 1, &y, &beta, &g, &mut want_state);
+
+            let (consts, a_log_at, dt_bias_at) = lw.consts();
+            let mut params = GatedDeltaNetParams::new(
+                1,
+                sh.key_heads as u32,
+                sh.value_heads as u32,
+                sh.key_dim as u32,
+                sh.value_dim as u32,
+                pr.stride as u32,
+                pr.b as u32,
+                pr.a as u32,
+            )
+            .unwrap()
+            .with_conv(k as u32, pr.qkv as u32)
+            .unwrap()
+            .with_consts(a_log_at, dt_bias_at);
+            let (state_in, conv_in) = if fresh {
+                params.fresh = 1;
+                (
+                    rng.vec(sh.state_len() + TAIL, 9.0),
+                    rng.vec((k - 1) * c + TAIL, 9.0),
+                )
+            } else {
+                (
+                    with_tail(&mut rng, &state0, TAIL),
+                    with_tail(&mut rng, &conv0, TAIL),
+                )
+            };
+            let state_out = rng.vec(sh.state_len() + TAIL, 9.0);
+            let conv_out = rng.vec((k - 1) * c + TAIL, 9.0);
+            let o_in = rng.vec(vd + TAIL, 9.0);
+            // From a zero state a head's whole output is beta v (k^ . q^): a k . q that
+            // cancels to far below its terms (seed 0: 1e-5 of |k||q|, Dk 256) would make the
+            // few-ulp rounding of the step's conv outputs (here and in the reference) look
+            // like a large relative error, so such cases are judged against the typical
+            // size of that output, about 0.25 / Dk (|k^ . q^| ~ q_scale / sqrt(Dk)).
+            let tol = if fresh {
+                DELTA.floor(0.25 / sh.key_dim as f64)
+            } else {
+                DELTA
+            };
+            for (vname, on) in runners() {
+                let case = format!("{case} ({vname})");
+                let out = run(
+                    on,
+                    Kernel::GatedDeltaNet,
+                    params.words(),
+                    &[
+                        &f32_bytes(&vec![f32::NAN; c + TAIL]),
+                        &f32_bytes(&rows),
+                        &f32_bytes(&consts),
+                        &f32_bytes(&state_out),
+                        &f32_bytes(&o_in),
+                        &f32_bytes(&state_in),
+                        &f32_bytes(&conv_in),
+                        &f32_bytes(&conv_out),
+                    ],
+                    gated_delta_net_groups(sh.value_heads as u32, sh.value_dim as u32),
+                );
+                let o = to_f32(&out[4]);
+                ck.untouched(&case, &o, &o_in, &written(vd, TAIL));
+                ck.close(&case, &o[..vd], &want, tol);
+                let st = to_f32(&out[3]);
+                ck_state.untouched(&case, &st, &state_out, &written(sh.state_len(), TAIL));
+                ck_state.close(&case, &st[..sh.state_len()], &want_state, DELTA);
+                let cs = to_f32(&out[7]);
+                let n_conv = (k - 1) * c;
+                ck_state.untouched(&case, &cs, &conv_out, &written(n_conv, TAIL));
+                assert_eq!(&cs[..n_conv], &want_conv[..], "{case}: conv state");
+            }
+        }
+    }
+    ck.report();
+    ck_state.report();
+}
+
 // ---------------------------------------------------------------------------------------
 // gated_rmsnorm.
 
@@ -544,8 +691,9 @@ struct GpuLayer {
     state: Vec<f32>,
 }
 
-/// Runs conv1d_silu, gated_delta_net and gated_rmsnorm over the `n` projection rows,
-/// returning the normed output [n, Hv Dv].
+/// Runs the token mixer's kernels over the `n` projection rows as the engine does
+/// (conv1d_silu then gated_delta_net for a prefill, gated_delta_net with the convolution
+/// fused for a decode step, then gated_rmsnorm), returning the normed output [n, Hv Dv].
 #[allow(clippy::too_many_arguments)]
 fn gpu_mixer(
     on: &KernelRunner,
@@ -559,6 +707,85 @@ fn gpu_mixer(
 ) -> Vec<f32> {
     let c = sh.conv_channels();
     let vd = sh.value_heads * sh.value_dim;
+    let (consts, a_log_at, dt_bias_at) = lw.consts();
+    let delta = GatedDeltaNetParams::new(
+        n as u32,
+        sh.key_heads as u32,
+        sh.value_heads as u32,
+        sh.key_dim as u32,
+        sh.value_dim as u32,
+        pr.stride as u32,
+        pr.b as u32,
+        pr.a as u32,
+    )
+    .unwrap()
+    .with_consts(a_log_at, dt_bias_at);
+    // A decode step runs the convolution inside the delta rule, as the engine does.
+    let (delta, y) = if n == 1 {
+        let fused = delta.with_conv(k as u32, pr.qkv as u32).unwrap();
+        (fused, vec![f32::NAN; c])
+    } else {
+        (delta, gpu_conv(on, sh, k, lw, pr, rows, n, st))
+    };
+    let out = run(
+        on,
+        Kernel::GatedDeltaNet,
+        delta.words(),
+        &[
+            &f32_bytes(&y),
+            &f32_bytes(rows),
+            &f32_bytes(&consts),
+            &f32_bytes(&vec![f32::NAN; st.state.len()]),
+            &f32_bytes(&vec![0.0; n * vd]),
+            &f32_bytes(&st.state),
+            &f32_bytes(&st.conv_state),
+            &f32_bytes(&vec![f32::NAN; st.conv_state.len()]),
+        ],
+        gated_delta_net_groups(sh.value_heads as u32, sh.value_dim as u32),
+    );
+    st.state = to_f32(&out[3]);
+    if n == 1 {
+        st.conv_state = to_f32(&out[7]);
+    }
+    let o = to_f32(&out[4]);
+    let norm = GatedRmsNormParams::new(
+        n as u32,
+        sh.value_heads as u32,
+        sh.value_dim as u32,
+        EPS,
+        pr.stride as u32,
+        pr.z as u32,
+    )
+    .unwrap();
+    let out = run(
+        on,
+        Kernel::GatedRmsNorm,
+        norm.words(),
+        &[
+            &f32_bytes(&o),
+            &f32_bytes(rows),
+            &f32_bytes(&lw.norm),
+            &f32_bytes(&vec![0.0; n * vd]),
+        ],
+        gated_rmsnorm_groups(sh.value_heads as u32, n as u32),
+    );
+    to_f32(&out[3])
+}
+
+/// conv1d_silu over the `n` projection rows (a prefill's separate convolution dispatch),
+/// carrying the conv state; returns the conv output [n, C].
+#[allow(clippy::too_many_arguments)]
+fn gpu_conv(
+    on: &KernelRunner,
+    sh: DeltaNetShape,
+    k: usize,
+    lw: &LayerWeights,
+    pr: Proj,
+    rows: &[f32],
+    n: usize,
+    st: &mut GpuLayer,
+) -> Vec<f32> {
+    let c = sh.conv_channels();
     let conv = Conv1dSiluParams::new(
         n as u32,
         c as u32,
@@ -581,56 +808,6 @@ fn gpu_mixer(
         conv1d_silu_groups(c as u32, n as u32),
     );
     st.conv_state = to_f32(&out[2]);
-    let y = to_f32(&out[3]);
-    let delta = GatedDeltaNetParams::new(
-        n as u32,
-        sh.key_heads as u32,
-        sh.value_heads as u32,
-        sh.key_dim as u32,
-        sh.value_dim as u32,
-        pr.stride as u32,
-        pr.b as u32,
-        pr.a as u32,
-    )
-    .unwrap();
-    let out = run(
-        on,
-        Kernel::GatedDeltaNet,
-        delta.words(),
-        &[
-            &f32_bytes(&y),
-            &f32_bytes(rows),
-            &f32_bytes(&lw.a_log),
-            &f32_bytes(&lw.dt_bias),
-            &f32_bytes(&vec![f32::NAN; st.state.len()]),
-            &f32_bytes(&vec![0.0; n * vd]),
-            &f32_bytes(&st.state),
-        ],
-        gated_delta_net_groups(sh.value_heads as u32, sh.value_dim as u32),
-    );
-    st.state = to_f32(&out[4]);
-    let o = to_f32(&out[5]);
-    let norm = GatedRmsNormParams::new(
-        n as u32,
-        sh.value_heads as u32,
-        sh.value_dim as u32,
-        EPS,
-        pr.stride as u32,
-        pr.z as u32,
-    )
-    .unwrap();
-    let out = run(
-        on,
-        Kernel::GatedRmsNorm,
-        norm.words(),
-        &[
-            &f32_bytes(&o),
-            &f32_bytes(rows),
-            &f32_bytes(&lw.norm),
-            &f32_bytes(&vec![0.0; n * vd]),
-        ],
-        gated_rmsnorm_groups(sh.value_heads as u32, n as u32),
-    );
     to_f32(&out[3])
 }
 

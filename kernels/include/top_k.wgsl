@@ -13,7 +13,14 @@
 // The top k are found by rank, not by k rounds of a workgroup-wide arg-max: each
 // invocation counts, for each of its experts, the experts that beat it, 16 comparisons
 // at a time; an expert of rank r < k is written to slot r. A single barrier instead of k
-// reduction trees.
+// reduction trees. With more experts than invocations (Qwen3.5's 256, DeepSeek's 256,
+// 384 for Kimi-K2) that count is quadratic, so the experts that can rank are first cut
+// down (`tk_candidates`): the experts fall in 16 equal runs, T is the top_k-th largest of
+// the runs' maxima (top_k <= 16), and only experts scoring at least T are ranked, among
+// themselves. That is exact: top_k runs hold an expert scoring >= T, so the top_k experts
+// all score >= T, and every expert that beats one scoring >= T does too. With random
+// scores about 5% of 256 experts pass; when more than TK_WG pass (ties), all are ranked as
+// before.
 
 // Invocations of the routing workgroup.
 const TK_WG: u32 = 128u;
@@ -28,6 +35,10 @@ var<workgroup> tk_sum: array<f32, 128>;
 // top_k experts have a finite probability).
 var<workgroup> tk_id: array<u32, 1024>;
 var<workgroup> tk_w: array<f32, 1024>;
+// The experts that may rank (their count, then the first TK_WG of them in tk_cand), and T.
+var<workgroup> tk_count: atomic<u32>;
+var<workgroup> tk_cand: array<u32, 128>;
+var<workgroup> tk_thr: f32;
 
 const PAD: f32 = -3.4e38;
 const NEVER: f32 = -3.0e38;
@@ -128,7 +139,28 @@ fn route_top_k(lb: u32, n: u32, top_k: u32, routing: u32, shared_mode: u32, g: G
         tk_w[k] = 0.0;
     }
     workgroupBarrier();
-    for (var e = lid; e < n; e += TK_WG) {
+    var cands = 0xffffffffu; // more than TK_WG: rank every expert
+    if (n > TK_WG && top_k <= 16u) {
+        cands = tk_candidates(n, n16, top_k, lid);
+    }
+    if (cands <= TK_WG) {
+        // Each candidate counts the candidates that beat it.
+        for (var i = lid; i < cands; i += TK_WG) {
+            let e = tk_cand[i];
+            let v = tk_probs[e >> 2u][e & 3u];
+            var rank = 0u;
+            for (var o = 0u; o < cands; o++) {
+                let eo = tk_cand[o];
+                let vo = tk_probs[eo >> 2u][eo & 3u];
+                rank += u32(vo > v || (vo == v && eo < e));
+            }
+            if (rank < top_k) {
+                tk_id[rank] = e;
+                tk_w[rank] = v;
+            }
+        }
+    }
+    for (var e = lid; e < n && cands > TK_WG; e += TK_WG) {
         let v = tk_probs[e >> 2u][e & 3u];
         if (v > RANKS) {
             // Count the experts that beat this one: all of them, 16 per iteration with
@@ -213,6 +245,49 @@ fn route_top_k(lb: u32, n: u32, top_k: u32, routing: u32, shared_mode: u32, g: G
         }
         workgroupBarrier();
     }
+}
+
+// The experts scoring at least T (above): their count, the first TK_WG of them in tk_cand
+// (in no particular order). Uses tk_max (the runs' maxima). Call from uniform control flow
+// with all TK_WG invocations, after the scores are in tk_probs and a barrier.
+fn tk_candidates(n: u32, n16: u32, top_k: u32, lid: u32) -> u32 {
+    let run = n16 / 16u;
+    if (lid < 16u) {
+        var m = NEVER;
+        for (var e = lid * run; e < (lid + 1u) * run; e++) {
+            m = max(m, tk_probs[e >> 2u][e & 3u]);
+        }
+        tk_max[lid] = m;
+    }
+    if (lid == 0u) {
+        atomicStore(&tk_count, 0u);
+    }
+    workgroupBarrier();
+    if (lid < 16u) {
+        // The run maxima by rank (ties to the lower run): rank top_k - 1 is T.
+        let m = tk_max[lid];
+        var rank = 0u;
+        for (var o = 0u; o < 16u; o++) {
+            let mo = tk_max[o];
+            rank += u32(mo > m || (mo == m && o < lid));
+        }
+        if (rank == top_k - 1u) {
+            tk_thr = m;
+        }
+    }
+    workgroupBarrier();
+    let t = tk_thr;
+    for (var e = lid; e < n; e += TK_WG) {
+        let v = tk_probs[e >> 2u][e & 3u];
+        if (v >= t && v > RANKS) {
+            let i = atomicAdd(&tk_count, 1u);
+            if (i < TK_WG) {
+                tk_cand[i] = e;
+            }
+        }
+    }
+    workgroupBarrier();
+    return atomicLoad(&tk_count);
 }
 
 // 1 where the expert of probability ov and index oi beats the one of probability vv and

@@ -33,28 +33,6 @@ impl Pass<'_> {
         let stride = spec.projection_rows() as u32;
         // As transformers: `1 / sqrt(Dk)` in double precision, rounded to f32.
         let q_scale = (1.0 / (spec.key_dim as f64).sqrt()) as f32;
-        let conv_p = Conv1dSiluParams {
-            n_tokens: n as u32,
-            channels: ch as u32,
-            k: spec.conv_kernel as u32,
-            stride,
-            offset: 0,
-            fresh,
-            ..Default::default()
-        };
-        self.rec.dispatch(
-            Kernel::Conv1dSilu,
-            None,
-            conv_p.words(),
-            &[
-                (&s.la_proj).into(),
-                a.conv(),
-                conv.into(),
-                (&s.la_y).into(),
-                conv_in.into(),
-            ],
-            kernels::conv1d_silu_groups(ch as u32, n as u32),
-        );
         let delta_p = GatedDeltaNetParams {
             n_tokens: n as u32,
             key_heads: spec.key_heads as u32,
@@ -67,6 +45,36 @@ impl Pass<'_> {
             q_scale,
             fresh,
             ..Default::default()
+        }
+        .with_consts(a.at.a_log as u32, a.at.dt_bias as u32);
+        // A decode step runs the convolution inside the delta-rule dispatch (one dependency
+        // level less per layer); a prefill runs it as its own dispatch over all tokens.
+        let delta_p = if n == 1 {
+            delta_p.with_conv(spec.conv_kernel as u32, 0)?
+        } else {
+            let conv_p = Conv1dSiluParams {
+                n_tokens: n as u32,
+                channels: ch as u32,
+                k: spec.conv_kernel as u32,
+                stride,
+                offset: 0,
+                fresh,
+                ..Default::default()
+            };
+            self.rec.dispatch(
+                Kernel::Conv1dSilu,
+                None,
+                conv_p.words(),
+                &[
+                    (&s.la_proj).into(),
+                    a.conv(),
+                    conv.into(),
+                    (&s.la_y).into(),
+                    conv_in.into(),
+                ],
+                kernels::conv1d_silu_groups(ch as u32, n as u32),
+            );
+            delta_p
         };
         self.rec.dispatch(
             Kernel::GatedDeltaNet,
@@ -75,11 +83,12 @@ impl Pass<'_> {
             &[
                 (&s.la_y).into(),
                 (&s.la_proj).into(),
-                a.a_log(),
-                a.dt_bias(),
+                a.delta_consts(),
                 state.into(),
                 (&s.la_o).into(),
                 state_in.into(),
+                conv_in.into(),
+                conv.into(),
             ],
             kernels::gated_delta_net_groups(hv as u32, spec.value_dim as u32),
         );

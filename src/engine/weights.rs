@@ -181,12 +181,10 @@ impl LinearAttention {
         self.part(0, self.at.len[0])
     }
 
-    pub fn a_log(&self) -> Bind<'_> {
-        self.part(self.at.a_log, self.at.len[1])
-    }
-
-    pub fn dt_bias(&self) -> Bind<'_> {
-        self.part(self.at.dt_bias, self.at.len[2])
+    /// The convolution, `A_log` and `dt_bias` (the delta-rule kernel's constants: it reads
+    /// them at 0, [`LinearConsts::a_log`] and [`LinearConsts::dt_bias`]).
+    pub fn delta_consts(&self) -> Bind<'_> {
+        self.part(0, self.at.dt_bias + self.at.len[2])
     }
 
     /// The gated RMSNorm's weight.

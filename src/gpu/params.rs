@@ -114,12 +114,22 @@ kernel_params! {
         a_offset: u32,
         /// The query scale `1 / sqrt(Dk)` rounded to f32 (as HF multiplies by it).
         q_scale: f32,
-        /// 1: the state starts at zero (`state_in` is not read).
+        /// 1: the states start at zero (`state_in` and `conv_in` are not read).
         fresh: u32,
+        /// 0: the conv output is read from `y`; else the width of the layer's causal
+        /// convolution, which the kernel then runs itself for a decode step
+        /// ([`with_conv`](GatedDeltaNetParams::with_conv)).
+        conv_k: u32,
+        /// Float offset of the conv's channel 0 in a token's projection row.
+        conv_offset: u32,
+        /// Float offset of `A_log` (Hv values) in the constants binding.
+        a_log_at: u32,
+        /// Float offset of `dt_bias` (Hv values) in the constants binding.
+        dt_bias_at: u32,
+        /// Padding.
+        pad0: u32,
         /// Padding.
         pad1: u32,
-        /// Padding.
-        pad2: u32,
     }
 }
 
@@ -214,6 +224,33 @@ impl GatedDeltaNetParams {
             q_scale: (1.0 / f64::from(dk).sqrt()) as f32,
             ..Default::default()
         })
+    }
+
+    /// The same dispatch with the layer's causal convolution of width `k` run inside it
+    /// (its input channels from `offset` of the projection row, taps at the start of the
+    /// constants binding, conv state read from `conv_in` and written to `conv_out`), for a
+    /// decode step: one dispatch instead of `conv1d_silu` and this one.
+    ///
+    /// [`Error::InvalidArgument`] unless `n_tokens` is 1 and `k` is in
+    /// 1..=[`CONV1D_MAX_KERNEL`].
+    pub fn with_conv(mut self, k: u32, offset: u32) -> Result<Self> {
+        if self.n_tokens != 1 || !(1..=CONV1D_MAX_KERNEL).contains(&k) {
+            return Err(Error::InvalidArgument(format!(
+                "gated_delta_net: a fused convolution needs one token (not {}) and a width in \
+                 1..={CONV1D_MAX_KERNEL} (not {k})",
+                self.n_tokens
+            )));
+        }
+        self.conv_k = k;
+        self.conv_offset = offset;
+        Ok(self)
+    }
+
+    /// Where `A_log` and `dt_bias` sit in the constants binding (floats).
+    pub fn with_consts(mut self, a_log_at: u32, dt_bias_at: u32) -> Self {
+        self.a_log_at = a_log_at;
+        self.dt_bias_at = dt_bias_at;
+        self
     }
 }
 
@@ -1060,15 +1097,44 @@ mod tests {
     #[test]
     fn sizes_are_multiples_of_16_bytes_and_words_follow_fields() {
         assert_eq!(std::mem::size_of::<Conv1dSiluParams>(), 32);
-        assert_eq!(std::mem::size_of::<GatedDeltaNetParams>(), 48);
+        assert_eq!(std::mem::size_of::<GatedDeltaNetParams>(), 64);
         assert_eq!(std::mem::size_of::<GatedRmsNormParams>(), 32);
         assert_eq!(Conv1dSiluParams::FIELDS.len(), 8);
-        assert_eq!(GatedDeltaNetParams::FIELDS.len(), 12);
+        assert_eq!(GatedDeltaNetParams::FIELDS.len(), 16);
         assert_eq!(GatedRmsNormParams::FIELDS.len(), 8);
         let p = GatedDeltaNetParams::new(3, 2, 4, 16, 8, 100, 90, 94).unwrap();
         assert_eq!(
             p.words(),
-            &[3, 2, 4, 16, 8, 100, 90, 94, 0.25f32.to_bits(), 0, 0, 0]
+            &[
+                3,
+                2,
+                4,
+                16,
+                8,
+                100,
+                90,
+                94,
+                0.25f32.to_bits(),
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0
+            ]
+        );
+        let p = GatedDeltaNetParams::new(1, 2, 4, 16, 8, 100, 90, 94)
+            .unwrap()
+            .with_conv(4, 3)
+            .unwrap()
+            .with_consts(256, 320);
+        assert_eq!(&p.words()[10..14], &[4, 3, 256, 320]);
+        rejected(
+            GatedDeltaNetParams::new(2, 2, 4, 16, 8, 100, 90, 94)
+                .unwrap()
+                .with_conv(4, 0),
+            "one token",
         );
         let p = GatedRmsNormParams::new(7, 4, 16, 1e-6, 100, 5).unwrap();
         assert_eq!(p.words(), &[7, 4, 16, 1e-6f32.to_bits(), 100, 5, 0, 0]);
