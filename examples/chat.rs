@@ -124,7 +124,7 @@ fn run(args: Args) -> moestream::Result<()> {
         let Some(line) = lines.next() else { break };
         let line = line.map_err(|e| moestream::Error::Io {
             path: PathBuf::from("<stdin>"),
-            source: e,
+            cause: e,
         })?;
         let line = line.trim();
         if !interactive {

@@ -106,7 +106,7 @@ fn run(args: Args) -> moestream::Result<()> {
             let dir = demo::cache_dir().join("synthetic-default");
             std::fs::create_dir_all(&dir).map_err(|e| moestream::Error::Io {
                 path: dir.clone(),
-                source: e,
+                cause: e,
             })?;
             demo::write_demo_tokenizer(
                 &dir,

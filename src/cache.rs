@@ -270,10 +270,12 @@ impl ExpertCache {
             ));
         }
         if slot_bytes > gpu.max_binding {
-            return Err(Error::Gpu(format!(
-                "one expert ({slot_bytes} bytes) exceeds the device's largest storage binding ({} bytes)",
-                gpu.max_binding
-            )));
+            return Err(Error::DeviceLimit {
+                what: "one expert cache slot (the largest expert)".into(),
+                requested: slot_bytes,
+                limit_name: "largest storage binding",
+                limit: gpu.max_binding,
+            });
         }
         let page_limit = page_bytes.map_or(gpu.max_binding, |b| b.min(gpu.max_binding));
         if slot_bytes > page_limit {
@@ -433,7 +435,7 @@ impl ExpertCache {
                 layer,
                 expert,
                 reason: "the store has no layout for this layer".into(),
-                source: None,
+                cause: None,
             })?;
             sizes.push(layout.bytes.min(self.staging_bytes));
         }
@@ -504,7 +506,7 @@ impl ExpertCache {
                     }
                     Err(job) => {
                         state.bufs.push(job.buf);
-                        error = Some(Error::Gpu("the I/O threads have stopped".into()));
+                        error = Some(Error::IoThreads("the I/O threads have stopped".into()));
                     }
                 }
             }
@@ -512,7 +514,7 @@ impl ExpertCache {
                 break;
             }
             let Ok(done) = rx.recv() else {
-                error.get_or_insert_with(|| Error::Gpu("an I/O thread died".into()));
+                error.get_or_insert_with(|| Error::IoThreads("an I/O thread died".into()));
                 break;
             };
             in_flight -= 1;

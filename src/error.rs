@@ -10,14 +10,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An operating-system I/O error on a file.
-    #[error("I/O error on {path}: {source}")]
+    /// An operating-system I/O error on a file. (Display prints the cause; it is not also
+    /// chained as [`std::error::Error::source`], so a report prints it once.)
+    #[error("I/O error on {}: {cause}", path.display())]
     Io {
         /// The file being read or written.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// `config.json` is missing a field, has a wrong type or an inconsistent value.
@@ -98,8 +98,9 @@ pub enum Error {
         reason: String,
     },
 
-    /// Reading an expert from an [`ExpertStore`](crate::ExpertStore) failed.
-    #[error("expert store: layer {layer}, expert {expert}: {reason}")]
+    /// Reading an expert from an [`ExpertStore`](crate::ExpertStore) failed. Display prints
+    /// the cause after the reason (once: it is not chained as `source()` too).
+    #[error("expert store: layer {layer}, expert {expert}: {reason}{}", cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
     ExpertRead {
         /// Decoder layer index.
         layer: usize,
@@ -108,8 +109,7 @@ pub enum Error {
         /// What went wrong.
         reason: String,
         /// The underlying error, where there is one.
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
 
     /// An expert pack (a `moestream-pack` folder, see [`PackedStore`](crate::PackedStore))
@@ -171,17 +171,99 @@ pub enum Error {
     #[error("GPU adapter: {0}")]
     Adapter(String),
 
-    /// The GPU device reported an error (validation, out of memory, device lost), or a
-    /// model needs more than the device's limits allow.
+    /// The GPU could not allocate memory for `what` (a buffer of `requested` bytes where
+    /// known). Retryable with less: a smaller expert cache or context
+    /// ([`Error::is_retryable`]).
+    #[error("GPU out of memory: {what}{}", requested.map(|b| format!(" ({b} bytes)")).unwrap_or_default())]
+    GpuOutOfMemory {
+        /// What was being allocated.
+        what: String,
+        /// Its size in bytes, where known.
+        requested: Option<u64>,
+    },
+
+    /// Something needs a buffer or binding larger than a limit of the device (e.g. the
+    /// largest storage binding: 128 MiB on some mobile GPUs). Retryable only where `what`
+    /// scales with an option (an expert cache page, a context length).
+    #[error("{what} needs {requested} bytes, more than the device's {limit_name} ({limit} bytes)")]
+    DeviceLimit {
+        /// What needs it (a tensor, one expert, a layer's KV cache...).
+        what: String,
+        /// Bytes needed.
+        requested: u64,
+        /// Which limit (`max_storage_buffer_binding_size`, ...).
+        limit_name: &'static str,
+        /// The device's value of that limit.
+        limit: u64,
+    },
+
+    /// The GPU device was lost (a driver reset or a removed GPU): the model must be opened
+    /// again.
+    #[error("GPU device lost: {0}")]
+    DeviceLost(String),
+
+    /// The GPU rejected a command (wgpu validation): a moestream bug or a driver problem.
+    #[error("GPU validation error: {0}")]
+    GpuValidation(String),
+
+    /// The GPU failed otherwise: mapping a readback buffer, waiting for submitted work, an
+    /// internal error of the driver.
     #[error("GPU: {0}")]
     Gpu(String),
+
+    /// The threads that read experts from storage could not start or have stopped (a
+    /// storage failure, not a GPU one; the expert store's own read errors are
+    /// [`Error::ExpertRead`]).
+    #[error("expert I/O threads: {0}")]
+    IoThreads(String),
+
+    /// A moestream invariant was broken (a bug: please report it with the message).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// The operating-system error underneath, if any: of [`Error::Io`], or the cause of an
+    /// [`Error::ExpertRead`] when it is an I/O error (e.g. to tell a vanished file,
+    /// `NotFound`, from a short read, `UnexpectedEof`). Causes are printed by Display,
+    /// not chained as `source()`, so this is how to reach them.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match self {
+            Error::Io { cause, .. } => Some(cause),
+            Error::ExpertRead { cause: Some(c), .. } => {
+                let mut e: Option<&(dyn std::error::Error + 'static)> = Some(c.as_ref());
+                while let Some(err) = e {
+                    if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                        return Some(io);
+                    }
+                    e = err.source();
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the same call may succeed if retried, perhaps with smaller sizes: out of
+    /// GPU memory (retry with a smaller expert cache or context), an expert read that
+    /// failed (storage errors may be transient; a failed step leaves its session as it
+    /// was), I/O errors and stopped I/O threads. Device loss, validation, device limits
+    /// and input errors (a context overflow included) are not: the same input fails the
+    /// same way.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::GpuOutOfMemory { .. }
+                | Error::ExpertRead { .. }
+                | Error::Io { .. }
+                | Error::IoThreads(_)
+        )
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
 }

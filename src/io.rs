@@ -54,7 +54,7 @@ impl IoPool {
                             layer: job.layer,
                             expert: job.expert,
                             reason: "the expert store panicked".into(),
-                            source: None,
+                            cause: None,
                         })
                     });
                     let _ = job.reply.send(Done {
@@ -63,7 +63,7 @@ impl IoPool {
                         result,
                     });
                 })
-                .map_err(|e| Error::Gpu(format!("starting an I/O thread: {e}")))?;
+                .map_err(|e| Error::IoThreads(format!("starting an I/O thread: {e}")))?;
             workers.push(handle);
         }
         Ok(IoPool {

@@ -334,7 +334,7 @@ impl Session {
         let out = match out {
             Some(out) => out,
             None => self.pass(ids, want, false)?.ok_or_else(|| {
-                Error::Gpu("a pass with routing readbacks reported a miss".into())
+                Error::Internal("a pass with routing readbacks reported a miss".into())
             })?,
         };
         self.has_logits = want != Want::Nothing;

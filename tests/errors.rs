@@ -217,6 +217,15 @@ fn missing_config_json_is_an_io_error_naming_it() {
             "{case}: Error::Io names the wrong path"
         );
     }
+    // The cause is printed once: in Display, not chained again as source() (an error
+    // reporter that walks the chain would print it twice).
+    let cause = std::fs::read(fx.path("config.json"))
+        .unwrap_err()
+        .to_string();
+    let shown = e.to_string();
+    assert_eq!(shown.matches(&cause).count(), 1, "{case}: {shown}");
+    assert!(std::error::Error::source(&e).is_none(), "{case}");
+    assert!(e.is_retryable(), "{case}: an I/O error is worth retrying");
     let e = expect_err(case, || ModelConfig::from_path(&fx.dir));
     assert_error!(case, e, Error::Io { .. }, ["config.json"]);
 }
@@ -891,9 +900,10 @@ fn assert_session_too_large(max_context: usize) {
     let case = format!("session({max_context})");
     let e = expect_err(&case, || model().session(max_context));
     assert!(
-        matches!(e, Error::Gpu(_) | Error::InvalidArgument(_)),
-        "{case}: expected Error::Gpu or Error::InvalidArgument, got {e:?}"
+        matches!(e, Error::DeviceLimit { .. } | Error::InvalidArgument(_)),
+        "{case}: expected Error::DeviceLimit or Error::InvalidArgument, got {e:?}"
     );
+    assert!(!e.is_retryable() || matches!(e, Error::GpuOutOfMemory { .. }));
     let msg = e.to_string();
     assert!(
         msg.contains("context") || msg.contains("KV"),

@@ -101,7 +101,7 @@ fn injected(layer: usize, expert: usize, kind: std::io::ErrorKind, what: &str) -
         layer,
         expert,
         reason: format!("injected fault: {what}"),
-        source: Some(Box::new(std::io::Error::new(kind, what.to_string()))),
+        cause: Some(Box::new(std::io::Error::new(kind, what.to_string()))),
     }
 }
 
@@ -357,18 +357,16 @@ fn assert_names_failed_read(case: &str, e: &Error, failed: &[(usize, usize)]) {
         msg.contains(&format!("layer {layer}")) && msg.contains(&format!("expert {expert}")),
         "{case}: the message does not name the layer and expert: \"{msg}\""
     );
+    // The session stays usable after a failed read: callers may retry.
+    assert!(
+        e.is_retryable(),
+        "{case}: a failed expert read is retryable"
+    );
 }
 
 /// The `io::ErrorKind` at the bottom of the error's source chain, if any.
 fn io_kind(e: &Error) -> Option<std::io::ErrorKind> {
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        src = s.source();
-    }
-    None
+    e.io_error().map(|io| io.kind())
 }
 
 fn assert_golden(model: &Model, dir: &Path, case: &str) {

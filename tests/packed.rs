@@ -599,11 +599,11 @@ fn truncated_or_malformed_pack_is_rejected() {
         Error::ExpertRead {
             layer: l,
             expert: e,
-            source,
+            cause,
             ..
         } => {
             assert_eq!((*l, *e), (layer, cfg.num_experts - 1));
-            assert!(source.is_some(), "{err}");
+            assert!(cause.is_some(), "{err}");
         }
         other => panic!("expected ExpertRead, got {other:?}"),
     }

@@ -70,7 +70,7 @@ impl ExpertStore for ThreadFaultStore {
                 layer,
                 expert,
                 reason: "injected fault for one thread".into(),
-                source: Some(Box::new(std::io::Error::other("injected"))),
+                cause: Some(Box::new(std::io::Error::other("injected"))),
             });
         }
         self.reads.fetch_add(1, Ordering::SeqCst);

@@ -103,7 +103,7 @@ pub fn write_demo_tokenizer(dir: &Path, vocab: usize) -> moestream::Result<()> {
     let write = |path: &Path, v: &serde_json::Value| {
         std::fs::write(path, v.to_string()).map_err(|e| moestream::Error::Io {
             path: path.to_path_buf(),
-            source: e,
+            cause: e,
         })
     };
     write(&tok_path, &tokenizer)?;

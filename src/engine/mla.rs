@@ -115,10 +115,15 @@ impl Loader<'_> {
         };
         for m in [&embed_q, &unembed] {
             if m.chunks.len() != 1 {
-                return Err(Error::Gpu(format!(
-                    "layer {l}: an absorbed latent-attention projection of {} x {} does not fit one storage binding",
-                    m.rows, m.cols
-                )));
+                return Err(Error::DeviceLimit {
+                    what: format!(
+                        "layer {l}: an absorbed latent-attention projection of {} x {}",
+                        m.rows, m.cols
+                    ),
+                    requested: m.chunks.iter().map(|c| c.0.size()).sum(),
+                    limit_name: "largest storage binding",
+                    limit: self.gpu.max_binding,
+                });
             }
         }
         Ok(Mla {

@@ -110,11 +110,11 @@ impl<'a> Pass<'a> {
         let cache = m
             .cache
             .as_ref()
-            .ok_or_else(|| Error::Gpu("MoE layer without an expert cache".into()))?;
+            .ok_or_else(|| Error::Internal("MoE layer without an expert cache".into()))?;
         // The fixed slot of the shared expert riding in the cache.
         let shared_slot = match moe.shared {
             Some(Shared::Cached) => Some(cache.shared_slot(l).ok_or_else(|| {
-                Error::Gpu(format!(
+                Error::Internal(format!(
                     "layer {l}'s shared expert has no expert cache slot"
                 ))
             })?),
@@ -170,7 +170,7 @@ impl<'a> Pass<'a> {
         for (flat, &e) in ids.iter().enumerate() {
             let shared = shared_slot.is_some() && flat % kk == k && e as usize == ne;
             if e as usize >= ne && !shared {
-                return Err(Error::Gpu(format!(
+                return Err(Error::Internal(format!(
                     "router of layer {l} returned expert id {e} (the layer has {ne} experts)"
                 )));
             }
@@ -181,7 +181,7 @@ impl<'a> Pass<'a> {
             layer: l,
             expert: experts.first().copied().unwrap_or(0),
             reason: "the expert store has no layout for this layer".into(),
-            source: None,
+            cause: None,
         })?;
         let kernels = ExpertKernels::new(l, lay, cache.slot_bytes, spec.activation)?;
         let hs = cfg.hidden_size as u32;
@@ -313,12 +313,12 @@ impl<'a> Pass<'a> {
         let cache = m
             .cache
             .as_ref()
-            .ok_or_else(|| Error::Gpu("MoE layer without an expert cache".into()))?;
+            .ok_or_else(|| Error::Internal("MoE layer without an expert cache".into()))?;
         let lay = m.store.layout(l).ok_or_else(|| Error::ExpertRead {
             layer: l,
             expert: 0,
             reason: "the expert store has no layout for this layer".into(),
-            source: None,
+            cause: None,
         })?;
         let kernels = ExpertKernels::new(l, lay, cache.slot_bytes, spec.activation)?;
         // Workgroups per assignment, as `experts` sizes the grids (for pages of up to kk

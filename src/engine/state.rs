@@ -68,10 +68,12 @@ pub(crate) struct SequenceState {
 
 fn check_size(gpu: &Gpu, what: &str, bytes: usize) -> Result<()> {
     if bytes as u64 > gpu.max_binding {
-        return Err(Error::Gpu(format!(
-            "{what} needs {bytes} bytes, more than the device's largest storage binding ({} bytes)",
-            gpu.max_binding
-        )));
+        return Err(Error::DeviceLimit {
+            what: what.to_string(),
+            requested: bytes as u64,
+            limit_name: "largest storage binding",
+            limit: gpu.max_binding,
+        });
     }
     Ok(())
 }
@@ -159,7 +161,7 @@ impl SequenceState {
                 let (a, b) = (self.cur, 1 - self.cur);
                 Ok(((&conv[a], &state[a]), (&conv[b], &state[b])))
             }
-            _ => Err(Error::Gpu(format!("layer {l} has no recurrent state"))),
+            _ => Err(Error::Internal(format!("layer {l} has no recurrent state"))),
         }
     }
 
@@ -182,7 +184,7 @@ impl SequenceState {
     pub fn kv(&self, l: usize) -> Result<(&wgpu::Buffer, &wgpu::Buffer, Option<KvRing>)> {
         match self.layers.get(l) {
             Some(LayerState::Kv { k, v, ring }) => Ok((k, v, *ring)),
-            _ => Err(Error::Gpu(format!("layer {l} has no KV cache"))),
+            _ => Err(Error::Internal(format!("layer {l} has no KV cache"))),
         }
     }
 
@@ -190,7 +192,7 @@ impl SequenceState {
     pub fn latent(&self, l: usize) -> Result<&wgpu::Buffer> {
         match self.layers.get(l) {
             Some(LayerState::Latent { cache }) => Ok(cache),
-            _ => Err(Error::Gpu(format!("layer {l} has no latent cache"))),
+            _ => Err(Error::Internal(format!("layer {l} has no latent cache"))),
         }
     }
 

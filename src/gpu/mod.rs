@@ -101,7 +101,8 @@ pub(crate) struct Gpu {
     pub variant: Variant,
     /// Team size of the team kernels in the subgroup variant (the subgroup size).
     pub subgroup_size: Option<u32>,
-    error: Arc<Mutex<Option<String>>>,
+    /// The first error the device reported since the last [`Gpu::check`].
+    error: Arc<Mutex<Option<Error>>>,
     /// A small buffer bound where a kernel's optional input is unused.
     pub dummy: wgpu::Buffer,
     /// How long waits for the GPU poll before they block (`ModelBuilder::readback_spin`).
@@ -202,13 +203,20 @@ impl Gpu {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Adapter(format!("requesting a device from {}: {e}", info.name)))?;
-        let error = Arc::new(Mutex::new(None::<String>));
+        let error = Arc::new(Mutex::new(None::<Error>));
         let sink = error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             if let Ok(mut slot) = sink.lock() {
-                slot.get_or_insert_with(|| e.to_string());
+                slot.get_or_insert_with(|| device_error(e, None));
             }
         }));
+        let sink = error.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            // A lost device fails every later call; it replaces any earlier error.
+            if let Ok(mut slot) = sink.lock() {
+                *slot = Some(Error::DeviceLost(format!("{reason:?}: {message}")));
+            }
+        });
         let max_binding =
             (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
         // Keep bindings a multiple of 16 bytes.
@@ -331,12 +339,23 @@ impl Gpu {
         }
     }
 
-    /// Fails with the first error the device reported since the last check.
+    /// Fails with the first error the device reported since the last check (a lost device
+    /// keeps failing every check).
     pub fn check(&self) -> Result<()> {
-        let err = self.error.lock().ok().and_then(|mut e| e.take());
+        let err = self.error.lock().ok().and_then(|mut e| match e.as_ref() {
+            Some(Error::DeviceLost(m)) => Some(Error::DeviceLost(m.clone())),
+            _ => e.take(),
+        });
         match err {
-            Some(e) => Err(Error::Gpu(e)),
+            Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// Records `e` as the device's error unless one is pending.
+    fn report(&self, e: Error) {
+        if let Ok(mut slot) = self.error.lock() {
+            slot.get_or_insert(e);
         }
     }
 
@@ -399,15 +418,24 @@ impl Gpu {
         pipeline
     }
 
+    /// A storage buffer of `size` bytes (rounded up to 16). An allocation the device
+    /// refuses is recorded, with its label and size, as the error the next
+    /// [`Gpu::check`] returns ([`Error::GpuOutOfMemory`]).
     pub fn storage_buffer(&self, label: &str, size: u64) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
+        let size = size.max(16).div_ceil(16) * 16;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: size.max(16).div_ceil(16) * 16,
+            size,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
-        })
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            self.report(device_error(e, Some((label, size))));
+        }
+        buf
     }
 
     /// A storage buffer holding `bytes` (padded to 16 bytes).
@@ -425,9 +453,45 @@ impl Gpu {
     }
 }
 
+/// The typed error of a wgpu error (`alloc`: the label and size of the buffer being
+/// created, for out-of-memory errors).
+fn device_error(e: wgpu::Error, alloc: Option<(&str, u64)>) -> Error {
+    match e {
+        wgpu::Error::OutOfMemory { .. } => Error::GpuOutOfMemory {
+            what: alloc.map_or_else(|| "a GPU allocation".into(), |(l, _)| l.to_string()),
+            requested: alloc.map(|(_, b)| b),
+        },
+        wgpu::Error::Validation { description, .. } => Error::GpuValidation(description),
+        wgpu::Error::Internal { description, .. } => Error::Gpu(description),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_errors_are_typed() {
+        let cause = || Box::new(std::io::Error::other("driver says no")) as _;
+        let oom = device_error(
+            wgpu::Error::OutOfMemory { source: cause() },
+            Some(("expert cache page 3", 1 << 30)),
+        );
+        assert!(oom.is_retryable());
+        assert_eq!(
+            oom.to_string(),
+            "GPU out of memory: expert cache page 3 (1073741824 bytes)"
+        );
+        let v = device_error(
+            wgpu::Error::Validation {
+                source: cause(),
+                description: "binding 3 is too small".into(),
+            },
+            None,
+        );
+        assert!(matches!(&v, Error::GpuValidation(d) if d == "binding 3 is too small"));
+        assert!(!v.is_retryable());
+    }
 
     #[test]
     fn kernel_variant_setting() {

@@ -49,10 +49,12 @@ impl GpuMatrix {
             per_chunk -= per_chunk % crate::format::FP8_BLOCK;
         }
         if per_chunk == 0 {
-            return Err(Error::Gpu(format!(
-                "tensor {name}: one row is {row_bytes} bytes, more than the device's largest storage binding ({} bytes)",
-                gpu.max_binding
-            )));
+            return Err(Error::DeviceLimit {
+                what: format!("one row of tensor {name}"),
+                requested: row_bytes,
+                limit_name: "largest storage binding",
+                limit: gpu.max_binding,
+            });
         }
         let mut chunks = Vec::new();
         let mut r = 0;

@@ -795,7 +795,7 @@ fn load_expert(
         layer: l,
         expert: e,
         reason,
-        source: None,
+        cause: None,
     };
     let layout = store
         .layout(l)

@@ -75,7 +75,7 @@ impl ExpertStore for MemoryStore {
                 layer,
                 expert,
                 reason: "not in this memory store".into(),
-                source: None,
+                cause: None,
             })?;
         let dst = dst.get_mut(..blob.len()).ok_or_else(|| {
             Error::InvalidArgument(format!(

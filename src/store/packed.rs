@@ -884,7 +884,7 @@ impl PackedStore {
                 layer,
                 expert,
                 reason: format!("not a MoE layer of the pack in {}", self.dir.display()),
-                source: None,
+                cause: None,
             })?;
         let blob = l.experts.get(expert).ok_or_else(|| Error::ExpertRead {
             layer,
@@ -894,7 +894,7 @@ impl PackedStore {
                 self.dir.display(),
                 l.experts.len()
             ),
-            source: None,
+            cause: None,
         })?;
         if dst.len() < blob.len {
             return Err(Error::InvalidArgument(format!(
@@ -911,7 +911,7 @@ impl PackedStore {
                 blob.offset,
                 l.path.display()
             ),
-            source: Some(Box::new(e)),
+            cause: Some(Box::new(e)),
         };
         let whole = dst.as_ptr() as usize % READ_ALIGN == 0 && dst.len() >= blob.padded;
         if whole {
@@ -962,7 +962,7 @@ impl PackedStore {
                         hex64(blob.checksum),
                         self.dir.display()
                     ),
-                    source: None,
+                    cause: None,
                 });
             }
         }
@@ -1535,7 +1535,7 @@ mod tests {
             Err(Error::ExpertRead {
                 layer: l,
                 expert: 3,
-                source: Some(_),
+                cause: Some(_),
                 ..
             }) => assert_eq!(l, layer),
             other => panic!("expected an ExpertRead error, got {other:?}"),

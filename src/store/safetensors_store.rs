@@ -225,7 +225,7 @@ impl ExpertStore for SafetensorsStore {
             layer,
             expert,
             reason: "no such MoE layer or expert in this checkpoint".into(),
-            source: None,
+            cause: None,
         };
         let source = self
             .sources
@@ -261,7 +261,7 @@ impl ExpertStore for SafetensorsStore {
                         p.offset,
                         f.path.display()
                     ),
-                    source: Some(Box::new(e)),
+                    cause: Some(Box::new(e)),
                 }
             })?;
         }

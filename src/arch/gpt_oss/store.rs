@@ -170,7 +170,7 @@ impl GptOssLayer {
                     "reading {len} bytes at offset {offset} of {}",
                     f.path.display()
                 ),
-                source: Some(Box::new(err)),
+                cause: Some(Box::new(err)),
             })?;
             Ok(buf)
         };
