@@ -255,6 +255,82 @@ impl Session {
         self.has_logits = false;
     }
 
+    /// Cuts the context back to its first `len` tokens: the next `prefill` or `step`
+    /// continues from position `len`, as if the tokens after it had never been run (to
+    /// regenerate a reply, or to edit the last turn of a conversation). Nothing is
+    /// recomputed: a KV cache keeps its earlier entries.
+    ///
+    /// A model with linear-attention layers (Qwen3.5, Qwen3-Next) keeps a recurrent state
+    /// that holds no record of earlier positions, so there `len` must be 0 or the current
+    /// position; to come back to a point of a conversation, [`fork`](Self::fork) the
+    /// session there first. A sliding-window layer's short cache (gpt-oss) can be cut back
+    /// by fewer than [`MAX_PASS_TOKENS`] tokens. Otherwise, and when `len` exceeds the
+    /// position, an [`Error::InvalidArgument`] that leaves the session as it was.
+    ///
+    /// ```no_run
+    /// # fn main() -> moestream::Result<()> {
+    /// let model = moestream::Model::open("path/to/model")?;
+    /// let mut s = model.session(2048)?;
+    /// s.prefill(&[1, 2, 3, 4, 5])?;
+    /// s.truncate(3)?; // the context is [1, 2, 3] again
+    /// let logits = s.prefill(&[9, 9])?; // as if run on [1, 2, 3, 9, 9]
+    /// # let _ = logits; Ok(()) }
+    /// ```
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.pos {
+            return Err(Error::InvalidArgument(format!(
+                "cannot truncate the context to {len} tokens: it holds {}",
+                self.pos
+            )));
+        }
+        if len == self.pos {
+            return Ok(());
+        }
+        if len > 0 {
+            self.state.check_rewind(self.pos, len)?;
+        }
+        self.pos = len;
+        self.has_logits = false;
+        Ok(())
+    }
+
+    /// A new session on the same model holding a copy of this one's context (its KV
+    /// caches and recurrent states up to [`position`](Self::position), and its last
+    /// logits), with the same maximum context. The two then run independently: branch a
+    /// conversation, sample several replies to one prompt, or keep a prefilled system
+    /// prompt to start new conversations from. The copy is made on the GPU.
+    ///
+    /// ```no_run
+    /// # fn main() -> moestream::Result<()> {
+    /// let model = moestream::Model::open("path/to/model")?;
+    /// let mut base = model.session(2048)?;
+    /// base.prefill(&[1, 2, 3])?; // a shared prefix
+    /// let mut a = base.fork()?;
+    /// let mut b = base.fork()?;
+    /// let la = a.prefill(&[4])?; // [1, 2, 3, 4]
+    /// let lb = b.prefill(&[5])?; // [1, 2, 3, 5]
+    /// # let _ = (la, lb); Ok(()) }
+    /// ```
+    pub fn fork(&self) -> Result<Session> {
+        let mut s = Session::new(self.model.clone(), self.max_context)?;
+        let gpu = &self.model.inner.gpu;
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("fork"),
+            });
+        s.state.copy_from(&self.state, self.pos, &mut enc);
+        if self.has_logits {
+            let n = self.scratch.logits.size().min(s.scratch.logits.size());
+            enc.copy_buffer_to_buffer(&self.scratch.logits, 0, &s.scratch.logits, 0, n);
+        }
+        gpu.queue.submit([enc.finish()]);
+        gpu.check()?;
+        s.pos = self.pos;
+        s.has_logits = self.has_logits;
+        Ok(s)
+    }
+
     /// Tokens in the context.
     pub fn position(&self) -> usize {
         self.pos
@@ -444,16 +520,15 @@ impl Session {
 // Added for `crate::generate::Chat` (multi-turn prefix reuse); kept separate from the
 // session's own code.
 impl Session {
-    /// Keeps only the first `len` tokens of the context (no-op if it holds fewer) and
-    /// returns the tokens kept. The KV entries past `len` are overwritten by the next tokens
-    /// run. A model with linear-attention layers cannot rewind their recurrent states, so
-    /// there any truncation empties the context (returns 0): the caller prefills again from
-    /// the start, which gives exactly the logits of a fresh prefill.
+    /// Keeps the first `len` tokens of the context where [`truncate`](Self::truncate) can
+    /// (no-op if it holds fewer), else none, and returns the tokens kept: a model with
+    /// linear-attention layers cannot rewind their recurrent states, nor a sliding-window
+    /// ring keys it has overwritten, so there the caller prefills again from the start,
+    /// which gives exactly the logits of a fresh prefill.
     pub(crate) fn truncate_context(&mut self, len: usize) -> usize {
-        if len < self.pos && self.state.has_recurrent() {
-            self.pos = 0;
+        if len < self.pos && self.truncate(len).is_err() {
+            self.reset();
         }
-        self.pos = self.pos.min(len);
         self.pos
     }
 }

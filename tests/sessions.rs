@@ -303,3 +303,161 @@ fn tiled_expert_prefill_matches_token_by_token() {
         );
     }
 }
+
+/// Token ids for tests that need more than a fixture's prompt: a fixed walk over the
+/// vocabulary.
+fn walk(model: &Model, n: usize, seed: usize) -> Vec<u32> {
+    let v = model.config().vocab_size;
+    (0..n)
+        .map(|i| ((i * 7919 + seed * 104_729 + 13) % v) as u32)
+        .collect()
+}
+
+/// `prefill(a)`, then `c` as a prefill and as single steps, in a fresh session: the
+/// logits after each call.
+fn fresh_run(model: &Model, max_context: usize, a: &[u32], c: &[u32]) -> Vec<Vec<f32>> {
+    let mut s = model.session(max_context).unwrap();
+    s.prefill(a).unwrap();
+    let mut out = vec![s.prefill(&c[..2]).unwrap()];
+    for &id in &c[2..] {
+        out.push(s.step(id).unwrap());
+    }
+    out
+}
+
+/// The same calls as [`fresh_run`] after `a`, on a session already at `a`.
+fn continue_run(s: &mut Session, c: &[u32]) -> Vec<Vec<f32>> {
+    let mut out = vec![s.prefill(&c[..2]).unwrap()];
+    for &id in &c[2..] {
+        out.push(s.step(id).unwrap());
+    }
+    out
+}
+
+/// `truncate` back to a prefix, then going on, gives bit for bit the logits of a session
+/// that never ran the dropped tokens: KV caches (tiny_bf16), latent caches (DeepSeek-V3),
+/// and a sliding-window ring (gpt-oss, window 5, a 2048-token session) cut back by fewer
+/// than MAX_PASS_TOKENS tokens. Cutting a ring back further, or past the position, is an
+/// error that leaves the session as it was.
+#[test]
+fn truncate_then_continue_equals_a_fresh_run() {
+    let deepseek = common::deepseek_v3_fixtures()
+        .into_iter()
+        .find(|d| d.ends_with("dsv3_hf_f32"))
+        .expect("the dsv3_hf_f32 fixture");
+    let oss = common::gpt_oss_fixtures()
+        .into_iter()
+        .find(|d| d.ends_with("oss_f32"))
+        .expect("the oss_f32 fixture");
+    for (dir, ctx, na, nb) in [
+        (common::fixture("tiny_bf16"), 64usize, 9usize, 7usize),
+        (deepseek, 64, 9, 7),
+        (oss.clone(), 2048, 40, 300),
+    ] {
+        let case = dir.display().to_string();
+        let model = Model::open(&dir).unwrap();
+        let a = walk(&model, na, 1);
+        let b = walk(&model, nb, 2);
+        let c = walk(&model, 5, 3);
+        let want = fresh_run(&model, ctx, &a, &c);
+        let mut s = model.session(ctx).unwrap();
+        s.prefill(&a).unwrap();
+        s.prefill(&b).unwrap();
+        assert!(
+            s.truncate(na + nb + 1).is_err(),
+            "{case}: past the position"
+        );
+        s.truncate(na).unwrap();
+        assert_eq!(s.position(), na);
+        assert!(s.last_logits().is_err(), "{case}: no logits after a cut");
+        assert!(
+            continue_run(&mut s, &c) == want,
+            "{case}: logits after truncate"
+        );
+        // truncate(0) is reset.
+        s.truncate(0).unwrap();
+        assert!(fresh_run(&model, ctx, &a, &c) == continue_run_from_zero(&mut s, &a, &c));
+    }
+    // The ring of a window-5 layer in a 2048-token session holds 516 positions: cutting
+    // 600 tokens back would need keys it has overwritten.
+    let model = Model::open(&oss).unwrap();
+    let mut s = model.session(2048).unwrap();
+    let a = walk(&model, 20, 4);
+    s.prefill(&a).unwrap();
+    s.prefill(&walk(&model, 600, 5)).unwrap();
+    let e = s.truncate(20).unwrap_err();
+    assert!(
+        matches!(e, moestream::Error::InvalidArgument(_)) && e.to_string().contains("sliding"),
+        "{e}"
+    );
+    assert_eq!(
+        s.position(),
+        620,
+        "a refused truncate leaves the session as it was"
+    );
+}
+
+fn continue_run_from_zero(s: &mut Session, a: &[u32], c: &[u32]) -> Vec<Vec<f32>> {
+    s.prefill(a).unwrap();
+    continue_run(s, c)
+}
+
+/// A model with linear-attention layers cannot rewind its recurrent state: truncating
+/// inside the context is refused (the session goes on unchanged), truncating to 0 works.
+#[test]
+fn truncate_refuses_to_rewind_a_recurrent_state() {
+    let dir = common::qwen35_fixtures().remove(0);
+    let model = Model::open(&dir).unwrap();
+    let a = walk(&model, 9, 1);
+    let c = walk(&model, 5, 3);
+    let mut s = model.session(64).unwrap();
+    s.prefill(&a).unwrap();
+    let e = s.truncate(4).unwrap_err();
+    assert!(
+        matches!(e, moestream::Error::InvalidArgument(_)) && e.to_string().contains("recurrent"),
+        "{e}"
+    );
+    assert_eq!(s.position(), 9);
+    assert!(continue_run(&mut s, &c) == fresh_run(&model, 64, &a, &c));
+    s.truncate(0).unwrap();
+    assert!(continue_run_from_zero(&mut s, &a, &c) == fresh_run(&model, 64, &a, &c));
+}
+
+/// A fork holds its parent's context: both go on independently, each giving bit for bit
+/// the logits of a fresh session fed the same tokens (KV caches, latent caches, recurrent
+/// states), and a fork's last logits are its parent's.
+#[test]
+fn forked_sessions_go_on_independently() {
+    let deepseek = common::deepseek_v3_fixtures()
+        .into_iter()
+        .find(|d| d.ends_with("dsv3_hf_f32"))
+        .expect("the dsv3_hf_f32 fixture");
+    for dir in [
+        common::fixture("tiny_bf16"),
+        common::qwen35_fixtures().remove(0),
+        deepseek,
+    ] {
+        let case = dir.display().to_string();
+        let model = Model::open(&dir).unwrap();
+        let a = walk(&model, 9, 1);
+        let b = walk(&model, 5, 2);
+        let c = walk(&model, 5, 3);
+        let mut parent = model.session(64).unwrap();
+        parent.prefill(&a).unwrap();
+        let mut child = parent.fork().unwrap();
+        assert_eq!(child.position(), 9);
+        assert!(
+            child.last_logits().unwrap() == parent.last_logits().unwrap(),
+            "{case}: last logits"
+        );
+        // Interleaved, so each would see the other's writes if they shared any state.
+        let mut got_b = vec![parent.prefill(&b[..2]).unwrap()];
+        let mut got_c = vec![child.prefill(&c[..2]).unwrap()];
+        for i in 2..5 {
+            got_b.push(parent.step(b[i]).unwrap());
+            got_c.push(child.step(c[i]).unwrap());
+        }
+        assert!(got_b == fresh_run(&model, 64, &a, &b), "{case}: parent");
+        assert!(got_c == fresh_run(&model, 64, &a, &c), "{case}: fork");
+    }
+}

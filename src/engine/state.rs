@@ -64,6 +64,8 @@ pub(crate) struct SequenceState {
     pub layers: Vec<LayerState>,
     /// Which copy of the recurrent states is committed (0 or 1).
     pub cur: usize,
+    /// The positions a KV or latent cache holds (rings apart).
+    pub max_context: usize,
 }
 
 fn check_size(gpu: &Gpu, what: &str, bytes: usize) -> Result<()> {
@@ -143,7 +145,11 @@ impl SequenceState {
                 }
             });
         }
-        Ok(SequenceState { layers, cur: 0 })
+        Ok(SequenceState {
+            layers,
+            cur: 0,
+            max_context,
+        })
     }
 
     /// The recurrent state of linear-attention layer `l` a pass reads (`committed`) and
@@ -194,6 +200,78 @@ impl SequenceState {
             Some(LayerState::Latent { cache }) => Ok(cache),
             _ => Err(Error::Internal(format!("layer {l} has no latent cache"))),
         }
+    }
+
+    /// Whether the context can be cut from `pos` tokens back to `len` (0 < len < pos):
+    /// KV and latent caches keep their entries (later ones are overwritten), but a
+    /// recurrent state has no record of earlier positions, and a sliding window's ring may
+    /// have overwritten keys the window at `len` still needs.
+    pub fn check_rewind(&self, pos: usize, len: usize) -> Result<()> {
+        for (l, s) in self.layers.iter().enumerate() {
+            match s {
+                LayerState::Recurrent { .. } => {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot truncate the context from {pos} to {len} tokens: layer {l} \
+                         keeps a recurrent state (linear attention), which cannot be rewound; \
+                         truncate to 0, or fork the session before the tokens to drop"
+                    )))
+                }
+                LayerState::Kv { ring: Some(r), .. } => {
+                    // The next pass reads keys from len - window on; position q sits in row
+                    // q % cap until position q + cap overwrites it.
+                    let first = len.saturating_sub(r.window);
+                    if first + r.cap < pos {
+                        return Err(Error::InvalidArgument(format!(
+                            "cannot truncate the context from {pos} to {len} tokens: layer {l}'s \
+                             sliding-window cache holds only the last {} positions",
+                            r.cap
+                        )));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Records copies of `from`'s committed state for its first `pos` tokens into this
+    /// state (allocated for the same model and context) and takes its committed index.
+    pub fn copy_from(&mut self, from: &SequenceState, pos: usize, enc: &mut wgpu::CommandEncoder) {
+        let prefix = |b: &wgpu::Buffer, rows: usize, max_rows: usize| -> u64 {
+            // Whole rows of the first `pos` positions (a multiple of 4 bytes: every row is).
+            let row = b.size() / max_rows.max(1) as u64;
+            (row * rows.min(max_rows) as u64).min(b.size())
+        };
+        for (dst, src) in self.layers.iter().zip(&from.layers) {
+            match (dst, src) {
+                (LayerState::Kv { k, v, ring }, LayerState::Kv { k: sk, v: sv, .. }) => {
+                    let n = if ring.is_some() {
+                        sk.size()
+                    } else {
+                        prefix(sk, pos, self.max_context)
+                    };
+                    enc.copy_buffer_to_buffer(sk, 0, k, 0, n);
+                    enc.copy_buffer_to_buffer(sv, 0, v, 0, n);
+                }
+                (LayerState::Latent { cache }, LayerState::Latent { cache: sc }) => {
+                    let n = prefix(sc, pos, self.max_context);
+                    enc.copy_buffer_to_buffer(sc, 0, cache, 0, n);
+                }
+                (
+                    LayerState::Recurrent { conv, state },
+                    LayerState::Recurrent {
+                        conv: sconv,
+                        state: sstate,
+                    },
+                ) => {
+                    let c = from.cur;
+                    enc.copy_buffer_to_buffer(&sconv[c], 0, &conv[c], 0, sconv[c].size());
+                    enc.copy_buffer_to_buffer(&sstate[c], 0, &state[c], 0, sstate[c].size());
+                }
+                _ => {}
+            }
+        }
+        self.cur = from.cur;
     }
 
     /// GPU memory of the KV caches (latent caches included).
