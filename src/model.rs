@@ -103,8 +103,9 @@ impl ModelBuilder {
         self
     }
 
-    /// Which GPU adapter to use. The environment variable
-    /// [`MOESTREAM_ADAPTER`](crate::ADAPTER_ENV) (an index or a name substring) overrides it.
+    /// Which GPU adapter to use. Left at [`AdapterChoice::Auto`] (the default), the
+    /// environment variable [`MOESTREAM_ADAPTER`](crate::ADAPTER_ENV) (an index or a name
+    /// substring) may pick one; a choice made here wins over it.
     pub fn adapter(mut self, choice: AdapterChoice) -> Self {
         self.adapter = choice;
         self

@@ -17,8 +17,9 @@ use kernels::{Kernel, Variant};
 
 use crate::error::{Error, Result};
 
-/// Environment variable that overrides the adapter choice: an index into the list of
-/// adapters, or a case-insensitive substring of the adapter name.
+/// Environment variable that picks the adapter when the code leaves the choice at
+/// [`AdapterChoice::Auto`]: an index into the list of adapters, or a case-insensitive
+/// substring of the adapter name. A choice made in code wins over it.
 pub const ADAPTER_ENV: &str = "MOESTREAM_ADAPTER";
 
 /// Environment variable that restricts the optional GPU features the kernels use:
@@ -135,11 +136,14 @@ impl Gpu {
     /// Opens an adapter using at most the optional features of `allow` (those the adapter
     /// lacks are left out).
     pub fn with_variant(choice: &AdapterChoice, allow: Variant) -> Result<Gpu> {
-        let choice = match std::env::var(ADAPTER_ENV) {
-            Ok(v) if !v.trim().is_empty() => match v.trim().parse::<usize>() {
-                Ok(i) => AdapterChoice::Index(i),
-                Err(_) => AdapterChoice::Name(v.trim().to_string()),
-            },
+        // The environment fills in only what the code left open.
+        let choice = match (choice, std::env::var(ADAPTER_ENV)) {
+            (AdapterChoice::Auto, Ok(v)) if !v.trim().is_empty() => {
+                match v.trim().parse::<usize>() {
+                    Ok(i) => AdapterChoice::Index(i),
+                    Err(_) => AdapterChoice::Name(v.trim().to_string()),
+                }
+            }
             _ => choice.clone(),
         };
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
