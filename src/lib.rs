@@ -35,7 +35,8 @@ pub use generate::{
 };
 pub use gpu::{AdapterChoice, AdapterSummary, ADAPTER_ENV};
 pub use model::{
-    Model, ModelBuilder, DEFAULT_EXPERT_CACHE_BYTES, DEFAULT_IO_THREADS, DEFAULT_READBACK_SPIN,
+    LoadProgress, Model, ModelBuilder, DEFAULT_EXPERT_CACHE_BYTES, DEFAULT_IO_THREADS,
+    DEFAULT_READBACK_SPIN,
 };
 pub use sampling::{Candidate, GenerationConfig, LogitsNeeded, Sampler, SamplingParams};
 pub use session::{Session, SessionStats, MAX_PASS_TOKENS, MAX_TOP};

@@ -34,6 +34,27 @@ enum CacheSize {
     Minimal,
 }
 
+/// How far [`ModelBuilder::build`] has come, reported to [`ModelBuilder::on_progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LoadProgress {
+    /// The configuration and checkpoint headers are read and checked; the GPU is open.
+    Opened,
+    /// The resident (non-expert) weights of `done` of `total` decoder layers are on the
+    /// GPU (`done` 0: the embeddings and output head).
+    Layers {
+        /// Layers loaded.
+        done: usize,
+        /// All decoder layers.
+        total: usize,
+    },
+    /// The expert cache is allocated (and shared experts riding in it are uploaded).
+    ExpertCache,
+}
+
+/// A load-progress callback ([`ModelBuilder::on_progress`]).
+pub(crate) type ProgressFn = Arc<dyn Fn(LoadProgress) + Send + Sync>;
+
 /// Options for opening a [`Model`]; see [`Model::builder`].
 #[derive(Clone)]
 pub struct ModelBuilder {
@@ -46,6 +67,7 @@ pub struct ModelBuilder {
     f32_activations: Option<bool>,
     kv_cache_dtype: Option<DType>,
     readback_spin: std::time::Duration,
+    progress: Option<ProgressFn>,
 }
 
 impl std::fmt::Debug for ModelBuilder {
@@ -59,6 +81,7 @@ impl std::fmt::Debug for ModelBuilder {
             .field("f32_activations", &self.f32_activations)
             .field("kv_cache_dtype", &self.kv_cache_dtype)
             .field("readback_spin", &self.readback_spin)
+            .field("on_progress", &self.progress.is_some())
             .finish()
     }
 }
@@ -175,6 +198,28 @@ impl ModelBuilder {
         self
     }
 
+    /// Calls `f` as the load goes on ([`LoadProgress`]: opened, after each layer's
+    /// resident weights, after the expert cache), on the thread that runs
+    /// [`build`](Self::build), e.g. to drive a progress bar. Reading a large checkpoint's
+    /// weights takes most of a load.
+    ///
+    /// ```no_run
+    /// # fn main() -> moestream::Result<()> {
+    /// use moestream::{LoadProgress, Model};
+    /// let model = Model::builder("path/to/model")
+    ///     .on_progress(|p| {
+    ///         if let LoadProgress::Layers { done, total } = p {
+    ///             eprint!("\rloading layer {done}/{total}");
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// # let _ = model; Ok(()) }
+    /// ```
+    pub fn on_progress(mut self, f: impl Fn(LoadProgress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
     /// Opens the checkpoint, uploads the resident weights and sets up the expert cache.
     pub fn build(self) -> Result<Model> {
         let cfg = ModelConfig::from_path(self.dir.join("config.json"))?;
@@ -272,7 +317,13 @@ impl ModelBuilder {
                 )))
             }
         };
-        let weights = Weights::load(&gpu, &cfg, &ckpt, store.as_ref())?;
+        let progress = |p: LoadProgress| {
+            if let Some(f) = &self.progress {
+                f(p);
+            }
+        };
+        progress(LoadProgress::Opened);
+        let weights = Weights::load(&gpu, &cfg, &ckpt, store.as_ref(), &progress)?;
         // Decode rows stay f32 when asked, without integer dot products, or when no 2- to 6-bit
         // matrix would read the 8+8-bit row (then no norm writes it).
         let reads_q8 =
@@ -332,6 +383,7 @@ impl ModelBuilder {
         } else {
             None
         };
+        progress(LoadProgress::ExpertCache);
         Ok(Model {
             inner: Arc::new(ModelInner {
                 dir: self.dir,
@@ -411,6 +463,7 @@ impl Model {
             f32_activations: None,
             kv_cache_dtype: None,
             readback_spin: DEFAULT_READBACK_SPIN,
+            progress: None,
         }
     }
 

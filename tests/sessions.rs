@@ -461,3 +461,22 @@ fn forked_sessions_go_on_independently() {
         assert!(got_c == fresh_run(&model, 64, &a, &c), "{case}: fork");
     }
 }
+
+/// `on_progress` reports the load in order: opened, each layer's resident weights, the
+/// expert cache.
+#[test]
+fn load_progress_is_reported_in_order() {
+    use moestream::LoadProgress;
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let model = Model::builder(common::fixture("tiny_bf16"))
+        .on_progress(move |p| sink.lock().unwrap().push(p))
+        .build()
+        .unwrap();
+    let n = model.config().num_hidden_layers;
+    let mut want = vec![LoadProgress::Opened];
+    want.extend((0..=n).map(|done| LoadProgress::Layers { done, total: n }));
+    want.push(LoadProgress::ExpertCache);
+    assert_eq!(*seen.lock().unwrap(), want);
+}

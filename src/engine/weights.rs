@@ -295,6 +295,7 @@ impl Weights {
         cfg: &ModelConfig,
         ckpt: &Checkpoint,
         store: &dyn ExpertStore,
+        progress: &dyn Fn(crate::model::LoadProgress),
     ) -> Result<Weights> {
         let names = crate::arch::names(cfg, ckpt)?;
         let family = crate::arch::family_of(cfg);
@@ -317,7 +318,9 @@ impl Weights {
             Some(ld.matrix(names.lm_head, cfg.vocab_size, h)?)
         };
         let final_norm = ld.norm(&names.final_norm(), h)?;
-        let mut layers = Vec::with_capacity(cfg.layers.len());
+        let total = cfg.layers.len();
+        progress(crate::model::LoadProgress::Layers { done: 0, total });
+        let mut layers = Vec::with_capacity(total);
         for (l, plan) in cfg.layers.iter().enumerate() {
             let n = |rest: &str| names.layer(l, rest);
             let mixer = match &plan.mixer {
@@ -341,6 +344,10 @@ impl Weights {
                 post_norm: ld.norm(&names.weight(l, tensor::POST_NORM), h)?,
                 mixer,
                 ffn,
+            });
+            progress(crate::model::LoadProgress::Layers {
+                done: layers.len(),
+                total,
             });
         }
         gpu.check()?;
