@@ -28,6 +28,7 @@ const SLOT_ALIGN: u64 = 256;
 /// read the expert's bytes from the store. `read_time` is the time the pass waited for
 /// reads (all reads of a layer are in flight together).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
 pub struct CacheStats {
     /// Experts found resident.
     pub hits: u64,

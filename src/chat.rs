@@ -41,6 +41,7 @@ use crate::tokenizer::{read_json_if_exists, read_tokenizer_config, SpecialTokens
 /// `serde_json::Value`); this is the common case plus free-form extra fields
 /// (`reasoning_content`, `tool_calls`, `name`, ...), serialized after `role` and `content`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ChatMessage {
     /// `system`, `user`, `assistant`, `tool`, ...
     pub role: String,

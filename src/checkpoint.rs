@@ -17,6 +17,7 @@ use crate::format::{AffineQuant, WeightFormat};
 
 /// Where one tensor's bytes live.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct TensorEntry {
     /// Index of the file in [`Checkpoint::files`].
     pub file: usize,
@@ -32,6 +33,7 @@ pub struct TensorEntry {
 
 /// One safetensors file of a checkpoint.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct CheckpointFile {
     /// Its path.
     pub path: PathBuf,

@@ -133,6 +133,7 @@ impl TextTokenizer for HfTokenizer {
 /// entries of an `extra_special_tokens` object), read from `tokenizer_config.json`, where
 /// each is a string or an `{"content": ...}` object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SpecialTokens {
     /// `(name, token)` pairs in file order, e.g. `("eos_token", "<|im_end|>")`.
     pub named: Vec<(String, String)>,
