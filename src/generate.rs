@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use crate::cache::CacheStats;
 use crate::chat::{ChatMessage, ChatOptions};
 use crate::error::{Error, Result};
-use crate::sampling::{Candidate, GenerationConfig, LogitsNeeded, Sampler, SamplingParams};
+use crate::sampling::{
+    token_logprobs, Candidate, GenerationConfig, LogitsNeeded, Sampler, SamplingParams,
+    TokenLogprob, MAX_LOGPROBS,
+};
 use crate::session::{Session, SessionStats, MAX_PASS_TOKENS, MAX_TOP};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
@@ -68,6 +71,13 @@ pub struct GenerateOptions {
     pub chat: ChatOptions,
     /// A handle to cancel with; [`Generation::cancel_handle`] gives one in any case.
     pub cancel: Option<CancelHandle>,
+    /// Report log-probabilities: `Some(n)` gives each [`GenerationEvent::Token`] the
+    /// chosen token's log-probability and the `n` most likely tokens (`n` at most
+    /// [`MAX_LOGPROBS`]; 0 for the chosen token's only), and fills
+    /// [`Completion::logprobs`]. They are of the model's raw distribution (see
+    /// [`TokenLogprob`]). Needs every logit of each step read back from the GPU, not only
+    /// the best few, so it costs some speed. `None` (the default) turns it off.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -81,6 +91,7 @@ impl Default for GenerateOptions {
             skip_special_tokens: false,
             chat: ChatOptions::default(),
             cancel: None,
+            logprobs: None,
         }
     }
 }
@@ -95,6 +106,26 @@ impl GenerateOptions {
             eos_token_ids: config.eos_token_ids.clone(),
             ..Self::default()
         }
+    }
+
+    /// Checks the values are in range: [`SamplingParams::validate`] and
+    /// [`logprobs`](Self::logprobs). A generation also checks the
+    /// [`logit_bias`](SamplingParams::logit_bias) ids against the model's vocabulary.
+    pub fn validate(&self) -> Result<()> {
+        self.sampling.validate()?;
+        match self.logprobs {
+            Some(n) if n > MAX_LOGPROBS => Err(Error::InvalidArgument(format!(
+                "logprobs must be at most {MAX_LOGPROBS}, found {n}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`validate`](Self::validate), and the logit bias ids against the session's model.
+    fn validate_for(&self, session: &Session) -> Result<()> {
+        self.validate()?;
+        self.sampling
+            .validate_for_vocab(session.model().config().vocab_size)
     }
 }
 
@@ -241,6 +272,13 @@ pub struct Completion {
     /// Every sampled token id (including a final end-of-sequence token, and tokens at and
     /// after a stop string).
     pub tokens: Vec<u32>,
+    /// With [`GenerateOptions::logprobs`]: the log-probability of each of
+    /// [`tokens`](Self::tokens) (also the end-of-sequence token, which has no
+    /// [`GenerationEvent::Token`]); empty otherwise.
+    pub logprobs: Vec<f32>,
+    /// With [`GenerateOptions::logprobs`]: the most likely tokens at each of
+    /// [`tokens`](Self::tokens), as in [`GenerationEvent::Token`]; empty otherwise.
+    pub top_logprobs: Vec<Vec<TokenLogprob>>,
     /// Timings and counters.
     pub stats: GenerationStats,
 }
@@ -251,12 +289,21 @@ pub struct Completion {
 pub enum GenerationEvent {
     /// A sampled token and the text it completes: never a partial character, and empty
     /// while held back (an incomplete UTF-8 sequence, or text that may start a stop
-    /// string).
+    /// string). Match it with `GenerationEvent::Token { id, text, .. }`: more fields may
+    /// come.
+    #[non_exhaustive]
     Token {
         /// The token id.
         id: u32,
         /// New text.
         text: String,
+        /// With [`GenerateOptions::logprobs`]: the token's log-probability under the
+        /// model (see [`TokenLogprob`]); `None` otherwise.
+        logprob: Option<f32>,
+        /// With [`GenerateOptions::logprobs`] `Some(n)`: the `n` most likely tokens at this
+        /// position, most likely first (ties to the lower id; the chosen token is among
+        /// them only if it is that likely); empty otherwise.
+        top_logprobs: Vec<TokenLogprob>,
     },
     /// The last event.
     Done(Box<Completion>),
@@ -303,6 +350,11 @@ pub struct Generation<'s> {
     eos: Vec<u32>,
     stop: Vec<String>,
     max_tokens: usize,
+    /// [`GenerateOptions::logprobs`].
+    logprobs: Option<usize>,
+    /// Per sampled token, with `logprobs`: its log-probability and the best alternatives.
+    token_logprobs: Vec<f32>,
+    token_top: Vec<Vec<TokenLogprob>>,
     detok: IncrementalDecoder,
     held: String,
     output: String,
@@ -389,6 +441,8 @@ impl<'s> Generation<'s> {
             eos.clear();
         }
         let mut sampler = Sampler::new(options.sampling.clone());
+        // The prompt counts for the repetition penalty only (presence and frequency
+        // penalties count the generated tokens, observed as they are sampled).
         sampler.observe_all(prompt);
         let stats = GenerationStats {
             prompt_tokens: prompt.len(),
@@ -413,6 +467,9 @@ impl<'s> Generation<'s> {
                 .cloned()
                 .collect(),
             max_tokens: options.max_tokens,
+            logprobs: options.logprobs,
+            token_logprobs: Vec::new(),
+            token_top: Vec::new(),
             held: String::new(),
             output: String::new(),
             tokens: Vec::new(),
@@ -425,7 +482,7 @@ impl<'s> Generation<'s> {
 
     /// Whether `new_tokens` more prompt tokens can start a generation on `session`.
     fn check(session: &Session, new_tokens: usize, options: &GenerateOptions) -> Result<()> {
-        options.sampling.validate()?;
+        options.validate_for(session)?;
         if new_tokens == 0 {
             return Err(Error::InvalidArgument(
                 "the prompt is empty (nothing to generate from)".into(),
@@ -539,14 +596,20 @@ impl<'s> Generation<'s> {
             text,
             output: self.output.clone(),
             tokens: self.tokens.clone(),
+            logprobs: self.token_logprobs.clone(),
+            top_logprobs: self.token_top.clone(),
             stats,
         })
     }
 }
 
 impl Generation<'_> {
-    /// How many of the best logits to read back per token, or `None` for all of them.
+    /// How many of the best logits to read back per token, or `None` for all of them
+    /// (also when log-probabilities are asked: they need the whole distribution).
     fn top_n(&self) -> Option<usize> {
+        if self.logprobs.is_some() {
+            return None;
+        }
         match self.sampler.params().logits_needed() {
             LogitsNeeded::Argmax => Some(1),
             LogitsNeeded::Top(n) if n <= MAX_TOP => Some(n),
@@ -602,13 +665,13 @@ impl Iterator for Generation<'_> {
                         self.state = State::Finish(FinishReason::MaxTokens);
                         continue;
                     }
-                    let id = match logits {
-                        Scores::Full(l) => self.sampler.sample(&l),
+                    let (id, full) = match logits {
+                        Scores::Full(l) => (self.sampler.sample(&l), Some(l)),
                         Scores::Top(c) => match self.sampler.sample_candidates(&c) {
-                            Some(id) => id,
+                            Some(id) => (id, None),
                             // The candidates do not decide it: read every logit.
                             None => match self.session.last_logits() {
-                                Ok(l) => self.sampler.sample(&l),
+                                Ok(l) => (self.sampler.sample(&l), Some(l)),
                                 Err(e) => return self.fail(e),
                             },
                         },
@@ -616,12 +679,22 @@ impl Iterator for Generation<'_> {
                     if self.stats.time_to_first_token.is_none() {
                         self.stats.time_to_first_token = Some(self.t0.elapsed());
                     }
+                    // With logprobs the step read every logit (see top_n).
+                    let (logprob, top_logprobs) = match (self.logprobs, &full) {
+                        (Some(n), Some(l)) => {
+                            let (lp, top) = token_logprobs(l, id, n);
+                            self.token_logprobs.push(lp);
+                            self.token_top.push(top.clone());
+                            (Some(lp), top)
+                        }
+                        _ => (None, Vec::new()),
+                    };
                     self.tokens.push(id);
                     if self.eos.contains(&id) {
                         self.state = State::Finish(FinishReason::EndOfSequence(id));
                         continue;
                     }
-                    self.sampler.observe(id);
+                    self.sampler.observe_output(id);
                     let delta = match self.detok.push(self.tokenizer.backend().as_ref(), id) {
                         Ok(d) => d,
                         Err(e) => return self.fail(e),
@@ -637,7 +710,12 @@ impl Iterator for Generation<'_> {
                     } else {
                         State::Step(id)
                     };
-                    return Some(Ok(GenerationEvent::Token { id, text }));
+                    return Some(Ok(GenerationEvent::Token {
+                        id,
+                        text,
+                        logprob,
+                        top_logprobs,
+                    }));
                 }
                 State::Step(id) => {
                     if self.cancel.is_cancelled() {
@@ -779,7 +857,7 @@ impl Chat {
                 capacity: self.session.max_context(),
             });
         }
-        self.options.sampling.validate()?;
+        self.options.validate_for(&self.session)?;
         let mut keep = keep;
         if keep < self.context.len() {
             keep = self.session.truncate_context(keep);

@@ -38,7 +38,10 @@ pub use model::{
     LoadProgress, Model, ModelBuilder, DEFAULT_EXPERT_CACHE_BYTES, DEFAULT_IO_THREADS,
     DEFAULT_READBACK_SPIN,
 };
-pub use sampling::{Candidate, GenerationConfig, LogitsNeeded, Sampler, SamplingParams};
+pub use sampling::{
+    Candidate, GenerationConfig, LogitsNeeded, Sampler, SamplingParams, TokenLogprob,
+    MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_PENALTY,
+};
 pub use session::{Session, SessionStats, MAX_PASS_TOKENS, MAX_TOP};
 pub use store::{
     checkpoint_identity, pack_experts, pack_experts_from, PackOptions, PackOutcome, PackProgress,

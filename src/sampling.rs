@@ -1,6 +1,7 @@
 //! Picking the next token: greedy, or sampling with temperature, top-k, top-p and min-p,
-//! with a repetition penalty; seeded and deterministic. Defaults come from
-//! `generation_config.json` ([`GenerationConfig`]).
+//! with a logit bias and repetition, presence and frequency penalties; seeded and
+//! deterministic. Defaults come from `generation_config.json` ([`GenerationConfig`]).
+//! Also the log-probabilities reported with generated tokens ([`TokenLogprob`]).
 //!
 //! The [`Sampler`] works from full logits ([`Sampler::sample`]) or from a truncated list of
 //! the largest logits ([`Sampler::sample_candidates`], for a GPU-side top-N readback); it
@@ -8,6 +9,7 @@
 //! truncated list, answers only when the list determines the same result as the full
 //! logits would.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde_json::Value;
@@ -16,8 +18,24 @@ use crate::error::{Error, Result};
 
 /// How the next token is chosen. The default is greedy (argmax).
 ///
-/// The processing order is transformers': repetition penalty, temperature, top-k, top-p,
-/// min-p, then a draw from what is left.
+/// The processing order: logit bias, repetition penalty, presence and frequency penalties
+/// (these make the adjusted logits), then temperature, top-k, top-p, min-p and a draw from
+/// what is left (transformers' order from the repetition penalty on; the bias and the
+/// OpenAI-style penalties come first as in vLLM and llama.cpp).
+///
+/// Build one from [`greedy`](Self::greedy) or [`with_temperature`](Self::with_temperature)
+/// and the `with_*` methods, or with struct update syntax
+/// (`SamplingParams { top_k: 40, ..SamplingParams::with_temperature(0.7) }`).
+///
+/// ```
+/// use moestream::SamplingParams;
+/// let p = SamplingParams::with_temperature(0.7)
+///     .with_top_p(0.9)
+///     .with_frequency_penalty(0.5)
+///     .with_logit_bias(13, -100.0) // never token 13
+///     .with_seed(1);
+/// assert!(p.validate().is_ok());
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
     /// Softmax temperature; 0 (or less) means greedy.
@@ -30,8 +48,25 @@ pub struct SamplingParams {
     /// Drop tokens less likely than `min_p` times the most likely one; 0 turns it off.
     pub min_p: f32,
     /// Divide positive logits (multiply negative ones) of tokens already in the context by
-    /// this; 1 turns it off.
+    /// this; 1 turns it off. Applies to every token of the context (prompt and output),
+    /// once per distinct token. Must be positive.
     pub repetition_penalty: f32,
+    /// OpenAI's presence penalty: subtracted once from the logit of every token generated
+    /// at least once so far in this generation (sampled tokens only: the prompt and earlier
+    /// turns of a [`Chat`](crate::Chat) do not count). In [-2, 2]; negative values favour
+    /// repetition; 0 turns it off.
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty: subtracted from the logit of each token once per time it
+    /// was generated so far in this generation (same tokens as
+    /// [`presence_penalty`](Self::presence_penalty)). With `c` that count, a logit becomes
+    /// `logit - (c * frequency_penalty + presence_penalty)` when `c > 0`. In [-2, 2]; 0
+    /// turns it off.
+    pub frequency_penalty: f32,
+    /// Added to a token's logit before anything else (OpenAI's `logit_bias`): token id to
+    /// a bias in [-100, 100]; -100 in effect bans a token, +100 in effect forces it. Ids
+    /// must be below the model's vocabulary size (checked when a generation starts; a
+    /// [`Sampler`] used directly ignores ids past the logits it is given).
+    pub logit_bias: BTreeMap<u32, f32>,
     /// Seed of the random draws; `None` seeds from the clock.
     pub seed: Option<u64>,
 }
@@ -42,13 +77,24 @@ impl Default for SamplingParams {
     }
 }
 
+/// Largest [`presence_penalty`](SamplingParams::presence_penalty) and
+/// [`frequency_penalty`](SamplingParams::frequency_penalty) magnitude (OpenAI's range).
+pub const MAX_PENALTY: f32 = 2.0;
+
+/// Largest [`logit_bias`](SamplingParams::logit_bias) magnitude (OpenAI's range).
+pub const MAX_LOGIT_BIAS: f32 = 100.0;
+
+/// Extra logits read back beyond what top-k needs when adjustments can lower the
+/// candidates (see [`SamplingParams::logits_needed`]).
+const ADJUSTED_MARGIN: usize = 32;
+
 /// How many logits a [`Sampler`] needs to pick a token exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogitsNeeded {
     /// Only the largest logit and its id.
     Argmax,
-    /// The `n` largest logits and their ids (more are fine; with a repetition penalty
-    /// some extra help, see [`Sampler::sample_candidates`]).
+    /// The `n` largest logits and their ids (more are fine; with penalties or a negative
+    /// logit bias some extra help, see [`Sampler::sample_candidates`]).
     Top(usize),
     /// All of them.
     Full,
@@ -63,6 +109,9 @@ impl SamplingParams {
             top_p: 1.0,
             min_p: 0.0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: BTreeMap::new(),
             seed: None,
         }
     }
@@ -98,23 +147,143 @@ impl SamplingParams {
                 self.repetition_penalty
             ));
         }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if v.is_nan() || v.abs() > MAX_PENALTY {
+                return bad(format!(
+                    "{name} must be in [-{MAX_PENALTY}, {MAX_PENALTY}], found {v}"
+                ));
+            }
+        }
+        for (id, b) in &self.logit_bias {
+            if b.is_nan() || b.abs() > MAX_LOGIT_BIAS {
+                return bad(format!(
+                    "logit_bias of token {id} must be in [-{MAX_LOGIT_BIAS}, {MAX_LOGIT_BIAS}], found {b}"
+                ));
+            }
+        }
         Ok(())
     }
 
+    /// [`validate`](Self::validate), and checks that every
+    /// [`logit_bias`](Self::logit_bias) id is below `vocab_size` (a generation runs this
+    /// with the model's vocabulary size).
+    pub fn validate_for_vocab(&self, vocab_size: usize) -> Result<()> {
+        self.validate()?;
+        match self
+            .logit_bias
+            .keys()
+            .find(|&&id| id as usize >= vocab_size)
+        {
+            Some(id) => Err(Error::InvalidArgument(format!(
+                "logit_bias names token {id}, past the vocabulary of {vocab_size} tokens"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// How many of the largest logits a token choice needs (see [`LogitsNeeded`]).
+    ///
+    /// Adjustments that only lower logits (a negative logit bias, a repetition penalty
+    /// above 1, positive presence and frequency penalties) add a margin of 32 plus the
+    /// number of biased tokens to the top-N read; one that can raise a logit past the top-N
+    /// (a positive bias, a repetition penalty below 1, a negative presence or frequency
+    /// penalty) needs [`Full`](LogitsNeeded::Full) logits.
     pub fn logits_needed(&self) -> LogitsNeeded {
-        let penalized = self.repetition_penalty != 1.0;
+        if self.can_raise() {
+            return LogitsNeeded::Full;
+        }
+        let margin = if self.is_adjusted() {
+            ADJUSTED_MARGIN.saturating_add(self.logit_bias.len())
+        } else {
+            0
+        };
         if self.is_greedy() {
-            return if penalized {
-                LogitsNeeded::Top(32)
+            return if margin > 0 {
+                LogitsNeeded::Top(margin)
             } else {
                 LogitsNeeded::Argmax
             };
         }
         if self.top_k > 0 {
-            return LogitsNeeded::Top(self.top_k + if penalized { 32 } else { 0 });
+            return LogitsNeeded::Top(self.top_k.saturating_add(margin));
         }
         LogitsNeeded::Full
+    }
+
+    /// Whether any logit may be changed before temperature (bias or penalties).
+    fn is_adjusted(&self) -> bool {
+        !self.logit_bias.is_empty()
+            || self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+    }
+
+    /// Whether an adjustment may raise a logit (then a top-N list cannot decide).
+    fn can_raise(&self) -> bool {
+        let (r, p, f) = (
+            self.repetition_penalty,
+            self.presence_penalty,
+            self.frequency_penalty,
+        );
+        self.logit_bias.values().any(|&b| b > 0.0 || b.is_nan())
+            || r < 1.0
+            || p < 0.0
+            || f < 0.0
+            || r.is_nan()
+            || p.is_nan()
+            || f.is_nan()
+    }
+
+    /// With this seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// With this [`top_k`](Self::top_k).
+    pub fn with_top_k(mut self, top_k: usize) -> Self {
+        self.top_k = top_k;
+        self
+    }
+
+    /// With this [`top_p`](Self::top_p).
+    pub fn with_top_p(mut self, top_p: f32) -> Self {
+        self.top_p = top_p;
+        self
+    }
+
+    /// With this [`min_p`](Self::min_p).
+    pub fn with_min_p(mut self, min_p: f32) -> Self {
+        self.min_p = min_p;
+        self
+    }
+
+    /// With this [`repetition_penalty`](Self::repetition_penalty).
+    pub fn with_repetition_penalty(mut self, penalty: f32) -> Self {
+        self.repetition_penalty = penalty;
+        self
+    }
+
+    /// With this [`presence_penalty`](Self::presence_penalty).
+    pub fn with_presence_penalty(mut self, penalty: f32) -> Self {
+        self.presence_penalty = penalty;
+        self
+    }
+
+    /// With this [`frequency_penalty`](Self::frequency_penalty).
+    pub fn with_frequency_penalty(mut self, penalty: f32) -> Self {
+        self.frequency_penalty = penalty;
+        self
+    }
+
+    /// With a [`logit_bias`](Self::logit_bias) of `bias` on token `id` (replacing any
+    /// earlier bias of that token).
+    pub fn with_logit_bias(mut self, id: u32, bias: f32) -> Self {
+        self.logit_bias.insert(id, bias);
+        self
     }
 }
 
@@ -127,15 +296,19 @@ pub struct Candidate {
     pub logit: f32,
 }
 
-/// Chooses tokens with [`SamplingParams`]; keeps the random state and the set of tokens
-/// the repetition penalty applies to. The same seed, params and inputs give the same
-/// tokens.
+/// Chooses tokens with [`SamplingParams`]; keeps the random state, the tokens the
+/// repetition penalty applies to ([`observe`](Self::observe)) and the counts of generated
+/// tokens the presence and frequency penalties use ([`observe_output`](Self::observe_output)).
+/// The same seed, params and inputs give the same tokens.
 #[derive(Debug, Clone)]
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
     seen: Seen,
+    /// Times each token was generated (only with a presence or frequency penalty).
+    counts: HashMap<u32, u32>,
     scratch: Vec<Candidate>,
+    adjusted: Vec<f32>,
 }
 
 impl Sampler {
@@ -146,7 +319,9 @@ impl Sampler {
             params,
             rng: Rng::new(seed),
             seen: Seen::default(),
+            counts: HashMap::new(),
             scratch: Vec::new(),
+            adjusted: Vec::new(),
         }
     }
 
@@ -155,7 +330,7 @@ impl Sampler {
         &self.params
     }
 
-    /// Records a token of the context (for the repetition penalty).
+    /// Records a token of the context (for the repetition penalty): the prompt's tokens.
     pub fn observe(&mut self, id: u32) {
         if self.params.repetition_penalty != 1.0 {
             self.seen.insert(id);
@@ -169,31 +344,82 @@ impl Sampler {
         }
     }
 
-    /// Forgets the recorded tokens.
-    pub fn clear_history(&mut self) {
-        self.seen.clear();
+    /// Records a generated (sampled) token: it counts for the presence and frequency
+    /// penalties and, as with [`observe`](Self::observe), the repetition penalty.
+    pub fn observe_output(&mut self, id: u32) {
+        self.observe(id);
+        if self.params.presence_penalty != 0.0 || self.params.frequency_penalty != 0.0 {
+            *self.counts.entry(id).or_default() += 1;
+        }
     }
 
-    fn penalize(&self, id: u32, logit: f32) -> f32 {
-        let p = self.params.repetition_penalty;
-        if p != 1.0 && self.seen.contains(id) {
-            if logit < 0.0 {
-                logit * p
+    /// Forgets the recorded tokens (context and generated).
+    pub fn clear_history(&mut self) {
+        self.seen.clear();
+        self.counts.clear();
+    }
+
+    /// Whether [`adjust`](Self::adjust) may change this token's logit.
+    fn touched(&self, id: u32) -> bool {
+        self.params.logit_bias.contains_key(&id)
+            || self.seen.contains(id)
+            || self.counts.contains_key(&id)
+    }
+
+    /// The logit after the bias, the repetition penalty and the presence and frequency
+    /// penalties (in that order). The full and the truncated paths both use this, so they
+    /// see the same values.
+    fn adjust(&self, id: u32, logit: f32) -> f32 {
+        let p = &self.params;
+        let mut v = logit;
+        if let Some(b) = p.logit_bias.get(&id) {
+            v += b;
+        }
+        if p.repetition_penalty != 1.0 && self.seen.contains(id) {
+            v = if v < 0.0 {
+                v * p.repetition_penalty
             } else {
-                logit / p
+                v / p.repetition_penalty
+            };
+        }
+        if let Some(&c) = self.counts.get(&id) {
+            v -= c as f32 * p.frequency_penalty + p.presence_penalty;
+        }
+        v
+    }
+
+    /// Writes the adjusted logits of `raw` into `out` (a copy of `raw`): only the
+    /// tokens with a bias or a history change.
+    fn adjust_all(&self, raw: &[f32], out: &mut Vec<f32>) {
+        out.clear();
+        out.extend_from_slice(raw);
+        let ids = self
+            .params
+            .logit_bias
+            .keys()
+            .copied()
+            .chain(self.seen.iter())
+            .chain(self.counts.keys().copied());
+        for id in ids {
+            if let Some(&x) = raw.get(id as usize) {
+                out[id as usize] = self.adjust(id, x);
             }
-        } else {
-            logit
         }
     }
 
     /// The next token from the full logits (one per vocabulary entry). NaN logits count
     /// as minus infinity. Returns 0 for an empty slice.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.params.is_greedy() {
+        let mut adjusted = std::mem::take(&mut self.adjusted);
+        let logits = if self.params.is_adjusted() {
+            self.adjust_all(logits, &mut adjusted);
+            &adjusted[..]
+        } else {
+            logits
+        };
+        let id = if self.params.is_greedy() {
             let mut best: Option<(u32, f32)> = None;
-            for (i, &x) in logits.iter().enumerate() {
-                let v = self.penalize(i as u32, x);
+            for (i, &v) in logits.iter().enumerate() {
                 if v.is_nan() {
                     continue;
                 }
@@ -201,25 +427,32 @@ impl Sampler {
                     best = Some((i as u32, v));
                 }
             }
-            return best.map_or(0, |(i, _)| i);
-        }
-        let mut cands = std::mem::take(&mut self.scratch);
-        cands.clear();
-        cands.extend(logits.iter().enumerate().map(|(i, &x)| Candidate {
-            id: i as u32,
-            logit: self.penalize(i as u32, x),
-        }));
-        let id = self.draw(&mut cands);
-        self.scratch = cands;
+            best.map_or(0, |(i, _)| i)
+        } else {
+            let mut cands = std::mem::take(&mut self.scratch);
+            cands.clear();
+            cands.extend(logits.iter().enumerate().map(|(i, &x)| Candidate {
+                id: i as u32,
+                logit: x,
+            }));
+            let id = self.draw(&mut cands);
+            self.scratch = cands;
+            id
+        };
+        self.adjusted = adjusted;
         id
     }
 
     /// The next token from a truncated list: the largest logits with their ids (any
     /// order), e.g. a GPU-side top-N readback. Returns `None` when the list does not
     /// determine the token the full logits would give (then call
-    /// [`sample`](Self::sample) with all logits):
-    /// - greedy: the list must hold a token the repetition penalty does not lower;
-    /// - top-k: it must hold `top_k` such tokens (top-p and min-p then work on them);
+    /// [`sample`](Self::sample) with all logits; no random number is used up):
+    /// - an adjustment that can raise a logit (see [`SamplingParams::logits_needed`]):
+    ///   always `None`;
+    /// - greedy: the list must hold a token no adjustment touches, or its best adjusted
+    ///   logit must beat the list's smallest raw logit;
+    /// - top-k: likewise `top_k` such tokens, or a `top_k`-th largest adjusted logit above
+    ///   the smallest raw one (top-p and min-p then work on them);
     /// - no top-k: min-p alone must cut inside the list; top-p or plain temperature
     ///   sampling need the full logits.
     pub fn sample_candidates(&mut self, candidates: &[Candidate]) -> Option<u32> {
@@ -227,45 +460,55 @@ impl Sampler {
             return None;
         }
         let p = &self.params;
-        let penalized = p.repetition_penalty != 1.0;
-        let unpenalized = if penalized {
-            candidates
-                .iter()
-                .filter(|c| !self.seen.contains(c.id))
-                .count()
+        if p.can_raise() {
+            return None;
+        }
+        let adjusted = p.is_adjusted();
+        let untouched = if adjusted {
+            candidates.iter().filter(|c| !self.touched(c.id)).count()
         } else {
             candidates.len()
         };
         let clean = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { x };
+        // Every token outside the list has a raw logit at most this, and adjustments only
+        // lower logits.
+        let floor = candidates
+            .iter()
+            .map(|c| clean(c.logit))
+            .fold(f32::INFINITY, f32::min);
         if p.is_greedy() {
-            if unpenalized == 0 {
-                return None;
-            }
             let mut best: Option<(u32, f32)> = None;
             for c in candidates {
-                let v = clean(self.penalize(c.id, c.logit));
+                let v = clean(self.adjust(c.id, c.logit));
                 if best.is_none_or(|(bid, b)| v > b || (v == b && c.id < bid)) {
                     best = Some((c.id, v));
                 }
             }
-            return best.map(|(i, _)| i);
+            let (id, v) = best?;
+            return (untouched > 0 || v > floor).then_some(id);
         }
         if p.top_k > 0 {
-            if unpenalized < p.top_k {
+            if candidates.len() < p.top_k {
                 return None;
+            }
+            if untouched < p.top_k {
+                let mut vals: Vec<f32> = candidates
+                    .iter()
+                    .map(|c| clean(self.adjust(c.id, c.logit)))
+                    .collect();
+                vals.sort_by(|a, b| b.total_cmp(a));
+                if vals[p.top_k - 1] <= floor {
+                    return None;
+                }
             }
         } else if p.top_p < 1.0 || p.min_p <= 0.0 {
             return None;
         } else {
-            // min-p alone: every token outside the list (at most the list's smallest raw
-            // logit) must fall below the cut.
-            let floor = candidates
-                .iter()
-                .map(|c| clean(c.logit))
-                .fold(f32::INFINITY, f32::min);
+            // min-p alone: every token outside the list (adjusted logit at most the list's
+            // smallest raw logit) must fall below the cut.
             let top = candidates
                 .iter()
-                .map(|c| clean(self.penalize(c.id, c.logit)))
+                .map(|c| clean(self.adjust(c.id, c.logit)))
                 .fold(f32::NEG_INFINITY, f32::max);
             let rel = ((f64::from(floor) - f64::from(top)) / f64::from(p.temperature)).exp();
             if rel >= f64::from(p.min_p) || rel.is_nan() {
@@ -276,7 +519,7 @@ impl Sampler {
         cands.clear();
         cands.extend(candidates.iter().map(|c| Candidate {
             id: c.id,
-            logit: self.penalize(c.id, c.logit),
+            logit: self.adjust(c.id, c.logit),
         }));
         // The list's order must not matter: draw from id order, as from full logits.
         cands.sort_by_key(|c| c.id);
@@ -285,12 +528,17 @@ impl Sampler {
         Some(id)
     }
 
-    /// Temperature, top-k, top-p, min-p, then a draw. `cands` holds penalized logits in id
+    /// Temperature, top-k, top-p, min-p, then a draw. `cands` holds adjusted logits in id
     /// order; the draw walks what is left in id order, so a truncated list and the full
     /// logits give the same token for the same random number.
     fn draw(&mut self, cands: &mut Vec<Candidate>) -> u32 {
-        let p = self.params.clone();
-        let t = p.temperature;
+        let SamplingParams {
+            temperature: t,
+            top_k,
+            top_p,
+            min_p,
+            ..
+        } = self.params;
         for c in cands.iter_mut() {
             c.logit = if c.logit.is_nan() {
                 f32::NEG_INFINITY
@@ -299,8 +547,8 @@ impl Sampler {
             };
         }
         let mut by_id = true;
-        if p.top_k > 0 && p.top_k < cands.len() {
-            let k = p.top_k;
+        if top_k > 0 && top_k < cands.len() {
+            let k = top_k;
             cands.select_nth_unstable_by(k - 1, desc);
             let threshold = cands[k - 1].logit;
             // transformers keeps every token tied with the k-th.
@@ -314,8 +562,8 @@ impl Sampler {
             cands.truncate(keep);
             by_id = false;
         }
-        if p.top_p < 1.0 {
-            let n = top_p_count(cands, p.top_p);
+        if top_p < 1.0 {
+            let n = top_p_count(cands, top_p);
             cands.truncate(n);
             by_id = false;
         }
@@ -327,8 +575,8 @@ impl Sampler {
             // Nothing is possible; fall back to the smallest id left.
             return cands.iter().map(|c| c.id).min().unwrap_or(0);
         }
-        if p.min_p > 0.0 {
-            let cut = f64::from(p.min_p).ln();
+        if min_p > 0.0 {
+            let cut = f64::from(min_p).ln();
             let max64 = f64::from(max);
             cands.retain(|c| f64::from(c.logit) - max64 >= cut);
         }
@@ -382,6 +630,88 @@ impl Seen {
     fn clear(&mut self) {
         self.bits.clear();
     }
+
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.bits.iter().enumerate().flat_map(|(w, &word)| {
+            (0..64u32)
+                .filter(move |b| word & (1 << b) != 0)
+                .map(move |b| w as u32 * 64 + b)
+        })
+    }
+}
+
+/// Largest [`GenerateOptions::logprobs`](crate::GenerateOptions::logprobs) (OpenAI's
+/// limit on `top_logprobs`).
+pub const MAX_LOGPROBS: usize = 20;
+
+/// A token and its log-probability under the model: the natural logarithm of its softmax
+/// probability over the raw logits (before temperature, penalties and logit bias, as
+/// OpenAI reports them).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct TokenLogprob {
+    /// Token id.
+    pub id: u32,
+    /// `ln p(id)`, at most 0; minus infinity for a token the model rules out.
+    pub logprob: f32,
+}
+
+/// The log-probability of token `id` under `logits` (log-softmax, NaN counting as minus
+/// infinity) and the `n` most likely tokens, most likely first (ties to the lower id).
+pub(crate) fn token_logprobs(logits: &[f32], id: u32, n: usize) -> (f32, Vec<TokenLogprob>) {
+    let clean = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { x };
+    let max = logits
+        .iter()
+        .map(|&x| clean(x))
+        .fold(f32::NEG_INFINITY, f32::max);
+    let lse = if max.is_infinite() {
+        f64::from(max)
+    } else {
+        let m = f64::from(max);
+        let sum: f64 = logits
+            .iter()
+            .map(|&x| (f64::from(clean(x)) - m).exp())
+            .sum();
+        m + sum.ln()
+    };
+    let logprob = |x: f32| {
+        let x = clean(x);
+        if x == f32::INFINITY {
+            // An infinite logit takes all the mass (shared with any other).
+            let k = logits.iter().filter(|&&y| y == f32::INFINITY).count();
+            return -(k as f32).ln();
+        }
+        let v = f64::from(x) - lse;
+        if v.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            v as f32
+        }
+    };
+    let chosen = logits
+        .get(id as usize)
+        .map_or(f32::NEG_INFINITY, |&x| logprob(x));
+    // The n best in one pass: a short sorted list, ties kept in id order.
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+    if n > 0 {
+        for (i, &x) in logits.iter().enumerate() {
+            let x = clean(x);
+            if top.len() == n && top.last().is_some_and(|&(_, y)| x <= y) {
+                continue;
+            }
+            let at = top.partition_point(|&(_, y)| y >= x);
+            top.insert(at, (i as u32, x));
+            top.truncate(n);
+        }
+    }
+    let top = top
+        .into_iter()
+        .map(|(id, x)| TokenLogprob {
+            id,
+            logprob: logprob(x),
+        })
+        .collect();
+    (chosen, top)
 }
 
 /// Descending logit, then ascending id: a total order.
@@ -651,7 +981,7 @@ impl GenerationConfig {
             top_p: self.top_p.unwrap_or(1.0),
             min_p: self.min_p.unwrap_or(0.0),
             repetition_penalty,
-            seed: None,
+            ..SamplingParams::greedy()
         }
     }
 }

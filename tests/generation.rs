@@ -77,7 +77,7 @@ fn run(
     let mut done = None;
     for ev in session.generate(tok, prompt, opts).unwrap() {
         match ev.unwrap() {
-            GenerationEvent::Token { id, text } => {
+            GenerationEvent::Token { id, text, .. } => {
                 assert!(done.is_none(), "a token after Done");
                 tokens.push((id, text));
             }

@@ -339,7 +339,7 @@ fn seeded_sampling_is_deterministic() {
         top_p: 0.95,
         min_p: 0.01,
         repetition_penalty: 1.2,
-        seed: None,
+        ..SamplingParams::greedy()
     };
     let run = |seed| {
         let mut s = sampler(p.clone(), seed);
