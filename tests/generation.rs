@@ -1,14 +1,15 @@
 //! Generation end to end on a tiny synthetic model with the chatml_bpe fixture tokenizer:
 //! events, determinism with a seed, finish reasons, stop strings across token boundaries,
-//! cancellation, multi-turn prefix reuse.
+//! cancellation, multi-turn prefix reuse, log-probabilities, logit bias and penalties.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use moestream::synthetic::SyntheticSpec;
 use moestream::{
-    CancelHandle, Chat, ChatMessage, Completion, DType, FinishReason, GenerateOptions,
-    GenerationConfig, GenerationEvent, Model, Prompt, SamplingParams, Session, Tokenizer,
+    CancelHandle, Candidate, Chat, ChatMessage, Completion, DType, FinishReason, GenerateOptions,
+    GenerationConfig, GenerationEvent, LogitsNeeded, Model, Prompt, Sampler, SamplingParams,
+    Session, Tokenizer,
 };
 
 /// A synthetic model (vocab 512 >= the tokenizer's 422) in a temp folder with the
@@ -444,4 +445,337 @@ fn hybrid_chat_gives_the_tokens_of_a_fresh_prefill_when_it_grows_and_when_it_div
     assert_eq!(chat.session().position(), chat.cached_tokens());
     // The session reports the recurrent states it holds.
     assert!(chat.session().state_bytes() > chat.session().kv_cache_bytes());
+}
+
+// ---------------------------------------------------------------------------------------
+// Log-probabilities, logit bias, presence and frequency penalties
+
+/// One token event's fields: (id, logprob, top_logprobs as (id, logprob)).
+type Scored = (u32, Option<f32>, Vec<(u32, f32)>);
+
+/// Runs a generation to the end, keeping each token event's log-probabilities.
+fn run_scored(
+    session: &mut Session,
+    prompt: impl Into<Prompt>,
+    opts: &GenerateOptions,
+) -> (Vec<Scored>, Completion) {
+    let mut events = Vec::new();
+    for ev in session.generate(&tokenizer(), prompt, opts).unwrap() {
+        match ev.unwrap() {
+            GenerationEvent::Token {
+                id,
+                logprob,
+                top_logprobs,
+                ..
+            } => events.push((
+                id,
+                logprob,
+                top_logprobs.iter().map(|t| (t.id, t.logprob)).collect(),
+            )),
+            GenerationEvent::Done(c) => return (events, *c),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    panic!("no Done event")
+}
+
+/// log_softmax of raw logits, in f64.
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let lse = max
+        + logits
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    logits.iter().map(|&x| x as f64 - lse).collect()
+}
+
+/// Samples `n` tokens after `prompt` from the full logits of `Session::prefill`/`step`
+/// with a bare `Sampler`, as a generation should (the prompt observed for the repetition
+/// penalty, sampled tokens for all penalties). Also returns each step's logits and how
+/// many steps a top-N list (as big as `logits_needed` asks) could not decide.
+fn sample_from_full_logits(
+    params: &SamplingParams,
+    prompt: &[u32],
+    n: usize,
+) -> (Vec<u32>, Vec<Vec<f32>>, usize) {
+    let needed = match params.logits_needed() {
+        LogitsNeeded::Argmax => 1,
+        LogitsNeeded::Top(n) => n,
+        LogitsNeeded::Full => usize::MAX,
+    };
+    let mut s = model().session(1024).unwrap();
+    let mut sampler = Sampler::new(params.clone());
+    sampler.observe_all(prompt);
+    let mut logits = s.prefill(prompt).unwrap();
+    let (mut ids, mut all, mut undecided) = (Vec::new(), Vec::new(), 0);
+    for i in 0..n {
+        if needed < logits.len() {
+            let mut top: Vec<Candidate> = logits
+                .iter()
+                .enumerate()
+                .map(|(id, &logit)| Candidate {
+                    id: id as u32,
+                    logit,
+                })
+                .collect();
+            top.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
+            top.truncate(needed);
+            // A clone: asking must not use up the sampler's random numbers.
+            undecided += usize::from(sampler.clone().sample_candidates(&top).is_none());
+        }
+        let id = sampler.sample(&logits);
+        sampler.observe_output(id);
+        ids.push(id);
+        all.push(logits.clone());
+        if i + 1 < n {
+            logits = s.step(id).unwrap();
+        }
+    }
+    (ids, all, undecided)
+}
+
+#[test]
+fn logprobs_are_the_log_softmax_of_the_raw_logits() {
+    let prompt: Vec<u32> = vec![5, 17, 300, 42, 99];
+    // Sampled at temperature 0.5 with a penalty and a bias: the reported values are still
+    // those of the raw distribution.
+    let mut opts = sampled(21, 8);
+    opts.sampling.temperature = 0.5;
+    opts.sampling.frequency_penalty = 0.5;
+    opts.sampling.logit_bias.insert(7, 3.0);
+    opts.logprobs = Some(5);
+    let mut s = model().session(256).unwrap();
+    let (events, done) = run_scored(&mut s, prompt.clone(), &opts);
+    assert_eq!(events.len(), 8);
+    let (ids, logits, _) = sample_from_full_logits(&opts.sampling, &prompt, 8);
+    assert_eq!(done.tokens, ids);
+    assert_eq!(done.logprobs.len(), 8);
+    assert_eq!(done.top_logprobs.len(), 8);
+    for (i, ((id, lp, top), logits)) in events.iter().zip(&logits).enumerate() {
+        let want = log_softmax(logits);
+        let lp = lp.expect("a logprob");
+        assert!(
+            (lp as f64 - want[*id as usize]).abs() < 1e-5,
+            "token {i}: {lp} vs {}",
+            want[*id as usize]
+        );
+        assert_eq!(done.logprobs[i], lp);
+        // The true top 5, most likely first.
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        order.sort_by(|&a, &b| {
+            logits[b as usize]
+                .total_cmp(&logits[a as usize])
+                .then(a.cmp(&b))
+        });
+        let top_ids: Vec<u32> = top.iter().map(|t| t.0).collect();
+        assert_eq!(top_ids, order[..5], "token {i}");
+        assert!(top.windows(2).all(|w| w[0].1 >= w[1].1), "{top:?}");
+        for &(t, l) in top {
+            assert!((l as f64 - want[t as usize]).abs() < 1e-5);
+        }
+        let completion_top: Vec<(u32, f32)> = done.top_logprobs[i]
+            .iter()
+            .map(|t| (t.id, t.logprob))
+            .collect();
+        assert_eq!(&completion_top, top);
+    }
+    // Off by default; Some(0) gives only the chosen token's.
+    let mut s = model().session(256).unwrap();
+    let (events, done) = run_scored(&mut s, prompt.clone(), &sampled(21, 3));
+    assert!(events.iter().all(|e| e.1.is_none() && e.2.is_empty()));
+    assert!(done.logprobs.is_empty() && done.top_logprobs.is_empty());
+    opts.logprobs = Some(0);
+    let mut s = model().session(256).unwrap();
+    let (events, _) = run_scored(&mut s, prompt, &opts);
+    assert!(events.iter().all(|e| e.1.is_some() && e.2.is_empty()));
+}
+
+#[test]
+fn logprobs_of_an_end_of_sequence_token_are_in_the_completion() {
+    let prompt: Vec<u32> = vec![5, 17, 300];
+    let mut opts = GenerateOptions {
+        max_tokens: 4,
+        logprobs: Some(2),
+        ..GenerateOptions::default()
+    };
+    let mut s = model().session(64).unwrap();
+    let (_, first) = run_scored(&mut s, prompt.clone(), &opts);
+    opts.eos_token_ids = vec![first.tokens[0]];
+    let mut s = model().session(64).unwrap();
+    let (events, done) = run_scored(&mut s, prompt, &opts);
+    assert!(events.is_empty());
+    assert_eq!(done.reason, FinishReason::EndOfSequence(first.tokens[0]));
+    assert_eq!(done.logprobs, first.logprobs[..1]);
+    assert_eq!(done.top_logprobs[0].len(), 2);
+}
+
+#[test]
+fn logit_bias_forces_and_bans_tokens() {
+    let prompt: Vec<u32> = vec![11, 12, 13, 14];
+    let greedy = GenerateOptions {
+        max_tokens: 6,
+        ignore_eos: true,
+        ..GenerateOptions::default()
+    };
+    let mut s = model().session(64).unwrap();
+    let (_, free) = run_scored(&mut s, prompt.clone(), &greedy);
+    // -100 bans the tokens greedy decoding picked.
+    let mut banned = greedy.clone();
+    for &id in &free.tokens {
+        banned.sampling.logit_bias.insert(id, -100.0);
+    }
+    assert!(matches!(
+        banned.sampling.logits_needed(),
+        LogitsNeeded::Top(_)
+    ));
+    let mut s = model().session(64).unwrap();
+    let (_, done) = run_scored(&mut s, prompt.clone(), &banned);
+    assert_eq!(done.tokens.len(), 6);
+    assert!(
+        done.tokens.iter().all(|t| !free.tokens.contains(t)),
+        "{done:?}"
+    );
+    // +100 forces a token, greedy or sampled.
+    let forced_id = (0..512).find(|t| !free.tokens.contains(t)).unwrap();
+    for base in [greedy.clone(), sampled(4, 6)] {
+        let mut forced = base;
+        forced.sampling.logit_bias.insert(forced_id, 100.0);
+        let mut s = model().session(64).unwrap();
+        let (_, done) = run_scored(&mut s, prompt.clone(), &forced);
+        assert_eq!(done.tokens, [forced_id; 6]);
+    }
+}
+
+#[test]
+fn penalties_and_bias_give_the_same_tokens_on_the_top_n_and_full_paths() {
+    // Adjustments that only lower logits keep the top-N readback (with a margin and a
+    // fallback to every logit); raising ones read every logit. Either way the tokens are
+    // those of sampling from the full logits with the same seed, and asking for logprobs
+    // (which forces full readbacks) does not change them.
+    let every_id: Vec<u32> = (0..512).collect();
+    let short: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6];
+    let sampled_k = SamplingParams::with_temperature(0.9)
+        .with_top_k(12)
+        .with_top_p(0.95)
+        .with_seed(77);
+    let cases = [
+        // Greedy, every token of the prompt penalized: the top-N lists often cannot
+        // decide, so the fallback runs.
+        (
+            SamplingParams::greedy()
+                .with_repetition_penalty(2.0)
+                .with_presence_penalty(0.5),
+            &every_id,
+            true,
+        ),
+        (
+            sampled_k
+                .clone()
+                .with_frequency_penalty(1.5)
+                .with_presence_penalty(0.7)
+                .with_logit_bias(7, -5.0)
+                .with_logit_bias(300, -100.0),
+            &short,
+            false,
+        ),
+        (
+            sampled_k
+                .clone()
+                .with_repetition_penalty(1.8)
+                .with_frequency_penalty(2.0),
+            &every_id,
+            true,
+        ),
+        // Raising: full logits.
+        (
+            sampled_k
+                .clone()
+                .with_presence_penalty(-1.0)
+                .with_logit_bias(40, 4.0),
+            &short,
+            false,
+        ),
+    ];
+    for (i, (params, prompt, expect_fallback)) in cases.into_iter().enumerate() {
+        params.validate().unwrap();
+        let n = 12;
+        let (want, _, undecided) = sample_from_full_logits(&params, prompt, n);
+        if expect_fallback {
+            assert!(undecided > 0, "case {i}: the top-N path always decided");
+        }
+        let mut opts = GenerateOptions {
+            sampling: params.clone(),
+            max_tokens: n,
+            ignore_eos: true,
+            ..GenerateOptions::default()
+        };
+        let mut s = model().session(1024).unwrap();
+        let (_, top_path) = run_scored(&mut s, prompt.clone(), &opts);
+        opts.logprobs = Some(0);
+        let mut s = model().session(1024).unwrap();
+        let (_, full_path) = run_scored(&mut s, prompt.clone(), &opts);
+        assert_eq!(top_path.tokens, want, "case {i}: {params:?}");
+        assert_eq!(full_path.tokens, want, "case {i}");
+    }
+}
+
+#[test]
+fn invalid_sampling_and_logprobs_options_name_the_field() {
+    let tok = tokenizer();
+    let mut s = model().session(64).unwrap();
+    let g = SamplingParams::greedy;
+    let cases = [
+        (
+            g().with_presence_penalty(f32::NAN),
+            None,
+            "presence_penalty",
+        ),
+        (g().with_presence_penalty(-2.5), None, "presence_penalty"),
+        (g().with_frequency_penalty(3.0), None, "frequency_penalty"),
+        (
+            g().with_frequency_penalty(f32::NAN),
+            None,
+            "frequency_penalty",
+        ),
+        (g().with_logit_bias(5, 150.0), None, "logit_bias"),
+        (g().with_logit_bias(5, f32::NAN), None, "logit_bias"),
+        // The model's vocabulary is 512.
+        (g().with_logit_bias(512, -1.0), None, "logit_bias"),
+        (g(), Some(21), "logprobs"),
+    ];
+    for (sampling, logprobs, field) in cases {
+        let opts = GenerateOptions {
+            sampling,
+            logprobs,
+            ..GenerateOptions::default()
+        };
+        match s.generate(&tok, vec![1u32, 2, 3], &opts) {
+            Err(moestream::Error::InvalidArgument(m)) => {
+                assert!(m.contains(field), "{field}: {m}")
+            }
+            other => panic!("{field}: {:?}", other.map(|_| ())),
+        }
+        // A chat turn checks them too, before touching the conversation.
+        let mut chat = Chat::new(model().session(64).unwrap(), tok.clone(), opts);
+        assert!(matches!(
+            chat.send("Hi"),
+            Err(moestream::Error::InvalidArgument(_))
+        ));
+        assert!(chat.messages().is_empty());
+    }
+    assert_eq!(s.position(), 0);
+    // The limits themselves are fine.
+    let opts = GenerateOptions {
+        sampling: g()
+            .with_presence_penalty(2.0)
+            .with_frequency_penalty(-2.0)
+            .with_logit_bias(511, -100.0),
+        logprobs: Some(moestream::MAX_LOGPROBS),
+        max_tokens: 1,
+        ..GenerateOptions::default()
+    };
+    let (events, _) = run_scored(&mut s, vec![1u32, 2, 3], &opts);
+    assert_eq!(events[0].2.len(), 20);
 }
