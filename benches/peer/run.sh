@@ -31,11 +31,13 @@ bench=/tmp/llama-build/bin/llama-bench
 case "$model" in
     qwen3-30b-a3b)
         gguf="$out/q30.gguf"
+        rm -f "$out/q35.gguf" # the GPU machine's 64 GB disk holds one GGUF beside the models
         [ -f "$gguf" ] || python3 benches/peer/make_gguf_qwen3moe.py --out "$gguf" \
             --gguf-py .peer/llama.cpp/gguf-py > "$out/gguf.log" 2>&1
         ;;
     qwen3.5-35b-a3b)
         gguf="$out/q35.gguf"
+        rm -f "$out/q30.gguf"
         [ -f "$gguf" ] || python3 benches/peer/make_gguf_qwen35moe.py --out "$gguf" \
             --gguf-py .peer/llama.cpp/gguf-py > "$out/gguf.log" 2>&1
         ;;
