@@ -193,6 +193,30 @@ impl LayerWeights {
     }
 }
 
+/// The delta-rule parameters of a dispatch over `n` projection rows laid out as `pr`,
+/// with the constants binding of `lw` (returned with them).
+fn delta_params(
+    sh: DeltaNetShape,
+    pr: Proj,
+    n: usize,
+    lw: &LayerWeights,
+) -> (GatedDeltaNetParams, Vec<f32>) {
+    let (consts, a_log_at, dt_bias_at) = lw.consts();
+    let params = GatedDeltaNetParams::new(
+        n as u32,
+        sh.key_heads as u32,
+        sh.value_heads as u32,
+        sh.key_dim as u32,
+        sh.value_dim as u32,
+        pr.stride as u32,
+        pr.b as u32,
+        pr.a as u32,
+    )
+    .unwrap()
+    .with_consts(a_log_at, dt_bias_at);
+    (params, consts)
+}
+
 /// The reference's beta and g [n, Hv] from the projection rows.
 fn gates(rows: &[f32], pr: Proj, n: usize, lw: &LayerWeights) -> (Vec<f32>, Vec<f32>) {
     let hv = lw.a_log.len();
@@ -370,19 +394,7 @@ fn check_delta(
     let (beta, g) = gates(&rows, pr, n, &lw);
     let mut want_state = state0.to_vec();
     let want = reference_delta(sh, n, &y, &beta, &g, &mut want_state);
-    let params = GatedDeltaNetParams::new(
-        n as u32,
-        sh.key_heads as u32,
-        sh.value_heads as u32,
-        sh.key_dim as u32,
-        sh.value_dim as u32,
-        pr.stride as u32,
-        pr.b as u32,
-        pr.a as u32,
-    )
-    .unwrap();
-    let (consts, a_log_at, dt_bias_at) = lw.consts();
-    let mut params = params.with_consts(a_log_at, dt_bias_at);
+    let (mut params, consts) = delta_params(sh, pr, n, &lw);
     let vd = sh.value_heads * sh.value_dim;
     // Without a fused convolution the conv states are neither read nor written.
     let conv_len = 3 * c + TAIL;
@@ -547,21 +559,8 @@ fn gated_delta_net_with_conv() {
             let mut want_state = state0.clone();
             let want = reference_delta(sh, 1, &y, &beta, &g, &mut want_state);
 
-            let (consts, a_log_at, dt_bias_at) = lw.consts();
-            let mut params = GatedDeltaNetParams::new(
-                1,
-                sh.key_heads as u32,
-                sh.value_heads as u32,
-                sh.key_dim as u32,
-                sh.value_dim as u32,
-                pr.stride as u32,
-                pr.b as u32,
-                pr.a as u32,
-            )
-            .unwrap()
-            .with_conv(k as u32, pr.qkv as u32)
-            .unwrap()
-            .with_consts(a_log_at, dt_bias_at);
+            let (params, consts) = delta_params(sh, pr, 1, &lw);
+            let mut params = params.with_conv(k as u32, pr.qkv as u32).unwrap();
             let (state_in, conv_in) = if fresh {
                 params.fresh = 1;
                 (
@@ -707,19 +706,7 @@ fn gpu_mixer(
 ) -> Vec<f32> {
     let c = sh.conv_channels();
     let vd = sh.value_heads * sh.value_dim;
-    let (consts, a_log_at, dt_bias_at) = lw.consts();
-    let delta = GatedDeltaNetParams::new(
-        n as u32,
-        sh.key_heads as u32,
-        sh.value_heads as u32,
-        sh.key_dim as u32,
-        sh.value_dim as u32,
-        pr.stride as u32,
-        pr.b as u32,
-        pr.a as u32,
-    )
-    .unwrap()
-    .with_consts(a_log_at, dt_bias_at);
+    let (delta, consts) = delta_params(sh, pr, n, lw);
     // A decode step runs the convolution inside the delta rule, as the engine does.
     let (delta, y) = if n == 1 {
         let fused = delta.with_conv(k as u32, pr.qkv as u32).unwrap();
