@@ -507,6 +507,27 @@ impl safetensors::View for Lazy {
     }
 }
 
+/// `(prefix, lead, rows, cols, amplitude, quantization) -> tensors`: the writers' matrix
+/// maker (float, or MLX-quantized codes with scales and biases).
+pub(crate) type MatrixFn<'a> =
+    dyn Fn(String, &[usize], usize, usize, f32, Option<(u32, u32)>) -> Vec<(String, Lazy)> + 'a;
+
+/// The token embedding and the output head `[vocab, hidden]` under `names`, quantized with
+/// `quant`: how every family's writer starts.
+pub(crate) fn embed_and_head(
+    spec: &SyntheticSpec,
+    names: &Names,
+    matrix: &MatrixFn<'_>,
+    quant: Option<(u32, u32)>,
+) -> Vec<(String, Lazy)> {
+    let strip = |n: &str| n.trim_end_matches(".weight").to_string();
+    let (v, h) = (spec.vocab_size, spec.hidden_size);
+    let mut out = matrix(strip(&names.embed()), &[], v, h, 1.0, quant);
+    let amp = 1.0 / (h as f32).sqrt();
+    out.extend(matrix(strip(names.lm_head), &[], v, h, amp, quant));
+    out
+}
+
 /// Whether `dir` is an empty folder or one a [`SyntheticSpec::write`] made (its
 /// `config.json` says `"synthetic": true`).
 fn is_synthetic_folder(dir: &Path) -> bool {
@@ -758,23 +779,7 @@ impl SyntheticSpec {
         let rq = q.map(|(b, g)| self.router_quant(b, g));
         let names = Names::HF;
         let strip = |n: &str| n.trim_end_matches(".weight").to_string();
-        let mut out = Vec::new();
-        out.extend(matrix(
-            strip(&names.embed()),
-            &[],
-            self.vocab_size,
-            h,
-            1.0,
-            q,
-        ));
-        out.extend(matrix(
-            strip(names.lm_head),
-            &[],
-            self.vocab_size,
-            h,
-            w(h),
-            q,
-        ));
+        let mut out = embed_and_head(self, &names, &matrix, q);
         // Qwen3.5's norms are zero-centred (the model multiplies by 1 + w).
         let norm = |name: String, n: usize| {
             if self.linear_attention.is_some() {

@@ -6,9 +6,8 @@
 //! float); float specs in Hugging Face's, with `kv_b_proj`; FP8 specs in the released
 //! FP8 format (e4m3 + `weight_scale_inv` block scales, per-expert names).
 
-use crate::arch::glm4_moe::synthetic::MatrixFn;
 use crate::arch::{tensor, Names};
-use crate::synthetic::{Fill, Lazy, SyntheticSpec};
+use crate::synthetic::{embed_and_head, Fill, Lazy, MatrixFn, SyntheticSpec};
 
 /// The DeepSeek-V3 part of a [`SyntheticSpec`]: the latent-attention widths (the spec's
 /// `num_heads` are its heads; its `head_dim` and `num_kv_heads` are not used), the dense
@@ -181,23 +180,7 @@ pub(crate) fn tensors(
         ..Names::HF
     };
     let strip = |n: &str| n.trim_end_matches(".weight").to_string();
-    let mut out = Vec::new();
-    out.extend(matrix(
-        strip(&names.embed()),
-        &[],
-        spec.vocab_size,
-        h,
-        1.0,
-        q,
-    ));
-    out.extend(matrix(
-        strip(names.lm_head),
-        &[],
-        spec.vocab_size,
-        h,
-        w(h),
-        q,
-    ));
+    let mut out = embed_and_head(spec, &names, matrix, q);
     out.push(float(names.final_norm(), h, 0.1, 1.0));
     for l in 0..spec.num_layers {
         let n = |rest: &str| names.layer(l, rest);

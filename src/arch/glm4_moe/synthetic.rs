@@ -5,12 +5,7 @@
 //! shared experts.
 
 use crate::arch::{tensor, Names};
-use crate::synthetic::{Fill, Lazy, SyntheticGlm, SyntheticSpec};
-
-/// `(prefix, lead, rows, cols, amplitude, quantization) -> tensors` (the writer's
-/// matrix helper).
-pub(crate) type MatrixFn<'a> =
-    dyn Fn(String, &[usize], usize, usize, f32, Option<(u32, u32)>) -> Vec<(String, Lazy)> + 'a;
+use crate::synthetic::{embed_and_head, Fill, Lazy, MatrixFn, SyntheticGlm, SyntheticSpec};
 
 /// The released `config.json` of a GLM spec.
 pub(crate) fn config_json(spec: &SyntheticSpec, g: &SyntheticGlm) -> serde_json::Value {
@@ -75,24 +70,7 @@ pub(crate) fn tensors(
         shared: "mlp.shared_experts",
         ..Names::HF
     };
-    let strip = |n: &str| n.trim_end_matches(".weight").to_string();
-    let mut out = Vec::new();
-    out.extend(matrix(
-        strip(&names.embed()),
-        &[],
-        spec.vocab_size,
-        h,
-        1.0,
-        q,
-    ));
-    out.extend(matrix(
-        strip(names.lm_head),
-        &[],
-        spec.vocab_size,
-        h,
-        w(h),
-        q,
-    ));
+    let mut out = embed_and_head(spec, &names, matrix, q);
     out.push(float(names.final_norm(), h, 0.1, 1.0));
     for l in 0..spec.num_layers {
         let n = |rest: &str| names.layer(l, rest);

@@ -6,7 +6,7 @@
 //! (Mixtral's `w1` / `w3` / `w2`).
 
 use crate::arch::{tensor, Names};
-use crate::synthetic::{Fill, Lazy, SyntheticSpec};
+use crate::synthetic::{embed_and_head, Fill, Lazy, MatrixFn, SyntheticSpec};
 
 /// The family of a [`SyntheticLlamaMoe`] spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +82,7 @@ pub(crate) fn tensors(
     qk_norm_whole: bool,
     router_quant: Option<(u32, u32)>,
     make: &dyn Fn(String, safetensors::Dtype, Vec<usize>, Fill) -> (String, Lazy),
-    matrix: &crate::arch::glm4_moe::synthetic::MatrixFn<'_>,
+    matrix: &MatrixFn<'_>,
 ) -> Vec<(String, Lazy)> {
     let (h, hd, i, ne) = (
         spec.hidden_size,
@@ -106,23 +106,7 @@ pub(crate) fn tensors(
     };
     let w = |cols: usize| 1.0 / (cols as f32).sqrt();
     let strip = |n: &str| n.trim_end_matches(".weight").to_string();
-    let mut out = Vec::new();
-    out.extend(matrix(
-        strip(&names.embed()),
-        &[],
-        spec.vocab_size,
-        h,
-        1.0,
-        q,
-    ));
-    out.extend(matrix(
-        strip(names.lm_head),
-        &[],
-        spec.vocab_size,
-        h,
-        w(h),
-        q,
-    ));
+    let mut out = embed_and_head(spec, names, matrix, q);
     out.push(norm(names.final_norm(), h));
     for l in 0..spec.num_layers {
         let n = |rest: &str| names.layer(l, rest);
