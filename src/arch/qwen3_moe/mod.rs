@@ -7,6 +7,7 @@
 //! checkpoints use the same names with stacked `switch_mlp` experts.
 
 mod config;
+pub(crate) mod synthetic;
 
 use super::{Family, Names};
 use crate::config::{ModelConfig, Parser};
