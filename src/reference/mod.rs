@@ -19,11 +19,9 @@ mod linear_attn;
 mod mla;
 mod ops;
 mod router;
+mod weights;
 
-pub use forward::{
-    AttentionWeights, LayerWeights, LinearAttentionWeights, MixerWeights, MlpWeights,
-    ReferenceModel, Routing, SwigluWeights, Trace,
-};
+pub use forward::{ReferenceModel, Routing, Trace};
 pub use linear_attn::{
     causal_conv1d_silu, delta_gates, gated_delta_rule, gated_rms_norm, softplus, DeltaNetShape,
 };
@@ -33,3 +31,6 @@ pub use ops::{
     rope_tables, rope_tables_scaled, silu, softmax_rows, swiglu, yarn_inv_freq,
 };
 pub use router::{router_sigmoid_groups, router_topk, router_topk_softmax};
+pub use weights::{
+    AttentionWeights, LayerWeights, LinearAttentionWeights, MixerWeights, MlpWeights, SwigluWeights,
+};
