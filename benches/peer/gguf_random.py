@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -67,3 +68,71 @@ def gen_f16(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def gen_f32_small(rng: np.random.Generator, n: int, std: float) -> np.ndarray:
     return (rng.standard_normal(n, dtype=np.float32) * np.float32(std)).view(np.uint8)
+
+
+def ones(rng: np.random.Generator, n: int) -> bytes:
+    return np.ones(n, dtype=np.float32).tobytes()
+
+
+def write_data(w, gguf, tensors, tinfo, qt, total: int, seed: int, chunk_mb: int, out,
+               special) -> int:
+    """Writes the GGUF header and every tensor's random data, chunk by chunk, then closes
+    `w` (tensor infos already added). `special[kind](rng, n)` makes the bytes of a float
+    tensor of n values of that kind; other tensors are quantized `qt` blocks (or f16)."""
+    GT = gguf.GGMLQuantizationType
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+
+    fout = w.fout[0]
+    align = w.data_alignment
+
+    def pad(n):
+        r = (-n) % align
+        if r:
+            fout.write(b"\x00" * r)
+
+    pad(fout.tell())
+
+    rng = np.random.default_rng(seed)
+    chunk = max(1, chunk_mb) << 20
+    t0 = time.time()
+    written = 0
+    last_report = t0
+    for name, shape, kind in tensors:
+        t, nb = tinfo(shape, kind)
+        start = fout.tell()
+        n = int(np.prod(shape, dtype=np.int64))
+        if kind in special:
+            fout.write(special[kind](rng, n))
+        else:
+            if qt == GT.F16:
+                unit_bytes, gen = 2, gen_f16
+            elif qt == GT.Q4_0:
+                unit_bytes, gen = 18, gen_q4_0
+            else:
+                unit_bytes, gen = 34, gen_q8_0
+            n_units = nb // unit_bytes
+            per_chunk = max(1, chunk // unit_bytes)
+            done = 0
+            while done < n_units:
+                m = min(per_chunk, n_units - done)
+                fout.write(memoryview(gen(rng, m)))
+                done += m
+        got = fout.tell() - start
+        if got != nb:
+            raise RuntimeError(f"{name}: wrote {got} bytes, expected {nb}")
+        pad(nb)
+        written += nb
+        now = time.time()
+        if now - last_report > 10:
+            last_report = now
+            print(f"  {written/2**30:.2f}/{total/2**30:.2f} GiB "
+                  f"({written/2**20/(now-t0):.0f} MiB/s)", flush=True)
+
+    w.close()
+    dt = time.time() - t0
+    size = out.stat().st_size
+    print(f"wrote {out} in {dt:.1f}s")
+    print(f"file size: {size} bytes ({size/2**30:.2f} GiB)")
+    return 0
