@@ -209,37 +209,23 @@ impl Checkpoint {
             |tail: &[usize]| -> Vec<usize> { lead.iter().chain(tail).copied().collect() };
         let sname = format!("{prefix}.weight_scale_inv");
         let s = self.entry(&sname)?;
-        for (t, name, dtype, shape) in [
-            (
-                w,
-                format!("{prefix}.weight"),
-                safetensors::Dtype::F8_E4M3,
-                with_lead(&[rows, cols]),
-            ),
-            (
-                s,
-                sname,
-                safetensors::Dtype::F32,
-                with_lead(&[rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK)]),
-            ),
-        ] {
-            if t.dtype != dtype {
-                return Err(Error::Dtype {
-                    path: self.path_of(t).to_path_buf(),
-                    name,
-                    found: format!("{:?}", t.dtype),
-                    expected: "F8_E4M3 codes and F32 block scales (FP8)",
-                });
-            }
-            if t.shape != shape {
-                return Err(Error::Shape {
-                    path: self.path_of(t).to_path_buf(),
-                    name,
-                    expected: shape,
-                    found: t.shape.clone(),
-                });
-            }
-        }
+        self.check_parts(
+            [
+                (
+                    w,
+                    format!("{prefix}.weight"),
+                    safetensors::Dtype::F8_E4M3,
+                    with_lead(&[rows, cols]),
+                ),
+                (
+                    s,
+                    sname,
+                    safetensors::Dtype::F32,
+                    with_lead(&[rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK)]),
+                ),
+            ],
+            "F8_E4M3 codes and F32 block scales (FP8)",
+        )?;
         Ok((WeightFormat::Fp8Block, [Some(w), Some(s), None]))
     }
 
@@ -264,27 +250,41 @@ impl Checkpoint {
                 reason: format!("MXFP4 needs a multiple of 32 columns, not {cols}"),
             });
         }
-        for (t, name, dtype, shape) in [
-            (
-                w,
-                "weight",
-                safetensors::Dtype::U32,
-                with_lead(&[rows, cols / 8]),
-            ),
-            (
-                s,
-                "scales",
-                safetensors::Dtype::U8,
-                with_lead(&[rows, cols / 32]),
-            ),
-        ] {
-            let name = format!("{prefix}.{name}");
+        self.check_parts(
+            [
+                (
+                    w,
+                    format!("{prefix}.weight"),
+                    safetensors::Dtype::U32,
+                    with_lead(&[rows, cols / 8]),
+                ),
+                (
+                    s,
+                    format!("{prefix}.scales"),
+                    safetensors::Dtype::U8,
+                    with_lead(&[rows, cols / 32]),
+                ),
+            ],
+            "U32 codes and U8 scales (MXFP4)",
+        )?;
+        Ok((WeightFormat::Mxfp4, [Some(w), Some(s), None]))
+    }
+
+    /// Checks each (tensor, name, dtype, shape) of a coded matrix's parts: a wrong dtype
+    /// is an [`Error::Dtype`] saying `expected` of the format, a wrong shape an
+    /// [`Error::Shape`].
+    fn check_parts(
+        &self,
+        parts: [(&TensorEntry, String, safetensors::Dtype, Vec<usize>); 2],
+        expected: &'static str,
+    ) -> Result<()> {
+        for (t, name, dtype, shape) in parts {
             if t.dtype != dtype {
                 return Err(Error::Dtype {
                     path: self.path_of(t).to_path_buf(),
                     name,
                     found: format!("{:?}", t.dtype),
-                    expected: "U32 codes and U8 scales (MXFP4)",
+                    expected,
                 });
             }
             if t.shape != shape {
@@ -296,7 +296,7 @@ impl Checkpoint {
                 });
             }
         }
-        Ok((WeightFormat::Mxfp4, [Some(w), Some(s), None]))
+        Ok(())
     }
 
     /// A weight matrix `[rows, cols]` named `prefix` (without `.weight`), float or
