@@ -4,7 +4,7 @@ use crate::cache::CacheStats;
 use crate::engine::pass::{Pass, Readout, RESIDENT_FIRST_CHUNK};
 use crate::engine::state::{Scratch, SequenceState};
 use crate::error::{Error, Result};
-use crate::gpu::{ParamArena, Recorder, Timer};
+use crate::gpu::{ParamArena, PendingRead, Recorder, Timer};
 use crate::model::Model;
 use crate::sampling::Candidate;
 
@@ -40,6 +40,9 @@ pub struct SessionStats {
     /// Resident decode attempts that found an expert missing and were run again with
     /// routing readbacks (their cost is included in the times above).
     pub resident_retries: u64,
+    /// Resident decode steps whose GPU work had been recorded ahead, while the GPU ran
+    /// the step before, and was submitted at once when the step was asked for.
+    pub steps_recorded_ahead: u64,
 }
 
 impl SessionStats {
@@ -52,6 +55,7 @@ impl SessionStats {
         self.record_time += o.record_time;
         self.resident_steps += o.resident_steps;
         self.resident_retries += o.resident_retries;
+        self.steps_recorded_ahead += o.steps_recorded_ahead;
         self.gpu_wait_time += o.gpu_wait_time;
         self.gpu_time = match (self.gpu_time, o.gpu_time) {
             (Some(a), Some(b)) => Some(a + b),
@@ -97,6 +101,44 @@ pub struct Session {
     has_logits: bool,
     /// Decode steps to run with routing readbacks before trying the resident path again.
     resident_backoff: u32,
+    /// The next resident decode step, recorded while the GPU ran the last one.
+    ahead: Option<Ahead>,
+    /// Which of the two readback buffers the next recorded pass reads into (a step
+    /// recorded ahead reads into the other one than the step in flight).
+    flip: bool,
+}
+
+/// A resident decode step recorded ahead (see [`Session::pass`]): its work, not yet
+/// submitted, for the step at `pos` reading back `want`; its parameters wait in the
+/// session's arena, so any other recording drops it.
+struct Ahead {
+    pos: usize,
+    want: Want,
+    rec: Recorded,
+}
+
+/// A pass's GPU work, submitted (or recorded ahead), and what its recording counted.
+struct Recorded {
+    read: PendingRead,
+    top: Option<usize>,
+    stats: CacheStats,
+    experts_routed: u64,
+    record_time: std::time::Duration,
+    wait_time: std::time::Duration,
+    /// GPU nanoseconds of the readbacks during the pass; `None` without timestamps.
+    gpu_ns: Option<f64>,
+}
+
+/// An error of a pass, with the counters of the work done before it.
+type Failed = Box<(Error, SessionStats)>;
+
+/// Environment variable that turns recording ahead off (`1`), for measuring what it
+/// gains; on by default.
+const NO_AHEAD_ENV: &str = "MOESTREAM_NO_RECORD_AHEAD";
+
+fn record_ahead() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(NO_AHEAD_ENV).is_none_or(|v| v.is_empty() || v == "0"))
 }
 
 /// Largest `n` of [`Session::step_top`] and [`Session::prefill_top`].
@@ -164,6 +206,8 @@ impl Session {
             last: SessionStats::default(),
             has_logits: false,
             resident_backoff: 0,
+            ahead: None,
+            flip: false,
         })
     }
 
@@ -242,6 +286,8 @@ impl Session {
                 "no logits yet: run prefill or step first".into(),
             ));
         }
+        // Recording uses the parameter arena that a step recorded ahead waits in.
+        self.ahead = None;
         let m = &*self.model.inner;
         let mut rec = Recorder::new(&m.gpu, &mut self.params, None);
         let bytes = (m.cfg.vocab_size * 4) as u64;
@@ -253,6 +299,7 @@ impl Session {
     pub fn reset(&mut self) {
         self.pos = 0;
         self.has_logits = false;
+        self.ahead = None;
     }
 
     /// Cuts the context back to its first `len` tokens: the next `prefill` or `step`
@@ -291,6 +338,7 @@ impl Session {
         }
         self.pos = len;
         self.has_logits = false;
+        self.ahead = None;
         Ok(())
     }
 
@@ -419,20 +467,131 @@ impl Session {
 
     /// One pass. A resident pass returns `None` when a chosen expert was not resident (its
     /// results are discarded; nothing advanced).
+    ///
+    /// A resident decode step records the next step ahead while the GPU runs it (assuming
+    /// that step will be at the next position and read back the same), and a following
+    /// `step` that matches submits that work at once: the GPU then idles between steps only
+    /// for the readback and the submit, not for the host's recording of a whole step
+    /// (~2 ms on a fast CPU, ~45% of a Qwen3-30B-A3B step's GPU time on an H100). The
+    /// next token is written into the pass's input just before the submit.
     fn pass(&mut self, ids: &[u32], want: Want, resident: bool) -> Result<Option<Readout>> {
         let t0 = std::time::Instant::now();
+        let ahead = self.ahead.take();
+        let launched = match ahead {
+            Some(a) if resident && a.pos == self.pos && a.want == want && ids.len() == 1 => {
+                let m = &*self.model.inner;
+                m.gpu
+                    .queue
+                    .write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
+                let mut rec = a.rec;
+                let t = std::time::Instant::now();
+                rec.read.launch(&m.gpu, &mut self.params);
+                rec.record_time += t.elapsed();
+                Some(rec)
+            }
+            _ => None,
+        };
+        let from_ahead = launched.is_some();
+        let rec = match launched {
+            Some(rec) => Ok(rec),
+            None => self.record(Some(ids), self.pos, want, resident, false),
+        };
+        // Record the next step while the GPU runs this one: it reads the states this one
+        // writes (committed only after this one's readback says it ran).
+        if rec.is_ok()
+            && resident
+            && want != Want::Nothing
+            && record_ahead()
+            && self.pos + 2 <= self.max_context
+        {
+            self.state.commit();
+            let next = self.record(None, self.pos + 1, want, true, true);
+            self.state.commit();
+            if let Ok(r) = next {
+                self.ahead = Some(Ahead {
+                    pos: self.pos + 1,
+                    want,
+                    rec: r,
+                });
+            }
+        }
+        let result = match rec {
+            Ok(rec) => self.finish(rec, resident),
+            Err(e) => Err(e),
+        };
+        // (Errors come back with the stats of the work done before them.)
+        let (out, mut stats) = match result {
+            Ok((out, stats)) => (Ok(out), stats),
+            Err(failed) => {
+                let (e, stats) = *failed;
+                (Err(e), stats)
+            }
+        };
+        let done = matches!(out, Ok(Some(_)));
+        if !done {
+            // The step recorded ahead assumed this one would advance.
+            self.ahead = None;
+        }
+        stats.tokens = if done { ids.len() as u64 } else { 0 };
+        stats.passes = u64::from(done);
+        if !done {
+            stats.experts_routed = 0;
+        }
+        stats.wall_time = t0.elapsed();
+        stats.resident_steps = u64::from(resident && done);
+        stats.resident_retries = u64::from(resident && matches!(out, Ok(None)));
+        stats.steps_recorded_ahead = u64::from(from_ahead && done);
+        if let Some(cache) = &self.model.inner.cache {
+            cache.record(&stats.cache);
+        }
+        self.last.add(&stats);
+        self.stats.add(&stats);
+        let out = out?;
+        if out.is_some() {
+            self.pos += ids.len();
+            self.state.commit();
+        }
+        Ok(out)
+    }
+
+    /// Records a pass of `n` tokens from position `pos0` (the tokens `ids`, written into
+    /// the pass's input now; `None` for a pass recorded ahead, whose one token is written
+    /// at its launch), reading back `want`: submitted, its readback started; or with
+    /// `deferred`, recorded ahead, not submitted.
+    fn record(
+        &mut self,
+        ids: Option<&[u32]>,
+        pos0: usize,
+        want: Want,
+        resident: bool,
+        deferred: bool,
+    ) -> std::result::Result<Recorded, Failed> {
         let m = &*self.model.inner;
         let cfg = &m.cfg;
-        m.gpu
-            .queue
-            .write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
+        let n = ids.map_or(1, <[u32]>::len);
+        if let Some(ids) = ids {
+            m.gpu
+                .queue
+                .write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
+        }
+        let staging = if self.flip {
+            &self.scratch.readback2
+        } else {
+            &self.scratch.readback
+        };
+        self.flip = !self.flip;
+        let rec = if deferred {
+            Recorder::deferred(&m.gpu, &mut self.params, self.timer.as_mut())
+        } else {
+            Recorder::new(&m.gpu, &mut self.params, self.timer.as_mut())
+        };
         let mut pass = Pass {
             m,
             s: &self.scratch,
             state: &self.state,
-            rec: Recorder::new(&m.gpu, &mut self.params, self.timer.as_mut()),
-            n: ids.len(),
-            pos0: self.pos,
+            rec,
+            n,
+            pos0,
             stats: CacheStats::default(),
             experts_routed: 0,
             resident,
@@ -442,7 +601,11 @@ impl Session {
         let s = &self.scratch;
         let layers = cfg.num_hidden_layers;
         let k = cfg.num_experts_per_tok;
-        let result = (|| {
+        let top = match want {
+            Want::Top(n) => Some(n),
+            _ => None,
+        };
+        let read = (|| -> Result<PendingRead> {
             if resident {
                 pass.rec.clear(&s.route_log);
             }
@@ -450,70 +613,100 @@ impl Session {
             for (l, layer) in m.weights.layers.iter().enumerate() {
                 pass.layer(l, layer)?;
             }
-            let top = match want {
-                Want::Nothing => {
-                    // Wait for the pass (and collect its GPU time) with an empty readback.
-                    pass.rec.read(&[], &s.readback)?;
-                    return Ok(Some(Readout::Full(Vec::new())));
-                }
-                Want::Full => None,
-                Want::Top(n) => Some(n),
-            };
-            if !resident {
-                return pass.readout(top, &[]).map(|(r, _)| Some(r));
+            if want == Want::Nothing {
+                // Wait for the pass (and collect its GPU time) with an empty readback.
+                return Ok(pass.rec.read_begin(&[], staging));
             }
-            let (logits, extra) = pass.readout(
-                top,
+            let extra: &[(&wgpu::Buffer, u64, u64)] = if resident {
                 &[
                     (&s.route_log, 0, (layers * 4) as u64),
                     (&s.route_log, (layers * 4) as u64, (layers * k * 4) as u64),
-                ],
-            )?;
-            let miss: Vec<u32> = bytemuck::pod_collect_to_vec(&extra[0]);
-            if miss.iter().any(|&f| f != 0) {
-                return Ok(None);
-            }
-            // Tell the cache what was used, for its LRU order and the hit counters.
-            let log: Vec<u32> = bytemuck::pod_collect_to_vec(&extra[1]);
-            let mut keys = Vec::new();
-            for l in cfg.moe_layers() {
-                let mut chosen: Vec<usize> = log[l * k..(l + 1) * k]
-                    .iter()
-                    .map(|&e| e as usize)
-                    .collect();
-                chosen.sort_unstable();
-                chosen.dedup();
-                keys.extend(chosen.into_iter().map(|e| (l, e)));
-            }
-            if let Some(cache) = &m.cache {
-                pass.stats.hits += cache.touch(&keys);
-            }
-            Ok(Some(logits))
+                ]
+            } else {
+                &[]
+            };
+            Ok(pass.readout_begin(top, extra, staging))
         })();
-        let done = matches!(result, Ok(Some(_)));
-        let stats = SessionStats {
-            tokens: if done { ids.len() as u64 } else { 0 },
-            passes: u64::from(done),
-            experts_routed: if done { pass.experts_routed } else { 0 },
-            cache: pass.stats,
-            wall_time: t0.elapsed(),
-            gpu_time: pass.rec.gpu_time(),
-            record_time: pass.rec.record_time,
-            gpu_wait_time: pass.rec.wait_time,
-            resident_steps: u64::from(resident && done),
-            resident_retries: u64::from(resident && matches!(result, Ok(None))),
+        let read = match read {
+            Ok(r) => r,
+            Err(e) => {
+                let stats = SessionStats {
+                    cache: pass.stats,
+                    record_time: pass.rec.record_time,
+                    gpu_wait_time: pass.rec.wait_time,
+                    ..Default::default()
+                };
+                return Err(Box::new((e, stats)));
+            }
         };
+        Ok(Recorded {
+            read,
+            top,
+            stats: pass.stats,
+            experts_routed: pass.experts_routed,
+            record_time: pass.rec.record_time,
+            wait_time: pass.rec.wait_time,
+            gpu_ns: pass.rec.gpu_ns(),
+        })
+    }
+
+    /// Waits for a recorded pass and reads its results: `None` for a resident pass that
+    /// found a chosen expert missing. The stats come back on errors too.
+    fn finish(
+        &mut self,
+        rec: Recorded,
+        resident: bool,
+    ) -> std::result::Result<(Option<Readout>, SessionStats), Failed> {
+        let m = &*self.model.inner;
+        let cfg = &m.cfg;
+        let mut stats = SessionStats {
+            experts_routed: rec.experts_routed,
+            cache: rec.stats,
+            record_time: rec.record_time,
+            gpu_wait_time: rec.wait_time,
+            ..Default::default()
+        };
+        let t = std::time::Instant::now();
+        let waited = rec.read.wait(&m.gpu);
+        stats.gpu_wait_time += t.elapsed();
+        let (mut parts, ns) = match waited {
+            Ok(r) => r,
+            Err(e) => return Err(Box::new((e, stats))),
+        };
+        stats.gpu_time = rec
+            .gpu_ns
+            .map(|g| std::time::Duration::from_nanos((g + ns) as u64));
+        if parts.is_empty() {
+            // A pass that read back nothing (a prefill chunk before the last).
+            return Ok((Some(Readout::Full(Vec::new())), stats));
+        }
+        let rest = parts.split_off(1);
+        let logits = crate::engine::pass::decode_readout(rec.top, &parts[0]);
+        if !resident {
+            return Ok((Some(logits), stats));
+        }
+        let layers = cfg.num_hidden_layers;
+        let k = cfg.num_experts_per_tok;
+        let miss: Vec<u32> = bytemuck::pod_collect_to_vec(&rest[0]);
+        if miss.iter().take(layers).any(|&f| f != 0) {
+            return Ok((None, stats));
+        }
+        // Tell the cache what was used, for its LRU order and the hit counters.
+        let log: Vec<u32> = bytemuck::pod_collect_to_vec(&rest[1]);
+        let mut keys = Vec::new();
+        for l in cfg.moe_layers() {
+            let mut chosen: Vec<usize> = log[l * k..(l + 1) * k]
+                .iter()
+                .map(|&e| e as usize)
+                .collect();
+            chosen.sort_unstable();
+            chosen.dedup();
+            keys.extend(chosen.into_iter().map(|e| (l, e)));
+        }
         if let Some(cache) = &m.cache {
-            cache.record(&stats.cache);
+            stats.cache.hits += cache.touch(&keys);
         }
-        self.last.add(&stats);
-        self.stats.add(&stats);
-        let out = result?;
-        if out.is_some() {
-            self.pos += ids.len();
-            self.state.commit();
-        }
-        Ok(out)
+        Ok((Some(logits), stats))
     }
 }
 

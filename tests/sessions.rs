@@ -181,6 +181,87 @@ fn preloaded_model_never_reads_storage_and_every_step_is_resident() {
     assert_eq!(st.cache.misses, 0, "{st:?}");
     assert_eq!(st.resident_steps as usize, golden.ids.len() - p, "{st:?}");
     assert_eq!(st.resident_retries, 0);
+    // Every step but the first was recorded while the GPU ran the one before.
+    assert_eq!(
+        st.steps_recorded_ahead as usize,
+        golden.ids.len() - p - 1,
+        "{st:?}"
+    );
+}
+
+/// Decode steps recorded ahead (while the GPU runs the step before) give exactly the
+/// logits of steps recorded when asked for; calls that do not match the step recorded
+/// ahead (another readout, a truncation, a reset, a read of the last logits, a fork)
+/// drop it. On a KV-cache model and on a hybrid one, whose recurrent states the step
+/// recorded ahead reads before the step before it has committed them.
+#[test]
+fn steps_recorded_ahead_equal_steps_recorded_when_asked() {
+    let qwen35 = common::qwen35_fixtures();
+    let dirs = [common::fixture("tiny_bf16"), qwen35[0].clone()];
+    for dir in dirs {
+        let golden = Golden::load(&dir).unwrap();
+        let model = Model::open(&dir).unwrap();
+        model.preload_experts().unwrap();
+        let p = golden.prompt_len;
+        let ids = &golden.ids;
+        // Plain steps: every step after the first was recorded ahead.
+        let mut a = model.session(ids.len() + 4).unwrap();
+        let mut want = vec![a.prefill(&ids[..p]).unwrap()];
+        for &id in &ids[p..] {
+            want.push(a.step(id).unwrap());
+        }
+        let n = ids.len() - p;
+        assert_eq!(a.stats().steps_recorded_ahead as usize, n - 1, "{dir:?}");
+        // Reading the last logits after each step drops the step recorded ahead: every
+        // step is recorded when asked for, and the logits are the same bits.
+        let mut b = model.session(ids.len() + 4).unwrap();
+        let mut got = vec![b.prefill(&ids[..p]).unwrap()];
+        for &id in &ids[p..] {
+            got.push(b.step(id).unwrap());
+            assert_eq!(&b.last_logits().unwrap(), got.last().unwrap());
+        }
+        assert_eq!(b.stats().steps_recorded_ahead, 0, "{dir:?}");
+        assert_eq!(got, want, "{dir:?}");
+        // Top candidates then full logits: the readout differs from the step recorded
+        // ahead, which is dropped; the best candidate is the best logit.
+        let mut c = model.session(ids.len() + 4).unwrap();
+        c.prefill(&ids[..p]).unwrap();
+        for (i, &id) in ids[p..].iter().enumerate() {
+            if i % 2 == 0 {
+                let top = c.step_top(id, 1).unwrap();
+                let best = want[i + 1]
+                    .iter()
+                    .enumerate()
+                    .max_by(|x, y| x.1.total_cmp(y.1).then(y.0.cmp(&x.0)))
+                    .unwrap();
+                assert_eq!(top[0].id as usize, best.0, "{dir:?} step {i}");
+            } else {
+                assert_eq!(c.step(id).unwrap(), want[i + 1], "{dir:?} step {i}");
+            }
+        }
+        // A fork between steps, then both sessions go on: the parent's step recorded
+        // ahead is still its next step, and the fork records its own.
+        let mut d = model.session(ids.len() + 4).unwrap();
+        d.prefill(&ids[..p]).unwrap();
+        d.step(ids[p]).unwrap();
+        let mut e = d.fork().unwrap();
+        for (i, &id) in ids[p + 1..].iter().enumerate() {
+            assert_eq!(d.step(id).unwrap(), want[i + 2], "{dir:?} parent step {i}");
+            assert_eq!(e.step(id).unwrap(), want[i + 2], "{dir:?} fork step {i}");
+        }
+        assert!(d.stats().steps_recorded_ahead > 0);
+        // A reset or a truncation right after a step: the next step is at another
+        // position than the one recorded ahead.
+        let mut f = model.session(ids.len() + 4).unwrap();
+        f.prefill(&ids[..p]).unwrap();
+        f.step(ids[p]).unwrap();
+        f.reset();
+        assert_eq!(f.prefill(&ids[..p]).unwrap(), want[0]);
+        assert_eq!(f.step(ids[p]).unwrap(), want[1]);
+        if f.truncate(p).is_ok() {
+            assert_eq!(f.step(ids[p]).unwrap(), want[1], "{dir:?} after truncate");
+        }
+    }
 }
 
 /// An expert cache split over many GPU buffers ("pages"): prefill with routing readbacks

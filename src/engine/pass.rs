@@ -377,13 +377,16 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// The logits of the last token of the pass (all of them, or the `top` best), and the
-    /// bytes of `extra` buffer ranges read back with them.
-    pub fn readout(
+    /// Records the logits of the pass's last token (all of them, or with `top` the best
+    /// `top` per chunk of the vocabulary, merged on the host), then the `extra` buffer
+    /// ranges, into `staging`, and starts the readback ([`Recorder::read_begin`]); the
+    /// first part of what it reads back is for [`decode_readout`].
+    pub fn readout_begin(
         &mut self,
         top: Option<usize>,
         extra: &[(&wgpu::Buffer, u64, u64)],
-    ) -> Result<(Readout, Vec<Vec<u8>>)> {
+        staging: &wgpu::Buffer,
+    ) -> crate::gpu::PendingRead {
         let s = self.s;
         let w = &self.m.weights;
         let h = self.m.cfg.hidden_size;
@@ -412,26 +415,29 @@ impl<'a> Pass<'a> {
             parts.push((&s.logits, 0, (v * 4) as u64));
         }
         parts.extend_from_slice(extra);
-        let mut out = self.rec.read(&parts, &s.readback)?;
-        let rest = out.split_off(1);
-        let readout = match top {
-            None => Readout::Full(bytemuck::pod_collect_to_vec(&out[0])),
-            Some(n) => {
-                let words: Vec<u32> = bytemuck::pod_collect_to_vec(&out[0]);
-                let mut c: Vec<Candidate> = words
-                    .chunks_exact(2)
-                    .filter(|p| p[1] != u32::MAX)
-                    .map(|p| Candidate {
-                        id: p[1],
-                        logit: f32::from_bits(p[0]),
-                    })
-                    .collect();
-                c.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
-                c.truncate(n);
-                Readout::Top(c)
-            }
-        };
-        Ok((readout, rest))
+        self.rec.read_begin(&parts, staging)
+    }
+}
+
+/// The logits a pass read back ([`Pass::readout_begin`]'s first part): every logit, or
+/// with `top` the best `top` by (logit descending, id ascending).
+pub(crate) fn decode_readout(top: Option<usize>, bytes: &[u8]) -> Readout {
+    match top {
+        None => Readout::Full(bytemuck::pod_collect_to_vec(bytes)),
+        Some(n) => {
+            let words: Vec<u32> = bytemuck::pod_collect_to_vec(bytes);
+            let mut c: Vec<Candidate> = words
+                .chunks_exact(2)
+                .filter(|p| p[1] != u32::MAX)
+                .map(|p| Candidate {
+                    id: p[1],
+                    logit: f32::from_bits(p[0]),
+                })
+                .collect();
+            c.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
+            c.truncate(n);
+            Readout::Top(c)
+        }
     }
 }
 

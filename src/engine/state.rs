@@ -364,6 +364,9 @@ pub(crate) struct Scratch {
     pub lat_kv: wgpu::Buffer,
     pub logits: wgpu::Buffer,
     pub readback: wgpu::Buffer,
+    /// A second readback buffer: a decode step recorded ahead reads into the one that the
+    /// step in flight does not.
+    pub readback2: wgpu::Buffer,
     /// The RoPE tables: cos `[max_context, rotary_dim / 2]`, then sin from float
     /// `rope_sin` on.
     pub rope: wgpu::Buffer,
@@ -495,6 +498,12 @@ impl Scratch {
             logits: buf("logits", cfg.vocab_size),
             readback: gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
+                size: readback_bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+            readback2: gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback 2"),
                 size: readback_bytes,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,

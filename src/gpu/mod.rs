@@ -7,7 +7,7 @@ mod tensor;
 #[doc(hidden)]
 pub mod testing;
 
-pub(crate) use recorder::{grid_of, Bind, ParamArena, Recorder, Size, Timer};
+pub(crate) use recorder::{grid_of, Bind, ParamArena, PendingRead, Recorder, Size, Timer};
 pub(crate) use tensor::{GpuMatrix, GpuVec};
 
 use std::collections::HashMap;

@@ -60,7 +60,9 @@ impl ParamArena {
         (self.block, at)
     }
 
-    fn flush(&mut self, gpu: &Gpu) {
+    /// Uploads the parameters recorded since the last flush (queued before the next
+    /// submit) and starts the arena over.
+    pub(crate) fn flush(&mut self, gpu: &Gpu) {
         for (i, (buf, host)) in self.blocks.iter().enumerate() {
             if i > self.block {
                 break;
@@ -192,6 +194,10 @@ pub(crate) struct Recorder<'a> {
     pub record_time: std::time::Duration,
     /// Host time spent waiting for the GPU (readbacks).
     pub wait_time: std::time::Duration,
+    /// Recording ahead: [`Recorder::submit`] keeps recording into one encoder and
+    /// [`Recorder::read_begin`] finishes it without submitting (see
+    /// [`PendingRead::launch`]).
+    deferred: bool,
 }
 
 fn new_encoder(gpu: &Gpu) -> wgpu::CommandEncoder {
@@ -212,7 +218,22 @@ impl<'a> Recorder<'a> {
             gpu_ns: 0.0,
             record_time: std::time::Duration::ZERO,
             wait_time: std::time::Duration::ZERO,
+            deferred: false,
         }
+    }
+
+    /// A recorder whose work is recorded ahead and submitted later, all at once, by
+    /// [`PendingRead::launch`]: its submits only end the compute pass, and its read
+    /// finishes the encoder instead of submitting it. The parameters stay in `params` until
+    /// the launch uploads them.
+    pub fn deferred(
+        gpu: &'a Gpu,
+        params: &'a mut ParamArena,
+        timer: Option<&'a mut Timer>,
+    ) -> Self {
+        let mut r = Recorder::new(gpu, params, timer);
+        r.deferred = true;
+        r
     }
 
     /// GPU time of the passes read back so far, if the adapter has timestamp queries and
@@ -449,10 +470,15 @@ impl<'a> Recorder<'a> {
         self.encoder.clear_buffer(buf, 0, None);
     }
 
-    /// Submits what was recorded and starts a new encoder.
+    /// Submits what was recorded and starts a new encoder (a deferred recorder only ends
+    /// the compute pass).
     pub fn submit(&mut self) {
         let t0 = std::time::Instant::now();
         self.end_pass();
+        if self.deferred {
+            self.record_time += t0.elapsed();
+            return;
+        }
         let encoder = std::mem::replace(&mut self.encoder, new_encoder(self.gpu));
         self.params.flush(self.gpu);
         self.gpu.queue.submit(Some(encoder.finish()));
@@ -467,6 +493,34 @@ impl<'a> Recorder<'a> {
         parts: &[(&wgpu::Buffer, u64, u64)],
         staging: &wgpu::Buffer,
     ) -> Result<Vec<Vec<u8>>> {
+        let pending = self.read_begin(parts, staging);
+        let t0 = std::time::Instant::now();
+        let result = pending.wait(self.gpu);
+        self.wait_time += t0.elapsed();
+        let (out, ns) = result?;
+        self.gpu_ns += ns;
+        Ok(out)
+    }
+
+    /// GPU nanoseconds of the passes read back so far, if the adapter has timestamp
+    /// queries and every pass was timed.
+    pub fn gpu_ns(&self) -> Option<f64> {
+        match &self.timer {
+            Some(t) if !t.overflow => Some(self.gpu_ns),
+            _ => None,
+        }
+    }
+
+    /// The first half of [`read`](Self::read): records the copies into `staging` (and the
+    /// timestamps), then submits everything recorded and starts mapping `staging`; a
+    /// deferred recorder instead finishes its encoder into the returned read, which
+    /// [`PendingRead::launch`] submits later.
+    pub fn read_begin(
+        &mut self,
+        parts: &[(&wgpu::Buffer, u64, u64)],
+        staging: &wgpu::Buffer,
+    ) -> PendingRead {
+        let t0 = std::time::Instant::now();
         let mut at = 0u64;
         let mut spans = Vec::with_capacity(parts.len());
         for &(src, offset, size) in parts {
@@ -496,62 +550,120 @@ impl<'a> Recorder<'a> {
             .as_deref_mut()
             .map(|t| std::mem::take(&mut t.labels))
             .unwrap_or_default();
-        self.submit();
-        let t0 = std::time::Instant::now();
-        let waited = |r: &mut Self| r.wait_time += t0.elapsed();
-        if at == 0 {
-            // Nothing to read: still wait, so the caller knows the work is done.
-            wait_for_gpu(self.gpu, wgpu::PollStatus::is_queue_empty)?;
-            self.gpu.check()?;
-            waited(self);
-            return Ok(vec![Vec::new(); parts.len()]);
+        let mut pending = PendingRead {
+            staging: staging.clone(),
+            spans,
+            stamps,
+            labels,
+            at,
+            work: None,
+            mapped: None,
+        };
+        if self.deferred {
+            let encoder = std::mem::replace(&mut self.encoder, new_encoder(self.gpu));
+            pending.work = Some(encoder.finish());
+            self.record_time += t0.elapsed();
+        } else {
+            self.record_time += t0.elapsed();
+            self.submit();
+            pending.map();
         }
-        let slice = staging.slice(0..at);
+        pending
+    }
+}
+
+/// A readback whose GPU work is submitted (or recorded ahead, to be launched), not yet
+/// waited for.
+pub(crate) struct PendingRead {
+    staging: wgpu::Buffer,
+    spans: Vec<(usize, usize)>,
+    stamps: Option<(usize, usize)>,
+    labels: Vec<&'static str>,
+    /// Bytes to map.
+    at: u64,
+    /// The work of a deferred recorder, until launched.
+    work: Option<wgpu::CommandBuffer>,
+    /// Set by the map callback (for the spin), and the callback's result.
+    #[allow(clippy::type_complexity)]
+    mapped: Option<(
+        Arc<std::sync::atomic::AtomicBool>,
+        std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+    )>,
+}
+
+impl PendingRead {
+    /// Submits the work a deferred recorder recorded, after uploading its parameters from
+    /// `params` (which nothing may have recorded into since), and starts the readback.
+    pub fn launch(&mut self, gpu: &Gpu, params: &mut ParamArena) {
+        params.flush(gpu);
+        if let Some(work) = self.work.take() {
+            gpu.queue.submit(Some(work));
+        }
+        self.map();
+    }
+
+    fn map(&mut self) {
+        if self.at == 0 || self.mapped.is_some() {
+            return;
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         // Set by the callback, for the spin; the result still comes through the channel,
         // whose `recv` also waits for a callback that another thread's poll is running.
         let mapped = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = mapped.clone();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            flag.store(true, std::sync::atomic::Ordering::Release);
-            let _ = tx.send(r);
-        });
-        wait_for_gpu(self.gpu, |_| {
-            mapped.load(std::sync::atomic::Ordering::Acquire)
-        })?;
+        self.staging
+            .slice(0..self.at)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                flag.store(true, std::sync::atomic::Ordering::Release);
+                let _ = tx.send(r);
+            });
+        self.mapped = Some((mapped, rx));
+    }
+
+    /// Waits for the work and returns the bytes of each part and the GPU nanoseconds of
+    /// its timed passes.
+    pub fn wait(self, gpu: &Gpu) -> Result<(Vec<Vec<u8>>, f64)> {
+        let Some((mapped, rx)) = self.mapped else {
+            // Nothing to read: still wait, so the caller knows the work is done.
+            wait_for_gpu(gpu, wgpu::PollStatus::is_queue_empty)?;
+            gpu.check()?;
+            return Ok((vec![Vec::new(); self.spans.len()], 0.0));
+        };
+        wait_for_gpu(gpu, |_| mapped.load(std::sync::atomic::Ordering::Acquire))?;
         match rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Error::Gpu(format!("mapping a readback buffer: {e}"))),
             Err(_) => return Err(Error::Gpu("readback callback was dropped".into())),
         }
+        let mut gpu_ns = 0.0;
         let out = {
+            let slice = self.staging.slice(0..self.at);
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| Error::Gpu(format!("reading a mapped buffer: {e}")))?;
-            if let Some((a, n)) = stamps {
+            if let Some((a, n)) = self.stamps {
                 let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&view[a..a + n]);
-                let period = self.gpu.queue.get_timestamp_period() as f64;
+                let period = gpu.queue.get_timestamp_period() as f64;
                 let mut prof =
                     profiling().then(|| PROFILE.lock().unwrap_or_else(|p| p.into_inner()));
                 for (i, pair) in ticks.chunks_exact(2).enumerate() {
                     let ns = pair[1].saturating_sub(pair[0]) as f64 * period;
-                    self.gpu_ns += ns;
-                    if let (Some(map), Some(&label)) = (prof.as_mut(), labels.get(i)) {
+                    gpu_ns += ns;
+                    if let (Some(map), Some(&label)) = (prof.as_mut(), self.labels.get(i)) {
                         let e = map.entry(label).or_insert((0, 0.0));
                         e.0 += 1;
                         e.1 += ns;
                     }
                 }
             }
-            spans
+            self.spans
                 .iter()
                 .map(|&(a, n)| view[a..a + n].to_vec())
                 .collect()
         };
-        staging.unmap();
-        self.gpu.check()?;
-        waited(self);
-        Ok(out)
+        self.staging.unmap();
+        gpu.check()?;
+        Ok((out, gpu_ns))
     }
 }
 
