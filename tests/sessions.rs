@@ -120,44 +120,59 @@ fn reset_reuses_the_session() {
 
 /// Decode steps of a warm, fully resident model route on the GPU (no readback per layer)
 /// and give exactly the logits of the path with routing readbacks; a model whose cache is
-/// too small falls back (and retries) without changing a bit.
+/// too small falls back (and retries) without changing a bit. With float experts and with
+/// quantized ones: 4-bit (h in the quad 8+8-bit layout), 8-bit (interleaved), and Qwen3.5
+/// 4-bit (the shared expert as a ninth choice).
 #[test]
 fn resident_decode_matches_readback_decode() {
-    let dir = common::fixture("long_prompt");
-    let golden = Golden::load(&dir).unwrap();
-    let full = Model::open(&dir).unwrap();
-    let slot = common::slot_bytes(&full);
-    let tight = Model::builder(&dir)
-        .expert_cache_bytes(2 * slot)
-        .build()
-        .unwrap();
-    let run = |model: &Model| {
-        let mut s = model.session(golden.ids.len() + 8).unwrap();
-        // Prefill everything but the last 8 tokens, then decode those one by one.
-        let cut = golden.ids.len() - 8;
-        let mut out = vec![s.prefill(&golden.ids[..cut]).unwrap()];
-        for &id in &golden.ids[cut..] {
-            out.push(s.step(id).unwrap());
-        }
-        (out, s.stats())
-    };
-    // Warm the full cache so that every routed expert is resident.
-    run(&full);
-    let (fast, fast_stats) = run(&full);
-    let (slow, slow_stats) = run(&tight);
-    assert!(
-        fast_stats.resident_steps >= 7,
-        "a warm resident model decodes without readbacks: {fast_stats:?}"
-    );
-    assert_eq!(
-        slow_stats.resident_steps, 0,
-        "a 2-slot cache cannot be resident"
-    );
-    assert_eq!(
-        fast, slow,
-        "resident routing must not change a single logit"
-    );
-    assert_eq!(fast_stats.experts_routed, slow_stats.experts_routed);
+    let qwen35 = common::qwen35_fixtures();
+    let q35_4bit = qwen35
+        .iter()
+        .find(|d| d.ends_with("q35_mlx_4bit"))
+        .expect("the q35_mlx_4bit fixture");
+    let dirs = [
+        common::fixture("long_prompt"),
+        common::mlx_fixture("q4_g64"),
+        common::mlx_fixture("q8_g32"),
+        q35_4bit.clone(),
+    ];
+    for dir in dirs {
+        let golden = Golden::load(&dir).unwrap();
+        let full = Model::open(&dir).unwrap();
+        let slot = common::slot_bytes(&full);
+        let k = full.config().num_experts_per_tok;
+        let tight = Model::builder(&dir)
+            .expert_cache_bytes((k as u64 + 1) * slot)
+            .build()
+            .unwrap();
+        let run = |model: &Model| {
+            let mut s = model.session(golden.ids.len() + 8).unwrap();
+            // Prefill all but the last few tokens, then decode those one by one.
+            let cut = golden.ids.len() - 8.min(golden.ids.len() - 1);
+            let mut out = vec![s.prefill(&golden.ids[..cut]).unwrap()];
+            for &id in &golden.ids[cut..] {
+                out.push(s.step(id).unwrap());
+            }
+            (out, s.stats(), golden.ids.len() - cut)
+        };
+        // Warm the full cache so that every routed expert is resident.
+        run(&full);
+        let (fast, fast_stats, steps) = run(&full);
+        let (slow, slow_stats, _) = run(&tight);
+        assert!(
+            fast_stats.resident_steps as usize >= steps - 1,
+            "{dir:?}: a warm resident model decodes without readbacks: {fast_stats:?}"
+        );
+        assert!(
+            (slow_stats.resident_steps as usize) < steps,
+            "{dir:?}: a cache of top_k + 1 slots misses: {slow_stats:?}"
+        );
+        assert_eq!(
+            fast, slow,
+            "{dir:?}: resident routing must not change a single logit"
+        );
+        assert_eq!(fast_stats.experts_routed, slow_stats.experts_routed);
+    }
 }
 
 #[test]
