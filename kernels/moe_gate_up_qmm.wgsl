@@ -6,12 +6,14 @@
 // assignments, where the mat-vec kernel reads the weights once per assignment.
 //
 // tiles[2 (tile_base + wid.y)] and [.. + 1] are the tile's first assignment and count
-// (1..32); all the assignments of a tile share one slot. A workgroup of 16x16 threads
-// computes 32 rows of G and of U for the tile's assignments, each thread 2 rows x 2
-// assignments of both, over K tiles of 32 columns (one block: BITS whole words per row,
-// one group): per K tile, each thread dequantizes one octet of G (threads 0..127) or U
-// (128..255) into workgroup memory and stores 4 values of x; the loads of both are issued
-// a K tile ahead, before the previous tile's products (include/qtile.wgsl).
+// (1..32); all the assignments of a tile share one slot. A workgroup of 16x8 threads
+// computes 32 rows of G and of U for the tile's assignments, each thread 2 rows x 4
+// assignments of both (rows lid.x + 16 i, assignments lid.y + 8 j), over K tiles of 32
+// columns (one block: BITS whole words per row, one group): per K tile, each thread
+// dequantizes one octet of G and one of U into workgroup memory and stores 8 values of x;
+// the loads of both are issued a K tile ahead, before the previous tile's products
+// (include/qtile.wgsl). Each product step loads 8 vec4s from workgroup memory for 16 dot
+// products (2 rows x 2 assignments per thread loaded 6 for 8).
 struct Params {
     hidden: u32,
     inter: u32,
@@ -47,76 +49,79 @@ var<workgroup> gs: array<array<vec4<f32>, 9>, 32>; // dequantized G
 var<workgroup> us: array<array<vec4<f32>, 9>, 32>; // dequantized U
 var<workgroup> xs: array<array<vec4<f32>, 9>, 32>; // [assignment][k / 4]
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(16, 8)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
     let first = tiles[2u * (p.tile_base + wid.y)];
     let count = min(tiles[2u * (p.tile_base + wid.y) + 1u], TT);
     let row0 = wid.x * TR;
     let sb = assign[2u * first + 1u] * p.slot_words;
-    // Loader roles: octet (row lr, octet lo) of G (li < 128) or U; x values 4 xo .. 4 xo + 3
-    // of assignment xa.
-    let lr = (li & 127u) >> 2u;
+    // Loader roles: octet (row lr, octet lo) of G and of U; x octet lo of assignment lr.
+    let lr = li >> 2u;
     let lo = li & 3u;
-    let is_up = li >= 128u;
-    let q_word = sb + select(p.gate_q, p.up_q, is_up);
-    let s_word = sb + select(p.gate_s, p.up_s, is_up);
-    let b_word = sb + select(p.gate_b, p.up_b, is_up);
-    let xa = li >> 3u;
-    let xo = li & 7u;
-    let token = assign[2u * (first + min(xa, count - 1u))];
-    var g0 = vec2<f32>(0.0);
-    var g1 = vec2<f32>(0.0);
-    var u0 = vec2<f32>(0.0);
-    var u1 = vec2<f32>(0.0);
+    let token = assign[2u * (first + min(lr, count - 1u))];
+    // Outputs: g<i> / u<i> hold row lid.x + 16 i; their components assignments lid.y + 8 j.
+    var g0 = vec4<f32>(0.0);
+    var g1 = vec4<f32>(0.0);
+    var u0 = vec4<f32>(0.0);
+    var u1 = vec4<f32>(0.0);
     // Each K tile's loads are issued before the previous tile's products, so that they are
     // in flight while the products run.
     let wr = row0 + lr;
     let w_live = wr < p.inter;
-    var ow = OctetWords(0u, 0u, 0u, 0u);
+    var og = OctetWords(0u, 0u, 0u, 0u);
+    var ou = OctetWords(0u, 0u, 0u, 0u);
     if (w_live) {
-        ow = octet_fetch(q_word, s_word, b_word, p.hidden, wr, 0u, lo);
+        og = octet_fetch(sb + p.gate_q, sb + p.gate_s, sb + p.gate_b, p.hidden, wr, 0u, lo);
+        ou = octet_fetch(sb + p.up_q, sb + p.up_s, sb + p.up_b, p.hidden, wr, 0u, lo);
     }
-    var xv = x[(token * p.hidden + 4u * xo) >> 2u];
+    let xrow = (token * p.hidden + 8u * lo) >> 2u;
+    var xv0 = x[xrow];
+    var xv1 = x[xrow + 1u];
     for (var k0 = 0u; k0 < p.hidden; k0 += TK) {
-        var v = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
+        var vg = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
+        var vu = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
         if (w_live) {
-            v = octet_dequant(ow, p.hidden, wr, k0, lo);
+            vg = octet_dequant(og, p.hidden, wr, k0, lo);
+            vu = octet_dequant(ou, p.hidden, wr, k0, lo);
         }
-        if (is_up) {
-            us[lr][2u * lo] = v.q0;
-            us[lr][2u * lo + 1u] = v.q1;
-        } else {
-            gs[lr][2u * lo] = v.q0;
-            gs[lr][2u * lo + 1u] = v.q1;
-        }
-        xs[xa][xo] = xv;
+        gs[lr][2u * lo] = vg.q0;
+        gs[lr][2u * lo + 1u] = vg.q1;
+        us[lr][2u * lo] = vu.q0;
+        us[lr][2u * lo + 1u] = vu.q1;
+        xs[lr][2u * lo] = xv0;
+        xs[lr][2u * lo + 1u] = xv1;
         workgroupBarrier();
         let k1 = k0 + TK;
         if (k1 < p.hidden) {
             if (w_live) {
-                ow = octet_fetch(q_word, s_word, b_word, p.hidden, wr, k1, lo);
+                og = octet_fetch(sb + p.gate_q, sb + p.gate_s, sb + p.gate_b, p.hidden, wr, k1,
+                                 lo);
+                ou = octet_fetch(sb + p.up_q, sb + p.up_s, sb + p.up_b, p.hidden, wr, k1, lo);
             }
-            xv = x[(token * p.hidden + k1 + 4u * xo) >> 2u];
+            xv0 = x[xrow + (k1 >> 2u)];
+            xv1 = x[xrow + (k1 >> 2u) + 1u];
         }
         for (var kq = 0u; kq < TK / 4u; kq++) {
-            let xa0 = xs[lid.y][kq];
-            let xa1 = xs[lid.y + 16u][kq];
+            let x0 = xs[lid.y][kq];
+            let x1 = xs[lid.y + 8u][kq];
+            let x2 = xs[lid.y + 16u][kq];
+            let x3 = xs[lid.y + 24u][kq];
             let ga = gs[lid.x][kq];
             let gb = gs[lid.x + 16u][kq];
             let ua = us[lid.x][kq];
             let ub = us[lid.x + 16u][kq];
-            g0 += vec2<f32>(dot(ga, xa0), dot(ga, xa1));
-            g1 += vec2<f32>(dot(gb, xa0), dot(gb, xa1));
-            u0 += vec2<f32>(dot(ua, xa0), dot(ua, xa1));
-            u1 += vec2<f32>(dot(ub, xa0), dot(ub, xa1));
+            g0 += vec4<f32>(dot(ga, x0), dot(ga, x1), dot(ga, x2), dot(ga, x3));
+            g1 += vec4<f32>(dot(gb, x0), dot(gb, x1), dot(gb, x2), dot(gb, x3));
+            u0 += vec4<f32>(dot(ua, x0), dot(ua, x1), dot(ua, x2), dot(ua, x3));
+            u1 += vec4<f32>(dot(ub, x0), dot(ub, x1), dot(ub, x2), dot(ub, x3));
         }
         workgroupBarrier();
     }
-    store(sb, first, count, row0 + lid.x, lid.y, g0.x, u0.x);
-    store(sb, first, count, row0 + lid.x, lid.y + 16u, g0.y, u0.y);
-    store(sb, first, count, row0 + lid.x + 16u, lid.y, g1.x, u1.x);
-    store(sb, first, count, row0 + lid.x + 16u, lid.y + 16u, g1.y, u1.y);
+    for (var j = 0u; j < 4u; j++) {
+        store(sb, first, count, row0 + lid.x, lid.y + 8u * j, g0[j], u0[j]);
+        store(sb, first, count, row0 + lid.x + 16u, lid.y + 8u * j, g1[j], u1[j]);
+    }
 }
 
 // h of row r for the tile's assignment t, if both exist (the biases of the slot starting at

@@ -2,13 +2,15 @@
 // dot(W[r, :], x[t, :]) (+ bias) (+ resid) for n_tokens tokens; y and resid have out_stride
 // columns. `w` holds [codes][scales][biases] as in qmatvec.wgsl (see include/quant.wgsl).
 //
-// A workgroup of 16x16 threads computes a tile of 32 rows x 32 tokens, each thread 2 rows x
-// 2 tokens, over K tiles of 32 columns (one block: BITS whole words per row, one group).
-// Per K tile, threads 0..127 dequantize the W tile (one octet each: 32 rows x 4 octets)
-// into workgroup memory while threads 128..255 store the x tile (8 floats each); the
-// loads of both are issued a K tile ahead (include/qtile.wgsl), before the previous
-// tile's products (H200, 512-token prefill: 77 -> 66 ms of qmatmul; two tiles ahead was
-// slower, 73 ms).
+// A workgroup of 16x8 threads computes a tile of 64 rows x 32 tokens, each thread 4 rows x
+// 4 tokens (rows lid.x + 16 i, tokens lid.y + 8 j), over K tiles of 32 columns (one block:
+// BITS whole words per row, one group). Per K tile, every thread dequantizes two octets
+// of the W tile (64 rows x 4 octets) into workgroup memory and stores one octet of the x
+// tile; the loads of both are issued a K tile ahead (include/qtile.wgsl), before the
+// previous tile's products (H200, 512-token prefill: 77 -> 66 ms of qmatmul; two tiles
+// ahead was slower, 73 ms). Each product step loads 8 vec4s from workgroup memory for 16
+// dot products (a 32x32 tile of 2x2 per thread loaded 4 for 4, so that workgroup memory
+// bandwidth bounded it at ~14 TFLOP/s).
 struct Params {
     rows: u32,
     cols: u32,
@@ -28,12 +30,12 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 // Tile sizes: `QMATMUL_ROWS` / `QMATMUL_TOKENS` in src/gpu/kernels.rs.
-const TR: u32 = 32u; // rows per tile
+const TR: u32 = 64u; // rows per tile
 const TT: u32 = 32u; // tokens per tile
 const TK: u32 = 32u; // columns per K tile
 // [row][k / 4] as vec4s (one load serves 4 columns), rows padded to 9 vec4s: 8
 // invocations reading 8 rows at one column hit 8 different bank quads.
-var<workgroup> ws: array<array<vec4<f32>, 9>, 32>; // dequantized W
+var<workgroup> ws: array<array<vec4<f32>, 9>, 64>; // dequantized W
 var<workgroup> xs: array<array<vec4<f32>, 9>, 32>; // [token][k / 4]
 
 // Writes output (row r, token t) if it is inside the chunk, adding bias / residual.
@@ -53,50 +55,65 @@ fn store(r: u32, t: u32, acc: f32) {
     y[oi] = v;
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(16, 8)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
     let row0 = wid.x * TR;
     let tok0 = wid.y * TT;
-    // The loader role of this thread: W octet (row lr, octet lo) or x octet (token lr).
-    let lr = (li & 127u) >> 2u;
+    // Loader roles: W octets (row lr, octet lo) and (row lr + 32, octet lo); x octet lo of
+    // token lr.
+    let lr = li >> 2u;
     let lo = li & 3u;
-    // Outputs: acc0 = row lid.x, acc1 = row lid.x + 16; .x token lid.y, .y token lid.y + 16.
-    var acc0 = vec2<f32>(0.0);
-    var acc1 = vec2<f32>(0.0);
+    // Outputs: acc<i> holds row lid.x + 16 i; its components tokens lid.y + 8 j.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     // Each K tile's loads are issued before the previous tile's products, so that they are
     // in flight while the products run.
-    let wr = row0 + lr;
-    let w_live = li < 128u && wr < p.rows;
+    let wr0 = row0 + lr;
+    let wr1 = wr0 + 32u;
+    let live0 = wr0 < p.rows;
+    let live1 = wr1 < p.rows;
     let xt = tok0 + lr;
-    let x_live = li >= 128u && xt < p.n_tokens;
-    var ow = OctetWords(0u, 0u, 0u, 0u);
+    let x_live = xt < p.n_tokens;
+    var ow0 = OctetWords(0u, 0u, 0u, 0u);
+    var ow1 = OctetWords(0u, 0u, 0u, 0u);
     var xv0 = vec4<f32>(0.0);
     var xv1 = vec4<f32>(0.0);
-    if (w_live) {
-        ow = octet_fetch(0u, p.scales_word, p.biases_word, p.cols, wr, 0u, lo);
+    if (live0) {
+        ow0 = octet_fetch(0u, p.scales_word, p.biases_word, p.cols, wr0, 0u, lo);
+    }
+    if (live1) {
+        ow1 = octet_fetch(0u, p.scales_word, p.biases_word, p.cols, wr1, 0u, lo);
     }
     if (x_live) {
         xv0 = x[(xt * p.cols + 8u * lo) >> 2u];
         xv1 = x[((xt * p.cols + 8u * lo) >> 2u) + 1u];
     }
     for (var k0 = 0u; k0 < p.cols; k0 += TK) {
-        if (li < 128u) {
-            var v = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
-            if (w_live) {
-                v = octet_dequant(ow, p.cols, wr, k0, lo);
-            }
-            ws[lr][2u * lo] = v.q0;
-            ws[lr][2u * lo + 1u] = v.q1;
-        } else {
-            xs[lr][2u * lo] = xv0;
-            xs[lr][2u * lo + 1u] = xv1;
+        var v0 = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
+        var v1 = Octet(vec4<f32>(0.0), vec4<f32>(0.0));
+        if (live0) {
+            v0 = octet_dequant(ow0, p.cols, wr0, k0, lo);
         }
+        if (live1) {
+            v1 = octet_dequant(ow1, p.cols, wr1, k0, lo);
+        }
+        ws[lr][2u * lo] = v0.q0;
+        ws[lr][2u * lo + 1u] = v0.q1;
+        ws[lr + 32u][2u * lo] = v1.q0;
+        ws[lr + 32u][2u * lo + 1u] = v1.q1;
+        xs[lr][2u * lo] = xv0;
+        xs[lr][2u * lo + 1u] = xv1;
         workgroupBarrier();
         let k1 = k0 + TK;
         if (k1 < p.cols) {
-            if (w_live) {
-                ow = octet_fetch(0u, p.scales_word, p.biases_word, p.cols, wr, k1, lo);
+            if (live0) {
+                ow0 = octet_fetch(0u, p.scales_word, p.biases_word, p.cols, wr0, k1, lo);
+            }
+            if (live1) {
+                ow1 = octet_fetch(0u, p.scales_word, p.biases_word, p.cols, wr1, k1, lo);
             }
             if (x_live) {
                 xv0 = x[(xt * p.cols + k1 + 8u * lo) >> 2u];
@@ -104,19 +121,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             }
         }
         for (var kq = 0u; kq < TK / 4u; kq++) {
+            let x0 = xs[lid.y][kq];
+            let x1 = xs[lid.y + 8u][kq];
+            let x2 = xs[lid.y + 16u][kq];
+            let x3 = xs[lid.y + 24u][kq];
             let w0 = ws[lid.x][kq];
             let w1 = ws[lid.x + 16u][kq];
-            let x0 = xs[lid.y][kq];
-            let x1 = xs[lid.y + 16u][kq];
-            acc0 += vec2<f32>(dot(w0, x0), dot(w0, x1));
-            acc1 += vec2<f32>(dot(w1, x0), dot(w1, x1));
+            let w2 = ws[lid.x + 32u][kq];
+            let w3 = ws[lid.x + 48u][kq];
+            acc0 += vec4<f32>(dot(w0, x0), dot(w0, x1), dot(w0, x2), dot(w0, x3));
+            acc1 += vec4<f32>(dot(w1, x0), dot(w1, x1), dot(w1, x2), dot(w1, x3));
+            acc2 += vec4<f32>(dot(w2, x0), dot(w2, x1), dot(w2, x2), dot(w2, x3));
+            acc3 += vec4<f32>(dot(w3, x0), dot(w3, x1), dot(w3, x2), dot(w3, x3));
         }
         workgroupBarrier();
     }
-    let r = row0 + lid.x;
-    let t = tok0 + lid.y;
-    store(r, t, acc0.x);
-    store(r, t + 16u, acc0.y);
-    store(r + 16u, t, acc1.x);
-    store(r + 16u, t + 16u, acc1.y);
+    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            store(row0 + lid.x + 16u * i, tok0 + lid.y + 8u * j, accs[i][j]);
+        }
+    }
 }

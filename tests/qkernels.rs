@@ -1079,6 +1079,8 @@ fn moe_cases() -> Vec<(usize, usize, AffineQuant, AffineQuant)> {
     // (hidden, inter, gate/up bits, down bits, group, scale dtype)
     let cases = [
         (64, 32, 4, 4, 32, DType::F16),
+        // A hidden size that is not a multiple of the down mat-mat's 64-row tile.
+        (96, 64, 4, 4, 32, DType::F16),
         (128, 64, 3, 6, 64, DType::BF16),
         (128, 96, 8, 8, 32, DType::F16),
         (128, 128, 2, 2, 128, DType::F32),

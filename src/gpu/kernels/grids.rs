@@ -9,7 +9,7 @@ use super::*;
 pub const TEAM_WG: u32 = 64;
 /// Rows and tokens per workgroup tile of [`Kernel::QMatMul`] (`TR`, `TT` in
 /// `kernels/qmatmul.wgsl`).
-const QMATMUL_ROWS: u32 = 32;
+const QMATMUL_ROWS: u32 = 64;
 const QMATMUL_TOKENS: u32 = 32;
 /// Output octets (8 values) per workgroup of [`Kernel::QEmbedding`] (its workgroup size).
 const QEMBEDDING_OCTETS: u32 = 64;
@@ -171,7 +171,7 @@ pub fn moe_gate_up_qmm_groups(inter: u32, n_tiles: u32) -> (u32, u32) {
 /// Grid of [`Kernel::MoeDownQmm`] for `n_tiles` tiles (at most 65535) of experts of
 /// `hidden` rows.
 pub fn moe_down_qmm_groups(hidden: u32, n_tiles: u32) -> (u32, u32) {
-    (hidden.div_ceil(32).max(1), n_tiles.max(1))
+    (hidden.div_ceil(64).max(1), n_tiles.max(1))
 }
 
 /// The `WDT` override code of the quantized kernels for MXFP4 weights (`BITS` 4, `GROUP`
@@ -249,7 +249,7 @@ pub fn expert_team(subgroup: u32, rows: u32, cols: u32, count: u32, rows_per_tea
 }
 
 /// Grid of [`Kernel::QMatMul`] for a chunk of `rows` rows and `n_tokens` tokens
-/// (`rows <= 65535 * 32`, `n_tokens <= 65535 * 32`).
+/// (`rows <= 65535 * 64`, `n_tokens <= 65535 * 32`).
 pub fn qmatmul_groups(rows: u32, n_tokens: u32) -> (u32, u32) {
     (
         rows.div_ceil(QMATMUL_ROWS).max(1),
