@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::cache::{CacheStats, ExpertCache};
+use crate::cache::{CachePolicy, CacheStats, ExpertCache};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::dtype::DType;
@@ -68,6 +68,7 @@ pub struct ModelBuilder {
     kv_cache_dtype: Option<DType>,
     readback_spin: std::time::Duration,
     progress: Option<ProgressFn>,
+    policy: CachePolicy,
 }
 
 impl std::fmt::Debug for ModelBuilder {
@@ -76,6 +77,7 @@ impl std::fmt::Debug for ModelBuilder {
             .field("dir", &self.dir)
             .field("cache_size", &self.cache_size)
             .field("io_threads", &self.io_threads)
+            .field("policy", &self.policy)
             .field("custom_store", &self.store.is_some())
             .field("adapter", &self.adapter)
             .field("f32_activations", &self.f32_activations)
@@ -109,6 +111,13 @@ impl ModelBuilder {
     /// iOS).
     pub fn expert_cache_page_bytes(mut self, bytes: u64) -> Self {
         self.page_bytes = Some(bytes);
+        self
+    }
+
+    /// Which expert the GPU expert cache evicts when a miss finds no free slot (default
+    /// [`CachePolicy::Lru`]).
+    pub fn expert_cache_policy(mut self, policy: CachePolicy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -377,6 +386,7 @@ impl ModelBuilder {
                 &moe_layers,
                 (cfg.num_hidden_layers, cfg.num_experts),
                 (slots, self.page_bytes),
+                self.policy,
                 self.io_threads,
                 weights.any_cached_shared().then_some(&shared_blob),
             )?)
@@ -464,6 +474,7 @@ impl Model {
             kv_cache_dtype: None,
             readback_spin: DEFAULT_READBACK_SPIN,
             progress: None,
+            policy: CachePolicy::default(),
         }
     }
 
@@ -539,6 +550,14 @@ impl Model {
         inner.gpu.check()?;
         cache.record(&stats);
         Ok(stats)
+    }
+
+    /// The expert cache's eviction policy ([`ModelBuilder::expert_cache_policy`]).
+    pub fn expert_cache_policy(&self) -> CachePolicy {
+        self.inner
+            .cache
+            .as_ref()
+            .map_or_else(CachePolicy::default, ExpertCache::policy)
     }
 
     /// Number of expert slots for routed experts in the GPU cache (0 for a model without
