@@ -560,6 +560,17 @@ impl Model {
             .map_or_else(CachePolicy::default, ExpertCache::policy)
     }
 
+    /// Wall time, since the model was built, during which at least one expert read from
+    /// the store was in flight (all sessions together): over a stretch of decoding, its
+    /// share of the wall time is the storage's busy fraction (1 when reads never pause,
+    /// low when the GPU or the host keeps storage waiting).
+    pub fn storage_busy_time(&self) -> std::time::Duration {
+        self.inner
+            .cache
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, ExpertCache::storage_busy_time)
+    }
+
     /// Number of expert slots for routed experts in the GPU cache (0 for a model without
     /// experts). Shared experts stored like the routed ones take one more slot per MoE
     /// layer, counted in [`Model::expert_cache_bytes`] but not here.

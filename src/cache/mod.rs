@@ -284,6 +284,12 @@ impl ExpertCache {
         self.lock().policy.kind()
     }
 
+    /// Wall time during which at least one expert read was in flight, since the cache was
+    /// made.
+    pub fn storage_busy_time(&self) -> Duration {
+        self.io.busy_time()
+    }
+
     /// Marks the experts `keys` as just used, as a step that ran without a routing
     /// readback used them; returns how many are (still) resident.
     pub fn touch(&self, keys: &[(usize, usize)]) -> u64 {
