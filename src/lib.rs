@@ -16,6 +16,7 @@ pub mod gpu;
 mod io;
 mod model;
 pub mod reference;
+pub mod routing;
 mod sampling;
 mod session;
 mod store;

@@ -115,7 +115,9 @@ impl ModelBuilder {
     }
 
     /// Which expert the GPU expert cache evicts when a miss finds no free slot (default
-    /// [`CachePolicy::Lru`]).
+    /// [`CachePolicy::Lru`]). The policies are compared on realistic routing in
+    /// docs/performance.md; [`routing::simulate`](crate::routing::simulate) replays a
+    /// routing trace of your own through each of them.
     pub fn expert_cache_policy(mut self, policy: CachePolicy) -> Self {
         self.policy = policy;
         self

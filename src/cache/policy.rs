@@ -18,7 +18,9 @@ pub(crate) type Key = (usize, usize);
 /// Every policy keeps the cache's guarantees: experts in use by the layer being run are
 /// never evicted, a shared expert's fixed slot never is, and a free slot is always taken
 /// before anything is evicted. They differ only in the victim. Which one wins depends on
-/// the routing: measure on your model's.
+/// the routing: measure with [`routing::simulate`](crate::routing::simulate) on a trace of
+/// your model (`cargo bench --bench routing`; docs/performance.md has the table for
+/// routing with published statistics).
 ///
 /// ```no_run
 /// # fn main() -> moestream::Result<()> {
@@ -204,6 +206,26 @@ impl SlotPolicy {
         }
         self.free.insert(slot);
     }
+
+    /// Makes room for `keys` (one layer pass's distinct experts, at most [`slots`](Self::slots)
+    /// of them) as [`ExpertCache::acquire`](super::ExpertCache::acquire) does, without
+    /// reading anything: hits are marked used, every miss gets a slot. Returns (hits,
+    /// misses, evictions), or `None` when the keys do not fit.
+    pub fn simulate(&mut self, keys: &[Key]) -> Option<(u64, u64, u64)> {
+        let mut pinned: Vec<usize> = keys.iter().filter_map(|&k| self.lookup(k)).collect();
+        let hits = pinned.len() as u64;
+        let (mut misses, mut evictions) = (0, 0);
+        for &key in keys {
+            if self.map.contains_key(&key) {
+                continue;
+            }
+            let (slot, evicted) = self.insert(key, &pinned)?;
+            pinned.push(slot);
+            misses += 1;
+            evictions += u64::from(evicted.is_some());
+        }
+        Some((hits, misses, evictions))
+    }
 }
 
 #[cfg(test)]
@@ -302,5 +324,17 @@ mod tests {
         p.clear(0);
         assert!(p.layer_pages(2).is_empty());
         assert_eq!(p.layer_pages(1), vec![0, 1]);
+    }
+
+    #[test]
+    fn simulate_counts_like_acquire() {
+        let mut p = policy(CachePolicy::Lru, 3, 3);
+        assert_eq!(p.simulate(&[(0, 0), (0, 1)]), Some((0, 2, 0)));
+        assert_eq!(p.simulate(&[(0, 1), (0, 2)]), Some((1, 1, 0)));
+        // Full: (0, 0) is the least recently used; (0, 1) and (0, 3) are this pass's.
+        assert_eq!(p.simulate(&[(0, 1), (0, 3)]), Some((1, 1, 1)));
+        assert_eq!(p.lookup((0, 0)), None);
+        // More keys than slots do not fit.
+        assert_eq!(p.simulate(&[(1, 0), (1, 1), (1, 2), (1, 3)]), None);
     }
 }
