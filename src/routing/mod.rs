@@ -1,8 +1,9 @@
 //! Expert routing as data, for benchmarking the expert cache on realistic routing: traces
 //! of which experts each token chose in each MoE layer, read from files or generated with
 //! stated statistics ([`RoutingTrace::generate`], [`GeneratorParams`]), their statistics
-//! ([`TraceStats`]), and a cache policy's hit rate on them computed on the host
-//! ([`simulate`]).
+//! ([`TraceStats`]), a cache policy's hit rate on them computed on the host
+//! ([`simulate`]), and their replay through a model's expert cache and storage
+//! ([`Model::replay_routing`](crate::Model::replay_routing)).
 //!
 //! Greedy decoding of a random-weight model loops, so its routing repeats and flatters any
 //! cache; these tools let a benchmark use routing with the statistics of real models
@@ -57,12 +58,14 @@
 
 mod generator;
 mod read;
+mod replay;
 mod rng;
 mod simulate;
 mod stats;
 mod trace;
 
 pub use generator::{GeneratorParams, Popularity, CALIBRATED_DECAY, CALIBRATED_STICKINESS};
+pub use replay::ReplayStats;
 pub use simulate::simulate;
 pub use stats::TraceStats;
 pub use trace::{
