@@ -6,6 +6,7 @@ use crate::engine::state::{Scratch, SequenceState};
 use crate::error::{Error, Result};
 use crate::gpu::{ParamArena, Recorder, Timer};
 use crate::model::Model;
+use crate::routing::{RoutingTrace, TraceHeader};
 use crate::sampling::Candidate;
 
 /// Longest run of tokens one batched pass processes; longer prompts are prefilled in
@@ -97,6 +98,8 @@ pub struct Session {
     has_logits: bool,
     /// Decode steps to run with routing readbacks before trying the resident path again.
     resident_backoff: u32,
+    /// The routing recorded since [`Session::record_routing`], if recording.
+    routing: Option<RoutingTrace>,
 }
 
 /// Largest `n` of [`Session::step_top`] and [`Session::prefill_top`].
@@ -164,6 +167,7 @@ impl Session {
             last: SessionStats::default(),
             has_logits: false,
             resident_backoff: 0,
+            routing: None,
         })
     }
 
@@ -190,6 +194,7 @@ impl Session {
         self.check_tokens(ids)?;
         self.last = SessionStats::default();
         let start = self.pos;
+        let traced = self.routing.as_ref().map(RoutingTrace::len);
         let mut last = Readout::Full(Vec::new());
         let chunks: Vec<&[u32]> = ids.chunks(self.scratch.cap).collect();
         for (i, chunk) in chunks.iter().enumerate() {
@@ -209,6 +214,9 @@ impl Session {
                     } else {
                         start
                     };
+                    if let (Some(trace), Some(len)) = (self.routing.as_mut(), traced) {
+                        trace.truncate(len);
+                    }
                     return Err(e);
                 }
             }
@@ -331,6 +339,47 @@ impl Session {
         Ok(s)
     }
 
+    /// Starts recording this session's routing: from now on, every token that a
+    /// successful [`prefill`](Self::prefill) or [`step`](Self::step) (or
+    /// [`generate`](Self::generate)) runs appends the experts it chose in each MoE layer, in
+    /// the router's rank order, to a [`RoutingTrace`] (a shared expert is not a choice and
+    /// is not recorded). Starting again discards what was recorded. A failed call records
+    /// nothing (a prefill of several passes undoes the passes it recorded), and tokens run
+    /// again after a [`truncate`](Self::truncate) are recorded again: the trace is the
+    /// sequence of requests the expert cache saw. Recording changes no result: it keeps the
+    /// expert ids the engine reads back anyway (with a partial cache, each MoE layer's
+    /// routing; on resident decode steps, the routing log of the step's one readback).
+    /// [`fork`](Self::fork)ed sessions do not record. An [`Error::InvalidArgument`] for a
+    /// model without MoE layers.
+    ///
+    /// ```no_run
+    /// # fn main() -> moestream::Result<()> {
+    /// let model = moestream::Model::open("path/to/model")?;
+    /// let mut s = model.session(2048)?;
+    /// s.record_routing()?;
+    /// s.prefill(&[1, 2, 3])?;
+    /// s.step(4)?;
+    /// let trace = s.take_routing_trace().expect("recording");
+    /// assert_eq!(trace.len(), 4);
+    /// trace.write("routing.trace")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn record_routing(&mut self) -> Result<()> {
+        let header = TraceHeader::for_model(&self.model.inner.cfg)?;
+        self.routing = Some(RoutingTrace::new(header));
+        Ok(())
+    }
+
+    /// The routing recorded so far, if recording ([`record_routing`](Self::record_routing)).
+    pub fn routing_trace(&self) -> Option<&RoutingTrace> {
+        self.routing.as_ref()
+    }
+
+    /// Stops recording and returns what was recorded (`None` if not recording).
+    pub fn take_routing_trace(&mut self) -> Option<RoutingTrace> {
+        self.routing.take()
+    }
+
     /// Tokens in the context.
     pub fn position(&self) -> usize {
         self.pos
@@ -438,6 +487,7 @@ impl Session {
             resident,
             since_submit: 0,
             submit_chunk: RESIDENT_FIRST_CHUNK,
+            routing: self.routing.as_ref().map(|_| Vec::new()),
         };
         let s = &self.scratch;
         let layers = cfg.num_hidden_layers;
@@ -473,10 +523,13 @@ impl Session {
             if miss.iter().any(|&f| f != 0) {
                 return Ok(None);
             }
-            // Tell the cache what was used, for its LRU order and the hit counters.
+            // Tell the cache what was used, for its eviction order and the hit counters.
             let log: Vec<u32> = bytemuck::pod_collect_to_vec(&extra[1]);
             let mut keys = Vec::new();
             for l in cfg.moe_layers() {
+                if let Some(r) = pass.routing.as_mut() {
+                    r.push((l, log[l * k..(l + 1) * k].to_vec(), k));
+                }
                 let mut chosen: Vec<usize> = log[l * k..(l + 1) * k]
                     .iter()
                     .map(|&e| e as usize)
@@ -510,11 +563,43 @@ impl Session {
         self.stats.add(&stats);
         let out = result?;
         if out.is_some() {
+            if let (Some(trace), Some(layers)) = (self.routing.as_mut(), pass.routing.as_ref()) {
+                record(trace, layers, ids.len())?;
+            }
             self.pos += ids.len();
             self.state.commit();
         }
         Ok(out)
     }
+}
+
+/// Appends the routing of a pass's `n` tokens (per MoE layer, in order: the ids of every
+/// token, `kk` per token of which the first `top_k` are routed experts) to `trace`.
+fn record(trace: &mut RoutingTrace, layers: &[(usize, Vec<u32>, usize)], n: usize) -> Result<()> {
+    let h = trace.header();
+    let k = h.top_k();
+    let moe: Vec<usize> = layers.iter().map(|x| x.0).collect();
+    if moe != h.moe_layers()
+        || layers
+            .iter()
+            .any(|(_, ids, kk)| *kk < k || ids.len() < n * kk)
+    {
+        return Err(Error::Internal(format!(
+            "recording routing: a pass routed MoE layers {moe:?}, the trace has {:?}",
+            h.moe_layers()
+        )));
+    }
+    let mut row = Vec::with_capacity(h.per_token());
+    for t in 0..n {
+        row.clear();
+        for (_, ids, kk) in layers {
+            row.extend_from_slice(&ids[t * kk..t * kk + k]);
+        }
+        trace
+            .push_token(&row)
+            .map_err(|e| Error::Internal(format!("recording routing: {e}")))?;
+    }
+    Ok(())
 }
 
 // Added for `crate::generate::Chat` (multi-turn prefix reuse); kept separate from the

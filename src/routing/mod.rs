@@ -1,6 +1,7 @@
 //! Expert routing as data, for benchmarking the expert cache on realistic routing: traces
-//! of which experts each token chose in each MoE layer, read from files or generated with
-//! stated statistics ([`RoutingTrace::generate`], [`GeneratorParams`]), their statistics
+//! of which experts each token chose in each MoE layer, recorded from a model
+//! ([`Session::record_routing`](crate::Session::record_routing)) or generated with stated
+//! statistics ([`RoutingTrace::generate`], [`GeneratorParams`]), their statistics
 //! ([`TraceStats`]), a cache policy's hit rate on them computed on the host
 //! ([`simulate`]), and their replay through a model's expert cache and storage
 //! ([`Model::replay_routing`](crate::Model::replay_routing)).

@@ -160,7 +160,8 @@ impl TraceHeader {
 /// The routing of a sequence of tokens: for each token, for each MoE layer, the experts it
 /// chose (distinct, in the router's rank order when recorded from a model).
 ///
-/// Make one with stated statistics with [`RoutingTrace::generate`], keep it as a text file
+/// Record one from a model with [`Session::record_routing`](crate::Session::record_routing),
+/// make one with stated statistics with [`RoutingTrace::generate`], keep it as a text file
 /// ([`write`](Self::write), [`read`](Self::read); the format is in the
 /// [module docs](crate::routing)), and replay it through a cache policy
 /// ([`simulate`](crate::routing::simulate)) or through a model's expert cache and storage
@@ -239,6 +240,11 @@ impl RoutingTrace {
     pub(crate) fn token(&self, token: usize) -> &[u16] {
         let n = self.header.per_token();
         &self.ids[token * n..(token + 1) * n]
+    }
+
+    /// Keeps the first `tokens` tokens.
+    pub(crate) fn truncate(&mut self, tokens: usize) {
+        self.ids.truncate(tokens * self.header.per_token());
     }
 
     /// Appends ids already checked (a generator's).
