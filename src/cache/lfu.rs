@@ -2,19 +2,18 @@
 //! first, ties to the least recently used; use counts survive eviction and are halved
 //! every `period` uses per slot, so a formerly popular expert ages out.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use super::policy::{Key, Order};
 
-/// Use counts of every expert seen, and the resident slots ordered by (count, last use).
+/// Use counts: per slot for the resident experts (a use costs two array writes), in a map
+/// for the experts evicted (their history, taken back when they return).
 #[derive(Debug)]
 pub(crate) struct Lfu {
-    /// Uses of every expert seen (resident or not), aged.
-    count: HashMap<Key, u32>,
-    /// (count, last use, slot) of the resident slots, least valuable first.
-    order: BTreeSet<(u32, u64, usize)>,
-    /// Each resident slot's entry in `order`.
-    entry: Vec<Option<(u32, u64)>>,
+    /// Uses of experts not resident, aged.
+    history: HashMap<Key, u32>,
+    /// Per slot, (uses, last use) of the expert it holds.
+    slot: Vec<Option<(u32, u64)>>,
     /// Uses since the counts were last halved, and how many between halvings.
     uses: u64,
     age_every: u64,
@@ -24,66 +23,61 @@ impl Lfu {
     /// A policy for `slots` slots that halves its counts every `period * slots` uses.
     pub fn new(slots: usize, period: u64) -> Self {
         Lfu {
-            count: HashMap::new(),
-            order: BTreeSet::new(),
-            entry: vec![None; slots],
+            history: HashMap::new(),
+            slot: vec![None; slots],
             uses: 0,
             age_every: (period * slots as u64).max(1),
         }
     }
 
-    fn touch(&mut self, slot: usize, key: Key, tick: u64) {
-        self.uses += 1;
-        if self.uses >= self.age_every {
-            self.age();
-        }
-        let c = self.count.entry(key).or_insert(0);
-        *c = c.saturating_add(1);
-        let c = *c;
-        if let Some((oc, ot)) = self.entry[slot].take() {
-            self.order.remove(&(oc, ot, slot));
-        }
-        self.entry[slot] = Some((c, tick));
-        self.order.insert((c, tick, slot));
-    }
-
-    /// Halves every count (forgetting experts that reach zero) and reorders the slots.
+    /// Halves every count, forgetting evicted experts that reach zero.
     fn age(&mut self) {
         self.uses = 0;
-        self.count.retain(|_, c| {
+        self.history.retain(|_, c| {
             *c /= 2;
             *c > 0
         });
-        self.order = self
-            .entry
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(slot, e)| {
-                let (c, t) = e.as_mut()?;
-                *c /= 2;
-                Some((*c, *t, slot))
-            })
-            .collect();
+        for (c, _) in self.slot.iter_mut().flatten() {
+            *c /= 2;
+        }
     }
 }
 
 impl Order for Lfu {
-    fn used(&mut self, slot: usize, key: Key, tick: u64) {
-        self.touch(slot, key, tick);
+    fn used(&mut self, slot: usize, _key: Key, tick: u64) {
+        self.uses += 1;
+        if self.uses >= self.age_every {
+            self.age();
+        }
+        let (c, t) = self.slot[slot].get_or_insert((0, 0));
+        *c = c.saturating_add(1);
+        *t = tick;
     }
 
     fn filled(&mut self, slot: usize, key: Key, tick: u64) {
-        self.touch(slot, key, tick);
+        let c = self.history.remove(&key).unwrap_or(0);
+        self.slot[slot] = Some((c, tick));
+        self.used(slot, key, tick);
     }
 
-    fn removed(&mut self, slot: usize, _key: Key) {
-        if let Some((c, t)) = self.entry[slot].take() {
-            self.order.remove(&(c, t, slot));
+    fn removed(&mut self, slot: usize, key: Key) {
+        if let Some((c, _)) = self.slot[slot].take() {
+            if c > 0 {
+                self.history.insert(key, c);
+            }
         }
     }
 
+    /// The resident slot of fewest uses, least recently used among equals: a scan of the
+    /// slots, paid only on a miss (which then waits for a read).
     fn victim(&self, _key: Key, pinned: &dyn Fn(usize) -> bool) -> Option<usize> {
-        self.order.iter().map(|&(_, _, s)| s).find(|&s| !pinned(s))
+        self.slot
+            .iter()
+            .enumerate()
+            .filter_map(|(s, e)| e.map(|e| (e, s)))
+            .filter(|&(_, s)| !pinned(s))
+            .min()
+            .map(|(_, s)| s)
     }
 }
 

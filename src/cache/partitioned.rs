@@ -1,15 +1,18 @@
 //! [`CachePolicy::PerLayerLru`](super::CachePolicy::PerLayerLru): LRU within per-layer
 //! partitions of equal share.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
+use super::lru::{Links, List};
 use super::policy::{Key, Order};
 
 /// Per layer, its resident slots in the order of their last use, and its share.
 #[derive(Debug)]
 pub(crate) struct PerLayerLru {
-    /// Per layer: (last use, slot) of its resident slots, oldest first.
-    layers: HashMap<usize, BTreeSet<(u64, usize)>>,
+    links: Links,
+    /// Per layer, its resident slots, least recently used first.
+    layers: HashMap<usize, List>,
+    /// Each slot's last use (to compare the fronts of different layers' lists).
     last: Vec<u64>,
     /// The MoE layers, in order (a layer's index here sets its share).
     moe_layers: Vec<usize>,
@@ -20,6 +23,7 @@ pub(crate) struct PerLayerLru {
 impl PerLayerLru {
     pub fn new(slots: usize, moe_layers: &[usize]) -> Self {
         PerLayerLru {
+            links: Links::new(slots),
             layers: HashMap::new(),
             last: vec![0; slots],
             moe_layers: moe_layers.to_vec(),
@@ -39,16 +43,14 @@ impl PerLayerLru {
     }
 
     fn held(&self, layer: usize) -> usize {
-        self.layers.get(&layer).map_or(0, BTreeSet::len)
+        self.layers.get(&layer).map_or(0, |l| l.len)
     }
 
     /// The least recently used unpinned slot of `layer`, with its last use.
     fn oldest(&self, layer: usize, pinned: &dyn Fn(usize) -> bool) -> Option<(u64, usize)> {
-        self.layers
-            .get(&layer)?
-            .iter()
-            .copied()
-            .find(|&(_, s)| !pinned(s))
+        let list = self.layers.get(&layer)?;
+        let s = self.links.first_unpinned(list, pinned)?;
+        Some((self.last[s], s))
     }
 
     /// The least recently used unpinned slot among the layers `which` accepts.
@@ -68,10 +70,10 @@ impl PerLayerLru {
 
 impl Order for PerLayerLru {
     fn used(&mut self, slot: usize, (layer, _): Key, tick: u64) {
-        let set = self.layers.entry(layer).or_default();
-        set.remove(&(self.last[slot], slot));
+        let list = self.layers.entry(layer).or_default();
+        self.links.unlink(list, slot);
+        self.links.push_back(list, slot);
         self.last[slot] = tick;
-        set.insert((tick, slot));
     }
 
     fn filled(&mut self, slot: usize, key: Key, tick: u64) {
@@ -79,8 +81,8 @@ impl Order for PerLayerLru {
     }
 
     fn removed(&mut self, slot: usize, (layer, _): Key) {
-        if let Some(set) = self.layers.get_mut(&layer) {
-            set.remove(&(self.last[slot], slot));
+        if let Some(list) = self.layers.get_mut(&layer) {
+            self.links.unlink(list, slot);
         }
     }
 
