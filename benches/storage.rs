@@ -14,7 +14,9 @@
 //! again. The baseline is a sequential read of the pack's layer files in 16 MiB chunks
 //! (direct I/O when cold). Ratios are store GB/s over baseline GB/s.
 
-use std::fs::File;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,22 +27,6 @@ use moestream::{pack_experts, PackOptions, PackedStore, PackedStoreOptions};
 use moestream::{AlignedBuf, Checkpoint, ExpertStore, ModelConfig, Result, SafetensorsStore};
 
 const IN_FLIGHT: usize = 8;
-
-fn evict(files: &[PathBuf]) {
-    #[cfg(target_os = "linux")]
-    for f in files {
-        use std::os::unix::io::AsRawFd;
-        if let Ok(file) = File::open(f) {
-            let _ = file.sync_all();
-            // SAFETY: a plain advisory call on an open descriptor.
-            unsafe {
-                libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = files;
-}
 
 /// GB/s of a sequential read of `files` in 16 MiB chunks (direct I/O if `direct`).
 fn sequential(files: &[PathBuf], direct: bool) -> f64 {
@@ -177,7 +163,7 @@ fn main() -> Result<()> {
         packed_direct.direct_io_active()
     );
 
-    evict(&all);
+    common::evict(&all);
     let cold_seq = sequential(&pack_files, true);
     let warm_seq = {
         sequential(&pack_files, false);
@@ -196,7 +182,7 @@ fn main() -> Result<()> {
         "store", "cold GB/s", "ratio", "warm GB/s", "ratio"
     );
     for (name, store, files) in stores {
-        evict(files);
+        common::evict(files);
         let cold = experts(store, &moe, spec.num_experts)?;
         experts(store, &moe, spec.num_experts)?;
         let warm = experts(store, &moe, spec.num_experts)?;

@@ -8,7 +8,11 @@
 //!     --temperature 0.7 --top-p 0.9 --seed 1 --max-tokens 200
 //! cargo run --release --example generate -- --model DIR --prompt "Hi" --chat --print-prompt-ids
 //! cargo run --release --example generate -- --model DIR --prompt-ids 9707,11,1879
+//! cargo run --release --example generate -- --model DIR --prompt "Hi" --record-routing run.trace
 //! ```
+//! `--record-routing FILE` writes the experts every token chose in each MoE layer (prompt
+//! and generated) as a routing trace (`moestream::routing`), to replay through the expert
+//! cache: `cargo bench --bench routing -- --trace FILE`.
 //! Sampling defaults come from the model's `generation_config.json` (greedy without one);
 //! the flags override them (`--temperature 0` is greedy). `--print-prompt-ids` prints the
 //! prompt's token ids as one JSON array and exits without loading the weights (the folder
@@ -93,6 +97,10 @@ struct Args {
     /// Maximum context of the session.
     #[arg(long, default_value_t = 2048)]
     max_context: usize,
+    /// Record the routing (the experts each token chose in each MoE layer) and write it to
+    /// this file as a routing trace.
+    #[arg(long)]
+    record_routing: Option<PathBuf>,
 }
 
 fn run(args: Args) -> moestream::Result<()> {
@@ -240,14 +248,18 @@ fn run(args: Args) -> moestream::Result<()> {
         session.max_context()
     );
 
+    if args.record_routing.is_some() {
+        session.record_routing()?;
+    }
     let Some(tokenizer) = tokenizer else {
         // No tokenizer: greedy ids, as before tokenizer support.
-        return ids_only(
+        ids_only(
             &mut session,
             &prompt_ids,
             &options,
             cfg.eos_token_ids.clone(),
-        );
+        )?;
+        return save_routing(&mut session, args.record_routing.as_deref());
     };
     // Ctrl-C stops the generation (on Unix) and still prints its statistics.
     let interrupt = demo::Interrupt::install();
@@ -257,6 +269,7 @@ fn run(args: Args) -> moestream::Result<()> {
         let generation = session.generate(&tokenizer, Prompt::Ids(prompt_ids), &options)?;
         demo::stream_text(generation, &mut std::io::stdout())
     })?;
+    save_routing(&mut session, args.record_routing.as_deref())?;
     let Some(c) = c else {
         return Ok(());
     };
@@ -279,6 +292,27 @@ fn run(args: Args) -> moestream::Result<()> {
         total.cache.bytes_read as f64 / 1048576.0,
         total.cache.misses,
         total.cache.read_time.as_secs_f64(),
+    );
+    Ok(())
+}
+
+/// Writes the session's recorded routing to `path` (when recording).
+fn save_routing(
+    session: &mut moestream::Session,
+    path: Option<&std::path::Path>,
+) -> moestream::Result<()> {
+    let (Some(path), Some(trace)) = (path, session.take_routing_trace()) else {
+        return Ok(());
+    };
+    trace.write(path)?;
+    let s = trace.stats();
+    eprintln!(
+        "routing trace: {} tokens x {} MoE layers written to {} (reuse {:.1}%, 90% of choices on {:.0}% of experts)",
+        trace.len(),
+        trace.header().moe_layers().len(),
+        path.display(),
+        100.0 * s.reuse,
+        100.0 * s.coverage_90
     );
     Ok(())
 }

@@ -123,6 +123,24 @@ pub enum Error {
         reason: String,
     },
 
+    /// A routing trace file ([`RoutingTrace`](crate::routing::RoutingTrace)) is malformed:
+    /// a bad header, a line too long, an expert id out of range or repeated within a layer,
+    /// the wrong number of layers or experts on a token's line. Says where: the file, and
+    /// where known the line, the token (counted from 0) and the decoder layer.
+    #[error("routing trace {}{}: {reason}", path.display(), trace_location(*line, *token, *layer))]
+    RoutingTrace {
+        /// The trace file (or the name the reader was given).
+        path: PathBuf,
+        /// The line (counted from 1), where the problem is on one.
+        line: Option<usize>,
+        /// The token (counted from 0), where the problem is in a token's routing.
+        token: Option<usize>,
+        /// The decoder layer, where the problem is in one layer's experts.
+        layer: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// The session's KV cache cannot hold the tokens asked for.
     #[error("context overflow: {needed} tokens needed, the session holds at most {capacity}")]
     ContextOverflow {
@@ -220,6 +238,17 @@ pub enum Error {
     /// A moestream invariant was broken (a bug: please report it with the message).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// ", line 3, token 1, layer 5" for the parts known.
+fn trace_location(line: Option<usize>, token: Option<usize>, layer: Option<usize>) -> String {
+    let mut s = String::new();
+    for (name, v) in [("line", line), ("token", token), ("layer", layer)] {
+        if let Some(v) = v {
+            s.push_str(&format!(", {name} {v}"));
+        }
+    }
+    s
 }
 
 impl Error {

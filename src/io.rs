@@ -1,8 +1,10 @@
-//! A pool of I/O threads reading experts from the store into reusable aligned buffers.
+//! A pool of I/O threads reading experts from the store into reusable aligned buffers, and
+//! the clock of the time during which any read is in flight.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::store::{AlignedBuf, ExpertStore};
@@ -28,16 +30,67 @@ pub(crate) struct Done {
 pub(crate) struct IoPool {
     jobs: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
+    busy: Arc<BusyClock>,
+}
+
+/// The time during which at least one read is in flight (the storage's busy time as the
+/// engine sees it: from a `read_expert` call's start to its return).
+#[derive(Debug, Default)]
+pub(crate) struct BusyClock {
+    state: Mutex<Busy>,
+}
+
+#[derive(Debug, Default)]
+struct Busy {
+    in_flight: usize,
+    /// When `in_flight` last went from 0 to 1.
+    since: Option<Instant>,
+    /// Closed busy intervals.
+    total: Duration,
+}
+
+impl BusyClock {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Busy> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A read starts.
+    pub fn start(&self) {
+        let mut b = self.lock();
+        if b.in_flight == 0 {
+            b.since = Some(Instant::now());
+        }
+        b.in_flight += 1;
+    }
+
+    /// A read ends.
+    pub fn end(&self) {
+        let mut b = self.lock();
+        b.in_flight = b.in_flight.saturating_sub(1);
+        if b.in_flight == 0 {
+            if let Some(t) = b.since.take() {
+                b.total += t.elapsed();
+            }
+        }
+    }
+
+    /// Busy time so far, the interval in progress included.
+    pub fn total(&self) -> Duration {
+        let b = self.lock();
+        b.total + b.since.map_or(Duration::ZERO, |t| t.elapsed())
+    }
 }
 
 impl IoPool {
     pub fn new(store: Arc<dyn ExpertStore>, threads: usize) -> Result<Self> {
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
+        let busy = Arc::new(BusyClock::default());
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads.max(1) {
             let rx: Arc<Mutex<Receiver<Job>>> = rx.clone();
             let store = store.clone();
+            let clock = busy.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("moestream-io-{i}"))
                 .spawn(move || loop {
@@ -46,10 +99,12 @@ impl IoPool {
                         Err(_) => return,
                     };
                     let Ok(mut job) = job else { return };
+                    clock.start();
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         store.read_expert(job.layer, job.expert, &mut job.buf)
-                    }))
-                    .unwrap_or_else(|_| {
+                    }));
+                    clock.end();
+                    let result = result.unwrap_or_else(|_| {
                         Err(Error::ExpertRead {
                             layer: job.layer,
                             expert: job.expert,
@@ -69,11 +124,17 @@ impl IoPool {
         Ok(IoPool {
             jobs: Some(tx),
             workers,
+            busy,
         })
     }
 
     pub fn threads(&self) -> usize {
         self.workers.len()
+    }
+
+    /// Wall time during which at least one read was in flight, since the pool started.
+    pub fn busy_time(&self) -> Duration {
+        self.busy.total()
     }
 
     /// Queues a read; returns the job back if the pool has shut down.
@@ -91,5 +152,34 @@ impl Drop for IoPool {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BusyClock;
+    use std::time::Duration;
+
+    #[test]
+    fn busy_time_counts_overlapping_reads_once() {
+        let c = BusyClock::default();
+        assert_eq!(c.total(), Duration::ZERO);
+        c.start();
+        c.start(); // two reads in flight
+        std::thread::sleep(Duration::from_millis(20));
+        c.end();
+        std::thread::sleep(Duration::from_millis(20));
+        c.end();
+        let busy = c.total();
+        assert!(busy >= Duration::from_millis(40), "{busy:?}");
+        // Idle time does not count.
+        std::thread::sleep(Duration::from_millis(30));
+        let idle = c.total();
+        assert_eq!(idle, busy);
+        // A read in progress counts up to now.
+        c.start();
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(c.total() >= busy + Duration::from_millis(10));
+        c.end();
     }
 }

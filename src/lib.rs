@@ -16,13 +16,14 @@ pub mod gpu;
 mod io;
 mod model;
 pub mod reference;
+pub mod routing;
 mod sampling;
 mod session;
 mod store;
 pub mod synthetic;
 mod tokenizer;
 
-pub use cache::CacheStats;
+pub use cache::{CachePolicy, CacheStats, LFU_AGING_PERIOD};
 pub use chat::{ChatMessage, ChatOptions, ChatTemplate, ChatTemplates};
 pub use checkpoint::{Checkpoint, CheckpointFile, MatrixView, TensorEntry, TensorView};
 pub use config::{ModelConfig, Yarn, SUPPORTED_MODEL_TYPES};

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::cache::{CacheStats, ExpertCache};
+use crate::cache::{CachePolicy, CacheStats, ExpertCache};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::dtype::DType;
@@ -68,6 +68,7 @@ pub struct ModelBuilder {
     kv_cache_dtype: Option<DType>,
     readback_spin: std::time::Duration,
     progress: Option<ProgressFn>,
+    policy: CachePolicy,
 }
 
 impl std::fmt::Debug for ModelBuilder {
@@ -76,6 +77,7 @@ impl std::fmt::Debug for ModelBuilder {
             .field("dir", &self.dir)
             .field("cache_size", &self.cache_size)
             .field("io_threads", &self.io_threads)
+            .field("policy", &self.policy)
             .field("custom_store", &self.store.is_some())
             .field("adapter", &self.adapter)
             .field("f32_activations", &self.f32_activations)
@@ -109,6 +111,15 @@ impl ModelBuilder {
     /// iOS).
     pub fn expert_cache_page_bytes(mut self, bytes: u64) -> Self {
         self.page_bytes = Some(bytes);
+        self
+    }
+
+    /// Which expert the GPU expert cache evicts when a miss finds no free slot (default
+    /// [`CachePolicy::Lru`]). The policies are compared on realistic routing in
+    /// docs/performance.md; [`routing::simulate`](crate::routing::simulate) replays a
+    /// routing trace of your own through each of them.
+    pub fn expert_cache_policy(mut self, policy: CachePolicy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -377,6 +388,7 @@ impl ModelBuilder {
                 &moe_layers,
                 (cfg.num_hidden_layers, cfg.num_experts),
                 (slots, self.page_bytes),
+                self.policy,
                 self.io_threads,
                 weights.any_cached_shared().then_some(&shared_blob),
             )?)
@@ -464,6 +476,7 @@ impl Model {
             kv_cache_dtype: None,
             readback_spin: DEFAULT_READBACK_SPIN,
             progress: None,
+            policy: CachePolicy::default(),
         }
     }
 
@@ -539,6 +552,25 @@ impl Model {
         inner.gpu.check()?;
         cache.record(&stats);
         Ok(stats)
+    }
+
+    /// The expert cache's eviction policy ([`ModelBuilder::expert_cache_policy`]).
+    pub fn expert_cache_policy(&self) -> CachePolicy {
+        self.inner
+            .cache
+            .as_ref()
+            .map_or_else(CachePolicy::default, ExpertCache::policy)
+    }
+
+    /// Wall time, since the model was built, during which at least one expert read from
+    /// the store was in flight (all sessions together): over a stretch of decoding, its
+    /// share of the wall time is the storage's busy fraction (1 when reads never pause,
+    /// low when the GPU or the host keeps storage waiting).
+    pub fn storage_busy_time(&self) -> std::time::Duration {
+        self.inner
+            .cache
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, ExpertCache::storage_busy_time)
     }
 
     /// Number of expert slots for routed experts in the GPU cache (0 for a model without

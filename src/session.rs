@@ -6,6 +6,7 @@ use crate::engine::state::{Scratch, SequenceState};
 use crate::error::{Error, Result};
 use crate::gpu::{ParamArena, PendingRead, Recorder, Timer};
 use crate::model::Model;
+use crate::routing::{RoutingTrace, TraceHeader};
 use crate::sampling::Candidate;
 
 /// Longest run of tokens one batched pass processes; longer prompts are prefilled in
@@ -101,6 +102,8 @@ pub struct Session {
     has_logits: bool,
     /// Decode steps to run with routing readbacks before trying the resident path again.
     resident_backoff: u32,
+    /// The routing recorded since [`Session::record_routing`], if recording.
+    routing: Option<RoutingTrace>,
     /// The next resident decode step, recorded while the GPU ran the last one.
     ahead: Option<Ahead>,
     /// Which of the two readback buffers the next recorded pass reads into (a step
@@ -127,10 +130,16 @@ struct Recorded {
     wait_time: std::time::Duration,
     /// GPU nanoseconds of the readbacks during the pass; `None` without timestamps.
     gpu_ns: Option<f64>,
+    /// The routing read back during the pass, when the session records it
+    /// ([`Pass::routing`]).
+    routing: Option<Vec<(usize, Vec<u32>, usize)>>,
 }
 
 /// An error of a pass, with the counters of the work done before it.
 type Failed = Box<(Error, SessionStats)>;
+
+/// A pass's routing: per MoE layer, (layer, the chosen ids of every token, ids per token).
+type RoutedLayers = Vec<(usize, Vec<u32>, usize)>;
 
 /// Environment variable that turns recording ahead off (`1`), for measuring what it
 /// gains; on by default.
@@ -206,6 +215,7 @@ impl Session {
             last: SessionStats::default(),
             has_logits: false,
             resident_backoff: 0,
+            routing: None,
             ahead: None,
             flip: false,
         })
@@ -234,6 +244,7 @@ impl Session {
         self.check_tokens(ids)?;
         self.last = SessionStats::default();
         let start = self.pos;
+        let traced = self.routing.as_ref().map(RoutingTrace::len);
         let mut last = Readout::Full(Vec::new());
         let chunks: Vec<&[u32]> = ids.chunks(self.scratch.cap).collect();
         for (i, chunk) in chunks.iter().enumerate() {
@@ -253,6 +264,9 @@ impl Session {
                     } else {
                         start
                     };
+                    if let (Some(trace), Some(len)) = (self.routing.as_mut(), traced) {
+                        trace.truncate(len);
+                    }
                     return Err(e);
                 }
             }
@@ -377,6 +391,47 @@ impl Session {
         s.pos = self.pos;
         s.has_logits = self.has_logits;
         Ok(s)
+    }
+
+    /// Starts recording this session's routing: from now on, every token that a
+    /// successful [`prefill`](Self::prefill) or [`step`](Self::step) (or
+    /// [`generate`](Self::generate)) runs appends the experts it chose in each MoE layer, in
+    /// the router's rank order, to a [`RoutingTrace`] (a shared expert is not a choice and
+    /// is not recorded). Starting again discards what was recorded. A failed call records
+    /// nothing (a prefill of several passes undoes the passes it recorded), and tokens run
+    /// again after a [`truncate`](Self::truncate) are recorded again: the trace is the
+    /// sequence of requests the expert cache saw. Recording changes no result: it keeps the
+    /// expert ids the engine reads back anyway (with a partial cache, each MoE layer's
+    /// routing; on resident decode steps, the routing log of the step's one readback).
+    /// [`fork`](Self::fork)ed sessions do not record. An [`Error::InvalidArgument`] for a
+    /// model without MoE layers.
+    ///
+    /// ```no_run
+    /// # fn main() -> moestream::Result<()> {
+    /// let model = moestream::Model::open("path/to/model")?;
+    /// let mut s = model.session(2048)?;
+    /// s.record_routing()?;
+    /// s.prefill(&[1, 2, 3])?;
+    /// s.step(4)?;
+    /// let trace = s.take_routing_trace().expect("recording");
+    /// assert_eq!(trace.len(), 4);
+    /// trace.write("routing.trace")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn record_routing(&mut self) -> Result<()> {
+        let header = TraceHeader::for_model(&self.model.inner.cfg)?;
+        self.routing = Some(RoutingTrace::new(header));
+        Ok(())
+    }
+
+    /// The routing recorded so far, if recording ([`record_routing`](Self::record_routing)).
+    pub fn routing_trace(&self) -> Option<&RoutingTrace> {
+        self.routing.as_ref()
+    }
+
+    /// Stops recording and returns what was recorded (`None` if not recording).
+    pub fn take_routing_trace(&mut self) -> Option<RoutingTrace> {
+        self.routing.take()
     }
 
     /// Tokens in the context.
@@ -520,11 +575,11 @@ impl Session {
             Err(e) => Err(e),
         };
         // (Errors come back with the stats of the work done before them.)
-        let (out, mut stats) = match result {
-            Ok((out, stats)) => (Ok(out), stats),
+        let (out, mut stats, routed) = match result {
+            Ok((out, stats, routed)) => (Ok(out), stats, routed),
             Err(failed) => {
                 let (e, stats) = *failed;
-                (Err(e), stats)
+                (Err(e), stats, None)
             }
         };
         let done = matches!(out, Ok(Some(_)));
@@ -548,6 +603,9 @@ impl Session {
         self.stats.add(&stats);
         let out = out?;
         if out.is_some() {
+            if let (Some(trace), Some(layers)) = (self.routing.as_mut(), routed.as_ref()) {
+                record(trace, layers, ids.len())?;
+            }
             self.pos += ids.len();
             self.state.commit();
         }
@@ -597,6 +655,7 @@ impl Session {
             resident,
             since_submit: 0,
             submit_chunk: RESIDENT_FIRST_CHUNK,
+            routing: self.routing.as_ref().map(|_| Vec::new()),
         };
         let s = &self.scratch;
         let layers = cfg.num_hidden_layers;
@@ -647,16 +706,19 @@ impl Session {
             record_time: pass.rec.record_time,
             wait_time: pass.rec.wait_time,
             gpu_ns: pass.rec.gpu_ns(),
+            routing: pass.routing,
         })
     }
 
     /// Waits for a recorded pass and reads its results: `None` for a resident pass that
-    /// found a chosen expert missing. The stats come back on errors too.
+    /// found a chosen expert missing; and, when the session records routing, the pass's
+    /// routing. The stats come back on errors too.
+    #[allow(clippy::type_complexity)]
     fn finish(
         &mut self,
         rec: Recorded,
         resident: bool,
-    ) -> std::result::Result<(Option<Readout>, SessionStats), Failed> {
+    ) -> std::result::Result<(Option<Readout>, SessionStats, Option<RoutedLayers>), Failed> {
         let m = &*self.model.inner;
         let cfg = &m.cfg;
         let mut stats = SessionStats {
@@ -678,23 +740,28 @@ impl Session {
             .map(|g| std::time::Duration::from_nanos((g + ns) as u64));
         if parts.is_empty() {
             // A pass that read back nothing (a prefill chunk before the last).
-            return Ok((Some(Readout::Full(Vec::new())), stats));
+            return Ok((Some(Readout::Full(Vec::new())), stats, rec.routing));
         }
         let rest = parts.split_off(1);
         let logits = crate::engine::pass::decode_readout(rec.top, &parts[0]);
         if !resident {
-            return Ok((Some(logits), stats));
+            return Ok((Some(logits), stats, rec.routing));
         }
         let layers = cfg.num_hidden_layers;
         let k = cfg.num_experts_per_tok;
         let miss: Vec<u32> = bytemuck::pod_collect_to_vec(&rest[0]);
         if miss.iter().take(layers).any(|&f| f != 0) {
-            return Ok((None, stats));
+            return Ok((None, stats, None));
         }
-        // Tell the cache what was used, for its LRU order and the hit counters.
+        // Tell the cache what was used, for its eviction order and the hit counters. (A
+        // step recorded ahead learns whether the session records routing only now.)
         let log: Vec<u32> = bytemuck::pod_collect_to_vec(&rest[1]);
         let mut keys = Vec::new();
+        let mut routing = self.routing.as_ref().map(|_| Vec::new());
         for l in cfg.moe_layers() {
+            if let Some(r) = routing.as_mut() {
+                r.push((l, log[l * k..(l + 1) * k].to_vec(), k));
+            }
             let mut chosen: Vec<usize> = log[l * k..(l + 1) * k]
                 .iter()
                 .map(|&e| e as usize)
@@ -706,8 +773,37 @@ impl Session {
         if let Some(cache) = &m.cache {
             stats.cache.hits += cache.touch(&keys);
         }
-        Ok((Some(logits), stats))
+        Ok((Some(logits), stats, routing))
     }
+}
+
+/// Appends the routing of a pass's `n` tokens (per MoE layer, in order: the ids of every
+/// token, `kk` per token of which the first `top_k` are routed experts) to `trace`.
+fn record(trace: &mut RoutingTrace, layers: &[(usize, Vec<u32>, usize)], n: usize) -> Result<()> {
+    let h = trace.header();
+    let k = h.top_k();
+    let moe: Vec<usize> = layers.iter().map(|x| x.0).collect();
+    if moe != h.moe_layers()
+        || layers
+            .iter()
+            .any(|(_, ids, kk)| *kk < k || ids.len() < n * kk)
+    {
+        return Err(Error::Internal(format!(
+            "recording routing: a pass routed MoE layers {moe:?}, the trace has {:?}",
+            h.moe_layers()
+        )));
+    }
+    let mut row = Vec::with_capacity(h.per_token());
+    for t in 0..n {
+        row.clear();
+        for (_, ids, kk) in layers {
+            row.extend_from_slice(&ids[t * kk..t * kk + k]);
+        }
+        trace
+            .push_token(&row)
+            .map_err(|e| Error::Internal(format!("recording routing: {e}")))?;
+    }
+    Ok(())
 }
 
 // Added for `crate::generate::Chat` (multi-turn prefix reuse); kept separate from the

@@ -1,7 +1,8 @@
 //! Seeded property tests ("fuzzing" on stable Rust) of every file moestream parses:
 //! `config.json`, safetensors headers and `model.safetensors.index.json`, the expert pack's
 //! `index.json` and layer files, `tokenizer.json` / `tokenizer_config.json` and chat
-//! templates, and MLX-quantized tensors and their `quantization` configs.
+//! templates, MLX-quantized tensors and their `quantization` configs, and routing trace
+//! files.
 //!
 //! Each property mutates the fixtures under `tests/fixtures*/` (extreme numbers, deleted and
 //! inserted keys, nested objects, reshaped tensors, truncated files, flipped bytes) and runs
@@ -3070,4 +3071,100 @@ fn mlx_quantization() {
             },
         );
     property("mlx quantization", 7, 4000, corpus, strategy, mlx_body);
+}
+
+// ---------------------------------------------------------------------------------------
+// Routing trace files
+// ---------------------------------------------------------------------------------------
+
+/// A valid trace of 3 decoder layers (MoE layers 0 and 2), 8 experts, top-2.
+fn trace_text() -> &'static Vec<u8> {
+    static TEXT: OnceLock<Vec<u8>> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        use moestream::routing::{GeneratorParams, RoutingTrace, TraceHeader};
+        let h = TraceHeader::new("qwen3_moe", 3, vec![0, 2], 8, 2).unwrap();
+        let t = RoutingTrace::generate(h, &GeneratorParams::default(), 12).unwrap();
+        let mut out = Vec::new();
+        t.write_to(&mut out).unwrap();
+        out
+    })
+}
+
+const TRACE_SNIPPETS: &[&str] = &[
+    "|",
+    " | ",
+    "\n",
+    "\r\n",
+    "# ",
+    "-",
+    ",",
+    "0",
+    "7",
+    "8",
+    "65535",
+    "65536",
+    "4096",
+    "18446744073709551616",
+    "99999999999999999999999",
+    "moe_layers 0-4095\n",
+    "moe_layers 0-99999999999\n",
+    "num_experts 18446744073709551615\n",
+    "num_experts 65536\n",
+    "top_k 256\n",
+    "num_layers 4096\n",
+    "tokens\n",
+    "model_type ",
+    "\u{0}",
+    "\u{feff}",
+];
+
+fn trace_body(muts: Vec<TextMut>) -> String {
+    use moestream::routing::RoutingTrace;
+    let mut b = trace_text().clone();
+    for m in &muts {
+        apply_text(&mut b, m);
+    }
+    let r = RoutingTrace::from_reader(&b[..], "fuzz.trace");
+    match &r {
+        Err(moestream::Error::RoutingTrace { path, .. }) => {
+            assert_eq!(path, Path::new("fuzz.trace"));
+        }
+        Err(e) => panic!("not a routing trace error: {e:?}"),
+        Ok(t) => {
+            // What reads back writes back the same.
+            let mut again = Vec::new();
+            t.write_to(&mut again).unwrap();
+            let back = RoutingTrace::from_reader(&again[..], "again").unwrap();
+            assert_eq!(&back, t);
+            let _ = t.stats();
+        }
+    }
+    label(&r)
+}
+
+#[test]
+fn routing_traces() {
+    let valid = String::from_utf8(trace_text().clone()).unwrap();
+    let body_at = valid.find("tokens\n").unwrap() + "tokens\n".len();
+    let mut corpus: Vec<Vec<TextMut>> = vec![vec![]];
+    // Each snippet at the start, in the header, at the first token line and at the end.
+    for &s in TRACE_SNIPPETS {
+        for at in [0, 30, body_at, body_at + 3, usize::MAX - 1] {
+            corpus.push(vec![TextMut::Insert(at, s)]);
+        }
+    }
+    // A line of a million digits, where a token line or a header line would be.
+    static LONG: OnceLock<String> = OnceLock::new();
+    let long: &'static str = LONG.get_or_init(|| "7".repeat(1 << 20)).as_str();
+    corpus.push(vec![TextMut::Insert(body_at, long)]);
+    corpus.push(vec![TextMut::Insert(30, long)]);
+    let muts = prop::collection::vec(
+        prop_oneof![
+            3 => text_mut(),
+            4 => (any::<usize>(), prop::sample::select(TRACE_SNIPPETS))
+                .prop_map(|(i, s)| TextMut::Insert(i, s)),
+        ],
+        1..4,
+    );
+    property("routing_traces", 41, 600, corpus, muts, trace_body);
 }

@@ -84,3 +84,21 @@ pub fn parts_words(q: AffineQuant, rows: usize, cols: usize) -> (u32, u32) {
     debug_assert_eq!(bo + sb, f.stored_bytes(rows, cols));
     ((so / 4) as u32, (bo / 4) as u32)
 }
+
+/// Drops `files` from the OS page cache (`posix_fadvise(DONTNEED)` on Linux; elsewhere
+/// nothing), so the next reads come from storage.
+pub fn evict(files: &[std::path::PathBuf]) {
+    #[cfg(target_os = "linux")]
+    for f in files {
+        use std::os::unix::io::AsRawFd;
+        if let Ok(file) = std::fs::File::open(f) {
+            let _ = file.sync_all();
+            // SAFETY: a plain advisory call on an open descriptor.
+            unsafe {
+                libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = files;
+}

@@ -1,8 +1,8 @@
 //! The GPU expert cache: fixed-size slots, bounded by a byte budget, filled from an
-//! [`ExpertStore`], evicting the least recently used expert.
+//! [`ExpertStore`], evicting as its [`CachePolicy`] says (least recently used by default).
 //!
 //! Slots live in "pages", GPU buffers that each fit one storage binding. Kernels address an
-//! expert by (page, slot within page). The slot map and the LRU order are host-side state
+//! expert by (page, slot within page). The slot map and the eviction order are host-side state
 //! behind a mutex that is held from slot assignment until the GPU work using those slots
 //! is submitted, so concurrent sessions can never overwrite a slot another session has
 //! recorded work against but not yet submitted.
@@ -16,9 +16,13 @@ use crate::gpu::Gpu;
 use crate::io::{Done, IoPool, Job};
 use crate::store::{AlignedBuf, ExpertStore};
 
+mod lfu;
 mod lru;
+mod partitioned;
+mod policy;
 
-pub(crate) use lru::LruPolicy;
+pub(crate) use policy::SlotPolicy;
+pub use policy::{CachePolicy, LFU_AGING_PERIOD};
 
 /// Slot table entry of an expert that is not resident.
 const NOT_RESIDENT: u32 = u32::MAX;
@@ -87,7 +91,7 @@ impl CacheStats {
 }
 
 pub(crate) struct CacheState {
-    pub policy: LruPolicy,
+    pub policy: SlotPolicy,
     /// Staging buffers for reads not in flight.
     bufs: Vec<AlignedBuf>,
 }
@@ -135,14 +139,16 @@ impl std::fmt::Debug for ExpertCache {
 
 impl ExpertCache {
     /// A cache of `slots` slots for routed experts, each as large as the largest expert of
-    /// `store` over `moe_layers`, read by `io_threads` threads; with `shared`, one more
-    /// fixed slot per MoE layer holding its shared expert.
+    /// `store` over `moe_layers`, evicting by `policy`, read by `io_threads` threads; with
+    /// `shared`, one more fixed slot per MoE layer holding its shared expert.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         gpu: &Gpu,
         store: Arc<dyn ExpertStore>,
         moe_layers: &[usize],
         (num_layers, num_experts): (usize, usize),
         (slots, page_bytes): (usize, Option<u64>),
+        policy: CachePolicy,
         io_threads: usize,
         shared: Option<SharedBlobs<'_>>,
     ) -> Result<Self> {
@@ -197,7 +203,7 @@ impl ExpertCache {
             left -= n;
         }
         let mut table = vec![NOT_RESIDENT; num_layers * per_layer];
-        let mut policy = LruPolicy::new(total, slots_per_page);
+        let mut policy = SlotPolicy::new(policy, total, slots_per_page, moe_layers);
         let mut shared_slots = vec![None; num_layers];
         if let Some(blob) = shared {
             // Where a preload of every routed expert, layer by layer into the free slots
@@ -271,6 +277,17 @@ impl ExpertCache {
     pub fn bytes(&self) -> u64 {
         let shared = self.shared_slots.iter().flatten().count();
         self.slot_bytes * (self.slots + shared) as u64
+    }
+
+    /// The policy choosing what to evict.
+    pub fn policy(&self) -> CachePolicy {
+        self.lock().policy.kind()
+    }
+
+    /// Wall time during which at least one expert read was in flight, since the cache was
+    /// made.
+    pub fn storage_busy_time(&self) -> Duration {
+        self.io.busy_time()
     }
 
     /// Marks the experts `keys` as just used, as a step that ran without a routing

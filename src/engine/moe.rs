@@ -163,6 +163,9 @@ impl<'a> Pass<'a> {
         )?;
         let ids: Vec<u32> = bytemuck::pod_collect_to_vec(&parts[0]);
         let wts: Vec<f32> = bytemuck::pod_collect_to_vec(&parts[1]);
+        if let Some(log) = self.routing.as_mut() {
+            log.push((l, ids.clone(), kk));
+        }
 
         // Group the (token, choice) pairs by expert (the shared expert, id `ne`, apart).
         self.experts_routed += (n * k) as u64;

@@ -84,6 +84,10 @@ pub(crate) struct Pass<'a> {
     /// MoE layers in the resident pass's current chunk: 1, then doubling
     /// ([`RESIDENT_FIRST_CHUNK`]).
     pub submit_chunk: usize,
+    /// When the session records routing: per MoE layer run so far, (layer, the chosen ids
+    /// of every token, ids per token); the first `top_k` of a token's are its routed
+    /// experts.
+    pub routing: Option<Vec<(usize, Vec<u32>, usize)>>,
 }
 
 /// A resident pass submits its first this many MoE layers, then chunks twice as long as
