@@ -17,6 +17,8 @@ mod io;
 mod model;
 pub mod reference;
 mod sampling;
+#[cfg(feature = "server")]
+pub mod server;
 mod session;
 mod store;
 pub mod synthetic;
