@@ -96,12 +96,14 @@ fn options(app: &App, f: &SamplingFields) -> Checked<GenerateOptions> {
         for (k, &v) in bias {
             let id = match k.trim().parse::<u32>() {
                 Ok(id) if (id as usize) < vocab => id,
-                _ => return bad(
-                    "logit_bias",
-                    format!(
+                _ => {
+                    return bad(
+                        "logit_bias",
+                        format!(
                         "logit_bias key {k:?} is not a token id below the vocabulary size {vocab}"
                     ),
-                ),
+                    )
+                }
             };
             if v.abs() > f64::from(MAX_LOGIT_BIAS) {
                 return bad(
