@@ -574,7 +574,8 @@ fn bad_requests_get_openai_errors() {
     assert!(metric(a, "moestream_request_errors_total") >= 40.0);
 }
 
-/// A client that goes away mid-stream cancels its generation and frees its slot at once;
+/// A client that goes away mid-stream (or while waiting for a whole reply) cancels its
+/// generation and frees its slot at once;
 /// with the one slot taken and the one queue place taken, a third request gets 429 with
 /// `Retry-After`, and the queued one runs once the slot is free.
 #[test]
@@ -637,6 +638,21 @@ fn disconnect_cancels_and_a_full_queue_gets_429() {
         1.0,
         "the cancelled state is not kept"
     );
+
+    // A client waiting for a whole reply that hangs up cancels it too.
+    let mut whole = long.clone();
+    whole["stream"] = json!(false);
+    let conn = http::send_raw(a, "POST", COMPLETIONS, whole.to_string().as_bytes());
+    wait_for("the whole reply's generation", || {
+        metric(a, "moestream_active_generations") == 1.0
+    });
+    drop(conn);
+    wait_for("the second cancel", || {
+        metric(a, "moestream_generations_total{outcome=\"cancelled\"}") == 2.0
+    });
+    wait_for("a free slot again", || {
+        metric(a, "moestream_active_generations") == 0.0
+    });
 }
 
 fn seeded(i: usize) -> Value {
