@@ -111,12 +111,12 @@ fn run(args: Args) -> moestream::Result<()> {
         }
         None if args.print_prompt_ids => {
             // Only the tokenizer is needed.
-            let dir = demo::cache_dir().join("synthetic-default");
+            let dir = moestream::synthetic::demo_dir();
             std::fs::create_dir_all(&dir).map_err(|e| moestream::Error::Io {
                 path: dir.clone(),
                 cause: e,
             })?;
-            demo::write_demo_tokenizer(
+            moestream::synthetic::write_demo_tokenizer(
                 &dir,
                 moestream::synthetic::SyntheticSpec::default().vocab_size,
             )?;

@@ -235,6 +235,11 @@ pub enum Error {
     #[error("expert I/O threads: {0}")]
     IoThreads(String),
 
+    /// The OpenAI-compatible server (feature `server`) could not start: its address could
+    /// not be bound, or its runtime or threads could not be created.
+    #[error("server: {0}")]
+    Server(String),
+
     /// A moestream invariant was broken (a bug: please report it with the message).
     #[error("internal error: {0}")]
     Internal(String),

@@ -18,6 +18,8 @@ mod model;
 pub mod reference;
 pub mod routing;
 mod sampling;
+#[cfg(feature = "server")]
+pub mod server;
 mod session;
 mod store;
 pub mod synthetic;

@@ -64,8 +64,11 @@ pub struct SyntheticSpec {
     pub llama_moe: Option<SyntheticLlamaMoe>,
 }
 
+mod demo;
+
 pub use crate::arch::deepseek_v3::synthetic::SyntheticDeepseek;
 pub use crate::arch::mixtral::synthetic::{LlamaMoeFamily, SyntheticLlamaMoe};
+pub use demo::{cache_dir, demo_dir, write_demo, write_demo_tokenizer};
 
 /// The GLM-4.5 part of a [`SyntheticSpec`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

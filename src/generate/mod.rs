@@ -416,7 +416,8 @@ impl Session {
 
 impl<'s> Generation<'s> {
     /// `prompt` is the whole prompt; its first `cached` tokens are already in the session.
-    fn start(
+    /// (Also the server's entry, which brings its own session from its prompt cache.)
+    pub(crate) fn start(
         session: &'s mut Session,
         tokenizer: &Tokenizer,
         context: Option<&'s mut Vec<u32>>,
