@@ -146,10 +146,12 @@ impl Session {
             ));
         }
         let m = &model.inner;
-        let cfg = &m.cfg;
         let gpu = &m.gpu;
-        let state = SequenceState::new(gpu, cfg, m.kv_cache_dtype, max_context)?;
-        let scratch = Scratch::new(m, max_context)?;
+        // The sizes the memory plan reports (`MemoryPlan::session`), checked against the
+        // device's limits before anything is allocated.
+        let layout = m.plan.session_layout(max_context)?;
+        let state = SequenceState::new(gpu, &layout);
+        let scratch = Scratch::new(gpu, &m.cfg, &layout.scratch, max_context)?;
         let timer = Timer::new(gpu);
         gpu.check()?;
         Ok(Session {
@@ -353,6 +355,17 @@ impl Session {
     /// states of the linear-attention layers, all allocated when the session is created.
     pub fn state_bytes(&self) -> u64 {
         self.state.bytes()
+    }
+
+    /// GPU memory of the session's scratch buffers in bytes: the activations of one pass
+    /// of up to [`MAX_PASS_TOKENS`] tokens, the RoPE tables for
+    /// [`max_context`](Self::max_context) positions, the logits and their readback.
+    /// [`state_bytes`](Self::state_bytes) plus this is what
+    /// [`SessionPlan::bytes`](crate::SessionPlan::bytes) predicted. (Not counted: the
+    /// uniform parameters of the dispatches, 64 KiB blocks allocated as the session records
+    /// its first passes, and a few KiB of timestamp queries.)
+    pub fn scratch_bytes(&self) -> u64 {
+        self.scratch.bytes()
     }
 
     /// The model this session runs on.

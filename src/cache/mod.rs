@@ -267,10 +267,9 @@ impl ExpertCache {
         self.shared_slots.iter().any(Option::is_some)
     }
 
-    /// GPU bytes of all slots, the shared experts' included.
+    /// GPU bytes of all slots, the shared experts' included: the pages' sizes.
     pub fn bytes(&self) -> u64 {
-        let shared = self.shared_slots.iter().flatten().count();
-        self.slot_bytes * (self.slots + shared) as u64
+        self.pages.iter().map(wgpu::Buffer::size).sum()
     }
 
     /// Marks the experts `keys` as just used, as a step that ran without a routing
