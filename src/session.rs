@@ -184,6 +184,8 @@ impl Session {
     }
 
     fn prefill_as(&mut self, ids: &[u32], want: Want) -> Result<Readout> {
+        let _span =
+            tracing::trace_span!("prefill", tokens = ids.len(), position = self.pos).entered();
         if ids.is_empty() {
             return Err(Error::InvalidArgument(
                 "prefill needs at least one token".into(),
@@ -231,6 +233,7 @@ impl Session {
     }
 
     fn step_as(&mut self, id: u32, want: Want) -> Result<Readout> {
+        let _span = tracing::trace_span!("step", position = self.pos).entered();
         self.check_tokens(&[id])?;
         self.last = SessionStats::default();
         self.run(&[id], want)
@@ -410,6 +413,7 @@ impl Session {
             match self.pass(ids, want, true)? {
                 Some(out) => Some(out),
                 None => {
+                    tracing::trace!("resident step found an expert missing: running it again with routing readbacks");
                     self.resident_backoff = RESIDENT_BACKOFF;
                     None
                 }

@@ -358,6 +358,7 @@ impl ExpertCache {
                 )));
             };
             if let Some(old) = evicted {
+                tracing::trace!(layer = old.0, expert = old.1, slot, "expert evicted");
                 stats.evictions += 1;
                 self.set_table(gpu, old, NOT_RESIDENT);
             }
@@ -417,6 +418,13 @@ impl ExpertCache {
                         &done.buf[..sizes[i]],
                     );
                     self.set_table(gpu, keys[i], slot as u32);
+                    tracing::trace!(
+                        layer = keys[i].0,
+                        expert = keys[i].1,
+                        slot,
+                        bytes = sizes[i],
+                        "expert cache miss read"
+                    );
                     written[done.tag] = true;
                     stats.misses += 1;
                     stats.bytes_read += sizes[i] as u64;

@@ -334,12 +334,14 @@ impl Gpu {
         let sink = error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             let e = device_error(e, None);
+            tracing::error!(error = %e, "GPU error");
             if let Ok(mut slot) = sink.lock() {
                 slot.get_or_insert(e);
             }
         }));
         let sink = error.clone();
         device.set_device_lost_callback(move |reason, message| {
+            tracing::error!(reason = ?reason, message = %message, "GPU device lost");
             // A lost device fails every later call; it replaces any earlier error.
             if let Ok(mut slot) = sink.lock() {
                 *slot = Some(Error::DeviceLost(format!("{reason:?}: {message}")));
@@ -397,6 +399,14 @@ impl Gpu {
         }
         gpu.summary.variant = gpu.variant;
         gpu.summary.subgroup_size = gpu.subgroup_size;
+        tracing::debug!(
+            adapter = %gpu.summary.name,
+            backend = %gpu.summary.backend,
+            max_binding,
+            variant = %gpu.variant.name(),
+            subgroup_size = ?gpu.subgroup_size,
+            "GPU device ready"
+        );
         Ok(gpu)
     }
 

@@ -255,8 +255,8 @@ impl ModelBuilder {
     /// [`SessionStats`](crate::SessionStats)). [`adapter`](Self::adapter) is then ignored.
     ///
     /// moestream installs its own uncaptured-error handler and device-lost callback on the
-    /// device (wgpu keeps one of each), so that GPU errors come back typed from its calls.
-    /// Work the application
+    /// device (wgpu keeps one of each), so that GPU errors come back typed from its calls;
+    /// a lost device is also reported as a `tracing` error event. Work the application
     /// submits to the same queue interleaves with moestream's.
     ///
     /// ```no_run
@@ -367,9 +367,22 @@ impl ModelBuilder {
                 ),
             });
         }
+        tracing::debug!(
+            model_type = %cfg.model_type,
+            layers = cfg.num_hidden_layers,
+            experts = cfg.num_experts,
+            "config read"
+        );
         let ckpt = Arc::new(Checkpoint::open(&self.dir)?);
+        tracing::debug!(
+            tensors = ckpt.tensor_names().count(),
+            "checkpoint headers read"
+        );
         let store: Arc<dyn ExpertStore> = match &self.store {
-            Some(s) => s.clone(),
+            Some(s) => {
+                tracing::debug!("expert store: the builder's");
+                s.clone()
+            }
             // An expert pack next to the checkpoint (`moestream-pack/`, written by the pack
             // example) is used when it was made from this checkpoint; a stale one is an error.
             None => match crate::store::PackedStore::for_checkpoint(&ckpt)? {
@@ -420,6 +433,9 @@ impl ModelBuilder {
     /// allocating what [`plan`](Self::plan) reports (it runs the same plan first, so a
     /// buffer past a device limit fails before any weight is read).
     pub fn build(self) -> Result<Model> {
+        let span = tracing::info_span!("moestream::load", dir = %self.dir.display());
+        let _entered = span.enter();
+        let t0 = std::time::Instant::now();
         let Opened { cfg, ckpt, store } = self.open()?;
         if self.io_threads == 0 {
             return Err(Error::InvalidArgument(
@@ -459,6 +475,12 @@ impl ModelBuilder {
             &gpu.limits,
         )?;
         let Opened { cfg, ckpt, store } = opened;
+        tracing::debug!(
+            resident_weight_bytes = plan.resident_weight_bytes(),
+            expert_cache_bytes = plan.expert_cache_bytes(),
+            expert_cache_slots = plan.expert_cache_slots(),
+            "memory plan"
+        );
         let progress = |p: LoadProgress| {
             if let Some(f) = &self.progress {
                 f(p);
@@ -474,6 +496,11 @@ impl ModelBuilder {
                 plan.resident_weight_bytes()
             )));
         }
+        tracing::debug!(
+            bytes = resident_bytes,
+            seconds = t0.elapsed().as_secs_f64(),
+            "resident weights uploaded"
+        );
         // Decode rows stay f32 when asked, without integer dot products, or when no 2- to 6-bit
         // matrix would read the 8+8-bit row (then no norm writes it).
         let reads_q8 =
@@ -527,11 +554,22 @@ impl ModelBuilder {
                         geometry.pages
                     )));
                 }
+                tracing::debug!(
+                    slots = cache.slots(),
+                    bytes = cache.bytes(),
+                    pages = pages.len(),
+                    "expert cache allocated"
+                );
                 Some(cache)
             }
             None => None,
         };
         progress(LoadProgress::ExpertCache);
+        tracing::debug!(
+            seconds = t0.elapsed().as_secs_f64(),
+            adapter = %gpu.summary.name,
+            "model loaded"
+        );
         Ok(Model {
             inner: Arc::new(ModelInner {
                 dir: self.dir,
