@@ -14,6 +14,9 @@
 #[path = "support/demo.rs"]
 mod demo;
 
+#[path = "support/logging.rs"]
+mod logging;
+
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -171,6 +174,7 @@ fn run(args: Args) -> moestream::Result<()> {
 }
 
 fn main() -> ExitCode {
+    logging::init();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -12,6 +12,9 @@
 //! keeps the KV cache in f16 (`ModelBuilder::kv_cache_dtype`), which moves logits by up to
 //! ~5e-3 on the test models, more than golden's default tolerance.
 
+#[path = "support/logging.rs"]
+mod logging;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -24,6 +27,7 @@ fn usage() -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    logging::init();
     let mut budget: Option<u64> = None;
     let mut f32_activations: Option<bool> = None;
     let mut kv_f16 = false;

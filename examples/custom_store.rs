@@ -29,6 +29,9 @@
 //! sleeps until the simulated completion time. If the real read is slower than the
 //! simulated device, the read is late ("overrun" below) and the prediction pessimistic.
 
+#[path = "support/logging.rs"]
+mod logging;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -427,6 +430,7 @@ fn run(args: Args) -> moestream::Result<()> {
 }
 
 fn main() -> ExitCode {
+    logging::init();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -26,6 +26,9 @@
 #[path = "support/demo.rs"]
 mod demo;
 
+#[path = "support/logging.rs"]
+mod logging;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -372,6 +375,7 @@ fn ids_only(
 }
 
 fn main() -> ExitCode {
+    logging::init();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

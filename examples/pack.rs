@@ -10,6 +10,9 @@
 //! cargo run --release --example pack -- --model DIR --verify     # check an existing pack
 //! ```
 
+#[path = "support/logging.rs"]
+mod logging;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -111,6 +114,7 @@ fn run(args: Args) -> moestream::Result<()> {
 }
 
 fn main() -> ExitCode {
+    logging::init();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

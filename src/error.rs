@@ -215,6 +215,22 @@ pub enum Error {
         limit: u64,
     },
 
+    /// A wgpu device handed to [`ModelBuilder::wgpu_device`](crate::ModelBuilder::wgpu_device)
+    /// lacks a capability moestream's kernels need: `what` names the wgpu limit (e.g.
+    /// `max_storage_buffers_per_shader_stage`) or the downlevel flag (then `needed` is 1 and
+    /// `found` 0). Create the device with at least [`wgpu::Limits::default()`] (WebGPU's
+    /// defaults) or with the adapter's own [`limits`](wgpu::Adapter::limits), which also
+    /// allow the largest buffers. Not retryable: the same device fails the same way.
+    #[error("the GPU device's {what} is {found}, below the {needed} moestream needs")]
+    DeviceRequirement {
+        /// The limit or capability (as wgpu names it).
+        what: &'static str,
+        /// The least value moestream needs.
+        needed: u64,
+        /// The device's value.
+        found: u64,
+    },
+
     /// The GPU device was lost (a driver reset or a removed GPU): the model must be opened
     /// again.
     #[error("GPU device lost: {0}")]

@@ -112,6 +112,14 @@ impl IoPool {
                             cause: None,
                         })
                     });
+                    if let Err(e) = &result {
+                        tracing::warn!(
+                            layer = job.layer,
+                            expert = job.expert,
+                            error = %e,
+                            "expert read failed"
+                        );
+                    }
                     let _ = job.reply.send(Done {
                         tag: job.tag,
                         buf: job.buf,

@@ -25,6 +25,12 @@ mod store;
 pub mod synthetic;
 mod tokenizer;
 
+/// The `wgpu` crate moestream runs on, re-exported so that its types in moestream's API
+/// ([`ModelBuilder::wgpu_device`] takes an application's `Adapter`, `Device` and `Queue`;
+/// [`ModelBuilder::plan_with_limits`] a `Limits`) are the ones an application names:
+/// use `moestream::wgpu` (or depend on the same major version of `wgpu`).
+pub use wgpu;
+
 pub use cache::{CachePolicy, CacheStats, LFU_AGING_PERIOD};
 pub use chat::{ChatMessage, ChatOptions, ChatTemplate, ChatTemplates};
 pub use checkpoint::{Checkpoint, CheckpointFile, MatrixView, TensorEntry, TensorView};
@@ -38,8 +44,8 @@ pub use generate::{
 };
 pub use gpu::{AdapterChoice, AdapterSummary, ADAPTER_ENV};
 pub use model::{
-    LoadProgress, Model, ModelBuilder, DEFAULT_EXPERT_CACHE_BYTES, DEFAULT_IO_THREADS,
-    DEFAULT_READBACK_SPIN,
+    LoadProgress, MemoryPlan, Model, ModelBuilder, PlannedBuffer, SessionPlan,
+    DEFAULT_EXPERT_CACHE_BYTES, DEFAULT_IO_THREADS, DEFAULT_READBACK_SPIN,
 };
 pub use sampling::{
     Candidate, GenerationConfig, LogitsNeeded, Sampler, SamplingParams, TokenLogprob,

@@ -197,10 +197,12 @@ impl Session {
             ));
         }
         let m = &model.inner;
-        let cfg = &m.cfg;
         let gpu = &m.gpu;
-        let state = SequenceState::new(gpu, cfg, m.kv_cache_dtype, max_context)?;
-        let scratch = Scratch::new(m, max_context)?;
+        // The sizes the memory plan reports (`MemoryPlan::session`), checked against the
+        // device's limits before anything is allocated.
+        let layout = m.plan.session_layout(max_context)?;
+        let state = SequenceState::new(gpu, &layout);
+        let scratch = Scratch::new(gpu, &m.cfg, &layout.scratch, max_context)?;
         let timer = Timer::new(gpu);
         gpu.check()?;
         Ok(Session {
@@ -236,6 +238,8 @@ impl Session {
     }
 
     fn prefill_as(&mut self, ids: &[u32], want: Want) -> Result<Readout> {
+        let _span =
+            tracing::trace_span!("prefill", tokens = ids.len(), position = self.pos).entered();
         if ids.is_empty() {
             return Err(Error::InvalidArgument(
                 "prefill needs at least one token".into(),
@@ -287,6 +291,7 @@ impl Session {
     }
 
     fn step_as(&mut self, id: u32, want: Want) -> Result<Readout> {
+        let _span = tracing::trace_span!("step", position = self.pos).entered();
         self.check_tokens(&[id])?;
         self.last = SessionStats::default();
         self.run(&[id], want)
@@ -458,6 +463,17 @@ impl Session {
         self.state.bytes()
     }
 
+    /// GPU memory of the session's scratch buffers in bytes: the activations of one pass
+    /// of up to [`MAX_PASS_TOKENS`] tokens, the RoPE tables for
+    /// [`max_context`](Self::max_context) positions, the logits and their readback.
+    /// [`state_bytes`](Self::state_bytes) plus this is what
+    /// [`SessionPlan::bytes`](crate::SessionPlan::bytes) predicted. (Not counted: the
+    /// uniform parameters of the dispatches, 64 KiB blocks allocated as the session records
+    /// its first passes, and a few KiB of timestamp queries.)
+    pub fn scratch_bytes(&self) -> u64 {
+        self.scratch.bytes()
+    }
+
     /// The model this session runs on.
     pub fn model(&self) -> &Model {
         &self.model
@@ -500,6 +516,7 @@ impl Session {
             match self.pass(ids, want, true)? {
                 Some(out) => Some(out),
                 None => {
+                    tracing::trace!("resident step found an expert missing: running it again with routing readbacks");
                     self.resident_backoff = RESIDENT_BACKOFF;
                     None
                 }

@@ -273,10 +273,9 @@ impl ExpertCache {
         self.shared_slots.iter().any(Option::is_some)
     }
 
-    /// GPU bytes of all slots, the shared experts' included.
+    /// GPU bytes of all slots, the shared experts' included: the pages' sizes.
     pub fn bytes(&self) -> u64 {
-        let shared = self.shared_slots.iter().flatten().count();
-        self.slot_bytes * (self.slots + shared) as u64
+        self.pages.iter().map(wgpu::Buffer::size).sum()
     }
 
     /// The policy choosing what to evict.
@@ -376,6 +375,7 @@ impl ExpertCache {
                 )));
             };
             if let Some(old) = evicted {
+                tracing::trace!(layer = old.0, expert = old.1, slot, "expert evicted");
                 stats.evictions += 1;
                 self.set_table(gpu, old, NOT_RESIDENT);
             }
@@ -435,6 +435,13 @@ impl ExpertCache {
                         &done.buf[..sizes[i]],
                     );
                     self.set_table(gpu, keys[i], slot as u32);
+                    tracing::trace!(
+                        layer = keys[i].0,
+                        expert = keys[i].1,
+                        slot,
+                        bytes = sizes[i],
+                        "expert cache miss read"
+                    );
                     written[done.tag] = true;
                     stats.misses += 1;
                     stats.bytes_read += sizes[i] as u64;

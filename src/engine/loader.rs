@@ -11,6 +11,7 @@ use crate::arch::{
 use crate::checkpoint::{Checkpoint, MatrixView};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::format::WeightFormat;
 use crate::gpu::{Gpu, GpuMatrix, GpuVec};
 use crate::store::{ExpertLayout, ExpertStore};
 
@@ -102,15 +103,8 @@ impl Loader<'_> {
             .map(|(s, v)| (v, s.start, s.count))
             .collect();
         self.fuse_rows(label, &parts)?.ok_or_else(|| {
-            let (s, v) = slices
-                .iter()
-                .zip(&views)
-                .find(|(_, v)| v.format != views[0].format)
-                .unwrap_or((&slices[0], &views[0]));
-            Error::InvalidArgument(format!(
-                "{label}: {} is stored as {} where {} is {}; the engine fuses them into one matrix and needs them stored alike",
-                s.prefix, v.format, slices[0].prefix, views[0].format
-            ))
+            let formats: Vec<WeightFormat> = views.iter().map(|v| v.format).collect();
+            concat_error(label, slices, &formats)
         })
     }
 
@@ -408,9 +402,29 @@ impl Loader<'_> {
     }
 }
 
+/// The error of row slices (`slices`, stored in `formats`) that the engine would fuse into
+/// one matrix `label` but are not stored alike.
+pub(super) fn concat_error(label: &str, slices: &[RowSlice], formats: &[WeightFormat]) -> Error {
+    let first = (slices.first(), formats.first());
+    let (s, f) = slices
+        .iter()
+        .zip(formats)
+        .find(|(_, f)| Some(*f) != first.1)
+        .map_or(first, |(s, f)| (Some(s), Some(f)));
+    let name = |s: Option<&RowSlice>| s.map_or("?", |s| s.prefix.as_str()).to_string();
+    let fmt = |f: Option<&WeightFormat>| f.map_or_else(|| "?".to_string(), |f| f.to_string());
+    Error::InvalidArgument(format!(
+        "{label}: {} is stored as {} where {} is {}; the engine fuses them into one matrix and needs them stored alike",
+        name(s),
+        fmt(f),
+        name(first.0),
+        fmt(first.1)
+    ))
+}
+
 /// Layer `l`'s shared expert as stored: gate `[inter, h]`, up `[inter, h]`, down
 /// `[h, inter]`.
-fn shared_expert_views<'a>(
+pub(super) fn shared_expert_views<'a>(
     ckpt: &'a Checkpoint,
     names: &Names,
     l: usize,
@@ -426,7 +440,7 @@ fn shared_expert_views<'a>(
 }
 
 /// Whether gate, up and down `views` are stored exactly as `layout`'s tensors.
-fn stored_like(views: &[MatrixView<'_>; 3], layout: &ExpertLayout) -> bool {
+pub(super) fn stored_like(views: &[MatrixView<'_>; 3], layout: &ExpertLayout) -> bool {
     views
         .iter()
         .zip(&layout.tensors)

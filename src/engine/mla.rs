@@ -18,7 +18,7 @@ use crate::arch::deepseek_v3::absorb::split_kv_b;
 use crate::arch::{tensor, MlaSpec};
 use crate::checkpoint::MatrixView;
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{
@@ -115,15 +115,13 @@ impl Loader<'_> {
         };
         for m in [&embed_q, &unembed] {
             if m.chunks.len() != 1 {
-                return Err(Error::DeviceLimit {
-                    what: format!(
-                        "layer {l}: an absorbed latent-attention projection of {} x {}",
-                        m.rows, m.cols
-                    ),
-                    requested: m.chunks.iter().map(|c| c.0.size()).sum(),
-                    limit_name: "largest storage binding",
-                    limit: self.gpu.max_binding,
-                });
+                return Err(super::sizes::absorbed_too_large(
+                    l,
+                    m.rows,
+                    m.cols,
+                    m.bytes(),
+                    crate::gpu::binding_limit(&self.gpu.limits),
+                ));
             }
         }
         Ok(Mla {

@@ -17,6 +17,7 @@ mod mla;
 mod mlp;
 mod moe;
 pub(crate) mod pass;
+pub(crate) mod sizes;
 pub(crate) mod state;
 pub(crate) mod weights;
 

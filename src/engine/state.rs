@@ -6,8 +6,7 @@ use crate::arch::{Mixer, MlaSpec};
 use crate::config::ModelConfig;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Timer};
-use crate::model::ModelInner;
+use crate::gpu::{storage_size, Gpu, Timer};
 use crate::session::{MAX_PASS_TOKENS, MAX_TOP};
 
 /// The sequence state of one decoder layer.
@@ -68,26 +67,75 @@ pub(crate) struct SequenceState {
     pub max_context: usize,
 }
 
-fn check_size(gpu: &Gpu, what: &str, bytes: usize) -> Result<()> {
-    if bytes as u64 > gpu.max_binding {
-        return Err(Error::DeviceLimit {
-            what: what.to_string(),
-            requested: bytes as u64,
-            limit_name: "largest storage binding",
-            limit: gpu.max_binding,
-        });
-    }
-    Ok(())
+/// The size of one layer's sequence state ([`LayerState`]), before allocation.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LayerStateSize {
+    /// Bytes of each of the keys and values buffers.
+    Kv { bytes: u64, ring: Option<KvRing> },
+    /// Bytes of each copy of the convolution and recurrent states.
+    Recurrent { conv: u64, state: u64 },
+    /// Bytes of the latent cache.
+    Latent { bytes: u64 },
 }
 
-impl SequenceState {
-    /// Allocates every layer's state for `max_context` tokens.
-    pub fn new(
-        gpu: &Gpu,
-        cfg: &ModelConfig,
-        kv_dtype: DType,
-        max_context: usize,
-    ) -> Result<SequenceState> {
+/// What a session on a model allocates, from the model's plan alone: the sizes of its
+/// per-layer sequence state and of its scratch buffers for a context of `max_context`
+/// tokens. [`SequenceState::new`] and [`Scratch::new`] allocate exactly these, and the
+/// memory plan reports them, so the two cannot disagree.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionLayout {
+    pub max_context: usize,
+    pub layers: Vec<LayerStateSize>,
+    pub scratch: ScratchLayout,
+}
+
+/// What a session's sizes depend on besides the config and the context length.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionParams {
+    /// The KV caches' element type.
+    pub kv_dtype: DType,
+    /// Expert choices per token: `num_experts_per_tok`, one more where shared experts
+    /// ride in the expert cache.
+    pub choices: usize,
+    /// Buffers ("pages") of the expert cache (1 without one).
+    pub cache_pages: usize,
+    /// The largest storage binding and the wgpu limit that sets it.
+    pub binding: (u64, &'static str),
+    /// The device's `max_buffer_size`.
+    pub max_buffer: u64,
+}
+
+/// `a * b` in u64, saturating: a size that saturates fails the limit checks instead of
+/// wrapping around.
+fn mul(a: usize, b: usize) -> u64 {
+    (a as u64).saturating_mul(b as u64)
+}
+
+impl SessionParams {
+    /// An error unless a storage buffer of `bytes` fits one binding.
+    fn fits(&self, what: impl FnOnce() -> String, bytes: u64) -> Result<()> {
+        if bytes > self.binding.0 {
+            return Err(Error::DeviceLimit {
+                what: what(),
+                requested: bytes,
+                limit_name: self.binding.1,
+                limit: self.binding.0,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl SessionLayout {
+    /// The sizes of a session of `max_context` tokens; a [`Error::DeviceLimit`] naming the
+    /// first buffer that would not fit one binding, before anything is allocated.
+    pub fn new(cfg: &ModelConfig, p: &SessionParams, max_context: usize) -> Result<Self> {
+        if max_context == 0 {
+            return Err(Error::InvalidArgument(
+                "max_context must be at least 1".into(),
+            ));
+        }
+        let kv_dtype = p.kv_dtype;
         let mut layers = Vec::with_capacity(cfg.layers.len());
         for (l, plan) in cfg.layers.iter().enumerate() {
             layers.push(match &plan.mixer {
@@ -98,58 +146,114 @@ impl SequenceState {
                             "layer {l}: an f16 latent cache needs kv_lora_rank + qk_rope_head_dim ({width}) to be a multiple of 8"
                         )));
                     }
-                    let bytes = max_context
-                        .checked_mul(width * kv_dtype.size())
-                        .ok_or_else(|| {
-                            Error::InvalidArgument(format!(
-                                "max_context {max_context} is too large"
-                            ))
-                        })?;
-                    check_size(gpu, "the latent cache of one layer", bytes)?;
-                    LayerState::Latent {
-                        cache: gpu.storage_buffer("latent cache", bytes as u64),
-                    }
+                    let bytes = mul(max_context, width).saturating_mul(kv_dtype.size() as u64);
+                    p.fits(|| format!("the latent cache of layer {l} ({max_context} tokens)"), bytes)?;
+                    LayerStateSize::Latent { bytes }
                 }
                 Mixer::Attention(a) => {
                     // A sliding window shorter than the context: a ring of its keys.
                     let ring = a
                         .sliding_window
                         .map(|window| KvRing {
-                            cap: window + MAX_PASS_TOKENS.min(max_context) - 1,
+                            cap: window.saturating_add(MAX_PASS_TOKENS.min(max_context) - 1),
                             window,
                         })
-                        .filter(|r| 2 * r.cap < max_context);
+                        .filter(|r| r.cap.saturating_mul(2) < max_context);
                     let rows = ring.map_or(max_context, |r| 2 * r.cap);
-                    let kv_bytes = rows
-                        .checked_mul(a.kv_heads * a.head_dim * kv_dtype.size())
-                        .ok_or_else(|| {
-                            Error::InvalidArgument(format!(
-                                "max_context {max_context} is too large"
-                            ))
-                        })?;
-                    check_size(gpu, "the KV cache of one layer", kv_bytes)?;
-                    LayerState::Kv {
-                        k: gpu.storage_buffer("k cache", kv_bytes as u64),
-                        v: gpu.storage_buffer("v cache", kv_bytes as u64),
-                        ring,
-                    }
+                    let bytes = mul(rows, a.kv_heads * a.head_dim)
+                        .saturating_mul(kv_dtype.size() as u64);
+                    p.fits(|| format!("the KV cache of layer {l} ({max_context} tokens)"), bytes)?;
+                    LayerStateSize::Kv { bytes, ring }
                 }
                 Mixer::LinearAttention(la) => {
-                    let conv = la.conv_state_floats() * 4;
-                    let state = la.state_floats() * 4;
-                    check_size(gpu, "the recurrent state of one layer", state)?;
-                    LayerState::Recurrent {
-                        conv: [0, 1].map(|_| gpu.storage_buffer("conv state", conv as u64)),
-                        state: [0, 1].map(|_| gpu.storage_buffer("recurrent state", state as u64)),
-                    }
+                    let conv = mul(la.conv_state_floats(), 4);
+                    let state = mul(la.state_floats(), 4);
+                    p.fits(|| format!("the recurrent state of layer {l}"), state)?;
+                    p.fits(|| format!("the convolution state of layer {l}"), conv)?;
+                    LayerStateSize::Recurrent { conv, state }
                 }
             });
         }
-        Ok(SequenceState {
+        Ok(SessionLayout {
+            max_context,
+            layers,
+            scratch: ScratchLayout::new(cfg, p, max_context)?,
+        })
+    }
+
+    /// GPU bytes of the KV and latent caches ([`SequenceState::kv_bytes`]).
+    pub fn kv_bytes(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|s| match *s {
+                LayerStateSize::Kv { bytes, .. } => 2 * storage_size(bytes),
+                LayerStateSize::Latent { bytes } => storage_size(bytes),
+                LayerStateSize::Recurrent { .. } => 0,
+            })
+            .fold(0, u64::saturating_add)
+    }
+
+    /// GPU bytes of the sequence state ([`SequenceState::bytes`]).
+    pub fn state_bytes(&self) -> u64 {
+        self.layers
+            .iter()
+            .map(|s| match *s {
+                LayerStateSize::Kv { bytes, .. } => 2 * storage_size(bytes),
+                LayerStateSize::Latent { bytes } => storage_size(bytes),
+                LayerStateSize::Recurrent { conv, state } => {
+                    2 * (storage_size(conv) + storage_size(state))
+                }
+            })
+            .fold(0, u64::saturating_add)
+    }
+
+    /// The largest single buffer of the session: what it is and its bytes.
+    pub fn largest(&self) -> (String, u64) {
+        let mut best = self.scratch.largest();
+        for (l, s) in self.layers.iter().enumerate() {
+            let (what, bytes) = match *s {
+                LayerStateSize::Kv { bytes, .. } => ("KV cache (keys or values)", bytes),
+                LayerStateSize::Latent { bytes } => ("latent cache", bytes),
+                LayerStateSize::Recurrent { conv, state } => (
+                    "recurrent state",
+                    storage_size(conv).max(storage_size(state)),
+                ),
+            };
+            let bytes = storage_size(bytes);
+            if bytes > best.1 {
+                best = (format!("the {what} of layer {l}"), bytes);
+            }
+        }
+        best
+    }
+}
+
+impl SequenceState {
+    /// Allocates every layer's state as `layout` says.
+    pub fn new(gpu: &Gpu, layout: &SessionLayout) -> SequenceState {
+        let layers = layout
+            .layers
+            .iter()
+            .map(|s| match *s {
+                LayerStateSize::Latent { bytes } => LayerState::Latent {
+                    cache: gpu.storage_buffer("latent cache", bytes),
+                },
+                LayerStateSize::Kv { bytes, ring } => LayerState::Kv {
+                    k: gpu.storage_buffer("k cache", bytes),
+                    v: gpu.storage_buffer("v cache", bytes),
+                    ring,
+                },
+                LayerStateSize::Recurrent { conv, state } => LayerState::Recurrent {
+                    conv: [0, 1].map(|_| gpu.storage_buffer("conv state", conv)),
+                    state: [0, 1].map(|_| gpu.storage_buffer("recurrent state", state)),
+                },
+            })
+            .collect();
+        SequenceState {
             layers,
             cur: 0,
-            max_context,
-        })
+            max_context: layout.max_context,
+        }
     }
 
     /// The recurrent state of linear-attention layer `l` a pass reads (`committed`) and
@@ -373,15 +477,63 @@ pub(crate) struct Scratch {
     pub rope_sin: u32,
 }
 
-impl Scratch {
-    /// The scratch buffers of a session of `max_context` tokens on model `m`.
-    pub fn new(m: &ModelInner, max_context: usize) -> Result<Scratch> {
-        let cfg = &m.cfg;
-        let gpu = &m.gpu;
+/// The sizes of a session's [`Scratch`] buffers: f32 counts of the storage buffers, bytes
+/// of the others (`_bytes`), and the tokens a pass takes (`cap`).
+#[derive(Debug, Clone)]
+pub(crate) struct ScratchLayout {
+    pub cap: usize,
+    pub ids: u64,
+    pub x: u64,
+    pub h: u64,
+    pub xn: u64,
+    pub xi: u64,
+    pub xq: u64,
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub qkv: u64,
+    pub qr: u64,
+    pub attn: u64,
+    pub attn_part: u64,
+    pub mlp_g: u64,
+    pub mlp_u: u64,
+    pub mlp_a: u64,
+    pub router_logits: u64,
+    pub route_ids: u64,
+    pub route_w: u64,
+    pub assign: u64,
+    pub assign_w: u64,
+    pub tiles: u64,
+    pub route: u64,
+    pub topk: u64,
+    pub route_log: u64,
+    pub moe_args_bytes: u64,
+    pub moe_h: u64,
+    pub moe_o: u64,
+    pub shared_o: u64,
+    pub shared_g: u64,
+    pub shared_gu: u64,
+    pub la_proj: u64,
+    pub la_y: u64,
+    pub la_o: u64,
+    pub la_n: u64,
+    pub lat_q: u64,
+    pub lat_qn: u64,
+    pub lat_kv: u64,
+    pub logits: u64,
+    pub readback_bytes: u64,
+    /// The RoPE tables, cos then sin, `[max_context, rotary_dim / 2]` each.
+    pub rope: u64,
+}
+
+impl ScratchLayout {
+    /// The scratch of a session of `max_context` tokens; a [`Error::DeviceLimit`] naming
+    /// the first buffer that would not fit.
+    pub fn new(cfg: &ModelConfig, p: &SessionParams, max_context: usize) -> Result<Self> {
         // The widest per-token activation decides how many tokens fit one pass.
         let k = cfg.num_experts_per_tok.max(1);
         // Choices per token: one more where shared experts ride in the expert cache.
-        let kk = k + usize::from(m.cache.as_ref().is_some_and(|c| c.has_shared()));
+        let kk = p.choices.max(k);
         let mlp = cfg
             .intermediate_size
             .max(cfg.shared_expert_intermediate_size);
@@ -392,125 +544,429 @@ impl Scratch {
         let ql = mla.and_then(|a| a.q_lora_rank).unwrap_or(0);
         let lat_w = mla.map_or(0, MlaSpec::cache_width);
         let lat_heads = mla.map_or(0, |a| {
-            a.heads * (a.cache_width() + a.v_head_dim.max(a.qk_nope_head_dim + a.qk_rope_head_dim))
+            mul(
+                a.heads,
+                a.cache_width() + a.v_head_dim.max(a.qk_nope_head_dim + a.qk_rope_head_dim),
+            )
         });
-        let per_token = 4 * [
-            cfg.hidden_size,
-            2 * cfg.shared_expert_intermediate_size,
-            cfg.num_attention_heads * cfg.head_dim * 2 + 2 * cfg.num_key_value_heads * cfg.head_dim,
-            mlp,
-            cfg.num_experts + 1,
-            kk * cfg.hidden_size,
-            kk * cfg.moe_intermediate_size,
-            la_rows_max,
+        let h = cfg.hidden_size;
+        let per_token = [
+            h as u64,
+            mul(2, cfg.shared_expert_intermediate_size),
+            mul(cfg.num_attention_heads, cfg.head_dim)
+                .saturating_mul(2)
+                .saturating_add(mul(2 * cfg.num_key_value_heads, cfg.head_dim)),
+            mlp as u64,
+            (cfg.num_experts as u64).saturating_add(1),
+            mul(kk, h),
+            mul(kk, cfg.moe_intermediate_size),
+            la_rows_max as u64,
             lat_heads,
         ]
         .into_iter()
         .max()
-        .unwrap_or(1);
-        let cap = MAX_PASS_TOKENS
-            .min(max_context)
-            .min((gpu.max_binding as usize / per_token).max(1));
+        .unwrap_or(1)
+        .saturating_mul(4)
+        .max(1);
+        let cap = MAX_PASS_TOKENS.min(max_context).min(
+            usize::try_from(p.binding.0 / per_token)
+                .unwrap_or(usize::MAX)
+                .max(1),
+        );
+        let qd = mul(cfg.num_attention_heads, cfg.head_dim)
+            .saturating_mul(if cfg.attn_output_gate { 2 } else { 1 });
+        // q also holds a latent-attention layer's values; qr its absorbed queries, attn
+        // its heads' latent outputs.
+        let q_w = qd.max(mla.map_or(0, |a| mul(a.heads, a.v_head_dim)));
+        let qr_w = qd.max(mla.map_or(0, |a| mul(a.heads, a.cache_width())));
+        let attn_w = qd.max(mla.map_or(0, |a| mul(a.heads, a.kv_lora_rank)));
+        // The decode row's other layouts, for the q norm's output too.
+        let row_w = h.max(ql) as u64;
+        let kvd = mul(cfg.num_key_value_heads, cfg.head_dim);
+        let la = cfg.linear_attention;
+        let la_rows = la.map_or(0, |a| a.projection_rows()) as u64;
+        let la_ch = la.map_or(0, |a| a.conv_channels()) as u64;
+        let la_v = la.map_or(0, |a| a.value_width()) as u64;
+        let vocab = u32::try_from(cfg.vocab_size).unwrap_or(u32::MAX);
+        let topk_words = mul(
+            crate::gpu::kernels::topk_groups(vocab).0 as usize,
+            MAX_TOP * 2,
+        );
+        let layers = cfg.num_hidden_layers;
+        let readback_bytes = mul(cfg.vocab_size, 4)
+            .max(topk_words.saturating_mul(4))
+            .saturating_add(mul(layers, (k + 1) * 4))
+            .max(mul(cap, kk * 8))
+            .div_ceil(16)
+            .saturating_mul(16)
+            .saturating_add(Timer::READBACK_BYTES);
+        // Assignment rows: one per (token, choice) of a pass, and every choice per cache
+        // page for a resident decode step.
+        let pages = p.cache_pages.max(1);
+        let rows = mul(cap, kk).max(mul(pages, kk));
+        let c = cap as u64;
+        let rope = mul(max_context, cfg.rotary_dim / 2).saturating_mul(2);
+        let layout = ScratchLayout {
+            cap,
+            ids: c,
+            x: mul(cap, h),
+            h: mul(cap, h),
+            xn: mul(cap, h),
+            xi: row_w,
+            xq: row_w / 32 * 18,
+            q: c.saturating_mul(q_w),
+            k: c.saturating_mul(kvd),
+            v: c.saturating_mul(kvd),
+            qkv: c.saturating_mul(qd.saturating_add(kvd.saturating_mul(2))),
+            qr: c.saturating_mul(qr_w),
+            attn: c.saturating_mul(attn_w),
+            attn_part: crate::gpu::kernels::attention_part_floats(
+                cfg.num_attention_heads as u32,
+                cfg.head_dim.max(mla.map_or(0, |a| a.kv_lora_rank)) as u32,
+            ),
+            mlp_g: mul(cap, mlp),
+            mlp_u: mul(cap, mlp),
+            mlp_a: mul(cap, mlp),
+            router_logits: mul(cap, cfg.num_experts.saturating_add(1)),
+            route_ids: mul(cap, kk),
+            route_w: mul(cap, kk),
+            assign: rows.saturating_mul(2),
+            assign_w: rows,
+            tiles: rows.saturating_mul(2),
+            route: mul(cap, kk),
+            topk: topk_words,
+            route_log: mul(layers, 1 + k),
+            moe_args_bytes: mul(pages, 24),
+            moe_h: rows.saturating_mul(cfg.moe_intermediate_size as u64),
+            moe_o: rows.saturating_mul(h as u64),
+            shared_o: mul(cap, h),
+            shared_g: c,
+            shared_gu: mul(cap, cfg.shared_expert_intermediate_size).saturating_mul(2),
+            la_proj: c.saturating_mul(la_rows),
+            la_y: c.saturating_mul(la_ch),
+            la_o: c.saturating_mul(la_v),
+            la_n: c.saturating_mul(la_v),
+            lat_q: mul(cap, ql),
+            lat_qn: mul(cap, ql),
+            lat_kv: mul(cap, lat_w),
+            logits: cfg.vocab_size as u64,
+            readback_bytes,
+            rope,
+        };
+        for (label, floats) in layout.storage() {
+            p.fits(
+                || format!("the session's {label} buffer ({max_context} tokens)"),
+                floats.saturating_mul(4),
+            )?;
+        }
+        if readback_bytes > p.max_buffer {
+            return Err(Error::DeviceLimit {
+                what: "the session's readback buffer".into(),
+                requested: readback_bytes,
+                limit_name: "max_buffer_size",
+                limit: p.max_buffer,
+            });
+        }
+        Ok(layout)
+    }
+
+    /// Every storage buffer: its label and f32 count.
+    fn storage(&self) -> [(&'static str, u64); 39] {
+        let ScratchLayout {
+            cap: _,
+            ids,
+            x,
+            h,
+            xn,
+            xi,
+            xq,
+            q,
+            k,
+            v,
+            qkv,
+            qr,
+            attn,
+            attn_part,
+            mlp_g,
+            mlp_u,
+            mlp_a,
+            router_logits,
+            route_ids,
+            route_w,
+            assign,
+            assign_w,
+            tiles,
+            route,
+            topk,
+            route_log,
+            moe_args_bytes: _,
+            moe_h,
+            moe_o,
+            shared_o,
+            shared_g,
+            shared_gu,
+            la_proj,
+            la_y,
+            la_o,
+            la_n,
+            lat_q,
+            lat_qn,
+            lat_kv,
+            logits,
+            readback_bytes: _,
+            rope,
+        } = *self;
+        [
+            ("ids", ids),
+            ("x", x),
+            ("h", h),
+            ("xn", xn),
+            ("xi", xi),
+            ("xq", xq),
+            ("q", q),
+            ("k", k),
+            ("v", v),
+            ("qkv", qkv),
+            ("qr", qr),
+            ("attn", attn),
+            ("attention partials", attn_part),
+            ("mlp_g", mlp_g),
+            ("mlp_u", mlp_u),
+            ("mlp_a", mlp_a),
+            ("router_logits", router_logits),
+            ("route_ids", route_ids),
+            ("route_w", route_w),
+            ("assign", assign),
+            ("assign_w", assign_w),
+            ("tiles", tiles),
+            ("route", route),
+            ("top-k candidates", topk),
+            ("route log", route_log),
+            ("moe_h", moe_h),
+            ("moe_o", moe_o),
+            ("shared_o", shared_o),
+            ("shared_g", shared_g),
+            ("shared_gu", shared_gu),
+            ("la_proj", la_proj),
+            ("la_y", la_y),
+            ("la_o", la_o),
+            ("la_n", la_n),
+            ("lat_q", lat_q),
+            ("lat_qn", lat_qn),
+            ("lat_kv", lat_kv),
+            ("logits", logits),
+            ("rope", rope),
+        ]
+    }
+
+    /// GPU bytes of the scratch buffers ([`Scratch::bytes`]).
+    pub fn bytes(&self) -> u64 {
+        self.storage()
+            .iter()
+            .map(|&(_, floats)| storage_size(floats.saturating_mul(4)))
+            .fold(0, u64::saturating_add)
+            .saturating_add(self.moe_args_bytes)
+            // Two readback buffers (`Scratch::readback`, `readback2`).
+            .saturating_add(self.readback_bytes.saturating_mul(2))
+    }
+
+    /// The largest scratch buffer: what it is and its bytes.
+    pub fn largest(&self) -> (String, u64) {
+        self.storage()
+            .iter()
+            .map(|&(label, floats)| (label, storage_size(floats.saturating_mul(4))))
+            .chain([("readback", self.readback_bytes)])
+            .max_by_key(|&(_, b)| b)
+            .map_or((String::new(), 0), |(l, b)| {
+                (format!("the session's {l} buffer"), b)
+            })
+    }
+}
+
+impl Scratch {
+    /// The scratch buffers of a session of `max_context` tokens on a model of `cfg`, as
+    /// `layout` ([`ScratchLayout::new`]) sizes them.
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &ModelConfig,
+        layout: &ScratchLayout,
+        max_context: usize,
+    ) -> Result<Scratch> {
         let (cos, sin) = crate::reference::rope_tables_scaled(
             cfg.rope_theta,
             cfg.rotary_dim,
             max_context,
             cfg.rope_scaling.as_ref(),
         );
-        let buf = |label: &str, floats: usize| gpu.storage_buffer(label, (floats * 4) as u64);
-        let h = cfg.hidden_size;
-        let qd = cfg.num_attention_heads * cfg.head_dim * if cfg.attn_output_gate { 2 } else { 1 };
-        // q also holds a latent-attention layer's values; qr its absorbed queries, attn
-        // its heads' latent outputs.
-        let q_w = qd.max(mla.map_or(0, |a| a.heads * a.v_head_dim));
-        let qr_w = qd.max(mla.map_or(0, |a| a.heads * a.cache_width()));
-        let attn_w = qd.max(mla.map_or(0, |a| a.heads * a.kv_lora_rank));
-        // The decode row's other layouts, for the q norm's output too.
-        let row_w = h.max(ql);
-        let kvd = cfg.num_key_value_heads * cfg.head_dim;
-        let la = cfg.linear_attention;
-        let la_rows = la.map_or(0, |a| a.projection_rows());
-        let la_ch = la.map_or(0, |a| a.conv_channels());
-        let la_v = la.map_or(0, |a| a.value_width());
-        let topk_words =
-            crate::gpu::kernels::topk_groups(cfg.vocab_size as u32).0 as usize * MAX_TOP * 2;
-        let readback_bytes = (((cfg.vocab_size * 4).max(topk_words * 4)
-            + cfg.num_hidden_layers * (k + 1) * 4)
-            .max(cap * kk * 8) as u64)
-            .div_ceil(16)
-            * 16
-            + Timer::READBACK_BYTES;
-        // Assignment rows: one per (token, choice) of a pass, and every choice per cache
-        // page for a resident decode step.
-        let pages = m.cache.as_ref().map_or(1, |c| c.pages.len());
-        let rows = (cap * kk).max(pages * kk);
-        let scratch = Scratch {
-            cap,
-            ids: buf("ids", cap),
-            x: buf("x", cap * h),
-            h: buf("h", cap * h),
-            xn: buf("xn", cap * h),
-            xi: buf("xi", row_w),
-            xq: buf("xq", row_w / 32 * 18),
-            q: buf("q", cap * q_w),
-            k: buf("k", cap * kvd),
-            v: buf("v", cap * kvd),
-            qkv: buf("qkv", cap * (qd + 2 * kvd)),
-            qr: buf("qr", cap * qr_w),
-            attn: buf("attn", cap * attn_w),
-            attn_part: buf(
-                "attention partials",
-                crate::gpu::kernels::attention_part_floats(
-                    cfg.num_attention_heads as u32,
-                    cfg.head_dim.max(mla.map_or(0, |a| a.kv_lora_rank)) as u32,
-                ) as usize,
-            ),
-            mlp_g: buf("mlp_g", cap * mlp),
-            mlp_u: buf("mlp_u", cap * mlp),
-            mlp_a: buf("mlp_a", cap * mlp),
-            router_logits: buf("router_logits", cap * (cfg.num_experts + 1)),
-            route_ids: buf("route_ids", cap * kk),
-            route_w: buf("route_w", cap * kk),
-            assign: buf("assign", rows * 2),
-            assign_w: buf("assign_w", rows),
-            tiles: buf("tiles", rows * 2),
-            route: buf("route", cap * kk),
-            route_log: buf("route log", cfg.num_hidden_layers * (1 + k)),
-            topk: buf("top-k candidates", topk_words),
+        if (cos.len() + sin.len()) as u64 != layout.rope {
+            return Err(Error::Internal(format!(
+                "the RoPE tables have {} values, the session layout {}",
+                cos.len() + sin.len(),
+                layout.rope
+            )));
+        }
+        let rope_sin = u32::try_from(cos.len())
+            .map_err(|_| Error::Internal("the RoPE tables exceed 2^32 values".into()))?;
+        let l = layout;
+        let buf = |label: &str, floats: u64| gpu.storage_buffer(label, floats.saturating_mul(4));
+        Ok(Scratch {
+            cap: l.cap,
+            ids: buf("ids", l.ids),
+            x: buf("x", l.x),
+            h: buf("h", l.h),
+            xn: buf("xn", l.xn),
+            xi: buf("xi", l.xi),
+            xq: buf("xq", l.xq),
+            q: buf("q", l.q),
+            k: buf("k", l.k),
+            v: buf("v", l.v),
+            qkv: buf("qkv", l.qkv),
+            qr: buf("qr", l.qr),
+            attn: buf("attn", l.attn),
+            attn_part: buf("attention partials", l.attn_part),
+            mlp_g: buf("mlp_g", l.mlp_g),
+            mlp_u: buf("mlp_u", l.mlp_u),
+            mlp_a: buf("mlp_a", l.mlp_a),
+            router_logits: buf("router_logits", l.router_logits),
+            route_ids: buf("route_ids", l.route_ids),
+            route_w: buf("route_w", l.route_w),
+            assign: buf("assign", l.assign),
+            assign_w: buf("assign_w", l.assign_w),
+            tiles: buf("tiles", l.tiles),
+            route: buf("route", l.route),
+            route_log: buf("route log", l.route_log),
+            topk: buf("top-k candidates", l.topk),
             moe_args: gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("expert grids"),
-                size: (pages.max(1) * 24) as u64,
+                size: l.moe_args_bytes,
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::INDIRECT,
                 mapped_at_creation: false,
             }),
-            moe_h: buf("moe_h", rows * cfg.moe_intermediate_size),
-            moe_o: buf("moe_o", rows * h),
-            shared_o: buf("shared_o", cap * h),
-            shared_g: buf("shared_g", cap),
-            shared_gu: buf("shared_gu", cap * 2 * cfg.shared_expert_intermediate_size),
-            la_proj: buf("la_proj", cap * la_rows),
-            la_y: buf("la_y", cap * la_ch),
-            la_o: buf("la_o", cap * la_v),
-            la_n: buf("la_n", cap * la_v),
-            lat_q: buf("lat_q", cap * ql),
-            lat_qn: buf("lat_qn", cap * ql),
-            lat_kv: buf("lat_kv", cap * lat_w),
-            logits: buf("logits", cfg.vocab_size),
+            moe_h: buf("moe_h", l.moe_h),
+            moe_o: buf("moe_o", l.moe_o),
+            shared_o: buf("shared_o", l.shared_o),
+            shared_g: buf("shared_g", l.shared_g),
+            shared_gu: buf("shared_gu", l.shared_gu),
+            la_proj: buf("la_proj", l.la_proj),
+            la_y: buf("la_y", l.la_y),
+            la_o: buf("la_o", l.la_o),
+            la_n: buf("la_n", l.la_n),
+            lat_q: buf("lat_q", l.lat_q),
+            lat_qn: buf("lat_qn", l.lat_qn),
+            lat_kv: buf("lat_kv", l.lat_kv),
+            logits: buf("logits", l.logits),
             readback: gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
-                size: readback_bytes,
+                size: l.readback_bytes,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }),
             readback2: gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback 2"),
-                size: readback_bytes,
+                size: l.readback_bytes,
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }),
-            rope_sin: cos.len() as u32,
+            rope_sin,
             rope: gpu.upload("rope", bytemuck::cast_slice(&[cos, sin].concat())),
-        };
-        Ok(scratch)
+        })
+    }
+
+    /// GPU bytes of the scratch buffers (every field: a buffer added to [`Scratch`] must
+    /// be counted here, and sized by [`ScratchLayout`]).
+    pub fn bytes(&self) -> u64 {
+        let Scratch {
+            cap: _,
+            ids,
+            x,
+            h,
+            xn,
+            xi,
+            xq,
+            q,
+            k,
+            v,
+            qkv,
+            qr,
+            attn,
+            attn_part,
+            mlp_g,
+            mlp_u,
+            mlp_a,
+            router_logits,
+            route_ids,
+            route_w,
+            assign,
+            assign_w,
+            tiles,
+            route,
+            topk,
+            route_log,
+            moe_args,
+            moe_h,
+            moe_o,
+            shared_o,
+            shared_g,
+            shared_gu,
+            la_proj,
+            la_y,
+            la_o,
+            la_n,
+            lat_q,
+            lat_qn,
+            lat_kv,
+            logits,
+            readback,
+            readback2,
+            rope,
+            rope_sin: _,
+        } = self;
+        [
+            ids,
+            x,
+            h,
+            xn,
+            xi,
+            xq,
+            q,
+            k,
+            v,
+            qkv,
+            qr,
+            attn,
+            attn_part,
+            mlp_g,
+            mlp_u,
+            mlp_a,
+            router_logits,
+            route_ids,
+            route_w,
+            assign,
+            assign_w,
+            tiles,
+            route,
+            topk,
+            route_log,
+            moe_args,
+            moe_h,
+            moe_o,
+            shared_o,
+            shared_g,
+            shared_gu,
+            la_proj,
+            la_y,
+            la_o,
+            la_n,
+            lat_q,
+            lat_qn,
+            lat_kv,
+            logits,
+            readback,
+            readback2,
+            rope,
+        ]
+        .iter()
+        .map(|b| b.size())
+        .sum()
     }
 }

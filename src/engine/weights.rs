@@ -283,11 +283,6 @@ impl Weights {
         (0..self.layers.len()).any(|l| self.cached_shared(l))
     }
 
-    /// Bytes of resident weights on the GPU.
-    pub fn bytes(&self) -> u64 {
-        self.matrices().map(GpuMatrix::bytes).sum()
-    }
-
     /// Loads the resident weights; shared experts stored like `store`'s experts of their
     /// layer are left to the expert cache ([`Shared::Cached`]).
     pub fn load(

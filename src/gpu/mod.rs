@@ -8,9 +8,10 @@ mod tensor;
 pub mod testing;
 
 pub(crate) use recorder::{grid_of, Bind, ParamArena, PendingRead, Recorder, Size, Timer};
-pub(crate) use tensor::{GpuMatrix, GpuVec};
+pub(crate) use tensor::{matrix_layout, GpuMatrix, GpuVec};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kernels::{Kernel, Variant};
@@ -70,7 +71,7 @@ pub struct AdapterSummary {
 type PipelineKey = (Kernel, u32, u32, u32, u32, u32);
 
 /// The variant allowed by `MOESTREAM_KERNELS` (everything when unset).
-fn allowed_variant() -> Result<Variant> {
+pub(crate) fn allowed_variant() -> Result<Variant> {
     parse_variant(std::env::var(KERNELS_ENV).ok().as_deref().unwrap_or(""))
 }
 
@@ -91,8 +92,10 @@ pub(crate) struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub summary: AdapterSummary,
-    /// Largest storage binding (and buffer) we allocate, in bytes.
+    /// Largest storage binding (and buffer) we allocate, in bytes ([`binding_limit`]).
     pub max_binding: u64,
+    /// The device's limits.
+    pub limits: wgpu::Limits,
     pub uniform_align: u64,
     /// Whether passes can be timed with timestamp queries.
     pub timestamps: bool,
@@ -108,6 +111,8 @@ pub(crate) struct Gpu {
     pub dummy: wgpu::Buffer,
     /// How long waits for the GPU poll before they block (`ModelBuilder::readback_spin`).
     pub readback_spin: std::time::Duration,
+    /// Bytes of the storage buffers created so far ([`Gpu::allocated`]).
+    allocated: AtomicU64,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -116,6 +121,159 @@ impl std::fmt::Debug for Gpu {
             .field("adapter", &self.summary)
             .finish()
     }
+}
+
+/// The adapter `choice` names (the environment's [`ADAPTER_ENV`] filling in
+/// [`AdapterChoice::Auto`]); no device is opened.
+pub(crate) fn pick_adapter(choice: &AdapterChoice) -> Result<wgpu::Adapter> {
+    // The environment fills in only what the code left open.
+    let choice = match (choice, std::env::var(ADAPTER_ENV)) {
+        (AdapterChoice::Auto, Ok(v)) if !v.trim().is_empty() => match v.trim().parse::<usize>() {
+            Ok(i) => AdapterChoice::Index(i),
+            Err(_) => AdapterChoice::Name(v.trim().to_string()),
+        },
+        _ => choice.clone(),
+    };
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+    });
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    let listing = || {
+        adapters
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let info = a.get_info();
+                format!(
+                    "{i}: {} ({:?}, {:?})",
+                    info.name, info.backend, info.device_type
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if adapters.is_empty() {
+        return Err(Error::Adapter(
+            "no GPU adapter found (on Linux without a GPU, install Mesa's lavapipe: apt-get install mesa-vulkan-drivers)".into(),
+        ));
+    }
+    let adapter = match &choice {
+        AdapterChoice::Auto => adapters
+            .iter()
+            .min_by_key(|a| rank(a.get_info().device_type)),
+        AdapterChoice::Index(i) => adapters.get(*i),
+        AdapterChoice::Name(n) => {
+            let n = n.to_lowercase();
+            adapters
+                .iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&n))
+        }
+    }
+    .ok_or_else(|| {
+        Error::Adapter(format!(
+            "no adapter matches {choice:?}; available: {}",
+            listing()
+        ))
+    })?;
+    Ok(adapter.clone())
+}
+
+/// The largest buffer moestream binds as one storage binding on a device of `limits` (a
+/// multiple of 16 bytes), and the name of the wgpu limit that sets it
+/// (`max_storage_buffer_binding_size` or `max_buffer_size`, whichever is smaller).
+pub(crate) fn binding_limit(limits: &wgpu::Limits) -> (u64, &'static str) {
+    let (bytes, name) = if limits.max_storage_buffer_binding_size <= limits.max_buffer_size {
+        (
+            limits.max_storage_buffer_binding_size,
+            "max_storage_buffer_binding_size",
+        )
+    } else {
+        (limits.max_buffer_size, "max_buffer_size")
+    };
+    (bytes & !15, name)
+}
+
+/// The bytes a storage buffer asked for `bytes` takes ([`Gpu::storage_buffer`] rounds up
+/// to 16, at least 16).
+pub(crate) fn storage_size(bytes: u64) -> u64 {
+    bytes.max(16).div_ceil(16).saturating_mul(16)
+}
+
+/// What moestream's kernels need of a device beyond its buffer sizes (which the memory
+/// plan checks against what a model needs): the WebGPU default compute limits, which
+/// `tests/shaders.rs` checks every kernel against. (name, needed, the device's value).
+fn required_limits(l: &wgpu::Limits) -> [(&'static str, u64, u64); 9] {
+    [
+        ("max_bind_groups", 1, l.max_bind_groups.into()),
+        (
+            "max_storage_buffers_per_shader_stage",
+            8,
+            l.max_storage_buffers_per_shader_stage.into(),
+        ),
+        (
+            "max_uniform_buffers_per_shader_stage",
+            1,
+            l.max_uniform_buffers_per_shader_stage.into(),
+        ),
+        (
+            "max_compute_workgroup_storage_size",
+            16384,
+            l.max_compute_workgroup_storage_size.into(),
+        ),
+        (
+            "max_compute_invocations_per_workgroup",
+            256,
+            l.max_compute_invocations_per_workgroup.into(),
+        ),
+        (
+            "max_compute_workgroup_size_x",
+            256,
+            l.max_compute_workgroup_size_x.into(),
+        ),
+        (
+            "max_compute_workgroup_size_y",
+            16,
+            l.max_compute_workgroup_size_y.into(),
+        ),
+        (
+            "max_compute_workgroups_per_dimension",
+            65535,
+            l.max_compute_workgroups_per_dimension.into(),
+        ),
+        // The uniform parameters of a session's dispatches live in 64 KiB buffers.
+        ("max_buffer_size", 65536, l.max_buffer_size),
+    ]
+}
+
+/// Checks that a device of `limits` and `downlevel` capabilities runs moestream's kernels:
+/// compute shaders, and [`required_limits`]. The first shortfall is an
+/// [`Error::DeviceRequirement`] naming it.
+pub(crate) fn check_device(
+    limits: &wgpu::Limits,
+    downlevel: &wgpu::DownlevelCapabilities,
+) -> Result<()> {
+    if !downlevel
+        .flags
+        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+    {
+        return Err(Error::DeviceRequirement {
+            what: "downlevel flag COMPUTE_SHADERS",
+            needed: 1,
+            found: 0,
+        });
+    }
+    for (what, needed, found) in required_limits(limits) {
+        if found < needed {
+            return Err(Error::DeviceRequirement {
+                what,
+                needed,
+                found,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn rank(t: wgpu::DeviceType) -> u8 {
@@ -136,63 +294,10 @@ impl Gpu {
     /// Opens an adapter using at most the optional features of `allow` (those the adapter
     /// lacks are left out).
     pub fn with_variant(choice: &AdapterChoice, allow: Variant) -> Result<Gpu> {
-        // The environment fills in only what the code left open.
-        let choice = match (choice, std::env::var(ADAPTER_ENV)) {
-            (AdapterChoice::Auto, Ok(v)) if !v.trim().is_empty() => {
-                match v.trim().parse::<usize>() {
-                    Ok(i) => AdapterChoice::Index(i),
-                    Err(_) => AdapterChoice::Name(v.trim().to_string()),
-                }
-            }
-            _ => choice.clone(),
-        };
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends,
-            ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
-        });
-        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-        let listing = || {
-            adapters
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    let info = a.get_info();
-                    format!(
-                        "{i}: {} ({:?}, {:?})",
-                        info.name, info.backend, info.device_type
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
-        if adapters.is_empty() {
-            return Err(Error::Adapter(
-                "no GPU adapter found (on Linux without a GPU, install Mesa's lavapipe: apt-get install mesa-vulkan-drivers)".into(),
-            ));
-        }
-        let adapter = match &choice {
-            AdapterChoice::Auto => adapters
-                .iter()
-                .min_by_key(|a| rank(a.get_info().device_type)),
-            AdapterChoice::Index(i) => adapters.get(*i),
-            AdapterChoice::Name(n) => {
-                let n = n.to_lowercase();
-                adapters
-                    .iter()
-                    .find(|a| a.get_info().name.to_lowercase().contains(&n))
-            }
-        }
-        .ok_or_else(|| {
-            Error::Adapter(format!(
-                "no adapter matches {choice:?}; available: {}",
-                listing()
-            ))
-        })?;
+        let adapter = pick_adapter(choice)?;
         let info = adapter.get_info();
-        let alimits = adapter.limits();
         // Ask for everything the adapter offers: large bindings matter for big weights.
-        let limits = alimits.clone();
+        let limits = adapter.limits();
         let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
         if allow.subgroups {
             wanted |= wgpu::Features::SUBGROUP;
@@ -201,42 +306,59 @@ impl Gpu {
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("moestream"),
             required_features: features,
-            required_limits: limits.clone(),
+            required_limits: limits,
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Adapter(format!("requesting a device from {}: {e}", info.name)))?;
+        Self::from_device(&adapter, device, queue, allow)
+    }
+
+    /// Runs on a device the caller created on `adapter` (`ModelBuilder::wgpu_device`),
+    /// using at most the optional features of `allow` that the device was created with.
+    /// Fails with [`Error::DeviceRequirement`] naming the first limit (or downlevel
+    /// capability) below what the kernels need ([`check_device`]).
+    pub fn from_device(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        allow: Variant,
+    ) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let limits = device.limits();
+        let downlevel = adapter.get_downlevel_capabilities();
+        check_device(&limits, &downlevel)?;
+        let features = device.features();
         let error = Arc::new(Mutex::new(None::<Error>));
         let sink = error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let e = device_error(e, None);
+            tracing::error!(error = %e, "GPU error");
             if let Ok(mut slot) = sink.lock() {
-                slot.get_or_insert_with(|| device_error(e, None));
+                slot.get_or_insert(e);
             }
         }));
         let sink = error.clone();
         device.set_device_lost_callback(move |reason, message| {
+            tracing::error!(reason = ?reason, message = %message, "GPU device lost");
             // A lost device fails every later call; it replaces any earlier error.
             if let Ok(mut slot) = sink.lock() {
                 *slot = Some(Error::DeviceLost(format!("{reason:?}: {message}")));
             }
         });
-        let max_binding =
-            (limits.max_storage_buffer_binding_size as u64).min(limits.max_buffer_size);
-        // Keep bindings a multiple of 16 bytes.
-        let max_binding = max_binding & !15;
+        let (max_binding, _) = binding_limit(&limits);
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("dummy"),
             size: 16,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        let native_f16 = adapter
-            .get_downlevel_capabilities()
+        let native_f16 = downlevel
             .flags
             .contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32);
         let variant = Variant::new(
-            features.contains(wgpu::Features::SUBGROUP),
+            allow.subgroups && features.contains(wgpu::Features::SUBGROUP),
             allow.f16 && native_f16,
         );
         let mut gpu = Gpu {
@@ -254,7 +376,8 @@ impl Gpu {
             },
             max_binding,
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
-            timestamps: adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            limits,
             device,
             queue,
             pipelines: Mutex::new(HashMap::new()),
@@ -264,6 +387,7 @@ impl Gpu {
             error,
             dummy,
             readback_spin: crate::model::DEFAULT_READBACK_SPIN,
+            allocated: AtomicU64::new(0),
         };
         if variant.subgroups {
             // Subgroup reductions only where the subgroup size is one we can build teams of.
@@ -275,6 +399,14 @@ impl Gpu {
         }
         gpu.summary.variant = gpu.variant;
         gpu.summary.subgroup_size = gpu.subgroup_size;
+        tracing::debug!(
+            adapter = %gpu.summary.name,
+            backend = %gpu.summary.backend,
+            max_binding,
+            variant = %gpu.variant.name(),
+            subgroup_size = ?gpu.subgroup_size,
+            "GPU device ready"
+        );
         Ok(gpu)
     }
 
@@ -426,7 +558,7 @@ impl Gpu {
     /// refuses is recorded, with its label and size, as the error the next
     /// [`Gpu::check`] returns ([`Error::GpuOutOfMemory`]).
     pub fn storage_buffer(&self, label: &str, size: u64) -> wgpu::Buffer {
-        let size = size.max(16).div_ceil(16) * 16;
+        let size = storage_size(size);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -439,7 +571,15 @@ impl Gpu {
         if let Some(e) = pollster::block_on(scope.pop()) {
             self.report(device_error(e, Some((label, size))));
         }
+        self.allocated.fetch_add(size, Ordering::Relaxed);
         buf
+    }
+
+    /// Bytes of all storage buffers created on this device by [`Gpu::storage_buffer`] and
+    /// [`Gpu::upload`] so far (freed ones included): the difference across a load is what
+    /// it allocated.
+    pub fn allocated(&self) -> u64 {
+        self.allocated.load(Ordering::Relaxed)
     }
 
     /// A storage buffer holding `bytes` (padded to 16 bytes).

@@ -18,14 +18,72 @@ pub(crate) struct GpuMatrix {
     pub chunks: Vec<(wgpu::Buffer, usize, usize)>,
 }
 
+/// How a matrix `[rows, cols]` stored in `format` lies on a device whose storage bindings
+/// hold `max_binding` bytes: the format its buffers hold (FP8 rows whose width is not a
+/// multiple of 32 are decoded to f32: the FP8 kernels read blocks of 32 codes) and its
+/// chunks of rows (first row, count), each one buffer that fits one binding. Shared by
+/// [`GpuMatrix::upload`] and the memory plan, so the two cannot disagree.
+pub(crate) fn matrix_layout(
+    name: &str,
+    format: WeightFormat,
+    rows: usize,
+    cols: usize,
+    limits: (u64, &'static str),
+) -> Result<(WeightFormat, Vec<(usize, usize)>)> {
+    let (max_binding, limit_name) = limits;
+    let format = if format == WeightFormat::Fp8Block && cols % 32 != 0 {
+        WeightFormat::Float(crate::dtype::DType::F32)
+    } else {
+        format
+    };
+    let row_bytes = format.stored_bytes(1, cols).max(1) as u64;
+    // Rows per chunk: as many as fit one binding (parts are 16-byte aligned, hence the
+    // slack), even for 16-bit floats with an odd column count so that every chunk starts
+    // on a whole word.
+    let mut per_chunk =
+        usize::try_from(max_binding.saturating_sub(64) / row_bytes).unwrap_or(usize::MAX);
+    if let WeightFormat::Float(d) = format {
+        if d.size() == 2 && cols % 2 == 1 {
+            per_chunk -= per_chunk % 2;
+        }
+    }
+    // FP8 block scales cover 128 rows: chunks start on a row of blocks.
+    if format == WeightFormat::Fp8Block {
+        per_chunk -= per_chunk % crate::format::FP8_BLOCK;
+    }
+    if per_chunk == 0 {
+        return Err(Error::DeviceLimit {
+            what: format!("one row of tensor {name}"),
+            requested: row_bytes,
+            limit_name,
+            limit: max_binding,
+        });
+    }
+    let mut chunks = Vec::with_capacity(rows.div_ceil(per_chunk));
+    let mut r = 0;
+    while r < rows {
+        let n = per_chunk.min(rows - r);
+        chunks.push((r, n));
+        r += n;
+    }
+    Ok((format, chunks))
+}
+
 impl GpuMatrix {
     pub fn upload(gpu: &Gpu, name: &str, m: &MatrixView<'_>) -> Result<Self> {
         let (rows, cols) = (m.rows, m.cols);
-        // The FP8 kernels read rows in blocks of 32 codes: other widths are decoded to f32.
-        if m.format == WeightFormat::Fp8Block && cols % 32 != 0 {
+        let (format, layout) = matrix_layout(
+            name,
+            m.format,
+            rows,
+            cols,
+            super::binding_limit(&gpu.limits),
+        )?;
+        if format != m.format {
+            // FP8 rows the kernels cannot read: decoded to f32.
             let bytes: Vec<u8> = m.to_f32().iter().flat_map(|v| v.to_le_bytes()).collect();
             let f = MatrixView {
-                format: WeightFormat::Float(crate::dtype::DType::F32),
+                format,
                 rows,
                 cols,
                 weight: &bytes,
@@ -34,46 +92,21 @@ impl GpuMatrix {
             };
             return Self::upload(gpu, name, &f);
         }
-        let row_bytes = m.format.stored_bytes(1, cols).max(1) as u64;
-        // Rows per chunk: as many as fit one binding (parts are 16-byte aligned, hence
-        // the slack), even for 16-bit floats with an odd column count so that every chunk
-        // starts on a whole word.
-        let mut per_chunk = (gpu.max_binding.saturating_sub(64) / row_bytes) as usize;
-        if let WeightFormat::Float(d) = m.format {
-            if d.size() == 2 && cols % 2 == 1 {
-                per_chunk -= per_chunk % 2;
-            }
-        }
-        // FP8 block scales cover 128 rows: chunks start on a row of blocks.
-        if m.format == WeightFormat::Fp8Block {
-            per_chunk -= per_chunk % crate::format::FP8_BLOCK;
-        }
-        if per_chunk == 0 {
-            return Err(Error::DeviceLimit {
-                what: format!("one row of tensor {name}"),
-                requested: row_bytes,
-                limit_name: "largest storage binding",
-                limit: gpu.max_binding,
-            });
-        }
-        let mut chunks = Vec::new();
-        let mut r = 0;
-        while r < rows {
-            let n = per_chunk.min(rows - r);
-            chunks.push((gpu.upload(name, &m.rows_bytes(r, n)), r, n));
-            r += n;
-        }
+        let chunks = layout
+            .into_iter()
+            .map(|(r, n)| (gpu.upload(name, &m.rows_bytes(r, n)), r, n))
+            .collect();
         Ok(GpuMatrix {
-            format: m.format,
+            format,
             rows,
             cols,
             chunks,
         })
     }
 
-    /// Bytes of the matrix on the GPU.
+    /// Bytes of the matrix's buffers on the GPU.
     pub fn bytes(&self) -> u64 {
-        self.format.stored_bytes(self.rows, self.cols) as u64
+        self.chunks.iter().map(|c| c.0.size()).sum()
     }
 }
 

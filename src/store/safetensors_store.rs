@@ -196,6 +196,11 @@ impl SafetensorsStore {
             layouts.push(Some(layout));
             sources.push(Some(Source::Pieces(layer)));
         }
+        tracing::debug!(
+            dir = %ckpt.dir().display(),
+            moe_layers = layouts.iter().flatten().count(),
+            "expert store opened on the checkpoint's safetensors files"
+        );
         Ok(SafetensorsStore {
             ckpt,
             layouts,

@@ -339,6 +339,13 @@ impl PackedStore {
                 l.direct = None;
             }
         }
+        tracing::debug!(
+            dir = %dir.display(),
+            layers = layers.iter().flatten().count(),
+            direct_io = direct_ok,
+            verify_checksums = options.verify_checksums,
+            "expert pack opened"
+        );
         Ok(PackedStore {
             dir,
             identity,
@@ -494,6 +501,11 @@ impl PackedStore {
                     match (self.direct_read)(parts, READ_ALIGN).map_err(|(_, e)| e) {
                         Ok(()) => done = true,
                         Err(e) if direct_refused(&e) => {
+                            tracing::warn!(
+                                path = %l.path.display(),
+                                error = %e,
+                                "direct read refused; retrying buffered, and reading buffered from now on"
+                            );
                             self.direct.store(false, Ordering::Relaxed);
                         }
                         Err(e) => return Err(io_err(blob.padded, e)),

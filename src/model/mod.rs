@@ -16,6 +16,10 @@ use crate::gpu::{AdapterChoice, AdapterSummary, Gpu};
 use crate::session::Session;
 use crate::store::{ExpertRole, ExpertStore, SafetensorsStore};
 
+mod plan;
+
+pub use plan::{MemoryPlan, PlannedBuffer, SessionPlan};
+
 /// Default expert-cache budget when none is given: 2 GiB, or all experts if they are fewer.
 pub const DEFAULT_EXPERT_CACHE_BYTES: u64 = 2 << 30;
 
@@ -27,7 +31,7 @@ pub const DEFAULT_READBACK_SPIN: std::time::Duration = std::time::Duration::from
 
 /// How large the GPU expert cache is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CacheSize {
+pub(crate) enum CacheSize {
     Bytes(u64),
     /// Only what one token of one layer needs (`num_experts_per_tok` slots): reuse comes
     /// from the OS page cache alone.
@@ -69,6 +73,23 @@ pub struct ModelBuilder {
     readback_spin: std::time::Duration,
     progress: Option<ProgressFn>,
     policy: CachePolicy,
+    device: Option<SharedDevice>,
+}
+
+/// A wgpu device the application created ([`ModelBuilder::wgpu_device`]).
+#[derive(Clone)]
+struct SharedDevice {
+    adapter: wgpu::Adapter,
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+}
+
+/// The configuration, the checkpoint's headers and the expert store, opened and checked:
+/// what both [`ModelBuilder::plan`] and [`ModelBuilder::build`] start from.
+pub(crate) struct Opened {
+    pub cfg: ModelConfig,
+    pub ckpt: Arc<Checkpoint>,
+    pub store: Arc<dyn ExpertStore>,
 }
 
 impl std::fmt::Debug for ModelBuilder {
@@ -84,6 +105,7 @@ impl std::fmt::Debug for ModelBuilder {
             .field("kv_cache_dtype", &self.kv_cache_dtype)
             .field("readback_spin", &self.readback_spin)
             .field("on_progress", &self.progress.is_some())
+            .field("wgpu_device", &self.device.is_some())
             .finish()
     }
 }
@@ -231,8 +253,109 @@ impl ModelBuilder {
         self
     }
 
-    /// Opens the checkpoint, uploads the resident weights and sets up the expert cache.
-    pub fn build(self) -> Result<Model> {
+    /// Runs the model on a device the application created (for example the one it renders
+    /// with), instead of opening one of its own. `adapter` is the adapter `device` was
+    /// requested from; `queue` is the device's queue. The device's limits must cover what
+    /// the kernels need: at least [`wgpu::Limits::default()`] (WebGPU's defaults) in its
+    /// compute limits and storage buffers per stage, and compute shaders; otherwise
+    /// [`build`](Self::build) fails with [`Error::DeviceRequirement`] naming the limit. Its
+    /// buffer limits bound what fits ([`plan`](Self::plan) checks them): request the
+    /// adapter's [`limits`](wgpu::Adapter::limits) for the largest buffers. The optional
+    /// features moestream uses when the device has them: [`wgpu::Features::SUBGROUP`]
+    /// (faster quantized kernels) and [`wgpu::Features::TIMESTAMP_QUERY`] (GPU times in
+    /// [`SessionStats`](crate::SessionStats)). [`adapter`](Self::adapter) is then ignored.
+    ///
+    /// moestream installs its own uncaptured-error handler and device-lost callback on the
+    /// device (wgpu keeps one of each), so that GPU errors come back typed from its calls;
+    /// a lost device is also reported as a `tracing` error event. Work the application
+    /// submits to the same queue interleaves with moestream's.
+    ///
+    /// ```no_run
+    /// # fn main() -> moestream::Result<()> {
+    /// use moestream::wgpu;
+    /// let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    /// let adapter = pollster::block_on(instance.request_adapter(&Default::default()))
+    ///     .map_err(|e| moestream::Error::Adapter(e.to_string()))?;
+    /// let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+    ///     required_limits: adapter.limits(),
+    ///     ..Default::default()
+    /// }))
+    /// .map_err(|e| moestream::Error::Adapter(e.to_string()))?;
+    /// // ... the application renders with `device` and `queue` ...
+    /// let model = moestream::Model::builder("models/Qwen3-30B-A3B-4bit")
+    ///     .wgpu_device(&adapter, &device, &queue)
+    ///     .build()?;
+    /// # let _ = model; Ok(()) }
+    /// ```
+    pub fn wgpu_device(
+        mut self,
+        adapter: &wgpu::Adapter,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+    ) -> Self {
+        self.device = Some(SharedDevice {
+            adapter: adapter.clone(),
+            device: device.clone(),
+            queue: queue.clone(),
+        });
+        self
+    }
+
+    /// The GPU memory the model will take with these options, from `config.json`, the
+    /// checkpoint's headers and the expert store's layouts alone (no weight data read,
+    /// nothing allocated), checked against the limits of the device it would run on: the
+    /// one given to [`wgpu_device`](Self::wgpu_device), else the adapter
+    /// [`adapter`](Self::adapter) picks (whose limits are read; no device is opened). See
+    /// [`MemoryPlan`]; [`plan_with_limits`](Self::plan_with_limits) plans for other limits
+    /// without a GPU.
+    ///
+    /// ```no_run
+    /// # fn main() -> moestream::Result<()> {
+    /// let builder = moestream::Model::builder("models/Qwen3-30B-A3B-4bit");
+    /// let plan = builder.plan()?;
+    /// let per_session = plan.session(32768)?.bytes();
+    /// if plan.model_bytes() + 2 * per_session < 20 << 30 {
+    ///     let model = builder.build()?;
+    ///     assert_eq!(model.resident_weight_bytes(), plan.resident_weight_bytes());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn plan(&self) -> Result<MemoryPlan> {
+        let limits = match &self.device {
+            Some(d) => d.device.limits(),
+            None => crate::gpu::pick_adapter(&self.adapter)?.limits(),
+        };
+        self.plan_with_limits(&limits)
+    }
+
+    /// As [`plan`](Self::plan), for a device of `limits` (no GPU is touched): e.g. a
+    /// phone's per-buffer cap, lower than what its adapter reports. Fails with
+    /// [`Error::DeviceLimit`] naming the first buffer that would not fit.
+    pub fn plan_with_limits(&self, limits: &wgpu::Limits) -> Result<MemoryPlan> {
+        let opened = self.open()?;
+        MemoryPlan::new(
+            &opened,
+            (self.cache_size, self.page_bytes),
+            self.planned_kv_dtype()?,
+            limits,
+        )
+    }
+
+    /// The KV cache dtype asked for, if the engine has it at all (whether the adapter can
+    /// is checked by [`build`](Self::build)).
+    fn planned_kv_dtype(&self) -> Result<DType> {
+        match self.kv_cache_dtype {
+            None | Some(DType::F32) => Ok(DType::F32),
+            Some(DType::F16) => Ok(DType::F16),
+            Some(d) => Err(Error::InvalidArgument(format!(
+                "KV cache dtype {d:?} is not supported (f32 or f16)"
+            ))),
+        }
+    }
+
+    /// Reads and checks `config.json`, opens the checkpoint's files (headers only) and the
+    /// expert store, and checks the store's layouts against the model.
+    fn open(&self) -> Result<Opened> {
         let cfg = ModelConfig::from_path(self.dir.join("config.json"))?;
         crate::engine::check_plan(&cfg, &self.dir.join("config.json"))?;
         // The softmax-attention kernels' widest head (latent attention has its own bound,
@@ -255,9 +378,22 @@ impl ModelBuilder {
                 ),
             });
         }
+        tracing::debug!(
+            model_type = %cfg.model_type,
+            layers = cfg.num_hidden_layers,
+            experts = cfg.num_experts,
+            "config read"
+        );
         let ckpt = Arc::new(Checkpoint::open(&self.dir)?);
-        let store: Arc<dyn ExpertStore> = match self.store {
-            Some(s) => s,
+        tracing::debug!(
+            tensors = ckpt.tensor_names().count(),
+            "checkpoint headers read"
+        );
+        let store: Arc<dyn ExpertStore> = match &self.store {
+            Some(s) => {
+                tracing::debug!("expert store: the builder's");
+                s.clone()
+            }
             // An expert pack next to the checkpoint (`moestream-pack/`, written by the pack
             // example) is used when it was made from this checkpoint; a stale one is an error.
             None => match crate::store::PackedStore::for_checkpoint(&ckpt)? {
@@ -301,20 +437,38 @@ impl ModelBuilder {
                 crate::engine::check_expert_layout(l, layout)?;
             }
         }
+        Ok(Opened { cfg, ckpt, store })
+    }
+
+    /// Opens the checkpoint, uploads the resident weights and sets up the expert cache,
+    /// allocating what [`plan`](Self::plan) reports (it runs the same plan first, so a
+    /// buffer past a device limit fails before any weight is read).
+    pub fn build(self) -> Result<Model> {
+        let span = tracing::info_span!("moestream::load", dir = %self.dir.display());
+        let _entered = span.enter();
+        let t0 = std::time::Instant::now();
+        let Opened { cfg, ckpt, store } = self.open()?;
         if self.io_threads == 0 {
             return Err(Error::InvalidArgument(
                 "io_threads must be at least 1".into(),
             ));
         }
-        let mut gpu = Gpu::new(&self.adapter)?;
+        let moe_layers = cfg.moe_layers();
+        let mut gpu = match &self.device {
+            Some(d) => Gpu::from_device(
+                &d.adapter,
+                d.device.clone(),
+                d.queue.clone(),
+                crate::gpu::allowed_variant()?,
+            )?,
+            None => Gpu::new(&self.adapter)?,
+        };
         gpu.readback_spin = self.readback_spin;
         let gpu_integer_dot = gpu.summary.integer_dot_products;
         // Checked before the weights load, so a bad request fails fast.
         let kv_f16_ok = gpu.variant.f16 && cfg.head_dim % 8 == 0;
-        let kv_cache_dtype = match self.kv_cache_dtype {
-            None | Some(DType::F32) => DType::F32,
-            Some(DType::F16) if kv_f16_ok => DType::F16,
-            Some(DType::F16) => {
+        let kv_cache_dtype = match self.planned_kv_dtype()? {
+            DType::F16 if !kv_f16_ok => {
                 return Err(Error::InvalidArgument(format!(
                     "an f16 KV cache needs kernels with native f16 conversion (adapter {}: {}) and a head_dim that is a multiple of 8 (the model's: {})",
                     gpu.summary.name,
@@ -322,19 +476,42 @@ impl ModelBuilder {
                     cfg.head_dim
                 )))
             }
-            Some(d) => {
-                return Err(Error::InvalidArgument(format!(
-                    "KV cache dtype {d:?} is not supported (f32 or f16)"
-                )))
-            }
+            d => d,
         };
+        let opened = Opened { cfg, ckpt, store };
+        let plan = MemoryPlan::new(
+            &opened,
+            (self.cache_size, self.page_bytes),
+            kv_cache_dtype,
+            &gpu.limits,
+        )?;
+        let Opened { cfg, ckpt, store } = opened;
+        tracing::debug!(
+            resident_weight_bytes = plan.resident_weight_bytes(),
+            expert_cache_bytes = plan.expert_cache_bytes(),
+            expert_cache_slots = plan.expert_cache_slots(),
+            "memory plan"
+        );
         let progress = |p: LoadProgress| {
             if let Some(f) = &self.progress {
                 f(p);
             }
         };
         progress(LoadProgress::Opened);
+        let allocated = gpu.allocated();
         let weights = Weights::load(&gpu, &cfg, &ckpt, store.as_ref(), &progress)?;
+        let resident_bytes = gpu.allocated() - allocated;
+        if resident_bytes != plan.resident_weight_bytes() {
+            return Err(Error::Internal(format!(
+                "the resident weights took {resident_bytes} bytes of GPU memory, the memory plan said {}",
+                plan.resident_weight_bytes()
+            )));
+        }
+        tracing::debug!(
+            bytes = resident_bytes,
+            seconds = t0.elapsed().as_secs_f64(),
+            "resident weights uploaded"
+        );
         // Decode rows stay f32 when asked, without integer dot products, or when no 2- to 6-bit
         // matrix would read the 8+8-bit row (then no norm writes it).
         let reads_q8 =
@@ -355,47 +532,56 @@ impl ModelBuilder {
         let hybrid = cfg.layers.iter().any(|p| p.linear_attention().is_some());
         let f32_activations =
             self.f32_activations.unwrap_or(!gpu_integer_dot || hybrid) || !any_reads_q8;
-        let total_experts = moe_layers.len() * cfg.num_experts;
-        let cache = if total_experts > 0 {
-            let largest = moe_layers
-                .iter()
-                .filter_map(|&l| store.layout(l).map(|x| x.bytes))
-                .max()
-                .unwrap_or(0);
-            let slot = ExpertCache::slot_size(largest);
-            let slots = match self.cache_size {
-                CacheSize::Minimal => cfg.num_experts_per_tok,
-                CacheSize::Bytes(budget) => {
-                    let n = (budget / slot) as usize;
-                    if n == 0 {
-                        return Err(Error::InvalidArgument(format!(
-                            "expert cache budget of {budget} bytes is smaller than one expert slot ({slot} bytes)"
-                        )));
+        let cache = match plan.cache() {
+            Some(geometry) => {
+                let shared_blob = |l: usize| -> Result<Option<Vec<u8>>> {
+                    match (weights.cached_shared(l), store.layout(l)) {
+                        (true, Some(lay)) => shared_expert_blob(&cfg, &ckpt, l, lay).map(Some),
+                        _ => Ok(None),
                     }
-                    n
+                };
+                let cache = ExpertCache::new(
+                    &gpu,
+                    store.clone(),
+                    &moe_layers,
+                    (cfg.num_hidden_layers, cfg.num_experts),
+                    (geometry.slots, self.page_bytes),
+                    self.policy,
+                    self.io_threads,
+                    weights.any_cached_shared().then_some(&shared_blob),
+                )?;
+                let pages: Vec<usize> = cache
+                    .pages
+                    .iter()
+                    .map(|p| (p.size() / cache.slot_bytes.max(1)) as usize)
+                    .collect();
+                if cache.bytes() != geometry.bytes()
+                    || pages != geometry.pages
+                    || cache.has_shared() != (geometry.shared > 0)
+                {
+                    return Err(Error::Internal(format!(
+                        "the expert cache took {} bytes in pages of {pages:?} slots, the memory plan said {} bytes in pages of {:?}",
+                        cache.bytes(),
+                        geometry.bytes(),
+                        geometry.pages
+                    )));
                 }
+                tracing::debug!(
+                    slots = cache.slots(),
+                    bytes = cache.bytes(),
+                    pages = pages.len(),
+                    "expert cache allocated"
+                );
+                Some(cache)
             }
-            .min(total_experts);
-            let shared_blob = |l: usize| -> Result<Option<Vec<u8>>> {
-                match (weights.cached_shared(l), store.layout(l)) {
-                    (true, Some(lay)) => shared_expert_blob(&cfg, &ckpt, l, lay).map(Some),
-                    _ => Ok(None),
-                }
-            };
-            Some(ExpertCache::new(
-                &gpu,
-                store.clone(),
-                &moe_layers,
-                (cfg.num_hidden_layers, cfg.num_experts),
-                (slots, self.page_bytes),
-                self.policy,
-                self.io_threads,
-                weights.any_cached_shared().then_some(&shared_blob),
-            )?)
-        } else {
-            None
+            None => None,
         };
         progress(LoadProgress::ExpertCache);
+        tracing::debug!(
+            seconds = t0.elapsed().as_secs_f64(),
+            adapter = %gpu.summary.name,
+            "model loaded"
+        );
         Ok(Model {
             inner: Arc::new(ModelInner {
                 dir: self.dir,
@@ -406,6 +592,8 @@ impl ModelBuilder {
                 cache,
                 f32_activations,
                 kv_cache_dtype,
+                plan,
+                resident_bytes,
             }),
         })
     }
@@ -424,6 +612,10 @@ pub(crate) struct ModelInner {
     pub f32_activations: bool,
     /// The sessions' KV cache elements: f32 or f16 ([`ModelBuilder::kv_cache_dtype`]).
     pub kv_cache_dtype: DType,
+    /// The memory plan the load followed; sessions are sized by it.
+    pub plan: MemoryPlan,
+    /// Bytes of GPU memory the resident weights took.
+    pub resident_bytes: u64,
 }
 
 /// A Qwen3-MoE checkpoint on the GPU: all non-expert weights resident, experts streamed
@@ -477,6 +669,7 @@ impl Model {
             readback_spin: DEFAULT_READBACK_SPIN,
             progress: None,
             policy: CachePolicy::default(),
+            device: None,
         }
     }
 
@@ -580,7 +773,8 @@ impl Model {
         self.inner.cache.as_ref().map_or(0, ExpertCache::slots)
     }
 
-    /// Bytes of GPU memory the expert cache takes.
+    /// Bytes of GPU memory the expert cache takes (its pages: the slots of routed experts
+    /// and the fixed slots of shared experts).
     pub fn expert_cache_bytes(&self) -> u64 {
         self.inner.cache.as_ref().map_or(0, ExpertCache::bytes)
     }
@@ -595,8 +789,16 @@ impl Model {
             .sum()
     }
 
-    /// Bytes of resident (non-expert) weights on the GPU.
+    /// Bytes of GPU memory the resident (non-expert) weights take: every buffer of their
+    /// matrices, norm weights, biases and constants
+    /// ([`MemoryPlan::resident_weight_bytes`] predicted it).
     pub fn resident_weight_bytes(&self) -> u64 {
-        self.inner.weights.bytes()
+        self.inner.resident_bytes
+    }
+
+    /// The memory plan the model was loaded by (for this model's options and device):
+    /// e.g. [`MemoryPlan::session`] to size a session before creating it.
+    pub fn memory_plan(&self) -> &MemoryPlan {
+        &self.inner.plan
     }
 }
