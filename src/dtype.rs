@@ -40,6 +40,8 @@ impl DType {
         }
     }
 
+    /// (For the synthetic writers, `testkit`.)
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub(crate) fn to_safetensors(self) -> safetensors::Dtype {
         match self {
             DType::F32 => safetensors::Dtype::F32,

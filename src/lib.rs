@@ -11,17 +11,28 @@ mod engine;
 mod error;
 mod format;
 mod generate;
+#[cfg(feature = "testkit")]
 pub mod golden;
+#[cfg(feature = "testkit")]
 pub mod gpu;
+#[cfg(not(feature = "testkit"))]
+#[allow(dead_code)]
+mod gpu;
 mod io;
 mod model;
+#[cfg(feature = "testkit")]
 pub mod reference;
+// The engine uses its RoPE tables; the rest is for tests (public with `testkit`).
+#[cfg(not(feature = "testkit"))]
+#[allow(dead_code, unused_imports)]
+mod reference;
 pub mod routing;
 mod sampling;
 #[cfg(feature = "server")]
 pub mod server;
 mod session;
 mod store;
+#[cfg(feature = "testkit")]
 pub mod synthetic;
 mod tokenizer;
 

@@ -11,6 +11,7 @@
 
 pub(crate) mod absorb;
 mod config;
+#[cfg(feature = "testkit")]
 pub(crate) mod synthetic;
 
 use super::{Family, Names};

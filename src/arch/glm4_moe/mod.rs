@@ -10,6 +10,7 @@
 //! which is not used. Facts and sources: docs/families/glm4_moe.md.
 
 pub(crate) mod config;
+#[cfg(feature = "testkit")]
 pub(crate) mod synthetic;
 
 use super::{Family, Names};

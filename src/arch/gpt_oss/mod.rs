@@ -16,6 +16,7 @@
 mod config;
 pub(crate) mod experts;
 pub(crate) mod store;
+#[cfg(feature = "testkit")]
 pub(crate) mod synthetic;
 
 use super::{Family, Names};

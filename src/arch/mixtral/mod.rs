@@ -10,6 +10,7 @@
 //! `block_sparse_moe.switch_mlp`. Facts and sources: docs/families/mixtral.md.
 
 mod config;
+#[cfg(feature = "testkit")]
 pub(crate) mod synthetic;
 
 use super::{Family, Names};

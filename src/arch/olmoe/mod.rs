@@ -10,6 +10,7 @@
 //! like every other matrix. Facts and sources: docs/families/olmoe.md.
 
 mod config;
+#[cfg(feature = "testkit")]
 pub(crate) mod synthetic;
 
 use super::{Family, Names};

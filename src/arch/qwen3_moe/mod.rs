@@ -7,6 +7,7 @@
 //! checkpoints use the same names with stacked `switch_mlp` experts.
 
 mod config;
+#[cfg(feature = "testkit")]
 pub(crate) mod synthetic;
 
 use super::{Family, Names};
