@@ -181,9 +181,11 @@ fn main() -> Result<()> {
         }
         let before = s.stats();
         let _ = moestream::gpu::testing::take_profile();
+        let cpu0 = common::process_cpu_time();
         for _ in 0..timed {
             logits = s.step(argmax(&logits))?;
         }
+        let cpu1 = common::process_cpu_time();
         let st = s.stats();
         let wall = (st.wall_time - before.wall_time).as_secs_f64();
         let tps = timed as f64 / wall;
@@ -200,6 +202,15 @@ fn main() -> Result<()> {
             1e3 / tps,
             tps / bound
         );
+        if let (Some(a), Some(b)) = (cpu0, cpu1) {
+            // The cost of the library's defaults to a battery: the readback spin
+            // (`--spin-us`), the recording, the I/O threads.
+            println!(
+                "host CPU time: {:.2} ms/token ({:.0}% of one core)",
+                (b - a).as_secs_f64() * 1e3 / timed as f64,
+                100.0 * (b - a).as_secs_f64() / wall
+            );
+        }
         println!(
             "host: {:.1} ms/token recording GPU work, {:.1} ms/token waiting for the GPU; {} of {} steps resident ({} retried)",
             (st.record_time - before.record_time).as_secs_f64() * 1e3 / timed as f64,

@@ -102,3 +102,27 @@ pub fn evict(files: &[std::path::PathBuf]) {
     #[cfg(not(target_os = "linux"))]
     let _ = files;
 }
+
+/// CPU time (user + system) this process has used so far, where the OS reports it: what
+/// a step costs the host (spinning readback waits, recording, I/O threads) beside its
+/// wall time.
+#[allow(dead_code)]
+pub fn process_cpu_time() -> Option<std::time::Duration> {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage writes one rusage struct into the zeroed one we pass.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+            return None;
+        }
+        let tv = |t: libc::timeval| {
+            std::time::Duration::from_secs(t.tv_sec as u64)
+                + std::time::Duration::from_micros(t.tv_usec as u64)
+        };
+        Some(tv(u.ru_utime) + tv(u.ru_stime))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
