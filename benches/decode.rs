@@ -17,6 +17,7 @@
 //! cargo bench --bench decode -- --kv-f16     # the KV cache in f16 (ModelBuilder::kv_cache_dtype)
 //! cargo bench --bench decode -- --spin-us 0  # readback waits block at once (ModelBuilder::readback_spin)
 //! cargo bench --bench decode -- --int-activations  # 8+8-bit activation rows (f32: --f32-activations)
+//! cargo bench --bench decode -- --realistic-routing  # the 25% cache follows a calibrated routing trace
 //! ```
 //! The model is written once to `$MOESTREAM_BENCH_DIR` (default `target/bench-models`).
 //! For a fully resident expert cache and for one holding 25% of the experts, it prefills
@@ -156,6 +157,17 @@ fn main() -> Result<()> {
             per_token as f64 / 1e9
         );
         let mut s = model.session(1024)?;
+        // `--realistic-routing`: the partial cache's session follows a generated trace with
+        // published statistics (moestream::routing; the logits are meaningless) instead of
+        // the random model's own repetitive routing.
+        let realistic = label != "resident" && args.iter().any(|a| a == "--realistic-routing");
+        if realistic {
+            let header = moestream::routing::TraceHeader::for_model(model.config())?;
+            let params = moestream::routing::GeneratorParams::default();
+            let trace = moestream::routing::RoutingTrace::generate(header, &params, 4096)?;
+            s.follow_routing(Some(trace))?;
+            println!("routing: a calibrated generated trace (Session::follow_routing)");
+        }
         println!(
             "session state: {:.1} MB ({:.1} MB of KV cache for 1024 tokens)",
             s.state_bytes() as f64 / 1e6,
@@ -182,10 +194,12 @@ fn main() -> Result<()> {
         let before = s.stats();
         let _ = moestream::gpu::testing::take_profile();
         let cpu0 = common::process_cpu_time();
+        let busy1 = model.storage_busy_time();
         for _ in 0..timed {
             logits = s.step(argmax(&logits))?;
         }
         let cpu1 = common::process_cpu_time();
+        let busy2 = model.storage_busy_time();
         let st = s.stats();
         let wall = (st.wall_time - before.wall_time).as_secs_f64();
         let tps = timed as f64 / wall;
@@ -226,6 +240,24 @@ fn main() -> Result<()> {
             cache.read_throughput() / 1e9,
             cache.read_time.as_secs_f64() * 1e3 / timed as f64
         );
+        if cache.misses > 0 {
+            // Issue #20's streaming target: time per token against max(T_io, T_gpu), with
+            // T_io the time spent waiting for reads and T_gpu the GPU time.
+            let t_io = cache.read_time.as_secs_f64() / timed as f64;
+            let t_gpu = match (st.gpu_time, before.gpu_time) {
+                (Some(a), Some(b)) => (a - b).as_secs_f64() / timed as f64,
+                _ => 0.0,
+            };
+            let busy = (busy2 - busy1).as_secs_f64() / wall;
+            println!(
+                "streaming: {:.1} ms/token = {:.2}x max(reads {:.1} ms, GPU {:.1} ms); storage busy {:.1}% of the wall time",
+                1e3 / tps,
+                (1.0 / tps) / t_io.max(t_gpu).max(1e-9),
+                t_io * 1e3,
+                t_gpu * 1e3,
+                100.0 * busy
+            );
+        }
         let profile = moestream::gpu::testing::take_profile();
         if !profile.is_empty() {
             // The Gated DeltaNet kernels' share (their projections are mat-vecs, counted

@@ -104,6 +104,8 @@ pub struct Session {
     resident_backoff: u32,
     /// The routing recorded since [`Session::record_routing`], if recording.
     routing: Option<RoutingTrace>,
+    /// The routing the session follows instead of its routers' ([`Session::follow_routing`]).
+    follow: Option<RoutingTrace>,
     /// The next resident decode step, recorded while the GPU ran the last one.
     ahead: Option<Ahead>,
     /// Which of the two readback buffers the next recorded pass reads into (a step
@@ -218,6 +220,7 @@ impl Session {
             has_logits: false,
             resident_backoff: 0,
             routing: None,
+            follow: None,
             ahead: None,
             flip: false,
         })
@@ -434,6 +437,41 @@ impl Session {
         self.routing.as_ref()
     }
 
+    /// A benchmarking tool: from now on every MoE layer of this session runs the experts
+    /// `trace` chose for token `position % trace.len()` instead of those its router
+    /// chooses (the router's weights kept), through the real expert cache, store and
+    /// kernels: decode and prefill timed under realistic routing (a recorded trace, or
+    /// [`RoutingTrace::generate`](crate::routing::RoutingTrace::generate)'s) on any
+    /// checkpoint of the same shape. **The logits are meaningless.** Every step then reads
+    /// its routing back (no resident steps). `None` goes back to the model's own routing.
+    /// An [`Error::InvalidArgument`] for an empty trace or one of another shape (MoE
+    /// layers, experts per layer, top-k).
+    pub fn follow_routing(&mut self, trace: Option<RoutingTrace>) -> Result<()> {
+        if let Some(t) = &trace {
+            let want = TraceHeader::for_model(&self.model.inner.cfg)?;
+            let h = t.header();
+            if t.is_empty()
+                || h.moe_layers() != want.moe_layers()
+                || h.num_experts() != want.num_experts()
+                || h.top_k() != want.top_k()
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "a routing trace to follow must have tokens and the model's shape (MoE layers {:?}, {} experts, top-{}); this one has {} tokens, MoE layers {:?}, {} experts, top-{}",
+                    want.moe_layers(),
+                    want.num_experts(),
+                    want.top_k(),
+                    t.len(),
+                    h.moe_layers(),
+                    h.num_experts(),
+                    h.top_k()
+                )));
+            }
+        }
+        self.ahead = None;
+        self.follow = trace;
+        Ok(())
+    }
+
     /// Stops recording and returns what was recorded (`None` if not recording).
     pub fn take_routing_trace(&mut self) -> Option<RoutingTrace> {
         self.routing.take()
@@ -511,7 +549,8 @@ impl Session {
     /// One batched pass over `ids` (at most `scratch.cap` of them) at the current position.
     fn run(&mut self, ids: &[u32], want: Want) -> Result<Readout> {
         let m = &*self.model.inner;
-        let resident = ids.len() == 1 && want != Want::Nothing && m.cache.is_some();
+        let resident =
+            ids.len() == 1 && want != Want::Nothing && m.cache.is_some() && self.follow.is_none();
         let out = if resident && self.resident_backoff == 0 {
             match self.pass(ids, want, true)? {
                 Some(out) => Some(out),
@@ -673,6 +712,7 @@ impl Session {
             since_submit: 0,
             submit_chunk: RESIDENT_FIRST_CHUNK,
             routing: self.routing.as_ref().map(|_| Vec::new()),
+            follow: self.follow.as_ref().map(|t| (t, pos0)),
         };
         let s = &self.scratch;
         let layers = cfg.num_hidden_layers;

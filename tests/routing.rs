@@ -316,3 +316,53 @@ fn a_recorded_trace_file_replays() {
     }
     std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
 }
+
+/// A session following a trace (`Session::follow_routing`) runs exactly the trace's
+/// experts for each position, in prefill and decode, wrapping around a short trace: what
+/// it records is the trace, repeated. A trace of another shape is refused.
+#[test]
+fn a_followed_trace_is_the_routing_that_runs() {
+    let dir = model_dir("follow");
+    let model = Model::builder(&dir).build().unwrap();
+    let header = TraceHeader::for_model(model.config()).unwrap();
+    let trace = RoutingTrace::generate(header, &GeneratorParams::default(), 7).unwrap();
+    let mut s = model.session(64).unwrap();
+    s.follow_routing(Some(trace.clone())).unwrap();
+    s.record_routing().unwrap();
+    let ids = prompt(12);
+    run(&mut s, &ids, 5);
+    let got = s.take_routing_trace().unwrap();
+    assert_eq!(got.len(), 12);
+    let moe = got.header().moe_layers().to_vec();
+    for t in 0..12 {
+        for &l in &moe {
+            assert_eq!(
+                got.experts(t, l),
+                trace.experts(t % 7, l),
+                "token {t} layer {l}"
+            );
+        }
+    }
+    assert_eq!(s.stats().resident_steps, 0);
+    // Back to the model's own routing: what it records differs from the trace.
+    s.follow_routing(None).unwrap();
+    s.reset();
+    s.record_routing().unwrap();
+    run(&mut s, &ids, 5);
+    let own = s.take_routing_trace().unwrap();
+    assert!((0..12).any(|t| moe
+        .iter()
+        .any(|&l| own.experts(t, l) != trace.experts(t % 7, l))));
+    // Another shape, or no tokens: refused.
+    let other = TraceHeader::new("qwen3_moe", 3, vec![0, 1, 2], 32, 4).unwrap();
+    let wrong = RoutingTrace::generate(other, &GeneratorParams::default(), 3).unwrap();
+    assert!(matches!(
+        s.follow_routing(Some(wrong)),
+        Err(Error::InvalidArgument(_))
+    ));
+    let empty = RoutingTrace::new(TraceHeader::for_model(model.config()).unwrap());
+    assert!(matches!(
+        s.follow_routing(Some(empty)),
+        Err(Error::InvalidArgument(_))
+    ));
+}

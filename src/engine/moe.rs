@@ -161,7 +161,18 @@ impl<'a> Pass<'a> {
             &[(&s.route_ids, 0, bytes), (&s.route_w, 0, bytes)],
             &s.readback,
         )?;
-        let ids: Vec<u32> = bytemuck::pod_collect_to_vec(&parts[0]);
+        let mut ids: Vec<u32> = bytemuck::pod_collect_to_vec(&parts[0]);
+        if let Some((trace, t0)) = self.follow {
+            // A benchmark's routing: the trace's experts for each token (cycling through
+            // the trace), the routers' weights kept.
+            for t in 0..n {
+                if let Some(ex) = trace.experts((t0 + t) % trace.len().max(1), l) {
+                    for (j, &e) in ex.iter().take(k).enumerate() {
+                        ids[t * kk + j] = u32::from(e);
+                    }
+                }
+            }
+        }
         let wts: Vec<f32> = bytemuck::pod_collect_to_vec(&parts[1]);
         if let Some(log) = self.routing.as_mut() {
             log.push((l, ids.clone(), kk));

@@ -88,6 +88,10 @@ pub(crate) struct Pass<'a> {
     /// of every token, ids per token); the first `top_k` of a token's are its routed
     /// experts.
     pub routing: Option<Vec<(usize, Vec<u32>, usize)>>,
+    /// A routing trace the pass follows instead of its routers' choices
+    /// ([`Session::follow_routing`](crate::Session::follow_routing)), and the trace token
+    /// of the pass's first token.
+    pub follow: Option<(&'a crate::routing::RoutingTrace, usize)>,
 }
 
 /// A resident pass submits its first this many MoE layers, then chunks twice as long as
