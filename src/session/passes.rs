@@ -1,0 +1,367 @@
+//! How a session's calls become GPU passes: recording a pass (now, or ahead of the step
+//! that will want it), waiting for it and reading its results, and the routing a pass
+//! records or follows.
+
+use super::{Readout, Session, SessionStats, Want, RESIDENT_BACKOFF};
+use crate::cache::CacheStats;
+use crate::engine::pass::{Pass, RESIDENT_FIRST_CHUNK};
+use crate::error::{Error, Result};
+use crate::gpu::{PendingRead, Recorder};
+use crate::routing::RoutingTrace;
+
+/// A resident decode step recorded ahead (see [`Session::pass`]): its work, not yet
+/// submitted, for the step at `pos` reading back `want`; its parameters wait in the
+/// session's arena, so any other recording drops it.
+pub(super) struct Ahead {
+    pos: usize,
+    want: Want,
+    rec: Recorded,
+}
+
+/// A pass's GPU work, submitted (or recorded ahead), and what its recording counted.
+struct Recorded {
+    read: PendingRead,
+    top: Option<usize>,
+    stats: CacheStats,
+    experts_routed: u64,
+    record_time: std::time::Duration,
+    wait_time: std::time::Duration,
+    /// GPU nanoseconds of the readbacks during the pass; `None` without timestamps.
+    gpu_ns: Option<f64>,
+    /// The routing read back during the pass, when the session records it
+    /// ([`Pass::routing`]).
+    routing: Option<Vec<(usize, Vec<u32>, usize)>>,
+}
+
+/// An error of a pass, with the counters of the work done before it.
+type Failed = Box<(Error, SessionStats)>;
+
+/// A pass's routing: per MoE layer, (layer, the chosen ids of every token, ids per token).
+type RoutedLayers = Vec<(usize, Vec<u32>, usize)>;
+
+/// Environment variable that turns recording ahead off (`1`), for measuring what it
+/// gains; on by default.
+const NO_AHEAD_ENV: &str = "MOESTREAM_NO_RECORD_AHEAD";
+
+fn record_ahead() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(NO_AHEAD_ENV).is_none_or(|v| v.is_empty() || v == "0"))
+}
+
+impl Session {
+    /// One batched pass over `ids` (at most `scratch.cap` of them) at the current position.
+    pub(super) fn run(&mut self, ids: &[u32], want: Want) -> Result<Readout> {
+        let m = &*self.model.inner;
+        let resident =
+            ids.len() == 1 && want != Want::Nothing && m.cache.is_some() && self.follow.is_none();
+        let out = if resident && self.resident_backoff == 0 {
+            match self.pass(ids, want, true)? {
+                Some(out) => Some(out),
+                None => {
+                    tracing::trace!("resident step found an expert missing: running it again with routing readbacks");
+                    self.resident_backoff = RESIDENT_BACKOFF;
+                    None
+                }
+            }
+        } else {
+            if resident {
+                self.resident_backoff -= 1;
+            }
+            None
+        };
+        let out = match out {
+            Some(out) => out,
+            None => self.pass(ids, want, false)?.ok_or_else(|| {
+                Error::Internal("a pass with routing readbacks reported a miss".into())
+            })?,
+        };
+        self.has_logits = want != Want::Nothing;
+        Ok(out)
+    }
+
+    /// One pass. A resident pass returns `None` when a chosen expert was not resident (its
+    /// results are discarded; nothing advanced).
+    ///
+    /// A resident decode step records the next step ahead while the GPU runs it (assuming
+    /// that step will be at the next position and read back the same), and a following
+    /// `step` that matches submits that work at once: the GPU then idles between steps only
+    /// for the readback and the submit, not for the host's recording of a whole step
+    /// (~2 ms on a fast CPU, ~45% of a Qwen3-30B-A3B step's GPU time on an H100). The
+    /// next token is written into the pass's input just before the submit.
+    fn pass(&mut self, ids: &[u32], want: Want, resident: bool) -> Result<Option<Readout>> {
+        let t0 = std::time::Instant::now();
+        let ahead = self.ahead.take();
+        let launched = match ahead {
+            Some(a) if resident && a.pos == self.pos && a.want == want && ids.len() == 1 => {
+                let m = &*self.model.inner;
+                m.gpu
+                    .queue
+                    .write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
+                let mut rec = a.rec;
+                let t = std::time::Instant::now();
+                rec.read.launch(&m.gpu, &mut self.params);
+                rec.record_time += t.elapsed();
+                Some(rec)
+            }
+            _ => None,
+        };
+        let from_ahead = launched.is_some();
+        let rec = match launched {
+            Some(rec) => Ok(rec),
+            None => self.record(Some(ids), self.pos, want, resident, false),
+        };
+        // Record the next step while the GPU runs this one: it reads the states this one
+        // writes (committed only after this one's readback says it ran).
+        if rec.is_ok()
+            && resident
+            && want != Want::Nothing
+            && record_ahead()
+            && self.pos + 2 <= self.max_context
+        {
+            self.state.commit();
+            let next = self.record(None, self.pos + 1, want, true, true);
+            self.state.commit();
+            if let Ok(r) = next {
+                self.ahead = Some(Ahead {
+                    pos: self.pos + 1,
+                    want,
+                    rec: r,
+                });
+            }
+        }
+        let result = match rec {
+            Ok(rec) => self.finish(rec, resident),
+            Err(e) => Err(e),
+        };
+        // (Errors come back with the stats of the work done before them.)
+        let (out, mut stats, routed) = match result {
+            Ok((out, stats, routed)) => (Ok(out), stats, routed),
+            Err(failed) => {
+                let (e, stats) = *failed;
+                (Err(e), stats, None)
+            }
+        };
+        let done = matches!(out, Ok(Some(_)));
+        if !done {
+            // The step recorded ahead assumed this one would advance.
+            self.ahead = None;
+        }
+        stats.tokens = if done { ids.len() as u64 } else { 0 };
+        stats.passes = u64::from(done);
+        if !done {
+            stats.experts_routed = 0;
+        }
+        stats.wall_time = t0.elapsed();
+        stats.resident_steps = u64::from(resident && done);
+        stats.resident_retries = u64::from(resident && matches!(out, Ok(None)));
+        stats.steps_recorded_ahead = u64::from(from_ahead && done);
+        if let Some(cache) = &self.model.inner.cache {
+            cache.record(&stats.cache);
+        }
+        self.last.add(&stats);
+        self.stats.add(&stats);
+        let out = out?;
+        if out.is_some() {
+            if let (Some(trace), Some(layers)) = (self.routing.as_mut(), routed.as_ref()) {
+                record(trace, layers, ids.len())?;
+            }
+            self.pos += ids.len();
+            self.state.commit();
+        }
+        Ok(out)
+    }
+
+    /// Records a pass of `n` tokens from position `pos0` (the tokens `ids`, written into
+    /// the pass's input now; `None` for a pass recorded ahead, whose one token is written
+    /// at its launch), reading back `want`: submitted, its readback started; or with
+    /// `deferred`, recorded ahead, not submitted.
+    fn record(
+        &mut self,
+        ids: Option<&[u32]>,
+        pos0: usize,
+        want: Want,
+        resident: bool,
+        deferred: bool,
+    ) -> std::result::Result<Recorded, Failed> {
+        let m = &*self.model.inner;
+        let cfg = &m.cfg;
+        let n = ids.map_or(1, <[u32]>::len);
+        if let Some(ids) = ids {
+            m.gpu
+                .queue
+                .write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
+        }
+        let staging = if self.flip {
+            &self.scratch.readback2
+        } else {
+            &self.scratch.readback
+        };
+        self.flip = !self.flip;
+        let rec = if deferred {
+            Recorder::deferred(&m.gpu, &mut self.params, self.timer.as_mut())
+        } else {
+            Recorder::new(&m.gpu, &mut self.params, self.timer.as_mut())
+        };
+        let mut pass = Pass {
+            m,
+            s: &self.scratch,
+            state: &self.state,
+            rec,
+            n,
+            pos0,
+            stats: CacheStats::default(),
+            experts_routed: 0,
+            resident,
+            since_submit: 0,
+            submit_chunk: RESIDENT_FIRST_CHUNK,
+            routing: self.routing.as_ref().map(|_| Vec::new()),
+            follow: self.follow.as_ref().map(|t| (t, pos0)),
+        };
+        let s = &self.scratch;
+        let layers = cfg.num_hidden_layers;
+        let k = cfg.num_experts_per_tok;
+        let top = match want {
+            Want::Top(n) => Some(n),
+            _ => None,
+        };
+        let read = (|| -> Result<PendingRead> {
+            if resident {
+                pass.rec.clear(&s.route_log);
+            }
+            pass.embed();
+            for (l, layer) in m.weights.layers.iter().enumerate() {
+                pass.layer(l, layer)?;
+            }
+            if want == Want::Nothing {
+                // Wait for the pass (and collect its GPU time) with an empty readback.
+                return Ok(pass.rec.read_begin(&[], staging));
+            }
+            let extra: &[(&wgpu::Buffer, u64, u64)] = if resident {
+                &[
+                    (&s.route_log, 0, (layers * 4) as u64),
+                    (&s.route_log, (layers * 4) as u64, (layers * k * 4) as u64),
+                ]
+            } else {
+                &[]
+            };
+            Ok(pass.readout_begin(top, extra, staging))
+        })();
+        let read = match read {
+            Ok(r) => r,
+            Err(e) => {
+                let stats = SessionStats {
+                    cache: pass.stats,
+                    record_time: pass.rec.record_time,
+                    gpu_wait_time: pass.rec.wait_time,
+                    ..Default::default()
+                };
+                return Err(Box::new((e, stats)));
+            }
+        };
+        Ok(Recorded {
+            read,
+            top,
+            stats: pass.stats,
+            experts_routed: pass.experts_routed,
+            record_time: pass.rec.record_time,
+            wait_time: pass.rec.wait_time,
+            gpu_ns: pass.rec.gpu_ns(),
+            routing: pass.routing,
+        })
+    }
+
+    /// Waits for a recorded pass and reads its results: `None` for a resident pass that
+    /// found a chosen expert missing; and, when the session records routing, the pass's
+    /// routing. The stats come back on errors too.
+    #[allow(clippy::type_complexity)]
+    fn finish(
+        &mut self,
+        rec: Recorded,
+        resident: bool,
+    ) -> std::result::Result<(Option<Readout>, SessionStats, Option<RoutedLayers>), Failed> {
+        let m = &*self.model.inner;
+        let cfg = &m.cfg;
+        let mut stats = SessionStats {
+            experts_routed: rec.experts_routed,
+            cache: rec.stats,
+            record_time: rec.record_time,
+            gpu_wait_time: rec.wait_time,
+            ..Default::default()
+        };
+        let t = std::time::Instant::now();
+        let waited = rec.read.wait(&m.gpu);
+        stats.gpu_wait_time += t.elapsed();
+        let (mut parts, ns) = match waited {
+            Ok(r) => r,
+            Err(e) => return Err(Box::new((e, stats))),
+        };
+        stats.gpu_time = rec
+            .gpu_ns
+            .map(|g| std::time::Duration::from_nanos((g + ns) as u64));
+        if parts.is_empty() {
+            // A pass that read back nothing (a prefill chunk before the last).
+            return Ok((Some(Readout::Full(Vec::new())), stats, rec.routing));
+        }
+        let rest = parts.split_off(1);
+        let logits = crate::engine::pass::decode_readout(rec.top, &parts[0]);
+        if !resident {
+            return Ok((Some(logits), stats, rec.routing));
+        }
+        let layers = cfg.num_hidden_layers;
+        let k = cfg.num_experts_per_tok;
+        let miss: Vec<u32> = bytemuck::pod_collect_to_vec(&rest[0]);
+        if miss.iter().take(layers).any(|&f| f != 0) {
+            return Ok((None, stats, None));
+        }
+        // Tell the cache what was used, for its eviction order and the hit counters. (A
+        // step recorded ahead learns whether the session records routing only now.)
+        let log: Vec<u32> = bytemuck::pod_collect_to_vec(&rest[1]);
+        let mut keys = Vec::new();
+        let mut routing = self.routing.as_ref().map(|_| Vec::new());
+        for l in cfg.moe_layers() {
+            if let Some(r) = routing.as_mut() {
+                r.push((l, log[l * k..(l + 1) * k].to_vec(), k));
+            }
+            let mut chosen: Vec<usize> = log[l * k..(l + 1) * k]
+                .iter()
+                .map(|&e| e as usize)
+                .collect();
+            chosen.sort_unstable();
+            chosen.dedup();
+            keys.extend(chosen.into_iter().map(|e| (l, e)));
+        }
+        if let Some(cache) = &m.cache {
+            stats.cache.hits += cache.touch(&keys);
+        }
+        Ok((Some(logits), stats, routing))
+    }
+}
+
+/// Appends the routing of a pass's `n` tokens (per MoE layer, in order: the ids of every
+/// token, `kk` per token of which the first `top_k` are routed experts) to `trace`.
+fn record(trace: &mut RoutingTrace, layers: &[(usize, Vec<u32>, usize)], n: usize) -> Result<()> {
+    let h = trace.header();
+    let k = h.top_k();
+    let moe: Vec<usize> = layers.iter().map(|x| x.0).collect();
+    if moe != h.moe_layers()
+        || layers
+            .iter()
+            .any(|(_, ids, kk)| *kk < k || ids.len() < n * kk)
+    {
+        return Err(Error::Internal(format!(
+            "recording routing: a pass routed MoE layers {moe:?}, the trace has {:?}",
+            h.moe_layers()
+        )));
+    }
+    let mut row = Vec::with_capacity(h.per_token());
+    for t in 0..n {
+        row.clear();
+        for (_, ids, kk) in layers {
+            row.extend_from_slice(&ids[t * kk..t * kk + k]);
+        }
+        trace
+            .push_token(&row)
+            .map_err(|e| Error::Internal(format!("recording routing: {e}")))?;
+    }
+    Ok(())
+}
