@@ -2,12 +2,14 @@
 
 pub mod kernels;
 pub mod params;
+mod readback;
 mod recorder;
 mod tensor;
 #[doc(hidden)]
 pub mod testing;
 
-pub(crate) use recorder::{grid_of, Bind, ParamArena, PendingRead, Recorder, Size, Timer};
+pub(crate) use readback::PendingRead;
+pub(crate) use recorder::{grid_of, Bind, ParamArena, Recorder, Size, Timer};
 pub(crate) use tensor::{matrix_layout, GpuMatrix, GpuVec};
 
 use std::collections::HashMap;
