@@ -18,6 +18,11 @@
 //! cargo bench --bench decode -- --spin-us 0  # readback waits block at once (ModelBuilder::readback_spin)
 //! cargo bench --bench decode -- --int-activations  # 8+8-bit activation rows (f32: --f32-activations)
 //! cargo bench --bench decode -- --realistic-routing  # the 25% cache follows a calibrated routing trace
+//! cargo bench --bench decode -- --realistic-routing --direct  # ... streamed from a pack with direct I/O,
+//!                                            # and a 512-token prefill streamed into an empty cache
+//! cargo bench --bench decode -- --policy lfu # the expert cache's policy (lru, lfu, per-layer)
+//! cargo bench --bench decode -- --streaming-only   # only the partial cache
+//! cargo bench --bench decode -- --f16-prefill      # prefill mat-mats on tensor cores (ModelBuilder::f16_prefill)
 //! ```
 //! The model is written once to `$MOESTREAM_BENCH_DIR` (default `target/bench-models`).
 //! For a fully resident expert cache and for one holding 25% of the experts, it prefills
@@ -31,12 +36,17 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use moestream::gpu::testing::GpuBench;
 use moestream::synthetic::SyntheticSpec;
-use moestream::{AffineQuant, DType, Model, Result, WeightFormat};
+use moestream::{
+    pack_experts, AffineQuant, CachePolicy, DType, Model, PackOptions, PackedStore,
+    PackedStoreOptions, Result, WeightFormat,
+};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -91,6 +101,50 @@ fn main() -> Result<()> {
 
     let copy = common::copy_bandwidth(&GpuBench::new()?)?;
     println!("copy kernel: {copy:.1} GB/s");
+    print_cooperative_matrices();
+
+    // `--direct`: the partial cache streams from a pack of the experts read with direct
+    // I/O (cold storage: no page cache), beside the raw sequential direct read of the
+    // same files (the baseline of the streaming ratios).
+    let direct = args.iter().any(|a| a == "--direct");
+    let pack = if direct {
+        let t = Instant::now();
+        pack_experts(&dir, &PackOptions::new(), |_| Ok(()))?;
+        let pack_dir = dir.join(moestream::PACK_DIR_NAME);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&pack_dir)
+            .map_err(|cause| moestream::Error::Io {
+                path: pack_dir.clone(),
+                cause,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "experts"))
+            .collect();
+        files.sort();
+        let raw = common::sequential_read(&files, true, 4 << 30);
+        println!(
+            "pack: {} ({:.1}s to write or find); raw sequential direct read {raw:.2} GB/s",
+            pack_dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+        Some((pack_dir, raw))
+    } else {
+        None
+    };
+    // `--policy lru|lfu|per-layer`: the expert cache's policy.
+    let policy = match args
+        .windows(2)
+        .find(|w| w[0] == "--policy")
+        .map(|w| w[1].as_str())
+    {
+        None | Some("lru") => CachePolicy::Lru,
+        Some("lfu") => CachePolicy::Lfu,
+        Some("per-layer") => CachePolicy::PerLayerLru,
+        Some(other) => {
+            return Err(moestream::Error::InvalidArgument(format!(
+                "--policy {other}: one of lru, lfu, per-layer"
+            )))
+        }
+    };
 
     // Bytes one decoded token reads.
     let (h, v) = (spec.hidden_size, spec.vocab_size);
@@ -118,21 +172,52 @@ fn main() -> Result<()> {
         ("resident", experts_total + (64 << 20)),
         ("25% cache", experts_total / 4),
     ] {
+        let streamed = label != "resident";
+        // `--streaming-only`: skip the resident run.
+        if !streamed && args.iter().any(|a| a == "--streaming-only") {
+            continue;
+        }
         let t = Instant::now();
-        let mut builder = Model::builder(&dir)
-            .expert_cache_bytes(budget)
-            .kv_cache_dtype(kv);
-        if let Some(us) = spin_us {
-            builder = builder.readback_spin(std::time::Duration::from_micros(us));
+        let build = || -> Result<Model> {
+            let mut builder = Model::builder(&dir)
+                .expert_cache_bytes(budget)
+                .expert_cache_policy(policy)
+                .kv_cache_dtype(kv);
+            if let Some(us) = spin_us {
+                builder = builder.readback_spin(std::time::Duration::from_micros(us));
+            }
+            // `--int-activations` / `--f32-activations`: ModelBuilder::f32_activations
+            // (default: the builder's choice for the adapter and model).
+            // `--f16-prefill`: ModelBuilder::f16_prefill (tensor cores where the adapter
+            // has cooperative matrices).
+            if args.iter().any(|a| a == "--f16-prefill") {
+                builder = builder.f16_prefill(true);
+            }
+            if args.iter().any(|a| a == "--int-activations") {
+                builder = builder.f32_activations(false);
+            } else if args.iter().any(|a| a == "--f32-activations") {
+                builder = builder.f32_activations(true);
+            }
+            if let (true, Some((pack_dir, _))) = (streamed, &pack) {
+                let store = PackedStore::open_with(
+                    pack_dir,
+                    PackedStoreOptions::default().direct_io(true),
+                )?;
+                builder = builder.expert_store(Arc::new(store));
+            }
+            builder.build()
+        };
+        let model = build()?;
+        if streamed {
+            println!(
+                "{label}: policy {policy:?}, {}",
+                if pack.is_some() {
+                    "experts from the pack, direct I/O"
+                } else {
+                    "experts from the checkpoint (page cache)"
+                }
+            );
         }
-        // `--int-activations` / `--f32-activations`: ModelBuilder::f32_activations (default:
-        // the builder's choice for the adapter and model).
-        if args.iter().any(|a| a == "--int-activations") {
-            builder = builder.f32_activations(false);
-        } else if args.iter().any(|a| a == "--f32-activations") {
-            builder = builder.f32_activations(true);
-        }
-        let model = builder.build()?;
         println!("{label}: KV cache {kv:?}");
         if label == "resident" {
             let t = Instant::now();
@@ -160,14 +245,17 @@ fn main() -> Result<()> {
         // `--realistic-routing`: the partial cache's session follows a generated trace with
         // published statistics (moestream::routing; the logits are meaningless) instead of
         // the random model's own repetitive routing.
-        let realistic = label != "resident" && args.iter().any(|a| a == "--realistic-routing");
-        if realistic {
+        let realistic = streamed && args.iter().any(|a| a == "--realistic-routing");
+        let trace = if realistic {
             let header = moestream::routing::TraceHeader::for_model(model.config())?;
             let params = moestream::routing::GeneratorParams::default();
             let trace = moestream::routing::RoutingTrace::generate(header, &params, 4096)?;
-            s.follow_routing(Some(trace))?;
+            s.follow_routing(Some(trace.clone()))?;
             println!("routing: a calibrated generated trace (Session::follow_routing)");
-        }
+            Some(trace)
+        } else {
+            None
+        };
         println!(
             "session state: {:.1} MB ({:.1} MB of KV cache for 1024 tokens)",
             s.state_bytes() as f64 / 1e6,
@@ -300,6 +388,42 @@ fn main() -> Result<()> {
             );
             print_prefill_profile();
         }
+        // Issue #20's streaming-prefill target: a 512-token prompt prefilled into an empty
+        // expert cache (a fresh model) against the time to read, at the raw sequential
+        // rate, each expert the prompt touches once.
+        if let (Some(trace), Some((_, raw))) = (&trace, &pack) {
+            let n = 512usize;
+            let fresh_model = build()?;
+            let mut ps = fresh_model.session(1024)?;
+            ps.follow_routing(Some(trace.clone()))?;
+            let h = trace.header();
+            let mut touched = 0usize;
+            for &layer in h.moe_layers() {
+                let set: HashSet<u16> = (0..n)
+                    .filter_map(|t| trace.experts(t, layer))
+                    .flat_map(|e| e[..h.top_k()].iter().copied())
+                    .collect();
+                touched += set.len();
+            }
+            let per = fresh_model.total_expert_bytes() as f64
+                / (h.moe_layers().len() * h.num_experts()) as f64;
+            let ids: Vec<u32> = (0..n).map(|i| (i * 7919 + 13) as u32 % v as u32).collect();
+            let busy0 = fresh_model.storage_busy_time();
+            let t = Instant::now();
+            ps.prefill(&ids)?;
+            let secs = t.elapsed().as_secs_f64();
+            let busy = (fresh_model.storage_busy_time() - busy0).as_secs_f64();
+            let st = fresh_model.cache_stats();
+            let once = touched as f64 * per / (raw * 1e9);
+            println!(
+                "streaming prefill: {n} tokens in {secs:.2}s ({:.0} tok/s); {} experts read ({:.2} GB) for {touched} touched; reading each once at the raw {raw:.2} GB/s takes {once:.2}s -> {:.2}x; storage busy {:.1}%",
+                n as f64 / secs,
+                st.misses,
+                st.bytes_read as f64 / 1e9,
+                secs / once,
+                100.0 * busy / secs
+            );
+        }
         // What greedy generation reads back: the best logit only (`Session::step_top`),
         // instead of the whole vocabulary's logits; steps of the two kinds alternate, so
         // that both see the same context lengths (decode slows as the context grows).
@@ -355,6 +479,35 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints whether the first adapter offers cooperative matrices (tensor cores, Apple's
+/// simdgroup matrices) through wgpu, and in which shapes.
+fn print_cooperative_matrices() {
+    use moestream::wgpu;
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let Ok(adapter) =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+    else {
+        return;
+    };
+    let on = adapter
+        .features()
+        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+    let props = adapter.cooperative_matrix_properties();
+    println!(
+        "cooperative matrices on {}: feature {on}, {} configurations {:?}",
+        adapter.get_info().name,
+        props.len(),
+        props
+            .iter()
+            .map(|p| format!(
+                "{}x{}x{} {:?}->{:?}",
+                p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type
+            ))
+            .collect::<Vec<_>>()
+    );
 }
 
 /// Prints the kernels that took the most GPU time since the profile was last taken

@@ -28,37 +28,6 @@ use moestream::{AlignedBuf, Checkpoint, ExpertStore, ModelConfig, Result, Safete
 
 const IN_FLIGHT: usize = 8;
 
-/// GB/s of a sequential read of `files` in 16 MiB chunks (direct I/O if `direct`).
-fn sequential(files: &[PathBuf], direct: bool) -> f64 {
-    let chunk = 16 << 20;
-    let mut buf = AlignedBuf::new(chunk);
-    let mut total = 0u64;
-    let t0 = Instant::now();
-    for f in files {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.read(true);
-        #[cfg(target_os = "linux")]
-        if direct {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.custom_flags(libc::O_DIRECT);
-        }
-        let Ok(file) = opts.open(f) else { continue };
-        let mut off = 0u64;
-        loop {
-            use std::os::unix::fs::FileExt;
-            match file.read_at(&mut buf, off) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    off += n as u64;
-                    total += n as u64;
-                }
-            }
-        }
-    }
-    let _ = direct;
-    total as f64 / t0.elapsed().as_secs_f64() / 1e9
-}
-
 /// GB/s reading every expert of `layers` once, shuffled, `IN_FLIGHT` at a time.
 fn experts(store: &dyn ExpertStore, layers: &[usize], n_experts: usize) -> Result<f64> {
     let mut order: Vec<(usize, usize)> = layers
@@ -164,10 +133,10 @@ fn main() -> Result<()> {
     );
 
     common::evict(&all);
-    let cold_seq = sequential(&pack_files, true);
+    let cold_seq = common::sequential_read(&pack_files, true, u64::MAX);
     let warm_seq = {
-        sequential(&pack_files, false);
-        sequential(&pack_files, false)
+        common::sequential_read(&pack_files, false, u64::MAX);
+        common::sequential_read(&pack_files, false, u64::MAX)
     };
     println!("raw sequential read of the pack files: cold (direct) {cold_seq:.2} GB/s, warm {warm_seq:.2} GB/s");
 

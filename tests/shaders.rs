@@ -392,8 +392,76 @@ fn every_kernel_validates_and_translates_to_msl_and_spirv() {
         }
     }
     // Portable, subgroups, f16 and both, of every kernel but the subgroup probe (which
-    // exists only with subgroups).
-    assert_eq!(checked, 4 * Kernel::ALL.len() - 2);
+    // exists only with subgroups) and the cooperative-matrix kernels (in no variant:
+    // `cooperative_matrix_kernels_validate_and_translate_to_spirv`).
+    let coop = Kernel::ALL
+        .iter()
+        .filter(|k| k.needs_cooperative_matrices())
+        .count();
+    assert_eq!(checked, 4 * (Kernel::ALL.len() - coop) - 2);
+}
+
+/// The cooperative-matrix kernels, with the capabilities the device gives them (subgroups,
+/// shader f16, cooperative matrices): valid, every override set, SPIR-V with the
+/// cooperative-matrix capability (their only backend besides Metal's 8x8 simdgroup
+/// matrices, which these 16x16 tiles do not fit). Whether they compute the right numbers
+/// is tests/qkernels.rs's on adapters that have them.
+#[test]
+fn cooperative_matrix_kernels_validate_and_translate_to_spirv() {
+    let variant = Variant::new(true, true);
+    let mut checked = 0;
+    for kernel in Kernel::ALL
+        .into_iter()
+        .filter(|k| k.needs_cooperative_matrices())
+    {
+        let name = kernel.name();
+        let source = kernel.source_for(variant);
+        let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
+            panic!(
+                "kernel {name}: WGSL does not parse:\n{}",
+                e.emit_to_string_with_path(&source, &format!("{name}.wgsl"))
+            )
+        });
+        let caps =
+            capabilities(variant) | Capabilities::SHADER_FLOAT16 | Capabilities::COOPERATIVE_MATRIX;
+        let mut v = Validator::new(ValidationFlags::default(), caps);
+        v.subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+        let info = v.validate(&module).unwrap_or_else(|e| {
+            panic!(
+                "kernel {name}: naga validation failed:\n{}",
+                e.emit_to_string_with_path(&source, &format!("{name}.wgsl"))
+            )
+        });
+        let constants: naga::back::PipelineConstants = kernel
+            .constants(0, kernel.is_quantized().then_some((4, 64)))
+            .iter()
+            .map(|&(k, v)| (k.to_string(), v))
+            .collect();
+        let (resolved, resolved_info) =
+            naga::back::pipeline_constants::process_overrides(&module, &info, None, &constants)
+                .unwrap_or_else(|e| panic!("kernel {name}: overrides: {e}"));
+        let options = spv::Options {
+            lang_version: (1, 3),
+            fake_missing_bindings: true,
+            zero_initialize_workgroup_memory: spv::ZeroInitializeWorkgroupMemoryMode::None,
+            ..Default::default()
+        };
+        let pipeline = spv::PipelineOptions {
+            shader_stage: ShaderStage::Compute,
+            entry_point: ENTRY_POINT.to_string(),
+        };
+        let words = spv::write_vec(&resolved, &resolved_info, &options, Some(&pipeline))
+            .unwrap_or_else(|e| panic!("kernel {name}: SPIR-V: {e}"));
+        assert_eq!(words.first(), Some(&0x0723_0203), "kernel {name}: SPIR-V");
+        println!(
+            "{name}: {} B workgroup memory, SPIR-V {} words",
+            workgroup_bytes(&resolved),
+            words.len()
+        );
+        checked += 1;
+    }
+    assert!(checked > 0, "no cooperative-matrix kernel checked");
 }
 
 /// Every check of one kernel in one variant.
@@ -503,7 +571,7 @@ fn portable_kernel_sources_do_not_enable_extensions() {
         }
     }
     for kernel in Kernel::ALL {
-        if kernel.needs_subgroups() {
+        if kernel.needs_subgroups() || kernel.needs_cooperative_matrices() {
             continue;
         }
         let source = kernel.source();

@@ -126,3 +126,40 @@ pub fn process_cpu_time() -> Option<std::time::Duration> {
         None
     }
 }
+
+/// GB/s of a sequential read of `files` in 16 MiB chunks (direct I/O if `direct`, where
+/// the OS has it), stopping after `limit` bytes: the storage's raw rate, the baseline of
+/// the streaming benchmarks.
+#[allow(dead_code)]
+pub fn sequential_read(files: &[std::path::PathBuf], direct: bool, limit: u64) -> f64 {
+    let chunk = 16 << 20;
+    let mut buf = moestream::AlignedBuf::new(chunk);
+    let mut total = 0u64;
+    let t0 = std::time::Instant::now();
+    'files: for f in files {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.read(true);
+        #[cfg(target_os = "linux")]
+        if direct {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        let Ok(file) = opts.open(f) else { continue };
+        let mut off = 0u64;
+        loop {
+            use std::os::unix::fs::FileExt;
+            match file.read_at(&mut buf, off) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    off += n as u64;
+                    total += n as u64;
+                    if total >= limit {
+                        break 'files;
+                    }
+                }
+            }
+        }
+    }
+    let _ = direct;
+    total as f64 / t0.elapsed().as_secs_f64() / 1e9
+}

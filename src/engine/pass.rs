@@ -260,14 +260,26 @@ impl<'a> Pass<'a> {
                             scales_word: sw,
                             biases_word: bw,
                         };
+                        // Tensor cores where the adapter has them (and the K tiles of 64
+                        // fit), for every pass of two or more tokens (a row's result does
+                        // not depend on the pass's length).
+                        let coop = self.m.gpu.summary.cooperative_matrices && c % 64 == 0;
+                        let (kernel, groups) = if coop {
+                            (
+                                Kernel::QMatMulCoop,
+                                kernels::qmatmul_coop_groups(r, n as u32),
+                            )
+                        } else {
+                            (Kernel::QMatMul, kernels::qmatmul_groups(r, n as u32))
+                        };
                         self.rec.record(
-                            Kernel::QMatMul,
+                            kernel,
                             code,
                             quant,
                             0,
                             p.words(),
                             &binds,
-                            Size::Direct(kernels::qmatmul_groups(r, n as u32)),
+                            Size::Direct(groups),
                         );
                     }
                 }

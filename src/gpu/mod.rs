@@ -66,6 +66,28 @@ pub struct AdapterSummary {
     /// scalar integer multiplies, so there the quantized kernels keep f32 activations by
     /// default (`ModelBuilder::f32_activations`).
     pub integer_dot_products: bool,
+    /// Whether the prefill mat-mats run on cooperative matrices (tensor cores; wgpu's
+    /// experimental `EXPERIMENTAL_COOPERATIVE_MATRIX` with 16x16x16 f16 tiles summed in
+    /// f32): asked for (`ModelBuilder::f16_prefill`) on an adapter that offers them with a
+    /// subgroup size of 32.
+    pub cooperative_matrices: bool,
+}
+
+/// `MOESTREAM_COOPERATIVE_MATRICES=1` turns `ModelBuilder::f16_prefill` on where the
+/// builder does not say; `0` keeps test and benchmark devices from asking for
+/// cooperative matrices.
+pub const COOPERATIVE_MATRICES_ENV: &str = "MOESTREAM_COOPERATIVE_MATRICES";
+
+/// Whether `adapter` offers what the cooperative-matrix kernels need: the experimental
+/// feature, shader f16, and 16x16x16 f16 tiles with f32 sums.
+fn cooperative_matrices_offered(adapter: &wgpu::Adapter) -> bool {
+    let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+    adapter.features().contains(needed)
+        && adapter.cooperative_matrix_properties().iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        })
 }
 
 /// A compiled pipeline's identity: kernel, weight (or scale) dtype code, bits, group size,
@@ -294,8 +316,15 @@ impl Gpu {
     }
 
     /// Opens an adapter using at most the optional features of `allow` (those the adapter
-    /// lacks are left out).
+    /// lacks are left out), with cooperative matrices where offered (the kernel tests'
+    /// and benchmarks' devices) unless `MOESTREAM_COOPERATIVE_MATRICES=0`.
     pub fn with_variant(choice: &AdapterChoice, allow: Variant) -> Result<Gpu> {
+        let coop = !std::env::var(COOPERATIVE_MATRICES_ENV).is_ok_and(|v| v.trim() == "0");
+        Self::with_options(choice, allow, coop)
+    }
+
+    /// As [`Gpu::with_variant`], asking for cooperative matrices only if `coop`.
+    pub fn with_options(choice: &AdapterChoice, allow: Variant, coop: bool) -> Result<Gpu> {
         let adapter = pick_adapter(choice)?;
         let info = adapter.get_info();
         // Ask for everything the adapter offers: large bindings matter for big weights.
@@ -304,12 +333,25 @@ impl Gpu {
         if allow.subgroups {
             wanted |= wgpu::Features::SUBGROUP;
         }
+        let coop = coop && allow.subgroups && cooperative_matrices_offered(&adapter);
+        if coop {
+            wanted |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+        }
         let features = adapter.features() & wanted;
+        let experimental = if coop {
+            // SAFETY: wgpu's token for its experimental features: their validation may be
+            // incomplete. Only the cooperative-matrix kernels use the feature, in the one
+            // shape checked above, and they are checked against the CPU reference
+            // (tests/qkernels.rs) on the adapters that have them.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("moestream"),
             required_features: features,
             required_limits: limits,
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features: experimental,
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
@@ -375,6 +417,7 @@ impl Gpu {
                     info.backend,
                     wgpu::Backend::Vulkan | wgpu::Backend::Dx12
                 ),
+                cooperative_matrices: false,
             },
             max_binding,
             uniform_align: limits.min_uniform_buffer_offset_alignment as u64,
@@ -401,6 +444,13 @@ impl Gpu {
         }
         gpu.summary.variant = gpu.variant;
         gpu.summary.subgroup_size = gpu.subgroup_size;
+        // The cooperative-matrix kernels split a workgroup into subgroups of 32.
+        gpu.summary.cooperative_matrices = gpu.subgroup_size == Some(32)
+            && features.contains(
+                wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16,
+            )
+            && cooperative_matrices_offered(adapter)
+            && gpu.limits.max_compute_workgroup_storage_size >= 22528;
         tracing::debug!(
             adapter = %gpu.summary.name,
             backend = %gpu.summary.backend,

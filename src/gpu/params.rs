@@ -531,9 +531,10 @@ kernel_params! {
 }
 
 kernel_params! {
-    /// Parameters of [`Kernel::QMatMul`] (`kernels/qmatmul.wgsl`): `y[t, row_base + r] =
-    /// dot(W[r, :], x[t, :]) (+ bias) (+ resid)` over a row chunk of quantized weights.
-    QMatMulParams for QMatMul {
+    /// Parameters of [`Kernel::QMatMul`] (`kernels/qmatmul.wgsl`) and
+    /// [`Kernel::QMatMulCoop`]: `y[t, row_base + r] = dot(W[r, :], x[t, :]) (+ bias)
+    /// (+ resid)` over a row chunk of quantized weights.
+    QMatMulParams for QMatMul, QMatMulCoop {
         /// Rows of the chunk.
         rows: u32,
         /// Columns (codes per row).

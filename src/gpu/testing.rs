@@ -40,6 +40,12 @@ impl KernelRunner {
         &self.gpu.summary.name
     }
 
+    /// Whether the adapter runs the cooperative-matrix kernels
+    /// ([`crate::AdapterSummary::cooperative_matrices`]).
+    pub fn cooperative_matrices(&self) -> bool {
+        self.gpu.summary.cooperative_matrices
+    }
+
     /// The kernel variant this runner compiles.
     pub fn variant(&self) -> Variant {
         self.gpu.variant

@@ -248,6 +248,18 @@ pub fn expert_team(subgroup: u32, rows: u32, cols: u32, count: u32, rows_per_tea
     subgroup
 }
 
+/// Rows and tokens per workgroup tile of [`Kernel::QMatMulCoop`] (`TR`, `TT` in
+/// `kernels/qmatmul_coop.wgsl`).
+const QMATMUL_COOP_TILE: u32 = 64;
+
+/// Grid of [`Kernel::QMatMulCoop`] for a chunk of `rows` rows and `n_tokens` tokens.
+pub fn qmatmul_coop_groups(rows: u32, n_tokens: u32) -> (u32, u32) {
+    (
+        rows.div_ceil(QMATMUL_COOP_TILE).max(1),
+        n_tokens.div_ceil(QMATMUL_COOP_TILE).max(1),
+    )
+}
+
 /// Grid of [`Kernel::QMatMul`] for a chunk of `rows` rows and `n_tokens` tokens
 /// (`rows <= 65535 * 64`, `n_tokens <= 65535 * 32`).
 pub fn qmatmul_groups(rows: u32, n_tokens: u32) -> (u32, u32) {

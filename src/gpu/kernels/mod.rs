@@ -60,6 +60,10 @@ pub enum Kernel {
     QMatVec,
     /// Prefill mat-mat over MLX affine-quantized weights ([`qmatmul_groups`]).
     QMatMul,
+    /// [`Kernel::QMatMul`] on cooperative matrices (16x16x16 f16 tiles summed in f32;
+    /// [`qmatmul_coop_groups`]), where the adapter has them
+    /// ([`Kernel::needs_cooperative_matrices`]).
+    QMatMulCoop,
     /// Token embedding lookup from an MLX affine-quantized table ([`qembedding_groups`]).
     QEmbedding,
     /// Expert gate/up projections + SwiGLU over quantized experts in cache slots
@@ -249,7 +253,7 @@ impl Include {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 32] = [
+    pub const ALL: [Kernel; 33] = [
         Kernel::MlaLatent,
         Kernel::MlaAttention,
         Kernel::SigmoidGate,
@@ -270,6 +274,7 @@ impl Kernel {
         Kernel::MoeCombine,
         Kernel::QMatVec,
         Kernel::QMatMul,
+        Kernel::QMatMulCoop,
         Kernel::QEmbedding,
         Kernel::MoeGateUpQ,
         Kernel::MoeDownQ,
@@ -303,6 +308,7 @@ impl Kernel {
             Kernel::MoeCombine => "moe_combine",
             Kernel::QMatVec => "qmatvec",
             Kernel::QMatMul => "qmatmul",
+            Kernel::QMatMulCoop => "qmatmul_coop",
             Kernel::QEmbedding => "qembedding",
             Kernel::MoeGateUpQ => "moe_gate_up_q",
             Kernel::MoeDownQ => "moe_down_q",
@@ -340,6 +346,7 @@ impl Kernel {
             Kernel::MoeCombine => include_str!("../../../kernels/moe_combine.wgsl"),
             Kernel::QMatVec => include_str!("../../../kernels/qmatvec.wgsl"),
             Kernel::QMatMul => include_str!("../../../kernels/qmatmul.wgsl"),
+            Kernel::QMatMulCoop => include_str!("../../../kernels/qmatmul_coop.wgsl"),
             Kernel::QEmbedding => include_str!("../../../kernels/qembedding.wgsl"),
             Kernel::MoeGateUpQ => include_str!("../../../kernels/moe_gate_up_q.wgsl"),
             Kernel::MoeDownQ => include_str!("../../../kernels/moe_down_q.wgsl"),
@@ -380,6 +387,7 @@ impl Kernel {
             self,
             Kernel::QMatVec
                 | Kernel::QMatMul
+                | Kernel::QMatMulCoop
                 | Kernel::QEmbedding
                 | Kernel::MoeGateUpQ
                 | Kernel::MoeDownQ
@@ -431,9 +439,18 @@ impl Kernel {
         self == Kernel::SubgroupProbe
     }
 
-    /// Whether the kernel exists in `variant`.
+    /// Whether the kernel needs cooperative matrices and shader f16 (wgpu's
+    /// `EXPERIMENTAL_COOPERATIVE_MATRIX` and `SHADER_F16`; its source enables them) and a
+    /// subgroup size of 32 ([`crate::AdapterSummary::cooperative_matrices`]). It is in no
+    /// [`Variant`]: the engine picks it per dispatch where the device has them.
+    pub fn needs_cooperative_matrices(self) -> bool {
+        self == Kernel::QMatMulCoop
+    }
+
+    /// Whether the kernel exists in `variant` (kernels that need cooperative matrices
+    /// exist in none).
     pub fn has_variant(self, variant: Variant) -> bool {
-        variant.subgroups || !self.needs_subgroups()
+        (variant.subgroups || !self.needs_subgroups()) && !self.needs_cooperative_matrices()
     }
 
     /// The shared files prepended to the kernel's own in the portable variant, in order.
@@ -457,7 +474,7 @@ impl Kernel {
         }
         if matches!(
             self,
-            Kernel::QMatMul | Kernel::MoeGateUpQmm | Kernel::MoeDownQmm
+            Kernel::QMatMul | Kernel::QMatMulCoop | Kernel::MoeGateUpQmm | Kernel::MoeDownQmm
         ) {
             v.push(Include::QTile);
         }
@@ -554,11 +571,21 @@ impl Kernel {
                 .unwrap_or_else(|| builtin.to_string())
         };
         let mut src = String::new();
+        let body = read(format!("{}.wgsl", self.name()), self.body());
+        // The body's `enable` directives go first: WGSL wants them before any declaration.
+        let is_enable = |l: &str| l.trim_start().starts_with("enable ");
+        for line in body.lines().filter(|l| is_enable(l)) {
+            src.push_str(line);
+            src.push('\n');
+        }
         for inc in self.includes_for(variant) {
             src.push_str(&read(format!("include/{}.wgsl", inc.name()), inc.source()));
             src.push('\n');
         }
-        src.push_str(&read(format!("{}.wgsl", self.name()), self.body()));
+        for line in body.lines().filter(|l| !is_enable(l)) {
+            src.push_str(line);
+            src.push('\n');
+        }
         src
     }
 }
