@@ -36,7 +36,10 @@ use std::time::Instant;
 
 use moestream::gpu::testing::GpuBench;
 use moestream::synthetic::SyntheticSpec;
-use moestream::{AffineQuant, DType, Model, Result, WeightFormat};
+use moestream::{
+    format::{AffineQuant, DType, WeightFormat},
+    Model, Result,
+};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();

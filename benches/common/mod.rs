@@ -4,7 +4,10 @@
 
 use moestream::gpu::kernels::Kernel;
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
-use moestream::{AffineQuant, DType, Result, WeightFormat};
+use moestream::{
+    format::{AffineQuant, DType, WeightFormat},
+    Result,
+};
 
 /// Trials per measurement; the median is reported (single trials of mid-sized dispatches
 /// varied by up to 2x on the H200 VM before the benches warmed the GPU up).

@@ -21,11 +21,11 @@ pub(crate) use parser::Parser;
 pub const SUPPORTED_MODEL_TYPES: &str = arch::SUPPORTED;
 
 /// Most decoder layers a config may declare.
-pub const MAX_LAYERS: usize = 4096;
+pub(crate) const MAX_LAYERS: usize = 4096;
 
 /// Most routed experts per MoE layer a config may declare (the largest released models
 /// have 512), so that nothing sized by it is allocated before it is known to be sane.
-pub const MAX_EXPERTS: usize = 1 << 16;
+pub(crate) const MAX_EXPERTS: usize = 1 << 16;
 
 /// Hyper-parameters of a model, as read from `config.json`, and the plan of its layers.
 #[derive(Debug, Clone, PartialEq)]

@@ -45,7 +45,7 @@ pub const READ_ALIGN: usize = 16384;
 /// # Example: a store that counts reads by wrapping another one
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};
-/// use moestream::{ExpertLayout, ExpertStore, Result};
+/// use moestream::{store::ExpertLayout, ExpertStore, Result};
 ///
 /// struct Counting<S> { inner: S, reads: AtomicU64 }
 ///

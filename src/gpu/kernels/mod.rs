@@ -116,7 +116,7 @@ pub enum Kernel {
 }
 
 /// Which optional GPU features a kernel is compiled for. The device picks the variant
-/// once, from what the adapter offers ([`crate::AdapterSummary`] says which); every
+/// once, from what the adapter offers ([`crate::adapter::AdapterSummary`] says which); every
 /// kernel also exists in the portable variant ([`Variant::PORTABLE`]), which needs nothing
 /// beyond WebGPU core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

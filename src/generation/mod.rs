@@ -136,6 +136,7 @@ impl GenerateOptions {
 /// A prompt: text, a conversation (rendered with the chat template and
 /// [`GenerateOptions::chat`]), or token ids.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Prompt {
     /// Plain text, encoded as transformers' `tokenizer(text)` does (with the tokenizer's
     /// added special tokens, e.g. a BOS) when the session is empty, without them when it
