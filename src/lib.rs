@@ -1,4 +1,33 @@
 #![doc = include_str!("../README.md")]
+//!
+//! ## Where things are
+//!
+//! The crate root holds what nearly every application names: [`Model`], [`ModelBuilder`],
+//! [`Session`], the expert stores ([`ExpertStore`], [`SafetensorsStore`], [`PackedStore`],
+//! [`MemoryStore`]), generation ([`GenerateOptions`], [`Prompt`], [`Generation`],
+//! [`GenerationEvent`], [`Completion`], [`FinishReason`], [`CancelHandle`], [`Chat`],
+//! [`SamplingParams`], [`GenerationConfig`]), text ([`Tokenizer`], [`ChatMessage`]), errors
+//! ([`Error`], [`Result`]) and [`wgpu`]. The rest is grouped by what it holds, in the order
+//! data flows from a checkpoint folder to generated text:
+//!
+//! | module | holds |
+//! | --- | --- |
+//! | [`config`] | `config.json`: [`ModelConfig`](config::ModelConfig), [`Yarn`](config::Yarn), the supported model types |
+//! | [`checkpoint`] | the safetensors files: [`Checkpoint`](checkpoint::Checkpoint), tensor and matrix views |
+//! | [`format`](mod@format) | how weights are stored: [`DType`](format::DType), [`WeightFormat`](format::WeightFormat), [`AffineQuant`](format::AffineQuant) |
+//! | [`store`] | where experts come from: the [`ExpertStore`] trait and its layout types, the stores, packing ([`pack_experts`](store::pack_experts)) |
+//! | [`cache`] | the GPU expert cache: [`CachePolicy`](cache::CachePolicy), [`CacheStats`](cache::CacheStats) |
+//! | [`adapter`] | which GPU: [`AdapterChoice`](adapter::AdapterChoice), [`AdapterSummary`](adapter::AdapterSummary) |
+//! | [`model`] | [`Model`], [`ModelBuilder`], the memory plan, load progress, defaults |
+//! | [`session`] | [`Session`], [`SessionStats`](session::SessionStats), its limits |
+//! | [`sampling`] | [`SamplingParams`], [`Sampler`](sampling::Sampler), [`GenerationConfig`], log-probabilities |
+//! | [`tokenizer`] | [`Tokenizer`], the [`TextTokenizer`](tokenizer::TextTokenizer) trait, [`HfTokenizer`](tokenizer::HfTokenizer) (feature `tokenizers`), incremental decoding |
+//! | [`chat`] | chat templates: [`ChatMessage`], [`ChatOptions`](chat::ChatOptions), [`ChatTemplates`](chat::ChatTemplates) |
+//! | [`generation`] | [`Session::generate`] and its types, [`GenerationStats`](generation::GenerationStats) |
+//! | [`routing`] | routing traces, for benchmarking the expert cache |
+//! | [`arch`] | the per-family layer plans (documentation; not covered by the semver promise) |
+//!
+//! What is stable, and how it is versioned: `docs/api.md`.
 #![warn(missing_docs)]
 
 pub mod adapter;

@@ -1,7 +1,7 @@
 //! `config.json`: the model's hyper-parameters, in every spelling its family's checkpoints
 //! use, and the per-layer plan derived from them.
 //!
-//! The `model_type` picks the family (`crate::arch`), whose module parses the rest: e.g.
+//! The `model_type` picks the family ([`crate::arch`]), whose module parses the rest: e.g.
 //! released Qwen3-MoE checkpoints write `rope_theta`, `num_experts`, `torch_dtype`, while
 //! transformers v5 `save_pretrained` writes `rope_parameters: {rope_theta, rope_type}`,
 //! `num_local_experts`, `dtype`; both are accepted.

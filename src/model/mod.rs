@@ -1,4 +1,8 @@
-//! [`Model`]: a checkpoint opened on the GPU, shared by any number of [`Session`]s.
+//! [`Model`]: a checkpoint opened on the GPU, shared by any number of [`Session`]s, and
+//! what goes with loading one: the [`ModelBuilder`] and its defaults (`DEFAULT_*`), the
+//! progress it reports ([`LoadProgress`]), and the GPU memory a model and its sessions will
+//! take, computed before anything is allocated ([`MemoryPlan`], [`SessionPlan`],
+//! [`PlannedBuffer`]; [`ModelBuilder::plan`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

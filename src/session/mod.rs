@@ -1,4 +1,5 @@
-//! [`Session`]: one conversation's KV cache and scratch buffers on a shared [`Model`].
+//! [`Session`]: one conversation's KV cache and scratch buffers on a shared [`Model`]; its
+//! counters ([`SessionStats`]) and limits ([`MAX_PASS_TOKENS`], [`MAX_TOP`]).
 
 use crate::cache::CacheStats;
 use crate::engine::pass::Readout;
