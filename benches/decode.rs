@@ -44,8 +44,10 @@ use std::time::Instant;
 use moestream::gpu::testing::GpuBench;
 use moestream::synthetic::SyntheticSpec;
 use moestream::{
-    pack_experts, AffineQuant, CachePolicy, DType, Model, PackOptions, PackedStore,
-    PackedStoreOptions, Result, WeightFormat,
+    cache::CachePolicy,
+    format::{AffineQuant, DType, WeightFormat},
+    store::{pack_experts, PackOptions, PackedStoreOptions},
+    Model, PackedStore, Result,
 };
 
 fn main() -> Result<()> {
@@ -110,7 +112,7 @@ fn main() -> Result<()> {
     let pack = if direct {
         let t = Instant::now();
         pack_experts(&dir, &PackOptions::new(), |_| Ok(()))?;
-        let pack_dir = dir.join(moestream::PACK_DIR_NAME);
+        let pack_dir = dir.join(moestream::store::PACK_DIR_NAME);
         let mut files: Vec<PathBuf> = std::fs::read_dir(&pack_dir)
             .map_err(|cause| moestream::Error::Io {
                 path: pack_dir.clone(),

@@ -23,7 +23,10 @@ use moestream::gpu::params::{
     MoeRouteParams, QMatVecParams, RmsNormParams, LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
 };
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
-use moestream::{AffineQuant, DType, Result};
+use moestream::{
+    format::{AffineQuant, DType},
+    Result,
+};
 
 /// Qwen3-30B-A3B's decode shapes.
 const HIDDEN: usize = 2048;

@@ -44,7 +44,10 @@ use moestream::gpu::params::{
     CopyParams, MoeDownQParams, MoeGateUpQParams, QMatVecParams, LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
 };
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
-use moestream::{AffineQuant, DType, Result, WeightFormat};
+use moestream::{
+    format::{AffineQuant, DType, WeightFormat},
+    Result,
+};
 
 /// Whether x is read as the engine's decode steps read it by default for `bits`: 8+8-bit
 /// blocks for 2- to 6-bit weights on adapters with integer dot products, else interleaved f32

@@ -39,8 +39,9 @@ use std::time::Instant;
 use moestream::routing::{simulate, GeneratorParams, RoutingTrace, TraceHeader};
 use moestream::synthetic::SyntheticSpec;
 use moestream::{
-    pack_experts, CachePolicy, Error, ExpertStore, Model, PackOptions, PackedStore,
-    PackedStoreOptions, Result,
+    cache::CachePolicy,
+    store::{pack_experts, PackOptions, PackedStoreOptions},
+    Error, ExpertStore, Model, PackedStore, Result,
 };
 
 const POLICIES: [(CachePolicy, &str); 3] = [
@@ -187,7 +188,8 @@ fn replay(args: &[String], file_trace: &RoutingTrace, from_file: bool, seed: u64
     let layers: usize = arg(args, "--layers").unwrap_or(8);
     let timed: usize = arg(args, "--replay-tokens").unwrap_or(128);
     let cache_pct: f64 = arg(args, "--cache").unwrap_or(25.0);
-    let io_threads: usize = arg(args, "--io-threads").unwrap_or(moestream::DEFAULT_IO_THREADS);
+    let io_threads: usize =
+        arg(args, "--io-threads").unwrap_or(moestream::model::DEFAULT_IO_THREADS);
     let direct = args.iter().any(|a| a == "--direct");
 
     let mut spec = SyntheticSpec::qwen3_30b_a3b_4bit();

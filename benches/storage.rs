@@ -23,8 +23,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use moestream::synthetic::SyntheticSpec;
-use moestream::{pack_experts, PackOptions, PackedStore, PackedStoreOptions};
-use moestream::{AlignedBuf, Checkpoint, ExpertStore, ModelConfig, Result, SafetensorsStore};
+use moestream::{
+    checkpoint::Checkpoint, config::ModelConfig, store::AlignedBuf, ExpertStore, Result,
+    SafetensorsStore,
+};
+use moestream::{
+    store::{pack_experts, PackOptions, PackedStoreOptions},
+    PackedStore,
+};
 
 const IN_FLIGHT: usize = 8;
 

@@ -98,7 +98,7 @@ fn run(args: Args) -> moestream::Result<()> {
         builder = builder.expert_cache_bytes(b);
     }
     if args.kv_f16 {
-        builder = builder.kv_cache_dtype(moestream::DType::F16);
+        builder = builder.kv_cache_dtype(moestream::format::DType::F16);
     }
     let model = builder.build()?;
     eprintln!(

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
                 builder = builder.f32_activations(f);
             }
             if kv_f16 {
-                builder = builder.kv_cache_dtype(moestream::DType::F16);
+                builder = builder.kv_cache_dtype(moestream::format::DType::F16);
             }
             if let Some(b) = budget {
                 builder = builder.expert_cache_bytes(b);

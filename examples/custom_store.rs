@@ -41,7 +41,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use moestream::synthetic::SyntheticSpec;
 use moestream::{
-    CacheStats, Checkpoint, ExpertLayout, ExpertStore, Model, ModelConfig, SafetensorsStore,
+    cache::CacheStats, checkpoint::Checkpoint, config::ModelConfig, store::ExpertLayout,
+    ExpertStore, Model, SafetensorsStore,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ struct Args {
     #[arg(long)]
     expert_cache_bytes: Option<u64>,
     /// Expert reads in flight at once.
-    #[arg(long, default_value_t = moestream::DEFAULT_IO_THREADS)]
+    #[arg(long, default_value_t = moestream::model::DEFAULT_IO_THREADS)]
     io_threads: usize,
     /// Prompt token ids, comma-separated (default: 16 fixed ids).
     #[arg(long, value_delimiter = ',')]

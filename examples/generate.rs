@@ -178,7 +178,7 @@ fn run(args: Args) -> moestream::Result<()> {
         (Prompt::Ids(ids), _) => ids.clone(),
         (Prompt::Text(t), Some(tok)) => tok.encode(t, true)?,
         (Prompt::Chat(m), Some(tok)) => tok.encode_chat(m, &options.chat)?,
-        (_, None) => return Err(need_tokenizer("--prompt")),
+        _ => return Err(need_tokenizer("--prompt")),
     };
     if args.print_prompt_ids {
         println!("{}", serde_json::to_string(&prompt_ids).unwrap_or_default());
@@ -207,7 +207,7 @@ fn run(args: Args) -> moestream::Result<()> {
         builder = builder.expert_cache_bytes(b);
     }
     if args.kv_f16 {
-        builder = builder.kv_cache_dtype(moestream::DType::F16);
+        builder = builder.kv_cache_dtype(moestream::format::DType::F16);
     }
     let t_load = Instant::now();
     let model = builder.build()?;
@@ -327,7 +327,7 @@ fn ids_only(
     options: &GenerateOptions,
     eos: Vec<u32>,
 ) -> moestream::Result<()> {
-    let mut sampler = moestream::Sampler::new(options.sampling.clone());
+    let mut sampler = moestream::sampling::Sampler::new(options.sampling.clone());
     sampler.observe_all(prompt);
     let t0 = Instant::now();
     let logits = session.prefill(prompt)?;

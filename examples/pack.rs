@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use moestream::{PackOptions, PackOutcome, PackedStore, PACK_DIR_NAME};
+use moestream::{
+    store::{PackOptions, PackOutcome, PACK_DIR_NAME},
+    PackedStore,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "Pack a checkpoint's experts for fast streaming (one aligned blob per expert)")]
@@ -81,7 +84,7 @@ fn run(args: Args) -> moestream::Result<()> {
     }
     let options = PackOptions::new().out(&out).force(args.force);
     let mut pb: Option<ProgressBar> = None;
-    let summary = moestream::pack_experts(&args.model, &options, |p| {
+    let summary = moestream::store::pack_experts(&args.model, &options, |p| {
         let pb = pb.get_or_insert_with(|| bar(p.bytes_total));
         pb.set_message(format!("layer {}", p.layer));
         pb.set_position(p.bytes_done);
@@ -96,7 +99,8 @@ fn run(args: Args) -> moestream::Result<()> {
             summary.dir.display(),
             summary.identity
         ),
-        PackOutcome::Written => println!(
+        // `Written` (`PackOutcome` is non-exhaustive).
+        _ => println!(
             "Wrote {}: {} experts in {} MoE layers ({:.1} MiB on disk with padding); expert data {}",
             summary.dir.display(),
             summary.experts,

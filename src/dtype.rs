@@ -4,6 +4,7 @@ use half::{bf16, f16};
 
 /// Element type of a floating-point weight tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DType {
     /// IEEE single precision.
     F32,

@@ -1,6 +1,8 @@
-//! How a weight matrix is stored: plain floats, MLX affine quantization, or MXFP4.
+//! How weights are stored: the element types of checkpoint tensors ([`DType`]) and the
+//! formats of weight matrices ([`WeightFormat`]: plain floats, MLX affine quantization
+//! ([`AffineQuant`]), MXFP4 or block-scaled FP8).
 
-use crate::dtype::DType;
+pub use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 /// MLX affine quantization of a `[rows, cols]` matrix: each row is split into groups of
@@ -193,7 +195,7 @@ impl WeightFormat {
 }
 
 /// Dequantizes MLX affine data: `packed` holds `rows * cols * bits / 8` bytes.
-pub fn dequantize(
+pub(crate) fn dequantize(
     packed: &[u8],
     scales: &[f32],
     biases: &[f32],

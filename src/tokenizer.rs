@@ -23,7 +23,7 @@ pub trait TextTokenizer: Send + Sync {
     fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>>;
 
     /// Text of `ids`. Byte sequences that are not (yet) valid UTF-8 decode to U+FFFD, as
-    /// in transformers; [`IncrementalDecoder`](crate::IncrementalDecoder) relies on that.
+    /// in transformers; [`IncrementalDecoder`] relies on that.
     fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String>;
 
     /// The id of a token string (e.g. `"<|im_end|>"`), if it is in the vocabulary.
@@ -205,7 +205,7 @@ fn token_content(v: &Value) -> Option<String> {
 ///
 /// ```no_run
 /// # fn main() -> moestream::Result<()> {
-/// use moestream::{ChatMessage, ChatOptions, Tokenizer};
+/// use moestream::{chat::ChatOptions, ChatMessage, Tokenizer};
 /// let tok = Tokenizer::from_dir("path/to/Qwen3-30B-A3B")?;
 /// let ids = tok.encode("Hello world", false)?;
 /// let prompt = tok.encode_chat(&[ChatMessage::user("Hi!")], &ChatOptions::default())?;

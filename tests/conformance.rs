@@ -205,7 +205,7 @@ fn prefill_reads_each_needed_expert_once_per_layer() {
     use std::sync::Arc;
 
     use moestream::reference::ReferenceModel;
-    use moestream::{Checkpoint, ModelConfig, SafetensorsStore};
+    use moestream::{checkpoint::Checkpoint, config::ModelConfig, SafetensorsStore};
 
     let dir = common::fixture("long_prompt");
     let golden = Golden::load(&dir).unwrap();
@@ -276,10 +276,10 @@ fn f16_kv_cache_stays_close_to_golden() {
     for dir in common::fixtures() {
         let golden = Golden::load(&dir).unwrap();
         let model = Model::builder(&dir)
-            .kv_cache_dtype(moestream::DType::F16)
+            .kv_cache_dtype(moestream::format::DType::F16)
             .build()
             .unwrap();
-        assert_eq!(model.kv_cache_dtype(), moestream::DType::F16);
+        assert_eq!(model.kv_cache_dtype(), moestream::format::DType::F16);
         let report = check(&model, &golden, &dir).unwrap();
         println!("f16 KV cache: {report}");
         assert_eq!(report.argmax_agree, report.argmax_checked, "{report}");

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use moestream::arch::RouterKind;
-use moestream::{Error, Model, ModelConfig};
+use moestream::{config::ModelConfig, Error, Model};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -151,7 +151,7 @@ fn malformed_configs_are_typed_errors() {
 #[test]
 fn synthetic_deepseek_runs_as_the_reference_does() {
     use moestream::synthetic::SyntheticSpec;
-    use moestream::{Checkpoint, DType, SafetensorsStore};
+    use moestream::{checkpoint::Checkpoint, format::DType, SafetensorsStore};
     // (quantization, the released FP8 format)
     for (quant, fp8) in [(Some((4, 32)), false), (None, false), (None, true)] {
         let mut spec = SyntheticSpec::deepseek_v3_4bit(3);

@@ -11,7 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use moestream::{Checkpoint, Error, Model, ModelConfig};
+use moestream::{checkpoint::Checkpoint, config::ModelConfig, Error, Model};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
@@ -821,7 +821,7 @@ fn invalid_arguments() {
     let case = "f16 KV cache with head_dim 12";
     let e = expect_err(case, || {
         Model::builder(&dir)
-            .kv_cache_dtype(moestream::DType::F16)
+            .kv_cache_dtype(moestream::format::DType::F16)
             .build()
     });
     assert_error!(
@@ -831,14 +831,14 @@ fn invalid_arguments() {
         ["f16 KV cache", "multiple of 8", "12"]
     );
     let m = expect_ok("head_dim 12, f32 KV cache", || Model::open(&dir));
-    assert_eq!(m.kv_cache_dtype(), moestream::DType::F32);
+    assert_eq!(m.kv_cache_dtype(), moestream::format::DType::F32);
     let mut s = expect_ok("session", || m.session(8));
     expect_ok("prefill", || s.prefill(&[1, 2, 3]));
 
     let case = "bf16 KV cache";
     let e = expect_err(case, || {
         Model::builder(fixture_src("tiny_f32"))
-            .kv_cache_dtype(moestream::DType::BF16)
+            .kv_cache_dtype(moestream::format::DType::BF16)
             .build()
     });
     assert_error!(case, e, Error::InvalidArgument(_), ["KV cache", "BF16"]);

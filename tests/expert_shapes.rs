@@ -15,7 +15,9 @@ use harness::{compare, Tol};
 use moestream::gpu::kernels;
 use moestream::reference::ReferenceModel;
 use moestream::synthetic::SyntheticSpec;
-use moestream::{Checkpoint, DType, Model, ModelConfig, SafetensorsStore};
+use moestream::{
+    checkpoint::Checkpoint, config::ModelConfig, format::DType, Model, SafetensorsStore,
+};
 
 /// One MoE layer of 10 experts of 4096x1024 (top-10), 4-bit group 64: ~70 MB of experts.
 fn spec() -> SyntheticSpec {

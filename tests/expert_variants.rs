@@ -25,7 +25,10 @@ use moestream::gpu::params::{
     EXPERT_CLAMPED, LINEAR_BIAS, LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED,
 };
 use moestream::reference;
-use moestream::{DType, ExpertLayout, WeightFormat};
+use moestream::{
+    format::{DType, WeightFormat},
+    store::ExpertLayout,
+};
 
 #[path = "common/harness.rs"]
 mod harness;
@@ -247,7 +250,7 @@ fn float_experts_with_biases_and_clamped_swiglu() {
 }
 
 /// Word offsets in a slot of a quantized tensor's codes, scales and biases.
-fn q_offsets(t: &moestream::ExpertTensor) -> [u32; 3] {
+fn q_offsets(t: &moestream::store::ExpertTensor) -> [u32; 3] {
     let p = coded_parts(t.format, t.rows, t.cols);
     [
         (t.offset / 4) as u32,

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use moestream::golden::{self, Golden};
 use moestream::{
-    Checkpoint, Error, ExpertLayout, ExpertStore, Model, ModelConfig, Result, SafetensorsStore,
-    Session,
+    checkpoint::Checkpoint, config::ModelConfig, store::ExpertLayout, Error, ExpertStore, Model,
+    Result, SafetensorsStore, Session,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -282,7 +282,9 @@ fn total_experts(dir: &Path) -> usize {
 /// A model over `store` with a cache of `slots` slots (`None`: every expert fits).
 fn model_with(dir: &Path, store: Arc<FaultyStore>, slots: Option<usize>, io: usize) -> Model {
     let slot = slot_bytes(dir, store.as_ref());
-    let budget = slots.map_or(moestream::DEFAULT_EXPERT_CACHE_BYTES, |n| n as u64 * slot);
+    let budget = slots.map_or(moestream::model::DEFAULT_EXPERT_CACHE_BYTES, |n| {
+        n as u64 * slot
+    });
     let m = Model::builder(dir)
         .expert_store(store)
         .expert_cache_bytes(budget)
@@ -712,13 +714,14 @@ fn panicking_prefetch_leaves_the_model_correct() {
 #[test]
 fn failed_prefill_of_several_passes_leaves_the_position_unchanged() {
     let dir = common::fixture("tiny_f32");
-    let n = moestream::MAX_PASS_TOKENS + 40;
+    let n = moestream::session::MAX_PASS_TOKENS + 40;
     let prompt: Vec<u32> = (0..n as u32).map(|i| (i * 37 + 11) % 256).collect();
     // How many reads the first pass makes, with 2 slots (so the second pass reads too).
     let store = FaultyStore::over_fixture(&dir);
     let model = model_with(&dir, store.clone(), Some(2), 2);
     let mut s = model.session(n).unwrap();
-    s.prefill(&prompt[..moestream::MAX_PASS_TOKENS]).unwrap();
+    s.prefill(&prompt[..moestream::session::MAX_PASS_TOKENS])
+        .unwrap();
     let first_pass_reads = store.attempts();
     // Fail the first read of the second pass.
     let store = FaultyStore::over_fixture(&dir);

@@ -31,9 +31,12 @@ use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use moestream::{
-    pack_experts, AlignedBuf, ChatMessage, ChatOptions, ChatTemplate, Checkpoint, ExpertStore,
-    IncrementalDecoder, ModelConfig, PackOptions, PackedStore, PackedStoreOptions,
-    SafetensorsStore, SpecialTokens, Tokenizer, SUPPORTED_MODEL_TYPES,
+    chat::{ChatOptions, ChatTemplate},
+    checkpoint::Checkpoint,
+    config::{ModelConfig, SUPPORTED_MODEL_TYPES},
+    store::{pack_experts, AlignedBuf, PackOptions, PackedStoreOptions},
+    tokenizer::{IncrementalDecoder, SpecialTokens},
+    ChatMessage, ExpertStore, PackedStore, SafetensorsStore, Tokenizer,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};

@@ -7,9 +7,10 @@ use std::sync::OnceLock;
 
 use moestream::synthetic::SyntheticSpec;
 use moestream::{
-    CancelHandle, Candidate, Chat, ChatMessage, Completion, DType, FinishReason, GenerateOptions,
-    GenerationConfig, GenerationEvent, LogitsNeeded, Model, Prompt, Sampler, SamplingParams,
-    Session, Tokenizer,
+    format::DType,
+    sampling::{Candidate, LogitsNeeded, Sampler},
+    CancelHandle, Chat, ChatMessage, Completion, FinishReason, GenerateOptions, GenerationConfig,
+    GenerationEvent, Model, Prompt, SamplingParams, Session, Tokenizer,
 };
 
 /// A synthetic model (vocab 512 >= the tokenizer's 422) in a temp folder with the
@@ -503,7 +504,7 @@ fn sample_from_full_logits(
     let needed = match params.logits_needed() {
         LogitsNeeded::Argmax => 1,
         LogitsNeeded::Top(n) => n,
-        LogitsNeeded::Full => usize::MAX,
+        _ => usize::MAX, // `Full`
     };
     let mut s = model().session(1024).unwrap();
     let mut sampler = Sampler::new(params.clone());
@@ -515,10 +516,7 @@ fn sample_from_full_logits(
             let mut top: Vec<Candidate> = logits
                 .iter()
                 .enumerate()
-                .map(|(id, &logit)| Candidate {
-                    id: id as u32,
-                    logit,
-                })
+                .map(|(id, &logit)| Candidate::new(id as u32, logit))
                 .collect();
             top.sort_by(|a, b| b.logit.total_cmp(&a.logit).then(a.id.cmp(&b.id)));
             top.truncate(needed);
@@ -772,7 +770,7 @@ fn invalid_sampling_and_logprobs_options_name_the_field() {
             .with_presence_penalty(2.0)
             .with_frequency_penalty(-2.0)
             .with_logit_bias(511, -100.0),
-        logprobs: Some(moestream::MAX_LOGPROBS),
+        logprobs: Some(moestream::sampling::MAX_LOGPROBS),
         max_tokens: 1,
         ..GenerateOptions::default()
     };

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use moestream::arch::{ExpertActivation, RouterKind};
 use moestream::reference::{rope_inv_freq, yarn_inv_freq};
-use moestream::{Checkpoint, Error, Model, ModelConfig, SafetensorsStore};
+use moestream::{checkpoint::Checkpoint, config::ModelConfig, Error, Model, SafetensorsStore};
 
 fn parse(json: &str) -> moestream::Result<ModelConfig> {
     ModelConfig::from_json_str(json, Path::new("config.json"))
@@ -317,9 +317,9 @@ fn synthetic_gpt_oss_runs_as_the_reference_does() {
         assert_eq!(
             format,
             if mxfp4 {
-                moestream::WeightFormat::Mxfp4
+                moestream::format::WeightFormat::Mxfp4
             } else {
-                moestream::WeightFormat::Float(moestream::DType::BF16)
+                moestream::format::WeightFormat::Float(moestream::format::DType::BF16)
             }
         );
         let reference = moestream::reference::ReferenceModel::new(&cfg, &ckpt, &store).unwrap();

@@ -29,7 +29,7 @@ use moestream::gpu::params::{
     SigmoidGateParams, SubgroupProbeParams, SwiGluParams, TopKParams,
 };
 use moestream::reference;
-use moestream::{DType, ExpertLayout};
+use moestream::{format::DType, store::ExpertLayout};
 
 // ---------------------------------------------------------------------------------------
 // Bounds. The measured worst values are printed by each test (`-- --nocapture`).

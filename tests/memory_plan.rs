@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use moestream::{wgpu, Error, MemoryPlan, Model, ModelBuilder};
+use moestream::{model::MemoryPlan, wgpu, Error, Model, ModelBuilder};
 
 /// Every fixture folder of every family.
 fn all_fixtures() -> Vec<PathBuf> {
@@ -148,7 +148,7 @@ fn plans_equal_what_build_and_sessions_allocate() {
 #[test]
 fn plan_numbers_follow_the_config() {
     let dir = common::fixture("tiny_f32");
-    let cfg = moestream::ModelConfig::from_path(&dir).unwrap();
+    let cfg = moestream::config::ModelConfig::from_path(&dir).unwrap();
     let plan = Model::builder(&dir).plan().unwrap();
     let kv_per_token = (cfg.num_key_value_heads * cfg.head_dim * 4 * 2) as u64;
     for ctx in [1usize, 100, 1000] {
@@ -173,7 +173,7 @@ fn plan_numbers_follow_the_config() {
     let h = cfg.hidden_size as u64;
     let floor = 2 * cfg.vocab_size as u64 * h * 4;
     assert!(plan.resident_weight_bytes() > floor);
-    assert_eq!(plan.kv_cache_dtype(), moestream::DType::F32);
+    assert_eq!(plan.kv_cache_dtype(), moestream::format::DType::F32);
 }
 
 /// The lavapipe adapter and a device on it with `limits` (the adapter's optional features
@@ -415,7 +415,7 @@ fn hostile_configs_and_options_are_typed_plan_errors() {
     for builder in [
         Model::builder(&dir).expert_cache_bytes(slot - 1),
         Model::builder(&dir).expert_cache_page_bytes(slot - 1),
-        Model::builder(&dir).kv_cache_dtype(moestream::DType::BF16),
+        Model::builder(&dir).kv_cache_dtype(moestream::format::DType::BF16),
     ] {
         let e = builder.plan_with_limits(&limits).unwrap_err();
         assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");

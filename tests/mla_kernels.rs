@@ -9,9 +9,9 @@
 //!
 //! There is no skipping: without a GPU adapter every test fails (CI runs lavapipe).
 
+use moestream::format::DType;
 use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::params::{MatVecParams, MlaAttentionParams, MlaLatentParams};
-use moestream::DType;
 
 #[path = "common/harness.rs"]
 mod harness;

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use moestream::arch::RouterKind;
-use moestream::{Error, ModelConfig};
+use moestream::{config::ModelConfig, Error};
 
 fn parse(json: &str) -> moestream::Result<ModelConfig> {
     ModelConfig::from_json_str(json, Path::new("config.json"))

@@ -11,9 +11,14 @@ use std::sync::Arc;
 
 use moestream::golden::{check, Golden};
 use moestream::{
-    pack_experts, pack_experts_from, AffineQuant, AlignedBuf, Checkpoint, DType, Error,
-    ExpertLayout, ExpertStore, MemoryStore, Model, ModelConfig, PackOptions, PackOutcome,
-    PackedStore, PackedStoreOptions, SafetensorsStore, WeightFormat, PACK_DIR_NAME,
+    checkpoint::Checkpoint,
+    config::ModelConfig,
+    format::{AffineQuant, DType, WeightFormat},
+    store::{
+        pack_experts, pack_experts_from, AlignedBuf, ExpertLayout, PackOptions, PackOutcome,
+        PackedStoreOptions, PACK_DIR_NAME,
+    },
+    Error, ExpertStore, MemoryStore, Model, PackedStore, SafetensorsStore,
 };
 
 /// Blob alignment of a pack (`READ_ALIGN`).
@@ -57,11 +62,11 @@ impl Drop for TempDir {
     }
 }
 
-fn no_progress(_: &moestream::PackProgress) -> moestream::Result<()> {
+fn no_progress(_: &moestream::store::PackProgress) -> moestream::Result<()> {
     Ok(())
 }
 
-fn pack(dir: &Path) -> moestream::PackSummary {
+fn pack(dir: &Path) -> moestream::store::PackSummary {
     pack_experts(dir, &PackOptions::new(), no_progress).unwrap()
 }
 
@@ -189,7 +194,7 @@ fn every_fixture_round_trips_bit_identically() {
         let packed = PackedStore::open(dir.join(PACK_DIR_NAME)).unwrap();
         assert_eq!(
             packed.identity(),
-            moestream::checkpoint_identity(&Checkpoint::open(&dir).unwrap()).unwrap()
+            moestream::store::checkpoint_identity(&Checkpoint::open(&dir).unwrap()).unwrap()
         );
         assert_same_experts(&source, &packed, &cfg, &name);
         for l in cfg.moe_layers() {

@@ -37,7 +37,10 @@ use moestream::gpu::params::{
 };
 use moestream::gpu::testing::{self, KernelRunner};
 use moestream::reference;
-use moestream::{AffineQuant, DType, ExpertLayout, WeightFormat};
+use moestream::{
+    format::{AffineQuant, DType, WeightFormat},
+    store::ExpertLayout,
+};
 
 // ---------------------------------------------------------------------------------------
 // Bounds. The measured worst values are printed by each test (`-- --nocapture`).
@@ -244,7 +247,7 @@ struct QMat {
     /// Word offsets of the scales and biases from the start of `bytes`.
     scales_word: u32,
     biases_word: u32,
-    /// The dequantized matrix, as `moestream::WeightFormat::decode` reads `bytes`.
+    /// The dequantized matrix, as `moestream::format::WeightFormat::decode` reads `bytes`.
     values: Vec<f32>,
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use moestream::reference::ReferenceModel;
-use moestream::{Checkpoint, Error, ModelConfig, SafetensorsStore};
+use moestream::{checkpoint::Checkpoint, config::ModelConfig, Error, SafetensorsStore};
 
 /// Tolerance when `golden.json` names none (the tolerance the GPU engine is held to).
 const DEFAULT_ATOL: f64 = 2e-3;

@@ -11,8 +11,11 @@ use moestream::reference::ReferenceModel;
 use moestream::routing::{simulate, GeneratorParams, RoutingTrace, TraceHeader};
 use moestream::synthetic::SyntheticSpec;
 use moestream::{
-    pack_experts, CachePolicy, Checkpoint, Error, ExpertLayout, ExpertStore, Model, ModelConfig,
-    PackOptions, PackedStore, PackedStoreOptions, Result, SafetensorsStore, Session,
+    cache::CachePolicy,
+    checkpoint::Checkpoint,
+    config::ModelConfig,
+    store::{pack_experts, ExpertLayout, PackOptions, PackedStoreOptions},
+    Error, ExpertStore, Model, PackedStore, Result, SafetensorsStore, Session,
 };
 
 /// A small synthetic Qwen3-MoE: 3 layers of 16 experts, top-4.

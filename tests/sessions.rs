@@ -339,7 +339,9 @@ fn top_candidates_equal_the_best_full_logits() {
         v.truncate(n);
         v
     };
-    let pairs = |c: &[moestream::Candidate]| c.iter().map(|c| (c.id, c.logit)).collect::<Vec<_>>();
+    let pairs = |c: &[moestream::sampling::Candidate]| {
+        c.iter().map(|c| (c.id, c.logit)).collect::<Vec<_>>()
+    };
     let p = golden.prompt_len;
     let mut full = model.session(golden.ids.len()).unwrap();
     let mut top = model.session(golden.ids.len()).unwrap();
@@ -562,7 +564,7 @@ fn forked_sessions_go_on_independently() {
 /// expert cache.
 #[test]
 fn load_progress_is_reported_in_order() {
-    use moestream::LoadProgress;
+    use moestream::model::LoadProgress;
     use std::sync::{Arc, Mutex};
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();

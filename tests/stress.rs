@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use moestream::golden::Golden;
 use moestream::{
-    Checkpoint, Error, ExpertLayout, ExpertStore, Model, ModelConfig, Result, SafetensorsStore,
-    Session,
+    checkpoint::Checkpoint, config::ModelConfig, store::ExpertLayout, Error, ExpertStore, Model,
+    Result, SafetensorsStore, Session,
 };
 
 /// Threads running sessions at once.

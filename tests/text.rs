@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use moestream::{
-    Candidate, ChatOptions, ChatTemplate, ChatTemplates, Error, GenerateOptions, GenerationConfig,
-    IncrementalDecoder, LogitsNeeded, Sampler, SamplingParams, SpecialTokens, TextTokenizer,
-    Tokenizer,
+    chat::{ChatOptions, ChatTemplate, ChatTemplates},
+    sampling::{Candidate, LogitsNeeded, Sampler},
+    tokenizer::{IncrementalDecoder, SpecialTokens, TextTokenizer},
+    Error, GenerateOptions, GenerationConfig, SamplingParams, Tokenizer,
 };
 use serde_json::Value;
 
@@ -482,10 +483,7 @@ fn truncated_candidates_give_the_full_result_or_none() {
         order[..n]
             .iter()
             .rev() // any order
-            .map(|&id| Candidate {
-                id,
-                logit: logits[id as usize],
-            })
+            .map(|&id| Candidate::new(id, logits[id as usize]))
             .collect()
     };
     // Top-k sampling from a top-N list equals sampling from all logits.

@@ -9,7 +9,7 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use moestream::{Error, ExpertLayout, ExpertStore, Model, SafetensorsStore};
+use moestream::{store::ExpertLayout, Error, ExpertStore, Model, SafetensorsStore};
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Everything the subscriber writes.
@@ -118,8 +118,8 @@ fn load_sessions_cache_and_io_errors_are_traced() {
         );
     }
 
-    let ckpt = Arc::new(moestream::Checkpoint::open(&dir).unwrap());
-    let cfg = moestream::ModelConfig::from_path(&dir).unwrap();
+    let ckpt = Arc::new(moestream::checkpoint::Checkpoint::open(&dir).unwrap());
+    let cfg = moestream::config::ModelConfig::from_path(&dir).unwrap();
     let store = Arc::new(Failing {
         inner: SafetensorsStore::new(ckpt, &cfg).unwrap(),
         fail: Mutex::new(true),

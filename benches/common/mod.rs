@@ -4,7 +4,10 @@
 
 use moestream::gpu::kernels::Kernel;
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
-use moestream::{AffineQuant, DType, Result, WeightFormat};
+use moestream::{
+    format::{AffineQuant, DType, WeightFormat},
+    Result,
+};
 
 /// Trials per measurement; the median is reported (single trials of mid-sized dispatches
 /// varied by up to 2x on the H200 VM before the benches warmed the GPU up).
@@ -133,7 +136,7 @@ pub fn process_cpu_time() -> Option<std::time::Duration> {
 #[allow(dead_code)]
 pub fn sequential_read(files: &[std::path::PathBuf], direct: bool, limit: u64) -> f64 {
     let chunk = 16 << 20;
-    let mut buf = moestream::AlignedBuf::new(chunk);
+    let mut buf = moestream::store::AlignedBuf::new(chunk);
     let mut total = 0u64;
     let t0 = std::time::Instant::now();
     'files: for f in files {

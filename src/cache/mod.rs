@@ -1,11 +1,16 @@
-//! The GPU expert cache: fixed-size slots, bounded by a byte budget, filled from an
-//! [`ExpertStore`], evicting as its [`CachePolicy`] says (least recently used by default).
-//!
-//! Slots live in "pages", GPU buffers that each fit one storage binding. Kernels address an
-//! expert by (page, slot within page). The slot map and the eviction order are host-side state
-//! behind a mutex that is held from slot assignment until the GPU work using those slots
-//! is submitted, so concurrent sessions can never overwrite a slot another session has
-//! recorded work against but not yet submitted.
+//! The GPU expert cache: fixed-size slots within a byte budget
+//! ([`ModelBuilder::expert_cache_bytes`](crate::ModelBuilder::expert_cache_bytes)), shared
+//! by every session of a model, filled from the model's [`ExpertStore`] and evicting as
+//! its [`CachePolicy`] says (least recently used by default;
+//! [`ModelBuilder::expert_cache_policy`](crate::ModelBuilder::expert_cache_policy)). Its
+//! traffic is counted in [`CacheStats`] ([`Model::cache_stats`](crate::Model::cache_stats),
+//! and per session in [`SessionStats`](crate::session::SessionStats)).
+
+// Slots live in "pages", GPU buffers that each fit one storage binding. Kernels address an
+// expert by (page, slot within page). The slot map and the eviction order are host-side state
+// behind a mutex that is held from slot assignment until the GPU work using those slots
+// is submitted, so concurrent sessions can never overwrite a slot another session has
+// recorded work against but not yet submitted.
 
 use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -24,7 +24,7 @@ pub(crate) type Key = (usize, usize);
 ///
 /// ```no_run
 /// # fn main() -> moestream::Result<()> {
-/// use moestream::{CachePolicy, Model};
+/// use moestream::{cache::CachePolicy, Model};
 /// let model = Model::builder("models/Qwen3-30B-A3B-4bit")
 ///     .expert_cache_bytes(4 << 30)
 ///     .expert_cache_policy(CachePolicy::Lfu)

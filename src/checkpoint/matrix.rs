@@ -6,6 +6,7 @@ use super::*;
 /// A weight matrix as stored: float, or MLX-quantized (`P.weight` u32 codes, `P.scales`,
 /// `P.biases`).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct MatrixView<'a> {
     /// How it is stored.
     pub format: WeightFormat,

@@ -56,6 +56,7 @@ pub struct Checkpoint {
 
 /// A borrowed view of one floating-point tensor.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct TensorView<'a> {
     /// Element type.
     pub dtype: DType,

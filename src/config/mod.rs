@@ -1,7 +1,7 @@
 //! `config.json`: the model's hyper-parameters, in every spelling its family's checkpoints
 //! use, and the per-layer plan derived from them.
 //!
-//! The `model_type` picks the family (`crate::arch`), whose module parses the rest: e.g.
+//! The `model_type` picks the family ([`crate::arch`]), whose module parses the rest: e.g.
 //! released Qwen3-MoE checkpoints write `rope_theta`, `num_experts`, `torch_dtype`, while
 //! transformers v5 `save_pretrained` writes `rope_parameters: {rope_theta, rope_type}`,
 //! `num_local_experts`, `dtype`; both are accepted.
@@ -21,11 +21,11 @@ pub(crate) use parser::Parser;
 pub const SUPPORTED_MODEL_TYPES: &str = arch::SUPPORTED;
 
 /// Most decoder layers a config may declare.
-pub const MAX_LAYERS: usize = 4096;
+pub(crate) const MAX_LAYERS: usize = 4096;
 
 /// Most routed experts per MoE layer a config may declare (the largest released models
 /// have 512), so that nothing sized by it is allocated before it is known to be sane.
-pub const MAX_EXPERTS: usize = 1 << 16;
+pub(crate) const MAX_EXPERTS: usize = 1 << 16;
 
 /// Hyper-parameters of a model, as read from `config.json`, and the plan of its layers.
 #[derive(Debug, Clone, PartialEq)]

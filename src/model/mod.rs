@@ -1,4 +1,8 @@
-//! [`Model`]: a checkpoint opened on the GPU, shared by any number of [`Session`]s.
+//! [`Model`]: a checkpoint opened on the GPU, shared by any number of [`Session`]s, and
+//! what goes with loading one: the [`ModelBuilder`] and its defaults (`DEFAULT_*`), the
+//! progress it reports ([`LoadProgress`]), and the GPU memory a model and its sessions will
+//! take, computed before anything is allocated ([`MemoryPlan`], [`SessionPlan`],
+//! [`PlannedBuffer`]; [`ModelBuilder::plan`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -173,8 +177,8 @@ impl ModelBuilder {
     }
 
     /// Which GPU adapter to use. Left at [`AdapterChoice::Auto`] (the default), the
-    /// environment variable [`MOESTREAM_ADAPTER`](crate::ADAPTER_ENV) (an index or a name
-    /// substring) may pick one; a choice made here wins over it.
+    /// environment variable [`MOESTREAM_ADAPTER`](crate::adapter::ADAPTER_ENV) (an index or
+    /// a name substring) may pick one; a choice made here wins over it.
     pub fn adapter(mut self, choice: AdapterChoice) -> Self {
         self.adapter = choice;
         self
@@ -213,7 +217,7 @@ impl ModelBuilder {
     /// [`wgpu_device`](Self::wgpu_device), the device must have been created with the
     /// `EXPERIMENTAL_COOPERATIVE_MATRIX` and `SHADER_F16` features.
     ///
-    /// [`AdapterSummary::cooperative_matrices`]: crate::AdapterSummary::cooperative_matrices
+    /// [`AdapterSummary::cooperative_matrices`]: crate::adapter::AdapterSummary::cooperative_matrices
     pub fn f16_prefill(mut self, yes: bool) -> Self {
         self.f16_prefill = Some(yes);
         self
@@ -232,9 +236,9 @@ impl ModelBuilder {
     /// ```no_run
     /// # fn main() -> moestream::Result<()> {
     /// let model = moestream::Model::builder("models/Qwen3-30B-A3B-4bit")
-    ///     .kv_cache_dtype(moestream::DType::F16)
+    ///     .kv_cache_dtype(moestream::format::DType::F16)
     ///     .build()?;
-    /// assert_eq!(model.kv_cache_dtype(), moestream::DType::F16);
+    /// assert_eq!(model.kv_cache_dtype(), moestream::format::DType::F16);
     /// # Ok(()) }
     /// ```
     pub fn kv_cache_dtype(mut self, dtype: DType) -> Self {
@@ -270,7 +274,7 @@ impl ModelBuilder {
     ///
     /// ```no_run
     /// # fn main() -> moestream::Result<()> {
-    /// use moestream::{LoadProgress, Model};
+    /// use moestream::{model::LoadProgress, Model};
     /// let model = Model::builder("path/to/model")
     ///     .on_progress(|p| {
     ///         if let LoadProgress::Layers { done, total } = p {
@@ -295,7 +299,8 @@ impl ModelBuilder {
     /// adapter's [`limits`](wgpu::Adapter::limits) for the largest buffers. The optional
     /// features moestream uses when the device has them: [`wgpu::Features::SUBGROUP`]
     /// (faster quantized kernels) and [`wgpu::Features::TIMESTAMP_QUERY`] (GPU times in
-    /// [`SessionStats`](crate::SessionStats)). [`adapter`](Self::adapter) is then ignored.
+    /// [`SessionStats`](crate::session::SessionStats)). [`adapter`](Self::adapter) is then
+    /// ignored.
     ///
     /// moestream installs its own uncaptured-error handler and device-lost callback on the
     /// device (wgpu keeps one of each), so that GPU errors come back typed from its calls;

@@ -78,8 +78,9 @@ pub struct SessionPlan {
     /// The scratch buffers: one pass's activations, the RoPE tables, the logits and their
     /// readback: [`Session::scratch_bytes`](crate::Session::scratch_bytes).
     pub scratch_bytes: u64,
-    /// Tokens one prefill pass takes (at most [`MAX_PASS_TOKENS`](crate::MAX_PASS_TOKENS);
-    /// fewer where a pass's activations would not fit one binding).
+    /// Tokens one prefill pass takes (at most
+    /// [`MAX_PASS_TOKENS`](crate::session::MAX_PASS_TOKENS); fewer where a pass's
+    /// activations would not fit one binding).
     pub tokens_per_pass: usize,
     /// The session's largest single buffer.
     pub largest_buffer: PlannedBuffer,

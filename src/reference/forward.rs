@@ -62,7 +62,7 @@ pub struct ReferenceModel {
 
 impl ReferenceModel {
     /// Loads every weight as f32: the non-expert weights from `ckpt`, the experts through
-    /// `store` (decoding each tensor of its [`ExpertLayout`](crate::ExpertLayout)), so the
+    /// `store` (decoding each tensor of its [`ExpertLayout`](crate::store::ExpertLayout)), so the
     /// reference sees exactly the bytes the engine would stream.
     ///
     /// The LM head is `lm_head.weight`; when `tie_word_embeddings` is set and that tensor

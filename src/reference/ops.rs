@@ -137,7 +137,7 @@ pub fn rope_tables(theta: f64, rotary_dim: usize, n_pos: usize) -> (Vec<f32>, Ve
 ///
 /// # Panics
 /// If `rotary_dim` is zero or odd.
-pub fn yarn_inv_freq(theta: f64, rotary_dim: usize, y: &crate::Yarn) -> Vec<f32> {
+pub fn yarn_inv_freq(theta: f64, rotary_dim: usize, y: &crate::config::Yarn) -> Vec<f32> {
     assert!(
         rotary_dim > 0 && rotary_dim % 2 == 0,
         "yarn_inv_freq: rotary_dim {rotary_dim} must be positive and even"
@@ -179,7 +179,7 @@ pub fn rope_tables_scaled(
     theta: f64,
     rotary_dim: usize,
     n_pos: usize,
-    yarn: Option<&crate::Yarn>,
+    yarn: Option<&crate::config::Yarn>,
 ) -> (Vec<f32>, Vec<f32>) {
     let inv_freq = match yarn {
         Some(y) => yarn_inv_freq(theta, rotary_dim, y),

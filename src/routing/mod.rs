@@ -44,7 +44,7 @@
 //! ```
 //! # fn main() -> moestream::Result<()> {
 //! use moestream::routing::{simulate, GeneratorParams, RoutingTrace, TraceHeader};
-//! use moestream::CachePolicy;
+//! use moestream::cache::CachePolicy;
 //! let header = TraceHeader::new("qwen3_moe", 48, (0..48).collect(), 128, 8)?;
 //! let realistic = RoutingTrace::generate(header.clone(), &GeneratorParams::default(), 300)?;
 //! let uniform = RoutingTrace::generate(header, &GeneratorParams::uniform(), 300)?;

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 /// ```
 /// # fn main() -> moestream::Result<()> {
 /// use moestream::routing::{simulate, GeneratorParams, RoutingTrace, TraceHeader};
-/// use moestream::CachePolicy;
+/// use moestream::cache::CachePolicy;
 /// let header = TraceHeader::new("qwen3_moe", 48, (0..48).collect(), 128, 8)?;
 /// let trace = RoutingTrace::generate(header, &GeneratorParams::default(), 500)?;
 /// let quarter = 48 * 128 / 4;

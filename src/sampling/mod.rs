@@ -94,6 +94,7 @@ const ADJUSTED_MARGIN: usize = 32;
 
 /// How many logits a [`Sampler`] needs to pick a token exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LogitsNeeded {
     /// Only the largest logit and its id.
     Argmax,
@@ -293,11 +294,20 @@ impl SamplingParams {
 
 /// One entry of a truncated logits list: a token id and its logit.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Candidate {
     /// Token id.
     pub id: u32,
     /// Its logit.
     pub logit: f32,
+}
+
+impl Candidate {
+    /// Token `id` with logit `logit` (for [`Sampler::sample_candidates`] on a list an
+    /// application made; the struct is `#[non_exhaustive]`).
+    pub const fn new(id: u32, logit: f32) -> Self {
+        Candidate { id, logit }
+    }
 }
 
 /// Chooses tokens with [`SamplingParams`]; keeps the random state, the tokens the

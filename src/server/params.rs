@@ -12,7 +12,7 @@ use super::reply::{Kind, ReplySpec};
 use super::state::App;
 use super::worker::Job;
 use crate::chat::ChatOptions;
-use crate::generate::GenerateOptions;
+use crate::generation::GenerateOptions;
 use crate::sampling::{MAX_LOGIT_BIAS, MAX_LOGPROBS, MAX_PENALTY};
 
 /// Most stop strings a request may give.

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::output::{parse_all, OutputParser, Piece, ToolCall};
 use super::state::App;
-use crate::generate::{Completion, FinishReason};
+use crate::generation::{Completion, FinishReason};
 use crate::sampling::TokenLogprob;
 
 /// What kind of reply.

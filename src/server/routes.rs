@@ -24,7 +24,7 @@ use super::reply::{Reply, ReplySpec};
 use super::state::App;
 use super::worker::{self, CancelGuard, Job};
 use crate::error::Result;
-use crate::generate::GenerationEvent;
+use crate::generation::GenerationEvent;
 
 /// The router over `app`.
 pub(crate) fn router(app: Arc<App>, max_body_bytes: usize) -> Router {

@@ -63,7 +63,7 @@ impl App {
             builder = builder.expert_cache_bytes(b);
         }
         if config.kv_f16 {
-            builder = builder.kv_cache_dtype(crate::DType::F16);
+            builder = builder.kv_cache_dtype(crate::format::DType::F16);
         }
         let model = builder.build()?;
         let cfg = model.config();

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use super::metrics::{Finished, Outcome};
 use super::state::App;
 use crate::error::Result;
-use crate::generate::{CancelHandle, FinishReason, GenerateOptions, Generation, GenerationEvent};
+use crate::generation::{CancelHandle, FinishReason, GenerateOptions, Generation, GenerationEvent};
 
 /// Events waiting for a slow client before the generation waits for it.
 const CHANNEL: usize = 64;

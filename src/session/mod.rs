@@ -1,4 +1,5 @@
-//! [`Session`]: one conversation's KV cache and scratch buffers on a shared [`Model`].
+//! [`Session`]: one conversation's KV cache and scratch buffers on a shared [`Model`]; its
+//! counters ([`SessionStats`]) and limits ([`MAX_PASS_TOKENS`], [`MAX_TOP`]).
 
 use crate::cache::CacheStats;
 use crate::engine::pass::Readout;
@@ -470,7 +471,7 @@ impl Session {
     /// of up to [`MAX_PASS_TOKENS`] tokens, the RoPE tables for
     /// [`max_context`](Self::max_context) positions, the logits and their readback.
     /// [`state_bytes`](Self::state_bytes) plus this is what
-    /// [`SessionPlan::bytes`](crate::SessionPlan::bytes) predicted. (Not counted: the
+    /// [`SessionPlan::bytes`](crate::model::SessionPlan::bytes) predicted. (Not counted: the
     /// uniform parameters of the dispatches, 64 KiB blocks allocated as the session records
     /// its first passes, and a few KiB of timestamp queries.)
     pub fn scratch_bytes(&self) -> u64 {
@@ -512,7 +513,7 @@ impl Session {
     }
 }
 
-// Added for `crate::generate::Chat` (multi-turn prefix reuse); kept separate from the
+// Added for `crate::generation::Chat` (multi-turn prefix reuse); kept separate from the
 // session's own code.
 impl Session {
     /// Keeps the first `len` tokens of the context where [`truncate`](Self::truncate) can

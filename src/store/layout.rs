@@ -6,6 +6,7 @@ use crate::format::WeightFormat;
 
 /// Which projection of an expert a tensor is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ExpertRole {
     /// `gate_proj`, `[moe_intermediate, hidden]`.
     Gate,

@@ -4,6 +4,11 @@
 //! for every expert of a model) and fills a caller-provided buffer with one expert's bytes
 //! on request. The engine copies those bytes unchanged into a GPU cache slot, so the layout
 //! is also the layout of a slot.
+//!
+//! The stores: [`SafetensorsStore`] (the checkpoint's own files, the default),
+//! [`PackedStore`] (a pack made by [`pack_experts`]: each expert contiguous and aligned for
+//! direct I/O, [`PackedStoreOptions`]) and [`MemoryStore`] (experts in host memory). The
+//! trait and the stores are also at the crate root; docs/storage.md says how to write one.
 
 mod aligned;
 mod layout;
@@ -45,7 +50,7 @@ pub const READ_ALIGN: usize = 16384;
 /// # Example: a store that counts reads by wrapping another one
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};
-/// use moestream::{ExpertLayout, ExpertStore, Result};
+/// use moestream::{store::ExpertLayout, ExpertStore, Result};
 ///
 /// struct Counting<S> { inner: S, reads: AtomicU64 }
 ///

@@ -7,9 +7,9 @@
 
 use std::sync::OnceLock;
 
+use moestream::format::DType;
 use moestream::gpu::kernels::{Kernel, Variant};
 use moestream::gpu::testing::KernelRunner;
-use moestream::DType;
 
 /// A runner restricted to the portable kernels (no subgroups, no shader-f16), so that both
 /// variants are tested on adapters that have the optional features.

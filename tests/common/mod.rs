@@ -107,8 +107,8 @@ pub fn fixture(name: &str) -> PathBuf {
 pub fn synthetic_matches_reference(
     spec: &moestream::synthetic::SyntheticSpec,
     name: &str,
-) -> moestream::ModelConfig {
-    use moestream::{Checkpoint, Model, SafetensorsStore};
+) -> moestream::config::ModelConfig {
+    use moestream::{checkpoint::Checkpoint, Model, SafetensorsStore};
     let root = std::env::temp_dir().join(format!("moestream-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let dir = spec.write(root.join("model")).unwrap();

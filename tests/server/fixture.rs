@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use moestream::format::DType;
 use moestream::server::{ServerConfig, ServerHandle};
 use moestream::synthetic::{SyntheticLinear, SyntheticSpec};
-use moestream::DType;
 use serde_json::{json, Value};
 
 /// The token id the tools fixture gives [`TOOL_TEXT`].

@@ -120,7 +120,7 @@ pub enum Kernel {
 }
 
 /// Which optional GPU features a kernel is compiled for. The device picks the variant
-/// once, from what the adapter offers ([`crate::AdapterSummary`] says which); every
+/// once, from what the adapter offers ([`crate::adapter::AdapterSummary`] says which); every
 /// kernel also exists in the portable variant ([`Variant::PORTABLE`]), which needs nothing
 /// beyond WebGPU core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -441,7 +441,7 @@ impl Kernel {
 
     /// Whether the kernel needs cooperative matrices and shader f16 (wgpu's
     /// `EXPERIMENTAL_COOPERATIVE_MATRIX` and `SHADER_F16`; its source enables them) and a
-    /// subgroup size of 32 ([`crate::AdapterSummary::cooperative_matrices`]). It is in no
+    /// subgroup size of 32 ([`crate::adapter::AdapterSummary::cooperative_matrices`]). It is in no
     /// [`Variant`]: the engine picks it per dispatch where the device has them.
     pub fn needs_cooperative_matrices(self) -> bool {
         self == Kernel::QMatMulCoop

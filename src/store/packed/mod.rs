@@ -54,7 +54,7 @@ pub const PACK_VERSION: u32 = 1;
 /// Options of [`PackedStore::open_with`].
 ///
 /// ```
-/// let opts = moestream::PackedStoreOptions::default()
+/// let opts = moestream::store::PackedStoreOptions::default()
 ///     .direct_io(true)
 ///     .verify_checksums(true);
 /// # let _ = opts;
@@ -126,7 +126,7 @@ struct PackedLayer {
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use moestream::{Model, PackedStore, PackedStoreOptions};
+/// use moestream::{store::PackedStoreOptions, Model, PackedStore};
 /// # fn main() -> moestream::Result<()> {
 /// let pack = PackedStore::open_with(
 ///     "path/to/model/moestream-pack",

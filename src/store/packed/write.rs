@@ -48,6 +48,7 @@ pub struct PackProgress {
 
 /// What [`pack_experts`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PackOutcome {
     /// A new pack was written (replacing a pack of the same checkpoint, if any).
     Written,

@@ -1,6 +1,8 @@
 //! Text generation on a [`Session`]: [`Session::generate`] streams [`GenerationEvent`]s
-//! for a text, chat or token-id prompt; [`Chat`] keeps a conversation and its KV cache
-//! across turns, prefilling only each turn's new tokens.
+//! for a text, chat or token-id [`Prompt`] with [`GenerateOptions`], or
+//! [`Generation::complete`] collects them into a [`Completion`] (with [`GenerationStats`]);
+//! [`Chat`] keeps a conversation and its KV cache across turns, prefilling only each
+//! turn's new tokens. The main types are also at the crate root.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -136,6 +138,7 @@ impl GenerateOptions {
 /// A prompt: text, a conversation (rendered with the chat template and
 /// [`GenerateOptions::chat`]), or token ids.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Prompt {
     /// Plain text, encoded as transformers' `tokenizer(text)` does (with the tokenizer's
     /// added special tokens, e.g. a BOS) when the session is empty, without them when it
