@@ -7,8 +7,10 @@
 // tiles of 64 columns (four 16-deep steps). Per K tile every invocation dequantizes four
 // octets of W (octets lo and lo + 4 of rows lr and lr + 32) and converts four octets of x
 // into f16 workgroup tiles, the loads issued a K tile ahead as in qmatmul.wgsl. A tile
-// wholly inside the chunk (and without bias) starts from its residual and is stored
-// straight into y; one at the chunk's edge goes out through workgroup memory.
+// wholly inside the chunk (and without bias) adds its residual to its accumulators and
+// stores them straight into y; one at the chunk's edge goes out through workgroup memory,
+// with the same additions (so a row's result is the same bits in either: split-invariant
+// prefill, docs/architecture.md).
 // Needs a subgroup size of 32 and `cols` a multiple of 64 (the engine checks).
 //
 // H100, Qwen3-30B-A3B shape, 512-token prefill, the 144 dense mat-mats: 66.0 ms in
@@ -108,12 +110,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var c01 = c00;
     var c10 = c00;
     var c11 = c00;
-    if (direct & ((p.flags & 2u) != 0u)) {
-        c00 = coopLoad<coop_mat16x16<f32, C>>(&resid[y0], p.out_stride);
-        c01 = coopLoad<coop_mat16x16<f32, C>>(&resid[y0 + 16u * p.out_stride], p.out_stride);
-        c10 = coopLoad<coop_mat16x16<f32, C>>(&resid[y0 + 16u], p.out_stride);
-        c11 = coopLoad<coop_mat16x16<f32, C>>(&resid[y0 + 16u * p.out_stride + 16u], p.out_stride);
-    }
     let wr0 = row0 + lr;
     let wr1 = wr0 + 32u;
     let live0 = wr0 < p.rows;
@@ -213,6 +209,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let i01 = y0 + 16u * ys;
         let i10 = y0 + 16u;
         let i11 = y0 + 16u * ys + 16u;
+        if ((p.flags & 2u) != 0u) {
+            // The residual added to the finished sums, as `store` adds it at the edge:
+            // the same bits whichever way a tile goes out (split-invariant prefill).
+            c00 = c00 + coopLoad<coop_mat16x16<f32, C>>(&resid[y0], ys);
+            c01 = c01 + coopLoad<coop_mat16x16<f32, C>>(&resid[i01], ys);
+            c10 = c10 + coopLoad<coop_mat16x16<f32, C>>(&resid[i10], ys);
+            c11 = c11 + coopLoad<coop_mat16x16<f32, C>>(&resid[i11], ys);
+        }
         coopStore(c00, &y[y0], ys);
         coopStore(c01, &y[i01], ys);
         coopStore(c10, &y[i10], ys);

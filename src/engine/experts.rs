@@ -329,12 +329,18 @@ impl Pass<'_> {
             (&s.moe_h).into(),
         ];
         let groups = Size::Direct(kernels::moe_gate_up_qmm_groups(is, n_tiles));
+        // Tensor cores where asked for and the K tiles of 64 fit (same grid).
+        let gate_up_kernel = if self.m.gpu.summary.cooperative_matrices && hs % 64 == 0 {
+            Kernel::MoeGateUpQmmCoop
+        } else {
+            Kernel::MoeGateUpQmm
+        };
         if let Some(code) = gate_up_code {
-            let (k, q) = (Kernel::MoeGateUpQmm, Some(gate_up_quant));
+            let (k, q) = (gate_up_kernel, Some(gate_up_quant));
             self.rec.record(k, code, q, 0, p.words(), &binds, groups);
         } else {
             self.rec.dispatch_sized(
-                Kernel::MoeGateUpQmm,
+                gate_up_kernel,
                 Some(gate_up_dtype),
                 Some(gate_up_quant),
                 0,
@@ -364,12 +370,18 @@ impl Pass<'_> {
             (&s.moe_o).into(),
         ];
         let groups = Size::Direct(kernels::moe_down_qmm_groups(hs, n_tiles));
+        // Tensor cores where asked for and the K tiles of 64 fit (same grid).
+        let down_kernel = if self.m.gpu.summary.cooperative_matrices && is % 64 == 0 {
+            Kernel::MoeDownQmmCoop
+        } else {
+            Kernel::MoeDownQmm
+        };
         if let Some(code) = down_code {
-            let (k, q) = (Kernel::MoeDownQmm, Some(down_quant));
+            let (k, q) = (down_kernel, Some(down_quant));
             self.rec.record(k, code, q, 0, p.words(), &binds, groups);
         } else {
             self.rec.dispatch_sized(
-                Kernel::MoeDownQmm,
+                down_kernel,
                 Some(down_dtype),
                 Some(down_quant),
                 0,

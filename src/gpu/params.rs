@@ -686,7 +686,7 @@ impl MoeDownQParams {
 kernel_params! {
     /// Parameters of [`Kernel::MoeGateUpQmm`] (`kernels/moe_gate_up_qmm.wgsl`): prefill
     /// gate/up + SwiGLU of quantized experts over tiles of one expert's assignments.
-    MoeGateUpQmmParams for MoeGateUpQmm {
+    MoeGateUpQmmParams for MoeGateUpQmm, MoeGateUpQmmCoop {
         /// Hidden size (columns of gate and up).
         hidden: u32,
         /// Expert width (rows of gate and up).
@@ -726,7 +726,7 @@ kernel_params! {
 kernel_params! {
     /// Parameters of [`Kernel::MoeDownQmm`] (`kernels/moe_down_qmm.wgsl`): prefill down
     /// projection of quantized experts over tiles of one expert's assignments.
-    MoeDownQmmParams for MoeDownQmm {
+    MoeDownQmmParams for MoeDownQmm, MoeDownQmmCoop {
         /// Hidden size (rows of down).
         hidden: u32,
         /// Expert width (columns of down).

@@ -76,10 +76,16 @@ pub enum Kernel {
     /// as a mat-mat over tiles of one expert's assignments ([`moe_qmm_tiles`],
     /// [`moe_gate_up_qmm_groups`]).
     MoeGateUpQmm,
+    /// [`Kernel::MoeGateUpQmm`] on cooperative matrices (f16 tiles summed in f32), where
+    /// the adapter has them ([`Kernel::needs_cooperative_matrices`]; same grid).
+    MoeGateUpQmmCoop,
     /// Prefill expert down projection over quantized experts in cache slots, scaled by the
     /// routing weight, as a mat-mat over tiles of one expert's assignments
     /// ([`moe_qmm_tiles`], [`moe_down_qmm_groups`]).
     MoeDownQmm,
+    /// [`Kernel::MoeDownQmm`] on cooperative matrices (f16 tiles summed in f32), where the
+    /// adapter has them ([`Kernel::needs_cooperative_matrices`]; same grid).
+    MoeDownQmmCoop,
     /// Plain vec4 copy: the memory-bandwidth baseline of the benchmarks ([`copy_groups`]).
     Copy,
     /// Decode routing through the GPU slot table, without a host round trip.
@@ -253,7 +259,7 @@ impl Include {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 33] = [
+    pub const ALL: [Kernel; 35] = [
         Kernel::MlaLatent,
         Kernel::MlaAttention,
         Kernel::SigmoidGate,
@@ -279,7 +285,9 @@ impl Kernel {
         Kernel::MoeGateUpQ,
         Kernel::MoeDownQ,
         Kernel::MoeGateUpQmm,
+        Kernel::MoeGateUpQmmCoop,
         Kernel::MoeDownQmm,
+        Kernel::MoeDownQmmCoop,
         Kernel::Copy,
         Kernel::MoeRoute,
         Kernel::TopK,
@@ -313,7 +321,9 @@ impl Kernel {
             Kernel::MoeGateUpQ => "moe_gate_up_q",
             Kernel::MoeDownQ => "moe_down_q",
             Kernel::MoeGateUpQmm => "moe_gate_up_qmm",
+            Kernel::MoeGateUpQmmCoop => "moe_gate_up_qmm_coop",
             Kernel::MoeDownQmm => "moe_down_qmm",
+            Kernel::MoeDownQmmCoop => "moe_down_qmm_coop",
             Kernel::Copy => "copy",
             Kernel::MoeRoute => "moe_route",
             Kernel::TopK => "topk",
@@ -351,7 +361,11 @@ impl Kernel {
             Kernel::MoeGateUpQ => include_str!("../../../kernels/moe_gate_up_q.wgsl"),
             Kernel::MoeDownQ => include_str!("../../../kernels/moe_down_q.wgsl"),
             Kernel::MoeGateUpQmm => include_str!("../../../kernels/moe_gate_up_qmm.wgsl"),
+            Kernel::MoeGateUpQmmCoop => {
+                include_str!("../../../kernels/moe_gate_up_qmm_coop.wgsl")
+            }
             Kernel::MoeDownQmm => include_str!("../../../kernels/moe_down_qmm.wgsl"),
+            Kernel::MoeDownQmmCoop => include_str!("../../../kernels/moe_down_qmm_coop.wgsl"),
             Kernel::Copy => include_str!("../../../kernels/copy.wgsl"),
             Kernel::MoeRoute => include_str!("../../../kernels/moe_route.wgsl"),
             Kernel::TopK => include_str!("../../../kernels/topk.wgsl"),
@@ -392,7 +406,9 @@ impl Kernel {
                 | Kernel::MoeGateUpQ
                 | Kernel::MoeDownQ
                 | Kernel::MoeGateUpQmm
+                | Kernel::MoeGateUpQmmCoop
                 | Kernel::MoeDownQmm
+                | Kernel::MoeDownQmmCoop
         )
     }
 
@@ -444,7 +460,10 @@ impl Kernel {
     /// subgroup size of 32 ([`crate::adapter::AdapterSummary::cooperative_matrices`]). It is in no
     /// [`Variant`]: the engine picks it per dispatch where the device has them.
     pub fn needs_cooperative_matrices(self) -> bool {
-        self == Kernel::QMatMulCoop
+        matches!(
+            self,
+            Kernel::QMatMulCoop | Kernel::MoeGateUpQmmCoop | Kernel::MoeDownQmmCoop
+        )
     }
 
     /// Whether the kernel exists in `variant` (kernels that need cooperative matrices
@@ -474,7 +493,12 @@ impl Kernel {
         }
         if matches!(
             self,
-            Kernel::QMatMul | Kernel::QMatMulCoop | Kernel::MoeGateUpQmm | Kernel::MoeDownQmm
+            Kernel::QMatMul
+                | Kernel::QMatMulCoop
+                | Kernel::MoeGateUpQmm
+                | Kernel::MoeGateUpQmmCoop
+                | Kernel::MoeDownQmm
+                | Kernel::MoeDownQmmCoop
         ) {
             v.push(Include::QTile);
         }
@@ -483,7 +507,10 @@ impl Kernel {
         }
         if matches!(
             self,
-            Kernel::MoeGateUp | Kernel::MoeGateUpQ | Kernel::MoeGateUpQmm
+            Kernel::MoeGateUp
+                | Kernel::MoeGateUpQ
+                | Kernel::MoeGateUpQmm
+                | Kernel::MoeGateUpQmmCoop
         ) {
             v.push(Include::ExpertAct);
         }
