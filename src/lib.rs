@@ -35,6 +35,7 @@ mod store;
 #[cfg(feature = "testkit")]
 pub mod synthetic;
 mod tokenizer;
+pub mod units;
 
 /// The `wgpu` crate moestream runs on, re-exported so that its types in moestream's API
 /// ([`ModelBuilder::wgpu_device`] takes an application's `Adapter`, `Device` and `Queue`;
