@@ -12,6 +12,21 @@ use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{MoeCombineParams, MoeRouteParams, RouterParams, SharedSwiGluParams};
 use crate::gpu::GpuVec;
 
+/// Average assignments per expert of a prefill pass below which
+/// [`EXPERT_MATVECS_ENV`] brings back the per-assignment mat-vecs.
+const TILED_EXPERT_ASSIGNMENTS: usize = 8;
+
+/// Environment variable (`1`) that brings back, for measuring, the choice made before
+/// prefill was split-invariant: per-assignment expert mat-vecs in prefill passes with
+/// fewer than [`TILED_EXPERT_ASSIGNMENTS`] assignments per expert on average. Results
+/// then depend on how a prompt is split into passes. (`cargo bench --bench prefill`.)
+const EXPERT_MATVECS_ENV: &str = "MOESTREAM_PREFILL_EXPERT_MATVECS";
+
+fn expert_matvecs_env() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(EXPERT_MATVECS_ENV).is_some_and(|v| v == "1"))
+}
+
 impl<'a> Pass<'a> {
     /// `x = h + routed experts (+ the gated shared expert)` over the normalized rows.
     pub(crate) fn moe(&mut self, l: usize, moe: &Moe) -> Result<()> {
@@ -201,9 +216,11 @@ impl<'a> Pass<'a> {
         // A token's rows come out of the tiled kernels with the same sums whichever tile it
         // shares, but not with the mat-vecs' sums, so every prefill pass takes them,
         // however few its assignments (`Pass::decode`; what that costs short passes:
-        // `TILED_EXPERT_ASSIGNMENTS`).
-        let tiled =
-            !self.decode && kernels.gate_up.quant().is_some() && kernels.down.quant().is_some();
+        // docs/performance.md, "Split-invariant prefill", and `EXPERT_MATVECS_ENV`).
+        let tiled = !self.decode
+            && kernels.gate_up.quant().is_some()
+            && kernels.down.quant().is_some()
+            && !(expert_matvecs_env() && n * k < TILED_EXPERT_ASSIGNMENTS * ne);
         let mut tiles: Vec<u32> = Vec::new();
         let mut state = cache.lock();
         let group_size = state.policy.slots();
