@@ -109,12 +109,6 @@ fn run(app: &App, mut job: Job, cancel: CancelHandle, tx: &mpsc::Sender<Result<G
         while let Some(event) = generation.next() {
             match event {
                 Ok(e @ GenerationEvent::Token { .. }) => {
-                    // The first token was sampled from the prefill's logits; its decode
-                    // step has not run yet. (A fork that fails leaves nothing to keep.)
-                    let s = generation.session();
-                    if fork_at_prompt_end && at_prompt_end.is_none() && s.position() == prompt_len {
-                        at_prompt_end = s.fork().ok();
-                    }
                     if first {
                         first = false;
                         app.metrics.first_token(job.arrived.elapsed());
@@ -122,6 +116,14 @@ fn run(app: &App, mut job: Job, cancel: CancelHandle, tx: &mpsc::Sender<Result<G
                     if tx.blocking_send(Ok(e)).is_err() {
                         // The client went away: the next event is the cancelled end.
                         cancel.cancel();
+                    }
+                    // The first token was sampled from the prefill's logits and its decode
+                    // step has not run yet: the session is at the prompt's end. (Forked
+                    // after the token went out, so as not to delay it; a fork that fails
+                    // leaves nothing to keep.)
+                    let s = generation.session();
+                    if fork_at_prompt_end && at_prompt_end.is_none() && s.position() == prompt_len {
+                        at_prompt_end = s.fork().ok();
                     }
                 }
                 Ok(GenerationEvent::Done(c)) => {
