@@ -194,10 +194,10 @@ impl Pass<'_> {
             );
         } else {
             // Prefill: 16 queries per workgroup (heads read as vec4s); else one per query.
-            // Whichever queries share a workgroup, each query's tiles of keys start at key
-            // 0 and the keys past its own add exact zeros, so its result does not depend
-            // on the pass (a sliding window's tiles start at the workgroup's first
-            // window: docs/server.md, prompt cache).
+            // Whichever queries share a workgroup, a query's tiles of keys start at a
+            // multiple of 64 (key 0, or a sliding window's start rounded down; a ring's
+            // shift is a multiple of 64 too) and the keys outside its window add exact
+            // zeros, so its result does not depend on the pass (`Pass::decode`).
             let (kernel, groups) = if hd % 4 == 0 {
                 (
                     Kernel::AttentionTiled,
