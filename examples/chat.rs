@@ -55,8 +55,8 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Expert-cache budget: bytes, or with a unit (8G, 512M).
-    #[arg(long, value_parser = demo::parse_size)]
-    expert_cache_bytes: Option<u64>,
+    #[arg(long)]
+    expert_cache_bytes: Option<moestream::units::ByteSize>,
     /// Keep the KV cache in f16 (half the memory per token of context).
     #[arg(long)]
     kv_f16: bool,
@@ -94,7 +94,7 @@ fn run(args: Args) -> moestream::Result<()> {
     options.cancel = Some(interrupt.handle());
 
     let mut builder = Model::builder(&dir);
-    if let Some(b) = args.expert_cache_bytes.or(default_budget) {
+    if let Some(b) = args.expert_cache_bytes.map(u64::from).or(default_budget) {
         builder = builder.expert_cache_bytes(b);
     }
     if args.kv_f16 {

@@ -19,7 +19,8 @@
 //    correction.
 // Per-query state lives in named vec4s, never in indexed arrays (which drivers may place
 // in memory). With `window` > 0 (a sliding-window layer) query t sees only the last
-// `window` keys up to its own (the tiles start at the first query's first key); with
+// `window` keys up to its own (the tiles start at the first query's first key, rounded
+// down to a multiple of 64); with
 // `sinks` 1 head h's sink logit joins each row's denominator as exp(sinks[h] - m), m the
 // row's running max (attention.wgsl).
 struct Params {
@@ -117,11 +118,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var o2 = o0;
     var o3 = o0;
 
-    // The first key each query sees (the window's start, else 0), and the tiles' start.
+    // The first key each query sees (the window's start, else 0), and the tiles' start:
+    // the first query's first key rounded down to a multiple of BK, so that a query's
+    // tiles hold the same keys whichever queries share its workgroup (the tiles before its
+    // window are wholly masked and change nothing), and its result does not depend on how
+    // a prompt was split into passes. (A ring cache's shift is a multiple of BK too.)
     let w = p.window;
     let lo = select(vec4<u32>(0u), lim + 1u - vec4<u32>(w),
                     vec4<bool>(w > 0u) & (lim + 1u > vec4<u32>(w)));
-    let first_key = select(0u, p.pos0 + t0 + 1u - w, w > 0u && p.pos0 + t0 + 1u > w);
+    let first_key = select(0u, p.pos0 + t0 + 1u - w, w > 0u && p.pos0 + t0 + 1u > w)
+        / BK * BK;
     for (var kb = first_key; kb <= last; kb += BK) {
         // 1. Scores of queries qi.. and keys kb + 4 kg + (0..3); keys past `last` re-read it.
         let kj = vec4<u32>(kb + 4u * kg) + vec4<u32>(0u, 1u, 2u, 3u);

@@ -65,6 +65,7 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod synthetic;
 pub mod tokenizer;
+pub mod units;
 
 /// The `wgpu` crate moestream runs on, re-exported so that its types in moestream's API
 /// ([`ModelBuilder::wgpu_device`] takes an application's `Adapter`, `Device` and `Queue`;

@@ -207,9 +207,10 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// With a context of more than twice (window + a pass's tokens), a sliding layer keeps a
-/// ring of 2 (window + 511) positions instead of the whole context: less memory, and the
-/// same logits bit for bit as a session whose caches hold every position, through prefill
-/// chunks and decode steps that wrap the ring several times.
+/// ring of 2 (window + 511, rounded up to a multiple of 64) positions instead of the whole
+/// context: less memory, and the same logits bit for bit as a session whose caches hold
+/// every position, through prefill chunks and decode steps that wrap the ring several
+/// times.
 #[test]
 fn sliding_layers_keep_a_ring_of_their_window() {
     let dir = fixture("oss_f32");
@@ -219,8 +220,9 @@ fn sliding_layers_keep_a_ring_of_their_window() {
         .attention()
         .and_then(|a| a.sliding_window)
         .expect("layer 0 slides");
-    let ring_rows = 2 * (window + 511);
-    // 1030 positions: no ring (2 cap >= max_context); 4096: rings.
+    // The window and a pass's most tokens less one, rounded up to whole 64-key tiles.
+    let ring_rows = 2 * (window + 511).next_multiple_of(64);
+    // 1150 positions: no ring (2 cap >= max_context); 4096: rings.
     let mut plain = model.session(ring_rows - 2).unwrap();
     let mut ringed = model.session(4096).unwrap();
     let kvd = cfg.num_key_value_heads * cfg.head_dim;

@@ -12,7 +12,7 @@ mod http;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use fixture::{model_dir, server, TOOL_TOKEN};
+use fixture::{model_dir, server, NAMED_TOKEN, REQUIRED_TOKEN, TOOL_TOKEN};
 use http::{get, metric, post, post_stream, request};
 use serde_json::{json, Value};
 
@@ -320,6 +320,92 @@ fn tools_and_reasoning() {
     ]});
     let r = post(a, CHAT, &follow);
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// `tool_choice: "required"` and a named function are enforced: the prompt goes on with
+/// the opening of a call (`<tool_call>\n`, or with the named function's name and
+/// `"arguments": `), and the reply is read as its continuation: a well-formed one (a token
+/// of the fixture that spells it, by a logit bias) is a tool call with `finish_reason`
+/// `tool_calls`, whole and streamed; gibberish stays text after the opening.
+#[test]
+fn forced_tool_calls() {
+    let s = server(model_dir("tools", false, true), |_| {});
+    let a = s.local_addr();
+    let body = |choice: Value, bias: Option<u32>| {
+        let mut b = json!({"model": "test", "messages": user("bako bive?"), "max_tokens": 1,
+            "temperature": 0, "tools": weather_tools(), "tool_choice": choice});
+        if let Some(id) = bias {
+            b["logit_bias"] = json!({ id.to_string(): 100 });
+        }
+        b
+    };
+    let named = json!({"type": "function", "function": {"name": "get_weather"}});
+    let prompt_tokens = |b: Value| {
+        post(a, CHAT, &b).json()["usage"]["prompt_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    // The named choice renders one tool, fewer tokens than both, then its opening.
+    let auto = prompt_tokens(body(json!("auto"), None));
+    let required = prompt_tokens(body(json!("required"), None));
+    let one = prompt_tokens(body(named.clone(), None));
+    let one_unforced = {
+        // The same render as the named choice, unforced: only that tool, "auto".
+        let mut b = body(json!("auto"), None);
+        b["tools"] = json!([weather_tools()[0]]);
+        prompt_tokens(b)
+    };
+    assert!(required > auto, "{auto} {required}");
+    assert!(one > one_unforced + 1, "{one_unforced} {one}");
+
+    for (choice, token, name, args) in [
+        (json!("required"), REQUIRED_TOKEN, "get_time", json!({})),
+        (
+            named.clone(),
+            NAMED_TOKEN,
+            "get_weather",
+            json!({"city": "Rome"}),
+        ),
+    ] {
+        let b = body(choice.clone(), Some(token));
+        let r = post(a, CHAT, &b).json();
+        let c = &r["choices"][0];
+        assert_eq!(c["finish_reason"], "tool_calls", "{choice}: {r}");
+        assert!(c["message"]["content"].is_null(), "{choice}: {r}");
+        let call = &c["message"]["tool_calls"][0]["function"];
+        assert_eq!(call["name"], name, "{choice}");
+        let got: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(got, args, "{choice}");
+
+        let mut sb = b.clone();
+        sb["stream"] = json!(true);
+        let chunks = post_stream(a, CHAT, &sb);
+        let calls: Vec<&Value> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+            .flatten()
+            .collect();
+        assert_eq!(calls.len(), 1, "{choice}");
+        assert_eq!(calls[0]["function"]["name"], name, "{choice}");
+        assert_eq!(streamed_content(&chunks, "content"), "", "{choice}");
+        assert_eq!(
+            chunks.last().unwrap()["choices"][0]["finish_reason"],
+            "tool_calls",
+            "{choice}"
+        );
+    }
+
+    // A reply that does not continue the opening as JSON: no call, the text kept.
+    let r = post(a, CHAT, &body(json!("required"), None)).json();
+    let c = &r["choices"][0];
+    assert!(c["message"].get("tool_calls").is_none(), "{r}");
+    assert!(
+        c["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("<tool_call>"),
+        "{r}"
+    );
 }
 
 fn assert_error(r: &http::Response, status: u16, param: Option<&str>, what: &str) {
@@ -673,9 +759,8 @@ fn reply_of(r: &http::Response) -> Value {
     json!([v["choices"][0]["message"], v["choices"][0]["logprobs"]])
 }
 
-/// N clients at once get, each, exactly what the same request gets alone (bit for bit:
-/// without the prompt cache, whose reuse of a prefix computed in other passes moves logits
-/// in their last bits, see `prompt_cache_equals_fresh_prefill`).
+/// N clients at once get, each, exactly what the same request gets alone (bit for bit;
+/// without the prompt cache, so that every request prefills its whole prompt).
 #[test]
 fn concurrent_clients_equal_one_at_a_time() {
     const N: usize = 5;
@@ -716,40 +801,13 @@ fn completion(a: SocketAddr, prompt: &str) -> (Value, u64) {
     )
 }
 
-/// `a` and `b` are the same JSON but for numbers, which differ by at most `tol`.
-fn assert_close(a: &Value, b: &Value, tol: f64, what: &str) {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            assert!((x - y).abs() <= tol, "{what}: {x} against {y}");
-        }
-        (Value::Array(x), Value::Array(y)) => {
-            assert_eq!(x.len(), y.len(), "{what}: {a} against {b}");
-            for (x, y) in x.iter().zip(y) {
-                assert_close(x, y, tol, what);
-            }
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            assert!(x.keys().eq(y.keys()), "{what}: {a} against {b}");
-            for (k, x) in x {
-                assert_close(x, &y[k], tol, what);
-            }
-        }
-        _ => assert_eq!(a, b, "{what}"),
-    }
-}
-
-/// How far a log-probability may move when a prompt's prefix comes from the cache: the
-/// cached keys, values and recurrent states were computed in passes of other lengths
-/// (or by decode steps), whose kernels sum in another order than one prefill of the whole
-/// prompt, so logits agree to float rounding, not bit for bit. (Without the cache, the
-/// same request gives the same bits: `concurrent_clients_equal_one_at_a_time`.)
-const CACHE_TOL: f64 = 1e-4;
-
 /// Prompts sharing prefixes with earlier ones, on a server with the prompt cache and one
-/// without: the same tokens, log-probabilities equal to float rounding, and the cached
-/// lengths reported where the cache can serve them. `hybrid`: a model with recurrent
-/// states, where only a cached session holding exactly a prefix of the prompt serves.
+/// without: the same tokens and bit for bit the same log-probabilities (the cache keeps
+/// sessions at the end of their prompts, whose states prefill passes computed, and a
+/// prefill's results do not depend on how the prompt was split into passes), and the
+/// cached lengths reported where the cache can serve them. `hybrid`: a model with
+/// recurrent states, where only a cached session holding exactly a prefix of the prompt
+/// serves.
 fn prompt_cache_equals_fresh_prefill(hybrid: bool) {
     let name = if hybrid { "hybrid" } else { "kv" };
     let cached = server(model_dir(name, hybrid, false), |_| {});
@@ -761,27 +819,21 @@ fn prompt_cache_equals_fresh_prefill(hybrid: bool) {
     // The same prefix, another ending: a cut-back copy of the first session (KV only).
     let p2 = format!("{system}bovu bihi dadi");
     let (r2, c2) = completion(cached.local_addr(), &p2);
-    assert_close(
-        &r2,
-        &completion(fresh.local_addr(), &p2).0,
-        CACHE_TOL,
-        "diverging prompt",
+    assert_eq!(
+        r2,
+        completion(fresh.local_addr(), &p2).0,
+        "diverging prompt"
     );
     assert_eq!(c2, if hybrid { 0 } else { 24 });
-    // The first prompt, its reply and more: the first session as it is.
+    // The first prompt, its reply and more: the first session as it is, at the end of
+    // its prompt (26 tokens; the reply's tokens, run by decode steps, were not kept).
     let p3 = format!("{p1}{} bute bodi", r1[0].as_str().unwrap());
     let (r3, c3) = completion(cached.local_addr(), &p3);
-    assert_close(
-        &r3,
-        &completion(fresh.local_addr(), &p3).0,
-        CACHE_TOL,
-        "grown prompt",
-    );
-    // Its prompt (26) and 4 of its 5 reply tokens were run; the 5th was only sampled.
-    assert_eq!(c3, 30);
+    assert_eq!(r3, completion(fresh.local_addr(), &p3).0, "grown prompt");
+    assert_eq!(c3, 26);
     // Exactly the same prompt again: all but its last token (KV only).
     let (r4, c4) = completion(cached.local_addr(), &p3);
-    assert_close(&r4, &r3, CACHE_TOL, "the same prompt again");
+    assert_eq!(r4, r3, "the same prompt again");
     assert_eq!(c4, if hybrid { 0 } else { 32 });
     let hits = metric(
         cached.local_addr(),

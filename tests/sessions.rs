@@ -578,3 +578,91 @@ fn load_progress_is_reported_in_order() {
     want.push(LoadProgress::ExpertCache);
     assert_eq!(*seen.lock().unwrap(), want);
 }
+
+/// Whether two logits vectors are the same bit for bit; else the largest difference.
+fn same_bits(a: &[f32], b: &[f32]) -> Result<(), f32> {
+    if a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()) {
+        return Ok(());
+    }
+    Err(a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max))
+}
+
+/// Fixtures of every kind of layer: KV attention (float and MLX 2- to 6-bit experts, whose
+/// decode mat-vecs read 8+8-bit activations), latent attention (DeepSeek-V3), sliding
+/// windows with sinks (gpt-oss, float and MXFP4; window 5, and in a 2048-token session a
+/// ring cache), and the hybrid linear-attention families (float and MLX 4-bit).
+fn split_invariant_fixtures() -> Vec<std::path::PathBuf> {
+    let mut dirs = vec![
+        common::fixture("tiny_bf16"),
+        common::mlx_fixture("q4_g64"),
+        common::mlx_fixture("mixed_3_6"),
+    ];
+    dirs.extend(
+        common::qwen35_fixtures()
+            .into_iter()
+            .filter(|d| d.ends_with("q35_flat_f32") || d.ends_with("q35_mlx_4bit")),
+    );
+    dirs.extend(
+        common::deepseek_v3_fixtures()
+            .into_iter()
+            .filter(|d| d.ends_with("dsv3_hf_f32")),
+    );
+    dirs.extend(
+        common::gpt_oss_fixtures()
+            .into_iter()
+            .filter(|d| d.ends_with("oss_f32") || d.ends_with("oss_mxfp4")),
+    );
+    dirs
+}
+
+/// The prompt cache's premise: `prefill(a ++ b)` and `prefill(a); prefill(b)` (and more
+/// pieces) give bit for bit the same logits, for any split: a last piece of one token
+/// (which must not take the decode step's kernels), pieces of any length, splits on both
+/// sides of and across `MAX_PASS_TOKENS`-token passes. A decode step after either gives
+/// the same logits too (the states are the same).
+#[test]
+fn prefill_in_pieces_gives_the_logits_of_one_prefill() {
+    let big = moestream::session::MAX_PASS_TOKENS + 88;
+    for dir in split_invariant_fixtures() {
+        let case = dir.display().to_string();
+        let model = Model::open(&dir).unwrap();
+        let ids = walk(&model, big + 1, 7);
+        // gpt-oss's window-5 layers keep a ring of their keys in a long session.
+        let ctx = if case.contains("oss") { 2048 } else { big + 1 };
+        for (len, cuts) in [
+            (20, vec![vec![19], vec![1], vec![7], vec![5, 6, 19]]),
+            (
+                big,
+                vec![
+                    vec![big - 1],
+                    vec![moestream::session::MAX_PASS_TOKENS],
+                    vec![100, 530],
+                ],
+            ),
+        ] {
+            let mut whole = model.session(ctx).unwrap();
+            let want = whole.prefill(&ids[..len]).unwrap();
+            let want_step = whole.step(ids[len]).unwrap();
+            for cuts in cuts {
+                let mut s = model.session(ctx).unwrap();
+                let mut from = 0;
+                let mut got = Vec::new();
+                for to in cuts.iter().copied().chain([len]) {
+                    got = s.prefill(&ids[from..to]).unwrap();
+                    from = to;
+                }
+                if let Err(d) = same_bits(&got, &want) {
+                    panic!("{case}: {len} tokens cut at {cuts:?}: logits differ by up to {d}");
+                }
+                let step = s.step(ids[len]).unwrap();
+                if let Err(d) = same_bits(&step, &want_step) {
+                    panic!("{case}: {len} tokens cut at {cuts:?}: the next step differs by {d}");
+                }
+            }
+        }
+    }
+}

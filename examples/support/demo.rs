@@ -132,37 +132,6 @@ impl Interrupt {
     }
 }
 
-/// A byte count as people write it: `8G`, `512M`, `1.5GiB`, `4000000000`, `64k` (K, M, G,
-/// T in powers of 1024, with or without `B` / `iB`; a plain number is bytes), for clap's
-/// `value_parser`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 8G, 512M, 4000000000)"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {s:?} (K, M, G or T)"
-            ))
-        }
-    };
-    let bytes = value * scale as f64;
-    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
-        return Err(format!("{s:?} is not a usable size"));
-    }
-    Ok(bytes as u64)
-}
-
 /// Checks that a `--model` folder exists, for a plain message instead of a file error.
 pub fn check_model_dir(dir: &Path) -> moestream::Result<()> {
     if dir.is_dir() {

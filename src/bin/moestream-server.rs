@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use moestream::server::{parse_size, ServerConfig, ServerHandle};
+use moestream::server::{ServerConfig, ServerHandle};
+use moestream::units::ByteSize;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,8 +28,8 @@ struct Args {
     served_model_name: Option<String>,
     /// Expert-cache budget: bytes, or with a unit (8G, 512M; default: 2 GiB for --model,
     /// a quarter of the experts for the demo).
-    #[arg(long, value_parser = parse_size)]
-    expert_cache_bytes: Option<u64>,
+    #[arg(long)]
+    expert_cache_bytes: Option<ByteSize>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -45,8 +46,8 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     max_queue: usize,
     /// GPU memory the prompt cache keeps finished requests' states in (0: off).
-    #[arg(long, value_parser = parse_size, default_value = "2G")]
-    prompt_cache_bytes: u64,
+    #[arg(long, default_value = "2G")]
+    prompt_cache_bytes: ByteSize,
     /// Keep KV caches in f16 (half the memory per token).
     #[arg(long)]
     kv_f16: bool,
@@ -56,12 +57,12 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let mut config = ServerConfig::new(args.model.clone());
     config.model_id = args.served_model_name;
-    config.expert_cache_bytes = args.expert_cache_bytes;
+    config.expert_cache_bytes = args.expert_cache_bytes.map(u64::from);
     config.addr = SocketAddr::new(args.host, args.port);
     config.max_context = args.max_context;
     config.max_concurrent = args.max_concurrent.max(1);
     config.max_queue = args.max_queue;
-    config.prompt_cache_bytes = args.prompt_cache_bytes;
+    config.prompt_cache_bytes = args.prompt_cache_bytes.bytes();
     config.kv_f16 = args.kv_f16;
     config.stop_on_signal = true;
     if args.model.is_none() {

@@ -34,7 +34,7 @@ impl Pass<'_> {
         let q_rows = nh * q_head_stride;
         let (qb, kb, vb, q_stride, kv_stride, offs) = match &a.qkv {
             Qkv::Fused { w, bias } => {
-                self.linear(w, self.input(w, n, h), &s.qkv, bias.as_ref(), None);
+                self.linear(w, self.input(w, h), &s.qkv, bias.as_ref(), None);
                 let row = q_rows + 2 * kvd;
                 (&s.qkv, &s.qkv, &s.qkv, row, row, [0, q_rows, q_rows + kvd])
             }
@@ -46,9 +46,9 @@ impl Pass<'_> {
                 k_bias,
                 v_bias,
             } => {
-                self.linear(q, self.input(q, n, h), &s.q, q_bias.as_ref(), None);
-                self.linear(k, self.input(k, n, h), &s.k, k_bias.as_ref(), None);
-                self.linear(v, self.input(v, n, h), &s.v, v_bias.as_ref(), None);
+                self.linear(q, self.input(q, h), &s.q, q_bias.as_ref(), None);
+                self.linear(k, self.input(k, h), &s.k, k_bias.as_ref(), None);
+                self.linear(v, self.input(v, h), &s.v, v_bias.as_ref(), None);
                 (&s.q, &s.k, &s.v, q_rows, kvd, [0, 0, 0])
             }
         };
@@ -116,7 +116,8 @@ impl Pass<'_> {
         }
         // As transformers: `head_dim ** -0.5` in double precision, rounded to f32.
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
-        let split = n == 1 && hd % 4 == 0;
+        // (A prefill pass of one token takes the prefill kernels too: `Pass::decode`.)
+        let split = self.decode && hd % 4 == 0;
         // The merge of a decode step writes its output interleaved for a quantized o_proj.
         // (The output gate multiplies the natural layout in place.)
         let o_layout = if split
@@ -193,7 +194,11 @@ impl Pass<'_> {
             );
         } else {
             // Prefill: 16 queries per workgroup (heads read as vec4s); else one per query.
-            let (kernel, groups) = if n > 1 && hd % 4 == 0 {
+            // Whichever queries share a workgroup, a query's tiles of keys start at a
+            // multiple of 64 (key 0, or a sliding window's start rounded down; a ring's
+            // shift is a multiple of 64 too) and the keys outside its window add exact
+            // zeros, so its result does not depend on the pass (`Pass::decode`).
+            let (kernel, groups) = if hd % 4 == 0 {
                 (
                     Kernel::AttentionTiled,
                     kernels::attention_tiled_groups(nh as u32, n as u32),

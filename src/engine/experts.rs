@@ -63,8 +63,10 @@ impl Pass<'_> {
         // when the down projection is quantized too.
         let gate_up_mx = matches!(kernels.gate_up, GateUpSlot::Quant { code: Some(_), .. });
         let x_layout = match quant {
-            Some(_) if gate_up_mx && interleaves(self.n, cfg.hidden_size) => XLayout::Interleaved,
-            Some((bits, _)) if interleaves(self.n, cfg.hidden_size) => {
+            Some(_) if gate_up_mx && interleaves(self.decode, cfg.hidden_size) => {
+                XLayout::Interleaved
+            }
+            Some((bits, _)) if interleaves(self.decode, cfg.hidden_size) => {
                 XLayout::for_bits(bits, self.m.f32_activations)
             }
             _ => XLayout::Natural,

@@ -28,7 +28,7 @@ impl Pass<'_> {
         let ((conv_in, state_in), (conv, state)) = self.state.recurrent(l)?;
         let fresh = u32::from(self.pos0 == 0);
         self.rmsnorm(&s.x, input_norm, &s.xn, n, h, 0);
-        self.linear(&a.proj, self.input(&a.proj, n, h), &s.la_proj, None, None);
+        self.linear(&a.proj, self.input(&a.proj, h), &s.la_proj, None, None);
         let (ch, vw, hv) = (spec.conv_channels(), spec.value_width(), spec.value_heads);
         let stride = spec.projection_rows() as u32;
         // As transformers: `1 / sqrt(Dk)` in double precision, rounded to f32.
@@ -49,7 +49,7 @@ impl Pass<'_> {
         .with_consts(a.at.a_log as u32, a.at.dt_bias as u32);
         // A decode step runs the convolution inside the delta-rule dispatch (one dependency
         // level less per layer); a prefill runs it as its own dispatch over all tokens.
-        let delta_p = if n == 1 {
+        let delta_p = if self.decode {
             delta_p.with_conv(spec.conv_kernel as u32, 0)?
         } else {
             let conv_p = Conv1dSiluParams {

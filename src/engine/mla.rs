@@ -157,7 +157,7 @@ impl Pass<'_> {
         self.rmsnorm(&s.x, input_norm, &s.xn, n, h, 0);
         // Both projections of the normed input before the q norm overwrites its other
         // layouts (xi, xq).
-        let kv_in = self.input(&a.kv_a, n, h);
+        let kv_in = self.input(&a.kv_a, h);
         self.linear(&a.kv_a, kv_in, &s.lat_kv, a.kv_a_bias.as_ref(), None);
         match &a.q {
             MlaQuery::LowRank {
@@ -167,12 +167,12 @@ impl Pass<'_> {
                 b,
             } => {
                 let ql = qa.rows;
-                let qa_in = self.input(qa, n, h);
+                let qa_in = self.input(qa, h);
                 self.linear(qa, qa_in, &s.lat_q, a_bias.as_ref(), None);
                 self.rmsnorm_eps(&s.lat_q, norm, &s.lat_qn, n, ql, LATENT_EPS);
                 let b_in = match b.format {
                     WeightFormat::Affine(_) | WeightFormat::Mxfp4 | WeightFormat::Fp8Block
-                        if interleaves(n, ql) =>
+                        if interleaves(self.decode, ql) =>
                     {
                         let layout = match b.format {
                             WeightFormat::Affine(q) => {
@@ -187,7 +187,7 @@ impl Pass<'_> {
                 self.linear(b, b_in, &s.q, None, None);
             }
             MlaQuery::Full(q) => {
-                let q_in = self.input(q, n, h);
+                let q_in = self.input(q, h);
                 self.linear(q, q_in, &s.q, None, None);
             }
         }
@@ -224,7 +224,7 @@ impl Pass<'_> {
         // A decode step splits the keys into ranges (many workgroups per head), merged
         // by the kernel of the other attention layers; a prefill takes a workgroup per
         // (head, query).
-        let (chunk, splits) = if n == 1 {
+        let (chunk, splits) = if self.decode {
             kernels::attention_splits(self.pos0 as u32 + 1, nh as u32)
         } else {
             (0, 0)

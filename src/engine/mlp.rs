@@ -32,8 +32,8 @@ impl Pass<'_> {
         let s = self.s;
         let (h, n) = (self.m.cfg.hidden_size, self.n);
         let DenseMlp { gate, up, down } = mlp;
-        self.linear(gate, self.input(gate, n, h), &s.mlp_g, None, None);
-        self.linear(up, self.input(up, n, h), &s.mlp_u, None, None);
+        self.linear(gate, self.input(gate, h), &s.mlp_g, None, None);
+        self.linear(up, self.input(up, h), &s.mlp_u, None, None);
         let len = n * gate.rows;
         let p = SwiGluParams {
             n: len as u32,

@@ -12,22 +12,31 @@ use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{MoeCombineParams, MoeRouteParams, RouterParams, SharedSwiGluParams};
 use crate::gpu::GpuVec;
 
-/// Average assignments per expert of a pass from which quantized experts run as tiled
-/// mat-mats (`kernels/moe_*_qmm.wgsl`): on the H200, 64-token prefills of Qwen3-30B-A3B
-/// (4 per expert) are faster with per-assignment mat-vecs, 512-token ones (32) 2x faster
-/// tiled.
+/// Average assignments per expert of a prefill pass below which
+/// [`EXPERT_MATVECS_ENV`] brings back the per-assignment mat-vecs.
 const TILED_EXPERT_ASSIGNMENTS: usize = 8;
+
+/// Environment variable (`1`) that brings back, for measuring, the choice made before
+/// prefill was split-invariant: per-assignment expert mat-vecs in prefill passes with
+/// fewer than [`TILED_EXPERT_ASSIGNMENTS`] assignments per expert on average. Results
+/// then depend on how a prompt is split into passes. (`cargo bench --bench prefill`.)
+const EXPERT_MATVECS_ENV: &str = "MOESTREAM_PREFILL_EXPERT_MATVECS";
+
+fn expert_matvecs_env() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(EXPERT_MATVECS_ENV).is_some_and(|v| v == "1"))
+}
 
 impl<'a> Pass<'a> {
     /// `x = h + routed experts (+ the gated shared expert)` over the normalized rows.
     pub(crate) fn moe(&mut self, l: usize, moe: &Moe) -> Result<()> {
         let s = self.s;
-        let (h, n) = (self.m.cfg.hidden_size, self.n);
+        let h = self.m.cfg.hidden_size;
         // The router's logits (and, as its last row, the shared expert's gate logit).
         let router = &moe.router;
         self.linear(
             router,
-            self.input(router, n, h),
+            self.input(router, h),
             &s.router_logits,
             moe.router_bias.as_ref(),
             None,
@@ -57,7 +66,7 @@ impl<'a> Pass<'a> {
         // The gate logits: their buffer, floats per token, offset in a token's row.
         let (sg, s_stride, s_offset) = match &sh.gate {
             Some(gate) => {
-                self.linear(gate, self.input(gate, n, h), &s.shared_g, None, None);
+                self.linear(gate, self.input(gate, h), &s.shared_g, None, None);
                 (&s.shared_g, 1, 0)
             }
             None => (&s.router_logits, moe.router.rows, moe.spec.experts),
@@ -65,12 +74,12 @@ impl<'a> Pass<'a> {
         let inter = sh.down.cols;
         let (gb, ub, gs, go, us, uo) = match &sh.gate_up {
             GateUp::Fused(gu) => {
-                self.linear(gu, self.input(gu, n, h), &s.shared_gu, None, None);
+                self.linear(gu, self.input(gu, h), &s.shared_gu, None, None);
                 (&s.shared_gu, &s.shared_gu, 2 * inter, 0, 2 * inter, inter)
             }
             GateUp::Separate { gate, up } => {
-                self.linear(gate, self.input(gate, n, h), &s.mlp_g, None, None);
-                self.linear(up, self.input(up, n, h), &s.mlp_u, None, None);
+                self.linear(gate, self.input(gate, h), &s.mlp_g, None, None);
+                self.linear(up, self.input(up, h), &s.mlp_u, None, None);
                 (&s.mlp_g, &s.mlp_u, inter, 0, inter, 0)
             }
         };
@@ -202,12 +211,16 @@ impl<'a> Pass<'a> {
         let mut route = vec![0u32; n * kk];
         let mut pairs: Vec<u32> = Vec::with_capacity(2 * n * kk);
         let mut aw: Vec<f32> = Vec::with_capacity(n * kk);
-        // Quantized experts with 8 or more assignments each on average: mat-mat kernels over
-        // tiles of each expert's assignments (one weight read per tile of up to 32 instead
-        // of one per assignment; with fewer, the per-assignment mat-vecs are faster).
-        let tiled = n * k >= TILED_EXPERT_ASSIGNMENTS * ne
+        // Quantized experts in a prefill pass: mat-mat kernels over tiles of each expert's
+        // assignments (one weight read per tile of up to 32 instead of one per assignment).
+        // A token's rows come out of the tiled kernels with the same sums whichever tile it
+        // shares, but not with the mat-vecs' sums, so every prefill pass takes them,
+        // however few its assignments (`Pass::decode`; what that costs short passes:
+        // docs/performance.md, "Split-invariant prefill", and `EXPERT_MATVECS_ENV`).
+        let tiled = !self.decode
             && kernels.gate_up.quant().is_some()
-            && kernels.down.quant().is_some();
+            && kernels.down.quant().is_some()
+            && !(expert_matvecs_env() && n * k < TILED_EXPERT_ASSIGNMENTS * ne);
         let mut tiles: Vec<u32> = Vec::new();
         let mut state = cache.lock();
         let group_size = state.policy.slots();

@@ -55,11 +55,11 @@ impl Scratch {
     }
 }
 
-/// Whether a normalization of `rows` rows of `len` values also writes its row in the
-/// interleaved layout (`kernels/include/interleave.wgsl`): decode rows whose length the
-/// layout allows.
-pub(crate) fn interleaves(rows: usize, len: usize) -> bool {
-    rows == 1 && len % 32 == 0
+/// Whether a normalization of `len` values also writes its row in the interleaved layout
+/// (`kernels/include/interleave.wgsl`): a `vector` row (the one row of a decode step, or
+/// the row the logits are read from) whose length the layout allows.
+pub(crate) fn interleaves(vector: bool, len: usize) -> bool {
+    vector && len % 32 == 0
 }
 
 /// The state one forward pass works on.
@@ -73,6 +73,15 @@ pub(crate) struct Pass<'a> {
     pub n: usize,
     /// Position of the first token.
     pub pos0: usize,
+    /// A decode step: its one token runs through the mat-vec kernels (and their
+    /// interleaved or 8+8-bit input rows), the split attention and the fused decode
+    /// kernels. Otherwise a prefill pass, which runs the mat-mat kernels, the tiled
+    /// attention and the tiled expert kernels whatever its length (one token included):
+    /// every kernel of a prefill pass computes each token's row with the same sums in the
+    /// same order whichever other tokens share the pass, so that a prompt's states and
+    /// logits do not depend on how it was split into passes (the prompt cache relies on
+    /// it). Only the logits row at the end of a pass is always a vector row.
+    pub decode: bool,
     pub stats: CacheStats,
     /// (token, expert) routing choices made so far.
     pub experts_routed: u64,
@@ -118,7 +127,8 @@ impl<'a> Pass<'a> {
     }
 
     /// y = x W^T (+ bias) (+ resid) for `self.n` tokens, x in layout `x.1` (other than
-    /// natural only for a quantized `w` and one token, see [`Pass::input`]).
+    /// natural only for a quantized `w` and a decode step, see [`Pass::input`]): mat-vecs
+    /// for a decode step, mat-mats for a prefill pass ([`Pass::decode`]).
     pub(crate) fn linear(
         &mut self,
         w: &GpuMatrix,
@@ -127,32 +137,35 @@ impl<'a> Pass<'a> {
         bias: Option<&GpuVec>,
         resid: Option<&wgpu::Buffer>,
     ) {
-        self.linear_n(w, x, y, bias, resid, self.n);
+        self.linear_n(w, x, y, bias, resid, self.n, self.decode);
     }
 
-    /// The input of a mat-vec by `w` normalized by [`Pass::rmsnorm`] over `rows` rows of
-    /// `len` values: when the norm wrote the other layouts and `w` is quantized, the
-    /// 8+8-bit copy `xq` for 2- to 6-bit weights (integer dot products) or the interleaved
-    /// copy `xi` (fewer cache lines per load); else `xn`.
-    pub(crate) fn input(
-        &self,
-        w: &GpuMatrix,
-        rows: usize,
-        len: usize,
-    ) -> (&'a wgpu::Buffer, XLayout) {
+    /// The input of a linear map by `w` of the pass's rows of `len` values normalized by
+    /// [`Pass::rmsnorm`]: in a decode step, where the norm wrote the other layouts and `w`
+    /// is quantized, the 8+8-bit copy `xq` for 2- to 6-bit weights (integer dot products)
+    /// or the interleaved copy `xi` (fewer cache lines per load); else `xn`.
+    pub(crate) fn input(&self, w: &GpuMatrix, len: usize) -> (&'a wgpu::Buffer, XLayout) {
+        self.input_of(w, self.decode, len)
+    }
+
+    /// [`Pass::input`] of a `vector` row or of the pass's rows.
+    fn input_of(&self, w: &GpuMatrix, vector: bool, len: usize) -> (&'a wgpu::Buffer, XLayout) {
         match w.format {
-            WeightFormat::Affine(q) if interleaves(rows, len) => {
+            WeightFormat::Affine(q) if interleaves(vector, len) => {
                 let layout = XLayout::for_bits(q.bits, self.m.f32_activations);
                 (self.s.row_in(layout), layout)
             }
             // MXFP4 and FP8 codes are not spread for integer dot products: f32 rows.
-            WeightFormat::Mxfp4 | WeightFormat::Fp8Block if interleaves(rows, len) => {
+            WeightFormat::Mxfp4 | WeightFormat::Fp8Block if interleaves(vector, len) => {
                 (self.s.row_in(XLayout::Interleaved), XLayout::Interleaved)
             }
             _ => (&self.s.xn, XLayout::Natural),
         }
     }
 
+    /// [`Pass::linear`] of `n` rows: by the mat-vec kernels for a `vector` row (n = 1),
+    /// else by the mat-mat kernels.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear_n(
         &mut self,
         w: &GpuMatrix,
@@ -161,11 +174,13 @@ impl<'a> Pass<'a> {
         bias: Option<&GpuVec>,
         resid: Option<&wgpu::Buffer>,
         n: usize,
+        vector: bool,
     ) {
         let dummy = &self.m.gpu.dummy;
+        debug_assert!(!vector || n == 1);
         debug_assert!(
             layout == XLayout::Natural
-                || (n == 1
+                || (vector
                     && matches!(
                         w.format,
                         WeightFormat::Affine(_) | WeightFormat::Mxfp4 | WeightFormat::Fp8Block
@@ -190,7 +205,7 @@ impl<'a> Pass<'a> {
             ];
             let (r, c, r0) = (*rows as u32, w.cols as u32, *row0 as u32);
             match w.format {
-                WeightFormat::Float(dt) if n == 1 => {
+                WeightFormat::Float(dt) if vector => {
                     let p = MatVecParams {
                         rows: r,
                         cols: c,
@@ -224,7 +239,7 @@ impl<'a> Pass<'a> {
                     let parts = w.format.parts(*rows, w.cols);
                     let (sw, bw) = ((parts.scales.0 / 4) as u32, (parts.biases.0 / 4) as u32);
                     let (code, quant) = quant_constants(w.format);
-                    if n == 1 {
+                    if vector {
                         let team = self.m.gpu.qmatvec_team(*rows, w.cols);
                         let rpt = kernels::qmatvec_rows_per_team(r);
                         // The weights again as words (`ws`, include/qblock.wgsl).
@@ -287,9 +302,10 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// RMSNorm of `rows` rows of `len` values of x (from `x_offset`) into y; a single row
-    /// of a multiple of 32 values is also written interleaved into `xi` ([`interleaves`])
-    /// and, unless the model keeps f32 activations, in 8+8-bit blocks into `xq`.
+    /// RMSNorm of `rows` rows of `len` values of x (from `x_offset`) into y; a decode
+    /// step's row of a multiple of 32 values is also written interleaved into `xi`
+    /// ([`interleaves`]) and, unless the model keeps f32 activations, in 8+8-bit blocks
+    /// into `xq`.
     pub(crate) fn rmsnorm(
         &mut self,
         x: &wgpu::Buffer,
@@ -300,7 +316,8 @@ impl<'a> Pass<'a> {
         x_offset: usize,
     ) {
         let eps = self.m.cfg.rms_norm_eps;
-        self.rmsnorm_at(x, w, y, rows, len, x_offset, eps);
+        let vector = self.decode && rows == 1;
+        self.rmsnorm_at(x, w, y, rows, len, x_offset, eps, vector);
     }
 
     /// [`Pass::rmsnorm`] with its own epsilon (DeepSeek-V3's latent norms).
@@ -313,7 +330,8 @@ impl<'a> Pass<'a> {
         len: usize,
         eps: f32,
     ) {
-        self.rmsnorm_at(x, w, y, rows, len, 0, eps);
+        let vector = self.decode && rows == 1;
+        self.rmsnorm_at(x, w, y, rows, len, 0, eps, vector);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -326,8 +344,9 @@ impl<'a> Pass<'a> {
         len: usize,
         x_offset: usize,
         eps: f32,
+        vector: bool,
     ) {
-        let il = interleaves(rows, len);
+        let il = interleaves(vector, len);
         // The 8+8-bit row only for models whose mat-vecs read it (`XLayout::for_bits`).
         let q8 = il && !self.m.f32_activations;
         let dummy = &self.m.gpu.dummy;
@@ -411,9 +430,22 @@ impl<'a> Pass<'a> {
         let w = &self.m.weights;
         let h = self.m.cfg.hidden_size;
         let v = self.m.cfg.vocab_size;
-        self.rmsnorm(&s.x, &w.final_norm, &s.xn, 1, h, (self.n - 1) * h);
+        // The last row only, as a vector row in every pass (the same kernels after a
+        // prefill pass of any length and after a decode step).
+        let eps = self.m.cfg.rms_norm_eps;
+        self.rmsnorm_at(
+            &s.x,
+            &w.final_norm,
+            &s.xn,
+            1,
+            h,
+            (self.n - 1) * h,
+            eps,
+            true,
+        );
         let head = w.lm_head();
-        self.linear_n(head, self.input(head, 1, h), &s.logits, None, None, 1);
+        let x = self.input_of(head, true, h);
+        self.linear_n(head, x, &s.logits, None, None, 1, true);
         let mut parts = Vec::with_capacity(extra.len() + 1);
         if let Some(n) = top {
             let groups = kernels::topk_groups(v as u32);

@@ -35,7 +35,8 @@ pub(crate) enum LayerState {
 }
 
 /// The KV cache of a sliding-window layer that keeps only the keys its window can still
-/// see: `cap` = window + the most tokens a pass takes - 1 positions, each written twice
+/// see: `cap` = window + the most tokens a pass takes - 1 positions (rounded up to a
+/// multiple of 64, [`ring_cap`]), each written twice
 /// (rows `p % cap` and `p % cap + cap`, [`Kernel::HeadNormRope`]'s `ring`). The keys a
 /// pass reads (from its first query's window start `lo` to its last token) are then
 /// contiguous rows from position `shift = cap * (lo / cap)`, which the pass subtracts from
@@ -48,6 +49,18 @@ pub(crate) struct KvRing {
     pub cap: usize,
     /// The layer's window.
     pub window: usize,
+}
+
+/// The positions a sliding-window ring holds: the window and the most tokens a pass takes
+/// less one, rounded up to a multiple of the tiled attention's 64 keys per tile, so that
+/// every shift is one too and a query's tiles hold the same positions in every pass
+/// (`kernels/attention_tiled.wgsl`; split-invariant prefill, [`Pass::decode`]).
+///
+/// [`Pass::decode`]: super::pass::Pass::decode
+fn ring_cap(window: usize, max_context: usize) -> usize {
+    window
+        .saturating_add(MAX_PASS_TOKENS.min(max_context) - 1)
+        .next_multiple_of(64)
 }
 
 impl KvRing {
@@ -155,7 +168,7 @@ impl SessionLayout {
                     let ring = a
                         .sliding_window
                         .map(|window| KvRing {
-                            cap: window.saturating_add(MAX_PASS_TOKENS.min(max_context) - 1),
+                            cap: ring_cap(window, max_context),
                             window,
                         })
                         .filter(|r| r.cap.saturating_mul(2) < max_context);

@@ -204,18 +204,19 @@ impl ModelBuilder {
         self
     }
 
-    /// Runs prefill's quantized dense mat-mats on cooperative matrices (tensor cores:
-    /// wgpu's experimental `EXPERIMENTAL_COOPERATIVE_MATRIX`, 16x16x16 tiles of f16 summed
-    /// in f32) where the adapter has them with a subgroup size of 32
+    /// Runs prefill's quantized mat-mats (the dense projections and the experts) on
+    /// cooperative matrices (tensor cores: wgpu's experimental
+    /// `EXPERIMENTAL_COOPERATIVE_MATRIX`, 16x16x16 tiles of f16 summed in f32) where the
+    /// adapter has them with a subgroup size of 32
     /// ([`AdapterSummary::cooperative_matrices`] says whether they are in use). Their
-    /// inputs (activations and dequantized weights) are rounded to f16: on an H100 the
-    /// mat-mats of a 512-token prefill of the Qwen3-30B-A3B shape run 2.3x faster (the
-    /// prefill 1.2x), while logits move by up to ~3e-2 on the test models, more than the
-    /// conformance tolerance against HF transformers; so it is off by default. Decode
-    /// steps are unchanged. Without this call, `MOESTREAM_COOPERATIVE_MATRICES=1` turns
-    /// it on. Ignored on adapters without cooperative matrices; with
-    /// [`wgpu_device`](Self::wgpu_device), the device must have been created with the
-    /// `EXPERIMENTAL_COOPERATIVE_MATRIX` and `SHADER_F16` features.
+    /// inputs (activations and dequantized weights) are rounded to f16: on an H100 a
+    /// 512-token prefill of the Qwen3-30B-A3B shape runs ~1.8x faster (docs/performance.md),
+    /// while logits move by up to ~3e-2 on the test models, more than the conformance
+    /// tolerance against HF transformers; so it is off by default. Prefill stays
+    /// split-invariant with it; decode steps are unchanged. Without this call,
+    /// `MOESTREAM_COOPERATIVE_MATRICES=1` turns it on. Ignored on adapters without
+    /// cooperative matrices; with [`wgpu_device`](Self::wgpu_device), the device must have
+    /// been created with the `EXPERIMENTAL_COOPERATIVE_MATRIX` and `SHADER_F16` features.
     ///
     /// [`AdapterSummary::cooperative_matrices`]: crate::adapter::AdapterSummary::cooperative_matrices
     pub fn f16_prefill(mut self, yes: bool) -> Self {

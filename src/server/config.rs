@@ -1,4 +1,4 @@
-//! What a server runs and how: [`ServerConfig`], and the byte sizes its flags take.
+//! What a server runs and how: [`ServerConfig`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,54 +64,5 @@ impl ServerConfig {
             model,
             ..Self::default()
         }
-    }
-}
-
-/// A byte count as people write it: `8G`, `512M`, `1.5GiB`, `4000000000`, `64k` (K, M, G,
-/// T in powers of 1024, with or without `B` / `iB`; a plain number is bytes); `0` is
-/// allowed (e.g. to turn the prompt cache off).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 8G, 512M, 4000000000)"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {s:?} (K, M, G or T)"
-            ))
-        }
-    };
-    let bytes = value * scale as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("{s:?} is not a usable size"));
-    }
-    Ok(bytes as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes_with_units() {
-        assert_eq!(parse_size("8G"), Ok(8 << 30));
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
-        assert_eq!(parse_size("64k"), Ok(64 << 10));
-        assert_eq!(parse_size("4000000000"), Ok(4_000_000_000));
-        assert_eq!(parse_size("0"), Ok(0));
-        assert!(parse_size("8X").is_err());
-        assert!(parse_size("G").is_err());
-        assert!(parse_size("-1G").is_err());
     }
 }

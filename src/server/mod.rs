@@ -39,7 +39,7 @@ mod routes;
 mod state;
 mod worker;
 
-pub use config::{parse_size, ServerConfig};
+pub use config::ServerConfig;
 
 /// A running server: its address, and the way to stop it. Dropping it stops the server
 /// too.

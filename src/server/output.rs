@@ -10,6 +10,48 @@ const THINK_CLOSE: &str = "</think>";
 const TOOL_OPEN: &str = "<tool_call>";
 const TOOL_CLOSE: &str = "</tool_call>";
 
+/// A tool call the reply must make (`tool_choice: "required"`, or a named function):
+/// enforced without a grammar, as local servers commonly do, by ending the prompt with the
+/// opening of a call in the Qwen family's format (the format [`OutputParser`] reads), which
+/// the model then continues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ForcedCall {
+    /// Some call (`"required"`): the prompt ends with `<tool_call>\n`.
+    Any,
+    /// A call of this function: the prompt ends with
+    /// `<tool_call>\n{"name": "NAME", "arguments": `.
+    Named(String),
+}
+
+impl ForcedCall {
+    /// The text of the call that the prompt ends with, after `<tool_call>`.
+    pub fn body_start(&self) -> String {
+        match self {
+            ForcedCall::Any => "\n".into(),
+            ForcedCall::Named(name) => {
+                let quoted = serde_json::to_string(name).unwrap_or_else(|_| format!("{name:?}"));
+                format!("\n{{\"name\": {quoted}, \"arguments\": ")
+            }
+        }
+    }
+
+    /// What to append to a rendered chat prompt (which ends with the assistant's
+    /// generation prompt) so that the reply starts inside the call. A prompt that ends
+    /// inside a `<think>` block the template opened (reasoning models) gets that block
+    /// closed empty first, as Qwen's templates render a turn without reasoning
+    /// (`<think>\n\n</think>\n\n`): a forced call is made without reasoning.
+    pub fn prompt_suffix(&self, prompt: &str) -> String {
+        let close = if !prompt.trim_end().ends_with(THINK_OPEN) {
+            ""
+        } else if prompt.ends_with('\n') {
+            "\n</think>\n\n"
+        } else {
+            "\n\n</think>\n\n"
+        };
+        format!("{close}{TOOL_OPEN}{}", self.body_start())
+    }
+}
+
 /// A tool call found in the output.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ToolCall {
@@ -58,6 +100,19 @@ impl OutputParser {
             },
             buf: String::new(),
             tools,
+            content_started: false,
+        }
+    }
+
+    /// A parser of a reply that continues the opening of a forced tool call (the
+    /// prompt ended with `<tool_call>` and `body_start`, [`ForcedCall::prompt_suffix`]):
+    /// the reply's text is read as the rest of that call, then as content (and more calls)
+    /// as usual.
+    pub fn in_tool_call(body_start: &str) -> Self {
+        OutputParser {
+            mode: Mode::Tool,
+            buf: body_start.to_string(),
+            tools: true,
             content_started: false,
         }
     }
@@ -240,8 +295,13 @@ impl Parsed {
 }
 
 /// Splits a whole reply.
+#[cfg(test)]
 pub(crate) fn parse_all(text: &str, in_reasoning: bool, tools: bool) -> Parsed {
-    let mut p = OutputParser::new(in_reasoning, tools);
+    parse_with(OutputParser::new(in_reasoning, tools), text)
+}
+
+/// Splits a whole reply with `p` (a new parser).
+pub(crate) fn parse_with(mut p: OutputParser, text: &str) -> Parsed {
     let mut parsed = Parsed::default();
     parsed.add(p.push(text));
     parsed.add(p.finish());
@@ -323,6 +383,81 @@ mod tests {
         assert_eq!(whole.reasoning.as_deref(), Some("a < b"));
         assert_eq!(whole.content.as_deref(), Some("x <tool  y <thi"));
         assert_eq!(whole.tool_calls, vec![call("f", "{\"k\":1}")]);
+    }
+
+    /// The prompt ends with a forced call's opening (after the template's generation
+    /// prompt; a `<think>` it opened is closed empty first), and a reply that continues
+    /// it well is a call, whole and streamed; one that does not stays text.
+    #[test]
+    fn a_forced_tool_call_continues_the_prompt() {
+        let any = ForcedCall::Any;
+        let named = ForcedCall::Named("get_weather".into());
+        let gen = "<|im_start|>assistant\n";
+        assert_eq!(any.prompt_suffix(gen), "<tool_call>\n");
+        assert_eq!(
+            named.prompt_suffix(gen),
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
+        );
+        assert_eq!(
+            any.prompt_suffix("<|im_start|>assistant\n<think>\n"),
+            "\n</think>\n\n<tool_call>\n"
+        );
+        assert_eq!(
+            any.prompt_suffix("<|im_start|>assistant\n<think>"),
+            "\n\n</think>\n\n<tool_call>\n"
+        );
+        // A closed think block (thinking turned off) stays as it is.
+        assert_eq!(
+            any.prompt_suffix("<|im_start|>assistant\n<think>\n\n</think>\n\n"),
+            "<tool_call>\n"
+        );
+        // Names are JSON strings.
+        assert_eq!(
+            ForcedCall::Named("a\"b".into()).body_start(),
+            "\n{\"name\": \"a\\\"b\", \"arguments\": "
+        );
+
+        let cases = [
+            (
+                &any,
+                "{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>",
+                call("get_time", "{}"),
+            ),
+            (
+                &named,
+                "{\"city\": \"Paris\"}}\n</tool_call>",
+                call("get_weather", "{\"city\":\"Paris\"}"),
+            ),
+            // Cut short of the closing tag, but whole JSON.
+            (
+                &named,
+                "{\"city\": \"Rome\"}}",
+                call("get_weather", "{\"city\":\"Rome\"}"),
+            ),
+        ];
+        for (forced, reply, want) in cases {
+            let whole = parse_with(OutputParser::in_tool_call(&forced.body_start()), reply);
+            assert_eq!(whole.tool_calls, vec![want.clone()], "{reply}");
+            assert_eq!(whole.content, None, "{reply}");
+            let mut p = OutputParser::in_tool_call(&forced.body_start());
+            let mut parsed = Parsed::default();
+            for c in reply.chars() {
+                parsed.add(p.push(&c.to_string()));
+            }
+            parsed.add(p.finish());
+            assert_eq!(parsed.trimmed(), whole, "{reply}");
+        }
+        // A second call after the forced one, then text.
+        let p = parse_with(
+            OutputParser::in_tool_call(&any.body_start()),
+            "{\"name\": \"a\"}</tool_call>\n<tool_call>{\"name\": \"b\"}</tool_call> done",
+        );
+        assert_eq!(p.tool_calls, vec![call("a", "{}"), call("b", "{}")]);
+        assert_eq!(p.content.as_deref(), Some("done"));
+        // Not JSON: the opening and the reply come back as text.
+        let p = parse_with(OutputParser::in_tool_call(&any.body_start()), "bako bimu");
+        assert!(p.tool_calls.is_empty());
+        assert_eq!(p.content.as_deref(), Some("<tool_call>\nbako bimu"));
     }
 
     #[test]

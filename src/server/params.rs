@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::errors::ApiError;
 use super::openai::{ChatRequest, CompletionRequest, SamplingFields, Stop};
+use super::output::ForcedCall;
 use super::reply::{Kind, ReplySpec};
 use super::state::App;
 use super::worker::Job;
@@ -217,7 +218,7 @@ pub(crate) fn chat(
         .enumerate()
         .map(|(i, m)| message(i, m))
         .collect::<Checked<Vec<Value>>>()?;
-    let (chat, tools) = chat_options(&req)?;
+    let (chat, tools, forced) = chat_options(&req)?;
     options.chat = chat;
     options.logprobs = match (req.logprobs, req.top_logprobs) {
         (Some(true), n) => Some(top_logprobs(n.unwrap_or(0), "top_logprobs")?),
@@ -229,7 +230,13 @@ pub(crate) fn chat(
         }
         _ => None,
     };
-    let text = app.tokenizer.render_chat(&messages, &options.chat)?;
+    let mut text = app.tokenizer.render_chat(&messages, &options.chat)?;
+    let in_reasoning = text.trim_end().ends_with("<think>");
+    // A forced tool call: the prompt goes on with the call's opening, the reply from there.
+    let tool_call = forced.map(|f| {
+        text.push_str(&f.prompt_suffix(&text));
+        f.body_start()
+    });
     let prompt = app.tokenizer.encode(&text, false)?;
     if prompt.is_empty() {
         return bad(
@@ -246,8 +253,9 @@ pub(crate) fn chat(
     let spec = ReplySpec::new(
         app,
         Kind::Chat {
-            in_reasoning: text.trim_end().ends_with("<think>"),
+            in_reasoning: in_reasoning && tool_call.is_none(),
             tools,
+            tool_call,
         },
         stream,
         include_usage,
@@ -345,8 +353,9 @@ fn message(i: usize, m: &Value) -> Checked<Value> {
 }
 
 /// The render options: tools as `tool_choice` says, template variables. Returns whether
-/// tool calls are parsed out of the reply.
-fn chat_options(req: &ChatRequest) -> Checked<(ChatOptions, bool)> {
+/// tool calls are parsed out of the reply, and the call the reply must make
+/// (`"required"`, a named function).
+fn chat_options(req: &ChatRequest) -> Checked<(ChatOptions, bool, Option<ForcedCall>)> {
     let mut chat = ChatOptions::new();
     if let Some(kw) = &req.chat_template_kwargs {
         chat = chat
@@ -399,10 +408,10 @@ fn chat_options(req: &ChatRequest) -> Checked<(ChatOptions, bool)> {
         if matches!(&choice, Some(c) if c != "none") {
             return bad("tool_choice", "tool_choice needs tools".into());
         }
-        return Ok((chat, false));
+        return Ok((chat, false, None));
     };
     let chosen: Vec<&str> = match choice.as_deref() {
-        Some("none") => return Ok((chat, false)),
+        Some("none") => return Ok((chat, false, None)),
         Some(c) if c.starts_with("function:") => tools
             .iter()
             .zip(&names)
@@ -415,7 +424,14 @@ fn chat_options(req: &ChatRequest) -> Checked<(ChatOptions, bool)> {
     let chat = chat
         .tools_json(&json)
         .map_err(|e| ApiError::invalid(e.to_string(), Some("tools")))?;
-    Ok((chat, true))
+    let forced = match choice.as_deref() {
+        Some("required") => Some(ForcedCall::Any),
+        Some(c) => c
+            .strip_prefix("function:")
+            .map(|n| ForcedCall::Named(n.to_string())),
+        None => None,
+    };
+    Ok((chat, true, forced))
 }
 
 /// A legacy completions request.

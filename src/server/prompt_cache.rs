@@ -1,5 +1,16 @@
-//! The prompt cache: finished requests' sessions, kept by the token ids they hold, so that
-//! a new prompt sharing a prefix with one of them skips prefilling that prefix.
+//! The prompt cache: finished requests' sessions at the end of their prompts, kept by the
+//! token ids they hold, so that a new prompt sharing a prefix with one of them skips
+//! prefilling that prefix.
+//!
+//! An entry holds only states that prefill passes computed: its request's session cut
+//! back to the end of the prompt ([`Session::truncate`]) once the reply is done, or, for a
+//! model whose recurrent states cannot be cut back, a [`Session::fork`] taken right after
+//! the prefill, before the first decode step (`super::worker`). A prefill's results do not
+//! depend on how a prompt is split into passes (`Pass::decode` in the engine), so a prompt
+//! that goes on from an entry gets bit for bit the logits of a fresh prefill of the whole
+//! prompt. The reply's tokens are not kept: decode steps compute their states with other
+//! kernels (mat-vecs) than a prefill would, and a conversation's next turn prefills them
+//! again as part of its prompt.
 //!
 //! A session whose ids are a prefix of the new prompt is taken as it is (it is superseded
 //! by the new request's session when that one finishes). A session that shares only part
@@ -55,6 +66,17 @@ impl PromptCache {
         self.entries.len()
     }
 
+    /// Whether the model's sessions can be cut back to a prompt's end (no recurrent
+    /// state): else an entry is a fork taken at the prompt's end.
+    pub fn rewinds(&self) -> bool {
+        self.rewind
+    }
+
+    /// Whether an entry of `bytes` could be kept at all (the cache is on and large enough).
+    pub fn admits(&self, bytes: u64) -> bool {
+        bytes > 0 && bytes <= self.budget
+    }
+
     /// Bytes of sequence state kept.
     pub fn bytes(&self) -> u64 {
         self.used
@@ -96,7 +118,7 @@ impl PromptCache {
         })
     }
 
-    /// Keeps a finished request's session holding `tokens`, evicting least recently used
+    /// Keeps a finished request's session holding `tokens` (its prompt), evicting least recently used
     /// entries past the budget. Entries the new one makes redundant are dropped.
     pub fn insert(&mut self, session: Session, tokens: Vec<u32>) {
         let bytes = session.state_bytes();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::output::{parse_all, OutputParser, Piece, ToolCall};
+use super::output::{parse_with, OutputParser, Piece, ToolCall};
 use super::state::App;
 use crate::generation::{Completion, FinishReason};
 use crate::sampling::TokenLogprob;
@@ -16,10 +16,34 @@ use crate::sampling::TokenLogprob;
 #[derive(Debug, Clone)]
 pub(crate) enum Kind {
     /// A chat message. `in_reasoning`: the prompt opened a `<think>` block; `tools`:
-    /// tool calls are parsed out of the text.
-    Chat { in_reasoning: bool, tools: bool },
+    /// tool calls are parsed out of the text; `tool_call`: the prompt ends with the opening
+    /// of a forced tool call, `<tool_call>` and this text
+    /// ([`ForcedCall`](super::output::ForcedCall)), which the reply continues.
+    Chat {
+        in_reasoning: bool,
+        tools: bool,
+        tool_call: Option<String>,
+    },
     /// A text completion; `echo`: the prompt's text, written first.
     Text { echo: Option<String> },
+}
+
+impl Kind {
+    /// A new parser of the reply's text.
+    fn parser(&self) -> OutputParser {
+        match self {
+            Kind::Chat {
+                tool_call: Some(body),
+                ..
+            } => OutputParser::in_tool_call(body),
+            Kind::Chat {
+                in_reasoning,
+                tools,
+                ..
+            } => OutputParser::new(*in_reasoning, *tools),
+            Kind::Text { .. } => OutputParser::new(false, false),
+        }
+    }
 }
 
 /// How to answer one request.
@@ -129,13 +153,7 @@ pub(crate) struct Reply {
 
 impl Reply {
     pub fn new(app: Arc<App>, spec: ReplySpec) -> Self {
-        let (in_reasoning, tools) = match spec.kind {
-            Kind::Chat {
-                in_reasoning,
-                tools,
-            } => (in_reasoning, tools),
-            Kind::Text { .. } => (false, false),
-        };
+        let parser = spec.kind.parser();
         let offset = match &spec.kind {
             Kind::Text { echo: Some(e) } => e.len(),
             _ => 0,
@@ -143,7 +161,7 @@ impl Reply {
         Reply {
             app,
             spec,
-            parser: OutputParser::new(in_reasoning, tools),
+            parser,
             tools_sent: 0,
             chat_logprobs: Vec::new(),
             text_tokens: Vec::new(),
@@ -342,11 +360,8 @@ impl Reply {
     /// The whole reply.
     pub fn whole(&mut self, c: &Completion) -> Value {
         let (object, choice) = match &self.spec.kind {
-            Kind::Chat {
-                in_reasoning,
-                tools,
-            } => {
-                let parsed = parse_all(&c.output, *in_reasoning, *tools);
+            kind @ Kind::Chat { .. } => {
+                let parsed = parse_with(kind.parser(), &c.output);
                 let mut message = serde_json::Map::new();
                 message.insert("role".into(), json!("assistant"));
                 message.insert("content".into(), json!(parsed.content));

@@ -1,7 +1,7 @@
 //! Running one request's generation on a blocking thread: its session from the prompt
 //! cache (or a new one), its events sent to the HTTP side through a channel, its session
-//! kept by the prompt cache when it finishes, dropped at once when it fails or its client
-//! goes away.
+//! at the end of its prompt kept by the prompt cache when it finishes, dropped at once
+//! when it fails or its client goes away.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use super::metrics::{Finished, Outcome};
 use super::state::App;
 use crate::error::Result;
 use crate::generation::{CancelHandle, FinishReason, GenerateOptions, Generation, GenerationEvent};
+use crate::session::Session;
 
 /// Events waiting for a slow client before the generation waits for it.
 const CHANNEL: usize = 64;
@@ -76,6 +77,16 @@ fn run(app: &App, mut job: Job, cancel: CancelHandle, tx: &mpsc::Sender<Result<G
     let mut finished = failed(&job);
     finished.cached_prompt_tokens = cached;
     let mut done = None;
+    // What the prompt cache keeps is the session at the end of the prompt, with only
+    // states that prefill passes computed (`prompt_cache`): a session that can be cut
+    // back is cut back when the reply is done; one with recurrent states is forked once
+    // the prompt is prefilled, before the first decode step.
+    let prompt_len = job.prompt.len();
+    let fork_at_prompt_end = {
+        let cache = app.cache();
+        !cache.rewinds() && cache.admits(session.state_bytes())
+    };
+    let mut at_prompt_end: Option<Session> = None;
     {
         let generation = Generation::start(
             &mut session,
@@ -86,7 +97,7 @@ fn run(app: &App, mut job: Job, cancel: CancelHandle, tx: &mpsc::Sender<Result<G
             cached,
             &job.options,
         );
-        let generation = match generation {
+        let mut generation = match generation {
             Ok(g) => g,
             Err(e) => {
                 let _ = tx.blocking_send(Err(e));
@@ -95,7 +106,7 @@ fn run(app: &App, mut job: Job, cancel: CancelHandle, tx: &mpsc::Sender<Result<G
             }
         };
         let mut first = true;
-        for event in generation {
+        while let Some(event) = generation.next() {
             match event {
                 Ok(e @ GenerationEvent::Token { .. }) => {
                     if first {
@@ -105,6 +116,14 @@ fn run(app: &App, mut job: Job, cancel: CancelHandle, tx: &mpsc::Sender<Result<G
                     if tx.blocking_send(Ok(e)).is_err() {
                         // The client went away: the next event is the cancelled end.
                         cancel.cancel();
+                    }
+                    // The first token was sampled from the prefill's logits and its decode
+                    // step has not run yet: the session is at the prompt's end. (Forked
+                    // after the token went out, so as not to delay it; a fork that fails
+                    // leaves nothing to keep.)
+                    let s = generation.session();
+                    if fork_at_prompt_end && at_prompt_end.is_none() && s.position() == prompt_len {
+                        at_prompt_end = s.fork().ok();
                     }
                 }
                 Ok(GenerationEvent::Done(c)) => {
@@ -137,7 +156,22 @@ fn run(app: &App, mut job: Job, cancel: CancelHandle, tx: &mpsc::Sender<Result<G
     // sees both.
     app.metrics.finished(&finished);
     if finished.outcome == Outcome::Completed {
-        app.cache().insert(session, context);
+        let kept = if session.position() == prompt_len {
+            // No decode step ran (the reply ended at its first token).
+            Some(session)
+        } else if session.truncate(prompt_len).is_ok() {
+            Some(session)
+        } else {
+            // Recurrent states (or a sliding-window ring cut back too far): the fork.
+            drop(session);
+            at_prompt_end
+        };
+        if let Some(s) = kept {
+            if context.len() >= prompt_len {
+                context.truncate(prompt_len);
+                app.cache().insert(s, context);
+            }
+        }
     } else {
         // The session (its KV cache and states) is freed now.
         drop(session);

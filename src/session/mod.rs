@@ -226,7 +226,7 @@ impl Session {
             } else {
                 Want::Nothing
             };
-            match self.run(chunk, want) {
+            match self.run(chunk, want, false) {
                 Ok(l) => last = l,
                 Err(e) => {
                     // All or nothing: a failed prefill leaves the context as it was. The
@@ -263,7 +263,7 @@ impl Session {
         let _span = tracing::trace_span!("step", position = self.pos).entered();
         self.check_tokens(&[id])?;
         self.last = SessionStats::default();
-        self.run(&[id], want)
+        self.run(&[id], want, true)
     }
 
     /// All logits of the last position of the most recent successful `prefill` or `step`

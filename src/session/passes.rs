@@ -49,13 +49,18 @@ fn record_ahead() -> bool {
 }
 
 impl Session {
-    /// One batched pass over `ids` (at most `scratch.cap` of them) at the current position.
-    pub(super) fn run(&mut self, ids: &[u32], want: Want) -> Result<Readout> {
+    /// One batched pass over `ids` (at most `scratch.cap` of them) at the current position:
+    /// a decode step (`decode`, one token, through the mat-vec kernels and, where it can,
+    /// the resident path) or a prefill pass (any number of tokens, one included, through
+    /// the mat-mat kernels, so that each token's results do not depend on how a prompt
+    /// was split into passes: see [`Pass::decode`]).
+    pub(super) fn run(&mut self, ids: &[u32], want: Want, decode: bool) -> Result<Readout> {
         let m = &*self.model.inner;
+        let decode = decode && ids.len() == 1;
         let resident =
-            ids.len() == 1 && want != Want::Nothing && m.cache.is_some() && self.follow.is_none();
+            decode && want != Want::Nothing && m.cache.is_some() && self.follow.is_none();
         let out = if resident && self.resident_backoff == 0 {
-            match self.pass(ids, want, true)? {
+            match self.pass(ids, want, true, true)? {
                 Some(out) => Some(out),
                 None => {
                     tracing::trace!("resident step found an expert missing: running it again with routing readbacks");
@@ -71,7 +76,7 @@ impl Session {
         };
         let out = match out {
             Some(out) => out,
-            None => self.pass(ids, want, false)?.ok_or_else(|| {
+            None => self.pass(ids, want, false, decode)?.ok_or_else(|| {
                 Error::Internal("a pass with routing readbacks reported a miss".into())
             })?,
         };
@@ -88,7 +93,13 @@ impl Session {
     /// for the readback and the submit, not for the host's recording of a whole step
     /// (~2 ms on a fast CPU, ~45% of a Qwen3-30B-A3B step's GPU time on an H100). The
     /// next token is written into the pass's input just before the submit.
-    fn pass(&mut self, ids: &[u32], want: Want, resident: bool) -> Result<Option<Readout>> {
+    fn pass(
+        &mut self,
+        ids: &[u32],
+        want: Want,
+        resident: bool,
+        decode: bool,
+    ) -> Result<Option<Readout>> {
         let t0 = std::time::Instant::now();
         let ahead = self.ahead.take();
         let launched = match ahead {
@@ -108,7 +119,7 @@ impl Session {
         let from_ahead = launched.is_some();
         let rec = match launched {
             Some(rec) => Ok(rec),
-            None => self.record(Some(ids), self.pos, want, resident, false),
+            None => self.record(Some(ids), self.pos, want, resident, decode, false),
         };
         // Record the next step while the GPU runs this one: it reads the states this one
         // writes (committed only after this one's readback says it ran).
@@ -119,7 +130,7 @@ impl Session {
             && self.pos + 2 <= self.max_context
         {
             self.state.commit();
-            let next = self.record(None, self.pos + 1, want, true, true);
+            let next = self.record(None, self.pos + 1, want, true, true, true);
             self.state.commit();
             if let Ok(r) = next {
                 self.ahead = Some(Ahead {
@@ -174,13 +185,16 @@ impl Session {
     /// Records a pass of `n` tokens from position `pos0` (the tokens `ids`, written into
     /// the pass's input now; `None` for a pass recorded ahead, whose one token is written
     /// at its launch), reading back `want`: submitted, its readback started; or with
-    /// `deferred`, recorded ahead, not submitted.
+    /// `deferred`, recorded ahead, not submitted. `decode`: a decode step's kernels
+    /// ([`Pass::decode`]; a resident pass is one).
+    #[allow(clippy::too_many_arguments)]
     fn record(
         &mut self,
         ids: Option<&[u32]>,
         pos0: usize,
         want: Want,
         resident: bool,
+        decode: bool,
         deferred: bool,
     ) -> std::result::Result<Recorded, Failed> {
         let m = &*self.model.inner;
@@ -209,6 +223,7 @@ impl Session {
             rec,
             n,
             pos0,
+            decode: decode || resident,
             stats: CacheStats::default(),
             experts_routed: 0,
             resident,

@@ -16,6 +16,14 @@ pub const TOOL_TOKEN: u32 = 100;
 /// What [`TOOL_TOKEN`] decodes to.
 pub const TOOL_TEXT: &str = "<think>Paris, then.</think><tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}</tool_call>";
 
+/// Tokens of the tools fixture that continue a forced tool call's opening (the prompt
+/// ends with `<tool_call>\n` for `tool_choice: "required"`, with `<tool_call>\n{"name":
+/// "get_weather", "arguments": ` for that named function), and their texts.
+pub const REQUIRED_TOKEN: u32 = 101;
+pub const REQUIRED_TEXT: &str = "{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>";
+pub const NAMED_TOKEN: u32 = 102;
+pub const NAMED_TEXT: &str = "{\"city\": \"Rome\"}}\n</tool_call>";
+
 /// A chat template in the Qwen style: tools listed in a system block.
 const TOOLS_TEMPLATE: &str = "{%- if tools %}<|im_start|>system\n# Tools\n<tools>{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}\n</tools><|im_end|>\n{% endif %}{% for message in messages %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
@@ -65,12 +73,21 @@ pub fn model_dir(name: &str, hybrid: bool, tools: bool) -> PathBuf {
         let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
         // The word at that id gives way to the text (an added token takes the id its text
         // has in the model's vocabulary).
-        vocab.retain(|_, id| id.as_u64() != Some(u64::from(TOOL_TOKEN)));
-        vocab.insert(TOOL_TEXT.into(), json!(TOOL_TOKEN));
-        tok["added_tokens"].as_array_mut().unwrap().push(json!({
-            "id": TOOL_TOKEN, "content": TOOL_TEXT, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": false
-        }));
+        let added = [
+            (TOOL_TOKEN, TOOL_TEXT),
+            (REQUIRED_TOKEN, REQUIRED_TEXT),
+            (NAMED_TOKEN, NAMED_TEXT),
+        ];
+        vocab.retain(|_, id| !added.iter().any(|a| id.as_u64() == Some(u64::from(a.0))));
+        for (id, text) in added {
+            vocab.insert(text.into(), json!(id));
+        }
+        for (id, text) in added {
+            tok["added_tokens"].as_array_mut().unwrap().push(json!({
+                "id": id, "content": text, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": false
+            }));
+        }
         std::fs::write(&path, tok.to_string()).unwrap();
         let path = dir.join("tokenizer_config.json");
         let mut cfg: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
