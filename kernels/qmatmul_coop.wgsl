@@ -84,7 +84,8 @@ fn put_x(tok: u32, lo: u32, a: vec4<f32>, b: vec4<f32>) {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let row0 = wid.x * TR;
     let tok0 = wid.y * TT;
-    // Loader roles: octet lo of rows lr and lr + 32 of W, of tokens lr and lr + 32 of x.
+    // Loader roles: octets lo and lo + 4 of rows lr and lr + 32 of W, of tokens lr and
+    // lr + 32 of x (the first K tile's loads are issued in the loop's first pass).
     let lr = li >> 2u;
     let lo = li & 3u;
     // This subgroup's quarter of the output tile.
@@ -93,7 +94,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let qt = (sg >> 1u) * 32u;
 
     // A tile wholly inside the chunk, with no bias, whose output rows start 16-byte
-    // aligned, starts from its residual (or zero) and is stored straight into y.
+    // aligned, goes straight into y (its residual added as `store` adds it).
     // (`&`, not `&&`: a short-circuit is control flow naga does not see as uniform.)
     let direct = (row0 + TR <= p.rows) & (tok0 + TT <= p.n_tokens) & ((p.flags & 1u) == 0u)
         & ((p.out_stride & 3u) == 0u) & ((p.row_base & 3u) == 0u);
