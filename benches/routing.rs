@@ -232,16 +232,8 @@ fn replay(args: &[String], file_trace: &RoutingTrace, from_file: bool, seed: u64
     let t0 = Instant::now();
     let dir = spec.write(root.join(name))?;
     pack_experts(&dir, &PackOptions::new(), |_| Ok(()))?;
-    let pack_dir = dir.join("moestream-pack");
-    let mut pack_files: Vec<PathBuf> = std::fs::read_dir(&pack_dir)
-        .map_err(|cause| Error::Io {
-            path: pack_dir.clone(),
-            cause,
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "experts"))
-        .collect();
-    pack_files.sort();
+    let pack_dir = dir.join(moestream::store::PACK_DIR_NAME);
+    let pack_files = common::pack_files(&pack_dir)?;
     let half = trace.len() / 2;
     let warm = slice(&trace, 0, half, layers)?;
     let timed_trace = slice(&trace, half, trace.len(), layers)?;

@@ -114,7 +114,7 @@ fn main() -> Result<()> {
     let ckpt = Arc::new(Checkpoint::open(&dir)?);
     let moe = cfg.moe_layers();
     let safetensors = SafetensorsStore::new(ckpt.clone(), &cfg)?;
-    let pack_dir = dir.join("moestream-pack");
+    let pack_dir = dir.join(moestream::store::PACK_DIR_NAME);
     let packed = PackedStore::open_with(&pack_dir, PackedStoreOptions::default())?;
     let packed_direct =
         PackedStore::open_with(&pack_dir, PackedStoreOptions::default().direct_io(true))?;
@@ -122,12 +122,7 @@ fn main() -> Result<()> {
         &pack_dir,
         PackedStoreOptions::default().verify_checksums(false),
     )?;
-    let mut pack_files: Vec<PathBuf> = std::fs::read_dir(&pack_dir)
-        .map_err(|e| moestream::Error::InvalidArgument(e.to_string()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "experts"))
-        .collect();
-    pack_files.sort();
+    let pack_files = common::pack_files(&pack_dir)?;
     let st_files: Vec<PathBuf> = ckpt.files().iter().map(|f| f.path.clone()).collect();
     let all: Vec<PathBuf> = pack_files.iter().chain(&st_files).cloned().collect();
     let expert_bytes = spec.expert_bytes() as f64 / (layers * spec.num_experts) as f64;

@@ -166,3 +166,19 @@ pub fn sequential_read(files: &[std::path::PathBuf], direct: bool, limit: u64) -
     let _ = direct;
     total as f64 / t0.elapsed().as_secs_f64() / 1e9
 }
+
+/// The layer files (`*.experts`) of the pack in `pack_dir`, in name order: what the
+/// streaming benchmarks read raw as their baseline (or drop from the page cache).
+#[allow(dead_code)]
+pub fn pack_files(pack_dir: &std::path::Path) -> moestream::Result<Vec<std::path::PathBuf>> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(pack_dir)
+        .map_err(|cause| moestream::Error::Io {
+            path: pack_dir.to_path_buf(),
+            cause,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "experts"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
