@@ -3,7 +3,8 @@
 //!
 //! - [`weights`]: the resident (non-expert) weights of every layer, by its plan, read by
 //!   [`loader`].
-//! - [`state`]: per-layer sequence state (KV caches) and the scratch buffers of a pass.
+//! - [`state`]: per-layer sequence state (KV caches, recurrent states) and the session's
+//!   layout; [`scratch`]: the scratch buffers of a pass.
 //! - [`pass`]: one forward pass and the pieces every block shares (mat-vecs, RMSNorm).
 //! - blocks: [`attention`], [`mla`] (multi-head latent attention), [`linear_attention`] (Gated DeltaNet), [`mlp`] (dense MLP and the choice of feed-forward block),
 //!   [`moe`] (routing, expert loading, the shared expert), [`experts`] (the expert
@@ -17,6 +18,7 @@ mod mla;
 mod mlp;
 mod moe;
 pub(crate) mod pass;
+pub(crate) mod scratch;
 pub(crate) mod sizes;
 pub(crate) mod state;
 pub(crate) mod weights;

@@ -3,7 +3,7 @@
 //! ([`Session::record_routing`](crate::Session::record_routing)) or generated with stated
 //! statistics ([`RoutingTrace::generate`], [`GeneratorParams`]), their statistics
 //! ([`TraceStats`]), a cache policy's hit rate on them computed on the host
-//! ([`simulate`]), and their replay through a model's expert cache and storage
+//! ([`simulate()`]), and their replay through a model's expert cache and storage
 //! ([`Model::replay_routing`](crate::Model::replay_routing)).
 //!
 //! Greedy decoding of a random-weight model loops, so its routing repeats and flatters any

@@ -164,7 +164,7 @@ impl TraceHeader {
 /// make one with stated statistics with [`RoutingTrace::generate`], keep it as a text file
 /// ([`write`](Self::write), [`read`](Self::read); the format is in the
 /// [module docs](crate::routing)), and replay it through a cache policy
-/// ([`simulate`](crate::routing::simulate)) or through a model's expert cache and storage
+/// ([`simulate()`](crate::routing::simulate())) or through a model's expert cache and storage
 /// ([`Model::replay_routing`](crate::Model::replay_routing)).
 ///
 /// ```
