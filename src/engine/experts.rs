@@ -272,6 +272,17 @@ impl Pass<'_> {
         }
     }
 
+    /// The prefill mat-mat kernel to run: `coop` (on cooperative matrices) where the model
+    /// asked for them (`ModelBuilder::f16_prefill` on an adapter that has them) and the K
+    /// dimension `k` is a multiple of their 64-column K tiles, else `plain`.
+    pub(super) fn tiled(&self, plain: Kernel, coop: Kernel, k: u32) -> Kernel {
+        if self.m.gpu.summary.cooperative_matrices && k % 64 == 0 {
+            coop
+        } else {
+            plain
+        }
+    }
+
     /// The gate/up and down mat-mat kernels of `n_tiles` tiles of assignments from tile
     /// `tile_base` (of `Scratch::tiles`), over one page of quantized experts.
     pub(super) fn experts_tiled(
@@ -331,26 +342,11 @@ impl Pass<'_> {
             (&s.moe_h).into(),
         ];
         let groups = Size::Direct(kernels::moe_gate_up_qmm_groups(is, n_tiles));
-        // Tensor cores where asked for and the K tiles of 64 fit (same grid).
-        let gate_up_kernel = if self.m.gpu.summary.cooperative_matrices && hs % 64 == 0 {
-            Kernel::MoeGateUpQmmCoop
-        } else {
-            Kernel::MoeGateUpQmm
-        };
-        if let Some(code) = gate_up_code {
-            let (k, q) = (gate_up_kernel, Some(gate_up_quant));
-            self.rec.record(k, code, q, 0, p.words(), &binds, groups);
-        } else {
-            self.rec.dispatch_sized(
-                gate_up_kernel,
-                Some(gate_up_dtype),
-                Some(gate_up_quant),
-                0,
-                p.words(),
-                &binds,
-                groups,
-            );
-        }
+        let kernel = self.tiled(Kernel::MoeGateUpQmm, Kernel::MoeGateUpQmmCoop, hs);
+        let code = gate_up_code.unwrap_or_else(|| gate_up_dtype.shader_code());
+        let q = Some(gate_up_quant);
+        self.rec
+            .record(kernel, code, q, 0, p.words(), &binds, groups);
         let p = MoeDownQmmParams {
             hidden: hs,
             inter: is,
@@ -372,26 +368,10 @@ impl Pass<'_> {
             (&s.moe_o).into(),
         ];
         let groups = Size::Direct(kernels::moe_down_qmm_groups(hs, n_tiles));
-        // Tensor cores where asked for and the K tiles of 64 fit (same grid).
-        let down_kernel = if self.m.gpu.summary.cooperative_matrices && is % 64 == 0 {
-            Kernel::MoeDownQmmCoop
-        } else {
-            Kernel::MoeDownQmm
-        };
-        if let Some(code) = down_code {
-            let (k, q) = (down_kernel, Some(down_quant));
-            self.rec.record(k, code, q, 0, p.words(), &binds, groups);
-        } else {
-            self.rec.dispatch_sized(
-                down_kernel,
-                Some(down_dtype),
-                Some(down_quant),
-                0,
-                p.words(),
-                &binds,
-                groups,
-            );
-        }
+        let kernel = self.tiled(Kernel::MoeDownQmm, Kernel::MoeDownQmmCoop, is);
+        let code = down_code.unwrap_or_else(|| down_dtype.shader_code());
+        self.rec
+            .record(kernel, code, Some(down_quant), 0, p.words(), &binds, groups);
     }
 }
 

@@ -275,17 +275,12 @@ impl<'a> Pass<'a> {
                             scales_word: sw,
                             biases_word: bw,
                         };
-                        // Tensor cores where the adapter has them (and the K tiles of 64
-                        // fit), for every pass of two or more tokens (a row's result does
-                        // not depend on the pass's length).
-                        let coop = self.m.gpu.summary.cooperative_matrices && c % 64 == 0;
-                        let (kernel, groups) = if coop {
-                            (
-                                Kernel::QMatMulCoop,
-                                kernels::qmatmul_coop_groups(r, n as u32),
-                            )
+                        // Tensor cores where asked for (every prefill pass alike).
+                        let kernel = self.tiled(Kernel::QMatMul, Kernel::QMatMulCoop, c);
+                        let groups = if kernel == Kernel::QMatMulCoop {
+                            kernels::qmatmul_coop_groups(r, n as u32)
                         } else {
-                            (Kernel::QMatMul, kernels::qmatmul_groups(r, n as u32))
+                            kernels::qmatmul_groups(r, n as u32)
                         };
                         self.rec.record(
                             kernel,
