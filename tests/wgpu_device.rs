@@ -162,3 +162,26 @@ fn a_device_lacking_a_needed_limit_is_a_typed_error() {
         wgpu::Limits::default().max_storage_buffer_binding_size
     );
 }
+
+/// `ModelBuilder::f16_prefill` on an adapter without cooperative matrices (lavapipe: CI)
+/// is ignored: the model says so (`AdapterSummary::cooperative_matrices`) and gives the
+/// default path's logits bit for bit. (Where the adapter has them, the kernels are checked
+/// by tests/qkernels.rs and the split-invariance by tests/sessions.rs on the GPU machine.)
+#[test]
+fn f16_prefill_without_cooperative_matrices_changes_nothing() {
+    let dir = common::mlx_fixture("q4_g64");
+    let plain = Model::builder(&dir).f16_prefill(false).build().unwrap();
+    assert!(!plain.adapter().cooperative_matrices);
+    let asked = Model::builder(&dir).f16_prefill(true).build().unwrap();
+    if asked.adapter().cooperative_matrices {
+        println!(
+            "{} has cooperative matrices: f16_prefill is on (its logits are f16's, not compared)",
+            asked.adapter().name
+        );
+        return;
+    }
+    assert!(
+        logits(&asked) == logits(&plain),
+        "f16_prefill on an adapter without cooperative matrices changed the logits"
+    );
+}
