@@ -107,19 +107,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             xv0 = x[xrow + (k1 >> 2u)];
             xv1 = x[xrow + (k1 >> 2u) + 1u];
         }
-        for (var kq = 0u; kq < TK / 4u; kq++) {
-            let x0 = xs[lid.y][kq];
-            let x1 = xs[lid.y + 8u][kq];
-            let x2 = xs[lid.y + 16u][kq];
-            let x3 = xs[lid.y + 24u][kq];
-            let d0 = ds[lid.x][kq];
-            let d1 = ds[lid.x + 16u][kq];
-            let d2 = ds[lid.x + 32u][kq];
-            let d3 = ds[lid.x + 48u][kq];
-            a0 += vec4<f32>(dot(d0, x0), dot(d0, x1), dot(d0, x2), dot(d0, x3));
-            a1 += vec4<f32>(dot(d1, x0), dot(d1, x1), dot(d1, x2), dot(d1, x3));
-            a2 += vec4<f32>(dot(d2, x0), dot(d2, x1), dot(d2, x2), dot(d2, x3));
-            a3 += vec4<f32>(dot(d3, x0), dot(d3, x1), dot(d3, x2), dot(d3, x3));
+        // A thread whose assignments are all past the tile's last skips the products
+        // (its sums are never stored); the others run them unchanged, so every stored
+        // sum is the same bits whatever the tile's fill (split-invariant prefill).
+        if (lid.y < count) {
+            for (var kq = 0u; kq < TK / 4u; kq++) {
+                let x0 = xs[lid.y][kq];
+                let x1 = xs[lid.y + 8u][kq];
+                let x2 = xs[lid.y + 16u][kq];
+                let x3 = xs[lid.y + 24u][kq];
+                let d0 = ds[lid.x][kq];
+                let d1 = ds[lid.x + 16u][kq];
+                let d2 = ds[lid.x + 32u][kq];
+                let d3 = ds[lid.x + 48u][kq];
+                a0 += vec4<f32>(dot(d0, x0), dot(d0, x1), dot(d0, x2), dot(d0, x3));
+                a1 += vec4<f32>(dot(d1, x0), dot(d1, x1), dot(d1, x2), dot(d1, x3));
+                a2 += vec4<f32>(dot(d2, x0), dot(d2, x1), dot(d2, x2), dot(d2, x3));
+                a3 += vec4<f32>(dot(d3, x0), dot(d3, x1), dot(d3, x2), dot(d3, x3));
+            }
         }
         workgroupBarrier();
     }

@@ -102,19 +102,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             xv0 = x[xrow + (k1 >> 2u)];
             xv1 = x[xrow + (k1 >> 2u) + 1u];
         }
-        for (var kq = 0u; kq < TK / 4u; kq++) {
-            let x0 = xs[lid.y][kq];
-            let x1 = xs[lid.y + 8u][kq];
-            let x2 = xs[lid.y + 16u][kq];
-            let x3 = xs[lid.y + 24u][kq];
-            let ga = gs[lid.x][kq];
-            let gb = gs[lid.x + 16u][kq];
-            let ua = us[lid.x][kq];
-            let ub = us[lid.x + 16u][kq];
-            g0 += vec4<f32>(dot(ga, x0), dot(ga, x1), dot(ga, x2), dot(ga, x3));
-            g1 += vec4<f32>(dot(gb, x0), dot(gb, x1), dot(gb, x2), dot(gb, x3));
-            u0 += vec4<f32>(dot(ua, x0), dot(ua, x1), dot(ua, x2), dot(ua, x3));
-            u1 += vec4<f32>(dot(ub, x0), dot(ub, x1), dot(ub, x2), dot(ub, x3));
+        // A thread whose assignments are all past the tile's last skips the products
+        // (its sums are never stored); the others run them unchanged, so every stored
+        // sum is the same bits whatever the tile's fill (split-invariant prefill).
+        if (lid.y < count) {
+            for (var kq = 0u; kq < TK / 4u; kq++) {
+                let x0 = xs[lid.y][kq];
+                let x1 = xs[lid.y + 8u][kq];
+                let x2 = xs[lid.y + 16u][kq];
+                let x3 = xs[lid.y + 24u][kq];
+                let ga = gs[lid.x][kq];
+                let gb = gs[lid.x + 16u][kq];
+                let ua = us[lid.x][kq];
+                let ub = us[lid.x + 16u][kq];
+                g0 += vec4<f32>(dot(ga, x0), dot(ga, x1), dot(ga, x2), dot(ga, x3));
+                g1 += vec4<f32>(dot(gb, x0), dot(gb, x1), dot(gb, x2), dot(gb, x3));
+                u0 += vec4<f32>(dot(ua, x0), dot(ua, x1), dot(ua, x2), dot(ua, x3));
+                u1 += vec4<f32>(dot(ub, x0), dot(ub, x1), dot(ub, x2), dot(ub, x3));
+            }
         }
         workgroupBarrier();
     }

@@ -120,19 +120,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 xv1 = x[((xt * p.cols + k1 + 8u * lo) >> 2u) + 1u];
             }
         }
-        for (var kq = 0u; kq < TK / 4u; kq++) {
-            let x0 = xs[lid.y][kq];
-            let x1 = xs[lid.y + 8u][kq];
-            let x2 = xs[lid.y + 16u][kq];
-            let x3 = xs[lid.y + 24u][kq];
-            let w0 = ws[lid.x][kq];
-            let w1 = ws[lid.x + 16u][kq];
-            let w2 = ws[lid.x + 32u][kq];
-            let w3 = ws[lid.x + 48u][kq];
-            acc0 += vec4<f32>(dot(w0, x0), dot(w0, x1), dot(w0, x2), dot(w0, x3));
-            acc1 += vec4<f32>(dot(w1, x0), dot(w1, x1), dot(w1, x2), dot(w1, x3));
-            acc2 += vec4<f32>(dot(w2, x0), dot(w2, x1), dot(w2, x2), dot(w2, x3));
-            acc3 += vec4<f32>(dot(w3, x0), dot(w3, x1), dot(w3, x2), dot(w3, x3));
+        // A thread whose tokens are all past the tile's last skips the products
+        // (its sums are never stored); the others run them unchanged, so every stored
+        // sum is the same bits whatever the tile's fill (split-invariant prefill).
+        if (tok0 + lid.y < p.n_tokens) {
+            for (var kq = 0u; kq < TK / 4u; kq++) {
+                let x0 = xs[lid.y][kq];
+                let x1 = xs[lid.y + 8u][kq];
+                let x2 = xs[lid.y + 16u][kq];
+                let x3 = xs[lid.y + 24u][kq];
+                let w0 = ws[lid.x][kq];
+                let w1 = ws[lid.x + 16u][kq];
+                let w2 = ws[lid.x + 32u][kq];
+                let w3 = ws[lid.x + 48u][kq];
+                acc0 += vec4<f32>(dot(w0, x0), dot(w0, x1), dot(w0, x2), dot(w0, x3));
+                acc1 += vec4<f32>(dot(w1, x0), dot(w1, x1), dot(w1, x2), dot(w1, x3));
+                acc2 += vec4<f32>(dot(w2, x0), dot(w2, x1), dot(w2, x2), dot(w2, x3));
+                acc3 += vec4<f32>(dot(w3, x0), dot(w3, x1), dot(w3, x2), dot(w3, x3));
+            }
         }
         workgroupBarrier();
     }
