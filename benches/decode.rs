@@ -449,6 +449,28 @@ fn main() -> Result<()> {
             half / top_secs,
             half / full_secs
         );
+        // Greedy decode as `generate` runs it: `step_top(_, 1)` in a row, so that each step
+        // is submitted before the host reads back the one before it, the token picked on
+        // the GPU (steps run ahead; `MOESTREAM_NO_RUN_AHEAD=1` turns that off).
+        let before = s.stats();
+        for _ in 0..timed {
+            next = s.step_top(next, 1)?.first().map_or(0, |c| c.id);
+        }
+        let st = s.stats();
+        let wall = (st.wall_time - before.wall_time).as_secs_f64();
+        let gpu = match (st.gpu_time, before.gpu_time) {
+            (Some(a), Some(b)) => format!(
+                "{:.1} ms/token GPU",
+                (a - b).as_secs_f64() * 1e3 / timed as f64
+            ),
+            _ => "no GPU timestamps".into(),
+        };
+        println!(
+            "greedy decode: {:.2} tok/s ({:.2} ms/token, {gpu}); {} of {timed} steps run ahead",
+            timed as f64 / wall,
+            wall * 1e3 / timed as f64,
+            st.steps_run_ahead - before.steps_run_ahead
+        );
         // `--long-context`: decode after a long prompt, where attention reads the KV cache
         // of every earlier token (its bytes are not in `bound`).
         if label == "resident" && args.iter().any(|a| a == "--long-context") {

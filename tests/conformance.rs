@@ -129,14 +129,19 @@ fn deepseek_v3_fixtures_match_golden_with_full_and_tight_cache() {
 }
 
 /// The 4-bit MLX DeepSeek-V3 fixture (absorbed `embed_q` / `unembed_out`) with the
-/// builder's default activations: within the golden tolerance (1.5e-3 on lavapipe).
+/// builder's default activations (8+8-bit decode rows): every checked argmax agrees and
+/// the logits stay within 3e-3 (measured 1.5e-3 on lavapipe, 2.04e-3 on an H100, whose
+/// sums run in another order; with f32 activations 5.1e-5, above). The 8+8-bit rows keep
+/// a value to max |block| / 64516, which a block with an outlier turns into ~1e-3 of the
+/// block's small values.
 #[test]
 fn deepseek_v3_mlx_with_integer_activations() {
     let dir = common::deepseek_v3_fixtures()
         .into_iter()
         .find(|d| d.ends_with("dsv3_mlx_4bit"))
         .expect("the MLX DeepSeek-V3 fixture");
-    let golden = Golden::load(&dir).unwrap();
+    let mut golden = Golden::load(&dir).unwrap();
+    golden.atol = 3e-3;
     run(&dir, &golden, None);
 }
 

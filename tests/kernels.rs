@@ -26,7 +26,7 @@ use moestream::gpu::params::{
     AttentionMergeParams, AttentionParams, AttentionSplitParams, CopyParams, EmbeddingParams,
     HeadNormRopeParams, MatMulParams, MatVecParams, MoeCombineParams, MoeDownParams,
     MoeGateUpParams, MoeRouteParams, RmsNormParams, RouterParams, SharedSwiGluParams,
-    SigmoidGateParams, SubgroupProbeParams, SwiGluParams, TopKParams,
+    SigmoidGateParams, SubgroupProbeParams, SwiGluParams, TokenPickParams, TopKParams,
 };
 use moestream::reference;
 use moestream::{format::DType, store::ExpertLayout};
@@ -187,6 +187,7 @@ fn every_kernel_is_covered() {
         Kernel::MoeDown,
         Kernel::MoeCombine,
         Kernel::TopK,
+        Kernel::TokenPick,
     ];
     // Tested by name (see `copy`, `moe_route` and `subgroup_probe`), and the Gated
     // DeltaNet kernels in tests/linear_attention.rs.
@@ -2565,6 +2566,68 @@ fn topk() {
         cases += 1;
     }
     println!("topk         {cases:>4} cases, exact");
+}
+
+#[test]
+fn token_pick() {
+    // The best of per-chunk candidate lists (TopK's output): larger logit first, then
+    // smaller id; missing entries (id u32::MAX) skipped; 0 when there is none. Against the
+    // merge the host does (`step_top`), on TopK's own output and on made-up lists with
+    // ties across chunks, equal logits of both signs of zero excluded (the order of
+    // `total_cmp` and of the kernel's `>` differ there; the session checks the token a
+    // step ran, so such a tie costs a step, never a wrong result).
+    let mut rng = Rng::new(151);
+    let mut cases = 0;
+    for (chunks, n, tie, missing) in [
+        (1usize, 1usize, false, false),
+        (75, 1, false, false),
+        (75, 1, true, false),
+        (75, 4, true, true),
+        (300, 2, true, true),
+        (3, 1, false, true),
+    ] {
+        let mut words = vec![0u32; chunks * n * 2];
+        let mut want: Option<(f32, u32)> = None;
+        for c in 0..chunks {
+            for r in 0..n {
+                let v = rng.vec(1, 8.0)[0];
+                let id = (c * 1000 + r) as u32;
+                let none = missing && (c % 3 == 1 || chunks == 3);
+                words[2 * (c * n + r)] = v.to_bits();
+                words[2 * (c * n + r) + 1] = if none { u32::MAX } else { id };
+                // Only a chunk's first entry counts.
+                if r == 0 && !none && want.is_none_or(|(wv, wi)| v > wv || (v == wv && id < wi)) {
+                    want = Some((v, id));
+                }
+            }
+        }
+        if tie && chunks > 2 {
+            // The best logit again in a later chunk, with a larger id: the smaller id wins.
+            let (v, _) = want.unwrap();
+            words[2 * ((chunks - 1) * n)] = v.to_bits();
+            words[2 * ((chunks - 1) * n) + 1] = (chunks * 1000) as u32;
+        }
+        let out = run(
+            Kernel::TokenPick,
+            None,
+            TokenPickParams {
+                n_chunks: chunks as u32,
+                n_top: n as u32,
+                ..Default::default()
+            }
+            .words(),
+            &[&u32_bytes(&words), &u32_bytes(&[0x5555_5555u32])],
+            (1, 1),
+        );
+        let got = to_u32(&out[1])[0];
+        assert_eq!(
+            got,
+            want.map_or(0, |w| w.1),
+            "token_pick chunks {chunks} n {n}"
+        );
+        cases += 1;
+    }
+    println!("token_pick: {cases} cases exact");
 }
 
 #[test]

@@ -279,6 +279,123 @@ fn steps_recorded_ahead_equal_steps_recorded_when_asked() {
     }
 }
 
+/// The best logit and its id, ties to the lower id (the order of `step_top`).
+fn best(logits: &[f32]) -> (u32, f32) {
+    let (i, v) = logits
+        .iter()
+        .enumerate()
+        .max_by(|x, y| x.1.total_cmp(y.1).then(y.0.cmp(&x.0)))
+        .unwrap();
+    (i as u32, *v)
+}
+
+/// Greedy steps (`step_top` with n 1) that the GPU runs ahead of their call, picking the
+/// token itself, give exactly the logits of steps run when asked for; a call for another
+/// token, a read of the last logits, a truncation or a fork drop the step run ahead and
+/// leave the session as if it had never run. On a KV-cache model and on a hybrid one
+/// (whose recurrent states a step run ahead writes before the step before it is known to
+/// have succeeded), with a warm resident cache and with a cache so small that resident
+/// steps miss (and are run again) while a step runs ahead of them.
+#[test]
+fn greedy_steps_run_ahead_equal_steps_run_when_asked() {
+    let qwen35 = common::qwen35_fixtures();
+    let dirs = [common::fixture("tiny_bf16"), qwen35[0].clone()];
+    let steps = 8;
+    for dir in dirs {
+        let golden = Golden::load(&dir).unwrap();
+        let p = golden.prompt_len;
+        let prompt = &golden.ids[..p];
+        let full = Model::open(&dir).unwrap();
+        full.preload_experts().unwrap();
+        let slot = common::slot_bytes(&full);
+        let k = full.config().num_experts_per_tok;
+        let tight = Model::builder(&dir)
+            .expert_cache_bytes((k as u64 + 1) * slot)
+            .build()
+            .unwrap();
+        // The reference: all logits every step (never run ahead), greedy on the host.
+        let mut r = full.session(p + steps + 4).unwrap();
+        let mut logits = vec![r.prefill(prompt).unwrap()];
+        let mut tokens = vec![best(&logits[0]).0];
+        for i in 0..steps {
+            logits.push(r.step(tokens[i]).unwrap());
+            tokens.push(best(&logits[i + 1]).0);
+        }
+        assert_eq!(r.stats().steps_run_ahead, 0);
+        for (name, model) in [("warm", &full), ("tight", &tight)] {
+            let mut g = model.session(p + steps + 4).unwrap();
+            g.prefill(prompt).unwrap();
+            for i in 0..steps {
+                let c = g.step_top(tokens[i], 1).unwrap();
+                let want = best(&logits[i + 1]);
+                assert_eq!(c[0].id, want.0, "{dir:?} {name} step {i}");
+                assert_eq!(
+                    c[0].logit.to_bits(),
+                    want.1.to_bits(),
+                    "{dir:?} {name} step {i}"
+                );
+            }
+            let st = g.stats();
+            if name == "warm" {
+                assert_eq!(st.steps_run_ahead as usize, steps - 1, "{dir:?}: {st:?}");
+            } else {
+                assert!(
+                    (st.resident_steps as usize) < steps,
+                    "{dir:?} misses: {st:?}"
+                );
+            }
+            // The step run ahead is dropped; the last logits are the last step's.
+            assert_eq!(g.last_logits().unwrap(), logits[steps], "{dir:?} {name}");
+            // Another token than the best: the step run ahead is dropped, and the
+            // session goes on as one that never ran it.
+            let mut m = model.session(p + steps + 4).unwrap();
+            m.prefill(prompt).unwrap();
+            m.step_top(tokens[0], 1).unwrap();
+            let other = (tokens[1] + 1) % model.config().vocab_size as u32;
+            let mut o = full.session(p + steps + 4).unwrap();
+            o.prefill(prompt).unwrap();
+            o.step(tokens[0]).unwrap();
+            let ol = o.step(other).unwrap();
+            let c = m.step_top(other, 1).unwrap();
+            assert_eq!(
+                (c[0].id, c[0].logit.to_bits()),
+                {
+                    let b = best(&ol);
+                    (b.0, b.1.to_bits())
+                },
+                "{dir:?} {name}: another token"
+            );
+            let next = c[0].id;
+            let c = m.step_top(next, 1).unwrap();
+            let b = best(&o.step(next).unwrap());
+            assert_eq!(
+                (c[0].id, c[0].logit.to_bits()),
+                (b.0, b.1.to_bits()),
+                "{dir:?} {name}"
+            );
+            // A fork and a truncation right after a greedy step.
+            let mut f = model.session(p + steps + 4).unwrap();
+            f.prefill(prompt).unwrap();
+            f.step_top(tokens[0], 1).unwrap();
+            let mut e = f.fork().unwrap();
+            assert_eq!(e.step(tokens[1]).unwrap(), logits[2], "{dir:?} {name} fork");
+            assert_eq!(
+                f.step(tokens[1]).unwrap(),
+                logits[2],
+                "{dir:?} {name} parent"
+            );
+            if f.truncate(p).is_ok() {
+                f.step_top(tokens[0], 1).unwrap();
+                assert_eq!(
+                    f.step(tokens[1]).unwrap(),
+                    logits[2],
+                    "{dir:?} {name} truncate"
+                );
+            }
+        }
+    }
+}
+
 /// An expert cache split over many GPU buffers ("pages"): prefill with routing readbacks
 /// (one dispatch per page run) and resident decode (one indirect dispatch per page) give
 /// exactly the logits of a one-page cache.

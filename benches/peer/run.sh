@@ -74,11 +74,15 @@ for run in (1, 2):
                 best.setdefault(test, []).append(v)
 text = open(f"{out}/moestream.txt").read()
 dec = float(re.search(r"^decode: ([0-9.]+) tok/s", text, re.M).group(1))
+greedy = re.search(r"^greedy decode: ([0-9.]+) tok/s", text, re.M)
 pre = [float(x) for x in re.findall(r"prefill \(warm\): 512 tokens in [0-9.]+s, ([0-9.]+) tok/s", text)]
 print("llama.cpp tg128 runs:", best.get("tg128"), " pp512 runs:", best.get("pp512"))
 print(f"moestream decode {dec:.1f} tok/s, 512-token prefill {pre}")
 tg, pp = max(best["tg128"]), max(best["pp512"])
 print(f"decode / tg128 (better peer run): {dec / tg:.3f}")
+if greedy:
+    g = float(greedy.group(1))
+    print(f"greedy decode (step_top 1, steps run ahead) {g:.1f} tok/s / tg128: {g / tg:.3f}")
 if pre:
     print(f"prefill / pp512 (better peer run): {max(pre) / pp:.3f}")
 PY

@@ -10,7 +10,8 @@ use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{
     EmbeddingParams, MatMulParams, MatVecParams, QEmbeddingParams, QMatMulParams, QMatVecParams,
-    RmsNormParams, TopKParams, LINEAR_BIAS, LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
+    RmsNormParams, TokenPickParams, TopKParams, LINEAR_BIAS, LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED,
+    LINEAR_X_Q8,
 };
 use crate::gpu::Size;
 use crate::gpu::{GpuMatrix, GpuVec, Recorder};
@@ -101,6 +102,12 @@ pub(crate) struct Pass<'a> {
     /// ([`Session::follow_routing`](crate::Session::follow_routing)), and the trace token
     /// of the pass's first token.
     pub follow: Option<(&'a crate::routing::RoutingTrace, usize)>,
+    /// Where the pass writes its last token's logits (`Scratch::logits` or `logits2`).
+    pub logits: &'a wgpu::Buffer,
+    /// A decode step run ahead of its call: its token is the best of the top-k candidates
+    /// the step before it left in `Scratch::topk`, picked on the GPU
+    /// ([`Kernel::TokenPick`]) into `Scratch::ids` before the embedding.
+    pub pick_token: bool,
 }
 
 /// A resident pass submits its first this many MoE layers, then chunks twice as long as
@@ -369,6 +376,21 @@ impl<'a> Pass<'a> {
     pub fn embed(&mut self) {
         let h = self.m.cfg.hidden_size;
         let e = &self.m.weights.embed;
+        if self.pick_token {
+            let chunks = kernels::topk_groups(self.m.cfg.vocab_size as u32).0;
+            let p = TokenPickParams {
+                n_chunks: chunks,
+                n_top: 1,
+                ..Default::default()
+            };
+            self.rec.dispatch(
+                Kernel::TokenPick,
+                None,
+                p.words(),
+                &[(&self.s.topk).into(), (&self.s.ids).into()],
+                (1, 1),
+            );
+        }
         for (buf, row0, rows) in &e.chunks {
             let binds = [(&self.s.ids).into(), buf.into(), (&self.s.x).into()];
             let p = EmbeddingParams {
@@ -440,7 +462,8 @@ impl<'a> Pass<'a> {
         );
         let head = w.lm_head();
         let x = self.input_of(head, true, h);
-        self.linear_n(head, x, &s.logits, None, None, 1, true);
+        let logits = self.logits;
+        self.linear_n(head, x, logits, None, None, 1, true);
         let mut parts = Vec::with_capacity(extra.len() + 1);
         if let Some(n) = top {
             let groups = kernels::topk_groups(v as u32);
@@ -454,12 +477,12 @@ impl<'a> Pass<'a> {
                 Kernel::TopK,
                 None,
                 p.words(),
-                &[(&s.logits).into(), (&s.topk).into()],
+                &[logits.into(), (&s.topk).into()],
                 groups,
             );
             parts.push((&s.topk, 0, groups.0 as u64 * n as u64 * 8));
         } else {
-            parts.push((&s.logits, 0, (v * 4) as u64));
+            parts.push((logits, 0, (v * 4) as u64));
         }
         parts.extend_from_slice(extra);
         self.rec.read_begin(&parts, staging)

@@ -70,7 +70,10 @@ pub(crate) struct Scratch {
     pub lat_q: wgpu::Buffer,
     pub lat_qn: wgpu::Buffer,
     pub lat_kv: wgpu::Buffer,
+    /// The logits of a pass's last token, in `logits` or `logits2`: a decode step run
+    /// ahead of its call writes the one the step before it did not (see `Session`).
     pub logits: wgpu::Buffer,
+    pub logits2: wgpu::Buffer,
     pub readback: wgpu::Buffer,
     /// A second readback buffer: a decode step recorded ahead reads into the one that the
     /// step in flight does not.
@@ -275,7 +278,7 @@ impl ScratchLayout {
     }
 
     /// Every storage buffer: its label and f32 count.
-    fn storage(&self) -> [(&'static str, u64); 39] {
+    fn storage(&self) -> [(&'static str, u64); 40] {
         let ScratchLayout {
             cap: _,
             ids,
@@ -358,6 +361,7 @@ impl ScratchLayout {
             ("lat_q", lat_q),
             ("lat_qn", lat_qn),
             ("lat_kv", lat_kv),
+            ("logits 2", logits),
             ("logits", logits),
             ("rope", rope),
         ]
@@ -459,6 +463,7 @@ impl Scratch {
             lat_qn: buf("lat_qn", l.lat_qn),
             lat_kv: buf("lat_kv", l.lat_kv),
             logits: buf("logits", l.logits),
+            logits2: buf("logits 2", l.logits),
             readback: gpu.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("readback"),
                 size: l.readback_bytes,
@@ -520,6 +525,7 @@ impl Scratch {
             lat_qn,
             lat_kv,
             logits,
+            logits2,
             readback,
             readback2,
             rope,
@@ -565,6 +571,7 @@ impl Scratch {
             lat_qn,
             lat_kv,
             logits,
+            logits2,
             readback,
             readback2,
             rope,

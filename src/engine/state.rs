@@ -9,6 +9,11 @@ use crate::error::{Error, Result};
 use crate::gpu::{storage_size, Gpu};
 use crate::session::MAX_PASS_TOKENS;
 
+/// Copies of each recurrent state a session keeps ([`LayerState::Recurrent`]): the
+/// committed one, the one the pass in flight writes, and the one a step run ahead of its
+/// call writes.
+pub(crate) const STATE_COPIES: usize = 3;
+
 /// The sequence state of one decoder layer.
 pub(crate) enum LayerState {
     /// Keys and values, each `[rows, kv_heads, head_dim]` of the model's KV cache dtype
@@ -20,14 +25,17 @@ pub(crate) enum LayerState {
         ring: Option<KvRing>,
     },
     /// A Gated DeltaNet layer's convolution state (`[conv_kernel - 1, channels]` f32, the
-    /// last inputs) and recurrent state (`[value_heads, key_dim, value_dim]` f32), twice:
-    /// a pass's kernels read the committed copy (nothing at position 0) and write the
-    /// other, which becomes the committed one only when the pass succeeds ([`SequenceState::commit`]). Unlike a KV cache, a
-    /// recurrent state cannot be rewound, so a failed or discarded pass (an expert read
-    /// error, a resident step that found an expert missing) must leave it untouched.
+    /// last inputs) and recurrent state (`[value_heads, key_dim, value_dim]` f32), in
+    /// [`STATE_COPIES`] copies used in turn: a pass's kernels read the committed copy
+    /// (nothing at position 0) and write the next, which becomes the committed one only
+    /// when the pass succeeds ([`SequenceState::commit`]). Unlike a KV cache, a recurrent
+    /// state cannot be rewound, so a failed or discarded pass (an expert read error, a
+    /// resident step that found an expert missing) must leave it untouched; a third copy
+    /// lets a decode step run ahead of its call (reading the copy the step before it
+    /// writes, writing the one after) while that step may still be discarded.
     Recurrent {
-        conv: [wgpu::Buffer; 2],
-        state: [wgpu::Buffer; 2],
+        conv: [wgpu::Buffer; STATE_COPIES],
+        state: [wgpu::Buffer; STATE_COPIES],
     },
     /// A latent-attention layer's cache, `[max_context, kv_lora_rank + qk_rope_head_dim]`
     /// of the KV cache dtype: per token its normalized latent and rotated RoPE key.
@@ -74,7 +82,7 @@ impl KvRing {
 /// The per-layer sequence state of a session, as the model's plan says.
 pub(crate) struct SequenceState {
     pub layers: Vec<LayerState>,
-    /// Which copy of the recurrent states is committed (0 or 1).
+    /// Which copy of the recurrent states is committed (below [`STATE_COPIES`]).
     pub cur: usize,
     /// The positions a KV or latent cache holds (rings apart).
     pub max_context: usize,
@@ -214,7 +222,7 @@ impl SessionLayout {
                 LayerStateSize::Kv { bytes, .. } => 2 * storage_size(bytes),
                 LayerStateSize::Latent { bytes } => storage_size(bytes),
                 LayerStateSize::Recurrent { conv, state } => {
-                    2 * (storage_size(conv) + storage_size(state))
+                    STATE_COPIES as u64 * (storage_size(conv) + storage_size(state))
                 }
             })
             .fold(0, u64::saturating_add)
@@ -257,8 +265,8 @@ impl SequenceState {
                     ring,
                 },
                 LayerStateSize::Recurrent { conv, state } => LayerState::Recurrent {
-                    conv: [0, 1].map(|_| gpu.storage_buffer("conv state", conv)),
-                    state: [0, 1].map(|_| gpu.storage_buffer("recurrent state", state)),
+                    conv: [(); STATE_COPIES].map(|_| gpu.storage_buffer("conv state", conv)),
+                    state: [(); STATE_COPIES].map(|_| gpu.storage_buffer("recurrent state", state)),
                 },
             })
             .collect();
@@ -281,7 +289,7 @@ impl SequenceState {
     )> {
         match self.layers.get(l) {
             Some(LayerState::Recurrent { conv, state }) => {
-                let (a, b) = (self.cur, 1 - self.cur);
+                let (a, b) = (self.cur, (self.cur + 1) % STATE_COPIES);
                 Ok(((&conv[a], &state[a]), (&conv[b], &state[b])))
             }
             _ => Err(Error::Internal(format!("layer {l} has no recurrent state"))),
@@ -290,9 +298,20 @@ impl SequenceState {
 
     /// Makes the states a successful pass wrote the committed ones.
     pub fn commit(&mut self) {
-        if self.has_recurrent() {
-            self.cur = 1 - self.cur;
-        }
+        self.cur = (self.cur + 1) % STATE_COPIES;
+    }
+
+    /// Undoes a [`commit`](Self::commit) (after recording a pass ahead of one in flight,
+    /// as if that one had committed).
+    pub fn uncommit(&mut self) {
+        self.cur = (self.cur + STATE_COPIES - 1) % STATE_COPIES;
+    }
+
+    /// Whether a layer keeps a sliding-window ring of keys.
+    pub fn has_ring(&self) -> bool {
+        self.layers
+            .iter()
+            .any(|s| matches!(s, LayerState::Kv { ring: Some(_), .. }))
     }
 
     /// Whether any layer keeps a recurrent state (which cannot be truncated).
@@ -403,7 +422,7 @@ impl SequenceState {
             .sum()
     }
 
-    /// GPU memory of every layer's state (both copies of the recurrent states).
+    /// GPU memory of every layer's state (every copy of the recurrent states).
     pub fn bytes(&self) -> u64 {
         self.layers
             .iter()

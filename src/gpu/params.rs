@@ -825,6 +825,20 @@ kernel_params! {
 }
 
 kernel_params! {
+    /// Parameters of [`Kernel::TokenPick`] (`kernels/token_pick.wgsl`).
+    TokenPickParams for TokenPick {
+        /// Chunks of [`Kernel::TopK`]'s output.
+        n_chunks: u32,
+        /// Candidates per chunk (the first is the chunk's best).
+        n_top: u32,
+        /// Padding.
+        pad0: u32,
+        /// Padding.
+        pad1: u32,
+    }
+}
+
+kernel_params! {
     /// Parameters of [`Kernel::SubgroupProbe`] (`kernels/subgroup_probe.wgsl`).
     SubgroupProbeParams for SubgroupProbe {
         /// Invocations that write their subgroup's size (the workgroup's 64).
@@ -864,6 +878,7 @@ pub const ALL: &[ParamsLayout] = &[
     CopyParams::LAYOUT,
     MoeRouteParams::LAYOUT,
     TopKParams::LAYOUT,
+    TokenPickParams::LAYOUT,
     SubgroupProbeParams::LAYOUT,
     Conv1dSiluParams::LAYOUT,
     GatedDeltaNetParams::LAYOUT,

@@ -68,7 +68,7 @@ pub struct SessionPlan {
     /// The context length planned for.
     pub max_context: usize,
     /// The sequence state: KV caches of the attention layers (of latent attention: the
-    /// latent caches; of a short sliding window: its ring), and both copies of the
+    /// latent caches; of a short sliding window: its ring), and the three copies of the
     /// convolution and recurrent states of linear-attention layers. What
     /// [`Session::state_bytes`](crate::Session::state_bytes) reports.
     pub state_bytes: u64,

@@ -49,6 +49,10 @@ pub struct SessionStats {
     /// Resident decode steps whose GPU work had been recorded ahead, while the GPU ran
     /// the step before, and was submitted at once when the step was asked for.
     pub steps_recorded_ahead: u64,
+    /// Greedy decode steps ([`Session::step_top`] with `n` 1) that the GPU had already run
+    /// ahead of the call, with its own pick of the token, while the host read back the
+    /// step before (also counted in `steps_recorded_ahead`).
+    pub steps_run_ahead: u64,
 }
 
 impl SessionStats {
@@ -62,6 +66,7 @@ impl SessionStats {
         self.resident_steps += o.resident_steps;
         self.resident_retries += o.resident_retries;
         self.steps_recorded_ahead += o.steps_recorded_ahead;
+        self.steps_run_ahead += o.steps_run_ahead;
         self.gpu_wait_time += o.gpu_wait_time;
         self.gpu_time = match (self.gpu_time, o.gpu_time) {
             (Some(a), Some(b)) => Some(a + b),
@@ -105,8 +110,15 @@ pub struct Session {
     last: SessionStats,
     /// Whether the logits buffer holds the last position's logits.
     has_logits: bool,
+    /// Which logits buffer holds them: `Scratch::logits2` if set, else `logits` (passes
+    /// alternate between the two with `flip`, so that a step run ahead of its call does
+    /// not overwrite the logits of the step before it).
+    logits_at: bool,
     /// Decode steps to run with routing readbacks before trying the resident path again.
     resident_backoff: u32,
+    /// Greedy steps to run before running one ahead again (after a step run ahead was
+    /// not wanted).
+    run_ahead_backoff: u32,
     /// The routing recorded since [`Session::record_routing`], if recording.
     routing: Option<RoutingTrace>,
     /// The routing the session follows instead of its routers' ([`Session::follow_routing`]).
@@ -184,7 +196,9 @@ impl Session {
             stats: SessionStats::default(),
             last: SessionStats::default(),
             has_logits: false,
+            logits_at: false,
             resident_backoff: 0,
+            run_ahead_backoff: 0,
             routing: None,
             follow: None,
             ahead: None,
@@ -274,12 +288,18 @@ impl Session {
                 "no logits yet: run prefill or step first".into(),
             ));
         }
-        // Recording uses the parameter arena that a step recorded ahead waits in.
-        self.ahead = None;
+        // Recording uses the parameter arena that a step recorded ahead waits in (and a
+        // step run ahead may be reading into either readback buffer).
+        self.drop_ahead();
         let m = &*self.model.inner;
+        let logits = if self.logits_at {
+            &self.scratch.logits2
+        } else {
+            &self.scratch.logits
+        };
         let mut rec = Recorder::new(&m.gpu, &mut self.params, None);
         let bytes = (m.cfg.vocab_size * 4) as u64;
-        let out = rec.read(&[(&self.scratch.logits, 0, bytes)], &self.scratch.readback)?;
+        let out = rec.read(&[(logits, 0, bytes)], &self.scratch.readback)?;
         Ok(bytemuck::pod_collect_to_vec(&out[0]))
     }
 
@@ -287,7 +307,7 @@ impl Session {
     pub fn reset(&mut self) {
         self.pos = 0;
         self.has_logits = false;
-        self.ahead = None;
+        self.drop_ahead();
     }
 
     /// Cuts the context back to its first `len` tokens: the next `prefill` or `step`
@@ -326,7 +346,7 @@ impl Session {
         }
         self.pos = len;
         self.has_logits = false;
-        self.ahead = None;
+        self.drop_ahead();
         Ok(())
     }
 
@@ -357,8 +377,8 @@ impl Session {
             });
         s.state.copy_from(&self.state, self.pos, &mut enc);
         if self.has_logits {
-            let n = self.scratch.logits.size().min(s.scratch.logits.size());
-            enc.copy_buffer_to_buffer(&self.scratch.logits, 0, &s.scratch.logits, 0, n);
+            let n = self.logits().size().min(s.scratch.logits.size());
+            enc.copy_buffer_to_buffer(self.logits(), 0, &s.scratch.logits, 0, n);
         }
         gpu.queue.submit([enc.finish()]);
         gpu.check()?;
@@ -433,7 +453,7 @@ impl Session {
                 )));
             }
         }
-        self.ahead = None;
+        self.drop_ahead();
         self.follow = trace;
         Ok(())
     }

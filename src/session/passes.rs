@@ -11,11 +11,16 @@ use crate::routing::RoutingTrace;
 
 /// A resident decode step recorded ahead (see [`Session::pass`]): its work, not yet
 /// submitted, for the step at `pos` reading back `want`; its parameters wait in the
-/// session's arena, so any other recording drops it.
+/// session's arena, so any other recording drops it. Or, when `running`, a greedy step
+/// already submitted with the GPU's pick of the token (a step run ahead): it is kept if
+/// the next call asks for that token (`token`, the best candidate of the step before it,
+/// once that step's readback is in), else waited for and dropped.
 pub(super) struct Ahead {
     pos: usize,
     want: Want,
     rec: Recorded,
+    running: bool,
+    token: Option<u32>,
 }
 
 /// A pass's GPU work, submitted (or recorded ahead), and what its recording counted.
@@ -31,6 +36,10 @@ struct Recorded {
     /// The routing read back during the pass, when the session records it
     /// ([`Pass::routing`]).
     routing: Option<Vec<(usize, Vec<u32>, usize)>>,
+    /// Whether the pass writes `Scratch::logits2` (else `logits`).
+    logits2: bool,
+    /// A step run ahead: its readback ends with the token it ran.
+    picked: bool,
 }
 
 /// An error of a pass, with the counters of the work done before it.
@@ -46,6 +55,19 @@ const NO_AHEAD_ENV: &str = "MOESTREAM_NO_RECORD_AHEAD";
 fn record_ahead() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os(NO_AHEAD_ENV).is_none_or(|v| v.is_empty() || v == "0"))
+}
+
+/// Environment variable that turns running greedy steps ahead off (`1`), for measuring
+/// what it gains; on by default.
+const NO_RUN_AHEAD_ENV: &str = "MOESTREAM_NO_RUN_AHEAD";
+
+/// After a step run ahead is dropped by a step that did not want it, this many steps run
+/// none ahead.
+const RUN_AHEAD_BACKOFF: u32 = 16;
+
+fn run_ahead() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(NO_RUN_AHEAD_ENV).is_none_or(|v| v.is_empty() || v == "0"))
 }
 
 impl Session {
@@ -93,6 +115,15 @@ impl Session {
     /// for the readback and the submit, not for the host's recording of a whole step
     /// (~2 ms on a fast CPU, ~45% of a Qwen3-30B-A3B step's GPU time on an H100). The
     /// next token is written into the pass's input just before the submit.
+    ///
+    /// A greedy step (the best logit only, [`Session::step_top`] with `n` 1) goes further:
+    /// the next step is submitted at once, behind this one, its token picked on the GPU
+    /// from this one's best logit ([`Pass::pick_token`]), so the GPU does not idle between
+    /// steps at all. The next `step` keeps it if it asks for that token (greedy
+    /// generation always does); any other call waits for it and drops it: it wrote only
+    /// the next position's KV entries (which the next real step overwrites) and the
+    /// recurrent states not yet committed. Not with sliding-window caches, where that
+    /// write would overwrite a key a later `truncate` may still need.
     fn pass(
         &mut self,
         ids: &[u32],
@@ -101,9 +132,23 @@ impl Session {
         decode: bool,
     ) -> Result<Option<Readout>> {
         let t0 = std::time::Instant::now();
-        let ahead = self.ahead.take();
-        let launched = match ahead {
-            Some(a) if resident && a.pos == self.pos && a.want == want && ids.len() == 1 => {
+        let mut launched = None;
+        let mut ran_ahead = false;
+        if let Some(a) = self.ahead.take() {
+            let fits = resident && a.pos == self.pos && a.want == want && ids.len() == 1;
+            if a.running {
+                if fits && a.token == Some(ids[0]) {
+                    launched = Some(a.rec);
+                    ran_ahead = true;
+                } else {
+                    // The GPU ran a step nobody wants: not again for a while, in case the
+                    // caller is not decoding greedily after all.
+                    self.drain(a.rec);
+                    if decode {
+                        self.run_ahead_backoff = RUN_AHEAD_BACKOFF;
+                    }
+                }
+            } else if fits {
                 let m = &*self.model.inner;
                 m.gpu
                     .queue
@@ -112,50 +157,70 @@ impl Session {
                 let t = std::time::Instant::now();
                 rec.read.launch(&m.gpu, &mut self.params);
                 rec.record_time += t.elapsed();
-                Some(rec)
+                launched = Some(rec);
             }
-            _ => None,
-        };
+        }
         let from_ahead = launched.is_some();
         let rec = match launched {
             Some(rec) => Ok(rec),
-            None => self.record(Some(ids), self.pos, want, resident, decode, false),
+            None => self.record(Some(ids), self.pos, want, resident, decode, false, false),
         };
         // Record the next step while the GPU runs this one: it reads the states this one
-        // writes (committed only after this one's readback says it ran).
+        // writes (committed only after this one's readback says it ran). A greedy step's
+        // next one is submitted now, with the GPU's pick of the token.
         if rec.is_ok()
             && resident
             && want != Want::Nothing
             && record_ahead()
             && self.pos + 2 <= self.max_context
         {
+            let running = want == Want::Top(1)
+                && run_ahead()
+                && self.run_ahead_backoff == 0
+                && !self.state.has_ring();
+            self.run_ahead_backoff = self.run_ahead_backoff.saturating_sub(1);
             self.state.commit();
-            let next = self.record(None, self.pos + 1, want, true, true, true);
-            self.state.commit();
-            if let Ok(r) = next {
+            // Recorded whole and submitted at once: the GPU is busy with this step, so
+            // submitting in chunks as the recording goes (as a step asked for does) would
+            // only add submits.
+            let next = self.record(None, self.pos + 1, want, true, true, true, running);
+            self.state.uncommit();
+            if let Ok(mut r) = next {
+                if running {
+                    let t = std::time::Instant::now();
+                    r.read.launch(&self.model.inner.gpu, &mut self.params);
+                    r.record_time += t.elapsed();
+                }
                 self.ahead = Some(Ahead {
                     pos: self.pos + 1,
                     want,
                     rec: r,
+                    running,
+                    token: None,
                 });
             }
         }
         let result = match rec {
-            Ok(rec) => self.finish(rec, resident),
+            Ok(rec) => self.finish(rec, resident, ran_ahead.then_some(ids[0])),
             Err(e) => Err(e),
         };
         // (Errors come back with the stats of the work done before them.)
-        let (out, mut stats, routed) = match result {
-            Ok((out, stats, routed)) => (Ok(out), stats, routed),
+        let (out, mut stats, routed, logits2) = match result {
+            Ok((out, stats, routed, logits2)) => (Ok(out), stats, routed, logits2),
             Err(failed) => {
                 let (e, stats) = *failed;
-                (Err(e), stats, None)
+                (Err(e), stats, None, false)
             }
         };
         let done = matches!(out, Ok(Some(_)));
-        if !done {
+        if done {
+            // The token a step run ahead ran: this one's best.
+            if let (Some(a), Ok(Some(Readout::Top(c)))) = (self.ahead.as_mut(), &out) {
+                a.token = c.first().map(|c| c.id);
+            }
+        } else {
             // The step recorded ahead assumed this one would advance.
-            self.ahead = None;
+            self.drop_ahead();
         }
         stats.tokens = if done { ids.len() as u64 } else { 0 };
         stats.passes = u64::from(done);
@@ -166,6 +231,7 @@ impl Session {
         stats.resident_steps = u64::from(resident && done);
         stats.resident_retries = u64::from(resident && matches!(out, Ok(None)));
         stats.steps_recorded_ahead = u64::from(from_ahead && done);
+        stats.steps_run_ahead = u64::from(ran_ahead && done);
         if let Some(cache) = &self.model.inner.cache {
             cache.record(&stats.cache);
         }
@@ -178,15 +244,45 @@ impl Session {
             }
             self.pos += ids.len();
             self.state.commit();
+            if want != Want::Nothing {
+                self.logits_at = logits2;
+            }
         }
         Ok(out)
+    }
+
+    /// Drops the step recorded or run ahead, if any; a step run ahead is waited for
+    /// first (its readback buffer is being mapped).
+    pub(super) fn drop_ahead(&mut self) {
+        if let Some(a) = self.ahead.take() {
+            if a.running {
+                self.drain(a.rec);
+            }
+        }
+    }
+
+    /// Waits for a submitted pass whose results are not wanted.
+    fn drain(&mut self, rec: Recorded) {
+        if let Err(e) = rec.read.wait(&self.model.inner.gpu) {
+            tracing::debug!("a step run ahead and dropped failed: {e}");
+        }
+    }
+
+    /// The logits buffer holding the last pass's logits.
+    pub(super) fn logits(&self) -> &wgpu::Buffer {
+        if self.logits_at {
+            &self.scratch.logits2
+        } else {
+            &self.scratch.logits
+        }
     }
 
     /// Records a pass of `n` tokens from position `pos0` (the tokens `ids`, written into
     /// the pass's input now; `None` for a pass recorded ahead, whose one token is written
     /// at its launch), reading back `want`: submitted, its readback started; or with
     /// `deferred`, recorded ahead, not submitted. `decode`: a decode step's kernels
-    /// ([`Pass::decode`]; a resident pass is one).
+    /// ([`Pass::decode`]; a resident pass is one). `pick`: a step run ahead, its token
+    /// picked on the GPU ([`Pass::pick_token`]).
     #[allow(clippy::too_many_arguments)]
     fn record(
         &mut self,
@@ -196,6 +292,7 @@ impl Session {
         resident: bool,
         decode: bool,
         deferred: bool,
+        pick: bool,
     ) -> std::result::Result<Recorded, Failed> {
         let m = &*self.model.inner;
         let cfg = &m.cfg;
@@ -205,10 +302,13 @@ impl Session {
                 .queue
                 .write_buffer(&self.scratch.ids, 0, bytemuck::cast_slice(ids));
         }
-        let staging = if self.flip {
-            &self.scratch.readback2
+        // Passes alternate between the two readback buffers and the two logits buffers, so
+        // that a pass recorded (or run) ahead uses neither of the pass in flight.
+        let logits2 = self.flip;
+        let (staging, logits) = if logits2 {
+            (&self.scratch.readback2, &self.scratch.logits2)
         } else {
-            &self.scratch.readback
+            (&self.scratch.readback, &self.scratch.logits)
         };
         self.flip = !self.flip;
         let rec = if deferred {
@@ -231,6 +331,8 @@ impl Session {
             submit_chunk: RESIDENT_FIRST_CHUNK,
             routing: self.routing.as_ref().map(|_| Vec::new()),
             follow: self.follow.as_ref().map(|t| (t, pos0)),
+            logits,
+            pick_token: pick,
         };
         let s = &self.scratch;
         let layers = cfg.num_hidden_layers;
@@ -251,15 +353,16 @@ impl Session {
                 // Wait for the pass (and collect its GPU time) with an empty readback.
                 return Ok(pass.rec.read_begin(&[], staging));
             }
-            let extra: &[(&wgpu::Buffer, u64, u64)] = if resident {
-                &[
-                    (&s.route_log, 0, (layers * 4) as u64),
-                    (&s.route_log, (layers * 4) as u64, (layers * k * 4) as u64),
-                ]
-            } else {
-                &[]
-            };
-            Ok(pass.readout_begin(top, extra, staging))
+            let mut extra: Vec<(&wgpu::Buffer, u64, u64)> = Vec::new();
+            if resident {
+                extra.push((&s.route_log, 0, (layers * 4) as u64));
+                extra.push((&s.route_log, (layers * 4) as u64, (layers * k * 4) as u64));
+            }
+            if pick {
+                // The token the step ran, checked against the one its call asks for.
+                extra.push((&s.ids, 0, 4));
+            }
+            Ok(pass.readout_begin(top, &extra, staging))
         })();
         let read = match read {
             Ok(r) => r,
@@ -282,18 +385,23 @@ impl Session {
             wait_time: pass.rec.wait_time,
             gpu_ns: pass.rec.gpu_ns(),
             routing: pass.routing,
+            logits2,
+            picked: pick,
         })
     }
 
     /// Waits for a recorded pass and reads its results: `None` for a resident pass that
-    /// found a chosen expert missing; and, when the session records routing, the pass's
-    /// routing. The stats come back on errors too.
+    /// found a chosen expert missing, or for a step run ahead that did not run `token`;
+    /// and, when the session records routing, the pass's routing, and whether its logits
+    /// are in `Scratch::logits2`. The stats come back on errors too.
     #[allow(clippy::type_complexity)]
     fn finish(
         &mut self,
         rec: Recorded,
         resident: bool,
-    ) -> std::result::Result<(Option<Readout>, SessionStats, Option<RoutedLayers>), Failed> {
+        token: Option<u32>,
+    ) -> std::result::Result<(Option<Readout>, SessionStats, Option<RoutedLayers>, bool), Failed>
+    {
         let m = &*self.model.inner;
         let cfg = &m.cfg;
         let mut stats = SessionStats {
@@ -313,20 +421,33 @@ impl Session {
         stats.gpu_time = rec
             .gpu_ns
             .map(|g| std::time::Duration::from_nanos((g + ns) as u64));
+        let logits2 = rec.logits2;
         if parts.is_empty() {
             // A pass that read back nothing (a prefill chunk before the last).
-            return Ok((Some(Readout::Full(Vec::new())), stats, rec.routing));
+            return Ok((Some(Readout::Full(Vec::new())), stats, rec.routing, logits2));
+        }
+        if rec.picked {
+            let ran = parts.pop().and_then(|b| {
+                b.get(..4)
+                    .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            });
+            if ran != token {
+                tracing::debug!(
+                    "a step run ahead ran token {ran:?}, not {token:?}: running it again"
+                );
+                return Ok((None, stats, None, logits2));
+            }
         }
         let rest = parts.split_off(1);
         let logits = crate::engine::pass::decode_readout(rec.top, &parts[0]);
         if !resident {
-            return Ok((Some(logits), stats, rec.routing));
+            return Ok((Some(logits), stats, rec.routing, logits2));
         }
         let layers = cfg.num_hidden_layers;
         let k = cfg.num_experts_per_tok;
         let miss: Vec<u32> = bytemuck::pod_collect_to_vec(&rest[0]);
         if miss.iter().take(layers).any(|&f| f != 0) {
-            return Ok((None, stats, None));
+            return Ok((None, stats, None, logits2));
         }
         // Tell the cache what was used, for its eviction order and the hit counters. (A
         // step recorded ahead learns whether the session records routing only now.)
@@ -348,7 +469,7 @@ impl Session {
         if let Some(cache) = &m.cache {
             stats.cache.hits += cache.touch(&keys);
         }
-        Ok((Some(logits), stats, routing))
+        Ok((Some(logits), stats, routing, logits2))
     }
 }
 

@@ -94,6 +94,9 @@ pub enum Kernel {
     MoeRoute,
     /// Top-n logits per chunk of the vocabulary, for a small readback ([`topk_groups`]).
     TopK,
+    /// The best of [`Kernel::TopK`]'s candidates as the next step's token, on the GPU
+    /// (one workgroup; [`params::TokenPickParams`](super::params::TokenPickParams)).
+    TokenPick,
     /// Measures the subgroup size (only compiled with [`Variant::subgroups`]).
     SubgroupProbe,
     /// Causal depthwise conv + SiLU of a Gated DeltaNet layer's q/k/v channels over a
@@ -129,7 +132,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 35] = [
+    pub const ALL: [Kernel; 36] = [
         Kernel::MlaLatent,
         Kernel::MlaAttention,
         Kernel::SigmoidGate,
@@ -161,6 +164,7 @@ impl Kernel {
         Kernel::Copy,
         Kernel::MoeRoute,
         Kernel::TopK,
+        Kernel::TokenPick,
         Kernel::SubgroupProbe,
         Kernel::Conv1dSilu,
         Kernel::GatedDeltaNet,
@@ -197,6 +201,7 @@ impl Kernel {
             Kernel::Copy => "copy",
             Kernel::MoeRoute => "moe_route",
             Kernel::TopK => "topk",
+            Kernel::TokenPick => "token_pick",
             Kernel::SubgroupProbe => "subgroup_probe",
             Kernel::Conv1dSilu => "conv1d_silu",
             Kernel::GatedDeltaNet => "gated_delta_net",
@@ -239,6 +244,7 @@ impl Kernel {
             Kernel::Copy => include_str!("../../../kernels/copy.wgsl"),
             Kernel::MoeRoute => include_str!("../../../kernels/moe_route.wgsl"),
             Kernel::TopK => include_str!("../../../kernels/topk.wgsl"),
+            Kernel::TokenPick => include_str!("../../../kernels/token_pick.wgsl"),
             Kernel::SubgroupProbe => include_str!("../../../kernels/subgroup_probe.wgsl"),
             Kernel::Conv1dSilu => include_str!("../../../kernels/conv1d_silu.wgsl"),
             Kernel::GatedDeltaNet => include_str!("../../../kernels/gated_delta_net.wgsl"),
