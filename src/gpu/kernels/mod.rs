@@ -45,8 +45,15 @@ pub enum Kernel {
     /// Decode attention over one key range per workgroup ([`attention_splits`]): partial
     /// softmax states, combined by [`Kernel::AttentionMerge`].
     AttentionSplit,
-    /// Combines the partial softmax states of [`Kernel::AttentionSplit`] per head.
+    /// Combines the partial softmax states of [`Kernel::AttentionSplit`] (or
+    /// [`Kernel::AttentionSplitRope`]) per head.
     AttentionMerge,
+    /// [`Kernel::AttentionSplit`] with [`Kernel::HeadNormRope`] folded in, for decode
+    /// steps: each workgroup normalizes and rotates its query head from the raw q/k/v
+    /// projection row, and those of the last key range compute the current position's key
+    /// and value and write them into the KV cache (same grid and results, one dispatch
+    /// fewer per layer).
+    AttentionSplitRope,
     /// Router softmax, top-k and renormalization.
     Router,
     /// SwiGLU activation of dense MLPs.
@@ -129,7 +136,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 35] = [
+    pub const ALL: [Kernel; 36] = [
         Kernel::MlaLatent,
         Kernel::MlaAttention,
         Kernel::SigmoidGate,
@@ -143,6 +150,7 @@ impl Kernel {
         Kernel::AttentionTiled,
         Kernel::AttentionSplit,
         Kernel::AttentionMerge,
+        Kernel::AttentionSplitRope,
         Kernel::Router,
         Kernel::SwiGlu,
         Kernel::MoeGateUp,
@@ -179,6 +187,7 @@ impl Kernel {
             Kernel::AttentionTiled => "attention_tiled",
             Kernel::AttentionSplit => "attention_split",
             Kernel::AttentionMerge => "attention_merge",
+            Kernel::AttentionSplitRope => "attention_split_rope",
             Kernel::Router => "router",
             Kernel::SwiGlu => "swiglu",
             Kernel::MoeGateUp => "moe_gate_up",
@@ -219,6 +228,9 @@ impl Kernel {
             Kernel::AttentionTiled => include_str!("../../../kernels/attention_tiled.wgsl"),
             Kernel::AttentionSplit => include_str!("../../../kernels/attention_split.wgsl"),
             Kernel::AttentionMerge => include_str!("../../../kernels/attention_merge.wgsl"),
+            Kernel::AttentionSplitRope => {
+                include_str!("../../../kernels/attention_split_rope.wgsl")
+            }
             Kernel::Router => include_str!("../../../kernels/router.wgsl"),
             Kernel::SwiGlu => include_str!("../../../kernels/swiglu.wgsl"),
             Kernel::MoeGateUp => include_str!("../../../kernels/moe_gate_up.wgsl"),
@@ -290,6 +302,7 @@ impl Kernel {
             self,
             Kernel::HeadNormRope
                 | Kernel::AttentionSplit
+                | Kernel::AttentionSplitRope
                 | Kernel::AttentionTiled
                 | Kernel::MlaLatent
                 | Kernel::MlaAttention
