@@ -23,10 +23,11 @@
 
 use moestream::gpu::kernels::{attention_tiled_groups, Kernel};
 use moestream::gpu::params::{
-    AttentionMergeParams, AttentionParams, AttentionSplitParams, CopyParams, EmbeddingParams,
-    HeadNormRopeParams, MatMulParams, MatVecParams, MoeCombineParams, MoeDownParams,
-    MoeGateUpParams, MoeRouteParams, RmsNormParams, RouterParams, SharedSwiGluParams,
-    SigmoidGateParams, SubgroupProbeParams, SwiGluParams, TokenPickParams, TopKParams,
+    AttentionMergeParams, AttentionParams, AttentionSplitParams, AttentionSplitRopeParams,
+    CopyParams, EmbeddingParams, HeadNormRopeParams, MatMulParams, MatVecParams, MoeCombineParams,
+    MoeDownParams, MoeGateUpParams, MoeRouteParams, RmsNormParams, RouterParams,
+    SharedSwiGluParams, SigmoidGateParams, SubgroupProbeParams, SwiGluParams, TokenPickParams,
+    TopKParams,
 };
 use moestream::reference;
 use moestream::{format::DType, store::ExpertLayout};
@@ -179,6 +180,7 @@ fn every_kernel_is_covered() {
         Kernel::AttentionTiled,
         Kernel::AttentionSplit,
         Kernel::AttentionMerge,
+        Kernel::AttentionSplitRope,
         Kernel::Router,
         Kernel::SwiGlu,
         Kernel::SigmoidGate,
@@ -1463,6 +1465,326 @@ fn attention_split_and_merge_window_and_sinks() {
             attention_merge_groups(nh as u32, hd as u32),
         );
         ck.close(&case, &to_f32(&merged[1]), &want, REDUCTION.floor(0.1));
+    }
+    ck.report();
+}
+
+/// Decode attention with the norm and RoPE folded in (`attention_split_rope`): from the raw
+/// q/k/v projection row and a KV cache without the current position (whose row holds
+/// poison: the kernel must use the key and value it computes), its partial softmax states
+/// and the K and V caches it leaves must be bit for bit those of `head_norm_rope` then
+/// `attention_split` (the engine's unfused decode), and the merged output and the written
+/// cache row must match the reference: GQA, with and without q/k norms, partial rotary,
+/// gated-attention rows (`[q | gate]` per head), clip_qkv, a sliding window over a ring
+/// cache (the rows written twice, RoPE at the unshifted position), f32 and f16 caches.
+#[test]
+fn attention_split_rope() {
+    use moestream::gpu::kernels::{
+        attention_merge_groups, attention_part_floats, attention_splits,
+    };
+    let mut ck = Checker::new("attention_split_rope");
+    let mut rng = Rng::new(63);
+    let eps = 1e-6f32;
+    struct Case {
+        pos0: usize,
+        heads: (usize, usize),
+        hd: usize,
+        rd: usize,
+        norm: bool,
+        gated: bool,
+        clip: Option<f32>,
+        // (window, ring cap in rows, the shift: the query's position less pos0)
+        window: Option<(usize, usize, usize)>,
+    }
+    let case = |pos0, heads, hd, rd, norm, gated| Case {
+        pos0,
+        heads,
+        hd,
+        rd,
+        norm,
+        gated,
+        clip: None,
+        window: None,
+    };
+    let cases = [
+        case(0, (2, 1), 16, 16, true, false), // one key: the current one
+        case(16, (4, 2), 24, 16, true, true), // 17 keys, partial rotary, gated rows
+        case(149, (4, 4), 64, 64, false, false), // no q/k norm, many ranges
+        Case {
+            clip: Some(1.5),
+            ..case(63, (8, 2), 128, 128, true, false)
+        },
+        case(300, (6, 2), 128, 64, true, true), // GQA 3, partial rotary, gated
+        case(1000, (32, 4), 128, 128, true, false), // Qwen3-30B-A3B's heads
+        case(127, (3, 1), 256, 256, true, false), // head_dim 256
+        case(40, (4, 2), 12, 8, true, false),   // 3 vec4s per head
+        Case {
+            window: Some((32, 64, 128)),
+            ..case(70, (8, 2), 64, 64, false, false) // gpt-oss: a ring, the window in it
+        },
+        Case {
+            window: Some((20, 64, 64)),
+            ..case(30, (4, 1), 32, 32, true, true) // the mirror below the row
+        },
+    ];
+    for c in &cases {
+        let (nh, nkv) = c.heads;
+        let (hd, rd, pos0) = (c.hd, c.rd, c.pos0);
+        let (window, cap, shift) = match c.window {
+            Some((w, cap, shift)) => (Some(w), Some(cap), shift),
+            None => (None, None, 0),
+        };
+        let rope_pos = pos0 + shift;
+        let row = nkv * hd;
+        let q_head_stride = if c.gated { 2 * hd } else { hd };
+        // The projection row: [junk | q heads (with their gates) | k heads | v heads | junk].
+        let (q_offset, k_offset) = (5, 5 + nh * q_head_stride);
+        let v_offset = k_offset + row;
+        let x = rng.vec(v_offset + row + 3, 2.0);
+        let wq = rng.vec(hd, 1.5);
+        let wk = rng.vec(hd, 1.5);
+        let (cos, sin) = reference::rope_tables(1e4, rd, rope_pos + 1);
+        let rope = [cos.clone(), sin.clone()].concat();
+        let rows = cap.map_or(pos0 + 9, |cap| 2 * cap);
+        let mut k_before = rng.vec(rows * row, 1.0);
+        let mut v_before = rng.vec(rows * row, 1.0);
+        // The current row and those past it: keys that would dominate, values that poison.
+        k_before[pos0 * row..(pos0 + 1) * row].fill(40.0);
+        v_before[pos0 * row..(pos0 + 1) * row].fill(f32::NAN);
+        let ring = cap.map_or(0, |cap| cap * row);
+        let n_keys = pos0 + 1;
+        let key0 = window.map_or(0, |w| n_keys.saturating_sub(w));
+        let (chunk, splits) = attention_splits((n_keys - key0) as u32, nh as u32);
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let part = vec![f32::NAN; attention_part_floats(nh as u32, hd as u32) as usize];
+        let name = format!(
+            "pos0 {pos0} heads {nh}/{nkv} head_dim {hd} rotary {rd} norm {} gated {} clip {:?} window {:?}",
+            c.norm, c.gated, c.clip, c.window
+        );
+        // Reference: the heads normed (or not), clipped and rotated at rope_pos.
+        let head = |at: usize, stride: usize, n: usize| -> Vec<f32> {
+            (0..n)
+                .flat_map(|i| x[at + i * stride..at + i * stride + hd].to_vec())
+                .collect()
+        };
+        let clip = |v: Vec<f32>| -> Vec<f32> {
+            match c.clip {
+                Some(m) => v.into_iter().map(|x| x.clamp(-m, m)).collect(),
+                None => v,
+            }
+        };
+        let normed = |raw: Vec<f32>, w: &[f32], n: usize| -> Vec<f32> {
+            let mut y = clip(if c.norm {
+                reference::rms_norm(&raw, w, eps)
+            } else {
+                raw
+            });
+            reference::rope(&mut y, 1, n, hd, rd, rope_pos, &cos, &sin);
+            y
+        };
+        let want_q = normed(head(q_offset, q_head_stride, nh), &wq, nh);
+        let want_k = normed(head(k_offset, hd, nkv), &wk, nkv);
+        let want_v = clip(x[v_offset..v_offset + row].to_vec());
+        let dtypes: Vec<Option<DType>> = if kv_f16() && hd % 8 == 0 {
+            vec![None, Some(DType::F16)]
+        } else {
+            vec![None]
+        };
+        for kv in dtypes {
+            let f16 = kv.is_some();
+            let name = format!("{name}{}", if f16 { " f16 cache" } else { "" });
+            let enc = |v: &[f32]| {
+                if f16 {
+                    f16_bytes(&round_f16(v))
+                } else {
+                    f32_bytes(v)
+                }
+            };
+            let dec = |b: &[u8]| if f16 { from_f16_bytes(b) } else { to_f32(b) };
+            let (kb, vb) = (enc(&k_before), enc(&v_before));
+            // Unfused: head_norm_rope into qr and the caches, then attention_split.
+            let hnr = run(
+                Kernel::HeadNormRope,
+                kv,
+                HeadNormRopeParams {
+                    n_tokens: 1,
+                    head_dim: hd as u32,
+                    rotary_half: (rd / 2) as u32,
+                    pos0: rope_pos as u32,
+                    eps,
+                    x_stride: x.len() as u32,
+                    q_heads: nh as u32,
+                    q_offset: q_offset as u32,
+                    k_heads: nkv as u32,
+                    k_offset: k_offset as u32,
+                    k_out: (pos0 * row) as u32,
+                    copy_v: 1,
+                    v_offset: v_offset as u32,
+                    sin_offset: cos.len() as u32,
+                    q_head_stride: q_head_stride as u32,
+                    norm: u32::from(c.norm),
+                    ring: ring as u32,
+                    clip: c.clip.unwrap_or(0.0),
+                    ..Default::default()
+                }
+                .words(),
+                &[
+                    &f32_bytes(&x),
+                    &f32_bytes(&wq),
+                    &f32_bytes(&wk),
+                    &f32_bytes(&rope),
+                    &f32_bytes(&vec![0.0; nh * hd]),
+                    &kb,
+                    &f32_bytes(&x),
+                    &vb,
+                ],
+                ((nh + nkv) as u32, 1),
+            );
+            let split = run(
+                Kernel::AttentionSplit,
+                kv,
+                AttentionSplitParams {
+                    pos0: pos0 as u32,
+                    n_heads: nh as u32,
+                    n_kv_heads: nkv as u32,
+                    head_dim: hd as u32,
+                    scale,
+                    chunk,
+                    n_splits: splits,
+                    key0: key0 as u32,
+                }
+                .words(),
+                &[&hnr[4], &hnr[5], &hnr[7], &f32_bytes(&part)],
+                (nh as u32, splits),
+            );
+            // Fused, from the caches without the current row.
+            let fused = run(
+                Kernel::AttentionSplitRope,
+                kv,
+                AttentionSplitRopeParams {
+                    pos0: pos0 as u32,
+                    n_heads: nh as u32,
+                    n_kv_heads: nkv as u32,
+                    head_dim: hd as u32,
+                    scale,
+                    chunk,
+                    n_splits: splits,
+                    key0: key0 as u32,
+                    rope_pos: rope_pos as u32,
+                    rotary_half: (rd / 2) as u32,
+                    eps,
+                    norm: u32::from(c.norm),
+                    q_offset: q_offset as u32,
+                    k_offset: k_offset as u32,
+                    v_offset: v_offset as u32,
+                    q_head_stride: q_head_stride as u32,
+                    sin_offset: cos.len() as u32,
+                    ring: ring as u32,
+                    clip: c.clip.unwrap_or(0.0),
+                    ..Default::default()
+                }
+                .words(),
+                &[
+                    &f32_bytes(&x),
+                    &f32_bytes(&wq),
+                    &f32_bytes(&wk),
+                    &f32_bytes(&rope),
+                    &kb,
+                    &vb,
+                    &f32_bytes(&part),
+                ],
+                (nh as u32, splits),
+            );
+            // Bit for bit the unfused path's: partial states, K cache, V cache.
+            for (what, got, want) in [
+                ("partial states", &fused[6], &split[3]),
+                ("k cache", &fused[4], &hnr[5]),
+                ("v cache", &fused[5], &hnr[7]),
+            ] {
+                let differ = to_u32(got)
+                    .iter()
+                    .zip(to_u32(want))
+                    .filter(|(a, b)| **a != *b)
+                    .count();
+                assert!(
+                    differ == 0 && got.len() == want.len(),
+                    "{name}: {what}: {differ} words differ from head_norm_rope + attention_split"
+                );
+            }
+            // The written rows (and their mirrors) against the reference; the rest untouched.
+            let mut written = vec![false; rows * row];
+            written[pos0 * row..(pos0 + 1) * row].fill(true);
+            if let Some(cap) = cap {
+                let m = if pos0 >= cap { pos0 - cap } else { pos0 + cap };
+                written[m * row..(m + 1) * row].fill(true);
+            }
+            let (got_k, got_v) = (dec(&fused[4]), dec(&fused[5]));
+            let before = |v: &[f32]| if f16 { round_f16(v) } else { v.to_vec() };
+            ck.untouched(&format!("{name} k"), &got_k, &before(&k_before), &written);
+            ck.untouched(&format!("{name} v"), &got_v, &before(&v_before), &written);
+            let f16_step = Tol {
+                nmse: 1e-7,
+                max_rel: 1.0 / 1024.0,
+                floor: 0.0,
+            };
+            let tol = if f16 { f16_step } else { REDUCTION };
+            let rows_of = |v: Vec<f32>, n: usize| -> Vec<f32> { v.repeat(n) };
+            let n_rows = if cap.is_some() { 2 } else { 1 };
+            ck.close(
+                &format!("{name} k row"),
+                &pick(&got_k, &written),
+                &rows_of(want_k.clone(), n_rows),
+                tol.floor(1.0),
+            );
+            let want_vr = if f16 {
+                round_f16(&want_v)
+            } else {
+                want_v.clone()
+            };
+            ck.close(
+                &format!("{name} v row"),
+                &pick(&got_v, &written),
+                &rows_of(want_vr, n_rows),
+                EXACT,
+            );
+            if f16 {
+                continue;
+            }
+            // The merged output against the reference over the cache's keys with the
+            // current one (positions as the kernels see them: the window's differences).
+            let mut k_ref = k_before[..n_keys * row].to_vec();
+            let mut v_ref = v_before[..n_keys * row].to_vec();
+            k_ref[pos0 * row..].copy_from_slice(&want_k);
+            v_ref[pos0 * row..].copy_from_slice(&want_v);
+            let want = reference::attention_with(
+                &want_q,
+                &k_ref,
+                &v_ref,
+                (1, pos0),
+                (nh, nkv, hd),
+                None,
+                window,
+            );
+            let merged = run(
+                Kernel::AttentionMerge,
+                None,
+                AttentionMergeParams {
+                    n_heads: nh as u32,
+                    head_dim: hd as u32,
+                    n_splits: splits,
+                    ..Default::default()
+                }
+                .words(),
+                &[
+                    &fused[6],
+                    &f32_bytes(&vec![0.0; nh * hd]),
+                    &f32_bytes(&x),
+                    &f32_bytes(&x),
+                ],
+                attention_merge_groups(nh as u32, hd as u32),
+            );
+            ck.close(&name, &to_f32(&merged[1]), &want, REDUCTION.floor(0.1));
+        }
     }
     ck.report();
 }

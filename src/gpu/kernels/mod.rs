@@ -45,8 +45,15 @@ pub enum Kernel {
     /// Decode attention over one key range per workgroup ([`attention_splits`]): partial
     /// softmax states, combined by [`Kernel::AttentionMerge`].
     AttentionSplit,
-    /// Combines the partial softmax states of [`Kernel::AttentionSplit`] per head.
+    /// Combines the partial softmax states of [`Kernel::AttentionSplit`] (or
+    /// [`Kernel::AttentionSplitRope`]) per head.
     AttentionMerge,
+    /// [`Kernel::AttentionSplit`] with [`Kernel::HeadNormRope`] folded in, for decode
+    /// steps: each workgroup normalizes and rotates its query head from the raw q/k/v
+    /// projection row, and those of the last key range compute the current position's key
+    /// and value and write them into the KV cache (same grid and results, one dispatch
+    /// fewer per layer).
+    AttentionSplitRope,
     /// Router softmax, top-k and renormalization.
     Router,
     /// SwiGLU activation of dense MLPs.
@@ -132,7 +139,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 36] = [
+    pub const ALL: [Kernel; 37] = [
         Kernel::MlaLatent,
         Kernel::MlaAttention,
         Kernel::SigmoidGate,
@@ -146,6 +153,7 @@ impl Kernel {
         Kernel::AttentionTiled,
         Kernel::AttentionSplit,
         Kernel::AttentionMerge,
+        Kernel::AttentionSplitRope,
         Kernel::Router,
         Kernel::SwiGlu,
         Kernel::MoeGateUp,
@@ -183,6 +191,7 @@ impl Kernel {
             Kernel::AttentionTiled => "attention_tiled",
             Kernel::AttentionSplit => "attention_split",
             Kernel::AttentionMerge => "attention_merge",
+            Kernel::AttentionSplitRope => "attention_split_rope",
             Kernel::Router => "router",
             Kernel::SwiGlu => "swiglu",
             Kernel::MoeGateUp => "moe_gate_up",
@@ -224,6 +233,9 @@ impl Kernel {
             Kernel::AttentionTiled => include_str!("../../../kernels/attention_tiled.wgsl"),
             Kernel::AttentionSplit => include_str!("../../../kernels/attention_split.wgsl"),
             Kernel::AttentionMerge => include_str!("../../../kernels/attention_merge.wgsl"),
+            Kernel::AttentionSplitRope => {
+                include_str!("../../../kernels/attention_split_rope.wgsl")
+            }
             Kernel::Router => include_str!("../../../kernels/router.wgsl"),
             Kernel::SwiGlu => include_str!("../../../kernels/swiglu.wgsl"),
             Kernel::MoeGateUp => include_str!("../../../kernels/moe_gate_up.wgsl"),
@@ -296,6 +308,7 @@ impl Kernel {
             self,
             Kernel::HeadNormRope
                 | Kernel::AttentionSplit
+                | Kernel::AttentionSplitRope
                 | Kernel::AttentionTiled
                 | Kernel::MlaLatent
                 | Kernel::MlaAttention
