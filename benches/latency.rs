@@ -463,7 +463,10 @@ fn main() -> Result<()> {
             ..Default::default()
         }
         .words(),
-        &[&router, &xin, &dummy, &dummy, &logits, &router],
+        // `ws`, then the fused norm's weights and row (unused: logits again).
+        &[
+            &router, &xin, &dummy, &dummy, &logits, &router, &dummy, &logits,
+        ],
         kernels::qmatvec_groups(EXPERTS as u32, team, rpt),
     )?;
     report("qmatvec 4-bit 128x2048 (router logits)", LAYERS, t, floor);
