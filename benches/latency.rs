@@ -463,10 +463,7 @@ fn main() -> Result<()> {
             ..Default::default()
         }
         .words(),
-        // `ws`, then the fused norm's weights and row (unused: logits again).
-        &[
-            &router, &xin, &dummy, &dummy, &logits, &router, &dummy, &logits,
-        ],
+        &[&router, &xin, &dummy, &dummy, &logits, &router],
         kernels::qmatvec_groups(EXPERTS as u32, team, rpt),
     )?;
     report("qmatvec 4-bit 128x2048 (router logits)", LAYERS, t, floor);

@@ -165,9 +165,7 @@ fn qmatvec(
                     &dummy,
                     &dummy,
                     if overlapped { y } else { &shared_y },
-                    w,      // again, as words
-                    &dummy, // the fused norm's weights and row (unused: y again)
-                    if overlapped { y } else { &shared_y },
+                    w, // again, as words
                 ]
             })
             .collect();

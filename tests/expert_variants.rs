@@ -625,8 +625,6 @@ fn coded_resident_matrices() {
                         &f32_bytes(&resid),
                         &f32_bytes(&vec![0.0; rows]),
                         &w,
-                        &[],
-                        &[],
                     ],
                     kernels::qmatvec_groups(rows as u32, team, rpt),
                 )

@@ -33,7 +33,7 @@
 use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::params::{
     MoeDownQParams, MoeDownQmmParams, MoeGateUpQParams, MoeGateUpQmmParams, QEmbeddingParams,
-    QMatMulParams, QMatVecParams, RmsNormParams, LINEAR_BIAS, LINEAR_X_NORM, LINEAR_X_Q8,
+    QMatMulParams, QMatVecParams,
 };
 use moestream::gpu::testing::{self, KernelRunner};
 use moestream::reference;
@@ -127,8 +127,6 @@ fn qmatvec_plain(
             &[],
             &f32_bytes(&vec![0.0; rows]),
             &m.bytes,
-            &[], // the fused norm's weights and row (unused)
-            &[],
         ],
         kernels::qmatvec_groups(rows as u32, runner().team(cols), 4),
     );
@@ -581,8 +579,6 @@ fn qmatvec() {
                                 &f32_bytes(&resid),
                                 &f32_bytes(&before),
                                 &m.bytes, // `ws`: the weights again, as words
-                                &[],      // the fused norm's weights and row (unused)
-                                &[],
                             ],
                             groups,
                         );
@@ -593,151 +589,6 @@ fn qmatvec() {
                             &pick(&got, &written),
                             &want,
                             REDUCTION.floor(m.dot_scale(rms(&x))),
-                        );
-                    }
-                }
-            }
-        }
-    }
-    ck.report();
-}
-
-/// The RMSNorm fused into `qmatvec` (`LINEAR_X_NORM`, decode): x is the raw row, normalized
-/// by every workgroup into the 8+8-bit layout, which workgroup 0 also writes out. Checked
-/// on every team setup (both variants), 2- to 6-bit weights, rows not a multiple of the
-/// teams' rows, rows of 64 to 4096 values (below and above rmsnorm.wgsl's 2048, not all
-/// multiples of its 256 or 1024 strides): the written row and the outputs are bit for bit
-/// those of `rmsnorm` (8+8-bit) then the unfused `qmatvec` on the same device, the outputs
-/// within the reduction bound of the CPU reference mat-vec of that row, and the row within
-/// the 8+8-bit layout's error of the CPU reference RMSNorm.
-#[test]
-fn qmatvec_fused_norm() {
-    let mut ck = Checker::new("qmatvec fused norm");
-    let mut rng = Rng::new(12);
-    let mut case_no = 0usize;
-    let eps = 1e-6f32;
-    let shapes = [
-        (64usize, 1usize),
-        (96, 3),
-        (160, 67),
-        (1056, 33),
-        (2048, 130),
-        (2080, 5),
-        (2848, 67),
-        (4096, 129),
-    ];
-    for (i, (cols, rows)) in shapes.into_iter().enumerate() {
-        // Two widths per shape, every width over the shapes.
-        for bits in [2 + (2 * i as u32) % 5, 2 + (2 * i as u32 + 1) % 5] {
-            let group = if cols % 64 == 0 { 64 } else { 32 };
-            let q = quant(bits, group, DTYPES[bits as usize % 3]);
-            let m = QMat::random(&mut rng, rows, cols, q);
-            let x = rng.vec(cols, 3.0);
-            let nw: Vec<f32> = (0..cols).map(|_| 1.0 + 0.5 * rng.f32()).collect();
-            let nb = cols / 32;
-            // The reference norm, in f64.
-            let ss: f64 = x.iter().map(|&v| f64::from(v).powi(2)).sum();
-            let inv = 1.0 / (ss / cols as f64 + f64::from(eps)).sqrt();
-            let normed: Vec<f32> = x
-                .iter()
-                .zip(&nw)
-                .map(|(&v, &w)| (f64::from(v) * inv * f64::from(w)) as f32)
-                .collect();
-            for (on, team, how) in team_setups(cols) {
-                case_no += 1;
-                let rpt = [4u32, 2, 1][case_no % 3];
-                let case = format!(
-                    "{bits}-bit g{group} rows {rows} cols {cols} {how} {rpt} rows per team"
-                );
-                let normed_gpu = run_kernel_on(
-                    on,
-                    Kernel::RmsNorm,
-                    None,
-                    None,
-                    RmsNormParams {
-                        n: cols as u32,
-                        rows: 1,
-                        eps,
-                        flags: RmsNormParams::INTERLEAVED | RmsNormParams::Q8,
-                        ..Default::default()
-                    }
-                    .words(),
-                    &[
-                        &f32_bytes(&x),
-                        &f32_bytes(&nw),
-                        &f32_bytes(&vec![0.0; cols]),
-                        &f32_bytes(&vec![0.0; cols]),
-                        &u32_bytes(&vec![0; 18 * nb]),
-                    ],
-                    (1, 1),
-                );
-                let row_q8 = to_u32(&normed_gpu[4]);
-                let bias = rng.vec(rows, 1.0);
-                let flags = LINEAR_X_Q8 | if case_no % 2 == 0 { LINEAR_BIAS } else { 0 };
-                let run = |flags: u32, x: &[u8]| {
-                    run_kernel_rows_on(
-                        on,
-                        Kernel::QMatVec,
-                        Some(q.scale_dtype),
-                        Some((q.bits, q.group_size)),
-                        rpt,
-                        QMatVecParams {
-                            rows: rows as u32,
-                            cols: cols as u32,
-                            flags,
-                            scales_word: m.scales_word,
-                            biases_word: m.biases_word,
-                            team,
-                            eps,
-                            ..Default::default()
-                        }
-                        .words(),
-                        &[
-                            &m.bytes,
-                            x,
-                            &f32_bytes(&bias),
-                            &[],
-                            &f32_bytes(&vec![f32::NAN; rows]),
-                            &m.bytes,
-                            &f32_bytes(&nw),
-                            &u32_bytes(&vec![0x7fc0_0000; 18 * nb]),
-                        ],
-                        kernels::qmatvec_groups(rows as u32, team, rpt),
-                    )
-                };
-                let fused = run(flags | LINEAR_X_NORM, &f32_bytes(&x));
-                let unfused = run(flags, &u32_bytes(&row_q8));
-                let got = to_f32(&fused[4]);
-                assert_eq!(to_u32(&fused[7]), row_q8, "{case}: the written 8+8-bit row");
-                let bits_of = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits_of(&got),
-                    bits_of(&to_f32(&unfused[4])),
-                    "{case}: outputs"
-                );
-                // The CPU reference mat-vec of the row's values.
-                let (values, _, _) = q8_decode(&row_q8, cols);
-                let mut want = reference::matmul(&m.values, rows, cols, &values, 1);
-                if flags & LINEAR_BIAS != 0 {
-                    for (w, b) in want.iter_mut().zip(&bias) {
-                        *w += b;
-                    }
-                }
-                ck.close(
-                    &case,
-                    &got,
-                    &want,
-                    REDUCTION.floor(m.dot_scale(rms(&values))),
-                );
-                // The row against the reference norm: within the layout's error (max |x| of
-                // the block / 64516) plus the f32 roundings of the norm.
-                for (b, (v, r)) in values.chunks(32).zip(normed.chunks(32)).enumerate() {
-                    let amax = r.iter().fold(0f32, |a, v| a.max(v.abs()));
-                    for (got, want) in v.iter().zip(r) {
-                        let err = (got - want).abs();
-                        assert!(
-                            err <= amax / 64516.0 * 1.01 + amax * 2e-6,
-                            "{case}: block {b}: normalized {got} against {want}"
                         );
                     }
                 }
@@ -813,8 +664,6 @@ fn qmatvec_batched_heads() {
                         &[],
                         &f32_bytes(&before),
                         &m.bytes,
-                        &[],
-                        &[],
                     ],
                     kernels::head_batch_groups(
                         kernels::qmatvec_head_blocks(rows as u32, team, rpt),
@@ -869,8 +718,6 @@ fn qmatvec_grid_past_65535_workgroups() {
             &[],
             &f32_bytes(&vec![f32::NAN; rows]),
             &m.bytes,
-            &[],
-            &[],
         ],
         g,
     );

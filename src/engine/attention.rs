@@ -52,13 +52,7 @@ impl Pass<'_> {
         let spec = &a.spec;
         let (h, hd, nh, nkv) = (cfg.hidden_size, spec.head_dim, spec.heads, spec.kv_heads);
         let n = self.n;
-        // The input norm, fused into the first of the q/k/v mat-vecs where they all read
-        // its 8+8-bit row (`Pass::norm`).
-        let (first, rest) = match &a.qkv {
-            Qkv::Fused { w, .. } => (w, vec![]),
-            Qkv::Separate { q, k, v, .. } => (q, vec![self.input(k, h).1, self.input(v, h).1]),
-        };
-        let norm = self.norm(&s.x, input_norm, h, first, &rest);
+        self.rmsnorm(&s.x, input_norm, &s.xn, n, h, 0);
         // q, k, v as [n, q_dim + 2 kv_dim] rows of `qkv` (one mat-vec) or in `q`, `k`, `v`:
         // their buffers, the token strides of q and of k/v, and their offsets in a token row.
         let (qd, kvd) = (nh * hd, nkv * hd);
@@ -67,7 +61,7 @@ impl Pass<'_> {
         let q_rows = nh * q_head_stride;
         let (qb, kb, vb, q_stride, kv_stride, offs) = match &a.qkv {
             Qkv::Fused { w, bias } => {
-                self.linear_normed(w, self.input(w, h), &s.qkv, bias.as_ref(), norm);
+                self.linear(w, self.input(w, h), &s.qkv, bias.as_ref(), None);
                 let row = q_rows + 2 * kvd;
                 (&s.qkv, &s.qkv, &s.qkv, row, row, [0, q_rows, q_rows + kvd])
             }
@@ -79,7 +73,7 @@ impl Pass<'_> {
                 k_bias,
                 v_bias,
             } => {
-                self.linear_normed(q, self.input(q, h), &s.q, q_bias.as_ref(), norm);
+                self.linear(q, self.input(q, h), &s.q, q_bias.as_ref(), None);
                 self.linear(k, self.input(k, h), &s.k, k_bias.as_ref(), None);
                 self.linear(v, self.input(v, h), &s.v, v_bias.as_ref(), None);
                 (&s.q, &s.k, &s.v, q_rows, kvd, [0, 0, 0])

@@ -27,10 +27,8 @@ impl Pass<'_> {
         // write the other copy, which the session commits if the pass succeeds.
         let ((conv_in, state_in), (conv, state)) = self.state.recurrent(l)?;
         let fresh = u32::from(self.pos0 == 0);
-        // The input norm, fused into the in-projection's mat-vec where it can be
-        // (`Pass::norm`).
-        let norm = self.norm(&s.x, input_norm, h, &a.proj, &[]);
-        self.linear_normed(&a.proj, self.input(&a.proj, h), &s.la_proj, None, norm);
+        self.rmsnorm(&s.x, input_norm, &s.xn, n, h, 0);
+        self.linear(&a.proj, self.input(&a.proj, h), &s.la_proj, None, None);
         let (ch, vw, hv) = (spec.conv_channels(), spec.value_width(), spec.value_heads);
         let stride = spec.projection_rows() as u32;
         // As transformers: `1 / sqrt(Dk)` in double precision, rounded to f32.

@@ -341,8 +341,7 @@ impl Pass<'_> {
                     quant,
                     rpt,
                     p.words(),
-                    // `ws`; the fused norm's bindings, unused (`LINEAR_X_NORM`).
-                    &[b0, b1, b2, b3, b4, buf.into(), dummy.into(), y.into()],
+                    &[b0, b1, b2, b3, b4, buf.into()],
                     Size::Direct3(kernels::head_batch_groups(
                         kernels::qmatvec_head_blocks(rows as u32, team, rpt),
                         h,

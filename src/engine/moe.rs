@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::experts::{expert_grid, ExpertKernels};
-use super::pass::{grid, FusedNorm, Pass, XLayout};
+use super::pass::{grid, Pass, XLayout};
 use super::weights::{GateUp, Moe, Shared, SharedExpert};
 use crate::error::{Error, Result};
 use crate::gpu::kernels::{self, Kernel};
@@ -28,19 +28,18 @@ fn expert_matvecs_env() -> bool {
 }
 
 impl<'a> Pass<'a> {
-    /// `x = h + routed experts (+ the gated shared expert)` over the normalized rows (with
-    /// `norm`, the norm fused into the router's mat-vec: [`Pass::norm`]).
-    pub(crate) fn moe(&mut self, l: usize, moe: &Moe, norm: Option<FusedNorm<'_>>) -> Result<()> {
+    /// `x = h + routed experts (+ the gated shared expert)` over the normalized rows.
+    pub(crate) fn moe(&mut self, l: usize, moe: &Moe) -> Result<()> {
         let s = self.s;
         let h = self.m.cfg.hidden_size;
         // The router's logits (and, as its last row, the shared expert's gate logit).
         let router = &moe.router;
-        self.linear_normed(
+        self.linear(
             router,
             self.input(router, h),
             &s.router_logits,
             moe.router_bias.as_ref(),
-            norm,
+            None,
         );
         // The residual the combine adds the routed experts to: h, or h plus the gated
         // shared expert where it has mat-vecs of its own (computed first, from the same
@@ -51,49 +50,12 @@ impl<'a> Pass<'a> {
                 &s.shared_o
             }
             Some(Shared::Dense(mlp)) => {
-                self.dense_mlp(mlp, &s.shared_o, Some(&s.h), None);
+                self.dense_mlp(mlp, &s.shared_o, Some(&s.h));
                 &s.shared_o
             }
             Some(Shared::Cached) | None => &s.h,
         };
         self.routed_experts(l, moe, resid)
-    }
-
-    /// The layouts in which the MoE block of layer `l` reads its normalized row after the
-    /// router: its shared expert's mat-vecs and its experts' kernels (for [`Pass::norm`];
-    /// [`XLayout::Natural`] where the experts' kernels cannot be told yet).
-    pub(crate) fn moe_readers(&self, l: usize, moe: &Moe) -> Vec<XLayout> {
-        let h = self.m.cfg.hidden_size;
-        let mut v = Vec::new();
-        match &moe.shared {
-            Some(Shared::Resident(sh)) => {
-                if let Some(gate) = &sh.gate {
-                    v.push(self.input(gate, h).1);
-                }
-                match &sh.gate_up {
-                    GateUp::Fused(gu) => v.push(self.input(gu, h).1),
-                    GateUp::Separate { gate, up } => {
-                        v.push(self.input(gate, h).1);
-                        v.push(self.input(up, h).1);
-                    }
-                }
-            }
-            Some(Shared::Dense(mlp)) => {
-                v.push(self.input(&mlp.gate, h).1);
-                v.push(self.input(&mlp.up, h).1);
-            }
-            Some(Shared::Cached) | None => {}
-        }
-        let experts = match (self.m.cache.as_ref(), self.m.store.layout(l)) {
-            (Some(cache), Some(lay)) => {
-                ExpertKernels::new(l, lay, cache.slot_bytes, moe.spec.activation)
-                    .map(|k| self.expert_x_layout(&k))
-                    .unwrap_or(XLayout::Natural)
-            }
-            _ => XLayout::Natural,
-        };
-        v.push(experts);
-        v
     }
 
     /// `shared_o = h + sigmoid(sg . xn) * down(silu(gate(xn)) * up(xn))`, the gate's logit

@@ -11,32 +11,12 @@ use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{
     EmbeddingParams, MatMulParams, MatVecParams, QEmbeddingParams, QMatMulParams, QMatVecParams,
     RmsNormParams, TokenPickParams, TopKParams, LINEAR_BIAS, LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED,
-    LINEAR_X_NORM, LINEAR_X_Q8,
+    LINEAR_X_Q8,
 };
 use crate::gpu::Size;
 use crate::gpu::{GpuMatrix, GpuVec, Recorder};
 use crate::model::ModelInner;
 use crate::sampling::Candidate;
-
-/// Environment variable (`1`) that turns off the RMSNorm fused into a decode step's first
-/// quantized mat-vec after it ([`Pass::norm`]): every norm then runs as its own dispatch,
-/// for A/B timing (`cargo bench --bench decode`) and for comparing results. Read once.
-pub(crate) const NO_NORM_FUSION_ENV: &str = "MOESTREAM_NO_NORM_FUSION";
-
-fn no_norm_fusion() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os(NO_NORM_FUSION_ENV).is_some_and(|v| v == "1"))
-}
-
-/// A decode step's RMSNorm of one row left to the quantized mat-vec that first reads it
-/// (`LINEAR_X_NORM`, `kernels/qmatvec.wgsl`): the raw row `x` (at offset 0), the norm's
-/// weights and epsilon ([`Pass::norm`]).
-#[derive(Clone, Copy)]
-pub(crate) struct FusedNorm<'n> {
-    pub x: &'n wgpu::Buffer,
-    pub w: &'n GpuVec,
-    pub eps: f32,
-}
 
 pub(crate) fn grid(n: usize) -> (u32, u32) {
     crate::gpu::grid_of(n as u32)
@@ -167,57 +147,6 @@ impl<'a> Pass<'a> {
         self.linear_n(w, x, y, bias, resid, self.n, self.decode);
     }
 
-    /// [`Pass::linear`] of the first reader of a norm's row, with the norm fused in where
-    /// [`Pass::norm`] left it (`norm` is `Some`).
-    pub(crate) fn linear_normed(
-        &mut self,
-        w: &GpuMatrix,
-        x: (&wgpu::Buffer, XLayout),
-        y: &wgpu::Buffer,
-        bias: Option<&GpuVec>,
-        norm: Option<FusedNorm<'_>>,
-    ) {
-        self.linear_at(w, x, y, bias, None, self.n, self.decode, norm);
-    }
-
-    /// RMSNorm of the pass's rows of x (`len` values, from offset 0) with the weights `w`
-    /// into the normalized rows (`xn` and, in a decode step, the other layouts
-    /// ([`Pass::rmsnorm`]), whose readers are `first`, a matrix, then readers of the
-    /// layouts `rest`. In a decode step whose readers all read the 8+8-bit row (2- to
-    /// 6-bit matrices and experts, integer activations), of a row of at most
-    /// [`kernels::QMATVEC_NORM_COLS`] values, nothing is dispatched: the norm is returned,
-    /// for [`Pass::linear_normed`] to fuse into `first`'s mat-vec, which then writes the
-    /// 8+8-bit row `xq` for the rest (and no `xn` or `xi`). Otherwise the norm is
-    /// dispatched as always, and `None` returned. ([`NO_NORM_FUSION_ENV`] turns the fusion
-    /// off.)
-    pub(crate) fn norm<'n>(
-        &mut self,
-        x: &'n wgpu::Buffer,
-        w: &'n GpuVec,
-        len: usize,
-        first: &GpuMatrix,
-        rest: &[XLayout],
-    ) -> Option<FusedNorm<'n>> {
-        let q8 = XLayout::Q8;
-        if self.decode
-            && self.n == 1
-            && len <= kernels::QMATVEC_NORM_COLS
-            && first.cols == len
-            && self.input(first, len).1 == q8
-            && rest.iter().all(|&l| l == q8)
-            && !no_norm_fusion()
-        {
-            return Some(FusedNorm {
-                x,
-                w,
-                eps: self.m.cfg.rms_norm_eps,
-            });
-        }
-        let s = self.s;
-        self.rmsnorm(x, w, &s.xn, self.n, len, 0);
-        None
-    }
-
     /// The input of a linear map by `w` of the pass's rows of `len` values normalized by
     /// [`Pass::rmsnorm`]: in a decode step, where the norm wrote the other layouts and `w`
     /// is quantized, the 8+8-bit copy `xq` for 2- to 6-bit weights (integer dot products)
@@ -254,41 +183,6 @@ impl<'a> Pass<'a> {
         n: usize,
         vector: bool,
     ) {
-        self.linear_at(w, (x, layout), y, bias, resid, n, vector, None);
-    }
-
-    /// [`Pass::linear_n`], with `norm` fused into its mat-vec where it is `Some` (a decode
-    /// step's row in the 8+8-bit layout of a 2- to 6-bit `w`; else the norm is dispatched
-    /// first, as [`Pass::rmsnorm`] would have).
-    #[allow(clippy::too_many_arguments)]
-    fn linear_at(
-        &mut self,
-        w: &GpuMatrix,
-        (x, layout): (&wgpu::Buffer, XLayout),
-        y: &wgpu::Buffer,
-        bias: Option<&GpuVec>,
-        resid: Option<&wgpu::Buffer>,
-        n: usize,
-        vector: bool,
-        norm: Option<FusedNorm<'_>>,
-    ) {
-        let s = self.s;
-        let norm = match norm {
-            Some(nm)
-                if vector
-                    && layout == XLayout::Q8
-                    && std::ptr::eq(x, &s.xq)
-                    && matches!(w.format, WeightFormat::Affine(_))
-                    && w.cols <= kernels::QMATVEC_NORM_COLS =>
-            {
-                Some(nm)
-            }
-            Some(nm) => {
-                self.rmsnorm_at(nm.x, nm.w, &s.xn, n, w.cols, 0, nm.eps, vector);
-                None
-            }
-            None => None,
-        };
         let dummy = &self.m.gpu.dummy;
         debug_assert!(!vector || n == 1);
         debug_assert!(
@@ -305,10 +199,7 @@ impl<'a> Pass<'a> {
                 XLayout::Natural => 0,
                 XLayout::Interleaved => LINEAR_X_INTERLEAVED,
                 XLayout::Q8 => LINEAR_X_Q8,
-            }
-            | if norm.is_some() { LINEAR_X_NORM } else { 0 };
-        // A fused norm reads the raw row, writes the 8+8-bit one.
-        let x = norm.map_or(x, |nm| nm.x);
+            };
         let bias_buf = bias.map_or(dummy, |b| &b.buffer);
         let resid_buf = resid.unwrap_or(dummy);
         for (buf, row0, rows) in &w.chunks {
@@ -358,13 +249,8 @@ impl<'a> Pass<'a> {
                     if vector {
                         let team = self.m.gpu.qmatvec_team(*rows, w.cols);
                         let rpt = kernels::qmatvec_rows_per_team(r);
-                        // The weights again as words (`ws`, include/qblock.wgsl); a fused
-                        // norm's weights and the row it writes (else unused: y again).
+                        // The weights again as words (`ws`, include/qblock.wgsl).
                         let [b0, b1, b2, b3, b4] = binds;
-                        let (nw, xq) = match norm {
-                            Some(nm) => (nm.w.bind(), (&s.xq).into()),
-                            None => (dummy.into(), y.into()),
-                        };
                         let p = QMatVecParams {
                             rows: r,
                             cols: c,
@@ -374,7 +260,6 @@ impl<'a> Pass<'a> {
                             scales_word: sw,
                             biases_word: bw,
                             team,
-                            eps: norm.map_or(0.0, |nm| nm.eps),
                             ..Default::default()
                         };
                         self.rec.record(
@@ -383,7 +268,7 @@ impl<'a> Pass<'a> {
                             quant,
                             rpt,
                             p.words(),
-                            &[b0, b1, b2, b3, b4, buf.into(), nw, xq],
+                            &[b0, b1, b2, b3, b4, buf.into()],
                             Size::Direct(kernels::qmatvec_groups(r, team, rpt)),
                         );
                     } else {

@@ -170,13 +170,6 @@ pub const LINEAR_X_INTERLEAVED: u32 = 4;
 /// `flags` bit of [`QMatVecParams`]: x is one row in the 8+8-bit layout of that file, at the
 /// start of the buffer (2- to 6-bit weights only; the outputs are NaN otherwise).
 pub const LINEAR_X_Q8: u32 = 8;
-/// `flags` bit of [`QMatVecParams`] (with [`LINEAR_X_Q8`]): x is the raw f32 row of `cols`
-/// values (at most [`QMATVEC_NORM_COLS`](crate::gpu::kernels::QMATVEC_NORM_COLS)) that the
-/// kernel first normalizes by RMSNorm with the weights of its binding 7 and
-/// [`QMatVecParams::eps`], as `kernels/rmsnorm.wgsl` would into the 8+8-bit layout, and
-/// reads in that layout; its workgroup 0 also writes that row to its binding 8. Also the
-/// kernel's `FLAGS` pipeline constant ([`Kernel::pipeline_flags`]).
-pub const LINEAR_X_NORM: u32 = 16;
 
 kernel_params! {
     /// Parameters of [`Kernel::MatVec`] (`kernels/matvec.wgsl`): `y[row_base + r] =
@@ -569,8 +562,7 @@ kernel_params! {
         cols: u32,
         /// The chunk's first row in y (and in bias and resid).
         row_base: u32,
-        /// [`LINEAR_BIAS`], [`LINEAR_RESIDUAL`], [`LINEAR_X_INTERLEAVED`], [`LINEAR_X_Q8`],
-        /// [`LINEAR_X_NORM`].
+        /// [`LINEAR_BIAS`], [`LINEAR_RESIDUAL`], [`LINEAR_X_INTERLEAVED`], [`LINEAR_X_Q8`].
         flags: u32,
         /// Float offset of x (a multiple of 4).
         x_offset: u32,
@@ -588,14 +580,9 @@ kernel_params! {
         x_stride: u32,
         /// Floats from one group's y rows to the next.
         y_stride: u32,
-        /// The epsilon of the RMSNorm fused in front ([`LINEAR_X_NORM`]).
-        eps: f32,
+        /// Padding.
+        pad0: u32,
     }
-}
-
-impl QMatVecParams {
-    /// The index of the `flags` word among the uniform's words.
-    pub const FLAGS_WORD: usize = std::mem::offset_of!(QMatVecParams, flags) / 4;
 }
 
 kernel_params! {

@@ -116,13 +116,6 @@ pub fn qmatvec_rows_per_team(rows: u32) -> u32 {
     }
 }
 
-/// The longest row [`Kernel::QMatVec`] normalizes itself
-/// ([`LINEAR_X_NORM`](crate::gpu::params::LINEAR_X_NORM); `NORM_COLS` in
-/// `kernels/qmatvec.wgsl`: two 32-value blocks for each of its 64 invocations). Its
-/// workgroup arrays then take 10 KiB, within WebGPU's 16 KiB that every device moestream
-/// runs on offers (`tests/shaders.rs` checks each pipeline's total).
-pub const QMATVEC_NORM_COLS: usize = 4096;
-
 /// Grid of [`Kernel::QMatVec`] for a chunk of `rows` rows with teams of `team` invocations
 /// of `rows_per_team` rows each (any count: past 65535 workgroups the grid is 2-D, which
 /// the kernel linearizes).

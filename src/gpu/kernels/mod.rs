@@ -332,11 +332,9 @@ impl Kernel {
     /// `FLAGS` from the dispatch's parameters, so it always matches them. (The index is
     /// that of the `flags` field of the kernel's parameter struct, [`super::params`].)
     pub fn pipeline_flags(self) -> Option<(usize, u32)> {
-        use super::params::{MoeDownQParams as P, QMatVecParams, LINEAR_X_NORM};
+        use super::params::MoeDownQParams as P;
         match self {
             Kernel::MoeDownQ => Some((P::FLAGS_WORD, P::H_INTERLEAVED | P::H_QUAD_Q8)),
-            // The fused norm's prologue and workgroup arrays only where asked for.
-            Kernel::QMatVec => Some((QMatVecParams::FLAGS_WORD, LINEAR_X_NORM)),
             _ => None,
         }
     }
