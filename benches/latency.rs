@@ -19,9 +19,8 @@ mod common;
 use common::{matrix_bytes, median_time, parts_words};
 use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::params::{
-    AttentionMergeParams, AttentionSplitParams, AttentionSplitRopeParams, CopyParams,
-    HeadNormRopeParams, MoeCombineParams, MoeRouteParams, QMatVecParams, RmsNormParams,
-    LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
+    AttentionMergeParams, AttentionSplitParams, CopyParams, HeadNormRopeParams, MoeCombineParams,
+    MoeRouteParams, QMatVecParams, RmsNormParams, LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
 };
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
 use moestream::{
@@ -142,48 +141,6 @@ fn time_split(
             scale: 1.0 / (HEAD_DIM as f32).sqrt(),
             chunk,
             n_splits: splits,
-            ..Default::default()
-        }
-        .words(),
-        sets,
-        (Q_HEADS as u32, splits),
-        ITERS,
-    )
-}
-
-/// Time per dispatch of `attention_split_rope` (the split attention with head_norm_rope's
-/// work folded in) at `pos0 + 1` keys in `splits` ranges of `chunk`, cycling through `sets`
-/// (q/k/v row, q_norm, k_norm, RoPE tables, K cache, V cache, partial states); the RoPE
-/// tables' sin half at `sin_offset`.
-fn time_split_rope(
-    bench: &GpuBench,
-    kv_dtype: DType,
-    sets: &[Vec<&DeviceBuffer>],
-    (pos0, chunk, splits): (u32, u32, u32),
-    sin_offset: u32,
-) -> Result<f64> {
-    median_time(
-        bench,
-        Kernel::AttentionSplitRope,
-        Some(kv_dtype),
-        None,
-        0,
-        AttentionSplitRopeParams {
-            pos0,
-            n_heads: Q_HEADS as u32,
-            n_kv_heads: KV_HEADS as u32,
-            head_dim: HEAD_DIM as u32,
-            scale: 1.0 / (HEAD_DIM as f32).sqrt(),
-            chunk,
-            n_splits: splits,
-            rope_pos: pos0,
-            rotary_half: (HEAD_DIM / 2) as u32,
-            eps: 1e-6,
-            norm: 1,
-            k_offset: (Q_HEADS * HEAD_DIM) as u32,
-            v_offset: ((Q_HEADS + KV_HEADS) * HEAD_DIM) as u32,
-            q_head_stride: HEAD_DIM as u32,
-            sin_offset,
             ..Default::default()
         }
         .words(),
@@ -349,28 +306,6 @@ fn main() -> Result<()> {
             report(
                 &format!(
                     "attention_split, {} keys ({splits} ranges per head), {kv_dtype:?} cache",
-                    pos0 + 1
-                ),
-                LAYERS,
-                t,
-                floor,
-            );
-            // The same with head_norm_rope folded in (decode steps: one dispatch for two).
-            let fused_sets: Vec<Vec<&DeviceBuffer>> = caches
-                .iter()
-                .map(|(k, v)| vec![&xq, &wq, &wk, &rope, k, v, &part])
-                .collect();
-            let sin_offset = (positions * half) as u32;
-            let t = time_split_rope(
-                &bench,
-                kv_dtype,
-                &fused_sets,
-                (pos0, chunk, splits),
-                sin_offset,
-            )?;
-            report(
-                &format!(
-                    "attention_split_rope, {} keys ({splits} ranges per head), {kv_dtype:?} cache",
                     pos0 + 1
                 ),
                 LAYERS,

@@ -10,7 +10,7 @@
 //!   [`moe`] (routing, expert loading, the shared expert), [`experts`] (the expert
 //!   kernels over cache slots).
 
-pub(crate) mod attention;
+mod attention;
 mod experts;
 mod linear_attention;
 pub(crate) mod loader;

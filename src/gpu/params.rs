@@ -322,61 +322,6 @@ kernel_params! {
 }
 
 kernel_params! {
-    /// Parameters of [`Kernel::AttentionSplitRope`] (`kernels/attention_split_rope.wgsl`):
-    /// [`AttentionSplitParams`]' partial softmax states of one decode query, with
-    /// [`HeadNormRopeParams`]' norm and RoPE of its query heads and of the current
-    /// position's key heads (written into the KV cache with their values) folded in. The
-    /// q/k/v heads sit in one row of the fused projection.
-    AttentionSplitRopeParams for AttentionSplitRope {
-        /// The query's row in the KV cache (its position less a ring's shift): it sees keys
-        /// `key0 ..= pos0`, and its key and value are written at this row.
-        pos0: u32,
-        /// Query heads.
-        n_heads: u32,
-        /// Key/value heads.
-        n_kv_heads: u32,
-        /// Dims per head (a multiple of 4, at most 256).
-        head_dim: u32,
-        /// The score scale (`1 / sqrt(head_dim)` rounded to f32).
-        scale: f32,
-        /// Keys per range.
-        chunk: u32,
-        /// Key ranges per head.
-        n_splits: u32,
-        /// The first key attended to: 0, or where a sliding window starts.
-        key0: u32,
-        /// The query's position: its row of the RoPE tables.
-        rope_pos: u32,
-        /// Half the rotary dims (`rotary_dim / 2`).
-        rotary_half: u32,
-        /// The norm's epsilon.
-        eps: f32,
-        /// 1: RMSNorm each head (with its weights) before the rotation; 0: rotate the
-        /// heads as they are.
-        norm: u32,
-        /// Float offset of query head 0 in the projection row.
-        q_offset: u32,
-        /// Float offset of key head 0 in the projection row.
-        k_offset: u32,
-        /// Float offset of value head 0 in the projection row.
-        v_offset: u32,
-        /// Floats from one query head to the next (`head_dim`, or `2 head_dim` where
-        /// q_proj yields `[q | gate]` per head).
-        q_head_stride: u32,
-        /// Float offset of the sin table in `rope` (the cos table at 0).
-        sin_offset: u32,
-        /// Floats of `cap` KV rows of a ring-buffer cache: the key and value are also
-        /// written `ring` floats from their row (as [`HeadNormRopeParams::ring`]); 0 for a
-        /// plain cache.
-        ring: u32,
-        /// Above 0: q, k (normed) and v clamped to `[-clip, clip]` before RoPE (`clip_qkv`).
-        clip: f32,
-        /// Padding.
-        pad0: u32,
-    }
-}
-
-kernel_params! {
     /// Parameters of [`Kernel::AttentionMerge`] (`kernels/attention_merge.wgsl`).
     AttentionMergeParams for AttentionMerge {
         /// Heads.
@@ -918,7 +863,6 @@ pub const ALL: &[ParamsLayout] = &[
     AttentionParams::LAYOUT,
     AttentionSplitParams::LAYOUT,
     AttentionMergeParams::LAYOUT,
-    AttentionSplitRopeParams::LAYOUT,
     RouterParams::LAYOUT,
     SwiGluParams::LAYOUT,
     MoeGateUpParams::LAYOUT,

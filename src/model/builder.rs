@@ -84,10 +84,6 @@ pub struct ModelBuilder {
     progress: Option<ProgressFn>,
     policy: CachePolicy,
     device: Option<SharedDevice>,
-    /// Decode steps fold the query/key norm and RoPE into the split attention where they
-    /// can (`None`: unless `MOESTREAM_NO_ROPE_FUSION` says otherwise; the tests set it to
-    /// compare both paths).
-    pub(crate) rope_fusion: Option<bool>,
 }
 
 /// A wgpu device the application created ([`ModelBuilder::wgpu_device`]).
@@ -121,7 +117,6 @@ impl std::fmt::Debug for ModelBuilder {
             .field("readback_spin", &self.readback_spin)
             .field("on_progress", &self.progress.is_some())
             .field("wgpu_device", &self.device.is_some())
-            .field("rope_fusion", &self.rope_fusion)
             .finish()
     }
 }
@@ -143,7 +138,6 @@ impl ModelBuilder {
             progress: None,
             policy: CachePolicy::default(),
             device: None,
-            rope_fusion: None,
         }
     }
 
@@ -658,9 +652,6 @@ impl ModelBuilder {
                 kv_cache_dtype,
                 plan,
                 resident_bytes,
-                rope_fusion: self
-                    .rope_fusion
-                    .unwrap_or_else(crate::engine::attention::rope_fusion_default),
             }),
         })
     }

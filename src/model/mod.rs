@@ -43,9 +43,6 @@ pub(crate) struct ModelInner {
     pub plan: MemoryPlan,
     /// Bytes of GPU memory the resident weights took.
     pub resident_bytes: u64,
-    /// Decode steps run the fused `attention_split_rope` where the layer allows it
-    /// (`engine::attention`; off with `MOESTREAM_NO_ROPE_FUSION=1`).
-    pub rope_fusion: bool,
 }
 
 /// A Qwen3-MoE checkpoint on the GPU: all non-expert weights resident, experts streamed

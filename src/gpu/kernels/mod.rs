@@ -45,15 +45,8 @@ pub enum Kernel {
     /// Decode attention over one key range per workgroup ([`attention_splits`]): partial
     /// softmax states, combined by [`Kernel::AttentionMerge`].
     AttentionSplit,
-    /// Combines the partial softmax states of [`Kernel::AttentionSplit`] (or
-    /// [`Kernel::AttentionSplitRope`]) per head.
+    /// Combines the partial softmax states of [`Kernel::AttentionSplit`] per head.
     AttentionMerge,
-    /// [`Kernel::AttentionSplit`] with [`Kernel::HeadNormRope`] folded in, for decode
-    /// steps: each workgroup normalizes and rotates its query head from the raw q/k/v
-    /// projection row, and those of the last key range compute the current position's key
-    /// and value and write them into the KV cache (same grid and results, one dispatch
-    /// fewer per layer).
-    AttentionSplitRope,
     /// Router softmax, top-k and renormalization.
     Router,
     /// SwiGLU activation of dense MLPs.
@@ -139,7 +132,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 37] = [
+    pub const ALL: [Kernel; 36] = [
         Kernel::MlaLatent,
         Kernel::MlaAttention,
         Kernel::SigmoidGate,
@@ -153,7 +146,6 @@ impl Kernel {
         Kernel::AttentionTiled,
         Kernel::AttentionSplit,
         Kernel::AttentionMerge,
-        Kernel::AttentionSplitRope,
         Kernel::Router,
         Kernel::SwiGlu,
         Kernel::MoeGateUp,
@@ -191,7 +183,6 @@ impl Kernel {
             Kernel::AttentionTiled => "attention_tiled",
             Kernel::AttentionSplit => "attention_split",
             Kernel::AttentionMerge => "attention_merge",
-            Kernel::AttentionSplitRope => "attention_split_rope",
             Kernel::Router => "router",
             Kernel::SwiGlu => "swiglu",
             Kernel::MoeGateUp => "moe_gate_up",
@@ -233,9 +224,6 @@ impl Kernel {
             Kernel::AttentionTiled => include_str!("../../../kernels/attention_tiled.wgsl"),
             Kernel::AttentionSplit => include_str!("../../../kernels/attention_split.wgsl"),
             Kernel::AttentionMerge => include_str!("../../../kernels/attention_merge.wgsl"),
-            Kernel::AttentionSplitRope => {
-                include_str!("../../../kernels/attention_split_rope.wgsl")
-            }
             Kernel::Router => include_str!("../../../kernels/router.wgsl"),
             Kernel::SwiGlu => include_str!("../../../kernels/swiglu.wgsl"),
             Kernel::MoeGateUp => include_str!("../../../kernels/moe_gate_up.wgsl"),
@@ -308,7 +296,6 @@ impl Kernel {
             self,
             Kernel::HeadNormRope
                 | Kernel::AttentionSplit
-                | Kernel::AttentionSplitRope
                 | Kernel::AttentionTiled
                 | Kernel::MlaLatent
                 | Kernel::MlaAttention
