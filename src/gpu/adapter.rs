@@ -94,6 +94,21 @@ fn parse_variant(v: &str) -> Result<Variant> {
     }
 }
 
+/// The process's wgpu instance, made on first use and kept: every model opens its device
+/// through it (wgpu's advice: one instance per application). NVIDIA's Vulkan driver (580,
+/// an H100) found no adapter once ~30 instances had been made and dropped in one
+/// process: `examples/conformance` over 40 fixtures failed from the 29th-31st model on;
+/// 45 models built in a row on one instance and device all loaded.
+fn instance(backends: wgpu::Backends) -> &'static wgpu::Instance {
+    static INSTANCE: std::sync::OnceLock<wgpu::Instance> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends,
+            ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+        })
+    })
+}
+
 /// The adapter `choice` names (the environment's [`ADAPTER_ENV`] filling in
 /// [`AdapterChoice::Auto`]); no device is opened.
 pub(crate) fn pick_adapter(choice: &AdapterChoice) -> Result<wgpu::Adapter> {
@@ -106,11 +121,7 @@ pub(crate) fn pick_adapter(choice: &AdapterChoice) -> Result<wgpu::Adapter> {
         _ => choice.clone(),
     };
     let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends,
-        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
-    });
-    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    let adapters = pollster::block_on(instance(backends).enumerate_adapters(backends));
     let listing = || {
         adapters
             .iter()
