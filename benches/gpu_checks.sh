@@ -43,7 +43,11 @@ if have sessions; then
 fi
 
 if have conformance; then
-    dirs=$(find tests -name golden.json -exec dirname {} \; | sort)
+    # dsv3_fp8 is a configuration the engine refuses with a typed error (FP8 expert rows of
+    # 48 values; tests/deepseek_v3.rs expects it). dsv3_mlx_4bit and mixtral_mlx_4bit run
+    # past golden's 2e-3 with 8+8-bit activations (2.0e-3 / 3.7e-3 on an H100; their tests
+    # bound them at 3e-3 / 5e-3).
+    dirs=$(find tests -name golden.json -exec dirname {} \; | grep -v '/dsv3_fp8$' | sort)
     for c in 0 1; do
         echo "== conformance of every fixture, MOESTREAM_COOPERATIVE_MATRICES=$c (FAIL lines in full)"
         MOESTREAM_COOPERATIVE_MATRICES=$c .bench/conformance $dirs > /tmp/conformance.txt 2>&1
