@@ -288,13 +288,7 @@ fn main() -> Result<()> {
         let wall = (st.wall_time - before.wall_time).as_secs_f64();
         let tps = timed as f64 / wall;
         let cache = st.cache.since(&before.cache);
-        let gpu = match (st.gpu_time, before.gpu_time) {
-            (Some(a), Some(b)) => format!(
-                "{:.1} ms/token GPU",
-                (a - b).as_secs_f64() * 1e3 / timed as f64
-            ),
-            _ => "no GPU timestamps".into(),
-        };
+        let gpu = gpu_per_token(&before, &st, timed);
         println!(
             "decode: {tps:.2} tok/s ({:.1} ms/token, {gpu}); bandwidth bound {bound:.1} tok/s -> {:.3} of bound",
             1e3 / tps,
@@ -458,13 +452,7 @@ fn main() -> Result<()> {
         }
         let st = s.stats();
         let wall = (st.wall_time - before.wall_time).as_secs_f64();
-        let gpu = match (st.gpu_time, before.gpu_time) {
-            (Some(a), Some(b)) => format!(
-                "{:.1} ms/token GPU",
-                (a - b).as_secs_f64() * 1e3 / timed as f64
-            ),
-            _ => "no GPU timestamps".into(),
-        };
+        let gpu = gpu_per_token(&before, &st, timed);
         println!(
             "greedy decode: {:.2} tok/s ({:.2} ms/token, {gpu}); {} of {timed} steps run ahead",
             timed as f64 / wall,
@@ -551,5 +539,21 @@ fn print_prefill_profile() {
                 secs * 1e6 / *k as f64
             );
         }
+    }
+}
+
+/// GPU time per token between two stats of a session that ran `tokens` tokens, as the
+/// decode lines print it.
+fn gpu_per_token(
+    before: &moestream::session::SessionStats,
+    after: &moestream::session::SessionStats,
+    tokens: usize,
+) -> String {
+    match (after.gpu_time, before.gpu_time) {
+        (Some(a), Some(b)) => format!(
+            "{:.1} ms/token GPU",
+            (a - b).as_secs_f64() * 1e3 / tokens as f64
+        ),
+        _ => "no GPU timestamps".into(),
     }
 }

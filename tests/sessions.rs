@@ -123,6 +123,17 @@ fn reset_reuses_the_session() {
 /// too small falls back (and retries) without changing a bit. With float experts and with
 /// quantized ones: 4-bit (h in the quad 8+8-bit layout), 8-bit (interleaved), and Qwen3.5
 /// 4-bit (the shared expert as a ninth choice).
+/// The model at `dir` with an expert cache of top_k + 1 slots (`full`'s slots), so small
+/// that resident decode steps miss.
+fn tight_model(dir: &std::path::Path, full: &Model) -> Model {
+    let slot = common::slot_bytes(full);
+    let k = full.config().num_experts_per_tok;
+    Model::builder(dir)
+        .expert_cache_bytes((k as u64 + 1) * slot)
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn resident_decode_matches_readback_decode() {
     let qwen35 = common::qwen35_fixtures();
@@ -139,12 +150,7 @@ fn resident_decode_matches_readback_decode() {
     for dir in dirs {
         let golden = Golden::load(&dir).unwrap();
         let full = Model::open(&dir).unwrap();
-        let slot = common::slot_bytes(&full);
-        let k = full.config().num_experts_per_tok;
-        let tight = Model::builder(&dir)
-            .expert_cache_bytes((k as u64 + 1) * slot)
-            .build()
-            .unwrap();
+        let tight = tight_model(&dir, &full);
         let run = |model: &Model| {
             let mut s = model.session(golden.ids.len() + 8).unwrap();
             // Prefill all but the last few tokens, then decode those one by one.
@@ -307,12 +313,7 @@ fn greedy_steps_run_ahead_equal_steps_run_when_asked() {
         let prompt = &golden.ids[..p];
         let full = Model::open(&dir).unwrap();
         full.preload_experts().unwrap();
-        let slot = common::slot_bytes(&full);
-        let k = full.config().num_experts_per_tok;
-        let tight = Model::builder(&dir)
-            .expert_cache_bytes((k as u64 + 1) * slot)
-            .build()
-            .unwrap();
+        let tight = tight_model(&dir, &full);
         // The reference: all logits every step (never run ahead), greedy on the host.
         let mut r = full.session(p + steps + 4).unwrap();
         let mut logits = vec![r.prefill(prompt).unwrap()];

@@ -11,26 +11,10 @@
 set -euo pipefail
 
 model="${1:-qwen3-30b-a3b}"
-out="${PEER_OUT:-/tmp/peer}"
-mkdir -p "$out"
-export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-export MOESTREAM_BENCH_DIR="${MOESTREAM_BENCH_DIR:-/tmp/bm}"
-
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-if [ ! -x /tmp/llama-build/bin/llama-bench ]; then
-    bash benches/peer/setup.sh > "$out/setup.log" 2>&1 || { tail -30 "$out/setup.log"; exit 1; }
-fi
-case "$model" in
-    qwen3-30b-a3b) gguf="$out/q30.gguf"; rm -f "$out/q35.gguf"; maker=make_gguf_qwen3moe.py ;;
-    qwen3.5-35b-a3b) gguf="$out/q35.gguf"; rm -f "$out/q30.gguf"; maker=make_gguf_qwen35moe.py ;;
-    *) echo "model: qwen3-30b-a3b or qwen3.5-35b-a3b" >&2; exit 2 ;;
-esac
-[ -f "$gguf" ] || python3 "benches/peer/$maker" --out "$gguf" \
-    --gguf-py .peer/llama.cpp/gguf-py > "$out/gguf.log" 2>&1
+source benches/peer/prepare_run.sh
 
 echo "== llama.cpp: one decode token's ops (the last of 8 tokens)"
-GGML_VK_PERF_LOGGER=1 /tmp/llama-build/bin/llama-bench -m "$gguf" -ngl 99 -p 0 -n 8 -r 1 \
+GGML_VK_PERF_LOGGER=1 "$bench" -m "$gguf" -ngl 99 -p 0 -n 8 -r 1 \
     -fa 1 > "$out/peer-profile.out" 2> "$out/peer-profile.err" || true
 # Each graph's block starts with "Vulkan Timings:"; print the last one, largest first.
 awk '/^Vulkan Timings:/ { n++; delete lines; k = 0; next }

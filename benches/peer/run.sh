@@ -16,36 +16,7 @@
 set -euo pipefail
 
 model="${1:-qwen3-30b-a3b}"
-out="${PEER_OUT:-/tmp/peer}"
-mkdir -p "$out"
-export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
-export MOESTREAM_BENCH_DIR="${MOESTREAM_BENCH_DIR:-/tmp/bm}"
-
-for f in .gl/*.deb; do dpkg -x "$f" /; done
-ldconfig
-if [ ! -x /tmp/llama-build/bin/llama-bench ]; then
-    bash benches/peer/setup.sh > "$out/setup.log" 2>&1 || { tail -30 "$out/setup.log"; exit 1; }
-fi
-bench=/tmp/llama-build/bin/llama-bench
-
-case "$model" in
-    qwen3-30b-a3b)
-        gguf="$out/q30.gguf"
-        rm -f "$out/q35.gguf" # the GPU machine's 64 GB disk holds one GGUF beside the models
-        [ -f "$gguf" ] || python3 benches/peer/make_gguf_qwen3moe.py --out "$gguf" \
-            --gguf-py .peer/llama.cpp/gguf-py > "$out/gguf.log" 2>&1
-        ;;
-    qwen3.5-35b-a3b)
-        gguf="$out/q35.gguf"
-        rm -f "$out/q30.gguf"
-        [ -f "$gguf" ] || python3 benches/peer/make_gguf_qwen35moe.py --out "$gguf" \
-            --gguf-py .peer/llama.cpp/gguf-py > "$out/gguf.log" 2>&1
-        ;;
-    *)
-        echo "model: qwen3-30b-a3b or qwen3.5-35b-a3b" >&2
-        exit 2
-        ;;
-esac
+source benches/peer/prepare_run.sh
 
 peer() {
     "$bench" -m "$gguf" -ngl 99 -p 512 -n 128 -r 3 -fa 1 -o csv 2> "$out/peer-$1.err" \

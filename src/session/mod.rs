@@ -292,14 +292,10 @@ impl Session {
         // step run ahead may be reading into either readback buffer).
         self.drop_ahead();
         let m = &*self.model.inner;
-        let logits = if self.logits_at {
-            &self.scratch.logits2
-        } else {
-            &self.scratch.logits
-        };
+        let logits = self.logits().clone();
         let mut rec = Recorder::new(&m.gpu, &mut self.params, None);
         let bytes = (m.cfg.vocab_size * 4) as u64;
-        let out = rec.read(&[(logits, 0, bytes)], &self.scratch.readback)?;
+        let out = rec.read(&[(&logits, 0, bytes)], &self.scratch.readback)?;
         Ok(bytemuck::pod_collect_to_vec(&out[0]))
     }
 
