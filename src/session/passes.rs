@@ -38,8 +38,6 @@ struct Recorded {
     routing: Option<Vec<(usize, Vec<u32>, usize)>>,
     /// Whether the pass writes `Scratch::logits2` (else `logits`).
     logits2: bool,
-    /// A step run ahead: its readback ends with the token it ran.
-    picked: bool,
 }
 
 /// An error of a pass, with the counters of the work done before it.
@@ -54,7 +52,12 @@ const NO_AHEAD_ENV: &str = "MOESTREAM_NO_RECORD_AHEAD";
 
 fn record_ahead() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os(NO_AHEAD_ENV).is_none_or(|v| v.is_empty() || v == "0"))
+    *ON.get_or_init(|| !switched_off(NO_AHEAD_ENV))
+}
+
+/// Whether the environment variable `var` turns something off (set, not empty, not `0`).
+fn switched_off(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Environment variable that turns running greedy steps ahead off (`1`), for measuring
@@ -67,7 +70,7 @@ const RUN_AHEAD_BACKOFF: u32 = 16;
 
 fn run_ahead() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os(NO_RUN_AHEAD_ENV).is_none_or(|v| v.is_empty() || v == "0"))
+    *ON.get_or_init(|| !switched_off(NO_RUN_AHEAD_ENV))
 }
 
 impl Session {
@@ -200,16 +203,17 @@ impl Session {
                 });
             }
         }
+        let logits2 = rec.as_ref().is_ok_and(|r| r.logits2);
         let result = match rec {
             Ok(rec) => self.finish(rec, resident, ran_ahead.then_some(ids[0])),
             Err(e) => Err(e),
         };
         // (Errors come back with the stats of the work done before them.)
-        let (out, mut stats, routed, logits2) = match result {
-            Ok((out, stats, routed, logits2)) => (Ok(out), stats, routed, logits2),
+        let (out, mut stats, routed) = match result {
+            Ok((out, stats, routed)) => (Ok(out), stats, routed),
             Err(failed) => {
                 let (e, stats) = *failed;
-                (Err(e), stats, None, false)
+                (Err(e), stats, None)
             }
         };
         let done = matches!(out, Ok(Some(_)));
@@ -353,16 +357,16 @@ impl Session {
                 // Wait for the pass (and collect its GPU time) with an empty readback.
                 return Ok(pass.rec.read_begin(&[], staging));
             }
-            let mut extra: Vec<(&wgpu::Buffer, u64, u64)> = Vec::new();
-            if resident {
-                extra.push((&s.route_log, 0, (layers * 4) as u64));
-                extra.push((&s.route_log, (layers * 4) as u64, (layers * k * 4) as u64));
-            }
-            if pick {
-                // The token the step ran, checked against the one its call asks for.
-                extra.push((&s.ids, 0, 4));
-            }
-            Ok(pass.readout_begin(top, &extra, staging))
+            // A resident pass reads back its miss flags and routing log; a step run ahead
+            // (always resident) also the token it ran, checked against the one its call
+            // asks for.
+            let extra = [
+                (&s.route_log, 0, (layers * 4) as u64),
+                (&s.route_log, (layers * 4) as u64, (layers * k * 4) as u64),
+                (&s.ids, 0, 4),
+            ];
+            let n = if resident { 2 + usize::from(pick) } else { 0 };
+            Ok(pass.readout_begin(top, &extra[..n], staging))
         })();
         let read = match read {
             Ok(r) => r,
@@ -386,22 +390,20 @@ impl Session {
             gpu_ns: pass.rec.gpu_ns(),
             routing: pass.routing,
             logits2,
-            picked: pick,
         })
     }
 
     /// Waits for a recorded pass and reads its results: `None` for a resident pass that
-    /// found a chosen expert missing, or for a step run ahead that did not run `token`;
-    /// and, when the session records routing, the pass's routing, and whether its logits
-    /// are in `Scratch::logits2`. The stats come back on errors too.
+    /// found a chosen expert missing, or for a step run ahead (`token`: the one its call
+    /// asks for) that did not run `token`; and, when the session records routing, the
+    /// pass's routing. The stats come back on errors too.
     #[allow(clippy::type_complexity)]
     fn finish(
         &mut self,
         rec: Recorded,
         resident: bool,
         token: Option<u32>,
-    ) -> std::result::Result<(Option<Readout>, SessionStats, Option<RoutedLayers>, bool), Failed>
-    {
+    ) -> std::result::Result<(Option<Readout>, SessionStats, Option<RoutedLayers>), Failed> {
         let m = &*self.model.inner;
         let cfg = &m.cfg;
         let mut stats = SessionStats {
@@ -421,12 +423,11 @@ impl Session {
         stats.gpu_time = rec
             .gpu_ns
             .map(|g| std::time::Duration::from_nanos((g + ns) as u64));
-        let logits2 = rec.logits2;
         if parts.is_empty() {
             // A pass that read back nothing (a prefill chunk before the last).
-            return Ok((Some(Readout::Full(Vec::new())), stats, rec.routing, logits2));
+            return Ok((Some(Readout::Full(Vec::new())), stats, rec.routing));
         }
-        if rec.picked {
+        if token.is_some() {
             let ran = parts.pop().and_then(|b| {
                 b.get(..4)
                     .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
@@ -435,19 +436,19 @@ impl Session {
                 tracing::debug!(
                     "a step run ahead ran token {ran:?}, not {token:?}: running it again"
                 );
-                return Ok((None, stats, None, logits2));
+                return Ok((None, stats, None));
             }
         }
         let rest = parts.split_off(1);
         let logits = crate::engine::pass::decode_readout(rec.top, &parts[0]);
         if !resident {
-            return Ok((Some(logits), stats, rec.routing, logits2));
+            return Ok((Some(logits), stats, rec.routing));
         }
         let layers = cfg.num_hidden_layers;
         let k = cfg.num_experts_per_tok;
         let miss: Vec<u32> = bytemuck::pod_collect_to_vec(&rest[0]);
         if miss.iter().take(layers).any(|&f| f != 0) {
-            return Ok((None, stats, None, logits2));
+            return Ok((None, stats, None));
         }
         // Tell the cache what was used, for its eviction order and the hit counters. (A
         // step recorded ahead learns whether the session records routing only now.)
@@ -469,7 +470,7 @@ impl Session {
         if let Some(cache) = &m.cache {
             stats.cache.hits += cache.touch(&keys);
         }
-        Ok((Some(logits), stats, routing, logits2))
+        Ok((Some(logits), stats, routing))
     }
 }
 
