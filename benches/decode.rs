@@ -459,6 +459,15 @@ fn main() -> Result<()> {
             wall * 1e3 / timed as f64,
             st.steps_run_ahead - before.steps_run_ahead
         );
+        // `--ablate [K1+K2,K3,...]`: what each kernel (or set of kernels) costs inside a
+        // real greedy step: the step's GPU time with its dispatches left out against the
+        // step with them, alternating (every kernel alone when no list is given).
+        if label == "resident" {
+            if let Some(i) = args.iter().position(|a| a == "--ablate") {
+                let sets = args.get(i + 1).filter(|a| !a.starts_with("--"));
+                next = ablate(&s, next, sets.map(String::as_str))?;
+            }
+        }
         // `--long-context`: decode after a long prompt, where attention reads the KV cache
         // of every earlier token (its bytes are not in `bound`).
         if label == "resident" && args.iter().any(|a| a == "--long-context") {
@@ -495,6 +504,95 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--ablate`: for each set of kernels (`+`-joined names, `,` between sets; every kernel
+/// alone when `sets` is None), greedy steps with the set's dispatches left out
+/// (`moestream::gpu::testing::skip_kernels`: results wrong, times real) against steps
+/// with them, in alternating rounds; prints the GPU and wall time per token each set
+/// costs inside a real step. Returns the last token.
+fn ablate(s: &moestream::Session, mut next: u32, sets: Option<&str>) -> Result<u32> {
+    use moestream::gpu::kernels::Kernel;
+    use moestream::gpu::testing::skip_kernels;
+    // Kernels whose absence would change what the host does (the picked token decides
+    // whether a step run ahead is kept), not only the GPU time.
+    let keep = ["token_pick", "topk", "embedding", "qembedding"];
+    let sets: Vec<Vec<&str>> = match sets {
+        Some(list) => list
+            .split(',')
+            .map(|set| set.split('+').collect())
+            .collect(),
+        None => Kernel::ALL
+            .iter()
+            .map(|k| k.name())
+            .filter(|n| !keep.contains(n))
+            .map(|n| vec![n])
+            .collect(),
+    };
+    const STEPS: usize = 24;
+    const ROUNDS: usize = 3;
+    // GPU and wall seconds per token of STEPS greedy steps.
+    // Every run from the same context (decode slows as it grows), in a fork of the
+    // session (a recurrent state cannot be truncated), after a few steps of warm-up.
+    let run = |s: &moestream::Session, next: &mut u32| -> Result<(f64, f64)> {
+        let mut s = s.fork()?;
+        for _ in 0..4 {
+            *next = s.step_top(*next, 1)?.first().map_or(0, |c| c.id);
+        }
+        let before = s.stats();
+        for _ in 0..STEPS {
+            *next = s.step_top(*next, 1)?.first().map_or(0, |c| c.id);
+        }
+        let st = s.stats();
+        let gpu = match (st.gpu_time, before.gpu_time) {
+            (Some(a), Some(b)) => (a - b).as_secs_f64(),
+            _ => f64::NAN,
+        };
+        let wall = (st.wall_time - before.wall_time).as_secs_f64();
+        Ok((gpu / STEPS as f64, wall / STEPS as f64))
+    };
+    println!("ablation: GPU (wall) us per token that a kernel's dispatches cost inside a greedy step ({ROUNDS} rounds of {STEPS} steps, median)");
+    for set in sets {
+        let unknown = skip_kernels(&[]);
+        debug_assert!(unknown.is_empty());
+        let (mut d_gpu, mut d_wall, mut base) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let (g0, w0) = run(s, &mut next)?;
+            let unknown = skip_kernels(&set);
+            if !unknown.is_empty() {
+                skip_kernels(&[]);
+                println!("  {}: no such kernel", unknown.join(", "));
+                break;
+            }
+            let r = run(s, &mut next);
+            skip_kernels(&[]);
+            // A step without some kernels may fail (NaNs in the routing): said, not fatal.
+            let (g1, w1) = match r {
+                Ok(t) => t,
+                Err(e) => {
+                    println!("  {}: the step fails without it ({e})", set.join("+"));
+                    break;
+                }
+            };
+            d_gpu.push((g0 - g1) * 1e6);
+            d_wall.push((w0 - w1) * 1e6);
+            base.push(g0 * 1e6);
+        }
+        if d_gpu.len() == ROUNDS {
+            let med = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            println!(
+                "  {:<40} {:>8.1} us GPU ({:>8.1} wall) of {:.1}",
+                set.join("+"),
+                med(&mut d_gpu),
+                med(&mut d_wall),
+                med(&mut base)
+            );
+        }
+    }
+    Ok(next)
 }
 
 /// Prints whether the first adapter offers cooperative matrices (tensor cores, Apple's

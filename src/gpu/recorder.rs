@@ -2,6 +2,7 @@
 //! into a reusable arena, and submits them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::kernels::Kernel;
@@ -123,6 +124,38 @@ pub const PROFILE_ENV: &str = "MOESTREAM_PROFILE";
 pub(super) fn profiling() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var_os(PROFILE_ENV).is_some_and(|v| !v.is_empty() && v != "0"))
+}
+
+/// Kernels whose dispatches are left out of what is recorded ([`skip_kernels`]); the
+/// flag says whether any are, so that recording pays one atomic load when none is.
+static SKIPPING: AtomicBool = AtomicBool::new(false);
+static SKIPPED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+/// Leaves every dispatch of the named kernels (names as [`Kernel::name`] gives them, the
+/// profile's labels) out of what is recorded from now on, in every model of the process;
+/// an empty list records everything again. **The results are wrong while any kernel is
+/// skipped**: this is for measuring what a kernel costs inside a real step (the GPU time
+/// a step saves without it), not for computing. Returns the names that are no kernel.
+pub(super) fn skip_kernels(names: &[&str]) -> Vec<String> {
+    let mut set = SKIPPED.lock().unwrap_or_else(|p| p.into_inner());
+    set.clear();
+    let mut unknown = Vec::new();
+    for &n in names {
+        match Kernel::ALL.iter().find(|k| k.name() == n) {
+            Some(k) => set.push(k.name()),
+            None => unknown.push(n.to_string()),
+        }
+    }
+    SKIPPING.store(!set.is_empty(), Ordering::Relaxed);
+    unknown
+}
+
+fn skipped(kernel: Kernel) -> bool {
+    SKIPPING.load(Ordering::Relaxed)
+        && SKIPPED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&kernel.name())
 }
 
 /// Per kernel: dispatches and GPU nanoseconds, while profiling.
@@ -381,6 +414,9 @@ impl<'a> Recorder<'a> {
         bufs: &[Bind<'_>],
         size: Size<'_>,
     ) {
+        if skipped(kernel) {
+            return;
+        }
         let t0 = std::time::Instant::now();
         let pipeline = self.gpu.pipeline_for(kernel, wdt, quant, rows, params);
         let (block, offset) = self.params.push(self.gpu, bytemuck::cast_slice(params));

@@ -438,6 +438,15 @@ pub fn take_profile() -> Vec<(String, u64, f64)> {
     super::recorder::take_profile()
 }
 
+/// Leaves every dispatch of the named kernels (the profile's labels) out of what is
+/// recorded from now on, process-wide; an empty list records everything again. Results
+/// are wrong while any kernel is skipped: for measuring the GPU time a kernel costs inside
+/// a real step (`cargo bench --bench decode -- --ablate`). Returns the names that are no
+/// kernel.
+pub fn skip_kernels(names: &[&str]) -> Vec<String> {
+    super::recorder::skip_kernels(names)
+}
+
 /// A row of values (a multiple of 32) in the 8+8-bit layout of
 /// `kernels/include/interleave.wgsl`, quantized as the `rmsnorm` kernel does it, and the
 /// values that the layout stands for (`t * (254 hi + lo)` per value): the input of the
