@@ -19,9 +19,8 @@ mod common;
 use common::{matrix_bytes, median_time, parts_words};
 use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::params::{
-    AttentionDecodeParams, AttentionMergeParams, AttentionSplitParams, CopyParams,
-    HeadNormRopeParams, MoeCombineParams, MoeRouteParams, QMatVecParams, RmsNormParams,
-    LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
+    AttentionMergeParams, AttentionSplitParams, CopyParams, HeadNormRopeParams, MoeCombineParams,
+    MoeRouteParams, QMatVecParams, RmsNormParams, LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
 };
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
 use moestream::{
@@ -175,36 +174,6 @@ fn time_merge(
         // No output gate, no sinks: `part` stands in for their buffers.
         &[part, attn, part, part],
         kernels::attention_merge_groups(Q_HEADS as u32, HEAD_DIM as u32),
-    )
-}
-
-/// Time per dispatch of `attention_decode` at `pos0 + 1` keys, cycling through `sets` (q,
-/// K cache, V cache, output, and two unread stand-ins for the gate and the sinks).
-fn time_decode(
-    bench: &GpuBench,
-    kv_dtype: DType,
-    sets: &[Vec<&DeviceBuffer>],
-    pos0: u32,
-) -> Result<f64> {
-    median_time(
-        bench,
-        Kernel::AttentionDecode,
-        Some(kv_dtype),
-        None,
-        0,
-        AttentionDecodeParams {
-            pos0,
-            n_heads: Q_HEADS as u32,
-            n_kv_heads: KV_HEADS as u32,
-            head_dim: HEAD_DIM as u32,
-            scale: 1.0 / (HEAD_DIM as f32).sqrt(),
-            flags: AttentionDecodeParams::INTERLEAVED,
-            ..Default::default()
-        }
-        .words(),
-        sets,
-        kernels::attention_decode_groups(Q_HEADS as u32),
-        ITERS,
     )
 }
 
@@ -370,22 +339,7 @@ fn main() -> Result<()> {
             .iter()
             .map(|(k, v)| vec![&outq, k, v, &part])
             .collect();
-        // The short-context decode kernel, in one dispatch, where the engine takes it (up
-        // to `ATTENTION_DECODE_MAX_KEYS` keys), against split + merge just below.
-        let decode_sets: Vec<Vec<&DeviceBuffer>> = caches
-            .iter()
-            .map(|(k, v)| vec![&outq, k, v, &attn, &outq, &outq])
-            .collect();
-        for pos0 in [200u32, kernels::ATTENTION_DECODE_MAX_KEYS - 1] {
-            let t = time_decode(&bench, kv_dtype, &decode_sets, pos0)?;
-            report(
-                &format!("attention_decode, {} keys, {kv_dtype:?} cache", pos0 + 1),
-                LAYERS,
-                t,
-                floor,
-            );
-        }
-        for pos0 in [200u32, kernels::ATTENTION_DECODE_MAX_KEYS - 1, 2000, 8000] {
+        for pos0 in [200u32, 2000, 8000] {
             let (chunk, splits) = kernels::attention_splits(pos0 + 1, Q_HEADS as u32);
             let t = time_split(&bench, kv_dtype, &sets, pos0, chunk, splits)?;
             report(

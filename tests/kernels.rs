@@ -23,11 +23,10 @@
 
 use moestream::gpu::kernels::{attention_tiled_groups, Kernel};
 use moestream::gpu::params::{
-    AttentionDecodeParams, AttentionMergeParams, AttentionParams, AttentionSplitParams, CopyParams,
-    EmbeddingParams, HeadNormRopeParams, MatMulParams, MatVecParams, MoeCombineParams,
-    MoeDownParams, MoeGateUpParams, MoeRouteParams, RmsNormParams, RouterParams,
-    SharedSwiGluParams, SigmoidGateParams, SubgroupProbeParams, SwiGluParams, TokenPickParams,
-    TopKParams,
+    AttentionMergeParams, AttentionParams, AttentionSplitParams, CopyParams, EmbeddingParams,
+    HeadNormRopeParams, MatMulParams, MatVecParams, MoeCombineParams, MoeDownParams,
+    MoeGateUpParams, MoeRouteParams, RmsNormParams, RouterParams, SharedSwiGluParams,
+    SigmoidGateParams, SubgroupProbeParams, SwiGluParams, TokenPickParams, TopKParams,
 };
 use moestream::reference;
 use moestream::{format::DType, store::ExpertLayout};
@@ -180,7 +179,6 @@ fn every_kernel_is_covered() {
         Kernel::AttentionTiled,
         Kernel::AttentionSplit,
         Kernel::AttentionMerge,
-        Kernel::AttentionDecode,
         Kernel::Router,
         Kernel::SwiGlu,
         Kernel::SigmoidGate,
@@ -1577,150 +1575,6 @@ fn attention_split_and_merge_window_and_sinks() {
             attention_merge_groups(nh as u32, hd as u32),
         );
         ck.close(&case, &to_f32(&merged[1]), &want, REDUCTION.floor(0.1));
-    }
-    ck.report();
-}
-
-/// Decode attention over a short context in one dispatch (`attention_decode`, used where
-/// `n_keys - key0 <= ATTENTION_DECODE_MAX_KEYS`), with the merge's output options (the
-/// interleaved layout, the output gate) and gpt-oss's sliding window and sinks, over f32 and
-/// f16 caches, against `reference::attention_with`.
-#[test]
-fn attention_decode() {
-    use moestream::gpu::kernels::{attention_decode_groups, ATTENTION_DECODE_MAX_KEYS};
-    let max = ATTENTION_DECODE_MAX_KEYS as usize;
-    let mut ck = Checker::new("attention_decode");
-    let mut rng = Rng::new(63);
-    // (pos0, n_heads, n_kv_heads, head_dim, window)
-    let cases: [(usize, usize, usize, usize, Option<usize>); 14] = [
-        (0, 1, 1, 64, None),         // one key
-        (0, 8, 1, 128, Some(4)),     // one key, a window past it, GQA 8
-        (4, 8, 1, 128, None),        // a few keys, GQA 8
-        (6, 4, 4, 64, None),         // a few keys, GQA 1
-        (63, 4, 2, 128, None),       // exactly one round of 64 keys
-        (64, 4, 2, 64, None),        // a one-key second round
-        (149, 32, 4, 128, None),     // Qwen3-30B-A3B's heads, 150 keys
-        (max - 1, 4, 4, 64, None),   // exactly the limit, GQA 1
-        (max - 1, 16, 2, 128, None), // exactly the limit, GQA 8
-        (200, 8, 2, 64, Some(128)),  // gpt-oss's window: keys 73 ..= 200
-        (700, 4, 4, 128, Some(max)), // a window of exactly the limit, past key 0
-        (20, 3, 3, 256, None),       // head_dim 256: 64 vec4s
-        (16, 4, 2, 24, None),        // 6 vec4s (256 invocations don't divide)
-        (15, 2, 1, 4, None),         // head_dim 4
-    ];
-    for &(pos0, nh, nkv, hd, window) in &cases {
-        let n_keys = pos0 + 1;
-        let key0 = window.map_or(0, |w| n_keys.saturating_sub(w));
-        assert!(n_keys - key0 <= max, "a case past the limit");
-        let case = format!("pos0 {pos0} heads {nh}/{nkv} head_dim {hd} window {window:?}");
-        let cap = n_keys + 9;
-        let row = nkv * hd;
-        // Scores have a standard deviation of about 2: a peaked but not one-hot softmax.
-        let q = rng.vec(nh * hd, 6.0);
-        let k = rng.vec(n_keys * row, 1.0);
-        let v = rng.vec(n_keys * row, 1.0);
-        // What the kernel is given: past the current position and before the window, keys
-        // that would dominate any score and values that poison any read (even with a zero
-        // weight).
-        let mut k_in = k.clone();
-        let mut v_in = v.clone();
-        k_in.resize(cap * row, 40.0);
-        v_in.resize(cap * row, f32::NAN);
-        k_in[..key0 * row].fill(40.0);
-        v_in[..key0 * row].fill(f32::NAN);
-        // Sinks around the scores' size, some far above (their exp dominates).
-        let sinks: Vec<f32> = (0..nh)
-            .map(|h| if h % 3 == 2 { 12.0 } else { 2.0 * rng.f32() })
-            .collect();
-        // Gated attention's output gate: per head `[q | gate]` rows (3 junk values first).
-        let (g_offset, g_head_stride) = (3 + hd, 2 * hd);
-        let gate = rng.vec(3 + nh * 2 * hd, 4.0);
-        let scale = (1.0 / (hd as f64).sqrt()) as f32;
-        for f16 in [false, true] {
-            if f16 && !kv_f16() {
-                continue;
-            }
-            let bytes = |x: &[f32]| if f16 { f16_bytes(x) } else { f32_bytes(x) };
-            let (k_bytes, v_bytes) = (bytes(&k_in), bytes(&v_in));
-            for with_sinks in [false, true] {
-                let (_, _, want) = cache_case_with(
-                    f16,
-                    &q,
-                    &k,
-                    &v,
-                    (1, pos0, nh, nkv, hd),
-                    with_sinks.then_some(&sinks[..]),
-                    window,
-                );
-                for (il, gated) in [(false, false), (true, false), (false, true), (true, true)] {
-                    if il && (nh * hd) % 32 != 0 {
-                        continue;
-                    }
-                    let want: Vec<f32> = if gated {
-                        want.iter()
-                            .enumerate()
-                            .map(|(j, &w)| {
-                                let g = gate[g_offset + (j / hd) * g_head_stride + j % hd];
-                                w * (1.0 / (1.0 + (-g).exp()))
-                            })
-                            .collect()
-                    } else {
-                        want.clone()
-                    };
-                    let flags = if il {
-                        AttentionDecodeParams::INTERLEAVED
-                    } else {
-                        0
-                    } | if gated {
-                        AttentionDecodeParams::GATED
-                    } else {
-                        0
-                    } | if with_sinks {
-                        AttentionDecodeParams::SINKS
-                    } else {
-                        0
-                    };
-                    let before = rng.vec(nh * hd, 1.0);
-                    let out = run(
-                        Kernel::AttentionDecode,
-                        f16.then_some(DType::F16),
-                        AttentionDecodeParams {
-                            pos0: pos0 as u32,
-                            n_heads: nh as u32,
-                            n_kv_heads: nkv as u32,
-                            head_dim: hd as u32,
-                            scale,
-                            key0: key0 as u32,
-                            flags,
-                            g_offset: g_offset as u32,
-                            g_head_stride: g_head_stride as u32,
-                            ..Default::default()
-                        }
-                        .words(),
-                        &[
-                            &f32_bytes(&q),
-                            &k_bytes,
-                            &v_bytes,
-                            &f32_bytes(&before),
-                            &f32_bytes(&gate),
-                            &f32_bytes(&sinks),
-                        ],
-                        attention_decode_groups(nh as u32),
-                    );
-                    let mut got = to_f32(&out[3]);
-                    if il {
-                        got = deinterleave(&got, nh * hd);
-                    }
-                    let f16_case = if f16 { " f16 cache" } else { "" };
-                    let case = format!(
-                        "{case}{f16_case} sinks {with_sinks} interleaved {il} gated {gated}"
-                    );
-                    // Outputs are convex combinations of values in [-1, 1]: judged against
-                    // 0.1, as the other attention kernels.
-                    ck.close(&case, &got, &want, REDUCTION.floor(0.1));
-                }
-            }
-        }
     }
     ck.report();
 }

@@ -1,28 +1,15 @@
 //! The softmax-attention block: q/k/v projections, per-head norm and RoPE into the KV
-//! cache, attention (decode: one dispatch over a short context, else split over key
-//! ranges and merged; prefill: tiled), o_proj.
+//! cache, attention (split over key ranges for decode, tiled for prefill), o_proj.
 
 use super::pass::{grid, Pass, XLayout};
 use super::weights::{Attention, Qkv};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{
-    AttentionDecodeParams, AttentionMergeParams, AttentionParams, AttentionSplitParams,
-    HeadNormRopeParams, SigmoidGateParams,
+    AttentionMergeParams, AttentionParams, AttentionSplitParams, HeadNormRopeParams,
+    SigmoidGateParams,
 };
 use crate::gpu::GpuVec;
-
-/// Environment variable (`1`) that brings back, for measuring, the split decode attention
-/// (`attention_split` + `attention_merge`) at every context length: by default a decode
-/// step over at most [`kernels::ATTENTION_DECODE_MAX_KEYS`] keys runs the one-dispatch
-/// `attention_decode` instead.
-const NO_SHORT_ATTENTION_ENV: &str = "MOESTREAM_NO_SHORT_ATTENTION";
-
-/// Whether decode steps over few enough keys take `attention_decode` (read once).
-fn short_attention() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| !crate::session::switched_off(NO_SHORT_ATTENTION_ENV))
-}
 
 impl Pass<'_> {
     /// `h = x + o_proj(attention(input_norm(x)))`, writing this pass's keys and values into
@@ -145,59 +132,12 @@ impl Pass<'_> {
         } else {
             XLayout::Natural
         };
-        // The flags of the decode kernel that writes the output (the merge, or the short
-        // decode kernel): its layout, the output gate, sinks.
-        let out_flags = if o_layout == XLayout::Interleaved {
-            AttentionMergeParams::INTERLEAVED
-        } else {
-            0
-        } | if spec.output_gate {
-            AttentionMergeParams::GATED
-        } else {
-            0
-        } | if a.sinks.is_some() {
-            AttentionMergeParams::SINKS
-        } else {
-            0
-        };
-        // A sliding window's keys start past 0.
-        let n_keys = pos + 1;
-        let key0 = spec.sliding_window.map_or(0, |w| n_keys.saturating_sub(w));
-        let short = n_keys - key0 <= kernels::ATTENTION_DECODE_MAX_KEYS as usize;
-        if split && short && short_attention() {
-            // Decode over a short context: one workgroup per head over all its keys,
-            // writing the output as the merge would (one dependent dispatch, not two).
-            let p = AttentionDecodeParams {
-                pos0: pos as u32,
-                n_heads: nh as u32,
-                n_kv_heads: nkv as u32,
-                head_dim: hd as u32,
-                scale,
-                key0: key0 as u32,
-                flags: out_flags,
-                g_offset: q_off + hd as u32,
-                g_head_stride: q_head_stride as u32,
-                ..Default::default()
-            };
-            self.rec.dispatch(
-                Kernel::AttentionDecode,
-                Some(kv_dtype),
-                p.words(),
-                &[
-                    (&s.qr).into(),
-                    kc.into(),
-                    vc.into(),
-                    (&s.attn).into(),
-                    qb.into(),
-                    a.sinks
-                        .as_ref()
-                        .map_or((&self.m.gpu.dummy).into(), GpuVec::bind),
-                ],
-                kernels::attention_decode_groups(nh as u32),
-            );
-        } else if split {
+        if split {
             // Decode: many workgroups over short key ranges, then one merge per head
             // (the split kernel reads heads as vec4s).
+            // A sliding window's keys start past 0.
+            let n_keys = pos + 1;
+            let key0 = spec.sliding_window.map_or(0, |w| n_keys.saturating_sub(w));
             let (chunk, splits) = kernels::attention_splits((n_keys - key0) as u32, nh as u32);
             let p = AttentionSplitParams {
                 pos0: pos as u32,
@@ -221,7 +161,19 @@ impl Pass<'_> {
                 n_heads: nh as u32,
                 head_dim: hd as u32,
                 n_splits: splits,
-                flags: out_flags,
+                flags: if o_layout == XLayout::Interleaved {
+                    AttentionMergeParams::INTERLEAVED
+                } else {
+                    0
+                } | if spec.output_gate {
+                    AttentionMergeParams::GATED
+                } else {
+                    0
+                } | if a.sinks.is_some() {
+                    AttentionMergeParams::SINKS
+                } else {
+                    0
+                },
                 g_offset: q_off + hd as u32,
                 g_head_stride: q_head_stride as u32,
                 ..Default::default()

@@ -359,52 +359,6 @@ impl AttentionMergeParams {
     pub const SINKS: u32 = 4;
 }
 
-kernel_params! {
-    /// Parameters of [`Kernel::AttentionDecode`] (`kernels/attention_decode.wgsl`): one
-    /// decode query's attention over keys `key0 ..= pos0` (at most
-    /// [`ATTENTION_DECODE_MAX_KEYS`](super::kernels::ATTENTION_DECODE_MAX_KEYS) of them)
-    /// in one dispatch, written as [`Kernel::AttentionMerge`] writes it.
-    AttentionDecodeParams for AttentionDecode {
-        /// Position of the query (which sees keys `key0 ..= pos0`).
-        pos0: u32,
-        /// Query heads.
-        n_heads: u32,
-        /// Key/value heads.
-        n_kv_heads: u32,
-        /// Dims per head (a multiple of 4, at most 256).
-        head_dim: u32,
-        /// The score scale (`1 / sqrt(head_dim)` rounded to f32).
-        scale: f32,
-        /// The first key attended to: 0, or where a sliding window starts.
-        key0: u32,
-        /// [`AttentionDecodeParams::INTERLEAVED`], [`AttentionDecodeParams::GATED`],
-        /// [`AttentionDecodeParams::SINKS`].
-        flags: u32,
-        /// With [`AttentionDecodeParams::GATED`]: float offset of head 0's output gate in
-        /// the gate buffer.
-        g_offset: u32,
-        /// Floats from one head's output gate to the next.
-        g_head_stride: u32,
-        /// Padding.
-        pad0: u32,
-        /// Padding.
-        pad1: u32,
-        /// Padding.
-        pad2: u32,
-    }
-}
-
-impl AttentionDecodeParams {
-    /// `flags` bit: write the output in the interleaved layout
-    /// (`kernels/include/interleave.wgsl`).
-    pub const INTERLEAVED: u32 = AttentionMergeParams::INTERLEAVED;
-    /// `flags` bit: multiply each output by the sigmoid of its output gate (gated
-    /// attention, Qwen3.5).
-    pub const GATED: u32 = AttentionMergeParams::GATED;
-    /// `flags` bit: attention sinks (gpt-oss), one logit per head in the sinks buffer.
-    pub const SINKS: u32 = AttentionMergeParams::SINKS;
-}
-
 /// Routing weights: the chosen experts' softmax probabilities over all experts.
 pub const ROUTING_SOFTMAX: u32 = 0;
 /// Routing weights: those probabilities renormalized to sum to 1 (`norm_topk_prob`).
@@ -912,7 +866,6 @@ pub const ALL: &[ParamsLayout] = &[
     AttentionParams::LAYOUT,
     AttentionSplitParams::LAYOUT,
     AttentionMergeParams::LAYOUT,
-    AttentionDecodeParams::LAYOUT,
     RouterParams::LAYOUT,
     SwiGluParams::LAYOUT,
     MoeGateUpParams::LAYOUT,

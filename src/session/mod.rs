@@ -12,7 +12,6 @@ use crate::sampling::Candidate;
 
 mod passes;
 
-pub(crate) use passes::switched_off;
 use passes::Ahead;
 
 /// Longest run of tokens one batched pass processes; longer prompts are prefilled in

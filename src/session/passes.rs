@@ -56,7 +56,7 @@ fn record_ahead() -> bool {
 }
 
 /// Whether the environment variable `var` turns something off (set, not empty, not `0`).
-pub(crate) fn switched_off(var: &str) -> bool {
+fn switched_off(var: &str) -> bool {
     std::env::var_os(var).is_some_and(|v| !v.is_empty() && v != "0")
 }
 

@@ -44,20 +44,6 @@ pub fn attention_merge_groups(n_heads: u32, head_dim: u32) -> (u32, u32) {
     (n_heads, head_dim.div_ceil(16).max(1))
 }
 
-/// Most keys [`Kernel::AttentionDecode`] attends to (`MAX_KEYS` in
-/// `kernels/attention_decode.wgsl`: 2 per invocation of its 256, its scores in workgroup
-/// memory). Decode attention over more keys (`n_keys - key0`) runs
-/// [`Kernel::AttentionSplit`] + [`Kernel::AttentionMerge`]. One workgroup per head reads
-/// all of the head's keys and values, a cost that grows with the keys where the split's
-/// grows little; the merge's extra level costs ~5-9 us on an H100 whatever its work, and
-/// at 512 keys a head's f32 keys and values are 512 KiB, read from L2 in a few us.
-pub const ATTENTION_DECODE_MAX_KEYS: u32 = 512;
-
-/// Grid of [`Kernel::AttentionDecode`]: one workgroup per head.
-pub fn attention_decode_groups(n_heads: u32) -> (u32, u32) {
-    (n_heads.max(1), 1)
-}
-
 /// f32 values of the partial softmax states [`Kernel::AttentionSplit`] writes for one
 /// decode step: `(head_dim + 2)` per head and key range.
 pub fn attention_part_floats(n_heads: u32, head_dim: u32) -> u64 {

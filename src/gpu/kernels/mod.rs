@@ -47,10 +47,6 @@ pub enum Kernel {
     AttentionSplit,
     /// Combines the partial softmax states of [`Kernel::AttentionSplit`] per head.
     AttentionMerge,
-    /// Decode attention over at most [`ATTENTION_DECODE_MAX_KEYS`] keys in one dispatch,
-    /// one workgroup per head ([`attention_decode_groups`]): the output of
-    /// [`Kernel::AttentionSplit`] + [`Kernel::AttentionMerge`] without the merge's level.
-    AttentionDecode,
     /// Router softmax, top-k and renormalization.
     Router,
     /// SwiGLU activation of dense MLPs.
@@ -136,7 +132,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 37] = [
+    pub const ALL: [Kernel; 36] = [
         Kernel::MlaLatent,
         Kernel::MlaAttention,
         Kernel::SigmoidGate,
@@ -150,7 +146,6 @@ impl Kernel {
         Kernel::AttentionTiled,
         Kernel::AttentionSplit,
         Kernel::AttentionMerge,
-        Kernel::AttentionDecode,
         Kernel::Router,
         Kernel::SwiGlu,
         Kernel::MoeGateUp,
@@ -188,7 +183,6 @@ impl Kernel {
             Kernel::AttentionTiled => "attention_tiled",
             Kernel::AttentionSplit => "attention_split",
             Kernel::AttentionMerge => "attention_merge",
-            Kernel::AttentionDecode => "attention_decode",
             Kernel::Router => "router",
             Kernel::SwiGlu => "swiglu",
             Kernel::MoeGateUp => "moe_gate_up",
@@ -230,7 +224,6 @@ impl Kernel {
             Kernel::AttentionTiled => include_str!("../../../kernels/attention_tiled.wgsl"),
             Kernel::AttentionSplit => include_str!("../../../kernels/attention_split.wgsl"),
             Kernel::AttentionMerge => include_str!("../../../kernels/attention_merge.wgsl"),
-            Kernel::AttentionDecode => include_str!("../../../kernels/attention_decode.wgsl"),
             Kernel::Router => include_str!("../../../kernels/router.wgsl"),
             Kernel::SwiGlu => include_str!("../../../kernels/swiglu.wgsl"),
             Kernel::MoeGateUp => include_str!("../../../kernels/moe_gate_up.wgsl"),
@@ -303,7 +296,6 @@ impl Kernel {
             self,
             Kernel::HeadNormRope
                 | Kernel::AttentionSplit
-                | Kernel::AttentionDecode
                 | Kernel::AttentionTiled
                 | Kernel::MlaLatent
                 | Kernel::MlaAttention
@@ -400,7 +392,7 @@ impl Kernel {
         }
         if matches!(
             self,
-            Kernel::RmsNorm | Kernel::AttentionMerge | Kernel::AttentionDecode | Kernel::MoeGateUpQ
+            Kernel::RmsNorm | Kernel::AttentionMerge | Kernel::MoeGateUpQ
         ) {
             v.push(Include::Interleave);
         }
