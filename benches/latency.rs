@@ -219,7 +219,6 @@ fn main() -> Result<()> {
     let y = bench.zeros((HIDDEN * 4) as u64);
     let yi = bench.zeros((HIDDEN * 4) as u64);
     let yq = bench.zeros((HIDDEN / 32 * 18 * 4) as u64);
-    let untouched = [bench.zeros(16), bench.zeros(16), bench.zeros(16)];
     let t = time(
         &bench,
         Kernel::RmsNorm,
@@ -236,48 +235,10 @@ fn main() -> Result<()> {
             ..Default::default()
         }
         .words(),
-        // o, route, xo: untouched without COMBINE.
-        &[
-            &x,
-            &w,
-            &y,
-            &yi,
-            &yq,
-            &untouched[0],
-            &untouched[1],
-            &untouched[2],
-        ],
+        &[&x, &w, &y, &yi, &yq],
         (1, 1),
     )?;
     report("rmsnorm 2048", 2 * LAYERS + 1, t, floor);
-    // The input norm with the last layer's MoE combine folded in (a decode step's 8
-    // routed choices and the shared expert's: 9 rows of o added to the residual).
-    let choices = 9usize;
-    let o = bench.upload(&f32_bytes(&values(HIDDEN * choices, 4)));
-    let route: Vec<u32> = (0..choices as u32).rev().collect();
-    let route = bench.upload(bytemuck::cast_slice(&route));
-    let xo = bench.zeros((HIDDEN * 4) as u64);
-    let t = time(
-        &bench,
-        Kernel::RmsNorm,
-        None,
-        None,
-        0,
-        RmsNormParams {
-            n: HIDDEN as u32,
-            rows: 1,
-            eps: 1e-6,
-            flags: RmsNormParams::INTERLEAVED
-                | RmsNormParams::COMBINE
-                | if q8 { RmsNormParams::Q8 } else { 0 },
-            combine_k: choices as u32,
-            ..Default::default()
-        }
-        .words(),
-        &[&x, &w, &y, &yi, &yq, &o, &route, &xo],
-        (1, 1),
-    )?;
-    report("rmsnorm 2048 + combine of 9", LAYERS, t, floor);
 
     // q/k norm + RoPE + V-cache write of one layer.
     let qkv = (Q_HEADS + 2 * KV_HEADS) * HEAD_DIM;

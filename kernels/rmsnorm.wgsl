@@ -7,13 +7,6 @@
 // at row * n, and with bit 1 to yq in the 8+8-bit layout of that file (the row at
 // row * 18 n / 32 words), for the quantized mat-vec kernels.
 //
-// With flags bit 2 (COMBINE) the row is first assembled as moe_combine.wgsl does it and
-// written to xo: x[row] + sum_k o[route[row * combine_k + k]] (the routed experts'
-// weighted outputs added in choice order, then to the residual: the same sums bit for
-// bit), so that a decode step's MoE combine and the next layer's input norm are one
-// dispatch (one dependency level fewer per MoE layer). Without it, o, route and xo are
-// bound to buffers the kernel does not touch.
-//
 // Decode runs this kernel twice per layer on one row, so its latency counts (`cargo bench
 // --bench latency`): rows of up to 2048 values are loaded once, x and w together, and
 // kept in registers for the normalization (4.71 -> 4.35 us on an H200, against loading w
@@ -29,7 +22,7 @@ struct Params {
     x_offset: u32,
     y_offset: u32,
     flags: u32,
-    combine_k: u32, // COMBINE: choices per row (route entries per row)
+    pad0: u32,
     pad1: u32,
 }
 
@@ -39,11 +32,6 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read_write> yi: array<f32>;
 @group(0) @binding(5) var<storage, read_write> yq: array<u32>;
-@group(0) @binding(6) var<storage, read> o: array<f32>;
-@group(0) @binding(7) var<storage, read> route: array<u32>;
-@group(0) @binding(8) var<storage, read_write> xo: array<f32>;
-
-const COMBINE: u32 = 4u;
 
 const WG: u32 = 256u;
 var<workgroup> red: array<f32, 256>;
@@ -79,12 +67,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     } else {
         var i = lid;
         for (; i + 3u * WG < n; i += 4u * WG) {
-            let v = vec4<f32>(xv(xb, i, n), xv(xb, i + WG, n), xv(xb, i + 2u * WG, n),
-                              xv(xb, i + 3u * WG, n));
+            let v = vec4<f32>(x[xb + i], x[xb + i + WG], x[xb + i + 2u * WG], x[xb + i + 3u * WG]);
             s += v * v;
         }
         for (; i < n; i += WG) {
-            let v = xv(xb, i, n);
+            let v = x[xb + i];
             s.x += v * v;
         }
     }
@@ -116,8 +103,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     } else {
         var i = lid;
         for (; i + 3u * WG < n; i += 4u * WG) {
-            let v = vec4<f32>(xr(xb + i), xr(xb + i + WG), xr(xb + i + 2u * WG),
-                              xr(xb + i + 3u * WG));
+            let v = vec4<f32>(x[xb + i], x[xb + i + WG], x[xb + i + 2u * WG], x[xb + i + 3u * WG]);
             let g = vec4<f32>(w[i], w[i + WG], w[i + 2u * WG], w[i + 3u * WG]);
             let o = g * (v * inv);
             put(i, o.x, row, yb, false, il);
@@ -126,55 +112,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             put(i + 3u * WG, o.w, row, yb, false, il);
         }
         for (; i < n; i += WG) {
-            put(i, w[i] * (xr(xb + i) * inv), row, yb, false, il);
+            put(i, w[i] * (x[xb + i] * inv), row, yb, false, il);
         }
     }
     if ((p.flags & 2u) != 0u) {
         workgroupBarrier(); // red[0] has been read by all
-        if ((p.flags & COMBINE) != 0u && !keep) {
-            storageBarrier(); // the assembled row in xo, read by other invocations
-        }
         write_q8(row, xb, inv, lid, keep);
     }
 }
 
-// Value i of the row starting at xb (0 past the row's n values): of x, or with COMBINE
-// the assembled row, also written to xo (each value is taken here once).
+// Value i of the row of x starting at xb (0 past the row's n values).
 fn xv(xb: u32, i: u32, n: u32) -> f32 {
-    let e = xb + min(i, n - 1u);
-    if ((p.flags & COMBINE) == 0u) {
-        return select(0.0, x[e], i < n);
-    }
-    if (i >= n) {
-        return 0.0;
-    }
-    // As moe_combine.wgsl: four choices at a time, the sum in choice order, then the
-    // residual.
-    let row = (e - p.x_offset) / n;
-    let j = (e - p.x_offset) % n;
-    let rb = row * p.combine_k;
-    var s = 0.0;
-    var k = 0u;
-    for (; k + 4u <= p.combine_k; k += 4u) {
-        let r = vec4<u32>(route[rb + k], route[rb + k + 1u], route[rb + k + 2u],
-                          route[rb + k + 3u]) * n + j;
-        let v = vec4<f32>(o[r.x], o[r.y], o[r.z], o[r.w]);
-        s = (((s + v.x) + v.y) + v.z) + v.w;
-    }
-    for (; k < p.combine_k; k++) {
-        s += o[route[rb + k] * n + j];
-    }
-    let v = x[e] + s;
-    xo[e] = v;
-    return v;
-}
-
-// Value e of the row again, after xv took it: of x, or with COMBINE of xo.
-fn xr(e: u32) -> f32 {
-    if ((p.flags & COMBINE) != 0u) {
-        return xo[e];
-    }
-    return x[e];
+    return select(0.0, x[xb + min(i, n - 1u)], i < n);
 }
 
 // Value i of w (0 past n).
@@ -212,10 +161,9 @@ fn write_q8(row: u32, xb: u32, inv: f32, lid: u32, keep: bool) {
             vb = vals[(j >> 2u) + 1u];
         } else {
             va = vec4<f32>(w[j], w[j + 1u], w[j + 2u], w[j + 3u])
-                * (vec4<f32>(xr(xb + j), xr(xb + j + 1u), xr(xb + j + 2u), xr(xb + j + 3u)) * inv);
+                * (vec4<f32>(x[xb + j], x[xb + j + 1u], x[xb + j + 2u], x[xb + j + 3u]) * inv);
             vb = vec4<f32>(w[j + 4u], w[j + 5u], w[j + 6u], w[j + 7u])
-                * (vec4<f32>(xr(xb + j + 4u), xr(xb + j + 5u), xr(xb + j + 6u), xr(xb + j + 7u))
-                   * inv);
+                * (vec4<f32>(x[xb + j + 4u], x[xb + j + 5u], x[xb + j + 6u], x[xb + j + 7u]) * inv);
         }
         let m = max(abs(va), abs(vb));
         red[lid] = max(max(m.x, m.y), max(m.z, m.w));

@@ -27,43 +27,7 @@ fn expert_matvecs_env() -> bool {
     *ON.get_or_init(|| std::env::var_os(EXPERT_MATVECS_ENV).is_some_and(|v| v == "1"))
 }
 
-/// Environment variable (`1`) that keeps a decode step's MoE combine its own dispatch
-/// instead of folding it into the next norm ([`Pass::combine`]), for measuring.
-const NO_COMBINE_NORM_ENV: &str = "MOESTREAM_NO_COMBINE_NORM";
-
-fn combine_in_norm() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    !*OFF.get_or_init(|| {
-        std::env::var_os(NO_COMBINE_NORM_ENV).is_some_and(|v| !v.is_empty() && v != "0")
-    })
-}
-
 impl<'a> Pass<'a> {
-    /// The resident decode step's combine `x = resid + sum of the choices' rows of moe_o`
-    /// as its own dispatch ([`Kernel::MoeCombine`]); `kk` choices.
-    pub(crate) fn combine(&mut self, resid: &wgpu::Buffer, kk: u32) {
-        let s = self.s;
-        let hs = self.m.cfg.hidden_size;
-        let p = MoeCombineParams {
-            hidden: hs as u32,
-            n_tokens: 1,
-            top_k: kk,
-            ..Default::default()
-        };
-        self.rec.dispatch(
-            Kernel::MoeCombine,
-            None,
-            p.words(),
-            &[
-                resid.into(),
-                (&s.moe_o).into(),
-                (&s.route).into(),
-                (&s.x).into(),
-            ],
-            grid(hs.div_ceil(64)),
-        );
-    }
-
     /// `x = h + routed experts (+ the gated shared expert)` over the normalized rows.
     pub(crate) fn moe(&mut self, l: usize, moe: &Moe) -> Result<()> {
         let s = self.s;
@@ -147,7 +111,7 @@ impl<'a> Pass<'a> {
 
     /// `x = resid + sum_j w_j expert_j(xn)` for the experts the router picks (and the
     /// shared expert, where it rides in the cache, as choice `top_k`).
-    fn routed_experts(&mut self, l: usize, moe: &Moe, resid: &'a wgpu::Buffer) -> Result<()> {
+    fn routed_experts(&mut self, l: usize, moe: &Moe, resid: &wgpu::Buffer) -> Result<()> {
         let m = self.m;
         let s = self.s;
         let cfg = &m.cfg;
@@ -362,7 +326,7 @@ impl<'a> Pass<'a> {
         &mut self,
         l: usize,
         moe: &Moe,
-        resid: &'a wgpu::Buffer,
+        resid: &wgpu::Buffer,
         shared: bool,
     ) -> Result<()> {
         let m = self.m;
@@ -454,13 +418,24 @@ impl<'a> Pass<'a> {
             let args = (!direct).then(|| (&s.moe_args, (p * 24) as u64));
             self.experts(&kernels, &cache.pages[p], (p * kk) as u32, kk as u32, args);
         }
-        // The combine is left to the next norm over x (the next layer's input norm, or
-        // the final norm), which assembles the row itself: one dependency level fewer.
-        if combine_in_norm() {
-            self.combine = Some((resid, kk as u32));
-        } else {
-            self.combine(resid, kk as u32);
-        }
+        let p = MoeCombineParams {
+            hidden: cfg.hidden_size as u32,
+            n_tokens: 1,
+            top_k: kk as u32,
+            ..Default::default()
+        };
+        self.rec.dispatch(
+            Kernel::MoeCombine,
+            None,
+            p.words(),
+            &[
+                resid.into(),
+                (&s.moe_o).into(),
+                (&s.route).into(),
+                (&s.x).into(),
+            ],
+            grid(cfg.hidden_size.div_ceil(64)),
+        );
         self.experts_routed += k as u64;
         self.since_submit += 1;
         if self.since_submit >= self.submit_chunk {

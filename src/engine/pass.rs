@@ -5,7 +5,7 @@
 use super::state::{Scratch, SequenceState};
 use super::weights::{Layer, MixerWeights};
 use crate::cache::CacheStats;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{
@@ -108,11 +108,6 @@ pub(crate) struct Pass<'a> {
     /// the step before it left in `Scratch::topk`, picked on the GPU
     /// ([`Kernel::TokenPick`]) into `Scratch::ids` before the embedding.
     pub pick_token: bool,
-    /// A resident decode step's MoE combine not yet recorded: (residual, choices). The
-    /// next norm over `Scratch::x` (the next layer's input norm, or the final norm)
-    /// assembles x itself ([`RmsNormParams::COMBINE`]); [`Pass::layer`] checks that the
-    /// layer's mixer took it.
-    pub combine: Option<(&'a wgpu::Buffer, u32)>,
 }
 
 /// A resident pass submits its first this many MoE layers, then chunks twice as long as
@@ -134,12 +129,6 @@ impl<'a> Pass<'a> {
             MixerWeights::Attention(a) => self.attention(l, &layer.input_norm, a)?,
             MixerWeights::LinearAttention(a) => self.linear_attention(l, &layer.input_norm, a)?,
             MixerWeights::Mla(a) => self.mla(l, &layer.input_norm, a)?,
-        }
-        if self.combine.is_some() {
-            return Err(Error::Internal(format!(
-                "layer {l}'s mixer did not start with the norm of x that completes the last \
-                 MoE combine"
-            )));
         }
         self.ffn(l, layer)
     }
@@ -362,20 +351,9 @@ impl<'a> Pass<'a> {
         let il = interleaves(vector, len);
         // The 8+8-bit row only for models whose mat-vecs read it (`XLayout::for_bits`).
         let q8 = il && !self.m.f32_activations;
-        let s = self.s;
         let dummy = &self.m.gpu.dummy;
-        let yi = if il { &s.xi } else { dummy };
-        let yq = if q8 { &s.xq } else { dummy };
-        // A pending MoE combine: assembled here when this norm reads the row it writes
-        // (x from its residual, the routed rows of moe_o), else recorded first.
-        let mut combine = None;
-        if let Some((resid, kk)) = self.combine.take() {
-            if std::ptr::eq(x, &s.x) && rows == 1 && x_offset == 0 {
-                combine = Some((resid, kk));
-            } else {
-                self.combine(resid, kk);
-            }
-        }
+        let yi = if il { &self.s.xi } else { dummy };
+        let yq = if q8 { &self.s.xq } else { dummy };
         let p = RmsNormParams {
             n: len as u32,
             rows: rows as u32,
@@ -383,35 +361,14 @@ impl<'a> Pass<'a> {
             x_offset: x_offset as u32,
             y_offset: 0,
             flags: if il { RmsNormParams::INTERLEAVED } else { 0 }
-                | if q8 { RmsNormParams::Q8 } else { 0 }
-                | if combine.is_some() {
-                    RmsNormParams::COMBINE
-                } else {
-                    0
-                },
-            combine_k: combine.map_or(0, |c| c.1),
+                | if q8 { RmsNormParams::Q8 } else { 0 },
             ..Default::default()
-        };
-        // Without a combine, o and route alias x and xo aliases y (bound, never touched:
-        // one buffer may not be bound both read-only and writable in a dispatch).
-        let (xin, o, route, xo) = match combine {
-            Some((resid, _)) => (resid, &s.moe_o, &s.route, &s.x),
-            None => (x, x, x, y),
         };
         self.rec.dispatch(
             Kernel::RmsNorm,
             None,
             p.words(),
-            &[
-                xin.into(),
-                w.bind(),
-                y.into(),
-                yi.into(),
-                yq.into(),
-                o.into(),
-                route.into(),
-                xo.into(),
-            ],
+            &[x.into(), w.bind(), y.into(), yi.into(), yq.into()],
             grid(rows),
         );
     }

@@ -142,10 +142,10 @@ kernel_params! {
         x_offset: u32,
         /// Element offset of the first row of y.
         y_offset: u32,
-        /// [`RmsNormParams::INTERLEAVED`], [`RmsNormParams::Q8`], [`RmsNormParams::COMBINE`].
+        /// [`RmsNormParams::INTERLEAVED`], [`RmsNormParams::Q8`].
         flags: u32,
-        /// With [`RmsNormParams::COMBINE`]: choices per row (route entries per row).
-        combine_k: u32,
+        /// Padding.
+        pad0: u32,
         /// Padding.
         pad1: u32,
     }
@@ -157,9 +157,6 @@ impl RmsNormParams {
     pub const INTERLEAVED: u32 = 1;
     /// `flags` bit: also write each row to `yq` in the 8+8-bit layout of that file.
     pub const Q8: u32 = 2;
-    /// `flags` bit: the row is first assembled as [`Kernel::MoeCombine`] assembles it
-    /// (`x + sum_k o[route[row * combine_k + k]]`, bit for bit) and written to `xo`.
-    pub const COMBINE: u32 = 4;
 }
 
 /// `flags` bit of the linear kernels ([`MatVecParams`], [`MatMulParams`], [`QMatVecParams`],

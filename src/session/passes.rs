@@ -337,7 +337,6 @@ impl Session {
             follow: self.follow.as_ref().map(|t| (t, pos0)),
             logits,
             pick_token: pick,
-            combine: None,
         };
         let s = &self.scratch;
         let layers = cfg.num_hidden_layers;
