@@ -1,8 +1,8 @@
 // The best candidate of the top-k kernel's per-chunk lists (kernels/topk.wgsl), written
 // as the token of the next decode step: a greedy step can then be submitted before the
 // host has read back the one before it (`Session`'s steps run ahead). Order as the host
-// merges the candidates (`engine::pass::decode_readout`): larger logit first, then smaller
-// id; entries with id 0xffffffff are missing. `out[0]` gets the chosen id (0 when there is
+// merges the candidates (include/best.wgsl, as topk.wgsl orders them): larger logit first,
+// then smaller id; entries with id NONE are missing. `out[0]` gets the chosen id (0 when there is
 // none; the host compares the token a step ran with the one it asked for, so a step that
 // ran another token is discarded, never used).
 struct Params {
@@ -16,16 +16,10 @@ struct Params {
 @group(0) @binding(1) var<storage, read> cand: array<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
 
-const NONE: u32 = 0xffffffffu;
 const WG: u32 = 64u;
 
 var<workgroup> bv: array<f32, 64>;
 var<workgroup> bi: array<u32, 64>;
-
-// Whether (v, i) comes before (w, j): larger logit first, then smaller id.
-fn before(v: f32, i: u32, w: f32, j: u32) -> bool {
-    return v > w || (v == w && i < j);
-}
 
 @compute @workgroup_size(64)
 fn main(@builtin(local_invocation_index) lid: u32) {
@@ -42,18 +36,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     bv[lid] = best_v;
     bi[lid] = best_i;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            let ov = bv[lid + s];
-            let oi = bi[lid + s];
-            if (oi != NONE && (bi[lid] == NONE || before(ov, oi, bv[lid], bi[lid]))) {
-                bv[lid] = ov;
-                bi[lid] = oi;
-            }
-        }
-        workgroupBarrier();
-    }
+    reduce_best(lid, WG / 2u);
     if (lid == 0u) {
         out[0] = select(bi[0], 0u, bi[0] == NONE);
     }

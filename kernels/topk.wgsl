@@ -14,17 +14,12 @@ struct Params {
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
 
-// Stands for NaN logits; "no candidate" is tracked by the id (NONE), not the value.
+// Stands for NaN logits; "no candidate" is tracked by the id (NONE, include/best.wgsl
+// with the order `before`), not the value.
 const NEG: f32 = -3.0e38;
-const NONE: u32 = 0xffffffffu;
 
 var<workgroup> bv: array<f32, 256>;
 var<workgroup> bi: array<u32, 256>;
-
-// Whether (v, i) comes before (w, j): larger logit first, then smaller id.
-fn before(v: f32, i: u32, w: f32, j: u32) -> bool {
-    return v > w || (v == w && i < j);
-}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -50,18 +45,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         bv[lid] = best_v;
         bi[lid] = best_i;
-        workgroupBarrier();
-        for (var s = 128u; s > 0u; s >>= 1u) {
-            if (lid < s) {
-                let ov = bv[lid + s];
-                let oi = bi[lid + s];
-                if (oi != NONE && (bi[lid] == NONE || before(ov, oi, bv[lid], bi[lid]))) {
-                    bv[lid] = ov;
-                    bi[lid] = oi;
-                }
-            }
-            workgroupBarrier();
-        }
+        reduce_best(lid, 128u);
         last_v = bv[0];
         last_i = bi[0];
         have_last = true;

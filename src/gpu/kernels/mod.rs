@@ -381,6 +381,9 @@ impl Kernel {
         if matches!(self, Kernel::Router | Kernel::MoeRoute) {
             v.push(Include::TopK);
         }
+        if matches!(self, Kernel::TopK | Kernel::TokenPick) {
+            v.push(Include::Best);
+        }
         if matches!(
             self,
             Kernel::MoeGateUp

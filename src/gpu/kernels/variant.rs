@@ -91,6 +91,9 @@ pub enum Include {
     /// `expert_act.wgsl`: the expert gate/up kernels' activation (SwiGLU or gpt-oss's
     /// clamped SwiGLU).
     ExpertAct,
+    /// `best.wgsl`: the order of logit candidates (larger logit, then smaller id) and the
+    /// workgroup reduction to the best one, shared by the top-k and token-pick kernels.
+    Best,
 }
 
 impl Include {
@@ -110,6 +113,7 @@ impl Include {
             Include::KvNative => "kv_native",
             Include::KvF32 => "kv_f32",
             Include::ExpertAct => "expert_act",
+            Include::Best => "best",
         }
     }
 
@@ -129,6 +133,7 @@ impl Include {
             Include::KvNative => include_str!("../../../kernels/include/kv_native.wgsl"),
             Include::KvF32 => include_str!("../../../kernels/include/kv_f32.wgsl"),
             Include::ExpertAct => include_str!("../../../kernels/include/expert_act.wgsl"),
+            Include::Best => include_str!("../../../kernels/include/best.wgsl"),
         }
     }
 }
