@@ -432,6 +432,21 @@ fn run(bench: &GpuBench, all_bits: bool, large: bool) -> Result<()> {
     for (rows, cols) in [(2048, 768), (768, 2048), (4096, 1024), (1024, 4096)] {
         qmatvec(bench, q4, rows, cols, copy, None, None)?;
     }
+    // Qwen3-30B-A3B's attention: the fused q/k/v projection (32 + 2 x 4 heads of 128 over
+    // 2048) and o_proj, ~12 us each inside a decode step (`decode -- --ablate`).
+    for (rows, cols) in [(5120, 2048), (2048, 4096)] {
+        qmatvec(bench, q4, rows, cols, copy, None, None)?;
+    }
+    // Its router (8-bit, 128 experts).
+    qmatvec(
+        bench,
+        AffineQuant::new(8, 64, DType::BF16)?,
+        128,
+        2048,
+        copy,
+        None,
+        None,
+    )?;
     // Qwen3-30B-A3B's experts: a decode token's 8, and larger batches (several tokens'
     // experts in one dispatch) to show where the kernels reach streaming bandwidth.
     for k in [8, 32, 128] {
