@@ -544,17 +544,12 @@ fn ablate(s: &moestream::Session, mut next: u32, sets: Option<&str>) -> Result<u
             *next = s.step_top(*next, 1)?.first().map_or(0, |c| c.id);
         }
         let st = s.stats();
-        let gpu = match (st.gpu_time, before.gpu_time) {
-            (Some(a), Some(b)) => (a - b).as_secs_f64(),
-            _ => f64::NAN,
-        };
+        let gpu = gpu_secs(&before, &st).unwrap_or(f64::NAN);
         let wall = (st.wall_time - before.wall_time).as_secs_f64();
         Ok((gpu / STEPS as f64, wall / STEPS as f64))
     };
     println!("ablation: GPU (wall) us per token that a kernel's dispatches cost inside a greedy step ({ROUNDS} rounds of {STEPS} steps, median)");
     for set in sets {
-        let unknown = skip_kernels(&[]);
-        debug_assert!(unknown.is_empty());
         let (mut d_gpu, mut d_wall, mut base) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             let (g0, w0) = run(s, &mut next)?;
@@ -647,11 +642,16 @@ fn gpu_per_token(
     after: &moestream::session::SessionStats,
     tokens: usize,
 ) -> String {
-    match (after.gpu_time, before.gpu_time) {
-        (Some(a), Some(b)) => format!(
-            "{:.1} ms/token GPU",
-            (a - b).as_secs_f64() * 1e3 / tokens as f64
-        ),
-        _ => "no GPU timestamps".into(),
+    match gpu_secs(before, after) {
+        Some(secs) => format!("{:.1} ms/token GPU", secs * 1e3 / tokens as f64),
+        None => "no GPU timestamps".into(),
     }
+}
+
+/// GPU seconds between two stats of a session (None without GPU timestamps).
+fn gpu_secs(
+    before: &moestream::session::SessionStats,
+    after: &moestream::session::SessionStats,
+) -> Option<f64> {
+    Some((after.gpu_time? - before.gpu_time?).as_secs_f64())
 }

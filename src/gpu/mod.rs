@@ -2,6 +2,7 @@
 
 mod adapter;
 pub mod kernels;
+mod measure;
 pub mod params;
 mod readback;
 mod recorder;

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use super::recorder::{profiling, ParamArena, PROFILE};
+use super::measure::{profiling, PROFILE};
+use super::recorder::ParamArena;
 use super::Gpu;
 use crate::error::{Error, Result};
 

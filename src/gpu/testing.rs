@@ -435,7 +435,7 @@ impl GpuBench {
 /// The per-kernel GPU profile gathered while `MOESTREAM_PROFILE` is set: (kernel,
 /// dispatches, GPU seconds), by time descending. Clears it.
 pub fn take_profile() -> Vec<(String, u64, f64)> {
-    super::recorder::take_profile()
+    super::measure::take_profile()
 }
 
 /// Leaves every dispatch of the named kernels (the profile's labels) out of what is
@@ -444,7 +444,7 @@ pub fn take_profile() -> Vec<(String, u64, f64)> {
 /// a real step (`cargo bench --bench decode -- --ablate`). Returns the names that are no
 /// kernel.
 pub fn skip_kernels(names: &[&str]) -> Vec<String> {
-    super::recorder::skip_kernels(names)
+    super::measure::skip_kernels(names)
 }
 
 /// A row of values (a multiple of 32) in the 8+8-bit layout of
