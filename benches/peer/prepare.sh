@@ -21,10 +21,12 @@ trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$dst/debs"
 
 read -r url sha < <(python3 - <<'PY'
-import json, urllib.request
-rel = json.load(urllib.request.urlopen("https://pypi.org/pypi/llama-cpp-python/json"))["releases"]["0.3.36"]
+import json, urllib.parse, urllib.request
+api = "https://pypi.org/pypi/llama-cpp-python/json"
+rel = json.load(urllib.request.urlopen(api))["releases"]["0.3.36"]
 sdist = next(f for f in rel if f["packagetype"] == "sdist")
-print(sdist["url"], sdist["digests"]["sha256"])
+# A mirror of the index may give the file's address relative to the JSON's.
+print(urllib.parse.urljoin(api, sdist["url"]), sdist["digests"]["sha256"])
 PY
 )
 curl -sSL -o "$tmp/sdist.tar.gz" "$url"
