@@ -2,6 +2,7 @@
 //! exactness, validation.
 
 use super::*;
+use crate::error::Error;
 
 #[test]
 fn rng_is_reproducible_and_uniform_enough() {
