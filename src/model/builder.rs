@@ -5,10 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{MemoryPlan, Model, ModelInner};
+use super::{MemoryPlan, Model, ModelInner, Opened};
 use crate::cache::{CachePolicy, ExpertCache};
-use crate::checkpoint::Checkpoint;
-use crate::config::ModelConfig;
 use crate::dtype::DType;
 use crate::engine::loader::shared_expert_blob;
 use crate::engine::weights::Weights;
@@ -16,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::reads_q8_activations;
 use crate::gpu::{AdapterChoice, Gpu};
-use crate::store::{ExpertRole, ExpertStore, SafetensorsStore};
+use crate::store::ExpertStore;
 
 /// Default expert-cache budget when none is given: 2 GiB, or all experts if they are fewer.
 pub const DEFAULT_EXPERT_CACHE_BYTES: u64 = 2 << 30;
@@ -92,14 +90,6 @@ struct SharedDevice {
     adapter: wgpu::Adapter,
     device: wgpu::Device,
     queue: wgpu::Queue,
-}
-
-/// The configuration, the checkpoint's headers and the expert store, opened and checked:
-/// what both [`ModelBuilder::plan`] and [`ModelBuilder::build`] start from.
-pub(crate) struct Opened {
-    pub cfg: ModelConfig,
-    pub ckpt: Arc<Checkpoint>,
-    pub store: Arc<dyn ExpertStore>,
 }
 
 impl std::fmt::Debug for ModelBuilder {
@@ -385,7 +375,7 @@ impl ModelBuilder {
     /// phone's per-buffer cap, lower than what its adapter reports. Fails with
     /// [`Error::DeviceLimit`] naming the first buffer that would not fit.
     pub fn plan_with_limits(&self, limits: &wgpu::Limits) -> Result<MemoryPlan> {
-        let opened = self.open()?;
+        let opened = Opened::open(&self.dir, self.store.as_ref())?;
         MemoryPlan::new(
             &opened,
             (self.cache_size, self.page_bytes),
@@ -406,93 +396,6 @@ impl ModelBuilder {
         }
     }
 
-    /// Reads and checks `config.json`, opens the checkpoint's files (headers only) and the
-    /// expert store, and checks the store's layouts against the model.
-    fn open(&self) -> Result<Opened> {
-        let cfg = ModelConfig::from_path(self.dir.join("config.json"))?;
-        crate::engine::check_plan(&cfg, &self.dir.join("config.json"))?;
-        // The softmax-attention kernels' widest head (latent attention has its own bound,
-        // `engine::check_plan`).
-        if cfg.head_dim > 256 && cfg.layers.iter().any(|p| p.attention().is_some()) {
-            return Err(Error::Config {
-                path: self.dir.join("config.json"),
-                reason: format!(
-                    "head_dim {} is above the supported maximum of 256",
-                    cfg.head_dim
-                ),
-            });
-        }
-        if cfg.num_experts > 1024 {
-            return Err(Error::Config {
-                path: self.dir.join("config.json"),
-                reason: format!(
-                    "num_experts {} is above the supported maximum of 1024",
-                    cfg.num_experts
-                ),
-            });
-        }
-        tracing::debug!(
-            model_type = %cfg.model_type,
-            layers = cfg.num_hidden_layers,
-            experts = cfg.num_experts,
-            "config read"
-        );
-        let ckpt = Arc::new(Checkpoint::open(&self.dir)?);
-        tracing::debug!(
-            tensors = ckpt.tensor_names().count(),
-            "checkpoint headers read"
-        );
-        let store: Arc<dyn ExpertStore> = match &self.store {
-            Some(s) => {
-                tracing::debug!("expert store: the builder's");
-                s.clone()
-            }
-            // An expert pack next to the checkpoint (`moestream-pack/`, written by the pack
-            // example) is used when it was made from this checkpoint; a stale one is an error.
-            None => match crate::store::PackedStore::for_checkpoint(&ckpt)? {
-                Some(pack) => Arc::new(pack),
-                None => Arc::new(SafetensorsStore::new(ckpt.clone(), &cfg)?),
-            },
-        };
-        let moe_layers = cfg.moe_layers();
-        for &l in &moe_layers {
-            let layout = store.layout(l).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "the expert store has no expert layout for MoE layer {l}"
-                ))
-            })?;
-            let (h, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
-            let shapes = [
-                (ExpertRole::Gate, i, h),
-                (ExpertRole::Up, i, h),
-                (ExpertRole::Down, h, i),
-            ];
-            for (t, (role, rows, cols)) in layout.tensors.iter().zip(shapes) {
-                if t.role != role || t.rows != rows || t.cols != cols {
-                    return Err(Error::InvalidArgument(format!(
-                        "the expert store's layout of layer {l} has {:?} [{}, {}] where the model needs {role:?} [{rows}, {cols}]",
-                        t.role, t.rows, t.cols
-                    )));
-                }
-                let biased = cfg.layers[l].moe().is_some_and(|m| m.expert_bias);
-                if t.bias.is_some() != biased {
-                    return Err(Error::InvalidArgument(format!(
-                        "the expert store's layout of layer {l} has {} {:?} bias, and the model's experts {}",
-                        if t.bias.is_some() { "a" } else { "no" },
-                        t.role,
-                        if biased { "have biases" } else { "have none" }
-                    )));
-                }
-            }
-        }
-        for &l in &moe_layers {
-            if let Some(layout) = store.layout(l) {
-                crate::engine::check_expert_layout(l, layout)?;
-            }
-        }
-        Ok(Opened { cfg, ckpt, store })
-    }
-
     /// Opens the checkpoint, uploads the resident weights and sets up the expert cache,
     /// allocating what [`plan`](Self::plan) reports (it runs the same plan first, so a
     /// buffer past a device limit fails before any weight is read).
@@ -500,7 +403,7 @@ impl ModelBuilder {
         let span = tracing::info_span!("moestream::load", dir = %self.dir.display());
         let _entered = span.enter();
         let t0 = std::time::Instant::now();
-        let Opened { cfg, ckpt, store } = self.open()?;
+        let Opened { cfg, ckpt, store } = Opened::open(&self.dir, self.store.as_ref())?;
         if self.io_threads == 0 {
             return Err(Error::InvalidArgument(
                 "io_threads must be at least 1".into(),

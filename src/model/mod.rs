@@ -1,8 +1,9 @@
 //! [`Model`]: a checkpoint opened on the GPU, shared by any number of [`Session`]s, and
 //! what goes with loading one: the [`ModelBuilder`] and its defaults (`DEFAULT_*`), the
-//! progress it reports ([`LoadProgress`]) (`builder.rs`), and the GPU memory a model and
-//! its sessions will take, computed before anything is allocated ([`MemoryPlan`],
-//! [`SessionPlan`], [`PlannedBuffer`]; [`ModelBuilder::plan`]; `plan.rs`).
+//! progress it reports ([`LoadProgress`]) (`builder.rs`); the configuration, checkpoint
+//! headers and expert store opened and checked first (`open.rs`); and the GPU memory a
+//! model and its sessions will take, computed before anything is allocated
+//! ([`MemoryPlan`], [`SessionPlan`], [`PlannedBuffer`]; [`ModelBuilder::plan`]; `plan.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,13 +18,15 @@ use crate::session::Session;
 use crate::store::ExpertStore;
 
 mod builder;
+mod open;
 mod plan;
 
-pub(crate) use builder::{CacheSize, Opened};
+pub(crate) use builder::CacheSize;
 pub use builder::{
     LoadProgress, ModelBuilder, DEFAULT_EXPERT_CACHE_BYTES, DEFAULT_IO_THREADS,
     DEFAULT_READBACK_SPIN,
 };
+pub(crate) use open::Opened;
 pub use plan::{MemoryPlan, PlannedBuffer, SessionPlan};
 
 pub(crate) struct ModelInner {
