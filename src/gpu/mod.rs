@@ -67,7 +67,7 @@ pub(crate) struct Gpu {
 pub const IMMEDIATES_ENV: &str = "MOESTREAM_IMMEDIATES";
 
 /// The largest parameter block of any kernel, in bytes: what immediates need room for.
-const MAX_PARAMS_BYTES: u32 = 128;
+pub(crate) const MAX_PARAMS_BYTES: u32 = 128;
 
 fn immediates_env() -> bool {
     std::env::var(IMMEDIATES_ENV).is_ok_and(|v| v.trim() == "1")
