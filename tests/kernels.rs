@@ -28,6 +28,7 @@ use moestream::gpu::params::{
     MoeGateUpParams, MoeRouteParams, RmsNormParams, RouterParams, SharedSwiGluParams,
     SigmoidGateParams, SubgroupProbeParams, SwiGluParams, TokenPickParams, TopKParams,
 };
+use moestream::gpu::testing::KernelRunner;
 use moestream::reference;
 use moestream::{format::DType, store::ExpertLayout};
 
@@ -296,6 +297,112 @@ fn metric_catches_a_1e3_error() {
 
 // ---------------------------------------------------------------------------------------
 // Embedding.
+
+/// Kernel parameters passed as immediate data (`MOESTREAM_IMMEDIATES=1`: the shader's
+/// uniform becomes `var<immediate>`, set before each dispatch) give the same bits as the
+/// uniform buffer: RMSNorm and a mat-vec with every parameter non-trivial, several
+/// dispatches with different parameters on one runner. (Every other test runs the uniform
+/// path; CI's lavapipe offers immediates, so this one runs there.)
+#[test]
+fn parameters_as_immediates_give_the_same_bits() {
+    let Some(imm) = KernelRunner::with_immediates().expect("a GPU adapter") else {
+        println!(
+            "parameters_as_immediates: not run: {} offers no immediates",
+            runner().adapter_name()
+        );
+        return;
+    };
+    let mut rng = Rng::new(77);
+    for &(n, rows) in &[(64usize, 3usize), (2048, 1), (100, 5)] {
+        let x = rng.vec(3 + rows * n, 2.0);
+        let w = rng.vec(n, 1.5);
+        let before = rng.vec(2 + rows * n, 1.0);
+        let yi = rng.vec(rows * n, 1.0);
+        let yq = vec![0u32; rows * n / 32 * 18 + 3];
+        let params = RmsNormParams {
+            n: n as u32,
+            rows: rows as u32,
+            eps: 1e-5,
+            x_offset: 3,
+            y_offset: 2,
+            flags: if n % 32 == 0 {
+                RmsNormParams::INTERLEAVED | RmsNormParams::Q8
+            } else {
+                0
+            },
+            ..Default::default()
+        };
+        let bufs: [&[u8]; 5] = [
+            &f32_bytes(&x),
+            &f32_bytes(&w),
+            &f32_bytes(&before),
+            &f32_bytes(&yi),
+            bytemuck::cast_slice(&yq),
+        ];
+        let a = run_kernel_on(
+            runner(),
+            Kernel::RmsNorm,
+            None,
+            None,
+            params.words(),
+            &bufs,
+            grid(rows),
+        );
+        let b = run_kernel_on(
+            &imm,
+            Kernel::RmsNorm,
+            None,
+            None,
+            params.words(),
+            &bufs,
+            grid(rows),
+        );
+        assert_eq!(a, b, "rmsnorm n {n} rows {rows}");
+    }
+    for flags in 0u32..4 {
+        let (rows, cols) = (37usize, 96usize);
+        let (wb, _) = weights(&mut rng, DType::F32, rows * cols);
+        let x = rng.vec(5 + cols, 1.0);
+        let bias = rng.vec(6 + rows, 1.0);
+        let resid = rng.vec(6 + rows, 1.0);
+        let before = rng.vec(6 + rows, 1.0);
+        let params = MatVecParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            row_base: 6,
+            flags,
+            x_offset: 5,
+            ..Default::default()
+        };
+        let bufs: [&[u8]; 5] = [
+            &wb,
+            &f32_bytes(&x),
+            &f32_bytes(&bias),
+            &f32_bytes(&resid),
+            &f32_bytes(&before),
+        ];
+        let g = grid_2d(rows, 2);
+        let a = run_kernel_on(
+            runner(),
+            Kernel::MatVec,
+            Some(DType::F32),
+            None,
+            params.words(),
+            &bufs,
+            g,
+        );
+        let b = run_kernel_on(
+            &imm,
+            Kernel::MatVec,
+            Some(DType::F32),
+            None,
+            params.words(),
+            &bufs,
+            g,
+        );
+        assert_eq!(a, b, "matvec flags {flags}");
+    }
+}
 
 #[test]
 fn embedding() {

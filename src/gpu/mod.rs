@@ -56,6 +56,27 @@ pub(crate) struct Gpu {
     pub readback_spin: std::time::Duration,
     /// Bytes of the storage buffers created so far ([`Gpu::allocated`]).
     allocated: AtomicU64,
+    /// Kernels take their parameters as immediate data (Vulkan push constants, Metal
+    /// `setBytes`) set before each dispatch, instead of from a uniform buffer: an
+    /// experiment, on with [`IMMEDIATES_ENV`] where the device offers them.
+    pub immediates: bool,
+}
+
+/// Environment variable (`1`): kernel parameters as immediate data
+/// ([`Gpu::immediates`]; off by default while it is measured).
+pub const IMMEDIATES_ENV: &str = "MOESTREAM_IMMEDIATES";
+
+/// The largest parameter block of any kernel, in bytes: what immediates need room for.
+pub(crate) const MAX_PARAMS_BYTES: u32 = 128;
+
+fn immediates_env() -> bool {
+    std::env::var(IMMEDIATES_ENV).is_ok_and(|v| v.trim() == "1")
+}
+
+/// Whether a device with `features` and `limits` can take every kernel's parameters as
+/// immediate data.
+fn immediates_offered(features: &wgpu::Features, limits: &wgpu::Limits) -> bool {
+    features.contains(wgpu::Features::IMMEDIATES) && limits.max_immediate_size >= MAX_PARAMS_BYTES
 }
 
 impl std::fmt::Debug for Gpu {
@@ -94,6 +115,11 @@ impl Gpu {
         let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
         if allow.subgroups {
             wanted |= wgpu::Features::SUBGROUP;
+        }
+        // Immediates where offered with room for every kernel's parameters (used only when
+        // asked for: `Gpu::immediates`).
+        if limits.max_immediate_size >= MAX_PARAMS_BYTES {
+            wanted |= wgpu::Features::IMMEDIATES;
         }
         let coop = coop && allow.subgroups && cooperative_matrices_offered(&adapter);
         if coop {
@@ -167,6 +193,7 @@ impl Gpu {
             allow.subgroups && features.contains(wgpu::Features::SUBGROUP),
             allow.f16 && native_f16,
         );
+        let immediates = immediates_env() && immediates_offered(&features, &limits);
         let mut gpu = Gpu {
             summary: AdapterSummary {
                 name: info.name.clone(),
@@ -195,6 +222,7 @@ impl Gpu {
             dummy,
             readback_spin: crate::model::DEFAULT_READBACK_SPIN,
             allocated: AtomicU64::new(0),
+            immediates,
         };
         if variant.subgroups {
             // Subgroup reductions only where the subgroup size is one we can build teams of.
@@ -340,7 +368,7 @@ impl Gpu {
             self.device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(kernel.name()),
-                    source: wgpu::ShaderSource::Wgsl(kernel.source_for(variant).into()),
+                    source: wgpu::ShaderSource::Wgsl(self.kernel_source(kernel, variant).into()),
                 })
         });
         let mut constants = kernel.constants(code, quant);
@@ -366,6 +394,27 @@ impl Gpu {
         ));
         pipes.insert(key, pipeline.clone());
         pipeline
+    }
+
+    /// Turns [`Gpu::immediates`] on where the device offers them (before any pipeline is
+    /// built: pipelines are cached per kernel); whether it is on.
+    pub fn use_immediates(&mut self) -> bool {
+        self.immediates = immediates_offered(&self.device.features(), &self.limits);
+        self.immediates
+    }
+
+    /// A kernel's source in `variant`, its parameters declared as immediate data where
+    /// [`Gpu::immediates`] says so (every kernel declares them as one uniform at binding 0).
+    fn kernel_source(&self, kernel: Kernel, variant: Variant) -> String {
+        let src = kernel.source_for(variant);
+        if self.immediates {
+            src.replace(
+                "@group(0) @binding(0) var<uniform> p: Params;",
+                "var<immediate> p: Params;",
+            )
+        } else {
+            src
+        }
     }
 
     /// A storage buffer of `size` bytes (rounded up to 16). An allocation the device

@@ -273,6 +273,20 @@ mod tests {
     use crate::error::{Error, Result};
 
     #[test]
+    fn every_parameter_block_fits_the_immediates() {
+        // `MOESTREAM_IMMEDIATES` passes each block as immediate data, which devices offer
+        // 128 bytes of (Vulkan's guaranteed minimum; `gpu::MAX_PARAMS_BYTES`).
+        for l in ALL {
+            assert!(
+                l.size <= crate::gpu::MAX_PARAMS_BYTES as usize,
+                "{}: {} bytes",
+                l.name,
+                l.size
+            );
+        }
+    }
+
+    #[test]
     fn sizes_are_multiples_of_16_bytes_and_words_follow_fields() {
         assert_eq!(std::mem::size_of::<Conv1dSiluParams>(), 32);
         assert_eq!(std::mem::size_of::<GatedDeltaNetParams>(), 64);

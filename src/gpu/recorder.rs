@@ -361,8 +361,18 @@ impl<'a> Recorder<'a> {
         }
         let t0 = std::time::Instant::now();
         let pipeline = self.gpu.pipeline_for(kernel, wdt, quant, rows, params);
-        let (block, offset) = self.params.push(self.gpu, bytemuck::cast_slice(params));
-        let psize = ((params.len() * 4) as u64).div_ceil(16) * 16;
+        // Parameters as immediate data (set below), or in the arena's uniform blocks.
+        let immediates = self.gpu.immediates;
+        let (block, offset) = if immediates {
+            (0, 0)
+        } else {
+            self.params.push(self.gpu, bytemuck::cast_slice(params))
+        };
+        let psize = if immediates {
+            0
+        } else {
+            ((params.len() * 4) as u64).div_ceil(16) * 16
+        };
         let key = BindKey {
             pipeline: Arc::as_ptr(&pipeline) as usize,
             block,
@@ -377,20 +387,21 @@ impl<'a> Recorder<'a> {
             self.params.bind_groups.clear();
         }
         let gpu = self.gpu;
-        let params_buffer = &self.params.blocks[block].0;
         let bind_group = match self.params.bind_groups.get(&key) {
             Some(bg) => bg.clone(),
             None => {
                 // Only a bind group not seen before needs its entries.
                 let mut entries = Vec::with_capacity(bufs.len() + 1);
-                entries.push(wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: params_buffer,
-                        offset,
-                        size: wgpu::BufferSize::new(psize),
-                    }),
-                });
+                if !immediates {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &self.params.blocks[block].0,
+                            offset,
+                            size: wgpu::BufferSize::new(psize),
+                        }),
+                    });
+                }
                 for (i, b) in bufs.iter().enumerate() {
                     entries.push(wgpu::BindGroupEntry {
                         binding: i as u32 + 1,
@@ -418,6 +429,9 @@ impl<'a> Recorder<'a> {
         }
         if let Some(pass) = self.pass.as_mut() {
             pass.set_pipeline(&pipeline);
+            if immediates {
+                pass.set_immediates(0, bytemuck::cast_slice(params));
+            }
             pass.set_bind_group(0, &bind_group, &[]);
             match size {
                 Size::Direct((x, y)) => pass.dispatch_workgroups(x, y, 1),

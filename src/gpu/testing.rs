@@ -35,6 +35,13 @@ impl KernelRunner {
         })
     }
 
+    /// Opens the default adapter with kernel parameters passed as immediate data (the
+    /// `MOESTREAM_IMMEDIATES` path); `None` where the adapter does not offer them.
+    pub fn with_immediates() -> Result<Option<Self>> {
+        let mut gpu = Gpu::new(&AdapterChoice::Auto)?;
+        Ok(gpu.use_immediates().then_some(KernelRunner { gpu }))
+    }
+
     /// The adapter's name.
     pub fn adapter_name(&self) -> &str {
         &self.gpu.summary.name
