@@ -62,8 +62,9 @@ pub(crate) struct Gpu {
     pub immediates: bool,
 }
 
-/// Environment variable (`1`): kernel parameters as immediate data
-/// ([`Gpu::immediates`]; off by default while it is measured).
+/// Environment variable (`1`): kernel parameters as immediate data (Vulkan push constants,
+/// Metal `setBytes`) where the device offers them, instead of a uniform buffer; off by
+/// default while it is measured.
 pub const IMMEDIATES_ENV: &str = "MOESTREAM_IMMEDIATES";
 
 /// The largest parameter block of any kernel, in bytes: what immediates need room for.
