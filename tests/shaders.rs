@@ -401,6 +401,65 @@ fn every_kernel_validates_and_translates_to_msl_and_spirv() {
     assert_eq!(checked, 4 * (Kernel::ALL.len() - coop) - 2);
 }
 
+/// Every kernel with its parameters as immediate data (the `MOESTREAM_IMMEDIATES` path:
+/// the loader rewrites the uniform declaration): the rewrite applies to every kernel, and
+/// the result validates and translates to SPIR-V in each variant.
+#[test]
+fn every_kernel_validates_with_immediate_parameters() {
+    let mut checked = 0;
+    for kernel in Kernel::ALL {
+        for variant in Variant::ALL {
+            if !kernel.has_variant(variant) {
+                continue;
+            }
+            let name = format!("{} ({})", kernel.name(), variant.name());
+            let source = kernels::with_immediate_params(&kernel.source_for(variant))
+                .unwrap_or_else(|| panic!("kernel {name}: no `{}`", kernels::PARAMS_UNIFORM));
+            let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| {
+                panic!(
+                    "kernel {name}: WGSL with immediates does not parse:\n{}",
+                    e.emit_to_string_with_path(&source, &format!("{name}.wgsl"))
+                )
+            });
+            let mut v = validator(ValidationFlags::default(), variant);
+            let caps = capabilities(variant) | Capabilities::IMMEDIATES;
+            let mut v2 = Validator::new(ValidationFlags::default(), caps);
+            if variant.subgroups {
+                v2.subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+                    .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+            }
+            // Without the capability the immediates are refused: the check has teeth.
+            assert!(
+                v.validate(&module).is_err(),
+                "kernel {name}: immediates without the capability"
+            );
+            let info = v2.validate(&module).unwrap_or_else(|e| {
+                panic!(
+                    "kernel {name}: naga validation with immediates failed:\n{}",
+                    e.emit_to_string_with_path(&source, &format!("{name}.wgsl"))
+                )
+            });
+            // Translated with the first set of override constants the kernel is built with.
+            let constants: naga::back::PipelineConstants = base_variants(kernel)[0]
+                .0
+                .iter()
+                .map(|&(k, v)| (k.to_string(), v))
+                .collect();
+            let (resolved, resolved_info) = naga::back::pipeline_constants::process_overrides(
+                &module,
+                &info,
+                Some((ShaderStage::Compute, ENTRY_POINT)),
+                &constants,
+            )
+            .unwrap_or_else(|e| panic!("kernel {name}: resolving overrides: {e}"));
+            write_spv(&resolved, &resolved_info, variant)
+                .unwrap_or_else(|e| panic!("kernel {name}: SPIR-V with immediates: {e}"));
+            checked += 1;
+        }
+    }
+    assert!(checked > Kernel::ALL.len());
+}
+
 /// The cooperative-matrix kernels, with the capabilities the device gives them (subgroups,
 /// shader f16, cooperative matrices): valid, every override set, SPIR-V with the
 /// cooperative-matrix capability (their only backend besides Metal's 8x8 simdgroup

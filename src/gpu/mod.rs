@@ -409,10 +409,7 @@ impl Gpu {
     fn kernel_source(&self, kernel: Kernel, variant: Variant) -> String {
         let src = kernel.source_for(variant);
         if self.immediates {
-            src.replace(
-                "@group(0) @binding(0) var<uniform> p: Params;",
-                "var<immediate> p: Params;",
-            )
+            kernels::with_immediate_params(&src).unwrap_or(src)
         } else {
             src
         }

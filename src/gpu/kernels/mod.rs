@@ -21,6 +21,18 @@ pub use variant::{Include, Variant};
 /// (see [`Kernel::source_for`]); for kernel development only.
 pub const KERNELS_DIR_ENV: &str = "MOESTREAM_KERNELS_DIR";
 
+/// How every kernel declares its parameters: one uniform struct at binding 0.
+pub const PARAMS_UNIFORM: &str = "@group(0) @binding(0) var<uniform> p: Params;";
+
+/// A kernel's source with its parameters declared as immediate data instead
+/// (`var<immediate>`, Vulkan push constants, Metal `setBytes`; the `MOESTREAM_IMMEDIATES`
+/// path); `None` if the source does not declare them as [`PARAMS_UNIFORM`].
+pub fn with_immediate_params(source: &str) -> Option<String> {
+    source
+        .contains(PARAMS_UNIFORM)
+        .then(|| source.replace(PARAMS_UNIFORM, "var<immediate> p: Params;"))
+}
+
 /// A compute kernel of the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
