@@ -86,7 +86,7 @@ fn rotate_bytes(bench: &GpuBench) -> u64 {
 }
 
 /// Timed dispatches per trial: `n`, or 4 on a CPU adapter.
-fn iters(bench: &GpuBench, n: u32) -> u32 {
+fn timed_iters(bench: &GpuBench, n: u32) -> u32 {
     if on_cpu(bench) {
         4
     } else {
@@ -125,7 +125,7 @@ fn copy_same_size(bench: &GpuBench, traffic: u64) -> Result<(f64, f64)> {
             .words(),
             &sets,
             kernels::copy_groups(words),
-            iters(bench, (4 * copies as u32).max(200)),
+            timed_iters(bench, (4 * copies as u32).max(200)),
         )?;
     }
     Ok((out[0], out[1]))
@@ -215,7 +215,7 @@ fn qmatvec(
             .words(),
             &sets,
             kernels::qmatvec_groups(rows as u32, team, rpt),
-            iters(bench, (4 * copies as u32).max(200)),
+            timed_iters(bench, (4 * copies as u32).max(200)),
         )?;
     }
     let c = copy_same_size(bench, bytes)?;
@@ -291,7 +291,7 @@ fn experts(
     let [uq, us, ub] = offs(u_off, inter, hidden);
     let [dq, ds, db] = offs(d_off, hidden, inter);
     let quant = Some((q.bits, q.group_size));
-    let iters = iters(bench, 200);
+    let iters = timed_iters(bench, 200);
     // Serialized: one shared output; overlapped: one output per rotation.
     let h_shared = bench.zeros((k * inter * 4) as u64);
     let o_shared = bench.zeros((k * hidden * 4) as u64);

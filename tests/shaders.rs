@@ -43,7 +43,12 @@ fn capabilities(variant: Variant) -> Capabilities {
 /// A validator for `variant`, with the subgroup operations wgpu enables for compute shaders
 /// when the device has the `subgroups` feature.
 fn validator(flags: ValidationFlags, variant: Variant) -> Validator {
-    let mut v = Validator::new(flags, capabilities(variant));
+    validator_with(flags, variant, Capabilities::empty())
+}
+
+/// [`validator`] with `extra` capabilities besides the variant's.
+fn validator_with(flags: ValidationFlags, variant: Variant, extra: Capabilities) -> Validator {
+    let mut v = Validator::new(flags, capabilities(variant) | extra);
     if variant.subgroups {
         v.subgroup_stages(naga::valid::ShaderStages::COMPUTE)
             .subgroup_operations(naga::valid::SubgroupOperationSet::all());
@@ -422,12 +427,11 @@ fn every_kernel_validates_with_immediate_parameters() {
                 )
             });
             let mut v = validator(ValidationFlags::default(), variant);
-            let caps = capabilities(variant) | Capabilities::IMMEDIATES;
-            let mut v2 = Validator::new(ValidationFlags::default(), caps);
-            if variant.subgroups {
-                v2.subgroup_stages(naga::valid::ShaderStages::COMPUTE)
-                    .subgroup_operations(naga::valid::SubgroupOperationSet::all());
-            }
+            let mut v2 = validator_with(
+                ValidationFlags::default(),
+                variant,
+                Capabilities::IMMEDIATES,
+            );
             // Without the capability the immediates are refused: the check has teeth.
             assert!(
                 v.validate(&module).is_err(),

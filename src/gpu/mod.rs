@@ -67,7 +67,8 @@ pub(crate) struct Gpu {
 /// default while it is measured.
 pub const IMMEDIATES_ENV: &str = "MOESTREAM_IMMEDIATES";
 
-/// The largest parameter block of any kernel, in bytes: what immediates need room for.
+/// Bytes of immediate data the kernels need: every kernel's parameter block fits in it
+/// (`gpu::params`' tests check it), and it is Vulkan's guaranteed minimum.
 pub(crate) const MAX_PARAMS_BYTES: u32 = 128;
 
 fn immediates_env() -> bool {
@@ -119,7 +120,7 @@ impl Gpu {
         }
         // Immediates where offered with room for every kernel's parameters (used only when
         // asked for: `Gpu::immediates`).
-        if limits.max_immediate_size >= MAX_PARAMS_BYTES {
+        if immediates_offered(&adapter.features(), &limits) {
             wanted |= wgpu::Features::IMMEDIATES;
         }
         let coop = coop && allow.subgroups && cooperative_matrices_offered(&adapter);

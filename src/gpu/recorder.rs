@@ -363,15 +363,11 @@ impl<'a> Recorder<'a> {
         let pipeline = self.gpu.pipeline_for(kernel, wdt, quant, rows, params);
         // Parameters as immediate data (set below), or in the arena's uniform blocks.
         let immediates = self.gpu.immediates;
-        let (block, offset) = if immediates {
-            (0, 0)
+        let (block, offset, psize) = if immediates {
+            (0, 0, 0)
         } else {
-            self.params.push(self.gpu, bytemuck::cast_slice(params))
-        };
-        let psize = if immediates {
-            0
-        } else {
-            ((params.len() * 4) as u64).div_ceil(16) * 16
+            let (block, offset) = self.params.push(self.gpu, bytemuck::cast_slice(params));
+            (block, offset, ((params.len() * 4) as u64).div_ceil(16) * 16)
         };
         let key = BindKey {
             pipeline: Arc::as_ptr(&pipeline) as usize,
