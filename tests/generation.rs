@@ -534,6 +534,43 @@ fn sample_from_full_logits(
     (ids, all, undecided)
 }
 
+/// A sampled generation with a top-k runs each step's successor ahead on the GPU, its token
+/// drawn there with the sampler's next random number (`kernels/token_sample.wgsl`); the
+/// session keeps it only when the sampler then draws the same token. The tokens are exactly
+/// those of a bare sampler on the full logits, and nearly every step ran ahead (a step
+/// whose GPU draw differed is run again, so a broken draw shows in the counts, not in the
+/// tokens). Over top-k, top-p, min-p and temperatures.
+#[test]
+fn sampled_steps_run_ahead_give_the_samplers_tokens() {
+    let m = Model::open(model_dir()).unwrap();
+    m.preload_experts().unwrap();
+    let tok = tokenizer();
+    let prompt: Vec<u32> = vec![5, 17, 300, 42, 99];
+    let n = 32;
+    for (temperature, top_k, top_p, min_p, seed) in [
+        (0.7f32, 20usize, 0.9f32, 0.0f32, 5u64),
+        (1.0, 50, 1.0, 0.05, 6),
+        (1.5, 5, 0.8, 0.0, 7),
+        (2.0, 256, 0.95, 0.0, 8),
+    ] {
+        let mut opts = sampled(seed, n);
+        opts.sampling.temperature = temperature;
+        opts.sampling.top_k = top_k;
+        opts.sampling.top_p = top_p;
+        opts.sampling.min_p = min_p;
+        let mut s = m.session(256).unwrap();
+        let (_, done) = run(&mut s, &tok, prompt.clone(), &opts);
+        let (ids, _, _) = sample_from_full_logits(&opts.sampling, &prompt, n);
+        assert_eq!(done.tokens, ids, "t {temperature} top-k {top_k}");
+        let st = s.stats();
+        // The first step after the prefill has no step before it to run ahead of it.
+        assert!(
+            st.steps_run_ahead as usize >= n - 3 && st.steps_run_again == 0,
+            "t {temperature} top-k {top_k}: {st:?}"
+        );
+    }
+}
+
 #[test]
 fn logprobs_are_the_log_softmax_of_the_raw_logits() {
     let prompt: Vec<u32> = vec![5, 17, 300, 42, 99];

@@ -26,7 +26,8 @@ use moestream::gpu::params::{
     AttentionMergeParams, AttentionParams, AttentionSplitParams, CopyParams, EmbeddingParams,
     HeadNormRopeParams, MatMulParams, MatVecParams, MoeCombineParams, MoeDownParams,
     MoeGateUpParams, MoeRouteParams, RmsNormParams, RouterParams, SharedSwiGluParams,
-    SigmoidGateParams, SubgroupProbeParams, SwiGluParams, TokenPickParams, TopKParams,
+    SigmoidGateParams, SubgroupProbeParams, SwiGluParams, TokenPickParams, TokenSampleParams,
+    TopKParams,
 };
 use moestream::gpu::testing::KernelRunner;
 use moestream::reference;
@@ -189,6 +190,7 @@ fn every_kernel_is_covered() {
         Kernel::MoeCombine,
         Kernel::TopK,
         Kernel::TokenPick,
+        Kernel::TokenSample,
     ];
     // Tested by name (see `copy`, `moe_route` and `subgroup_probe`), and the Gated
     // DeltaNet kernels in tests/linear_attention.rs.
@@ -2735,6 +2737,158 @@ fn token_pick() {
         cases += 1;
     }
     println!("token_pick: {cases} cases exact");
+}
+
+/// The draw of `token_sample.wgsl`, in f64 as the host's sampler computes it: the `top_k`
+/// best of `cands` (larger logit first, then smaller id), over the temperature, top-p
+/// (keep while the mass before is below `top_p` of the total, at least one), min-p, then
+/// the weights walked in id order up to `u` times their sum. Also returns how close the
+/// draw came to a boundary (of top-p's cut or of the chosen interval), relative to the
+/// total mass: where that is below f32 rounding, the kernel may fairly differ.
+fn sample_reference(
+    cands: &[(f32, u32)],
+    top_k: usize,
+    temperature: f32,
+    top_p: f32,
+    min_p: f32,
+    u: f32,
+) -> (u32, f64) {
+    let mut c: Vec<(f32, u32)> = cands.to_vec();
+    c.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    c.truncate(top_k);
+    if c.is_empty() {
+        return (0, f64::INFINITY);
+    }
+    let l: Vec<f64> = c.iter().map(|x| f64::from(x.0 / temperature)).collect();
+    let w: Vec<f64> = l.iter().map(|x| (x - l[0]).exp()).collect();
+    let total: f64 = w.iter().sum();
+    let mut margin = f64::INFINITY;
+    let mut m = c.len();
+    if top_p < 1.0 {
+        let goal = f64::from(top_p) * total;
+        let mut before = 0.0;
+        for (j, wj) in w.iter().enumerate() {
+            if j > 0 {
+                margin = margin.min((before - goal).abs() / total);
+                if before >= goal {
+                    m = j;
+                    break;
+                }
+            }
+            before += wj;
+        }
+    }
+    if min_p > 0.0 {
+        let cut = f64::from(min_p).ln();
+        for j in 1..m {
+            margin = margin.min(((l[j] - l[0]) - cut).abs());
+            if l[j] - l[0] < cut {
+                m = j;
+                break;
+            }
+        }
+    }
+    let mut kept: Vec<(u32, f64)> = (0..m).map(|j| (c[j].1, w[j])).collect();
+    kept.sort_by_key(|x| x.0);
+    let sum: f64 = kept.iter().map(|x| x.1).sum();
+    let goal = f64::from(u) * sum;
+    let mut before = 0.0;
+    for (id, wj) in &kept {
+        margin = margin.min((goal - before).abs() / sum);
+        if goal < before + wj {
+            margin = margin.min((before + wj - goal).abs() / sum);
+            return (*id, margin);
+        }
+        before += wj;
+    }
+    (kept.last().map_or(0, |x| x.0), 0.0)
+}
+
+#[test]
+fn token_sample() {
+    // The sampled token of per-chunk candidate lists (TopK's output format: each chunk's
+    // list sorted, missing entries id u32::MAX at its end), against the f64 reference
+    // above, over top-k sizes, temperatures, top-p, min-p and random numbers. Cases whose
+    // draw falls within 1e-5 of a boundary are not compared (f32 sums may fairly land on
+    // the other side; the session checks the token a step ran), and must be few.
+    let chunk = 2048usize;
+    let mut rng = Rng::new(152);
+    let (mut cases, mut close) = (0, 0);
+    for (chunks, n_top, top_k) in [
+        (1usize, 1usize, 1usize),
+        (1, 8, 8),
+        (75, 20, 20),
+        (75, 20, 7),
+        (300, 4, 4),
+        (74, 64, 50),
+        (128, 256, 256),
+        (3, 5, 12),
+    ] {
+        for round in 0..6 {
+            let mut words = vec![0u32; chunks * n_top * 2];
+            let mut all = Vec::new();
+            for c in 0..chunks {
+                // A few chunks have fewer candidates than n_top; logits with ties.
+                let have = if c % 7 == 3 { n_top / 2 } else { n_top };
+                let mut list: Vec<(f32, u32)> = (0..have)
+                    .map(|_| {
+                        let v = (rng.f32() * 8.0 * 64.0).round() / 64.0;
+                        (v, (c * chunk + rng.below(chunk)) as u32)
+                    })
+                    .collect();
+                list.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                list.dedup_by_key(|x| x.1);
+                for r in 0..n_top {
+                    let (v, id) = list.get(r).copied().unwrap_or((0.0, u32::MAX));
+                    words[2 * (c * n_top + r)] = v.to_bits();
+                    words[2 * (c * n_top + r) + 1] = id;
+                    if id != u32::MAX {
+                        all.push((v, id));
+                    }
+                }
+            }
+            let temperature = [0.7f32, 1.0, 0.2, 1.6, 1.0, 0.05][round];
+            let top_p = [1.0f32, 0.9, 0.5, 0.95, 1.0, 0.8][round];
+            let min_p = [0.0f32, 0.0, 0.05, 0.0, 0.2, 0.0][round];
+            // Random numbers across [0, 1), so that draws land on the rare tokens too.
+            for q in 0..16 {
+                let u = (q as f32 + (rng.f32() + 1.0) / 2.0) / 16.0;
+                let (want, margin) = sample_reference(&all, top_k, temperature, top_p, min_p, u);
+                let params = TokenSampleParams {
+                    n_chunks: chunks as u32,
+                    n_top: n_top as u32,
+                    top_k: top_k as u32,
+                    chunk: chunk as u32,
+                    temperature,
+                    top_p,
+                    min_p,
+                    u,
+                };
+                let out = run(
+                    Kernel::TokenSample,
+                    None,
+                    params.words(),
+                    &[&u32_bytes(&words), &u32_bytes(&[0x5555_5555u32])],
+                    (1, 1),
+                );
+                let got = to_u32(&out[1])[0];
+                cases += 1;
+                if margin < 1e-5 {
+                    close += 1;
+                    continue;
+                }
+                assert_eq!(
+                    got, want,
+                    "token_sample chunks {chunks} n_top {n_top} top_k {top_k} round {round}: {params:?}"
+                );
+            }
+        }
+    }
+    assert!(
+        close * 10 <= cases,
+        "{close} of {cases} cases too close to call"
+    );
+    println!("token_sample: {cases} cases, {close} too close to call, the rest exact");
 }
 
 #[test]

@@ -3,7 +3,8 @@
 mod common;
 
 use moestream::golden::Golden;
-use moestream::{Model, Session};
+use moestream::sampling::Sampler;
+use moestream::{Model, SamplingParams, Session};
 
 fn assert_send_sync<T: Send + Sync>() {}
 
@@ -132,6 +133,24 @@ fn tight_model(dir: &std::path::Path, full: &Model) -> Model {
         .expert_cache_bytes((k as u64 + 1) * slot)
         .build()
         .unwrap()
+}
+
+/// The models of the tests of steps run ahead: a KV-cache one and a hybrid one (recurrent
+/// states), each with its golden prompt, every expert resident (`full`) and with a cache so
+/// small that resident steps miss (`tight`).
+fn run_ahead_models() -> Vec<(std::path::PathBuf, Vec<u32>, Model, Model)> {
+    let qwen35 = common::qwen35_fixtures();
+    [common::fixture("tiny_bf16"), qwen35[0].clone()]
+        .into_iter()
+        .map(|dir| {
+            let golden = Golden::load(&dir).unwrap();
+            let prompt = golden.ids[..golden.prompt_len].to_vec();
+            let full = Model::open(&dir).unwrap();
+            full.preload_experts().unwrap();
+            let tight = tight_model(&dir, &full);
+            (dir, prompt, full, tight)
+        })
+        .collect()
 }
 
 #[test]
@@ -304,16 +323,9 @@ fn best(logits: &[f32]) -> (u32, f32) {
 /// steps miss (and are run again) while a step runs ahead of them.
 #[test]
 fn greedy_steps_run_ahead_equal_steps_run_when_asked() {
-    let qwen35 = common::qwen35_fixtures();
-    let dirs = [common::fixture("tiny_bf16"), qwen35[0].clone()];
     let steps = 8;
-    for dir in dirs {
-        let golden = Golden::load(&dir).unwrap();
-        let p = golden.prompt_len;
-        let prompt = &golden.ids[..p];
-        let full = Model::open(&dir).unwrap();
-        full.preload_experts().unwrap();
-        let tight = tight_model(&dir, &full);
+    for (dir, prompt, full, tight) in run_ahead_models() {
+        let (p, prompt) = (prompt.len(), &prompt[..]);
         // The reference: all logits every step (never run ahead), greedy on the host.
         let mut r = full.session(p + steps + 4).unwrap();
         let mut logits = vec![r.prefill(prompt).unwrap()];
@@ -392,6 +404,75 @@ fn greedy_steps_run_ahead_equal_steps_run_when_asked() {
                     logits[2],
                     "{dir:?} {name} truncate"
                 );
+            }
+        }
+    }
+}
+
+/// Sampled steps ([`Session::step_top_sampling`]), each one's successor run ahead with its
+/// token drawn on the GPU with the sampler's next random number, give exactly the tokens
+/// of a sampler on all logits. A draw the GPU gets wrong (forced here: it is given another
+/// sampler's number) only makes the session run that step again, after the step behind it
+/// has already run ahead too: the tokens stay the same. On a KV-cache model and on a hybrid
+/// one (whose recurrent states both discarded steps wrote), with a warm resident cache and
+/// with one so small that resident steps miss.
+#[test]
+fn sampled_steps_run_ahead_give_the_tokens_of_sampling_all_logits() {
+    let steps = 12;
+    let params = SamplingParams {
+        temperature: 0.8,
+        top_k: 20,
+        top_p: 0.95,
+        seed: Some(3),
+        ..SamplingParams::greedy()
+    };
+    for (dir, prompt, full, tight) in run_ahead_models() {
+        let (p, prompt) = (prompt.len(), &prompt[..]);
+        // The reference: all logits every step (never run ahead), sampled on the host.
+        let mut r = full.session(p + steps + 4).unwrap();
+        let mut sampler = Sampler::new(params.clone());
+        let mut tokens = vec![sampler.sample(&r.prefill(prompt).unwrap())];
+        for i in 0..steps {
+            let logits = r.step(tokens[i]).unwrap();
+            tokens.push(sampler.sample(&logits));
+        }
+        assert_eq!(r.stats().steps_run_ahead, 0);
+        for (name, model) in [("warm", &full), ("tight", &tight)] {
+            for forced in [false, true] {
+                let mut s = model.session(p + steps + 4).unwrap();
+                let mut sampler = Sampler::new(params.clone());
+                let mut other = Sampler::new(SamplingParams {
+                    seed: Some(99),
+                    ..params.clone()
+                });
+                let mut got = vec![sampler.sample(&s.prefill(prompt).unwrap())];
+                for i in 0..steps {
+                    let draw = if forced {
+                        other.next_draw()
+                    } else {
+                        sampler.next_draw()
+                    };
+                    let top = s.step_top_sampling(got[i], 20, draw).unwrap();
+                    let id = match sampler.sample_candidates(&top) {
+                        Some(id) => id,
+                        None => sampler.sample(&s.last_logits().unwrap()),
+                    };
+                    // The other generator advances as the sampler's does.
+                    other.sample_candidates(&top);
+                    got.push(id);
+                }
+                assert_eq!(got, tokens, "{dir:?} {name} forced {forced}");
+                let st = s.stats();
+                if name == "warm" {
+                    if forced {
+                        assert!(st.steps_run_again > 0, "{dir:?} forced: {st:?}");
+                    } else {
+                        assert!(
+                            st.steps_run_ahead as usize == steps - 1 && st.steps_run_again == 0,
+                            "{dir:?}: {st:?}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -10,13 +10,13 @@ use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{
     EmbeddingParams, MatMulParams, MatVecParams, QEmbeddingParams, QMatMulParams, QMatVecParams,
-    RmsNormParams, TokenPickParams, TopKParams, LINEAR_BIAS, LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED,
-    LINEAR_X_Q8,
+    RmsNormParams, TokenPickParams, TokenSampleParams, TopKParams, LINEAR_BIAS, LINEAR_RESIDUAL,
+    LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
 };
 use crate::gpu::Size;
 use crate::gpu::{GpuMatrix, GpuVec, Recorder};
 use crate::model::ModelInner;
-use crate::sampling::Candidate;
+use crate::sampling::{Candidate, NextDraw};
 
 pub(crate) fn grid(n: usize) -> (u32, u32) {
     crate::gpu::grid_of(n as u32)
@@ -104,10 +104,20 @@ pub(crate) struct Pass<'a> {
     pub follow: Option<(&'a crate::routing::RoutingTrace, usize)>,
     /// Where the pass writes its last token's logits (`Scratch::logits` or `logits2`).
     pub logits: &'a wgpu::Buffer,
-    /// A decode step run ahead of its call: its token is the best of the top-k candidates
-    /// the step before it left in `Scratch::topk`, picked on the GPU
-    /// ([`Kernel::TokenPick`]) into `Scratch::ids` before the embedding.
-    pub pick_token: bool,
+    /// A decode step run ahead of its call: its token is picked on the GPU into
+    /// `Scratch::ids`, before the embedding, from the top-k candidates the step before it
+    /// left in `Scratch::topk`.
+    pub pick_token: Option<TokenPick>,
+}
+
+/// How a step run ahead picks its token from the step before's top-k candidates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenPick {
+    /// Candidates per chunk that step read back.
+    pub n_top: u32,
+    /// `None`: the best ([`Kernel::TokenPick`], a greedy step); else the sampler's next
+    /// draw ([`Kernel::TokenSample`]).
+    pub draw: Option<NextDraw>,
 }
 
 /// A resident pass submits its first this many MoE layers, then chunks twice as long as
@@ -376,20 +386,34 @@ impl<'a> Pass<'a> {
     pub fn embed(&mut self) {
         let h = self.m.cfg.hidden_size;
         let e = &self.m.weights.embed;
-        if self.pick_token {
+        if let Some(pick) = self.pick_token {
             let chunks = kernels::topk_groups(self.m.cfg.vocab_size as u32).0;
-            let p = TokenPickParams {
-                n_chunks: chunks,
-                n_top: 1,
-                ..Default::default()
-            };
-            self.rec.dispatch(
-                Kernel::TokenPick,
-                None,
-                p.words(),
-                &[(&self.s.topk).into(), (&self.s.ids).into()],
-                (1, 1),
-            );
+            let binds = [(&self.s.topk).into(), (&self.s.ids).into()];
+            match pick.draw {
+                None => {
+                    let p = TokenPickParams {
+                        n_chunks: chunks,
+                        n_top: pick.n_top,
+                        ..Default::default()
+                    };
+                    self.rec
+                        .dispatch(Kernel::TokenPick, None, p.words(), &binds, (1, 1));
+                }
+                Some(d) => {
+                    let p = TokenSampleParams {
+                        n_chunks: chunks,
+                        n_top: pick.n_top,
+                        top_k: d.top_k,
+                        chunk: kernels::TOPK_CHUNK,
+                        temperature: d.temperature,
+                        top_p: d.top_p,
+                        min_p: d.min_p,
+                        u: d.u,
+                    };
+                    self.rec
+                        .dispatch(Kernel::TokenSample, None, p.words(), &binds, (1, 1));
+                }
+            }
         }
         for (buf, row0, rows) in &e.chunks {
             let binds = [(&self.s.ids).into(), buf.into(), (&self.s.x).into()];

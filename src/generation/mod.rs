@@ -426,7 +426,10 @@ impl Iterator for Generation<'_> {
                     }
                     let t = Instant::now();
                     let result = match self.top_n() {
-                        Some(top) => self.session.step_top(id, top).map(Scores::Top),
+                        Some(top) => self
+                            .session
+                            .step_top_sampling(id, top, self.sampler.next_draw())
+                            .map(Scores::Top),
                         None => self.session.step(id).map(Scores::Full),
                     };
                     self.stats.decode_time += t.elapsed();

@@ -212,6 +212,28 @@ kernel_params! {
 }
 
 kernel_params! {
+    /// Parameters of [`Kernel::TokenSample`] (`kernels/token_sample.wgsl`).
+    TokenSampleParams for TokenSample {
+        /// Chunks of [`Kernel::TopK`]'s output.
+        n_chunks: u32,
+        /// Candidates per chunk.
+        n_top: u32,
+        /// Candidates the draw is among (at most 256).
+        top_k: u32,
+        /// Vocabulary ids per chunk ([`TOPK_CHUNK`](super::kernels::TOPK_CHUNK)).
+        chunk: u32,
+        /// Temperature (above 0).
+        temperature: f32,
+        /// Top-p (1: off).
+        top_p: f32,
+        /// Min-p (0: off).
+        min_p: f32,
+        /// The sampler's next uniform number in [0, 1).
+        u: f32,
+    }
+}
+
+kernel_params! {
     /// Parameters of [`Kernel::SubgroupProbe`] (`kernels/subgroup_probe.wgsl`).
     SubgroupProbeParams for SubgroupProbe {
         /// Invocations that write their subgroup's size (the workgroup's 64).
@@ -252,6 +274,7 @@ pub const ALL: &[ParamsLayout] = &[
     MoeRouteParams::LAYOUT,
     TopKParams::LAYOUT,
     TokenPickParams::LAYOUT,
+    TokenSampleParams::LAYOUT,
     SubgroupProbeParams::LAYOUT,
     Conv1dSiluParams::LAYOUT,
     GatedDeltaNetParams::LAYOUT,

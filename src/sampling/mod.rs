@@ -20,7 +20,7 @@ pub use logprobs::{TokenLogprob, MAX_LOGPROBS};
 pub use params::{LogitsNeeded, SamplingParams, MAX_LOGIT_BIAS, MAX_PENALTY};
 #[cfg(test)]
 use sampler::{desc, top_p_count, Rng};
-pub use sampler::{Candidate, Sampler};
+pub use sampler::{Candidate, NextDraw, Sampler};
 
 #[cfg(test)]
 mod tests;

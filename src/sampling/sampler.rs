@@ -23,6 +23,24 @@ impl Candidate {
     }
 }
 
+/// A sampler's next draw, as a GPU reproduces it to pick a step's token ahead of the host
+/// ([`Sampler::next_draw`], [`Session::step_top_sampling`]).
+///
+/// [`Session::step_top_sampling`]: crate::Session::step_top_sampling
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NextDraw {
+    /// Candidates drawn among (the top-k).
+    pub(crate) top_k: u32,
+    /// Temperature (above 0).
+    pub(crate) temperature: f32,
+    /// Top-p (1: off).
+    pub(crate) top_p: f32,
+    /// Min-p (0: off).
+    pub(crate) min_p: f32,
+    /// The uniform number in [0, 1) of the next draw.
+    pub(crate) u: f32,
+}
+
 /// Chooses tokens with [`SamplingParams`]; keeps the random state, the tokens the
 /// repetition penalty applies to ([`observe`](Self::observe)) and the counts of generated
 /// tokens the presence and frequency penalties use ([`observe_output`](Self::observe_output)).
@@ -55,6 +73,30 @@ impl Sampler {
     /// The parameters.
     pub fn params(&self) -> &SamplingParams {
         &self.params
+    }
+
+    /// What a decode step run ahead needs to draw, on the GPU, the token this sampler will
+    /// draw next from a top-k list ([`Session::step_top_sampling`]): the truncation, the
+    /// temperature and the random number of the next draw (the generator does not
+    /// advance). `None` where the GPU cannot tell: greedy (`step_top` with `n` 1 runs
+    /// ahead by itself), an adjusted logit (bias or penalties, which depend on the
+    /// history), no top-k, or a top-k past [`MAX_TOP`](crate::session::MAX_TOP).
+    ///
+    /// [`Session::step_top_sampling`]: crate::Session::step_top_sampling
+    pub fn next_draw(&self) -> Option<NextDraw> {
+        let p = &self.params;
+        if p.is_greedy() || p.is_adjusted() || p.top_k == 0 || p.top_k > crate::session::MAX_TOP {
+            return None;
+        }
+        // The same generator state gives the same number when `draw` uses it.
+        let u = self.rng.clone().next_f64();
+        Some(NextDraw {
+            top_k: p.top_k as u32,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            u: (u as f32).min(1.0 - f32::EPSILON),
+        })
     }
 
     /// Records a token of the context (for the repetition penalty): the prompt's tokens.

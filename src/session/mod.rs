@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{ParamArena, Recorder, Timer};
 use crate::model::Model;
 use crate::routing::{RoutingTrace, TraceHeader};
-use crate::sampling::Candidate;
+use crate::sampling::{Candidate, NextDraw};
 
 mod passes;
 
@@ -49,10 +49,14 @@ pub struct SessionStats {
     /// Resident decode steps whose GPU work had been recorded ahead, while the GPU ran
     /// the step before, and was submitted at once when the step was asked for.
     pub steps_recorded_ahead: u64,
-    /// Greedy decode steps ([`Session::step_top`] with `n` 1) that the GPU had already run
-    /// ahead of the call, with its own pick of the token, while the host read back the
-    /// step before (also counted in `steps_recorded_ahead`).
+    /// Decode steps that the GPU had already run ahead of the call, with its own pick of
+    /// the token, while the host read back the step before (also counted in
+    /// `steps_recorded_ahead`): greedy steps ([`Session::step_top`] with `n` 1), and the
+    /// sampled steps of [`Generation`](crate::Generation) with a top-k.
     pub steps_run_ahead: u64,
+    /// Steps run ahead whose token (drawn on the GPU) was not the one the call asked for
+    /// (the sampler drew another: rounding at a boundary), so they were run again.
+    pub steps_run_again: u64,
 }
 
 impl SessionStats {
@@ -67,6 +71,7 @@ impl SessionStats {
         self.resident_retries += o.resident_retries;
         self.steps_recorded_ahead += o.steps_recorded_ahead;
         self.steps_run_ahead += o.steps_run_ahead;
+        self.steps_run_again += o.steps_run_again;
         self.gpu_wait_time += o.gpu_wait_time;
         self.gpu_time = match (self.gpu_time, o.gpu_time) {
             (Some(a), Some(b)) => Some(a + b),
@@ -125,6 +130,9 @@ pub struct Session {
     follow: Option<RoutingTrace>,
     /// The next resident decode step, recorded while the GPU ran the last one.
     ahead: Option<Ahead>,
+    /// The sampler's next draw, during a call of [`Session::step_top_sampling`]: a step
+    /// run ahead of the next call picks its token with it.
+    draw: Option<NextDraw>,
     /// Which of the two readback buffers the next recorded pass reads into (a step
     /// recorded ahead reads into the other one than the step in flight).
     flip: bool,
@@ -202,6 +210,7 @@ impl Session {
             routing: None,
             follow: None,
             ahead: None,
+            draw: None,
             flip: false,
         })
     }
@@ -271,6 +280,48 @@ impl Session {
     pub fn step_top(&mut self, id: u32, n: usize) -> Result<Vec<Candidate>> {
         self.step_as(id, Want::Top(n.clamp(1, MAX_TOP)))
             .map(Readout::into_top)
+    }
+
+    /// As [`step_top`](Self::step_top), for a caller that chooses the next token with a
+    /// [`Sampler`](crate::sampling::Sampler) whose next draw is `draw`
+    /// ([`Sampler::next_draw`](crate::sampling::Sampler::next_draw)): the step after this
+    /// one is submitted at once, behind this one, its token drawn on the GPU as the sampler
+    /// will draw it, so that the GPU does not idle while the host reads back and samples.
+    /// The next call keeps that step only if it ran the token the call asks for, and runs
+    /// the step again otherwise: results never depend on it. `n` must be at least the
+    /// draw's top-k for the step to run ahead; with `draw` `None` this is `step_top`.
+    /// ([`Generation`](crate::Generation) steps this way when its sampling has a top-k.)
+    ///
+    /// ```no_run
+    /// # fn main() -> moestream::Result<()> {
+    /// use moestream::sampling::Sampler;
+    /// use moestream::SamplingParams;
+    ///
+    /// let model = moestream::Model::open("path/to/model")?;
+    /// let mut s = model.session(2048)?;
+    /// let params = SamplingParams { temperature: 0.6, top_k: 20, top_p: 0.95, ..SamplingParams::default() };
+    /// let mut sampler = Sampler::new(params);
+    /// let mut next = sampler.sample(&s.prefill(&[1, 2, 3])?);
+    /// for _ in 0..16 {
+    ///     let top = s.step_top_sampling(next, 20, sampler.next_draw())?;
+    ///     next = match sampler.sample_candidates(&top) {
+    ///         Some(id) => id,
+    ///         None => sampler.sample(&s.last_logits()?),
+    ///     };
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn step_top_sampling(
+        &mut self,
+        id: u32,
+        n: usize,
+        draw: Option<NextDraw>,
+    ) -> Result<Vec<Candidate>> {
+        self.draw = draw;
+        let out = self.step_top(id, n);
+        self.draw = None;
+        out
     }
 
     fn step_as(&mut self, id: u32, want: Want) -> Result<Readout> {

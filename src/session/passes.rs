@@ -4,23 +4,37 @@
 
 use super::{Readout, Session, SessionStats, Want, RESIDENT_BACKOFF};
 use crate::cache::CacheStats;
-use crate::engine::pass::{Pass, RESIDENT_FIRST_CHUNK};
+use crate::engine::pass::{Pass, TokenPick, RESIDENT_FIRST_CHUNK};
 use crate::error::{Error, Result};
 use crate::gpu::{PendingRead, Recorder};
 use crate::routing::RoutingTrace;
 
 /// A resident decode step recorded ahead (see [`Session::pass`]): its work, not yet
 /// submitted, for the step at `pos` reading back `want`; its parameters wait in the
-/// session's arena, so any other recording drops it. Or, when `running`, a greedy step
-/// already submitted with the GPU's pick of the token (a step run ahead): it is kept if
+/// session's arena, so any other recording drops it. Or, when `running`, a step already
+/// submitted with the GPU's pick of the token (a step run ahead). A greedy one is kept if
 /// the next call asks for that token (`token`, the best candidate of the step before it,
-/// once that step's readback is in), else waited for and dropped.
+/// once that step's readback is in), else waited for and dropped. A sampled one
+/// (`sampled`: its token drawn on the GPU, not known to the host until its readback) is
+/// kept by the next call with the same `want`, and run again if its readback says it ran
+/// another token than the call's.
 pub(super) struct Ahead {
     pos: usize,
     want: Want,
     rec: Recorded,
     running: bool,
+    sampled: bool,
     token: Option<u32>,
+}
+
+/// How a recorded pass's readback came out.
+enum Finished {
+    /// Its results.
+    Read(Readout),
+    /// A resident pass found a chosen expert missing: nothing advanced.
+    Missed,
+    /// A step run ahead ran another token than its call asked for: nothing advanced.
+    WrongToken,
 }
 
 /// A pass's GPU work, submitted (or recorded ahead), and what its recording counted.
@@ -140,7 +154,7 @@ impl Session {
         if let Some(a) = self.ahead.take() {
             let fits = resident && a.pos == self.pos && a.want == want && ids.len() == 1;
             if a.running {
-                if fits && a.token == Some(ids[0]) {
+                if fits && (a.sampled || a.token == Some(ids[0])) {
                     launched = Some(a.rec);
                     ran_ahead = true;
                 } else {
@@ -166,7 +180,7 @@ impl Session {
         let from_ahead = launched.is_some();
         let rec = match launched {
             Some(rec) => Ok(rec),
-            None => self.record(Some(ids), self.pos, want, resident, decode, false, false),
+            None => self.record(Some(ids), self.pos, want, resident, decode, false, None),
         };
         // Record the next step while the GPU runs this one: it reads the states this one
         // writes (committed only after this one's readback says it ran). A greedy step's
@@ -177,7 +191,16 @@ impl Session {
             && record_ahead()
             && self.pos + 2 <= self.max_context
         {
-            let running = want == Want::Top(1)
+            // A sampled step's next one draws its token on the GPU with the sampler's next
+            // number; it needs this step's top-k (the draw's) and the candidate lists to fit
+            // the kernel.
+            let draw = self.draw.filter(|d| {
+                let chunks =
+                    crate::gpu::kernels::topk_groups(self.model.inner.cfg.vocab_size as u32).0;
+                matches!(want, Want::Top(n) if n >= d.top_k as usize)
+                    && chunks <= crate::gpu::kernels::TOKEN_SAMPLE_MAX_CHUNKS
+            });
+            let running = (want == Want::Top(1) || draw.is_some())
                 && run_ahead()
                 && self.run_ahead_backoff == 0
                 && !self.state.has_ring();
@@ -186,7 +209,14 @@ impl Session {
             // Recorded whole and submitted at once: the GPU is busy with this step, so
             // submitting in chunks as the recording goes (as a step asked for does) would
             // only add submits.
-            let next = self.record(None, self.pos + 1, want, true, true, true, running);
+            let pick = running.then_some(TokenPick {
+                n_top: match want {
+                    Want::Top(n) => n as u32,
+                    _ => 1,
+                },
+                draw,
+            });
+            let next = self.record(None, self.pos + 1, want, true, true, true, pick);
             self.state.uncommit();
             if let Ok(mut r) = next {
                 if running {
@@ -199,6 +229,7 @@ impl Session {
                     want,
                     rec: r,
                     running,
+                    sampled: running && draw.is_some(),
                     token: None,
                 });
             }
@@ -216,11 +247,18 @@ impl Session {
                 (Err(e), stats, None)
             }
         };
+        let wrong = matches!(out, Ok(Finished::WrongToken));
+        let out = out.map(|f| match f {
+            Finished::Read(r) => Some(r),
+            Finished::Missed | Finished::WrongToken => None,
+        });
         let done = matches!(out, Ok(Some(_)));
         if done {
-            // The token a step run ahead ran: this one's best.
+            // The token a greedy step run ahead ran: this one's best.
             if let (Some(a), Ok(Some(Readout::Top(c)))) = (self.ahead.as_mut(), &out) {
-                a.token = c.first().map(|c| c.id);
+                if !a.sampled {
+                    a.token = c.first().map(|c| c.id);
+                }
             }
         } else {
             // The step recorded ahead assumed this one would advance.
@@ -233,7 +271,8 @@ impl Session {
         }
         stats.wall_time = t0.elapsed();
         stats.resident_steps = u64::from(resident && done);
-        stats.resident_retries = u64::from(resident && matches!(out, Ok(None)));
+        stats.resident_retries = u64::from(resident && !wrong && matches!(out, Ok(None)));
+        stats.steps_run_again = u64::from(wrong);
         stats.steps_recorded_ahead = u64::from(from_ahead && done);
         stats.steps_run_ahead = u64::from(ran_ahead && done);
         if let Some(cache) = &self.model.inner.cache {
@@ -241,6 +280,12 @@ impl Session {
         }
         self.last.add(&stats);
         self.stats.add(&stats);
+        if wrong {
+            // The GPU drew another token than the sampler (or the best differed): run the
+            // step as asked, and none ahead for a while.
+            self.run_ahead_backoff = RUN_AHEAD_BACKOFF;
+            return self.pass(ids, want, resident, decode);
+        }
         let out = out?;
         if out.is_some() {
             if let (Some(trace), Some(layers)) = (self.routing.as_mut(), routed.as_ref()) {
@@ -296,7 +341,7 @@ impl Session {
         resident: bool,
         decode: bool,
         deferred: bool,
-        pick: bool,
+        pick: Option<TokenPick>,
     ) -> std::result::Result<Recorded, Failed> {
         let m = &*self.model.inner;
         let cfg = &m.cfg;
@@ -365,7 +410,11 @@ impl Session {
                 (&s.route_log, (layers * 4) as u64, (layers * k * 4) as u64),
                 (&s.ids, 0, 4),
             ];
-            let n = if resident { 2 + usize::from(pick) } else { 0 };
+            let n = if resident {
+                2 + usize::from(pick.is_some())
+            } else {
+                0
+            };
             Ok(pass.readout_begin(top, &extra[..n], staging))
         })();
         let read = match read {
@@ -393,17 +442,17 @@ impl Session {
         })
     }
 
-    /// Waits for a recorded pass and reads its results: `None` for a resident pass that
-    /// found a chosen expert missing, or for a step run ahead (`token`: the one its call
-    /// asks for) that did not run `token`; and, when the session records routing, the
-    /// pass's routing. The stats come back on errors too.
+    /// Waits for a recorded pass and reads its results ([`Finished`]: missed for a
+    /// resident pass that found a chosen expert missing, a wrong token for a step run
+    /// ahead, `token` the one its call asks for, that ran another); and, when the session
+    /// records routing, the pass's routing. The stats come back on errors too.
     #[allow(clippy::type_complexity)]
     fn finish(
         &mut self,
         rec: Recorded,
         resident: bool,
         token: Option<u32>,
-    ) -> std::result::Result<(Option<Readout>, SessionStats, Option<RoutedLayers>), Failed> {
+    ) -> std::result::Result<(Finished, SessionStats, Option<RoutedLayers>), Failed> {
         let m = &*self.model.inner;
         let cfg = &m.cfg;
         let mut stats = SessionStats {
@@ -425,7 +474,11 @@ impl Session {
             .map(|g| std::time::Duration::from_nanos((g + ns) as u64));
         if parts.is_empty() {
             // A pass that read back nothing (a prefill chunk before the last).
-            return Ok((Some(Readout::Full(Vec::new())), stats, rec.routing));
+            return Ok((
+                Finished::Read(Readout::Full(Vec::new())),
+                stats,
+                rec.routing,
+            ));
         }
         if token.is_some() {
             let ran = parts.pop().and_then(|b| {
@@ -436,19 +489,19 @@ impl Session {
                 tracing::debug!(
                     "a step run ahead ran token {ran:?}, not {token:?}: running it again"
                 );
-                return Ok((None, stats, None));
+                return Ok((Finished::WrongToken, stats, None));
             }
         }
         let rest = parts.split_off(1);
         let logits = crate::engine::pass::decode_readout(rec.top, &parts[0]);
         if !resident {
-            return Ok((Some(logits), stats, rec.routing));
+            return Ok((Finished::Read(logits), stats, rec.routing));
         }
         let layers = cfg.num_hidden_layers;
         let k = cfg.num_experts_per_tok;
         let miss: Vec<u32> = bytemuck::pod_collect_to_vec(&rest[0]);
         if miss.iter().take(layers).any(|&f| f != 0) {
-            return Ok((None, stats, None));
+            return Ok((Finished::Missed, stats, None));
         }
         // Tell the cache what was used, for its eviction order and the hit counters. (A
         // step recorded ahead learns whether the session records routing only now.)
@@ -470,7 +523,7 @@ impl Session {
         if let Some(cache) = &m.cache {
             stats.cache.hits += cache.touch(&keys);
         }
-        Ok((Some(logits), stats, routing))
+        Ok((Finished::Read(logits), stats, routing))
     }
 }
 

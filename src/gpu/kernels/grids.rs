@@ -17,6 +17,10 @@ const QEMBEDDING_OCTETS: u32 = 64;
 /// Logits per workgroup of [`Kernel::TopK`].
 pub const TOPK_CHUNK: u32 = 2048;
 
+/// Most chunks of [`Kernel::TopK`]'s output [`Kernel::TokenSample`] merges (`MAX_CHUNKS` in
+/// `kernels/token_sample.wgsl`): vocabularies up to 2M tokens.
+pub const TOKEN_SAMPLE_MAX_CHUNKS: u32 = 1024;
+
 /// Grid of [`Kernel::TopK`] over a vocabulary of `n_vocab` logits.
 pub fn topk_groups(n_vocab: u32) -> (u32, u32) {
     (n_vocab.div_ceil(TOPK_CHUNK).max(1), 1)

@@ -109,6 +109,10 @@ pub enum Kernel {
     /// The best of [`Kernel::TopK`]'s candidates as the next step's token, on the GPU
     /// (one workgroup; [`params::TokenPickParams`](super::params::TokenPickParams)).
     TokenPick,
+    /// The token a sampler will draw (temperature, top-k, top-p, min-p, the host's next
+    /// uniform number) from [`Kernel::TopK`]'s candidates, as the next step's token, on the
+    /// GPU (one workgroup; [`params::TokenSampleParams`](super::params::TokenSampleParams)).
+    TokenSample,
     /// Measures the subgroup size (only compiled with [`Variant::subgroups`]).
     SubgroupProbe,
     /// Causal depthwise conv + SiLU of a Gated DeltaNet layer's q/k/v channels over a
@@ -144,7 +148,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 36] = [
+    pub const ALL: [Kernel; 37] = [
         Kernel::MlaLatent,
         Kernel::MlaAttention,
         Kernel::SigmoidGate,
@@ -177,6 +181,7 @@ impl Kernel {
         Kernel::MoeRoute,
         Kernel::TopK,
         Kernel::TokenPick,
+        Kernel::TokenSample,
         Kernel::SubgroupProbe,
         Kernel::Conv1dSilu,
         Kernel::GatedDeltaNet,
@@ -214,6 +219,7 @@ impl Kernel {
             Kernel::MoeRoute => "moe_route",
             Kernel::TopK => "topk",
             Kernel::TokenPick => "token_pick",
+            Kernel::TokenSample => "token_sample",
             Kernel::SubgroupProbe => "subgroup_probe",
             Kernel::Conv1dSilu => "conv1d_silu",
             Kernel::GatedDeltaNet => "gated_delta_net",
@@ -257,6 +263,7 @@ impl Kernel {
             Kernel::MoeRoute => include_str!("../../../kernels/moe_route.wgsl"),
             Kernel::TopK => include_str!("../../../kernels/topk.wgsl"),
             Kernel::TokenPick => include_str!("../../../kernels/token_pick.wgsl"),
+            Kernel::TokenSample => include_str!("../../../kernels/token_sample.wgsl"),
             Kernel::SubgroupProbe => include_str!("../../../kernels/subgroup_probe.wgsl"),
             Kernel::Conv1dSilu => include_str!("../../../kernels/conv1d_silu.wgsl"),
             Kernel::GatedDeltaNet => include_str!("../../../kernels/gated_delta_net.wgsl"),
@@ -393,7 +400,7 @@ impl Kernel {
         if matches!(self, Kernel::Router | Kernel::MoeRoute) {
             v.push(Include::TopK);
         }
-        if matches!(self, Kernel::TopK | Kernel::TokenPick) {
+        if matches!(self, Kernel::TopK | Kernel::TokenPick | Kernel::TokenSample) {
             v.push(Include::Best);
         }
         if matches!(
