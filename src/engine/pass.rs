@@ -110,6 +110,23 @@ pub(crate) struct Pass<'a> {
     pub pick_token: Option<TokenPick>,
 }
 
+/// Environment variable (`1`, `2` or `4`) that sets, for measuring (`benches/ab.sh`), the
+/// rows per team of the decode mat-vecs of 2049 to 16384 rows (a fused q/k/v, an MoE
+/// model's dense FFN; not the LM head); unset, [`kernels::qmatvec_rows_per_team`]. The
+/// `qmatvec` bench times the 30B's q/k/v at 8.55 us with 2 rows and 6.49 with 4,
+/// serialized; inside a step it is unmeasured.
+const QMATVEC_ROWS_ENV: &str = "MOESTREAM_QMATVEC_ROWS";
+
+fn wide_rows_per_team() -> Option<u32> {
+    static ROWS: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        std::env::var(QMATVEC_ROWS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|n| [1, 2, 4].contains(n))
+    })
+}
+
 /// How a step run ahead picks its token from the step before's top-k candidates.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TokenPick {
@@ -258,7 +275,10 @@ impl<'a> Pass<'a> {
                     let (code, quant) = quant_constants(w.format);
                     if vector {
                         let team = self.m.gpu.qmatvec_team(*rows, w.cols);
-                        let rpt = kernels::qmatvec_rows_per_team(r);
+                        let rpt = match wide_rows_per_team() {
+                            Some(n) if r > 2048 && r <= 16384 => n,
+                            _ => kernels::qmatvec_rows_per_team(r),
+                        };
                         // The weights again as words (`ws`, include/qblock.wgsl).
                         let [b0, b1, b2, b3, b4] = binds;
                         let p = QMatVecParams {
