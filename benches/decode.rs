@@ -461,34 +461,37 @@ fn main() -> Result<()> {
             st.steps_run_ahead - before.steps_run_ahead
         );
         // Sampled decode as `generate` runs it with Qwen3's recommended sampling
-        // (temperature 0.6, top-k 20, top-p 0.95): the top 20 read back, each step's
-        // successor run ahead with its token drawn on the GPU with the sampler's next random
-        // number (`Session::step_top_sampling`), kept when the host's sampler agrees.
-        let mut sampler = Sampler::new(SamplingParams {
-            temperature: 0.6,
-            top_k: 20,
-            top_p: 0.95,
-            seed: Some(1),
-            ..SamplingParams::greedy()
-        });
-        let before = s.stats();
-        for _ in 0..timed {
-            let top = s.step_top_sampling(next, 20, sampler.next_draw())?;
-            next = match sampler.sample_candidates(&top) {
-                Some(id) => id,
-                None => sampler.sample(&s.last_logits()?),
-            };
+        // (temperature 0.6, top-k 20, top-p 0.95), and with the largest top-k: the top k
+        // read back, each step's successor run ahead with its token drawn on the GPU with
+        // the sampler's next random number (`Session::step_top_sampling`, one workgroup
+        // merging k candidates in k rounds), kept when the host's sampler agrees.
+        for top_k in [20, 256] {
+            let mut sampler = Sampler::new(SamplingParams {
+                temperature: 0.6,
+                top_k,
+                top_p: 0.95,
+                seed: Some(1),
+                ..SamplingParams::greedy()
+            });
+            let before = s.stats();
+            for _ in 0..timed {
+                let top = s.step_top_sampling(next, top_k, sampler.next_draw())?;
+                next = match sampler.sample_candidates(&top) {
+                    Some(id) => id,
+                    None => sampler.sample(&s.last_logits()?),
+                };
+            }
+            let st = s.stats();
+            let wall = (st.wall_time - before.wall_time).as_secs_f64();
+            let gpu = gpu_per_token(&before, &st, timed);
+            println!(
+                "sampled decode (t 0.6, top-k {top_k}, top-p 0.95): {:.2} tok/s ({:.2} ms/token, {gpu}); {} of {timed} steps run ahead, {} run again",
+                timed as f64 / wall,
+                wall * 1e3 / timed as f64,
+                st.steps_run_ahead - before.steps_run_ahead,
+                st.steps_run_again - before.steps_run_again
+            );
         }
-        let st = s.stats();
-        let wall = (st.wall_time - before.wall_time).as_secs_f64();
-        let gpu = gpu_per_token(&before, &st, timed);
-        println!(
-            "sampled decode (t 0.6, top-k 20, top-p 0.95): {:.2} tok/s ({:.2} ms/token, {gpu}); {} of {timed} steps run ahead, {} run again",
-            timed as f64 / wall,
-            wall * 1e3 / timed as f64,
-            st.steps_run_ahead - before.steps_run_ahead,
-            st.steps_run_again - before.steps_run_again
-        );
         // `--ablate [K1+K2,K3,...]`: what each kernel (or set of kernels) costs inside a
         // real greedy step: the step's GPU time with its dispatches left out against the
         // step with them, alternating (every kernel alone when no list is given).

@@ -475,6 +475,19 @@ fn sampled_steps_run_ahead_give_the_tokens_of_sampling_all_logits() {
                 }
             }
         }
+        // Greedy steps, then sampled ones: the greedy step run ahead is dropped (the
+        // readout changed), and the sampled steps after the first run ahead at once.
+        let mut s = full.session(p + steps + 4).unwrap();
+        let mut sampler = Sampler::new(params.clone());
+        s.prefill(prompt).unwrap();
+        let mut next = s.step_top(tokens[0], 1).unwrap()[0].id;
+        next = s.step_top(next, 1).unwrap()[0].id;
+        let before = s.stats().steps_run_ahead;
+        for _ in 0..6 {
+            let top = s.step_top_sampling(next, 20, sampler.next_draw()).unwrap();
+            next = sampler.sample_candidates(&top).unwrap();
+        }
+        assert_eq!(s.stats().steps_run_ahead - before, 5, "{dir:?}");
     }
 }
 

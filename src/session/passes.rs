@@ -158,10 +158,12 @@ impl Session {
                     launched = Some(a.rec);
                     ran_ahead = true;
                 } else {
-                    // The GPU ran a step nobody wants: not again for a while, in case the
-                    // caller is not decoding greedily after all.
+                    // The GPU ran a step nobody wants. If the call is the step it ran but
+                    // with another token: not again for a while, in case the caller is not
+                    // decoding greedily after all. (A call that reads back something else
+                    // changed how it decodes; its steps run ahead at once.)
                     self.drain(a.rec);
-                    if decode {
+                    if decode && fits {
                         self.run_ahead_backoff = RUN_AHEAD_BACKOFF;
                     }
                 }
