@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # What CI cannot check, on the GPU machine in one run: the cooperative-matrix kernels
 # against the CPU reference (lavapipe has no cooperative matrices), split-invariant prefill
-# with them, golden conformance of every fixture on this GPU (full error lines), and the
-# 512-token prefill with and without `ModelBuilder::f16_prefill`.
+# with them, the token-picking kernels and steps run ahead (greedy and sampled) on a real
+# GPU's barriers and rounding, golden conformance of every fixture on this GPU (full error
+# lines), and the 512-token prefill with and without `ModelBuilder::f16_prefill`.
 #
 # Build here, carry the binaries (the GPU machine has no cargo):
-#   cargo test --release --all-features --test qkernels --test sessions --no-run
+#   cargo test --release --all-features --test qkernels --test sessions --test kernels --no-run
 #   cargo build --release --example conformance
 #   cargo bench --bench decode --no-run
 #   mkdir -p .bench && cp <each test/bench binary from target/release/deps> .bench/qkernels,
-#     .bench/sessions, .bench/decode; cp target/release/examples/conformance .bench/
+#     .bench/sessions, .bench/kernels, .bench/decode; cp target/release/examples/conformance .bench/
 # then run `bash benches/gpu_checks.sh` from the repository root there, carrying `.gl`
-# (the GL dispatch libraries wgpu's Vulkan driver loads) and those four binaries.
+# (the GL dispatch libraries wgpu's Vulkan driver loads) and those five binaries.
 # Steps whose binary is missing are skipped with a line saying so.
 set -uo pipefail
 
@@ -40,6 +41,16 @@ if have sessions; then
         MOESTREAM_COOPERATIVE_MATRICES=$c timeout 300 .bench/sessions prefill_in_pieces 2>&1 |
             grep -E 'test result|panicked|differ'
     done
+fi
+
+if have kernels; then
+    echo "== token_pick / token_sample against the host's merge and draw"
+    .bench/kernels token_ --nocapture 2>&1 | grep -E 'cases|test result|panicked'
+fi
+
+if have sessions; then
+    echo "== steps run ahead (greedy, sampled, forced wrong draws) give the tokens asked for"
+    timeout 300 .bench/sessions run_ahead 2>&1 | grep -E 'test result|panicked|left|right'
 fi
 
 if have conformance; then

@@ -30,6 +30,7 @@ use moestream::gpu::params::{
     TopKParams,
 };
 use moestream::gpu::testing::KernelRunner;
+use moestream::gpu::ShaderChecks;
 use moestream::reference;
 use moestream::{format::DType, store::ExpertLayout};
 
@@ -314,6 +315,22 @@ fn parameters_as_immediates_give_the_same_bits() {
         );
         return;
     };
+    same_bits_as_the_default_runner(&imm, "immediates");
+}
+
+#[test]
+fn kernels_without_runtime_checks_give_the_same_bits() {
+    // wgpu's loop-bounding counters, division guards and bounds clamps taken out
+    // (`MOESTREAM_SHADER_CHECKS`): the kernels compute the same bits.
+    for checks in [ShaderChecks::Bounds, ShaderChecks::None] {
+        let r = KernelRunner::with_shader_checks(checks).expect("a GPU adapter");
+        same_bits_as_the_default_runner(&r, &format!("shader checks {checks:?}"));
+    }
+}
+
+/// A norm over 1 to 5 rows and a float mat-vec under every flag give the same bits on
+/// `other` as on the default runner.
+fn same_bits_as_the_default_runner(other: &KernelRunner, what: &str) {
     let mut rng = Rng::new(77);
     for &(n, rows) in &[(64usize, 3usize), (2048, 1), (100, 5)] {
         let x = rng.vec(3 + rows * n, 2.0);
@@ -351,7 +368,7 @@ fn parameters_as_immediates_give_the_same_bits() {
             grid(rows),
         );
         let b = run_kernel_on(
-            &imm,
+            other,
             Kernel::RmsNorm,
             None,
             None,
@@ -359,7 +376,7 @@ fn parameters_as_immediates_give_the_same_bits() {
             &bufs,
             grid(rows),
         );
-        assert_eq!(a, b, "rmsnorm n {n} rows {rows}");
+        assert_eq!(a, b, "{what}: rmsnorm n {n} rows {rows}");
     }
     for flags in 0u32..4 {
         let (rows, cols) = (37usize, 96usize);
@@ -394,7 +411,7 @@ fn parameters_as_immediates_give_the_same_bits() {
             g,
         );
         let b = run_kernel_on(
-            &imm,
+            other,
             Kernel::MatVec,
             Some(DType::F32),
             None,
@@ -402,7 +419,7 @@ fn parameters_as_immediates_give_the_same_bits() {
             &bufs,
             g,
         );
-        assert_eq!(a, b, "matvec flags {flags}");
+        assert_eq!(a, b, "{what}: matvec flags {flags}");
     }
 }
 

@@ -60,6 +60,55 @@ pub(crate) struct Gpu {
     /// `setBytes`) set before each dispatch, instead of from a uniform buffer: an
     /// experiment, on with [`IMMEDIATES_ENV`] where the device offers them.
     pub immediates: bool,
+    /// The runtime checks compiled into the kernels ([`SHADER_CHECKS_ENV`]).
+    pub shader_checks: ShaderChecks,
+}
+
+/// Environment variable that sets the runtime checks wgpu compiles into the kernels, for
+/// measuring what they cost: `all` (the default: wgpu's), `bounds` (bounds checks kept; no
+/// loop-bounding counters, no integer-division guards) or `none` (no bounds checks either).
+pub const SHADER_CHECKS_ENV: &str = "MOESTREAM_SHADER_CHECKS";
+
+/// The runtime checks wgpu compiles into the kernels ([`SHADER_CHECKS_ENV`]). wgpu's
+/// defaults add to every loop a 64-bit iteration counter that breaks out after 2^64
+/// iterations (`force_loop_bounding`: a shader compiler may assume a loop terminates, so
+/// an endless one could otherwise be compiled into anything), guard every integer division
+/// and remainder against a zero divisor, and clamp indices into fixed-size arrays (and,
+/// where the driver does not check buffer accesses itself, into buffers). A SPIR-V
+/// compile of `qmatvec` has ~4% more instructions with them, `moe_route` ~27%, most of it
+/// the loop counters, which also hide trip counts from unrolling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShaderChecks {
+    /// wgpu's checks, all of them.
+    All,
+    /// Bounds checks only.
+    Bounds,
+    /// None.
+    None,
+}
+
+impl ShaderChecks {
+    /// From [`SHADER_CHECKS_ENV`]; unset or anything else, [`ShaderChecks::All`].
+    fn from_env() -> ShaderChecks {
+        match std::env::var(SHADER_CHECKS_ENV).as_deref().map(str::trim) {
+            Ok("bounds") => ShaderChecks::Bounds,
+            Ok("none") => ShaderChecks::None,
+            _ => ShaderChecks::All,
+        }
+    }
+
+    /// wgpu's checks to keep; `None` for all of them (a checked module).
+    fn runtime_checks(self) -> Option<wgpu::ShaderRuntimeChecks> {
+        match self {
+            ShaderChecks::All => None,
+            ShaderChecks::Bounds => {
+                let mut c = wgpu::ShaderRuntimeChecks::unchecked();
+                c.bounds_checks = true;
+                Some(c)
+            }
+            ShaderChecks::None => Some(wgpu::ShaderRuntimeChecks::unchecked()),
+        }
+    }
 }
 
 /// Environment variable (`1`): kernel parameters as immediate data (Vulkan push constants,
@@ -225,6 +274,7 @@ impl Gpu {
             readback_spin: crate::model::DEFAULT_READBACK_SPIN,
             allocated: AtomicU64::new(0),
             immediates,
+            shader_checks: ShaderChecks::from_env(),
         };
         if variant.subgroups {
             // Subgroup reductions only where the subgroup size is one we can build teams of.
@@ -367,11 +417,21 @@ impl Gpu {
         let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         let variant = self.variant;
         let module = modules.entry(kernel).or_insert_with(|| {
-            self.device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(kernel.name()),
-                    source: wgpu::ShaderSource::Wgsl(self.kernel_source(kernel, variant).into()),
-                })
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.name()),
+                source: wgpu::ShaderSource::Wgsl(self.kernel_source(kernel, variant).into()),
+            };
+            match self.shader_checks.runtime_checks() {
+                None => self.device.create_shader_module(desc),
+                // SAFETY: the kernels are this crate's own WGSL, not untrusted code: every
+                // loop is bounded by a constant or a parameter the host computed (none runs
+                // forever), divisors are constants or parameters from a validated config,
+                // and indices stay inside their arrays and bindings by construction (each
+                // kernel is tested against a CPU reference, and with these checks off
+                // against the checked kernel, bit for bit). Off only on request
+                // (`SHADER_CHECKS_ENV`), for measuring.
+                Some(checks) => unsafe { self.device.create_shader_module_trusted(desc, checks) },
+            }
         });
         let mut constants = kernel.constants(code, quant);
         for c in constants.iter_mut() {
@@ -396,6 +456,12 @@ impl Gpu {
         ));
         pipes.insert(key, pipeline.clone());
         pipeline
+    }
+
+    /// Sets the runtime checks compiled into the kernels (before any pipeline is built:
+    /// modules are cached per kernel).
+    pub fn set_shader_checks(&mut self, checks: ShaderChecks) {
+        self.shader_checks = checks;
     }
 
     /// Turns [`Gpu::immediates`] on where the device offers them (before any pipeline is

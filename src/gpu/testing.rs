@@ -42,6 +42,14 @@ impl KernelRunner {
         Ok(gpu.use_immediates().then_some(KernelRunner { gpu }))
     }
 
+    /// Opens the default adapter with kernels compiled with only the runtime checks
+    /// `checks` (the `MOESTREAM_SHADER_CHECKS` path).
+    pub fn with_shader_checks(checks: super::ShaderChecks) -> Result<Self> {
+        let mut gpu = Gpu::new(&AdapterChoice::Auto)?;
+        gpu.set_shader_checks(checks);
+        Ok(KernelRunner { gpu })
+    }
+
     /// The adapter's name.
     pub fn adapter_name(&self) -> &str {
         &self.gpu.summary.name
