@@ -18,6 +18,6 @@ decode="${DECODE:-.bench/decode}"
 for r in $(seq 1 "$rounds"); do
     for v in "${variants[@]}"; do
         echo "== round $r: $v"
-        env $v "$decode" "$@" 2>&1 | grep -E '^decode:|^greedy decode|^decode, alternating|^prefill \(warm\): 512'
+        env $v "$decode" "$@" 2>&1 | grep -E '^decode:|^greedy decode|^sampled decode|^decode, alternating|^prefill \(warm\): 512'
     done
 done
