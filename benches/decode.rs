@@ -451,14 +451,9 @@ fn main() -> Result<()> {
         for _ in 0..timed {
             next = s.step_top(next, 1)?.first().map_or(0, |c| c.id);
         }
-        let st = s.stats();
-        let wall = (st.wall_time - before.wall_time).as_secs_f64();
-        let gpu = gpu_per_token(&before, &st, timed);
         println!(
-            "greedy decode: {:.2} tok/s ({:.2} ms/token, {gpu}); {} of {timed} steps run ahead",
-            timed as f64 / wall,
-            wall * 1e3 / timed as f64,
-            st.steps_run_ahead - before.steps_run_ahead
+            "greedy decode: {}",
+            run_ahead_line(&before, &s.stats(), timed)
         );
         // Sampled decode as `generate` runs it with Qwen3's recommended sampling
         // (temperature 0.6, top-k 20, top-p 0.95), and with the largest top-k: the top k
@@ -481,15 +476,9 @@ fn main() -> Result<()> {
                     None => sampler.sample(&s.last_logits()?),
                 };
             }
-            let st = s.stats();
-            let wall = (st.wall_time - before.wall_time).as_secs_f64();
-            let gpu = gpu_per_token(&before, &st, timed);
             println!(
-                "sampled decode (t 0.6, top-k {top_k}, top-p 0.95): {:.2} tok/s ({:.2} ms/token, {gpu}); {} of {timed} steps run ahead, {} run again",
-                timed as f64 / wall,
-                wall * 1e3 / timed as f64,
-                st.steps_run_ahead - before.steps_run_ahead,
-                st.steps_run_again - before.steps_run_again
+                "sampled decode (t 0.6, top-k {top_k}, top-p 0.95): {}",
+                run_ahead_line(&before, &s.stats(), timed)
             );
         }
         // `--ablate [K1+K2,K3,...]`: what each kernel (or set of kernels) costs inside a
@@ -666,6 +655,24 @@ fn print_prefill_profile() {
             );
         }
     }
+}
+
+/// Tokens/s, ms/token and GPU time of `timed` decode steps between the session counters
+/// `before` and `st`, and how many ran ahead (and were run again).
+fn run_ahead_line(
+    before: &moestream::session::SessionStats,
+    st: &moestream::session::SessionStats,
+    timed: usize,
+) -> String {
+    let wall = (st.wall_time - before.wall_time).as_secs_f64();
+    format!(
+        "{:.2} tok/s ({:.2} ms/token, {}); {} of {timed} steps run ahead, {} run again",
+        timed as f64 / wall,
+        wall * 1e3 / timed as f64,
+        gpu_per_token(before, st, timed),
+        st.steps_run_ahead - before.steps_run_ahead,
+        st.steps_run_again - before.steps_run_again
+    )
 }
 
 /// GPU time per token between two stats of a session that ran `tokens` tokens, as the
