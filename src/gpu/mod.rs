@@ -64,9 +64,10 @@ pub(crate) struct Gpu {
     pub shader_checks: ShaderChecks,
 }
 
-/// Environment variable that sets the runtime checks wgpu compiles into the kernels, for
-/// measuring what they cost: `all` (the default: wgpu's), `bounds` (bounds checks kept; no
-/// loop-bounding counters, no integer-division guards) or `none` (no bounds checks either).
+/// Environment variable that sets the runtime checks wgpu compiles into the kernels:
+/// `bounds` (the default: wgpu's bounds checks kept; no loop-bounding counters, no
+/// integer-division guards), `all` (wgpu's defaults) or `none` (no bounds checks either),
+/// for measuring what they cost.
 pub const SHADER_CHECKS_ENV: &str = "MOESTREAM_SHADER_CHECKS";
 
 /// The runtime checks wgpu compiles into the kernels ([`SHADER_CHECKS_ENV`]). wgpu's
@@ -76,24 +77,27 @@ pub const SHADER_CHECKS_ENV: &str = "MOESTREAM_SHADER_CHECKS";
 /// and remainder against a zero divisor, and clamp indices into fixed-size arrays (and,
 /// where the driver does not check buffer accesses itself, into buffers). A SPIR-V
 /// compile of `qmatvec` has ~4% more instructions with them, `moe_route` ~27%, most of it
-/// the loop counters, which also hide trip counts from unrolling.
+/// the loop counters, which also hide trip counts from unrolling. Without the loop
+/// counters and division guards ([`ShaderChecks::Bounds`], the default), an H100 decodes
+/// 1.3-1.7% faster and prefills 10-11% faster (docs/performance.md, session 22); memory
+/// safety does not rest on them, since the bounds checks stay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShaderChecks {
     /// wgpu's checks, all of them.
     All,
-    /// Bounds checks only.
+    /// Bounds checks only (the default).
     Bounds,
     /// None.
     None,
 }
 
 impl ShaderChecks {
-    /// From [`SHADER_CHECKS_ENV`]; unset or anything else, [`ShaderChecks::All`].
+    /// From [`SHADER_CHECKS_ENV`]; unset or anything else, [`ShaderChecks::Bounds`].
     fn from_env() -> ShaderChecks {
         match std::env::var(SHADER_CHECKS_ENV).as_deref().map(str::trim) {
-            Ok("bounds") => ShaderChecks::Bounds,
+            Ok("all") => ShaderChecks::All,
             Ok("none") => ShaderChecks::None,
-            _ => ShaderChecks::All,
+            _ => ShaderChecks::Bounds,
         }
     }
 
@@ -428,8 +432,8 @@ impl Gpu {
                 // forever), divisors are constants or parameters from a validated config,
                 // and indices stay inside their arrays and bindings by construction (each
                 // kernel is tested against a CPU reference, and with these checks off
-                // against the checked kernel, bit for bit). Off only on request
-                // (`SHADER_CHECKS_ENV`), for measuring.
+                // against the checked kernel, bit for bit). The bounds checks stay unless
+                // `SHADER_CHECKS_ENV` asks for none.
                 Some(checks) => unsafe { self.device.create_shader_module_trusted(desc, checks) },
             }
         });
