@@ -19,8 +19,9 @@ mod common;
 use common::{matrix_bytes, median_time, parts_words};
 use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::params::{
-    AttentionMergeParams, AttentionSplitParams, CopyParams, HeadNormRopeParams, MoeCombineParams,
-    MoeRouteParams, QMatVecParams, RmsNormParams, LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
+    AttentionMergeParams, AttentionSplitParams, CopyParams, HeadNormRopeParams,
+    MoeCombineNormParams, MoeCombineParams, MoeRouteParams, QMatVecParams, RmsNormParams,
+    LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
 };
 use moestream::gpu::testing::{DeviceBuffer, GpuBench};
 use moestream::{
@@ -467,5 +468,33 @@ fn main() -> Result<()> {
         kernels::grid(HIDDEN.div_ceil(64) as u32),
     )?;
     report("moe_combine 2048, top 8", LAYERS, t, floor);
+
+    // The same combine folding the next layer's input norm in (a decode step's default
+    // where the mat-vecs read 8+8-bit rows): the row times the norm's weight in that layout
+    // and the blocks' sums of squares, in place of the rmsnorm above.
+    let g = bench.upload(&f32_bytes(&values(HIDDEN, 11)));
+    let yq = bench.zeros((HIDDEN / 32 * 19 * 4) as u64);
+    let t = time(
+        &bench,
+        Kernel::MoeCombineNorm,
+        None,
+        None,
+        0,
+        MoeCombineNormParams {
+            hidden: HIDDEN as u32,
+            top_k: TOP_K as u32,
+            flags: MoeCombineNormParams::Q8,
+            ..Default::default()
+        }
+        .words(),
+        &[&x, &o, &route, &out, &g, &yq],
+        (kernels::moe_combine_norm_groups(HIDDEN as u32), 1),
+    )?;
+    report(
+        "moe_combine_norm 2048, top 8 (8+8-bit row)",
+        LAYERS,
+        t,
+        floor,
+    );
     Ok(())
 }

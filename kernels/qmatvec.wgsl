@@ -8,7 +8,10 @@
 // flags bit 2 the row of x at x_offset is in the interleaved layout
 // (include/interleave.wgsl), whose loads touch 8x fewer cache lines; with bit 3 (2- to 6-bit
 // weights only, else the outputs are NaN) x is one row in the 8+8-bit layout of that
-// file at the start of the buffer, dotted with integer dot products.
+// file at the start of the buffer, dotted with integer dot products. With bit 4 (and bit
+// 2 or 3), that row is an RMSNorm's input not yet divided by its RMS, with its blocks'
+// sums of squares after it (kernels/moe_combine_norm.wgsl): every team adds those up beside
+// its dot products and scales its sums by 1 / sqrt(mean + eps) before bias and residual.
 //
 // A workgroup of 64 invocations is 64 / team teams (`team` a power of two from 4 to 64; in
 // the subgroup variant, the subgroup size); each team computes ROWS (a pipeline constant:
@@ -31,7 +34,8 @@ struct Params {
     rows: u32,
     cols: u32,
     row_base: u32,
-    flags: u32, // bit 0: add bias, bit 1: add residual, bit 2: x interleaved, bit 3: x 8+8-bit
+    flags: u32, // bit 0: add bias, bit 1: add residual, bit 2: x interleaved, bit 3: x 8+8-bit,
+                // bit 4: (with bit 2 or 3) x is a norm's input left by moe_combine_norm
     x_offset: u32, // in floats, a multiple of 4
     scales_word: u32,
     biases_word: u32,
@@ -39,7 +43,7 @@ struct Params {
     heads: u32,
     x_stride: u32,
     y_stride: u32,
-    pad0: u32,
+    eps: f32, // with flags bit 4: the RMSNorm's epsilon
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -77,21 +81,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     // Two blocks per iteration: the loads of both are in flight together. ROWS is a
     // pipeline constant: the compiler keeps only one of these loops.
     let q8 = (p.flags & 8u) != 0u;
+    // With bit 4, x is a row not yet divided by its RMS, with its blocks' sums of squares
+    // after it (kernels/moe_combine_norm.wgsl): each lane adds up those of its blocks, their
+    // loads in flight with the blocks' own.
+    let norm = (p.flags & 16u) != 0u;
+    var ssq = 0.0;
     if (q8 && (BITS >= 2u && BITS <= 6u)) {
         for (; b + team < nb; b += 2u * team) {
             acc += step_q8(b, nb, ra, rb, rc, rd) + step_q8(b + team, nb, ra, rb, rc, rd);
+            ssq += block_sq(norm, q8, b, nb) + block_sq(norm, q8, b + team, nb);
         }
         if (b < nb) {
             acc += step_q8(b, nb, ra, rb, rc, rd);
+            ssq += block_sq(norm, q8, b, nb);
         }
     } else if (ROWS == 4u) {
         for (; b + team < nb; b += 2u * team) {
             let s0 = step(xo, b, ra, rb, rc, rd);
             let s1 = step(xo, b + team, ra, rb, rc, rd);
             acc += s0 + s1;
+            ssq += block_sq(norm, q8, b, nb) + block_sq(norm, q8, b + team, nb);
         }
         if (b < nb) {
             acc += step(xo, b, ra, rb, rc, rd);
+            ssq += block_sq(norm, q8, b, nb);
         }
     } else if (ROWS == 2u) {
         var acc2 = vec2<f32>(0.0);
@@ -99,9 +112,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let s0 = step2(xo, b, ra, rb);
             let s1 = step2(xo, b + team, ra, rb);
             acc2 += s0 + s1;
+            ssq += block_sq(norm, q8, b, nb) + block_sq(norm, q8, b + team, nb);
         }
         if (b < nb) {
             acc2 += step2(xo, b, ra, rb);
+            ssq += block_sq(norm, q8, b, nb);
         }
         acc = vec4<f32>(acc2, 0.0, 0.0);
     } else {
@@ -110,18 +125,30 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let s0 = step1(xo, b, ra);
             let s1 = step1(xo, b + team, ra);
             acc1 += s0 + s1;
+            ssq += block_sq(norm, q8, b, nb) + block_sq(norm, q8, b + team, nb);
         }
         if (b < nb) {
             acc1 += step1(xo, b, ra);
+            ssq += block_sq(norm, q8, b, nb);
         }
         acc.x = acc1;
     }
+    // The sum of squares rides in a component the rows leave free (ROWS < 4), else in a
+    // sum of its own.
+    if (ROWS < 4u) {
+        acc.w = ssq;
+    }
     let total = team_sum(acc, lid, team);
+    var sq_total = total.w;
+    if (ROWS == 4u && norm) {
+        sq_total = team_sum(vec4<f32>(ssq, 0.0, 0.0, 0.0), lid, team).x;
+    }
+    let inv = select(1.0, inverseSqrt(sq_total / f32(p.cols) + p.eps), norm);
     if (lane == 0u) {
         for (var i = 0u; i < nrows; i++) {
             if (r0 + i < p.rows) {
                 let o = y0 + r0 + i;
-                var v = total[i];
+                var v = total[i] * inv;
                 let q8_bits = BITS >= 2u && BITS <= 6u;
                 if (((p.x_offset | (g * p.x_stride)) & 3u) != 0u || (q8 && !q8_bits)) {
                     v = bitcast<f32>(0x7fc00000u); // NaN: unsupported x_offset or layout
@@ -136,6 +163,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
     }
+}
+
+// The sum of squares of block b of a row left by moe_combine_norm (its word after the row:
+// 18 nb + b in the 8+8-bit layout, x_offset + 32 nb + b in the interleaved one); 0 without
+// `norm`.
+fn block_sq(norm: bool, q8: bool, b: u32, nb: u32) -> f32 {
+    if (!norm) {
+        return 0.0;
+    }
+    let w = select(p.x_offset + 32u * nb, 18u * nb, q8) + b;
+    return x[w >> 2u][w & 3u];
 }
 
 // The sums of block b of the team's ROWS rows (the first of ra..rd) with x in the 8+8-bit

@@ -35,7 +35,6 @@ struct Params {
 
 const WG: u32 = 256u;
 var<workgroup> red: array<f32, 256>;
-var<workgroup> red2: array<f32, 256>;
 var<workgroup> vals: array<vec4<f32>, 512>; // the normalized row (rows of up to 2048)
 
 @compute @workgroup_size(256)
@@ -165,42 +164,6 @@ fn write_q8(row: u32, xb: u32, inv: f32, lid: u32, keep: bool) {
             vb = vec4<f32>(w[j + 4u], w[j + 5u], w[j + 6u], w[j + 7u])
                 * (vec4<f32>(x[xb + j + 4u], x[xb + j + 5u], x[xb + j + 6u], x[xb + j + 7u]) * inv);
         }
-        let m = max(abs(va), abs(vb));
-        red[lid] = max(max(m.x, m.y), max(m.z, m.w));
-        workgroupBarrier();
-        let g = lid & ~3u;
-        let amax = max(max(red[g], red[g + 1u]), max(red[g + 2u], red[g + 3u]));
-        // hi = round(v * 127 / amax); lo = round(v / tq - 254 hi), tq = amax / (127 * 254).
-        let k = select(0.0, 127.0 / amax, amax > 0.0);
-        let lim = vec4<f32>(127.0);
-        let ha = clamp(round(va * k), -lim, lim);
-        let hb = clamp(round(vb * k), -lim, lim);
-        let la = clamp(round(va * (254.0 * k) - 254.0 * ha), -lim, lim);
-        let lb = clamp(round(vb * (254.0 * k) - 254.0 * hb), -lim, lim);
-        // The block's sum of the values it stands for: 254 sum(hi) + sum(lo), exact in f32.
-        red2[lid] = dot(254.0 * (ha + hb) + (la + lb), vec4<f32>(1.0));
-        workgroupBarrier();
-        let sum = ((red2[g] + red2[g + 1u]) + (red2[g + 2u] + red2[g + 3u]))
-            * (amax / (127.0 * 254.0));
-        if (t < 4u * nb) {
-            let b = t >> 2u;
-            let e = t & 3u;
-            let hi = vec4<i32>(ha);
-            let hj = vec4<i32>(hb);
-            let lo = vec4<i32>(la);
-            let lj = vec4<i32>(lb);
-            // Word 2e packs values 8e + 0, 2, 4, 6 and word 2e + 1 values 8e + 1, 3, 5, 7.
-            let wh = base + 4u * ((e >> 1u) * nb + b) + 2u * (e & 1u);
-            let wl = base + 4u * ((2u + (e >> 1u)) * nb + b) + 2u * (e & 1u);
-            yq[wh] = pack4xI8(vec4<i32>(hi.x, hi.z, hj.x, hj.z));
-            yq[wh + 1u] = pack4xI8(vec4<i32>(hi.y, hi.w, hj.y, hj.w));
-            yq[wl] = pack4xI8(vec4<i32>(lo.x, lo.z, lj.x, lj.z));
-            yq[wl + 1u] = pack4xI8(vec4<i32>(lo.y, lo.w, lj.y, lj.w));
-            if (e == 0u) {
-                yq[base + 16u * nb + 2u * b] = bitcast<u32>(amax / (127.0 * 254.0));
-                yq[base + 16u * nb + 2u * b + 1u] = bitcast<u32>(sum);
-            }
-        }
-        workgroupBarrier(); // red and red2 are read before the next round writes them
+        put_q8_octet(va, vb, t, nb, base, lid);
     }
 }

@@ -21,13 +21,13 @@
 //!
 //! There is no skipping: without a GPU adapter every test fails (CI runs lavapipe).
 
-use moestream::gpu::kernels::{attention_tiled_groups, Kernel};
+use moestream::gpu::kernels::{self, attention_tiled_groups, Kernel};
 use moestream::gpu::params::{
     AttentionMergeParams, AttentionParams, AttentionSplitParams, CopyParams, EmbeddingParams,
-    HeadNormRopeParams, MatMulParams, MatVecParams, MoeCombineParams, MoeDownParams,
-    MoeGateUpParams, MoeRouteParams, RmsNormParams, RouterParams, SharedSwiGluParams,
-    SigmoidGateParams, SubgroupProbeParams, SwiGluParams, TokenPickParams, TokenSampleParams,
-    TopKParams,
+    HeadNormRopeParams, MatMulParams, MatVecParams, MoeCombineNormParams, MoeCombineParams,
+    MoeDownParams, MoeGateUpParams, MoeRouteParams, RmsNormParams, RouterParams,
+    SharedSwiGluParams, SigmoidGateParams, SubgroupProbeParams, SwiGluParams, TokenPickParams,
+    TokenSampleParams, TopKParams,
 };
 use moestream::gpu::testing::KernelRunner;
 use moestream::gpu::ShaderChecks;
@@ -189,6 +189,7 @@ fn every_kernel_is_covered() {
         Kernel::MoeGateUp,
         Kernel::MoeDown,
         Kernel::MoeCombine,
+        Kernel::MoeCombineNorm,
         Kernel::TopK,
         Kernel::TokenPick,
         Kernel::TokenSample,
@@ -633,33 +634,7 @@ fn rmsnorm() {
                 let rq = n / 32 * 18;
                 if il {
                     for (r, want) in norm.chunks_exact(n).enumerate() {
-                        let (vals, ts, sums) = q8_decode(&yq[r * rq..(r + 1) * rq], n);
-                        for (b, blk) in want.chunks_exact(32).enumerate() {
-                            let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
-                            let t_want = amax / (127.0 * 254.0);
-                            assert!(
-                                (ts[b] - t_want).abs() <= 1e-5 * t_want,
-                                "{case} row {r} block {b}: t {} want {t_want}",
-                                ts[b]
-                            );
-                            // The sum of the values the block stands for.
-                            let s_want: f32 = vals[32 * b..32 * (b + 1)].iter().sum();
-                            let s_tol = 1e-5 * blk.iter().map(|v| v.abs()).sum::<f32>();
-                            assert!(
-                                (sums[b] - s_want).abs() <= s_tol,
-                                "{case} row {r} block {b}: sum {} want {s_want}",
-                                sums[b]
-                            );
-                            // Each value within half a step of lo (t / 2), plus rounding.
-                            for (j, &v) in blk.iter().enumerate() {
-                                let got = vals[32 * b + j];
-                                assert!(
-                                    (got - v).abs() <= 0.51 * t_want + 1e-6 * v.abs(),
-                                    "{case} row {r} value {}: 8+8-bit {got} want {v}",
-                                    32 * b + j
-                                );
-                            }
-                        }
+                        check_q8_row(&format!("{case} row {r}"), &yq[r * rq..(r + 1) * rq], want);
                     }
                 }
                 let tail = if il { rows * rq } else { 0 };
@@ -671,6 +646,37 @@ fn rmsnorm() {
         }
     }
     ck.report();
+}
+
+/// That `words` hold the row `want` in the 8+8-bit layout: each block's scale t from its
+/// largest magnitude, its sum that of the values it stands for, and each value within
+/// half a step of lo (t / 2), plus rounding.
+fn check_q8_row(case: &str, words: &[u32], want: &[f32]) {
+    let (vals, ts, sums) = q8_decode(words, want.len());
+    for (b, blk) in want.chunks_exact(32).enumerate() {
+        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let t_want = amax / (127.0 * 254.0);
+        assert!(
+            (ts[b] - t_want).abs() <= 1e-5 * t_want,
+            "{case} block {b}: t {} want {t_want}",
+            ts[b]
+        );
+        let s_want: f32 = vals[32 * b..32 * (b + 1)].iter().sum();
+        let s_tol = 1e-5 * blk.iter().map(|v| v.abs()).sum::<f32>();
+        assert!(
+            (sums[b] - s_want).abs() <= s_tol,
+            "{case} block {b}: sum {} want {s_want}",
+            sums[b]
+        );
+        for (j, &v) in blk.iter().enumerate() {
+            let got = vals[32 * b + j];
+            assert!(
+                (got - v).abs() <= 0.51 * t_want + 1e-6 * v.abs(),
+                "{case} value {}: 8+8-bit {got} want {v}",
+                32 * b + j
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2333,6 +2339,99 @@ fn moe_combine() {
             );
             // At most 5 additions of values <= 1.
             ck.close(&case, &to_f32(&out[3]), &want, EXACT);
+        }
+    }
+    ck.report();
+}
+
+/// The combine of one decode token that also leaves the next RMSNorm's input
+/// (`moe_combine_norm`): the combined row as `moe_combine` adds it, the row times the norm's
+/// weight in the 8+8-bit layout (the values, scales and sums as `rmsnorm` writes them) or
+/// interleaved (bit for bit), each block's sum of squares of the combined row after it, and
+/// nothing written past that.
+#[test]
+fn moe_combine_norm() {
+    let mut ck = Checker::new("moe_combine_norm");
+    let mut rng = Rng::new(62);
+    for &hidden in &[32usize, 96, 256, 288, 2048] {
+        for &top_k in &[1usize, 4, 9] {
+            for q8 in [true, false] {
+                let case = format!("hidden {hidden} top_k {top_k} q8 {q8}");
+                let nb = hidden / 32;
+                let n_rows = top_k + 2;
+                let mut perm: Vec<u32> = (0..n_rows as u32).collect();
+                rng.shuffle(&mut perm);
+                let route = &perm[..top_k];
+                let o = rng.vec(n_rows * hidden, 1.0);
+                let resid = rng.vec(hidden, 2.0);
+                let g = rng.vec(hidden, 1.5);
+                let before = rng.vec(hidden, 1.0);
+                let want: Vec<f32> = (0..hidden)
+                    .map(|j| {
+                        let s = route
+                            .iter()
+                            .fold(0f32, |s, &r| s + o[r as usize * hidden + j]);
+                        resid[j] + s
+                    })
+                    .collect();
+                let gx: Vec<f32> = want.iter().zip(&g).map(|(v, w)| w * v).collect();
+                // The row's words, its blocks' sums of squares, then 3 words never written.
+                let row_words = if q8 { 18 * nb } else { hidden };
+                let yr_before = vec![0x7fc0_0000u32; row_words + nb + 3];
+                let out = run(
+                    Kernel::MoeCombineNorm,
+                    None,
+                    MoeCombineNormParams {
+                        hidden: hidden as u32,
+                        top_k: top_k as u32,
+                        flags: if q8 { MoeCombineNormParams::Q8 } else { 0 },
+                        ..Default::default()
+                    }
+                    .words(),
+                    &[
+                        &f32_bytes(&resid),
+                        &f32_bytes(&o),
+                        &u32_bytes(route),
+                        &f32_bytes(&before),
+                        &f32_bytes(&g),
+                        &u32_bytes(&yr_before),
+                    ],
+                    (kernels::moe_combine_norm_groups(hidden as u32), 1),
+                );
+                let got = to_f32(&out[3]);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{case}: the combined row differs from the sum in order"
+                );
+                let yr = to_u32(&out[5]);
+                if q8 {
+                    check_q8_row(&case, &yr[..row_words], &gx);
+                } else {
+                    let row: Vec<f32> = yr[..hidden].iter().map(|&w| f32::from_bits(w)).collect();
+                    let back = deinterleave(&row, hidden);
+                    assert!(
+                        back.iter()
+                            .zip(&gx)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{case}: the interleaved row is not g * out"
+                    );
+                }
+                let sq: Vec<f32> = yr[row_words..row_words + nb]
+                    .iter()
+                    .map(|&w| f32::from_bits(w))
+                    .collect();
+                let sq_want: Vec<f32> = want
+                    .chunks_exact(32)
+                    .map(|b| b.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() as f32)
+                    .collect();
+                ck.close(&format!("{case} sums of squares"), &sq, &sq_want, REDUCTION);
+                assert!(
+                    yr[row_words + nb..].iter().all(|&w| w == 0x7fc0_0000),
+                    "{case}: words written past the sums of squares"
+                );
+            }
         }
     }
     ck.report();

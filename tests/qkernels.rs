@@ -33,7 +33,8 @@
 use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::params::{
     MoeDownQParams, MoeDownQmmParams, MoeGateUpQParams, MoeGateUpQmmParams, QEmbeddingParams,
-    QMatMulParams, QMatVecParams,
+    QMatMulParams, QMatVecParams, LINEAR_BIAS, LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED,
+    LINEAR_X_NORM, LINEAR_X_Q8,
 };
 use moestream::gpu::testing::{self, KernelRunner};
 use moestream::reference;
@@ -598,6 +599,168 @@ fn qmatvec() {
     ck.report();
 }
 
+/// `qmatvec` with `LINEAR_X_NORM`: x is an RMSNorm's input `g * x` not yet divided by its
+/// RMS, as `kernels/moe_combine_norm.wgsl` leaves it (in the 8+8-bit layout for 2- to 6-bit
+/// weights, and interleaved f32 for every width), followed by each 32-value block's sum of
+/// squares of x; the outputs must be `dot(W[r], g x) / sqrt(mean(x^2) + eps)`, bias and
+/// residual added after the scaling. Both layouts run with every rows per team (4 adds up
+/// the sums of squares on its own, 2 and 1 carry them in a free component), each also
+/// through the two-block loop (more blocks than lanes), on every team setup, with an eps
+/// that matters. One pipeline per width (rows per team, variant, group and scale dtype in
+/// turn): compiling them is most of the test's time on lavapipe.
+#[test]
+fn qmatvec_applies_a_norm_left_by_the_combine() {
+    let mut ck = Checker::new("qmatvec norm");
+    let mut rng = Rng::new(12);
+    let mut case_no = 0usize;
+    // (x in the 8+8-bit layout, rows per team) of the cases whose lanes ran the two-block
+    // loop (nb > team), not only its tail.
+    let mut looped = std::collections::BTreeSet::new();
+    for (bi, bits) in BITS.into_iter().enumerate() {
+        let rpt = [4u32, 2, 1][bi % 3];
+        let portable = bi % 2 == 1;
+        let group = [32u32, 64][bi.div_ceil(2) % 2];
+        let dtype = DTYPES[bi / 2 % 3];
+        let mut k = 0usize;
+        for cols in [64usize, 384, 2048] {
+            // The team setups of this width's variant in turn.
+            let setups: Vec<_> = team_setups(cols)
+                .into_iter()
+                .filter(|(on, ..)| std::ptr::eq(*on, portable_runner()) == portable)
+                .collect();
+            for q8 in [true, false] {
+                if q8 && !kernels::reads_q8_activations(bits) {
+                    continue;
+                }
+                let (on, team, how) = &setups[(k / 2 + bi) % setups.len()];
+                k += 1;
+                case_no += 1;
+                let rows = [1usize, 3, 67][case_no % 3];
+                let layout = if q8 {
+                    LINEAR_X_Q8
+                } else {
+                    LINEAR_X_INTERLEAVED
+                };
+                let flags = (case_no / 2 % 4) as u32 | layout | LINEAR_X_NORM;
+                // An eps of the order of the mean square now and then, so that leaving it
+                // out fails.
+                let eps = if case_no % 5 == 2 { 0.5f32 } else { 1e-6 };
+                // Every other case writes into the middle of a wider output, on a 2-D grid.
+                let shifted = case_no / 3 % 2 == 1;
+                let (row_base, extra) = if shifted { (6, 5) } else { (0, 0) };
+                let total = row_base + rows + extra;
+                let q = quant(bits, group, dtype);
+                let m = QMat::random(&mut rng, rows, cols, q);
+                let nb = cols / 32;
+                // The norm's input, its weight, and the row the combine leaves: g * x in the
+                // layout, then the blocks' sums of squares of x.
+                let x = rng.vec(cols, 0.5 + (case_no % 4) as f32 * 0.5);
+                let g = rng.vec(cols, 1.5);
+                let gx: Vec<f32> = g.iter().zip(&x).map(|(g, x)| g * x).collect();
+                let block_sq: Vec<f32> = x
+                    .chunks_exact(32)
+                    .map(|b| b.iter().map(|v| v * v).sum())
+                    .collect();
+                let (x_bytes, values) = if q8 {
+                    // The kernel's exact input: the values the layout stands for.
+                    let (mut words, values) = testing::q8_row(&gx);
+                    assert_eq!(words.len(), 18 * nb);
+                    words.extend(block_sq.iter().map(|s| s.to_bits()));
+                    (u32_bytes(&words), values)
+                } else {
+                    let mut row = interleave(&gx, cols);
+                    row.extend(&block_sq);
+                    (f32_bytes(&row), gx.clone())
+                };
+                let ms = x.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / cols as f64;
+                let inv = 1.0 / (ms + f64::from(eps)).sqrt();
+                let bias = rng.vec(total, 1.0);
+                let resid = rng.vec(total, 1.0);
+                let before = rng.vec(total, 1.0);
+                let want: Vec<f32> = (0..rows)
+                    .map(|r| {
+                        let w = &m.values[r * cols..(r + 1) * cols];
+                        let dot: f64 = w
+                            .iter()
+                            .zip(&values)
+                            .map(|(&w, &v)| f64::from(w) * f64::from(v))
+                            .sum();
+                        let mut v = inv * dot;
+                        if flags & LINEAR_BIAS != 0 {
+                            v += f64::from(bias[row_base + r]);
+                        }
+                        if flags & LINEAR_RESIDUAL != 0 {
+                            v += f64::from(resid[row_base + r]);
+                        }
+                        v as f32
+                    })
+                    .collect();
+                let mut written = vec![false; total];
+                written[row_base..row_base + rows].fill(true);
+                if nb > *team as usize {
+                    looped.insert((q8, rpt));
+                }
+                let case = format!(
+                    "{bits}-bit g{group} {dtype} rows {rows} cols {cols} flags {flags:#x} \
+                     eps {eps} row_base {row_base} {how} {rpt} rows per team"
+                );
+                let grid = kernels::qmatvec_groups(rows as u32, *team, rpt);
+                let grid = if shifted {
+                    grid_2d(grid.0 * grid.1)
+                } else {
+                    grid
+                };
+                let out = run_kernel_rows_on(
+                    on,
+                    Kernel::QMatVec,
+                    Some(q.scale_dtype),
+                    Some((q.bits, q.group_size)),
+                    rpt,
+                    QMatVecParams {
+                        rows: rows as u32,
+                        cols: cols as u32,
+                        row_base: row_base as u32,
+                        flags,
+                        x_offset: 0,
+                        scales_word: m.scales_word,
+                        biases_word: m.biases_word,
+                        team: *team,
+                        eps,
+                        ..Default::default()
+                    }
+                    .words(),
+                    &[
+                        &m.bytes,
+                        &x_bytes,
+                        &f32_bytes(&bias),
+                        &f32_bytes(&resid),
+                        &f32_bytes(&before),
+                        &m.bytes, // `ws`: the weights again, as words
+                    ],
+                    grid,
+                );
+                let got = to_f32(&out[4]);
+                ck.untouched(&case, &got, &before, &written);
+                ck.close(
+                    &case,
+                    &pick(&got, &written),
+                    &want,
+                    REDUCTION.floor(m.dot_scale(rms(&values) * inv)),
+                );
+            }
+        }
+    }
+    let all: std::collections::BTreeSet<(bool, u32)> = [true, false]
+        .into_iter()
+        .flat_map(|q8| [4u32, 2, 1].map(|rpt| (q8, rpt)))
+        .collect();
+    assert_eq!(
+        looped, all,
+        "every layout and rows per team through the two-block loop"
+    );
+    ck.report();
+}
+
 /// The batched per-head `qmatvec` (`heads` > 0; latent attention's absorbed projections):
 /// `heads` stacked matrices, group g = token * heads + head reading x at g * x_stride and
 /// writing y from g * y_stride, on every team setup and rows per team; the gaps between
@@ -635,7 +798,9 @@ fn qmatvec_batched_heads() {
             }
             for (on, team, how) in team_setups(cols) {
                 case_no += 1;
-                let rpt = [4u32, 2, 1][case_no % 3];
+                // Rows per team in turn: every fifth case, so that each layout runs each
+                // with 2048 columns (64 blocks, more than a team of up to 32 lanes).
+                let rpt = [4u32, 2, 1][case_no / 5 % 3];
                 let case = format!(
                     "{bits}-bit g{group} {dtype} {heads} heads x {rows}x{cols}, {n} tokens, {how}, {rpt} rows per team"
                 );

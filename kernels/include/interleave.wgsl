@@ -28,6 +28,10 @@ fn interleaved(j: u32, n: u32) -> u32 {
 //   the sum of the represented values rather than of x, the bias cancels the mean code's
 //   share of the quantization error instead of adding it).
 // A row takes 18 nb words.
+//
+// A row that kernels/moe_combine_norm.wgsl leaves for a norm the mat-vecs apply is
+// followed by each block's sum of squares (of the norm's input): block b's at word
+// 18 nb + b after an 8+8-bit row, at float n + b after an interleaved one.
 
 // The quad 8+8-bit layout of a row of h (the expert kernels' intermediate, decode), for
 // 2- to 6-bit down projections: as the 8+8-bit layout above, but with a scale t per quad

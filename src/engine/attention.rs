@@ -25,7 +25,7 @@ impl Pass<'_> {
         let spec = &a.spec;
         let (h, hd, nh, nkv) = (cfg.hidden_size, spec.head_dim, spec.heads, spec.kv_heads);
         let n = self.n;
-        self.rmsnorm(&s.x, input_norm, &s.xn, n, h, 0);
+        self.input_norm(input_norm);
         // q, k, v as [n, q_dim + 2 kv_dim] rows of `qkv` (one mat-vec) or in `q`, `k`, `v`:
         // their buffers, the token strides of q and of k/v, and their offsets in a token row.
         let (qd, kvd) = (nh * hd, nkv * hd);

@@ -27,7 +27,7 @@ impl Pass<'_> {
         // write the other copy, which the session commits if the pass succeeds.
         let ((conv_in, state_in), (conv, state)) = self.state.recurrent(l)?;
         let fresh = u32::from(self.pos0 == 0);
-        self.rmsnorm(&s.x, input_norm, &s.xn, n, h, 0);
+        self.input_norm(input_norm);
         self.linear(&a.proj, self.input(&a.proj, h), &s.la_proj, None, None);
         let (ch, vw, hv) = (spec.conv_channels(), spec.value_width(), spec.value_heads);
         let stride = spec.projection_rows() as u32;

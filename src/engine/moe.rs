@@ -9,7 +9,7 @@ use super::pass::{grid, Pass, XLayout};
 use super::weights::{GateUp, Moe, Shared, SharedExpert};
 use crate::error::{Error, Result};
 use crate::gpu::kernels::{self, Kernel};
-use crate::gpu::params::{MoeCombineParams, MoeRouteParams, RouterParams, SharedSwiGluParams};
+use crate::gpu::params::{MoeRouteParams, RouterParams, SharedSwiGluParams};
 use crate::gpu::GpuVec;
 
 /// Average assignments per expert of a prefill pass below which
@@ -114,7 +114,6 @@ impl<'a> Pass<'a> {
     fn routed_experts(&mut self, l: usize, moe: &Moe, resid: &wgpu::Buffer) -> Result<()> {
         let m = self.m;
         let s = self.s;
-        let cfg = &m.cfg;
         let spec = &moe.spec;
         let cache = m
             .cache
@@ -207,7 +206,6 @@ impl<'a> Pass<'a> {
             cause: None,
         })?;
         let kernels = ExpertKernels::new(l, lay, cache.slot_bytes, spec.activation)?;
-        let hs = cfg.hidden_size as u32;
         let mut route = vec![0u32; n * kk];
         let mut pairs: Vec<u32> = Vec::with_capacity(2 * n * kk);
         let mut aw: Vec<f32> = Vec::with_capacity(n * kk);
@@ -297,24 +295,7 @@ impl<'a> Pass<'a> {
         m.gpu
             .queue
             .write_buffer(&s.route, 0, bytemuck::cast_slice(&route));
-        let p = MoeCombineParams {
-            hidden: hs,
-            n_tokens: n as u32,
-            top_k: kk as u32,
-            ..Default::default()
-        };
-        self.rec.dispatch(
-            Kernel::MoeCombine,
-            None,
-            p.words(),
-            &[
-                resid.into(),
-                (&s.moe_o).into(),
-                (&s.route).into(),
-                (&s.x).into(),
-            ],
-            grid((cfg.hidden_size * n).div_ceil(64)),
-        );
+        self.combine(resid, kk);
         Ok(())
     }
 
@@ -418,24 +399,7 @@ impl<'a> Pass<'a> {
             let args = (!direct).then(|| (&s.moe_args, (p * 24) as u64));
             self.experts(&kernels, &cache.pages[p], (p * kk) as u32, kk as u32, args);
         }
-        let p = MoeCombineParams {
-            hidden: cfg.hidden_size as u32,
-            n_tokens: 1,
-            top_k: kk as u32,
-            ..Default::default()
-        };
-        self.rec.dispatch(
-            Kernel::MoeCombine,
-            None,
-            p.words(),
-            &[
-                resid.into(),
-                (&s.moe_o).into(),
-                (&s.route).into(),
-                (&s.x).into(),
-            ],
-            grid(cfg.hidden_size.div_ceil(64)),
-        );
+        self.combine(resid, kk);
         self.experts_routed += k as u64;
         self.since_submit += 1;
         if self.since_submit >= self.submit_chunk {

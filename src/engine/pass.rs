@@ -3,15 +3,16 @@
 //! logits readout). The blocks themselves are in the sibling modules.
 
 use super::state::{Scratch, SequenceState};
-use super::weights::{Layer, MixerWeights};
+use super::weights::{Layer, MixerWeights, Qkv};
 use crate::cache::CacheStats;
 use crate::error::Result;
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{
-    EmbeddingParams, MatMulParams, MatVecParams, QEmbeddingParams, QMatMulParams, QMatVecParams,
-    RmsNormParams, TokenPickParams, TokenSampleParams, TopKParams, LINEAR_BIAS, LINEAR_RESIDUAL,
-    LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
+    EmbeddingParams, MatMulParams, MatVecParams, MoeCombineNormParams, MoeCombineParams,
+    QEmbeddingParams, QMatMulParams, QMatVecParams, RmsNormParams, TokenPickParams,
+    TokenSampleParams, TopKParams, LINEAR_BIAS, LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED,
+    LINEAR_X_NORM, LINEAR_X_Q8,
 };
 use crate::gpu::Size;
 use crate::gpu::{GpuMatrix, GpuVec, Recorder};
@@ -108,6 +109,27 @@ pub(crate) struct Pass<'a> {
     /// `Scratch::ids`, before the embedding, from the top-k candidates the step before it
     /// left in `Scratch::topk`.
     pub pick_token: Option<TokenPick>,
+    /// The RMSNorm the current layer's MoE combine applies for the next one (its input
+    /// norm, or the final norm after the last layer), and the layout its readers read,
+    /// where the decode step folds it ([`Pass::folded_norm`]): the combine leaves the
+    /// norm's input in that layout for the mat-vecs, which apply it
+    /// ([`Kernel::MoeCombineNorm`]).
+    pub fold_norm: Option<(&'a GpuVec, XLayout)>,
+    /// Set while the decode row of this layout (`xq` or `xi`) holds a norm's input left by
+    /// [`Kernel::MoeCombineNorm`] rather than a normalized row: the mat-vecs that read it
+    /// apply the norm ([`LINEAR_X_NORM`]), the norm's own dispatch is skipped, and the
+    /// norm's other rows are stale. Cleared by the next norm.
+    pub unnormed: Option<XLayout>,
+}
+
+/// Environment variable (`1`) that turns off, for measuring (`benches/ab.sh`), the RMSNorm
+/// folded into the MoE combine of a decode step ([`Kernel::MoeCombineNorm`]): every norm
+/// then runs as its own dispatch.
+pub const NO_NORM_FOLD_ENV: &str = "MOESTREAM_NO_NORM_FOLD";
+
+fn norm_fold_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var_os(NO_NORM_FOLD_ENV).is_some_and(|v| v == "1"))
 }
 
 /// Environment variable (`1`, `2` or `4`) that sets, for measuring (`benches/ab.sh`), the
@@ -150,14 +172,110 @@ pub struct TokenPick {
 pub(crate) const RESIDENT_FIRST_CHUNK: usize = 1;
 
 impl<'a> Pass<'a> {
-    /// One decoder layer, as its plan says: the token mixer, then the feed-forward block.
-    pub fn layer(&mut self, l: usize, layer: &Layer) -> Result<()> {
+    /// One decoder layer, as its plan says: the token mixer, then the feed-forward block;
+    /// `next` is the layer after it (`None` for the last).
+    pub fn layer(&mut self, l: usize, layer: &Layer, next: Option<&'a Layer>) -> Result<()> {
         match &layer.mixer {
             MixerWeights::Attention(a) => self.attention(l, &layer.input_norm, a)?,
             MixerWeights::LinearAttention(a) => self.linear_attention(l, &layer.input_norm, a)?,
             MixerWeights::Mla(a) => self.mla(l, &layer.input_norm, a)?,
         }
-        self.ffn(l, layer)
+        self.fold_norm = self.folded_norm(next);
+        let r = self.ffn(l, layer);
+        self.fold_norm = None;
+        r
+    }
+
+    /// The norm after a layer (`next`'s input norm, or the final norm) that a decode
+    /// step's MoE combine folds in ([`Kernel::MoeCombineNorm`]), and the layout its
+    /// readers read: where every matrix that reads the normalized row reads it through the
+    /// quantized mat-vec in one layout, 8+8-bit or interleaved, so that nothing needs the
+    /// f32 row the norm's own dispatch writes. (Latent attention's input norm also feeds
+    /// other kernels: not folded.)
+    fn folded_norm(&self, next: Option<&'a Layer>) -> Option<(&'a GpuVec, XLayout)> {
+        let h = self.m.cfg.hidden_size;
+        if !self.decode || self.n != 1 || norm_fold_off() {
+            return None;
+        }
+        let layout = |w: &GpuMatrix| match self.input_of(w, true, h).1 {
+            XLayout::Natural => None,
+            l => Some(l),
+        };
+        let w = &self.m.weights;
+        let (norm, readers): (_, Vec<&GpuMatrix>) = match next {
+            None => (&w.final_norm, vec![w.lm_head()]),
+            Some(layer) => match &layer.mixer {
+                MixerWeights::Attention(a) => match &a.qkv {
+                    Qkv::Fused { w, .. } => (&layer.input_norm, vec![w]),
+                    Qkv::Separate { q, k, v, .. } => (&layer.input_norm, vec![q, k, v]),
+                },
+                MixerWeights::LinearAttention(a) => (&layer.input_norm, vec![&a.proj]),
+                MixerWeights::Mla(_) => return None,
+            },
+        };
+        let first = layout(readers[0])?;
+        readers
+            .iter()
+            .all(|&r| layout(r) == Some(first))
+            .then_some((norm, first))
+    }
+
+    /// The input norm of a layer's token mixer over the pass's rows of `x`: nothing where
+    /// the combine before it folded it in ([`Pass::unnormed`]).
+    pub(crate) fn input_norm(&mut self, w: &GpuVec) {
+        if self.unnormed.is_none() {
+            let (s, n, h) = (self.s, self.n, self.m.cfg.hidden_size);
+            self.rmsnorm(&s.x, w, &s.xn, n, h, 0);
+        }
+    }
+
+    /// `x = resid + the routed experts' rows` (weighted, `kk` choices per token) over the
+    /// pass's tokens; in a decode step that folds the next norm ([`Pass::fold_norm`]),
+    /// also that norm's input for the mat-vecs ([`Kernel::MoeCombineNorm`]).
+    pub(crate) fn combine(&mut self, resid: &wgpu::Buffer, kk: usize) {
+        let s = self.s;
+        let h = self.m.cfg.hidden_size;
+        let binds = [
+            resid.into(),
+            (&s.moe_o).into(),
+            (&s.route).into(),
+            (&s.x).into(),
+        ];
+        if let Some((g, layout)) = self.fold_norm {
+            let p = MoeCombineNormParams {
+                hidden: h as u32,
+                top_k: kk as u32,
+                flags: if layout == XLayout::Q8 {
+                    MoeCombineNormParams::Q8
+                } else {
+                    0
+                },
+                ..Default::default()
+            };
+            let [b0, b1, b2, b3] = binds;
+            self.rec.dispatch(
+                Kernel::MoeCombineNorm,
+                None,
+                p.words(),
+                &[b0, b1, b2, b3, g.bind(), s.row_in(layout).into()],
+                (kernels::moe_combine_norm_groups(h as u32), 1),
+            );
+            self.unnormed = Some(layout);
+            return;
+        }
+        let p = MoeCombineParams {
+            hidden: h as u32,
+            n_tokens: self.n as u32,
+            top_k: kk as u32,
+            ..Default::default()
+        };
+        self.rec.dispatch(
+            Kernel::MoeCombine,
+            None,
+            p.words(),
+            &binds,
+            grid((h * self.n).div_ceil(64)),
+        );
     }
 
     /// y = x W^T (+ bias) (+ resid) for `self.n` tokens, x in layout `x.1` (other than
@@ -220,13 +338,27 @@ impl<'a> Pass<'a> {
                         WeightFormat::Affine(_) | WeightFormat::Mxfp4 | WeightFormat::Fp8Block
                     ))
         );
+        // A row the combine left unnormalized is read in its layout only.
+        let unnormed = self
+            .unnormed
+            .is_some_and(|l| l == layout && std::ptr::eq(x, self.s.row_in(l)));
+        debug_assert!(
+            self.unnormed.is_none()
+                || unnormed
+                || ![&self.s.xn, &self.s.xi, &self.s.xq]
+                    .into_iter()
+                    .any(|b| std::ptr::eq(x, b)),
+            "a mat-vec reads a stale row of a norm folded into the combine"
+        );
         let flags = if bias.is_some() { LINEAR_BIAS } else { 0 }
             | if resid.is_some() { LINEAR_RESIDUAL } else { 0 }
             | match layout {
                 XLayout::Natural => 0,
                 XLayout::Interleaved => LINEAR_X_INTERLEAVED,
                 XLayout::Q8 => LINEAR_X_Q8,
-            };
+            }
+            | if unnormed { LINEAR_X_NORM } else { 0 };
+        let eps = self.m.cfg.rms_norm_eps;
         let bias_buf = bias.map_or(dummy, |b| &b.buffer);
         let resid_buf = resid.unwrap_or(dummy);
         for (buf, row0, rows) in &w.chunks {
@@ -290,6 +422,7 @@ impl<'a> Pass<'a> {
                             scales_word: sw,
                             biases_word: bw,
                             team,
+                            eps,
                             ..Default::default()
                         };
                         self.rec.record(
@@ -381,6 +514,9 @@ impl<'a> Pass<'a> {
         let il = interleaves(vector, len);
         // The 8+8-bit row only for models whose mat-vecs read it (`XLayout::for_bits`).
         let q8 = il && !self.m.f32_activations;
+        if vector {
+            self.unnormed = None;
+        }
         let dummy = &self.m.gpu.dummy;
         let yi = if il { &self.s.xi } else { dummy };
         let yq = if q8 { &self.s.xq } else { dummy };
@@ -494,16 +630,19 @@ impl<'a> Pass<'a> {
         // The last row only, as a vector row in every pass (the same kernels after a
         // prefill pass of any length and after a decode step).
         let eps = self.m.cfg.rms_norm_eps;
-        self.rmsnorm_at(
-            &s.x,
-            &w.final_norm,
-            &s.xn,
-            1,
-            h,
-            (self.n - 1) * h,
-            eps,
-            true,
-        );
+        // (Nothing where the last layer's combine folded the final norm in.)
+        if self.unnormed.is_none() {
+            self.rmsnorm_at(
+                &s.x,
+                &w.final_norm,
+                &s.xn,
+                1,
+                h,
+                (self.n - 1) * h,
+                eps,
+                true,
+            );
+        }
         let head = w.lm_head();
         let x = self.input_of(head, true, h);
         let logits = self.logits;

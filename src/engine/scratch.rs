@@ -219,8 +219,10 @@ impl ScratchLayout {
             x: mul(cap, h),
             h: mul(cap, h),
             xn: mul(cap, h),
-            xi: row_w,
-            xq: row_w / 32 * 18,
+            // The interleaved row, and the 8+8-bit one (18 words per 32 values), each with the
+            // blocks' sums of squares that `Kernel::MoeCombineNorm` leaves after it.
+            xi: row_w + row_w / 32,
+            xq: row_w / 32 * 19,
             q: c.saturating_mul(q_w),
             k: c.saturating_mul(kvd),
             v: c.saturating_mul(kvd),

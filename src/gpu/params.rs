@@ -76,15 +76,15 @@ pub use attention::{
 };
 pub use linear::{
     MatMulParams, MatVecParams, QMatMulParams, QMatVecParams, LINEAR_BIAS, LINEAR_RESIDUAL,
-    LINEAR_X_INTERLEAVED, LINEAR_X_Q8,
+    LINEAR_X_INTERLEAVED, LINEAR_X_NORM, LINEAR_X_Q8,
 };
 pub use linear_attention::{Conv1dSiluParams, GatedDeltaNetParams, GatedRmsNormParams};
 pub use mla::{MlaAttentionParams, MlaLatentParams};
 pub use moe::{
-    MoeCombineParams, MoeDownParams, MoeDownQParams, MoeDownQmmParams, MoeGateUpParams,
-    MoeGateUpQParams, MoeGateUpQmmParams, MoeRouteParams, RouterParams, SharedSwiGluParams,
-    EXPERT_BIAS, EXPERT_CLAMPED, ROUTING_SIGMOID, ROUTING_SIGMOID_NORM, ROUTING_SOFTMAX,
-    ROUTING_SOFTMAX_NORM, ROUTING_TOPK_SOFTMAX,
+    MoeCombineNormParams, MoeCombineParams, MoeDownParams, MoeDownQParams, MoeDownQmmParams,
+    MoeGateUpParams, MoeGateUpQParams, MoeGateUpQmmParams, MoeRouteParams, RouterParams,
+    SharedSwiGluParams, EXPERT_BIAS, EXPERT_CLAMPED, ROUTING_SIGMOID, ROUTING_SIGMOID_NORM,
+    ROUTING_SOFTMAX, ROUTING_SOFTMAX_NORM, ROUTING_TOPK_SOFTMAX,
 };
 
 kernel_params! {
@@ -263,6 +263,7 @@ pub const ALL: &[ParamsLayout] = &[
     MoeGateUpParams::LAYOUT,
     MoeDownParams::LAYOUT,
     MoeCombineParams::LAYOUT,
+    MoeCombineNormParams::LAYOUT,
     QMatVecParams::LAYOUT,
     QMatMulParams::LAYOUT,
     QEmbeddingParams::LAYOUT,

@@ -384,6 +384,8 @@ impl Session {
             follow: self.follow.as_ref().map(|t| (t, pos0)),
             logits,
             pick_token: pick,
+            fold_norm: None,
+            unnormed: None,
         };
         let s = &self.scratch;
         let layers = cfg.num_hidden_layers;
@@ -397,8 +399,9 @@ impl Session {
                 pass.rec.clear(&s.route_log);
             }
             pass.embed();
-            for (l, layer) in m.weights.layers.iter().enumerate() {
-                pass.layer(l, layer)?;
+            let all = &m.weights.layers;
+            for (l, layer) in all.iter().enumerate() {
+                pass.layer(l, layer, all.get(l + 1))?;
             }
             if want == Want::Nothing {
                 // Wait for the pass (and collect its GPU time) with an empty readback.

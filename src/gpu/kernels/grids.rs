@@ -26,6 +26,12 @@ pub fn topk_groups(n_vocab: u32) -> (u32, u32) {
     (n_vocab.div_ceil(TOPK_CHUNK).max(1), 1)
 }
 
+/// Grid of [`Kernel::MoeCombineNorm`] over a row of `hidden` values (256 per workgroup, 8
+/// blocks of the 8+8-bit layout).
+pub fn moe_combine_norm_groups(hidden: u32) -> u32 {
+    hidden.div_ceil(256).max(1)
+}
+
 /// Most key ranges per head of the split decode attention (`kernels/attention_merge.wgsl`
 /// holds one weight per range in workgroup memory).
 pub const ATTENTION_MAX_SPLITS: u32 = 256;

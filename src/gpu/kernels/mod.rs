@@ -69,6 +69,12 @@ pub enum Kernel {
     MoeDown,
     /// Weighted expert combine + residual.
     MoeCombine,
+    /// [`Kernel::MoeCombine`] of one decode token that also leaves the next RMSNorm's
+    /// input for the quantized mat-vecs (the row times the norm's weight, in the 8+8-bit or
+    /// the interleaved layout, with its blocks' sums of squares), so that the norm has no
+    /// dispatch of its own ([`params::MoeCombineNormParams`](super::params::MoeCombineNormParams); the mat-vecs
+    /// read it with [`params::LINEAR_X_NORM`](super::params::LINEAR_X_NORM)).
+    MoeCombineNorm,
     /// Decode mat-vec over MLX affine-quantized weights ([`qmatvec_groups`]). Reads x as
     /// vec4s: its `x_offset` must be a multiple of 4 (every output is NaN otherwise).
     QMatVec,
@@ -148,7 +154,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel.
-    pub const ALL: [Kernel; 37] = [
+    pub const ALL: [Kernel; 38] = [
         Kernel::MlaLatent,
         Kernel::MlaAttention,
         Kernel::SigmoidGate,
@@ -167,6 +173,7 @@ impl Kernel {
         Kernel::MoeGateUp,
         Kernel::MoeDown,
         Kernel::MoeCombine,
+        Kernel::MoeCombineNorm,
         Kernel::QMatVec,
         Kernel::QMatMul,
         Kernel::QMatMulCoop,
@@ -205,6 +212,7 @@ impl Kernel {
             Kernel::MoeGateUp => "moe_gate_up",
             Kernel::MoeDown => "moe_down",
             Kernel::MoeCombine => "moe_combine",
+            Kernel::MoeCombineNorm => "moe_combine_norm",
             Kernel::QMatVec => "qmatvec",
             Kernel::QMatMul => "qmatmul",
             Kernel::QMatMulCoop => "qmatmul_coop",
@@ -247,6 +255,7 @@ impl Kernel {
             Kernel::MoeGateUp => include_str!("../../../kernels/moe_gate_up.wgsl"),
             Kernel::MoeDown => include_str!("../../../kernels/moe_down.wgsl"),
             Kernel::MoeCombine => include_str!("../../../kernels/moe_combine.wgsl"),
+            Kernel::MoeCombineNorm => include_str!("../../../kernels/moe_combine_norm.wgsl"),
             Kernel::QMatVec => include_str!("../../../kernels/qmatvec.wgsl"),
             Kernel::QMatMul => include_str!("../../../kernels/qmatmul.wgsl"),
             Kernel::QMatMulCoop => include_str!("../../../kernels/qmatmul_coop.wgsl"),
@@ -414,9 +423,12 @@ impl Kernel {
         }
         if matches!(
             self,
-            Kernel::RmsNorm | Kernel::AttentionMerge | Kernel::MoeGateUpQ
+            Kernel::RmsNorm | Kernel::AttentionMerge | Kernel::MoeGateUpQ | Kernel::MoeCombineNorm
         ) {
             v.push(Include::Interleave);
+        }
+        if matches!(self, Kernel::RmsNorm | Kernel::MoeCombineNorm) {
+            v.push(Include::Q8Row);
         }
         if self.uses_kv_cache() {
             v.push(if variant.f16 {

@@ -94,6 +94,8 @@ pub enum Include {
     /// `best.wgsl`: the order of logit candidates (larger logit, then smaller id) and the
     /// workgroup reduction to the best one, shared by the top-k and token-pick kernels.
     Best,
+    /// `q8_row.wgsl`: writing a row in the 8+8-bit layout, an octet per invocation.
+    Q8Row,
 }
 
 impl Include {
@@ -114,6 +116,7 @@ impl Include {
             Include::KvF32 => "kv_f32",
             Include::ExpertAct => "expert_act",
             Include::Best => "best",
+            Include::Q8Row => "q8_row",
         }
     }
 
@@ -134,6 +137,7 @@ impl Include {
             Include::KvF32 => include_str!("../../../kernels/include/kv_f32.wgsl"),
             Include::ExpertAct => include_str!("../../../kernels/include/expert_act.wgsl"),
             Include::Best => include_str!("../../../kernels/include/best.wgsl"),
+            Include::Q8Row => include_str!("../../../kernels/include/q8_row.wgsl"),
         }
     }
 }

@@ -14,6 +14,11 @@ pub const LINEAR_X_INTERLEAVED: u32 = 4;
 /// `flags` bit of [`QMatVecParams`]: x is one row in the 8+8-bit layout of that file, at the
 /// start of the buffer (2- to 6-bit weights only; the outputs are NaN otherwise).
 pub const LINEAR_X_Q8: u32 = 8;
+/// `flags` bit of [`QMatVecParams`], with [`LINEAR_X_Q8`] or [`LINEAR_X_INTERLEAVED`]: the
+/// row is an RMSNorm's input not yet divided by its RMS, with its blocks' sums of squares
+/// after it (left by [`Kernel::MoeCombineNorm`]); the kernel applies the norm (epsilon
+/// `eps`) to its sums.
+pub const LINEAR_X_NORM: u32 = 16;
 
 kernel_params! {
     /// Parameters of [`Kernel::MatVec`] (`kernels/matvec.wgsl`): `y[row_base + r] =
@@ -73,7 +78,8 @@ kernel_params! {
         cols: u32,
         /// The chunk's first row in y (and in bias and resid).
         row_base: u32,
-        /// [`LINEAR_BIAS`], [`LINEAR_RESIDUAL`], [`LINEAR_X_INTERLEAVED`], [`LINEAR_X_Q8`].
+        /// [`LINEAR_BIAS`], [`LINEAR_RESIDUAL`], [`LINEAR_X_INTERLEAVED`], [`LINEAR_X_Q8`],
+        /// [`LINEAR_X_NORM`].
         flags: u32,
         /// Float offset of x (a multiple of 4).
         x_offset: u32,
@@ -91,8 +97,8 @@ kernel_params! {
         x_stride: u32,
         /// Floats from one group's y rows to the next.
         y_stride: u32,
-        /// Padding.
-        pad0: u32,
+        /// With [`LINEAR_X_NORM`]: the epsilon of the RMSNorm the kernel applies.
+        eps: f32,
     }
 }
 

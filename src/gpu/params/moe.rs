@@ -194,6 +194,27 @@ kernel_params! {
 }
 
 kernel_params! {
+    /// Parameters of [`Kernel::MoeCombineNorm`] (`kernels/moe_combine_norm.wgsl`): the
+    /// combine of one decode token that also leaves the next RMSNorm's input for the
+    /// mat-vecs.
+    MoeCombineNormParams for MoeCombineNorm {
+        /// Values per token (a multiple of 32).
+        hidden: u32,
+        /// Experts per token.
+        top_k: u32,
+        /// [`MoeCombineNormParams::Q8`], else the row is written interleaved (f32).
+        flags: u32,
+        /// Padding.
+        pad0: u32,
+    }
+}
+
+impl MoeCombineNormParams {
+    /// `flags`: the norm's input in the 8+8-bit layout.
+    pub const Q8: u32 = 1;
+}
+
+kernel_params! {
     /// Parameters of [`Kernel::MoeGateUpQ`] (`kernels/moe_gate_up_q.wgsl`): gate/up +
     /// SwiGLU of quantized experts in cache slots.
     MoeGateUpQParams for MoeGateUpQ {
