@@ -399,7 +399,7 @@ fn main() -> Result<()> {
             ..Default::default()
         }
         .words(),
-        &[&router, &xin, &dummy, &dummy, &logits, &router],
+        &[&router, &xin, &dummy, &dummy, &logits, &router, &logits],
         kernels::qmatvec_groups(EXPERTS as u32, team, rpt),
     )?;
     report("qmatvec 4-bit 128x2048 (router logits)", LAYERS, t, floor);

@@ -192,6 +192,8 @@ fn qmatvec(
                     &dummy,
                     if overlapped { y } else { &shared_y },
                     w, // again, as words
+                    // The normalized-row output (unused): y again.
+                    if overlapped { y } else { &shared_y },
                 ]
             })
             .collect();

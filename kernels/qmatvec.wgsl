@@ -12,6 +12,12 @@
 // 2 or 3), that row is an RMSNorm's input not yet divided by its RMS, with its blocks'
 // sums of squares after it (kernels/moe_combine_norm.wgsl): every team adds those up beside
 // its dot products and scales its sums by 1 / sqrt(mean + eps) before bias and residual.
+// With bit 5 instead, x is the raw input of an RMSNorm (f32, natural layout, at x_offset)
+// whose weight is bound as `resid` (no residual then): the teams scale each block by the
+// weight as they load it and apply the norm as with bit 4, from the sums of squares of
+// what they load; with bit 6 (or 7) the workgroups also write the normalized row in the
+// 8+8-bit (or interleaved) layout into yq, for the norm's other readers (the router
+// mat-vec of a MoE layer: the expert kernels run two levels later).
 //
 // A workgroup of 64 invocations is 64 / team teams (`team` a power of two from 4 to 64; in
 // the subgroup variant, the subgroup size); each team computes ROWS (a pipeline constant:
@@ -35,7 +41,9 @@ struct Params {
     cols: u32,
     row_base: u32,
     flags: u32, // bit 0: add bias, bit 1: add residual, bit 2: x interleaved, bit 3: x 8+8-bit,
-                // bit 4: (with bit 2 or 3) x is a norm's input left by moe_combine_norm
+                // bit 4: (with bit 2 or 3) x is a norm's input left by moe_combine_norm,
+                // bit 5: x is a norm's raw input, its weight in `resid`; bit 6 / 7: also
+                // write the normalized row into yq, 8+8-bit / interleaved
     x_offset: u32, // in floats, a multiple of 4
     scales_word: u32,
     biases_word: u32,
@@ -53,6 +61,14 @@ struct Params {
 @group(0) @binding(4) var<storage, read> resid: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 @group(0) @binding(6) var<storage, read> ws: array<u32>; // w again, as words (include/qblock.wgsl)
+// With flags bit 5 and bit 6 or 7: the normalized row, for the other readers of the norm
+// (include/q8_row.wgsl writes the 8+8-bit layout here).
+@group(0) @binding(7) var<storage, read_write> yq: array<u32>;
+
+// Bit 5: the sum of squares of the raw row's blocks this invocation loaded.
+var<private> raw_sq: f32;
+// Bit 5: 1 / rms of the raw row, for the workgroup's writers of the normalized row.
+var<workgroup> row_inv: f32;
 
 const WG: u32 = 64u;
 
@@ -84,27 +100,32 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     // With bit 4, x is a row not yet divided by its RMS, with its blocks' sums of squares
     // after it (kernels/moe_combine_norm.wgsl): each lane adds up those of its blocks, their
     // loads in flight with the blocks' own.
-    let norm = (p.flags & 16u) != 0u;
+    // With bit 5, x is the raw row (natural, at x_offset) of an RMSNorm whose weight is in
+    // `resid`: each block is scaled by the weight as it is loaded (`load_in`), and its sum
+    // of squares added up as with bit 4.
+    let raw = (p.flags & 32u) != 0u;
+    let stats = (p.flags & 16u) != 0u;
+    let norm = stats || raw;
     var ssq = 0.0;
     if (q8 && (BITS >= 2u && BITS <= 6u)) {
         for (; b + team < nb; b += 2u * team) {
             acc += step_q8(b, nb, ra, rb, rc, rd) + step_q8(b + team, nb, ra, rb, rc, rd);
-            ssq += block_sq(norm, q8, b, nb) + block_sq(norm, q8, b + team, nb);
+            ssq += block_sq(stats, q8, b, nb) + block_sq(stats, q8, b + team, nb);
         }
         if (b < nb) {
             acc += step_q8(b, nb, ra, rb, rc, rd);
-            ssq += block_sq(norm, q8, b, nb);
+            ssq += block_sq(stats, q8, b, nb);
         }
     } else if (ROWS == 4u) {
         for (; b + team < nb; b += 2u * team) {
             let s0 = step(xo, b, ra, rb, rc, rd);
             let s1 = step(xo, b + team, ra, rb, rc, rd);
             acc += s0 + s1;
-            ssq += block_sq(norm, q8, b, nb) + block_sq(norm, q8, b + team, nb);
+            ssq += block_sq(stats, q8, b, nb) + block_sq(stats, q8, b + team, nb);
         }
         if (b < nb) {
             acc += step(xo, b, ra, rb, rc, rd);
-            ssq += block_sq(norm, q8, b, nb);
+            ssq += block_sq(stats, q8, b, nb);
         }
     } else if (ROWS == 2u) {
         var acc2 = vec2<f32>(0.0);
@@ -112,11 +133,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let s0 = step2(xo, b, ra, rb);
             let s1 = step2(xo, b + team, ra, rb);
             acc2 += s0 + s1;
-            ssq += block_sq(norm, q8, b, nb) + block_sq(norm, q8, b + team, nb);
+            ssq += block_sq(stats, q8, b, nb) + block_sq(stats, q8, b + team, nb);
         }
         if (b < nb) {
             acc2 += step2(xo, b, ra, rb);
-            ssq += block_sq(norm, q8, b, nb);
+            ssq += block_sq(stats, q8, b, nb);
         }
         acc = vec4<f32>(acc2, 0.0, 0.0);
     } else {
@@ -125,16 +146,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let s0 = step1(xo, b, ra);
             let s1 = step1(xo, b + team, ra);
             acc1 += s0 + s1;
-            ssq += block_sq(norm, q8, b, nb) + block_sq(norm, q8, b + team, nb);
+            ssq += block_sq(stats, q8, b, nb) + block_sq(stats, q8, b + team, nb);
         }
         if (b < nb) {
             acc1 += step1(xo, b, ra);
-            ssq += block_sq(norm, q8, b, nb);
+            ssq += block_sq(stats, q8, b, nb);
         }
         acc.x = acc1;
     }
     // The sum of squares rides in a component the rows leave free (ROWS < 4), else in a
     // sum of its own.
+    ssq += raw_sq;
     if (ROWS < 4u) {
         acc.w = ssq;
     }
@@ -156,13 +178,68 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 if ((p.flags & 1u) != 0u) {
                     v += bias[o];
                 }
-                if ((p.flags & 2u) != 0u) {
+                if ((p.flags & 2u) != 0u && !raw) {
                     v += resid[o];
                 }
                 y[o] = v;
             }
         }
     }
+    if (raw && (p.flags & 192u) != 0u) {
+        write_normalized(select(wid.x + wid.y * nwg.x, wid.x, batched), nwg.x * nwg.y, lid,
+                         inv);
+    }
+}
+
+// With bit 5 and bit 6 (8+8-bit) or 7 (interleaved f32): the normalized row
+// g * x / rms(x) into yq for the norm's other readers, 16 blocks per workgroup and round
+// (an octet per invocation), from workgroup `wg` of `n_wg` on. `inv` is valid in the
+// first invocation (the first team's sum). Call from uniform control flow.
+fn write_normalized(wg: u32, n_wg: u32, lid: u32, inv: f32) {
+    if (lid == 0u) {
+        row_inv = inv;
+    }
+    let ri = workgroupUniformLoad(&row_inv);
+    let n = p.cols;
+    let nb = n / 32u;
+    let q8 = (p.flags & 64u) != 0u;
+    for (var b0 = wg * 16u; b0 < nb; b0 += n_wg * 16u) {
+        let t = 4u * b0 + lid;
+        let j = min(8u * t, n - 8u);
+        let xi = (p.x_offset >> 2u) + (j >> 2u);
+        let va = vec4<f32>(resid[j], resid[j + 1u], resid[j + 2u], resid[j + 3u])
+            * (x[xi] * ri);
+        let vb = vec4<f32>(resid[j + 4u], resid[j + 5u], resid[j + 6u], resid[j + 7u])
+            * (x[xi + 1u] * ri);
+        if (q8) {
+            put_q8_octet(va, vb, t, nb, 0u, lid);
+        } else if (t < 4u * nb) {
+            for (var i = 0u; i < 4u; i++) {
+                yq[interleaved(j + i, n)] = bitcast<u32>(va[i]);
+                yq[interleaved(j + 4u + i, n)] = bitcast<u32>(vb[i]);
+            }
+        }
+    }
+}
+
+// Block b of x as the f32 loops read it: with bit 5, the raw row's block times the norm's
+// weight (`resid`), its sum of squares added to `raw_sq`.
+fn load_in(xo: u32, b: u32, nb: u32) -> X32 {
+    let xs = load_x32(xo, b, nb, (p.flags & 4u) != 0u);
+    if ((p.flags & 32u) == 0u) {
+        return xs;
+    }
+    raw_sq += dot(xs.a, xs.a) + dot(xs.b, xs.b) + dot(xs.c, xs.c) + dot(xs.d, xs.d)
+        + dot(xs.e, xs.e) + dot(xs.f, xs.f) + dot(xs.g, xs.g) + dot(xs.h, xs.h);
+    let j = 32u * b;
+    return X32(xs.a * g4(j), xs.b * g4(j + 4u), xs.c * g4(j + 8u), xs.d * g4(j + 12u),
+               xs.e * g4(j + 16u), xs.f * g4(j + 20u), xs.g * g4(j + 24u),
+               xs.h * g4(j + 28u));
+}
+
+// Values j .. j + 3 of the norm's weight (bit 5).
+fn g4(j: u32) -> vec4<f32> {
+    return vec4<f32>(resid[j], resid[j + 1u], resid[j + 2u], resid[j + 3u]);
 }
 
 // The sum of squares of block b of a row left by moe_combine_norm (its word after the row:
@@ -198,14 +275,14 @@ fn step_q8(b: u32, nb: u32, ra: u32, rb: u32, rc: u32, rd: u32) -> vec4<f32> {
 
 // The sums of block b of rows ra..rd with x, for the 4 rows of a team.
 fn step(xo: u32, b: u32, ra: u32, rb: u32, rc: u32, rd: u32) -> vec4<f32> {
-    let xs = load_x32(xo, b, p.cols / 32u, (p.flags & 4u) != 0u);
+    let xs = load_in(xo, b, p.cols / 32u);
     return rows_block(0u, p.scales_word, p.biases_word, p.cols, vec4<u32>(ra, rb, rc, rd), b,
                       xs, x32_sum(xs));
 }
 
 // The sums of block b of rows ra, rb with x, for teams of 2 rows.
 fn step2(xo: u32, b: u32, ra: u32, rb: u32) -> vec2<f32> {
-    let xs = load_x32(xo, b, p.cols / 32u, (p.flags & 4u) != 0u);
+    let xs = load_in(xo, b, p.cols / 32u);
     let xsum = x32_sum(xs);
     return vec2<f32>(row_block(0u, p.scales_word, p.biases_word, p.cols, ra, b, xs, xsum),
                      row_block(0u, p.scales_word, p.biases_word, p.cols, rb, b, xs, xsum));
@@ -213,6 +290,6 @@ fn step2(xo: u32, b: u32, ra: u32, rb: u32) -> vec2<f32> {
 
 // The sum of block b of row ra with x, for teams of 1 row.
 fn step1(xo: u32, b: u32, ra: u32) -> f32 {
-    let xs = load_x32(xo, b, p.cols / 32u, (p.flags & 4u) != 0u);
+    let xs = load_in(xo, b, p.cols / 32u);
     return row_block(0u, p.scales_word, p.biases_word, p.cols, ra, b, xs, x32_sum(xs));
 }

@@ -625,6 +625,7 @@ fn coded_resident_matrices() {
                         &f32_bytes(&resid),
                         &f32_bytes(&vec![0.0; rows]),
                         &w,
+                        &[], // the normalized-row output (unused)
                     ],
                     kernels::qmatvec_groups(rows as u32, team, rpt),
                 )

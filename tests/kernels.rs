@@ -648,37 +648,6 @@ fn rmsnorm() {
     ck.report();
 }
 
-/// That `words` hold the row `want` in the 8+8-bit layout: each block's scale t from its
-/// largest magnitude, its sum that of the values it stands for, and each value within
-/// half a step of lo (t / 2), plus rounding.
-fn check_q8_row(case: &str, words: &[u32], want: &[f32]) {
-    let (vals, ts, sums) = q8_decode(words, want.len());
-    for (b, blk) in want.chunks_exact(32).enumerate() {
-        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let t_want = amax / (127.0 * 254.0);
-        assert!(
-            (ts[b] - t_want).abs() <= 1e-5 * t_want,
-            "{case} block {b}: t {} want {t_want}",
-            ts[b]
-        );
-        let s_want: f32 = vals[32 * b..32 * (b + 1)].iter().sum();
-        let s_tol = 1e-5 * blk.iter().map(|v| v.abs()).sum::<f32>();
-        assert!(
-            (sums[b] - s_want).abs() <= s_tol,
-            "{case} block {b}: sum {} want {s_want}",
-            sums[b]
-        );
-        for (j, &v) in blk.iter().enumerate() {
-            let got = vals[32 * b + j];
-            assert!(
-                (got - v).abs() <= 0.51 * t_want + 1e-6 * v.abs(),
-                "{case} value {}: 8+8-bit {got} want {v}",
-                32 * b + j
-            );
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // MatVec and MatMul.
 

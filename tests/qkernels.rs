@@ -33,8 +33,8 @@
 use moestream::gpu::kernels::{self, Kernel};
 use moestream::gpu::params::{
     MoeDownQParams, MoeDownQmmParams, MoeGateUpQParams, MoeGateUpQmmParams, QEmbeddingParams,
-    QMatMulParams, QMatVecParams, LINEAR_BIAS, LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED,
-    LINEAR_X_NORM, LINEAR_X_Q8,
+    QMatMulParams, QMatVecParams, LINEAR_BIAS, LINEAR_NORM_OUT_INTERLEAVED, LINEAR_NORM_OUT_Q8,
+    LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED, LINEAR_X_NORM, LINEAR_X_Q8, LINEAR_X_RAW_NORM,
 };
 use moestream::gpu::testing::{self, KernelRunner};
 use moestream::reference;
@@ -128,6 +128,7 @@ fn qmatvec_plain(
             &[],
             &f32_bytes(&vec![0.0; rows]),
             &m.bytes,
+            &[], // the normalized-row output (unused)
         ],
         kernels::qmatvec_groups(rows as u32, runner().team(cols), 4),
     );
@@ -580,6 +581,7 @@ fn qmatvec() {
                                 &f32_bytes(&resid),
                                 &f32_bytes(&before),
                                 &m.bytes, // `ws`: the weights again, as words
+                                &[],      // the normalized-row output (unused)
                             ],
                             groups,
                         );
@@ -736,6 +738,7 @@ fn qmatvec_applies_a_norm_left_by_the_combine() {
                         &f32_bytes(&resid),
                         &f32_bytes(&before),
                         &m.bytes, // `ws`: the weights again, as words
+                        &[],      // the normalized-row output (unused)
                     ],
                     grid,
                 );
@@ -758,6 +761,205 @@ fn qmatvec_applies_a_norm_left_by_the_combine() {
         looped, all,
         "every layout and rows per team through the two-block loop"
     );
+    ck.report();
+}
+
+/// `qmatvec` with `LINEAR_X_RAW_NORM`: x is an RMSNorm's raw input (f32, natural layout,
+/// at offset 0) and the norm's weight g is bound in place of the residual; the outputs must
+/// be `dot(W[r], g x) / sqrt(mean(x^2) + eps)` (bias added after the scaling), and with
+/// `LINEAR_NORM_OUT_Q8` (`LINEAR_NORM_OUT_INTERLEAVED`) the workgroups also write the
+/// normalized row `g x / rms` into the last binding in the 8+8-bit (interleaved f32)
+/// layout, nothing past it. Both layouts run with every team setup and rows per team, on
+/// rows from 1 to 130 and 64 to 2048 columns: so also with fewer workgroups than the row's
+/// blocks / 16, the row writer going round more than once, and on a 2-D grid whose
+/// workgroup index takes wid.y. One pipeline per width (rows per team, variant, group and
+/// scale dtype in turn), as the sibling test above.
+#[test]
+fn qmatvec_applies_a_norm_to_its_raw_input_and_writes_the_row() {
+    let mut ck = Checker::new("qmatvec raw norm");
+    let mut rng = Rng::new(13);
+    let mut case_no = 0usize;
+    // The setups by name; the team of the engine's own one is the same at every width
+    // where the adapter has subgroups (and a valid team at any width otherwise).
+    let setups = team_setups(2048);
+    let mut covered = std::collections::BTreeSet::new();
+    // Output layouts (8+8-bit?) of the cases whose row writer went round more than once,
+    // and of those on a 2-D grid where workgroups with wid.y > 0 write part of the row.
+    let mut rounds = std::collections::BTreeSet::new();
+    let mut two_d = std::collections::BTreeSet::new();
+    // The largest relative error of a value of the interleaved row.
+    let mut worst_row = 0f64;
+    for (bi, bits) in BITS.into_iter().enumerate() {
+        let rpt = [4u32, 2, 1][bi % 3];
+        let portable = bi % 2 == 1;
+        let group = [32u32, 64][bi.div_ceil(2) % 2];
+        let dtype = DTYPES[bi / 2 % 3];
+        let q = quant(bits, group, dtype);
+        let mine = setups
+            .iter()
+            .filter(|(on, ..)| std::ptr::eq(*on, portable_runner()) == portable);
+        for (on, team, how) in mine {
+            for q8 in [true, false] {
+                let cols = [2048usize, 64, 384][case_no % 3];
+                let rows = [1usize, 3, 67, 130][case_no % 4];
+                let eps = if case_no / 5 % 2 == 0 { 1e-6f32 } else { 0.5 };
+                let out_layout = if q8 {
+                    LINEAR_NORM_OUT_Q8
+                } else {
+                    LINEAR_NORM_OUT_INTERLEAVED
+                };
+                let bias_flag = if (case_no / 3 + bi) % 2 == 0 {
+                    LINEAR_BIAS
+                } else {
+                    0
+                };
+                let flags = LINEAR_X_RAW_NORM | out_layout | bias_flag;
+                // Now and then (and for 67 rows of 2048 columns in the 8+8-bit layout) the
+                // middle of a wider output, on a 2-D grid.
+                let shifted = case_no % 5 == 2 || case_no % 12 == 6;
+                case_no += 1;
+                let (row_base, extra) = if shifted { (6, 5) } else { (0, 0) };
+                let total = row_base + rows + extra;
+                let nb = cols / 32;
+                let m = QMat::random(&mut rng, rows, cols, q);
+                let x = rng.vec(cols, 2.0);
+                let g = rng.vec(cols, 1.5);
+                let ms = x.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / cols as f64;
+                let inv = 1.0 / (ms + f64::from(eps)).sqrt();
+                let gx: Vec<f32> = g.iter().zip(&x).map(|(g, x)| g * x).collect();
+                // The normalized row, in f64 and rounded.
+                let norm: Vec<f64> = g
+                    .iter()
+                    .zip(&x)
+                    .map(|(&g, &x)| f64::from(g) * f64::from(x) * inv)
+                    .collect();
+                let norm32: Vec<f32> = norm.iter().map(|&v| v as f32).collect();
+                let bias = rng.vec(total, 1.0);
+                let before = rng.vec(total, 1.0);
+                let want: Vec<f32> = (0..rows)
+                    .map(|r| {
+                        let w = &m.values[r * cols..(r + 1) * cols];
+                        let dot: f64 = w
+                            .iter()
+                            .zip(&g)
+                            .zip(&x)
+                            .map(|((&w, &g), &x)| f64::from(w) * f64::from(g) * f64::from(x))
+                            .sum();
+                        let mut v = inv * dot;
+                        if flags & LINEAR_BIAS != 0 {
+                            v += f64::from(bias[row_base + r]);
+                        }
+                        v as f32
+                    })
+                    .collect();
+                let mut written = vec![false; total];
+                written[row_base..row_base + rows].fill(true);
+                let row_words = if q8 { 18 * nb } else { cols };
+                let yq_before = vec![0x7fc0_0000u32; row_words + 3];
+                let grid = kernels::qmatvec_groups(rows as u32, *team, rpt);
+                let grid = if shifted {
+                    grid_2d(grid.0 * grid.1)
+                } else {
+                    grid
+                };
+                let n_wg = (grid.0 * grid.1) as usize;
+                if n_wg * 16 < nb {
+                    rounds.insert(q8);
+                }
+                if grid.1 > 1 && nb > 16 * grid.0 as usize {
+                    two_d.insert(q8);
+                }
+                covered.insert((q8, how.clone(), rpt));
+                let case = format!(
+                    "{bits}-bit g{group} {dtype} rows {rows} cols {cols} flags {flags:#x} \
+                     eps {eps} row_base {row_base} grid {grid:?} {how} {rpt} rows per team"
+                );
+                let out = run_kernel_rows_on(
+                    on,
+                    Kernel::QMatVec,
+                    Some(q.scale_dtype),
+                    Some((q.bits, q.group_size)),
+                    rpt,
+                    QMatVecParams {
+                        rows: rows as u32,
+                        cols: cols as u32,
+                        row_base: row_base as u32,
+                        flags,
+                        x_offset: 0,
+                        scales_word: m.scales_word,
+                        biases_word: m.biases_word,
+                        team: *team,
+                        eps,
+                        ..Default::default()
+                    }
+                    .words(),
+                    &[
+                        &m.bytes,
+                        &f32_bytes(&x),
+                        &f32_bytes(&bias),
+                        &f32_bytes(&g), // `resid`: the norm's weight
+                        &f32_bytes(&before),
+                        &m.bytes, // `ws`: the weights again, as words
+                        &u32_bytes(&yq_before),
+                    ],
+                    grid,
+                );
+                let got = to_f32(&out[4]);
+                ck.untouched(&case, &got, &before, &written);
+                ck.close(
+                    &case,
+                    &pick(&got, &written),
+                    &want,
+                    REDUCTION.floor(m.dot_scale(rms(&gx) * inv)),
+                );
+                // The normalized row.
+                let yq = to_u32(&out[6]);
+                assert!(
+                    yq[row_words..].iter().all(|&w| w == 0x7fc0_0000),
+                    "{case}: words written past the normalized row"
+                );
+                if q8 {
+                    check_q8_row(&case, &yq[..row_words], &norm32);
+                } else {
+                    // g x / rms rounded a few times in f32 (the sum of squares, 1 / rms and
+                    // two products): within 2e-6 of each value, relative.
+                    let row: Vec<f32> = yq[..cols].iter().map(|&w| f32::from_bits(w)).collect();
+                    for (j, (&got, &v)) in deinterleave(&row, cols).iter().zip(&norm).enumerate() {
+                        let err = (f64::from(got) - v).abs();
+                        if v != 0.0 {
+                            worst_row = worst_row.max(err / v.abs());
+                        }
+                        assert!(
+                            err <= 2e-6 * v.abs(),
+                            "{case} value {j}: interleaved {got} want {v}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let all: std::collections::BTreeSet<(bool, String, u32)> = [true, false]
+        .into_iter()
+        .flat_map(|q8| {
+            setups
+                .iter()
+                .flat_map(move |(_, _, how)| [4u32, 2, 1].map(|rpt| (q8, how.clone(), rpt)))
+        })
+        .collect();
+    assert_eq!(
+        covered, all,
+        "every output layout with every team setup and rows per team"
+    );
+    let both: std::collections::BTreeSet<bool> = [true, false].into();
+    assert_eq!(
+        rounds, both,
+        "the row writer round more than once, both layouts"
+    );
+    assert_eq!(
+        two_d, both,
+        "a 2-D grid whose second row of workgroups writes, both layouts"
+    );
+    println!("qmatvec raw norm: worst relative error of the interleaved row {worst_row:.3e}");
     ck.report();
 }
 
@@ -829,6 +1031,7 @@ fn qmatvec_batched_heads() {
                         &[],
                         &f32_bytes(&before),
                         &m.bytes,
+                        &[], // the normalized-row output (unused)
                     ],
                     kernels::head_batch_groups(
                         kernels::qmatvec_head_blocks(rows as u32, team, rpt),
@@ -883,6 +1086,7 @@ fn qmatvec_grid_past_65535_workgroups() {
             &[],
             &f32_bytes(&vec![f32::NAN; rows]),
             &m.bytes,
+            &[], // the normalized-row output (unused)
         ],
         g,
     );

@@ -46,6 +46,21 @@ impl Pass<'_> {
     /// `indirect = Some((args, offset))` the grids are read on the GPU (gate/up's at
     /// `offset`, down's 12 bytes later, as the resident routing kernel writes them) and
     /// `count` is only an upper bound.
+    /// The layout the gate/up kernel of `kernels` reads x in: quantized kernels read a
+    /// decode token's x interleaved (or in 8+8-bit blocks), and write h interleaved when
+    /// the down projection is quantized too.
+    pub(super) fn expert_x_layout(&self, kernels: &ExpertKernels) -> XLayout {
+        let h = self.m.cfg.hidden_size;
+        let gate_up_mx = matches!(kernels.gate_up, GateUpSlot::Quant { code: Some(_), .. });
+        match kernels.gate_up.quant() {
+            Some(_) if gate_up_mx && interleaves(self.decode, h) => XLayout::Interleaved,
+            Some((bits, _)) if interleaves(self.decode, h) => {
+                XLayout::for_bits(bits, self.m.f32_activations)
+            }
+            _ => XLayout::Natural,
+        }
+    }
+
     pub(super) fn experts(
         &mut self,
         kernels: &ExpertKernels,
@@ -59,18 +74,7 @@ impl Pass<'_> {
         let (hs, is) = (cfg.hidden_size as u32, kernels.inter as u32);
         let quant = kernels.gate_up.quant();
         let down_quant = kernels.down.quant();
-        // Quantized kernels read a decode token's x interleaved, and write h interleaved
-        // when the down projection is quantized too.
-        let gate_up_mx = matches!(kernels.gate_up, GateUpSlot::Quant { code: Some(_), .. });
-        let x_layout = match quant {
-            Some(_) if gate_up_mx && interleaves(self.decode, cfg.hidden_size) => {
-                XLayout::Interleaved
-            }
-            Some((bits, _)) if interleaves(self.decode, cfg.hidden_size) => {
-                XLayout::for_bits(bits, self.m.f32_activations)
-            }
-            _ => XLayout::Natural,
-        };
+        let x_layout = self.expert_x_layout(kernels);
         let ep = kernels.epilogue;
         let h_il = quant.is_some() && down_quant.is_some();
         let (h, i) = (cfg.hidden_size, kernels.inter);

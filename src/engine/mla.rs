@@ -341,7 +341,8 @@ impl Pass<'_> {
                     quant,
                     rpt,
                     p.words(),
-                    &[b0, b1, b2, b3, b4, buf.into()],
+                    // (The normalized-row output, unused here: y again.)
+                    &[b0, b1, b2, b3, b4, buf.into(), b4],
                     Size::Direct3(kernels::head_batch_groups(
                         kernels::qmatvec_head_blocks(rows as u32, team, rpt),
                         h,

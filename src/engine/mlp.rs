@@ -6,13 +6,20 @@ use crate::error::Result;
 use crate::gpu::kernels::Kernel;
 use crate::gpu::params::SwiGluParams;
 
-impl Pass<'_> {
+impl<'a> Pass<'a> {
     /// `x = h + ffn(post_norm(h))`: a dense MLP or the MoE block, as the layer's plan says.
-    pub(crate) fn ffn(&mut self, l: usize, layer: &Layer) -> Result<()> {
+    pub(crate) fn ffn(&mut self, l: usize, layer: &'a Layer) -> Result<()> {
         let s = self.s;
         let h = self.m.cfg.hidden_size;
         let n = self.n;
-        self.rmsnorm(&s.h, &layer.post_norm, &s.xn, n, h, 0);
+        match self.folded_post_norm(l, layer)? {
+            Some(fold) => {
+                // The router applies it (the input row's readers are done with it).
+                self.unnormed = None;
+                self.router_norm = Some(fold);
+            }
+            None => self.rmsnorm(&s.h, &layer.post_norm, &s.xn, n, h, 0),
+        }
         match &layer.ffn {
             FfnWeights::Dense(mlp) => {
                 self.dense_mlp(mlp, &s.x, Some(&s.h));

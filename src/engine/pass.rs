@@ -11,8 +11,8 @@ use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{
     EmbeddingParams, MatMulParams, MatVecParams, MoeCombineNormParams, MoeCombineParams,
     QEmbeddingParams, QMatMulParams, QMatVecParams, RmsNormParams, TokenPickParams,
-    TokenSampleParams, TopKParams, LINEAR_BIAS, LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED,
-    LINEAR_X_NORM, LINEAR_X_Q8,
+    TokenSampleParams, TopKParams, LINEAR_BIAS, LINEAR_NORM_OUT_INTERLEAVED, LINEAR_NORM_OUT_Q8,
+    LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED, LINEAR_X_NORM, LINEAR_X_Q8, LINEAR_X_RAW_NORM,
 };
 use crate::gpu::Size;
 use crate::gpu::{GpuMatrix, GpuVec, Recorder};
@@ -120,12 +120,28 @@ pub(crate) struct Pass<'a> {
     /// apply the norm ([`LINEAR_X_NORM`]), the norm's own dispatch is skipped, and the
     /// norm's other rows are stale. Cleared by the next norm.
     pub unnormed: Option<XLayout>,
+    /// The post-attention norm a decode step folds into the MoE router's mat-vec
+    /// ([`Pass::folded_post_norm`]): its weight and the layout of the normalized row the
+    /// router writes for the expert kernels ([`LINEAR_X_RAW_NORM`]).
+    pub router_norm: Option<(&'a GpuVec, XLayout)>,
 }
 
 /// Environment variable (`1`) that turns off, for measuring (`benches/ab.sh`), the RMSNorm
 /// folded into the MoE combine of a decode step ([`Kernel::MoeCombineNorm`]): every norm
 /// then runs as its own dispatch.
 pub const NO_NORM_FOLD_ENV: &str = "MOESTREAM_NO_NORM_FOLD";
+
+/// Environment variable (`1`) that turns off, for measuring, the post-attention norm
+/// folded into the MoE router's mat-vec ([`Pass::folded_post_norm`]); also off with
+/// [`NO_NORM_FOLD_ENV`].
+pub const NO_ROUTER_NORM_ENV: &str = "MOESTREAM_NO_ROUTER_NORM";
+
+pub(crate) fn router_norm_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| {
+        norm_fold_off() || std::env::var_os(NO_ROUTER_NORM_ENV).is_some_and(|v| v == "1")
+    })
+}
 
 fn norm_fold_off() -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -174,7 +190,7 @@ pub(crate) const RESIDENT_FIRST_CHUNK: usize = 1;
 impl<'a> Pass<'a> {
     /// One decoder layer, as its plan says: the token mixer, then the feed-forward block;
     /// `next` is the layer after it (`None` for the last).
-    pub fn layer(&mut self, l: usize, layer: &Layer, next: Option<&'a Layer>) -> Result<()> {
+    pub fn layer(&mut self, l: usize, layer: &'a Layer, next: Option<&'a Layer>) -> Result<()> {
         match &layer.mixer {
             MixerWeights::Attention(a) => self.attention(l, &layer.input_norm, a)?,
             MixerWeights::LinearAttention(a) => self.linear_attention(l, &layer.input_norm, a)?,
@@ -300,6 +316,11 @@ impl<'a> Pass<'a> {
         self.input_of(w, self.decode, len)
     }
 
+    /// The layout a decode row of `len` values is read in by `w`.
+    pub(crate) fn input_of_vector(&self, w: &GpuMatrix, len: usize) -> XLayout {
+        self.input_of(w, true, len).1
+    }
+
     /// [`Pass::input`] of a `vector` row or of the pass's rows.
     fn input_of(&self, w: &GpuMatrix, vector: bool, len: usize) -> (&'a wgpu::Buffer, XLayout) {
         match w.format {
@@ -350,8 +371,19 @@ impl<'a> Pass<'a> {
                     .any(|b| std::ptr::eq(x, b)),
             "a mat-vec reads a stale row of a norm folded into the combine"
         );
+        // The router of a MoE layer whose post-attention norm it applies (x the raw row).
+        let raw = if vector && matches!(w.format, WeightFormat::Affine(_)) {
+            self.router_norm.take()
+        } else {
+            None
+        };
         let flags = if bias.is_some() { LINEAR_BIAS } else { 0 }
             | if resid.is_some() { LINEAR_RESIDUAL } else { 0 }
+            | match raw {
+                None => 0,
+                Some((_, XLayout::Q8)) => LINEAR_X_RAW_NORM | LINEAR_NORM_OUT_Q8,
+                Some(_) => LINEAR_X_RAW_NORM | LINEAR_NORM_OUT_INTERLEAVED,
+            }
             | match layout {
                 XLayout::Natural => 0,
                 XLayout::Interleaved => LINEAR_X_INTERLEAVED,
@@ -360,7 +392,12 @@ impl<'a> Pass<'a> {
             | if unnormed { LINEAR_X_NORM } else { 0 };
         let eps = self.m.cfg.rms_norm_eps;
         let bias_buf = bias.map_or(dummy, |b| &b.buffer);
-        let resid_buf = resid.unwrap_or(dummy);
+        let resid_buf = match raw {
+            Some((g, _)) => &g.buffer,
+            None => resid.unwrap_or(dummy),
+        };
+        // Where the router writes the normalized row (else y again, unused).
+        let norm_out = raw.map_or(y, |(_, l)| self.s.row_in(l));
         for (buf, row0, rows) in &w.chunks {
             let binds = [
                 buf.into(),
@@ -413,6 +450,7 @@ impl<'a> Pass<'a> {
                         };
                         // The weights again as words (`ws`, include/qblock.wgsl).
                         let [b0, b1, b2, b3, b4] = binds;
+                        let b6 = norm_out.into();
                         let p = QMatVecParams {
                             rows: r,
                             cols: c,
@@ -431,7 +469,7 @@ impl<'a> Pass<'a> {
                             quant,
                             rpt,
                             p.words(),
-                            &[b0, b1, b2, b3, b4, buf.into()],
+                            &[b0, b1, b2, b3, b4, buf.into(), b6],
                             Size::Direct(kernels::qmatvec_groups(r, team, rpt)),
                         );
                     } else {

@@ -75,8 +75,9 @@ pub use attention::{
     SigmoidGateParams,
 };
 pub use linear::{
-    MatMulParams, MatVecParams, QMatMulParams, QMatVecParams, LINEAR_BIAS, LINEAR_RESIDUAL,
-    LINEAR_X_INTERLEAVED, LINEAR_X_NORM, LINEAR_X_Q8,
+    MatMulParams, MatVecParams, QMatMulParams, QMatVecParams, LINEAR_BIAS,
+    LINEAR_NORM_OUT_INTERLEAVED, LINEAR_NORM_OUT_Q8, LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED,
+    LINEAR_X_NORM, LINEAR_X_Q8, LINEAR_X_RAW_NORM,
 };
 pub use linear_attention::{Conv1dSiluParams, GatedDeltaNetParams, GatedRmsNormParams};
 pub use mla::{MlaAttentionParams, MlaLatentParams};

@@ -423,11 +423,18 @@ impl Kernel {
         }
         if matches!(
             self,
-            Kernel::RmsNorm | Kernel::AttentionMerge | Kernel::MoeGateUpQ | Kernel::MoeCombineNorm
+            Kernel::RmsNorm
+                | Kernel::AttentionMerge
+                | Kernel::MoeGateUpQ
+                | Kernel::MoeCombineNorm
+                | Kernel::QMatVec
         ) {
             v.push(Include::Interleave);
         }
-        if matches!(self, Kernel::RmsNorm | Kernel::MoeCombineNorm) {
+        if matches!(
+            self,
+            Kernel::RmsNorm | Kernel::MoeCombineNorm | Kernel::QMatVec
+        ) {
             v.push(Include::Q8Row);
         }
         if self.uses_kv_cache() {

@@ -19,6 +19,17 @@ pub const LINEAR_X_Q8: u32 = 8;
 /// after it (left by [`Kernel::MoeCombineNorm`]); the kernel applies the norm (epsilon
 /// `eps`) to its sums.
 pub const LINEAR_X_NORM: u32 = 16;
+/// `flags` bit of [`QMatVecParams`]: x is the raw input of an RMSNorm (f32, natural layout,
+/// at `x_offset`) whose weight is bound in place of the residual; the kernel applies the
+/// norm (epsilon `eps`) as it reads x. With [`LINEAR_NORM_OUT_Q8`] or
+/// [`LINEAR_NORM_OUT_INTERLEAVED`] it also writes the normalized row into its last binding.
+pub const LINEAR_X_RAW_NORM: u32 = 32;
+/// `flags` bit of [`QMatVecParams`], with [`LINEAR_X_RAW_NORM`]: write the normalized row in
+/// the 8+8-bit layout.
+pub const LINEAR_NORM_OUT_Q8: u32 = 64;
+/// `flags` bit of [`QMatVecParams`], with [`LINEAR_X_RAW_NORM`]: write the normalized row in
+/// the interleaved layout (f32).
+pub const LINEAR_NORM_OUT_INTERLEAVED: u32 = 128;
 
 kernel_params! {
     /// Parameters of [`Kernel::MatVec`] (`kernels/matvec.wgsl`): `y[row_base + r] =
