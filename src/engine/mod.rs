@@ -17,6 +17,7 @@ pub(crate) mod loader;
 mod mla;
 mod mlp;
 mod moe;
+mod norm_fold;
 pub(crate) mod pass;
 pub(crate) mod scratch;
 pub(crate) mod sizes;

@@ -6,12 +6,10 @@ use std::collections::BTreeMap;
 
 use super::experts::{expert_grid, ExpertKernels};
 use super::pass::{grid, Pass, XLayout};
-use super::weights::{FfnWeights, GateUp, Moe, Shared, SharedExpert};
+use super::weights::{GateUp, Moe, Shared, SharedExpert};
 use crate::error::{Error, Result};
-use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{MoeRouteParams, RouterParams, SharedSwiGluParams};
-use crate::gpu::GpuMatrix;
 use crate::gpu::GpuVec;
 
 /// Average assignments per expert of a prefill pass below which
@@ -59,51 +57,6 @@ impl<'a> Pass<'a> {
             Some(Shared::Cached) | None => &s.h,
         };
         self.routed_experts(l, moe, resid)
-    }
-
-    /// The post-attention norm of `layer` that a decode step folds into its MoE router
-    /// ([`LINEAR_X_RAW_NORM`](crate::gpu::params::LINEAR_X_RAW_NORM)): the router
-    /// (quantized, one chunk) reads the raw row, applies the norm and writes the
-    /// normalized row in the layout every other reader reads (the expert kernels, two
-    /// levels later, and a shared expert's or dense block's mat-vecs), where they all read
-    /// one layout, 8+8-bit or interleaved. The norm's weight and that layout.
-    pub(crate) fn folded_post_norm(
-        &self,
-        l: usize,
-        layer: &'a crate::engine::weights::Layer,
-    ) -> Result<Option<(&'a GpuVec, XLayout)>> {
-        let m = self.m;
-        let h = m.cfg.hidden_size;
-        let FfnWeights::Moe(moe) = &layer.ffn else {
-            return Ok(None);
-        };
-        if !self.decode || self.n != 1 || super::pass::router_norm_off() {
-            return Ok(None);
-        }
-        if !matches!(moe.router.format, WeightFormat::Affine(_)) || moe.router.chunks.len() != 1 {
-            return Ok(None);
-        }
-        let (Some(cache), Some(lay)) = (m.cache.as_ref(), m.store.layout(l)) else {
-            return Ok(None);
-        };
-        let kernels = ExpertKernels::new(l, lay, cache.slot_bytes, moe.spec.activation)?;
-        let layout = self.expert_x_layout(&kernels);
-        if layout == XLayout::Natural {
-            return Ok(None);
-        }
-        let reads = |w: &GpuMatrix| self.input_of_vector(w, h) == layout;
-        let others = match &moe.shared {
-            Some(Shared::Resident(sh)) => {
-                sh.gate.as_ref().is_none_or(reads)
-                    && match &sh.gate_up {
-                        GateUp::Fused(gu) => reads(gu),
-                        GateUp::Separate { gate, up } => reads(gate) && reads(up),
-                    }
-            }
-            Some(Shared::Dense(mlp)) => reads(&mlp.gate) && reads(&mlp.up),
-            Some(Shared::Cached) | None => true,
-        };
-        Ok(others.then_some((&layer.post_norm, layout)))
     }
 
     /// `shared_o = h + sigmoid(sg . xn) * down(silu(gate(xn)) * up(xn))`, the gate's logit

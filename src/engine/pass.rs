@@ -3,16 +3,16 @@
 //! logits readout). The blocks themselves are in the sibling modules.
 
 use super::state::{Scratch, SequenceState};
-use super::weights::{Layer, MixerWeights, Qkv};
+use super::weights::{Layer, MixerWeights};
 use crate::cache::CacheStats;
 use crate::error::Result;
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{
-    EmbeddingParams, MatMulParams, MatVecParams, MoeCombineNormParams, MoeCombineParams,
-    QEmbeddingParams, QMatMulParams, QMatVecParams, RmsNormParams, TokenPickParams,
-    TokenSampleParams, TopKParams, LINEAR_BIAS, LINEAR_NORM_OUT_INTERLEAVED, LINEAR_NORM_OUT_Q8,
-    LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED, LINEAR_X_NORM, LINEAR_X_Q8, LINEAR_X_RAW_NORM,
+    EmbeddingParams, MatMulParams, MatVecParams, QEmbeddingParams, QMatMulParams, QMatVecParams,
+    RmsNormParams, TokenPickParams, TokenSampleParams, TopKParams, LINEAR_BIAS,
+    LINEAR_NORM_OUT_INTERLEAVED, LINEAR_NORM_OUT_Q8, LINEAR_RESIDUAL, LINEAR_X_INTERLEAVED,
+    LINEAR_X_NORM, LINEAR_X_Q8, LINEAR_X_RAW_NORM,
 };
 use crate::gpu::Size;
 use crate::gpu::{GpuMatrix, GpuVec, Recorder};
@@ -126,28 +126,6 @@ pub(crate) struct Pass<'a> {
     pub router_norm: Option<(&'a GpuVec, XLayout)>,
 }
 
-/// Environment variable (`1`) that turns off, for measuring (`benches/ab.sh`), the RMSNorm
-/// folded into the MoE combine of a decode step ([`Kernel::MoeCombineNorm`]): every norm
-/// then runs as its own dispatch.
-pub const NO_NORM_FOLD_ENV: &str = "MOESTREAM_NO_NORM_FOLD";
-
-/// Environment variable (`1`) that turns off, for measuring, the post-attention norm
-/// folded into the MoE router's mat-vec ([`Pass::folded_post_norm`]); also off with
-/// [`NO_NORM_FOLD_ENV`].
-pub const NO_ROUTER_NORM_ENV: &str = "MOESTREAM_NO_ROUTER_NORM";
-
-pub(crate) fn router_norm_off() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| {
-        norm_fold_off() || std::env::var_os(NO_ROUTER_NORM_ENV).is_some_and(|v| v == "1")
-    })
-}
-
-fn norm_fold_off() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| std::env::var_os(NO_NORM_FOLD_ENV).is_some_and(|v| v == "1"))
-}
-
 /// Environment variable (`1`, `2` or `4`) that sets, for measuring (`benches/ab.sh`), the
 /// rows per team of the decode mat-vecs of 2049 to 16384 rows (a fused q/k/v, an MoE
 /// model's dense FFN; not the LM head); unset, [`kernels::qmatvec_rows_per_team`]. The
@@ -202,98 +180,6 @@ impl<'a> Pass<'a> {
         r
     }
 
-    /// The norm after a layer (`next`'s input norm, or the final norm) that a decode
-    /// step's MoE combine folds in ([`Kernel::MoeCombineNorm`]), and the layout its
-    /// readers read: where every matrix that reads the normalized row reads it through the
-    /// quantized mat-vec in one layout, 8+8-bit or interleaved, so that nothing needs the
-    /// f32 row the norm's own dispatch writes. (Latent attention's input norm also feeds
-    /// other kernels: not folded.)
-    fn folded_norm(&self, next: Option<&'a Layer>) -> Option<(&'a GpuVec, XLayout)> {
-        let h = self.m.cfg.hidden_size;
-        if !self.decode || self.n != 1 || norm_fold_off() {
-            return None;
-        }
-        let layout = |w: &GpuMatrix| match self.input_of(w, true, h).1 {
-            XLayout::Natural => None,
-            l => Some(l),
-        };
-        let w = &self.m.weights;
-        let (norm, readers): (_, Vec<&GpuMatrix>) = match next {
-            None => (&w.final_norm, vec![w.lm_head()]),
-            Some(layer) => match &layer.mixer {
-                MixerWeights::Attention(a) => match &a.qkv {
-                    Qkv::Fused { w, .. } => (&layer.input_norm, vec![w]),
-                    Qkv::Separate { q, k, v, .. } => (&layer.input_norm, vec![q, k, v]),
-                },
-                MixerWeights::LinearAttention(a) => (&layer.input_norm, vec![&a.proj]),
-                MixerWeights::Mla(_) => return None,
-            },
-        };
-        let first = layout(readers[0])?;
-        readers
-            .iter()
-            .all(|&r| layout(r) == Some(first))
-            .then_some((norm, first))
-    }
-
-    /// The input norm of a layer's token mixer over the pass's rows of `x`: nothing where
-    /// the combine before it folded it in ([`Pass::unnormed`]).
-    pub(crate) fn input_norm(&mut self, w: &GpuVec) {
-        if self.unnormed.is_none() {
-            let (s, n, h) = (self.s, self.n, self.m.cfg.hidden_size);
-            self.rmsnorm(&s.x, w, &s.xn, n, h, 0);
-        }
-    }
-
-    /// `x = resid + the routed experts' rows` (weighted, `kk` choices per token) over the
-    /// pass's tokens; in a decode step that folds the next norm ([`Pass::fold_norm`]),
-    /// also that norm's input for the mat-vecs ([`Kernel::MoeCombineNorm`]).
-    pub(crate) fn combine(&mut self, resid: &wgpu::Buffer, kk: usize) {
-        let s = self.s;
-        let h = self.m.cfg.hidden_size;
-        let binds = [
-            resid.into(),
-            (&s.moe_o).into(),
-            (&s.route).into(),
-            (&s.x).into(),
-        ];
-        if let Some((g, layout)) = self.fold_norm {
-            let p = MoeCombineNormParams {
-                hidden: h as u32,
-                top_k: kk as u32,
-                flags: if layout == XLayout::Q8 {
-                    MoeCombineNormParams::Q8
-                } else {
-                    0
-                },
-                ..Default::default()
-            };
-            let [b0, b1, b2, b3] = binds;
-            self.rec.dispatch(
-                Kernel::MoeCombineNorm,
-                None,
-                p.words(),
-                &[b0, b1, b2, b3, g.bind(), s.row_in(layout).into()],
-                (kernels::moe_combine_norm_groups(h as u32), 1),
-            );
-            self.unnormed = Some(layout);
-            return;
-        }
-        let p = MoeCombineParams {
-            hidden: h as u32,
-            n_tokens: self.n as u32,
-            top_k: kk as u32,
-            ..Default::default()
-        };
-        self.rec.dispatch(
-            Kernel::MoeCombine,
-            None,
-            p.words(),
-            &binds,
-            grid((h * self.n).div_ceil(64)),
-        );
-    }
-
     /// y = x W^T (+ bias) (+ resid) for `self.n` tokens, x in layout `x.1` (other than
     /// natural only for a quantized `w` and a decode step, see [`Pass::input`]): mat-vecs
     /// for a decode step, mat-mats for a prefill pass ([`Pass::decode`]).
@@ -316,13 +202,13 @@ impl<'a> Pass<'a> {
         self.input_of(w, self.decode, len)
     }
 
-    /// The layout a decode row of `len` values is read in by `w`.
-    pub(crate) fn input_of_vector(&self, w: &GpuMatrix, len: usize) -> XLayout {
-        self.input_of(w, true, len).1
-    }
-
     /// [`Pass::input`] of a `vector` row or of the pass's rows.
-    fn input_of(&self, w: &GpuMatrix, vector: bool, len: usize) -> (&'a wgpu::Buffer, XLayout) {
+    pub(super) fn input_of(
+        &self,
+        w: &GpuMatrix,
+        vector: bool,
+        len: usize,
+    ) -> (&'a wgpu::Buffer, XLayout) {
         match w.format {
             WeightFormat::Affine(q) if interleaves(vector, len) => {
                 let layout = XLayout::for_bits(q.bits, self.m.f32_activations);
