@@ -601,6 +601,40 @@ fn qmatvec() {
     ck.report();
 }
 
+/// One `qmatvec` dispatch of the two norm tests below: `m` on `on` with teams of `team`
+/// invocations of `rpt` rows, x at offset 0; `bufs` are x, bias, resid, y and the
+/// normalized-row output (the weights go in twice, as `w` and as `ws`).
+fn qmatvec_norm_run(
+    (on, m, team, rpt): (&KernelRunner, &QMat, u32, u32),
+    (rows, cols, row_base, flags, eps): (usize, usize, usize, u32, f32),
+    bufs: [&[u8]; 5],
+    grid: (u32, u32),
+) -> Vec<Vec<u8>> {
+    let [x, bias, resid, y, yq] = bufs;
+    run_kernel_rows_on(
+        on,
+        Kernel::QMatVec,
+        Some(m.q.scale_dtype),
+        Some((m.q.bits, m.q.group_size)),
+        rpt,
+        QMatVecParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            row_base: row_base as u32,
+            flags,
+            x_offset: 0,
+            scales_word: m.scales_word,
+            biases_word: m.biases_word,
+            team,
+            eps,
+            ..Default::default()
+        }
+        .words(),
+        &[&m.bytes, x, bias, resid, y, &m.bytes, yq],
+        grid,
+    )
+}
+
 /// `qmatvec` with `LINEAR_X_NORM`: x is an RMSNorm's input `g * x` not yet divided by its
 /// RMS, as `kernels/moe_combine_norm.wgsl` leaves it (in the 8+8-bit layout for 2- to 6-bit
 /// weights, and interleaved f32 for every width), followed by each 32-value block's sum of
@@ -712,33 +746,15 @@ fn qmatvec_applies_a_norm_left_by_the_combine() {
                 } else {
                     grid
                 };
-                let out = run_kernel_rows_on(
-                    on,
-                    Kernel::QMatVec,
-                    Some(q.scale_dtype),
-                    Some((q.bits, q.group_size)),
-                    rpt,
-                    QMatVecParams {
-                        rows: rows as u32,
-                        cols: cols as u32,
-                        row_base: row_base as u32,
-                        flags,
-                        x_offset: 0,
-                        scales_word: m.scales_word,
-                        biases_word: m.biases_word,
-                        team: *team,
-                        eps,
-                        ..Default::default()
-                    }
-                    .words(),
-                    &[
-                        &m.bytes,
+                let out = qmatvec_norm_run(
+                    (on, &m, *team, rpt),
+                    (rows, cols, row_base, flags, eps),
+                    [
                         &x_bytes,
                         &f32_bytes(&bias),
                         &f32_bytes(&resid),
                         &f32_bytes(&before),
-                        &m.bytes, // `ws`: the weights again, as words
-                        &[],      // the normalized-row output (unused)
+                        &[],
                     ],
                     grid,
                 );
@@ -874,32 +890,15 @@ fn qmatvec_applies_a_norm_to_its_raw_input_and_writes_the_row() {
                     "{bits}-bit g{group} {dtype} rows {rows} cols {cols} flags {flags:#x} \
                      eps {eps} row_base {row_base} grid {grid:?} {how} {rpt} rows per team"
                 );
-                let out = run_kernel_rows_on(
-                    on,
-                    Kernel::QMatVec,
-                    Some(q.scale_dtype),
-                    Some((q.bits, q.group_size)),
-                    rpt,
-                    QMatVecParams {
-                        rows: rows as u32,
-                        cols: cols as u32,
-                        row_base: row_base as u32,
-                        flags,
-                        x_offset: 0,
-                        scales_word: m.scales_word,
-                        biases_word: m.biases_word,
-                        team: *team,
-                        eps,
-                        ..Default::default()
-                    }
-                    .words(),
-                    &[
-                        &m.bytes,
+                let out = qmatvec_norm_run(
+                    (on, &m, *team, rpt),
+                    (rows, cols, row_base, flags, eps),
+                    // `resid` holds the norm's weight.
+                    [
                         &f32_bytes(&x),
                         &f32_bytes(&bias),
-                        &f32_bytes(&g), // `resid`: the norm's weight
+                        &f32_bytes(&g),
                         &f32_bytes(&before),
-                        &m.bytes, // `ws`: the weights again, as words
                         &u32_bytes(&yq_before),
                     ],
                     grid,
