@@ -186,8 +186,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
     if (raw && (p.flags & 192u) != 0u) {
-        write_normalized(select(wid.x + wid.y * nwg.x, wid.x, batched), nwg.x * nwg.y, lid,
-                         inv);
+        write_normalized(blk, nwg.x * nwg.y, lid, inv);
     }
 }
 
