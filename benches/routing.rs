@@ -8,6 +8,7 @@
 //! cargo bench --bench routing -- --no-replay           # the host-side table only (no GPU)
 //! cargo bench --bench routing -- --direct --cache 10   # replay with direct I/O, 10% cache
 //! cargo bench --bench routing -- --layers 4 --replay-tokens 64 --io-threads 16
+//! cargo bench --bench routing -- --direct --prompt 512   # then a 512-token prompt (0: none)
 //! ```
 //!
 //! The table is computed on the host ([`moestream::routing::simulate`]: the expert cache's
@@ -27,7 +28,9 @@
 //! 25), for each policy. `--replay-tokens` tokens (default 128) are timed after as many
 //! warm-up tokens; it prints time per token, hit rate, bytes read per token, read
 //! throughput over the wall time and the disk's busy fraction (wall time with at least one
-//! read in flight).
+//! read in flight). Then a `--prompt` of 512 tokens (0: none) is replayed as one prefill
+//! pass asks for its experts ([`Model::replay_prompt`]), into an empty cache, against
+//! reading the same bytes at the storage's raw rate measured just before.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -284,5 +287,73 @@ fn replay(args: &[String], file_trace: &RoutingTrace, from_file: bool, seed: u64
             model.expert_cache_slots()
         );
     }
+    prompt(
+        args,
+        &spec,
+        &trace,
+        &dir,
+        &pack_files,
+        direct,
+        io_threads,
+        seed,
+    )
+}
+
+/// Replays a `--prompt`-token prompt (default 512; 0 skips it) through an empty cache of
+/// the same size as the decode replays (LRU), against reading the same bytes at the
+/// storage's raw rate (the better of one sequential stream and 8 reads in flight, measured
+/// just before): issue #20's streaming-prefill target without the compute.
+#[allow(clippy::too_many_arguments)]
+fn prompt(
+    args: &[String],
+    spec: &SyntheticSpec,
+    trace: &RoutingTrace,
+    dir: &std::path::Path,
+    pack_files: &[PathBuf],
+    direct: bool,
+    io_threads: usize,
+    seed: u64,
+) -> Result<()> {
+    let tokens: usize = arg(args, "--prompt").unwrap_or(512);
+    if tokens == 0 {
+        return Ok(());
+    }
+    let cache_pct: f64 = arg(args, "--cache").unwrap_or(25.0);
+    let layers = trace.header().num_layers();
+    let prompt = RoutingTrace::generate(
+        trace.header().clone(),
+        &GeneratorParams::default().seed(seed + 2),
+        tokens,
+    )?;
+    let pack_dir = dir.join(moestream::store::PACK_DIR_NAME);
+    let store = PackedStore::open_with(&pack_dir, PackedStoreOptions::default().direct_io(direct))?;
+    let experts = spec.moe_layers() * spec.num_experts;
+    let slot = store.layout(0).map_or(0, |l| l.bytes as u64).div_ceil(256) * 256;
+    let budget = (experts as f64 * cache_pct / 100.0).round() as u64 * slot;
+    let model = Model::builder(dir)
+        .expert_store(Arc::new(store))
+        .expert_cache_bytes(budget.max(1))
+        .io_threads(io_threads)
+        .build()?;
+    common::evict(pack_files);
+    let limit = 4u64 << 30;
+    let seq = common::sequential_read(pack_files, direct, limit);
+    common::evict(pack_files);
+    let par = common::parallel_read(pack_files, direct, limit, 8);
+    common::evict(pack_files);
+    let raw = seq.max(par);
+    let r = model.replay_prompt(&prompt)?;
+    let bytes = r.cache.bytes_read as f64;
+    let at_raw = bytes / (raw * 1e9);
+    println!(
+        "\nprompt of {tokens} tokens ({} of {} layers' experts touched, each read once: {:.2} GB) into an empty {cache_pct}% cache: {:.2} s, {:.2}x the {:.2} s to read those bytes at the raw {raw:.2} GB/s (sequential {seq:.2}, 8 in flight {par:.2}), disk busy {:.1}%",
+        r.cache.misses,
+        layers * spec.num_experts,
+        bytes / 1e9,
+        r.wall_time.as_secs_f64(),
+        r.wall_time.as_secs_f64() / at_raw.max(1e-9),
+        at_raw,
+        100.0 * r.busy_fraction()
+    );
     Ok(())
 }

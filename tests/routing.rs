@@ -1,7 +1,7 @@
 //! Routing traces from a real model: recording (`Session::record_routing`) against the CPU
 //! reference's routing, on both decode paths, without changing any logits; replay of a
 //! trace through the real expert cache and store (`Model::replay_routing`) against the
-//! host-side simulation of every cache policy.
+//! host-side simulation of every cache policy; a prompt's replay (`Model::replay_prompt`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -287,6 +287,59 @@ fn replay_through_the_real_cache_matches_the_simulation_of_every_policy() {
     let t = RoutingTrace::generate(other, &GeneratorParams::uniform(), 2).unwrap();
     let e = model.replay_routing(&t).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+}
+
+/// A prompt's replay (`Model::replay_prompt`) reads each expert that any of its tokens
+/// chose once per layer, however many tokens chose it, also when a layer needs more
+/// experts than the cache has slots (they are then read in groups), and finds them all
+/// resident the second time when the cache holds them all.
+#[test]
+fn a_prompt_replay_reads_each_touched_expert_once() {
+    let dir = model_dir("prompt");
+    let cfg = ModelConfig::from_path(&dir).unwrap();
+    let header = TraceHeader::for_model(&cfg).unwrap();
+    let trace = RoutingTrace::generate(header, &GeneratorParams::default().seed(5), 24).unwrap();
+    let touched: usize = (0..3)
+        .map(|l| {
+            let mut e: Vec<u16> = (0..trace.len())
+                .flat_map(|t| trace.experts(t, l).unwrap().to_vec())
+                .collect();
+            e.sort_unstable();
+            e.dedup();
+            e.len()
+        })
+        .sum();
+    assert!(touched > 3 * 8 && touched <= 48, "{touched}");
+    let expert = SafetensorsStore::new(Arc::new(Checkpoint::open(&dir).unwrap()), &cfg)
+        .unwrap()
+        .layout(0)
+        .unwrap()
+        .bytes as u64;
+    for (slots, second_hits) in [(48usize, true), (6, false)] {
+        let model = Model::builder(&dir)
+            .expert_cache_bytes(slots as u64 * expert.div_ceil(256) * 256)
+            .io_threads(3)
+            .build()
+            .unwrap();
+        assert_eq!(model.expert_cache_slots(), slots);
+        let r = model.replay_prompt(&trace).unwrap();
+        assert_eq!(r.tokens, 24);
+        assert_eq!(
+            (r.cache.hits, r.cache.misses),
+            (0, touched as u64),
+            "{slots} slots"
+        );
+        assert_eq!(r.cache.bytes_read, touched as u64 * expert);
+        assert_eq!(r.cache.evictions > 0, touched > slots, "{slots} slots");
+        let again = model.replay_prompt(&trace).unwrap();
+        if second_hits {
+            assert_eq!((again.cache.hits, again.cache.misses), (touched as u64, 0));
+        } else {
+            assert_eq!(again.cache.hits + again.cache.misses, touched as u64);
+            assert!(again.cache.misses > 0);
+        }
+    }
     std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
 }
 

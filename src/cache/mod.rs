@@ -35,6 +35,16 @@ const NOT_RESIDENT: u32 = u32::MAX;
 /// Slot strides are a multiple of this many bytes.
 const SLOT_ALIGN: u64 = 256;
 
+/// Environment variable (`1`) that turns off, for measuring (`benches/ab.sh`), the early
+/// uploads of [`ExpertCache::acquire`]: each expert read is then copied to the GPU only
+/// when the caller submits its work, after the last of the layer's reads.
+pub(crate) const NO_EARLY_UPLOAD_ENV: &str = "MOESTREAM_NO_EARLY_UPLOAD";
+
+fn early_uploads() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os(NO_EARLY_UPLOAD_ENV).is_none_or(|v| v != "1"))
+}
+
 /// Counters of expert-cache traffic. Each distinct (layer, expert) a forward pass needs
 /// counts once per layer pass: as a hit when it was already resident, else as a miss that
 /// read the expert's bytes from the store. `read_time` is the time the pass waited for
@@ -323,8 +333,9 @@ impl ExpertCache {
 
     /// Makes the experts `keys` resident and returns their slots, all pinned together.
     /// `keys.len()` must not exceed the slot count. Misses are read from `store` by the I/O
-    /// threads, all at once up to the queue depth, and their uploads queued; the caller must
-    /// submit the GPU work that uses the slots before dropping `state`. On a failed read,
+    /// threads, all at once up to the queue depth, and each upload is submitted as its read
+    /// lands while other reads are in flight (the last is left to the caller's submit); the
+    /// caller must submit the GPU work that uses the slots before dropping `state`. On a failed read,
     /// the slots being filled are freed and the first error is returned.
     pub fn acquire(
         &self,
@@ -440,6 +451,11 @@ impl ExpertCache {
                         &done.buf[..sizes[i]],
                     );
                     self.set_table(gpu, keys[i], slot as u32);
+                    // Other reads still to come: hand this upload to the GPU now, so that
+                    // its copy overlaps them instead of waiting for the caller's submit.
+                    if (in_flight > 0 || next < misses.len()) && early_uploads() {
+                        gpu.queue.submit([]);
+                    }
                     tracing::trace!(
                         layer = keys[i].0,
                         expert = keys[i].1,

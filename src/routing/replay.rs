@@ -1,5 +1,5 @@
-//! [`Model::replay_routing`]: a trace's expert choices through a model's real expert cache
-//! and I/O path, without the model's dense compute.
+//! [`Model::replay_routing`] and [`Model::replay_prompt`]: a trace's expert choices
+//! through a model's real expert cache and I/O path, without the model's dense compute.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +8,7 @@ use crate::cache::CacheStats;
 use crate::error::{Error, Result};
 use crate::model::Model;
 
-/// What [`Model::replay_routing`] measured.
+/// What [`Model::replay_routing`] or [`Model::replay_prompt`] measured.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 #[non_exhaustive]
 pub struct ReplayStats {
@@ -59,9 +59,11 @@ impl Model {
     /// would ask for its experts, without running any of the model's compute: for each
     /// token, each MoE layer's experts are made resident (hits marked used, misses read from
     /// the store by the I/O threads and uploaded into their slots) under the cache's policy,
-    /// one layer after the other. A benchmarking tool: the time per token is what storage
-    /// and the cache cost a decode whose GPU work took no time, and [`ReplayStats`] has the
-    /// disk's busy fraction. Build the model with the store to measure
+    /// one layer after the other, each layer's uploads finished on the GPU before the next
+    /// layer's experts are asked for (as a decode's next router waits for them). A
+    /// benchmarking tool: the time per token is what storage, the uploads and the cache cost
+    /// a decode whose kernels took no time, and [`ReplayStats`] has the disk's busy
+    /// fraction. Build the model with the store to measure
     /// ([`ModelBuilder::expert_store`](crate::ModelBuilder::expert_store), e.g. a
     /// [`PackedStore`](crate::PackedStore) with direct I/O), the cache size
     /// and policy and the I/O threads to compare. The cache keeps what the replay left in
@@ -90,6 +92,36 @@ impl Model {
     /// # Ok(()) }
     /// ```
     pub fn replay_routing(&self, trace: &RoutingTrace) -> Result<ReplayStats> {
+        self.replay(trace, false)
+    }
+
+    /// Replays `trace` as the routing of one prompt: each MoE layer's experts chosen by any
+    /// of the trace's tokens are made resident once, the layer's reads all in flight
+    /// together (in groups of at most the cache's slot count), as a prefill pass asks for
+    /// them, then the layer's uploads finish before the next layer's. The read time
+    /// against reading the same bytes at the storage's raw rate is what streaming a
+    /// prompt's experts costs beyond the reads (issue #20's prefill target, without the
+    /// compute). Errors as [`replay_routing`](Self::replay_routing).
+    ///
+    /// ```no_run
+    /// # fn main() -> moestream::Result<()> {
+    /// use moestream::routing::{GeneratorParams, RoutingTrace, TraceHeader};
+    /// let model = moestream::Model::builder("path/to/model")
+    ///     .expert_cache_bytes(4 << 30)
+    ///     .build()?;
+    /// let header = TraceHeader::for_model(model.config())?;
+    /// let prompt = RoutingTrace::generate(header, &GeneratorParams::default(), 512)?;
+    /// let r = model.replay_prompt(&prompt)?;
+    /// println!("{} experts read in {:?}", r.cache.misses, r.wall_time);
+    /// # Ok(()) }
+    /// ```
+    pub fn replay_prompt(&self, trace: &RoutingTrace) -> Result<ReplayStats> {
+        self.replay(trace, true)
+    }
+
+    /// [`replay_routing`](Self::replay_routing) (`prompt` false: one step per token) or
+    /// [`replay_prompt`](Self::replay_prompt) (one step for all tokens).
+    fn replay(&self, trace: &RoutingTrace, prompt: bool) -> Result<ReplayStats> {
         let inner = &*self.inner;
         let cfg = &inner.cfg;
         let h = trace.header();
@@ -112,23 +144,34 @@ impl Model {
         let t0 = Instant::now();
         let mut stats = CacheStats::default();
         let mut keys: Vec<(usize, usize)> = Vec::with_capacity(k);
+        let steps = if prompt { 1 } else { trace.len() };
         let result = (|| -> Result<()> {
-            for t in 0..trace.len() {
-                let row = trace.token(t);
+            for step in 0..steps {
+                let tokens = if prompt {
+                    0..trace.len()
+                } else {
+                    step..step + 1
+                };
                 for (i, &layer) in moe.iter().enumerate() {
                     keys.clear();
-                    keys.extend(row[i * k..(i + 1) * k].iter().map(|&e| (layer, e as usize)));
+                    for t in tokens.clone() {
+                        let row = &trace.token(t)[i * k..(i + 1) * k];
+                        keys.extend(row.iter().map(|&e| (layer, e as usize)));
+                    }
                     keys.sort_unstable();
+                    keys.dedup();
                     let mut state = cache.lock();
                     let group = state.policy.slots().max(1);
                     for chunk in keys.chunks(group) {
                         cache.acquire(gpu, &mut state, inner.store.as_ref(), chunk, &mut stats)?;
                     }
                     drop(state);
-                    // Hand the uploads to the GPU as a step's expert kernels would.
+                    // Hand the uploads to the GPU as a step's expert kernels would, and wait
+                    // for them: a decode's next layer routes only after this layer's
+                    // experts have run, so their uploads are on its critical path.
                     gpu.queue.submit([]);
+                    let _ = gpu.device.poll(wgpu::PollType::wait_indefinitely());
                 }
-                let _ = gpu.device.poll(wgpu::PollType::Poll);
             }
             let _ = gpu.device.poll(wgpu::PollType::wait_indefinitely());
             gpu.check()
