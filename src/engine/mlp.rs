@@ -12,12 +12,10 @@ impl<'a> Pass<'a> {
         let s = self.s;
         let h = self.m.cfg.hidden_size;
         let n = self.n;
-        match self.folded_post_norm(l, layer)? {
-            Some(fold) => {
-                // The router applies it (the input row's readers are done with it).
-                self.unnormed = None;
-                self.router_norm = Some(fold);
-            }
+        let fold = self.folded_post_norm(l, layer)?;
+        match fold {
+            // The router applies it (the input row's readers are done with it).
+            Some(_) => self.unnormed = None,
             None => self.rmsnorm(&s.h, &layer.post_norm, &s.xn, n, h, 0),
         }
         match &layer.ffn {
@@ -25,7 +23,7 @@ impl<'a> Pass<'a> {
                 self.dense_mlp(mlp, &s.x, Some(&s.h));
                 Ok(())
             }
-            FfnWeights::Moe(moe) => self.moe(l, moe),
+            FfnWeights::Moe(moe) => self.moe(l, moe, fold),
         }
     }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::experts::{expert_grid, ExpertKernels};
-use super::pass::{grid, Pass, XLayout};
+use super::pass::{grid, Pass, RawNorm, XLayout};
 use super::weights::{GateUp, Moe, Shared, SharedExpert};
 use crate::error::{Error, Result};
 use crate::gpu::kernels::{self, Kernel};
@@ -29,19 +29,22 @@ fn expert_matvecs_env() -> bool {
 
 impl<'a> Pass<'a> {
     /// `x = h + routed experts (+ the gated shared expert)` over the normalized rows.
-    pub(crate) fn moe(&mut self, l: usize, moe: &Moe) -> Result<()> {
+    /// With `fold` ([`Pass::folded_post_norm`]) the router's mat-vec applies the
+    /// post-attention norm to the raw row `h` and writes the normalized row the others read.
+    pub(crate) fn moe(&mut self, l: usize, moe: &Moe, fold: Option<RawNorm<'a>>) -> Result<()> {
         let s = self.s;
         let h = self.m.cfg.hidden_size;
         // The router's logits (and, as its last row, the shared expert's gate logit).
         let router = &moe.router;
-        // Where the router applies the post-attention norm, it reads the raw row.
-        let x = if self.router_norm.is_some() {
-            (&s.h, XLayout::Natural)
-        } else {
-            self.input(router, h)
-        };
-        self.linear(router, x, &s.router_logits, moe.router_bias.as_ref(), None);
-        debug_assert!(self.router_norm.is_none(), "the router took the norm");
+        let bias = moe.router_bias.as_ref();
+        match fold {
+            Some(f) => {
+                let x = (&s.h, XLayout::Natural);
+                let (n, decode) = (self.n, self.decode);
+                self.linear_n(router, x, &s.router_logits, bias, None, n, decode, Some(f));
+            }
+            None => self.linear(router, self.input(router, h), &s.router_logits, bias, None),
+        }
         // The residual the combine adds the routed experts to: h, or h plus the gated
         // shared expert where it has mat-vecs of its own (computed first, from the same
         // normalized rows); a shared expert in the cache is one more routed choice.

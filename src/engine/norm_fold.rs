@@ -7,7 +7,7 @@
 //! depends on who reads their rows; docs/architecture.md says why each pays.
 
 use super::experts::ExpertKernels;
-use super::pass::{grid, Pass, XLayout};
+use super::pass::{grid, Pass, RawNorm, XLayout};
 use super::weights::{FfnWeights, GateUp, Layer, MixerWeights, Qkv, Shared};
 use crate::error::Result;
 use crate::format::WeightFormat;
@@ -141,7 +141,7 @@ impl<'a> Pass<'a> {
         &self,
         l: usize,
         layer: &'a Layer,
-    ) -> Result<Option<(&'a GpuVec, XLayout)>> {
+    ) -> Result<Option<RawNorm<'a>>> {
         let m = self.m;
         let h = m.cfg.hidden_size;
         let FfnWeights::Moe(moe) = &layer.ffn else {

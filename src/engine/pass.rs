@@ -120,11 +120,13 @@ pub(crate) struct Pass<'a> {
     /// apply the norm ([`LINEAR_X_NORM`]), the norm's own dispatch is skipped, and the
     /// norm's other rows are stale. Cleared by the next norm.
     pub unnormed: Option<XLayout>,
-    /// The post-attention norm a decode step folds into the MoE router's mat-vec
-    /// ([`Pass::folded_post_norm`]): its weight and the layout of the normalized row the
-    /// router writes for the expert kernels ([`LINEAR_X_RAW_NORM`]).
-    pub router_norm: Option<(&'a GpuVec, XLayout)>,
 }
+
+/// A norm a quantized mat-vec applies to its raw input row ([`LINEAR_X_RAW_NORM`]): the
+/// norm's weight and the layout of the normalized row it writes for the row's other
+/// readers (the post-attention norm a decode step folds into the MoE router,
+/// [`Pass::folded_post_norm`]).
+pub(crate) type RawNorm<'a> = (&'a GpuVec, XLayout);
 
 /// Environment variable (`1`, `2` or `4`) that sets, for measuring (`benches/ab.sh`), the
 /// rows per team of the decode mat-vecs of 2049 to 16384 rows (a fused q/k/v, an MoE
@@ -191,7 +193,7 @@ impl<'a> Pass<'a> {
         bias: Option<&GpuVec>,
         resid: Option<&wgpu::Buffer>,
     ) {
-        self.linear_n(w, x, y, bias, resid, self.n, self.decode);
+        self.linear_n(w, x, y, bias, resid, self.n, self.decode, None);
     }
 
     /// The input of a linear map by `w` of the pass's rows of `len` values normalized by
@@ -223,7 +225,8 @@ impl<'a> Pass<'a> {
     }
 
     /// [`Pass::linear`] of `n` rows: by the mat-vec kernels for a `vector` row (n = 1),
-    /// else by the mat-mat kernels.
+    /// else by the mat-mat kernels. With `raw`, `x` is a raw row (natural layout) that a
+    /// quantized mat-vec normalizes ([`RawNorm`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear_n(
         &mut self,
@@ -234,9 +237,16 @@ impl<'a> Pass<'a> {
         resid: Option<&wgpu::Buffer>,
         n: usize,
         vector: bool,
+        raw: Option<RawNorm<'a>>,
     ) {
         let dummy = &self.m.gpu.dummy;
         debug_assert!(!vector || n == 1);
+        debug_assert!(
+            raw.is_none()
+                || (vector
+                    && layout == XLayout::Natural
+                    && matches!(w.format, WeightFormat::Affine(_)))
+        );
         debug_assert!(
             layout == XLayout::Natural
                 || (vector
@@ -257,12 +267,6 @@ impl<'a> Pass<'a> {
                     .any(|b| std::ptr::eq(x, b)),
             "a mat-vec reads a stale row of a norm folded into the combine"
         );
-        // The router of a MoE layer whose post-attention norm it applies (x the raw row).
-        let raw = if vector && matches!(w.format, WeightFormat::Affine(_)) {
-            self.router_norm.take()
-        } else {
-            None
-        };
         let flags = if bias.is_some() { LINEAR_BIAS } else { 0 }
             | if resid.is_some() { LINEAR_RESIDUAL } else { 0 }
             | match raw {
@@ -570,7 +574,7 @@ impl<'a> Pass<'a> {
         let head = w.lm_head();
         let x = self.input_of(head, true, h);
         let logits = self.logits;
-        self.linear_n(head, x, logits, None, None, 1, true);
+        self.linear_n(head, x, logits, None, None, 1, true, None);
         let mut parts = Vec::with_capacity(extra.len() + 1);
         if let Some(n) = top {
             let groups = kernels::topk_groups(v as u32);

@@ -386,7 +386,6 @@ impl Session {
             pick_token: pick,
             fold_norm: None,
             unnormed: None,
-            router_norm: None,
         };
         let s = &self.scratch;
         let layers = cfg.num_hidden_layers;
