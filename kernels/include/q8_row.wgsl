@@ -1,9 +1,11 @@
 // Writing a row in the 8+8-bit layout of include/interleave.wgsl (prepended to the kernels
-// that write one, rmsnorm and moe_combine_norm; not a kernel itself). The kernel declares
-// `yq`, the row's words (read_write storage of u32), and runs workgroups of 256
-// invocations, 4 consecutive ones per 32-value block, 8 values (an octet) each.
-var<workgroup> q8_max: array<f32, 256>;
-var<workgroup> q8_sum: array<f32, 256>;
+// that write one, rmsnorm, moe_combine_norm and qmatvec; not a kernel itself). The kernel
+// declares `yq`, the row's words (read_write storage of u32), and `WG`, its workgroup size
+// (a multiple of 4), and calls with 4 consecutive invocations per 32-value block, 8 values
+// (an octet) each. The arrays take WG floats each: 512 bytes in qmatvec's workgroups of
+// 64, not the 2 KB of a 256-invocation kernel's.
+var<workgroup> q8_max: array<f32, WG>;
+var<workgroup> q8_sum: array<f32, WG>;
 
 // Octet t (values 8t .. 8t + 7: va, vb) of the row of nb blocks whose words start at
 // `base`; invocation `lid` of the workgroup, whose group of 4 (lid & ~3) holds the 4
