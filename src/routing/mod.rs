@@ -3,8 +3,9 @@
 //! ([`Session::record_routing`](crate::Session::record_routing)) or generated with stated
 //! statistics ([`RoutingTrace::generate`], [`GeneratorParams`]), their statistics
 //! ([`TraceStats`]), a cache policy's hit rate on them computed on the host
-//! ([`simulate()`]), and their replay through a model's expert cache and storage
-//! ([`Model::replay_routing`](crate::Model::replay_routing)).
+//! ([`simulate()`]), and their replay through a model's expert cache and storage, token by
+//! token ([`Model::replay_routing`](crate::Model::replay_routing)) or as one prompt
+//! ([`Model::replay_prompt`](crate::Model::replay_prompt)).
 //!
 //! Greedy decoding of a random-weight model loops, so its routing repeats and flatters any
 //! cache; these tools let a benchmark use routing with the statistics of real models
