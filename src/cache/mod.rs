@@ -335,8 +335,8 @@ impl ExpertCache {
     /// `keys.len()` must not exceed the slot count. Misses are read from `store` by the I/O
     /// threads, all at once up to the queue depth, and each upload is submitted as its read
     /// lands while other reads are in flight (the last is left to the caller's submit); the
-    /// caller must submit the GPU work that uses the slots before dropping `state`. On a failed read,
-    /// the slots being filled are freed and the first error is returned.
+    /// caller must submit the GPU work that uses the slots before dropping `state`. On a
+    /// failed read, the slots being filled are freed and the first error is returned.
     pub fn acquire(
         &self,
         gpu: &Gpu,
