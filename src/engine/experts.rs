@@ -2,7 +2,7 @@
 //! (`ExpertKernels`), their grids, and the gate/up and down dispatches over one page of
 //! the cache (per assignment, or tiled for prefill).
 
-use super::pass::{interleaves, Pass, XLayout};
+use super::pass::{Pass, XLayout};
 use crate::arch::ExpertActivation;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -42,25 +42,17 @@ pub(super) fn expert_grid(
 }
 
 impl Pass<'_> {
+    /// The layout the gate/up kernel of experts whose gate is in `gate` format reads x in
+    /// ([`Pass::x_layout`]): quantized kernels read a decode token's x interleaved (or in
+    /// 8+8-bit blocks), and write h interleaved when the down projection is quantized too.
+    pub(super) fn expert_x_layout(&self, gate: WeightFormat) -> XLayout {
+        self.x_layout(gate, self.decode, self.m.cfg.hidden_size)
+    }
+
     /// The gate/up and down kernels of `count` assignments from `start`, over one page. With
     /// `indirect = Some((args, offset))` the grids are read on the GPU (gate/up's at
     /// `offset`, down's 12 bytes later, as the resident routing kernel writes them) and
     /// `count` is only an upper bound.
-    /// The layout the gate/up kernel of `kernels` reads x in: quantized kernels read a
-    /// decode token's x interleaved (or in 8+8-bit blocks), and write h interleaved when
-    /// the down projection is quantized too.
-    pub(super) fn expert_x_layout(&self, kernels: &ExpertKernels) -> XLayout {
-        let h = self.m.cfg.hidden_size;
-        let gate_up_mx = matches!(kernels.gate_up, GateUpSlot::Quant { code: Some(_), .. });
-        match kernels.gate_up.quant() {
-            Some(_) if gate_up_mx && interleaves(self.decode, h) => XLayout::Interleaved,
-            Some((bits, _)) if interleaves(self.decode, h) => {
-                XLayout::for_bits(bits, self.m.f32_activations)
-            }
-            _ => XLayout::Natural,
-        }
-    }
-
     pub(super) fn experts(
         &mut self,
         kernels: &ExpertKernels,
@@ -74,7 +66,7 @@ impl Pass<'_> {
         let (hs, is) = (cfg.hidden_size as u32, kernels.inter as u32);
         let quant = kernels.gate_up.quant();
         let down_quant = kernels.down.quant();
-        let x_layout = self.expert_x_layout(kernels);
+        let x_layout = self.expert_x_layout(kernels.gate_format);
         let ep = kernels.epilogue;
         let h_il = quant.is_some() && down_quant.is_some();
         let (h, i) = (cfg.hidden_size, kernels.inter);
@@ -497,6 +489,9 @@ pub(super) struct ExpertKernels {
     pub epilogue: Epilogue,
     /// Width of an expert (rows of gate and up).
     pub inter: usize,
+    /// The gate's weight format, which says how the gate/up kernel reads x
+    /// ([`Pass::expert_x_layout`]).
+    pub gate_format: WeightFormat,
 }
 
 impl ExpertKernels {
@@ -608,6 +603,7 @@ impl ExpertKernels {
             down,
             epilogue,
             inter: g.rows,
+            gate_format: g.format,
         })
     }
 }

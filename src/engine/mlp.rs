@@ -12,7 +12,7 @@ impl<'a> Pass<'a> {
         let s = self.s;
         let h = self.m.cfg.hidden_size;
         let n = self.n;
-        let fold = self.folded_post_norm(l, layer)?;
+        let fold = self.folded_post_norm(l, layer);
         match fold {
             // The router applies it (the input row's readers are done with it).
             Some(_) => self.unnormed = None,

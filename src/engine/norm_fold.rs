@@ -6,10 +6,8 @@
 //! ([`LINEAR_X_RAW_NORM`](crate::gpu::params::LINEAR_X_RAW_NORM)). Which norms fold
 //! depends on who reads their rows; docs/architecture.md says why each pays.
 
-use super::experts::ExpertKernels;
 use super::pass::{grid, Pass, RawNorm, XLayout};
 use super::weights::{FfnWeights, GateUp, Layer, MixerWeights, Qkv, Shared};
-use crate::error::Result;
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::params::{MoeCombineNormParams, MoeCombineParams};
@@ -137,29 +135,24 @@ impl<'a> Pass<'a> {
     /// normalized row in the layout every other reader reads (the expert kernels, two
     /// levels later, and a shared expert's or dense block's mat-vecs), where they all read
     /// one layout, 8+8-bit or interleaved. The norm's weight and that layout.
-    pub(crate) fn folded_post_norm(
-        &self,
-        l: usize,
-        layer: &'a Layer,
-    ) -> Result<Option<RawNorm<'a>>> {
+    pub(crate) fn folded_post_norm(&self, l: usize, layer: &'a Layer) -> Option<RawNorm<'a>> {
         let m = self.m;
         let h = m.cfg.hidden_size;
         let FfnWeights::Moe(moe) = &layer.ffn else {
-            return Ok(None);
+            return None;
         };
         if !self.decode || self.n != 1 || router_norm_off() {
-            return Ok(None);
+            return None;
         }
         if !matches!(moe.router.format, WeightFormat::Affine(_)) || moe.router.chunks.len() != 1 {
-            return Ok(None);
+            return None;
         }
-        let (Some(cache), Some(lay)) = (m.cache.as_ref(), m.store.layout(l)) else {
-            return Ok(None);
-        };
-        let kernels = ExpertKernels::new(l, lay, cache.slot_bytes, moe.spec.activation)?;
-        let layout = self.expert_x_layout(&kernels);
+        // Experts live in the cache (no cache: no MoE pass to fold into).
+        m.cache.as_ref()?;
+        let lay = m.store.layout(l)?;
+        let layout = self.expert_x_layout(lay.tensors[0].format);
         if layout == XLayout::Natural {
-            return Ok(None);
+            return None;
         }
         let reads = |w: &GpuMatrix| self.input_of(w, true, h).1 == layout;
         let others = match &moe.shared {
@@ -173,6 +166,6 @@ impl<'a> Pass<'a> {
             Some(Shared::Dense(mlp)) => reads(&mlp.gate) && reads(&mlp.up),
             Some(Shared::Cached) | None => true,
         };
-        Ok(others.then_some((&layer.post_norm, layout)))
+        others.then_some((&layer.post_norm, layout))
     }
 }

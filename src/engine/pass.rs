@@ -211,16 +211,23 @@ impl<'a> Pass<'a> {
         vector: bool,
         len: usize,
     ) -> (&'a wgpu::Buffer, XLayout) {
-        match w.format {
+        let layout = self.x_layout(w.format, vector, len);
+        (self.s.row_in(layout), layout)
+    }
+
+    /// The layout in which the kernels of weights in `format` read a `vector` row (or the
+    /// pass's rows) of `len` values: quantized mat-vecs read a decode row interleaved, or
+    /// in 8+8-bit blocks for 2- to 6-bit codes; everything else the natural layout.
+    pub(super) fn x_layout(&self, format: WeightFormat, vector: bool, len: usize) -> XLayout {
+        match format {
             WeightFormat::Affine(q) if interleaves(vector, len) => {
-                let layout = XLayout::for_bits(q.bits, self.m.f32_activations);
-                (self.s.row_in(layout), layout)
+                XLayout::for_bits(q.bits, self.m.f32_activations)
             }
             // MXFP4 and FP8 codes are not spread for integer dot products: f32 rows.
             WeightFormat::Mxfp4 | WeightFormat::Fp8Block if interleaves(vector, len) => {
-                (self.s.row_in(XLayout::Interleaved), XLayout::Interleaved)
+                XLayout::Interleaved
             }
-            _ => (&self.s.xn, XLayout::Natural),
+            _ => XLayout::Natural,
         }
     }
 
