@@ -1,7 +1,8 @@
 //! The softmax-attention block: q/k/v projections, per-head norm and RoPE into the KV
 //! cache, attention (split over key ranges for decode, tiled for prefill), o_proj.
 
-use super::pass::{grid, Pass, XLayout};
+use super::linear::XLayout;
+use super::pass::{grid, Pass};
 use super::weights::{Attention, Qkv};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};

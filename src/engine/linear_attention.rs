@@ -4,7 +4,8 @@
 //! `silu(z)`, and out_proj added to the residual. A prefill runs each step as one dispatch
 //! over all its tokens.
 
-use super::pass::{Pass, XLayout};
+use super::linear::XLayout;
+use super::pass::Pass;
 use super::weights::LinearAttention;
 use crate::error::Result;
 use crate::gpu::kernels::{self, Kernel};

@@ -11,8 +11,9 @@
 //! decode step over key ranges merged by [`Kernel::AttentionMerge`]); the
 //! batched mat-vec by `unembed_out` maps each head's latent output to its values; o_proj.
 
+use super::linear::{interleaves, XLayout};
 use super::loader::Loader;
-use super::pass::{interleaves, Pass, XLayout};
+use super::pass::Pass;
 use super::weights::{Mla, MlaQuery};
 use crate::arch::deepseek_v3::absorb::split_kv_b;
 use crate::arch::{tensor, MlaSpec};
@@ -320,7 +321,7 @@ impl Pass<'_> {
             WeightFormat::Affine(_) | WeightFormat::Mxfp4 | WeightFormat::Fp8Block => {
                 let parts = w.format.parts(w.rows, w.cols);
                 let (sw, bw) = ((parts.scales.0 / 4) as u32, (parts.biases.0 / 4) as u32);
-                let (code, quant) = super::pass::quant_constants(w.format);
+                let (code, quant) = super::linear::quant_constants(w.format);
                 let team = self.m.gpu.qmatvec_team(rows, w.cols);
                 let rpt = kernels::qmatvec_rows_per_team(rows as u32);
                 let p = QMatVecParams {

@@ -1,6 +1,7 @@
 //! The dense SwiGLU MLP block, and the choice between it and the MoE block (`super::moe`).
 
-use super::pass::{grid, Pass, XLayout};
+use super::linear::XLayout;
+use super::pass::{grid, Pass};
 use super::weights::{DenseMlp, FfnWeights, Layer};
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;

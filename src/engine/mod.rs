@@ -5,13 +5,18 @@
 //!   [`loader`].
 //! - [`state`]: per-layer sequence state (KV caches, recurrent states) and the session's
 //!   layout; [`scratch`]: the scratch buffers of a pass.
-//! - [`pass`]: one forward pass and the pieces every block shares (mat-vecs, RMSNorm).
+//! - [`pass`]: one forward pass and the pieces every block shares (RMSNorm, embedding,
+//!   readout); [`linear`]: its linear maps by weight format (mat-vecs, mat-mats, the
+//!   layouts of their input rows).
 //! - blocks: [`attention`], [`mla`] (multi-head latent attention), [`linear_attention`] (Gated DeltaNet), [`mlp`] (dense MLP and the choice of feed-forward block),
 //!   [`moe`] (routing, expert loading, the shared expert), [`experts`] (the expert
-//!   kernels over cache slots).
+//!   kernels' dispatches over cache slots) and [`expert_kernels`] (which kernels read a
+//!   layer's slots, and where in them).
 
 mod attention;
+mod expert_kernels;
 mod experts;
+mod linear;
 mod linear_attention;
 pub(crate) mod loader;
 mod mla;
@@ -24,7 +29,7 @@ pub(crate) mod sizes;
 pub(crate) mod state;
 pub(crate) mod weights;
 
-pub(crate) use experts::check_layout as check_expert_layout;
+pub(crate) use expert_kernels::check_layout as check_expert_layout;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};

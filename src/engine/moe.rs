@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use super::experts::{expert_grid, ExpertKernels};
-use super::pass::{grid, Pass, RawNorm, XLayout};
+use super::expert_kernels::ExpertKernels;
+use super::experts::expert_grid;
+use super::linear::{RawNorm, XLayout};
+use super::pass::{grid, Pass};
 use super::weights::{GateUp, Moe, Shared, SharedExpert};
 use crate::error::{Error, Result};
 use crate::gpu::kernels::{self, Kernel};

@@ -6,7 +6,8 @@
 //! ([`LINEAR_X_RAW_NORM`](crate::gpu::params::LINEAR_X_RAW_NORM)). Which norms fold
 //! depends on who reads their rows; docs/architecture.md says why each pays.
 
-use super::pass::{grid, Pass, RawNorm, XLayout};
+use super::linear::{RawNorm, XLayout};
+use super::pass::{grid, Pass};
 use super::weights::{FfnWeights, GateUp, Layer, MixerWeights, Qkv, Shared};
 use crate::format::WeightFormat;
 use crate::gpu::kernels::{self, Kernel};
