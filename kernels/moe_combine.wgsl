@@ -1,5 +1,6 @@
 // Weighted expert combine + residual: out[t, j] = resid[t, j] + sum_k o[route[t*top_k + k], j],
-// where route maps each (token, choice) to its assignment row of o (already weighted).
+// where route maps each (token, choice) to its assignment row of o (already weighted);
+// the sum is include/routed_sum.wgsl's.
 struct Params {
     hidden: u32,
     n_tokens: u32,
@@ -21,21 +22,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     }
     let t = idx / p.hidden;
     let j = idx % p.hidden;
-    // Four choices per iteration: their rows' loads do not wait on each other (one
-    // choice at a time made each route load and the o load after it a dependent pair);
-    // the sum keeps the choices' order.
-    let rb = t * p.top_k;
     let res = resid[idx];
-    var s = 0.0;
-    var k = 0u;
-    for (; k + 4u <= p.top_k; k += 4u) {
-        let r = vec4<u32>(route[rb + k], route[rb + k + 1u], route[rb + k + 2u],
-                          route[rb + k + 3u]) * p.hidden + j;
-        let v = vec4<f32>(o[r.x], o[r.y], o[r.z], o[r.w]);
-        s = (((s + v.x) + v.y) + v.z) + v.w; // in order, as the CPU reference adds
-    }
-    for (; k < p.top_k; k++) {
-        s += o[route[rb + k] * p.hidden + j];
-    }
-    out[idx] = res + s;
+    out[idx] = res + routed_sum(t * p.top_k, p.top_k, p.hidden, j);
 }

@@ -37,18 +37,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let j = wid.x * WG + lid;
     let inside = j < n;
     let jc = min(j, n - 1u);
-    // Four choices per iteration, their loads in flight together; the sum in order.
-    var s = 0.0;
-    var k = 0u;
-    for (; k + 4u <= p.top_k; k += 4u) {
-        let r = vec4<u32>(route[k], route[k + 1u], route[k + 2u], route[k + 3u]) * n + jc;
-        let v = vec4<f32>(o[r.x], o[r.y], o[r.z], o[r.w]);
-        s = (((s + v.x) + v.y) + v.z) + v.w;
-    }
-    for (; k < p.top_k; k++) {
-        s += o[route[k] * n + jc];
-    }
-    let v = resid[jc] + s;
+    let v = resid[jc] + routed_sum(0u, p.top_k, n, jc);
     if (inside) {
         out[j] = v;
     }

@@ -437,6 +437,9 @@ impl Kernel {
         ) {
             v.push(Include::Q8Row);
         }
+        if matches!(self, Kernel::MoeCombine | Kernel::MoeCombineNorm) {
+            v.push(Include::RoutedSum);
+        }
         if self.uses_kv_cache() {
             v.push(if variant.f16 {
                 Include::KvNative

@@ -96,6 +96,9 @@ pub enum Include {
     Best,
     /// `q8_row.wgsl`: writing a row in the 8+8-bit layout, an octet per invocation.
     Q8Row,
+    /// `routed_sum.wgsl`: a token's routed expert rows added up in choice order, shared
+    /// by the MoE combine kernels.
+    RoutedSum,
 }
 
 impl Include {
@@ -117,6 +120,7 @@ impl Include {
             Include::ExpertAct => "expert_act",
             Include::Best => "best",
             Include::Q8Row => "q8_row",
+            Include::RoutedSum => "routed_sum",
         }
     }
 
@@ -138,6 +142,7 @@ impl Include {
             Include::ExpertAct => include_str!("../../../kernels/include/expert_act.wgsl"),
             Include::Best => include_str!("../../../kernels/include/best.wgsl"),
             Include::Q8Row => include_str!("../../../kernels/include/q8_row.wgsl"),
+            Include::RoutedSum => include_str!("../../../kernels/include/routed_sum.wgsl"),
         }
     }
 }
