@@ -635,6 +635,43 @@ fn qmatvec_norm_run(
     )
 }
 
+/// What the two norm tests below want of rows `0..rows` of `m`: `inv * dot(W[r], x)` in
+/// f64, plus the bias and the residual at `row_base + r` where `flags` say.
+fn normed_rows(
+    m: &QMat,
+    x: &[f64],
+    inv: f64,
+    flags: u32,
+    (bias, resid): (&[f32], &[f32]),
+    row_base: usize,
+) -> Vec<f32> {
+    let (rows, cols) = (m.values.len() / x.len(), x.len());
+    (0..rows)
+        .map(|r| {
+            let w = &m.values[r * cols..(r + 1) * cols];
+            let dot: f64 = w.iter().zip(x).map(|(&w, &v)| f64::from(w) * v).sum();
+            let mut v = inv * dot;
+            if flags & LINEAR_BIAS != 0 {
+                v += f64::from(bias[row_base + r]);
+            }
+            if flags & LINEAR_RESIDUAL != 0 {
+                v += f64::from(resid[row_base + r]);
+            }
+            v as f32
+        })
+        .collect()
+}
+
+/// `qmatvec`'s grid for `rows` rows, or (`two_d`) as many workgroups on a 2-D grid.
+fn qmatvec_norm_grid(rows: usize, team: u32, rpt: u32, two_d: bool) -> (u32, u32) {
+    let grid = kernels::qmatvec_groups(rows as u32, team, rpt);
+    if two_d {
+        grid_2d(grid.0 * grid.1)
+    } else {
+        grid
+    }
+}
+
 /// `qmatvec` with `LINEAR_X_NORM`: x is an RMSNorm's input `g * x` not yet divided by its
 /// RMS, as `kernels/moe_combine_norm.wgsl` leaves it (in the 8+8-bit layout for 2- to 6-bit
 /// weights, and interleaved f32 for every width), followed by each 32-value block's sum of
@@ -713,24 +750,8 @@ fn qmatvec_applies_a_norm_left_by_the_combine() {
                 let bias = rng.vec(total, 1.0);
                 let resid = rng.vec(total, 1.0);
                 let before = rng.vec(total, 1.0);
-                let want: Vec<f32> = (0..rows)
-                    .map(|r| {
-                        let w = &m.values[r * cols..(r + 1) * cols];
-                        let dot: f64 = w
-                            .iter()
-                            .zip(&values)
-                            .map(|(&w, &v)| f64::from(w) * f64::from(v))
-                            .sum();
-                        let mut v = inv * dot;
-                        if flags & LINEAR_BIAS != 0 {
-                            v += f64::from(bias[row_base + r]);
-                        }
-                        if flags & LINEAR_RESIDUAL != 0 {
-                            v += f64::from(resid[row_base + r]);
-                        }
-                        v as f32
-                    })
-                    .collect();
+                let values64: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
+                let want = normed_rows(&m, &values64, inv, flags, (&bias, &resid), row_base);
                 let mut written = vec![false; total];
                 written[row_base..row_base + rows].fill(true);
                 if nb > *team as usize {
@@ -740,12 +761,7 @@ fn qmatvec_applies_a_norm_left_by_the_combine() {
                     "{bits}-bit g{group} {dtype} rows {rows} cols {cols} flags {flags:#x} \
                      eps {eps} row_base {row_base} {how} {rpt} rows per team"
                 );
-                let grid = kernels::qmatvec_groups(rows as u32, *team, rpt);
-                let grid = if shifted {
-                    grid_2d(grid.0 * grid.1)
-                } else {
-                    grid
-                };
+                let grid = qmatvec_norm_grid(rows, *team, rpt, shifted);
                 let out = qmatvec_norm_run(
                     (on, &m, *team, rpt),
                     (rows, cols, row_base, flags, eps),
@@ -852,32 +868,17 @@ fn qmatvec_applies_a_norm_to_its_raw_input_and_writes_the_row() {
                 let norm32: Vec<f32> = norm.iter().map(|&v| v as f32).collect();
                 let bias = rng.vec(total, 1.0);
                 let before = rng.vec(total, 1.0);
-                let want: Vec<f32> = (0..rows)
-                    .map(|r| {
-                        let w = &m.values[r * cols..(r + 1) * cols];
-                        let dot: f64 = w
-                            .iter()
-                            .zip(&g)
-                            .zip(&x)
-                            .map(|((&w, &g), &x)| f64::from(w) * f64::from(g) * f64::from(x))
-                            .sum();
-                        let mut v = inv * dot;
-                        if flags & LINEAR_BIAS != 0 {
-                            v += f64::from(bias[row_base + r]);
-                        }
-                        v as f32
-                    })
+                let gx64: Vec<f64> = g
+                    .iter()
+                    .zip(&x)
+                    .map(|(&g, &x)| f64::from(g) * f64::from(x))
                     .collect();
+                let want = normed_rows(&m, &gx64, inv, flags, (&bias, &[]), row_base);
                 let mut written = vec![false; total];
                 written[row_base..row_base + rows].fill(true);
                 let row_words = if q8 { 18 * nb } else { cols };
                 let yq_before = vec![0x7fc0_0000u32; row_words + 3];
-                let grid = kernels::qmatvec_groups(rows as u32, *team, rpt);
-                let grid = if shifted {
-                    grid_2d(grid.0 * grid.1)
-                } else {
-                    grid
-                };
+                let grid = qmatvec_norm_grid(rows, *team, rpt, shifted);
                 let n_wg = (grid.0 * grid.1) as usize;
                 if n_wg * 16 < nb {
                     rounds.insert(q8);
